@@ -1,0 +1,75 @@
+"""`model-registry keys ...`: the signing key and the trusted signers."""
+
+from __future__ import annotations
+
+import click
+
+from cli.ui import handle_errors, print_json, stdout
+from registry.crypto.signing import public_key_text
+from registry.service import Registry
+
+
+@click.group()
+def keys() -> None:
+    """Show keys and manage the signers whose manifests are trusted."""
+
+
+@keys.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def show(as_json: bool) -> None:
+    """Print this home's signing public key, the trusted signers and the key files."""
+    with Registry.open() as registry:
+        settings = registry.settings
+        own = public_key_text(registry.signer.public_key)
+        trusted = [
+            {"name": s.name, "key_id": s.key_id, "public_key": public_key_text(s.public_key)}
+            for s in settings.trusted_signers
+        ]
+        if as_json:
+            print_json(
+                {
+                    "signing_public_key": own,
+                    "signing_key_id": registry.signer.key_id,
+                    "kek_id": registry.keys.kek_id,
+                    "kek_file": str(settings.kek_file),
+                    "trusted_signers": trusted,
+                }
+            )
+            return
+        stdout.print(f"signing key   {own}  (id {registry.signer.key_id})")
+        stdout.print(f"key file      {settings.kek_file}  ({registry.keys.kek_id})")
+        stdout.print("trusted signers:")
+        for entry in trusted:
+            stdout.print(f"  {entry['name']:<16} {entry['key_id']}  {entry['public_key']}")
+
+
+@keys.command()
+@click.argument("name")
+@click.argument("public_key")
+@handle_errors
+def trust(name: str, public_key: str) -> None:
+    """Trust manifests signed by PUBLIC_KEY (ed25519:BASE64), e.g. a CI signer's."""
+    with Registry.open() as registry:
+        signer = registry.trust_signer(name, public_key)
+    stdout.print(f"trusting {signer.name} ({signer.key_id})")
+
+
+@keys.command()
+@click.argument("name")
+@handle_errors
+def untrust(name: str) -> None:
+    """Stop trusting the signer NAME (versions it signed will then fail verification)."""
+    with Registry.open() as registry:
+        registry.untrust_signer(name)
+    stdout.print(f"no longer trusting {name}")
+
+
+@keys.command("new-signing-key")
+@handle_errors
+def new_signing_key() -> None:
+    """Create a new signing key for this home; the old one stays trusted."""
+    with Registry.open() as registry:
+        text = registry.new_signing_key()
+    stdout.print(f"new signing key: {text}")
+    stdout.print("trust it on other machines with: model-registry keys trust NAME " + text)

@@ -1,0 +1,131 @@
+"""Terminal output for the CLI: rich progress bars, tables, JSON, and errors mapped to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from registry.errors import RegistryError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+stdout = Console(highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class ProgressBar:
+    """A `registry.service.Progress` drawn with rich on stderr: bytes done, throughput, ETA."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description:>11}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            disable=not enabled,
+            transient=False,
+        )
+        self._task: TaskID | None = None
+
+    def begin(self, description: str, total: int) -> None:
+        if self._task is None:
+            self._progress.start()
+        else:
+            self._progress.update(self._task, visible=True)
+        self._task = self._progress.add_task(description, total=total)
+
+    def advance(self, amount: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, amount)
+
+    def end(self) -> None:
+        if self._task is not None:
+            self._progress.refresh()
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def progress_bar(*, as_json: bool, quiet: bool) -> ProgressBar:
+    return ProgressBar(enabled=not as_json and not quiet and stderr.is_terminal)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def report_error(error: RegistryError, *, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"error": {"code": error.code, "message": error.message, "hint": error.hint}},
+                indent=2,
+            )
+        )
+    stderr.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+    if error.hint:
+        stderr.print(f"[dim]hint:[/] {error.hint}", markup=True, highlight=False)
+
+
+def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Map registry errors to a short message, a hint and the error's exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        as_json = bool(kwargs.get("as_json", False))
+        try:
+            return command(*args, **kwargs)
+        except RegistryError as error:
+            report_error(error, as_json=as_json)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            stderr.print("interrupted: nothing was committed")
+            sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - last resort: never a bare traceback
+            if os.environ.get("MODEL_REGISTRY_DEBUG"):
+                traceback.print_exc()
+            stderr.print(
+                f"[bold red]unexpected error:[/] {type(error).__name__}: {error}\n"
+                "[dim]hint:[/] this is a bug; MODEL_REGISTRY_DEBUG=1 shows the traceback",
+                markup=True,
+                highlight=False,
+            )
+            sys.exit(1)
+
+    return wrapper

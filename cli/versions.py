@@ -1,0 +1,241 @@
+"""`push`, `pull`, `ls`, `show`, `verify`: the commands about models and their versions."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from cli.ui import handle_errors, human_size, print_json, progress_bar, stdout, when
+from registry.catalog.repository import VersionRecord
+from registry.errors import IntegrityError
+from registry.service import Registry
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+def _version_json(version: VersionRecord) -> dict[str, object]:
+    return {
+        "ref": version.ref,
+        "name": version.name,
+        "number": version.number,
+        "digest": version.digest,
+        "message": version.message,
+        "created_at": version.created_at.isoformat(),
+        "created_by": version.created_by,
+        "files": version.file_count,
+        "size": version.total_size,
+        "tensors": version.tensor_count,
+        "parameters": version.parameter_count,
+        "dtypes": list(version.dtypes),
+    }
+
+
+def _rate(size: int, seconds: float) -> str:
+    return f"{human_size(int(size / seconds))}/s" if seconds > 0 else "-"
+
+
+@click.command()
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--message", "-m", default="", help="Why this version exists (kept in the catalog).")
+@JSON
+@QUIET
+@handle_errors
+def push(name: str, path: Path, message: str, as_json: bool, quiet: bool) -> None:
+    """Push the model in PATH (a directory or one .safetensors file) as a new version of NAME."""
+    started = time.perf_counter()
+    bar = progress_bar(as_json=as_json, quiet=quiet)
+    with Registry.open() as registry:
+        try:
+            result = registry.push(name, path, message=message, progress=bar)
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - started
+    version = result.version
+    if as_json:
+        print_json(
+            {
+                **_version_json(version),
+                "created": result.created,
+                "uploaded_bytes": result.uploaded_bytes,
+                "reused_bytes": result.reused_bytes,
+                "seconds": round(seconds, 3),
+            }
+        )
+        return
+    if not result.created:
+        stdout.print(f"unchanged: identical content is already {version.ref}  {version.digest}")
+        return
+    stdout.print(f"pushed {version.ref}  {version.digest}")
+    stdout.print(
+        f"  {result.files} files, {human_size(version.total_size)}: uploaded "
+        f"{human_size(result.uploaded_bytes)}, reused {human_size(result.reused_bytes)} "
+        f"in {seconds:.1f} s ({_rate(version.total_size, seconds)})"
+    )
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Overwrite files that already exist in DEST.")
+@JSON
+@QUIET
+@handle_errors
+def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
+    """Write every file of REF into DEST, verified before it appears under its final name."""
+    started = time.perf_counter()
+    bar = progress_bar(as_json=as_json, quiet=quiet)
+    with Registry.open() as registry:
+        try:
+            result = registry.pull(ref, dest, force=force, progress=bar)
+        finally:
+            bar.close()
+    seconds = time.perf_counter() - started
+    if as_json:
+        print_json(
+            {
+                **_version_json(result.version),
+                "destination": str(result.destination),
+                "written": list(result.files),
+                "bytes": result.bytes,
+                "seconds": round(seconds, 3),
+            }
+        )
+        return
+    stdout.print(f"pulled {result.version.ref}  {result.version.digest}  -> {result.destination}")
+    stdout.print(
+        f"  {len(result.files)} files, {human_size(result.bytes)} verified in {seconds:.1f} s "
+        f"({_rate(result.bytes, seconds)})"
+    )
+
+
+@click.command("ls")
+@click.argument("name", required=False)
+@JSON
+@handle_errors
+def list_(name: str | None, as_json: bool) -> None:
+    """List models, or the versions of NAME."""
+    with Registry.open() as registry:
+        if name is None:
+            models = registry.models()
+            if as_json:
+                print_json(
+                    [
+                        {
+                            "name": m.name,
+                            "versions": m.version_count,
+                            "latest": m.latest,
+                            "size": m.total_size,
+                            "created_at": m.created_at.isoformat(),
+                        }
+                        for m in models
+                    ]
+                )
+                return
+            table = Table("model", "versions", "latest", "size", "created")
+            for m in models:
+                table.add_row(
+                    m.name,
+                    str(m.version_count),
+                    f"@{m.latest}" if m.latest else "-",
+                    human_size(m.total_size),
+                    when(m.created_at),
+                )
+            stdout.print(table if models else "no models yet: model-registry push NAME PATH")
+            return
+        versions = registry.versions(name)
+    if as_json:
+        print_json([_version_json(v) for v in versions])
+        return
+    table = Table("version", "digest", "files", "size", "created", "by", "message")
+    for v in versions:
+        table.add_row(
+            v.ref,
+            v.digest[:19],
+            str(v.file_count),
+            human_size(v.total_size),
+            when(v.created_at),
+            v.created_by,
+            v.message,
+        )
+    stdout.print(table)
+
+
+@click.command()
+@click.argument("ref")
+@JSON
+@handle_errors
+def show(ref: str, as_json: bool) -> None:
+    """Show a version: files, sizes, tensors, dtypes, parameters, digest, who made it and when."""
+    with Registry.open() as registry:
+        details = registry.show(ref)
+    version, manifest = details.version, details.manifest
+    if as_json:
+        print_json(
+            {
+                **_version_json(version),
+                "signed_by": details.signer,
+                "manifest": manifest.to_dict(),
+            }
+        )
+        return
+    stdout.print(f"{version.ref}  {version.digest}")
+    stdout.print(f"  created    {when(version.created_at)} by {version.created_by}")
+    stdout.print(f"  signed by  {details.signer}")
+    if version.message:
+        stdout.print(f"  message    {version.message}")
+    stdout.print(
+        f"  size       {human_size(version.total_size)} in {version.file_count} files; "
+        f"{version.tensor_count} tensors, {version.parameter_count:,} parameters, "
+        f"dtypes {', '.join(version.dtypes) or '-'}"
+    )
+    table = Table("file", "size", "tensors", "digest")
+    for entry in manifest.files:
+        tensors = "-" if entry.safetensors is None else str(len(entry.safetensors.tensors))
+        table.add_row(entry.path, human_size(entry.size), tensors, entry.digest[:19])
+    stdout.print(table)
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--read-data", is_flag=True, help="Decrypt and re-hash every byte, not just presence.")
+@JSON
+@QUIET
+@handle_errors
+def verify(ref: str, read_data: bool, as_json: bool, quiet: bool) -> None:
+    """Check that every object of REF is present (and, with --read-data, intact)."""
+    bar = progress_bar(as_json=as_json, quiet=quiet)
+    with Registry.open() as registry:
+        try:
+            report = registry.verify(ref, read_data=read_data, progress=bar)
+        finally:
+            bar.close()
+    if as_json:
+        print_json(
+            {
+                **_version_json(report.version),
+                "ok": report.ok,
+                "read_data": report.read_data,
+                "checked_files": report.checked_files,
+                "checked_bytes": report.checked_bytes,
+                "problems": [{"path": p.path, "problem": p.problem} for p in report.problems],
+            }
+        )
+    else:
+        depth = "decrypted and re-hashed" if read_data else "present with the right sizes"
+        if report.ok:
+            stdout.print(f"ok: {report.version.ref}: all {report.checked_files} files {depth}")
+        for problem in report.problems:
+            click.echo(f"BAD {problem.path}: {problem.problem}", err=True)
+    if not report.ok:
+        sys.exit(IntegrityError.exit_code)
+
+
+def register(group: click.Group) -> None:
+    for command in (push, pull, list_, show, verify):
+        group.add_command(command)

@@ -1,0 +1,266 @@
+"""The content-addressed blob store: seals content into write-once objects on a storage `Driver`.
+
+The only module that builds object names. A blob's identity is the BLAKE3 digest of its plaintext;
+its object name is a keyed hash of that digest (the naming key), so a store's listing reveals
+nothing about what it holds. Layout (docs/format.md):
+
+    registry/id                           plaintext JSON marker: which registry owns this store
+    registry/naming-key/<kek>             the naming key, wrapped by each key-encryption key
+    slots/<aa>/<object id>/<kek>          key slot: the blob's data key wrapped by one KEK
+    blobs/<aa>/<object id>                sealed blob (crypto.sealed format)
+    manifests/<aa>/<object id>            sealed, signed manifest of a model version
+
+Write order for one blob: key slot, then data. A slot is tiny and harmless on its own, whereas data
+whose slot was lost could never be decrypted and its write-once name never reused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from registry.crypto import sealed
+from registry.crypto.keys import KeyProvider, WrappedKey
+from registry.digest import keyed_id
+from registry.errors import IntegrityError, NotFoundError, StorageError
+from registry.storage.base import Driver
+
+MARKER = "registry/id"
+BLOB = "blob"
+MANIFEST = "manifest"
+_PREFIXES = {BLOB: "blobs", MANIFEST: "manifests"}
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """What the catalog records of a blob after `put_file`."""
+
+    digest: str
+    size: int
+    object_name: str
+    sealed_size: int
+    chunk_size: int
+    slot: WrappedKey
+    uploaded: bool
+
+
+class BlobStore:
+    """Seal, store once, open and check blobs and manifests of one registry on one driver."""
+
+    def __init__(
+        self,
+        driver: Driver,
+        keys: KeyProvider,
+        *,
+        registry_id: str,
+        naming_key: bytes,
+        chunk_size: int = sealed.DEFAULT_CHUNK_SIZE,
+        workers: int = 2,
+        on_unwrap: Callable[[str], None] | None = None,
+    ) -> None:
+        self.driver = driver
+        self.keys = keys
+        self.registry_id = registry_id
+        self._naming_key = naming_key
+        self.chunk_size = chunk_size
+        self.workers = workers
+        self._on_unwrap = on_unwrap
+
+    # -- names -----------------------------------------------------------------------------
+
+    def object_name(self, kind: str, digest: str) -> str:
+        object_id = keyed_id(self._naming_key, kind, digest)
+        return f"{_PREFIXES[kind]}/{object_id[:2]}/{object_id}"
+
+    def slot_name(self, kind: str, digest: str, kek_id: str) -> str:
+        object_id = keyed_id(self._naming_key, kind, digest)
+        kek = str(blake3.blake3(kek_id.encode()).hexdigest())[:16]
+        return f"slots/{object_id[:2]}/{object_id}/{kind}-{kek}"
+
+    def context(self, kind: str, digest: str) -> dict[str, str]:
+        """Encryption context: binds a data key to this registry, the object kind and digest."""
+        return {"registry": self.registry_id, "purpose": kind, "digest": digest}
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def read_slot(self, kind: str, digest: str, *, what: str) -> WrappedKey | None:
+        """The key slot for this provider's KEK stored beside the object, or None."""
+        name = self.slot_name(kind, digest, self.keys.kek_id)
+        try:
+            return WrappedKey.from_json(self.driver.get_range(name), what=what)
+        except NotFoundError:
+            return None
+
+    def unwrap(self, kind: str, digest: str, slot: WrappedKey, *, what: str) -> bytes:
+        data_key = self.keys.unwrap(slot, context=self.context(kind, digest), what=what)
+        if self._on_unwrap is not None:
+            self._on_unwrap(digest)
+        return data_key
+
+    def _data_key(self, kind: str, digest: str, *, what: str) -> tuple[bytes, WrappedKey]:
+        """The data key of an object: the stored slot's, or a new one whose slot is stored now."""
+        existing = self.read_slot(kind, digest, what=what)
+        if existing is None:
+            data_key, slot = self.keys.generate(context=self.context(kind, digest))
+            if self.driver.put_if_absent(
+                self.slot_name(kind, digest, slot.kek_id), [slot.to_json()]
+            ):
+                return data_key, slot
+            # A concurrent push stored its slot first: its data key is the one that counts.
+            existing = self.read_slot(kind, digest, what=what)
+            if existing is None:
+                raise StorageError(f"{what}: key slot vanished while it was being written")
+        return self.unwrap(kind, digest, existing, what=what), existing
+
+    # -- write -----------------------------------------------------------------------------
+
+    def put_file(
+        self,
+        path: Path,
+        digest: str,
+        size: int,
+        *,
+        what: str,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> StoredBlob:
+        """Store the file's content under its digest unless it is already stored (dedup)."""
+        data_key, slot = self._data_key(BLOB, digest, what=what)
+        name = self.object_name(BLOB, digest)
+        info = self.driver.stat(name)
+        uploaded = False
+        if info is None:
+            with path.open("rb", buffering=0) as source:
+                uploaded = self.driver.put_if_absent(
+                    name,
+                    sealed.seal_file(
+                        source,
+                        data_key,
+                        digest,
+                        plaintext_size=size,
+                        chunk_size=self.chunk_size,
+                        workers=self.workers,
+                        on_progress=on_progress,
+                        what=what,
+                    ),
+                )
+        elif on_progress is not None:
+            on_progress(size)
+        header = self.read_header(BLOB, digest, size=size, what=what)
+        return StoredBlob(
+            digest, size, name, header.sealed_size, header.chunk_size, slot, uploaded
+        )
+
+    def put_bytes(self, kind: str, digest: str, data: bytes, *, what: str) -> str:
+        """Seal small content (a manifest) bound to `digest`; returns its object name."""
+        data_key, _slot = self._data_key(kind, digest, what=what)
+        name = self.object_name(kind, digest)
+        if self.driver.stat(name) is None:
+            sealer = sealed.Sealer(
+                data_key, digest, plaintext_size=len(data), chunk_size=self.chunk_size
+            )
+            chunks = [sealer.header_bytes]
+            view = memoryview(data)
+            for index in range(sealer.header.chunk_count):
+                start = index * sealer.header.chunk_size
+                size = sealer.header.chunk_plain_size(index)
+                chunks.append(bytes(sealer.seal_chunk(index, view[start : start + size])))
+            self.driver.put_if_absent(name, chunks)
+        return name
+
+    # -- read ------------------------------------------------------------------------------
+
+    def read_header(self, kind: str, digest: str, *, size: int, what: str) -> sealed.SealedHeader:
+        """The sealed header of a stored object, checked against its expected size."""
+        name = self.object_name(kind, digest)
+        info = self.driver.stat(name)
+        if info is None:
+            raise IntegrityError(f"{what}: stored object {name} is missing", path=what)
+        header = sealed.SealedHeader.unpack(
+            self.driver.get_range(name, 0, sealed.HEADER_SIZE), what=what
+        )
+        if header.plaintext_size != size or header.sealed_size != info.size:
+            raise IntegrityError(
+                f"{what}: stored object has {info.size} bytes, expected {header.sealed_size} "
+                f"for {size} bytes of content (truncated or extended)",
+                path=what,
+            )
+        return header
+
+    def open(
+        self,
+        kind: str,
+        digest: str,
+        slot: WrappedKey,
+        *,
+        size: int,
+        what: str,
+        chunks_per_read: int = 8,
+        verify_digest: bool = True,
+    ) -> Iterator[memoryview]:
+        """Authenticated plaintext chunks of a stored object; see `sealed.unseal`."""
+        name = self.object_name(kind, digest)
+        data_key = self.unwrap(kind, digest, slot, what=what)
+
+        def read_range(offset: int, length: int) -> bytes:
+            try:
+                return self.driver.get_range(name, offset, length)
+            except NotFoundError:
+                raise IntegrityError(f"{what}: stored object {name} is missing", path=what) from None
+
+        return sealed.unseal(
+            read_range,
+            data_key,
+            digest,
+            expected_size=size,
+            workers=self.workers,
+            chunks_per_read=chunks_per_read,
+            verify_digest=verify_digest,
+            what=what,
+        )
+
+    def read_bytes(self, kind: str, digest: str, slot: WrappedKey, *, what: str) -> bytes:
+        """The whole plaintext of a small object (a manifest), authenticated."""
+        name = self.object_name(kind, digest)
+        try:
+            header_bytes = self.driver.get_range(name, 0, sealed.HEADER_SIZE)
+        except NotFoundError:
+            raise IntegrityError(f"{what}: stored object {name} is missing", path=what) from None
+        header = sealed.SealedHeader.unpack(header_bytes, what=what)
+        if header.plaintext_size > 64 * 1024 * 1024:
+            raise IntegrityError(f"{what}: implausibly large ({header.plaintext_size} bytes)")
+        chunks = self.open(
+            kind, digest, slot, size=header.plaintext_size, what=what, verify_digest=False
+        )
+        # The digest bound here is not the plaintext's (a manifest is named by the digest of its
+        # canonical form), so the caller verifies content; AEAD still authenticates every chunk.
+        return b"".join(bytes(chunk) for chunk in chunks)
+
+    # -- registry marker ---------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Mark the store as this registry's (or check that it is) and keep a wrapped copy of
+        the naming key there, so the key provider alone can find objects after a disaster."""
+        marker = json.dumps({"registry_id": self.registry_id, "format": 1}).encode()
+        if not self.driver.put_if_absent(MARKER, [marker]):
+            self.check_claim()
+        context = {"registry": self.registry_id, "purpose": "naming"}
+        kek = str(blake3.blake3(self.keys.kek_id.encode()).hexdigest())[:16]
+        wrapped = self.keys.wrap(self._naming_key, context=context)
+        self.driver.put_if_absent(f"registry/naming-key/{kek}", [wrapped.to_json()])
+
+    def check_claim(self) -> None:
+        try:
+            owner = json.loads(self.driver.get_range(MARKER)).get("registry_id")
+        except NotFoundError:
+            owner = None
+        except (ValueError, AttributeError):
+            owner = "<unreadable marker>"
+        if owner != self.registry_id:
+            raise StorageError(
+                f"the store belongs to registry {owner!r}, not {self.registry_id!r}",
+                hint="each registry needs its own store; check store.path in config.toml",
+            )

@@ -1,0 +1,111 @@
+"""Catalog connections: engine creation per backend, and schema migration on open.
+
+SQLite gets WAL, a busy timeout, foreign keys and `BEGIN IMMEDIATE` transactions (so two writers
+serialise instead of failing mid-transaction); PostgreSQL gets psycopg 3 and pre-ping. `migrate`
+upgrades an older catalog automatically and refuses one written by a newer model-registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+import migrations
+from alembic import command
+from registry.errors import ConfigurationError, SchemaVersionError, StorageError
+
+_MIGRATIONS = Path(migrations.__file__).parent
+_PG_MIGRATION_LOCK = 0x6D72_6D69  # advisory lock id: "mrmi"
+
+
+def create_catalog_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(f"invalid catalog URL {url!r}") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            parsed, connect_args={"timeout": 60, "check_same_thread": False}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # pysqlite's own transaction handling would defer BEGIN; take it over (SQLAlchemy docs,
+            # "Serializable isolation / Savepoints / Transactional DDL").
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True)
+    raise ConfigurationError(
+        f"unsupported catalog database {parsed.get_backend_name()!r}",
+        hint="use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB",
+    )
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the catalog to this release's schema, or refuse a newer one."""
+    config = _alembic_config()
+    scripts = ScriptDirectory.from_config(config)
+    try:
+        with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Two processes opening a new catalog at once must not both create the tables.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK})
+            current = MigrationContext.configure(connection).get_current_revision()
+            if current == scripts.get_current_head():
+                return
+            if current is not None:
+                try:
+                    scripts.get_revision(current)
+                except Exception:  # noqa: BLE001 - alembic raises several types for unknown ids
+                    raise SchemaVersionError(
+                        f"the catalog has schema revision {current}, which this model-registry "
+                        f"does not know (its newest is {scripts.get_current_head()})"
+                    ) from None
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except OperationalError as error:
+        raise StorageError(
+            f"cannot reach the catalog database: {error.orig}",
+            hint="check catalog.url in config.toml (or MODEL_REGISTRY_CATALOG_URL)",
+        ) from None
+    except SQLAlchemyError as error:
+        raise StorageError(f"catalog migration failed: {error}") from None

@@ -1,0 +1,391 @@
+"""Catalog queries and the one transaction that commits a version; the service's only door to SQL.
+
+Results are returned as plain frozen records (`VersionRecord`, ...), never live ORM objects, so no
+caller can lazily touch the database outside a transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from registry.catalog.models import (
+    AuditEvent,
+    Blob,
+    KeySlot,
+    Model,
+    Version,
+    VersionFile,
+    utcnow,
+)
+from registry.crypto.keys import WrappedKey
+from registry.errors import (
+    AmbiguousReferenceError,
+    ConflictError,
+    NotFoundError,
+)
+from registry.refs import Reference
+
+T = TypeVar("T")
+COMMIT_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    size: int
+    digest: str
+    tensor_count: int
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    name: str
+    number: int
+    digest: str
+    manifest_object: str
+    message: str
+    created_at: datetime
+    created_by: str
+    signed_by: str
+    file_count: int
+    total_size: int
+    tensor_count: int
+    parameter_count: int
+    dtypes: tuple[str, ...]
+    files: tuple[FileRecord, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.number}"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    created_at: datetime
+    version_count: int
+    latest: int | None
+    total_size: int
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    digest: str
+    size: int
+    object_name: str
+    sealed_size: int
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class NewBlob:
+    """A blob a push stored (or found stored) and the key slot that opens it."""
+
+    digest: str
+    size: int
+    object_name: str
+    sealed_size: int
+    chunk_size: int
+    slot: WrappedKey
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    name: str
+    digest: str
+    manifest_object: str
+    manifest_slot: WrappedKey
+    message: str
+    actor: str
+    signed_by: str
+    total_size: int
+    tensor_count: int
+    parameter_count: int
+    dtypes: Sequence[str]
+    files: Sequence[FileRecord]
+    blobs: Sequence[NewBlob]
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+
+
+def _version_record(version: Version) -> VersionRecord:
+    return VersionRecord(
+        name=version.model.name,
+        number=version.number,
+        digest=version.digest,
+        manifest_object=version.manifest_object,
+        message=version.message,
+        created_at=version.created_at,
+        created_by=version.created_by,
+        signed_by=version.signed_by,
+        file_count=version.file_count,
+        total_size=version.total_size,
+        tensor_count=version.tensor_count,
+        parameter_count=version.parameter_count,
+        dtypes=tuple(filter(None, version.dtypes.split(","))),
+        files=tuple(
+            FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in version.files
+        ),
+    )
+
+
+def _details(details: dict[str, Any]) -> str:
+    return json.dumps(details, sort_keys=True, separators=(",", ":"))
+
+
+class Catalog:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def _retrying(self, work: Callable[[Session], T], *, what: str) -> T:
+        """Run `work` in a transaction, again on a unique-key race or a lock timeout."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            try:
+                with self._sessions.begin() as session:
+                    return work(session)
+            except (SQLIntegrityError, OperationalError):
+                if attempt == COMMIT_ATTEMPTS - 1:
+                    break
+                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311
+        raise ConflictError(
+            f"{what}: too many concurrent changes, nothing was committed",
+            hint="run the same command again; stored data is reused",
+        )
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def models(self) -> list[ModelRecord]:
+        with self._read() as session:
+            rows = session.execute(
+                select(
+                    Model.name,
+                    Model.created_at,
+                    func.count(Version.id),
+                    func.max(Version.number),
+                    func.coalesce(func.sum(Version.total_size), 0),
+                )
+                .outerjoin(Version, Version.model_id == Model.id)
+                .group_by(Model.id)
+                .order_by(Model.name)
+            ).all()
+        return [ModelRecord(n, c, count, latest, int(size)) for n, c, count, latest, size in rows]
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            rows = session.scalars(
+                select(Version)
+                .where(Version.model_id == model.id)
+                .options(selectinload(Version.files), selectinload(Version.model))
+                .order_by(Version.number)
+            ).all()
+            return [_version_record(v) for v in rows]
+
+    def resolve(self, ref: Reference) -> VersionRecord:
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == ref.name))
+            if model is None:
+                raise NotFoundError(f"model {ref.name} does not exist")
+            query = (
+                select(Version)
+                .where(Version.model_id == model.id)
+                .options(selectinload(Version.files), selectinload(Version.model))
+            )
+            if ref.alias is not None:
+                raise NotFoundError(f"{ref}: model {ref.name} has no alias {ref.alias!r}")
+            if ref.number is not None:
+                version = session.scalar(query.where(Version.number == ref.number))
+                if version is None:
+                    raise NotFoundError(f"{ref} does not exist")
+                return _version_record(version)
+            if ref.digest_prefix is not None:
+                matches = session.scalars(
+                    query.where(Version.digest.startswith(f"blake3:{ref.digest_prefix}"))
+                    .limit(2)
+                ).all()
+                if not matches:
+                    raise NotFoundError(f"{ref} matches no version")
+                if len(matches) > 1:
+                    raise AmbiguousReferenceError(f"{ref} matches more than one version")
+                return _version_record(matches[0])
+            version = session.scalar(query.order_by(Version.number.desc()).limit(1))
+            if version is None:
+                raise NotFoundError(f"model {ref.name} has no versions")
+            return _version_record(version)
+
+    def blob(self, digest: str) -> BlobRecord | None:
+        with self._read() as session:
+            row = session.get(Blob, digest)
+            if row is None:
+                return None
+            return BlobRecord(row.digest, row.size, row.object_name, row.sealed_size, row.chunk_size)
+
+    def key_slot(self, digest: str, purpose: str, kek_id: str) -> WrappedKey | None:
+        with self._read() as session:
+            row = session.get(KeySlot, (digest, purpose, kek_id))
+            return None if row is None else WrappedKey(row.provider, row.kek_id, row.wrapped)
+
+    def find_version(self, name: str, digest: str) -> VersionRecord | None:
+        with self._read() as session:
+            version = session.scalar(
+                select(Version)
+                .join(Model)
+                .where(Model.name == name, Version.digest == digest)
+                .options(selectinload(Version.files), selectinload(Version.model))
+            )
+            return None if version is None else _version_record(version)
+
+    def audit_events(self, *, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        with self._read() as session:
+            query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+            if subject is not None:
+                query = query.where(AuditEvent.subject == subject)
+            return [
+                AuditRecord(e.id, e.at, e.actor, e.action, e.subject, json.loads(e.details))
+                for e in session.scalars(query)
+            ]
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
+        def work(session: Session) -> None:
+            session.add(
+                AuditEvent(
+                    at=utcnow(), actor=actor, action=action, subject=subject, details=_details(details)
+                )
+            )
+
+        self._retrying(work, what=f"audit {action}")
+
+    def commit_version(self, new: NewVersion) -> tuple[VersionRecord, bool]:
+        """Record a pushed version in one transaction; returns (version, created).
+
+        When a version with the same digest exists, nothing is written and it is returned with
+        created=False. Version numbers are max + 1; a concurrent push that takes the number first
+        makes the unique constraint fail, and the transaction is retried with the next number.
+        """
+
+        def work(session: Session) -> tuple[VersionRecord, bool]:
+            now = utcnow()
+            model = session.scalar(select(Model).where(Model.name == new.name))
+            if model is None:
+                model = Model(name=new.name, created_at=now, created_by=new.actor)
+                session.add(model)
+                session.flush()
+            existing = session.scalar(
+                select(Version)
+                .where(Version.model_id == model.id, Version.digest == new.digest)
+                .options(selectinload(Version.files), selectinload(Version.model))
+            )
+            if existing is not None:
+                return _version_record(existing), False
+            for blob in new.blobs:
+                if session.get(Blob, blob.digest) is None:
+                    session.add(
+                        Blob(
+                            digest=blob.digest,
+                            size=blob.size,
+                            object_name=blob.object_name,
+                            sealed_size=blob.sealed_size,
+                            chunk_size=blob.chunk_size,
+                            created_at=now,
+                        )
+                    )
+            slots = [(b.digest, "blob", b.slot) for b in new.blobs]
+            slots.append((new.digest, "manifest", new.manifest_slot))
+            for digest, purpose, slot in slots:
+                if session.get(KeySlot, (digest, purpose, slot.kek_id)) is None:
+                    session.add(
+                        KeySlot(
+                            digest=digest,
+                            purpose=purpose,
+                            kek_id=slot.kek_id,
+                            provider=slot.provider,
+                            wrapped=slot.ciphertext,
+                            created_at=now,
+                        )
+                    )
+            session.flush()
+            number = (
+                session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
+                or 0
+            ) + 1
+            version = Version(
+                model=model,
+                number=number,
+                digest=new.digest,
+                manifest_object=new.manifest_object,
+                message=new.message,
+                created_at=now,
+                created_by=new.actor,
+                signed_by=new.signed_by,
+                file_count=len(new.files),
+                total_size=new.total_size,
+                tensor_count=new.tensor_count,
+                parameter_count=new.parameter_count,
+                dtypes=",".join(new.dtypes),
+            )
+            session.add(version)
+            session.flush()
+            for entry in new.files:
+                session.add(
+                    VersionFile(
+                        version_id=version.id,
+                        path=entry.path,
+                        size=entry.size,
+                        digest=entry.digest,
+                        tensor_count=entry.tensor_count,
+                    )
+                )
+            session.add(
+                AuditEvent(
+                    at=now,
+                    actor=new.actor,
+                    action="push",
+                    subject=new.name,
+                    details=_details(
+                        {
+                            "version": number,
+                            "digest": new.digest,
+                            "files": len(new.files),
+                            "bytes": new.total_size,
+                        }
+                    ),
+                )
+            )
+            session.flush()
+            session.refresh(version, ["files"])
+            return _version_record(version), True
+
+        return self._retrying(work, what=f"push {new.name}")

@@ -1,0 +1,160 @@
+"""Settings: the registry home, its `config.toml`, and `MODEL_REGISTRY_*` environment overrides.
+
+Parsed once into a frozen `Settings`. The home (`MODEL_REGISTRY_HOME`, default
+`~/.model-registry`) holds `config.toml`, the SQLite catalog, the `store/` directory of the local
+driver and, apart from it, `keys/` (mode 0700) with the key-encryption key, the naming key and the
+signing key. Relative paths in the file are relative to the home.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.crypto.signing import TrustedSigner, parse_public_key
+from registry.errors import ConfigurationError, InvalidInputError, RegistryError
+
+CONFIG_FILE = "config.toml"
+ENV_HOME = "MODEL_REGISTRY_HOME"
+ENV_CATALOG_URL = "MODEL_REGISTRY_CATALOG_URL"
+ENV_ACTOR = "MODEL_REGISTRY_ACTOR"
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+
+def default_home() -> Path:
+    value = os.environ.get(ENV_HOME)
+    return Path(value).expanduser() if value else Path.home() / ".model-registry"
+
+
+def default_actor() -> str:
+    """Who the audit trail names: MODEL_REGISTRY_ACTOR, else user@host."""
+    actor = os.environ.get(ENV_ACTOR)
+    if actor:
+        return actor
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    registry_id: str
+    catalog_url: str
+    store_path: Path
+    chunk_size: int
+    kek_file: Path
+    naming_key_file: Path
+    signing_key_file: Path
+    trusted_signers: tuple[TrustedSigner, ...] = field(default=())
+    workers: int = 0
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers or max(2, min(8, os.cpu_count() or 2))
+
+
+def _path(home: Path, value: object, key: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{home / CONFIG_FILE}: {key} must be a non-empty path")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else home / path
+
+
+def load_settings(home: Path | None = None) -> Settings:
+    """Read `home/config.toml`; ConfigurationError with a hint when missing or invalid."""
+    home = (home or default_home()).expanduser().absolute()
+    config_path = home / CONFIG_FILE
+    try:
+        raw: dict[str, Any] = tomllib.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(f"no registry at {home} ({CONFIG_FILE} not found)") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise ConfigurationError(f"cannot read {config_path}: {error}") from None
+    try:
+        catalog = raw.get("catalog", {})
+        store = raw.get("store", {})
+        keys = raw.get("keys", {})
+        if store.get("driver", "local") != "local":
+            raise ConfigurationError(f"{config_path}: unknown store driver {store.get('driver')!r}")
+        signers = []
+        for entry in raw.get("trusted_signers", []):
+            try:
+                signers.append(TrustedSigner(str(entry["name"]), parse_public_key(entry["public_key"])))
+            except InvalidInputError as error:
+                raise ConfigurationError(f"{config_path}: trusted signer: {error}") from None
+        chunk_size = int(store.get("chunk_size", DEFAULT_CHUNK_SIZE))
+        return Settings(
+            home=home,
+            registry_id=str(raw["registry_id"]),
+            catalog_url=os.environ.get(ENV_CATALOG_URL) or str(catalog["url"]),
+            store_path=_path(home, store.get("path"), "store.path"),
+            chunk_size=chunk_size,
+            kek_file=_path(home, keys.get("kek_file"), "keys.kek_file"),
+            naming_key_file=_path(home, keys.get("naming_key_file"), "keys.naming_key_file"),
+            signing_key_file=_path(home, keys.get("signing_key_file"), "keys.signing_key_file"),
+            trusted_signers=tuple(signers),
+            workers=int(raw.get("workers", 0)),
+        )
+    except RegistryError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ConfigurationError(f"{config_path}: missing or invalid setting {error}") from None
+
+
+def _toml_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def render_config(
+    *,
+    registry_id: str,
+    catalog_url: str,
+    store_path: str,
+    kek_file: str,
+    naming_key_file: str,
+    signing_key_file: str,
+    trusted_signers: list[tuple[str, str]],
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> str:
+    """The text of config.toml (written by `init` and `keys trust`)."""
+    lines = [
+        "# model-registry configuration (docs/operations.md explains every setting)",
+        f"registry_id = {_toml_string(registry_id)}",
+        "",
+        "[catalog]",
+        f"url = {_toml_string(catalog_url)}",
+        "",
+        "[store]",
+        'driver = "local"',
+        f"path = {_toml_string(store_path)}",
+        f"chunk_size = {chunk_size}",
+        "",
+        "# Keys live outside the store and the catalog; back them up separately.",
+        "[keys]",
+        'provider = "local"',
+        f"kek_file = {_toml_string(kek_file)}",
+        f"naming_key_file = {_toml_string(naming_key_file)}",
+        f"signing_key_file = {_toml_string(signing_key_file)}",
+    ]
+    for name, public_key in trusted_signers:
+        lines += [
+            "",
+            "[[trusted_signers]]",
+            f"name = {_toml_string(name)}",
+            f"public_key = {_toml_string(public_key)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def raw_config(home: Path) -> dict[str, Any]:
+    """The parsed config.toml, for commands that rewrite it (keys trust)."""
+    return tomllib.loads((home / CONFIG_FILE).read_text())

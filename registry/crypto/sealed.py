@@ -1,0 +1,332 @@
+"""The sealed blob format (docs/format.md): a fixed header, then AES-256-GCM chunks of fixed size.
+
+This module frames and unframes bytes; it knows nothing of storage, names or key providers.
+
+    header  = magic "MRSB" | version u8 = 1 | cipher u8 = 1 | reserved u16 = 0 | chunk_size u32
+              | plaintext_size u64 | salt 32 B | nonce_prefix 7 B | commitment 32 B      (91 bytes)
+    okm     = HKDF-SHA256(ikm=data_key, salt=salt,
+                          info="model-registry/sealed/v1" | cipher u8 | digest 32 B, 64 bytes)
+    key     = okm[0:32]; commitment = okm[32:64]
+    chunk i = AES-256-GCM(key, nonce = nonce_prefix | u32 i | last u8, aad = header) (+16 B tag)
+
+All integers are big-endian. There is always at least one chunk (an empty blob is one empty chunk
+with last = 1), so dropping, reordering, duplicating or truncating chunks, splicing a chunk from
+another blob, a wrong data key and any edit of the header each fail authentication.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from registry.digest import Hasher, digest_bytes
+from registry.errors import IntegrityError, InvalidInputError
+
+MAGIC = b"MRSB"
+FORMAT_VERSION = 1
+CIPHER_AES256_GCM_HKDF_SHA256 = 1
+TAG_SIZE = 16
+KEY_SIZE = 32
+SALT_SIZE = 32
+NONCE_PREFIX_SIZE = 7
+COMMITMENT_SIZE = 32
+HKDF_INFO = b"model-registry/sealed/v1"
+_HEADER = struct.Struct(">4sBBHIQ32s7s32s")
+HEADER_SIZE = _HEADER.size
+MIN_CHUNK_SIZE = 64
+# A reader allocates a chunk-sized buffer: a hostile header must not make it allocate gigabytes.
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+MAX_PLAINTEXT_SIZE = (2**32 - 1) * MIN_CHUNK_SIZE
+
+
+@dataclass(frozen=True)
+class SealedHeader:
+    """The parsed header of a sealed blob, and the arithmetic of where each chunk lies."""
+
+    chunk_size: int
+    plaintext_size: int
+    salt: bytes
+    nonce_prefix: bytes
+    commitment: bytes
+
+    def pack(self) -> bytes:
+        return _HEADER.pack(
+            MAGIC,
+            FORMAT_VERSION,
+            CIPHER_AES256_GCM_HKDF_SHA256,
+            0,
+            self.chunk_size,
+            self.plaintext_size,
+            self.salt,
+            self.nonce_prefix,
+            self.commitment,
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes, *, what: str = "blob") -> SealedHeader:
+        if len(data) < HEADER_SIZE:
+            raise IntegrityError(f"{what}: sealed header truncated ({len(data)} bytes)")
+        magic, version, cipher, reserved, chunk_size, size, salt, prefix, commitment = (
+            _HEADER.unpack_from(data)
+        )
+        if magic != MAGIC:
+            raise IntegrityError(f"{what}: not a sealed blob (bad magic)")
+        if version != FORMAT_VERSION or cipher != CIPHER_AES256_GCM_HKDF_SHA256 or reserved:
+            raise IntegrityError(
+                f"{what}: unsupported sealed format {version}/cipher {cipher}/reserved {reserved}"
+            )
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise IntegrityError(f"{what}: chunk size {chunk_size} out of bounds")
+        header = cls(chunk_size, size, salt, prefix, commitment)
+        if header.chunk_count > 2**32:
+            raise IntegrityError(f"{what}: plaintext size {size} needs too many chunks")
+        return header
+
+    @property
+    def chunk_count(self) -> int:
+        return max(1, -(-self.plaintext_size // self.chunk_size))
+
+    @property
+    def sealed_size(self) -> int:
+        return HEADER_SIZE + self.plaintext_size + TAG_SIZE * self.chunk_count
+
+    def chunk_offset(self, index: int) -> int:
+        """Offset of sealed chunk `index` in the object: chunks are at computable places."""
+        return HEADER_SIZE + index * (self.chunk_size + TAG_SIZE)
+
+    def chunk_plain_size(self, index: int) -> int:
+        if index == self.chunk_count - 1:
+            return self.plaintext_size - index * self.chunk_size
+        return self.chunk_size
+
+    def chunk_range(self, first: int, last: int) -> tuple[int, int]:
+        """(offset, length) of sealed chunks first..last inclusive."""
+        start = self.chunk_offset(first)
+        end = self.chunk_offset(last) + self.chunk_plain_size(last) + TAG_SIZE
+        return start, end - start
+
+
+def _derive(data_key: bytes, salt: bytes, digest: str) -> tuple[bytes, bytes]:
+    if len(data_key) != KEY_SIZE:
+        raise InvalidInputError(f"a data key has {KEY_SIZE} bytes, got {len(data_key)}")
+    okm = HKDF(
+        algorithm=hashes.SHA256(),
+        length=2 * KEY_SIZE,
+        salt=salt,
+        info=HKDF_INFO + bytes([CIPHER_AES256_GCM_HKDF_SHA256]) + digest_bytes(digest),
+    ).derive(data_key)
+    return okm[:KEY_SIZE], okm[KEY_SIZE:]
+
+
+def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
+    return prefix + struct.pack(">IB", index, 1 if last else 0)
+
+
+class Sealer:
+    """Encrypts the chunks of one blob whose plaintext digest and size are known up front."""
+
+    def __init__(
+        self, data_key: bytes, digest: str, *, plaintext_size: int, chunk_size: int
+    ) -> None:
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise InvalidInputError(
+                f"chunk size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}, not {chunk_size}"
+            )
+        if not 0 <= plaintext_size <= MAX_PLAINTEXT_SIZE:
+            raise InvalidInputError(f"plaintext size {plaintext_size} out of bounds")
+        salt = os.urandom(SALT_SIZE)
+        key, commitment = _derive(data_key, salt, digest)
+        self.header = SealedHeader(
+            chunk_size, plaintext_size, salt, os.urandom(NONCE_PREFIX_SIZE), commitment
+        )
+        self.header_bytes = self.header.pack()
+        self._aead = AESGCM(key)
+
+    def seal_chunk(self, index: int, plaintext: bytes | bytearray | memoryview) -> bytearray:
+        header = self.header
+        if len(plaintext) != header.chunk_plain_size(index):
+            raise InvalidInputError(f"chunk {index} has {len(plaintext)} bytes, expected more")
+        out = bytearray(len(plaintext) + TAG_SIZE)
+        last = index == header.chunk_count - 1
+        self._aead.encrypt_into(
+            _nonce(header.nonce_prefix, index, last), plaintext, self.header_bytes, out
+        )
+        return out
+
+
+class Opener:
+    """Authenticates and decrypts chunks of one sealed blob, in any order (random access)."""
+
+    def __init__(self, data_key: bytes, digest: str, header_bytes: bytes, *, what: str) -> None:
+        self.what = what
+        self.header = SealedHeader.unpack(header_bytes, what=what)
+        self.header_bytes = bytes(header_bytes[:HEADER_SIZE])
+        key, commitment = _derive(data_key, self.header.salt, digest)
+        # Key commitment: a wrong data key, a swapped key slot or an edited salt fails here,
+        # before a single chunk is decrypted.
+        if not hmac.compare_digest(commitment, self.header.commitment):
+            raise IntegrityError(
+                f"{what}: key commitment mismatch (wrong data key or tampered header)", path=what
+            )
+        self._aead = AESGCM(key)
+
+    def open_chunk(
+        self, index: int, sealed: bytes | bytearray | memoryview, out: bytearray | memoryview
+    ) -> None:
+        """Decrypt sealed chunk `index` into `out` (exactly its plaintext size)."""
+        header = self.header
+        if not 0 <= index < header.chunk_count:
+            raise IntegrityError(f"{self.what}: chunk {index} does not exist", path=self.what)
+        size = header.chunk_plain_size(index)
+        if len(sealed) != size + TAG_SIZE or len(out) != size:
+            raise IntegrityError(
+                f"{self.what}: chunk {index} truncated ({len(sealed)} of {size + TAG_SIZE} bytes)",
+                path=self.what,
+            )
+        last = index == header.chunk_count - 1
+        try:
+            self._aead.decrypt_into(
+                _nonce(header.nonce_prefix, index, last), sealed, self.header_bytes, out
+            )
+        except InvalidTag:
+            raise IntegrityError(
+                f"{self.what}: chunk {index} failed authentication (tampered or corrupt)",
+                path=self.what,
+            ) from None
+
+
+def seal_file(
+    source: BinaryIO,
+    data_key: bytes,
+    digest: str,
+    *,
+    plaintext_size: int,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int = 2,
+    on_progress: Callable[[int], None] | None = None,
+    what: str = "blob",
+) -> Iterator[bytes | bytearray]:
+    """Yield the sealed object for `source` (header first), encrypting chunks on `workers` threads.
+
+    The plaintext is re-hashed on the way and the last chunk is withheld unless it matches
+    `digest`, so a file edited during a push can never be stored under the wrong digest. Memory
+    stays at about 4 x workers chunks whatever the size.
+    """
+    sealer = Sealer(data_key, digest, plaintext_size=plaintext_size, chunk_size=chunk_size)
+    header = sealer.header
+    hasher = Hasher()
+    yield sealer.header_bytes
+    window: deque[Future[bytearray]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal") as pool:
+        for index in range(header.chunk_count):
+            size = header.chunk_plain_size(index)
+            plaintext = bytearray(size)
+            got = source.readinto(plaintext) if size else 0
+            if got != size or (index == header.chunk_count - 1 and source.read(1)):
+                raise IntegrityError(
+                    f"{what}: changed size while it was being pushed; push it again", path=what
+                )
+            hasher.update(plaintext)
+            window.append(pool.submit(sealer.seal_chunk, index, plaintext))
+            if len(window) >= 2 * workers:
+                yield _done(window.popleft(), on_progress)
+        if hasher.digest() != digest:
+            raise IntegrityError(
+                f"{what}: changed while it was being pushed; push it again", path=what
+            )
+        while window:
+            yield _done(window.popleft(), on_progress)
+
+
+def _done(future: Future[bytearray], on_progress: Callable[[int], None] | None) -> bytearray:
+    sealed = future.result()
+    if on_progress is not None:
+        on_progress(len(sealed) - TAG_SIZE)
+    return sealed
+
+
+def unseal(
+    read_range: Callable[[int, int], bytes],
+    data_key: bytes,
+    digest: str,
+    *,
+    expected_size: int | None = None,
+    workers: int = 2,
+    chunks_per_read: int = 8,
+    verify_digest: bool = True,
+    what: str = "blob",
+) -> Iterator[memoryview]:
+    """Yield the authenticated plaintext chunks of a sealed object, in order.
+
+    `read_range(offset, length)` fetches sealed bytes (cut at the end of the object). Ranges of
+    `chunks_per_read` chunks are fetched and decrypted on `workers` threads; hashing runs in the
+    calling thread. Every yielded chunk is authenticated; the whole-plaintext digest is checked
+    after the last chunk (the iterator raises `IntegrityError` instead of finishing), so a caller
+    must not publish what it received until the iterator is exhausted.
+    """
+    opener = Opener(data_key, digest, read_range(0, HEADER_SIZE), what=what)
+    header = opener.header
+    if expected_size is not None and header.plaintext_size != expected_size:
+        raise IntegrityError(
+            f"{what}: header says {header.plaintext_size} bytes, catalog says {expected_size}",
+            path=what,
+        )
+    count = header.chunk_count
+    step = max(1, chunks_per_read)
+    groups = [(first, min(first + step, count) - 1) for first in range(0, count, step)]
+
+    def fetch_and_open(first: int, last: int) -> list[bytearray]:
+        offset, length = header.chunk_range(first, last)
+        is_tail = last == count - 1
+        # One byte more on the tail read reveals trailing garbage appended to the object.
+        sealed = read_range(offset, length + 1 if is_tail else length)
+        if len(sealed) < length:
+            lost = first + len(sealed) // (header.chunk_size + TAG_SIZE)
+            raise IntegrityError(f"{what}: truncated at chunk {lost}", path=what)
+        if len(sealed) > length:
+            raise IntegrityError(f"{what}: unexpected bytes after the last chunk", path=what)
+        view = memoryview(sealed)
+        plaintexts = []
+        position = 0
+        for index in range(first, last + 1):
+            size = header.chunk_plain_size(index)
+            out = bytearray(size)
+            opener.open_chunk(index, view[position : position + size + TAG_SIZE], out)
+            position += size + TAG_SIZE
+            plaintexts.append(out)
+        return plaintexts
+
+    hasher = Hasher()
+    window: deque[Future[list[bytearray]]] = deque()
+    index = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unseal") as pool:
+        pending = iter(groups)
+        for first, last in pending:
+            window.append(pool.submit(fetch_and_open, first, last))
+            if len(window) >= workers + 1:
+                break
+        while window:
+            chunks = window.popleft().result()
+            following = next(pending, None)
+            if following is not None:
+                window.append(pool.submit(fetch_and_open, *following))
+            for chunk in chunks:
+                if verify_digest:
+                    hasher.update(chunk)
+                    # The last chunk is withheld until the whole plaintext matched its digest.
+                    if index == count - 1 and hasher.digest() != digest:
+                        raise IntegrityError(f"{what}: content digest mismatch", path=what)
+                index += 1
+                yield memoryview(chunk)

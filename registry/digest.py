@@ -1,0 +1,66 @@
+"""BLAKE3 digests: the `blake3:<64 hex>` text form, hashing of files and bytes, keyed object ids.
+
+A digest is always the BLAKE3-256 hash of plaintext content; it is the identity of a blob and (over
+the canonical manifest) of a model version.
+"""
+
+from __future__ import annotations
+
+import re
+from os import PathLike
+
+import blake3
+
+PREFIX = "blake3:"
+_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
+DIGEST_SIZE = 32
+
+
+def format_digest(raw: bytes) -> str:
+    """`blake3:<hex>` for a 32-byte raw digest."""
+    if len(raw) != DIGEST_SIZE:
+        raise ValueError(f"a BLAKE3 digest has {DIGEST_SIZE} bytes, got {len(raw)}")
+    return PREFIX + raw.hex()
+
+
+def is_digest(text: object) -> bool:
+    return isinstance(text, str) and _DIGEST.fullmatch(text) is not None
+
+
+def digest_bytes(digest: str) -> bytes:
+    """The 32 raw bytes of a `blake3:<hex>` digest; ValueError when malformed."""
+    if not is_digest(digest):
+        raise ValueError(f"not a blake3 digest: {digest!r}")
+    return bytes.fromhex(digest[len(PREFIX) :])
+
+
+def hash_bytes(data: bytes | bytearray | memoryview) -> str:
+    return format_digest(blake3.blake3(data).digest())
+
+
+def hash_file(path: str | PathLike[str]) -> str:
+    """Digest of a file's content, memory-mapped and hashed on every core (BLAKE3 is a tree)."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    hasher.update_mmap(path)
+    return format_digest(hasher.digest())
+
+
+class Hasher:
+    """Incremental digest; `update` releases the GIL, so it runs beside decryption threads."""
+
+    def __init__(self) -> None:
+        self._hasher = blake3.blake3()
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(data)
+
+    def digest(self) -> str:
+        return format_digest(self._hasher.digest())
+
+
+def keyed_id(key: bytes, domain: str, digest: str) -> str:
+    """Keyed BLAKE3 of `domain` and a digest: an object id that reveals nothing of the content
+    to anyone without the registry's naming key, and differs per domain (blob, manifest)."""
+    hasher = blake3.blake3(key=key)
+    hasher.update(domain.encode("ascii") + b"\x00" + digest_bytes(digest))
+    return str(hasher.hexdigest())

@@ -1,0 +1,151 @@
+"""The one exception hierarchy of model-registry, with the stable code and CLI exit status of each.
+
+Every error a user can meet is a `RegistryError`: it carries a message that says what went wrong,
+a `hint` that says what to do next, a stable `code` (used by the CLI's `--json` output and later by
+the REST API's error shape) and an `exit_code` for the CLI. Errors also subclass the builtin that
+fits (`LookupError`, `ValueError`, `PermissionError`) so plain Python callers can catch them.
+"""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base of every error model-registry raises on purpose."""
+
+    code = "registry_error"
+    exit_code = 1
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = self.default_hint if hint is None else hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidInputError(RegistryError, ValueError):
+    """Input refused before anything changed: a bad name, reference, path or option."""
+
+    code = "invalid_input"
+    exit_code = 3
+
+
+class InvalidReferenceError(InvalidInputError):
+    """A model name or version reference that does not follow the grammar."""
+
+    code = "invalid_reference"
+    default_hint = (
+        "names are lower-case [a-z0-9][a-z0-9._-]* segments, optionally org/name; references are "
+        "NAME, NAME@N, NAME@blake3:PREFIX (12+ hex) or NAME:ALIAS"
+    )
+
+
+class InvalidModelError(InvalidInputError):
+    """A model directory or file that cannot be pushed (hostile or malformed safetensors, ...)."""
+
+    code = "invalid_model"
+
+
+class NotFoundError(RegistryError, LookupError):
+    """A model, version, file or object that does not exist."""
+
+    code = "not_found"
+    exit_code = 4
+
+
+class AmbiguousReferenceError(InvalidInputError):
+    """A digest prefix that matches more than one version."""
+
+    code = "ambiguous_reference"
+    default_hint = "give more hex digits of the digest"
+
+
+class ConflictError(RegistryError):
+    """The request clashes with the current state (a concurrent push, an existing file)."""
+
+    code = "conflict"
+    exit_code = 5
+
+
+class DestinationExistsError(ConflictError):
+    """A pull would overwrite files that already exist."""
+
+    code = "destination_exists"
+    default_hint = "choose an empty destination or pass --force to overwrite"
+
+
+class IntegrityError(RegistryError):
+    """Stored bytes failed authentication or their digest: tampering or corruption."""
+
+    code = "integrity_error"
+    exit_code = 6
+    default_hint = (
+        "the stored object is damaged or was tampered with; nothing was written. "
+        "Run `model-registry verify REF --read-data` to list every damaged file"
+    )
+
+    def __init__(self, message: str, *, hint: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+
+
+class SignatureError(IntegrityError):
+    """A manifest without a valid signature by a trusted key."""
+
+    code = "signature_error"
+    default_hint = (
+        "the manifest is not signed by a trusted key; add the signer's public key with "
+        "`model-registry keys trust NAME PUBLIC_KEY` only if you trust it"
+    )
+
+
+class KeyAccessError(RegistryError, PermissionError):
+    """A key-encryption key is missing, unreadable or not the one the data was wrapped with."""
+
+    code = "key_access_error"
+    exit_code = 7
+
+
+class ConfigurationError(RegistryError):
+    """The registry home or its configuration is missing or invalid."""
+
+    code = "configuration_error"
+    exit_code = 8
+    default_hint = "run `model-registry init` (MODEL_REGISTRY_HOME chooses the home)"
+
+
+class SchemaVersionError(ConfigurationError):
+    """The catalog was migrated by a newer model-registry than this one."""
+
+    code = "schema_too_new"
+    default_hint = "upgrade model-registry to the release that wrote this catalog"
+
+
+class StorageError(RegistryError, OSError):
+    """A storage driver could not complete an operation (I/O error, unreachable store)."""
+
+    code = "storage_error"
+    exit_code = 9
+
+
+class ObjectExistsError(StorageError):
+    """A write-once object already exists (raised only where absence was required)."""
+
+    code = "object_exists"
+
+
+# Documented in docs/cli.md; the CLI exits with these.
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "unexpected error (a bug: please report it)",
+    2: "usage error (unknown option, missing argument)",
+    InvalidInputError.exit_code: "invalid input: bad name, reference, path or model files",
+    NotFoundError.exit_code: "not found: model, version or object",
+    ConflictError.exit_code: "conflict: destination exists, concurrent change",
+    IntegrityError.exit_code: "integrity failure: tampered or corrupt data, bad signature",
+    KeyAccessError.exit_code: "key access: key file missing, unreadable or wrong",
+    ConfigurationError.exit_code: "configuration: registry not initialised, schema too new",
+    StorageError.exit_code: "storage: the store could not be read or written",
+}

@@ -1,0 +1,250 @@
+"""Manifests: what a model version is, in canonical JSON, signed, and validated when read back.
+
+A manifest lists a version's files (relative path, size, BLAKE3 digest) and, for each safetensors
+file, its validated tensor index. The version id is the BLAKE3 digest of the canonical manifest
+bytes (sorted keys, no whitespace, UTF-8, integers and strings only). The stored form is a signed
+envelope: `{"format": ..., "manifest": {...}, "signatures": [...]}`; the signatures cover the
+canonical manifest bytes. Collecting the files of a local directory for a push also lives here,
+because what may be pushed is what a manifest may describe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.crypto.signing import Signer, TrustedSigner, verify_signatures
+from registry.digest import hash_bytes, is_digest
+from registry.errors import IntegrityError, InvalidInputError, InvalidModelError
+from registry.refs import validate_name, validate_relative_path
+from registry.safetensors_header import SafetensorsHeader, read_header, validate_index
+
+SCHEMA = "model-registry/manifest/v1"
+ENVELOPE_FORMAT = "model-registry/signed-manifest/v1"
+INDEX_SUFFIX = ".safetensors.index.json"
+MAX_FILES = 100_000
+MAX_INDEX_SIZE = 64 * 1024 * 1024
+
+
+def canonical_json(value: object) -> bytes:
+    """Canonical encoding: sorted keys, compact separators, UTF-8; floats are refused."""
+
+    def check(item: object) -> None:
+        if isinstance(item, float):
+            raise InvalidInputError("canonical JSON holds no floating-point numbers")
+        if isinstance(item, dict):
+            for child in item.values():
+                check(child)
+        elif isinstance(item, list | tuple):
+            for child in item:
+                check(child)
+
+    check(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class ManifestFile:
+    path: str
+    size: int
+    digest: str
+    safetensors: SafetensorsHeader | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
+        if self.safetensors is not None:
+            entry["safetensors"] = self.safetensors.to_manifest()
+        return entry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    files: tuple[ManifestFile, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "name": self.name,
+            "files": [entry.to_dict() for entry in self.files],
+        }
+
+    def canonical(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> str:
+        return hash_bytes(self.canonical())
+
+    @property
+    def total_size(self) -> int:
+        return sum(entry.size for entry in self.files)
+
+    @property
+    def tensor_count(self) -> int:
+        return sum(len(f.safetensors.tensors) for f in self.files if f.safetensors is not None)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(f.safetensors.parameter_count for f in self.files if f.safetensors is not None)
+
+    @property
+    def dtypes(self) -> list[str]:
+        found: set[str] = set()
+        for entry in self.files:
+            if entry.safetensors is not None:
+                found.update(entry.safetensors.dtypes)
+        return sorted(found)
+
+    def signed_envelope(self, signer: Signer) -> bytes:
+        return canonical_json(
+            {
+                "format": ENVELOPE_FORMAT,
+                "manifest": self.to_dict(),
+                "signatures": [signer.sign(self.canonical())],
+            }
+        )
+
+
+def build_manifest(name: str, files: Sequence[ManifestFile]) -> Manifest:
+    paths = [entry.path for entry in files]
+    if len(set(paths)) != len(paths):
+        raise InvalidModelError("two files of the version have the same path")
+    return Manifest(validate_name(name), tuple(sorted(files, key=lambda entry: entry.path)))
+
+
+def _parse_manifest(data: object, *, what: str) -> Manifest:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise IntegrityError(f"{what}: not a {SCHEMA} manifest", path=what)
+    if set(data) != {"schema", "name", "files"} or not isinstance(data["files"], list):
+        raise IntegrityError(f"{what}: unexpected manifest fields", path=what)
+    try:
+        name = validate_name(data["name"])
+        files = []
+        for raw in data["files"]:
+            if not isinstance(raw, dict) or not set(raw) <= {"path", "size", "digest", "safetensors"}:
+                raise InvalidModelError("malformed file entry")
+            path = validate_relative_path(raw.get("path"))  # type: ignore[arg-type]
+            size, digest = raw.get("size"), raw.get("digest")
+            if type(size) is not int or size < 0 or not is_digest(digest):
+                raise InvalidModelError(f"{path}: malformed size or digest")
+            header = None
+            if "safetensors" in raw:
+                header = SafetensorsHeader.from_manifest(raw["safetensors"], display_name=path)
+                if header.data_offset + header.data_size != size:
+                    raise InvalidModelError(f"{path}: tensor index does not cover the file")
+            files.append(ManifestFile(path, size, str(digest), header))
+        return build_manifest(name, files)
+    except InvalidInputError as error:
+        raise IntegrityError(f"{what}: invalid manifest: {error}", path=what) from None
+
+
+def parse_envelope(
+    data: bytes,
+    *,
+    expected_digest: str,
+    trusted: Sequence[TrustedSigner],
+    what: str,
+) -> tuple[Manifest, TrustedSigner]:
+    """Validate a stored envelope: JSON shape, canonical digest == `expected_digest`, and a
+    signature by a trusted key. Returns the manifest and who signed it."""
+    try:
+        envelope = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise IntegrityError(f"{what}: manifest is not valid JSON", path=what) from None
+    if not isinstance(envelope, dict) or envelope.get("format") != ENVELOPE_FORMAT:
+        raise IntegrityError(f"{what}: not a signed manifest envelope", path=what)
+    manifest = _parse_manifest(envelope.get("manifest"), what=what)
+    canonical = manifest.canonical()
+    if canonical_json(envelope["manifest"]) != canonical or hash_bytes(canonical) != expected_digest:
+        raise IntegrityError(
+            f"{what}: manifest digest is not {expected_digest} (edited manifest)", path=what
+        )
+    signatures = envelope.get("signatures")
+    if not isinstance(signatures, list) or not all(isinstance(s, dict) for s in signatures):
+        raise IntegrityError(f"{what}: malformed signatures", path=what)
+    signer = verify_signatures(canonical, signatures, trusted, what=what)
+    return manifest, signer
+
+
+# -- collecting a local model for a push ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """A file to push: its path in the version, where it is on disk, its size and tensor index."""
+
+    path: str
+    source: Path
+    size: int
+    safetensors: SafetensorsHeader | None
+
+
+def collect(path: Path) -> list[LocalFile]:
+    """The files of a model directory (or one .safetensors file), validated before anything is
+    stored: safe paths, parsable safetensors headers, and index files that point only at shards
+    of this version holding the named tensors. Hidden entries (starting with '.') are skipped."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise InvalidInputError(f"{path} does not exist") from None
+    if stat.S_ISREG(mode):
+        if not path.name.endswith(".safetensors"):
+            raise InvalidInputError(
+                f"{path} is a file but not a .safetensors file",
+                hint="push a model directory, or a single .safetensors file",
+            )
+        found = [(validate_relative_path(path.name), path)]
+    elif stat.S_ISDIR(mode):
+        found = _walk(path)
+    else:
+        raise InvalidInputError(f"{path} is neither a directory nor a regular file")
+    if not found:
+        raise InvalidInputError(f"{path} holds no files to push")
+    if len(found) > MAX_FILES:
+        raise InvalidInputError(f"{path} holds more than {MAX_FILES} files")
+
+    files: list[LocalFile] = []
+    headers: dict[str, SafetensorsHeader] = {}
+    for relative, source in found:
+        size = source.stat().st_size
+        header = None
+        if relative.endswith(".safetensors"):
+            header = read_header(source, display_name=relative)
+            headers[relative] = header
+        files.append(LocalFile(relative, source, size, header))
+    for entry in files:
+        if entry.path.endswith(INDEX_SUFFIX):
+            if entry.size > MAX_INDEX_SIZE:
+                raise InvalidModelError(f"{entry.path}: index file larger than {MAX_INDEX_SIZE}")
+            base_dir = entry.path.rpartition("/")[0]
+            validate_index(
+                entry.source.read_bytes(), display_name=entry.path, headers=headers, base_dir=base_dir
+            )
+    return files
+
+
+def _walk(root: Path) -> list[tuple[str, Path]]:
+    found: list[tuple[str, Path]] = []
+    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            if filename.startswith("."):
+                continue
+            source = Path(directory, filename)
+            relative = source.relative_to(root).as_posix()
+            try:
+                validate_relative_path(relative)
+            except InvalidInputError as error:
+                raise InvalidModelError(str(error)) from None
+            # A symlink to a regular file is pushed as its content (checkpoint caches link
+            # shards into snapshot directories); anything else that is not a file is refused.
+            if not source.is_file():
+                raise InvalidModelError(f"{relative} is not a regular file")
+            found.append((relative, source))
+    return found

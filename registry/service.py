@@ -1,0 +1,642 @@
+"""The use cases: init, push, pull, resolve, list, show, verify, signer trust. `Registry` is the
+Python API and the one thing the CLI (and later the REST API) calls.
+
+It is the only writer of catalog and stores together, and it keeps the write order that makes a
+crash harmless: key slots and data, then the manifest, then the catalog in one transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from registry import manifest as manifests
+from registry.blobstore import BLOB, MANIFEST, BlobStore
+from registry.catalog.db import create_catalog_engine, migrate
+from registry.catalog.repository import (
+    AuditRecord,
+    Catalog,
+    FileRecord,
+    ModelRecord,
+    NewBlob,
+    NewVersion,
+    VersionRecord,
+)
+from registry.config import (
+    CONFIG_FILE,
+    Settings,
+    default_actor,
+    default_home,
+    load_settings,
+    raw_config,
+    render_config,
+)
+from registry.crypto.keys import (
+    LocalKeyProvider,
+    WrappedKey,
+    create_key_file,
+    read_key_file,
+)
+from registry.crypto.signing import (
+    Signer,
+    TrustedSigner,
+    parse_public_key,
+    public_key_text,
+)
+from registry.digest import hash_file
+from registry.errors import (
+    ConfigurationError,
+    DestinationExistsError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+)
+from registry.manifest import Manifest, ManifestFile
+from registry.refs import parse_reference, validate_name, validate_relative_path
+from registry.storage.local import LocalDriver
+
+
+class Progress(Protocol):
+    """Receives progress of long operations (the CLI draws a rich progress bar from it)."""
+
+    def begin(self, description: str, total: int) -> None: ...
+
+    def advance(self, amount: int) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class _NoProgress:
+    def begin(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class InitResult:
+    home: Path
+    created: bool
+    registry_id: str
+    catalog_url: str
+    store_path: Path
+    kek_file: Path
+    public_key: str
+
+
+@dataclass(frozen=True)
+class PushResult:
+    version: VersionRecord
+    created: bool
+    uploaded_bytes: int
+    reused_bytes: int
+    files: int
+
+
+@dataclass(frozen=True)
+class PullResult:
+    version: VersionRecord
+    destination: Path
+    files: tuple[str, ...]
+    bytes: int
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    version: VersionRecord
+    read_data: bool
+    checked_files: int
+    checked_bytes: int
+    problems: tuple[FileProblem, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class VersionDetails:
+    version: VersionRecord
+    manifest: Manifest
+    signer: str
+
+
+class Registry:
+    """An open registry: catalog, store, keys and signer, as configured in a home directory."""
+
+    def __init__(self, settings: Settings, *, actor: str | None = None) -> None:
+        self.settings = settings
+        self.actor = actor or default_actor()
+        self.keys = LocalKeyProvider.from_file(settings.kek_file)
+        naming_key = read_key_file(settings.naming_key_file, label="naming key")
+        self.signer = Signer.from_file(settings.signing_key_file)
+        self.unwraps = 0
+        engine = create_catalog_engine(settings.catalog_url)
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        self.catalog = Catalog(engine)
+        self.store = BlobStore(
+            LocalDriver(settings.store_path),
+            self.keys,
+            registry_id=settings.registry_id,
+            naming_key=naming_key,
+            chunk_size=settings.chunk_size,
+            workers=settings.effective_workers,
+            on_unwrap=self._count_unwrap,
+        )
+
+    def _count_unwrap(self, _digest: str) -> None:
+        self.unwraps += 1
+
+    # -- lifecycle of the handle -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, home: str | Path | None = None, *, actor: str | None = None) -> Registry:
+        """Open the registry in `home` (MODEL_REGISTRY_HOME, default ~/.model-registry)."""
+        settings = load_settings(Path(home) if home is not None else None)
+        registry = cls(settings, actor=actor)
+        try:
+            registry.store.check_claim()
+        except BaseException:
+            registry.close()
+            raise
+        return registry
+
+    def close(self) -> None:
+        self.catalog.close()
+        self.store.driver.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @classmethod
+    def init(
+        cls,
+        home: str | Path | None = None,
+        *,
+        catalog_url: str | None = None,
+        store_path: str | Path | None = None,
+        key_dir: str | Path | None = None,
+    ) -> InitResult:
+        """Create a registry in `home`, or check and upgrade the one there (idempotent).
+
+        Keys are created first and never replaced; config.toml is written last, so an init that
+        was interrupted simply runs again.
+        """
+        home_path = (Path(home) if home is not None else default_home()).expanduser().absolute()
+        if (home_path / CONFIG_FILE).exists():
+            if catalog_url or store_path or key_dir:
+                raise ConfigurationError(
+                    f"{home_path} is already initialised; options apply only to a new registry",
+                    hint=f"edit {home_path / CONFIG_FILE} to change settings",
+                )
+            with cls.open(home_path) as registry:
+                registry.store.claim()
+                return registry._init_result(created=False)
+        home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keys = Path(key_dir).expanduser().absolute() if key_dir else home_path / "keys"
+        store = Path(store_path).expanduser().absolute() if store_path else home_path / "store"
+        if keys == store or keys.is_relative_to(store) or store.is_relative_to(keys):
+            raise InvalidInputError(
+                f"the key directory {keys} and the store {store} must be apart",
+                hint="keys must never live beside the data they protect (design invariant 5)",
+            )
+        keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kek_file, naming_file, signing_file = (
+            keys / "kek.key",
+            keys / "naming.key",
+            keys / "signing.key",
+        )
+        if not kek_file.exists():
+            create_key_file(kek_file)
+        if not naming_file.exists():
+            create_key_file(naming_file, label="naming key")
+        signer = Signer.from_file(signing_file) if signing_file.exists() else Signer.create(signing_file)
+        url = catalog_url or f"sqlite:///{home_path / 'catalog.db'}"
+        text = render_config(
+            registry_id=f"mr-{uuid.uuid4().hex}",
+            catalog_url=url,
+            store_path=str(store),
+            kek_file=str(kek_file),
+            naming_key_file=str(naming_file),
+            signing_key_file=str(signing_file),
+            trusted_signers=[("local", public_key_text(signer.public_key))],
+        )
+        _write_atomically(home_path / CONFIG_FILE, text)
+        with cls(load_settings(home_path)) as registry:
+            registry.store.claim()
+            registry.catalog.audit(registry.actor, "init", "registry", {"home": str(home_path)})
+            return registry._init_result(created=True)
+
+    def _init_result(self, *, created: bool) -> InitResult:
+        return InitResult(
+            home=self.settings.home,
+            created=created,
+            registry_id=self.settings.registry_id,
+            catalog_url=self.settings.catalog_url,
+            store_path=self.settings.store_path,
+            kek_file=self.settings.kek_file,
+            public_key=public_key_text(self.signer.public_key),
+        )
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> VersionRecord:
+        return self.catalog.resolve(parse_reference(ref))
+
+    def versions(self, name: str) -> list[VersionRecord]:
+        return self.catalog.versions(validate_name(name))
+
+    def models(self) -> list[ModelRecord]:
+        return self.catalog.models()
+
+    def audit_events(self, *, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
+        return self.catalog.audit_events(subject=subject, limit=limit)
+
+    def show(self, ref: str) -> VersionDetails:
+        version = self.resolve(ref)
+        manifest, signer = self._load_manifest(version)
+        return VersionDetails(version, manifest, signer.name)
+
+    def _slot(self, kind: str, digest: str, *, what: str) -> WrappedKey:
+        slot = self.catalog.key_slot(digest, kind, self.keys.kek_id)
+        if slot is None:
+            slot = self.store.read_slot(kind, digest, what=what)
+        if slot is None:
+            raise IntegrityError(
+                f"{what}: no key slot for the configured key {self.keys.kek_id}", path=what
+            )
+        return slot
+
+    def _load_manifest(self, version: VersionRecord) -> tuple[Manifest, TrustedSigner]:
+        """The version's manifest read back from the store: authenticated, digest checked
+        against the catalog, signature checked against the trusted keys."""
+        what = f"manifest of {version.ref}"
+        slot = self._slot(MANIFEST, version.digest, what=what)
+        data = self.store.read_bytes(MANIFEST, version.digest, slot, what=what)
+        manifest, signer = manifests.parse_envelope(
+            data,
+            expected_digest=version.digest,
+            trusted=self.settings.trusted_signers,
+            what=what,
+        )
+        if manifest.name != version.name:
+            raise IntegrityError(f"{what}: names model {manifest.name}", path=what)
+        return manifest, signer
+
+    # -- push ------------------------------------------------------------------------------
+
+    def push(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        message: str = "",
+        progress: Progress | None = None,
+    ) -> PushResult:
+        """Push a model directory (or one .safetensors file) as a new version of `name`.
+
+        Everything is validated before anything is stored. Content already stored is not
+        uploaded again; identical content returns the existing version (created=False).
+        """
+        progress = progress or _NoProgress()
+        validate_name(name)
+        files = manifests.collect(Path(path))
+        total = sum(entry.size for entry in files)
+
+        progress.begin("hashing", total)
+        digests: list[str] = []
+        for entry in files:
+            digests.append(hash_file(entry.source))
+            progress.advance(entry.size)
+        progress.end()
+        manifest = manifests.build_manifest(
+            name,
+            [
+                ManifestFile(entry.path, entry.size, digest, entry.safetensors)
+                for entry, digest in zip(files, digests, strict=True)
+            ],
+        )
+        digest = manifest.digest
+        existing = self.catalog.find_version(name, digest)
+        if existing is not None:
+            return PushResult(existing, False, 0, total, len(files))
+
+        progress.begin("uploading", total)
+        stored: dict[str, NewBlob] = {}
+        uploaded = 0
+        for entry, file_digest in zip(files, digests, strict=True):
+            if file_digest in stored:
+                progress.advance(entry.size)
+                continue
+            blob = self.store.put_file(
+                entry.source,
+                file_digest,
+                entry.size,
+                what=entry.path,
+                on_progress=progress.advance,
+            )
+            uploaded += blob.size if blob.uploaded else 0
+            stored[file_digest] = NewBlob(
+                blob.digest,
+                blob.size,
+                blob.object_name,
+                blob.sealed_size,
+                blob.chunk_size,
+                blob.slot,
+            )
+        progress.end()
+
+        what = f"manifest of {name}"
+        manifest_object = self.store.put_bytes(
+            MANIFEST, digest, manifest.signed_envelope(self.signer), what=what
+        )
+        manifest_slot = self.store.read_slot(MANIFEST, digest, what=what)
+        assert manifest_slot is not None  # put_bytes stored it first
+        version, created = self.catalog.commit_version(
+            NewVersion(
+                name=name,
+                digest=digest,
+                manifest_object=manifest_object,
+                manifest_slot=manifest_slot,
+                message=message,
+                actor=self.actor,
+                signed_by=self.signer.key_id,
+                total_size=total,
+                tensor_count=manifest.tensor_count,
+                parameter_count=manifest.parameter_count,
+                dtypes=manifest.dtypes,
+                files=[
+                    FileRecord(
+                        f.path,
+                        f.size,
+                        f.digest,
+                        0 if f.safetensors is None else len(f.safetensors.tensors),
+                    )
+                    for f in manifest.files
+                ],
+                blobs=list(stored.values()),
+            )
+        )
+        return PushResult(version, created, uploaded, total - uploaded, len(files))
+
+    # -- pull ------------------------------------------------------------------------------
+
+    def pull(
+        self,
+        ref: str,
+        destination: str | Path,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> PullResult:
+        """Write every file of a version under `destination`, byte-identical and verified.
+
+        Files are decrypted into a staging directory inside `destination` and moved to their
+        final names only after every file has been authenticated and re-hashed; on any failure
+        the staging directory is removed and `destination` is left as it was.
+        """
+        progress = progress or _NoProgress()
+        unwraps_before = self.unwraps
+        version = self.resolve(ref)
+        manifest, _signer = self._load_manifest(version)
+        dest = Path(destination).expanduser().absolute()
+        if dest.exists() and not dest.is_dir():
+            raise InvalidInputError(f"destination {dest} exists and is not a directory")
+        targets = _targets(dest, manifest, force=force)
+        dest.mkdir(parents=True, exist_ok=True)
+        staging = dest / f".model-registry-pull-{uuid.uuid4().hex[:12]}.incomplete"
+        staging.mkdir(mode=0o700)
+        progress.begin("downloading", manifest.total_size)
+        try:
+            for entry in manifest.files:
+                temporary = staging / entry.path
+                temporary.parent.mkdir(parents=True, exist_ok=True)
+                slot = self._slot(BLOB, entry.digest, what=entry.path)
+                with temporary.open("xb") as out:
+                    for chunk in self.store.open(
+                        BLOB, entry.digest, slot, size=entry.size, what=entry.path
+                    ):
+                        out.write(chunk)
+                        progress.advance(len(chunk))
+                    out.flush()
+                    os.fsync(out.fileno())
+            for entry in manifest.files:
+                final = targets[entry.path]
+                final.parent.mkdir(parents=True, exist_ok=True)
+                if final.is_dir():
+                    raise DestinationExistsError(f"{final} is a directory")
+                os.replace(staging / entry.path, final)
+            _fsync_directory(dest)
+        finally:
+            progress.end()
+            shutil.rmtree(staging, ignore_errors=True)
+        self.catalog.audit(
+            self.actor,
+            "pull",
+            version.name,
+            {
+                "version": version.number,
+                "digest": version.digest,
+                "files": len(manifest.files),
+                "bytes": manifest.total_size,
+                "key_unwraps": self.unwraps - unwraps_before,
+            },
+        )
+        return PullResult(
+            version, dest, tuple(entry.path for entry in manifest.files), manifest.total_size
+        )
+
+    # -- verify ----------------------------------------------------------------------------
+
+    def verify(
+        self, ref: str, *, read_data: bool = False, progress: Progress | None = None
+    ) -> VerifyReport:
+        """Check a version: its manifest (signature, digest), the presence and size of every
+        object and, with `read_data`, decrypt and re-hash everything. Problems are reported per
+        file instead of stopping at the first."""
+        progress = progress or _NoProgress()
+        unwraps_before = self.unwraps
+        version = self.resolve(ref)
+        problems: list[FileProblem] = []
+        try:
+            manifest, _signer = self._load_manifest(version)
+            expected = {(f.path, f.size, f.digest) for f in manifest.files}
+            recorded = {(f.path, f.size, f.digest) for f in version.files}
+            if expected != recorded:
+                problems.append(FileProblem("manifest", "catalog and manifest list other files"))
+        except RegistryError as error:
+            problems.append(FileProblem("manifest", str(error)))
+        checked = 0
+        progress.begin("verifying", version.total_size if read_data else version.file_count)
+        for entry in version.files:
+            try:
+                self.store.read_header(BLOB, entry.digest, size=entry.size, what=entry.path)
+                if read_data:
+                    slot = self._slot(BLOB, entry.digest, what=entry.path)
+                    for chunk in self.store.open(
+                        BLOB, entry.digest, slot, size=entry.size, what=entry.path
+                    ):
+                        progress.advance(len(chunk))
+                    checked += entry.size
+                else:
+                    progress.advance(1)
+            except RegistryError as error:
+                problems.append(FileProblem(entry.path, str(error)))
+        progress.end()
+        report = VerifyReport(
+            version, read_data, len(version.files), checked, tuple(problems)
+        )
+        self.catalog.audit(
+            self.actor,
+            "verify",
+            version.name,
+            {
+                "version": version.number,
+                "read_data": read_data,
+                "ok": report.ok,
+                "problems": [p.path for p in problems],
+                "key_unwraps": self.unwraps - unwraps_before,
+            },
+        )
+        return report
+
+    # -- signers ---------------------------------------------------------------------------
+
+    def trust_signer(self, name: str, public_key: str) -> TrustedSigner:
+        """Add a public key (e.g. a CI signer's) to the trusted signers in config.toml."""
+        signer = TrustedSigner(_signer_name(name), parse_public_key(public_key))
+        with self._editing_config() as config:
+            entries = config.setdefault("trusted_signers", [])
+            for entry in entries:
+                if entry.get("name") == signer.name:
+                    raise InvalidInputError(
+                        f"a signer named {signer.name} is already trusted",
+                        hint="choose another name, or `model-registry keys untrust` it first",
+                    )
+            entries.append({"name": signer.name, "public_key": public_key_text(signer.public_key)})
+        return signer
+
+    def untrust_signer(self, name: str) -> None:
+        with self._editing_config() as config:
+            entries = config.get("trusted_signers", [])
+            kept = [entry for entry in entries if entry.get("name") != name]
+            if len(kept) == len(entries):
+                raise NotFoundError(f"no trusted signer named {name}")
+            config["trusted_signers"] = kept
+
+    def new_signing_key(self) -> str:
+        """Replace this home's signing key with a new one (the old key stays trusted so its
+        manifests still verify); returns the new public key to trust elsewhere."""
+        old = self.settings.signing_key_file
+        new_path = old.with_name(f"signing-{uuid.uuid4().hex[:8]}.key")
+        signer = Signer.create(new_path)
+        text = public_key_text(signer.public_key)
+        with self._editing_config() as config:
+            config["keys"]["signing_key_file"] = str(new_path)
+            config.setdefault("trusted_signers", []).append(
+                {"name": f"local-{signer.key_id[:8]}", "public_key": text}
+            )
+        self.signer = signer
+        return text
+
+    @contextmanager
+    def _editing_config(self) -> Iterator[dict[str, object]]:
+        home = self.settings.home
+        config = raw_config(home)
+        yield config
+        keys = config["keys"]
+        assert isinstance(keys, dict)
+        signers = config.get("trusted_signers", [])
+        assert isinstance(signers, list)
+        text = render_config(
+            registry_id=str(config["registry_id"]),
+            catalog_url=str(config["catalog"]["url"]),  # type: ignore[index]
+            store_path=str(config["store"]["path"]),  # type: ignore[index]
+            chunk_size=int(config["store"].get("chunk_size", self.settings.chunk_size)),  # type: ignore[attr-defined]
+            kek_file=str(keys["kek_file"]),
+            naming_key_file=str(keys["naming_key_file"]),
+            signing_key_file=str(keys["signing_key_file"]),
+            trusted_signers=[(str(s["name"]), str(s["public_key"])) for s in signers],
+        )
+        _write_atomically(home / CONFIG_FILE, text)
+        self.settings = load_settings(home)
+
+
+def _signer_name(name: str) -> str:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise InvalidInputError(f"invalid signer name {name!r}: use letters, digits, - _ .")
+    return name
+
+
+def _targets(dest: Path, manifest: Manifest, *, force: bool) -> dict[str, Path]:
+    """Final path of every file, checked before anything is written: inside `dest` even through
+    symlinks, and not overwriting anything unless `force`."""
+    root = dest.resolve()
+    targets: dict[str, Path] = {}
+    existing: list[str] = []
+    for entry in manifest.files:
+        validate_relative_path(entry.path)
+        final = dest / entry.path
+        resolved = final.resolve()
+        if not resolved.is_relative_to(root):
+            raise InvalidInputError(
+                f"{entry.path} would be written outside {dest} (through a symlink)"
+            )
+        if final.exists() or final.is_symlink():
+            if final.is_dir() and not final.is_symlink():
+                raise DestinationExistsError(f"{final} is a directory")
+            existing.append(entry.path)
+        targets[entry.path] = final
+    if existing and not force:
+        shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
+        raise DestinationExistsError(f"{len(existing)} file(s) already exist in {dest}: {shown}")
+    return targets
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

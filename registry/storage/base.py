@@ -1,0 +1,110 @@
+"""The storage `Driver` contract: write-once named objects, ranged reads, listing, delete.
+
+Drivers know nothing of digests, encryption or the catalog: they store opaque bytes under names that
+the blob store (`registry.blobstore`) chooses. Every driver must pass the conformance suite in
+`registry.testing.driver_suite`.
+
+Object names are relative, '/'-separated paths of segments matching `[a-z0-9][a-z0-9._-]*`
+(at most 512 characters): no empty segment, no `.` or `..`, no absolute path, no upper case.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from registry.errors import InvalidInputError
+
+_SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]*")
+MAX_NAME_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a driver knows of one stored object.
+
+    `size` is in bytes; `modified` is a timezone-aware UTC datetime (when the object was written).
+    """
+
+    name: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a driver can do beyond the base contract."""
+
+    object_lock: bool = False
+    legal_hold: bool = False
+    versioned: bool = False
+
+
+def validate_object_name(name: str) -> str:
+    """Return `name` if it is a valid object name, else raise `InvalidInputError`."""
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:
+        raise InvalidInputError(f"invalid object name {name!r}: empty or too long")
+    for segment in name.split("/"):
+        if not _SEGMENT.fullmatch(segment) or segment in (".", ".."):
+            raise InvalidInputError(f"invalid object name {name!r}: bad segment {segment!r}")
+    return name
+
+
+def validate_prefix(prefix: str) -> str:
+    """A listing prefix is empty or a valid object name optionally ending with '/'."""
+    if prefix:
+        validate_object_name(prefix.rstrip("/"))
+    return prefix
+
+
+class Driver(ABC):
+    """A flat namespace of write-once objects.
+
+    Contracts, per method, that every implementation keeps (and the conformance suite checks):
+    names are validated with `validate_object_name` before any I/O; a failed or interrupted write
+    leaves no object visible under its name; an object, once visible, never changes.
+    """
+
+    capabilities = Capabilities()
+
+    @abstractmethod
+    def put_if_absent(self, name: str, chunks: Iterable[bytes | bytearray | memoryview]) -> bool:
+        """Store the concatenation of `chunks` under `name` unless an object of that name exists.
+
+        Returns True when this call created the object, False when one already existed (its
+        content is left untouched). The object becomes visible atomically, complete and durable
+        (fsync or the store's own guarantee) or not at all: if `chunks` raises, the exception
+        propagates and nothing is stored. Concurrent calls for one name: exactly one returns True.
+        """
+
+    @abstractmethod
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Return `length` bytes from `offset` (to the end when `length` is None).
+
+        A range that runs past the end is cut at the end; an offset past the end gives b"".
+        Raises `InvalidInputError` for a negative `offset` or `length` (checked before any I/O)
+        and `NotFoundError` when the object does not exist.
+        """
+
+    @abstractmethod
+    def stat(self, name: str) -> ObjectInfo | None:
+        """Return the object's info, or None when it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Yield every object whose name starts with `prefix`, in name order.
+
+        `prefix` is a plain string prefix ("a/b" matches "a/b/c" and "a/bc"), checked with
+        `validate_prefix` when `list` is called, not when iteration starts. "Name order" is
+        Python's `str` ordering of the full names, so "a-b" comes before "a/b".
+        """
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Delete one object. Raises `NotFoundError` when it does not exist."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
+        """Release connections or handles; the driver is not used afterwards."""
