@@ -20,7 +20,9 @@ from registry.service import Registry
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def init(catalog_url: str | None, store_path: Path | None, key_dir: Path | None, as_json: bool) -> None:
+def init(
+    catalog_url: str | None, store_path: Path | None, key_dir: Path | None, as_json: bool
+) -> None:
     """Create a registry (idempotent: an existing one is checked and its catalog upgraded)."""
     result = Registry.init(catalog_url=catalog_url, store_path=store_path, key_dir=key_dir)
     if as_json:

@@ -1,4 +1,4 @@
-"""Terminal output for the CLI: rich progress bars, tables, JSON, and errors mapped to exit codes."""
+"""CLI output: rich progress bars, tables, JSON, and errors mapped to exit codes."""
 
 from __future__ import annotations
 

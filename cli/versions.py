@@ -203,7 +203,9 @@ def show(ref: str, as_json: bool) -> None:
 
 @click.command()
 @click.argument("ref")
-@click.option("--read-data", is_flag=True, help="Decrypt and re-hash every byte, not just presence.")
+@click.option(
+    "--read-data", is_flag=True, help="Decrypt and re-hash every byte, not just presence."
+)
 @JSON
 @QUIET
 @handle_errors

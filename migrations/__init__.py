@@ -1,1 +1,1 @@
-"""Alembic migrations of the catalog (SQLite in batch mode and PostgreSQL); run by `registry.catalog.db`."""
+"""Alembic migrations of the catalog (SQLite batch mode, PostgreSQL); run by registry.catalog.db."""

@@ -1,9 +1,9 @@
 """model-registry: an immutable, encrypted, verified model artifact registry.
 
-    import registry
-    with registry.Registry.open() as reg:
-        reg.push("org/model", "./checkpoint")
-        reg.pull("org/model@1", "./out")
+import registry
+with registry.Registry.open() as reg:
+    reg.push("org/model", "./checkpoint")
+    reg.pull("org/model@1", "./out")
 """
 
 from registry.errors import RegistryError

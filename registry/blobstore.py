@@ -150,9 +150,7 @@ class BlobStore:
         elif on_progress is not None:
             on_progress(size)
         header = self.read_header(BLOB, digest, size=size, what=what)
-        return StoredBlob(
-            digest, size, name, header.sealed_size, header.chunk_size, slot, uploaded
-        )
+        return StoredBlob(digest, size, name, header.sealed_size, header.chunk_size, slot, uploaded)
 
     def put_bytes(self, kind: str, digest: str, data: bytes, *, what: str) -> str:
         """Seal small content (a manifest) bound to `digest`; returns its object name."""
@@ -209,7 +207,9 @@ class BlobStore:
             try:
                 return self.driver.get_range(name, offset, length)
             except NotFoundError:
-                raise IntegrityError(f"{what}: stored object {name} is missing", path=what) from None
+                raise IntegrityError(
+                    f"{what}: stored object {name} is missing", path=what
+                ) from None
 
         return sealed.unseal(
             read_range,

@@ -87,7 +87,9 @@ def load_settings(home: Path | None = None) -> Settings:
         signers = []
         for entry in raw.get("trusted_signers", []):
             try:
-                signers.append(TrustedSigner(str(entry["name"]), parse_public_key(entry["public_key"])))
+                signers.append(
+                    TrustedSigner(str(entry["name"]), parse_public_key(entry["public_key"]))
+                )
             except InvalidInputError as error:
                 raise ConfigurationError(f"{config_path}: trusted signer: {error}") from None
         chunk_size = int(store.get("chunk_size", DEFAULT_CHUNK_SIZE))
@@ -124,11 +126,13 @@ def render_config(
     signing_key_file: str,
     trusted_signers: list[tuple[str, str]],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int = 0,
 ) -> str:
     """The text of config.toml (written by `init` and `keys trust`)."""
     lines = [
         "# model-registry configuration (docs/operations.md explains every setting)",
         f"registry_id = {_toml_string(registry_id)}",
+        *([f"workers = {workers}"] if workers else []),
         "",
         "[catalog]",
         f"url = {_toml_string(catalog_url)}",

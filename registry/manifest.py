@@ -127,7 +127,12 @@ def _parse_manifest(data: object, *, what: str) -> Manifest:
         name = validate_name(data["name"])
         files = []
         for raw in data["files"]:
-            if not isinstance(raw, dict) or not set(raw) <= {"path", "size", "digest", "safetensors"}:
+            if not isinstance(raw, dict) or not set(raw) <= {
+                "path",
+                "size",
+                "digest",
+                "safetensors",
+            }:
                 raise InvalidModelError("malformed file entry")
             path = validate_relative_path(raw.get("path"))  # type: ignore[arg-type]
             size, digest = raw.get("size"), raw.get("digest")
@@ -161,7 +166,10 @@ def parse_envelope(
         raise IntegrityError(f"{what}: not a signed manifest envelope", path=what)
     manifest = _parse_manifest(envelope.get("manifest"), what=what)
     canonical = manifest.canonical()
-    if canonical_json(envelope["manifest"]) != canonical or hash_bytes(canonical) != expected_digest:
+    if (
+        canonical_json(envelope["manifest"]) != canonical
+        or hash_bytes(canonical) != expected_digest
+    ):
         raise IntegrityError(
             f"{what}: manifest digest is not {expected_digest} (edited manifest)", path=what
         )
@@ -224,7 +232,10 @@ def collect(path: Path) -> list[LocalFile]:
                 raise InvalidModelError(f"{entry.path}: index file larger than {MAX_INDEX_SIZE}")
             base_dir = entry.path.rpartition("/")[0]
             validate_index(
-                entry.source.read_bytes(), display_name=entry.path, headers=headers, base_dir=base_dir
+                entry.source.read_bytes(),
+                display_name=entry.path,
+                headers=headers,
+                base_dir=base_dir,
             )
     return files
 

@@ -494,7 +494,14 @@ def _is_uint(value: object) -> bool:
 
 
 def _kind(value: object) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+    }
     if value is None:
         return "null"
     return names.get(type(value), f"a {type(value).__name__}")

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, BlobStore
@@ -56,6 +56,7 @@ from registry.errors import (
     DestinationExistsError,
     IntegrityError,
     InvalidInputError,
+    KeyAccessError,
     NotFoundError,
     RegistryError,
 )
@@ -240,7 +241,9 @@ class Registry:
             create_key_file(kek_file)
         if not naming_file.exists():
             create_key_file(naming_file, label="naming key")
-        signer = Signer.from_file(signing_file) if signing_file.exists() else Signer.create(signing_file)
+        signer = (
+            Signer.from_file(signing_file) if signing_file.exists() else Signer.create(signing_file)
+        )
         url = catalog_url or f"sqlite:///{home_path / 'catalog.db'}"
         text = render_config(
             registry_id=f"mr-{uuid.uuid4().hex}",
@@ -292,9 +295,14 @@ class Registry:
         if slot is None:
             slot = self.store.read_slot(kind, digest, what=what)
         if slot is None:
-            raise IntegrityError(
-                f"{what}: no key slot for the configured key {self.keys.kek_id}", path=what
-            )
+            owners = self.catalog.key_slot_owners(digest, kind)
+            if owners:
+                raise KeyAccessError(
+                    f"{what}: its data key is wrapped by {', '.join(owners)}, but the configured "
+                    f"key is {self.keys.kek_id} (wrong key file)",
+                    hint="point keys.kek_file at the key file this registry was created with",
+                )
+            raise IntegrityError(f"{what}: its key slot is missing from the store", path=what)
         return slot
 
     def _load_manifest(self, version: VersionRecord) -> tuple[Manifest, TrustedSigner]:
@@ -513,9 +521,7 @@ class Registry:
             except RegistryError as error:
                 problems.append(FileProblem(entry.path, str(error)))
         progress.end()
-        report = VerifyReport(
-            version, read_data, len(version.files), checked, tuple(problems)
-        )
+        report = VerifyReport(version, read_data, len(version.files), checked, tuple(problems))
         self.catalog.audit(
             self.actor,
             "verify",
@@ -570,23 +576,24 @@ class Registry:
         return text
 
     @contextmanager
-    def _editing_config(self) -> Iterator[dict[str, object]]:
+    def _editing_config(self) -> Iterator[dict[str, Any]]:
+        """Edit config.toml as data; it is rewritten atomically when the block ends cleanly."""
         home = self.settings.home
         config = raw_config(home)
         yield config
         keys = config["keys"]
-        assert isinstance(keys, dict)
-        signers = config.get("trusted_signers", [])
-        assert isinstance(signers, list)
         text = render_config(
             registry_id=str(config["registry_id"]),
-            catalog_url=str(config["catalog"]["url"]),  # type: ignore[index]
-            store_path=str(config["store"]["path"]),  # type: ignore[index]
-            chunk_size=int(config["store"].get("chunk_size", self.settings.chunk_size)),  # type: ignore[attr-defined]
+            catalog_url=str(config["catalog"]["url"]),
+            store_path=str(config["store"]["path"]),
+            chunk_size=int(config["store"].get("chunk_size", self.settings.chunk_size)),
             kek_file=str(keys["kek_file"]),
             naming_key_file=str(keys["naming_key_file"]),
             signing_key_file=str(keys["signing_key_file"]),
-            trusted_signers=[(str(s["name"]), str(s["public_key"])) for s in signers],
+            trusted_signers=[
+                (str(s["name"]), str(s["public_key"])) for s in config.get("trusted_signers", [])
+            ],
+            workers=int(config.get("workers", 0)),
         )
         _write_atomically(home / CONFIG_FILE, text)
         self.settings = load_settings(home)

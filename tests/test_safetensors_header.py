@@ -352,7 +352,7 @@ BAD_MANIFESTS: dict[str, tuple[object, str]] = {
     "tensor not object": (_set(("tensors", 0), "a"), "tensors[0] is a string"),
     "tensor extra key": (_set(("tensors", 0, "x"), 1), "unexpected key(s) 'x'"),
     "tensor missing key": ({**good_manifest(), "tensors": [{"name": "a"}]}, "missing 'dtype'"),
-    "name not str": (_set(("tensors", 0, "name"), 5), "name is a int"),
+    "name not str": (_set(("tensors", 0, "name"), 5), "name is an integer"),
     "reserved name": (_set(("tensors", 0, "name"), "__metadata__"), "reserved"),
     "duplicate name": (_set(("tensors", 1, "name"), "a"), "listed twice"),
     "bool in shape": (_set(("tensors", 0, "shape"), [2, True]), "shape has True"),
@@ -376,7 +376,7 @@ def test_from_manifest_refuses(case: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Hostile headers.
 
-F32_23 = {"w": tensor()}  # a valid table needing 24 data bytes
+F32_2X3 = {"w": tensor()}  # a valid table needing 24 data bytes
 
 BAD_HEADERS: dict[str, tuple[bytes, str]] = {
     "length zero": (raw_file(b"", b"x" * 10), "header length is 0"),
@@ -408,8 +408,11 @@ BAD_HEADERS: dict[str, tuple[bytes, str]] = {
     "extra key": (json_file({"w": {**tensor(), "extra": 1}}, bytes(24)), "unexpected key"),
     "unknown dtype": (json_file({"w": tensor("F33")}, bytes(24)), "unknown dtype 'F33'"),
     "lower-case dtype": (json_file({"w": tensor("f32")}, bytes(24)), "unknown dtype 'f32'"),
-    "dtype not str": (json_file({"w": tensor(32)}, bytes(24)), "dtype is a int"),  # type: ignore[arg-type]
-    "shape not list": (json_file({"w": {**tensor(), "shape": 6}}, bytes(24)), "not a list"),
+    "dtype not str": (json_file({"w": tensor(32)}, bytes(24)), "dtype is an integer"),  # type: ignore[arg-type]
+    "shape not list": (
+        json_file({"w": {**tensor(), "shape": 6}}, bytes(24)),
+        "shape is an integer, not a list",
+    ),
     "bool in shape": (json_file({"w": tensor(shape=[True, 24])}, bytes(24)), "shape has True"),
     "negative dim": (json_file({"w": tensor(shape=[-2, -3])}, bytes(24)), "shape has -2"),
     "float dim": (json_file({"w": tensor(shape=[2.0, 3])}, bytes(24)), "shape has 2.0"),  # type: ignore[list-item]
@@ -451,10 +454,10 @@ BAD_HEADERS: dict[str, tuple[bytes, str]] = {
         json_file({"a": tensor("U8", [4], [2, 6])}, bytes(6)),
         "bytes [0, 2) before tensor 'a'",
     ),
-    "trailing bytes": (json_file(F32_23, bytes(30)), "6 trailing bytes after the last tensor"),
+    "trailing bytes": (json_file(F32_2X3, bytes(30)), "6 trailing bytes after the last tensor"),
     "data but no tensors": (json_file({}, b"xx"), "2 trailing bytes"),
     "metadata not object": (json_file({"__metadata__": "x"}), "__metadata__ is a string"),
-    "metadata int value": (json_file({"__metadata__": {"a": 1}}), "value of 'a' is a int"),
+    "metadata int value": (json_file({"__metadata__": {"a": 1}}), "value of 'a' is an integer"),
     "metadata nested": (json_file({"__metadata__": {"a": {}}}), "value of 'a' is an object"),
     "lone surrogate": (json_file({"__metadata__": {"a": "\ud800"}}), "lone surrogate"),
     "empty name": (json_file({"": tensor("U8", [1], [0, 1])}, b"x"), "tensor name is empty"),
@@ -631,7 +634,7 @@ BAD_INDEXES: dict[str, tuple[bytes, str]] = {
         "which has no such tensor",
     ),
     "unknown tensor": (_with_map(ghost="model-00001-of-00002.safetensors"), "'ghost'"),
-    "file name not str": (_with_map(**{"a.weight": 1}), "not a string"),
+    "file name not str": (_with_map(**{"a.weight": 1}), "to an integer, not a string"),
     "empty tensor name": (_with_map(**{"": "model-00001-of-00002.safetensors"}), "empty"),
     "weight_map list": (index_bytes({"weight_map": ["a"]}), "weight_map is a list"),
     "weight_map null": (index_bytes({"weight_map": None}), "weight_map is null"),

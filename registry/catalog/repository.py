@@ -143,9 +143,7 @@ def _version_record(version: Version) -> VersionRecord:
         tensor_count=version.tensor_count,
         parameter_count=version.parameter_count,
         dtypes=tuple(filter(None, version.dtypes.split(","))),
-        files=tuple(
-            FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in version.files
-        ),
+        files=tuple(FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in version.files),
     )
 
 
@@ -231,8 +229,7 @@ class Catalog:
                 return _version_record(version)
             if ref.digest_prefix is not None:
                 matches = session.scalars(
-                    query.where(Version.digest.startswith(f"blake3:{ref.digest_prefix}"))
-                    .limit(2)
+                    query.where(Version.digest.startswith(f"blake3:{ref.digest_prefix}")).limit(2)
                 ).all()
                 if not matches:
                     raise NotFoundError(f"{ref} matches no version")
@@ -249,12 +246,25 @@ class Catalog:
             row = session.get(Blob, digest)
             if row is None:
                 return None
-            return BlobRecord(row.digest, row.size, row.object_name, row.sealed_size, row.chunk_size)
+            return BlobRecord(
+                row.digest, row.size, row.object_name, row.sealed_size, row.chunk_size
+            )
 
     def key_slot(self, digest: str, purpose: str, kek_id: str) -> WrappedKey | None:
         with self._read() as session:
             row = session.get(KeySlot, (digest, purpose, kek_id))
             return None if row is None else WrappedKey(row.provider, row.kek_id, row.wrapped)
+
+    def key_slot_owners(self, digest: str, purpose: str) -> list[str]:
+        """The key-encryption key ids that hold a slot for this object."""
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(KeySlot.kek_id).where(
+                        KeySlot.digest == digest, KeySlot.purpose == purpose
+                    )
+                )
+            )
 
     def find_version(self, name: str, digest: str) -> VersionRecord | None:
         with self._read() as session:
@@ -282,7 +292,11 @@ class Catalog:
         def work(session: Session) -> None:
             session.add(
                 AuditEvent(
-                    at=utcnow(), actor=actor, action=action, subject=subject, details=_details(details)
+                    at=utcnow(),
+                    actor=actor,
+                    action=action,
+                    subject=subject,
+                    details=_details(details),
                 )
             )
 

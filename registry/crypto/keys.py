@@ -1,4 +1,4 @@
-"""Key providers: wrap and unwrap per-blob data keys with a key-encryption key (envelope encryption).
+"""Key providers: wrap and unwrap per-blob data keys with a key-encryption key (envelopes).
 
 A `KeyProvider` never sees plaintext data, only 32-byte data keys, and binds every wrapped key to an
 encryption context (registry id, purpose, content digest) so a key slot cannot be moved to another
@@ -99,7 +99,7 @@ def write_secret_file(path: Path, data: bytes) -> None:
 
 
 def create_key_file(path: Path, *, label: str = "key-encryption key") -> None:
-    """Write a new random 256-bit key to `path` with mode 0600; refuse to replace an existing one."""
+    """Write a new random 256-bit key to `path`, mode 0600; never replaces an existing file."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     header = f"# model-registry {label} v1: keep it secret, back it up apart from the store"
     write_secret_file(path, f"{header}\n{base64.b64encode(os.urandom(32)).decode()}\n".encode())

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -207,8 +207,14 @@ class Opener:
             ) from None
 
 
+class Readable(Protocol):
+    def readinto(self, buffer: bytearray, /) -> int | None: ...
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+
 def seal_file(
-    source: BinaryIO,
+    source: Readable,
     data_key: bytes,
     digest: str,
     *,

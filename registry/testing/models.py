@@ -26,7 +26,11 @@ def safetensors_bytes(
         header["__metadata__"] = metadata
     offset = 0
     for name, (dtype, shape, data) in sorted(tensors.items()):
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [offset, offset + len(data)],
+        }
         offset += len(data)
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # safetensors aligns the data region to 8 bytes
@@ -66,17 +70,22 @@ def make_model(
         tensors: dict[str, tuple[str, list[int], bytes]] = {}
         columns = 256
         rows = max(1, shard_size // tensors_per_shard // (columns * itemsize))
-        for index in range(tensors_per_shard):
-            name = f"model.layers.{shard * tensors_per_shard + index}.weight"
+        for position in range(tensors_per_shard):
+            name = f"model.layers.{shard * tensors_per_shard + position}.weight"
             size = rows * columns * itemsize
             tensors[name] = (dtype, [rows, columns], rng.randbytes(size))
             weight_map[name] = filename
         write_safetensors(directory / filename, tensors, metadata={"format": "pt"})
-    index = {"metadata": {"total_size": 0}, "weight_map": dict(sorted(weight_map.items()))}
+    index: dict[str, object] = {
+        "metadata": {"total_size": 0},
+        "weight_map": dict(sorted(weight_map.items())),
+    }
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     config = {"architectures": ["DemoForCausalLM"], "hidden_size": 256, "seed": seed}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
-    (directory / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"vocab": {}}}))
+    (directory / "tokenizer.json").write_text(
+        json.dumps({"version": "1.0", "model": {"vocab": {}}})
+    )
     return directory
 
 

@@ -1,0 +1,100 @@
+"""Shared fixtures: registry homes on SQLite and PostgreSQL, generated models, CLI runners."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from registry.service import Registry
+from registry.testing.models import make_model
+
+PG_ADMIN_URL = os.environ.get(
+    "MODEL_REGISTRY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_available() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except OperationalError as error:
+        return str(error.orig).strip().splitlines()[0]
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_admin() -> str:
+    problem = _postgres_available()
+    if problem is not None:
+        message = f"PostgreSQL at {PG_ADMIN_URL} is not available: {problem}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (under CI=true PostgreSQL tests must run, not skip)")
+        pytest.skip(message)
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"mr_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_admin, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = postgres_admin.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """Each test using it runs on SQLite (None: the default in the home) and PostgreSQL."""
+    if request.param == "sqlite":
+        return None
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "home"
+    monkeypatch.setenv("MODEL_REGISTRY_HOME", str(path))
+    monkeypatch.setenv("MODEL_REGISTRY_ACTOR", "tester@example")
+    monkeypatch.delenv("MODEL_REGISTRY_CATALOG_URL", raising=False)
+    return path
+
+
+@pytest.fixture
+def registry(home: Path) -> Iterator[Registry]:
+    Registry.init(home)
+    with Registry.open(home) as opened:
+        yield opened
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    return make_model(tmp_path / "model", shards=3, shard_size=300_000, seed=7)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every regular file under `root` (hidden ones too), by relative path."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def store_bytes(home: Path) -> int:
+    return sum(p.stat().st_size for p in (home / "store").rglob("*") if p.is_file())
