@@ -152,14 +152,18 @@ def list_(name: str | None, as_json: bool) -> None:
     if as_json:
         print_json([_version_json(v) for v in versions])
         return
-    table = Table("version", "digest", "files", "size", "created", "by", "message")
+    table = Table()
+    for column in ("version", "digest", "files", "size", "created (UTC)"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("by", overflow="fold")
+    table.add_column("message", overflow="fold")
     for v in versions:
         table.add_row(
             v.ref,
-            v.digest[:19],
+            v.digest[:19] + "…",
             str(v.file_count),
             human_size(v.total_size),
-            when(v.created_at),
+            v.created_at.strftime("%Y-%m-%d %H:%M"),
             v.created_by,
             v.message,
         )

@@ -244,6 +244,13 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
     for directory, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in dirnames:
+            if Path(directory, name).is_symlink():
+                relative = Path(directory, name).relative_to(root).as_posix()
+                raise InvalidModelError(
+                    f"{relative} is a symbolic link to a directory",
+                    hint="copy the linked directory into the model, or push its target",
+                )
         for filename in sorted(filenames):
             if filename.startswith("."):
                 continue

@@ -512,3 +512,9 @@ def test_content_hash_of_manifest_is_the_version_id(registry: Registry, model_di
         manifest.canonical()
         == json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":")).encode()
     )
+
+
+def test_head_revision_constant_matches_the_migration_scripts() -> None:
+    from registry.catalog.db import HEAD_REVISION, head_revision
+
+    assert head_revision() == HEAD_REVISION

@@ -291,7 +291,7 @@ def unseal(
         )
     count = header.chunk_count
     step = max(1, chunks_per_read)
-    groups = [(first, min(first + step, count) - 1) for first in range(0, count, step)]
+    groups = ((first, min(first + step, count) - 1) for first in range(0, count, step))
 
     def fetch_and_open(first: int, last: int) -> list[bytearray]:
         offset, length = header.chunk_range(first, last)
