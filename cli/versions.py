@@ -153,14 +153,14 @@ def list_(name: str | None, as_json: bool) -> None:
         print_json([_version_json(v) for v in versions])
         return
     table = Table()
-    for column in ("version", "digest", "files", "size", "created (UTC)"):
+    for column in ("version", "blake3", "files", "size", "created (UTC)"):
         table.add_column(column, no_wrap=True)
-    table.add_column("by", overflow="fold")
-    table.add_column("message", overflow="fold")
+    table.add_column("by", overflow="fold", min_width=8)
+    table.add_column("message", overflow="fold", min_width=10)
     for v in versions:
         table.add_row(
             v.ref,
-            v.digest[:19] + "…",
+            v.digest[7:19],
             str(v.file_count),
             human_size(v.total_size),
             v.created_at.strftime("%Y-%m-%d %H:%M"),
