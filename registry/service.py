@@ -509,6 +509,9 @@ class Registry:
         for entry in version.files:
             try:
                 self.store.read_header(BLOB, entry.digest, size=entry.size, what=entry.path)
+                # The store's own copy of the key slot is what a catalog rebuild will rely on.
+                if self.store.read_slot(BLOB, entry.digest, what=entry.path) is None:
+                    raise IntegrityError(f"{entry.path}: key slot missing from the store")
                 if read_data:
                     slot = self._slot(BLOB, entry.digest, what=entry.path)
                     for chunk in self.store.open(

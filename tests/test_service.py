@@ -518,3 +518,17 @@ def test_head_revision_constant_matches_the_migration_scripts() -> None:
     from registry.catalog.db import HEAD_REVISION, head_revision
 
     assert head_revision() == HEAD_REVISION
+
+
+def test_verify_notices_a_key_slot_missing_from_the_store(
+    registry: Registry, model_dir: Path, home: Path
+) -> None:
+    version = registry.push("llama", model_dir).version
+    entry = version.files[0]
+    slot = home / "store" / "objects" / registry.store.slot_name(
+        "blob", entry.digest, registry.keys.kek_id
+    )
+    slot.unlink()
+    report = registry.verify("llama")
+    assert [p.path for p in report.problems] == [entry.path]
+    assert "key slot" in report.problems[0].problem
