@@ -198,23 +198,33 @@ class BlobStore:
         what: str,
         chunks_per_read: int = 8,
         verify_digest: bool = True,
+        on_chunk: Callable[[int, memoryview], None] | None = None,
     ) -> Iterator[memoryview]:
         """Authenticated plaintext chunks of a stored object; see `sealed.unseal`."""
         name = self.object_name(kind, digest)
         data_key = self.unwrap(kind, digest, slot, what=what)
 
+        def missing() -> IntegrityError:
+            return IntegrityError(f"{what}: stored object {name} is missing", path=what)
+
         def read_range(offset: int, length: int) -> bytes:
             try:
                 return self.driver.get_range(name, offset, length)
             except NotFoundError:
-                raise IntegrityError(
-                    f"{what}: stored object {name} is missing", path=what
-                ) from None
+                raise missing() from None
+
+        def read_into(offset: int, buffer: memoryview) -> int:
+            try:
+                return self.driver.read_into(name, offset, buffer)
+            except NotFoundError:
+                raise missing() from None
 
         return sealed.unseal(
             read_range,
             data_key,
             digest,
+            read_into=read_into,
+            on_chunk=on_chunk,
             expected_size=size,
             workers=self.workers,
             chunks_per_read=chunks_per_read,

@@ -7,6 +7,7 @@ crash harmless: key slots and data, then the manifest, then the catalog in one t
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import uuid
@@ -344,8 +345,7 @@ class Registry:
         progress.begin("hashing", total)
         digests: list[str] = []
         for entry in files:
-            digests.append(hash_file(entry.source))
-            progress.advance(entry.size)
+            digests.append(hash_file(entry.source, on_progress=progress.advance))
         progress.end()
         manifest = manifests.build_manifest(
             name,
@@ -450,14 +450,22 @@ class Registry:
                 temporary = staging / entry.path
                 temporary.parent.mkdir(parents=True, exist_ok=True)
                 slot = self._slot(BLOB, entry.digest, what=entry.path)
-                with temporary.open("xb") as out:
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+                try:
+                    # Decryption threads write each authenticated chunk at its offset while this
+                    # thread hashes in order; the file is renamed only after the digest matched.
                     for chunk in self.store.open(
-                        BLOB, entry.digest, slot, size=entry.size, what=entry.path
+                        BLOB,
+                        entry.digest,
+                        slot,
+                        size=entry.size,
+                        what=entry.path,
+                        on_chunk=functools.partial(_write_at, fd),
                     ):
-                        out.write(chunk)
                         progress.advance(len(chunk))
-                    out.flush()
-                    os.fsync(out.fileno())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             for entry in manifest.files:
                 final = targets[entry.path]
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -642,6 +650,12 @@ def _write_atomically(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     os.replace(temporary, path)
+
+
+def _write_at(fd: int, offset: int, data: memoryview) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 def _fsync_directory(path: Path) -> None:

@@ -525,8 +525,11 @@ def test_verify_notices_a_key_slot_missing_from_the_store(
 ) -> None:
     version = registry.push("llama", model_dir).version
     entry = version.files[0]
-    slot = home / "store" / "objects" / registry.store.slot_name(
-        "blob", entry.digest, registry.keys.kek_id
+    slot = (
+        home
+        / "store"
+        / "objects"
+        / registry.store.slot_name("blob", entry.digest, registry.keys.kek_id)
     )
     slot.unlink()
     report = registry.verify("llama")

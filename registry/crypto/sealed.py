@@ -155,15 +155,26 @@ class Sealer:
         self._aead = AESGCM(key)
 
     def seal_chunk(self, index: int, plaintext: bytes | bytearray | memoryview) -> bytearray:
+        out = bytearray(len(plaintext) + TAG_SIZE)
+        self.seal_chunk_into(index, plaintext, out)
+        return out
+
+    def seal_chunk_into(
+        self,
+        index: int,
+        plaintext: bytes | bytearray | memoryview,
+        out: bytearray | memoryview,
+    ) -> None:
+        """Encrypt chunk `index` into `out` (plaintext size + 16 bytes); releases the GIL."""
         header = self.header
         if len(plaintext) != header.chunk_plain_size(index):
-            raise InvalidInputError(f"chunk {index} has {len(plaintext)} bytes, expected more")
-        out = bytearray(len(plaintext) + TAG_SIZE)
+            raise InvalidInputError(
+                f"chunk {index} has {len(plaintext)} bytes, not {header.chunk_plain_size(index)}"
+            )
         last = index == header.chunk_count - 1
         self._aead.encrypt_into(
             _nonce(header.nonce_prefix, index, last), plaintext, self.header_bytes, out
         )
-        return out
 
 
 class Opener:
@@ -208,9 +219,19 @@ class Opener:
 
 
 class Readable(Protocol):
-    def readinto(self, buffer: bytearray, /) -> int | None: ...
+    def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
 
     def read(self, size: int = -1, /) -> bytes | None: ...
+
+
+def _read_exactly(source: Readable, view: memoryview) -> int:
+    got = 0
+    while got < len(view):
+        count = source.readinto(view[got:])
+        if not count:
+            break
+        got += count
+    return got
 
 
 def seal_file(
@@ -223,44 +244,66 @@ def seal_file(
     workers: int = 2,
     on_progress: Callable[[int], None] | None = None,
     what: str = "blob",
-) -> Iterator[bytes | bytearray]:
+) -> Iterator[memoryview | bytes]:
     """Yield the sealed object for `source` (header first), encrypting chunks on `workers` threads.
 
-    The plaintext is re-hashed on the way and the last chunk is withheld unless it matches
-    `digest`, so a file edited during a push can never be stored under the wrong digest. Memory
-    stays at about 4 x workers chunks whatever the size.
+    The plaintext is re-hashed on the way (on a thread of its own, in order) and the last chunk is
+    withheld unless it matches `digest`, so a file edited during a push can never be stored under
+    the wrong digest. Buffers come from a fixed ring of 2 x workers + 2 chunk pairs that is reused,
+    so memory is bounded and steady whatever the size; a yielded view is valid until the next one
+    is requested.
     """
     sealer = Sealer(data_key, digest, plaintext_size=plaintext_size, chunk_size=chunk_size)
     header = sealer.header
     hasher = Hasher()
     yield sealer.header_bytes
-    window: deque[Future[bytearray]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal") as pool:
+    depth = 2 * workers + 1
+    ring = [
+        (bytearray(chunk_size), bytearray(chunk_size + TAG_SIZE))
+        for _ in range(min(depth + 1, header.chunk_count))
+    ]
+    window: deque[tuple[Future[None], Future[None], memoryview]] = deque()
+
+    def finish(entry: tuple[Future[None], Future[None], memoryview]) -> memoryview:
+        hashed, sealed, out = entry
+        hashed.result()
+        sealed.result()
+        if on_progress is not None:
+            on_progress(len(out) - TAG_SIZE)
+        return out
+
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="seal") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal-hash") as hashing,
+    ):
         for index in range(header.chunk_count):
             size = header.chunk_plain_size(index)
-            plaintext = bytearray(size)
-            got = source.readinto(plaintext) if size else 0
+            plain_buffer, out_buffer = ring[index % len(ring)]
+            plaintext = memoryview(plain_buffer)[:size]
+            got = _read_exactly(source, plaintext) if size else 0
             if got != size or (index == header.chunk_count - 1 and source.read(1)):
                 raise IntegrityError(
                     f"{what}: changed size while it was being pushed; push it again", path=what
                 )
-            hasher.update(plaintext)
-            window.append(pool.submit(sealer.seal_chunk, index, plaintext))
-            if len(window) >= 2 * workers:
-                yield _done(window.popleft(), on_progress)
+            out = memoryview(out_buffer)[: size + TAG_SIZE]
+            # One hashing thread keeps the updates in order; BLAKE3 releases the GIL meanwhile.
+            window.append(
+                (
+                    hashing.submit(hasher.update, plaintext),
+                    pool.submit(sealer.seal_chunk_into, index, plaintext, out),
+                    out,
+                )
+            )
+            if len(window) >= depth:
+                yield finish(window.popleft())
+        for hashed, _sealed, _out in window:
+            hashed.result()
         if hasher.digest() != digest:
             raise IntegrityError(
                 f"{what}: changed while it was being pushed; push it again", path=what
             )
         while window:
-            yield _done(window.popleft(), on_progress)
-
-
-def _done(future: Future[bytearray], on_progress: Callable[[int], None] | None) -> bytearray:
-    sealed = future.result()
-    if on_progress is not None:
-        on_progress(len(sealed) - TAG_SIZE)
-    return sealed
+            yield finish(window.popleft())
 
 
 def unseal(
@@ -268,6 +311,8 @@ def unseal(
     data_key: bytes,
     digest: str,
     *,
+    read_into: Callable[[int, memoryview], int] | None = None,
+    on_chunk: Callable[[int, memoryview], None] | None = None,
     expected_size: int | None = None,
     workers: int = 2,
     chunks_per_read: int = 8,
@@ -276,11 +321,14 @@ def unseal(
 ) -> Iterator[memoryview]:
     """Yield the authenticated plaintext chunks of a sealed object, in order.
 
-    `read_range(offset, length)` fetches sealed bytes (cut at the end of the object). Ranges of
-    `chunks_per_read` chunks are fetched and decrypted on `workers` threads; hashing runs in the
-    calling thread. Every yielded chunk is authenticated; the whole-plaintext digest is checked
-    after the last chunk (the iterator raises `IntegrityError` instead of finishing), so a caller
-    must not publish what it received until the iterator is exhausted.
+    `read_range(offset, length)` fetches sealed bytes (cut at the end of the object);
+    `read_into(offset, buffer)`, when given, fills a buffer instead and returns the count (no
+    allocation per read). Ranges of `chunks_per_read` chunks are fetched and decrypted on
+    `workers` threads into a fixed ring of buffers; `on_chunk(plaintext_offset, chunk)`, when
+    given, runs on those threads right after a chunk is authenticated (a pull writes there, in
+    parallel). Hashing runs in the calling thread. Every yielded chunk is authenticated and valid
+    until the next is requested; the last chunk is withheld until the whole plaintext matched its
+    digest (else `IntegrityError`), so a caller must not publish anything before the end.
     """
     opener = Opener(data_key, digest, read_range(0, HEADER_SIZE), what=what)
     header = opener.header
@@ -290,41 +338,64 @@ def unseal(
             path=what,
         )
     count = header.chunk_count
-    step = max(1, chunks_per_read)
+    # Every chunk authenticates the whole header (it is the associated data). Opening chunk 0
+    # before sizing any buffer means a forged chunk size or plaintext size is refused before it
+    # can make this reader allocate anything large.
+    offset, length = header.chunk_range(0, 0)
+    probe = read_range(offset, length)
+    opener.open_chunk(0, probe, bytearray(len(probe) - TAG_SIZE if len(probe) >= TAG_SIZE else 0))
+    step = max(1, min(chunks_per_read, count))
     groups = ((first, min(first + step, count) - 1) for first in range(0, count, step))
+    in_flight = workers + 1
+    sealed_span = step * (header.chunk_size + TAG_SIZE) + 1
+    ring = [
+        (bytearray(sealed_span), bytearray(step * header.chunk_size))
+        for _ in range(min(in_flight + 1, -(-count // step)))
+    ]
 
-    def fetch_and_open(first: int, last: int) -> list[bytearray]:
+    def fetch_and_open(first: int, last: int) -> list[memoryview]:
         offset, length = header.chunk_range(first, last)
-        is_tail = last == count - 1
         # One byte more on the tail read reveals trailing garbage appended to the object.
-        sealed = read_range(offset, length + 1 if is_tail else length)
-        if len(sealed) < length:
-            lost = first + len(sealed) // (header.chunk_size + TAG_SIZE)
+        wanted = length + 1 if last == count - 1 else length
+        sealed_buffer, plain_buffer = ring[(first // step) % len(ring)]
+        if read_into is not None:
+            sealed = memoryview(sealed_buffer)[:wanted]
+            got = read_into(offset, sealed)
+        else:
+            sealed = memoryview(read_range(offset, wanted))
+            got = len(sealed)
+        if got < length:
+            lost = first + got // (header.chunk_size + TAG_SIZE)
             raise IntegrityError(f"{what}: truncated at chunk {lost}", path=what)
-        if len(sealed) > length:
+        if got > length:
             raise IntegrityError(f"{what}: unexpected bytes after the last chunk", path=what)
-        view = memoryview(sealed)
         plaintexts = []
         position = 0
+        plain = memoryview(plain_buffer)
         for index in range(first, last + 1):
             size = header.chunk_plain_size(index)
-            out = bytearray(size)
-            opener.open_chunk(index, view[position : position + size + TAG_SIZE], out)
+            start = (index - first) * header.chunk_size
+            out = plain[start : start + size]
+            opener.open_chunk(index, sealed[position : position + size + TAG_SIZE], out)
+            if on_chunk is not None:
+                on_chunk(index * header.chunk_size, out)
             position += size + TAG_SIZE
             plaintexts.append(out)
         return plaintexts
 
     hasher = Hasher()
-    window: deque[Future[list[bytearray]]] = deque()
+    window: deque[Future[list[memoryview]]] = deque()
     index = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unseal") as pool:
         pending = iter(groups)
         for first, last in pending:
             window.append(pool.submit(fetch_and_open, first, last))
-            if len(window) >= workers + 1:
+            if len(window) >= in_flight:
                 break
         while window:
             chunks = window.popleft().result()
+            # The ring has one slot more than the groups in flight: the slot refilled now is the
+            # one consumed before this group, never the one being handed out.
             following = next(pending, None)
             if following is not None:
                 window.append(pool.submit(fetch_and_open, *following))
@@ -335,4 +406,4 @@ def unseal(
                     if index == count - 1 and hasher.digest() != digest:
                         raise IntegrityError(f"{what}: content digest mismatch", path=what)
                 index += 1
-                yield memoryview(chunk)
+                yield chunk

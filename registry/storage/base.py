@@ -106,5 +106,16 @@ class Driver(ABC):
     def delete(self, name: str) -> None:
         """Delete one object. Raises `NotFoundError` when it does not exist."""
 
+    def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
+        """Fill `buffer` with the object's bytes from `offset`; return how many were read (fewer
+        at the end of the object). Raises `NotFoundError` when the object does not exist.
+
+        The default copies from `get_range`; drivers that can read into caller memory (the local
+        driver with `preadv`) override it so hot paths allocate nothing per read.
+        """
+        data = self.get_range(name, offset, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
         """Release connections or handles; the driver is not used afterwards."""

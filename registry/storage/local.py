@@ -227,6 +227,33 @@ class LocalDriver(Driver):
         finally:
             os.close(fd)
 
+    def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
+        path = self._path(name)
+        _check_range(offset, len(buffer))
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"object {name!r} not found (no file {path})") from None
+        except OSError as exc:
+            raise StorageError(f"object {name!r}: cannot open {path}: {exc}") from exc
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise _not_an_object(name, path, st.st_mode)
+            got = 0
+            while got < len(buffer):
+                count = os.preadv(fd, [buffer[got:]], offset + got)
+                if count == 0:
+                    break
+                got += count
+            return got
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"object {name!r}: read of {path} failed: {exc}") from exc
+        finally:
+            os.close(fd)
+
     def stat(self, name: str) -> ObjectInfo | None:
         path = self._path(name)
         try:

@@ -248,6 +248,22 @@ class DriverConformance:
         end = None if length is None else offset + length
         assert driver.get_range("range/data", offset, length) == RANGE_DATA[offset:end]
 
+    @pytest.mark.parametrize(("offset", "length"), [c for c in RANGE_CASES if c[1] is not None])
+    def test_read_into_matches_get_range(self, driver: Driver, offset: int, length: int) -> None:
+        put(driver, "range/data", RANGE_DATA)
+        buffer = bytearray(b"\xaa" * (length + 3))
+        view = memoryview(buffer)[:length]
+        got = driver.read_into("range/data", offset, view)
+        expected = RANGE_DATA[offset : offset + length]
+        assert got == len(expected)
+        assert bytes(buffer[:got]) == expected
+        # Nothing past what was read, and nothing past the view, was touched.
+        assert buffer[got:] == b"\xaa" * (len(buffer) - got)
+
+    def test_read_into_missing_object(self, driver: Driver) -> None:
+        with pytest.raises(NotFoundError):
+            driver.read_into("missing/object", 0, memoryview(bytearray(4)))
+
     def test_get_range_defaults_to_whole_object(self, driver: Driver) -> None:
         put(driver, "range/data", RANGE_DATA)
         assert driver.get_range("range/data") == RANGE_DATA
