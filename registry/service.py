@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -445,7 +446,10 @@ class Registry:
         staging = dest / f".model-registry-pull-{uuid.uuid4().hex[:12]}.incomplete"
         staging.mkdir(mode=0o700)
         progress.begin("downloading", manifest.total_size)
+        # Flushing one file to disk overlaps with decrypting the next one.
+        flushing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
         try:
+            synced: list[Future[None]] = []
             for entry in manifest.files:
                 temporary = staging / entry.path
                 temporary.parent.mkdir(parents=True, exist_ok=True)
@@ -463,9 +467,12 @@ class Registry:
                         on_chunk=functools.partial(_write_at, fd),
                     ):
                         progress.advance(len(chunk))
-                    os.fsync(fd)
-                finally:
+                except BaseException:
                     os.close(fd)
+                    raise
+                synced.append(flushing.submit(_fsync_and_close, fd))
+            for future in synced:
+                future.result()
             for entry in manifest.files:
                 final = targets[entry.path]
                 final.parent.mkdir(parents=True, exist_ok=True)
@@ -474,6 +481,7 @@ class Registry:
                 os.replace(staging / entry.path, final)
             _fsync_directory(dest)
         finally:
+            flushing.shutdown(wait=True)
             progress.end()
             shutil.rmtree(staging, ignore_errors=True)
         self.catalog.audit(
@@ -656,6 +664,13 @@ def _write_at(fd: int, offset: int, data: memoryview) -> None:
     while data:
         written = os.pwrite(fd, data, offset)
         data, offset = data[written:], offset + written
+
+
+def _fsync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_directory(path: Path) -> None:

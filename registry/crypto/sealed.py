@@ -19,9 +19,11 @@ from __future__ import annotations
 import hmac
 import os
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -218,6 +220,41 @@ class Opener:
             ) from None
 
 
+_Ring = list[tuple[bytearray, bytearray]]
+
+
+class _RingCache:
+    """Keeps the most recent read ring for the next blob: allocating and zero-filling tens of
+    MiB per file cost about as much as decrypting a small shard."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kept: _Ring = []
+
+    def take(self, sealed_span: int, plain_span: int, slots: int) -> _Ring:
+        with self._lock:
+            kept, self._kept = self._kept, []
+        fits = [pair for pair in kept if len(pair[0]) >= sealed_span and len(pair[1]) >= plain_span]
+        ring = fits[:slots]
+        ring += [(bytearray(sealed_span), bytearray(plain_span)) for _ in range(slots - len(ring))]
+        return ring
+
+    @contextmanager
+    def lend(self, ring: _Ring) -> Iterator[None]:
+        """Give the ring back once its user (and every thread writing into it) is done."""
+        try:
+            yield
+        finally:
+            with self._lock:
+                if sum(len(a) + len(b) for a, b in ring) > sum(
+                    len(a) + len(b) for a, b in self._kept
+                ):
+                    self._kept = ring
+
+
+_rings = _RingCache()
+
+
 class Readable(Protocol):
     def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
 
@@ -347,11 +384,11 @@ def unseal(
     step = max(1, min(chunks_per_read, count))
     groups = ((first, min(first + step, count) - 1) for first in range(0, count, step))
     in_flight = workers + 1
-    sealed_span = step * (header.chunk_size + TAG_SIZE) + 1
-    ring = [
-        (bytearray(sealed_span), bytearray(step * header.chunk_size))
-        for _ in range(min(in_flight + 1, -(-count // step)))
-    ]
+    ring = _rings.take(
+        step * (header.chunk_size + TAG_SIZE) + 1,
+        step * header.chunk_size,
+        min(in_flight + 1, -(-count // step)),
+    )
 
     def fetch_and_open(first: int, last: int) -> list[memoryview]:
         offset, length = header.chunk_range(first, last)
@@ -386,7 +423,10 @@ def unseal(
     hasher = Hasher()
     window: deque[Future[list[memoryview]]] = deque()
     index = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unseal") as pool:
+    with (
+        _rings.lend(ring),
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unseal") as pool,
+    ):
         pending = iter(groups)
         for first, last in pending:
             window.append(pool.submit(fetch_and_open, first, last))
