@@ -215,6 +215,7 @@ def show(ref: str, as_json: bool) -> None:
 @handle_errors
 def verify(ref: str, read_data: bool, as_json: bool, quiet: bool) -> None:
     """Check that every object of REF is present (and, with --read-data, intact)."""
+    started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
     with Registry.open() as registry:
         try:
@@ -230,6 +231,7 @@ def verify(ref: str, read_data: bool, as_json: bool, quiet: bool) -> None:
                 "checked_files": report.checked_files,
                 "checked_bytes": report.checked_bytes,
                 "problems": [{"path": p.path, "problem": p.problem} for p in report.problems],
+                "seconds": round(time.perf_counter() - started, 3),
             }
         )
     else:

@@ -227,6 +227,8 @@ class _RingCache:
     """Keeps the most recent read ring for the next blob: allocating and zero-filling tens of
     MiB per file cost about as much as decrypting a small shard."""
 
+    MAX_KEPT = 96 * 1024 * 1024
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kept: _Ring = []
@@ -241,15 +243,20 @@ class _RingCache:
 
     @contextmanager
     def lend(self, ring: _Ring) -> Iterator[None]:
-        """Give the ring back once its user (and every thread writing into it) is done."""
+        """Give the ring back once its user (and every thread writing into it) is done.
+
+        Plaintext halves are wiped first (decrypted weights must not linger in a long-running
+        process), and a ring over `MAX_KEPT` bytes is dropped rather than kept."""
         try:
             yield
         finally:
-            with self._lock:
-                if sum(len(a) + len(b) for a, b in ring) > sum(
-                    len(a) + len(b) for a, b in self._kept
-                ):
-                    self._kept = ring
+            size = sum(len(a) + len(b) for a, b in ring)
+            if size <= self.MAX_KEPT:
+                for _sealed, plain in ring:
+                    plain[:] = bytes(len(plain))
+                with self._lock:
+                    if size > sum(len(a) + len(b) for a, b in self._kept):
+                        self._kept = ring
 
 
 _rings = _RingCache()
@@ -385,7 +392,8 @@ def unseal(
     groups = ((first, min(first + step, count) - 1) for first in range(0, count, step))
     in_flight = workers + 1
     ring = _rings.take(
-        step * (header.chunk_size + TAG_SIZE) + 1,
+        # Without read_into the sealed bytes arrive in the reader's own buffers.
+        step * (header.chunk_size + TAG_SIZE) + 1 if read_into is not None else 0,
         step * header.chunk_size,
         min(in_flight + 1, -(-count // step)),
     )

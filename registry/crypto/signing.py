@@ -114,6 +114,8 @@ def verify_signatures(
         raise SignatureError(f"{what}: manifest is not signed", path=what)
     by_id = {signer.key_id: signer for signer in trusted}
     for entry in signatures:
+        if not isinstance(entry, Mapping):
+            raise SignatureError(f"{what}: malformed signature entry", path=what)
         signer = by_id.get(str(entry.get("key_id")))
         if signer is None or entry.get("algorithm") != ALGORITHM:
             continue
