@@ -196,7 +196,7 @@ class BlobStore:
         *,
         size: int,
         what: str,
-        chunks_per_read: int = 8,
+        chunks_per_read: int = 4,
         verify_digest: bool = True,
         on_chunk: Callable[[int, memoryview], None] | None = None,
     ) -> Iterator[memoryview]:
