@@ -361,29 +361,37 @@ class Registry:
             return PushResult(existing, False, 0, total, len(files))
 
         progress.begin("uploading", total)
-        stored: dict[str, NewBlob] = {}
-        uploaded = 0
+        unique: dict[str, manifests.LocalFile] = {}
         for entry, file_digest in zip(files, digests, strict=True):
-            if file_digest in stored:
+            if file_digest in unique:
                 progress.advance(entry.size)
-                continue
-            blob = self.store.put_file(
-                entry.source,
-                file_digest,
-                entry.size,
-                what=entry.path,
-                on_progress=progress.advance,
-            )
-            uploaded += blob.size if blob.uploaded else 0
-            stored[file_digest] = NewBlob(
-                blob.digest,
-                blob.size,
-                blob.object_name,
-                blob.sealed_size,
-                blob.chunk_size,
-                blob.slot,
-            )
+            else:
+                unique[file_digest] = entry
+        # Two files at a time: one file's final fsync overlaps with sealing the next.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") as pool:
+            puts = [
+                pool.submit(
+                    self.store.put_file,
+                    entry.source,
+                    file_digest,
+                    entry.size,
+                    what=entry.path,
+                    on_progress=progress.advance,
+                )
+                for file_digest, entry in unique.items()
+            ]
+            try:
+                blobs = [put.result() for put in puts]
+            except BaseException:
+                for put in puts:
+                    put.cancel()
+                raise
         progress.end()
+        uploaded = sum(blob.size for blob in blobs if blob.uploaded)
+        stored = [
+            NewBlob(b.digest, b.size, b.object_name, b.sealed_size, b.chunk_size, b.slot)
+            for b in blobs
+        ]
 
         what = f"manifest of {name}"
         manifest_object = self.store.put_bytes(
@@ -413,7 +421,7 @@ class Registry:
                     )
                     for f in manifest.files
                 ],
-                blobs=list(stored.values()),
+                blobs=stored,
             )
         )
         return PushResult(version, created, uploaded, total - uploaded, len(files))
