@@ -197,9 +197,10 @@ class LocalDriver(Driver):
             f"object {name!r}: parent directory of {path} kept disappearing while publishing"
         )
 
-    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[tuple[int, int]]:
+        """An open descriptor of the object and its size; read errors become StorageError."""
         path = self._path(name)
-        _check_range(offset, length)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
@@ -210,7 +211,18 @@ class LocalDriver(Driver):
             st = os.fstat(fd)
             if not stat_mod.S_ISREG(st.st_mode):
                 raise _not_an_object(name, path, st.st_mode)
-            end = st.st_size if length is None else min(st.st_size, offset + length)
+            yield fd, st.st_size
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"object {name!r}: read of {path} failed: {exc}") from exc
+        finally:
+            os.close(fd)
+
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        _check_range(offset, length)
+        with self._reading(name) as (fd, size):
+            end = size if length is None else min(size, offset + length)
             parts: builtins.list[bytes] = []
             position = offset
             while position < end:
@@ -220,26 +232,10 @@ class LocalDriver(Driver):
                 parts.append(data)
                 position += len(data)
             return b"".join(parts)
-        except OSError as exc:
-            if isinstance(exc, StorageError):
-                raise
-            raise StorageError(f"object {name!r}: read of {path} failed: {exc}") from exc
-        finally:
-            os.close(fd)
 
     def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
-        path = self._path(name)
         _check_range(offset, len(buffer))
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFoundError(f"object {name!r} not found (no file {path})") from None
-        except OSError as exc:
-            raise StorageError(f"object {name!r}: cannot open {path}: {exc}") from exc
-        try:
-            st = os.fstat(fd)
-            if not stat_mod.S_ISREG(st.st_mode):
-                raise _not_an_object(name, path, st.st_mode)
+        with self._reading(name) as (fd, _size):
             got = 0
             while got < len(buffer):
                 count = os.preadv(fd, [buffer[got:]], offset + got)
@@ -247,12 +243,6 @@ class LocalDriver(Driver):
                     break
                 got += count
             return got
-        except OSError as exc:
-            if isinstance(exc, StorageError):
-                raise
-            raise StorageError(f"object {name!r}: read of {path} failed: {exc}") from exc
-        finally:
-            os.close(fd)
 
     def stat(self, name: str) -> ObjectInfo | None:
         path = self._path(name)
