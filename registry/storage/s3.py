@@ -1,0 +1,311 @@
+"""S3 storage driver (boto3): write-once objects in one bucket, on AWS or an S3-compatible service.
+
+Keeps the `Driver` contract without trusting the server to: a write is `If-None-Match: *`
+(PutObject or CompleteMultipartUpload), and on a versioned bucket, where some S3 implementations
+(Ceph RGW) ignore that header, the version list is read back after the write and a second version
+of a name loses to the first and is removed. Large objects go up as parallel multipart uploads
+that are aborted on any failure, so no incomplete upload lingers. Every upload carries a SHA-256
+checksum. Retries (botocore "standard" mode) cover throttling, 5xx and connection errors, not
+other 4xx.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from registry.errors import InvalidInputError, NotFoundError, StorageError
+from registry.storage.base import (
+    Capabilities,
+    Driver,
+    ObjectInfo,
+    validate_object_name,
+    validate_prefix,
+)
+
+MIN_PART_SIZE = 8 * 1024 * 1024
+MAX_PART_SIZE = 64 * 1024 * 1024
+DEFAULT_PART_SIZE = 16 * 1024 * 1024
+_MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
+_PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Where a driver's objects live: a bucket (and key prefix) at an endpoint."""
+
+    bucket: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    prefix: str = ""
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def make_client(location: S3Location, *, parallelism: int) -> Any:
+    """A boto3 S3 client whose connection pool fits `parallelism` concurrent requests."""
+    session = boto3.session.Session(profile_name=location.profile, region_name=location.region)
+    return session.client(
+        "s3",
+        endpoint_url=location.endpoint_url,
+        config=Config(
+            retries={"mode": "standard", "max_attempts": 6},
+            max_pool_connections=max(10, 2 * parallelism),
+            connect_timeout=10,
+            read_timeout=60,
+        ),
+    )
+
+
+class S3Driver(Driver):
+    """Objects under `prefix` in one bucket."""
+
+    capabilities = Capabilities(object_lock=True, legal_hold=True, versioned=True)
+
+    def __init__(
+        self,
+        location: S3Location,
+        *,
+        client: Any = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        parallelism: int = 4,
+    ) -> None:
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise InvalidInputError(
+                f"S3 part size must be {MIN_PART_SIZE >> 20}..{MAX_PART_SIZE >> 20} MiB"
+            )
+        if location.prefix and not location.prefix.endswith("/"):
+            location = S3Location(**{**location.__dict__, "prefix": location.prefix + "/"})
+        self.location = location
+        self.part_size = part_size
+        self.parallelism = max(1, parallelism)
+        self._client = client or make_client(location, parallelism=self.parallelism)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return self.location.prefix + validate_object_name(name)
+
+    def _fail(self, action: str, name: str, error: Exception) -> StorageError:
+        where = f"s3://{self.location.bucket}/{self.location.prefix}{name}"
+        return StorageError(f"{action} {where} failed: {error}")
+
+    def _call(self, action: str, name: str, method: str, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._client, method)(Bucket=self.location.bucket, **kwargs)
+        except ClientError as error:
+            if _code(error) in _MISSING or _status(error) == 404:
+                raise NotFoundError(f"object {name!r} not found") from None
+            raise self._fail(action, name, error) from error
+        except BotoCoreError as error:
+            raise self._fail(action, name, error) from error
+
+    def _versions(self, key: str) -> builtins.list[dict[str, Any]]:
+        """Every version (not delete markers) of exactly `key`, oldest first."""
+        found: builtins.list[dict[str, Any]] = []
+        paginator = self._client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=key):
+            # S3 lists the versions of a key newest first; times have one-second resolution,
+            # so the listing order, not LastModified, tells which came first.
+            found.extend(entry for entry in page.get("Versions", []) if entry["Key"] == key)
+        found.reverse()
+        return found
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def put_if_absent(self, name: str, chunks: Iterable[bytes | bytearray | memoryview]) -> bool:
+        key = self._key(name)
+        if self.stat(name) is not None:
+            return False
+        parts = _parts(chunks, self.part_size)
+        first = next(parts)
+        second = next(parts, None)
+        try:
+            if second is None:
+                response = self._client.put_object(
+                    Bucket=self.location.bucket,
+                    Key=key,
+                    Body=bytes(first),
+                    IfNoneMatch="*",
+                    ChecksumAlgorithm="SHA256",
+                )
+            else:
+                response = self._multipart(key, first, second, parts)
+        except ClientError as error:
+            if _code(error) in _PRECONDITION or _status(error) in (409, 412):
+                return False
+            raise self._fail("upload of", name, error) from error
+        except BotoCoreError as error:
+            raise self._fail("upload of", name, error) from error
+        return self._won(key, response.get("VersionId"))
+
+    def _won(self, key: str, version_id: str | None) -> bool:
+        """On a versioned bucket, make sure this write was the first version of the name.
+
+        Servers that ignore `If-None-Match: *` on versioned buckets let a racing writer add a
+        second version; the oldest one is the object, a later one is removed again.
+        """
+        if not version_id or version_id == "null":
+            return True
+        versions = self._versions(key)
+        if not versions or versions[0]["VersionId"] == version_id:
+            return True
+        self._client.delete_object(Bucket=self.location.bucket, Key=key, VersionId=version_id)
+        return False
+
+    def _multipart(
+        self, key: str, first: bytes, second: bytes, rest: Iterator[bytes]
+    ) -> dict[str, Any]:
+        bucket = self.location.bucket
+        upload = self._client.create_multipart_upload(
+            Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256"
+        )
+        upload_id = upload["UploadId"]
+
+        def send(number: int, body: bytes) -> dict[str, Any]:
+            part = self._client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ChecksumAlgorithm="SHA256",
+            )
+            return {
+                "PartNumber": number,
+                "ETag": part["ETag"],
+                "ChecksumSHA256": part.get("ChecksumSHA256"),
+            }
+
+        done: builtins.list[dict[str, Any]] = []
+        try:
+            with ThreadPoolExecutor(self.parallelism, thread_name_prefix="s3-part") as pool:
+                window: deque[Future[dict[str, Any]]] = deque()
+                for number, body in enumerate(_chain(iter([first, second]), rest), start=1):
+                    window.append(pool.submit(send, number, body))
+                    # Bounded memory: at most `parallelism` parts are held at once.
+                    if len(window) >= self.parallelism:
+                        done.append(window.popleft().result())
+                done.extend(future.result() for future in window)
+            completed = [{k: v for k, v in part.items() if v is not None} for part in done]
+            response: dict[str, Any] = self._client.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": completed},
+                IfNoneMatch="*",
+            )
+            return response
+        except BaseException:
+            # No incomplete upload may linger (they are billed and invisible).
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+
+    def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise InvalidInputError("offset and length must not be negative")
+        key = self._key(name)
+        if length == 0:
+            if self.stat(name) is None:
+                raise NotFoundError(f"object {name!r} not found")
+            return b""
+        end = "" if length is None else str(offset + length - 1)
+        try:
+            response = self._client.get_object(
+                Bucket=self.location.bucket, Key=key, Range=f"bytes={offset}-{end}"
+            )
+            return bytes(response["Body"].read())
+        except ClientError as error:
+            if _code(error) in _MISSING or _status(error) == 404:
+                raise NotFoundError(f"object {name!r} not found") from None
+            if _code(error) == "InvalidRange" or _status(error) == 416:
+                # Past the end (or an empty object): the contract says b"".
+                if self.stat(name) is None:
+                    raise NotFoundError(f"object {name!r} not found") from None
+                return b""
+            raise self._fail("read of", name, error) from error
+        except BotoCoreError as error:
+            raise self._fail("read of", name, error) from error
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        key = self._key(name)
+        try:
+            head = self._client.head_object(Bucket=self.location.bucket, Key=key)
+        except ClientError as error:
+            if _code(error) in _MISSING or _status(error) == 404:
+                return None
+            raise self._fail("stat of", name, error) from error
+        except BotoCoreError as error:
+            raise self._fail("stat of", name, error) from error
+        return ObjectInfo(name, int(head["ContentLength"]), head["LastModified"])
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        validate_prefix(prefix)
+        return self._list(prefix)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.location.prefix
+        paginator = self._client.get_paginator("list_objects_v2")
+        found: builtins.list[ObjectInfo] = []
+        try:
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=base + prefix):
+                for entry in page.get("Contents", []):
+                    name = entry["Key"][len(base) :]
+                    found.append(ObjectInfo(name, int(entry["Size"]), entry["LastModified"]))
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("listing of", prefix or "/", error) from error
+        # S3 orders keys by UTF-8 bytes; names are ASCII, but sort to keep the contract exact.
+        yield from sorted(found, key=lambda info: info.name)
+
+    def delete(self, name: str) -> None:
+        key = self._key(name)
+        if self.stat(name) is None:
+            raise NotFoundError(f"object {name!r} not found")
+        versions = self._versions(key)
+        if not versions:
+            self._call("delete of", name, "delete_object", Key=key)
+            return
+        # Deleting each version (not adding a delete marker) removes the object for good; a
+        # locked version refuses, which is the point.
+        for version in versions:
+            self._call("delete of", name, "delete_object", Key=key, VersionId=version["VersionId"])
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _parts(chunks: Iterable[bytes | bytearray | memoryview], size: int) -> Iterator[bytes]:
+    """Regroup chunks into parts of exactly `size` bytes (the last may be shorter; at least one
+    part, possibly empty, is always produced)."""
+    buffer = bytearray()
+    produced = False
+    for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= size:
+            yield bytes(buffer[:size])
+            del buffer[:size]
+            produced = True
+    if buffer or not produced:
+        yield bytes(buffer)
+
+
+def _chain(first: Iterator[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield from first
+    yield from rest
