@@ -98,3 +98,20 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def store_bytes(home: Path) -> int:
     return sum(p.stat().st_size for p in (home / "store").rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="session")
+def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3 server (Ceph RGW) for the whole session; installed when missing."""
+    from tests.ceph_rgw import CephRGW, CephUnavailableError
+
+    try:
+        cluster = CephRGW.start(tmp_path_factory.mktemp("ceph"))
+    except CephUnavailableError as error:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Ceph RGW could not start (under CI=true it must): {error}")
+        pytest.skip(f"Ceph RGW could not start: {error}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

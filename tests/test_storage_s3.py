@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import boto3
@@ -91,3 +92,32 @@ def test_objects_live_under_the_prefix(s3_driver: S3Driver, s3_client) -> None:
     s3_driver.put_if_absent("a/b", [b"x"])
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert keys == ["reg/a/b"]
+
+
+# -- the same suite against a real S3 implementation ------------------------------------------
+
+
+@pytest.fixture
+def rgw_driver(ceph_rgw) -> Iterator[S3Driver]:
+    from tests.ceph_rgw import ACCESS_KEY, SECRET_KEY
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=ceph_rgw.endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    )
+    bucket = f"conformance-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    driver = S3Driver(S3Location(bucket, prefix="reg"), client=client, part_size=MIN_PART_SIZE)
+    yield driver
+    driver.close()
+
+
+@pytest.mark.ceph
+@pytest.mark.xdist_group("ceph")
+class TestS3DriverOnCephRGW(DriverConformance):
+    @pytest.fixture
+    def driver(self, rgw_driver: S3Driver) -> Driver:
+        return rgw_driver

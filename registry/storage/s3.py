@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -254,7 +255,7 @@ class S3Driver(Driver):
             raise self._fail("stat of", name, error) from error
         except BotoCoreError as error:
             raise self._fail("stat of", name, error) from error
-        return ObjectInfo(name, int(head["ContentLength"]), head["LastModified"])
+        return ObjectInfo(name, int(head["ContentLength"]), _seconds(head["LastModified"]))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         validate_prefix(prefix)
@@ -268,7 +269,9 @@ class S3Driver(Driver):
             for page in paginator.paginate(Bucket=self.location.bucket, Prefix=base + prefix):
                 for entry in page.get("Contents", []):
                     name = entry["Key"][len(base) :]
-                    found.append(ObjectInfo(name, int(entry["Size"]), entry["LastModified"]))
+                    found.append(
+                        ObjectInfo(name, int(entry["Size"]), _seconds(entry["LastModified"]))
+                    )
         except (ClientError, BotoCoreError) as error:
             raise self._fail("listing of", prefix or "/", error) from error
         # S3 orders keys by UTF-8 bytes; names are ASCII, but sort to keep the contract exact.
@@ -289,6 +292,11 @@ class S3Driver(Driver):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _seconds(moment: datetime) -> datetime:
+    """HEAD reports whole seconds (an HTTP date), listings milliseconds: agree on seconds."""
+    return moment.astimezone(UTC).replace(microsecond=0)
 
 
 def _parts(chunks: Iterable[bytes | bytearray | memoryview], size: int) -> Iterator[bytes]:
