@@ -69,6 +69,13 @@ class ConflictError(RegistryError):
     exit_code = 5
 
 
+class RetentionError(ConflictError):
+    """An Object Lock rule refused the change: retention shortened or downgraded, a locked or held
+    object deleted, a governance bypass not asked for."""
+
+    code = "retention_refused"
+
+
 class DestinationExistsError(ConflictError):
     """A pull would overwrite files that already exist."""
 

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -31,6 +31,14 @@ from registry.storage.base import (
     ObjectInfo,
     validate_object_name,
     validate_prefix,
+)
+from registry.storage.lock import (
+    COMPLIANCE,
+    GOVERNANCE,
+    ObjectLock,
+    Retention,
+    check_change,
+    check_delete,
 )
 
 MIN_PART_SIZE = 8 * 1024 * 1024
@@ -74,7 +82,7 @@ def make_client(location: S3Location, *, parallelism: int) -> Any:
     )
 
 
-class S3Driver(Driver):
+class S3Driver(Driver, ObjectLock):
     """Objects under `prefix` in one bucket."""
 
     capabilities = Capabilities(object_lock=True, legal_hold=True, versioned=True)
@@ -86,13 +94,23 @@ class S3Driver(Driver):
         client: Any = None,
         part_size: int = DEFAULT_PART_SIZE,
         parallelism: int = 4,
+        lock_mode: str = COMPLIANCE,
+        minimum_retention: timedelta | None = None,
     ) -> None:
+        """`minimum_retention` (e.g. 30 days) locks every object written for at least that long
+        in `lock_mode`; None writes objects unlocked unless a `lock` is passed per write."""
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise InvalidInputError(
                 f"S3 part size must be {MIN_PART_SIZE >> 20}..{MAX_PART_SIZE >> 20} MiB"
             )
         if location.prefix and not location.prefix.endswith("/"):
             location = S3Location(**{**location.__dict__, "prefix": location.prefix + "/"})
+        if lock_mode not in (COMPLIANCE, GOVERNANCE):
+            raise InvalidInputError(
+                f"lock mode must be COMPLIANCE or GOVERNANCE, not {lock_mode!r}"
+            )
+        self.lock_mode = lock_mode
+        self.minimum_retention = minimum_retention
         self.location = location
         self.part_size = part_size
         self.parallelism = max(1, parallelism)
@@ -130,7 +148,17 @@ class S3Driver(Driver):
 
     # -- the contract --------------------------------------------------------------------------
 
-    def put_if_absent(self, name: str, chunks: Iterable[bytes | bytearray | memoryview]) -> bool:
+    def put_if_absent(
+        self,
+        name: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        *,
+        lock: Retention | None = None,
+    ) -> bool:
+        """See `Driver.put_if_absent`. With `lock` (or a configured minimum retention) the object
+        is locked once this write has won the name: locking first would leave a losing version
+        that can never be removed, and some servers ignore lock headers on multipart uploads
+        anyway, so the retention is set afterwards and read back."""
         key = self._key(name)
         if self.stat(name) is not None:
             return False
@@ -154,7 +182,87 @@ class S3Driver(Driver):
             raise self._fail("upload of", name, error) from error
         except BotoCoreError as error:
             raise self._fail("upload of", name, error) from error
-        return self._won(key, response.get("VersionId"))
+        if not self._won(key, response.get("VersionId")):
+            return False
+        wanted = self._with_minimum(lock)
+        if wanted is not None:
+            self.extend_retention(name, wanted)
+        return True
+
+    def _with_minimum(self, lock: Retention | None) -> Retention | None:
+        if self.minimum_retention is None:
+            return lock
+        floor = Retention(self.lock_mode, datetime.now(UTC) + self.minimum_retention)
+        if lock is None:
+            return floor
+        mode = COMPLIANCE if COMPLIANCE in (lock.mode, floor.mode) else lock.mode
+        return Retention(mode, max(lock.until, floor.until))
+
+    # -- object lock ---------------------------------------------------------------------------
+
+    def retention(self, name: str) -> Retention | None:
+        return self._lock_state(name, self._key(name), None)[0]
+
+    def _lock_state(
+        self, name: str, key: str, version_id: str | None
+    ) -> tuple[Retention | None, bool]:
+        """(retention, legal hold) of the object or one version, from its HEAD: every S3
+        implementation reports the lock headers there (moto's GetObjectRetention fails with a 500
+        on an object that has none)."""
+        extra = {"VersionId": version_id} if version_id else {}
+        try:
+            head = self._client.head_object(Bucket=self.location.bucket, Key=key, **extra)
+        except ClientError as error:
+            if _code(error) in _MISSING or _status(error) == 404:
+                raise NotFoundError(f"object {name!r} not found") from None
+            raise self._fail("lock state of", name, error) from error
+        except BotoCoreError as error:
+            raise self._fail("lock state of", name, error) from error
+        retention = None
+        if head.get("ObjectLockMode") and head.get("ObjectLockRetainUntilDate"):
+            retention = Retention(
+                head["ObjectLockMode"], head["ObjectLockRetainUntilDate"].astimezone(UTC)
+            )
+        return retention, head.get("ObjectLockLegalHoldStatus") == "ON"
+
+    def extend_retention(self, name: str, retention: Retention) -> Retention:
+        applied = check_change(name, self.retention(name), retention)
+        # BypassGovernanceRetention is never sent: extending never needs it, and shortening is
+        # refused above whatever the mode.
+        self._call(
+            "locking of",
+            name,
+            "put_object_retention",
+            Key=self._key(name),
+            Retention={"Mode": applied.mode, "RetainUntilDate": applied.until},
+        )
+        stored = self.retention(name)
+        if (
+            stored is None
+            or stored.mode != applied.mode
+            or stored.until < applied.until.replace(microsecond=0)
+        ):
+            raise StorageError(
+                f"{name}: the store did not keep the retention asked for "
+                f"({applied.mode} until {applied.until:%Y-%m-%d %H:%M} UTC; it reports {stored})"
+            )
+        return stored
+
+    def legal_hold(self, name: str) -> bool:
+        return self._lock_state(name, self._key(name), None)[1]
+
+    def set_legal_hold(self, name: str, on: bool) -> None:
+        self._call(
+            "legal hold of",
+            name,
+            "put_object_legal_hold",
+            Key=self._key(name),
+            LegalHold={"Status": "ON" if on else "OFF"},
+        )
+        if self.legal_hold(name) != on:
+            raise StorageError(
+                f"{name}: the store did not keep the legal hold {'ON' if on else 'OFF'}"
+            )
 
     def _won(self, key: str, version_id: str | None) -> bool:
         """On a versioned bucket, make sure this write was the first version of the name.
@@ -277,7 +385,10 @@ class S3Driver(Driver):
         # S3 orders keys by UTF-8 bytes; names are ASCII, but sort to keep the contract exact.
         yield from sorted(found, key=lambda info: info.name)
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, bypass_governance: bool = False) -> None:
+        """Delete every version of the object. A held or locked version is refused here, before
+        the store is asked (`lock.check_delete`); `bypass_governance` lets a GOVERNANCE lock
+        yield and is the only way BypassGovernanceRetention is ever sent."""
         key = self._key(name)
         if self.stat(name) is None:
             raise NotFoundError(f"object {name!r} not found")
@@ -285,10 +396,17 @@ class S3Driver(Driver):
         if not versions:
             self._call("delete of", name, "delete_object", Key=key)
             return
-        # Deleting each version (not adding a delete marker) removes the object for good; a
-        # locked version refuses, which is the point.
-        for version in versions:
-            self._call("delete of", name, "delete_object", Key=key, VersionId=version["VersionId"])
+        locks = [self._lock_state(name, key, v["VersionId"]) for v in versions]
+        for retention, held in locks:
+            check_delete(name, retention, held, bypass_governance=bypass_governance)
+        # Deleting each version (not adding a delete marker) removes the object for good.
+        for version, (retention, _held) in zip(versions, locks, strict=True):
+            extra = {}
+            if bypass_governance and retention is not None and retention.mode == GOVERNANCE:
+                extra["BypassGovernanceRetention"] = True
+            self._call(
+                "delete of", name, "delete_object", Key=key, VersionId=version["VersionId"], **extra
+            )
 
     def close(self) -> None:
         self._client.close()
