@@ -12,7 +12,11 @@ from registry.service import Registry
 
 @click.command()
 @click.option("--catalog-url", help="SQLAlchemy URL of the catalog (default: SQLite in the home).")
-@click.option("--store", "store_path", type=click.Path(path_type=Path), help="Store directory.")
+@click.option(
+    "--store",
+    help="Store: a directory (default HOME/store) or "
+    "s3://BUCKET[/PREFIX]?region=R&endpoint=URL&profile=P&lock=COMPLIANCE&retention_days=30.",
+)
 @click.option(
     "--key-dir",
     type=click.Path(path_type=Path),
@@ -20,11 +24,9 @@ from registry.service import Registry
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def init(
-    catalog_url: str | None, store_path: Path | None, key_dir: Path | None, as_json: bool
-) -> None:
+def init(catalog_url: str | None, store: str | None, key_dir: Path | None, as_json: bool) -> None:
     """Create a registry (idempotent: an existing one is checked and its catalog upgraded)."""
-    result = Registry.init(catalog_url=catalog_url, store_path=store_path, key_dir=key_dir)
+    result = Registry.init(catalog_url=catalog_url, store=store, key_dir=key_dir)
     if as_json:
         print_json(
             {
@@ -32,7 +34,7 @@ def init(
                 "created": result.created,
                 "registry_id": result.registry_id,
                 "catalog_url": result.catalog_url,
-                "store": str(result.store_path),
+                "store": result.store,
                 "kek_file": str(result.kek_file),
                 "public_key": result.public_key,
             }
@@ -41,7 +43,7 @@ def init(
     verb = "created" if result.created else "already initialised:"
     stdout.print(f"{verb} registry {result.registry_id} in {result.home}")
     stdout.print(f"  catalog    {result.catalog_url}")
-    stdout.print(f"  store      {result.store_path}")
+    stdout.print(f"  store      {result.store}")
     stdout.print(f"  key file   {result.kek_file}  (back it up apart from the store)")
     stdout.print(f"  signer     {result.public_key}")
 

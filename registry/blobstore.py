@@ -28,6 +28,7 @@ from registry.crypto.keys import KeyProvider, WrappedKey
 from registry.digest import keyed_id
 from registry.errors import IntegrityError, NotFoundError, StorageError
 from registry.storage.base import Driver
+from registry.storage.lock import ObjectLock
 
 MARKER = "registry/id"
 BLOB = "blob"
@@ -147,16 +148,28 @@ class BlobStore:
                         what=what,
                     ),
                 )
-        elif on_progress is not None:
-            on_progress(size)
+        else:
+            self._keep_locked(name, self.slot_name(BLOB, digest, slot.kek_id))
+            if on_progress is not None:
+                on_progress(size)
         header = self.read_header(BLOB, digest, size=size, what=what)
         return StoredBlob(digest, size, name, header.sealed_size, header.chunk_size, slot, uploaded)
 
+    def _keep_locked(self, *names: str) -> None:
+        """Objects a new version reuses stay locked at least as long as fresh ones would be."""
+        if isinstance(self.driver, ObjectLock):
+            floor = self.driver.minimum_lock()
+            if floor is not None:
+                for name in names:
+                    self.driver.hold_at_least(name, floor)
+
     def put_bytes(self, kind: str, digest: str, data: bytes, *, what: str) -> str:
         """Seal small content (a manifest) bound to `digest`; returns its object name."""
-        data_key, _slot = self._data_key(kind, digest, what=what)
+        data_key, slot = self._data_key(kind, digest, what=what)
         name = self.object_name(kind, digest)
-        if self.driver.stat(name) is None:
+        if self.driver.stat(name) is not None:
+            self._keep_locked(name, self.slot_name(kind, digest, slot.kek_id))
+        else:
             sealer = sealed.Sealer(
                 data_key, digest, plaintext_size=len(data), chunk_size=self.chunk_size
             )

@@ -18,6 +18,7 @@ from typing import Any
 
 from registry.crypto.signing import TrustedSigner, parse_public_key
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
+from registry.storage.factory import StoreSpec, store_config_lines, store_from_config
 
 CONFIG_FILE = "config.toml"
 ENV_HOME = "MODEL_REGISTRY_HOME"
@@ -48,13 +49,18 @@ class Settings:
     home: Path
     registry_id: str
     catalog_url: str
-    store_path: Path
+    store: StoreSpec
     chunk_size: int
     kek_file: Path
     naming_key_file: Path
     signing_key_file: Path
     trusted_signers: tuple[TrustedSigner, ...] = field(default=())
     workers: int = 0
+
+    @property
+    def store_path(self) -> Path | None:
+        """The local store's directory (None for an S3 store)."""
+        return self.store.path
 
     @property
     def effective_workers(self) -> int:
@@ -82,8 +88,12 @@ def load_settings(home: Path | None = None) -> Settings:
         catalog = raw.get("catalog", {})
         store = raw.get("store", {})
         keys = raw.get("keys", {})
-        if store.get("driver", "local") != "local":
-            raise ConfigurationError(f"{config_path}: unknown store driver {store.get('driver')!r}")
+        try:
+            store_spec = store_from_config(
+                store, resolve=lambda value: _path(home, value, "store.path")
+            )
+        except InvalidInputError as error:
+            raise ConfigurationError(f"{config_path}: [store]: {error}") from None
         signers = []
         for entry in raw.get("trusted_signers", []):
             try:
@@ -97,7 +107,7 @@ def load_settings(home: Path | None = None) -> Settings:
             home=home,
             registry_id=str(raw["registry_id"]),
             catalog_url=os.environ.get(ENV_CATALOG_URL) or str(catalog["url"]),
-            store_path=_path(home, store.get("path"), "store.path"),
+            store=store_spec,
             chunk_size=chunk_size,
             kek_file=_path(home, keys.get("kek_file"), "keys.kek_file"),
             naming_key_file=_path(home, keys.get("naming_key_file"), "keys.naming_key_file"),
@@ -120,7 +130,7 @@ def render_config(
     *,
     registry_id: str,
     catalog_url: str,
-    store_path: str,
+    store: StoreSpec,
     kek_file: str,
     naming_key_file: str,
     signing_key_file: str,
@@ -137,10 +147,7 @@ def render_config(
         "[catalog]",
         f"url = {_toml_string(catalog_url)}",
         "",
-        "[store]",
-        'driver = "local"',
-        f"path = {_toml_string(store_path)}",
-        f"chunk_size = {chunk_size}",
+        *store_config_lines(store, chunk_size=chunk_size),
         "",
         "# Keys live outside the store and the catalog; back them up separately.",
         "[keys]",

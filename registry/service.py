@@ -64,7 +64,7 @@ from registry.errors import (
 )
 from registry.manifest import Manifest, ManifestFile
 from registry.refs import parse_reference, validate_name, validate_relative_path
-from registry.storage.local import LocalDriver
+from registry.storage.factory import StoreSpec, open_driver, parse_store, prepare_bucket
 
 
 class Progress(Protocol):
@@ -94,7 +94,7 @@ class InitResult:
     created: bool
     registry_id: str
     catalog_url: str
-    store_path: Path
+    store: str
     kek_file: Path
     public_key: str
 
@@ -160,7 +160,7 @@ class Registry:
             raise
         self.catalog = Catalog(engine)
         self.store = BlobStore(
-            LocalDriver(settings.store_path),
+            open_driver(settings.store, parallelism=settings.effective_workers),
             self.keys,
             registry_id=settings.registry_id,
             naming_key=naming_key,
@@ -207,17 +207,19 @@ class Registry:
         home: str | Path | None = None,
         *,
         catalog_url: str | None = None,
-        store_path: str | Path | None = None,
+        store: str | Path | None = None,
         key_dir: str | Path | None = None,
     ) -> InitResult:
         """Create a registry in `home`, or check and upgrade the one there (idempotent).
 
+        `store` is a directory (default HOME/store) or an `s3://BUCKET[/PREFIX]?...` URL; an S3
+        bucket is created with versioning and Object Lock, or refused when it has no Object Lock.
         Keys are created first and never replaced; config.toml is written last, so an init that
         was interrupted simply runs again.
         """
         home_path = (Path(home) if home is not None else default_home()).expanduser().absolute()
         if (home_path / CONFIG_FILE).exists():
-            if catalog_url or store_path or key_dir:
+            if catalog_url or store or key_dir:
                 raise ConfigurationError(
                     f"{home_path} is already initialised; options apply only to a new registry",
                     hint=f"edit {home_path / CONFIG_FILE} to change settings",
@@ -227,12 +229,15 @@ class Registry:
                 return registry._init_result(created=False)
         home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         keys = Path(key_dir).expanduser().absolute() if key_dir else home_path / "keys"
-        store = Path(store_path).expanduser().absolute() if store_path else home_path / "store"
-        if keys == store or keys.is_relative_to(store) or store.is_relative_to(keys):
+        spec = parse_store(str(store)) if store else StoreSpec(path=home_path / "store")
+        if spec.path is not None and (
+            keys == spec.path or keys.is_relative_to(spec.path) or spec.path.is_relative_to(keys)
+        ):
             raise InvalidInputError(
-                f"the key directory {keys} and the store {store} must be apart",
+                f"the key directory {keys} and the store {spec.path} must be apart",
                 hint="keys must never live beside the data they protect (design invariant 5)",
             )
+        prepare_bucket(spec)
         keys.mkdir(parents=True, exist_ok=True, mode=0o700)
         kek_file, naming_file, signing_file = (
             keys / "kek.key",
@@ -250,7 +255,7 @@ class Registry:
         text = render_config(
             registry_id=f"mr-{uuid.uuid4().hex}",
             catalog_url=url,
-            store_path=str(store),
+            store=spec,
             kek_file=str(kek_file),
             naming_key_file=str(naming_file),
             signing_key_file=str(signing_file),
@@ -268,7 +273,7 @@ class Registry:
             created=created,
             registry_id=self.settings.registry_id,
             catalog_url=self.settings.catalog_url,
-            store_path=self.settings.store_path,
+            store=self.settings.store.describe(),
             kek_file=self.settings.kek_file,
             public_key=public_key_text(self.signer.public_key),
         )
@@ -612,7 +617,7 @@ class Registry:
         text = render_config(
             registry_id=str(config["registry_id"]),
             catalog_url=str(config["catalog"]["url"]),
-            store_path=str(config["store"]["path"]),
+            store=self.settings.store,
             chunk_size=int(config["store"].get("chunk_size", self.settings.chunk_size)),
             kek_file=str(keys["kek_file"]),
             naming_key_file=str(keys["naming_key_file"]),

@@ -89,6 +89,20 @@ class ObjectLock(ABC):
         """Apply `retention` (checked with `check_change`) and return what the store reports."""
 
     @abstractmethod
+    def minimum_lock(self) -> Retention | None:
+        """The retention every write gets (the store's configured minimum from now), if any."""
+
+    def hold_at_least(self, name: str, retention: Retention) -> Retention | None:
+        """Extend the object's retention to `retention` unless it already reaches that far
+        (reusing an object must never shorten nor weaken its lock)."""
+        current = self.retention(name)
+        if current is not None and current.active() and current.until >= retention.until:
+            return current
+        if current is not None and current.active() and current.mode == COMPLIANCE:
+            retention = Retention(COMPLIANCE, retention.until)
+        return self.extend_retention(name, retention)
+
+    @abstractmethod
     def legal_hold(self, name: str) -> bool:
         """Whether the object is under legal hold."""
 

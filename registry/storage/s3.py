@@ -189,10 +189,15 @@ class S3Driver(Driver, ObjectLock):
             self.extend_retention(name, wanted)
         return True
 
-    def _with_minimum(self, lock: Retention | None) -> Retention | None:
+    def minimum_lock(self) -> Retention | None:
         if self.minimum_retention is None:
+            return None
+        return Retention(self.lock_mode, datetime.now(UTC) + self.minimum_retention)
+
+    def _with_minimum(self, lock: Retention | None) -> Retention | None:
+        floor = self.minimum_lock()
+        if floor is None:
             return lock
-        floor = Retention(self.lock_mode, datetime.now(UTC) + self.minimum_retention)
         if lock is None:
             return floor
         mode = COMPLIANCE if COMPLIANCE in (lock.mode, floor.mode) else lock.mode

@@ -1,0 +1,199 @@
+"""Which store a registry uses: parse a store URL or config section, open its driver, and prepare
+an S3 bucket (create it with versioning and Object Lock, or refuse one without).
+
+    /path/to/store                                   local directory
+    s3://BUCKET[/PREFIX]?region=R&endpoint=URL&profile=P&lock=COMPLIANCE|GOVERNANCE&retention_days=30
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from registry.errors import ConfigurationError, InvalidInputError, StorageError
+from registry.storage.base import Driver
+from registry.storage.local import LocalDriver
+from registry.storage.lock import COMPLIANCE, MODES
+from registry.storage.s3 import S3Driver, S3Location, make_client
+
+DEFAULT_RETENTION_DAYS = 30
+_S3_OPTIONS = {"region", "endpoint", "profile", "lock", "retention_days"}
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """A local directory (`path`) or an S3 bucket (`s3`) with its Object Lock settings."""
+
+    path: Path | None = None
+    s3: S3Location | None = None
+    lock_mode: str = COMPLIANCE
+    retention_days: int = DEFAULT_RETENTION_DAYS
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.s3 is None):
+            raise InvalidInputError("a store is either a local path or an S3 bucket")
+        if self.lock_mode not in MODES:
+            raise InvalidInputError(
+                f"lock mode must be COMPLIANCE or GOVERNANCE, not {self.lock_mode!r}"
+            )
+        if not 1 <= self.retention_days <= 36500:
+            raise InvalidInputError("retention_days must be between 1 and 36500")
+
+    @property
+    def kind(self) -> str:
+        return "local" if self.path is not None else "s3"
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return str(self.path)
+        assert self.s3 is not None
+        where = f"s3://{self.s3.bucket}/{self.s3.prefix}".rstrip("/")
+        extra = [f"region {self.s3.region}"] if self.s3.region else []
+        extra += [f"endpoint {self.s3.endpoint_url}"] if self.s3.endpoint_url else []
+        extra.append(f"{self.lock_mode} lock, {self.retention_days} days minimum")
+        return f"{where} ({', '.join(extra)})"
+
+
+def parse_store(text: str) -> StoreSpec:
+    """A store from the `--store` option: a directory path or an s3:// URL."""
+    if not text.startswith("s3://"):
+        return StoreSpec(path=Path(text).expanduser().absolute())
+    url = urllib.parse.urlsplit(text)
+    options = dict(urllib.parse.parse_qsl(url.query, strict_parsing=False))
+    unknown = set(options) - _S3_OPTIONS
+    if unknown or not url.netloc:
+        raise InvalidInputError(
+            f"invalid store URL {text!r}" + (f": unknown {sorted(unknown)}" if unknown else ""),
+            hint="s3://BUCKET[/PREFIX]?region=R&endpoint=URL&profile=P&lock=COMPLIANCE&retention_days=30",
+        )
+    try:
+        days = int(options.get("retention_days", DEFAULT_RETENTION_DAYS))
+    except ValueError:
+        raise InvalidInputError("retention_days must be a whole number of days") from None
+    return StoreSpec(
+        s3=S3Location(
+            bucket=url.netloc,
+            region=options.get("region"),
+            endpoint_url=options.get("endpoint"),
+            profile=options.get("profile"),
+            prefix=url.path.strip("/"),
+        ),
+        lock_mode=options.get("lock", COMPLIANCE).upper(),
+        retention_days=days,
+    )
+
+
+def store_from_config(section: dict[str, Any], *, resolve: Any) -> StoreSpec:
+    """The `[store]` section of config.toml; `resolve` makes a configured path absolute."""
+    driver = section.get("driver", "local")
+    if driver == "local":
+        return StoreSpec(path=resolve(section.get("path")))
+    if driver == "s3":
+        if not section.get("bucket"):
+            raise ConfigurationError('store.bucket is required for driver = "s3"')
+        return StoreSpec(
+            s3=S3Location(
+                bucket=str(section["bucket"]),
+                region=section.get("region"),
+                endpoint_url=section.get("endpoint_url"),
+                profile=section.get("profile"),
+                prefix=str(section.get("prefix", "")),
+            ),
+            lock_mode=str(section.get("lock_mode", COMPLIANCE)),
+            retention_days=int(section.get("minimum_retention_days", DEFAULT_RETENTION_DAYS)),
+        )
+    raise ConfigurationError(f"unknown store driver {driver!r}", hint='use "local" or "s3"')
+
+
+def store_config_lines(spec: StoreSpec, *, chunk_size: int) -> list[str]:
+    """The `[store]` section of config.toml for `spec`."""
+
+    def quoted(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines = ["[store]"]
+    if spec.path is not None:
+        lines += ['driver = "local"', f"path = {quoted(str(spec.path))}"]
+    else:
+        assert spec.s3 is not None
+        lines += ['driver = "s3"', f"bucket = {quoted(spec.s3.bucket)}"]
+        for key, value in (
+            ("prefix", spec.s3.prefix),
+            ("region", spec.s3.region),
+            ("endpoint_url", spec.s3.endpoint_url),
+            ("profile", spec.s3.profile),
+        ):
+            if value:
+                lines.append(f"{key} = {quoted(value)}")
+        lines += [
+            f"lock_mode = {quoted(spec.lock_mode)}",
+            f"minimum_retention_days = {spec.retention_days}",
+        ]
+    lines.append(f"chunk_size = {chunk_size}")
+    return lines
+
+
+def open_driver(spec: StoreSpec, *, parallelism: int = 4) -> Driver:
+    if spec.path is not None:
+        return LocalDriver(spec.path)
+    assert spec.s3 is not None
+    return S3Driver(
+        spec.s3,
+        parallelism=parallelism,
+        lock_mode=spec.lock_mode,
+        minimum_retention=timedelta(days=spec.retention_days),
+    )
+
+
+def prepare_bucket(spec: StoreSpec) -> None:
+    """Create the bucket with versioning and Object Lock, or check an existing one has both."""
+    if spec.s3 is None:
+        return
+    location = spec.s3
+    client = make_client(location, parallelism=1)
+    try:
+        try:
+            client.head_bucket(Bucket=location.bucket)
+            exists = True
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) not in (
+                "404",
+                "NoSuchBucket",
+                "NotFound",
+            ):
+                raise
+            exists = False
+        if not exists:
+            arguments: dict[str, Any] = {
+                "Bucket": location.bucket,
+                "ObjectLockEnabledForBucket": True,
+            }
+            if location.region and location.region != "us-east-1":
+                arguments["CreateBucketConfiguration"] = {"LocationConstraint": location.region}
+            client.create_bucket(**arguments)
+            return
+        versioning = client.get_bucket_versioning(Bucket=location.bucket).get("Status")
+        try:
+            lock = client.get_object_lock_configuration(Bucket=location.bucket)
+            enabled = lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except ClientError:
+            enabled = False
+        if versioning != "Enabled" or not enabled:
+            raise ConfigurationError(
+                f"bucket {location.bucket} has no Object Lock (versioning {versioning or 'off'})",
+                hint="Object Lock can only be chosen when a bucket is created: use a new bucket "
+                "(init creates it with versioning and Object Lock) or one created with "
+                "--object-lock-enabled-for-bucket",
+            )
+    except (ClientError, BotoCoreError) as error:
+        raise StorageError(
+            f"cannot prepare bucket {location.bucket}: {error}",
+            hint="check credentials (AWS_PROFILE / environment), region and endpoint",
+        ) from None
+    finally:
+        client.close()
