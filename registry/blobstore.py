@@ -16,6 +16,8 @@ whose slot was lost could never be decrypted and its write-once name never reuse
 
 from __future__ import annotations
 
+import functools
+import hmac
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +28,13 @@ import blake3
 from registry.crypto import sealed
 from registry.crypto.keys import KeyProvider, WrappedKey
 from registry.digest import keyed_id
-from registry.errors import IntegrityError, NotFoundError, StorageError
+from registry.errors import (
+    IntegrityError,
+    InvalidModelError,
+    KeyAccessError,
+    NotFoundError,
+    StorageError,
+)
 from registry.storage.base import Driver
 from registry.storage.lock import ObjectLock
 
@@ -102,20 +110,59 @@ class BlobStore:
             self._on_unwrap(digest)
         return data_key
 
-    def _data_key(self, kind: str, digest: str, *, what: str) -> tuple[bytes, WrappedKey]:
-        """The data key of an object: the stored slot's, or a new one whose slot is stored now."""
+    def _data_key(
+        self, kind: str, digest: str, *, what: str, known: WrappedKey | None = None
+    ) -> tuple[bytes, WrappedKey]:
+        """The data key of an object: the stored slot's, or a new one whose slot is stored now.
+
+        When the object itself is already stored, the key must be the one it was sealed with:
+        it is checked against the object's key commitment, and a lost slot object is restored
+        from `known` (the catalog's copy). A new key is generated only for a new object.
+        """
+        slot_name_of = functools.partial(self.slot_name, kind, digest)
         existing = self.read_slot(kind, digest, what=what)
+        stored = self.driver.stat(self.object_name(kind, digest)) is not None
+        if existing is None and stored:
+            if known is None:
+                raise IntegrityError(
+                    f"{what}: the stored object's key slot is lost; it cannot be decrypted",
+                    hint="restore the slot from a backup of the store or the catalog",
+                    path=what,
+                )
+            data_key = self.unwrap(kind, digest, known, what=what)
+            self.check_key(kind, digest, data_key, what=what)
+            self.driver.put_if_absent(slot_name_of(known.kek_id), [known.to_json()])
+            return data_key, known
         if existing is None:
             data_key, slot = self.keys.generate(context=self.context(kind, digest))
-            if self.driver.put_if_absent(
-                self.slot_name(kind, digest, slot.kek_id), [slot.to_json()]
-            ):
+            if self.driver.put_if_absent(slot_name_of(slot.kek_id), [slot.to_json()]):
                 return data_key, slot
             # A concurrent push stored its slot first: its data key is the one that counts.
             existing = self.read_slot(kind, digest, what=what)
             if existing is None:
                 raise StorageError(f"{what}: key slot vanished while it was being written")
-        return self.unwrap(kind, digest, existing, what=what), existing
+        data_key = self.unwrap(kind, digest, existing, what=what)
+        if stored:
+            self.check_key(kind, digest, data_key, what=what)
+        return data_key, existing
+
+    def check_key(self, kind: str, digest: str, data_key: bytes, *, what: str) -> None:
+        """Raise IntegrityError unless `data_key` is the key the stored object was sealed with
+        (its header's key commitment; no chunk is decrypted)."""
+        name = self.object_name(kind, digest)
+        try:
+            header = self.driver.get_range(name, 0, sealed.HEADER_SIZE)
+        except NotFoundError:
+            raise IntegrityError(f"{what}: stored object {name} is missing", path=what) from None
+        sealed.Opener(data_key, digest, header, what=what)
+
+    def check_slot(self, kind: str, digest: str, *, what: str) -> None:
+        """The store's own key slot of an object exists, unwraps, and opens the object: what a
+        catalog rebuild from the store alone will rely on."""
+        slot = self.read_slot(kind, digest, what=what)
+        if slot is None:
+            raise IntegrityError(f"{what}: key slot missing from the store", path=what)
+        self.check_key(kind, digest, self.unwrap(kind, digest, slot, what=what), what=what)
 
     # -- write -----------------------------------------------------------------------------
 
@@ -127,14 +174,20 @@ class BlobStore:
         *,
         what: str,
         on_progress: Callable[[int], None] | None = None,
+        known: WrappedKey | None = None,
     ) -> StoredBlob:
-        """Store the file's content under its digest unless it is already stored (dedup)."""
-        data_key, slot = self._data_key(BLOB, digest, what=what)
+        """Store the file's content under its digest unless it is already stored (dedup).
+        `known` is the catalog's key slot for this content, if it has one."""
+        data_key, slot = self._data_key(BLOB, digest, what=what, known=known)
         name = self.object_name(BLOB, digest)
         info = self.driver.stat(name)
         uploaded = False
         if info is None:
-            with path.open("rb", buffering=0) as source:
+            try:
+                source = path.open("rb", buffering=0)
+            except OSError as error:
+                raise InvalidModelError(f"cannot read {what}: {error.strerror}") from None
+            with source:
                 uploaded = self.driver.put_if_absent(
                     name,
                     sealed.seal_file(
@@ -163,9 +216,11 @@ class BlobStore:
                 for name in names:
                     self.driver.hold_at_least(name, floor)
 
-    def put_bytes(self, kind: str, digest: str, data: bytes, *, what: str) -> str:
+    def put_bytes(
+        self, kind: str, digest: str, data: bytes, *, what: str, known: WrappedKey | None = None
+    ) -> str:
         """Seal small content (a manifest) bound to `digest`; returns its object name."""
-        data_key, slot = self._data_key(kind, digest, what=what)
+        data_key, slot = self._data_key(kind, digest, what=what, known=known)
         name = self.object_name(kind, digest)
         if self.driver.stat(name) is not None:
             self._keep_locked(name, self.slot_name(kind, digest, slot.kek_id))
@@ -276,6 +331,8 @@ class BlobStore:
         self.driver.put_if_absent(f"registry/naming-key/{kek}", [wrapped.to_json()])
 
     def check_claim(self) -> None:
+        """The store is this registry's, and the configured naming key is the one its objects
+        were named with (else every object would look missing)."""
         try:
             owner = json.loads(self.driver.get_range(MARKER)).get("registry_id")
         except NotFoundError:
@@ -285,5 +342,20 @@ class BlobStore:
         if owner != self.registry_id:
             raise StorageError(
                 f"the store belongs to registry {owner!r}, not {self.registry_id!r}",
-                hint="each registry needs its own store; check store.path in config.toml",
+                hint="each registry needs its own store; check the [store] section of config.toml",
+            )
+        kek = str(blake3.blake3(self.keys.kek_id.encode()).hexdigest())[:16]
+        try:
+            wrapped = WrappedKey.from_json(
+                self.driver.get_range(f"registry/naming-key/{kek}"), what="naming key"
+            )
+        except NotFoundError:
+            return  # written by claim(); a store from before it, or another KEK's, has none
+        stored = self.keys.unwrap(
+            wrapped, context={"registry": self.registry_id, "purpose": "naming"}, what="naming key"
+        )
+        if not hmac.compare_digest(stored, self._naming_key):
+            raise KeyAccessError(
+                "the configured naming key is not the one this store's objects are named with",
+                hint="point keys.naming_key_file at this registry's naming.key",
             )

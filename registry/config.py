@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.crypto.sealed import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from registry.crypto.signing import TrustedSigner, parse_public_key
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
 from registry.storage.factory import StoreSpec, store_config_lines, store_from_config
@@ -74,10 +75,11 @@ def _path(home: Path, value: object, key: str) -> Path:
     return path if path.is_absolute() else home / path
 
 
-def load_settings(home: Path | None = None) -> Settings:
-    """Read `home/config.toml`; ConfigurationError with a hint when missing or invalid."""
+def load_settings(home: Path | None = None, *, config_file: Path | None = None) -> Settings:
+    """Read `home/config.toml` (or `config_file`); ConfigurationError with a hint when missing
+    or invalid."""
     home = (home or default_home()).expanduser().absolute()
-    config_path = home / CONFIG_FILE
+    config_path = config_file or home / CONFIG_FILE
     try:
         raw: dict[str, Any] = tomllib.loads(config_path.read_text())
     except FileNotFoundError:
@@ -103,6 +105,13 @@ def load_settings(home: Path | None = None) -> Settings:
             except InvalidInputError as error:
                 raise ConfigurationError(f"{config_path}: trusted signer: {error}") from None
         chunk_size = int(store.get("chunk_size", DEFAULT_CHUNK_SIZE))
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise ConfigurationError(
+                f"{config_path}: store.chunk_size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes"
+            )
+        workers = int(raw.get("workers", 0))
+        if not 0 <= workers <= 64:
+            raise ConfigurationError(f"{config_path}: workers must be 0 (automatic) to 64")
         return Settings(
             home=home,
             registry_id=str(raw["registry_id"]),
@@ -113,7 +122,7 @@ def load_settings(home: Path | None = None) -> Settings:
             naming_key_file=_path(home, keys.get("naming_key_file"), "keys.naming_key_file"),
             signing_key_file=_path(home, keys.get("signing_key_file"), "keys.signing_key_file"),
             trusted_signers=tuple(signers),
-            workers=int(raw.get("workers", 0)),
+            workers=workers,
         )
     except RegistryError:
         raise

@@ -43,21 +43,33 @@ HASH_BUFFER = 16 * 1024 * 1024
 
 
 def hash_file(
-    path: str | PathLike[str], *, on_progress: Callable[[int], None] | None = None
+    path: str | PathLike[str],
+    *,
+    on_progress: Callable[[int], None] | None = None,
+    starts_with: bytes = b"",
 ) -> str:
     """Digest of a file's content, hashed on every core (BLAKE3 is a tree).
 
     Read through one reused 16 MiB buffer rather than memory-mapped: mapped pages count in the
-    resident set, so an mmap of a 10 GB shard would show 10 GB of RSS.
+    resident set, so an mmap of a 10 GB shard would show 10 GB of RSS. With `starts_with`, the
+    file must begin with those bytes (ValueError otherwise): what was validated is what is hashed.
     """
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     buffer = bytearray(HASH_BUFFER)
     view = memoryview(buffer)
+    position = 0
     with open(path, "rb", buffering=0) as source:
         while count := source.readinto(buffer):
+            if position < len(starts_with):
+                expected = starts_with[position : position + count]
+                if view[: len(expected)] != expected:
+                    raise ValueError(f"{path} changed after it was validated")
             hasher.update(view[:count])
+            position += count
             if on_progress is not None:
                 on_progress(count)
+    if position < len(starts_with):
+        raise ValueError(f"{path} changed after it was validated")
     return format_digest(hasher.digest())
 
 

@@ -22,7 +22,12 @@ from registry.crypto.signing import Signer, TrustedSigner, verify_signatures
 from registry.digest import hash_bytes, is_digest
 from registry.errors import IntegrityError, InvalidInputError, InvalidModelError
 from registry.refs import validate_name, validate_relative_path
-from registry.safetensors_header import SafetensorsHeader, read_header, validate_index
+from registry.safetensors_header import (
+    SafetensorsHeader,
+    parse_header,
+    read_header,
+    validate_index,
+)
 
 SCHEMA = "model-registry/manifest/v1"
 ENVELOPE_FORMAT = "model-registry/signed-manifest/v1"
@@ -191,6 +196,10 @@ class LocalFile:
     source: Path
     size: int
     safetensors: SafetensorsHeader | None
+    # The bytes that were validated (a safetensors file's 8 + N header bytes, an index file's
+    # whole content): the push checks that the bytes it hashes and seals start with these, so a
+    # file rewritten after validation cannot be stored under a manifest describing the old one.
+    validated: bytes = b""
 
 
 def collect(path: Path) -> list[LocalFile]:
@@ -201,6 +210,16 @@ def collect(path: Path) -> list[LocalFile]:
         mode = path.stat().st_mode
     except FileNotFoundError:
         raise InvalidInputError(f"{path} does not exist") from None
+    except OSError as error:
+        raise InvalidInputError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        return _collect(path, mode)
+    except OSError as error:
+        where = error.filename or path
+        raise InvalidModelError(f"cannot read {where}: {error.strerror or error}") from None
+
+
+def _collect(path: Path, mode: int) -> list[LocalFile]:
     if stat.S_ISREG(mode):
         if not path.name.endswith(".safetensors"):
             raise InvalidInputError(
@@ -222,27 +241,41 @@ def collect(path: Path) -> list[LocalFile]:
     for relative, source in found:
         size = source.stat().st_size
         header = None
+        validated = b""
         if relative.endswith(".safetensors"):
             header = read_header(source, display_name=relative)
+            with source.open("rb") as handle:
+                validated = handle.read(header.data_offset)
+            # The header read above and the bytes kept must be the same bytes.
+            if parse_header(validated[8:], file_size=size, display_name=relative) != header:
+                raise InvalidModelError(f"{relative}: changed while it was being read")
             headers[relative] = header
-        files.append(LocalFile(relative, source, size, header))
+        elif relative.endswith(INDEX_SUFFIX):
+            if size > MAX_INDEX_SIZE:
+                raise InvalidModelError(f"{relative}: index file larger than {MAX_INDEX_SIZE}")
+            validated = source.read_bytes()
+        files.append(LocalFile(relative, source, size, header, validated))
     for entry in files:
         if entry.path.endswith(INDEX_SUFFIX):
-            if entry.size > MAX_INDEX_SIZE:
-                raise InvalidModelError(f"{entry.path}: index file larger than {MAX_INDEX_SIZE}")
-            base_dir = entry.path.rpartition("/")[0]
             validate_index(
-                entry.source.read_bytes(),
+                entry.validated,
                 display_name=entry.path,
                 headers=headers,
-                base_dir=base_dir,
+                base_dir=entry.path.rpartition("/")[0],
             )
     return files
 
 
 def _walk(root: Path) -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
-    for directory, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def unreadable(error: OSError) -> None:
+        raise InvalidModelError(
+            f"cannot read {error.filename}: {error.strerror}",
+            hint="every directory of the model must be readable, or it would be left out",
+        )
+
+    for directory, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in dirnames:
             if Path(directory, name).is_symlink():

@@ -19,6 +19,7 @@ from registry.errors import InvalidInputError, InvalidReferenceError
 
 MAX_NAME_LENGTH = 128
 MIN_DIGEST_PREFIX = 12
+MAX_VERSION = 2**31 - 1  # the catalog's INTEGER column
 _SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _ALIAS = re.compile(r"[a-z][a-z0-9._-]{0,62}")
 _DIGEST_PREFIX = re.compile(r"[0-9a-f]{12,64}")
@@ -90,7 +91,13 @@ def parse_reference(text: str) -> Reference:
                     "digits after blake3:"
                 )
             return Reference(name, digest_prefix=prefix)
-        if selector.isascii() and selector.isdigit() and not selector.startswith("0"):
+        if (
+            selector.isascii()
+            and selector.isdigit()
+            and not selector.startswith("0")
+            and len(selector) <= 10
+            and int(selector) <= MAX_VERSION
+        ):
             return Reference(name, number=int(selector))
         raise InvalidReferenceError(
             f"invalid version in {text!r}: expected a number (1, 2, ...) or blake3:HEX"

@@ -7,9 +7,11 @@ crash harmless: key slots and data, then the manifest, then the catalog in one t
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,9 +60,11 @@ from registry.errors import (
     DestinationExistsError,
     IntegrityError,
     InvalidInputError,
+    InvalidModelError,
     KeyAccessError,
     NotFoundError,
     RegistryError,
+    StorageError,
 )
 from registry.manifest import Manifest, ManifestFile
 from registry.refs import parse_reference, validate_name, validate_relative_path
@@ -261,11 +265,20 @@ class Registry:
             signing_key_file=str(signing_file),
             trusted_signers=[("local", public_key_text(signer.public_key))],
         )
-        _write_atomically(home_path / CONFIG_FILE, text)
-        with cls(load_settings(home_path)) as registry:
-            registry.store.claim()
-            registry.catalog.audit(registry.actor, "init", "registry", {"home": str(home_path)})
-            return registry._init_result(created=True)
+        # The configuration becomes config.toml only once the catalog opened and the store was
+        # claimed with it: a failed init (a typo in the catalog URL, a store owned by another
+        # registry) leaves no half-configured home, and runs again with corrected options.
+        pending = home_path / f".{CONFIG_FILE}.{uuid.uuid4().hex[:8]}.pending"
+        _write_atomically(pending, text)
+        try:
+            with cls(load_settings(home_path, config_file=pending)) as registry:
+                registry.store.claim()
+                registry.catalog.audit(registry.actor, "init", "registry", {"home": str(home_path)})
+                result = registry._init_result(created=True)
+            os.replace(pending, home_path / CONFIG_FILE)
+        finally:
+            pending.unlink(missing_ok=True)
+        return result
 
     def _init_result(self, *, created: bool) -> InitResult:
         return InitResult(
@@ -345,13 +358,33 @@ class Registry:
         """
         progress = progress or _NoProgress()
         validate_name(name)
+        _check_text("message", message, limit=65536)
+        _check_text("actor", self.actor, limit=256)
+        if self.signer.key_id not in {s.key_id for s in self.settings.trusted_signers}:
+            raise ConfigurationError(
+                f"this home's signing key {self.signer.key_id} is not among the trusted signers, "
+                "so nothing it pushed could be read back",
+                hint="trust it with `model-registry keys trust NAME PUBLIC_KEY` "
+                "(`model-registry keys show` prints it)",
+            )
         files = manifests.collect(Path(path))
         total = sum(entry.size for entry in files)
 
         progress.begin("hashing", total)
         digests: list[str] = []
         for entry in files:
-            digests.append(hash_file(entry.source, on_progress=progress.advance))
+            try:
+                digests.append(
+                    hash_file(
+                        entry.source, on_progress=progress.advance, starts_with=entry.validated
+                    )
+                )
+            except ValueError:
+                raise InvalidModelError(
+                    f"{entry.path} changed while it was being pushed", hint="push it again"
+                ) from None
+            except OSError as error:
+                raise InvalidModelError(f"cannot read {entry.path}: {error.strerror}") from None
         progress.end()
         manifest = manifests.build_manifest(
             name,
@@ -361,10 +394,8 @@ class Registry:
             ],
         )
         digest = manifest.digest
-        existing = self.catalog.find_version(name, digest)
-        if existing is not None:
-            return PushResult(existing, False, 0, total, len(files))
-
+        # Even when this content is already a version, every object is checked and whatever
+        # is missing from the store is uploaded again (a re-run repairs).
         progress.begin("uploading", total)
         unique: dict[str, manifests.LocalFile] = {}
         for entry, file_digest in zip(files, digests, strict=True):
@@ -382,6 +413,7 @@ class Registry:
                     entry.size,
                     what=entry.path,
                     on_progress=progress.advance,
+                    known=self.catalog.key_slot(file_digest, BLOB, self.keys.kek_id),
                 )
                 for file_digest, entry in unique.items()
             ]
@@ -400,7 +432,11 @@ class Registry:
 
         what = f"manifest of {name}"
         manifest_object = self.store.put_bytes(
-            MANIFEST, digest, manifest.signed_envelope(self.signer), what=what
+            MANIFEST,
+            digest,
+            manifest.signed_envelope(self.signer),
+            what=what,
+            known=self.catalog.key_slot(digest, MANIFEST, self.keys.kek_id),
         )
         manifest_slot = self.store.read_slot(MANIFEST, digest, what=what)
         assert manifest_slot is not None  # put_bytes stored it first
@@ -455,12 +491,47 @@ class Registry:
         if dest.exists() and not dest.is_dir():
             raise InvalidInputError(f"destination {dest} exists and is not a directory")
         targets = _targets(dest, manifest, force=force)
+        created_dest = not dest.exists()
+        try:
+            self._pull_into(dest, targets, manifest, force=force, progress=progress)
+        except OSError as error:
+            raise _storage_error(error, dest) from None
+        except BaseException:
+            if created_dest:
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
+        self.catalog.audit(
+            self.actor,
+            "pull",
+            version.name,
+            {
+                "version": version.number,
+                "digest": version.digest,
+                "files": len(manifest.files),
+                "bytes": manifest.total_size,
+                "key_unwraps": self.unwraps - unwraps_before,
+            },
+        )
+        return PullResult(
+            version, dest, tuple(entry.path for entry in manifest.files), manifest.total_size
+        )
+
+    def _pull_into(
+        self,
+        dest: Path,
+        targets: dict[str, Path],
+        manifest: Manifest,
+        *,
+        force: bool,
+        progress: Progress,
+    ) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         staging = dest / f".model-registry-pull-{uuid.uuid4().hex[:12]}.incomplete"
         staging.mkdir(mode=0o700)
         progress.begin("downloading", manifest.total_size)
         # Flushing one file to disk overlaps with decrypting the next one.
         flushing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
+        published: list[Path] = []
         try:
             synced: list[Future[None]] = []
             for entry in manifest.files:
@@ -486,32 +557,30 @@ class Registry:
                 synced.append(flushing.submit(_fsync_and_close, fd))
             for future in synced:
                 future.result()
+            # Every file verified: now publish. Directories first, so that a failure to create
+            # one happens before any file has moved.
+            for final in targets.values():
+                final.parent.mkdir(parents=True, exist_ok=True)
             for entry in manifest.files:
                 final = targets[entry.path]
-                final.parent.mkdir(parents=True, exist_ok=True)
-                if final.is_dir():
-                    raise DestinationExistsError(f"{final} is a directory")
-                os.replace(staging / entry.path, final)
+                if force:
+                    os.replace(staging / entry.path, final)
+                    continue
+                # Without --force a file that appeared meanwhile is never overwritten.
+                try:
+                    os.link(staging / entry.path, final)
+                except FileExistsError:
+                    raise DestinationExistsError(f"{final} appeared during the pull") from None
+                published.append(final)
             _fsync_directory(dest)
+        except BaseException:
+            for final in published:
+                final.unlink(missing_ok=True)
+            raise
         finally:
             flushing.shutdown(wait=True)
             progress.end()
             shutil.rmtree(staging, ignore_errors=True)
-        self.catalog.audit(
-            self.actor,
-            "pull",
-            version.name,
-            {
-                "version": version.number,
-                "digest": version.digest,
-                "files": len(manifest.files),
-                "bytes": manifest.total_size,
-                "key_unwraps": self.unwraps - unwraps_before,
-            },
-        )
-        return PullResult(
-            version, dest, tuple(entry.path for entry in manifest.files), manifest.total_size
-        )
 
     # -- verify ----------------------------------------------------------------------------
 
@@ -531,6 +600,7 @@ class Registry:
             recorded = {(f.path, f.size, f.digest) for f in version.files}
             if expected != recorded:
                 problems.append(FileProblem("manifest", "catalog and manifest list other files"))
+            self.store.check_slot(MANIFEST, version.digest, what=f"manifest of {version.ref}")
         except RegistryError as error:
             problems.append(FileProblem("manifest", str(error)))
         checked = 0
@@ -538,9 +608,9 @@ class Registry:
         for entry in version.files:
             try:
                 self.store.read_header(BLOB, entry.digest, size=entry.size, what=entry.path)
-                # The store's own copy of the key slot is what a catalog rebuild will rely on.
-                if self.store.read_slot(BLOB, entry.digest, what=entry.path) is None:
-                    raise IntegrityError(f"{entry.path}: key slot missing from the store")
+                # The store's own key slot (what a catalog rebuild relies on) must exist and
+                # open the object, whatever the catalog's copy says.
+                self.store.check_slot(BLOB, entry.digest, what=entry.path)
                 if read_data:
                     slot = self._slot(BLOB, entry.digest, what=entry.path)
                     for chunk in self.store.open(
@@ -631,6 +701,11 @@ class Registry:
         self.settings = load_settings(home)
 
 
+def _check_text(what: str, text: str, *, limit: int) -> None:
+    if len(text) > limit or "\x00" in text:
+        raise InvalidInputError(f"{what} is longer than {limit} characters or holds a NUL")
+
+
 def _signer_name(name: str) -> str:
     if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
         raise InvalidInputError(f"invalid signer name {name!r}: use letters, digits, - _ .")
@@ -638,28 +713,64 @@ def _signer_name(name: str) -> str:
 
 
 def _targets(dest: Path, manifest: Manifest, *, force: bool) -> dict[str, Path]:
-    """Final path of every file, checked before anything is written: inside `dest` even through
-    symlinks, and not overwriting anything unless `force`."""
-    root = dest.resolve()
+    """Final path of every file, checked before anything is written: no symbolic link and no
+    file where a directory is needed along any path inside `dest` (a link could lead outside
+    it, or make two files one), and nothing overwritten unless `force`."""
     targets: dict[str, Path] = {}
     existing: list[str] = []
     for entry in manifest.files:
         validate_relative_path(entry.path)
+        current = dest
+        parts = entry.path.split("/")
+        for part in parts[:-1]:
+            current = current / part
+            kind = _kind(current)
+            if kind is None:
+                break
+            if kind == "link":
+                raise InvalidInputError(
+                    f"{current} is a symbolic link: a pull never writes through links "
+                    "(one could lead outside the destination)",
+                    hint="pull into a destination without links",
+                )
+            if kind != "dir":
+                raise DestinationExistsError(
+                    f"{current} is a file where {entry.path} needs a directory"
+                )
         final = dest / entry.path
-        resolved = final.resolve()
-        if not resolved.is_relative_to(root):
+        kind = _kind(final)
+        if kind == "dir":
+            raise DestinationExistsError(f"{final} is a directory")
+        if kind == "link":
             raise InvalidInputError(
-                f"{entry.path} would be written outside {dest} (through a symlink)"
+                f"{final} is a symbolic link: a pull never writes through links"
             )
-        if final.exists() or final.is_symlink():
-            if final.is_dir() and not final.is_symlink():
-                raise DestinationExistsError(f"{final} is a directory")
+        if kind is not None:
             existing.append(entry.path)
         targets[entry.path] = final
     if existing and not force:
         shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
         raise DestinationExistsError(f"{len(existing)} file(s) already exist in {dest}: {shown}")
     return targets
+
+
+def _kind(path: Path) -> str | None:
+    """ "dir", "link", "file" (anything else) or None when nothing is there."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "link"
+    return "dir" if stat.S_ISDIR(mode) else "file"
+
+
+def _storage_error(error: OSError, where: Path) -> StorageError:
+    hint = "free some space and pull again" if error.errno == errno.ENOSPC else None
+    path = error.filename or where
+    return StorageError(f"cannot write {path}: {error.strerror or error}", hint=hint)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -210,7 +210,7 @@ def _accepted(name: str) -> bool:
 @settings(max_examples=100, deadline=None)
 @given(
     name=names,
-    number=st.integers(1, 10**12),
+    number=st.integers(1, 2**31 - 1),
     prefix=st.from_regex(r"[0-9a-f]{12,64}", fullmatch=True),
     alias=st.from_regex(r"[a-z][a-z0-9._-]{0,62}", fullmatch=True).filter(lambda a: ".." not in a),
 )
@@ -245,3 +245,10 @@ def test_parse_reference_only_raises_invalid_reference(text: str) -> None:
         return
     assert str(reference) == text
     assert validate_name(reference.name) == reference.name
+
+
+@pytest.mark.parametrize("text", ["m@2147483648", "m@99999999999999999999", "m@" + "9" * 5000])
+def test_version_numbers_beyond_the_catalog_range_are_refused(text: str) -> None:
+    with pytest.raises(InvalidReferenceError):
+        parse_reference(text)
+    assert parse_reference("m@2147483647").number == 2**31 - 1

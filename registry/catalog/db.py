@@ -34,7 +34,12 @@ def create_catalog_engine(url: str) -> Engine:
         raise ConfigurationError(f"invalid catalog URL {url!r}") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise ConfigurationError(
+                    f"cannot create the catalog's directory for {parsed.database}: {error.strerror}"
+                ) from None
         engine = create_engine(parsed, connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")

@@ -16,8 +16,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from registry.catalog.models import (
@@ -34,6 +34,7 @@ from registry.errors import (
     AmbiguousReferenceError,
     ConflictError,
     NotFoundError,
+    StorageError,
 )
 from registry.refs import Reference
 
@@ -147,6 +148,22 @@ def _version_record(version: Version) -> VersionRecord:
     )
 
 
+def _is_contention(error: OperationalError) -> bool:
+    """A lock or serialisation conflict with another writer (worth retrying)."""
+    code = getattr(error.orig, "sqlstate", None)
+    if code in ("40001", "40P01", "55P03"):
+        return True
+    return "database is locked" in str(error.orig) or "database table is locked" in str(error.orig)
+
+
+def _unavailable(error: DBAPIError) -> StorageError:
+    return StorageError(
+        f"catalog unavailable: {str(error.orig).strip().splitlines()[0] if error.orig else error}",
+        hint="check that the catalog database is reachable and has space "
+        "(catalog.url in config.toml, or MODEL_REGISTRY_CATALOG_URL)",
+    )
+
+
 def _details(details: dict[str, Any]) -> str:
     return json.dumps(details, sort_keys=True, separators=(",", ":"))
 
@@ -161,18 +178,27 @@ class Catalog:
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except DBAPIError as error:
+            raise _unavailable(error) from None
 
     def _retrying(self, work: Callable[[Session], T], *, what: str) -> T:
-        """Run `work` in a transaction, again on a unique-key race or a lock timeout."""
+        """Run `work` in a transaction, again on a unique-key race or a lock/serialisation
+        conflict; any other database error is the catalog being unavailable, not a race."""
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 with self._sessions.begin() as session:
                     return work(session)
-            except (SQLIntegrityError, OperationalError):
-                if attempt == COMMIT_ATTEMPTS - 1:
-                    break
+            except SQLIntegrityError:
+                pass
+            except OperationalError as error:
+                if not _is_contention(error):
+                    raise _unavailable(error) from None
+            except DBAPIError as error:
+                raise _unavailable(error) from None
+            if attempt < COMMIT_ATTEMPTS - 1:
                 time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311
         raise ConflictError(
             f"{what}: too many concurrent changes, nothing was committed",

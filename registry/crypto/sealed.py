@@ -251,17 +251,22 @@ class _RingCache:
         try:
             yield
         finally:
+            for _sealed, plain in ring:
+                _wipe(plain)
             size = sum(len(a) + len(b) for a, b in ring)
             if size <= self.MAX_KEPT:
-                for _sealed, plain in ring:
-                    # In place: a zero-filled bytes object of this size would fault in afresh.
-                    ctypes.memset((ctypes.c_char * len(plain)).from_buffer(plain), 0, len(plain))
                 with self._lock:
                     if size > sum(len(a) + len(b) for a, b in self._kept):
                         self._kept = ring
 
 
 _rings = _RingCache()
+
+
+def _wipe(buffer: bytearray) -> None:
+    """Zero a buffer in place (a fresh zero-filled object of this size would fault in afresh)."""
+    if buffer:
+        ctypes.memset((ctypes.c_char * len(buffer)).from_buffer(buffer), 0, len(buffer))
 
 
 class Readable(Protocol):
@@ -350,6 +355,9 @@ def seal_file(
             )
         while window:
             yield finish(window.popleft())
+    # Plaintext of the pushed file must not linger in freed memory of a long-running process.
+    for plain_buffer, _out_buffer in ring:
+        _wipe(plain_buffer)
 
 
 def unseal(
