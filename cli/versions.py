@@ -70,6 +70,10 @@ def push(name: str, path: Path, message: str, as_json: bool, quiet: bool) -> Non
         return
     if not result.created:
         stdout.print(f"unchanged: identical content is already {version.ref}  {version.digest}")
+        if result.uploaded_bytes:
+            stdout.print(
+                f"  restored {human_size(result.uploaded_bytes)} that was missing from the store"
+            )
         return
     stdout.print(f"pushed {version.ref}  {version.digest}")
     stdout.print(
