@@ -115,6 +115,20 @@ class KeyAccessError(RegistryError, PermissionError):
     exit_code = 7
 
 
+class KmsUnreachableError(KeyAccessError):
+    """KMS in one region did not answer (network, timeout, service unavailable): the caller may
+    fall back to another region's key slot."""
+
+    default_hint = (
+        "check network access to KMS in this region; a copy in another region opens with that "
+        "region's key slot"
+    )
+
+    def __init__(self, message: str, *, region: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.region = region
+
+
 class ConfigurationError(RegistryError):
     """The registry home or its configuration is missing or invalid."""
 
