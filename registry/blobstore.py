@@ -69,6 +69,7 @@ class BlobStore:
         naming_key: bytes,
         chunk_size: int = sealed.DEFAULT_CHUNK_SIZE,
         workers: int = 2,
+        chunks_per_read: int = 4,
         on_unwrap: Callable[[str], None] | None = None,
     ) -> None:
         self.driver = driver
@@ -77,6 +78,7 @@ class BlobStore:
         self._naming_key = naming_key
         self.chunk_size = chunk_size
         self.workers = workers
+        self.chunks_per_read = chunks_per_read
         self._on_unwrap = on_unwrap
 
     # -- names -----------------------------------------------------------------------------
@@ -264,7 +266,7 @@ class BlobStore:
         *,
         size: int,
         what: str,
-        chunks_per_read: int = 4,
+        chunks_per_read: int | None = None,
         verify_digest: bool = True,
         on_chunk: Callable[[int, memoryview], None] | None = None,
     ) -> Iterator[memoryview]:
@@ -295,7 +297,7 @@ class BlobStore:
             on_chunk=on_chunk,
             expected_size=size,
             workers=self.workers,
-            chunks_per_read=chunks_per_read,
+            chunks_per_read=chunks_per_read or self.chunks_per_read,
             verify_digest=verify_digest,
             what=what,
         )

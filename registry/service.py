@@ -163,13 +163,18 @@ class Registry:
             engine.dispose()
             raise
         self.catalog = Catalog(engine)
+        # A remote store is latency-bound: more requests in flight and larger ranges hide the
+        # round trips (measured against boto3's own transfers, docs/benchmarks.md).
+        remote = settings.store.kind != "local"
+        workers = max(8, settings.effective_workers) if remote else settings.effective_workers
         self.store = BlobStore(
-            open_driver(settings.store, parallelism=settings.effective_workers),
+            open_driver(settings.store, parallelism=workers),
             self.keys,
             registry_id=settings.registry_id,
             naming_key=naming_key,
             chunk_size=settings.chunk_size,
-            workers=settings.effective_workers,
+            workers=workers,
+            chunks_per_read=8 if remote else 4,
             on_unwrap=self._count_unwrap,
         )
 
