@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from cli.ui import handle_errors, print_json, stdout
+from registry.config import KmsSettings
+from registry.errors import InvalidInputError
 from registry.service import Registry
 
 
@@ -22,11 +24,27 @@ from registry.service import Registry
     type=click.Path(path_type=Path),
     help="Where the key files go (default HOME/keys); must be outside the store.",
 )
+@click.option("--kms-key", help="Wrap data keys with this AWS KMS key (ARN) instead of a key file.")
+@click.option("--kms-region", help="The KMS key's region (required with --kms-key).")
+@click.option("--kms-endpoint", help="A KMS endpoint URL (KMS-compatible services, tests).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def init(catalog_url: str | None, store: str | None, key_dir: Path | None, as_json: bool) -> None:
+def init(
+    catalog_url: str | None,
+    store: str | None,
+    key_dir: Path | None,
+    kms_key: str | None,
+    kms_region: str | None,
+    kms_endpoint: str | None,
+    as_json: bool,
+) -> None:
     """Create a registry (idempotent: an existing one is checked and its catalog upgraded)."""
-    result = Registry.init(catalog_url=catalog_url, store=store, key_dir=key_dir)
+    kms = None
+    if kms_key or kms_region or kms_endpoint:
+        if not (kms_key and kms_region):
+            raise InvalidInputError("--kms-key and --kms-region go together")
+        kms = KmsSettings(kms_key, kms_region, kms_endpoint)
+    result = Registry.init(catalog_url=catalog_url, store=store, key_dir=key_dir, kms=kms)
     if as_json:
         print_json(
             {
@@ -35,7 +53,7 @@ def init(catalog_url: str | None, store: str | None, key_dir: Path | None, as_js
                 "registry_id": result.registry_id,
                 "catalog_url": result.catalog_url,
                 "store": result.store,
-                "kek_file": str(result.kek_file),
+                "keys": result.keys,
                 "public_key": result.public_key,
             }
         )
@@ -44,7 +62,7 @@ def init(catalog_url: str | None, store: str | None, key_dir: Path | None, as_js
     stdout.print(f"{verb} registry {result.registry_id} in {result.home}")
     stdout.print(f"  catalog    {result.catalog_url}")
     stdout.print(f"  store      {result.store}")
-    stdout.print(f"  key file   {result.kek_file}  (back it up apart from the store)")
+    stdout.print(f"  keys       {result.keys}  (back key files up apart from the store)")
     stdout.print(f"  signer     {result.public_key}")
 
 

@@ -46,17 +46,35 @@ def default_actor() -> str:
 
 
 @dataclass(frozen=True)
+class KmsSettings:
+    """An AWS KMS key that wraps the data keys instead of the local key file."""
+
+    key: str
+    region: str
+    endpoint_url: str | None = None
+    profile: str | None = None
+
+    def describe(self) -> str:
+        where = f" via {self.endpoint_url}" if self.endpoint_url else ""
+        return f"AWS KMS key {self.key} ({self.region}{where})"
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     registry_id: str
     catalog_url: str
     store: StoreSpec
     chunk_size: int
-    kek_file: Path
+    kek_file: Path | None
     naming_key_file: Path
     signing_key_file: Path
     trusted_signers: tuple[TrustedSigner, ...] = field(default=())
     workers: int = 0
+    kms: KmsSettings | None = None
+
+    def describe_keys(self) -> str:
+        return self.kms.describe() if self.kms else f"local key file {self.kek_file}"
 
     @property
     def store_path(self) -> Path | None:
@@ -110,6 +128,21 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
                 f"{config_path}: store.chunk_size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes"
             )
         workers = int(raw.get("workers", 0))
+        provider = keys.get("provider", "local")
+        if provider not in ("local", "aws-kms"):
+            raise ConfigurationError(f"{config_path}: keys.provider must be local or aws-kms")
+        kms = None
+        if provider == "aws-kms":
+            if not keys.get("kms_key") or not keys.get("kms_region"):
+                raise ConfigurationError(
+                    f"{config_path}: aws-kms needs keys.kms_key and kms_region"
+                )
+            kms = KmsSettings(
+                str(keys["kms_key"]),
+                str(keys["kms_region"]),
+                keys.get("kms_endpoint_url"),
+                keys.get("kms_profile"),
+            )
         if not 0 <= workers <= 64:
             raise ConfigurationError(f"{config_path}: workers must be 0 (automatic) to 64")
         return Settings(
@@ -118,11 +151,12 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
             catalog_url=os.environ.get(ENV_CATALOG_URL) or str(catalog["url"]),
             store=store_spec,
             chunk_size=chunk_size,
-            kek_file=_path(home, keys.get("kek_file"), "keys.kek_file"),
+            kek_file=None if kms else _path(home, keys.get("kek_file"), "keys.kek_file"),
             naming_key_file=_path(home, keys.get("naming_key_file"), "keys.naming_key_file"),
             signing_key_file=_path(home, keys.get("signing_key_file"), "keys.signing_key_file"),
             trusted_signers=tuple(signers),
             workers=workers,
+            kms=kms,
         )
     except RegistryError:
         raise
@@ -140,12 +174,13 @@ def render_config(
     registry_id: str,
     catalog_url: str,
     store: StoreSpec,
-    kek_file: str,
+    kek_file: str | None,
     naming_key_file: str,
     signing_key_file: str,
     trusted_signers: list[tuple[str, str]],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int = 0,
+    kms: KmsSettings | None = None,
 ) -> str:
     """The text of config.toml (written by `init` and `keys trust`)."""
     lines = [
@@ -160,8 +195,7 @@ def render_config(
         "",
         "# Keys live outside the store and the catalog; back them up separately.",
         "[keys]",
-        'provider = "local"',
-        f"kek_file = {_toml_string(kek_file)}",
+        *_key_lines(kek_file, kms),
         f"naming_key_file = {_toml_string(naming_key_file)}",
         f"signing_key_file = {_toml_string(signing_key_file)}",
     ]
@@ -173,6 +207,23 @@ def render_config(
             f"public_key = {_toml_string(public_key)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _key_lines(kek_file: str | None, kms: KmsSettings | None) -> list[str]:
+    if kms is None:
+        if kek_file is None:
+            raise ConfigurationError("a registry needs a key file or a KMS key")
+        return ['provider = "local"', f"kek_file = {_toml_string(kek_file)}"]
+    lines = [
+        'provider = "aws-kms"',
+        f"kms_key = {_toml_string(kms.key)}",
+        f"kms_region = {_toml_string(kms.region)}",
+    ]
+    if kms.endpoint_url:
+        lines.append(f"kms_endpoint_url = {_toml_string(kms.endpoint_url)}")
+    if kms.profile:
+        lines.append(f"kms_profile = {_toml_string(kms.profile)}")
+    return lines
 
 
 def raw_config(home: Path) -> dict[str, Any]:

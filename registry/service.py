@@ -35,6 +35,7 @@ from registry.catalog.repository import (
 )
 from registry.config import (
     CONFIG_FILE,
+    KmsSettings,
     Settings,
     default_actor,
     default_home,
@@ -43,6 +44,7 @@ from registry.config import (
     render_config,
 )
 from registry.crypto.keys import (
+    KeyProvider,
     LocalKeyProvider,
     WrappedKey,
     create_key_file,
@@ -99,7 +101,7 @@ class InitResult:
     registry_id: str
     catalog_url: str
     store: str
-    kek_file: Path
+    keys: str
     public_key: str
 
 
@@ -152,7 +154,7 @@ class Registry:
     def __init__(self, settings: Settings, *, actor: str | None = None) -> None:
         self.settings = settings
         self.actor = actor or default_actor()
-        self.keys = LocalKeyProvider.from_file(settings.kek_file)
+        self.keys = _key_provider(settings)
         naming_key = read_key_file(settings.naming_key_file, label="naming key")
         self.signer = Signer.from_file(settings.signing_key_file)
         self.unwraps = 0
@@ -218,6 +220,7 @@ class Registry:
         catalog_url: str | None = None,
         store: str | Path | None = None,
         key_dir: str | Path | None = None,
+        kms: KmsSettings | None = None,
     ) -> InitResult:
         """Create a registry in `home`, or check and upgrade the one there (idempotent).
 
@@ -228,7 +231,7 @@ class Registry:
         """
         home_path = (Path(home) if home is not None else default_home()).expanduser().absolute()
         if (home_path / CONFIG_FILE).exists():
-            if catalog_url or store or key_dir:
+            if catalog_url or store or key_dir or kms:
                 raise ConfigurationError(
                     f"{home_path} is already initialised; options apply only to a new registry",
                     hint=f"edit {home_path / CONFIG_FILE} to change settings",
@@ -253,7 +256,7 @@ class Registry:
             keys / "naming.key",
             keys / "signing.key",
         )
-        if not kek_file.exists():
+        if kms is None and not kek_file.exists():
             create_key_file(kek_file)
         if not naming_file.exists():
             create_key_file(naming_file, label="naming key")
@@ -265,10 +268,11 @@ class Registry:
             registry_id=f"mr-{uuid.uuid4().hex}",
             catalog_url=url,
             store=spec,
-            kek_file=str(kek_file),
+            kek_file=None if kms else str(kek_file),
             naming_key_file=str(naming_file),
             signing_key_file=str(signing_file),
             trusted_signers=[("local", public_key_text(signer.public_key))],
+            kms=kms,
         )
         # The configuration becomes config.toml only once the catalog opened and the store was
         # claimed with it: a failed init (a typo in the catalog URL, a store owned by another
@@ -292,7 +296,7 @@ class Registry:
             registry_id=self.settings.registry_id,
             catalog_url=self.settings.catalog_url,
             store=self.settings.store.describe(),
-            kek_file=self.settings.kek_file,
+            keys=self.settings.describe_keys(),
             public_key=public_key_text(self.signer.public_key),
         )
 
@@ -694,16 +698,31 @@ class Registry:
             catalog_url=str(config["catalog"]["url"]),
             store=self.settings.store,
             chunk_size=int(config["store"].get("chunk_size", self.settings.chunk_size)),
-            kek_file=str(keys["kek_file"]),
+            kek_file=keys.get("kek_file"),
             naming_key_file=str(keys["naming_key_file"]),
             signing_key_file=str(keys["signing_key_file"]),
             trusted_signers=[
                 (str(s["name"]), str(s["public_key"])) for s in config.get("trusted_signers", [])
             ],
             workers=int(config.get("workers", 0)),
+            kms=self.settings.kms,
         )
         _write_atomically(home / CONFIG_FILE, text)
         self.settings = load_settings(home)
+
+
+def _key_provider(settings: Settings) -> KeyProvider:
+    if settings.kms is None:
+        assert settings.kek_file is not None
+        return LocalKeyProvider.from_file(settings.kek_file)
+    from registry.crypto.kms import KmsKeyProvider
+
+    return KmsKeyProvider(
+        settings.kms.key,
+        region=settings.kms.region,
+        endpoint_url=settings.kms.endpoint_url,
+        profile=settings.kms.profile,
+    )
 
 
 def _check_text(what: str, text: str, *, limit: int) -> None:
