@@ -136,3 +136,42 @@ def test_bucket_without_object_lock_is_refused(s3_endpoint: str, home: Path) -> 
         Registry.init(home, store=f"s3://{bucket}?endpoint={s3_endpoint}")
     assert "new bucket" in raised.value.hint
     assert not (home / "config.toml").exists()
+
+
+def test_push_interrupted_mid_multipart_leaves_nothing_and_reruns(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A part upload fails half-way through a large blob: no incomplete upload lingers, no
+    version row exists, and the same push run again succeeds and pulls back intact."""
+    from moto import mock_aws
+
+    from registry.errors import NotFoundError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        bucket = f"models-{uuid.uuid4().hex[:10]}"
+        Registry.init(home, store=f"s3://{bucket}?region=us-east-1&retention_days=1")
+        model = make_model(tmp_path / "model", shards=1, shard_size=40 << 20, seed=6)
+        with Registry.open(home) as registry:
+            client = registry.store.driver._client  # type: ignore[attr-defined]
+            real = client.upload_part
+            calls = {"parts": 0}
+
+            def flaky(**kwargs: object) -> object:
+                calls["parts"] += 1
+                if calls["parts"] == 2:
+                    raise ConnectionResetError("network dropped mid-upload")
+                return real(**kwargs)
+
+            monkeypatch.setattr(client, "upload_part", flaky)
+            with pytest.raises(ConnectionResetError):
+                registry.push("m", model)
+            assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+            with pytest.raises(NotFoundError):
+                registry.versions("m")
+            monkeypatch.setattr(client, "upload_part", real)
+            version = registry.push("m", model).version
+            assert version.number == 1
+            registry.pull("m", tmp_path / "out")
+            assert tree(tmp_path / "out") == tree(model)
