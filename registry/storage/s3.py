@@ -185,7 +185,11 @@ class S3Driver(Driver, ObjectLock):
             raise self._fail("upload of", name, error) from error
         except BotoCoreError as error:
             raise self._fail("upload of", name, error) from error
-        if not self._won(key, response.get("VersionId")):
+        try:
+            won = self._won(key, response.get("VersionId"))
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("write-once check of", name, error) from error
+        if not won:
             return False
         wanted = self._with_minimum(lock)
         if wanted is not None:
