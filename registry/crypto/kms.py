@@ -104,7 +104,7 @@ def make_kms_client(
                 read_timeout=READ_TIMEOUT,
             ),
         )
-    except BotoCoreError as error:
+    except (BotoCoreError, ValueError) as error:
         raise ConfigurationError(
             f"cannot set up a KMS client for {region}: {error}",
             hint="check the AWS profile and region in config.toml",

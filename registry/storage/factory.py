@@ -7,6 +7,7 @@ an S3 bucket (create it with versioning and Object Lock, or refuse one without).
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +24,19 @@ from registry.storage.s3 import S3Driver, S3Location, make_client
 
 DEFAULT_RETENTION_DAYS = 30
 _S3_OPTIONS = {"region", "endpoint", "profile", "lock", "retention_days"}
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_LOCAL_KEYS = {"driver", "path", "chunk_size"}
+_S3_KEYS = {
+    "driver",
+    "bucket",
+    "prefix",
+    "region",
+    "endpoint_url",
+    "profile",
+    "lock_mode",
+    "minimum_retention_days",
+    "chunk_size",
+}
 
 
 @dataclass(frozen=True)
@@ -64,13 +78,31 @@ def parse_store(text: str) -> StoreSpec:
     if not text.startswith("s3://"):
         return StoreSpec(path=Path(text).expanduser().absolute())
     url = urllib.parse.urlsplit(text)
-    options = dict(urllib.parse.parse_qsl(url.query, strict_parsing=False))
-    unknown = set(options) - _S3_OPTIONS
-    if unknown or not url.netloc:
-        raise InvalidInputError(
-            f"invalid store URL {text!r}" + (f": unknown {sorted(unknown)}" if unknown else ""),
-            hint="s3://BUCKET[/PREFIX]?region=R&endpoint=URL&profile=P&lock=COMPLIANCE&retention_days=30",
+    hint = "s3://BUCKET[/PREFIX]?region=R&endpoint=URL&profile=P&lock=COMPLIANCE&retention_days=30"
+    try:
+        pairs = urllib.parse.parse_qsl(
+            url.query, keep_blank_values=True, strict_parsing=bool(url.query)
         )
+    except ValueError:
+        raise InvalidInputError(f"invalid options in store URL {text!r}", hint=hint) from None
+    options = dict(pairs)
+    unknown = set(options) - _S3_OPTIONS
+    problems = []
+    if unknown:
+        problems.append(f"unknown options {sorted(unknown)}")
+    if len(options) != len(pairs):
+        problems.append("an option given twice")
+    if any(not value for value in options.values()):
+        problems.append("an empty option")
+    if url.fragment:
+        problems.append("a '#' fragment")
+    if not _BUCKET.fullmatch(url.netloc) or ".." in url.netloc:
+        problems.append(f"bucket name {url.netloc!r} (3-63 of a-z 0-9 . -, no user or port)")
+    prefix = urllib.parse.unquote(url.path).strip("/")
+    if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+        problems.append(f"prefix {prefix!r}")
+    if problems:
+        raise InvalidInputError(f"invalid store URL {text!r}: {'; '.join(problems)}", hint=hint)
     try:
         days = int(options.get("retention_days", DEFAULT_RETENTION_DAYS))
     except ValueError:
@@ -81,7 +113,7 @@ def parse_store(text: str) -> StoreSpec:
             region=options.get("region"),
             endpoint_url=options.get("endpoint"),
             profile=options.get("profile"),
-            prefix=url.path.strip("/"),
+            prefix=prefix,
         ),
         lock_mode=options.get("lock", COMPLIANCE).upper(),
         retention_days=days,
@@ -91,6 +123,13 @@ def parse_store(text: str) -> StoreSpec:
 def store_from_config(section: dict[str, Any], *, resolve: Any) -> StoreSpec:
     """The `[store]` section of config.toml; `resolve` makes a configured path absolute."""
     driver = section.get("driver", "local")
+    allowed = _S3_KEYS if driver == "s3" else _LOCAL_KEYS
+    unknown = set(section) - allowed
+    if unknown:
+        raise ConfigurationError(
+            f"unknown [store] settings {sorted(unknown)}",
+            hint=f"[store] with driver = {driver!r} takes {', '.join(sorted(allowed))}",
+        )
     if driver == "local":
         return StoreSpec(path=resolve(section.get("path")))
     if driver == "s3":
@@ -173,16 +212,25 @@ def prepare_bucket(spec: StoreSpec) -> None:
                 "Bucket": location.bucket,
                 "ObjectLockEnabledForBucket": True,
             }
-            if location.region and location.region != "us-east-1":
-                arguments["CreateBucketConfiguration"] = {"LocationConstraint": location.region}
+            region = location.region or client.meta.region_name
+            if region and region != "us-east-1":
+                arguments["CreateBucketConfiguration"] = {"LocationConstraint": region}
             client.create_bucket(**arguments)
             return
         versioning = client.get_bucket_versioning(Bucket=location.bucket).get("Status")
         try:
             lock = client.get_object_lock_configuration(Bucket=location.bucket)
-            enabled = lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+            configuration = lock.get("ObjectLockConfiguration", {})
+            enabled = configuration.get("ObjectLockEnabled") == "Enabled"
+            default = configuration.get("Rule", {}).get("DefaultRetention")
         except ClientError:
-            enabled = False
+            enabled, default = False, None
+        if enabled and default:
+            raise ConfigurationError(
+                f"bucket {location.bucket} has a default retention ({default})",
+                hint="remove the bucket's default retention rule: the registry locks every object "
+                "itself, and a default lock would also pin racing writers' versions forever",
+            )
         if versioning != "Enabled" or not enabled:
             raise ConfigurationError(
                 f"bucket {location.bucket} has no Object Lock (versioning {versioning or 'off'})",

@@ -81,11 +81,13 @@ class ObjectLock(ABC):
     """Retention and legal holds of a driver's objects (every method validates the name)."""
 
     @abstractmethod
-    def retention(self, name: str) -> Retention | None:
-        """The object's current retention, or None when it has none."""
+    def retention(self, name: str, *, version_id: str | None = None) -> Retention | None:
+        """The object's current retention (or that of one version), or None when it has none."""
 
     @abstractmethod
-    def extend_retention(self, name: str, retention: Retention) -> Retention:
+    def extend_retention(
+        self, name: str, retention: Retention, *, version_id: str | None = None
+    ) -> Retention:
         """Apply `retention` (checked with `check_change`) and return what the store reports."""
 
     @abstractmethod
@@ -96,11 +98,14 @@ class ObjectLock(ABC):
         """Extend the object's retention to `retention` unless it already reaches that far
         (reusing an object must never shorten nor weaken its lock)."""
         current = self.retention(name)
-        if current is not None and current.active() and current.until >= retention.until:
+        if current is None or not current.active():
+            return self.extend_retention(name, retention)
+        mode = COMPLIANCE if COMPLIANCE in (current.mode, retention.mode) else GOVERNANCE
+        until = max(current.until, retention.until)
+        if mode == current.mode and until == current.until:
             return current
-        if current is not None and current.active() and current.mode == COMPLIANCE:
-            retention = Retention(COMPLIANCE, retention.until)
-        return self.extend_retention(name, retention)
+        # A weaker GOVERNANCE lock is raised to COMPLIANCE when COMPLIANCE is asked for.
+        return self.extend_retention(name, Retention(mode, until))
 
     @abstractmethod
     def legal_hold(self, name: str) -> bool:

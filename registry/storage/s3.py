@@ -24,7 +24,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from registry.errors import InvalidInputError, NotFoundError, StorageError
+from registry.errors import (
+    ConfigurationError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+)
 from registry.storage.base import (
     Capabilities,
     Driver,
@@ -72,17 +78,23 @@ def _status(error: ClientError) -> int:
 
 def make_client(location: S3Location, *, parallelism: int) -> Any:
     """A boto3 S3 client whose connection pool fits `parallelism` concurrent requests."""
-    session = boto3.session.Session(profile_name=location.profile, region_name=location.region)
-    return session.client(
-        "s3",
-        endpoint_url=location.endpoint_url,
-        config=Config(
-            retries={"mode": "standard", "max_attempts": 6},
-            max_pool_connections=max(10, 2 * parallelism),
-            connect_timeout=10,
-            read_timeout=60,
-        ),
-    )
+    try:
+        session = boto3.session.Session(profile_name=location.profile, region_name=location.region)
+        return session.client(
+            "s3",
+            endpoint_url=location.endpoint_url,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 6},
+                max_pool_connections=max(10, 2 * parallelism),
+                connect_timeout=10,
+                read_timeout=60,
+            ),
+        )
+    except (BotoCoreError, ValueError) as error:
+        raise ConfigurationError(
+            f"cannot use the S3 settings of bucket {location.bucket}: {error}",
+            hint="check the profile, region and endpoint of the store",
+        ) from None
 
 
 class S3Driver(Driver, ObjectLock):
@@ -126,7 +138,11 @@ class S3Driver(Driver, ObjectLock):
 
     def _fail(self, action: str, name: str, error: Exception) -> StorageError:
         where = f"s3://{self.location.bucket}/{self.location.prefix}{name}"
-        return StorageError(f"{action} {where} failed: {error}")
+        return StorageError(
+            f"{action} {where} failed: {error}",
+            hint="check credentials and permissions (docs/operations.md lists them), the "
+            "bucket's Object Lock, the region and the endpoint",
+        )
 
     def _call(self, action: str, name: str, method: str, **kwargs: Any) -> Any:
         try:
@@ -139,14 +155,38 @@ class S3Driver(Driver, ObjectLock):
             raise self._fail(action, name, error) from error
 
     def _versions(self, key: str) -> builtins.list[dict[str, Any]]:
-        """Every version (not delete markers) of exactly `key`, oldest first."""
+        """The live versions of exactly `key`, oldest first: those written after its latest
+        delete marker (a delete without a version id, by a lifecycle rule or a console, hides
+        the older ones; they must not make the name unwritable)."""
         found: builtins.list[dict[str, Any]] = []
+        markers: builtins.list[datetime] = []
         paginator = self._client.get_paginator("list_object_versions")
         for page in paginator.paginate(Bucket=self.location.bucket, Prefix=key):
             # S3 lists the versions of a key newest first; times have one-second resolution,
             # so the listing order, not LastModified, tells which came first.
             found.extend(entry for entry in page.get("Versions", []) if entry["Key"] == key)
+            markers.extend(
+                entry["LastModified"]
+                for entry in page.get("DeleteMarkers", [])
+                if entry["Key"] == key
+            )
+        if markers:
+            hidden_until = max(markers)
+            found = [entry for entry in found if entry["LastModified"] > hidden_until]
         found.reverse()
+        return found
+
+    def _all_versions(self, name: str, key: str) -> builtins.list[dict[str, Any]]:
+        """Every version and delete marker of `key` (for a complete delete)."""
+        found: builtins.list[dict[str, Any]] = []
+        try:
+            paginator = self._client.get_paginator("list_object_versions")
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=key):
+                for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                    if entry["Key"] == key:
+                        found.append(entry)
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("listing versions of", name, error) from error
         return found
 
     # -- the contract --------------------------------------------------------------------------
@@ -180,8 +220,14 @@ class S3Driver(Driver, ObjectLock):
             else:
                 response = self._multipart(key, first, second, parts)
         except ClientError as error:
-            if _code(error) in _PRECONDITION or _status(error) in (409, 412):
-                return False
+            if _code(error) in ("PreconditionFailed", "412") or _status(error) == 412:
+                return self._lost(name)
+            if _status(error) == 409:
+                # Another write of this name is in flight: whether it will succeed is unknown.
+                raise ConflictError(
+                    f"{name}: a concurrent write of this object is in flight",
+                    hint="run the same command again",
+                ) from None
             raise self._fail("upload of", name, error) from error
         except BotoCoreError as error:
             raise self._fail("upload of", name, error) from error
@@ -190,11 +236,22 @@ class S3Driver(Driver, ObjectLock):
         except (ClientError, BotoCoreError) as error:
             raise self._fail("write-once check of", name, error) from error
         if not won:
-            return False
+            return self._lost(name)
         wanted = self._with_minimum(lock)
         if wanted is not None:
-            self.extend_retention(name, wanted)
+            # Pinned to the version this call wrote: a racing writer's later version must not
+            # receive the lock meant for the object.
+            self.extend_retention(name, wanted, version_id=response.get("VersionId"))
         return True
+
+    def _lost(self, name: str) -> bool:
+        """The name was already written (by another writer, or by this call's own first attempt
+        whose response was lost and whose retry was refused): the object still gets the lock a
+        fresh write would have had."""
+        floor = self.minimum_lock()
+        if floor is not None:
+            self.hold_at_least(name, floor)
+        return False
 
     def minimum_lock(self) -> Retention | None:
         if self.minimum_retention is None:
@@ -212,8 +269,8 @@ class S3Driver(Driver, ObjectLock):
 
     # -- object lock ---------------------------------------------------------------------------
 
-    def retention(self, name: str) -> Retention | None:
-        return self._lock_state(name, self._key(name), None)[0]
+    def retention(self, name: str, *, version_id: str | None = None) -> Retention | None:
+        return self._lock_state(name, self._key(name), version_id)[0]
 
     def _lock_state(
         self, name: str, key: str, version_id: str | None
@@ -237,8 +294,15 @@ class S3Driver(Driver, ObjectLock):
             )
         return retention, head.get("ObjectLockLegalHoldStatus") == "ON"
 
-    def extend_retention(self, name: str, retention: Retention) -> Retention:
-        applied = check_change(name, self.retention(name), retention)
+    def extend_retention(
+        self, name: str, retention: Retention, *, version_id: str | None = None
+    ) -> Retention:
+        """Lock the object (the given version, else the first live version: the object)."""
+        version = version_id or self._object_version(name)
+        pin = {"VersionId": version} if version and version != "null" else {}
+        applied = check_change(
+            name, self.retention(name, version_id=pin.get("VersionId")), retention
+        )
         # BypassGovernanceRetention is never sent: extending never needs it, and shortening is
         # refused above whatever the mode.
         self._call(
@@ -247,8 +311,9 @@ class S3Driver(Driver, ObjectLock):
             "put_object_retention",
             Key=self._key(name),
             Retention={"Mode": applied.mode, "RetainUntilDate": applied.until},
+            **pin,
         )
-        stored = self.retention(name)
+        stored = self.retention(name, version_id=pin.get("VersionId"))
         if (
             stored is None
             or stored.mode != applied.mode
@@ -261,20 +326,34 @@ class S3Driver(Driver, ObjectLock):
         return stored
 
     def legal_hold(self, name: str) -> bool:
-        return self._lock_state(name, self._key(name), None)[1]
+        return self._lock_state(name, self._key(name), self._object_version(name))[1]
 
     def set_legal_hold(self, name: str, on: bool) -> None:
+        version = self._object_version(name)
+        pin = {"VersionId": version} if version and version != "null" else {}
         self._call(
             "legal hold of",
             name,
             "put_object_legal_hold",
             Key=self._key(name),
             LegalHold={"Status": "ON" if on else "OFF"},
+            **pin,
         )
-        if self.legal_hold(name) != on:
+        if self._lock_state(name, self._key(name), pin.get("VersionId"))[1] != on:
             raise StorageError(
                 f"{name}: the store did not keep the legal hold {'ON' if on else 'OFF'}"
             )
+
+    def _object_version(self, name: str) -> str | None:
+        """The version that is the object: the first live one (None on unversioned buckets)."""
+        try:
+            versions = self._versions(self._key(name))
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("listing versions of", name, error) from error
+        if not versions:
+            raise NotFoundError(f"object {name!r} not found")
+        version = versions[0].get("VersionId")
+        return None if version in (None, "null") else str(version)
 
     def _won(self, key: str, version_id: str | None) -> bool:
         """On a versioned bucket, make sure this write was the first version of the name.
@@ -404,11 +483,15 @@ class S3Driver(Driver, ObjectLock):
         key = self._key(name)
         if self.stat(name) is None:
             raise NotFoundError(f"object {name!r} not found")
-        versions = self._versions(key)
+        versions = self._all_versions(name, key)
         if not versions:
             self._call("delete of", name, "delete_object", Key=key)
             return
-        locks = [self._lock_state(name, key, v["VersionId"]) for v in versions]
+        # Delete markers carry no lock (and cannot be HEADed); real versions are checked.
+        locks = [
+            self._lock_state(name, key, v["VersionId"]) if "Size" in v else (None, False)
+            for v in versions
+        ]
         for retention, held in locks:
             check_delete(name, retention, held, bypass_governance=bypass_governance)
         # Deleting each version (not adding a delete marker) removes the object for good.
