@@ -89,8 +89,13 @@ class BlobStore:
 
     def slot_name(self, kind: str, digest: str, kek_id: str) -> str:
         object_id = keyed_id(self._naming_key, kind, digest)
-        kek = str(blake3.blake3(kek_id.encode()).hexdigest())[:16]
-        return f"slots/{object_id[:2]}/{object_id}/{kind}-{kek}"
+        return f"slots/{object_id[:2]}/{object_id}/{kind}-{_kek_tag(kek_id)}"
+
+    def _naming_context(self) -> dict[str, str]:
+        return {"registry": self.registry_id, "purpose": "naming"}
+
+    def _naming_key_name(self) -> str:
+        return f"registry/naming-key/{_kek_tag(self.keys.kek_id)}"
 
     def context(self, kind: str, digest: str) -> dict[str, str]:
         """Encryption context: binds a data key to this registry, the object kind and digest."""
@@ -114,8 +119,9 @@ class BlobStore:
 
     def _data_key(
         self, kind: str, digest: str, *, what: str, known: WrappedKey | None = None
-    ) -> tuple[bytes, WrappedKey]:
-        """The data key of an object: the stored slot's, or a new one whose slot is stored now.
+    ) -> tuple[bytes, WrappedKey, bool]:
+        """The data key of an object: the stored slot's, or a new one whose slot is stored now;
+        and whether the object itself is already stored.
 
         When the object itself is already stored, the key must be the one it was sealed with:
         it is checked against the object's key commitment, and a lost slot object is restored
@@ -134,11 +140,11 @@ class BlobStore:
             data_key = self.unwrap(kind, digest, known, what=what)
             self.check_key(kind, digest, data_key, what=what)
             self.driver.put_if_absent(slot_name_of(known.kek_id), [known.to_json()])
-            return data_key, known
+            return data_key, known, stored
         if existing is None:
             data_key, slot = self.keys.generate(context=self.context(kind, digest))
             if self.driver.put_if_absent(slot_name_of(slot.kek_id), [slot.to_json()]):
-                return data_key, slot
+                return data_key, slot, stored
             # A concurrent push stored its slot first: its data key is the one that counts.
             existing = self.read_slot(kind, digest, what=what)
             if existing is None:
@@ -146,7 +152,7 @@ class BlobStore:
         data_key = self.unwrap(kind, digest, existing, what=what)
         if stored:
             self.check_key(kind, digest, data_key, what=what)
-        return data_key, existing
+        return data_key, existing, stored
 
     def check_key(self, kind: str, digest: str, data_key: bytes, *, what: str) -> None:
         """Raise IntegrityError unless `data_key` is the key the stored object was sealed with
@@ -180,11 +186,10 @@ class BlobStore:
     ) -> StoredBlob:
         """Store the file's content under its digest unless it is already stored (dedup).
         `known` is the catalog's key slot for this content, if it has one."""
-        data_key, slot = self._data_key(BLOB, digest, what=what, known=known)
+        data_key, slot, stored = self._data_key(BLOB, digest, what=what, known=known)
         name = self.object_name(BLOB, digest)
-        info = self.driver.stat(name)
         uploaded = False
-        if info is None:
+        if not stored:
             try:
                 source = path.open("rb", buffering=0)
             except OSError as error:
@@ -222,9 +227,9 @@ class BlobStore:
         self, kind: str, digest: str, data: bytes, *, what: str, known: WrappedKey | None = None
     ) -> str:
         """Seal small content (a manifest) bound to `digest`; returns its object name."""
-        data_key, slot = self._data_key(kind, digest, what=what, known=known)
+        data_key, slot, stored = self._data_key(kind, digest, what=what, known=known)
         name = self.object_name(kind, digest)
-        if self.driver.stat(name) is not None:
+        if stored:
             self._keep_locked(name, self.slot_name(kind, digest, slot.kek_id))
         else:
             sealer = sealed.Sealer(
@@ -327,10 +332,8 @@ class BlobStore:
         marker = json.dumps({"registry_id": self.registry_id, "format": 1}).encode()
         if not self.driver.put_if_absent(MARKER, [marker]):
             self.check_claim()
-        context = {"registry": self.registry_id, "purpose": "naming"}
-        kek = str(blake3.blake3(self.keys.kek_id.encode()).hexdigest())[:16]
-        wrapped = self.keys.wrap(self._naming_key, context=context)
-        self.driver.put_if_absent(f"registry/naming-key/{kek}", [wrapped.to_json()])
+        wrapped = self.keys.wrap(self._naming_key, context=self._naming_context())
+        self.driver.put_if_absent(self._naming_key_name(), [wrapped.to_json()])
 
     def check_claim(self) -> None:
         """The store is this registry's, and the configured naming key is the one its objects
@@ -346,18 +349,20 @@ class BlobStore:
                 f"the store belongs to registry {owner!r}, not {self.registry_id!r}",
                 hint="each registry needs its own store; check the [store] section of config.toml",
             )
-        kek = str(blake3.blake3(self.keys.kek_id.encode()).hexdigest())[:16]
         try:
             wrapped = WrappedKey.from_json(
-                self.driver.get_range(f"registry/naming-key/{kek}"), what="naming key"
+                self.driver.get_range(self._naming_key_name()), what="naming key"
             )
         except NotFoundError:
             return  # written by claim(); a store from before it, or another KEK's, has none
-        stored = self.keys.unwrap(
-            wrapped, context={"registry": self.registry_id, "purpose": "naming"}, what="naming key"
-        )
+        stored = self.keys.unwrap(wrapped, context=self._naming_context(), what="naming key")
         if not hmac.compare_digest(stored, self._naming_key):
             raise KeyAccessError(
                 "the configured naming key is not the one this store's objects are named with",
                 hint="point keys.naming_key_file at this registry's naming.key",
             )
+
+
+def _kek_tag(kek_id: str) -> str:
+    """A short, name-safe tag of a key-encryption key id (ids hold ':' and ARNs)."""
+    return str(blake3.blake3(kek_id.encode()).hexdigest())[:16]

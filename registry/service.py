@@ -503,11 +503,12 @@ class Registry:
         created_dest = not dest.exists()
         try:
             self._pull_into(dest, targets, manifest, force=force, progress=progress)
-        except OSError as error:
-            raise _storage_error(error, dest) from None
-        except BaseException:
+        except BaseException as error:
+            # A destination this pull created goes again, whatever the failure.
             if created_dest:
                 shutil.rmtree(dest, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise _storage_error(error, dest) from None
             raise
         self.catalog.audit(
             self.actor,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -119,7 +120,7 @@ class S3Driver(Driver, ObjectLock):
                 f"S3 part size must be {MIN_PART_SIZE >> 20}..{MAX_PART_SIZE >> 20} MiB"
             )
         if location.prefix and not location.prefix.endswith("/"):
-            location = S3Location(**{**location.__dict__, "prefix": location.prefix + "/"})
+            location = dataclasses.replace(location, prefix=location.prefix + "/")
         if lock_mode not in (COMPLIANCE, GOVERNANCE):
             raise InvalidInputError(
                 f"lock mode must be COMPLIANCE or GOVERNANCE, not {lock_mode!r}"
