@@ -19,6 +19,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PACKAGES = ["radosgw", "ceph-mon", "ceph-osd", "ceph-common"]
 ACCESS_KEY = "registry-test"
@@ -61,6 +62,18 @@ class CephRGW:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> Any:
+        """A boto3 S3 client for this cluster (its own session: no cached credentials)."""
+        import boto3
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+        )
 
     @classmethod
     def start(cls, folder: Path, *, timeout: float = 90) -> CephRGW:

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -98,6 +99,21 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def store_bytes(home: Path) -> int:
     return sum(p.stat().st_size for p in (home / "store").rglob("*") if p.is_file())
+
+
+LOCKED_BUCKET = "registry-test"
+
+
+@pytest.fixture
+def moto_s3() -> Iterator[Any]:
+    """An in-process moto S3 client with one Object Lock bucket, LOCKED_BUCKET."""
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=LOCKED_BUCKET, ObjectLockEnabledForBucket=True)
+        yield client
 
 
 @pytest.fixture(scope="session")

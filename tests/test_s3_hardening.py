@@ -5,29 +5,24 @@ default retention, raw botocore errors, store URL holes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
 from registry.storage.factory import open_driver, parse_store, prepare_bucket
 from registry.storage.lock import COMPLIANCE, GOVERNANCE, Retention
 from registry.storage.s3 import S3Driver, S3Location
+from tests.conftest import LOCKED_BUCKET
 
-BUCKET = "review-bucket"
+BUCKET = LOCKED_BUCKET
 
 
 @pytest.fixture
-def client() -> Iterator[Any]:
-    with mock_aws():
-        s3 = boto3.client("s3", region_name="us-east-1")
-        s3.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-        yield s3
+def client(moto_s3: Any) -> Any:
+    return moto_s3
 
 
 class _RacingClient:

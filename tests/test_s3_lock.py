@@ -38,16 +38,7 @@ def locked(request: pytest.FixtureRequest) -> Iterator[tuple[S3Driver, Any, list
             client = boto3.client("s3", region_name="us-east-1")
             yield driver_for(client), client, sent
         return
-    from tests.ceph_rgw import ACCESS_KEY, SECRET_KEY
-
-    cluster = request.getfixturevalue("ceph_rgw")
-    client = boto3.client(
-        "s3",
-        endpoint_url=cluster.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    )
+    client = request.getfixturevalue("ceph_rgw").client()
     yield driver_for(client), client, sent
 
 

@@ -6,23 +6,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from registry.storage.base import Driver
 from registry.storage.s3 import MIN_PART_SIZE, S3Driver, S3Location
 from registry.testing.driver_suite import DriverConformance
+from tests.conftest import LOCKED_BUCKET
 
-BUCKET = "registry-test"
+BUCKET = LOCKED_BUCKET
 
 
 @pytest.fixture
-def s3_client() -> Iterator[object]:
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET, ObjectLockEnabledForBucket=True)
-        yield client
+def s3_client(moto_s3: object) -> object:
+    return moto_s3
 
 
 @pytest.fixture
@@ -99,15 +95,7 @@ def test_objects_live_under_the_prefix(s3_driver: S3Driver, s3_client) -> None:
 
 @pytest.fixture
 def rgw_driver(ceph_rgw) -> Iterator[S3Driver]:
-    from tests.ceph_rgw import ACCESS_KEY, SECRET_KEY
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=ceph_rgw.endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-    )
+    client = ceph_rgw.client()
     bucket = f"conformance-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
     driver = S3Driver(S3Location(bucket, prefix="reg"), client=client, part_size=MIN_PART_SIZE)
