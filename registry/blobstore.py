@@ -29,6 +29,7 @@ from registry.crypto import sealed
 from registry.crypto.keys import KeyProvider, WrappedKey
 from registry.digest import keyed_id
 from registry.errors import (
+    ConfigurationError,
     IntegrityError,
     InvalidModelError,
     KeyAccessError,
@@ -215,6 +216,22 @@ class BlobStore:
         header = self.read_header(BLOB, digest, size=size, what=what)
         return StoredBlob(digest, size, name, header.sealed_size, header.chunk_size, slot, uploaded)
 
+    def keep_locked(self, kind: str, digest: str) -> None:
+        """A reused object and its slot stay locked at least as long as fresh ones would be."""
+        self._keep_locked(
+            self.object_name(kind, digest), self.slot_name(kind, digest, self.keys.kek_id)
+        )
+
+    def header(self, kind: str, digest: str, *, what: str) -> sealed.SealedHeader:
+        """The sealed header of a stored object (authenticated only by a later read)."""
+        name = self.object_name(kind, digest)
+        try:
+            return sealed.SealedHeader.unpack(
+                self.driver.get_range(name, 0, sealed.HEADER_SIZE), what=what
+            )
+        except NotFoundError:
+            raise IntegrityError(f"{what}: stored object {name} is missing", path=what) from None
+
     def _keep_locked(self, *names: str) -> None:
         """Objects a new version reuses stay locked at least as long as fresh ones would be."""
         if isinstance(self.driver, ObjectLock):
@@ -232,16 +249,9 @@ class BlobStore:
         if stored:
             self._keep_locked(name, self.slot_name(kind, digest, slot.kek_id))
         else:
-            sealer = sealed.Sealer(
-                data_key, digest, plaintext_size=len(data), chunk_size=self.chunk_size
+            self.driver.put_if_absent(
+                name, seal_bytes(data_key, digest, data, chunk_size=self.chunk_size)
             )
-            chunks = [sealer.header_bytes]
-            view = memoryview(data)
-            for index in range(sealer.header.chunk_count):
-                start = index * sealer.header.chunk_size
-                size = sealer.header.chunk_plain_size(index)
-                chunks.append(bytes(sealer.seal_chunk(index, view[start : start + size])))
-            self.driver.put_if_absent(name, chunks)
         return name
 
     # -- read ------------------------------------------------------------------------------
@@ -345,7 +355,7 @@ class BlobStore:
         except (ValueError, AttributeError):
             owner = "<unreadable marker>"
         if owner != self.registry_id:
-            raise StorageError(
+            raise ConfigurationError(
                 f"the store belongs to registry {owner!r}, not {self.registry_id!r}",
                 hint="each registry needs its own store; check the [store] section of config.toml",
             )
@@ -361,6 +371,18 @@ class BlobStore:
                 "the configured naming key is not the one this store's objects are named with",
                 hint="point keys.naming_key_file at this registry's naming.key",
             )
+
+
+def seal_bytes(data_key: bytes, digest: str, data: bytes, *, chunk_size: int) -> list[bytes]:
+    """Small content (a manifest) sealed in memory: the header, then every chunk."""
+    sealer = sealed.Sealer(data_key, digest, plaintext_size=len(data), chunk_size=chunk_size)
+    chunks = [sealer.header_bytes]
+    view = memoryview(data)
+    for index in range(sealer.header.chunk_count):
+        start = index * sealer.header.chunk_size
+        size = sealer.header.chunk_plain_size(index)
+        chunks.append(bytes(sealer.seal_chunk(index, view[start : start + size])))
+    return chunks
 
 
 def _kek_tag(kek_id: str) -> str:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import socket
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,30 @@ from typing import Any
 from registry.crypto.sealed import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from registry.crypto.signing import TrustedSigner, parse_public_key
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
-from registry.storage.factory import StoreSpec, store_config_lines, store_from_config
+from registry.storage.factory import (
+    StoreSpec,
+    parse_store,
+    store_config_lines,
+    store_from_config,
+    store_lines,
+)
 
 CONFIG_FILE = "config.toml"
 ENV_HOME = "MODEL_REGISTRY_HOME"
 ENV_CATALOG_URL = "MODEL_REGISTRY_CATALOG_URL"
 ENV_ACTOR = "MODEL_REGISTRY_ACTOR"
 DEFAULT_CHUNK_SIZE = 1024 * 1024
+PRIMARY = "primary"
+_REGION_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+_REGION_OPTIONS = {"name", "priority", "kms", "kms_region", "kms_endpoint"}
+_REGION_KEYS = {
+    "name",
+    "priority",
+    "kms_key",
+    "kms_region",
+    "kms_endpoint_url",
+    "kms_profile",
+}
 
 
 def default_home() -> Path:
@@ -60,30 +79,135 @@ class KmsSettings:
 
 
 @dataclass(frozen=True)
+class RegionSettings:
+    """One copy of the store: where it lives, how it is locked, which key wraps its data keys
+    (its own KMS key, else the local key file) and its read preference (lower first)."""
+
+    name: str
+    store: StoreSpec
+    priority: int = 0
+    kms: KmsSettings | None = None
+
+    def __post_init__(self) -> None:
+        validate_region_name(self.name)
+
+    def describe(self) -> str:
+        keys = self.kms.describe() if self.kms else "local key file"
+        return f"{self.name}: {self.store.describe()}; {keys}"
+
+
+def validate_region_name(name: str) -> str:
+    if not isinstance(name, str) or not _REGION_NAME.fullmatch(name):
+        raise InvalidInputError(
+            f"invalid region name {name!r}", hint="use 1-32 of a-z 0-9 -, starting alphanumeric"
+        )
+    return name
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     registry_id: str
     catalog_url: str
-    store: StoreSpec
+    regions: tuple[RegionSettings, ...]
     chunk_size: int
     kek_file: Path | None
     naming_key_file: Path
     signing_key_file: Path
     trusted_signers: tuple[TrustedSigner, ...] = field(default=())
     workers: int = 0
-    kms: KmsSettings | None = None
+    write_quorum: int | None = None
+
+    def __post_init__(self) -> None:
+        check_regions(self.regions, write_quorum=self.write_quorum)
+        if self.kek_file is None and any(region.kms is None for region in self.regions):
+            raise ConfigurationError("a region without a KMS key needs keys.kek_file")
+
+    @property
+    def store(self) -> StoreSpec:
+        """The preferred region's store."""
+        return self.regions[0].store
+
+    @property
+    def kms(self) -> KmsSettings | None:
+        """The preferred region's KMS key (None: the local key file)."""
+        return self.regions[0].kms
 
     def describe_keys(self) -> str:
-        return self.kms.describe() if self.kms else f"local key file {self.kek_file}"
+        described = {
+            r.kms.describe() if r.kms else f"local key file {self.kek_file}" for r in self.regions
+        }
+        return "; ".join(sorted(described))
 
     @property
     def store_path(self) -> Path | None:
-        """The local store's directory (None for an S3 store)."""
+        """The preferred region's local directory (None for an S3 store)."""
         return self.store.path
 
     @property
     def effective_workers(self) -> int:
         return self.workers or max(2, min(8, os.cpu_count() or 2))
+
+
+def check_regions(regions: tuple[RegionSettings, ...], *, write_quorum: int | None) -> None:
+    """Regions have distinct names and stores; a write quorum lies within 1..len(regions)."""
+    if not regions:
+        raise ConfigurationError("a registry needs at least one store")
+    names = [region.name for region in regions]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"region names must be distinct, not {names}")
+    places = [region.store.describe() for region in regions]
+    if len(set(places)) != len(places):
+        raise InvalidInputError("two regions name the same store", hint="each region needs its own")
+    if write_quorum is not None and not 1 <= write_quorum <= len(regions):
+        raise InvalidInputError(
+            f"write quorum {write_quorum} is not between 1 and {len(regions)} (the regions)"
+        )
+
+
+def parse_region(text: str, *, index: int = 0, count: int = 1) -> RegionSettings:
+    """A region from an `init --store` value: a directory or an s3:// URL, whose query may also
+    carry name=, priority=, kms= (a KMS key id or ARN), kms_region= and kms_endpoint=."""
+    options: dict[str, str] = {}
+    store_text = text
+    if text.startswith("s3://"):
+        url = urllib.parse.urlsplit(text)
+        try:
+            pairs = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
+        except ValueError:
+            pairs = []
+        options = {k: v for k, v in pairs if k in _REGION_OPTIONS}
+        rest = [(k, v) for k, v in pairs if k not in _REGION_OPTIONS]
+        if any(not value for value in options.values()):
+            raise InvalidInputError(f"invalid store URL {text!r}: an empty option")
+        store_text = urllib.parse.urlunsplit(url._replace(query=urllib.parse.urlencode(rest)))
+    store = parse_store(store_text)
+    try:
+        priority = int(options.get("priority", index))
+    except ValueError:
+        raise InvalidInputError("priority must be a whole number") from None
+    kms = None
+    if "kms" in options:
+        kms_region = options.get("kms_region") or (store.s3.region if store.s3 else None)
+        if not kms_region:
+            raise InvalidInputError(
+                f"{text}: kms= needs the key's region", hint="add region= or kms_region="
+            )
+        kms = KmsSettings(options["kms"], kms_region, options.get("kms_endpoint"))
+    elif "kms_region" in options or "kms_endpoint" in options:
+        raise InvalidInputError(f"{text}: kms_region= and kms_endpoint= need kms=")
+    name = options.get("name") or _default_region_name(store, index=index, count=count)
+    return RegionSettings(name, store, priority, kms)
+
+
+def _default_region_name(store: StoreSpec, *, index: int, count: int) -> str:
+    if count == 1:
+        return PRIMARY
+    if store.s3 is not None and store.s3.region:
+        candidate = store.s3.region
+    else:
+        candidate = f"region-{index + 1}"
+    return candidate if _REGION_NAME.fullmatch(candidate) else f"region-{index + 1}"
 
 
 def _path(home: Path, value: object, key: str) -> Path:
@@ -108,12 +232,6 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
         catalog = raw.get("catalog", {})
         store = raw.get("store", {})
         keys = raw.get("keys", {})
-        try:
-            store_spec = store_from_config(
-                store, resolve=lambda value: _path(home, value, "store.path")
-            )
-        except InvalidInputError as error:
-            raise ConfigurationError(f"{config_path}: [store]: {error}") from None
         signers = []
         for entry in raw.get("trusted_signers", []):
             try:
@@ -128,40 +246,89 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
                 f"{config_path}: store.chunk_size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes"
             )
         workers = int(raw.get("workers", 0))
+        if not 0 <= workers <= 64:
+            raise ConfigurationError(f"{config_path}: workers must be 0 (automatic) to 64")
         provider = keys.get("provider", "local")
         if provider not in ("local", "aws-kms"):
             raise ConfigurationError(f"{config_path}: keys.provider must be local or aws-kms")
+        try:
+            regions = _regions(home, store, keys, provider)
+            quorum = store.get("write_quorum")
+            settings = Settings(
+                home=home,
+                registry_id=str(raw["registry_id"]),
+                catalog_url=os.environ.get(ENV_CATALOG_URL) or str(catalog["url"]),
+                regions=regions,
+                chunk_size=chunk_size,
+                kek_file=(
+                    _path(home, keys.get("kek_file"), "keys.kek_file")
+                    if keys.get("kek_file") or any(r.kms is None for r in regions)
+                    else None
+                ),
+                naming_key_file=_path(home, keys.get("naming_key_file"), "keys.naming_key_file"),
+                signing_key_file=_path(home, keys.get("signing_key_file"), "keys.signing_key_file"),
+                trusted_signers=tuple(signers),
+                workers=workers,
+                write_quorum=None if quorum is None else int(quorum),
+            )
+        except InvalidInputError as error:
+            raise ConfigurationError(f"{config_path}: {error}", hint=error.hint) from None
+        return settings
+    except RegistryError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise ConfigurationError(f"{config_path}: missing or invalid setting {error}") from None
+
+
+def _regions(
+    home: Path, store: dict[str, Any], keys: dict[str, Any], provider: str
+) -> tuple[RegionSettings, ...]:
+    """The regions of a `[store]` section: one (the section itself) or `[[store.regions]]`."""
+
+    def resolve(value: object) -> Path:
+        return _path(home, value, "store.path")
+
+    if "regions" not in store:
+        # One store: the [store] section is the region, keys.provider says how keys are kept.
+        section = {k: v for k, v in store.items() if k not in ("write_quorum",)}
         kms = None
         if provider == "aws-kms":
             if not keys.get("kms_key") or not keys.get("kms_region"):
-                raise ConfigurationError(
-                    f"{config_path}: aws-kms needs keys.kms_key and kms_region"
-                )
+                raise ConfigurationError("aws-kms needs keys.kms_key and kms_region")
             kms = KmsSettings(
                 str(keys["kms_key"]),
                 str(keys["kms_region"]),
                 keys.get("kms_endpoint_url"),
                 keys.get("kms_profile"),
             )
-        if not 0 <= workers <= 64:
-            raise ConfigurationError(f"{config_path}: workers must be 0 (automatic) to 64")
-        return Settings(
-            home=home,
-            registry_id=str(raw["registry_id"]),
-            catalog_url=os.environ.get(ENV_CATALOG_URL) or str(catalog["url"]),
-            store=store_spec,
-            chunk_size=chunk_size,
-            kek_file=None if kms else _path(home, keys.get("kek_file"), "keys.kek_file"),
-            naming_key_file=_path(home, keys.get("naming_key_file"), "keys.naming_key_file"),
-            signing_key_file=_path(home, keys.get("signing_key_file"), "keys.signing_key_file"),
-            trusted_signers=tuple(signers),
-            workers=workers,
-            kms=kms,
+        return (RegionSettings(PRIMARY, store_from_config(section, resolve=resolve), 0, kms),)
+    extra = set(store) - {"regions", "chunk_size", "write_quorum"}
+    if extra:
+        raise ConfigurationError(
+            f"[store] settings {sorted(extra)} belong in each [[store.regions]] entry"
         )
-    except RegistryError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise ConfigurationError(f"{config_path}: missing or invalid setting {error}") from None
+    regions = []
+    for entry in store["regions"]:
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigurationError("every [[store.regions]] entry needs a name")
+        where = {k: v for k, v in entry.items() if k not in _REGION_KEYS}
+        spec = store_from_config(where, resolve=resolve)
+        kms = None
+        if entry.get("kms_key"):
+            kms_region = entry.get("kms_region") or (spec.s3.region if spec.s3 else None)
+            if not kms_region:
+                raise ConfigurationError(
+                    f"region {entry['name']}: kms_key needs kms_region (or the store's region)"
+                )
+            kms = KmsSettings(
+                str(entry["kms_key"]),
+                str(kms_region),
+                entry.get("kms_endpoint_url"),
+                entry.get("kms_profile") or (spec.s3.profile if spec.s3 else None),
+            )
+        regions.append(RegionSettings(str(entry["name"]), spec, int(entry.get("priority", 0)), kms))
+    # A stable order: by priority, then as listed.
+    return tuple(sorted(regions, key=lambda region: region.priority))
 
 
 def _toml_string(value: str) -> str:
@@ -173,16 +340,34 @@ def render_config(
     *,
     registry_id: str,
     catalog_url: str,
-    store: StoreSpec,
+    regions: tuple[RegionSettings, ...],
     kek_file: str | None,
     naming_key_file: str,
     signing_key_file: str,
     trusted_signers: list[tuple[str, str]],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int = 0,
-    kms: KmsSettings | None = None,
+    write_quorum: int | None = None,
 ) -> str:
     """The text of config.toml (written by `init` and `keys trust`)."""
+    single = len(regions) == 1 and regions[0].name == PRIMARY and write_quorum is None
+    if single:
+        store = store_config_lines(regions[0].store, chunk_size=chunk_size)
+        keys = _key_lines(kek_file, regions[0].kms)
+    else:
+        store = ["[store]", f"chunk_size = {chunk_size}"]
+        if write_quorum is not None:
+            store.append(f"write_quorum = {write_quorum}")
+        for region in regions:
+            store += [
+                "",
+                "[[store.regions]]",
+                f"name = {_toml_string(region.name)}",
+                f"priority = {region.priority}",
+                *store_lines(region.store),
+                *_region_kms_lines(region.kms),
+            ]
+        keys = [] if kek_file is None else [f"kek_file = {_toml_string(kek_file)}"]
     lines = [
         "# model-registry configuration (docs/operations.md explains every setting)",
         f"registry_id = {_toml_string(registry_id)}",
@@ -191,11 +376,11 @@ def render_config(
         "[catalog]",
         f"url = {_toml_string(catalog_url)}",
         "",
-        *store_config_lines(store, chunk_size=chunk_size),
+        *store,
         "",
         "# Keys live outside the store and the catalog; back them up separately.",
         "[keys]",
-        *_key_lines(kek_file, kms),
+        *keys,
         f"naming_key_file = {_toml_string(naming_key_file)}",
         f"signing_key_file = {_toml_string(signing_key_file)}",
     ]
@@ -209,21 +394,23 @@ def render_config(
     return "\n".join(lines) + "\n"
 
 
-def _key_lines(kek_file: str | None, kms: KmsSettings | None) -> list[str]:
+def _region_kms_lines(kms: KmsSettings | None) -> list[str]:
     if kms is None:
-        if kek_file is None:
-            raise ConfigurationError("a registry needs a key file or a KMS key")
-        return ['provider = "local"', f"kek_file = {_toml_string(kek_file)}"]
-    lines = [
-        'provider = "aws-kms"',
-        f"kms_key = {_toml_string(kms.key)}",
-        f"kms_region = {_toml_string(kms.region)}",
-    ]
+        return []
+    lines = [f"kms_key = {_toml_string(kms.key)}", f"kms_region = {_toml_string(kms.region)}"]
     if kms.endpoint_url:
         lines.append(f"kms_endpoint_url = {_toml_string(kms.endpoint_url)}")
     if kms.profile:
         lines.append(f"kms_profile = {_toml_string(kms.profile)}")
     return lines
+
+
+def _key_lines(kek_file: str | None, kms: KmsSettings | None) -> list[str]:
+    if kms is None:
+        if kek_file is None:
+            raise ConfigurationError("a registry needs a key file or a KMS key")
+        return ['provider = "local"', f"kek_file = {_toml_string(kek_file)}"]
+    return ['provider = "aws-kms"', *_region_kms_lines(kms)]
 
 
 def raw_config(home: Path) -> dict[str, Any]:

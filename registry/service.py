@@ -7,13 +7,15 @@ crash harmless: key slots and data, then the manifest, then the catalog in one t
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import functools
 import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from registry import manifest as manifests
-from registry.blobstore import BLOB, MANIFEST, BlobStore
+from registry.blobstore import BLOB, MANIFEST, BlobStore, seal_bytes
 from registry.catalog.db import create_catalog_engine, migrate
 from registry.catalog.repository import (
     AuditRecord,
@@ -31,22 +33,27 @@ from registry.catalog.repository import (
     ModelRecord,
     NewBlob,
     NewVersion,
+    PlacementRecord,
     VersionRecord,
 )
 from registry.config import (
     CONFIG_FILE,
+    PRIMARY,
     KmsSettings,
+    RegionSettings,
     Settings,
+    check_regions,
     default_actor,
     default_home,
     load_settings,
+    parse_region,
     raw_config,
     render_config,
 )
+from registry.crypto import sealed
 from registry.crypto.keys import (
     KeyProvider,
     LocalKeyProvider,
-    WrappedKey,
     create_key_file,
     read_key_file,
 )
@@ -63,14 +70,14 @@ from registry.errors import (
     IntegrityError,
     InvalidInputError,
     InvalidModelError,
-    KeyAccessError,
     NotFoundError,
     RegistryError,
     StorageError,
 )
 from registry.manifest import Manifest, ManifestFile
 from registry.refs import parse_reference, validate_name, validate_relative_path
-from registry.storage.factory import StoreSpec, open_driver, parse_store, prepare_bucket
+from registry.replication import BAD, VERIFIED, ReadReport, Region, ReplicaSet, Replicated
+from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
 
 
 class Progress(Protocol):
@@ -112,6 +119,7 @@ class PushResult:
     uploaded_bytes: int
     reused_bytes: int
     files: int
+    pending_regions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,7 @@ class PullResult:
     destination: Path
     files: tuple[str, ...]
     bytes: int
+    bad_copies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,8 +163,9 @@ class Registry:
     def __init__(self, settings: Settings, *, actor: str | None = None) -> None:
         self.settings = settings
         self.actor = actor or default_actor()
-        self.keys = _key_provider(settings)
         naming_key = read_key_file(settings.naming_key_file, label="naming key")
+        local_keys = LocalKeyProvider.from_file(settings.kek_file) if settings.kek_file else None
+        providers = [_key_provider(region.kms, local_keys) for region in settings.regions]
         self.signer = Signer.from_file(settings.signing_key_file)
         self.unwraps = 0
         engine = create_catalog_engine(settings.catalog_url)
@@ -167,18 +177,34 @@ class Registry:
         self.catalog = Catalog(engine)
         # A remote store is latency-bound: more requests in flight and larger ranges hide the
         # round trips (measured against boto3's own transfers, docs/benchmarks.md).
-        remote = settings.store.kind != "local"
+        remote = any(region.store.kind != "local" for region in settings.regions)
         workers = max(8, settings.effective_workers) if remote else settings.effective_workers
-        self.store = BlobStore(
-            open_driver(settings.store, parallelism=workers),
-            self.keys,
-            registry_id=settings.registry_id,
-            naming_key=naming_key,
-            chunk_size=settings.chunk_size,
-            workers=workers,
-            chunks_per_read=8 if remote else 4,
-            on_unwrap=self._count_unwrap,
-        )
+        self._chunks_per_read = 8 if remote else 4
+        several = len(settings.regions) > 1
+        regions: list[Region] = []
+        try:
+            for region, keys in zip(settings.regions, providers, strict=True):
+                driver = open_driver(region.store, parallelism=workers, fail_fast=several)
+                store = BlobStore(
+                    driver,
+                    keys,
+                    registry_id=settings.registry_id,
+                    naming_key=naming_key,
+                    chunk_size=settings.chunk_size,
+                    workers=workers,
+                    chunks_per_read=self._chunks_per_read,
+                    on_unwrap=self._count_unwrap,
+                )
+                regions.append(Region(region.name, store))
+        except BaseException:
+            for opened in regions:
+                opened.store.driver.close()
+            self.catalog.close()
+            raise
+        self.replicas = ReplicaSet(regions, workers=workers)
+        # The preferred region's store and keys (the only ones of a single-store registry).
+        self.store = self.replicas.primary
+        self.keys = self.store.keys
 
     def _count_unwrap(self, _digest: str) -> None:
         self.unwraps += 1
@@ -191,15 +217,33 @@ class Registry:
         settings = load_settings(Path(home) if home is not None else None)
         registry = cls(settings, actor=actor)
         try:
-            registry.store.check_claim()
+            registry._check_claims()
         except BaseException:
             registry.close()
             raise
         return registry
 
+    def _check_claims(self) -> None:
+        """Every reachable region is this registry's store; an unreachable one is tolerated
+        while another region can serve (reads fail over, writes queue repairs)."""
+        unreachable: list[StorageError] = []
+        for region in self.replicas.regions:
+            try:
+                region.store.check_claim()
+            except StorageError as error:
+                if len(self.replicas.regions) == 1:
+                    raise
+                self.replicas.mark_down(region, error)
+                unreachable.append(error)
+        if len(unreachable) == len(self.replicas.regions):
+            raise StorageError(
+                f"no region is reachable: {'; '.join(map(str, unreachable))}",
+                hint="check the network and the [store] regions in config.toml",
+            )
+
     def close(self) -> None:
         self.catalog.close()
-        self.store.driver.close()
+        self.replicas.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -218,45 +262,65 @@ class Registry:
         home: str | Path | None = None,
         *,
         catalog_url: str | None = None,
-        store: str | Path | None = None,
+        store: str | Path | Sequence[str | Path] | None = None,
         key_dir: str | Path | None = None,
         kms: KmsSettings | None = None,
+        write_quorum: int | None = None,
     ) -> InitResult:
         """Create a registry in `home`, or check and upgrade the one there (idempotent).
 
-        `store` is a directory (default HOME/store) or an `s3://BUCKET[/PREFIX]?...` URL; an S3
-        bucket is created with versioning and Object Lock, or refused when it has no Object Lock.
-        Keys are created first and never replaced; config.toml is written last, so an init that
-        was interrupted simply runs again.
+        `store` is a directory (default HOME/store) or an `s3://BUCKET[/PREFIX]?...` URL, or a
+        list of them: one region each, in read preference order (see `config.parse_region`). An
+        S3 bucket is created with versioning and Object Lock, or refused when it has no Object
+        Lock. Keys are created first and never replaced; config.toml is written last, so an init
+        that was interrupted simply runs again.
         """
         home_path = (Path(home) if home is not None else default_home()).expanduser().absolute()
         if (home_path / CONFIG_FILE).exists():
-            if catalog_url or store or key_dir or kms:
+            if catalog_url or store or key_dir or kms or write_quorum:
                 raise ConfigurationError(
                     f"{home_path} is already initialised; options apply only to a new registry",
                     hint=f"edit {home_path / CONFIG_FILE} to change settings",
                 )
             with cls.open(home_path) as registry:
-                registry.store.claim()
+                for region in registry.replicas.regions:
+                    if not registry.replicas.is_down(region):
+                        region.store.claim()
                 return registry._init_result(created=False)
-        home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stores = [store] if isinstance(store, (str, Path)) else list(store or [])
+        regions = tuple(
+            parse_region(str(text), index=index, count=len(stores))
+            for index, text in enumerate(stores)
+        ) or (RegionSettings(PRIMARY, StoreSpec(path=home_path / "store")),)
+        if kms is not None:
+            if len(regions) > 1:
+                raise InvalidInputError(
+                    "--kms-key names one KMS key, but there are several regions",
+                    hint="give each region its own key: kms=KEY in its --store URL",
+                )
+            regions = (dataclasses.replace(regions[0], kms=kms),)
+        check_regions(regions, write_quorum=write_quorum)
         keys = Path(key_dir).expanduser().absolute() if key_dir else home_path / "keys"
-        spec = parse_store(str(store)) if store else StoreSpec(path=home_path / "store")
-        if spec.path is not None and (
-            keys == spec.path or keys.is_relative_to(spec.path) or spec.path.is_relative_to(keys)
-        ):
-            raise InvalidInputError(
-                f"the key directory {keys} and the store {spec.path} must be apart",
-                hint="keys must never live beside the data they protect (design invariant 5)",
-            )
-        prepare_bucket(spec)
+        for settings in regions:
+            path = settings.store.path
+            if path is not None and (
+                keys == path or keys.is_relative_to(path) or path.is_relative_to(keys)
+            ):
+                raise InvalidInputError(
+                    f"the key directory {keys} and the store {path} must be apart",
+                    hint="keys must never live beside the data they protect (design invariant 5)",
+                )
+        home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for settings in regions:
+            prepare_bucket(settings.store)
         keys.mkdir(parents=True, exist_ok=True, mode=0o700)
         kek_file, naming_file, signing_file = (
             keys / "kek.key",
             keys / "naming.key",
             keys / "signing.key",
         )
-        if kms is None and not kek_file.exists():
+        needs_kek = any(region.kms is None for region in regions)
+        if needs_kek and not kek_file.exists():
             create_key_file(kek_file)
         if not naming_file.exists():
             create_key_file(naming_file, label="naming key")
@@ -267,12 +331,12 @@ class Registry:
         text = render_config(
             registry_id=f"mr-{uuid.uuid4().hex}",
             catalog_url=url,
-            store=spec,
-            kek_file=None if kms else str(kek_file),
+            regions=regions,
+            kek_file=str(kek_file) if needs_kek else None,
             naming_key_file=str(naming_file),
             signing_key_file=str(signing_file),
             trusted_signers=[("local", public_key_text(signer.public_key))],
-            kms=kms,
+            write_quorum=write_quorum,
         )
         # The configuration becomes config.toml only once the catalog opened and the store was
         # claimed with it: a failed init (a typo in the catalog URL, a store owned by another
@@ -281,7 +345,8 @@ class Registry:
         _write_atomically(pending, text)
         try:
             with cls(load_settings(home_path, config_file=pending)) as registry:
-                registry.store.claim()
+                for region in registry.replicas.regions:
+                    region.store.claim()
                 registry.catalog.audit(registry.actor, "init", "registry", {"home": str(home_path)})
                 result = registry._init_result(created=True)
             os.replace(pending, home_path / CONFIG_FILE)
@@ -295,7 +360,12 @@ class Registry:
             created=created,
             registry_id=self.settings.registry_id,
             catalog_url=self.settings.catalog_url,
-            store=self.settings.store.describe(),
+            store="; ".join(
+                region.store.describe()
+                if len(self.settings.regions) == 1
+                else f"{region.name}: {region.store.describe()}"
+                for region in self.settings.regions
+            ),
             keys=self.settings.describe_keys(),
             public_key=public_key_text(self.signer.public_key),
         )
@@ -319,27 +389,19 @@ class Registry:
         manifest, signer = self._load_manifest(version)
         return VersionDetails(version, manifest, signer.name)
 
-    def _slot(self, kind: str, digest: str, *, what: str) -> WrappedKey:
-        slot = self.catalog.key_slot(digest, kind, self.keys.kek_id)
-        if slot is None:
-            slot = self.store.read_slot(kind, digest, what=what)
-        if slot is None:
-            owners = self.catalog.key_slot_owners(digest, kind)
-            if owners:
-                raise KeyAccessError(
-                    f"{what}: its data key is wrapped by {', '.join(owners)}, but the configured "
-                    f"key is {self.keys.kek_id} (wrong key file)",
-                    hint="point keys.kek_file at the key file this registry was created with",
-                )
-            raise IntegrityError(f"{what}: its key slot is missing from the store", path=what)
-        return slot
-
-    def _load_manifest(self, version: VersionRecord) -> tuple[Manifest, TrustedSigner]:
+    def _load_manifest(
+        self, version: VersionRecord, report: ReadReport | None = None
+    ) -> tuple[Manifest, TrustedSigner]:
         """The version's manifest read back from the store: authenticated, digest checked
         against the catalog, signature checked against the trusted keys."""
         what = f"manifest of {version.ref}"
-        slot = self._slot(MANIFEST, version.digest, what=what)
-        data = self.store.read_bytes(MANIFEST, version.digest, slot, what=what)
+        data = self.replicas.read_bytes(
+            MANIFEST,
+            version.digest,
+            known=self.catalog.key_slots(version.digest, MANIFEST),
+            what=what,
+            report=report or ReadReport(),
+        )
         manifest, signer = manifests.parse_envelope(
             data,
             expected_digest=version.digest,
@@ -350,6 +412,40 @@ class Registry:
             raise IntegrityError(f"{what}: names model {manifest.name}", path=what)
         return manifest, signer
 
+    def _placed(self, kind: str, digest: str) -> tuple[frozenset[str], str | None]:
+        """Regions whose copy of an object was verified, and its ciphertext checksum."""
+        rows = [p for p in self.catalog.placements(digest=digest) if p.purpose == kind]
+        verified = [p for p in rows if p.state == VERIFIED]
+        checksum = next((p.checksum for p in verified if p.checksum), None)
+        return frozenset(p.region for p in verified), checksum
+
+    def _replicate(
+        self,
+        kind: str,
+        digest: str,
+        *,
+        what: str,
+        seal: Callable[[bytes], Iterable[bytes | bytearray | memoryview]] | None = None,
+        size: int = 0,
+        on_progress: Callable[[int], None] | None = None,
+        repair: bool = False,
+        only: frozenset[str] | None = None,
+    ) -> Replicated:
+        trusted, checksum = self._placed(kind, digest)
+        return self.replicas.replicate(
+            kind,
+            digest,
+            what=what,
+            known=self.catalog.key_slots(digest, kind),
+            seal=seal,
+            checksum=checksum,
+            trusted=trusted,
+            repair=repair,
+            only=only,
+            size=size,
+            on_progress=on_progress,
+        )
+
     # -- push ------------------------------------------------------------------------------
 
     def push(
@@ -358,15 +454,25 @@ class Registry:
         path: str | Path,
         *,
         message: str = "",
+        write_quorum: int | None = None,
         progress: Progress | None = None,
     ) -> PushResult:
         """Push a model directory (or one .safetensors file) as a new version of `name`.
 
         Everything is validated before anything is stored. Content already stored is not
-        uploaded again; identical content returns the existing version (created=False).
+        uploaded again; identical content returns the existing version (created=False). Every
+        object goes to every region; the push succeeds once `write_quorum` regions (default: the
+        configured quorum, else all) hold a verified copy of each, and the copies that did not
+        complete are recorded as pending, for `replicate`.
         """
         progress = progress or _NoProgress()
         validate_name(name)
+        count = len(self.replicas.regions)
+        quorum = write_quorum or self.settings.write_quorum or count
+        if not 1 <= quorum <= count:
+            raise InvalidInputError(
+                f"write quorum {quorum} is not between 1 and {count} (the regions)"
+            )
         _check_text("message", message, limit=65536)
         _check_text("actor", self.actor, limit=256)
         if self.signer.key_id not in {s.key_id for s in self.settings.trusted_signers}:
@@ -416,13 +522,19 @@ class Registry:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") as pool:
             puts = [
                 pool.submit(
-                    self.store.put_file,
-                    entry.source,
+                    self._replicate,
+                    BLOB,
                     file_digest,
-                    entry.size,
                     what=entry.path,
+                    seal=self._file_sealer(
+                        entry.source,
+                        file_digest,
+                        entry.size,
+                        what=entry.path,
+                        on_progress=progress.advance,
+                    ),
+                    size=entry.size,
                     on_progress=progress.advance,
-                    known=self.catalog.key_slot(file_digest, BLOB, self.keys.kek_id),
                 )
                 for file_digest, entry in unique.items()
             ]
@@ -433,28 +545,39 @@ class Registry:
                     put.cancel()
                 raise
         progress.end()
-        uploaded = sum(blob.size for blob in blobs if blob.uploaded)
-        stored = [
-            NewBlob(b.digest, b.size, b.object_name, b.sealed_size, b.chunk_size, b.slot)
-            for b in blobs
-        ]
+        _require_quorum(blobs, quorum, [e.path for e in unique.values()])
+        sizes = {file_digest: entry.size for file_digest, entry in unique.items()}
+        uploaded = sum(sizes[blob.digest] for blob in blobs if blob.uploaded)
+        stored = []
+        for blob in blobs:
+            assert blob.header is not None  # a verified copy exists (the quorum is at least 1)
+            stored.append(
+                NewBlob(
+                    blob.digest,
+                    sizes[blob.digest],
+                    blob.object_name,
+                    blob.header.sealed_size,
+                    blob.header.chunk_size,
+                    blob.slots,
+                )
+            )
 
         what = f"manifest of {name}"
-        manifest_object = self.store.put_bytes(
+        envelope = manifest.signed_envelope(self.signer)
+        chunk_size = self.settings.chunk_size
+        stored_manifest = self._replicate(
             MANIFEST,
             digest,
-            manifest.signed_envelope(self.signer),
             what=what,
-            known=self.catalog.key_slot(digest, MANIFEST, self.keys.kek_id),
+            seal=lambda data_key: seal_bytes(data_key, digest, envelope, chunk_size=chunk_size),
         )
-        manifest_slot = self.store.read_slot(MANIFEST, digest, what=what)
-        assert manifest_slot is not None  # put_bytes stored it first
+        _require_quorum([stored_manifest], quorum, [what])
         version, created = self.catalog.commit_version(
             NewVersion(
                 name=name,
                 digest=digest,
-                manifest_object=manifest_object,
-                manifest_slot=manifest_slot,
+                manifest_object=stored_manifest.object_name,
+                manifest_slots=stored_manifest.slots,
                 message=message,
                 actor=self.actor,
                 signed_by=self.signer.key_id,
@@ -472,9 +595,43 @@ class Registry:
                     for f in manifest.files
                 ],
                 blobs=stored,
+                placements=_placements([*blobs, stored_manifest]),
             )
         )
-        return PushResult(version, created, uploaded, total - uploaded, len(files))
+        pending = sorted(
+            {o.region for r in [*blobs, stored_manifest] for o in r.outcomes if o.state != VERIFIED}
+        )
+        return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
+
+    def _file_sealer(
+        self,
+        path: Path,
+        digest: str,
+        size: int,
+        *,
+        what: str,
+        on_progress: Callable[[int], None],
+    ) -> Callable[[bytes], Iterator[memoryview | bytes]]:
+        """Seals the file under a data key, re-hashing it on the way (see `sealed.seal_file`)."""
+
+        def seal(data_key: bytes) -> Iterator[memoryview | bytes]:
+            try:
+                source = path.open("rb", buffering=0)
+            except OSError as error:
+                raise InvalidModelError(f"cannot read {what}: {error.strerror}") from None
+            with source:
+                yield from sealed.seal_file(
+                    source,
+                    data_key,
+                    digest,
+                    plaintext_size=size,
+                    chunk_size=self.settings.chunk_size,
+                    workers=self.store.workers,
+                    on_progress=on_progress,
+                    what=what,
+                )
+
+        return seal
 
     # -- pull ------------------------------------------------------------------------------
 
@@ -495,14 +652,37 @@ class Registry:
         progress = progress or _NoProgress()
         unwraps_before = self.unwraps
         version = self.resolve(ref)
-        manifest, _signer = self._load_manifest(version)
+        report = ReadReport()
+        try:
+            return self._pull(
+                version,
+                report,
+                destination,
+                force=force,
+                progress=progress,
+                unwraps_before=unwraps_before,
+            )
+        finally:
+            self._record_bad_copies(report)
+
+    def _pull(
+        self,
+        version: VersionRecord,
+        report: ReadReport,
+        destination: str | Path,
+        *,
+        force: bool,
+        progress: Progress,
+        unwraps_before: int,
+    ) -> PullResult:
+        manifest, _signer = self._load_manifest(version, report)
         dest = Path(destination).expanduser().absolute()
         if dest.exists() and not dest.is_dir():
             raise InvalidInputError(f"destination {dest} exists and is not a directory")
         targets = _targets(dest, manifest, force=force)
         created_dest = not dest.exists()
         try:
-            self._pull_into(dest, targets, manifest, force=force, progress=progress)
+            self._pull_into(dest, targets, manifest, report, force=force, progress=progress)
         except BaseException as error:
             # A destination this pull created goes again, whatever the failure.
             if created_dest:
@@ -520,17 +700,43 @@ class Registry:
                 "files": len(manifest.files),
                 "bytes": manifest.total_size,
                 "key_unwraps": self.unwraps - unwraps_before,
+                "bad_copies": _bad_copies(report),
             },
         )
         return PullResult(
-            version, dest, tuple(entry.path for entry in manifest.files), manifest.total_size
+            version,
+            dest,
+            tuple(entry.path for entry in manifest.files),
+            manifest.total_size,
+            tuple(_bad_copies(report)),
         )
+
+    def _record_bad_copies(self, report: ReadReport) -> None:
+        """Copies a read could not use become `bad` placements, for `replicate --repair`."""
+        if not report.bad:
+            return
+        with contextlib.suppress(RegistryError):
+            self.catalog.record_placements(
+                [
+                    PlacementRecord(
+                        digest,
+                        kind,
+                        region,
+                        self.store.object_name(kind, digest),
+                        BAD,
+                        None,
+                        detail,
+                    )
+                    for (kind, digest, region), detail in report.bad.items()
+                ]
+            )
 
     def _pull_into(
         self,
         dest: Path,
         targets: dict[str, Path],
         manifest: Manifest,
+        report: ReadReport,
         *,
         force: bool,
         progress: Progress,
@@ -547,17 +753,19 @@ class Registry:
             for entry in manifest.files:
                 temporary = staging / entry.path
                 temporary.parent.mkdir(parents=True, exist_ok=True)
-                slot = self._slot(BLOB, entry.digest, what=entry.path)
+                known = self.catalog.key_slots(entry.digest, BLOB)
                 fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
                 try:
                     # Decryption threads write each authenticated chunk at its offset while this
                     # thread hashes in order; the file is renamed only after the digest matched.
-                    for chunk in self.store.open(
+                    for chunk in self.replicas.open(
                         BLOB,
                         entry.digest,
-                        slot,
+                        known=known,
                         size=entry.size,
                         what=entry.path,
+                        report=report,
+                        chunks_per_read=self._chunks_per_read,
                         on_chunk=functools.partial(_write_at, fd),
                     ):
                         progress.advance(len(chunk))
@@ -597,43 +805,109 @@ class Registry:
     def verify(
         self, ref: str, *, read_data: bool = False, progress: Progress | None = None
     ) -> VerifyReport:
-        """Check a version: its manifest (signature, digest), the presence and size of every
-        object and, with `read_data`, decrypt and re-hash everything. Problems are reported per
-        file instead of stopping at the first."""
+        """Check a version: its manifest (signature, digest), and in every region the presence
+        and size of every object and its key slot; with `read_data`, decrypt and re-hash
+        everything (and, with several regions, read every copy back against its recorded
+        checksum). Problems are reported per file (and region) instead of stopping at the first;
+        damaged copies are recorded as bad placements for `replicate --repair`."""
         progress = progress or _NoProgress()
         unwraps_before = self.unwraps
         version = self.resolve(ref)
+        regions = self.replicas.regions
+        several = len(regions) > 1
         problems: list[FileProblem] = []
+        placements: list[PlacementRecord] = []
+        report = ReadReport()
         try:
-            manifest, _signer = self._load_manifest(version)
+            manifest, _signer = self._load_manifest(version, report)
             expected = {(f.path, f.size, f.digest) for f in manifest.files}
             recorded = {(f.path, f.size, f.digest) for f in version.files}
             if expected != recorded:
                 problems.append(FileProblem("manifest", "catalog and manifest list other files"))
-            self.store.check_slot(MANIFEST, version.digest, what=f"manifest of {version.ref}")
         except RegistryError as error:
             problems.append(FileProblem("manifest", str(error)))
+        objects: list[tuple[str, str, int | None, str, str]] = [
+            (MANIFEST, version.digest, None, f"manifest of {version.ref}", "manifest")
+        ]
+        objects += [(BLOB, f.digest, f.size, f.path, f.path) for f in version.files]
         checked = 0
         progress.begin("verifying", version.total_size if read_data else version.file_count)
-        for entry in version.files:
+        for kind, digest, size, what, path in objects:
+            _trusted, checksum = self._placed(kind, digest) if several else (frozenset(), None)
+            for region in regions:
+                try:
+                    if size is not None:
+                        region.store.read_header(kind, digest, size=size, what=what)
+                    # The store's own key slot (what a catalog rebuild relies on) must exist
+                    # and open the object, whatever the catalog's copy says.
+                    region.store.check_slot(kind, digest, what=what)
+                    if read_data and several:
+                        outcome = self.replicas.check(
+                            region,
+                            kind,
+                            digest,
+                            known=self.catalog.key_slots(digest, kind),
+                            checksum=checksum,
+                            what=what,
+                        )
+                        placements.append(
+                            PlacementRecord(
+                                digest,
+                                kind,
+                                region.name,
+                                region.store.object_name(kind, digest),
+                                outcome.state,
+                                outcome.checksum,
+                                outcome.detail,
+                            )
+                        )
+                        if outcome.state != VERIFIED:
+                            problems.append(FileProblem(path, f"{region.name}: {outcome.detail}"))
+                except RegistryError as error:
+                    problems.append(
+                        FileProblem(path, f"{region.name}: {error}" if several else str(error))
+                    )
+                    if isinstance(error, IntegrityError):
+                        placements.append(
+                            PlacementRecord(
+                                digest,
+                                kind,
+                                region.name,
+                                region.store.object_name(kind, digest),
+                                BAD,
+                                None,
+                                str(error),
+                            )
+                        )
+            if kind != BLOB or size is None:
+                continue
             try:
-                self.store.read_header(BLOB, entry.digest, size=entry.size, what=entry.path)
-                # The store's own key slot (what a catalog rebuild relies on) must exist and
-                # open the object, whatever the catalog's copy says.
-                self.store.check_slot(BLOB, entry.digest, what=entry.path)
                 if read_data:
-                    slot = self._slot(BLOB, entry.digest, what=entry.path)
-                    for chunk in self.store.open(
-                        BLOB, entry.digest, slot, size=entry.size, what=entry.path
+                    for chunk in self.replicas.open(
+                        BLOB,
+                        digest,
+                        known=self.catalog.key_slots(digest, BLOB),
+                        size=size,
+                        what=what,
+                        report=report,
+                        chunks_per_read=self._chunks_per_read,
                     ):
                         progress.advance(len(chunk))
-                    checked += entry.size
+                    checked += size
                 else:
                     progress.advance(1)
             except RegistryError as error:
-                problems.append(FileProblem(entry.path, str(error)))
+                problems.append(FileProblem(path, str(error)))
         progress.end()
-        report = VerifyReport(version, read_data, len(version.files), checked, tuple(problems))
+        if several:
+            # Read from another region instead: the file is fine, its copy there is not.
+            paths = {digest: path for _kind, digest, _size, _what, path in objects}
+            for (_kind, digest, region_name), detail in sorted(report.bad.items()):
+                problems.append(FileProblem(paths.get(digest, digest), f"{region_name}: {detail}"))
+        self._record_bad_copies(report)
+        if placements:
+            self.catalog.record_placements(placements)
+        result = VerifyReport(version, read_data, len(version.files), checked, tuple(problems))
         self.catalog.audit(
             self.actor,
             "verify",
@@ -641,12 +915,12 @@ class Registry:
             {
                 "version": version.number,
                 "read_data": read_data,
-                "ok": report.ok,
+                "ok": result.ok,
                 "problems": [p.path for p in problems],
                 "key_unwraps": self.unwraps - unwraps_before,
             },
         )
-        return report
+        return result
 
     # -- signers ---------------------------------------------------------------------------
 
@@ -697,7 +971,8 @@ class Registry:
         text = render_config(
             registry_id=str(config["registry_id"]),
             catalog_url=str(config["catalog"]["url"]),
-            store=self.settings.store,
+            regions=self.settings.regions,
+            write_quorum=self.settings.write_quorum,
             chunk_size=int(config["store"].get("chunk_size", self.settings.chunk_size)),
             kek_file=keys.get("kek_file"),
             naming_key_file=str(keys["naming_key_file"]),
@@ -706,24 +981,61 @@ class Registry:
                 (str(s["name"]), str(s["public_key"])) for s in config.get("trusted_signers", [])
             ],
             workers=int(config.get("workers", 0)),
-            kms=self.settings.kms,
         )
         _write_atomically(home / CONFIG_FILE, text)
         self.settings = load_settings(home)
 
 
-def _key_provider(settings: Settings) -> KeyProvider:
-    if settings.kms is None:
-        assert settings.kek_file is not None
-        return LocalKeyProvider.from_file(settings.kek_file)
+def _key_provider(kms: KmsSettings | None, local: LocalKeyProvider | None) -> KeyProvider:
+    """A region's key provider: its KMS key, else the registry's local key file."""
+    if kms is None:
+        if local is None:
+            raise ConfigurationError("a region without a KMS key needs keys.kek_file")
+        return local
     from registry.crypto.kms import KmsKeyProvider
 
     return KmsKeyProvider(
-        settings.kms.key,
-        region=settings.kms.region,
-        endpoint_url=settings.kms.endpoint_url,
-        profile=settings.kms.profile,
+        kms.key, region=kms.region, endpoint_url=kms.endpoint_url, profile=kms.profile
     )
+
+
+def _bad_copies(report: ReadReport) -> list[str]:
+    """ "region: kind digest: detail" for every copy a read had to route around."""
+    return [
+        f"{region}: {kind} {digest[:19]}: {detail}"
+        for (kind, digest, region), detail in sorted(report.bad.items())
+    ]
+
+
+def _require_quorum(results: Sequence[Replicated], quorum: int, names: Sequence[str]) -> None:
+    """Refuse the push (nothing committed) unless every object has `quorum` verified copies."""
+    short = [
+        (name, result)
+        for name, result in zip(names, results, strict=True)
+        if len(result.verified) < quorum
+    ]
+    if not short:
+        return
+    name, result = short[0]
+    problems = "; ".join(
+        f"{o.region}: {o.state}{f' ({o.detail})' if o.detail else ''}"
+        for o in result.outcomes
+        if o.state != VERIFIED
+    )
+    raise StorageError(
+        f"{name}: {len(result.verified)} of the {quorum} regions needed hold a verified copy "
+        f"({problems}); nothing was committed",
+        hint="check `model-registry regions status`, then push again (stored data is reused), "
+        "or lower the quorum with --write-quorum",
+    )
+
+
+def _placements(results: Sequence[Replicated]) -> list[PlacementRecord]:
+    return [
+        PlacementRecord(r.digest, r.kind, o.region, r.object_name, o.state, o.checksum, o.detail)
+        for r in results
+        for o in r.outcomes
+    ]
 
 
 def _check_text(what: str, text: str, *, limit: int) -> None:

@@ -138,3 +138,32 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(256))
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
+
+
+class Placement(Base):
+    """One object's copy in one region: `pending` (to be written or checked), `verified` (read
+    back, its ciphertext checksum matched) or `bad` (missing, damaged or unreadable; queued for
+    repair). The only mutable rows of the catalog besides holds: they track the stores' state."""
+
+    __tablename__ = "placements"
+    __table_args__ = (Index("ix_placements_region_state", "region", "state"),)
+
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16), primary_key=True)
+    region: Mapped[str] = mapped_column(String(32), primary_key=True)
+    object_name: Mapped[str] = mapped_column(String(512))
+    state: Mapped[str] = mapped_column(String(16))
+    checksum: Mapped[str | None] = mapped_column(DIGEST, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LegalHold(Base):
+    """A version under legal hold: none of its objects may be deleted while it lasts."""
+
+    __tablename__ = "legal_holds"
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    placed_by: Mapped[str] = mapped_column(String(256))
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -24,7 +24,9 @@ from registry.catalog.models import (
     AuditEvent,
     Blob,
     KeySlot,
+    LegalHold,
     Model,
+    Placement,
     Version,
     VersionFile,
     utcnow,
@@ -92,14 +94,58 @@ class BlobRecord:
 
 @dataclass(frozen=True)
 class NewBlob:
-    """A blob a push stored (or found stored) and the key slot that opens it."""
+    """A blob a push stored (or found stored) and the key slots that open it (one per
+    key-encryption key of the regions)."""
 
     digest: str
     size: int
     object_name: str
     sealed_size: int
     chunk_size: int
-    slot: WrappedKey
+    slots: Sequence[WrappedKey]
+
+
+PENDING = "pending"
+VERIFIED = "verified"
+BAD = "bad"
+PLACEMENT_STATES = (PENDING, VERIFIED, BAD)
+
+
+@dataclass(frozen=True)
+class PlacementRecord:
+    """An object's copy in one region and what is known of it."""
+
+    digest: str
+    purpose: str
+    region: str
+    object_name: str
+    state: str
+    checksum: str | None = None
+    detail: str = ""
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object the catalog's versions reference: a blob or a manifest."""
+
+    digest: str
+    purpose: str
+    object_name: str
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    name: str
+    number: int
+    digest: str
+    reason: str
+    placed_by: str
+    placed_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.number}"
 
 
 @dataclass(frozen=True)
@@ -107,7 +153,7 @@ class NewVersion:
     name: str
     digest: str
     manifest_object: str
-    manifest_slot: WrappedKey
+    manifest_slots: Sequence[WrappedKey]
     message: str
     actor: str
     signed_by: str
@@ -117,6 +163,7 @@ class NewVersion:
     dtypes: Sequence[str]
     files: Sequence[FileRecord]
     blobs: Sequence[NewBlob]
+    placements: Sequence[PlacementRecord] = ()
 
 
 @dataclass(frozen=True)
@@ -281,6 +328,14 @@ class Catalog:
             row = session.get(KeySlot, (digest, purpose, kek_id))
             return None if row is None else WrappedKey(row.provider, row.kek_id, row.wrapped)
 
+    def key_slots(self, digest: str, purpose: str) -> list[WrappedKey]:
+        """Every recorded slot of an object (one per key-encryption key)."""
+        with self._read() as session:
+            rows = session.scalars(
+                select(KeySlot).where(KeySlot.digest == digest, KeySlot.purpose == purpose)
+            ).all()
+            return [WrappedKey(row.provider, row.kek_id, row.wrapped) for row in rows]
+
     def key_slot_owners(self, digest: str, purpose: str) -> list[str]:
         """The key-encryption key ids that hold a slot for this object."""
         with self._read() as session:
@@ -349,6 +404,12 @@ class Catalog:
                 .options(selectinload(Version.files), selectinload(Version.model))
             )
             if existing is not None:
+                # A re-push repairs: its placements and slots are what the stores hold now.
+                for placement in new.placements:
+                    _upsert_placement(session, placement, now)
+                slots = [(b.digest, "blob", slot) for b in new.blobs for slot in b.slots]
+                slots += [(new.digest, "manifest", slot) for slot in new.manifest_slots]
+                _add_slots(session, slots, now)
                 return _version_record(existing), False
             for blob in new.blobs:
                 if session.get(Blob, blob.digest) is None:
@@ -362,20 +423,11 @@ class Catalog:
                             created_at=now,
                         )
                     )
-            slots = [(b.digest, "blob", b.slot) for b in new.blobs]
-            slots.append((new.digest, "manifest", new.manifest_slot))
-            for digest, purpose, slot in slots:
-                if session.get(KeySlot, (digest, purpose, slot.kek_id)) is None:
-                    session.add(
-                        KeySlot(
-                            digest=digest,
-                            purpose=purpose,
-                            kek_id=slot.kek_id,
-                            provider=slot.provider,
-                            wrapped=slot.ciphertext,
-                            created_at=now,
-                        )
-                    )
+            slots = [(b.digest, "blob", slot) for b in new.blobs for slot in b.slots]
+            slots += [(new.digest, "manifest", slot) for slot in new.manifest_slots]
+            _add_slots(session, slots, now)
+            for placement in new.placements:
+                _upsert_placement(session, placement, now)
             session.flush()
             number = (
                 session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
@@ -429,3 +481,213 @@ class Catalog:
             return _version_record(version), True
 
         return self._retrying(work, what=f"push {new.name}")
+
+    # -- placements ------------------------------------------------------------------------
+
+    def record_placements(self, placements: Sequence[PlacementRecord]) -> None:
+        """Insert or update the state of object copies (one transaction)."""
+        if not placements:
+            return
+
+        def work(session: Session) -> None:
+            now = utcnow()
+            for placement in placements:
+                _upsert_placement(session, placement, now)
+
+        self._retrying(work, what="record placements")
+
+    def add_key_slots(self, slots: Sequence[tuple[str, str, WrappedKey]]) -> None:
+        """Record key slots (digest, purpose, slot) that are not recorded yet."""
+
+        def work(session: Session) -> None:
+            _add_slots(session, slots, utcnow())
+
+        self._retrying(work, what="record key slots")
+
+    def placements(
+        self, *, digest: str | None = None, region: str | None = None
+    ) -> list[PlacementRecord]:
+        with self._read() as session:
+            query = select(Placement)
+            if digest is not None:
+                query = query.where(Placement.digest == digest)
+            if region is not None:
+                query = query.where(Placement.region == region)
+            return [_placement_record(row) for row in session.scalars(query)]
+
+    def placement_counts(self) -> dict[str, dict[str, int]]:
+        """region -> state -> number of objects."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Placement.region, Placement.state, func.count()).group_by(
+                    Placement.region, Placement.state
+                )
+            ).all()
+        counts: dict[str, dict[str, int]] = {}
+        for region, state, count in rows:
+            counts.setdefault(region, {})[state] = int(count)
+        return counts
+
+    def stored_objects(self) -> list[StoredObject]:
+        """Every object a version references: its blobs and its manifest."""
+        with self._read() as session:
+            blobs = session.execute(
+                select(Blob.digest, Blob.object_name).where(
+                    Blob.digest.in_(select(VersionFile.digest))
+                )
+            ).all()
+            manifests = session.execute(select(Version.digest, Version.manifest_object)).all()
+        found = {StoredObject(d, "blob", name) for d, name in blobs}
+        found |= {StoredObject(d, "manifest", name) for d, name in manifests}
+        return sorted(found, key=lambda o: (o.purpose, o.digest))
+
+    # -- legal holds -----------------------------------------------------------------------
+
+    def set_hold(self, ref: Reference, *, reason: str, actor: str) -> tuple[HoldRecord, bool]:
+        """Place a legal hold on a version; (hold, created) — an existing hold is kept as is."""
+
+        record = self.resolve(ref)
+
+        def work(session: Session) -> tuple[HoldRecord, bool]:
+            version = _version_row(session, record)
+            hold = session.get(LegalHold, version.id)
+            if hold is not None:
+                return _hold_record(version, hold), False
+            hold = LegalHold(
+                version_id=version.id, reason=reason, placed_by=actor, placed_at=utcnow()
+            )
+            session.add(hold)
+            session.add(
+                AuditEvent(
+                    at=hold.placed_at,
+                    actor=actor,
+                    action="hold",
+                    subject=version.model.name,
+                    details=_details({"version": version.number, "reason": reason}),
+                )
+            )
+            session.flush()
+            return _hold_record(version, hold), True
+
+        return self._retrying(work, what=f"hold {ref}")
+
+    def release_hold(self, ref: Reference, *, reason: str, actor: str) -> HoldRecord:
+        target = self.resolve(ref)
+
+        def work(session: Session) -> HoldRecord:
+            version = _version_row(session, target)
+            hold = session.get(LegalHold, version.id)
+            if hold is None:
+                raise NotFoundError(f"{version.model.name}@{version.number} is not under hold")
+            record = _hold_record(version, hold)
+            session.delete(hold)
+            session.add(
+                AuditEvent(
+                    at=utcnow(),
+                    actor=actor,
+                    action="release-hold",
+                    subject=version.model.name,
+                    details=_details({"version": version.number, "reason": reason}),
+                )
+            )
+            return record
+
+        return self._retrying(work, what=f"release hold on {ref}")
+
+    def holds(self) -> list[HoldRecord]:
+        with self._read() as session:
+            rows = session.execute(
+                select(Version, LegalHold)
+                .join(LegalHold, LegalHold.version_id == Version.id)
+                .options(selectinload(Version.model))
+            ).all()
+            return sorted((_hold_record(v, h) for v, h in rows), key=lambda h: (h.name, h.number))
+
+    def held_objects(self) -> set[tuple[str, str]]:
+        """(digest, purpose) of every object of a version under hold."""
+        with self._read() as session:
+            held = select(LegalHold.version_id)
+            blobs = session.scalars(
+                select(VersionFile.digest).where(VersionFile.version_id.in_(held))
+            ).all()
+            manifests = session.scalars(select(Version.digest).where(Version.id.in_(held))).all()
+        return {(d, "blob") for d in blobs} | {(d, "manifest") for d in manifests}
+
+
+def _version_row(session: Session, record: VersionRecord) -> Version:
+    version = session.scalar(
+        select(Version)
+        .join(Model)
+        .where(Model.name == record.name, Version.number == record.number)
+        .options(selectinload(Version.model))
+    )
+    if version is None:
+        raise NotFoundError(f"{record.ref} does not exist")
+    return version
+
+
+def _add_slots(
+    session: Session, slots: Sequence[tuple[str, str, WrappedKey]], now: datetime
+) -> None:
+    for digest, purpose, slot in slots:
+        if session.get(KeySlot, (digest, purpose, slot.kek_id)) is None:
+            session.add(
+                KeySlot(
+                    digest=digest,
+                    purpose=purpose,
+                    kek_id=slot.kek_id,
+                    provider=slot.provider,
+                    wrapped=slot.ciphertext,
+                    created_at=now,
+                )
+            )
+            session.flush()
+
+
+def _upsert_placement(session: Session, placement: PlacementRecord, now: datetime) -> None:
+    key = (placement.digest, placement.purpose, placement.region)
+    row = session.get(Placement, key)
+    if row is None:
+        session.add(
+            Placement(
+                digest=placement.digest,
+                purpose=placement.purpose,
+                region=placement.region,
+                object_name=placement.object_name,
+                state=placement.state,
+                checksum=placement.checksum,
+                detail=placement.detail[:4000],
+                updated_at=now,
+            )
+        )
+        session.flush()
+        return
+    row.object_name = placement.object_name
+    row.state = placement.state
+    row.checksum = placement.checksum or row.checksum
+    row.detail = placement.detail[:4000]
+    row.updated_at = now
+
+
+def _placement_record(row: Placement) -> PlacementRecord:
+    return PlacementRecord(
+        row.digest,
+        row.purpose,
+        row.region,
+        row.object_name,
+        row.state,
+        row.checksum,
+        row.detail,
+        row.updated_at,
+    )
+
+
+def _hold_record(version: Version, hold: LegalHold) -> HoldRecord:
+    return HoldRecord(
+        version.model.name,
+        version.number,
+        version.digest,
+        hold.reason,
+        hold.placed_by,
+        hold.placed_at,
+    )

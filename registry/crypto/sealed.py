@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from registry.digest import Hasher, digest_bytes
 from registry.errors import IntegrityError, InvalidInputError
 
+T = TypeVar("T")
 MAGIC = b"MRSB"
 FORMAT_VERSION = 1
 CIPHER_AES256_GCM_HKDF_SHA256 = 1
@@ -372,6 +373,7 @@ def unseal(
     chunks_per_read: int = 4,
     verify_digest: bool = True,
     what: str = "blob",
+    on_damage: Callable[[int, IntegrityError], bool] | None = None,
 ) -> Iterator[memoryview]:
     """Yield the authenticated plaintext chunks of a sealed object, in order.
 
@@ -383,21 +385,43 @@ def unseal(
     parallel). Hashing runs in the calling thread. Every yielded chunk is authenticated and valid
     until the next is requested; the last chunk is withheld until the whole plaintext matched its
     digest (else `IntegrityError`), so a caller must not publish anything before the end.
+
+    `on_damage(offset, error)`, when given, is told of a range starting at sealed `offset` that
+    was truncated or failed authentication; when it returns True the range is read again (the
+    read functions now serve it from another replica), else the error is raised.
     """
-    opener = Opener(data_key, digest, read_range(0, HEADER_SIZE), what=what)
+
+    def retrying(offset: int, attempt: Callable[[], T]) -> T:
+        while True:
+            try:
+                return attempt()
+            except IntegrityError as error:
+                if on_damage is None or not on_damage(offset, error):
+                    raise
+
+    def open_header() -> Opener:
+        opener = Opener(data_key, digest, read_range(0, HEADER_SIZE), what=what)
+        size = opener.header.plaintext_size
+        if expected_size is not None and size != expected_size:
+            raise IntegrityError(
+                f"{what}: header says {size} bytes, catalog says {expected_size}", path=what
+            )
+        return opener
+
+    opener = retrying(0, open_header)
     header = opener.header
-    if expected_size is not None and header.plaintext_size != expected_size:
-        raise IntegrityError(
-            f"{what}: header says {header.plaintext_size} bytes, catalog says {expected_size}",
-            path=what,
-        )
     count = header.chunk_count
     # Every chunk authenticates the whole header (it is the associated data). Opening chunk 0
     # before sizing any buffer means a forged chunk size or plaintext size is refused before it
     # can make this reader allocate anything large.
     offset, length = header.chunk_range(0, 0)
-    probe = read_range(offset, length)
-    opener.open_chunk(0, probe, bytearray(len(probe) - TAG_SIZE if len(probe) >= TAG_SIZE else 0))
+
+    def open_probe() -> None:
+        probe = read_range(offset, length)
+        size = len(probe) - TAG_SIZE if len(probe) >= TAG_SIZE else 0
+        opener.open_chunk(0, probe, bytearray(size))
+
+    retrying(offset, open_probe)
     step = max(1, min(chunks_per_read, count))
     groups = ((first, min(first + step, count) - 1) for first in range(0, count, step))
     in_flight = workers + 1
@@ -409,6 +433,11 @@ def unseal(
     )
 
     def fetch_and_open(first: int, last: int) -> list[memoryview]:
+        return retrying(
+            header.chunk_range(first, last)[0], lambda: fetch_and_open_once(first, last)
+        )
+
+    def fetch_and_open_once(first: int, last: int) -> list[memoryview]:
         offset, length = header.chunk_range(first, last)
         # One byte more on the tail read reveals trailing garbage appended to the object.
         wanted = length + 1 if last == count - 1 else length

@@ -65,7 +65,8 @@ class Driver(ABC):
 
     Contracts, per method, that every implementation keeps (and the conformance suite checks):
     names are validated with `validate_object_name` before any I/O; a failed or interrupted write
-    leaves no object visible under its name; an object, once visible, never changes.
+    leaves no object visible under its name; an object, once visible, changes only through
+    `replace` (repair of a damaged copy).
     """
 
     capabilities = Capabilities()
@@ -78,6 +79,16 @@ class Driver(ABC):
         content is left untouched). The object becomes visible atomically, complete and durable
         (fsync or the store's own guarantee) or not at all: if `chunks` raises, the exception
         propagates and nothing is stored. Concurrent calls for one name: exactly one returns True.
+        """
+
+    @abstractmethod
+    def replace(self, name: str, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Store the concatenation of `chunks` under `name`, whether or not it exists: the one
+        way to change an object, kept for repairing a damaged copy from a good replica.
+
+        Atomic and durable like `put_if_absent`: readers see the old object or the new one, and
+        if `chunks` raises nothing changes. A versioned store keeps the old version (and its
+        lock) and makes the new one the object.
         """
 
     @abstractmethod

@@ -151,11 +151,16 @@ def store_from_config(section: dict[str, Any], *, resolve: Any) -> StoreSpec:
 
 def store_config_lines(spec: StoreSpec, *, chunk_size: int) -> list[str]:
     """The `[store]` section of config.toml for `spec`."""
+    return ["[store]", *store_lines(spec), f"chunk_size = {chunk_size}"]
+
+
+def store_lines(spec: StoreSpec) -> list[str]:
+    """The TOML settings (`key = value` lines) that describe where `spec` lives."""
 
     def quoted(value: str) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    lines = ["[store]"]
+    lines: list[str] = []
     if spec.path is not None:
         lines += ['driver = "local"', f"path = {quoted(str(spec.path))}"]
     else:
@@ -173,11 +178,11 @@ def store_config_lines(spec: StoreSpec, *, chunk_size: int) -> list[str]:
             f"lock_mode = {quoted(spec.lock_mode)}",
             f"minimum_retention_days = {spec.retention_days}",
         ]
-    lines.append(f"chunk_size = {chunk_size}")
     return lines
 
 
-def open_driver(spec: StoreSpec, *, parallelism: int = 4) -> Driver:
+def open_driver(spec: StoreSpec, *, parallelism: int = 4, fail_fast: bool = False) -> Driver:
+    """The driver of a store; `fail_fast` when other regions can serve what this one cannot."""
     if spec.path is not None:
         return LocalDriver(spec.path)
     assert spec.s3 is not None
@@ -186,6 +191,7 @@ def open_driver(spec: StoreSpec, *, parallelism: int = 4) -> Driver:
         parallelism=parallelism,
         lock_mode=spec.lock_mode,
         minimum_retention=timedelta(days=spec.retention_days),
+        fail_fast=fail_fast,
     )
 
 

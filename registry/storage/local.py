@@ -126,6 +126,38 @@ class LocalDriver(Driver):
         # that is already stored, which is the common case for a content-addressed store.
         if self.stat(name) is not None:
             return False
+        with self._written(name, chunks) as tmp:
+            try:
+                return self._publish(name, tmp, path)
+            except StorageError:
+                raise
+            except OSError as exc:
+                raise StorageError(f"object {name!r}: cannot publish {path}: {exc}") from exc
+
+    def replace(self, name: str, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        path = self._path(name)
+        with self._written(name, chunks) as tmp:
+            try:
+                self._ensure_parents(path)
+                if path.is_dir() and not path.is_symlink():
+                    raise StorageError(f"object {name!r}: {path} is a directory")
+                os.replace(tmp, path)
+                _fsync_dir(path.parent)
+            except NotADirectoryError:
+                raise StorageError(
+                    f"object {name!r}: a parent of {path} is an object, not a directory"
+                ) from None
+            except StorageError:
+                raise
+            except OSError as exc:
+                raise StorageError(f"object {name!r}: cannot replace {path}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _written(
+        self, name: str, chunks: Iterable[bytes | bytearray | memoryview]
+    ) -> Iterator[Path]:
+        """A complete, fsynced, read-only temp file holding `chunks`, removed afterwards unless
+        the caller moved it into place."""
         self._ensure_layout()
         try:
             fd, tmp = self._open_temp()
@@ -146,12 +178,7 @@ class LocalDriver(Driver):
                     raise StorageError(f"object {name!r}: cannot fsync {tmp}: {exc}") from exc
             finally:
                 os.close(fd)
-            try:
-                return self._publish(name, tmp, path)
-            except StorageError:
-                raise
-            except OSError as exc:
-                raise StorageError(f"object {name!r}: cannot publish {path}: {exc}") from exc
+            yield tmp
         finally:
             # Best effort: a leftover temp file is harmless (remove_stale_temp_files collects
             # it) and must not mask the caller's outcome, success or the original error.

@@ -42,6 +42,12 @@ class MemoryDriver(Driver):
             self._objects[name] = (data, datetime.now(UTC))
             return True
 
+    def replace(self, name: str, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        validate_object_name(name)
+        data = b"".join(chunks)
+        with self._lock:
+            self._objects[name] = (data, datetime.now(UTC))
+
     def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         validate_object_name(name)
         if offset < 0:

@@ -77,18 +77,21 @@ def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def make_client(location: S3Location, *, parallelism: int) -> Any:
-    """A boto3 S3 client whose connection pool fits `parallelism` concurrent requests."""
+def make_client(location: S3Location, *, parallelism: int, fail_fast: bool = False) -> Any:
+    """A boto3 S3 client whose connection pool fits `parallelism` concurrent requests.
+
+    `fail_fast` (a store with replicas elsewhere) gives up on an unreachable endpoint within
+    seconds, so that reads fail over to another region instead of waiting out long retries."""
     try:
         session = boto3.session.Session(profile_name=location.profile, region_name=location.region)
         return session.client(
             "s3",
             endpoint_url=location.endpoint_url,
             config=Config(
-                retries={"mode": "standard", "max_attempts": 6},
+                retries={"mode": "standard", "max_attempts": 2 if fail_fast else 6},
                 max_pool_connections=max(10, 2 * parallelism),
-                connect_timeout=10,
-                read_timeout=60,
+                connect_timeout=3 if fail_fast else 10,
+                read_timeout=30 if fail_fast else 60,
             ),
         )
     except (BotoCoreError, ValueError) as error:
@@ -112,6 +115,7 @@ class S3Driver(Driver, ObjectLock):
         parallelism: int = 4,
         lock_mode: str = COMPLIANCE,
         minimum_retention: timedelta | None = None,
+        fail_fast: bool = False,
     ) -> None:
         """`minimum_retention` (e.g. 30 days) locks every object written for at least that long
         in `lock_mode`; None writes objects unlocked unless a `lock` is passed per write."""
@@ -130,7 +134,9 @@ class S3Driver(Driver, ObjectLock):
         self.location = location
         self.part_size = part_size
         self.parallelism = max(1, parallelism)
-        self._client = client or make_client(location, parallelism=self.parallelism)
+        self._client = client or make_client(
+            location, parallelism=self.parallelism, fail_fast=fail_fast
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -206,20 +212,8 @@ class S3Driver(Driver, ObjectLock):
         key = self._key(name)
         if self.stat(name) is not None:
             return False
-        parts = _parts(chunks, self.part_size)
-        first = next(parts)
-        second = next(parts, None)
         try:
-            if second is None:
-                response = self._client.put_object(
-                    Bucket=self.location.bucket,
-                    Key=key,
-                    Body=bytes(first),
-                    IfNoneMatch="*",
-                    ChecksumAlgorithm=CHECKSUM,
-                )
-            else:
-                response = self._multipart(key, first, second, parts)
+            response = self._upload(key, chunks, write_once=True)
         except ClientError as error:
             if _code(error) in ("PreconditionFailed", "412") or _status(error) == 412:
                 return self._lost(name)
@@ -245,6 +239,50 @@ class S3Driver(Driver, ObjectLock):
             self.extend_retention(name, wanted, version_id=response.get("VersionId"))
         return True
 
+    def replace(
+        self,
+        name: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        *,
+        lock: Retention | None = None,
+    ) -> None:
+        """See `Driver.replace`: a new version becomes the object; the old one keeps its lock
+        (and its legal hold) until it expires. The new version gets the lock a fresh write
+        would, at least as long as the old one's."""
+        key = self._key(name)
+        wanted = self._with_minimum(lock)
+        try:
+            previous, _held = self._lock_state(name, key, None)
+        except NotFoundError:
+            previous = None
+        if previous is not None and previous.active():
+            wanted = previous if wanted is None else _stronger(wanted, previous)
+        try:
+            response = self._upload(key, chunks, write_once=False)
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("upload of", name, error) from error
+        if wanted is not None:
+            self.extend_retention(name, wanted, version_id=response.get("VersionId"))
+
+    def _upload(
+        self, key: str, chunks: Iterable[bytes | bytearray | memoryview], *, write_once: bool
+    ) -> dict[str, Any]:
+        """One PutObject, or a multipart upload when there is more than one part."""
+        parts = _parts(chunks, self.part_size)
+        first = next(parts)
+        second = next(parts, None)
+        if second is not None:
+            return self._multipart(key, first, second, parts, write_once=write_once)
+        condition = {"IfNoneMatch": "*"} if write_once else {}
+        response: dict[str, Any] = self._client.put_object(
+            Bucket=self.location.bucket,
+            Key=key,
+            Body=bytes(first),
+            ChecksumAlgorithm=CHECKSUM,
+            **condition,
+        )
+        return response
+
     def _lost(self, name: str) -> bool:
         """The name was already written (by another writer, or by this call's own first attempt
         whose response was lost and whose retry was refused): the object still gets the lock a
@@ -263,10 +301,7 @@ class S3Driver(Driver, ObjectLock):
         floor = self.minimum_lock()
         if floor is None:
             return lock
-        if lock is None:
-            return floor
-        mode = COMPLIANCE if COMPLIANCE in (lock.mode, floor.mode) else lock.mode
-        return Retention(mode, max(lock.until, floor.until))
+        return floor if lock is None else _stronger(lock, floor)
 
     # -- object lock ---------------------------------------------------------------------------
 
@@ -298,7 +333,7 @@ class S3Driver(Driver, ObjectLock):
     def extend_retention(
         self, name: str, retention: Retention, *, version_id: str | None = None
     ) -> Retention:
-        """Lock the object (the given version, else the first live version: the object)."""
+        """Lock the object (the given version, else the newest live version: the object)."""
         version = version_id or self._object_version(name)
         pin = {"VersionId": version} if version and version != "null" else {}
         applied = check_change(
@@ -346,14 +381,15 @@ class S3Driver(Driver, ObjectLock):
             )
 
     def _object_version(self, name: str) -> str | None:
-        """The version that is the object: the first live one (None on unversioned buckets)."""
+        """The version that is the object: the newest live one, which is what a read returns
+        (a repair's replacement; None on unversioned buckets)."""
         try:
             versions = self._versions(self._key(name))
         except (ClientError, BotoCoreError) as error:
             raise self._fail("listing versions of", name, error) from error
         if not versions:
             raise NotFoundError(f"object {name!r} not found")
-        version = versions[0].get("VersionId")
+        version = versions[-1].get("VersionId")
         return None if version in (None, "null") else str(version)
 
     def _won(self, key: str, version_id: str | None) -> bool:
@@ -371,7 +407,7 @@ class S3Driver(Driver, ObjectLock):
         return False
 
     def _multipart(
-        self, key: str, first: bytes, second: bytes, rest: Iterator[bytes]
+        self, key: str, first: bytes, second: bytes, rest: Iterator[bytes], *, write_once: bool
     ) -> dict[str, Any]:
         bucket = self.location.bucket
         upload = self._client.create_multipart_upload(
@@ -410,7 +446,7 @@ class S3Driver(Driver, ObjectLock):
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": completed},
-                IfNoneMatch="*",
+                **({"IfNoneMatch": "*"} if write_once else {}),
             )
             return response
         except BaseException:
@@ -506,6 +542,11 @@ class S3Driver(Driver, ObjectLock):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _stronger(first: Retention, second: Retention) -> Retention:
+    mode = COMPLIANCE if COMPLIANCE in (first.mode, second.mode) else GOVERNANCE
+    return Retention(mode, max(first.until, second.until))
 
 
 def _seconds(moment: datetime) -> datetime:

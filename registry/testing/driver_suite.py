@@ -240,6 +240,47 @@ class DriverConformance:
         assert driver.stat("fail/early") is None
         assert names(driver) == []
 
+    # -- replace (repair) ----------------------------------------------------------------------
+
+    def test_replace_changes_the_object(self, driver: Driver) -> None:
+        put(driver, "fix/name", b"damaged content")
+        driver.replace("fix/name", iter([b"good ", b"content, longer"]))
+        assert read(driver, "fix/name") == b"good content, longer"
+        info = driver.stat("fix/name")
+        assert info is not None
+        assert info.size == len(b"good content, longer")
+        assert names(driver) == ["fix/name"]
+        # Replaced, the name is still write-once for put_if_absent.
+        assert put(driver, "fix/name", b"other") is False
+        assert read(driver, "fix/name") == b"good content, longer"
+
+    def test_replace_creates_a_missing_object(self, driver: Driver) -> None:
+        driver.replace("fix/new", iter([b"restored"]))
+        assert read(driver, "fix/new") == b"restored"
+
+    def test_failed_replace_keeps_the_old_object(self, driver: Driver) -> None:
+        put(driver, "fix/keep", b"old content")
+
+        def failing() -> Iterator[bytes]:
+            yield b"x" * 100_000
+            raise ChunkError("source went away")
+
+        with pytest.raises(ChunkError):
+            driver.replace("fix/keep", failing())
+        assert read(driver, "fix/keep") == b"old content"
+        assert names(driver) == ["fix/keep"]
+
+    def test_replace_refuses_invalid_names_before_reading(self, driver: Driver) -> None:
+        consumed: list[bool] = []
+
+        def chunks() -> Iterable[bytes]:
+            consumed.append(True)
+            yield b"data"
+
+        with pytest.raises(InvalidInputError):
+            driver.replace("../escape", chunks())
+        assert consumed == []
+
     # -- ranged reads -------------------------------------------------------------------------
 
     @pytest.mark.parametrize(("offset", "length"), RANGE_CASES)

@@ -1,0 +1,870 @@
+"""Copies of the store in several regions: written together, read back, read with fail-over,
+and repaired from a good copy. One `BlobStore` per region (its driver and its key provider).
+
+Every region holds byte-identical ciphertext of an object: it is sealed once and the same bytes go
+to every region, and a region that lacks an object (or holds a damaged one) gets a copy of another
+region's bytes, authenticated chunk by chunk on the way. One data key therefore opens every copy,
+each region keeps that key wrapped by its own key-encryption key (its KMS key), and a range one
+region cannot serve can be read from the next. A copy counts as verified only after it was read
+back and its ciphertext checksum (BLAKE3 of the stored bytes) matched.
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import blake3
+
+from registry.blobstore import BlobStore
+from registry.crypto import sealed
+from registry.crypto.keys import WrappedKey
+from registry.digest import Hasher
+from registry.errors import (
+    IntegrityError,
+    KeyAccessError,
+    KmsUnreachableError,
+    NotFoundError,
+    RegistryError,
+    StorageError,
+)
+
+VERIFIED = "verified"
+PENDING = "pending"
+BAD = "bad"
+# A region that failed with a network error is skipped by reads for this long, so that a pull
+# pays the time-out of a lost region once, not once per range.
+DOWN_FOR = 60.0
+_RANGE = 8 * 1024 * 1024
+
+Chunks = Iterable[bytes | bytearray | memoryview]
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    store: BlobStore
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one region holds of an object after a write, check or repair."""
+
+    region: str
+    state: str
+    checksum: str | None = None
+    detail: str = ""
+    uploaded: bool = False
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """An object as the regions hold it: the data key's slots and each region's outcome."""
+
+    kind: str
+    digest: str
+    object_name: str
+    header: sealed.SealedHeader | None
+    slots: tuple[WrappedKey, ...]
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def uploaded(self) -> bool:
+        return any(outcome.uploaded for outcome in self.outcomes)
+
+    @property
+    def verified(self) -> list[str]:
+        return [o.region for o in self.outcomes if o.state == VERIFIED]
+
+
+@dataclass
+class ReadReport:
+    """Copies a read found missing, damaged or unreachable (it was served from another)."""
+
+    bad: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, kind: str, digest: str, region: str, detail: str) -> None:
+        with self._lock:
+            self.bad.setdefault((kind, digest, region), detail)
+
+
+class ReplicaSet:
+    """The regions of a registry, in read preference order."""
+
+    def __init__(self, regions: Sequence[Region], *, workers: int = 4) -> None:
+        if not regions:
+            raise ValueError("a replica set needs at least one region")
+        self.regions = tuple(regions)
+        self.workers = workers
+        self._down: dict[str, tuple[float, str]] = {}
+        self._down_lock = threading.Lock()
+
+    @property
+    def primary(self) -> BlobStore:
+        return self.regions[0].store
+
+    def close(self) -> None:
+        for region in self.regions:
+            region.store.driver.close()
+
+    # -- region health -----------------------------------------------------------------------
+
+    def mark_down(self, region: Region, error: Exception) -> None:
+        with self._down_lock:
+            self._down[region.name] = (time.monotonic() + DOWN_FOR, str(error))
+
+    def is_down(self, region: Region) -> bool:
+        with self._down_lock:
+            entry = self._down.get(region.name)
+            if entry is None:
+                return False
+            if entry[0] < time.monotonic():
+                del self._down[region.name]
+                return False
+            return True
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def unwrap_any(
+        self, kind: str, digest: str, *, known: Sequence[WrappedKey], what: str
+    ) -> tuple[bytes, dict[str, WrappedKey]]:
+        """The data key of an object from the first region whose slot opens it (the catalog's
+        copy of the slot first, else the region's own), and the slots seen on the way (by
+        key-encryption key id). A KMS that does not answer moves on to the next region; any
+        other refusal is raised."""
+        by_kek = {slot.kek_id: slot for slot in known}
+        seen: dict[str, WrappedKey] = {}
+        unreachable: list[KeyAccessError] = []
+        for region in self.regions:
+            store = region.store
+            slot = by_kek.get(store.keys.kek_id)
+            if slot is None and not self.is_down(region):
+                try:
+                    slot = store.read_slot(kind, digest, what=what)
+                except StorageError as error:
+                    self.mark_down(region, error)
+            if slot is None:
+                continue
+            seen[slot.kek_id] = slot
+            try:
+                return store.unwrap(kind, digest, slot, what=what), seen
+            except KmsUnreachableError as error:
+                unreachable.append(error)
+        if unreachable:
+            raise unreachable[0]
+        owners = sorted(by_kek)
+        if owners:
+            raise KeyAccessError(
+                f"{what}: its data key is wrapped by {', '.join(owners)}, but the configured "
+                f"keys are {', '.join(sorted({r.store.keys.kek_id for r in self.regions}))} "
+                "(wrong key file)",
+                hint="point keys.kek_file at the key file this registry was created with",
+            )
+        raise IntegrityError(f"{what}: its key slot is missing from the store", path=what)
+
+    def _choose_key(
+        self,
+        kind: str,
+        digest: str,
+        *,
+        known: Sequence[WrappedKey],
+        reachable: Sequence[Region],
+        stored: set[str],
+        what: str,
+    ) -> tuple[bytes, dict[str, WrappedKey]]:
+        """The data key an object is (or will be) sealed with: an existing slot's, or a new
+        one whose slot won the first reachable region (a concurrent push's slot wins there)."""
+        try:
+            return self.unwrap_any(kind, digest, known=known, what=what)
+        except IntegrityError:
+            if stored:
+                raise IntegrityError(
+                    f"{what}: the stored object's key slot is lost; it cannot be decrypted",
+                    hint="restore the slot from a backup of the store or the catalog",
+                    path=what,
+                ) from None
+        context = self.primary.context(kind, digest)
+        errors: list[RegistryError] = []
+        for region in reachable:
+            store = region.store
+            try:
+                data_key, slot = store.keys.generate(context=context)
+                name = store.slot_name(kind, digest, slot.kek_id)
+                if store.driver.put_if_absent(name, [slot.to_json()]):
+                    return data_key, {slot.kek_id: slot}
+                # A concurrent push stored its slot first: its data key is the one that counts.
+                existing = store.read_slot(kind, digest, what=what)
+                if existing is None:
+                    raise StorageError(f"{what}: key slot vanished while it was being written")
+                return store.unwrap(kind, digest, existing, what=what), {existing.kek_id: existing}
+            except (KmsUnreachableError, StorageError) as error:
+                errors.append(error)
+        raise StorageError(
+            f"{what}: no region could store a new key slot ({'; '.join(map(str, errors))})"
+            if errors
+            else f"{what}: no region is reachable",
+            hint="check the regions (`model-registry regions status`)",
+        )
+
+    def _region_slot(
+        self, region: Region, kind: str, digest: str, data_key: bytes, slots: dict[str, WrappedKey]
+    ) -> WrappedKey:
+        """The region's own slot of `data_key`, written when missing; IntegrityError when the
+        region already holds a slot of another data key (a concurrent first push elsewhere)."""
+        store = region.store
+        what = f"{kind} {digest} in {region.name}"
+        existing = store.read_slot(kind, digest, what=what)
+        if existing is None:
+            slot = slots.get(store.keys.kek_id) or store.keys.wrap(
+                data_key, context=store.context(kind, digest)
+            )
+            name = store.slot_name(kind, digest, slot.kek_id)
+            if store.driver.put_if_absent(name, [slot.to_json()]):
+                slots[slot.kek_id] = slot
+                return slot
+            existing = store.read_slot(kind, digest, what=what)
+            if existing is None:
+                raise StorageError(f"{what}: key slot vanished while it was being written")
+        if slots.get(existing.kek_id) != existing:
+            theirs = store.unwrap(kind, digest, existing, what=what)
+            if not hmac.compare_digest(theirs, data_key):
+                raise IntegrityError(f"{what}: its key slot holds another data key", path=what)
+        slots[existing.kek_id] = existing
+        return existing
+
+    def _replace_slot(
+        self, region: Region, kind: str, digest: str, data_key: bytes, slots: dict[str, WrappedKey]
+    ) -> None:
+        """Before a damaged copy is replaced: the region's slot must hold this data key (a
+        region that was sealed with another key by a concurrent first push gets it rewritten)."""
+        store = region.store
+        what = f"{kind} {digest} in {region.name}"
+        try:
+            existing = store.read_slot(kind, digest, what=what)
+            if existing is not None and hmac.compare_digest(
+                store.unwrap(kind, digest, existing, what=what), data_key
+            ):
+                return
+        except IntegrityError:
+            pass  # a damaged slot is replaced like a damaged object
+        slot = slots.get(store.keys.kek_id) or store.keys.wrap(
+            data_key, context=store.context(kind, digest)
+        )
+        store.driver.replace(store.slot_name(kind, digest, slot.kek_id), [slot.to_json()])
+        slots[slot.kek_id] = slot
+
+    # -- write, copy, check ------------------------------------------------------------------
+
+    def replicate(
+        self,
+        kind: str,
+        digest: str,
+        *,
+        what: str,
+        known: Sequence[WrappedKey] = (),
+        seal: Callable[[bytes], Chunks] | None = None,
+        checksum: str | None = None,
+        trusted: frozenset[str] = frozenset(),
+        repair: bool = False,
+        only: frozenset[str] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        size: int = 0,
+    ) -> Replicated:
+        """Bring the object to every region (or those in `only`) and report each one's state.
+
+        `seal(data_key)` yields a new sealed object, used when no region holds one yet (a push);
+        otherwise missing copies are copied from a good one. `checksum` is the ciphertext
+        checksum recorded before; copies in `trusted` regions (verified before) are checked for
+        presence and key only, every other copy is read back. With `repair`, a damaged copy is
+        replaced by a good one (a new version where the store keeps versions). A region that
+        fails gets a `pending` or `bad` outcome; nothing here raises for one region's failure.
+        """
+        regions = [r for r in self.regions if only is None or r.name in only]
+        name = self.primary.object_name(kind, digest)
+        outcomes: dict[str, Outcome] = {}
+        stored: set[str] = set()
+        reachable: list[Region] = []
+        for region, result in zip(
+            regions, self._each(regions, lambda r: r.store.driver.stat(name)), strict=True
+        ):
+            if isinstance(result, Exception):
+                self.mark_down(region, result)
+                outcomes[region.name] = Outcome(
+                    region.name, PENDING, detail=f"unreachable: {result}"
+                )
+                continue
+            reachable.append(region)
+            if result is not None:
+                stored.add(region.name)
+        # Regions outside `only` may hold the copy to start from.
+        for region in self.regions:
+            if region not in regions and not self.is_down(region):
+                try:
+                    if region.store.driver.stat(name) is not None:
+                        stored.add(region.name)
+                except StorageError as error:
+                    self.mark_down(region, error)
+        data_key, slots = self._choose_key(
+            kind, digest, known=known, reachable=reachable, stored=stored, what=what
+        )
+        sources: list[Region] = []
+        targets: list[Region] = []
+        damaged: list[Region] = []
+        for region in reachable:
+            try:
+                self._region_slot(region, kind, digest, data_key, slots)
+                if region.name in stored:
+                    region.store.check_key(kind, digest, data_key, what=what)
+                    region.store.keep_locked(kind, digest)
+                    if region.name in trusted:
+                        outcomes[region.name] = Outcome(region.name, VERIFIED, checksum)
+                    sources.append(region)
+                else:
+                    targets.append(region)
+            except KmsUnreachableError as error:
+                outcomes[region.name] = Outcome(region.name, PENDING, detail=str(error))
+            except IntegrityError as error:
+                outcomes[region.name] = Outcome(region.name, BAD, detail=str(error))
+                damaged.append(region)
+            except (StorageError, KeyAccessError) as error:
+                outcomes[region.name] = Outcome(region.name, PENDING, detail=str(error))
+        # Copies elsewhere (outside `only`) can serve as sources too.
+        extra_sources = [
+            r for r in self.regions if r not in regions and r.name in stored and not self.is_down(r)
+        ]
+        # Stored copies not yet trusted are read back now: a damaged one is no source.
+        for region in [r for r in sources if r.name not in outcomes]:
+            outcome = self._check(region, kind, digest, data_key, checksum, what=what)
+            outcomes[region.name] = outcome
+            if outcome.state == VERIFIED:
+                checksum = checksum or outcome.checksum
+            else:
+                sources.remove(region)
+                damaged.append(region)
+        if repair:
+            targets += damaged
+        header: sealed.SealedHeader | None = None
+        if targets:
+            written = self._write(
+                targets,
+                kind,
+                digest,
+                data_key,
+                sources=sources + extra_sources,
+                seal=seal,
+                replace={r.name for r in damaged},
+                slots=slots,
+                what=what,
+            )
+            for region in targets:
+                failure, new_checksum = written[region.name]
+                if failure is not None:
+                    outcomes[region.name] = Outcome(region.name, PENDING, detail=str(failure))
+                    continue
+                # What was written is what must be read back; a copy another push wrote
+                # meanwhile is authenticated in full instead.
+                expected = new_checksum or checksum
+                outcome = self._check(region, kind, digest, data_key, expected, what=what)
+                repaired = region in damaged
+                outcomes[region.name] = Outcome(
+                    region.name,
+                    outcome.state,
+                    outcome.checksum,
+                    (
+                        "repaired from a good copy; the damaged version stays locked until it "
+                        "expires"
+                        if repaired and outcome.state == VERIFIED
+                        else outcome.detail
+                    ),
+                    uploaded=outcome.state == VERIFIED,
+                )
+                checksum = checksum or outcome.checksum
+        if on_progress is not None and not (targets and seal is not None and not sources):
+            on_progress(size)  # sealing reports its own progress; a copy or a reuse does not
+        for region in self.regions:
+            if region.name in outcomes and outcomes[region.name].state == VERIFIED:
+                try:
+                    header = region.store.header(kind, digest, what=what)
+                    break
+                except RegistryError:
+                    continue
+        ordered = tuple(outcomes[r.name] for r in regions if r.name in outcomes)
+        return Replicated(kind, digest, name, header, tuple(slots.values()), ordered)
+
+    def _each(
+        self, regions: Sequence[Region], work: Callable[[Region], object]
+    ) -> list[object | BaseException]:
+        """`work` on every region at once; a region's StorageError is its result."""
+
+        def guarded(region: Region) -> object:
+            try:
+                return work(region)
+            except StorageError as error:
+                return error
+
+        if len(regions) == 1:
+            return [guarded(regions[0])]
+        with ThreadPoolExecutor(len(regions), thread_name_prefix="region") as pool:
+            return list(pool.map(guarded, regions))
+
+    def _write(
+        self,
+        targets: Sequence[Region],
+        kind: str,
+        digest: str,
+        data_key: bytes,
+        *,
+        sources: Sequence[Region],
+        seal: Callable[[bytes], Chunks] | None,
+        replace: set[str],
+        slots: dict[str, WrappedKey],
+        what: str,
+    ) -> dict[str, tuple[Exception | None, str | None]]:
+        """Write one stream to every target in parallel: a good copy's bytes (authenticated on
+        the way; the next copy when one turns out damaged) when a region has one, else a new
+        sealing. Per target: (error, checksum of what was written)."""
+        name = self.primary.object_name(kind, digest)
+        streams: list[Callable[[], Chunks]] = [
+            functools.partial(self._authenticated, source, kind, digest, data_key, what=what)
+            for source in sources
+        ]
+        if not streams and seal is not None:
+            streams.append(functools.partial(seal, data_key))
+        if not streams:
+            missing = IntegrityError(f"{what}: no region holds a good copy to copy from", path=what)
+            return {r.name: (missing, None) for r in targets}
+
+        def write(region: Region, chunks: Chunks) -> bool:
+            """Whether the region now holds these very bytes."""
+            driver = region.store.driver
+            if region.name in replace:
+                self._replace_slot(region, kind, digest, data_key, slots)
+                driver.replace(name, chunks)
+                return True
+            if driver.put_if_absent(name, chunks):
+                return True
+            # Written meanwhile by a concurrent push: what counts is that it opens.
+            region.store.check_key(kind, digest, data_key, what=what)
+            return False
+
+        for attempt, stream in enumerate(streams):
+            try:
+                return self._fan_out(targets, stream, write)
+            except IntegrityError:
+                # A source copy that failed authentication on the way: nothing was published
+                # (the last bytes are withheld), so the next copy can serve all targets.
+                if attempt == len(streams) - 1 or not sources:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _fan_out(
+        self,
+        targets: Sequence[Region],
+        stream: Callable[[], Chunks],
+        write: Callable[[Region, Chunks], bool],
+    ) -> dict[str, tuple[Exception | None, str | None]]:
+        """`write` every target from one pass over `stream`; the stream's own errors are
+        raised, a target's errors are its result."""
+        results: dict[str, tuple[Exception | None, str | None]] = {}
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        source_failed: list[BaseException] = []
+
+        def hashed() -> Iterator[bytes | bytearray | memoryview]:
+            try:
+                for chunk in stream():
+                    hasher.update(chunk)
+                    yield chunk
+            except BaseException as error:
+                source_failed.append(error)
+                raise
+
+        if len(targets) == 1:
+            region = targets[0]
+            try:
+                ours = write(region, hashed())
+                results[region.name] = (None, "blake3:" + hasher.hexdigest() if ours else None)
+            except (StorageError, KeyAccessError, IntegrityError) as error:
+                if source_failed:
+                    raise
+                results[region.name] = (error, None)
+            return results
+        fanout = _Fanout(len(targets))
+        with ThreadPoolExecutor(len(targets), thread_name_prefix="replica") as pool:
+            futures = [
+                pool.submit(fanout.consume, index, functools.partial(write, region))
+                for index, region in enumerate(targets)
+            ]
+            try:
+                for chunk in hashed():
+                    fanout.feed(chunk)
+                fanout.finish()
+            except BaseException as error:
+                fanout.fail(error)
+                for future in futures:
+                    future.exception()
+                raise
+            for region, future in zip(targets, futures, strict=True):
+                failure = future.exception()
+                if failure is None:
+                    ours = future.result()
+                    results[region.name] = (None, "blake3:" + hasher.hexdigest() if ours else None)
+                elif isinstance(failure, (StorageError, KeyAccessError, IntegrityError)):
+                    results[region.name] = (failure, None)
+                else:
+                    raise failure
+        return results
+
+    def _check(
+        self,
+        region: Region,
+        kind: str,
+        digest: str,
+        data_key: bytes,
+        expected: str | None,
+        *,
+        what: str,
+    ) -> Outcome:
+        """Read a region's copy back: its ciphertext checksum against `expected`, or, when none
+        is known, every chunk authenticated (which also gives the checksum)."""
+        try:
+            if expected is None:
+                hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+                for chunk in self._authenticated(region, kind, digest, data_key, what=what):
+                    hasher.update(chunk)
+                return Outcome(region.name, VERIFIED, "blake3:" + hasher.hexdigest())
+            actual = self.checksum(region, kind, digest)
+        except NotFoundError:
+            return Outcome(region.name, BAD, detail="missing")
+        except IntegrityError as error:
+            return Outcome(region.name, BAD, detail=str(error))
+        except (StorageError, KeyAccessError) as error:
+            self.mark_down(region, error)
+            return Outcome(region.name, PENDING, detail=f"unreachable: {error}")
+        if actual != expected:
+            return Outcome(
+                region.name,
+                BAD,
+                actual,
+                detail=f"ciphertext checksum {actual}, expected {expected}",
+            )
+        return Outcome(region.name, VERIFIED, actual)
+
+    def check(
+        self,
+        region: Region,
+        kind: str,
+        digest: str,
+        *,
+        known: Sequence[WrappedKey],
+        checksum: str | None,
+        what: str,
+    ) -> Outcome:
+        """Read one region's copy back (see `_check`); its data key from any region."""
+        data_key = b""
+        if checksum is None:
+            data_key, _slots = self.unwrap_any(kind, digest, known=known, what=what)
+        return self._check(region, kind, digest, data_key, checksum, what=what)
+
+    def checksum(self, region: Region, kind: str, digest: str) -> str:
+        """BLAKE3 of the copy's stored bytes, read back in parallel ranges."""
+        driver = region.store.driver
+        name = region.store.object_name(kind, digest)
+        info = driver.stat(name)
+        if info is None:
+            raise NotFoundError(f"{name} is missing in {region.name}")
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        for data in _ranges(lambda o, n: driver.get_range(name, o, n), info.size, self.workers):
+            hasher.update(data)
+        return "blake3:" + hasher.hexdigest()
+
+    def _authenticated(
+        self, region: Region, kind: str, digest: str, data_key: bytes, *, what: str
+    ) -> Iterator[bytes]:
+        """A region's copy as stored bytes, every chunk authenticated (and, for blobs, the whole
+        plaintext re-hashed) before the last bytes are released: a damaged copy never spreads."""
+        store = region.store
+        name = store.object_name(kind, digest)
+        driver = store.driver
+        header_bytes = driver.get_range(name, 0, sealed.HEADER_SIZE)
+        opener = sealed.Opener(data_key, digest, header_bytes, what=what)
+        header = opener.header
+        info = driver.stat(name)
+        if info is None or info.size != header.sealed_size:
+            raise IntegrityError(
+                f"{what}: the copy in {region.name} has {info.size if info else 0} bytes, "
+                f"its header says {header.sealed_size}",
+                path=what,
+            )
+        step = header.chunk_size + sealed.TAG_SIZE
+        per_range = max(1, _RANGE // step)
+        hasher = Hasher() if kind == "blob" else None
+
+        def fetch(first: int) -> tuple[bytes, list[bytearray]]:
+            last = min(first + per_range, header.chunk_count) - 1
+            offset, length = header.chunk_range(first, last)
+            data = driver.get_range(name, offset, length)
+            if len(data) != length:
+                raise IntegrityError(f"{what}: the copy in {region.name} is truncated", path=what)
+            plain: list[bytearray] = []
+            position = 0
+            for index in range(first, last + 1):
+                size = header.chunk_plain_size(index)
+                out = bytearray(size)
+                opener.open_chunk(
+                    index, memoryview(data)[position : position + size + sealed.TAG_SIZE], out
+                )
+                position += size + sealed.TAG_SIZE
+                plain.append(out)
+            return data, plain
+
+        starts = list(range(0, header.chunk_count, per_range))
+        pending: deque[Future[tuple[bytes, list[bytearray]]]] = deque()
+        held = bytes(header_bytes)
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="copy") as pool:
+            feed = iter(starts)
+            for first in feed:
+                pending.append(pool.submit(fetch, first))
+                if len(pending) > self.workers:
+                    break
+            while pending:
+                data, plain = pending.popleft().result()
+                following = next(feed, None)
+                if following is not None:
+                    pending.append(pool.submit(fetch, following))
+                if hasher is not None:
+                    for part in plain:
+                        hasher.update(part)
+                # One range is always held back, so the last bytes leave only once all checked.
+                yield held
+                held = data
+        if hasher is not None and hasher.digest() != digest:
+            raise IntegrityError(f"{what}: the copy in {region.name} has another digest", path=what)
+        yield held
+
+    # -- read with fail-over -----------------------------------------------------------------
+
+    def open(
+        self,
+        kind: str,
+        digest: str,
+        *,
+        known: Sequence[WrappedKey],
+        size: int,
+        what: str,
+        report: ReadReport,
+        chunks_per_read: int = 4,
+        verify_digest: bool = True,
+        on_chunk: Callable[[int, memoryview], None] | None = None,
+    ) -> Iterator[memoryview]:
+        """Authenticated plaintext chunks (see `sealed.unseal`), each range read from the first
+        region that serves it intact; the copies that failed are added to `report`."""
+        data_key, _slots = self.unwrap_any(kind, digest, known=known, what=what)
+        source = _FailoverSource(self, kind, digest, report, what=what)
+        return sealed.unseal(
+            source.read_range,
+            data_key,
+            digest,
+            read_into=source.read_into,
+            on_chunk=on_chunk,
+            expected_size=size,
+            workers=self.workers,
+            chunks_per_read=chunks_per_read,
+            verify_digest=verify_digest,
+            what=what,
+            on_damage=source.damaged,
+        )
+
+    def read_bytes(
+        self, kind: str, digest: str, *, known: Sequence[WrappedKey], what: str, report: ReadReport
+    ) -> bytes:
+        """The whole plaintext of a small object (a manifest), authenticated, with fail-over."""
+        data_key, _slots = self.unwrap_any(kind, digest, known=known, what=what)
+        source = _FailoverSource(self, kind, digest, report, what=what)
+        header = sealed.SealedHeader.unpack(source.read_range(0, sealed.HEADER_SIZE), what=what)
+        if header.plaintext_size > 64 * 1024 * 1024:
+            raise IntegrityError(f"{what}: implausibly large ({header.plaintext_size} bytes)")
+        chunks = sealed.unseal(
+            source.read_range,
+            data_key,
+            digest,
+            expected_size=header.plaintext_size,
+            workers=1,
+            verify_digest=False,
+            what=what,
+            on_damage=source.damaged,
+        )
+        # The digest bound here is not the plaintext's (a manifest is named by the digest of its
+        # canonical form), so the caller verifies content; AEAD still authenticates every chunk.
+        return b"".join(bytes(chunk) for chunk in chunks)
+
+
+class _FailoverSource:
+    """Read functions for `sealed.unseal` over every region's copy of one object: a range comes
+    from the first region that serves it; a region that failed is skipped for that range (for
+    every range when the object is missing there or the region is unreachable)."""
+
+    def __init__(
+        self, replicas: ReplicaSet, kind: str, digest: str, report: ReadReport, *, what: str
+    ) -> None:
+        self.replicas = replicas
+        self.regions = replicas.regions
+        self.kind = kind
+        self.digest = digest
+        self.name = replicas.primary.object_name(kind, digest)
+        self.report = report
+        self.what = what
+        self._lock = threading.Lock()
+        self._skip: dict[int, set[int]] = {}
+        self._gone: set[int] = set()
+        self._served: dict[int, int] = {}
+
+    def _candidates(self, offset: int) -> list[int]:
+        with self._lock:
+            skip = self._skip.get(offset, set()) | self._gone
+        healthy = [
+            i
+            for i in range(len(self.regions))
+            if i not in skip and not self.replicas.is_down(self.regions[i])
+        ]
+        # A region marked down is still tried last: it may be back, and it may be all there is.
+        return healthy + [i for i in range(len(self.regions)) if i not in skip and i not in healthy]
+
+    def _failed(self, index: int, offset: int | None, detail: str, *, gone: bool) -> None:
+        region = self.regions[index]
+        self.report.add(self.kind, self.digest, region.name, detail)
+        with self._lock:
+            if gone:
+                self._gone.add(index)
+            elif offset is not None:
+                self._skip.setdefault(offset, set()).add(index)
+
+    def _read(self, offset: int, attempt: Callable[[Region], object]) -> object:
+        errors: list[str] = []
+        for index in self._candidates(offset):
+            region = self.regions[index]
+            try:
+                result = attempt(region)
+            except NotFoundError:
+                self._failed(index, offset, "missing", gone=True)
+                errors.append(f"{region.name}: missing")
+                continue
+            except StorageError as error:
+                self.replicas.mark_down(region, error)
+                self._failed(index, offset, f"unreachable: {error}", gone=True)
+                errors.append(f"{region.name}: {error}")
+                continue
+            with self._lock:
+                self._served[offset] = index
+            return result
+        if errors and all(e.endswith(": missing") for e in errors):
+            raise IntegrityError(
+                f"{self.what}: stored object {self.name} is missing", path=self.what
+            )
+        raise StorageError(
+            f"{self.what}: no region could serve it ({'; '.join(errors) or 'none left'})",
+            hint="check the regions with `model-registry regions status`",
+        )
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        result = self._read(
+            offset, lambda region: region.store.driver.get_range(self.name, offset, length)
+        )
+        assert isinstance(result, bytes)
+        return result
+
+    def read_into(self, offset: int, buffer: memoryview) -> int:
+        result = self._read(
+            offset, lambda region: region.store.driver.read_into(self.name, offset, buffer)
+        )
+        assert isinstance(result, int)
+        return result
+
+    def damaged(self, offset: int, error: IntegrityError) -> bool:
+        """A range failed authentication: blame the region that served it and try the next."""
+        with self._lock:
+            index = self._served.get(offset)
+        if index is None:
+            return False
+        self._failed(index, offset, str(error), gone=False)
+        return bool(self._candidates(offset))
+
+
+class _Fanout:
+    """One stream of chunks fed to several writers, each consuming in its own thread; a writer
+    that fails drops out without stalling the others, and a failing source fails them all."""
+
+    _END = object()
+
+    def __init__(self, count: int, *, depth: int = 8) -> None:
+        self._queues: list[queue.Queue[object]] = [queue.Queue(depth) for _ in range(count)]
+        self._alive = [True] * count
+
+    def consume(self, index: int, writer: Callable[[Chunks], bool]) -> bool:
+        def chunks() -> Iterator[bytes]:
+            while True:
+                item = self._queues[index].get()
+                if item is self._END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                assert isinstance(item, bytes)
+                yield item
+
+        try:
+            return writer(chunks())
+        finally:
+            self._alive[index] = False
+            # Drain, so that the feeder never blocks on a writer that is gone.
+            while True:
+                try:
+                    self._queues[index].get_nowait()
+                except queue.Empty:
+                    break
+
+    def _put(self, item: object) -> None:
+        for index, pipe in enumerate(self._queues):
+            while self._alive[index]:
+                try:
+                    pipe.put(item, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._put(bytes(chunk))
+
+    def finish(self) -> None:
+        self._put(self._END)
+
+    def fail(self, error: BaseException) -> None:
+        self._put(error)
+
+
+def _ranges(
+    read: Callable[[int, int], bytes], size: int, workers: int, *, step: int = _RANGE
+) -> Iterator[bytes]:
+    """The bytes 0..size in order, `workers` ranges read ahead in parallel."""
+    if size == 0:
+        yield read(0, 0)
+        return
+    offsets = iter(range(0, size, step))
+    pending: deque[Future[bytes]] = deque()
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="readback") as pool:
+        for offset in offsets:
+            pending.append(pool.submit(read, offset, min(step, size - offset)))
+            if len(pending) >= workers:
+                break
+        while pending:
+            data = pending.popleft().result()
+            following = next(offsets, None)
+            if following is not None:
+                pending.append(pool.submit(read, following, min(step, size - following)))
+            yield data
