@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import keys, registry_commands, versions
+from cli import holds, keys, regions, registry_commands, versions
 from registry import __version__
 
 
@@ -21,3 +21,5 @@ def main() -> None:
 registry_commands.register(main)
 versions.register(main)
 main.add_command(keys.keys)
+regions.register(main)
+holds.register(main)

@@ -16,8 +16,16 @@ from registry.service import Registry
 @click.option("--catalog-url", help="SQLAlchemy URL of the catalog (default: SQLite in the home).")
 @click.option(
     "--store",
-    help="Store: a directory (default HOME/store) or "
-    "s3://BUCKET[/PREFIX]?region=R&endpoint=URL&profile=P&lock=COMPLIANCE&retention_days=30.",
+    "stores",
+    multiple=True,
+    help="Store: a directory (default HOME/store) or s3://BUCKET[/PREFIX]?region=R&endpoint=URL"
+    "&profile=P&lock=COMPLIANCE&retention_days=30&kms=KEY&name=N&priority=P. Repeat it for "
+    "several regions (read in this order unless priority= says otherwise).",
+)
+@click.option(
+    "--write-quorum",
+    type=int,
+    help="Regions that must hold a verified copy for a push to succeed (default: all).",
 )
 @click.option(
     "--key-dir",
@@ -31,7 +39,8 @@ from registry.service import Registry
 @handle_errors
 def init(
     catalog_url: str | None,
-    store: str | None,
+    stores: tuple[str, ...],
+    write_quorum: int | None,
     key_dir: Path | None,
     kms_key: str | None,
     kms_region: str | None,
@@ -44,7 +53,13 @@ def init(
         if not (kms_key and kms_region):
             raise InvalidInputError("--kms-key and --kms-region go together")
         kms = KmsSettings(kms_key, kms_region, kms_endpoint)
-    result = Registry.init(catalog_url=catalog_url, store=store, key_dir=key_dir, kms=kms)
+    result = Registry.init(
+        catalog_url=catalog_url,
+        store=list(stores),
+        key_dir=key_dir,
+        kms=kms,
+        write_quorum=write_quorum,
+    )
     if as_json:
         print_json(
             {

@@ -43,18 +43,33 @@ def _rate(size: int, seconds: float) -> str:
 @click.argument("name")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--message", "-m", default="", help="Why this version exists (kept in the catalog).")
+@click.option(
+    "--write-quorum",
+    type=click.IntRange(min=1),
+    help="Regions that must hold a verified copy (default: the configured quorum, else all).",
+)
 @JSON
 @QUIET
 @handle_errors
-def push(name: str, path: Path, message: str, as_json: bool, quiet: bool) -> None:
+def push(
+    name: str, path: Path, message: str, write_quorum: int | None, as_json: bool, quiet: bool
+) -> None:
     """Push the model in PATH (a directory or one .safetensors file) as a new version of NAME."""
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
     with Registry.open() as registry:
         try:
-            result = registry.push(name, path, message=message, progress=bar)
+            result = registry.push(
+                name, path, message=message, write_quorum=write_quorum, progress=bar
+            )
         finally:
             bar.close()
+    for region in result.pending_regions:
+        click.echo(
+            f"warning: region {region} did not get every copy; queued for "
+            "`model-registry replicate`",
+            err=True,
+        )
     seconds = time.perf_counter() - started
     version = result.version
     if as_json:
@@ -64,6 +79,7 @@ def push(name: str, path: Path, message: str, as_json: bool, quiet: bool) -> Non
                 "created": result.created,
                 "uploaded_bytes": result.uploaded_bytes,
                 "reused_bytes": result.reused_bytes,
+                "pending_regions": list(result.pending_regions),
                 "seconds": round(seconds, 3),
             }
         )
@@ -99,6 +115,12 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
             result = registry.pull(ref, dest, force=force, progress=bar)
         finally:
             bar.close()
+    for copy in result.bad_copies:
+        click.echo(
+            f"warning: read around a bad copy ({copy}); "
+            "`model-registry replicate --repair` fixes it",
+            err=True,
+        )
     seconds = time.perf_counter() - started
     if as_json:
         print_json(
@@ -107,6 +129,7 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
                 "destination": str(result.destination),
                 "written": list(result.files),
                 "bytes": result.bytes,
+                "bad_copies": list(result.bad_copies),
                 "seconds": round(seconds, 3),
             }
         )
@@ -235,6 +258,7 @@ def verify(ref: str, read_data: bool, as_json: bool, quiet: bool) -> None:
                 "checked_files": report.checked_files,
                 "checked_bytes": report.checked_bytes,
                 "problems": [{"path": p.path, "problem": p.problem} for p in report.problems],
+                "unchecked_regions": list(report.unchecked),
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )
@@ -244,6 +268,8 @@ def verify(ref: str, read_data: bool, as_json: bool, quiet: bool) -> None:
             stdout.print(f"ok: {report.version.ref}: all {report.checked_files} files {depth}")
         for problem in report.problems:
             click.echo(f"BAD {problem.path}: {problem.problem}", err=True)
+        for region in report.unchecked:
+            click.echo(f"warning: not checked, unreachable: {region}", err=True)
     if not report.ok:
         sys.exit(IntegrityError.exit_code)
 

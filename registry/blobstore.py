@@ -345,6 +345,10 @@ class BlobStore:
         wrapped = self.keys.wrap(self._naming_key, context=self._naming_context())
         self.driver.put_if_absent(self._naming_key_name(), [wrapped.to_json()])
 
+    def claimed(self) -> bool:
+        """Whether the store holds a registry marker (claimed by some registry)."""
+        return self.driver.stat(MARKER) is not None
+
     def check_claim(self) -> None:
         """The store is this registry's, and the configured naming key is the one its objects
         were named with (else every object would look missing)."""
@@ -354,6 +358,12 @@ class BlobStore:
             owner = None
         except (ValueError, AttributeError):
             owner = "<unreadable marker>"
+        if owner is None:
+            raise StorageError(
+                "the store holds no registry marker (a new, emptied or rebuilt store)",
+                hint="`model-registry init` claims a new registry's store; "
+                "`model-registry replicate` claims and refills a rebuilt region",
+            )
         if owner != self.registry_id:
             raise ConfigurationError(
                 f"the store belongs to registry {owner!r}, not {self.registry_id!r}",

@@ -121,15 +121,29 @@ class ReplicaSet:
         with self._down_lock:
             self._down[region.name] = (time.monotonic() + DOWN_FOR, str(error))
 
-    def is_down(self, region: Region) -> bool:
+    def mark_up(self, region: Region) -> None:
         with self._down_lock:
-            entry = self._down.get(region.name)
+            self._down.pop(region.name, None)
+
+    def is_down(self, region: Region) -> bool:
+        return self._is_down(region.name)
+
+    def _is_down(self, key: str) -> bool:
+        with self._down_lock:
+            entry = self._down.get(key)
             if entry is None:
                 return False
             if entry[0] < time.monotonic():
-                del self._down[region.name]
+                del self._down[key]
                 return False
             return True
+
+    def _kms_down(self, region: Region) -> bool:
+        return self._is_down(f"kms:{region.name}")
+
+    def _mark_kms_down(self, region: Region, error: Exception) -> None:
+        with self._down_lock:
+            self._down[f"kms:{region.name}"] = (time.monotonic() + DOWN_FOR, str(error))
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -143,6 +157,7 @@ class ReplicaSet:
         by_kek = {slot.kek_id: slot for slot in known}
         seen: dict[str, WrappedKey] = {}
         unreachable: list[KeyAccessError] = []
+        deferred: list[tuple[Region, WrappedKey]] = []
         for region in self.regions:
             store = region.store
             slot = by_kek.get(store.keys.kek_id)
@@ -154,8 +169,18 @@ class ReplicaSet:
             if slot is None:
                 continue
             seen[slot.kek_id] = slot
+            if self._kms_down(region):
+                deferred.append((region, slot))
+                continue
             try:
                 return store.unwrap(kind, digest, slot, what=what), seen
+            except KmsUnreachableError as error:
+                self._mark_kms_down(region, error)
+                unreachable.append(error)
+        # A KMS that failed a moment ago is tried last, not never: it may be all there is.
+        for region, slot in deferred:
+            try:
+                return region.store.unwrap(kind, digest, slot, what=what), seen
             except KmsUnreachableError as error:
                 unreachable.append(error)
         if unreachable:

@@ -14,6 +14,7 @@ import functools
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,7 @@ from registry.catalog.repository import (
     AuditRecord,
     Catalog,
     FileRecord,
+    HoldRecord,
     ModelRecord,
     NewBlob,
     NewVersion,
@@ -70,14 +72,17 @@ from registry.errors import (
     IntegrityError,
     InvalidInputError,
     InvalidModelError,
+    KeyAccessError,
+    KmsUnreachableError,
     NotFoundError,
     RegistryError,
     StorageError,
 )
 from registry.manifest import Manifest, ManifestFile
 from registry.refs import parse_reference, validate_name, validate_relative_path
-from registry.replication import BAD, VERIFIED, ReadReport, Region, ReplicaSet, Replicated
+from registry.replication import BAD, PENDING, VERIFIED, ReadReport, Region, ReplicaSet, Replicated
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
+from registry.storage.lock import ObjectLock
 
 
 class Progress(Protocol):
@@ -144,10 +149,53 @@ class VerifyReport:
     checked_files: int
     checked_bytes: int
     problems: tuple[FileProblem, ...] = field(default=())
+    unchecked: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclass(frozen=True)
+class RegionStatus:
+    """One region's health and what the catalog knows of its copies."""
+
+    name: str
+    priority: int
+    store: str
+    keys: str
+    reachable: bool
+    detail: str
+    seconds: float
+    verified: int
+    pending: int
+    bad: int
+    missing: int
+
+    @property
+    def complete(self) -> bool:
+        return self.reachable and not (self.pending or self.bad or self.missing)
+
+
+@dataclass(frozen=True)
+class ReplicateReport:
+    objects: int
+    copied: int
+    repaired: int
+    verified: int
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    hold: HoldRecord
+    changed: bool
+    objects: int
+    failed_regions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,6 +278,11 @@ class Registry:
         for region in self.replicas.regions:
             try:
                 region.store.check_claim()
+            except KmsUnreachableError:
+                if len(self.replicas.regions) == 1:
+                    raise
+                # Its storage may well answer; its slots are tried after the other regions'.
+                continue
             except StorageError as error:
                 if len(self.replicas.regions) == 1:
                     raise
@@ -430,8 +483,10 @@ class Registry:
         on_progress: Callable[[int], None] | None = None,
         repair: bool = False,
         only: frozenset[str] | None = None,
+        distrust: frozenset[str] = frozenset(),
     ) -> Replicated:
         trusted, checksum = self._placed(kind, digest)
+        trusted -= distrust
         return self.replicas.replicate(
             kind,
             digest,
@@ -816,6 +871,7 @@ class Registry:
         regions = self.replicas.regions
         several = len(regions) > 1
         problems: list[FileProblem] = []
+        unchecked: set[str] = set()
         placements: list[PlacementRecord] = []
         report = ReadReport()
         try:
@@ -835,6 +891,8 @@ class Registry:
         for kind, digest, size, what, path in objects:
             _trusted, checksum = self._placed(kind, digest) if several else (frozenset(), None)
             for region in regions:
+                if several and any(u.startswith(f"{region.name}: ") for u in unchecked):
+                    continue
                 try:
                     if size is not None:
                         region.store.read_header(kind, digest, size=size, what=what)
@@ -863,6 +921,13 @@ class Registry:
                         )
                         if outcome.state != VERIFIED:
                             problems.append(FileProblem(path, f"{region.name}: {outcome.detail}"))
+                except (StorageError, KmsUnreachableError) as error:
+                    if not several:
+                        problems.append(FileProblem(path, str(error)))
+                    else:
+                        # Another region serves the version; this one is checked when back.
+                        unchecked.add(f"{region.name}: {error}")
+                        self.replicas.mark_down(region, error)
                 except RegistryError as error:
                     problems.append(
                         FileProblem(path, f"{region.name}: {error}" if several else str(error))
@@ -903,11 +968,23 @@ class Registry:
             # Read from another region instead: the file is fine, its copy there is not.
             paths = {digest: path for _kind, digest, _size, _what, path in objects}
             for (_kind, digest, region_name), detail in sorted(report.bad.items()):
-                problems.append(FileProblem(paths.get(digest, digest), f"{region_name}: {detail}"))
+                if detail.startswith("unreachable"):
+                    unchecked.add(f"{region_name}: {detail}")
+                else:
+                    problems.append(
+                        FileProblem(paths.get(digest, digest), f"{region_name}: {detail}")
+                    )
         self._record_bad_copies(report)
         if placements:
             self.catalog.record_placements(placements)
-        result = VerifyReport(version, read_data, len(version.files), checked, tuple(problems))
+        result = VerifyReport(
+            version,
+            read_data,
+            len(version.files),
+            checked,
+            tuple(problems),
+            tuple(sorted(unchecked)),
+        )
         self.catalog.audit(
             self.actor,
             "verify",
@@ -917,10 +994,215 @@ class Registry:
                 "read_data": read_data,
                 "ok": result.ok,
                 "problems": [p.path for p in problems],
+                "unchecked_regions": sorted({u.split(":")[0] for u in unchecked}),
                 "key_unwraps": self.unwraps - unwraps_before,
             },
         )
         return result
+
+    # -- regions ---------------------------------------------------------------------------
+
+    def regions_status(self) -> list[RegionStatus]:
+        """Each region probed now (its marker and naming key read), with the catalog's counts
+        of verified, pending and bad copies and of copies it has no record of."""
+        wanted = {(o.digest, o.purpose) for o in self.catalog.stored_objects()}
+        states: dict[str, dict[tuple[str, str], str]] = {}
+        for row in self.catalog.placements():
+            states.setdefault(row.region, {})[(row.digest, row.purpose)] = row.state
+        found = []
+        for settings, region in zip(self.settings.regions, self.replicas.regions, strict=True):
+            started = time.monotonic()
+            try:
+                region.store.check_claim()
+                reachable, detail = True, "ok"
+            except RegistryError as error:
+                reachable, detail = False, str(error)
+            seconds = time.monotonic() - started
+            known = states.get(region.name, {})
+            counts = {state: 0 for state in (VERIFIED, PENDING, BAD)}
+            missing = 0
+            for key in wanted:
+                state = known.get(key)
+                if state is None:
+                    missing += 1
+                else:
+                    counts[state] = counts.get(state, 0) + 1
+            found.append(
+                RegionStatus(
+                    name=region.name,
+                    priority=settings.priority,
+                    store=settings.store.describe(),
+                    keys=settings.kms.describe() if settings.kms else "local key file",
+                    reachable=reachable,
+                    detail=detail,
+                    seconds=seconds,
+                    verified=counts[VERIFIED],
+                    pending=counts[PENDING],
+                    bad=counts[BAD],
+                    missing=missing,
+                )
+            )
+        return found
+
+    def replicate(
+        self, *, repair: bool = False, progress: Progress | None = None
+    ) -> ReplicateReport:
+        """Bring every region to a full, verified copy of every object a version references.
+
+        Copies that are missing, pending or never recorded are copied from a good region (the
+        bytes authenticated on the way) and read back; with `repair`, copies recorded as bad are
+        read back too and, when damaged or missing, replaced by a good copy (a new object
+        version; the damaged one stays locked until it expires). A region's bucket is created
+        (versioning, Object Lock) and claimed first, so a region rebuilt empty is refilled.
+        """
+        progress = progress or _NoProgress()
+        problems: list[str] = []
+        rebuilt: set[str] = set()
+        for settings, region in zip(self.settings.regions, self.replicas.regions, strict=True):
+            try:
+                prepare_bucket(settings.store)
+                if not region.store.claimed():
+                    rebuilt.add(region.name)  # new or emptied: no record of it can be trusted
+                region.store.claim()
+                self.replicas.mark_up(region)
+            except (StorageError, KeyAccessError) as error:
+                self.replicas.mark_down(region, error)
+                problems.append(f"{region.name}: {error}")
+        objects = self.catalog.stored_objects()
+        rows: dict[tuple[str, str], dict[str, PlacementRecord]] = {}
+        for row in self.catalog.placements():
+            rows.setdefault((row.digest, row.purpose), {})[row.region] = row
+        held = self.catalog.held_objects()
+        copied = repaired = verified = 0
+        progress.begin("replicating", len(objects))
+        for stored in objects:
+            key = (stored.digest, stored.purpose)
+            known = rows.get(key, {})
+            # A repair looks at every copy (a verified one may have been lost since); without
+            # it, only at copies that were never completed.
+            need = frozenset(
+                region.name
+                for region in self.replicas.regions
+                if repair
+                or region.name in rebuilt
+                or region.name not in known
+                or known[region.name].state == PENDING
+            )
+            left_bad = [
+                f"{name}: {stored.purpose} {stored.digest}: bad ({row.detail}); "
+                "run `model-registry replicate --repair`"
+                for name, row in sorted(known.items())
+                if row.state == BAD and not repair
+            ]
+            problems += left_bad
+            if not need:
+                progress.advance(1)
+                continue
+            what = f"{stored.purpose} {stored.digest}"
+            try:
+                result = self._replicate(
+                    stored.purpose,
+                    stored.digest,
+                    what=what,
+                    repair=repair,
+                    only=need,
+                    distrust=frozenset(rebuilt),
+                )
+            except RegistryError as error:
+                problems.append(f"{what}: {error}")
+                progress.advance(1)
+                continue
+            self.catalog.record_placements(_placements([result]))
+            self.catalog.add_key_slots([(stored.digest, stored.purpose, s) for s in result.slots])
+            for outcome in result.outcomes:
+                before = known.get(outcome.region)
+                if outcome.state == VERIFIED:
+                    verified += 1
+                    if outcome.uploaded:
+                        if before is not None and before.state != PENDING:
+                            repaired += 1
+                        else:
+                            copied += 1
+                        if key in held:
+                            problems += self._legal_hold_copies(
+                                {key}, on=True, only={outcome.region}
+                            )
+                else:
+                    problems.append(f"{outcome.region}: {what}: {outcome.state} ({outcome.detail})")
+            progress.advance(1)
+        progress.end()
+        report = ReplicateReport(len(objects), copied, repaired, verified, tuple(problems))
+        self.catalog.audit(
+            self.actor,
+            "replicate",
+            "registry",
+            {
+                "repair": repair,
+                "objects": len(objects),
+                "copied": copied,
+                "repaired": repaired,
+                "verified": verified,
+                "problems": len(problems),
+            },
+        )
+        return report
+
+    # -- legal holds -----------------------------------------------------------------------
+
+    def hold(self, ref: str, *, reason: str) -> HoldResult:
+        """Place a legal hold on a version: recorded in the catalog, and on every object of the
+        version (data, manifest, key slots) in every region whose store has legal holds."""
+        if not reason.strip():
+            raise InvalidInputError("a legal hold needs a reason", hint="pass --reason TEXT")
+        _check_text("reason", reason, limit=4096)
+        record, created = self.catalog.set_hold(
+            parse_reference(ref), reason=reason, actor=self.actor
+        )
+        objects = self._version_objects(record.name, record.number)
+        failed = self._legal_hold_copies(objects, on=True)
+        return HoldResult(record, created, len(objects), tuple(failed))
+
+    def release_hold(self, ref: str, *, reason: str) -> HoldResult:
+        """Release a version's legal hold; objects another held version shares stay held."""
+        if not reason.strip():
+            raise InvalidInputError("releasing a legal hold needs a reason", hint="pass --reason")
+        _check_text("reason", reason, limit=4096)
+        record = self.catalog.release_hold(parse_reference(ref), reason=reason, actor=self.actor)
+        objects = self._version_objects(record.name, record.number) - self.catalog.held_objects()
+        failed = self._legal_hold_copies(objects, on=False)
+        return HoldResult(record, True, len(objects), tuple(failed))
+
+    def holds(self) -> list[HoldRecord]:
+        return self.catalog.holds()
+
+    def _version_objects(self, name: str, number: int) -> set[tuple[str, str]]:
+        version = self.catalog.resolve(parse_reference(f"{name}@{number}"))
+        return {(version.digest, MANIFEST)} | {(f.digest, BLOB) for f in version.files}
+
+    def _legal_hold_copies(
+        self, objects: set[tuple[str, str]], *, on: bool, only: set[str] | None = None
+    ) -> list[str]:
+        """Set or clear the S3 legal hold of objects and their key slots in every region (or
+        those in `only`) that supports it; returns "region: problem" for what failed."""
+        failed: list[str] = []
+        for region in self.replicas.regions:
+            driver = region.store.driver
+            if (only is not None and region.name not in only) or not isinstance(driver, ObjectLock):
+                continue
+            try:
+                for digest, kind in sorted(objects):
+                    names = [
+                        region.store.object_name(kind, digest),
+                        region.store.slot_name(kind, digest, region.store.keys.kek_id),
+                    ]
+                    for name in names:
+                        try:
+                            driver.set_legal_hold(name, on)
+                        except NotFoundError:
+                            continue  # a missing copy gets the hold when replicate restores it
+            except RegistryError as error:
+                failed.append(f"{region.name}: {error}")
+        return failed
 
     # -- signers ---------------------------------------------------------------------------
 

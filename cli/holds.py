@@ -1,0 +1,98 @@
+"""`hold set`, `hold release`, `hold ls`: legal holds on versions."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.table import Table
+
+from cli.ui import handle_errors, print_json, stdout, when
+from registry.errors import StorageError
+from registry.service import HoldResult, Registry
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+REASON = click.option("--reason", required=True, help="Why (kept in the audit trail).")
+
+
+@click.group()
+def hold() -> None:
+    """Legal holds: a held version's objects cannot be deleted, whatever their retention."""
+
+
+def _report(result: HoldResult, verb: str, as_json: bool) -> None:
+    record = result.hold
+    if as_json:
+        print_json(
+            {
+                "ref": record.ref,
+                "digest": record.digest,
+                "reason": record.reason,
+                "placed_by": record.placed_by,
+                "placed_at": record.placed_at.isoformat(),
+                "changed": result.changed,
+                "objects": result.objects,
+                "failed_regions": list(result.failed_regions),
+            }
+        )
+    else:
+        stdout.print(f"{verb} {record.ref} ({result.objects} objects)")
+    for failure in result.failed_regions:
+        click.echo(f"error: not applied in {failure}; run the command again", err=True)
+    if result.failed_regions:
+        sys.exit(StorageError.exit_code)
+
+
+@hold.command("set")
+@click.argument("ref")
+@REASON
+@JSON
+@handle_errors
+def set_(ref: str, reason: str, as_json: bool) -> None:
+    """Place a legal hold on REF (on S3: the legal hold of every object, in every region)."""
+    with Registry.open() as registry:
+        result = registry.hold(ref, reason=reason)
+    _report(result, "held" if result.changed else "already held:", as_json)
+
+
+@hold.command()
+@click.argument("ref")
+@REASON
+@JSON
+@handle_errors
+def release(ref: str, reason: str, as_json: bool) -> None:
+    """Release the legal hold on REF (objects another held version shares stay held)."""
+    with Registry.open() as registry:
+        result = registry.release_hold(ref, reason=reason)
+    _report(result, "released", as_json)
+
+
+@hold.command("ls")
+@JSON
+@handle_errors
+def list_(as_json: bool) -> None:
+    """List the versions under legal hold."""
+    with Registry.open() as registry:
+        holds = registry.holds()
+    if as_json:
+        print_json(
+            [
+                {
+                    "ref": h.ref,
+                    "reason": h.reason,
+                    "placed_by": h.placed_by,
+                    "placed_at": h.placed_at.isoformat(),
+                }
+                for h in holds
+            ]
+        )
+        return
+    table = Table("version", "since", "by")
+    table.add_column("reason", overflow="fold")
+    for h in holds:
+        table.add_row(h.ref, when(h.placed_at), h.placed_by, h.reason)
+    stdout.print(table if holds else "no version is under legal hold")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(hold)

@@ -1,0 +1,487 @@
+"""Several regions: every push goes everywhere and is read back, reads fail over per range and
+mark the copies they could not use, `replicate --repair` heals, holds reach every copy.
+
+Local regions keep most tests fast; the fail-over and heal of the issue runs on two
+`ThreadedMotoServer`s (one per region), with a region lost and rebuilt, and a corrupted object
+version overwritten in moto's backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from click.testing import CliRunner
+from moto.server import ThreadedMotoServer
+
+from cli.main import main
+from registry.blobstore import BLOB, MANIFEST
+from registry.config import RegionSettings, load_settings, parse_region, render_config
+from registry.crypto.signing import public_key_text
+from registry.errors import ConfigurationError, InvalidInputError, StorageError
+from registry.replication import BAD, PENDING, VERIFIED
+from registry.service import Registry
+from registry.storage.factory import StoreSpec
+from registry.testing.models import make_model
+from tests.conftest import tree
+
+# -- local regions ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_local(home: Path, tmp_path: Path, catalog_url: str | None) -> Iterator[Registry]:
+    Registry.init(
+        home,
+        catalog_url=catalog_url,
+        store=[str(tmp_path / "region-a"), str(tmp_path / "region-b")],
+    )
+    with Registry.open(home) as registry:
+        yield registry
+
+
+def _object_file(tmp_path: Path, region: str, registry: Registry, kind: str, digest: str) -> Path:
+    return tmp_path / region / "objects" / registry.store.object_name(kind, digest)
+
+
+def _states(registry: Registry) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for row in registry.catalog.placements():
+        found.setdefault(row.region, set()).add(row.state)
+    return found
+
+
+def test_push_writes_and_verifies_every_region(
+    two_local: Registry, model_dir: Path, tmp_path: Path
+) -> None:
+    result = two_local.push("llama", model_dir)
+    assert result.pending_regions == ()
+    placements = two_local.catalog.placements()
+    # Every blob and the manifest, in both regions, read back with one ciphertext checksum.
+    objects = {(e.digest, BLOB) for e in result.version.files} | {(result.version.digest, MANIFEST)}
+    assert {(p.digest, p.purpose, p.region) for p in placements} == {
+        (d, k, r) for d, k in objects for r in ("region-1", "region-2")
+    }
+    assert {p.state for p in placements} == {VERIFIED}
+    for digest, kind in objects:
+        sums = {p.checksum for p in placements if p.digest == digest and p.purpose == kind}
+        assert len(sums) == 1 and None not in sums
+        a = _object_file(tmp_path, "region-a", two_local, kind, digest).read_bytes()
+        b = _object_file(tmp_path, "region-b", two_local, kind, digest).read_bytes()
+        assert a == b  # byte-identical copies: one sealing, written twice
+    status = {r.name: r for r in two_local.regions_status()}
+    assert all(r.complete and r.verified == len(objects) for r in status.values())
+
+
+def test_missing_object_is_read_from_the_next_region_and_repaired(
+    two_local: Registry, model_dir: Path, tmp_path: Path
+) -> None:
+    version = two_local.push("llama", model_dir).version
+    entry = version.files[1]
+    lost = _object_file(tmp_path, "region-a", two_local, BLOB, entry.digest)
+    lost.unlink()
+    pulled = two_local.pull("llama", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model_dir)
+    assert len(pulled.bad_copies) == 1 and "region-1" in pulled.bad_copies[0]
+    bad = [p for p in two_local.catalog.placements() if p.state == BAD]
+    assert [(p.digest, p.region) for p in bad] == [(entry.digest, "region-1")]
+    status = {r.name: r for r in two_local.regions_status()}
+    assert status["region-1"].bad == 1 and not status["region-1"].complete
+
+    plain = two_local.replicate()
+    assert not plain.ok and "--repair" in plain.problems[0]
+    assert not lost.exists()
+    report = two_local.replicate(repair=True)
+    assert report.ok and report.repaired == 1, report
+    assert lost.exists()
+    assert _states(two_local) == {"region-1": {VERIFIED}, "region-2": {VERIFIED}}
+    assert two_local.verify("llama", read_data=True).ok
+
+
+def test_corrupted_copy_fails_over_per_range_and_is_repaired(
+    two_local: Registry, model_dir: Path, tmp_path: Path
+) -> None:
+    version = two_local.push("llama", model_dir).version
+    entry = max(version.files, key=lambda f: f.size)
+    path = _object_file(tmp_path, "region-a", two_local, BLOB, entry.digest)
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    pulled = two_local.pull("llama", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model_dir)
+    assert any("failed authentication" in copy for copy in pulled.bad_copies)
+    report = two_local.verify("llama", read_data=True)
+    assert not report.ok
+    assert {p.path for p in report.problems} == {entry.path}
+
+    assert two_local.replicate(repair=True).ok
+    assert (
+        path.read_bytes()
+        == _object_file(tmp_path, "region-b", two_local, BLOB, entry.digest).read_bytes()
+    )
+    assert two_local.verify("llama", read_data=True).ok
+
+
+def test_damage_in_every_region_is_an_integrity_error_and_nothing_is_written(
+    two_local: Registry, model_dir: Path, tmp_path: Path
+) -> None:
+    version = two_local.push("llama", model_dir).version
+    entry = max(version.files, key=lambda f: f.size)
+    for region in ("region-a", "region-b"):
+        path = _object_file(tmp_path, region, two_local, BLOB, entry.digest)
+        os.chmod(path, 0o644)
+        data = bytearray(path.read_bytes())
+        data[-100] ^= 0x01
+        path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="failed authentication"):
+        two_local.pull("llama", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    # No good copy to repair from: repair says so and leaves both as they are.
+    report = two_local.replicate(repair=True)
+    assert not report.ok
+
+
+def test_region_added_later_is_filled_by_replicate(
+    home: Path, tmp_path: Path, model_dir: Path
+) -> None:
+    Registry.init(home, store=str(tmp_path / "only"))
+    with Registry.open(home) as registry:
+        registry.push("llama", model_dir)
+    # The single [store] becomes two regions: the old one and a new, empty one.
+    settings = load_settings(home)
+    text = render_config(
+        registry_id=settings.registry_id,
+        catalog_url=settings.catalog_url,
+        regions=(
+            settings.regions[0],
+            RegionSettings("second", StoreSpec(path=tmp_path / "second"), 1),
+        ),
+        kek_file=str(settings.kek_file),
+        naming_key_file=str(settings.naming_key_file),
+        signing_key_file=str(settings.signing_key_file),
+        trusted_signers=[(s.name, public_key_text(s.public_key)) for s in settings.trusted_signers],
+    )
+    assert "[[store.regions]]" in text
+    (home / "config.toml").write_text(text)
+    with Registry.open(home) as registry:
+        status = {r.name: r for r in registry.regions_status()}
+        assert status["second"].missing > 0
+        report = registry.replicate()
+        assert report.ok and report.copied == status["second"].missing
+        assert all(r.complete for r in registry.regions_status())
+        assert registry.verify("llama", read_data=True).ok
+
+
+def test_write_quorum_is_validated(two_local: Registry, model_dir: Path) -> None:
+    with pytest.raises(InvalidInputError, match="write quorum"):
+        two_local.push("llama", model_dir, write_quorum=3)
+    assert two_local.models() == []
+
+
+def test_config_and_store_url_options(tmp_path: Path, home: Path) -> None:
+    region = parse_region(
+        "s3://bucket-a?region=eu-west-1&kms=arn:aws:kms:eu-west-1:111122223333:key/k1&name=eu&priority=5",
+        index=0,
+        count=2,
+    )
+    assert (region.name, region.priority) == ("eu", 5)
+    assert region.kms is not None and region.kms.region == "eu-west-1"
+    with pytest.raises(InvalidInputError, match="region"):
+        parse_region("s3://bucket-a?kms=key-id", index=0, count=2)
+    with pytest.raises(InvalidInputError, match="region name"):
+        parse_region("s3://bucket-a?region=x&name=Bad_Name")
+    with pytest.raises(InvalidInputError, match="distinct"):
+        Registry.init(
+            home, store=["s3://bucket-a?region=eu-west-1", "s3://bucket-b?region=eu-west-1"]
+        )
+    assert not (home / "config.toml").exists()
+    with pytest.raises(InvalidInputError, match="write quorum"):
+        Registry.init(home, store=[str(tmp_path / "a"), str(tmp_path / "b")], write_quorum=3)
+    with pytest.raises(InvalidInputError, match="--kms-key"):
+        from registry.config import KmsSettings
+
+        Registry.init(
+            home,
+            store=[str(tmp_path / "a"), str(tmp_path / "b")],
+            kms=KmsSettings("arn", "us-east-1"),
+        )
+    assert not (home / "config.toml").exists()
+    Registry.init(home, store=[str(tmp_path / "a"), str(tmp_path / "b")], write_quorum=1)
+    settings = load_settings(home)
+    assert [r.name for r in settings.regions] == ["region-1", "region-2"]
+    assert settings.write_quorum == 1
+    text = (home / "config.toml").read_text()
+    (home / "config.toml").write_text(text.replace("[store]", "[store]\nbucket = 'x'"))
+    with pytest.raises(ConfigurationError, match="belong in each"):
+        load_settings(home)
+
+
+def test_cli_regions_replicate_and_holds_on_local_regions(
+    home: Path, tmp_path: Path, model_dir: Path
+) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        ["init", "--store", str(tmp_path / "a"), "--store", str(tmp_path / "b"), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, ["push", "m", str(model_dir), "-q"]).exit_code == 0
+    status = runner.invoke(main, ["regions", "status", "--json"])
+    assert status.exit_code == 0, status.output
+    assert [r["complete"] for r in json.loads(status.output)] == [True, True]
+    with Registry.open(home) as registry:
+        digest = registry.resolve("m").files[0].digest
+        name = registry.store.object_name(BLOB, digest)
+    (tmp_path / "a" / "objects" / name).unlink()
+    pull = runner.invoke(main, ["pull", "m", str(tmp_path / "out"), "--json"])
+    assert pull.exit_code == 0, pull.output
+    assert "replicate --repair" in pull.stderr
+    status = runner.invoke(main, ["regions", "status"])
+    assert status.exit_code == StorageError.exit_code
+    repair = runner.invoke(main, ["replicate", "--repair", "--json"])
+    assert repair.exit_code == 0, repair.output
+    assert json.loads(repair.stdout)["repaired"] == 1
+    assert runner.invoke(main, ["regions", "status"]).exit_code == 0
+
+    held = runner.invoke(main, ["hold", "set", "m@1", "--reason", "litigation 42"])
+    assert held.exit_code == 0, held.output
+    listing = runner.invoke(main, ["hold", "ls", "--json"])
+    assert json.loads(listing.stdout)[0]["reason"] == "litigation 42"
+    no_reason = runner.invoke(main, ["hold", "release", "m@1", "--reason", " "])
+    assert no_reason.exit_code == InvalidInputError.exit_code
+    released = runner.invoke(main, ["hold", "release", "m@1", "--reason", "settled"])
+    assert released.exit_code == 0, released.output
+    assert json.loads(runner.invoke(main, ["hold", "ls", "--json"]).stdout) == []
+    again = runner.invoke(main, ["hold", "release", "m@1", "--reason", "settled"])
+    assert again.exit_code == 4  # not found: not under hold
+
+
+# -- two moto servers, one per region ---------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Regions:
+    """Two S3 regions, each behind its own ThreadedMotoServer (moto's state is per process, so
+    each region has its own bucket; a lost region is its server stopped and its bucket gone)."""
+
+    def __init__(self) -> None:
+        self.ports = {"a": _free_port(), "b": _free_port()}
+        self.buckets = {k: f"region-{k}-{uuid.uuid4().hex[:8]}" for k in self.ports}
+        self.servers: dict[str, ThreadedMotoServer] = {}
+        for key in self.ports:
+            self.start(key)
+
+    def endpoint(self, key: str) -> str:
+        return f"http://127.0.0.1:{self.ports[key]}"
+
+    def start(self, key: str) -> None:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.ports[key], verbose=False)
+        server.start()
+        self.servers[key] = server
+
+    def stop(self, key: str) -> None:
+        self.servers.pop(key).stop()
+
+    def lose(self, key: str) -> None:
+        """The region is gone: its server stopped and its bucket with every object lost."""
+        from moto.s3.models import s3_backends
+
+        self.stop(key)
+        backend = s3_backends["123456789012"]["aws"]
+        backend.get_bucket(self.buckets[key]).keys.clear()
+        assert backend.delete_bucket(self.buckets[key]) is not None
+
+    def client(self, key: str) -> Any:
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint(key), region_name="us-east-1"
+        )
+
+    def store(self, key: str, region: str) -> str:
+        return (
+            f"s3://{self.buckets[key]}?region={region}&endpoint={self.endpoint(key)}"
+            f"&retention_days=1&name={region}"
+        )
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+
+
+@pytest.fixture
+def regions(monkeypatch: pytest.MonkeyPatch) -> Iterator[Regions]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    found = Regions()
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def _corrupt_in_backend(bucket: str, key: str) -> None:
+    """Flip bytes of the newest version of an object inside moto, behind S3's back."""
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends["123456789012"]["aws"]
+    fake = backend.get_object(bucket, key)
+    assert fake is not None
+    data = bytearray(fake.value)
+    data[len(data) // 2] ^= 0xFF
+    data[-20] ^= 0xFF
+    fake.value = bytes(data)
+
+
+def test_lost_region_pull_verify_then_rebuilt_by_replicate_repair(
+    regions: Regions, home: Path, tmp_path: Path
+) -> None:
+    Registry.init(home, store=[regions.store("a", "us-east-1"), regions.store("b", "us-west-2")])
+    model = make_model(tmp_path / "model", shards=2, shard_size=600_000, seed=11)
+    with Registry.open(home) as registry:
+        version = registry.push("team/llama", model).version
+        assert {p.state for p in registry.catalog.placements()} == {VERIFIED}
+    # Names and slots in both buckets reveal neither digests nor model names.
+    for key in ("a", "b"):
+        listing = "\n".join(
+            o["Key"]
+            for o in regions.client(key).list_objects_v2(Bucket=regions.buckets[key])["Contents"]
+        )
+        assert "llama" not in listing
+        assert all(f.digest[7:] not in listing for f in version.files)
+
+    regions.lose("a")
+    with Registry.open(home) as registry:
+        registry.pull("team/llama", tmp_path / "out")
+        assert tree(tmp_path / "out") == tree(model)
+        report = registry.verify("team/llama", read_data=True)
+        assert report.ok, report.problems
+        assert report.unchecked and report.unchecked[0].startswith("us-east-1")
+        status = {r.name: r for r in registry.regions_status()}
+        assert not status["us-east-1"].reachable and status["us-west-2"].complete
+        # The default quorum is every region: a push now fails and records nothing.
+        other = make_model(tmp_path / "other", shards=1, shard_size=100_000, seed=12)
+        with pytest.raises(StorageError, match="nothing was committed"):
+            registry.push("team/other", other)
+        assert [m.name for m in registry.models()] == ["team/llama"]
+        pushed = registry.push("team/other", other, write_quorum=1)
+        assert pushed.pending_regions == ("us-east-1",)
+
+    regions.start("a")  # a fresh, empty server for the lost region
+    runner = CliRunner()
+    result = runner.invoke(main, ["replicate", "--repair", "--json"])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout)
+    assert outcome["ok"] and outcome["copied"] + outcome["repaired"] > 0
+    # The rebuilt bucket has Object Lock, and every copy is back.
+    lock = regions.client("a").get_object_lock_configuration(Bucket=regions.buckets["a"])
+    assert lock["ObjectLockConfiguration"]["ObjectLockEnabled"] == "Enabled"
+    with Registry.open(home) as registry:
+        assert all(r.complete for r in registry.regions_status())
+        for ref in ("team/llama", "team/other"):
+            report = registry.verify(ref, read_data=True)
+            assert report.ok and not report.unchecked, report
+
+
+def test_corrupted_object_in_region_a_is_read_from_b_reported_and_repaired(
+    regions: Regions, home: Path, tmp_path: Path
+) -> None:
+    Registry.init(home, store=[regions.store("a", "us-east-1"), regions.store("b", "us-west-2")])
+    model = make_model(tmp_path / "model", shards=2, shard_size=900_000, seed=13)
+    with Registry.open(home) as registry:
+        version = registry.push("llama", model).version
+        entry = max(version.files, key=lambda f: f.size)
+        name = registry.store.object_name(BLOB, entry.digest)
+    _corrupt_in_backend(regions.buckets["a"], name)
+
+    runner = CliRunner()
+    pulled = runner.invoke(main, ["pull", "llama", str(tmp_path / "out"), "--json"])
+    assert pulled.exit_code == 0, pulled.output
+    assert tree(tmp_path / "out") == tree(model)
+    bad = json.loads(pulled.stdout)["bad_copies"]
+    assert len(bad) == 1 and bad[0].startswith("us-east-1") and "authentication" in bad[0]
+    with Registry.open(home) as registry:
+        rows = [p for p in registry.catalog.placements() if p.state == BAD]
+        assert [(p.digest, p.region) for p in rows] == [(entry.digest, "us-east-1")]
+    status = runner.invoke(main, ["regions", "status", "--json"])
+    assert [r["bad"] for r in json.loads(status.stdout)] == [1, 0]
+
+    assert runner.invoke(main, ["replicate", "--repair"]).exit_code == 0
+    verify = runner.invoke(main, ["verify", "llama", "--read-data", "--json"])
+    assert verify.exit_code == 0, verify.output
+    # The repair is a new object version; the damaged one is kept, still locked.
+    versions = regions.client("a").list_object_versions(Bucket=regions.buckets["a"], Prefix=name)
+    kept = sorted(versions["Versions"], key=lambda v: v["LastModified"])
+    assert len(kept) == 2
+    for item in kept:
+        head = regions.client("a").head_object(
+            Bucket=regions.buckets["a"], Key=name, VersionId=item["VersionId"]
+        )
+        assert head["ObjectLockMode"] == "COMPLIANCE"
+
+
+def test_legal_hold_reaches_every_object_in_every_region(
+    regions: Regions, home: Path, tmp_path: Path
+) -> None:
+    Registry.init(home, store=[regions.store("a", "us-east-1"), regions.store("b", "us-west-2")])
+    model = make_model(tmp_path / "model", shards=2, shard_size=100_000, seed=14)
+    with Registry.open(home) as registry:
+        v1 = registry.push("llama", model).version
+        (model / "config.json").write_text('{"changed": true}')
+        v2 = registry.push("llama", model).version
+        shared = {f.digest for f in v1.files} & {f.digest for f in v2.files}
+        assert shared
+        names = {d: registry.store.object_name(BLOB, d) for d in shared}
+        registry.hold("llama@1", reason="audit")
+        registry.hold("llama@2", reason="audit")
+        for key in ("a", "b"):
+            for name in names.values():
+                head = regions.client(key).head_object(Bucket=regions.buckets[key], Key=name)
+                assert head["ObjectLockLegalHoldStatus"] == "ON"
+        released = registry.release_hold("llama@1", reason="done")
+        assert released.failed_regions == ()
+        # Shared with the still-held @2: still held.
+        for name in names.values():
+            head = regions.client("a").head_object(Bucket=regions.buckets["a"], Key=name)
+            assert head["ObjectLockLegalHoldStatus"] == "ON"
+        registry.release_hold("llama@2", reason="done")
+        for name in names.values():
+            head = regions.client("b").head_object(Bucket=regions.buckets["b"], Key=name)
+            assert head.get("ObjectLockLegalHoldStatus", "OFF") == "OFF"
+        events = [e.action for e in registry.audit_events(subject="llama")]
+        assert events.count("hold") == 2 and events.count("release-hold") == 2
+
+
+def test_pending_copies_after_a_quorum_push_are_counted(
+    regions: Regions, home: Path, tmp_path: Path
+) -> None:
+    Registry.init(
+        home,
+        store=[regions.store("a", "us-east-1"), regions.store("b", "us-west-2")],
+        write_quorum=1,
+    )
+    regions.stop("b")
+    model = make_model(tmp_path / "model", shards=1, shard_size=100_000, seed=15)
+    with Registry.open(home) as registry:
+        result = registry.push("llama", model)
+        assert result.pending_regions == ("us-west-2",)
+        status = {r.name: r for r in registry.regions_status()}
+        assert status["us-west-2"].pending == result.version.file_count + 1
+        assert status["us-east-1"].complete
+    regions.start("b")
+    with Registry.open(home) as registry:
+        report = registry.replicate()
+        assert report.ok and report.copied == result.version.file_count + 1
+        assert {p.state for p in registry.catalog.placements()} == {VERIFIED}
+        assert PENDING not in {p.state for p in registry.catalog.placements()}
