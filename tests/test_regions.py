@@ -23,7 +23,7 @@ from moto.server import ThreadedMotoServer
 
 from cli.main import main
 from registry.blobstore import BLOB, MANIFEST
-from registry.config import RegionSettings, load_settings, parse_region, render_config
+from registry.config import KmsSettings, RegionSettings, load_settings, parse_region, render_config
 from registry.crypto.signing import public_key_text
 from registry.errors import ConfigurationError, InvalidInputError, StorageError
 from registry.replication import BAD, PENDING, VERIFIED
@@ -206,8 +206,6 @@ def test_config_and_store_url_options(tmp_path: Path, home: Path) -> None:
     with pytest.raises(InvalidInputError, match="write quorum"):
         Registry.init(home, store=[str(tmp_path / "a"), str(tmp_path / "b")], write_quorum=3)
     with pytest.raises(InvalidInputError, match="--kms-key"):
-        from registry.config import KmsSettings
-
         Registry.init(
             home,
             store=[str(tmp_path / "a"), str(tmp_path / "b")],
