@@ -483,3 +483,66 @@ def test_pending_copies_after_a_quorum_push_are_counted(
         assert report.ok and report.copied == result.version.file_count + 1
         assert {p.state for p in registry.catalog.placements()} == {VERIFIED}
         assert PENDING not in {p.state for p in registry.catalog.placements()}
+
+
+# -- one KMS key per region ------------------------------------------------------------------
+
+
+def test_each_region_wraps_with_its_own_kms_key_and_survives_the_other_kms(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto import mock_aws
+
+    from registry.errors import KeyAccessError
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        key_a = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
+        kms_b = boto3.client("kms", region_name="us-west-2")
+        key_b = kms_b.create_key()["KeyMetadata"]["Arn"]
+        Registry.init(
+            home,
+            store=[
+                f"s3://kms-region-a?region=us-east-1&kms={key_a}&name=east",
+                f"s3://kms-region-b?region=us-west-2&kms={key_b}&name=west",
+            ],
+        )
+        assert not (home / "keys" / "kek.key").exists()  # every region has its KMS key
+        model = make_model(tmp_path / "model", shards=2, shard_size=200_000, seed=16)
+        with Registry.open(home) as registry:
+            version = registry.push("llama", model).version
+            entry = version.files[0]
+            owners = sorted(registry.catalog.key_slot_owners(entry.digest, BLOB))
+            assert owners == sorted([f"aws-kms:{key_a}", f"aws-kms:{key_b}"])
+        s3 = boto3.client("s3", region_name="us-east-1")
+        for bucket, key in (("kms-region-a", key_a), ("kms-region-b", key_b)):
+            slots = [
+                o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="slots/")["Contents"]
+            ]
+            kinds = {
+                json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read())["kek_id"]
+                for k in slots
+            }
+            assert kinds == {f"aws-kms:{key}"}  # each bucket holds its own region's slots
+
+        # Region east's KMS is unreachable: west's slot opens every copy.
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+        config = (home / "config.toml").read_text()
+        marker = 'kms_region = "us-east-1"\n'
+        assert marker in config
+        (home / "config.toml").write_text(
+            config.replace(marker, marker + f'kms_endpoint_url = "{dead}"\n')
+        )
+        with Registry.open(home) as registry:
+            registry.pull("llama", tmp_path / "out")
+            assert tree(tmp_path / "out") == tree(model)
+            report = registry.verify("llama", read_data=True)
+            assert report.ok and report.unchecked and report.unchecked[0].startswith("east")
+        # And with west's key disabled too, nothing opens and nothing is written.
+        kms_b.disable_key(KeyId=key_b.rsplit("/", 1)[1])
+        with pytest.raises(KeyAccessError), Registry.open(home) as registry:
+            registry.pull("llama", tmp_path / "again")
+        assert not (tmp_path / "again").exists()
