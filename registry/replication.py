@@ -43,6 +43,7 @@ BAD = "bad"
 # pays the time-out of a lost region once, not once per range.
 DOWN_FOR = 60.0
 _RANGE = 8 * 1024 * 1024
+MAX_SMALL_OBJECT = 64 * 1024 * 1024
 
 Chunks = Iterable[bytes | bytearray | memoryview]
 
@@ -82,6 +83,16 @@ class Replicated:
     @property
     def verified(self) -> list[str]:
         return [o.region for o in self.outcomes if o.state == VERIFIED]
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What a fan-out wrote: per target (error, checksum), the sources found damaged on the way,
+    and whether the bytes came from a new sealing."""
+
+    results: dict[str, tuple[Exception | None, str | None]]
+    bad_sources: dict[str, str]
+    sealed: bool
 
 
 @dataclass
@@ -302,13 +313,15 @@ class ReplicaSet:
         only: frozenset[str] | None = None,
         on_progress: Callable[[int], None] | None = None,
         size: int = 0,
+        read_back: bool = True,
     ) -> Replicated:
         """Bring the object to every region (or those in `only`) and report each one's state.
 
         `seal(data_key)` yields a new sealed object, used when no region holds one yet (a push);
         otherwise missing copies are copied from a good one. `checksum` is the ciphertext
         checksum recorded before; copies in `trusted` regions (verified before) are checked for
-        presence and key only, every other copy is read back. With `repair`, a damaged copy is
+        presence and key only, every other copy is read back (unless `read_back` is off: one
+        region, where the write's own checks stand in). With `repair`, a damaged copy is
         replaced by a good one (a new version where the store keeps versions). A region that
         fails gets a `pending` or `bad` outcome; nothing here raises for one region's failure.
         """
@@ -367,6 +380,9 @@ class ReplicaSet:
         ]
         # Stored copies not yet trusted are read back now: a damaged one is no source.
         for region in [r for r in sources if r.name not in outcomes]:
+            if not read_back:
+                outcomes[region.name] = Outcome(region.name, VERIFIED, checksum)
+                continue
             outcome = self._check(region, kind, digest, data_key, checksum, what=what)
             outcomes[region.name] = outcome
             if outcome.state == VERIFIED:
@@ -374,9 +390,19 @@ class ReplicaSet:
             else:
                 sources.remove(region)
                 damaged.append(region)
+        if repair and sources:
+            # Valid copies with other ciphertext (two first pushes raced, or one sealed anew
+            # over damage) are made identical to the preferred one: ranges stay interchangeable.
+            reference = outcomes[sources[0].name].checksum
+            for region in list(sources[1:]):
+                if reference and outcomes[region.name].checksum not in (None, reference):
+                    sources.remove(region)
+                    damaged.append(region)
+            checksum = reference or checksum
         if repair:
             targets += damaged
         header: sealed.SealedHeader | None = None
+        sealed_now = False
         if targets:
             written = self._write(
                 targets,
@@ -389,15 +415,22 @@ class ReplicaSet:
                 slots=slots,
                 what=what,
             )
+            sealed_now = written.sealed
+            for source_name, detail in written.bad_sources.items():
+                outcomes[source_name] = Outcome(source_name, BAD, detail=detail)
             for region in targets:
-                failure, new_checksum = written[region.name]
+                failure, new_checksum = written.results[region.name]
                 if failure is not None:
-                    outcomes[region.name] = Outcome(region.name, PENDING, detail=str(failure))
+                    state = BAD if isinstance(failure, IntegrityError) else PENDING
+                    outcomes[region.name] = Outcome(region.name, state, detail=str(failure))
                     continue
                 # What was written is what must be read back; a copy another push wrote
                 # meanwhile is authenticated in full instead.
                 expected = new_checksum or checksum
-                outcome = self._check(region, kind, digest, data_key, expected, what=what)
+                if read_back or expected is None:
+                    outcome = self._check(region, kind, digest, data_key, expected, what=what)
+                else:
+                    outcome = Outcome(region.name, VERIFIED, expected)
                 repaired = region in damaged
                 outcomes[region.name] = Outcome(
                     region.name,
@@ -412,7 +445,7 @@ class ReplicaSet:
                     uploaded=outcome.state == VERIFIED,
                 )
                 checksum = checksum or outcome.checksum
-        if on_progress is not None and not (targets and seal is not None and not sources):
+        if on_progress is not None and not sealed_now:
             on_progress(size)  # sealing reports its own progress; a copy or a reuse does not
         for region in self.regions:
             if region.name in outcomes and outcomes[region.name].state == VERIFIED:
@@ -421,7 +454,8 @@ class ReplicaSet:
                     break
                 except RegistryError:
                     continue
-        ordered = tuple(outcomes[r.name] for r in regions if r.name in outcomes)
+        # A copy outside `only` found damaged while copying from it is reported too.
+        ordered = tuple(outcomes[r.name] for r in self.regions if r.name in outcomes)
         return Replicated(kind, digest, name, header, tuple(slots.values()), ordered)
 
     def _each(
@@ -452,20 +486,20 @@ class ReplicaSet:
         replace: set[str],
         slots: dict[str, WrappedKey],
         what: str,
-    ) -> dict[str, tuple[Exception | None, str | None]]:
+    ) -> _Written:
         """Write one stream to every target in parallel: a good copy's bytes (authenticated on
-        the way; the next copy when one turns out damaged) when a region has one, else a new
-        sealing. Per target: (error, checksum of what was written)."""
+        the way) when a region has one, the next copy when one turns out damaged, a new sealing
+        when none is left and `seal` is given. Never raises for a damaged source or a target."""
         name = self.primary.object_name(kind, digest)
-        streams: list[Callable[[], Chunks]] = [
-            functools.partial(self._authenticated, source, kind, digest, data_key, what=what)
+        attempts: list[tuple[Region | None, Callable[[], Chunks]]] = [
+            (
+                source,
+                functools.partial(self._authenticated, source, kind, digest, data_key, what=what),
+            )
             for source in sources
         ]
-        if not streams and seal is not None:
-            streams.append(functools.partial(seal, data_key))
-        if not streams:
-            missing = IntegrityError(f"{what}: no region holds a good copy to copy from", path=what)
-            return {r.name: (missing, None) for r in targets}
+        if seal is not None:
+            attempts.append((None, functools.partial(seal, data_key)))
 
         def write(region: Region, chunks: Chunks) -> bool:
             """Whether the region now holds these very bytes."""
@@ -480,15 +514,24 @@ class ReplicaSet:
             region.store.check_key(kind, digest, data_key, what=what)
             return False
 
-        for attempt, stream in enumerate(streams):
+        bad_sources: dict[str, str] = {}
+        failure: Exception = IntegrityError(
+            f"{what}: no region holds a good copy to copy from", path=what
+        )
+        for source, stream in attempts:
             try:
-                return self._fan_out(targets, stream, write)
-            except IntegrityError:
-                # A source copy that failed authentication on the way: nothing was published
-                # (the last bytes are withheld), so the next copy can serve all targets.
-                if attempt == len(streams) - 1 or not sources:
-                    raise
-        raise AssertionError("unreachable")
+                results = self._fan_out(targets, stream, write)
+                return _Written(results, bad_sources, sealed=source is None)
+            except (IntegrityError, StorageError, KeyAccessError) as error:
+                if source is None:
+                    raise  # the local file changed or cannot be read: the push's own problem
+                # Nothing was published (a copy's last bytes are withheld until it all
+                # checked), so the next copy can serve every target.
+                bad_sources[source.name] = str(error)
+                failure = error
+                if isinstance(error, StorageError):
+                    self.mark_down(source, error)
+        return _Written({r.name: (failure, None) for r in targets}, bad_sources, sealed=False)
 
     def _fan_out(
         self,
@@ -552,35 +595,35 @@ class ReplicaSet:
         region: Region,
         kind: str,
         digest: str,
-        data_key: bytes,
+        data_key: bytes | Callable[[], bytes],
         expected: str | None,
         *,
         what: str,
     ) -> Outcome:
-        """Read a region's copy back: its ciphertext checksum against `expected`, or, when none
-        is known, every chunk authenticated (which also gives the checksum)."""
+        """Read a region's copy back: its ciphertext checksum against `expected` (the fast
+        path), else, when none is known or it differs, every chunk authenticated (which gives
+        the copy's own checksum). A copy that authenticates is good even when its bytes differ
+        from the expected ones (a concurrent first push sealed it, or a push sealed anew while
+        the other copies were damaged); only one that does not is bad."""
         try:
-            if expected is None:
-                hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-                for chunk in self._authenticated(region, kind, digest, data_key, what=what):
-                    hasher.update(chunk)
-                return Outcome(region.name, VERIFIED, "blake3:" + hasher.hexdigest())
-            actual = self.checksum(region, kind, digest)
+            if expected is not None:
+                actual = self.checksum(region, kind, digest)
+                if actual == expected:
+                    return Outcome(region.name, VERIFIED, actual)
+            key = data_key() if callable(data_key) else data_key
+            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+            for chunk in self._authenticated(region, kind, digest, key, what=what):
+                hasher.update(chunk)
+            return Outcome(region.name, VERIFIED, "blake3:" + hasher.hexdigest())
         except NotFoundError:
             return Outcome(region.name, BAD, detail="missing")
         except IntegrityError as error:
             return Outcome(region.name, BAD, detail=str(error))
+        except KmsUnreachableError as error:
+            return Outcome(region.name, PENDING, detail=f"key unavailable: {error}")
         except (StorageError, KeyAccessError) as error:
             self.mark_down(region, error)
             return Outcome(region.name, PENDING, detail=f"unreachable: {error}")
-        if actual != expected:
-            return Outcome(
-                region.name,
-                BAD,
-                actual,
-                detail=f"ciphertext checksum {actual}, expected {expected}",
-            )
-        return Outcome(region.name, VERIFIED, actual)
 
     def check(
         self,
@@ -592,10 +635,12 @@ class ReplicaSet:
         checksum: str | None,
         what: str,
     ) -> Outcome:
-        """Read one region's copy back (see `_check`); its data key from any region."""
-        data_key = b""
-        if checksum is None:
-            data_key, _slots = self.unwrap_any(kind, digest, known=known, what=what)
+        """Read one region's copy back (see `_check`); its data key from any region, fetched
+        only when the copy has to be authenticated in full."""
+
+        def data_key() -> bytes:
+            return self.unwrap_any(kind, digest, known=known, what=what)[0]
+
         return self._check(region, kind, digest, data_key, checksum, what=what)
 
     def checksum(self, region: Region, kind: str, digest: str) -> str:
@@ -710,17 +755,14 @@ class ReplicaSet:
     def read_bytes(
         self, kind: str, digest: str, *, known: Sequence[WrappedKey], what: str, report: ReadReport
     ) -> bytes:
-        """The whole plaintext of a small object (a manifest), authenticated, with fail-over."""
+        """The whole plaintext of a small object (a manifest), authenticated, with fail-over
+        (a damaged header too: it is read inside `unseal`, where a failure moves on)."""
         data_key, _slots = self.unwrap_any(kind, digest, known=known, what=what)
         source = _FailoverSource(self, kind, digest, report, what=what)
-        header = sealed.SealedHeader.unpack(source.read_range(0, sealed.HEADER_SIZE), what=what)
-        if header.plaintext_size > 64 * 1024 * 1024:
-            raise IntegrityError(f"{what}: implausibly large ({header.plaintext_size} bytes)")
         chunks = sealed.unseal(
             source.read_range,
             data_key,
             digest,
-            expected_size=header.plaintext_size,
             workers=1,
             verify_digest=False,
             what=what,
@@ -728,7 +770,14 @@ class ReplicaSet:
         )
         # The digest bound here is not the plaintext's (a manifest is named by the digest of its
         # canonical form), so the caller verifies content; AEAD still authenticates every chunk.
-        return b"".join(bytes(chunk) for chunk in chunks)
+        parts: list[bytes] = []
+        total = 0
+        for chunk in chunks:
+            total += len(chunk)
+            if total > MAX_SMALL_OBJECT:
+                raise IntegrityError(f"{what}: implausibly large (over {MAX_SMALL_OBJECT} bytes)")
+            parts.append(bytes(chunk))
+        return b"".join(parts)
 
 
 class _FailoverSource:

@@ -330,7 +330,7 @@ class Registry:
         """
         home_path = (Path(home) if home is not None else default_home()).expanduser().absolute()
         if (home_path / CONFIG_FILE).exists():
-            if catalog_url or store or key_dir or kms or write_quorum:
+            if catalog_url or store or key_dir or kms or write_quorum is not None:
                 raise ConfigurationError(
                     f"{home_path} is already initialised; options apply only to a new registry",
                     hint=f"edit {home_path / CONFIG_FILE} to change settings",
@@ -484,9 +484,11 @@ class Registry:
         repair: bool = False,
         only: frozenset[str] | None = None,
         distrust: frozenset[str] = frozenset(),
+        read_back: bool = True,
     ) -> Replicated:
         trusted, checksum = self._placed(kind, digest)
-        trusted -= distrust
+        # A repair reads every copy back, verified ones too: they may have rotted since.
+        trusted = frozenset() if repair else trusted - distrust
         return self.replicas.replicate(
             kind,
             digest,
@@ -499,6 +501,7 @@ class Registry:
             only=only,
             size=size,
             on_progress=on_progress,
+            read_back=read_back,
         )
 
     # -- push ------------------------------------------------------------------------------
@@ -523,7 +526,7 @@ class Registry:
         progress = progress or _NoProgress()
         validate_name(name)
         count = len(self.replicas.regions)
-        quorum = write_quorum or self.settings.write_quorum or count
+        quorum = write_quorum if write_quorum is not None else self.settings.write_quorum or count
         if not 1 <= quorum <= count:
             raise InvalidInputError(
                 f"write quorum {quorum} is not between 1 and {count} (the regions)"
@@ -590,6 +593,9 @@ class Registry:
                     ),
                     size=entry.size,
                     on_progress=progress.advance,
+                    # With one region a copy is not a replica: the write's own checks (fsync,
+                    # S3's checksum on receipt) stand in, and verify --read-data reads back.
+                    read_back=count > 1,
                 )
                 for file_digest, entry in unique.items()
             ]
@@ -625,6 +631,7 @@ class Registry:
             digest,
             what=what,
             seal=lambda data_key: seal_bytes(data_key, digest, envelope, chunk_size=chunk_size),
+            read_back=count > 1,
         )
         _require_quorum([stored_manifest], quorum, [what])
         version, created = self.catalog.commit_version(
@@ -653,6 +660,12 @@ class Registry:
                 placements=_placements([*blobs, stored_manifest]),
             )
         )
+        held = self.catalog.held_objects()
+        for result in [*blobs, stored_manifest]:
+            written = {o.region for o in result.outcomes if o.uploaded}
+            if written and (result.digest, result.kind) in held:
+                # A held version's object written anew (to a region that lacked it) is held too.
+                self._legal_hold_copies({(result.digest, result.kind)}, on=True, only=written)
         pending = sorted(
             {o.region for r in [*blobs, stored_manifest] for o in r.outcomes if o.state != VERIFIED}
         )
@@ -778,7 +791,8 @@ class Registry:
                         kind,
                         region,
                         self.store.object_name(kind, digest),
-                        BAD,
+                        # A network failure says nothing of the copy: check it again later.
+                        PENDING if detail.startswith("unreachable") else BAD,
                         None,
                         detail,
                     )
@@ -1123,10 +1137,8 @@ class Registry:
                             repaired += 1
                         else:
                             copied += 1
-                        if key in held:
-                            problems += self._legal_hold_copies(
-                                {key}, on=True, only={outcome.region}
-                            )
+                    if key in held:
+                        problems += self._legal_hold_copies({key}, on=True, only={outcome.region})
                 else:
                     problems.append(f"{outcome.region}: {what}: {outcome.state} ({outcome.detail})")
             progress.advance(1)
@@ -1167,10 +1179,28 @@ class Registry:
         if not reason.strip():
             raise InvalidInputError("releasing a legal hold needs a reason", hint="pass --reason")
         _check_text("reason", reason, limit=4096)
-        record = self.catalog.release_hold(parse_reference(ref), reason=reason, actor=self.actor)
-        objects = self._version_objects(record.name, record.number) - self.catalog.held_objects()
+        version = self.resolve(ref)
+        holds = self.catalog.holds()
+        if not any((h.name, h.number) == (version.name, version.number) for h in holds):
+            raise NotFoundError(f"{version.ref} is not under legal hold")
+        still_held: set[tuple[str, str]] = set()
+        for other in holds:
+            if (other.name, other.number) != (version.name, version.number):
+                still_held |= self._version_objects(other.name, other.number)
+        objects = self._version_objects(version.name, version.number) - still_held
+        # The stores first: if a region cannot be reached the hold stays recorded, and the same
+        # command can run again.
         failed = self._legal_hold_copies(objects, on=False)
-        return HoldResult(record, True, len(objects), tuple(failed))
+        if failed:
+            raise StorageError(
+                f"the legal hold on {version.ref} could not be released in "
+                f"{'; '.join(failed)}; it is still recorded",
+                hint="run the same command again once the region is reachable",
+            )
+        record = self.catalog.release_hold(
+            parse_reference(version.ref), reason=reason, actor=self.actor
+        )
+        return HoldResult(record, True, len(objects))
 
     def holds(self) -> list[HoldRecord]:
         return self.catalog.holds()

@@ -546,3 +546,110 @@ def test_each_region_wraps_with_its_own_kms_key_and_survives_the_other_kms(
         with pytest.raises(KeyAccessError), Registry.open(home) as registry:
             registry.pull("llama", tmp_path / "again")
         assert not (tmp_path / "again").exists()
+
+
+# -- found in review -------------------------------------------------------------------------
+
+
+def test_damaged_manifest_header_fails_over(
+    two_local: Registry, model_dir: Path, tmp_path: Path
+) -> None:
+    version = two_local.push("llama", model_dir).version
+    path = _object_file(tmp_path, "region-a", two_local, MANIFEST, version.digest)
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF  # the magic: the header itself is damaged
+    path.write_bytes(bytes(data))
+    pulled = two_local.pull("llama", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model_dir)
+    assert any(copy.startswith("region-1: manifest") for copy in pulled.bad_copies)
+    assert two_local.replicate(repair=True).ok
+    assert two_local.verify("llama", read_data=True).ok
+
+
+def test_a_damaged_source_never_spreads_and_repair_converges(
+    two_local: Registry, model_dir: Path, tmp_path: Path
+) -> None:
+    version = two_local.push("llama", model_dir).version
+    entry = max(version.files, key=lambda f: f.size)
+    damaged = _object_file(tmp_path, "region-a", two_local, BLOB, entry.digest)
+    os.chmod(damaged, 0o644)
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    damaged.write_bytes(bytes(data))
+    _object_file(tmp_path, "region-b", two_local, BLOB, entry.digest).unlink()
+
+    # Region-1's copy is still recorded verified; copying from it fails authentication, so
+    # region-2 gets a new sealing instead, and the push says region-1 is bad (quorum: all).
+    with pytest.raises(StorageError, match="region-1: bad"):
+        two_local.push("other", model_dir)
+    fresh = _object_file(tmp_path, "region-b", two_local, BLOB, entry.digest)
+    assert fresh.exists() and fresh.read_bytes() != bytes(data)
+    report = two_local.replicate(repair=True)
+    assert report.ok, report.problems
+    # Both copies valid and identical again.
+    assert damaged.read_bytes() == fresh.read_bytes()
+    assert two_local.push("other", model_dir).created
+    assert two_local.verify("llama", read_data=True).ok
+
+
+def test_a_network_failure_during_a_read_leaves_the_copy_pending_not_bad(
+    two_local: Registry, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    two_local.push("llama", model_dir)
+    driver = two_local.replicas.regions[0].store.driver
+    original = driver.read_into
+    failures = iter([True])
+
+    def flaky(name: str, offset: int, buffer: memoryview) -> int:
+        if next(failures, False):
+            raise StorageError("connection reset")
+        return original(name, offset, buffer)
+
+    monkeypatch.setattr(driver, "read_into", flaky)
+    pulled = two_local.pull("llama", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model_dir)
+    states = {p.state for p in two_local.catalog.placements(region="region-1")}
+    assert PENDING in states and BAD not in states
+    monkeypatch.setattr(driver, "read_into", original)
+    two_local.replicas.mark_up(two_local.replicas.regions[0])
+    assert pulled.bad_copies and two_local.replicate().ok
+    assert {p.state for p in two_local.catalog.placements()} == {VERIFIED}
+
+
+def test_write_quorum_zero_is_refused(two_local: Registry, model_dir: Path) -> None:
+    with pytest.raises(InvalidInputError, match="write quorum"):
+        two_local.push("llama", model_dir, write_quorum=0)
+    assert two_local.models() == []
+
+
+def test_release_clears_the_hold_of_a_repaired_objects_old_version(
+    regions: Regions, home: Path, tmp_path: Path
+) -> None:
+    Registry.init(home, store=[regions.store("a", "us-east-1"), regions.store("b", "us-west-2")])
+    model = make_model(tmp_path / "model", shards=1, shard_size=300_000, seed=17)
+    with Registry.open(home) as registry:
+        version = registry.push("llama", model).version
+        entry = max(version.files, key=lambda f: f.size)
+        name = registry.store.object_name(BLOB, entry.digest)
+        registry.hold("llama@1", reason="audit")
+    _corrupt_in_backend(regions.buckets["a"], name)
+    with Registry.open(home) as registry:
+        assert registry.verify("llama", read_data=True).problems
+        assert registry.replicate(repair=True).ok
+        client = regions.client("a")
+        listed = client.list_object_versions(Bucket=regions.buckets["a"], Prefix=name)
+        ids = [v["VersionId"] for v in listed["Versions"]]
+        assert len(ids) == 2
+
+        def holds() -> list[str]:
+            return [
+                client.head_object(Bucket=regions.buckets["a"], Key=name, VersionId=i).get(
+                    "ObjectLockLegalHoldStatus", "OFF"
+                )
+                for i in ids
+            ]
+
+        assert holds() == ["ON", "ON"]  # the repaired copy got the hold too
+        registry.release_hold("llama@1", reason="done")
+        assert holds() == ["OFF", "OFF"]

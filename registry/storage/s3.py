@@ -23,11 +23,12 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from registry.errors import (
     ConfigurationError,
     ConflictError,
+    IntegrityError,
     InvalidInputError,
     NotFoundError,
     StorageError,
@@ -365,8 +366,25 @@ class S3Driver(Driver, ObjectLock):
         return self._lock_state(name, self._key(name), self._object_version(name))[1]
 
     def set_legal_hold(self, name: str, on: bool) -> None:
-        version = self._object_version(name)
-        pin = {"VersionId": version} if version and version != "null" else {}
+        """Place the hold on the object (its newest version), or release it from every live
+        version that has it (a repair leaves the damaged version, hold included, behind)."""
+        if on:
+            self._set_version_hold(name, self._object_version(name), on=True)
+            return
+        try:
+            versions = self._versions(self._key(name))
+        except (ClientError, BotoCoreError) as error:
+            raise self._fail("listing versions of", name, error) from error
+        if not versions:
+            raise NotFoundError(f"object {name!r} not found")
+        for entry in versions:
+            version = entry.get("VersionId")
+            version = None if version in (None, "null") else str(version)
+            if self._lock_state(name, self._key(name), version)[1]:
+                self._set_version_hold(name, version, on=False)
+
+    def _set_version_hold(self, name: str, version: str | None, *, on: bool) -> None:
+        pin = {"VersionId": version} if version else {}
         self._call(
             "legal hold of",
             name,
@@ -375,7 +393,7 @@ class S3Driver(Driver, ObjectLock):
             LegalHold={"Status": "ON" if on else "OFF"},
             **pin,
         )
-        if self._lock_state(name, self._key(name), pin.get("VersionId"))[1] != on:
+        if self._lock_state(name, self._key(name), version)[1] != on:
             raise StorageError(
                 f"{name}: the store did not keep the legal hold {'ON' if on else 'OFF'}"
             )
@@ -478,6 +496,10 @@ class S3Driver(Driver, ObjectLock):
                     raise NotFoundError(f"object {name!r} not found") from None
                 return b""
             raise self._fail("read of", name, error) from error
+        except FlexibleChecksumError as error:
+            # The stored bytes do not match the checksum stored with them: damage, not an
+            # outage (a reader moves to another copy and records this one as bad).
+            raise IntegrityError(f"object {name!r}: stored checksum mismatch ({error})") from None
         except BotoCoreError as error:
             raise self._fail("read of", name, error) from error
 
