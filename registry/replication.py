@@ -414,6 +414,7 @@ class ReplicaSet:
                 replace={r.name for r in damaged},
                 slots=slots,
                 what=what,
+                checksums=read_back,
             )
             sealed_now = written.sealed
             for source_name, detail in written.bad_sources.items():
@@ -426,11 +427,11 @@ class ReplicaSet:
                     continue
                 # What was written is what must be read back; a copy another push wrote
                 # meanwhile is authenticated in full instead.
-                expected = new_checksum or checksum
-                if read_back or expected is None:
+                if read_back:
+                    expected = new_checksum or checksum
                     outcome = self._check(region, kind, digest, data_key, expected, what=what)
                 else:
-                    outcome = Outcome(region.name, VERIFIED, expected)
+                    outcome = Outcome(region.name, VERIFIED, new_checksum)
                 repaired = region in damaged
                 outcomes[region.name] = Outcome(
                     region.name,
@@ -486,6 +487,7 @@ class ReplicaSet:
         replace: set[str],
         slots: dict[str, WrappedKey],
         what: str,
+        checksums: bool = True,
     ) -> _Written:
         """Write one stream to every target in parallel: a good copy's bytes (authenticated on
         the way) when a region has one, the next copy when one turns out damaged, a new sealing
@@ -520,7 +522,7 @@ class ReplicaSet:
         )
         for source, stream in attempts:
             try:
-                results = self._fan_out(targets, stream, write)
+                results = self._fan_out(targets, stream, write, checksum=checksums)
                 return _Written(results, bad_sources, sealed=source is None)
             except (IntegrityError, StorageError, KeyAccessError) as error:
                 if source is None:
@@ -538,17 +540,21 @@ class ReplicaSet:
         targets: Sequence[Region],
         stream: Callable[[], Chunks],
         write: Callable[[Region, Chunks], bool],
+        *,
+        checksum: bool = True,
     ) -> dict[str, tuple[Exception | None, str | None]]:
         """`write` every target from one pass over `stream`; the stream's own errors are
-        raised, a target's errors are its result."""
+        raised, a target's errors are its result (with the written bytes' checksum when
+        `checksum`: hashing costs a push about a tenth of its speed when nothing reads back)."""
         results: dict[str, tuple[Exception | None, str | None]] = {}
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if checksum else None
         source_failed: list[BaseException] = []
 
         def hashed() -> Iterator[bytes | bytearray | memoryview]:
             try:
                 for chunk in stream():
-                    hasher.update(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     yield chunk
             except BaseException as error:
                 source_failed.append(error)
@@ -558,7 +564,7 @@ class ReplicaSet:
             region = targets[0]
             try:
                 ours = write(region, hashed())
-                results[region.name] = (None, "blake3:" + hasher.hexdigest() if ours else None)
+                results[region.name] = (None, _hex(hasher) if ours else None)
             except (StorageError, KeyAccessError, IntegrityError) as error:
                 if source_failed:
                     raise
@@ -583,7 +589,7 @@ class ReplicaSet:
                 failure = future.exception()
                 if failure is None:
                     ours = future.result()
-                    results[region.name] = (None, "blake3:" + hasher.hexdigest() if ours else None)
+                    results[region.name] = (None, _hex(hasher) if ours else None)
                 elif isinstance(failure, (StorageError, KeyAccessError, IntegrityError)):
                     results[region.name] = (failure, None)
                 else:
@@ -920,6 +926,10 @@ class _Fanout:
 
     def fail(self, error: BaseException) -> None:
         self._put(error)
+
+
+def _hex(hasher: blake3.blake3 | None) -> str | None:
+    return None if hasher is None else "blake3:" + hasher.hexdigest()
 
 
 def _ranges(
