@@ -87,7 +87,10 @@ def test_locked_objects_are_not_deleted(locked) -> None:
     with pytest.raises(RetentionError, match="COMPLIANCE"):
         driver.delete("blobs/c", bypass_governance=True)
     assert driver.get_range("blobs/c") == b"c"
-    assert not any(r["operation"] == "DeleteObject" for r in sent)
+    # (The only deletes: of the driver's own write-once probe object, never locked.)
+    assert not any(
+        r["operation"] == "DeleteObject" and "registry/probe/" not in r["Key"] for r in sent
+    )
 
 
 def test_governance_yields_only_to_an_explicit_bypass(locked) -> None:
@@ -136,3 +139,15 @@ def test_minimum_retention_applies_to_every_write(locked) -> None:
     driver.put_if_absent("slots/y", [b"slot"], lock=Retention(GOVERNANCE, soon(5)))
     retention = driver.retention("slots/y")
     assert retention.mode == COMPLIANCE and retention.until >= soon(29)
+
+
+def test_the_write_once_probe_tells_moto_from_ceph_and_leaves_nothing(
+    locked, request: pytest.FixtureRequest
+) -> None:
+    driver, client, _sent = locked
+    # moto refuses a second If-None-Match write on a versioned bucket (as AWS does): no listing
+    # is needed after a write; Ceph RGW does not, so the driver keeps checking by listing.
+    expected = "ceph" not in request.node.callspec.id
+    assert driver._write_once_enforced() is expected
+    listed = client.list_object_versions(Bucket=driver.location.bucket)
+    assert listed.get("Versions", []) == [] and listed.get("DeleteMarkers", []) == []

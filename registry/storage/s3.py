@@ -14,6 +14,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import dataclasses
+import threading
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -117,9 +119,12 @@ class S3Driver(Driver, ObjectLock):
         lock_mode: str = COMPLIANCE,
         minimum_retention: timedelta | None = None,
         fail_fast: bool = False,
+        server_write_once: bool | None = None,
     ) -> None:
         """`minimum_retention` (e.g. 30 days) locks every object written for at least that long
-        in `lock_mode`; None writes objects unlocked unless a `lock` is passed per write."""
+        in `lock_mode`; None writes objects unlocked unless a `lock` is passed per write.
+        `server_write_once` says whether the server enforces `If-None-Match: *` here (then a
+        write is not checked by listing versions); None probes it on the first write."""
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise InvalidInputError(
                 f"S3 part size must be {MIN_PART_SIZE >> 20}..{MAX_PART_SIZE >> 20} MiB"
@@ -138,6 +143,8 @@ class S3Driver(Driver, ObjectLock):
         self._client = client or make_client(
             location, parallelism=self.parallelism, fail_fast=fail_fast
         )
+        self._enforced: bool | None = server_write_once
+        self._probe_lock = threading.Lock()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -416,13 +423,48 @@ class S3Driver(Driver, ObjectLock):
         Servers that ignore `If-None-Match: *` on versioned buckets let a racing writer add a
         second version; the oldest one is the object, a later one is removed again.
         """
-        if not version_id or version_id == "null":
+        if not version_id or version_id == "null" or self._write_once_enforced():
             return True
         versions = self._versions(key)
         if not versions or versions[0]["VersionId"] == version_id:
             return True
         self._client.delete_object(Bucket=self.location.bucket, Key=key, VersionId=version_id)
         return False
+
+    def _write_once_enforced(self) -> bool:
+        """Whether this server refuses a second `If-None-Match: *` write of a name on this
+        bucket (AWS does, Ceph RGW does not on versioned buckets). Probed once per driver with
+        a small object written twice and then deleted; only a refusal with 412 counts, so a
+        server that ignores the header keeps the listing check."""
+        with self._probe_lock:
+            if self._enforced is None:
+                self._enforced = self._probe_write_once()
+            return self._enforced
+
+    def _probe_write_once(self) -> bool:
+        key = f"{self.location.prefix}registry/probe/{uuid.uuid4().hex}"
+        bucket = self.location.bucket
+        versions: builtins.list[str] = []
+        enforced = False
+        try:
+            for _ in range(2):
+                try:
+                    response = self._client.put_object(
+                        Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*"
+                    )
+                    versions.append(str(response.get("VersionId", "null")))
+                except ClientError as error:
+                    enforced = (
+                        _code(error) in ("PreconditionFailed", "412") or _status(error) == 412
+                    )
+                    break
+        except (ClientError, BotoCoreError):
+            return False
+        finally:
+            for version in versions:
+                with contextlib.suppress(ClientError, BotoCoreError):
+                    self._client.delete_object(Bucket=bucket, Key=key, VersionId=version)
+        return enforced and len(versions) == 1
 
     def _multipart(
         self, key: str, first: bytes, second: bytes, rest: Iterator[bytes], *, write_once: bool
