@@ -314,14 +314,17 @@ class ReplicaSet:
         on_progress: Callable[[int], None] | None = None,
         size: int = 0,
         read_back: bool = True,
+        suspect: frozenset[str] = frozenset(),
     ) -> Replicated:
         """Bring the object to every region (or those in `only`) and report each one's state.
 
-        `seal(data_key)` yields a new sealed object, used when no region holds one yet (a push);
-        otherwise missing copies are copied from a good one. `checksum` is the ciphertext
+        `seal(data_key)` yields a new sealed object, used when no region holds a good one yet (a
+        push, which also replaces damaged copies); otherwise missing copies are copied from a
+        good one. `checksum` is the ciphertext
         checksum recorded before; copies in `trusted` regions (verified before) are checked for
         presence and key only, every other copy is read back (unless `read_back` is off: one
-        region, where the write's own checks stand in). With `repair`, a damaged copy is
+        region, where the write's own checks stand in; copies in `suspect` regions, recorded bad
+        or pending, are read back whatever `read_back` says). With `repair`, a damaged copy is
         replaced by a good one (a new version where the store keeps versions). A region that
         fails gets a `pending` or `bad` outcome; nothing here raises for one region's failure.
         """
@@ -380,7 +383,7 @@ class ReplicaSet:
         ]
         # Stored copies not yet trusted are read back now: a damaged one is no source.
         for region in [r for r in sources if r.name not in outcomes]:
-            if not read_back:
+            if not read_back and region.name not in suspect:
                 outcomes[region.name] = Outcome(region.name, VERIFIED, checksum)
                 continue
             outcome = self._check(region, kind, digest, data_key, checksum, what=what)
@@ -399,7 +402,9 @@ class ReplicaSet:
                     sources.remove(region)
                     damaged.append(region)
             checksum = reference or checksum
-        if repair:
+        if repair or seal is not None:
+            # A repair, or a push holding the verified local file: damaged copies are replaced
+            # (from a good copy when there is one, else by sealing the file anew).
             targets += damaged
         header: sealed.SealedHeader | None = None
         sealed_now = False
@@ -528,10 +533,12 @@ class ReplicaSet:
                 if source is None:
                     raise  # the local file changed or cannot be read: the push's own problem
                 # Nothing was published (a copy's last bytes are withheld until it all
-                # checked), so the next copy can serve every target.
-                bad_sources[source.name] = str(error)
+                # checked), so the next copy can serve every target. Only damage blames the
+                # source; an outage says nothing about its copy.
                 failure = error
-                if isinstance(error, StorageError):
+                if isinstance(error, IntegrityError):
+                    bad_sources[source.name] = str(error)
+                else:
                     self.mark_down(source, error)
         return _Written({r.name: (failure, None) for r in targets}, bad_sources, sealed=False)
 
@@ -611,12 +618,21 @@ class ReplicaSet:
         the copy's own checksum). A copy that authenticates is good even when its bytes differ
         from the expected ones (a concurrent first push sealed it, or a push sealed anew while
         the other copies were damaged); only one that does not is bad."""
-        try:
-            if expected is not None:
+        if expected is not None:
+            try:
                 actual = self.checksum(region, kind, digest)
-                if actual == expected:
-                    return Outcome(region.name, VERIFIED, actual)
-            key = data_key() if callable(data_key) else data_key
+            except NotFoundError:
+                return Outcome(region.name, BAD, detail="missing")
+            except IntegrityError as error:
+                return Outcome(region.name, BAD, detail=str(error))
+            except StorageError as error:
+                self.mark_down(region, error)
+                return Outcome(region.name, PENDING, detail=f"unreachable: {error}")
+            if actual == expected:
+                return Outcome(region.name, VERIFIED, actual)
+        # A key that cannot be had says nothing about the copy: that error is the caller's.
+        key = data_key() if callable(data_key) else data_key
+        try:
             hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
             for chunk in self._authenticated(region, kind, digest, key, what=what):
                 hasher.update(chunk)

@@ -486,9 +486,11 @@ class Registry:
         distrust: frozenset[str] = frozenset(),
         read_back: bool = True,
     ) -> Replicated:
-        trusted, checksum = self._placed(kind, digest)
+        rows = [p for p in self.catalog.placements(digest=digest) if p.purpose == kind]
+        verified = [p for p in rows if p.state == VERIFIED]
+        checksum = next((p.checksum for p in verified if p.checksum), None)
         # A repair reads every copy back, verified ones too: they may have rotted since.
-        trusted = frozenset() if repair else trusted - distrust
+        trusted = frozenset() if repair else frozenset(p.region for p in verified) - distrust
         return self.replicas.replicate(
             kind,
             digest,
@@ -502,6 +504,7 @@ class Registry:
             size=size,
             on_progress=on_progress,
             read_back=read_back,
+            suspect=frozenset(p.region for p in rows if p.state != VERIFIED),
         )
 
     # -- push ------------------------------------------------------------------------------
@@ -661,13 +664,31 @@ class Registry:
             )
         )
         held = self.catalog.held_objects()
+        unheld: list[PlacementRecord] = []
         for result in [*blobs, stored_manifest]:
             written = {o.region for o in result.outcomes if o.uploaded}
             if written and (result.digest, result.kind) in held:
-                # A held version's object written anew (to a region that lacked it) is held too.
-                self._legal_hold_copies({(result.digest, result.kind)}, on=True, only=written)
+                # A held version's object written anew (to a region that lacked it) is held too;
+                # where that fails the copy stays pending, and `replicate` holds it.
+                for failure in self._legal_hold_copies(
+                    {(result.digest, result.kind)}, on=True, only=written
+                ):
+                    region_name = failure.split(":", 1)[0]
+                    unheld.append(
+                        PlacementRecord(
+                            result.digest,
+                            result.kind,
+                            region_name,
+                            result.object_name,
+                            PENDING,
+                            None,
+                            f"legal hold not applied: {failure}",
+                        )
+                    )
+        self.catalog.record_placements(unheld)
         pending = sorted(
             {o.region for r in [*blobs, stored_manifest] for o in r.outcomes if o.state != VERIFIED}
+            | {p.region for p in unheld}
         )
         return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
 
@@ -1183,15 +1204,17 @@ class Registry:
         holds = self.catalog.holds()
         if not any((h.name, h.number) == (version.name, version.number) for h in holds):
             raise NotFoundError(f"{version.ref} is not under legal hold")
-        still_held: set[tuple[str, str]] = set()
-        for other in holds:
-            if (other.name, other.number) != (version.name, version.number):
-                still_held |= self._version_objects(other.name, other.number)
-        objects = self._version_objects(version.name, version.number) - still_held
+        # Objects a sharing version's hold keeps stay held (read just before clearing).
+        objects = self._version_objects(version.name, version.number) - self._held_elsewhere(
+            version
+        )
         # The stores first: if a region cannot be reached the hold stays recorded, and the same
         # command can run again.
         failed = self._legal_hold_copies(objects, on=False)
         if failed:
+            # All or nothing: the regions already cleared get their holds back.
+            cleared = {r.name for r in self.replicas.regions} - {f.split(":", 1)[0] for f in failed}
+            self._legal_hold_copies(objects, on=True, only=cleared)
             raise StorageError(
                 f"the legal hold on {version.ref} could not be released in "
                 f"{'; '.join(failed)}; it is still recorded",
@@ -1204,6 +1227,13 @@ class Registry:
 
     def holds(self) -> list[HoldRecord]:
         return self.catalog.holds()
+
+    def _held_elsewhere(self, version: VersionRecord) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for hold in self.catalog.holds():
+            if (hold.name, hold.number) != (version.name, version.number):
+                found |= self._version_objects(hold.name, hold.number)
+        return found
 
     def _version_objects(self, name: str, number: int) -> set[tuple[str, str]]:
         version = self.catalog.resolve(parse_reference(f"{name}@{number}"))

@@ -24,6 +24,7 @@ from moto.server import ThreadedMotoServer
 from cli.main import main
 from registry.blobstore import BLOB, MANIFEST
 from registry.config import KmsSettings, RegionSettings, load_settings, parse_region, render_config
+from registry.crypto.sealed import HEADER_SIZE
 from registry.crypto.signing import public_key_text
 from registry.errors import ConfigurationError, InvalidInputError, StorageError
 from registry.replication import BAD, PENDING, VERIFIED
@@ -653,3 +654,53 @@ def test_release_clears_the_hold_of_a_repaired_objects_old_version(
         assert holds() == ["ON", "ON"]  # the repaired copy got the hold too
         registry.release_hold("llama@1", reason="done")
         assert holds() == ["OFF", "OFF"]
+
+
+def test_one_region_repush_heals_a_copy_recorded_bad(
+    registry: Registry, model_dir: Path, tmp_path: Path, home: Path
+) -> None:
+    version = registry.push("llama", model_dir).version
+    entry = max(version.files, key=lambda f: f.size)
+    path = home / "store" / "objects" / registry.store.object_name(BLOB, entry.digest)
+    os.chmod(path, 0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="failed authentication"):
+        registry.pull("llama", tmp_path / "out")
+    assert BAD in {p.state for p in registry.catalog.placements(digest=entry.digest)}
+    # The re-push reads the suspect copy back instead of trusting it, and seals it anew from
+    # the local file it has just verified.
+    result = registry.push("llama", model_dir)
+    assert not result.created and result.uploaded_bytes == entry.size
+    assert {p.state for p in registry.catalog.placements(digest=entry.digest)} == {VERIFIED}
+    registry.pull("llama", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model_dir)
+
+
+def test_an_outage_of_the_source_during_a_copy_does_not_blame_its_copy(
+    two_local: Registry, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version = two_local.push("llama", model_dir).version
+    entry = max(version.files, key=lambda f: f.size)
+    _object_file(tmp_path, "region-b", two_local, BLOB, entry.digest).unlink()
+    source = two_local.replicas.regions[0].store.driver
+    original = source.get_range
+    target = two_local.store.object_name(BLOB, entry.digest)
+    failures = iter([True])
+
+    def flaky(name: str, offset: int = 0, length: int | None = None) -> bytes:
+        # The copy's first range after the header (read-backs start at 0, not there).
+        if name == target and offset == HEADER_SIZE and next(failures, False):
+            raise StorageError("connection reset")
+        return original(name, offset, length)
+
+    monkeypatch.setattr(source, "get_range", flaky)
+    report = two_local.replicate(repair=True)
+    assert not report.ok
+    rows = {p.region: p.state for p in two_local.catalog.placements(digest=entry.digest)}
+    assert rows["region-1"] == VERIFIED and rows["region-2"] != VERIFIED
+    monkeypatch.setattr(source, "get_range", original)
+    two_local.replicas.mark_up(two_local.replicas.regions[0])
+    assert two_local.replicate(repair=True).ok
+    assert two_local.verify("llama", read_data=True).ok

@@ -199,3 +199,28 @@ def test_prepare_bucket_accepts_a_default_retention_that_breaks_every_push(clien
     )
     with pytest.raises(ConfigurationError):
         prepare_bucket(parse_store(f"s3://{BUCKET}?region=us-east-1"))
+
+
+class _MultipartIgnoresCondition:
+    """A server that refuses a second If-None-Match PutObject but ignores the header on
+    CompleteMultipartUpload (some S3-compatible servers and older releases)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def complete_multipart_upload(self, **kwargs: Any) -> Any:
+        kwargs.pop("IfNoneMatch", None)
+        return self.real.complete_multipart_upload(**kwargs)
+
+
+def test_write_once_probe_covers_multipart_completion(client: Any) -> None:
+    """The probe once tested PutObject only; a server ignoring the condition on multipart
+    completion passed it, and large objects then skipped the write-once check."""
+    assert S3Driver(S3Location(BUCKET), client=client)._write_once_enforced() is True
+    lax = S3Driver(S3Location(BUCKET), client=_MultipartIgnoresCondition(client))
+    assert lax._write_once_enforced() is False
+    listed = client.list_object_versions(Bucket=BUCKET, Prefix="registry/probe/")
+    assert listed.get("Versions", []) == []  # the probe leaves nothing behind

@@ -387,8 +387,11 @@ class S3Driver(Driver, ObjectLock):
         for entry in versions:
             version = entry.get("VersionId")
             version = None if version in (None, "null") else str(version)
-            if self._lock_state(name, self._key(name), version)[1]:
-                self._set_version_hold(name, version, on=False)
+            try:
+                if self._lock_state(name, self._key(name), version)[1]:
+                    self._set_version_hold(name, version, on=False)
+            except NotFoundError:
+                continue  # that version went meanwhile; the others still get released
 
     def _set_version_hold(self, name: str, version: str | None, *, on: bool) -> None:
         pin = {"VersionId": version} if version else {}
@@ -442,29 +445,54 @@ class S3Driver(Driver, ObjectLock):
             return self._enforced
 
     def _probe_write_once(self) -> bool:
+        """Write a name, then try both kinds of second write with `If-None-Match: *`: a plain
+        PutObject and a CompleteMultipartUpload. Enforced only when both are refused with 412;
+        every version the probe made is deleted again."""
         key = f"{self.location.prefix}registry/probe/{uuid.uuid4().hex}"
         bucket = self.location.bucket
         versions: builtins.list[str] = []
-        enforced = False
+
+        def refused(error: ClientError) -> bool:
+            return _code(error) in ("PreconditionFailed", "412") or _status(error) == 412
+
         try:
-            for _ in range(2):
-                try:
-                    response = self._client.put_object(
-                        Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*"
-                    )
-                    versions.append(str(response.get("VersionId", "null")))
-                except ClientError as error:
-                    enforced = (
-                        _code(error) in ("PreconditionFailed", "412") or _status(error) == 412
-                    )
-                    break
+            first = self._client.put_object(Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*")
+            versions.append(str(first.get("VersionId", "null")))
+            try:
+                again = self._client.put_object(
+                    Bucket=bucket, Key=key, Body=b"probe", IfNoneMatch="*"
+                )
+                versions.append(str(again.get("VersionId", "null")))
+                return False
+            except ClientError as error:
+                if not refused(error):
+                    return False
+            upload = self._client.create_multipart_upload(Bucket=bucket, Key=key)
+            upload_id = upload["UploadId"]
+            try:
+                part = self._client.upload_part(
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"probe"
+                )
+                done = self._client.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+                    IfNoneMatch="*",
+                )
+                versions.append(str(done.get("VersionId", "null")))
+                return False
+            except ClientError as error:
+                return refused(error)
+            finally:
+                with contextlib.suppress(ClientError, BotoCoreError):
+                    self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         except (ClientError, BotoCoreError):
             return False
         finally:
             for version in versions:
                 with contextlib.suppress(ClientError, BotoCoreError):
                     self._client.delete_object(Bucket=bucket, Key=key, VersionId=version)
-        return enforced and len(versions) == 1
 
     def _multipart(
         self, key: str, first: bytes, second: bytes, rest: Iterator[bytes], *, write_once: bool
