@@ -398,18 +398,19 @@ class Catalog:
                 model = Model(name=new.name, created_at=now, created_by=new.actor)
                 session.add(model)
                 session.flush()
+            # Slots and placements are what the stores hold now, whether or not the version
+            # is new (a re-push of existing content repairs).
+            slots = [(b.digest, "blob", slot) for b in new.blobs for slot in b.slots]
+            slots += [(new.digest, "manifest", slot) for slot in new.manifest_slots]
+            _add_slots(session, slots, now)
+            for placement in new.placements:
+                _upsert_placement(session, placement, now)
             existing = session.scalar(
                 select(Version)
                 .where(Version.model_id == model.id, Version.digest == new.digest)
                 .options(selectinload(Version.files), selectinload(Version.model))
             )
             if existing is not None:
-                # A re-push repairs: its placements and slots are what the stores hold now.
-                for placement in new.placements:
-                    _upsert_placement(session, placement, now)
-                slots = [(b.digest, "blob", slot) for b in new.blobs for slot in b.slots]
-                slots += [(new.digest, "manifest", slot) for slot in new.manifest_slots]
-                _add_slots(session, slots, now)
                 return _version_record(existing), False
             for blob in new.blobs:
                 if session.get(Blob, blob.digest) is None:
@@ -423,11 +424,6 @@ class Catalog:
                             created_at=now,
                         )
                     )
-            slots = [(b.digest, "blob", slot) for b in new.blobs for slot in b.slots]
-            slots += [(new.digest, "manifest", slot) for slot in new.manifest_slots]
-            _add_slots(session, slots, now)
-            for placement in new.placements:
-                _upsert_placement(session, placement, now)
             session.flush()
             number = (
                 session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
