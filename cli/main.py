@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import holds, keys, regions, registry_commands, versions
+from cli import aliases, holds, keys, regions, registry_commands, versions
 from registry import __version__
 
 
@@ -23,3 +23,4 @@ versions.register(main)
 main.add_command(keys.keys)
 regions.register(main)
 holds.register(main)
+aliases.register(main)

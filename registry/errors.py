@@ -151,6 +151,13 @@ class StorageError(RegistryError, OSError):
     exit_code = 9
 
 
+class PermissionDeniedError(RegistryError, PermissionError):
+    """The caller's role does not allow the change (moving a protected alias, deleting)."""
+
+    code = "permission_denied"
+    exit_code = 10
+
+
 class ObjectExistsError(StorageError):
     """A write-once object already exists (raised only where absence was required)."""
 
@@ -169,4 +176,5 @@ EXIT_CODES: dict[int, str] = {
     KeyAccessError.exit_code: "key access: key file missing, unreadable or wrong",
     ConfigurationError.exit_code: "configuration: registry not initialised, schema too new",
     StorageError.exit_code: "storage: the store could not be read or written",
+    PermissionDeniedError.exit_code: "permission denied: the role does not allow the change",
 }

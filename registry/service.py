@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -28,6 +29,11 @@ from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, BlobStore, seal_bytes
 from registry.catalog.db import create_catalog_engine, migrate
 from registry.catalog.repository import (
+    PROMOTE,
+    ROLLBACK,
+    ROLLBACK_TO,
+    AliasMoveRecord,
+    AliasRecord,
     AuditRecord,
     Catalog,
     FileRecord,
@@ -75,14 +81,26 @@ from registry.errors import (
     KeyAccessError,
     KmsUnreachableError,
     NotFoundError,
+    PermissionDeniedError,
     RegistryError,
     StorageError,
 )
 from registry.manifest import Manifest, ManifestFile
-from registry.refs import parse_reference, validate_name, validate_relative_path
+from registry.refs import (
+    parse_reference,
+    validate_alias,
+    validate_name,
+    validate_relative_path,
+)
 from registry.replication import BAD, PENDING, VERIFIED, ReadReport, Region, ReplicaSet, Replicated
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
 from registry.storage.lock import ObjectLock
+
+READER = "reader"
+PUSHER = "pusher"
+PROMOTER = "promoter"
+ADMIN = "admin"
+ROLES = (READER, PUSHER, PROMOTER, ADMIN)
 
 
 class Progress(Protocol):
@@ -199,6 +217,14 @@ class HoldResult:
 
 
 @dataclass(frozen=True)
+class AliasChange:
+    """An alias move: the move made (None when it already pointed there) and the alias now."""
+
+    move: AliasMoveRecord | None
+    alias: AliasRecord
+
+
+@dataclass(frozen=True)
 class VersionDetails:
     version: VersionRecord
     manifest: Manifest
@@ -208,9 +234,13 @@ class VersionDetails:
 class Registry:
     """An open registry: catalog, store, keys and signer, as configured in a home directory."""
 
-    def __init__(self, settings: Settings, *, actor: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, actor: str | None = None, role: str = ADMIN) -> None:
         self.settings = settings
         self.actor = actor or default_actor()
+        if role not in ROLES:
+            raise InvalidInputError(f"unknown role {role!r}", hint=f"one of {', '.join(ROLES)}")
+        # The local user is admin; the REST API gives each token its role.
+        self.role = role
         naming_key = read_key_file(settings.naming_key_file, label="naming key")
         local_keys = LocalKeyProvider.from_file(settings.kek_file) if settings.kek_file else None
         providers = [_key_provider(region.kms, local_keys) for region in settings.regions]
@@ -260,10 +290,12 @@ class Registry:
     # -- lifecycle of the handle -----------------------------------------------------------
 
     @classmethod
-    def open(cls, home: str | Path | None = None, *, actor: str | None = None) -> Registry:
+    def open(
+        cls, home: str | Path | None = None, *, actor: str | None = None, role: str = ADMIN
+    ) -> Registry:
         """Open the registry in `home` (MODEL_REGISTRY_HOME, default ~/.model-registry)."""
         settings = load_settings(Path(home) if home is not None else None)
-        registry = cls(settings, actor=actor)
+        registry = cls(settings, actor=actor, role=role)
         try:
             registry._check_claims()
         except BaseException:
@@ -1034,6 +1066,86 @@ class Registry:
             },
         )
         return result
+
+    # -- aliases ---------------------------------------------------------------------------
+
+    def promote(self, ref: str, alias: str, *, reason: str = "") -> AliasChange:
+        """Point ALIAS of REF's model at REF (atomic; recorded in the alias history). A
+        protected alias moves only for the promoter or admin role."""
+        self._require(PUSHER, "promote")
+        validate_alias(alias)
+        _check_text("reason", reason, limit=4096)
+        version = self.resolve(ref)
+        move, now = self.catalog.move_alias(
+            version.name,
+            alias,
+            kind=PROMOTE,
+            target=version.number,
+            reason=reason,
+            actor=self.actor,
+            may_move_protected=self.role in (PROMOTER, ADMIN),
+        )
+        return AliasChange(move, now)
+
+    def rollback(
+        self, name: str, alias: str, *, to: str | None = None, reason: str = ""
+    ) -> AliasChange:
+        """Move ALIAS back to the version it pointed at before the current one (repeated
+        rollbacks keep going back), or to `to`, a version of the same model."""
+        self._require(PUSHER, "roll back")
+        validate_name(name)
+        validate_alias(alias)
+        _check_text("reason", reason, limit=4096)
+        target = None
+        if to is not None:
+            version = self.resolve(to)
+            if version.name != name:
+                raise InvalidInputError(f"{to} is not a version of {name}")
+            target = version.number
+        move, now = self.catalog.move_alias(
+            name,
+            alias,
+            kind=ROLLBACK if target is None else ROLLBACK_TO,
+            target=target,
+            reason=reason,
+            actor=self.actor,
+            may_move_protected=self.role in (PROMOTER, ADMIN),
+        )
+        return AliasChange(move, now)
+
+    def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
+        self._require(PROMOTER, "protect or unprotect an alias")
+        return self.catalog.protect_alias(
+            validate_name(name), validate_alias(alias), protected=protected, actor=self.actor
+        )
+
+    def aliases(self, name: str) -> list[AliasRecord]:
+        return self.catalog.aliases(validate_name(name))
+
+    def history(
+        self, name: str, alias: str | None = None, *, at: datetime | None = None
+    ) -> list[AliasMoveRecord]:
+        """The moves of the model's aliases (or one), oldest first; with `at`, for each alias
+        the move that was in force at that instant (what `production` was at time T)."""
+        validate_name(name)
+        if alias is not None:
+            validate_alias(alias)
+        moves = self.catalog.alias_history(name, alias)
+        if at is None:
+            return moves
+        if at.tzinfo is None:
+            raise InvalidInputError("a time needs a time zone (e.g. 2026-11-30T12:00:00Z)")
+        current: dict[str, AliasMoveRecord] = {}
+        for move in moves:
+            if move.moved_at <= at:
+                current[move.alias] = move
+        return [current[key] for key in sorted(current)]
+
+    def _require(self, role: str, action: str) -> None:
+        if ROLES.index(self.role) < ROLES.index(role):
+            raise PermissionDeniedError(
+                f"the {self.role} role may not {action}", hint=f"it needs the {role} role"
+            )
 
     # -- regions ---------------------------------------------------------------------------
 

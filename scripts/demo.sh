@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: a registry on the embedded default, used the way a person uses it.
 # Generates a small sharded safetensors model, pushes two versions (the second shares all but
-# one shard), lists, shows, pulls, verifies, and loads the pulled tensors with safetensors/torch.
+# one shard), promotes them to production (and rolls back once), lists, shows, pulls production,
+# verifies, and loads the pulled tensors with safetensors/torch.
 set -euo pipefail
 root=$(pwd)/.demo
 rm -rf "$root"
@@ -26,10 +27,15 @@ make_model(Path("$root/tuned"), shards=4, shard_size=8 << 20, seed=2)
 shutil.copy("$root/tuned/model-00004-of-00004.safetensors", "$root/llama-demo/")
 PY
 step model-registry push demo/llama "$root/llama-demo" --message "fine-tuned last shard"
+step model-registry promote demo/llama@1 production --reason "first release"
+step model-registry promote demo/llama@2 production --reason "fine-tune passed evals"
+step model-registry rollback demo/llama production --reason "latency regression"
+step model-registry rollback demo/llama production --to demo/llama@2 --reason "fixed in serving"
+step model-registry history demo/llama production
 step model-registry ls
 step model-registry ls demo/llama
-step model-registry show demo/llama@2
-step model-registry pull demo/llama@2 "$root/pulled"
+step model-registry show demo/llama:production
+step model-registry pull demo/llama:production "$root/pulled"
 step diff -r "$root/llama-demo" "$root/pulled"
 echo "byte-identical"
 step model-registry verify demo/llama@2 --read-data

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -167,3 +168,36 @@ class LegalHold(Base):
     reason: Mapped[str] = mapped_column(Text)
     placed_by: Mapped[str] = mapped_column(String(256))
     placed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Alias(Base):
+    """A name (production, staging, ...) pointing at one version of a model: the one mutable
+    pointer of the catalog, moved only together with a row in `alias_moves`."""
+
+    __tablename__ = "aliases"
+
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str] = mapped_column(String(256))
+
+
+class AliasMove(Base):
+    """One move of an alias (append-only): what it pointed at before and after, who, when, why."""
+
+    __tablename__ = "alias_moves"
+    __table_args__ = (Index("ix_alias_moves_model_alias", "model_id", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    alias: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))  # promote | rollback
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"))
+    previous_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("versions.id"), nullable=True
+    )
+    moved_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    moved_by: Mapped[str] = mapped_column(String(256))
+    reason: Mapped[str] = mapped_column(Text, default="")

@@ -21,6 +21,8 @@ from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from registry.catalog.models import (
+    Alias,
+    AliasMove,
     AuditEvent,
     Blob,
     KeySlot,
@@ -36,6 +38,7 @@ from registry.errors import (
     AmbiguousReferenceError,
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     StorageError,
 )
 from registry.refs import Reference
@@ -146,6 +149,36 @@ class HoldRecord:
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.number}"
+
+
+PROMOTE = "promote"
+ROLLBACK = "rollback"  # back to the version before the current one
+ROLLBACK_TO = "rollback-to"  # back to a version named by the caller
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    name: str
+    alias: str
+    number: int
+    digest: str
+    protected: bool
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class AliasMoveRecord:
+    """One move of an alias: `number` is where it pointed after, `previous` before (None: new)."""
+
+    name: str
+    alias: str
+    kind: str
+    number: int
+    previous: int | None
+    moved_at: datetime
+    moved_by: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -294,7 +327,15 @@ class Catalog:
                 .options(selectinload(Version.files), selectinload(Version.model))
             )
             if ref.alias is not None:
-                raise NotFoundError(f"{ref}: model {ref.name} has no alias {ref.alias!r}")
+                alias = session.get(Alias, (model.id, ref.alias))
+                if alias is None:
+                    raise NotFoundError(
+                        f"{ref}: model {ref.name} has no alias {ref.alias!r}",
+                        hint=f"`model-registry history {ref.name}` lists its aliases",
+                    )
+                version = session.scalar(query.where(Version.id == alias.version_id))
+                assert version is not None  # a foreign key
+                return _version_record(version)
             if ref.number is not None:
                 version = session.scalar(query.where(Version.number == ref.number))
                 if version is None:
@@ -609,6 +650,199 @@ class Catalog:
             manifests = session.scalars(select(Version.digest).where(Version.id.in_(held))).all()
         return {(d, "blob") for d in blobs} | {(d, "manifest") for d in manifests}
 
+    # -- aliases ---------------------------------------------------------------------------
+
+    def move_alias(
+        self,
+        name: str,
+        alias: str,
+        *,
+        kind: str,
+        target: int | None,
+        reason: str,
+        actor: str,
+        may_move_protected: bool,
+    ) -> tuple[AliasMoveRecord | None, AliasRecord]:
+        """Point `alias` of model `name` at version `target` (a number), or, for a plain
+        rollback (`target` None), at the version it pointed at before the current one.
+
+        One transaction: the alias row is locked (SELECT ... FOR UPDATE on PostgreSQL, BEGIN
+        IMMEDIATE on SQLite) and the move appended to the history, so concurrent moves of one
+        alias serialise and the history stays one consistent chain. Returns (the move, or None
+        when the alias already pointed there, and the alias now)."""
+
+        def work(session: Session) -> tuple[AliasMoveRecord | None, AliasRecord]:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            row = session.scalar(
+                select(Alias)
+                .where(Alias.model_id == model.id, Alias.name == alias)
+                .with_for_update()
+            )
+            if row is not None and row.protected and not may_move_protected:
+                raise PermissionDeniedError(
+                    f"{name}:{alias} is protected: moving it needs the promoter role",
+                    hint="ask a promoter or an admin, or `model-registry alias unprotect` it",
+                )
+            numbers = dict(
+                session.execute(
+                    select(Version.id, Version.number).where(Version.model_id == model.id)
+                ).all()
+            )
+            ids = {number: id_ for id_, number in numbers.items()}
+            if target is None:
+                if row is None:
+                    raise NotFoundError(f"model {name} has no alias {alias!r} to roll back")
+                moves = session.scalars(
+                    select(AliasMove)
+                    .where(AliasMove.model_id == model.id, AliasMove.alias == alias)
+                    .order_by(AliasMove.id)
+                ).all()
+                stack = _alias_stack(moves)
+                if len(stack) < 2:
+                    raise ConflictError(
+                        f"{name}:{alias} has no earlier version to roll back to",
+                        hint=f"name one: `model-registry rollback {name} {alias} --to REF`",
+                    )
+                version_id = stack[-2]
+            else:
+                if target not in ids:
+                    raise NotFoundError(f"{name}@{target} does not exist")
+                version_id = ids[target]
+            now = utcnow()
+            if row is not None and row.version_id == version_id:
+                return None, _alias_record(name, row, numbers, session)
+            previous = row.version_id if row is not None else None
+            if row is None:
+                row = Alias(
+                    model_id=model.id,
+                    name=alias,
+                    version_id=version_id,
+                    protected=False,
+                    updated_at=now,
+                    updated_by=actor,
+                )
+                session.add(row)
+            else:
+                row.version_id = version_id
+                row.updated_at = now
+                row.updated_by = actor
+            session.add(
+                AliasMove(
+                    model_id=model.id,
+                    alias=alias,
+                    kind=kind,
+                    version_id=version_id,
+                    previous_version_id=previous,
+                    moved_at=now,
+                    moved_by=actor,
+                    reason=reason,
+                )
+            )
+            details: dict[str, Any] = {
+                "alias": alias,
+                "version": numbers[version_id],
+                "previous": None if previous is None else numbers[previous],
+                "reason": reason,
+            }
+            session.add(
+                AuditEvent(
+                    at=now, actor=actor, action=kind, subject=name, details=_details(details)
+                )
+            )
+            session.flush()
+            move = AliasMoveRecord(
+                name,
+                alias,
+                kind,
+                numbers[version_id],
+                None if previous is None else numbers[previous],
+                now,
+                actor,
+                reason,
+            )
+            return move, _alias_record(name, row, numbers, session)
+
+        return self._retrying(work, what=f"move {name}:{alias}")
+
+    def protect_alias(self, name: str, alias: str, *, protected: bool, actor: str) -> AliasRecord:
+        def work(session: Session) -> AliasRecord:
+            model = session.scalar(select(Model).where(Model.name == name))
+            row = (
+                None
+                if model is None
+                else session.scalar(
+                    select(Alias)
+                    .where(Alias.model_id == model.id, Alias.name == alias)
+                    .with_for_update()
+                )
+            )
+            if model is None or row is None:
+                raise NotFoundError(f"model {name} has no alias {alias!r}")
+            numbers = dict(
+                session.execute(
+                    select(Version.id, Version.number).where(Version.model_id == model.id)
+                ).all()
+            )
+            if row.protected != protected:
+                row.protected = protected
+                session.add(
+                    AuditEvent(
+                        at=utcnow(),
+                        actor=actor,
+                        action="protect-alias" if protected else "unprotect-alias",
+                        subject=name,
+                        details=_details({"alias": alias}),
+                    )
+                )
+            return _alias_record(name, row, numbers, session)
+
+        return self._retrying(work, what=f"protect {name}:{alias}")
+
+    def aliases(self, name: str) -> list[AliasRecord]:
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            numbers = dict(
+                session.execute(
+                    select(Version.id, Version.number).where(Version.model_id == model.id)
+                ).all()
+            )
+            rows = session.scalars(
+                select(Alias).where(Alias.model_id == model.id).order_by(Alias.name)
+            ).all()
+            return [_alias_record(name, row, numbers, session) for row in rows]
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasMoveRecord]:
+        """Every move of the model's aliases (or of one), oldest first."""
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            numbers = dict(
+                session.execute(
+                    select(Version.id, Version.number).where(Version.model_id == model.id)
+                ).all()
+            )
+            query = select(AliasMove).where(AliasMove.model_id == model.id)
+            if alias is not None:
+                query = query.where(AliasMove.alias == alias)
+            return [
+                AliasMoveRecord(
+                    name,
+                    move.alias,
+                    move.kind,
+                    numbers[move.version_id],
+                    None if move.previous_version_id is None else numbers[move.previous_version_id],
+                    move.moved_at,
+                    move.moved_by,
+                    move.reason,
+                )
+                for move in session.scalars(query.order_by(AliasMove.id))
+            ]
+
 
 def _version_row(session: Session, record: VersionRecord) -> Version:
     version = session.scalar(
@@ -686,4 +920,30 @@ def _hold_record(version: Version, hold: LegalHold) -> HoldRecord:
         hold.reason,
         hold.placed_by,
         hold.placed_at,
+    )
+
+
+def _alias_stack(moves: Sequence[AliasMove]) -> list[int]:
+    """The versions an alias went through, as a stack: a promote (or a rollback to a named
+    version) pushes, a plain rollback pops; the top is where it points."""
+    stack: list[int] = []
+    for move in moves:
+        if move.kind == ROLLBACK and len(stack) >= 2:
+            stack.pop()
+        else:
+            stack.append(move.version_id)
+    return stack
+
+
+def _alias_record(name: str, row: Alias, numbers: dict[int, int], session: Session) -> AliasRecord:
+    version = session.get(Version, row.version_id)
+    assert version is not None
+    return AliasRecord(
+        name,
+        row.name,
+        numbers.get(row.version_id, version.number),
+        version.digest,
+        row.protected,
+        row.updated_at,
+        row.updated_by,
     )

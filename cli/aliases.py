@@ -1,0 +1,193 @@
+"""`promote`, `rollback`, `history` and `alias ls|protect|unprotect`: the aliases of a model."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+from rich.table import Table
+
+from cli.ui import handle_errors, print_json, stdout, when
+from registry.catalog.repository import AliasMoveRecord, AliasRecord
+from registry.errors import InvalidInputError
+from registry.service import AliasChange, Registry
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+REASON = click.option("--reason", default="", help="Why (kept in the alias history and audit).")
+
+
+def _move_json(move: AliasMoveRecord) -> dict[str, object]:
+    return {
+        "model": move.name,
+        "alias": move.alias,
+        "kind": move.kind,
+        "version": move.number,
+        "previous": move.previous,
+        "moved_at": move.moved_at.isoformat(),
+        "moved_by": move.moved_by,
+        "reason": move.reason,
+    }
+
+
+def _alias_json(alias: AliasRecord) -> dict[str, object]:
+    return {
+        "model": alias.name,
+        "alias": alias.alias,
+        "version": alias.number,
+        "digest": alias.digest,
+        "protected": alias.protected,
+        "updated_at": alias.updated_at.isoformat(),
+        "updated_by": alias.updated_by,
+    }
+
+
+def _report(change: AliasChange, as_json: bool) -> None:
+    alias = change.alias
+    if as_json:
+        print_json(
+            {
+                **_alias_json(alias),
+                "moved": change.move is not None,
+                "previous": None if change.move is None else change.move.previous,
+            }
+        )
+        return
+    if change.move is None:
+        stdout.print(
+            f"unchanged: {alias.name}:{alias.alias} already is {alias.name}@{alias.number}"
+        )
+        return
+    before = "new" if change.move.previous is None else f"was @{change.move.previous}"
+    stdout.print(
+        f"{alias.name}:{alias.alias} -> {alias.name}@{alias.number}  ({before})  "
+        f"{alias.digest[:19]}"
+    )
+
+
+@click.command()
+@click.argument("ref")
+@click.argument("alias")
+@REASON
+@JSON
+@handle_errors
+def promote(ref: str, alias: str, reason: str, as_json: bool) -> None:
+    """Point ALIAS (production, staging, ...) of REF's model at REF."""
+    with Registry.open() as registry:
+        change = registry.promote(ref, alias, reason=reason)
+    _report(change, as_json)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("alias")
+@click.option("--to", "to", metavar="REF", help="Move to this version instead of the previous.")
+@REASON
+@JSON
+@handle_errors
+def rollback(name: str, alias: str, to: str | None, reason: str, as_json: bool) -> None:
+    """Move ALIAS of NAME back to the version it pointed at before (or to --to REF)."""
+    with Registry.open() as registry:
+        change = registry.rollback(name, alias, to=to, reason=reason)
+    _report(change, as_json)
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"invalid time {text!r}", hint="use ISO 8601, e.g. 2026-11-30T12:00:00Z"
+        ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+@click.command()
+@click.argument("name")
+@click.argument("alias", required=False)
+@click.option("--at", "at", metavar="TIME", help="Where each alias pointed at TIME (ISO 8601).")
+@JSON
+@handle_errors
+def history(name: str, alias: str | None, at: str | None, as_json: bool) -> None:
+    """The moves of NAME's aliases (who, when, why); with --at, where they pointed then."""
+    moment = _parse_time(at)
+    with Registry.open() as registry:
+        moves = registry.history(name, alias, at=moment)
+    if as_json:
+        print_json([_move_json(m) for m in moves])
+        return
+    if not moves:
+        stdout.print("no alias moves" + (f" before {at}" if at else ""))
+        return
+    table = Table("alias", "version", "before", "kind", "when (UTC)", "by")
+    table.add_column("reason", overflow="fold")
+    for m in moves:
+        table.add_row(
+            m.alias,
+            f"@{m.number}",
+            "-" if m.previous is None else f"@{m.previous}",
+            m.kind,
+            m.moved_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.moved_by,
+            m.reason,
+        )
+    stdout.print(table)
+
+
+@click.group("alias")
+def alias_group() -> None:
+    """List and protect aliases."""
+
+
+@alias_group.command("ls")
+@click.argument("name")
+@JSON
+@handle_errors
+def list_(name: str, as_json: bool) -> None:
+    """The aliases of NAME and where they point."""
+    with Registry.open() as registry:
+        aliases = registry.aliases(name)
+    if as_json:
+        print_json([_alias_json(a) for a in aliases])
+        return
+    table = Table("alias", "version", "blake3", "protected", "moved", "by")
+    for a in aliases:
+        table.add_row(
+            a.alias,
+            f"@{a.number}",
+            a.digest[7:19],
+            "yes" if a.protected else "",
+            when(a.updated_at),
+            a.updated_by,
+        )
+    stdout.print(table if aliases else f"{name} has no aliases: model-registry promote REF ALIAS")
+
+
+@alias_group.command()
+@click.argument("name")
+@click.argument("alias")
+@JSON
+@handle_errors
+def protect(name: str, alias: str, as_json: bool) -> None:
+    """Protect ALIAS: moving it then needs the promoter role."""
+    with Registry.open() as registry:
+        record = registry.protect_alias(name, alias, protected=True)
+    print_json(_alias_json(record)) if as_json else stdout.print(f"protected {name}:{alias}")
+
+
+@alias_group.command()
+@click.argument("name")
+@click.argument("alias")
+@JSON
+@handle_errors
+def unprotect(name: str, alias: str, as_json: bool) -> None:
+    """Remove ALIAS's protection."""
+    with Registry.open() as registry:
+        record = registry.protect_alias(name, alias, protected=False)
+    print_json(_alias_json(record)) if as_json else stdout.print(f"unprotected {name}:{alias}")
+
+
+def register(group: click.Group) -> None:
+    for command in (promote, rollback, history, alias_group):
+        group.add_command(command)
