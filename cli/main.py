@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import aliases, holds, keys, regions, registry_commands, versions
+from cli import aliases, audit, holds, keys, regions, registry_commands, versions
 from registry import __version__
 
 
@@ -24,3 +24,4 @@ main.add_command(keys.keys)
 regions.register(main)
 holds.register(main)
 aliases.register(main)
+audit.register(main)

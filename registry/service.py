@@ -35,6 +35,7 @@ from registry.catalog.repository import (
     AliasMoveRecord,
     AliasRecord,
     AuditRecord,
+    AuditVerification,
     Catalog,
     FileRecord,
     HoldRecord,
@@ -466,8 +467,18 @@ class Registry:
     def models(self) -> list[ModelRecord]:
         return self.catalog.models()
 
-    def audit_events(self, *, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
-        return self.catalog.audit_events(subject=subject, limit=limit)
+    def audit_events(
+        self, *, subject: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[AuditRecord]:
+        if since is not None and since.tzinfo is None:
+            raise InvalidInputError("a time needs a time zone (e.g. 2026-11-30T12:00:00Z)")
+        if not 1 <= limit <= 100_000:
+            raise InvalidInputError("limit must be 1..100000")
+        return self.catalog.audit_events(subject=subject, since=since, limit=limit)
+
+    def verify_audit(self) -> AuditVerification:
+        """Walk the tamper-evident audit chain (see `Catalog.verify_audit`)."""
+        return self.catalog.verify_audit()
 
     def show(self, ref: str) -> VersionDetails:
         version = self.resolve(ref)

@@ -139,6 +139,9 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(256))
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
+    # A hash chain: each entry's hash covers its content and the previous entry's hash.
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class Placement(Base):

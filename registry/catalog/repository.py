@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select
+import blake3
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -197,6 +198,18 @@ class NewVersion:
     files: Sequence[FileRecord]
     blobs: Sequence[NewBlob]
     placements: Sequence[PlacementRecord] = ()
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """The result of walking the audit chain: `head` is the last good hash (anchor it elsewhere
+    to detect the removal of the newest entries, which no chain can show by itself)."""
+
+    ok: bool
+    checked: int
+    first_bad: int | None
+    problem: str
+    head: str
 
 
 @dataclass(frozen=True)
@@ -398,11 +411,16 @@ class Catalog:
             )
             return None if version is None else _version_record(version)
 
-    def audit_events(self, *, subject: str | None = None, limit: int = 100) -> list[AuditRecord]:
+    def audit_events(
+        self, *, subject: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[AuditRecord]:
+        """The newest `limit` entries (about `subject`, at or after `since`), newest first."""
         with self._read() as session:
             query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             if subject is not None:
                 query = query.where(AuditEvent.subject == subject)
+            if since is not None:
+                query = query.where(AuditEvent.at >= since)
             return [
                 AuditRecord(e.id, e.at, e.actor, e.action, e.subject, json.loads(e.details))
                 for e in session.scalars(query)
@@ -412,14 +430,13 @@ class Catalog:
 
     def audit(self, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
         def work(session: Session) -> None:
-            session.add(
-                AuditEvent(
-                    at=utcnow(),
-                    actor=actor,
-                    action=action,
-                    subject=subject,
-                    details=_details(details),
-                )
+            _append_audit(
+                session,
+                at=utcnow(),
+                actor=actor,
+                action=action,
+                subject=subject,
+                details=_details(details),
             )
 
         self._retrying(work, what=f"audit {action}")
@@ -497,27 +514,66 @@ class Catalog:
                         tensor_count=entry.tensor_count,
                     )
                 )
-            session.add(
-                AuditEvent(
-                    at=now,
-                    actor=new.actor,
-                    action="push",
-                    subject=new.name,
-                    details=_details(
-                        {
-                            "version": number,
-                            "digest": new.digest,
-                            "files": len(new.files),
-                            "bytes": new.total_size,
-                        }
-                    ),
-                )
+            _append_audit(
+                session,
+                at=now,
+                actor=new.actor,
+                action="push",
+                subject=new.name,
+                details=_details(
+                    {
+                        "version": number,
+                        "digest": new.digest,
+                        "files": len(new.files),
+                        "bytes": new.total_size,
+                    }
+                ),
             )
             session.flush()
             session.refresh(version, ["files"])
             return _version_record(version), True
 
         return self._retrying(work, what=f"push {new.name}")
+
+    def verify_audit(self) -> AuditVerification:
+        """Walk the audit chain from the first entry: every entry's hash must match its content
+        and the previous entry's hash. Names the first entry where that fails (an edited entry,
+        or one whose predecessor was deleted, inserted or moved)."""
+        with self._read() as session:
+            prev = GENESIS
+            checked = 0
+            rows = session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars()
+            for event in rows.yield_per(1000):
+                if event.prev_hash != prev:
+                    return AuditVerification(
+                        False,
+                        checked,
+                        event.id,
+                        f"audit entry {event.id} does not follow entry "
+                        f"{'(none)' if checked == 0 else 'before it'}: an entry before it was "
+                        "deleted, inserted or moved",
+                        prev,
+                    )
+                expected = audit_hash(
+                    prev,
+                    id=event.id,
+                    at=event.at,
+                    actor=event.actor,
+                    action=event.action,
+                    subject=event.subject,
+                    details=event.details,
+                )
+                if event.hash != expected:
+                    return AuditVerification(
+                        False,
+                        checked,
+                        event.id,
+                        f"audit entry {event.id} was changed after it was written",
+                        prev,
+                    )
+                prev = event.hash
+                checked += 1
+            return AuditVerification(True, checked, None, "", prev)
 
     # -- placements ------------------------------------------------------------------------
 
@@ -594,14 +650,13 @@ class Catalog:
                 version_id=version.id, reason=reason, placed_by=actor, placed_at=utcnow()
             )
             session.add(hold)
-            session.add(
-                AuditEvent(
-                    at=hold.placed_at,
-                    actor=actor,
-                    action="hold",
-                    subject=version.model.name,
-                    details=_details({"version": version.number, "reason": reason}),
-                )
+            _append_audit(
+                session,
+                at=hold.placed_at,
+                actor=actor,
+                action="hold",
+                subject=version.model.name,
+                details=_details({"version": version.number, "reason": reason}),
             )
             session.flush()
             return _hold_record(version, hold), True
@@ -618,14 +673,13 @@ class Catalog:
                 raise NotFoundError(f"{version.model.name}@{version.number} is not under hold")
             record = _hold_record(version, hold)
             session.delete(hold)
-            session.add(
-                AuditEvent(
-                    at=utcnow(),
-                    actor=actor,
-                    action="release-hold",
-                    subject=version.model.name,
-                    details=_details({"version": version.number, "reason": reason}),
-                )
+            _append_audit(
+                session,
+                at=utcnow(),
+                actor=actor,
+                action="release-hold",
+                subject=version.model.name,
+                details=_details({"version": version.number, "reason": reason}),
             )
             return record
 
@@ -746,10 +800,8 @@ class Catalog:
                 "previous": None if previous is None else numbers[previous],
                 "reason": reason,
             }
-            session.add(
-                AuditEvent(
-                    at=now, actor=actor, action=kind, subject=name, details=_details(details)
-                )
+            _append_audit(
+                session, at=now, actor=actor, action=kind, subject=name, details=_details(details)
             )
             session.flush()
             move = AliasMoveRecord(
@@ -787,14 +839,13 @@ class Catalog:
             )
             if row.protected != protected:
                 row.protected = protected
-                session.add(
-                    AuditEvent(
-                        at=utcnow(),
-                        actor=actor,
-                        action="protect-alias" if protected else "unprotect-alias",
-                        subject=name,
-                        details=_details({"alias": alias}),
-                    )
+                _append_audit(
+                    session,
+                    at=utcnow(),
+                    actor=actor,
+                    action="protect-alias" if protected else "unprotect-alias",
+                    subject=name,
+                    details=_details({"alias": alias}),
                 )
             return _alias_record(name, row, numbers, session)
 
@@ -842,6 +893,53 @@ class Catalog:
                 )
                 for move in session.scalars(query.order_by(AliasMove.id))
             ]
+
+
+GENESIS = "0" * 64
+# PostgreSQL: appends to the chain take this transaction-level advisory lock, so two writers never
+# chain onto the same predecessor (SQLite transactions are already BEGIN IMMEDIATE).
+_AUDIT_LOCK = 0x6D72_6175  # "mrau"
+
+
+def audit_hash(
+    prev: str, *, id: int, at: datetime, actor: str, action: str, subject: str, details: str
+) -> str:
+    """The chain hash of one audit entry: BLAKE3 of its canonical content and `prev`."""
+    body = json.dumps(
+        {
+            "id": id,
+            "at": at.astimezone(UTC).isoformat(),
+            "actor": actor,
+            "action": action,
+            "subject": subject,
+            "details": details,
+            "prev": prev,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return str(blake3.blake3(body.encode()).hexdigest())
+
+
+def _append_audit(
+    session: Session, *, at: datetime, actor: str, action: str, subject: str, details: str
+) -> None:
+    """Append one entry to the audit chain inside the caller's transaction."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
+    prev = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+    prev = prev or GENESIS
+    # Stored as the database gives it back (microseconds, UTC), so that verify recomputes it.
+    at = at.astimezone(UTC)
+    event = AuditEvent(
+        at=at, actor=actor, action=action, subject=subject, details=details, prev_hash=prev, hash=""
+    )
+    session.add(event)
+    session.flush()
+    event.hash = audit_hash(
+        prev, id=event.id, at=at, actor=actor, action=action, subject=subject, details=details
+    )
+    session.flush()
 
 
 def _version_row(session: Session, record: VersionRecord) -> Version:

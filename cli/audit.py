@@ -1,0 +1,95 @@
+"""`audit [NAME] [--since TIME]` and `audit verify`: the tamper-evident audit trail."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.table import Table
+
+from cli.aliases import _parse_time
+from cli.ui import handle_errors, print_json, stdout
+from registry.errors import IntegrityError
+from registry.service import Registry
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+class _AuditGroup(click.Group):
+    """`audit NAME` lists NAME's entries; `audit verify` checks the chain: a first argument
+    that is not a subcommand is the NAME of `audit ls`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        first = args[0] if args else None
+        if first is None or (first not in self.commands and first not in ("-h", "--help")):
+            args = ["ls", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_AuditGroup)
+def audit() -> None:
+    """The audit trail: every state change, who, when, in a hash chain."""
+
+
+@audit.command("ls")
+@click.argument("name", required=False)
+@click.option("--since", metavar="TIME", help="Only entries at or after TIME (ISO 8601).")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@JSON
+@handle_errors
+def list_(name: str | None, since: str | None, limit: int, as_json: bool) -> None:
+    """The newest entries (about model NAME), newest first."""
+    with Registry.open() as registry:
+        events = registry.audit_events(subject=name, since=_parse_time(since), limit=limit)
+    if as_json:
+        print_json(
+            [
+                {
+                    "id": e.id,
+                    "at": e.at.isoformat(),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "subject": e.subject,
+                    "details": e.details,
+                }
+                for e in events
+            ]
+        )
+        return
+    table = Table("id", "when (UTC)", "actor", "action", "subject")
+    table.add_column("details", overflow="fold")
+    for e in events:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
+        table.add_row(
+            str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.subject, details
+        )
+    stdout.print(table)
+
+
+@audit.command()
+@JSON
+@handle_errors
+def verify(as_json: bool) -> None:
+    """Recompute the hash chain; name the first edited, deleted, inserted or moved entry."""
+    with Registry.open() as registry:
+        result = registry.verify_audit()
+    if as_json:
+        print_json(
+            {
+                "ok": result.ok,
+                "checked": result.checked,
+                "first_bad": result.first_bad,
+                "problem": result.problem,
+                "head": result.head,
+            }
+        )
+    elif result.ok:
+        stdout.print(f"ok: {result.checked} audit entries chain up; head {result.head}")
+    else:
+        click.echo(f"BAD {result.problem} ({result.checked} entries before it check)", err=True)
+    if not result.ok:
+        sys.exit(IntegrityError.exit_code)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(audit)
