@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli import aliases, audit, holds, keys, regions, registry_commands, versions
+from cli import aliases, audit, holds, keys, regions, registry_commands, retention, versions
 from registry import __version__
 
 
@@ -25,3 +25,4 @@ regions.register(main)
 holds.register(main)
 aliases.register(main)
 audit.register(main)
+retention.register(main)

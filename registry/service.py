@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, BlobStore, seal_bytes
 from registry.catalog.db import create_catalog_engine, migrate
 from registry.catalog.repository import (
+    DEFAULT_POLICY,
     PROMOTE,
     ROLLBACK,
     ROLLBACK_TO,
@@ -84,6 +85,7 @@ from registry.errors import (
     NotFoundError,
     PermissionDeniedError,
     RegistryError,
+    RetentionError,
     StorageError,
 )
 from registry.manifest import Manifest, ManifestFile
@@ -94,6 +96,15 @@ from registry.refs import (
     validate_relative_path,
 )
 from registry.replication import BAD, PENDING, VERIFIED, ReadReport, Region, ReplicaSet, Replicated
+from registry.retention import (
+    Decision,
+    Policy,
+    VersionFacts,
+    format_duration,
+    last_demotions,
+    parse_duration,
+    plan,
+)
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
 from registry.storage.lock import ObjectLock
 
@@ -1157,6 +1168,75 @@ class Registry:
             raise PermissionDeniedError(
                 f"the {self.role} role may not {action}", hint=f"it needs the {role} role"
             )
+
+    # -- retention -------------------------------------------------------------------------
+
+    def set_retention(
+        self,
+        name: str | None,
+        *,
+        keep_last: int | None = None,
+        keep_within: str | None = None,
+        keep_demoted_for: str | None = None,
+    ) -> Policy:
+        """Set the retention policy of model `name` (None: the registry-wide default). A
+        `keep_within` shorter than the store's Object Lock minimum is refused: the registry
+        could not delete those versions anyway, and saying otherwise would mislead."""
+        self._require(ADMIN, "change retention")
+        policy = Policy(
+            keep_last,
+            None if keep_within is None else parse_duration(keep_within),
+            None if keep_demoted_for is None else parse_duration(keep_demoted_for),
+        )
+        floor = self._lock_floor()
+        if floor is not None and policy.keep_within is not None and policy.keep_within < floor:
+            raise RetentionError(
+                f"keep-within {keep_within} is below the store's Object Lock minimum "
+                f"{format_duration(floor)}",
+                hint=f"use --keep-within {format_duration(floor)} or more",
+            )
+        self.catalog.set_retention(
+            DEFAULT_POLICY if name is None else validate_name(name), policy, actor=self.actor
+        )
+        return policy
+
+    def retention(self, name: str) -> tuple[Policy, str]:
+        """The policy in force for model `name` and its source (the model, "*", or "none")."""
+        self.catalog.versions(validate_name(name))  # NotFoundError for an unknown model
+        return self.catalog.retention(name)
+
+    def plan_retention(
+        self, name: str | None = None, *, now: datetime | None = None
+    ) -> list[tuple[str, Policy, list[Decision]]]:
+        """Dry run: for each model (or `name`), which versions its policy keeps and why."""
+        moment = now or datetime.now(UTC)
+        names = [validate_name(name)] if name is not None else [m.name for m in self.models()]
+        holds: dict[str, set[int]] = {}
+        for hold in self.catalog.holds():
+            holds.setdefault(hold.name, set()).add(hold.number)
+        found = []
+        for model in names:
+            policy, _source = self.catalog.retention(model)
+            aliased: dict[int, list[str]] = {}
+            for alias in self.catalog.aliases(model):
+                aliased.setdefault(alias.number, []).append(alias.alias)
+            moves = self.catalog.alias_history(model)
+            decisions = plan(
+                [VersionFacts(v.number, v.created_at) for v in self.catalog.versions(model)],
+                policy=policy,
+                aliased=aliased,
+                demoted=last_demotions((m.previous, m.number, m.moved_at) for m in moves),
+                held=holds.get(model, set()),
+                now=moment,
+                locked_for=self._lock_floor(),
+            )
+            found.append((model, policy, decisions))
+        return found
+
+    def _lock_floor(self) -> timedelta | None:
+        """The longest Object Lock minimum among the regions that lock (None: none do)."""
+        days = [r.store.retention_days for r in self.settings.regions if r.store.kind == "s3"]
+        return timedelta(days=max(days)) if days else None
 
     # -- regions ---------------------------------------------------------------------------
 

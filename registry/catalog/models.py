@@ -204,3 +204,16 @@ class AliasMove(Base):
     moved_at: Mapped[datetime] = mapped_column(UTCDateTime())
     moved_by: Mapped[str] = mapped_column(String(256))
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class RetentionPolicy(Base):
+    """A model's retention rules (model "*": the registry-wide default). NULL: rule unset."""
+
+    __tablename__ = "retention_policies"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    keep_last: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_within_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    keep_demoted_for_seconds: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str] = mapped_column(String(256))

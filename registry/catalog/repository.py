@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import blake3
@@ -30,6 +30,7 @@ from registry.catalog.models import (
     LegalHold,
     Model,
     Placement,
+    RetentionPolicy,
     Version,
     VersionFile,
     utcnow,
@@ -43,6 +44,7 @@ from registry.errors import (
     StorageError,
 )
 from registry.refs import Reference
+from registry.retention import Policy
 
 T = TypeVar("T")
 COMMIT_ATTEMPTS = 10
@@ -575,6 +577,57 @@ class Catalog:
                 checked += 1
             return AuditVerification(True, checked, None, "", prev)
 
+    # -- retention -------------------------------------------------------------------------
+
+    def set_retention(self, model: str, policy: Policy, *, actor: str) -> None:
+        """Replace the policy of `model` ("*": the default), audited in the same transaction."""
+
+        def seconds(value: timedelta | None) -> int | None:
+            return None if value is None else int(value.total_seconds())
+
+        def work(session: Session) -> None:
+            if (
+                model != DEFAULT_POLICY
+                and session.scalar(select(Model.id).where(Model.name == model)) is None
+            ):
+                raise NotFoundError(f"model {model} does not exist")
+            row = session.get(RetentionPolicy, model)
+            if row is None:
+                row = RetentionPolicy(model=model)
+                session.add(row)
+            row.keep_last = policy.keep_last
+            row.keep_within_seconds = seconds(policy.keep_within)
+            row.keep_demoted_for_seconds = seconds(policy.keep_demoted_for)
+            row.updated_at = utcnow()
+            row.updated_by = actor
+            _append_audit(
+                session,
+                at=row.updated_at,
+                actor=actor,
+                action="retention",
+                subject=model if model != DEFAULT_POLICY else "registry",
+                details=_details({"policy": policy.describe(), "model": model}),
+            )
+
+        self._retrying(work, what=f"retention of {model}")
+
+    def retention(self, model: str) -> tuple[Policy, str]:
+        """The policy in force for `model` and where it comes from: the model's own, the
+        default ("*"), or none."""
+        with self._read() as session:
+            for source in (model, DEFAULT_POLICY):
+                row = session.get(RetentionPolicy, source)
+                if row is not None:
+                    return (
+                        Policy(
+                            row.keep_last,
+                            _delta(row.keep_within_seconds),
+                            _delta(row.keep_demoted_for_seconds),
+                        ),
+                        source,
+                    )
+        return Policy(), "none"
+
     # -- placements ------------------------------------------------------------------------
 
     def record_placements(self, placements: Sequence[PlacementRecord]) -> None:
@@ -893,6 +946,13 @@ class Catalog:
                 )
                 for move in session.scalars(query.order_by(AliasMove.id))
             ]
+
+
+DEFAULT_POLICY = "*"
+
+
+def _delta(seconds: int | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 GENESIS = "0" * 64
