@@ -43,11 +43,17 @@ def _alias_json(alias: AliasRecord) -> dict[str, object]:
 
 def _report(change: AliasChange, as_json: bool) -> None:
     alias = change.alias
+    for failure in change.undelivered:
+        click.echo(
+            f"warning: event not delivered ({failure}); `model-registry events deliver` retries it",
+            err=True,
+        )
     if as_json:
         print_json(
             {
                 **_alias_json(alias),
                 "moved": change.move is not None,
+                "undelivered": list(change.undelivered),
                 "previous": None if change.move is None else change.move.previous,
             }
         )

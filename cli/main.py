@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from cli import aliases, audit, holds, keys, regions, registry_commands, retention, versions
+from cli import (
+    aliases,
+    audit,
+    events,
+    holds,
+    keys,
+    regions,
+    registry_commands,
+    retention,
+    versions,
+)
 from registry import __version__
 
 
@@ -26,3 +36,4 @@ holds.register(main)
 aliases.register(main)
 audit.register(main)
 retention.register(main)
+events.register(main)

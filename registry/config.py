@@ -105,6 +105,21 @@ def validate_region_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Webhook:
+    """A receiver of alias-move events: its URL and the file holding its HMAC secret."""
+
+    url: str
+    secret_file: Path
+
+    def __post_init__(self) -> None:
+        parsed = urllib.parse.urlsplit(self.url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise InvalidInputError(
+                f"invalid webhook URL {self.url!r}", hint="use http(s)://HOST[:PORT]/PATH"
+            )
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     registry_id: str
@@ -117,6 +132,7 @@ class Settings:
     trusted_signers: tuple[TrustedSigner, ...] = field(default=())
     workers: int = 0
     write_quorum: int | None = None
+    webhooks: tuple[Webhook, ...] = field(default=())
 
     def __post_init__(self) -> None:
         check_regions(self.regions, write_quorum=self.write_quorum)
@@ -270,6 +286,10 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
                 trusted_signers=tuple(signers),
                 workers=workers,
                 write_quorum=None if quorum is None else int(quorum),
+                webhooks=tuple(
+                    Webhook(str(entry["url"]), _path(home, entry.get("secret_file"), "secret_file"))
+                    for entry in raw.get("webhooks", [])
+                ),
             )
         except InvalidInputError as error:
             raise ConfigurationError(f"{config_path}: {error}", hint=error.hint) from None
@@ -348,6 +368,7 @@ def render_config(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int = 0,
     write_quorum: int | None = None,
+    webhooks: tuple[Webhook, ...] = (),
 ) -> str:
     """The text of config.toml (written by `init` and `keys trust`)."""
     single = len(regions) == 1 and regions[0].name == PRIMARY and write_quorum is None
@@ -390,6 +411,13 @@ def render_config(
             "[[trusted_signers]]",
             f"name = {_toml_string(name)}",
             f"public_key = {_toml_string(public_key)}",
+        ]
+    for hook in webhooks:
+        lines += [
+            "",
+            "[[webhooks]]",
+            f"url = {_toml_string(hook.url)}",
+            f"secret_file = {_toml_string(str(hook.secret_file))}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from registry import events
 from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, BlobStore, seal_bytes
 from registry.catalog.db import create_catalog_engine, migrate
@@ -52,6 +53,7 @@ from registry.config import (
     KmsSettings,
     RegionSettings,
     Settings,
+    Webhook,
     check_regions,
     default_actor,
     default_home,
@@ -234,6 +236,7 @@ class AliasChange:
 
     move: AliasMoveRecord | None
     alias: AliasRecord
+    undelivered: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -1106,8 +1109,11 @@ class Registry:
             reason=reason,
             actor=self.actor,
             may_move_protected=self.role in (PROMOTER, ADMIN),
+            notify=[hook.url for hook in self.settings.webhooks],
+            event={"registry": self.settings.registry_id},
         )
-        return AliasChange(move, now)
+        failed = self.deliver_events(event_id=move.event_id) if move and move.event_id else []
+        return AliasChange(move, now, tuple(failed))
 
     def rollback(
         self, name: str, alias: str, *, to: str | None = None, reason: str = ""
@@ -1132,8 +1138,11 @@ class Registry:
             reason=reason,
             actor=self.actor,
             may_move_protected=self.role in (PROMOTER, ADMIN),
+            notify=[hook.url for hook in self.settings.webhooks],
+            event={"registry": self.settings.registry_id},
         )
-        return AliasChange(move, now)
+        failed = self.deliver_events(event_id=move.event_id) if move and move.event_id else []
+        return AliasChange(move, now, tuple(failed))
 
     def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
         self._require(PROMOTER, "protect or unprotect an alias")
@@ -1168,6 +1177,59 @@ class Registry:
             raise PermissionDeniedError(
                 f"the {self.role} role may not {action}", hint=f"it needs the {role} role"
             )
+
+    # -- events ----------------------------------------------------------------------------
+
+    def add_webhook(self, url: str) -> Webhook:
+        """Send alias-move events to `url`, signed with a new secret kept in the key directory
+        (give the receiver that file's key)."""
+        self._require(ADMIN, "add a webhook")
+        if any(hook.url == url for hook in self.settings.webhooks):
+            raise InvalidInputError(f"webhook {url} is already configured")
+        secret_file = self.settings.naming_key_file.parent / f"webhook-{uuid.uuid4().hex[:8]}.key"
+        hook = Webhook(url, secret_file)  # validates the URL before anything is written
+        create_key_file(secret_file, label="webhook secret")
+        with self._editing_config() as config:
+            config.setdefault("webhooks", []).append(
+                {"url": hook.url, "secret_file": str(secret_file)}
+            )
+        return hook
+
+    def deliver_events(
+        self, *, event_id: str | None = None, attempts: int = 3, backoff: float = 0.5
+    ) -> list[str]:
+        """Deliver pending events (of one event, or all), each up to `attempts` times with
+        exponential backoff; every attempt is recorded. Returns "url: error" of those still
+        pending (`model-registry events deliver` retries them later)."""
+        hooks = {hook.url: hook for hook in self.settings.webhooks}
+        failed: list[str] = []
+        for delivery in reversed(self.catalog.deliveries(pending_only=True, event_id=event_id)):
+            hook = hooks.get(delivery.url)
+            if hook is None:
+                failed.append(f"{delivery.url}: no longer configured")
+                continue
+            secret = events.read_secret(hook.secret_file)
+            error: str | None = None
+            for attempt in range(attempts):
+                try:
+                    events.post(
+                        delivery.url,
+                        delivery.payload,
+                        secret=secret,
+                        event_id=delivery.event_id,
+                        delivery=delivery.id,
+                    )
+                    error = None
+                except StorageError as problem:
+                    error = str(problem)
+                self.catalog.record_delivery(delivery.id, error=error)
+                if error is None:
+                    break
+                if attempt < attempts - 1:
+                    time.sleep(backoff * 2**attempt)
+            if error is not None:
+                failed.append(f"{delivery.url}: {error}")
+        return failed
 
     # -- retention -------------------------------------------------------------------------
 
@@ -1526,6 +1588,10 @@ class Registry:
                 (str(s["name"]), str(s["public_key"])) for s in config.get("trusted_signers", [])
             ],
             workers=int(config.get("workers", 0)),
+            webhooks=tuple(
+                Webhook(str(entry["url"]), Path(str(entry["secret_file"])))
+                for entry in config.get("webhooks", [])
+            ),
         )
         _write_atomically(home / CONFIG_FILE, text)
         self.settings = load_settings(home)

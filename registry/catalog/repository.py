@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from registry.catalog.models import (
     AliasMove,
     AuditEvent,
     Blob,
+    EventDelivery,
     KeySlot,
     LegalHold,
     Model,
@@ -182,6 +184,20 @@ class AliasMoveRecord:
     moved_at: datetime
     moved_by: str
     reason: str
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: int
+    event_id: str
+    url: str
+    payload: str
+    created_at: datetime
+    attempts: int
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str
 
 
 @dataclass(frozen=True)
@@ -628,6 +644,50 @@ class Catalog:
                     )
         return Policy(), "none"
 
+    # -- event deliveries ------------------------------------------------------------------
+
+    def deliveries(
+        self, *, pending_only: bool = False, event_id: str | None = None, limit: int = 1000
+    ) -> list[DeliveryRecord]:
+        with self._read() as session:
+            query = select(EventDelivery).order_by(EventDelivery.id.desc()).limit(limit)
+            if pending_only:
+                query = query.where(EventDelivery.delivered_at.is_(None))
+            if event_id is not None:
+                query = query.where(EventDelivery.event_id == event_id)
+            return [
+                DeliveryRecord(
+                    row.id,
+                    row.event_id,
+                    row.url,
+                    row.payload,
+                    row.created_at,
+                    row.attempts,
+                    row.last_attempt_at,
+                    row.delivered_at,
+                    row.last_error,
+                )
+                for row in session.scalars(query)
+            ]
+
+    def record_delivery(self, delivery_id: int, *, error: str | None) -> None:
+        """Count one attempt: delivered when `error` is None."""
+
+        def work(session: Session) -> None:
+            row = session.get(EventDelivery, delivery_id)
+            if row is None:
+                raise NotFoundError(f"no event delivery {delivery_id}")
+            now = utcnow()
+            row.attempts += 1
+            row.last_attempt_at = now
+            if error is None:
+                row.delivered_at = now
+                row.last_error = ""
+            else:
+                row.last_error = error[:2000]
+
+        self._retrying(work, what="record a delivery")
+
     # -- placements ------------------------------------------------------------------------
 
     def record_placements(self, placements: Sequence[PlacementRecord]) -> None:
@@ -769,14 +829,17 @@ class Catalog:
         reason: str,
         actor: str,
         may_move_protected: bool,
+        notify: Sequence[str] = (),
+        event: Mapping[str, str] | None = None,
     ) -> tuple[AliasMoveRecord | None, AliasRecord]:
         """Point `alias` of model `name` at version `target` (a number), or, for a plain
         rollback (`target` None), at the version it pointed at before the current one.
 
         One transaction: the alias row is locked (SELECT ... FOR UPDATE on PostgreSQL, BEGIN
         IMMEDIATE on SQLite) and the move appended to the history, so concurrent moves of one
-        alias serialise and the history stays one consistent chain. Returns (the move, or None
-        when the alias already pointed there, and the alias now)."""
+        alias serialise and the history stays one consistent chain. An event for each URL in
+        `notify` is queued in the same transaction (`event` adds fields to it). Returns (the
+        move, or None when the alias already pointed there, and the alias now)."""
 
         def work(session: Session) -> tuple[AliasMoveRecord | None, AliasRecord]:
             model = session.scalar(select(Model).where(Model.name == name))
@@ -857,6 +920,8 @@ class Catalog:
                 session, at=now, actor=actor, action=kind, subject=name, details=_details(details)
             )
             session.flush()
+            record = _alias_record(name, row, numbers, session)
+            event_id = str(uuid.uuid4()) if notify else None
             move = AliasMoveRecord(
                 name,
                 alias,
@@ -866,8 +931,37 @@ class Catalog:
                 now,
                 actor,
                 reason,
+                event_id,
             )
-            return move, _alias_record(name, row, numbers, session)
+            if event_id is not None:
+                body = _details(
+                    {
+                        **(event or {}),
+                        "event": "alias.moved",
+                        "id": event_id,
+                        "model": name,
+                        "alias": alias,
+                        "version": move.number,
+                        "digest": record.digest,
+                        "previous": move.previous,
+                        "kind": kind,
+                        "at": now.isoformat(),
+                        "by": actor,
+                        "reason": reason,
+                    }
+                )
+                for url in notify:
+                    session.add(
+                        EventDelivery(
+                            event_id=event_id,
+                            url=url,
+                            payload=body,
+                            created_at=now,
+                            attempts=0,
+                            last_error="",
+                        )
+                    )
+            return move, record
 
         return self._retrying(work, what=f"move {name}:{alias}")
 
