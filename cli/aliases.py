@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, print_json, stdout, when
@@ -135,8 +136,8 @@ def history(name: str, alias: str | None, at: str | None, as_json: bool) -> None
             "-" if m.previous is None else f"@{m.previous}",
             m.kind,
             m.moved_at.strftime("%Y-%m-%d %H:%M:%S"),
-            m.moved_by,
-            m.reason,
+            escape(m.moved_by),
+            escape(m.reason),
         )
     stdout.print(table)
 
@@ -165,7 +166,7 @@ def list_(name: str, as_json: bool) -> None:
             a.digest[7:19],
             "yes" if a.protected else "",
             when(a.updated_at),
-            a.updated_by,
+            escape(a.updated_by),
         )
     stdout.print(table if aliases else f"{name} has no aliases: model-registry promote REF ALIAS")
 

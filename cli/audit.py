@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from cli.aliases import _parse_time
@@ -20,8 +21,14 @@ class _AuditGroup(click.Group):
     that is not a subcommand is the NAME of `audit ls`."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        first = args[0] if args else None
-        if first is None or (first not in self.commands and first not in ("-h", "--help")):
+        if any(arg in ("-h", "--help") for arg in args[:1]):
+            return super().parse_args(ctx, args)
+        words = [arg for arg in args if not arg.startswith("-")]
+        if words and words[0] in self.commands:
+            # Options given before the subcommand (`audit --json verify`) belong to it.
+            index = args.index(words[0])
+            args = [words[0], *args[:index], *args[index + 1 :]]
+        else:
             args = ["ls", *args]
         return super().parse_args(ctx, args)
 
@@ -61,7 +68,12 @@ def list_(name: str | None, since: str | None, limit: int, as_json: bool) -> Non
     for e in events:
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
         table.add_row(
-            str(e.id), e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.action, e.subject, details
+            str(e.id),
+            e.at.strftime("%Y-%m-%d %H:%M:%S"),
+            escape(e.actor),
+            escape(e.action),
+            escape(e.subject),
+            escape(details),
         )
     stdout.print(table)
 

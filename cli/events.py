@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, print_json, stdout, when
@@ -63,10 +64,10 @@ def list_(pending: bool, limit: int, as_json: bool) -> None:
     for d in found:
         table.add_row(
             str(d.id),
-            d.url,
+            escape(d.url),
             str(d.attempts),
             when(d.delivered_at) if d.delivered_at else "pending",
-            d.last_error,
+            escape(d.last_error),
         )
     stdout.print(table)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, print_json, stdout, when
@@ -90,7 +91,7 @@ def list_(as_json: bool) -> None:
     table = Table("version", "since", "by")
     table.add_column("reason", overflow="fold")
     for h in holds:
-        table.add_row(h.ref, when(h.placed_at), h.placed_by, h.reason)
+        table.add_row(h.ref, when(h.placed_at), escape(h.placed_by), escape(h.reason))
     stdout.print(table if holds else "no version is under legal hold")
 
 

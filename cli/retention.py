@@ -39,6 +39,7 @@ def retention() -> None:
     metavar="DURATION",
     help="Keep a version this long after an alias left it.",
 )
+@click.option("--clear", is_flag=True, help="Remove every rule (keep everything).")
 @JSON
 @handle_errors
 def set_(
@@ -47,6 +48,7 @@ def set_(
     keep_last: int | None,
     keep_within: str | None,
     keep_demoted_for: str | None,
+    clear: bool,
     as_json: bool,
 ) -> None:
     """Replace the policy of NAME (or, with --default, of every model without its own).
@@ -55,7 +57,11 @@ def set_(
         raise InvalidInputError("give a model NAME or --default, not both or neither")
     with Registry.open() as registry:
         policy = registry.set_retention(
-            name, keep_last=keep_last, keep_within=keep_within, keep_demoted_for=keep_demoted_for
+            name,
+            keep_last=keep_last,
+            keep_within=keep_within,
+            keep_demoted_for=keep_demoted_for,
+            clear=clear,
         )
     if as_json:
         print_json({"model": name or "*", **_policy_json(policy)})

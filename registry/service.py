@@ -1112,7 +1112,7 @@ class Registry:
             notify=[hook.url for hook in self.settings.webhooks],
             event={"registry": self.settings.registry_id},
         )
-        failed = self.deliver_events(event_id=move.event_id) if move and move.event_id else []
+        failed = self.deliver_events() if move and move.event_id else []
         return AliasChange(move, now, tuple(failed))
 
     def rollback(
@@ -1141,7 +1141,7 @@ class Registry:
             notify=[hook.url for hook in self.settings.webhooks],
             event={"registry": self.settings.registry_id},
         )
-        failed = self.deliver_events(event_id=move.event_id) if move and move.event_id else []
+        failed = self.deliver_events() if move and move.event_id else []
         return AliasChange(move, now, tuple(failed))
 
     def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
@@ -1195,39 +1195,42 @@ class Registry:
             )
         return hook
 
-    def deliver_events(
-        self, *, event_id: str | None = None, attempts: int = 3, backoff: float = 0.5
-    ) -> list[str]:
-        """Deliver pending events (of one event, or all), each up to `attempts` times with
-        exponential backoff; every attempt is recorded. Returns "url: error" of those still
-        pending (`model-registry events deliver` retries them later)."""
+    def deliver_events(self, *, attempts: int = 3, backoff: float = 0.5) -> list[str]:
+        """Deliver every pending event, oldest first, each up to `attempts` times with
+        exponential backoff; every attempt is recorded. A URL whose event fails gets none of its
+        later events this time (a receiver never sees a newer move before an older one).
+        Returns "url: error" for each delivery still pending."""
         hooks = {hook.url: hook for hook in self.settings.webhooks}
         failed: list[str] = []
-        for delivery in reversed(self.catalog.deliveries(pending_only=True, event_id=event_id)):
+        blocked: set[str] = set()
+        pending = self.catalog.deliveries(pending_only=True, limit=1_000_000, oldest_first=True)
+        for delivery in pending:
             hook = hooks.get(delivery.url)
-            if hook is None:
-                failed.append(f"{delivery.url}: no longer configured")
+            if delivery.url in blocked:
+                failed.append(f"{delivery.url}: waiting for an earlier event")
                 continue
-            secret = events.read_secret(hook.secret_file)
             error: str | None = None
             for attempt in range(attempts):
                 try:
+                    if hook is None:
+                        raise ConfigurationError(f"webhook {delivery.url} is no longer configured")
                     events.post(
                         delivery.url,
                         delivery.payload,
-                        secret=secret,
+                        secret=events.read_secret(hook.secret_file),
                         event_id=delivery.event_id,
                         delivery=delivery.id,
                     )
                     error = None
-                except StorageError as problem:
+                except RegistryError as problem:
                     error = str(problem)
                 self.catalog.record_delivery(delivery.id, error=error)
-                if error is None:
+                if error is None or hook is None:
                     break
                 if attempt < attempts - 1:
                     time.sleep(backoff * 2**attempt)
             if error is not None:
+                blocked.add(delivery.url)
                 failed.append(f"{delivery.url}: {error}")
         return failed
 
@@ -1240,11 +1243,18 @@ class Registry:
         keep_last: int | None = None,
         keep_within: str | None = None,
         keep_demoted_for: str | None = None,
+        clear: bool = False,
     ) -> Policy:
         """Set the retention policy of model `name` (None: the registry-wide default). A
         `keep_within` shorter than the store's Object Lock minimum is refused: the registry
         could not delete those versions anyway, and saying otherwise would mislead."""
         self._require(ADMIN, "change retention")
+        if keep_last is None and keep_within is None and keep_demoted_for is None and not clear:
+            raise InvalidInputError(
+                "no retention rule given",
+                hint="give --keep-last, --keep-within or --keep-demoted-for, or --clear to "
+                "remove the policy (keep everything)",
+            )
         policy = Policy(
             keep_last,
             None if keep_within is None else parse_duration(keep_within),

@@ -141,3 +141,17 @@ def test_migration_chains_existing_entries(tmp_path: Path) -> None:
     catalog.audit("new", "verify", "m", {})
     assert catalog.verify_audit().checked == 4
     catalog.close()
+
+
+def test_cli_audit_options_before_verify_and_markup_in_text(busy: Path) -> None:
+    runner = CliRunner()
+    with Registry.open(busy) as registry:
+        registry.promote("model-0@1", "canary", reason="fix [/] the [red]bug[/red]")
+        _sql(registry, "UPDATE audit_events SET actor = 'evil' WHERE id = 2")
+    out = runner.invoke(main, ["audit", "--json", "verify"])
+    assert out.exit_code == IntegrityError.exit_code, out.output
+    assert json.loads(out.stdout)["first_bad"] == 2
+    listed = runner.invoke(main, ["audit", "model-0"])
+    assert listed.exit_code == 0 and "[red]bug[/red]" in listed.output.replace("\n", "")
+    history = runner.invoke(main, ["history", "model-0"])
+    assert history.exit_code == 0 and "[/]" in history.output

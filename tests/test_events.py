@@ -131,3 +131,22 @@ def test_bad_webhook_url_changes_nothing(two: Path) -> None:
     assert result.exit_code == 3
     assert (two / "config.toml").read_text() == before
     assert not list((two / "keys").glob("webhook-*"))
+
+
+def test_events_keep_their_order_and_a_lost_secret_does_not_fail_the_move(
+    two: Path, receiver: Receiver
+) -> None:
+    with Registry.open(two) as registry:
+        hook = registry.add_webhook(receiver.url)
+    receiver.failures = 3  # the first promote's three attempts fail
+    with Registry.open(two) as registry:
+        assert registry.promote("llama@1", "production").undelivered
+        # The next promote delivers the older event first, then its own.
+        assert registry.promote("llama@2", "production").undelivered == ()
+    assert [json.loads(body)["version"] for _h, body in receiver.received] == [1, 2]
+
+    hook.secret_file.rename(hook.secret_file.with_suffix(".moved"))
+    with Registry.open(two) as registry:
+        change = registry.rollback("llama", "production")
+        assert change.alias.number == 1  # committed, and said so
+        assert "webhook secret" in change.undelivered[0]

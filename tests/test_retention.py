@@ -179,3 +179,15 @@ def test_keep_within_below_the_lock_minimum_is_refused(
             registry.set_retention(None, keep_within="10d")
         registry.set_retention(None, keep_within="30d", keep_last=2)
         assert registry.plan_retention() == []
+
+
+def test_set_without_a_rule_is_refused_and_clear_is_explicit(five: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["retention", "set", "llama", "--keep-last", "2"]).exit_code == 0
+    refused = runner.invoke(main, ["retention", "set", "llama"])
+    assert refused.exit_code == 3 and "--clear" in refused.output
+    shown = json.loads(runner.invoke(main, ["retention", "show", "llama", "--json"]).stdout)
+    assert shown["keep_last"] == 2  # unchanged
+    assert runner.invoke(main, ["retention", "set", "llama", "--clear"]).exit_code == 0
+    shown = json.loads(runner.invoke(main, ["retention", "show", "llama", "--json"]).stdout)
+    assert shown["keep_last"] is None

@@ -647,10 +647,16 @@ class Catalog:
     # -- event deliveries ------------------------------------------------------------------
 
     def deliveries(
-        self, *, pending_only: bool = False, event_id: str | None = None, limit: int = 1000
+        self,
+        *,
+        pending_only: bool = False,
+        event_id: str | None = None,
+        limit: int = 1000,
+        oldest_first: bool = False,
     ) -> list[DeliveryRecord]:
         with self._read() as session:
-            query = select(EventDelivery).order_by(EventDelivery.id.desc()).limit(limit)
+            order = EventDelivery.id if oldest_first else EventDelivery.id.desc()
+            query = select(EventDelivery).order_by(order).limit(limit)
             if pending_only:
                 query = query.where(EventDelivery.delivered_at.is_(None))
             if event_id is not None:
