@@ -1,4 +1,5 @@
-"""The content-addressed blob store: seals content into write-once objects on a storage `Driver`.
+"""The content-addressed blob store of one region: object names, key slots, headers and reads of
+write-once sealed objects on a storage `Driver` (writing them across regions: `replication`).
 
 The only module that builds object names. A blob's identity is the BLAKE3 digest of its plaintext;
 its object name is a keyed hash of that digest (the naming key), so a store's listing reveals
@@ -16,12 +17,9 @@ whose slot was lost could never be decrypted and its write-once name never reuse
 
 from __future__ import annotations
 
-import functools
 import hmac
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import blake3
 
@@ -31,7 +29,6 @@ from registry.digest import keyed_id
 from registry.errors import (
     ConfigurationError,
     IntegrityError,
-    InvalidModelError,
     KeyAccessError,
     NotFoundError,
     StorageError,
@@ -43,19 +40,6 @@ MARKER = "registry/id"
 BLOB = "blob"
 MANIFEST = "manifest"
 _PREFIXES = {BLOB: "blobs", MANIFEST: "manifests"}
-
-
-@dataclass(frozen=True)
-class StoredBlob:
-    """What the catalog records of a blob after `put_file`."""
-
-    digest: str
-    size: int
-    object_name: str
-    sealed_size: int
-    chunk_size: int
-    slot: WrappedKey
-    uploaded: bool
 
 
 class BlobStore:
@@ -118,43 +102,6 @@ class BlobStore:
             self._on_unwrap(digest)
         return data_key
 
-    def _data_key(
-        self, kind: str, digest: str, *, what: str, known: WrappedKey | None = None
-    ) -> tuple[bytes, WrappedKey, bool]:
-        """The data key of an object: the stored slot's, or a new one whose slot is stored now;
-        and whether the object itself is already stored.
-
-        When the object itself is already stored, the key must be the one it was sealed with:
-        it is checked against the object's key commitment, and a lost slot object is restored
-        from `known` (the catalog's copy). A new key is generated only for a new object.
-        """
-        slot_name_of = functools.partial(self.slot_name, kind, digest)
-        existing = self.read_slot(kind, digest, what=what)
-        stored = self.driver.stat(self.object_name(kind, digest)) is not None
-        if existing is None and stored:
-            if known is None:
-                raise IntegrityError(
-                    f"{what}: the stored object's key slot is lost; it cannot be decrypted",
-                    hint="restore the slot from a backup of the store or the catalog",
-                    path=what,
-                )
-            data_key = self.unwrap(kind, digest, known, what=what)
-            self.check_key(kind, digest, data_key, what=what)
-            self.driver.put_if_absent(slot_name_of(known.kek_id), [known.to_json()])
-            return data_key, known, stored
-        if existing is None:
-            data_key, slot = self.keys.generate(context=self.context(kind, digest))
-            if self.driver.put_if_absent(slot_name_of(slot.kek_id), [slot.to_json()]):
-                return data_key, slot, stored
-            # A concurrent push stored its slot first: its data key is the one that counts.
-            existing = self.read_slot(kind, digest, what=what)
-            if existing is None:
-                raise StorageError(f"{what}: key slot vanished while it was being written")
-        data_key = self.unwrap(kind, digest, existing, what=what)
-        if stored:
-            self.check_key(kind, digest, data_key, what=what)
-        return data_key, existing, stored
-
     def check_key(self, kind: str, digest: str, data_key: bytes, *, what: str) -> None:
         """Raise IntegrityError unless `data_key` is the key the stored object was sealed with
         (its header's key commitment; no chunk is decrypted)."""
@@ -175,52 +122,18 @@ class BlobStore:
 
     # -- write -----------------------------------------------------------------------------
 
-    def put_file(
-        self,
-        path: Path,
-        digest: str,
-        size: int,
-        *,
-        what: str,
-        on_progress: Callable[[int], None] | None = None,
-        known: WrappedKey | None = None,
-    ) -> StoredBlob:
-        """Store the file's content under its digest unless it is already stored (dedup).
-        `known` is the catalog's key slot for this content, if it has one."""
-        data_key, slot, stored = self._data_key(BLOB, digest, what=what, known=known)
-        name = self.object_name(BLOB, digest)
-        uploaded = False
-        if not stored:
-            try:
-                source = path.open("rb", buffering=0)
-            except OSError as error:
-                raise InvalidModelError(f"cannot read {what}: {error.strerror}") from None
-            with source:
-                uploaded = self.driver.put_if_absent(
-                    name,
-                    sealed.seal_file(
-                        source,
-                        data_key,
-                        digest,
-                        plaintext_size=size,
-                        chunk_size=self.chunk_size,
-                        workers=self.workers,
-                        on_progress=on_progress,
-                        what=what,
-                    ),
-                )
-        else:
-            self._keep_locked(name, self.slot_name(BLOB, digest, slot.kek_id))
-            if on_progress is not None:
-                on_progress(size)
-        header = self.read_header(BLOB, digest, size=size, what=what)
-        return StoredBlob(digest, size, name, header.sealed_size, header.chunk_size, slot, uploaded)
-
     def keep_locked(self, kind: str, digest: str) -> None:
         """A reused object and its slot stay locked at least as long as fresh ones would be."""
-        self._keep_locked(
-            self.object_name(kind, digest), self.slot_name(kind, digest, self.keys.kek_id)
-        )
+        if not isinstance(self.driver, ObjectLock):
+            return
+        floor = self.driver.minimum_lock()
+        if floor is None:
+            return
+        for name in (
+            self.object_name(kind, digest),
+            self.slot_name(kind, digest, self.keys.kek_id),
+        ):
+            self.driver.hold_at_least(name, floor)
 
     def header(self, kind: str, digest: str, *, what: str) -> sealed.SealedHeader:
         """The sealed header of a stored object (authenticated only by a later read)."""
@@ -231,30 +144,6 @@ class BlobStore:
             )
         except NotFoundError:
             raise IntegrityError(f"{what}: stored object {name} is missing", path=what) from None
-
-    def _keep_locked(self, *names: str) -> None:
-        """Objects a new version reuses stay locked at least as long as fresh ones would be."""
-        if isinstance(self.driver, ObjectLock):
-            floor = self.driver.minimum_lock()
-            if floor is not None:
-                for name in names:
-                    self.driver.hold_at_least(name, floor)
-
-    def put_bytes(
-        self, kind: str, digest: str, data: bytes, *, what: str, known: WrappedKey | None = None
-    ) -> str:
-        """Seal small content (a manifest) bound to `digest`; returns its object name."""
-        data_key, slot, stored = self._data_key(kind, digest, what=what, known=known)
-        name = self.object_name(kind, digest)
-        if stored:
-            self._keep_locked(name, self.slot_name(kind, digest, slot.kek_id))
-        else:
-            self.driver.put_if_absent(
-                name, seal_bytes(data_key, digest, data, chunk_size=self.chunk_size)
-            )
-        return name
-
-    # -- read ------------------------------------------------------------------------------
 
     def read_header(self, kind: str, digest: str, *, size: int, what: str) -> sealed.SealedHeader:
         """The sealed header of a stored object, checked against its expected size."""

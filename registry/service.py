@@ -522,12 +522,14 @@ class Registry:
             raise IntegrityError(f"{what}: names model {manifest.name}", path=what)
         return manifest, signer
 
-    def _placed(self, kind: str, digest: str) -> tuple[frozenset[str], str | None]:
-        """Regions whose copy of an object was verified, and its ciphertext checksum."""
+    def _placed(self, kind: str, digest: str) -> tuple[frozenset[str], str | None, frozenset[str]]:
+        """Regions whose copy of an object was verified, its ciphertext checksum, and the
+        regions whose copy is recorded pending or bad."""
         rows = [p for p in self.catalog.placements(digest=digest) if p.purpose == kind]
         verified = [p for p in rows if p.state == VERIFIED]
         checksum = next((p.checksum for p in verified if p.checksum), None)
-        return frozenset(p.region for p in verified), checksum
+        suspect = frozenset(p.region for p in rows if p.state != VERIFIED)
+        return frozenset(p.region for p in verified), checksum, suspect
 
     def _replicate(
         self,
@@ -543,11 +545,9 @@ class Registry:
         distrust: frozenset[str] = frozenset(),
         read_back: bool = True,
     ) -> Replicated:
-        rows = [p for p in self.catalog.placements(digest=digest) if p.purpose == kind]
-        verified = [p for p in rows if p.state == VERIFIED]
-        checksum = next((p.checksum for p in verified if p.checksum), None)
+        verified, checksum, suspect = self._placed(kind, digest)
         # A repair reads every copy back, verified ones too: they may have rotted since.
-        trusted = frozenset() if repair else frozenset(p.region for p in verified) - distrust
+        trusted = frozenset() if repair else verified - distrust
         return self.replicas.replicate(
             kind,
             digest,
@@ -561,7 +561,7 @@ class Registry:
             size=size,
             on_progress=on_progress,
             read_back=read_back,
-            suspect=frozenset(p.region for p in rows if p.state != VERIFIED),
+            suspect=suspect,
         )
 
     # -- push ------------------------------------------------------------------------------
@@ -981,7 +981,7 @@ class Registry:
         checked = 0
         progress.begin("verifying", version.total_size if read_data else version.file_count)
         for kind, digest, size, what, path in objects:
-            _trusted, checksum = self._placed(kind, digest) if several else (frozenset(), None)
+            checksum = self._placed(kind, digest)[1] if several else None
             for region in regions:
                 if several and any(u.startswith(f"{region.name}: ") for u in unchecked):
                     continue
@@ -1476,12 +1476,11 @@ class Registry:
             raise InvalidInputError("releasing a legal hold needs a reason", hint="pass --reason")
         _check_text("reason", reason, limit=4096)
         version = self.resolve(ref)
-        holds = self.catalog.holds()
-        if not any((h.name, h.number) == (version.name, version.number) for h in holds):
+        if not any((h.name, h.number) == (version.name, version.number) for h in self.holds()):
             raise NotFoundError(f"{version.ref} is not under legal hold")
         # Objects a sharing version's hold keeps stay held (read just before clearing).
-        objects = self._version_objects(version.name, version.number) - self._held_elsewhere(
-            version
+        objects = self._version_objects(version.name, version.number) - (
+            self.catalog.held_objects(exclude=version)
         )
         # The stores first: if a region cannot be reached the hold stays recorded, and the same
         # command can run again.
@@ -1502,13 +1501,6 @@ class Registry:
 
     def holds(self) -> list[HoldRecord]:
         return self.catalog.holds()
-
-    def _held_elsewhere(self, version: VersionRecord) -> set[tuple[str, str]]:
-        found: set[tuple[str, str]] = set()
-        for hold in self.catalog.holds():
-            if (hold.name, hold.number) != (version.name, version.number):
-                found |= self._version_objects(hold.name, hold.number)
-        return found
 
     def _version_objects(self, name: str, number: int) -> set[tuple[str, str]]:
         version = self.catalog.resolve(parse_reference(f"{name}@{number}"))

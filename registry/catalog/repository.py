@@ -813,10 +813,12 @@ class Catalog:
             ).all()
             return sorted((_hold_record(v, h) for v, h in rows), key=lambda h: (h.name, h.number))
 
-    def held_objects(self) -> set[tuple[str, str]]:
-        """(digest, purpose) of every object of a version under hold."""
+    def held_objects(self, *, exclude: VersionRecord | None = None) -> set[tuple[str, str]]:
+        """(digest, purpose) of every object of a version under hold (but `exclude`)."""
         with self._read() as session:
             held = select(LegalHold.version_id)
+            if exclude is not None:
+                held = held.where(LegalHold.version_id != _version_row(session, exclude).id)
             blobs = session.scalars(
                 select(VersionFile.digest).where(VersionFile.version_id.in_(held))
             ).all()
@@ -861,11 +863,7 @@ class Catalog:
                     f"{name}:{alias} is protected: moving it needs the promoter role",
                     hint="ask a promoter or an admin, or `model-registry alias unprotect` it",
                 )
-            numbers = dict(
-                session.execute(
-                    select(Version.id, Version.number).where(Version.model_id == model.id)
-                ).all()
-            )
+            numbers = _version_numbers(session, model.id)
             ids = {number: id_ for id_, number in numbers.items()}
             if target is None:
                 if row is None:
@@ -985,11 +983,7 @@ class Catalog:
             )
             if model is None or row is None:
                 raise NotFoundError(f"model {name} has no alias {alias!r}")
-            numbers = dict(
-                session.execute(
-                    select(Version.id, Version.number).where(Version.model_id == model.id)
-                ).all()
-            )
+            numbers = _version_numbers(session, model.id)
             if row.protected != protected:
                 row.protected = protected
                 _append_audit(
@@ -1009,11 +1003,7 @@ class Catalog:
             model = session.scalar(select(Model).where(Model.name == name))
             if model is None:
                 raise NotFoundError(f"model {name} does not exist")
-            numbers = dict(
-                session.execute(
-                    select(Version.id, Version.number).where(Version.model_id == model.id)
-                ).all()
-            )
+            numbers = _version_numbers(session, model.id)
             rows = session.scalars(
                 select(Alias).where(Alias.model_id == model.id).order_by(Alias.name)
             ).all()
@@ -1025,11 +1015,7 @@ class Catalog:
             model = session.scalar(select(Model).where(Model.name == name))
             if model is None:
                 raise NotFoundError(f"model {name} does not exist")
-            numbers = dict(
-                session.execute(
-                    select(Version.id, Version.number).where(Version.model_id == model.id)
-                ).all()
-            )
+            numbers = _version_numbers(session, model.id)
             query = select(AliasMove).where(AliasMove.model_id == model.id)
             if alias is not None:
                 query = query.where(AliasMove.alias == alias)
@@ -1179,6 +1165,14 @@ def _hold_record(version: Version, hold: LegalHold) -> HoldRecord:
         hold.placed_by,
         hold.placed_at,
     )
+
+
+def _version_numbers(session: Session, model_id: int) -> dict[int, int]:
+    """Version row id -> version number, for one model."""
+    rows = session.execute(
+        select(Version.id, Version.number).where(Version.model_id == model_id)
+    ).all()
+    return {version_id: number for version_id, number in rows}
 
 
 def _alias_stack(moves: Sequence[AliasMove]) -> list[int]:
