@@ -49,6 +49,8 @@ def _report(change: AliasChange, as_json: bool) -> None:
             f"warning: event not delivered ({failure}); `model-registry events deliver` retries it",
             err=True,
         )
+    for problem in change.unlocked:
+        click.echo(f"warning: {problem}; the next `model-registry gc` tries again", err=True)
     if as_json:
         print_json(
             {

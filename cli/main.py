@@ -8,6 +8,7 @@ from cli import (
     aliases,
     audit,
     events,
+    gc,
     holds,
     keys,
     regions,
@@ -37,3 +38,4 @@ aliases.register(main)
 audit.register(main)
 retention.register(main)
 events.register(main)
+gc.register(main)

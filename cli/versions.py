@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, human_size, print_json, progress_bar, stdout, when
@@ -32,6 +33,9 @@ def _version_json(version: VersionRecord) -> dict[str, object]:
         "tensors": version.tensor_count,
         "parameters": version.parameter_count,
         "dtypes": list(version.dtypes),
+        "expired_at": None if version.expired_at is None else version.expired_at.isoformat(),
+        "expired_by": version.expired_by,
+        "expiry_reason": version.expiry_reason,
     }
 
 
@@ -143,9 +147,12 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
 
 @click.command("ls")
 @click.argument("name", required=False)
+@click.option(
+    "--expired", is_flag=True, help="With NAME: list expired and deleted versions (tombstones) too."
+)
 @JSON
 @handle_errors
-def list_(name: str | None, as_json: bool) -> None:
+def list_(name: str | None, expired: bool, as_json: bool) -> None:
     """List models, or the versions of NAME."""
     with Registry.open() as registry:
         if name is None:
@@ -175,7 +182,7 @@ def list_(name: str | None, as_json: bool) -> None:
                 )
             stdout.print(table if models else "no models yet: model-registry push NAME PATH")
             return
-        versions = registry.versions(name)
+        versions = registry.versions(name, expired=expired)
     if as_json:
         print_json([_version_json(v) for v in versions])
         return
@@ -184,16 +191,22 @@ def list_(name: str | None, as_json: bool) -> None:
         table.add_column(column, no_wrap=True)
     table.add_column("by", overflow="fold", min_width=8)
     table.add_column("message", overflow="fold", min_width=10)
+    if expired:
+        table.add_column("state", overflow="fold", min_width=10)
     for v in versions:
-        table.add_row(
+        row = [
             v.ref,
             v.digest[7:19],
             str(v.file_count),
             human_size(v.total_size),
             v.created_at.strftime("%Y-%m-%d %H:%M"),
-            v.created_by,
-            v.message,
-        )
+            escape(v.created_by),
+            escape(v.message),
+        ]
+        if expired:
+            gone = "deleted" if (v.expiry_reason or "").startswith("deleted") else "expired"
+            row.append("live" if v.expired_at is None else f"{gone} {v.expired_at:%Y-%m-%d}")
+        table.add_row(*row)
     stdout.print(table)
 
 

@@ -78,9 +78,15 @@ class VersionFacts:
 
 @dataclass(frozen=True)
 class Decision:
+    """Whether a version is kept and why. A kept version is kept at least `until` (the latest
+    date a dated rule gives: keep-within, keep-demoted-for, the lock minimum) and, when
+    `open_ended`, for as long as an undated rule (keep-last, an alias, a hold, no rule) holds."""
+
     number: int
     keep: bool
     reasons: tuple[str, ...]
+    until: datetime | None = None
+    open_ended: bool = False
 
 
 def last_demotions(
@@ -112,21 +118,38 @@ def plan(
     decisions = []
     for rank, version in enumerate(ordered):
         reasons: list[str] = []
+        dated: list[datetime] = []
+        open_ended = False
         if policy.empty:
             reasons.append("no retention rule")
+            open_ended = True
         if policy.keep_last is not None and rank < policy.keep_last:
             reasons.append(f"among the last {policy.keep_last}")
+            open_ended = True
         if policy.keep_within is not None and now - version.created_at < policy.keep_within:
             reasons.append(f"younger than {format_duration(policy.keep_within)}")
+            dated.append(version.created_at + policy.keep_within)
         for alias in aliased.get(version.number, ()):
             reasons.append(f"alias {alias}")
+            open_ended = True
         window = policy.keep_demoted_for
         when = demoted.get(version.number)
         if window is not None and when is not None and now - when < window:
             reasons.append(f"demoted less than {format_duration(window)} ago")
+            dated.append(when + window)
         if version.number in held_set:
             reasons.append("legal hold")
+            open_ended = True
         if locked_for is not None and now - version.created_at < locked_for:
             reasons.append(f"object lock minimum {format_duration(locked_for)}")
-        decisions.append(Decision(version.number, bool(reasons), tuple(reasons)))
+            dated.append(version.created_at + locked_for)
+        decisions.append(
+            Decision(
+                version.number,
+                bool(reasons),
+                tuple(reasons),
+                max(dated) if dated else None,
+                open_ended,
+            )
+        )
     return decisions

@@ -45,6 +45,7 @@ from registry.catalog.repository import (
     NewBlob,
     NewVersion,
     PlacementRecord,
+    StoredObject,
     VersionRecord,
 )
 from registry.config import (
@@ -78,6 +79,7 @@ from registry.crypto.signing import (
 from registry.digest import hash_file
 from registry.errors import (
     ConfigurationError,
+    ConflictError,
     DestinationExistsError,
     IntegrityError,
     InvalidInputError,
@@ -108,7 +110,14 @@ from registry.retention import (
     plan,
 )
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
-from registry.storage.lock import ObjectLock
+from registry.storage.lock import ObjectLock, Retention
+
+# A writer's lease on the objects it is about to write or reuse outlives any sane push; a
+# crashed writer's lease lapses after it.
+LEASE_TTL = timedelta(hours=24)
+DEFAULT_GRACE = "24h"
+# A gc claim this old was left by a gc that crashed or hung: the next gc finishes it.
+STALE_CLAIM = timedelta(minutes=10)
 
 READER = "reader"
 PUSHER = "pusher"
@@ -237,6 +246,48 @@ class AliasChange:
     move: AliasMoveRecord | None
     alias: AliasRecord
     undelivered: tuple[str, ...] = ()
+    unlocked: tuple[str, ...] = ()  # regions where the version's Object Lock was not extended
+
+
+@dataclass(frozen=True)
+class SweptObject:
+    """An object gc deleted (or, in a dry run, would delete) and the bytes it held per region."""
+
+    purpose: str
+    digest: str
+    sizes: tuple[tuple[str, int], ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _region, size in self.sizes)
+
+
+@dataclass(frozen=True)
+class KeptObject:
+    """An unreferenced object gc left in place, and why."""
+
+    purpose: str
+    digest: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GcReport:
+    dry_run: bool
+    grace: timedelta
+    expired: tuple[VersionRecord, ...]
+    locks_extended: int
+    swept: tuple[SweptObject, ...]
+    kept: tuple[KeptObject, ...]
+    problems: tuple[str, ...] = ()
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        return sum(item.bytes for item in self.swept)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
 
 
 @dataclass(frozen=True)
@@ -261,6 +312,10 @@ class Registry:
         providers = [_key_provider(region.kms, local_keys) for region in settings.regions]
         self.signer = Signer.from_file(settings.signing_key_file)
         self.unwraps = 0
+        # How long a writer waits for a gc that is deleting an object it needs.
+        self.sweep_wait = 120.0
+        # Named points where tests pause a push or a gc to interleave them with another.
+        self.checkpoints: dict[str, Callable[[], None]] = {}
         engine = create_catalog_engine(settings.catalog_url)
         try:
             migrate(engine)
@@ -475,8 +530,9 @@ class Registry:
     def resolve(self, ref: str) -> VersionRecord:
         return self.catalog.resolve(parse_reference(ref))
 
-    def versions(self, name: str) -> list[VersionRecord]:
-        return self.catalog.versions(validate_name(name))
+    def versions(self, name: str, *, expired: bool = False) -> list[VersionRecord]:
+        """The live versions of `name`, oldest first (with `expired`, tombstones too)."""
+        return self.catalog.versions(validate_name(name), expired=expired)
 
     def models(self) -> list[ModelRecord]:
         return self.catalog.models()
@@ -627,15 +683,68 @@ class Registry:
             ],
         )
         digest = manifest.digest
+        unique: dict[str, manifests.LocalFile] = {}
+        for entry, file_digest in zip(files, digests, strict=True):
+            unique.setdefault(file_digest, entry)
+        # From here until the commit, gc leaves every object of this push alone.
+        lease = self._lease([(d, BLOB) for d in unique] + [(digest, MANIFEST)], what=f"push {name}")
+        try:
+            return self._push_leased(
+                name,
+                files,
+                unique,
+                manifest,
+                lease=lease,
+                message=message,
+                quorum=quorum,
+                progress=progress,
+            )
+        finally:
+            # Dropped by the commit itself; after a failure, here.
+            self.catalog.drop_lease(lease)
+
+    def _lease(self, objects: Sequence[tuple[str, str]], *, what: str) -> str:
+        """Lease objects against gc, waiting while a gc is deleting one of them (the writer then
+        stores it anew)."""
+        lease = str(uuid.uuid4())
+        deadline = time.monotonic() + self.sweep_wait
+        while True:
+            swept = self.catalog.take_lease(lease, objects, ttl=LEASE_TTL)
+            if not swept:
+                return lease
+            if time.monotonic() > deadline:
+                raise ConflictError(
+                    f"{what}: {len(swept)} of its objects are being deleted by a garbage "
+                    "collection that has not finished",
+                    hint="run `model-registry gc` to finish an interrupted collection, then "
+                    "run the same command again",
+                )
+            time.sleep(0.1)
+
+    def _checkpoint(self, name: str) -> None:
+        hook = self.checkpoints.get(name)
+        if hook is not None:
+            hook()
+
+    def _push_leased(
+        self,
+        name: str,
+        files: Sequence[manifests.LocalFile],
+        unique: dict[str, manifests.LocalFile],
+        manifest: Manifest,
+        *,
+        lease: str,
+        message: str,
+        quorum: int,
+        progress: Progress,
+    ) -> PushResult:
+        count = len(self.replicas.regions)
+        total = sum(entry.size for entry in files)
+        digest = manifest.digest
         # Even when this content is already a version, every object is checked and whatever
         # is missing from the store is uploaded again (a re-run repairs).
         progress.begin("uploading", total)
-        unique: dict[str, manifests.LocalFile] = {}
-        for entry, file_digest in zip(files, digests, strict=True):
-            if file_digest in unique:
-                progress.advance(entry.size)
-            else:
-                unique[file_digest] = entry
+        progress.advance(total - sum(entry.size for entry in unique.values()))
         # Two files at a time: one file's final fsync overlaps with sealing the next.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") as pool:
             puts = [
@@ -694,6 +803,7 @@ class Registry:
             read_back=count > 1,
         )
         _require_quorum([stored_manifest], quorum, [what])
+        self._checkpoint("push-stored")
         version, created = self.catalog.commit_version(
             NewVersion(
                 name=name,
@@ -718,6 +828,7 @@ class Registry:
                 ],
                 blobs=stored,
                 placements=_placements([*blobs, stored_manifest]),
+                lease=lease,
             )
         )
         held = self.catalog.held_objects()
@@ -1113,7 +1224,21 @@ class Registry:
             event={"registry": self.settings.registry_id},
         )
         failed = self.deliver_events() if move and move.event_id else []
-        return AliasChange(move, now, tuple(failed))
+        return AliasChange(move, now, tuple(failed), self._lock_aliased(now))
+
+    def _lock_aliased(self, alias: AliasRecord) -> tuple[str, ...]:
+        """An aliased version is kept open-endedly: its objects' Object Lock is extended now,
+        not only at the next gc (a rollback to an old version whose lock lapsed). The move
+        stands whatever happens here; problems are returned as warnings."""
+        problems: list[str] = []
+        keep = Decision(alias.number, True, (f"alias {alias.alias}",), None, True)
+        self._extend_locks(
+            [(alias.name, Policy(), [keep])],
+            now=datetime.now(UTC),
+            dry_run=False,
+            problems=problems,
+        )
+        return tuple(problems)
 
     def rollback(
         self, name: str, alias: str, *, to: str | None = None, reason: str = ""
@@ -1142,7 +1267,7 @@ class Registry:
             event={"registry": self.settings.registry_id},
         )
         failed = self.deliver_events() if move and move.event_id else []
-        return AliasChange(move, now, tuple(failed))
+        return AliasChange(move, now, tuple(failed), self._lock_aliased(now))
 
     def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
         self._require(PROMOTER, "protect or unprotect an alias")
@@ -1310,6 +1435,285 @@ class Registry:
         days = [r.store.retention_days for r in self.settings.regions if r.store.kind == "s3"]
         return timedelta(days=max(days)) if days else None
 
+    # -- expiry, deletion and garbage collection --------------------------------------------
+
+    def delete(self, ref: str, *, reason: str) -> VersionRecord:
+        """Delete one version outside the policy (admin): it becomes a tombstone, still in the
+        audit trail, and gc sweeps its objects once nothing else needs them. Refused while an
+        alias, a legal hold, an Object Lock or a retention rule keeps it."""
+        self._require(ADMIN, "delete a version")
+        if not reason.strip():
+            raise InvalidInputError("deleting a version needs a reason", hint="pass --reason TEXT")
+        _check_text("reason", reason, limit=4096)
+        version = self.resolve(ref)
+        for region, lock in self._lockers():
+            name = region.store.object_name(MANIFEST, version.digest)
+            try:
+                retention = lock.retention(name)
+            except NotFoundError:
+                continue
+            if retention is not None and retention.active():
+                raise RetentionError(
+                    f"{version.ref} is under Object Lock ({retention.mode}) until "
+                    f"{retention.until:%Y-%m-%d %H:%M} UTC in region {region.name}",
+                    hint="it can be deleted once the lock has expired",
+                )
+        return self.catalog.delete_version(
+            parse_reference(version.ref),
+            reason=reason,
+            actor=self.actor,
+            locked_for=self._lock_floor(),
+        )
+
+    def gc(
+        self,
+        *,
+        dry_run: bool = False,
+        grace: str | timedelta = DEFAULT_GRACE,
+        now: datetime | None = None,
+    ) -> GcReport:
+        """Expire what the retention policies no longer keep, extend the Object Lock of what
+        they keep, then sweep the objects no live version references.
+
+        An object is swept only when no lease of a push in flight holds it, its lock has
+        expired and it has been unneeded for longer than `grace`; each is claimed in the
+        catalog (checked again there) before it is deleted from every region, so a push that
+        reuses it either leased it first (and gc leaves it) or waits for the sweep and stores
+        it anew. `dry_run` changes nothing and reports what would happen.
+        """
+        self._require(ADMIN, "collect garbage")
+        window = parse_duration(grace) if isinstance(grace, str) else grace
+        if window < timedelta(0):
+            raise InvalidInputError("the grace window cannot be negative")
+        moment = now or datetime.now(UTC)
+        run = str(uuid.uuid4())
+        problems: list[str] = []
+        swept: list[SweptObject] = []
+        kept: list[KeptObject] = []
+        if not dry_run:
+            for digest, purpose in self.catalog.take_over_sweeps(
+                run=run, claimed_before=datetime.now(UTC) - STALE_CLAIM
+            ):
+                done = self._sweep(digest, purpose, run=run, problems=problems)
+                if done is not None:
+                    swept.append(done)
+
+        plans = self.plan_retention(now=moment)
+        doomed = {(model, d.number) for model, _policy, ds in plans for d in ds if not d.keep}
+        locks_extended = self._extend_locks(plans, now=moment, dry_run=dry_run, problems=problems)
+        expired: list[VersionRecord] = []
+        if dry_run:
+            for model, number in sorted(doomed):
+                expired.append(self.catalog.resolve(parse_reference(f"{model}@{number}")))
+        else:
+            for model in sorted({model for model, _number in doomed}):
+                expired += self.catalog.expire_versions(
+                    model,
+                    now=moment,
+                    locked_for=self._lock_floor(),
+                    actor=self.actor,
+                    only={number for name, number in doomed if name == model},
+                )
+            self.catalog.drop_expired_leases(datetime.now(UTC))
+
+        idle_before = moment - window
+        candidates = self.catalog.unreferenced(
+            now=moment, assume_expired=frozenset(doomed) if dry_run else frozenset()
+        )
+        for candidate in candidates:
+            reason = None
+            if candidate.sweeping:
+                reason = "claimed by another gc"
+            elif candidate.leased:
+                reason = "in use by a push in flight"
+            elif candidate.idle_since > idle_before:
+                reason = f"unneeded for less than the grace window ({format_duration(window)})"
+            else:
+                reason = self._lock_keeps(candidate.purpose, candidate.digest)
+            if reason is None and not dry_run:
+                reason = self.catalog.claim_sweep(
+                    candidate.digest, candidate.purpose, run=run, stored_before=idle_before
+                )
+            if reason is not None:
+                kept.append(KeptObject(candidate.purpose, candidate.digest, reason))
+                continue
+            if dry_run:
+                sizes = self._stored_sizes(candidate.purpose, candidate.digest)
+                swept.append(SweptObject(candidate.purpose, candidate.digest, sizes))
+                continue
+            self._checkpoint("gc-claimed")
+            done = self._sweep(candidate.digest, candidate.purpose, run=run, problems=problems)
+            if done is not None:
+                swept.append(done)
+        report = GcReport(
+            dry_run,
+            window,
+            tuple(expired),
+            locks_extended,
+            tuple(swept),
+            tuple(kept),
+            tuple(problems),
+        )
+        if not dry_run:
+            self.catalog.audit(
+                self.actor,
+                "gc",
+                "registry",
+                {
+                    "expired": [v.ref for v in expired],
+                    "swept": len(swept),
+                    "bytes": report.bytes_reclaimed,
+                    "locks_extended": locks_extended,
+                    "kept": len(kept),
+                    "problems": len(problems),
+                    "grace": format_duration(window),
+                },
+            )
+        return report
+
+    def _lockers(self) -> list[tuple[Region, ObjectLock]]:
+        """The regions whose store locks objects, with their lock interface."""
+        return [
+            (region, region.store.driver)
+            for region in self.replicas.regions
+            if isinstance(region.store.driver, ObjectLock)
+        ]
+
+    def _lock_keeps(self, purpose: str, digest: str) -> str | None:
+        """Why a store's Object Lock or legal hold keeps an object (or its key slot), if it does."""
+        for region, lock in self._lockers():
+            names = [
+                region.store.object_name(purpose, digest),
+                region.store.slot_name(purpose, digest, region.store.keys.kek_id),
+            ]
+            for name in names:
+                try:
+                    retention = lock.retention(name)
+                    held = lock.legal_hold(name)
+                except NotFoundError:
+                    continue
+                except RegistryError as error:
+                    return f"lock state unknown in {region.name}: {error}"
+                if held:
+                    return f"under an S3 legal hold in {region.name}"
+                if retention is not None and retention.active():
+                    return (
+                        f"Object Lock ({retention.mode}) until "
+                        f"{retention.until:%Y-%m-%d %H:%M} UTC in {region.name}"
+                    )
+        return None
+
+    def _stored_sizes(self, purpose: str, digest: str) -> tuple[tuple[str, int], ...]:
+        sizes = []
+        for region in self.replicas.regions:
+            try:
+                info = region.store.driver.stat(region.store.object_name(purpose, digest))
+            except RegistryError:
+                continue
+            if info is not None:
+                sizes.append((region.name, info.size))
+        return tuple(sizes)
+
+    def _sweep(
+        self, digest: str, purpose: str, *, run: str, problems: list[str]
+    ) -> SweptObject | None:
+        """Delete a claimed object (data first, then its key slots) from every region and record
+        it; a region that refuses keeps its copy, and the claim is dropped for a later gc."""
+        owners = set(self.catalog.key_slot_owners(digest, purpose))
+        cleared: list[str] = []
+        sizes: list[tuple[str, int]] = []
+        for region in self.replicas.regions:
+            store = region.store
+            names = [store.object_name(purpose, digest)] + [
+                store.slot_name(purpose, digest, kek)
+                for kek in sorted(owners | {store.keys.kek_id})
+            ]
+            try:
+                for index, name in enumerate(names):
+                    info = store.driver.stat(name) if index == 0 else None
+                    try:
+                        store.driver.delete(name)
+                    except NotFoundError:
+                        continue
+                    if info is not None:
+                        sizes.append((region.name, info.size))
+            except RegistryError as error:
+                problems.append(f"{region.name}: {purpose} {digest}: not deleted: {error}")
+                continue
+            cleared.append(region.name)
+        complete = len(cleared) == len(self.replicas.regions)
+        if not self.catalog.finish_sweep(
+            digest, purpose, run=run, cleared=cleared, complete=complete
+        ):
+            return None
+        return SweptObject(purpose, digest, tuple(sizes))
+
+    def _extend_locks(
+        self,
+        plans: Sequence[tuple[str, Policy, list[Decision]]],
+        *,
+        now: datetime,
+        dry_run: bool,
+        problems: list[str],
+    ) -> int:
+        """Extend the Object Lock of every object of every kept version to as long as a rule
+        keeps it: a dated rule (keep-within, keep-demoted-for) to its date; an open-ended one
+        (keep-last, an alias, a hold, no policy) to the store's minimum from now, renewed once
+        half of that has passed. Never shortened or weakened. Returns how many were extended."""
+        lockers = [
+            (region, lock, floor)
+            for region, lock in self._lockers()
+            if (floor := lock.minimum_lock()) is not None
+        ]
+        if not lockers:
+            return 0
+        wanted: dict[tuple[str, str], tuple[datetime | None, bool]] = {}
+        for model, _policy, decisions in plans:
+            versions = {v.number: v for v in self.catalog.versions(model)}
+            for decision in decisions:
+                if not decision.keep or decision.number not in versions:
+                    continue
+                version = versions[decision.number]
+                objects = {(version.digest, MANIFEST)} | {(f.digest, BLOB) for f in version.files}
+                for key in objects:
+                    until, open_ended = wanted.get(key, (None, False))
+                    if decision.until is not None:
+                        until = decision.until if until is None else max(until, decision.until)
+                    wanted[key] = (until, open_ended or decision.open_ended)
+        extended = 0
+        for region, lock, floor in lockers:
+            minimum = floor.until - datetime.now(UTC)
+            try:
+                for (digest, purpose), (until, open_ended) in sorted(wanted.items()):
+                    target, renew_below = until, until
+                    if open_ended:
+                        rolling = now + minimum
+                        target = rolling if target is None else max(target, rolling)
+                        half = now + minimum / 2
+                        renew_below = half if renew_below is None else max(renew_below, half)
+                    if target is None or renew_below is None or target <= now:
+                        continue
+                    for name in (
+                        region.store.object_name(purpose, digest),
+                        region.store.slot_name(purpose, digest, region.store.keys.kek_id),
+                    ):
+                        try:
+                            current = lock.retention(name)
+                        except NotFoundError:
+                            continue
+                        if (
+                            current is not None
+                            and current.active(now)
+                            and (current.until >= renew_below)
+                        ):
+                            continue
+                        extended += 1
+                        if not dry_run:
+                            lock.hold_at_least(name, Retention(floor.mode, target))
+            except RegistryError as error:
+                problems.append(f"{region.name}: Object Lock not extended: {error}")
+        return extended
+
     # -- regions ---------------------------------------------------------------------------
 
     def regions_status(self) -> list[RegionStatus]:
@@ -1378,7 +1782,27 @@ class Registry:
             except (StorageError, KeyAccessError) as error:
                 self.replicas.mark_down(region, error)
                 problems.append(f"{region.name}: {error}")
-        objects = self.catalog.stored_objects()
+        listed = self.catalog.stored_objects()
+        # Leased against gc while copies are written; read again under the lease, because a
+        # version may have expired and its objects been swept in between.
+        lease = self._lease([(o.digest, o.purpose) for o in listed], what="replicate")
+        try:
+            objects = [o for o in self.catalog.stored_objects() if o in set(listed)]
+            return self._replicate_leased(
+                objects, rebuilt, problems, repair=repair, progress=progress
+            )
+        finally:
+            self.catalog.drop_lease(lease)
+
+    def _replicate_leased(
+        self,
+        objects: Sequence[StoredObject],
+        rebuilt: set[str],
+        problems: list[str],
+        *,
+        repair: bool,
+        progress: Progress,
+    ) -> ReplicateReport:
         rows: dict[tuple[str, str], dict[str, PlacementRecord]] = {}
         for row in self.catalog.placements():
             rows.setdefault((row.digest, row.purpose), {})[row.region] = row

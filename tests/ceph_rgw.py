@@ -9,6 +9,7 @@ buckets and lock headers on multipart uploads).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -36,20 +37,29 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _installed() -> bool:
+    return all(shutil.which(tool) for tool in ("radosgw", "ceph-mon", "ceph-osd"))
+
+
 def ensure_installed() -> None:
-    """Install the Ceph packages when radosgw is missing (needs root and Debian's mirror)."""
-    if shutil.which("radosgw") and shutil.which("ceph-mon") and shutil.which("ceph-osd"):
+    """Install the Ceph packages when radosgw is missing (needs root and Debian's mirror).
+    Test workers in parallel take turns: apt refuses a second apt running at once."""
+    if _installed():
         return
     if os.geteuid() != 0:
         raise CephUnavailableError("radosgw is not installed and installing it needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
-    ):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise CephUnavailableError(f"{' '.join(command)} failed: {result.stderr[-2000:]}")
+    with open("/tmp/model-registry-ceph-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _installed():
+            return  # another worker installed it while this one waited
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+        ):
+            result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise CephUnavailableError(f"{' '.join(command)} failed: {result.stderr[-2000:]}")
 
 
 @dataclass

@@ -69,7 +69,8 @@ class Version(Base):
     __tablename__ = "versions"
     __table_args__ = (
         UniqueConstraint("model_id", "number", name="uq_versions_model_number"),
-        UniqueConstraint("model_id", "digest", name="uq_versions_model_digest"),
+        # Not unique: content identical to an expired version is pushed as a new version.
+        Index("ix_versions_model_digest", "model_id", "digest"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -86,6 +87,11 @@ class Version(Base):
     tensor_count: Mapped[int] = mapped_column(Integer)
     parameter_count: Mapped[int] = mapped_column(BigInteger)
     dtypes: Mapped[str] = mapped_column(String(512))
+    # A tombstone: an expired or deleted version keeps its row (and its files) for the audit
+    # trail, but no reference resolves to it and its objects may be swept.
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expired_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    expiry_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     model: Mapped[Model] = relationship(back_populates="versions")
     files: Mapped[list[VersionFile]] = relationship(
@@ -101,7 +107,9 @@ class Blob(Base):
     object_name: Mapped[str] = mapped_column(String(512))
     sealed_size: Mapped[int] = mapped_column(BigInteger)
     chunk_size: Mapped[int] = mapped_column(Integer)
+    # When it was (last) stored; a blob swept by gc keeps its row for its versions' file lists.
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class VersionFile(Base):
@@ -235,3 +243,30 @@ class EventDelivery(Base):
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class PushLease(Base):
+    """An object a push (or a replication) is about to write or reuse: gc leaves it alone until
+    the lease is dropped (at the commit) or expires (a crashed writer)."""
+
+    __tablename__ = "push_leases"
+    __table_args__ = (Index("ix_push_leases_object", "digest", "purpose"),)
+
+    lease: Mapped[str] = mapped_column(String(36), primary_key=True)
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Sweep(Base):
+    """An object gc has claimed and is deleting from the stores: no push may lease it until the
+    sweep is finished (a gc that crashed leaves the row; the next gc finishes it)."""
+
+    __tablename__ = "sweeps"
+
+    digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
+    purpose: Mapped[str] = mapped_column(String(16), primary_key=True)
+    object_name: Mapped[str] = mapped_column(String(512))
+    run: Mapped[str] = mapped_column(String(36))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import blake3
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import ColumnElement, Engine, delete, func, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -32,7 +32,9 @@ from registry.catalog.models import (
     LegalHold,
     Model,
     Placement,
+    PushLease,
     RetentionPolicy,
+    Sweep,
     Version,
     VersionFile,
     utcnow,
@@ -43,10 +45,11 @@ from registry.errors import (
     ConflictError,
     NotFoundError,
     PermissionDeniedError,
+    RetentionError,
     StorageError,
 )
 from registry.refs import Reference
-from registry.retention import Policy
+from registry.retention import Decision, Policy, VersionFacts, last_demotions, plan
 
 T = TypeVar("T")
 COMMIT_ATTEMPTS = 10
@@ -76,10 +79,17 @@ class VersionRecord:
     parameter_count: int
     dtypes: tuple[str, ...]
     files: tuple[FileRecord, ...]
+    expired_at: datetime | None = None
+    expired_by: str | None = None
+    expiry_reason: str | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.number}"
+
+    @property
+    def expired(self) -> bool:
+        return self.expired_at is not None
 
 
 @dataclass(frozen=True)
@@ -140,6 +150,22 @@ class StoredObject:
     digest: str
     purpose: str
     object_name: str
+
+
+@dataclass(frozen=True)
+class Unreferenced:
+    """An object no live version references any more: what gc may sweep, and what keeps it."""
+
+    digest: str
+    purpose: str
+    object_name: str
+    size: int  # plaintext bytes
+    # Since when nothing has needed it: stored, or the last version using it expired (whichever
+    # is later). The grace window counts from here, so a pull of a version that expired a
+    # moment ago and a push in flight both finish before it goes.
+    idle_since: datetime
+    leased: bool  # a push or replication in flight is writing or reusing it
+    sweeping: bool  # a gc claimed it (and may have crashed before finishing)
 
 
 @dataclass(frozen=True)
@@ -216,6 +242,7 @@ class NewVersion:
     files: Sequence[FileRecord]
     blobs: Sequence[NewBlob]
     placements: Sequence[PlacementRecord] = ()
+    lease: str | None = None  # the push's lease on its objects, dropped by the commit
 
 
 @dataclass(frozen=True)
@@ -256,6 +283,19 @@ def _version_record(version: Version) -> VersionRecord:
         parameter_count=version.parameter_count,
         dtypes=tuple(filter(None, version.dtypes.split(","))),
         files=tuple(FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in version.files),
+        expired_at=version.expired_at,
+        expired_by=version.expired_by,
+        expiry_reason=version.expiry_reason,
+    )
+
+
+def _expired_error(version: Version) -> NotFoundError:
+    assert version.expired_at is not None
+    return NotFoundError(
+        f"{version.model.name}@{version.number} was {version.expiry_reason or 'expired'} "
+        f"on {version.expired_at:%Y-%m-%d %H:%M} UTC by {version.expired_by}",
+        hint=f"`model-registry audit {version.model.name}` shows why; "
+        f"`model-registry ls {version.model.name}` lists the versions that remain",
     )
 
 
@@ -301,6 +341,7 @@ class Catalog:
         for attempt in range(COMMIT_ATTEMPTS):
             try:
                 with self._sessions.begin() as session:
+                    _serialise(session)
                     return work(session)
             except SQLIntegrityError:
                 pass
@@ -328,24 +369,27 @@ class Catalog:
                     func.max(Version.number),
                     func.coalesce(func.sum(Version.total_size), 0),
                 )
-                .outerjoin(Version, Version.model_id == Model.id)
+                .outerjoin(Version, (Version.model_id == Model.id) & Version.expired_at.is_(None))
                 .group_by(Model.id)
                 .order_by(Model.name)
             ).all()
         return [ModelRecord(n, c, count, latest, int(size)) for n, c, count, latest, size in rows]
 
-    def versions(self, name: str) -> list[VersionRecord]:
+    def versions(self, name: str, *, expired: bool = False) -> list[VersionRecord]:
+        """The model's live versions, oldest first (with `expired`, the tombstones too)."""
         with self._read() as session:
             model = session.scalar(select(Model).where(Model.name == name))
             if model is None:
                 raise NotFoundError(f"model {name} does not exist")
-            rows = session.scalars(
+            query = (
                 select(Version)
                 .where(Version.model_id == model.id)
                 .options(selectinload(Version.files), selectinload(Version.model))
                 .order_by(Version.number)
-            ).all()
-            return [_version_record(v) for v in rows]
+            )
+            if not expired:
+                query = query.where(Version.expired_at.is_(None))
+            return [_version_record(v) for v in session.scalars(query).all()]
 
     def resolve(self, ref: Reference) -> VersionRecord:
         with self._read() as session:
@@ -365,23 +409,30 @@ class Catalog:
                         hint=f"`model-registry history {ref.name}` lists its aliases",
                     )
                 version = session.scalar(query.where(Version.id == alias.version_id))
-                assert version is not None  # a foreign key
+                assert version is not None  # a foreign key; expiry never takes an aliased one
                 return _version_record(version)
             if ref.number is not None:
                 version = session.scalar(query.where(Version.number == ref.number))
                 if version is None:
                     raise NotFoundError(f"{ref} does not exist")
+                if version.expired_at is not None:
+                    raise _expired_error(version)
                 return _version_record(version)
             if ref.digest_prefix is not None:
-                matches = session.scalars(
-                    query.where(Version.digest.startswith(f"blake3:{ref.digest_prefix}")).limit(2)
+                found = session.scalars(
+                    query.where(Version.digest.startswith(f"blake3:{ref.digest_prefix}"))
                 ).all()
+                matches = [v for v in found if v.expired_at is None]
+                if not matches and found:
+                    raise _expired_error(found[-1])
                 if not matches:
                     raise NotFoundError(f"{ref} matches no version")
                 if len(matches) > 1:
                     raise AmbiguousReferenceError(f"{ref} matches more than one version")
                 return _version_record(matches[0])
-            version = session.scalar(query.order_by(Version.number.desc()).limit(1))
+            version = session.scalar(
+                query.where(Version.expired_at.is_(None)).order_by(Version.number.desc()).limit(1)
+            )
             if version is None:
                 raise NotFoundError(f"model {ref.name} has no versions")
             return _version_record(version)
@@ -424,7 +475,7 @@ class Catalog:
             version = session.scalar(
                 select(Version)
                 .join(Model)
-                .where(Model.name == name, Version.digest == digest)
+                .where(Model.name == name, Version.digest == digest, Version.expired_at.is_(None))
                 .options(selectinload(Version.files), selectinload(Version.model))
             )
             return None if version is None else _version_record(version)
@@ -476,20 +527,25 @@ class Catalog:
                 session.flush()
             # Slots and placements are what the stores hold now, whether or not the version
             # is new (a re-push of existing content repairs).
+            objects = [(b.digest, "blob") for b in new.blobs] + [(new.digest, "manifest")]
+            swept = _being_swept(session, objects)
+            if swept:
+                # A push leases its objects before it writes or reuses them, so gc cannot claim
+                # them; only a push whose lease expired (a day) gets here.
+                raise ConflictError(
+                    f"push {new.name}: {len(swept)} of its objects are being garbage-collected",
+                    hint="run the same push again; it stores them anew",
+                )
             slots = [(b.digest, "blob", slot) for b in new.blobs for slot in b.slots]
             slots += [(new.digest, "manifest", slot) for slot in new.manifest_slots]
             _add_slots(session, slots, now)
             for placement in new.placements:
                 _upsert_placement(session, placement, now)
-            existing = session.scalar(
-                select(Version)
-                .where(Version.model_id == model.id, Version.digest == new.digest)
-                .options(selectinload(Version.files), selectinload(Version.model))
-            )
-            if existing is not None:
-                return _version_record(existing), False
+            if new.lease is not None:
+                session.execute(delete(PushLease).where(PushLease.lease == new.lease))
             for blob in new.blobs:
-                if session.get(Blob, blob.digest) is None:
+                row = session.get(Blob, blob.digest)
+                if row is None:
                     session.add(
                         Blob(
                             digest=blob.digest,
@@ -500,6 +556,24 @@ class Catalog:
                             created_at=now,
                         )
                     )
+                elif row.swept_at is not None:
+                    # Swept by gc since an expired version used it, and stored again by this push.
+                    row.swept_at = None
+                    row.created_at = now
+                    row.object_name = blob.object_name
+                    row.sealed_size = blob.sealed_size
+                    row.chunk_size = blob.chunk_size
+            existing = session.scalar(
+                select(Version)
+                .where(
+                    Version.model_id == model.id,
+                    Version.digest == new.digest,
+                    Version.expired_at.is_(None),
+                )
+                .options(selectinload(Version.files), selectinload(Version.model))
+            )
+            if existing is not None:
+                return _version_record(existing), False
             session.flush()
             number = (
                 session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
@@ -644,6 +718,237 @@ class Catalog:
                     )
         return Policy(), "none"
 
+    # -- expiry and deletion ---------------------------------------------------------------
+
+    def expire_versions(
+        self,
+        name: str,
+        *,
+        now: datetime,
+        locked_for: timedelta | None,
+        actor: str,
+        only: set[int] | None = None,
+    ) -> list[VersionRecord]:
+        """Tombstone the versions of `name` that its retention policy no longer keeps (of
+        those in `only`, when given). The plan is made again inside the transaction, so an alias
+        moved or a hold placed a moment ago is seen; each expiry is audited."""
+
+        def work(session: Session) -> list[VersionRecord]:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            policy, decisions = _plan_in(session, model, now=now, locked_for=locked_for)
+            rows = {v.number: v for v in _live_versions(session, model)}
+            expired = []
+            for decision in decisions:
+                if decision.keep or (only is not None and decision.number not in only):
+                    continue
+                version = rows[decision.number]
+                _tombstone(
+                    session,
+                    version,
+                    actor=actor,
+                    reason="expired by the retention policy",
+                    action="expire",
+                    details={
+                        "version": version.number,
+                        "digest": version.digest,
+                        "policy": policy.describe(),
+                    },
+                    now=now,
+                )
+                expired.append(_version_record(version))
+            return expired
+
+        return self._retrying(work, what=f"expire versions of {name}")
+
+    def delete_version(
+        self, ref: Reference, *, reason: str, actor: str, locked_for: timedelta | None
+    ) -> VersionRecord:
+        """Tombstone one version on an admin's word, unless an alias, a hold or a retention
+        rule keeps it (the rule "no policy: keep everything" does not stand in the way of an
+        explicit delete)."""
+        target = self.resolve(ref)
+
+        def work(session: Session) -> VersionRecord:
+            version = _version_row(session, target)
+            if version.expired_at is not None:
+                raise _expired_error(version)
+            now = utcnow()
+            _policy, decisions = _plan_in(session, version.model, now=now, locked_for=locked_for)
+            reasons = next(d.reasons for d in decisions if d.number == version.number)
+            keeping = [r for r in reasons if r != NO_RULE]
+            if keeping:
+                raise RetentionError(
+                    f"{target.ref} is kept: {'; '.join(keeping)}",
+                    hint="move its aliases, release its hold or change the retention policy "
+                    f"first (`model-registry retention plan {target.name}` explains)",
+                )
+            _tombstone(
+                session,
+                version,
+                actor=actor,
+                reason=f"deleted: {reason}",
+                action="delete",
+                details={"version": version.number, "digest": version.digest, "reason": reason},
+                now=now,
+            )
+            return _version_record(version)
+
+        return self._retrying(work, what=f"delete {ref}")
+
+    # -- leases and sweeps (garbage collection) ----------------------------------------------
+
+    def take_lease(
+        self, lease: str, objects: Sequence[tuple[str, str]], *, ttl: timedelta
+    ) -> list[tuple[str, str]]:
+        """Lease (digest, purpose) objects for a writer: gc will not claim them until the lease
+        is dropped or expires. When any is being swept right now nothing is leased and those are
+        returned: the writer waits for the sweep to finish, then stores them anew."""
+
+        def work(session: Session) -> list[tuple[str, str]]:
+            swept = _being_swept(session, objects)
+            if swept:
+                return swept
+            now = utcnow()
+            for digest, purpose in sorted(set(objects)):
+                session.add(
+                    PushLease(
+                        lease=lease,
+                        digest=digest,
+                        purpose=purpose,
+                        created_at=now,
+                        expires_at=now + ttl,
+                    )
+                )
+            return []
+
+        return self._retrying(work, what="lease objects")
+
+    def drop_lease(self, lease: str) -> None:
+        def work(session: Session) -> None:
+            session.execute(delete(PushLease).where(PushLease.lease == lease))
+
+        self._retrying(work, what="drop a lease")
+
+    def drop_expired_leases(self, now: datetime) -> int:
+        def work(session: Session) -> int:
+            result = session.execute(delete(PushLease).where(PushLease.expires_at <= now))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+        return self._retrying(work, what="drop expired leases")
+
+    def unreferenced(
+        self, *, now: datetime, assume_expired: frozenset[tuple[str, int]] = frozenset()
+    ) -> list[Unreferenced]:
+        """Every stored object no live version references (versions in `assume_expired`, as
+        (name, number), count as expired: what a dry run shows)."""
+        with self._read() as session:
+            ids = []
+            for name, number in sorted(assume_expired):
+                found = session.scalar(
+                    select(Version.id)
+                    .join(Model)
+                    .where(Model.name == name, Version.number == number)
+                )
+                if found is not None:
+                    ids.append(found)
+            return _unreferenced(session, now=now, assume_expired=ids)
+
+    def claim_sweep(
+        self, digest: str, purpose: str, *, run: str, stored_before: datetime
+    ) -> str | None:
+        """Claim one object for deletion; None when claimed, else why not. Checked again
+        inside the transaction: no live version references it, no live lease holds it, it is
+        older than the grace window and nobody else claimed it."""
+
+        def work(session: Session) -> str | None:
+            now = utcnow()
+            found = {
+                (u.digest, u.purpose): u for u in _unreferenced(session, now=now, digest=digest)
+            }
+            candidate = found.get((digest, purpose))
+            if candidate is None:
+                return "referenced by a version, or already swept"
+            if candidate.sweeping:
+                return "claimed by another gc"
+            if candidate.leased:
+                return "in use by a push in flight"
+            if candidate.idle_since > stored_before:
+                return "younger than the grace window"
+            session.add(
+                Sweep(
+                    digest=digest,
+                    purpose=purpose,
+                    object_name=candidate.object_name,
+                    run=run,
+                    claimed_at=now,
+                )
+            )
+            return None
+
+        return self._retrying(work, what=f"claim {purpose} {digest}")
+
+    def sweeps(self) -> list[tuple[str, str]]:
+        """(digest, purpose) of every claimed sweep not finished yet."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Sweep.digest, Sweep.purpose).order_by(Sweep.digest, Sweep.purpose)
+            ).all()
+            return [(digest, purpose) for digest, purpose in rows]
+
+    def take_over_sweeps(self, *, run: str, claimed_before: datetime) -> list[tuple[str, str]]:
+        """Claims older than `claimed_before` (left by a gc that crashed or hung) become `run`'s,
+        to be finished by it: (digest, purpose) of each."""
+
+        def work(session: Session) -> list[tuple[str, str]]:
+            rows = session.scalars(
+                select(Sweep).where(Sweep.claimed_at < claimed_before).order_by(Sweep.digest)
+            ).all()
+            for row in rows:
+                row.run = run
+                row.claimed_at = utcnow()
+            return [(row.digest, row.purpose) for row in rows]
+
+        return self._retrying(work, what="take over unfinished sweeps")
+
+    def finish_sweep(
+        self, digest: str, purpose: str, *, run: str, cleared: Sequence[str], complete: bool
+    ) -> bool:
+        """Record what one sweep deleted: the copies in the regions `cleared` are gone. When
+        `complete` (every region cleared) the object is swept: its key slots and placements are
+        forgotten and a blob is marked swept; else the claim is dropped and a later gc tries
+        again. Only the run holding the claim finishes it. Returns whether it was swept."""
+
+        def work(session: Session) -> bool:
+            claim = session.get(Sweep, (digest, purpose))
+            if claim is None or claim.run != run:
+                return False
+            if cleared:
+                session.execute(
+                    delete(Placement).where(
+                        Placement.digest == digest,
+                        Placement.purpose == purpose,
+                        Placement.region.in_(list(cleared)),
+                    )
+                )
+            session.delete(claim)
+            if not complete:
+                return False
+            session.execute(
+                delete(Placement).where(Placement.digest == digest, Placement.purpose == purpose)
+            )
+            session.execute(
+                delete(KeySlot).where(KeySlot.digest == digest, KeySlot.purpose == purpose)
+            )
+            if purpose == "blob":
+                row = session.get(Blob, digest)
+                if row is not None:
+                    row.swept_at = utcnow()
+            return True
+
+        return self._retrying(work, what=f"finish sweeping {purpose} {digest}")
+
     # -- event deliveries ------------------------------------------------------------------
 
     def deliveries(
@@ -743,12 +1048,17 @@ class Catalog:
     def stored_objects(self) -> list[StoredObject]:
         """Every object a version references: its blobs and its manifest."""
         with self._read() as session:
+            live = select(Version.id).where(Version.expired_at.is_(None))
             blobs = session.execute(
                 select(Blob.digest, Blob.object_name).where(
-                    Blob.digest.in_(select(VersionFile.digest))
+                    Blob.digest.in_(
+                        select(VersionFile.digest).where(VersionFile.version_id.in_(live))
+                    )
                 )
             ).all()
-            manifests = session.execute(select(Version.digest, Version.manifest_object)).all()
+            manifests = session.execute(
+                select(Version.digest, Version.manifest_object).where(Version.expired_at.is_(None))
+            ).all()
         found = {StoredObject(d, "blob", name) for d, name in blobs}
         found |= {StoredObject(d, "manifest", name) for d, name in manifests}
         return sorted(found, key=lambda o: (o.purpose, o.digest))
@@ -762,6 +1072,8 @@ class Catalog:
 
         def work(session: Session) -> tuple[HoldRecord, bool]:
             version = _version_row(session, record)
+            if version.expired_at is not None:
+                raise _expired_error(version)
             hold = session.get(LegalHold, version.id)
             if hold is not None:
                 return _hold_record(version, hold), False
@@ -884,6 +1196,10 @@ class Catalog:
                 if target not in ids:
                     raise NotFoundError(f"{name}@{target} does not exist")
                 version_id = ids[target]
+            chosen = session.get(Version, version_id)
+            assert chosen is not None
+            if chosen.expired_at is not None:
+                raise _expired_error(chosen)
             now = utcnow()
             if row is not None and row.version_id == version_id:
                 return None, _alias_record(name, row, numbers, session)
@@ -1065,6 +1381,187 @@ def audit_hash(
         separators=(",", ":"),
     )
     return str(blake3.blake3(body.encode()).hexdigest())
+
+
+NO_RULE = "no retention rule"
+
+
+def _live_versions(session: Session, model: Model) -> list[Version]:
+    return list(
+        session.scalars(
+            select(Version)
+            .where(Version.model_id == model.id, Version.expired_at.is_(None))
+            .options(selectinload(Version.files), selectinload(Version.model))
+            .order_by(Version.number)
+        )
+    )
+
+
+def _plan_in(
+    session: Session, model: Model, *, now: datetime, locked_for: timedelta | None
+) -> tuple[Policy, list[Decision]]:
+    """The retention plan of one model from what this transaction reads."""
+    policy = Policy()
+    for source in (model.name, DEFAULT_POLICY):
+        row = session.get(RetentionPolicy, source)
+        if row is not None:
+            policy = Policy(
+                row.keep_last,
+                _delta(row.keep_within_seconds),
+                _delta(row.keep_demoted_for_seconds),
+            )
+            break
+    numbers = _version_numbers(session, model.id)
+    aliased: dict[int, list[str]] = {}
+    for alias in session.scalars(select(Alias).where(Alias.model_id == model.id)):
+        aliased.setdefault(numbers[alias.version_id], []).append(alias.name)
+    moves = session.scalars(select(AliasMove).where(AliasMove.model_id == model.id))
+    demoted = last_demotions(
+        (
+            None if m.previous_version_id is None else numbers[m.previous_version_id],
+            numbers[m.version_id],
+            m.moved_at,
+        )
+        for m in moves
+    )
+    held = {
+        numbers[version_id]
+        for version_id in session.scalars(
+            select(LegalHold.version_id).join(Version).where(Version.model_id == model.id)
+        )
+    }
+    decisions = plan(
+        [VersionFacts(v.number, v.created_at) for v in _live_versions(session, model)],
+        policy=policy,
+        aliased=aliased,
+        demoted=demoted,
+        held=held,
+        now=now,
+        locked_for=locked_for,
+    )
+    return policy, decisions
+
+
+def _tombstone(
+    session: Session,
+    version: Version,
+    *,
+    actor: str,
+    reason: str,
+    action: str,
+    details: dict[str, Any],
+    now: datetime,
+) -> None:
+    version.expired_at = now
+    version.expired_by = actor
+    version.expiry_reason = reason
+    session.flush()
+    _append_audit(
+        session,
+        at=now,
+        actor=actor,
+        action=action,
+        subject=version.model.name,
+        details=_details(details),
+    )
+
+
+def _unreferenced(
+    session: Session,
+    *,
+    now: datetime,
+    assume_expired: Sequence[int] = (),
+    digest: str | None = None,
+) -> list[Unreferenced]:
+    """Objects that no live version references and that are still stored (versions whose ids
+    are in `assume_expired` count as expired now; with `digest`, only that object's)."""
+    live: ColumnElement[bool] = Version.expired_at.is_(None)
+    if assume_expired:
+        live = live & Version.id.notin_(sorted(assume_expired))
+    live_ids = select(Version.id).where(live)
+    leases = select(PushLease.digest, PushLease.purpose).where(PushLease.expires_at > now)
+    claims = select(Sweep.digest, Sweep.purpose)
+    blobs = select(Blob).where(
+        Blob.swept_at.is_(None),
+        Blob.digest.notin_(select(VersionFile.digest).where(VersionFile.version_id.in_(live_ids))),
+    )
+    # Since when each blob has been unneeded: the last expiry of a version that used it (one
+    # taken for expired by a dry run: now).
+    uses = (
+        select(VersionFile.digest, Version.expired_at)
+        .join(Version, Version.id == VersionFile.version_id)
+        .where(~live)
+    )
+    gone = select(Version).where(
+        ~live,
+        Version.digest.notin_(select(Version.digest).where(live)),
+        Version.digest.in_(
+            select(KeySlot.digest)
+            .where(KeySlot.purpose == "manifest")
+            .union(select(Placement.digest).where(Placement.purpose == "manifest"))
+        ),
+    )
+    if digest is not None:
+        leases = leases.where(PushLease.digest == digest)
+        claims = claims.where(Sweep.digest == digest)
+        blobs = blobs.where(Blob.digest == digest)
+        uses = uses.where(VersionFile.digest == digest)
+        gone = gone.where(Version.digest == digest)
+    leased = {(d, p) for d, p in session.execute(leases)}
+    sweeping = {(d, p) for d, p in session.execute(claims)}
+    last_used: dict[str, datetime] = {}
+    for file_digest, expired_at in session.execute(uses):
+        when = expired_at or now
+        last_used[file_digest] = max(when, last_used.get(file_digest, when))
+    found: list[Unreferenced] = []
+    for blob in session.scalars(blobs):
+        key = (blob.digest, "blob")
+        found.append(
+            Unreferenced(
+                blob.digest,
+                "blob",
+                blob.object_name,
+                blob.size,
+                max(blob.created_at, last_used.get(blob.digest, blob.created_at)),
+                key in leased,
+                key in sweeping,
+            )
+        )
+    manifests: dict[str, Unreferenced] = {}
+    for version in session.scalars(gone):
+        key = (version.digest, "manifest")
+        idle = max(version.created_at, version.expired_at or now)
+        earlier = manifests.get(version.digest)
+        if earlier is None or earlier.idle_since < idle:
+            manifests[version.digest] = Unreferenced(
+                version.digest,
+                "manifest",
+                version.manifest_object,
+                0,
+                idle,
+                key in leased,
+                key in sweeping,
+            )
+    found += manifests.values()
+    return sorted(found, key=lambda u: (u.purpose, u.digest))
+
+
+def _serialise(session: Session) -> None:
+    """Every catalog write takes one PostgreSQL transaction-level lock first, so each reads what
+    every earlier write committed and decides on it alone: a push's commit, an alias move, an
+    expiry and a gc claim can never interleave (SQLite's BEGIN IMMEDIATE gives the same)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
+
+
+def _being_swept(session: Session, objects: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    wanted = set(objects)
+    if not wanted:
+        return []
+    rows = session.execute(
+        select(Sweep.digest, Sweep.purpose).where(Sweep.digest.in_(sorted({d for d, _ in wanted})))
+    ).all()
+    return sorted((d, p) for d, p in rows if (d, p) in wanted)
 
 
 def _append_audit(

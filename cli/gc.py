@@ -1,0 +1,121 @@
+"""`gc` and `delete`: expiring versions by policy, deleting one on an admin's word, and sweeping
+the objects nothing needs any more."""
+
+from __future__ import annotations
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from cli.ui import handle_errors, human_size, print_json, stdout
+from registry.retention import format_duration
+from registry.service import DEFAULT_GRACE, GcReport, Registry
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _report_json(report: GcReport) -> dict[str, object]:
+    return {
+        "dry_run": report.dry_run,
+        "grace": format_duration(report.grace),
+        "expired": [v.ref for v in report.expired],
+        "locks_extended": report.locks_extended,
+        "swept": [
+            {"purpose": s.purpose, "digest": s.digest, "bytes": s.bytes, "regions": dict(s.sizes)}
+            for s in report.swept
+        ],
+        "bytes_reclaimed": report.bytes_reclaimed,
+        "kept": [
+            {"purpose": k.purpose, "digest": k.digest, "reason": k.reason} for k in report.kept
+        ],
+        "problems": list(report.problems),
+    }
+
+
+def _print_report(report: GcReport) -> None:
+    if report.expired:
+        label = "would expire" if report.dry_run else "expired"
+        stdout.print(f"{label}: " + ", ".join(escape(v.ref) for v in report.expired))
+    if report.locks_extended:
+        verb = "would extend" if report.dry_run else "extended"
+        stdout.print(f"{verb} the Object Lock of {report.locks_extended} objects")
+    if report.swept or report.kept:
+        table = Table("object", "digest", "action")
+        table.add_column("why / bytes", overflow="fold")
+        for item in report.swept:
+            table.add_row(
+                item.purpose,
+                item.digest[7:19],
+                "[bold]would delete[/]" if report.dry_run else "[bold]deleted[/]",
+                human_size(item.bytes),
+            )
+        for kept in report.kept:
+            table.add_row(kept.purpose, kept.digest[7:19], "keep", escape(kept.reason))
+        stdout.print(table)
+    verb = "would reclaim" if report.dry_run else "reclaimed"
+    stdout.print(
+        f"{verb} {human_size(report.bytes_reclaimed)} ({report.bytes_reclaimed} bytes) in "
+        f"{len(report.swept)} objects; {len(report.kept)} unreferenced objects kept "
+        f"(grace window {format_duration(report.grace)})"
+    )
+    for problem in report.problems:
+        click.echo(f"problem: {problem}", err=True)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Show what would happen; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--grace",
+    default=DEFAULT_GRACE,
+    show_default=True,
+    metavar="DURATION",
+    help="Sweep only objects unneeded for longer than this (12h, 1d, 2w).",
+)
+@JSON
+@handle_errors
+def gc(dry_run: bool, yes: bool, grace: str, as_json: bool) -> None:
+    """Expire the versions no retention policy keeps (tombstones stay in the audit trail),
+    extend the Object Lock of the versions kept, then delete the objects no live version
+    needs once their lock has expired and the grace window has passed."""
+    with Registry.open() as registry:
+        if not dry_run and not yes:
+            preview = registry.gc(dry_run=True, grace=grace)
+            if not (preview.expired or preview.swept or preview.locks_extended):
+                dry_run = True  # nothing to change: show the preview as the result
+            else:
+                _print_report(preview)
+                click.confirm("Go ahead?", abort=True, err=True)
+        report = registry.gc(dry_run=dry_run, grace=grace)
+    if as_json:
+        print_json(_report_json(report))
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise SystemExit(9)
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--reason", required=True, help="Why it is deleted (kept in the audit trail).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@JSON
+@handle_errors
+def delete(ref: str, reason: str, yes: bool, as_json: bool) -> None:
+    """Delete the version REF outside the retention policy (admin only). It stays as a
+    tombstone in the catalog and the audit trail; `gc` later reclaims its storage. Refused while
+    an alias, a legal hold, an Object Lock or a retention rule keeps it."""
+    with Registry.open() as registry:
+        if not yes:
+            version = registry.resolve(ref)
+            click.confirm(f"Delete {version.ref} ({version.digest[:19]})?", abort=True, err=True)
+        version = registry.delete(ref, reason=reason)
+    if as_json:
+        print_json({"ref": version.ref, "digest": version.digest, "reason": reason})
+    else:
+        stdout.print(f"deleted {escape(version.ref)}; `model-registry gc` reclaims its storage")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(gc)
+    group.add_command(delete)
