@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, human_size, print_json, stdout
+from registry.errors import InvalidInputError
 from registry.retention import format_duration
 from registry.service import DEFAULT_GRACE, GcReport, Registry
 
@@ -78,6 +79,10 @@ def gc(dry_run: bool, yes: bool, grace: str, as_json: bool) -> None:
     """Expire the versions no retention policy keeps (tombstones stay in the audit trail),
     extend the Object Lock of the versions kept, then delete the objects no live version
     needs once their lock has expired and the grace window has passed."""
+    if as_json and not (dry_run or yes):
+        raise InvalidInputError(
+            "--json asks no questions", hint="add --yes to run it, or --dry-run to preview it"
+        )
     with Registry.open() as registry:
         if not dry_run and not yes:
             preview = registry.gc(dry_run=True, grace=grace)

@@ -80,7 +80,7 @@ class VersionFacts:
 class Decision:
     """Whether a version is kept and why. A kept version is kept at least `until` (the latest
     date a dated rule gives: keep-within, keep-demoted-for, the lock minimum) and, when
-    `open_ended`, for as long as an undated rule (keep-last, an alias, a hold, no rule) holds."""
+    `open_ended`, for as long as an undated rule (keep-last, an alias, a hold) holds."""
 
     number: int
     keep: bool
@@ -121,8 +121,9 @@ def plan(
         dated: list[datetime] = []
         open_ended = False
         if policy.empty:
+            # Kept, but no promise to extend locks for: the write-time lock is all it gets,
+            # so an admin's `delete` can still take it once that lapses.
             reasons.append("no retention rule")
-            open_ended = True
         if policy.keep_last is not None and rank < policy.keep_last:
             reasons.append(f"among the last {policy.keep_last}")
             open_ended = True

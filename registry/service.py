@@ -115,9 +115,11 @@ from registry.storage.lock import ObjectLock, Retention
 # A writer's lease on the objects it is about to write or reuse outlives any sane push; a
 # crashed writer's lease lapses after it.
 LEASE_TTL = timedelta(hours=24)
+LEASE_RENEWAL = 3600.0  # seconds: a long replication renews its lease this often
 DEFAULT_GRACE = "24h"
-# A gc claim this old was left by a gc that crashed or hung: the next gc finishes it.
-STALE_CLAIM = timedelta(minutes=10)
+# A gc claim this old was left by a gc that crashed or hung: the next gc finishes it. A live gc
+# renews its claim before every deletion, and one S3 call with its retries ends well within it.
+STALE_CLAIM = timedelta(minutes=15)
 
 READER = "reader"
 PUSHER = "pusher"
@@ -716,8 +718,9 @@ class Registry:
                 raise ConflictError(
                     f"{what}: {len(swept)} of its objects are being deleted by a garbage "
                     "collection that has not finished",
-                    hint="run `model-registry gc` to finish an interrupted collection, then "
-                    "run the same command again",
+                    hint="a gc is deleting them, or one stopped midway: `model-registry gc --yes` "
+                    "finishes a stopped one's work 15 minutes after it stopped; then run the "
+                    "same command again",
                 )
             time.sleep(0.1)
 
@@ -1232,12 +1235,15 @@ class Registry:
         stands whatever happens here; problems are returned as warnings."""
         problems: list[str] = []
         keep = Decision(alias.number, True, (f"alias {alias.alias}",), None, True)
-        self._extend_locks(
-            [(alias.name, Policy(), [keep])],
-            now=datetime.now(UTC),
-            dry_run=False,
-            problems=problems,
-        )
+        try:
+            self._extend_locks(
+                [(alias.name, Policy(), [keep])],
+                now=datetime.now(UTC),
+                dry_run=False,
+                problems=problems,
+            )
+        except RegistryError as error:
+            problems.append(f"Object Lock not extended: {error}")
         return tuple(problems)
 
     def rollback(
@@ -1494,9 +1500,15 @@ class Registry:
             for digest, purpose in self.catalog.take_over_sweeps(
                 run=run, claimed_before=datetime.now(UTC) - STALE_CLAIM
             ):
-                done = self._sweep(digest, purpose, run=run, problems=problems)
+                done = self._sweep(digest, purpose, run=run, problems=problems, kept=kept)
                 if done is not None:
                     swept.append(done)
+            stale: set[tuple[str, str]] = set()
+        else:
+            # What a real run would finish first: claims of a gc that stopped.
+            stale = set(self.catalog.stale_sweeps(claimed_before=datetime.now(UTC) - STALE_CLAIM))
+            for digest, purpose in sorted(stale):
+                swept.append(SweptObject(purpose, digest, self._stored_sizes(purpose, digest)))
 
         plans = self.plan_retention(now=moment)
         doomed = {(model, d.number) for model, _policy, ds in plans for d in ds if not d.keep}
@@ -1522,6 +1534,8 @@ class Registry:
         )
         for candidate in candidates:
             reason = None
+            if (candidate.digest, candidate.purpose) in stale:
+                continue
             if candidate.sweeping:
                 reason = "claimed by another gc"
             elif candidate.leased:
@@ -1542,7 +1556,9 @@ class Registry:
                 swept.append(SweptObject(candidate.purpose, candidate.digest, sizes))
                 continue
             self._checkpoint("gc-claimed")
-            done = self._sweep(candidate.digest, candidate.purpose, run=run, problems=problems)
+            done = self._sweep(
+                candidate.digest, candidate.purpose, run=run, problems=problems, kept=kept
+            )
             if done is not None:
                 swept.append(done)
         report = GcReport(
@@ -1615,38 +1631,55 @@ class Registry:
         return tuple(sizes)
 
     def _sweep(
-        self, digest: str, purpose: str, *, run: str, problems: list[str]
+        self, digest: str, purpose: str, *, run: str, problems: list[str], kept: list[KeptObject]
     ) -> SweptObject | None:
-        """Delete a claimed object (data first, then its key slots) from every region and record
-        it; a region that refuses keeps its copy, and the claim is dropped for a later gc."""
+        """Delete a claimed object from every region, data first, then its key slots, and
+        record it. Before each deletion the claim is renewed: a gc whose claim was taken over
+        (it stalled past STALE_CLAIM) stops before deleting anything more. A region whose store
+        refuses (a lock, an outage) keeps its copy and its placement; the claim is dropped and a
+        later gc tries again."""
         owners = set(self.catalog.key_slot_owners(digest, purpose))
         cleared: list[str] = []
         sizes: list[tuple[str, int]] = []
         for region in self.replicas.regions:
             store = region.store
-            names = [store.object_name(purpose, digest)] + [
+            data = store.object_name(purpose, digest)
+            slots = [
                 store.slot_name(purpose, digest, kek)
                 for kek in sorted(owners | {store.keys.kek_id})
             ]
+            if not self.catalog.renew_claim(digest, purpose, run=run):
+                problems.append(f"{purpose} {digest}: another gc took the claim over; left to it")
+                return None
             try:
-                for index, name in enumerate(names):
-                    info = store.driver.stat(name) if index == 0 else None
-                    try:
-                        store.driver.delete(name)
-                    except NotFoundError:
-                        continue
-                    if info is not None:
-                        sizes.append((region.name, info.size))
+                info = store.driver.stat(data)
+                store.driver.delete(data)
+            except NotFoundError:
+                info = None
+            except RetentionError as error:
+                kept.append(KeptObject(purpose, digest, f"{region.name}: {error}"))
+                continue
             except RegistryError as error:
                 problems.append(f"{region.name}: {purpose} {digest}: not deleted: {error}")
                 continue
+            if info is not None:
+                sizes.append((region.name, info.size))
+            # The data is gone from this region: a slot left behind opens nothing; it is
+            # reported, and the scrub of orphans finds it.
             cleared.append(region.name)
+            for slot in slots:
+                try:
+                    store.driver.delete(slot)
+                except NotFoundError:
+                    continue
+                except RegistryError as error:
+                    problems.append(f"{region.name}: key slot of {purpose} {digest}: {error}")
         complete = len(cleared) == len(self.replicas.regions)
         if not self.catalog.finish_sweep(
             digest, purpose, run=run, cleared=cleared, complete=complete
         ):
             return None
-        return SweptObject(purpose, digest, tuple(sizes))
+        return SweptObject(purpose, digest, tuple(sizes)) if complete else None
 
     def _extend_locks(
         self,
@@ -1658,8 +1691,9 @@ class Registry:
     ) -> int:
         """Extend the Object Lock of every object of every kept version to as long as a rule
         keeps it: a dated rule (keep-within, keep-demoted-for) to its date; an open-ended one
-        (keep-last, an alias, a hold, no policy) to the store's minimum from now, renewed once
-        half of that has passed. Never shortened or weakened. Returns how many were extended."""
+        (keep-last, an alias, a hold) to the store's minimum from now, renewed once half of that
+        has passed. A model without any rule gets nothing beyond its write-time lock. Never
+        shortened or weakened. Returns how many were extended."""
         lockers = [
             (region, lock, floor)
             for region, lock in self._lockers()
@@ -1683,8 +1717,8 @@ class Registry:
         extended = 0
         for region, lock, floor in lockers:
             minimum = floor.until - datetime.now(UTC)
-            try:
-                for (digest, purpose), (until, open_ended) in sorted(wanted.items()):
+            for (digest, purpose), (until, open_ended) in sorted(wanted.items()):
+                try:
                     target, renew_below = until, until
                     if open_ended:
                         rolling = now + minimum
@@ -1710,8 +1744,10 @@ class Registry:
                         extended += 1
                         if not dry_run:
                             lock.hold_at_least(name, Retention(floor.mode, target))
-            except RegistryError as error:
-                problems.append(f"{region.name}: Object Lock not extended: {error}")
+                except RegistryError as error:
+                    problems.append(
+                        f"{region.name}: {purpose} {digest}: Object Lock not extended: {error}"
+                    )
         return extended
 
     # -- regions ---------------------------------------------------------------------------
@@ -1787,9 +1823,10 @@ class Registry:
         # version may have expired and its objects been swept in between.
         lease = self._lease([(o.digest, o.purpose) for o in listed], what="replicate")
         try:
-            objects = [o for o in self.catalog.stored_objects() if o in set(listed)]
+            wanted = set(listed)
+            objects = [o for o in self.catalog.stored_objects() if o in wanted]
             return self._replicate_leased(
-                objects, rebuilt, problems, repair=repair, progress=progress
+                objects, rebuilt, problems, repair=repair, progress=progress, lease=lease
             )
         finally:
             self.catalog.drop_lease(lease)
@@ -1802,6 +1839,7 @@ class Registry:
         *,
         repair: bool,
         progress: Progress,
+        lease: str,
     ) -> ReplicateReport:
         rows: dict[tuple[str, str], dict[str, PlacementRecord]] = {}
         for row in self.catalog.placements():
@@ -1809,7 +1847,15 @@ class Registry:
         held = self.catalog.held_objects()
         copied = repaired = verified = 0
         progress.begin("replicating", len(objects))
+        renewed = time.monotonic()
         for stored in objects:
+            if time.monotonic() - renewed > LEASE_RENEWAL:
+                if not self.catalog.renew_lease(lease, ttl=LEASE_TTL):
+                    raise ConflictError(
+                        "replicate stalled past its lease on the objects it copies",
+                        hint="run it again; what it copied is kept",
+                    )
+                renewed = time.monotonic()
             key = (stored.digest, stored.purpose)
             known = rows.get(key, {})
             # A repair looks at every copy (a verified one may have been lost since); without

@@ -90,6 +90,20 @@ def test_reasons_name_every_rule_that_keeps() -> None:
     )
 
 
+def test_how_long_each_rule_keeps_a_version() -> None:
+    """What Object Lock follows: dated rules give a date, undated ones keep open-ended, and no
+    policy promises nothing beyond the write-time lock."""
+    nothing = run(Policy())
+    assert all(d.keep and d.until is None and not d.open_ended for d in nothing)
+    within = {d.number: d for d in run(Policy(keep_within=4 * DAY))}
+    assert within[9].until == VERSIONS[8].created_at + 4 * DAY and not within[9].open_ended
+    last = {d.number: d for d in run(Policy(keep_last=1), aliased={3: ["prod"]}, held=[2])}
+    assert last[10].open_ended and last[3].open_ended and last[2].open_ended
+    assert not last[5].keep and not last[5].open_ended
+    demoted = run(Policy(keep_demoted_for=7 * DAY), demoted={4: NOW - DAY})
+    assert {d.number: d.until for d in demoted}[4] == NOW + 6 * DAY
+
+
 def test_demotions_from_alias_moves() -> None:
     moves = [(None, 1, NOW - 5 * DAY), (1, 2, NOW - 4 * DAY), (2, 1, NOW - 3 * DAY), (1, 3, NOW)]
     assert last_demotions(moves) == {1: NOW, 2: NOW - 3 * DAY}

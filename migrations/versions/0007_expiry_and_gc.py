@@ -48,6 +48,20 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Before 0007 nothing could expire: a tombstone would come back as a live version (its
+    # objects perhaps swept), and a re-pushed digest would break the unique constraint.
+    connection = op.get_bind()
+    tombstones = connection.execute(
+        sa.text("SELECT COUNT(*) FROM versions WHERE expired_at IS NOT NULL")
+    ).scalar()
+    swept = connection.execute(
+        sa.text("SELECT COUNT(*) FROM blobs WHERE swept_at IS NOT NULL")
+    ).scalar()
+    if tombstones or swept:
+        raise RuntimeError(
+            f"cannot downgrade below 0007: the catalog holds {tombstones} expired or deleted "
+            f"versions and {swept} swept blobs, which older releases would take for live"
+        )
     op.drop_table("sweeps")
     with op.batch_alter_table("push_leases", schema=None) as batch_op:
         batch_op.drop_index("ix_push_leases_object")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
@@ -102,32 +102,24 @@ def migrate(engine: Engine) -> None:
             f"cannot reach the catalog database: {error.orig}",
             hint="check catalog.url in config.toml (or MODEL_REGISTRY_CATALOG_URL)",
         ) from None
-    from alembic import command
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     config = _alembic_config()
     scripts = ScriptDirectory.from_config(config)
     try:
-        with engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                # Two processes opening a new catalog at once must not both create the tables.
-                connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK}
-                )
-            current = MigrationContext.configure(connection).get_current_revision()
-            if current == scripts.get_current_head():
-                return
-            if current is not None:
-                try:
-                    scripts.get_revision(current)
-                except Exception:  # noqa: BLE001 - alembic raises several types for unknown ids
-                    raise SchemaVersionError(
-                        f"the catalog has schema revision {current}, which this model-registry "
-                        f"does not know (its newest is {scripts.get_current_head()})"
-                    ) from None
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        with engine.connect() as outer:
+            sqlite = outer.dialect.name == "sqlite"
+            if sqlite:
+                # Batch migrations rebuild a table (copy, drop, rename); with foreign keys on,
+                # dropping a table other rows point at fails. The pragma is ignored inside a
+                # transaction, so it is switched on the raw connection before BEGIN, and the
+                # keys are checked before the commit instead (SQLite's documented procedure).
+                _pragma(outer, "foreign_keys=OFF")
+            try:
+                _upgrade(outer, config, scripts, sqlite=sqlite)
+            finally:
+                if sqlite:
+                    _pragma(outer, "foreign_keys=ON")
     except OperationalError as error:
         raise StorageError(
             f"cannot reach the catalog database: {error.orig}",
@@ -135,3 +127,43 @@ def migrate(engine: Engine) -> None:
         ) from None
     except SQLAlchemyError as error:
         raise StorageError(f"catalog migration failed: {error}") from None
+
+
+def _pragma(connection: Connection, setting: str) -> None:
+    """Run a PRAGMA on the raw DBAPI connection, outside any transaction SQLAlchemy opens."""
+    raw = connection.connection.dbapi_connection
+    assert raw is not None
+    raw.execute(f"PRAGMA {setting}")
+
+
+def _upgrade(connection: Connection, config: Config, scripts: Any, *, sqlite: bool) -> None:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    with connection.begin():
+        if connection.dialect.name == "postgresql":
+            # Two processes opening a new catalog at once must not both create the tables.
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(:id)"), {"id": _PG_MIGRATION_LOCK}
+            )
+        current = MigrationContext.configure(connection).get_current_revision()
+        if current == scripts.get_current_head():
+            return
+        if current is not None:
+            try:
+                scripts.get_revision(current)
+            except Exception:  # noqa: BLE001 - alembic raises several types for unknown ids
+                raise SchemaVersionError(
+                    f"the catalog has schema revision {current}, which this model-registry "
+                    f"does not know (its newest is {scripts.get_current_head()})"
+                ) from None
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+        if sqlite:
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise StorageError(
+                    f"catalog migration failed: {len(broken)} rows break foreign keys "
+                    f"(first: {tuple(broken[0])}); nothing was changed",
+                    hint="restore the catalog from a backup, or report it",
+                )

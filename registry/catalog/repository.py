@@ -420,7 +420,9 @@ class Catalog:
                 return _version_record(version)
             if ref.digest_prefix is not None:
                 found = session.scalars(
-                    query.where(Version.digest.startswith(f"blake3:{ref.digest_prefix}"))
+                    query.where(Version.digest.startswith(f"blake3:{ref.digest_prefix}")).order_by(
+                        Version.number
+                    )
                 ).all()
                 matches = [v for v in found if v.expired_at is None]
                 if not matches and found:
@@ -527,13 +529,26 @@ class Catalog:
                 session.flush()
             # Slots and placements are what the stores hold now, whether or not the version
             # is new (a re-push of existing content repairs).
-            objects = [(b.digest, "blob") for b in new.blobs] + [(new.digest, "manifest")]
-            swept = _being_swept(session, objects)
-            if swept:
-                # A push leases its objects before it writes or reuses them, so gc cannot claim
-                # them; only a push whose lease expired (a day) gets here.
+            objects = {(b.digest, "blob") for b in new.blobs} | {(new.digest, "manifest")}
+            if new.lease is not None:
+                leased = {
+                    (row.digest, row.purpose)
+                    for row in session.scalars(
+                        select(PushLease).where(
+                            PushLease.lease == new.lease, PushLease.expires_at > now
+                        )
+                    )
+                }
+                if not objects <= leased:
+                    # Its lease lapsed: gc may have swept an object this push found stored.
+                    raise ConflictError(
+                        f"push {new.name} took longer than its lease on its objects; "
+                        "nothing was committed",
+                        hint="run the same push again; it stores anything missing anew",
+                    )
+            if _being_swept(session, sorted(objects)):
                 raise ConflictError(
-                    f"push {new.name}: {len(swept)} of its objects are being garbage-collected",
+                    f"push {new.name}: some of its objects are being garbage-collected",
                     hint="run the same push again; it stores them anew",
                 )
             slots = [(b.digest, "blob", slot) for b in new.blobs for slot in b.slots]
@@ -825,6 +840,20 @@ class Catalog:
 
         return self._retrying(work, what="lease objects")
 
+    def renew_lease(self, lease: str, *, ttl: timedelta) -> bool:
+        """Extend a live lease (a long replication); False when it lapsed or was dropped."""
+
+        def work(session: Session) -> bool:
+            now = utcnow()
+            rows = session.scalars(select(PushLease).where(PushLease.lease == lease)).all()
+            if not rows or any(row.expires_at <= now for row in rows):
+                return False
+            for row in rows:
+                row.expires_at = now + ttl
+            return True
+
+        return self._retrying(work, what="renew a lease")
+
     def drop_lease(self, lease: str) -> None:
         def work(session: Session) -> None:
             session.execute(delete(PushLease).where(PushLease.lease == lease))
@@ -894,6 +923,26 @@ class Catalog:
         with self._read() as session:
             rows = session.execute(
                 select(Sweep.digest, Sweep.purpose).order_by(Sweep.digest, Sweep.purpose)
+            ).all()
+            return [(digest, purpose) for digest, purpose in rows]
+
+    def renew_claim(self, digest: str, purpose: str, *, run: str) -> bool:
+        """The claim is still `run`'s (not taken over by another gc): refresh it and say so."""
+
+        def work(session: Session) -> bool:
+            claim = session.get(Sweep, (digest, purpose))
+            if claim is None or claim.run != run:
+                return False
+            claim.claimed_at = utcnow()
+            return True
+
+        return self._retrying(work, what=f"renew the claim on {purpose} {digest}")
+
+    def stale_sweeps(self, *, claimed_before: datetime) -> list[tuple[str, str]]:
+        """(digest, purpose) of claims older than `claimed_before` (a gc that stopped)."""
+        with self._read() as session:
+            rows = session.execute(
+                select(Sweep.digest, Sweep.purpose).where(Sweep.claimed_at < claimed_before)
             ).all()
             return [(digest, purpose) for digest, purpose in rows]
 
@@ -1555,13 +1604,9 @@ def _serialise(session: Session) -> None:
 
 
 def _being_swept(session: Session, objects: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
-    wanted = set(objects)
-    if not wanted:
-        return []
-    rows = session.execute(
-        select(Sweep.digest, Sweep.purpose).where(Sweep.digest.in_(sorted({d for d, _ in wanted})))
-    ).all()
-    return sorted((d, p) for d, p in rows if (d, p) in wanted)
+    # The claims in flight are few; the objects may be many (no IN list of them).
+    claimed = {(d, p) for d, p in session.execute(select(Sweep.digest, Sweep.purpose))}
+    return sorted(claimed.intersection(objects))
 
 
 def _append_audit(
