@@ -103,11 +103,8 @@ from registry.replication import BAD, PENDING, VERIFIED, ReadReport, Region, Rep
 from registry.retention import (
     Decision,
     Policy,
-    VersionFacts,
     format_duration,
-    last_demotions,
     parse_duration,
-    plan,
 )
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
 from registry.storage.lock import ObjectLock, Retention
@@ -1414,24 +1411,10 @@ class Registry:
         """Dry run: for each model (or `name`), which versions its policy keeps and why."""
         moment = now or datetime.now(UTC)
         names = [validate_name(name)] if name is not None else [m.name for m in self.models()]
-        holds: dict[str, set[int]] = {}
-        for hold in self.catalog.holds():
-            holds.setdefault(hold.name, set()).add(hold.number)
         found = []
         for model in names:
-            policy, _source = self.catalog.retention(model)
-            aliased: dict[int, list[str]] = {}
-            for alias in self.catalog.aliases(model):
-                aliased.setdefault(alias.number, []).append(alias.alias)
-            moves = self.catalog.alias_history(model)
-            decisions = plan(
-                [VersionFacts(v.number, v.created_at) for v in self.catalog.versions(model)],
-                policy=policy,
-                aliased=aliased,
-                demoted=last_demotions((m.previous, m.number, m.moved_at) for m in moves),
-                held=holds.get(model, set()),
-                now=moment,
-                locked_for=self._lock_floor(),
+            policy, decisions = self.catalog.retention_plan(
+                model, now=moment, locked_for=self._lock_floor()
             )
             found.append((model, policy, decisions))
         return found

@@ -733,6 +733,16 @@ class Catalog:
                     )
         return Policy(), "none"
 
+    def retention_plan(
+        self, name: str, *, now: datetime, locked_for: timedelta | None
+    ) -> tuple[Policy, list[Decision]]:
+        """The policy in force for `name` and which of its live versions it keeps and why."""
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            return _plan_in(session, model, now=now, locked_for=locked_for)
+
     # -- expiry and deletion ---------------------------------------------------------------
 
     def expire_versions(
