@@ -8,10 +8,10 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cli.ui import handle_errors, print_json, stdout, when
+from cli.ui import handle_errors, open_registry, print_json, stdout, when
 from registry.catalog.repository import AliasMoveRecord, AliasRecord
 from registry.errors import InvalidInputError
-from registry.service import AliasChange, Registry
+from registry.service import AliasChange
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 REASON = click.option("--reason", default="", help="Why (kept in the alias history and audit).")
@@ -81,7 +81,7 @@ def _report(change: AliasChange, as_json: bool) -> None:
 @handle_errors
 def promote(ref: str, alias: str, reason: str, as_json: bool) -> None:
     """Point ALIAS (production, staging, ...) of REF's model at REF."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         change = registry.promote(ref, alias, reason=reason)
     _report(change, as_json)
 
@@ -95,7 +95,7 @@ def promote(ref: str, alias: str, reason: str, as_json: bool) -> None:
 @handle_errors
 def rollback(name: str, alias: str, to: str | None, reason: str, as_json: bool) -> None:
     """Move ALIAS of NAME back to the version it pointed at before (or to --to REF)."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         change = registry.rollback(name, alias, to=to, reason=reason)
     _report(change, as_json)
 
@@ -121,7 +121,7 @@ def _parse_time(text: str | None) -> datetime | None:
 def history(name: str, alias: str | None, at: str | None, as_json: bool) -> None:
     """The moves of NAME's aliases (who, when, why); with --at, where they pointed then."""
     moment = _parse_time(at)
-    with Registry.open() as registry:
+    with open_registry() as registry:
         moves = registry.history(name, alias, at=moment)
     if as_json:
         print_json([_move_json(m) for m in moves])
@@ -155,7 +155,7 @@ def alias_group() -> None:
 @handle_errors
 def list_(name: str, as_json: bool) -> None:
     """The aliases of NAME and where they point."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         aliases = registry.aliases(name)
     if as_json:
         print_json([_alias_json(a) for a in aliases])
@@ -180,7 +180,7 @@ def list_(name: str, as_json: bool) -> None:
 @handle_errors
 def protect(name: str, alias: str, as_json: bool) -> None:
     """Protect ALIAS: moving it then needs the promoter role."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         record = registry.protect_alias(name, alias, protected=True)
     print_json(_alias_json(record)) if as_json else stdout.print(f"protected {name}:{alias}")
 
@@ -192,7 +192,7 @@ def protect(name: str, alias: str, as_json: bool) -> None:
 @handle_errors
 def unprotect(name: str, alias: str, as_json: bool) -> None:
     """Remove ALIAS's protection."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         record = registry.protect_alias(name, alias, protected=False)
     print_json(_alias_json(record)) if as_json else stdout.print(f"unprotected {name}:{alias}")
 

@@ -9,9 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.aliases import _parse_time
-from cli.ui import handle_errors, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, stdout
 from registry.errors import IntegrityError
-from registry.service import Registry
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -46,7 +45,7 @@ def audit() -> None:
 @handle_errors
 def list_(name: str | None, since: str | None, limit: int, as_json: bool) -> None:
     """The newest entries (about model NAME), newest first."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         events = registry.audit_events(subject=name, since=_parse_time(since), limit=limit)
     if as_json:
         print_json(
@@ -83,7 +82,7 @@ def list_(name: str | None, since: str | None, limit: int, as_json: bool) -> Non
 @handle_errors
 def verify(as_json: bool) -> None:
     """Recompute the hash chain; name the first edited, deleted, inserted or moved entry."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         result = registry.verify_audit()
     if as_json:
         print_json(

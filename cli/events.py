@@ -8,9 +8,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cli.ui import handle_errors, print_json, stdout, when
+from cli.ui import handle_errors, open_registry, print_json, stdout, when
 from registry.errors import StorageError
-from registry.service import Registry
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -26,7 +25,7 @@ def events() -> None:
 @handle_errors
 def add_webhook(url: str, as_json: bool) -> None:
     """Send every alias move to URL; prints the file with its signing secret."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         hook = registry.add_webhook(url)
     if as_json:
         print_json({"url": hook.url, "secret_file": str(hook.secret_file)})
@@ -41,7 +40,7 @@ def add_webhook(url: str, as_json: bool) -> None:
 @handle_errors
 def list_(pending: bool, limit: int, as_json: bool) -> None:
     """Recorded deliveries, newest first."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         found = registry.catalog.deliveries(pending_only=pending, limit=limit)
     if as_json:
         print_json(
@@ -77,7 +76,7 @@ def list_(pending: bool, limit: int, as_json: bool) -> None:
 @handle_errors
 def deliver(as_json: bool) -> None:
     """Retry every pending delivery; exit 9 while any is left."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         failed = registry.deliver_events()
     if as_json:
         print_json({"ok": not failed, "failed": failed})

@@ -7,10 +7,10 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cli.ui import handle_errors, human_size, print_json, stdout
+from cli.ui import handle_errors, human_size, open_registry, print_json, stdout
 from registry.errors import InvalidInputError
 from registry.retention import format_duration
-from registry.service import DEFAULT_GRACE, GcReport, Registry
+from registry.service import DEFAULT_GRACE, GcReport
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -83,7 +83,7 @@ def gc(dry_run: bool, yes: bool, grace: str, as_json: bool) -> None:
         raise InvalidInputError(
             "--json asks no questions", hint="add --yes to run it, or --dry-run to preview it"
         )
-    with Registry.open() as registry:
+    with open_registry() as registry:
         if not dry_run and not yes:
             preview = registry.gc(dry_run=True, grace=grace)
             if not (preview.expired or preview.swept or preview.locks_extended):
@@ -110,7 +110,7 @@ def delete(ref: str, reason: str, yes: bool, as_json: bool) -> None:
     """Delete the version REF outside the retention policy (admin only). It stays as a
     tombstone in the catalog and the audit trail; `gc` later reclaims its storage. Refused while
     an alias, a legal hold, an Object Lock or a retention rule keeps it."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         if not yes:
             version = registry.resolve(ref)
             click.confirm(f"Delete {version.ref} ({version.digest[:19]})?", abort=True, err=True)

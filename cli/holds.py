@@ -8,9 +8,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cli.ui import handle_errors, print_json, stdout, when
+from cli.ui import handle_errors, open_registry, print_json, stdout, when
 from registry.errors import StorageError
-from registry.service import HoldResult, Registry
+from registry.service import HoldResult
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 REASON = click.option("--reason", required=True, help="Why (kept in the audit trail).")
@@ -51,7 +51,7 @@ def _report(result: HoldResult, verb: str, as_json: bool) -> None:
 @handle_errors
 def set_(ref: str, reason: str, as_json: bool) -> None:
     """Place a legal hold on REF (on S3: the legal hold of every object, in every region)."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         result = registry.hold(ref, reason=reason)
     _report(result, "held" if result.changed else "already held:", as_json)
 
@@ -63,7 +63,7 @@ def set_(ref: str, reason: str, as_json: bool) -> None:
 @handle_errors
 def release(ref: str, reason: str, as_json: bool) -> None:
     """Release the legal hold on REF (objects another held version shares stay held)."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         result = registry.release_hold(ref, reason=reason)
     _report(result, "released", as_json)
 
@@ -73,7 +73,7 @@ def release(ref: str, reason: str, as_json: bool) -> None:
 @handle_errors
 def list_(as_json: bool) -> None:
     """List the versions under legal hold."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         holds = registry.holds()
     if as_json:
         print_json(

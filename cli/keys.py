@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.ui import handle_errors, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, stdout
 from registry.crypto.signing import public_key_text
-from registry.service import Registry
 
 
 @click.group()
@@ -19,7 +18,7 @@ def keys() -> None:
 @handle_errors
 def show(as_json: bool) -> None:
     """Print this home's signing public key, the trusted signers and the key files."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         settings = registry.settings
         own = public_key_text(registry.signer.public_key)
         trusted = [
@@ -50,7 +49,7 @@ def show(as_json: bool) -> None:
 @handle_errors
 def trust(name: str, public_key: str) -> None:
     """Trust manifests signed by PUBLIC_KEY (ed25519:BASE64), e.g. a CI signer's."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         signer = registry.trust_signer(name, public_key)
     stdout.print(f"trusting {signer.name} ({signer.key_id})")
 
@@ -60,7 +59,7 @@ def trust(name: str, public_key: str) -> None:
 @handle_errors
 def untrust(name: str) -> None:
     """Stop trusting the signer NAME (versions it signed will then fail verification)."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         registry.untrust_signer(name)
     stdout.print(f"no longer trusting {name}")
 
@@ -69,7 +68,7 @@ def untrust(name: str) -> None:
 @handle_errors
 def new_signing_key() -> None:
     """Create a new signing key for this home; the old one stays trusted."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         text = registry.new_signing_key()
     stdout.print(f"new signing key: {text}")
     stdout.print("trust it on other machines with: model-registry keys trust NAME " + text)

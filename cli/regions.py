@@ -7,9 +7,8 @@ import sys
 import click
 from rich.table import Table
 
-from cli.ui import handle_errors, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, stdout
 from registry.errors import StorageError
-from registry.service import Registry
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -26,7 +25,7 @@ def status(as_json: bool) -> None:
     """Probe every region and count its verified, pending, bad and unrecorded copies.
 
     Exits 0 only when every region is reachable and holds a verified copy of everything."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         found = registry.regions_status()
     if as_json:
         print_json(
@@ -86,7 +85,7 @@ def replicate(repair: bool, as_json: bool) -> None:
 
     A region's bucket is created (with versioning and Object Lock) when it is gone, so an empty,
     rebuilt region is refilled. Exits non-zero while any copy is still missing or bad."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         report = registry.replicate(repair=repair)
     if as_json:
         print_json(

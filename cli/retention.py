@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from cli.ui import handle_errors, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, stdout
 from registry.errors import InvalidInputError
 from registry.retention import Policy, format_duration
-from registry.service import Registry
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -55,7 +54,7 @@ def set_(
     Aliased versions and versions under legal hold are always kept."""
     if (name is None) == (not default):
         raise InvalidInputError("give a model NAME or --default, not both or neither")
-    with Registry.open() as registry:
+    with open_registry() as registry:
         policy = registry.set_retention(
             name,
             keep_last=keep_last,
@@ -75,7 +74,7 @@ def set_(
 @handle_errors
 def show(name: str, as_json: bool) -> None:
     """The policy in force for NAME and where it comes from."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         policy, source = registry.retention(name)
     origin = {"*": "the registry default", "none": "no policy set"}.get(source, "its own policy")
     if as_json:
@@ -90,7 +89,7 @@ def show(name: str, as_json: bool) -> None:
 @handle_errors
 def plan_(name: str | None, as_json: bool) -> None:
     """Dry run: which versions would expire, and why each other one is kept."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         plans = registry.plan_retention(name)
     if as_json:
         print_json(

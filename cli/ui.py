@@ -9,7 +9,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import click
 from rich.console import Console
@@ -24,6 +24,9 @@ from rich.progress import (
 )
 
 from registry.errors import RegistryError
+
+if TYPE_CHECKING:
+    from registry.service import Registry
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -129,3 +132,17 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
             sys.exit(1)
 
     return wrapper
+
+
+def open_registry() -> Registry:
+    """The registry the command works on: the server at MODEL_REGISTRY_URL (with
+    MODEL_REGISTRY_TOKEN, or --url/--token), else the local home."""
+    url = os.environ.get("MODEL_REGISTRY_URL")
+    if url:
+        from registry.client import RemoteRegistry
+
+        # The remote mirrors the methods the commands call (the rest say "run it on the server").
+        return cast("Registry", RemoteRegistry(url, os.environ.get("MODEL_REGISTRY_TOKEN", "")))
+    from registry.service import Registry
+
+    return Registry.open()

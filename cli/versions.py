@@ -10,10 +10,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cli.ui import handle_errors, human_size, print_json, progress_bar, stdout, when
+from cli.ui import handle_errors, human_size, open_registry, print_json, progress_bar, stdout, when
 from registry.catalog.repository import VersionRecord
 from registry.errors import IntegrityError
-from registry.service import Registry
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -61,7 +60,7 @@ def push(
     """Push the model in PATH (a directory or one .safetensors file) as a new version of NAME."""
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
-    with Registry.open() as registry:
+    with open_registry() as registry:
         try:
             result = registry.push(
                 name, path, message=message, write_quorum=write_quorum, progress=bar
@@ -114,7 +113,7 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
     """Write every file of REF into DEST, verified before it appears under its final name."""
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
-    with Registry.open() as registry:
+    with open_registry() as registry:
         try:
             result = registry.pull(ref, dest, force=force, progress=bar)
         finally:
@@ -154,7 +153,7 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
 @handle_errors
 def list_(name: str | None, expired: bool, as_json: bool) -> None:
     """List models, or the versions of NAME."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         if name is None:
             models = registry.models()
             if as_json:
@@ -216,7 +215,7 @@ def list_(name: str | None, expired: bool, as_json: bool) -> None:
 @handle_errors
 def show(ref: str, as_json: bool) -> None:
     """Show a version: files, sizes, tensors, dtypes, parameters, digest, who made it and when."""
-    with Registry.open() as registry:
+    with open_registry() as registry:
         details = registry.show(ref)
     version, manifest = details.version, details.manifest
     if as_json:
@@ -257,7 +256,7 @@ def verify(ref: str, read_data: bool, as_json: bool, quiet: bool) -> None:
     """Check that every object of REF is present (and, with --read-data, intact)."""
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
-    with Registry.open() as registry:
+    with open_registry() as registry:
         try:
             report = registry.verify(ref, read_data=read_data, progress=bar)
         finally:

@@ -1,9 +1,10 @@
 """The one exception hierarchy of model-registry, with the stable code and CLI exit status of each.
 
 Every error a user can meet is a `RegistryError`: it carries a message that says what went wrong,
-a `hint` that says what to do next, a stable `code` (used by the CLI's `--json` output and later by
-the REST API's error shape) and an `exit_code` for the CLI. Errors also subclass the builtin that
-fits (`LookupError`, `ValueError`, `PermissionError`) so plain Python callers can catch them.
+a `hint` that says what to do next, a stable `code` (used by the CLI's `--json` output and the
+REST API's error shape), an `exit_code` for the CLI and an `http_status` for the API. Errors also
+subclass the builtin that fits (`LookupError`, `ValueError`, `PermissionError`) so plain Python
+callers can catch them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ class RegistryError(Exception):
 
     code = "registry_error"
     exit_code = 1
+    http_status = 500
     default_hint = ""
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
@@ -30,6 +32,7 @@ class InvalidInputError(RegistryError, ValueError):
 
     code = "invalid_input"
     exit_code = 3
+    http_status = 400
 
 
 class InvalidReferenceError(InvalidInputError):
@@ -53,6 +56,7 @@ class NotFoundError(RegistryError, LookupError):
 
     code = "not_found"
     exit_code = 4
+    http_status = 404
 
 
 class AmbiguousReferenceError(InvalidInputError):
@@ -67,6 +71,7 @@ class ConflictError(RegistryError):
 
     code = "conflict"
     exit_code = 5
+    http_status = 409
 
 
 class RetentionError(ConflictError):
@@ -88,6 +93,7 @@ class IntegrityError(RegistryError):
 
     code = "integrity_error"
     exit_code = 6
+    http_status = 502
     default_hint = (
         "the stored object is damaged or was tampered with; nothing was written. "
         "Run `model-registry verify REF --read-data` to list every damaged file"
@@ -113,6 +119,7 @@ class KeyAccessError(RegistryError, PermissionError):
 
     code = "key_access_error"
     exit_code = 7
+    http_status = 503
 
 
 class KmsUnreachableError(KeyAccessError):
@@ -134,6 +141,7 @@ class ConfigurationError(RegistryError):
 
     code = "configuration_error"
     exit_code = 8
+    http_status = 500
     default_hint = "run `model-registry init` (MODEL_REGISTRY_HOME chooses the home)"
 
 
@@ -149,6 +157,7 @@ class StorageError(RegistryError, OSError):
 
     code = "storage_error"
     exit_code = 9
+    http_status = 503
 
 
 class PermissionDeniedError(RegistryError, PermissionError):
@@ -156,6 +165,27 @@ class PermissionDeniedError(RegistryError, PermissionError):
 
     code = "permission_denied"
     exit_code = 10
+    http_status = 403
+
+
+class UnauthenticatedError(RegistryError, PermissionError):
+    """No usable API token: missing, malformed, unknown, expired or revoked."""
+
+    code = "unauthenticated"
+    exit_code = 11
+    http_status = 401
+
+
+class RateLimitedError(RegistryError):
+    """Too many requests for this token; `retry_after` says when to try again (seconds)."""
+
+    code = "rate_limited"
+    exit_code = 12
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
 
 
 class ObjectExistsError(StorageError):
@@ -177,4 +207,7 @@ EXIT_CODES: dict[int, str] = {
     ConfigurationError.exit_code: "configuration: registry not initialised, schema too new",
     StorageError.exit_code: "storage: the store could not be read or written",
     PermissionDeniedError.exit_code: "permission denied: the role does not allow the change",
+    UnauthenticatedError.exit_code: "unauthenticated: the API token is missing, wrong, expired "
+    "or revoked",
+    RateLimitedError.exit_code: "rate limited: too many requests for this token; retry later",
 }

@@ -154,6 +154,15 @@ def _parse_manifest(data: object, *, what: str) -> Manifest:
         raise IntegrityError(f"{what}: invalid manifest: {error}", path=what) from None
 
 
+def manifest_from_dict(data: object, *, expected_digest: str, what: str) -> Manifest:
+    """A manifest received as JSON (from the REST API), checked against the version's digest:
+    whoever relayed it could not have changed a byte of it."""
+    manifest = _parse_manifest(data, what=what)
+    if manifest.digest != expected_digest:
+        raise IntegrityError(f"{what}: does not match its digest {expected_digest}", path=what)
+    return manifest
+
+
 def parse_envelope(
     data: bytes,
     *,

@@ -774,6 +774,14 @@ class ReplicaSet:
             on_damage=source.damaged,
         )
 
+    def read_ciphertext(
+        self, kind: str, digest: str, offset: int, length: int, *, report: ReadReport
+    ) -> bytes:
+        """Raw sealed bytes of an object, from the first region that serves the range (the REST
+        API hands them to clients that decrypt and authenticate them themselves)."""
+        source = _FailoverSource(self, kind, digest, report, what=f"{kind} {digest}")
+        return source.read_range(offset, length)
+
     def read_bytes(
         self, kind: str, digest: str, *, known: Sequence[WrappedKey], what: str, report: ReadReport
     ) -> bytes:

@@ -8,22 +8,24 @@ crash harmless: key slots and data, then the manifest, then the catalog in one t
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
-import errno
-import functools
+import hashlib
+import hmac
 import os
+import re
+import secrets
 import shutil
-import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from registry import events
 from registry import manifest as manifests
@@ -46,6 +48,7 @@ from registry.catalog.repository import (
     NewVersion,
     PlacementRecord,
     StoredObject,
+    TokenRecord,
     VersionRecord,
 )
 from registry.config import (
@@ -80,7 +83,6 @@ from registry.digest import hash_file
 from registry.errors import (
     ConfigurationError,
     ConflictError,
-    DestinationExistsError,
     IntegrityError,
     InvalidInputError,
     InvalidModelError,
@@ -91,13 +93,14 @@ from registry.errors import (
     RegistryError,
     RetentionError,
     StorageError,
+    UnauthenticatedError,
 )
 from registry.manifest import Manifest, ManifestFile
+from registry.materialize import Progress, plan_targets, storage_error, write_verified
 from registry.refs import (
     parse_reference,
     validate_alias,
     validate_name,
-    validate_relative_path,
 )
 from registry.replication import BAD, PENDING, VERIFIED, ReadReport, Region, ReplicaSet, Replicated
 from registry.retention import (
@@ -118,21 +121,15 @@ DEFAULT_GRACE = "24h"
 # renews its claim before every deletion, and one S3 call with its retries ends well within it.
 STALE_CLAIM = timedelta(minutes=15)
 
+TOKEN_PREFIX = "mrt_"  # noqa: S105 - a marker that names the kind of secret, not one
+_TOKEN = re.compile(r"mrt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_MODEL_PATTERN = re.compile(r"[a-z0-9*?][a-z0-9._/*?-]{0,127}")
+
 READER = "reader"
 PUSHER = "pusher"
 PROMOTER = "promoter"
 ADMIN = "admin"
 ROLES = (READER, PUSHER, PROMOTER, ADMIN)
-
-
-class Progress(Protocol):
-    """Receives progress of long operations (the CLI draws a rich progress bar from it)."""
-
-    def begin(self, description: str, total: int) -> None: ...
-
-    def advance(self, amount: int) -> None: ...
-
-    def end(self) -> None: ...
 
 
 class _NoProgress:
@@ -936,7 +933,7 @@ class Registry:
         dest = Path(destination).expanduser().absolute()
         if dest.exists() and not dest.is_dir():
             raise InvalidInputError(f"destination {dest} exists and is not a directory")
-        targets = _targets(dest, manifest, force=force)
+        targets = plan_targets(dest, manifest, force=force)
         created_dest = not dest.exists()
         try:
             self._pull_into(dest, targets, manifest, report, force=force, progress=progress)
@@ -945,7 +942,7 @@ class Registry:
             if created_dest:
                 shutil.rmtree(dest, ignore_errors=True)
             if isinstance(error, OSError):
-                raise _storage_error(error, dest) from None
+                raise storage_error(error, dest) from None
             raise
         self.catalog.audit(
             self.actor,
@@ -999,64 +996,21 @@ class Registry:
         force: bool,
         progress: Progress,
     ) -> None:
-        dest.mkdir(parents=True, exist_ok=True)
-        staging = dest / f".model-registry-pull-{uuid.uuid4().hex[:12]}.incomplete"
-        staging.mkdir(mode=0o700)
-        progress.begin("downloading", manifest.total_size)
-        # Flushing one file to disk overlaps with decrypting the next one.
-        flushing = ThreadPoolExecutor(max_workers=2, thread_name_prefix="fsync")
-        published: list[Path] = []
-        try:
-            synced: list[Future[None]] = []
-            for entry in manifest.files:
-                temporary = staging / entry.path
-                temporary.parent.mkdir(parents=True, exist_ok=True)
-                known = self.catalog.key_slots(entry.digest, BLOB)
-                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-                try:
-                    # Decryption threads write each authenticated chunk at its offset while this
-                    # thread hashes in order; the file is renamed only after the digest matched.
-                    for chunk in self.replicas.open(
-                        BLOB,
-                        entry.digest,
-                        known=known,
-                        size=entry.size,
-                        what=entry.path,
-                        report=report,
-                        chunks_per_read=self._chunks_per_read,
-                        on_chunk=functools.partial(_write_at, fd),
-                    ):
-                        progress.advance(len(chunk))
-                except BaseException:
-                    os.close(fd)
-                    raise
-                synced.append(flushing.submit(_fsync_and_close, fd))
-            for future in synced:
-                future.result()
-            # Every file verified: now publish. Directories first, so that a failure to create
-            # one happens before any file has moved.
-            for final in targets.values():
-                final.parent.mkdir(parents=True, exist_ok=True)
-            for entry in manifest.files:
-                final = targets[entry.path]
-                if force:
-                    os.replace(staging / entry.path, final)
-                    continue
-                # Without --force a file that appeared meanwhile is never overwritten.
-                try:
-                    os.link(staging / entry.path, final)
-                except FileExistsError:
-                    raise DestinationExistsError(f"{final} appeared during the pull") from None
-                published.append(final)
-            _fsync_directory(dest)
-        except BaseException:
-            for final in published:
-                final.unlink(missing_ok=True)
-            raise
-        finally:
-            flushing.shutdown(wait=True)
-            progress.end()
-            shutil.rmtree(staging, ignore_errors=True)
+        def open_file(
+            entry: ManifestFile, on_chunk: Callable[[int, memoryview], None]
+        ) -> Iterator[memoryview]:
+            return self.replicas.open(
+                BLOB,
+                entry.digest,
+                known=self.catalog.key_slots(entry.digest, BLOB),
+                size=entry.size,
+                what=entry.path,
+                report=report,
+                chunks_per_read=self._chunks_per_read,
+                on_chunk=on_chunk,
+            )
+
+        write_verified(dest, targets, manifest, open_file, force=force, progress=progress)
 
     # -- verify ----------------------------------------------------------------------------
 
@@ -1733,6 +1687,123 @@ class Registry:
                     )
         return extended
 
+    # -- API tokens --------------------------------------------------------------------------
+
+    def create_token(
+        self,
+        name: str,
+        *,
+        role: str,
+        models: Sequence[str],
+        expires: str | None = None,
+    ) -> tuple[TokenRecord, str]:
+        """A new API token (admin): returns its record and its text, which is shown once and
+        never stored (the catalog keeps a SHA-256 of its secret). `models` are name patterns
+        (`org/*`, `team/llama`, `*`) the token may act on."""
+        self._require(ADMIN, "create API tokens")
+        _check_text("token name", name, limit=128)
+        if not name.strip():
+            raise InvalidInputError("a token needs a name", hint="e.g. ci-llama-push")
+        if role not in ROLES:
+            raise InvalidInputError(f"unknown role {role!r}", hint=f"one of {', '.join(ROLES)}")
+        patterns = tuple(dict.fromkeys(models))
+        if not patterns:
+            raise InvalidInputError(
+                "a token needs at least one model pattern", hint="--models 'org/*' (or '*')"
+            )
+        for pattern in patterns:
+            if not _MODEL_PATTERN.fullmatch(pattern):
+                raise InvalidInputError(
+                    f"invalid model pattern {pattern!r}",
+                    hint="model names with * and ? wildcards, e.g. org/* or team/llama-?",
+                )
+        now = datetime.now(UTC)
+        expires_at = None if expires is None else now + parse_duration(expires)
+        token_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        record = TokenRecord(
+            token_id,
+            name,
+            role,
+            patterns,
+            now,
+            self.actor,
+            expires_at,
+            None,
+            None,
+            _secret_hash(secret),
+        )
+        self.catalog.add_token(record, actor=self.actor)
+        return record, f"{TOKEN_PREFIX}{token_id}_{secret}"
+
+    def tokens(self) -> list[TokenRecord]:
+        self._require(ADMIN, "list API tokens")
+        return self.catalog.tokens()
+
+    def revoke_token(self, token_id: str) -> TokenRecord:
+        self._require(ADMIN, "revoke API tokens")
+        return self.catalog.revoke_token(token_id, actor=self.actor)
+
+    def authenticate(self, text: str) -> TokenRecord:
+        """The live token `text` is, or UnauthenticatedError: one message for a malformed,
+        unknown, wrong, expired or revoked token, so a guess learns nothing."""
+        refused = UnauthenticatedError(
+            "invalid, expired or revoked API token",
+            hint="create one with `model-registry token create` (admin)",
+        )
+        match = _TOKEN.fullmatch(text.strip())
+        if match is None:
+            raise refused
+        record = self.catalog.token(match.group(1))
+        if record is None or not hmac.compare_digest(
+            record.secret_hash, _secret_hash(match.group(2))
+        ):
+            raise refused
+        now = datetime.now(UTC)
+        if record.revoked_at is not None or (
+            record.expires_at is not None and record.expires_at <= now
+        ):
+            raise refused
+        return record
+
+    def sealed_size(self, kind: str, digest: str) -> int:
+        """The size of an object's sealed form (what ranged ciphertext reads address)."""
+        if kind == BLOB:
+            blob = self.catalog.blob(digest)
+            if blob is None or blob.swept_at is not None:
+                raise NotFoundError(f"blob {digest} is not stored")
+            return blob.sealed_size
+        head = self.replicas.read_ciphertext(
+            kind, digest, 0, sealed.HEADER_SIZE, report=ReadReport()
+        )
+        return sealed.SealedHeader.unpack(head, what=f"{kind} {digest}").sealed_size
+
+    def data_keys(self, version: VersionRecord) -> dict[tuple[str, str], bytes]:
+        """The data keys of a version's manifest and files, unwrapped (the key broker's
+        answer); each unwrap is counted."""
+        keys: dict[tuple[str, str], bytes] = {}
+        objects = [(MANIFEST, version.digest)] + [(BLOB, f.digest) for f in version.files]
+        for kind, digest in objects:
+            if (kind, digest) in keys:
+                continue
+            key, _slots = self.replicas.unwrap_any(
+                kind,
+                digest,
+                known=self.catalog.key_slots(digest, kind),
+                what=f"{version.ref}: {kind} {digest}",
+            )
+            keys[(kind, digest)] = key
+        return keys
+
+    def acting_as(self, token: TokenRecord) -> Registry:
+        """This registry seen by a token: same catalog and stores, the token's role, and the
+        token named as the actor of everything it does (audit trail)."""
+        view = copy.copy(self)
+        view.actor = f"token:{token.name}:{token.id}"
+        view.role = token.role
+        view.unwraps = 0
+        return view
+
     # -- regions ---------------------------------------------------------------------------
 
     def regions_status(self) -> list[RegionStatus]:
@@ -2104,6 +2175,10 @@ def _placements(results: Sequence[Replicated]) -> list[PlacementRecord]:
     ]
 
 
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def _check_text(what: str, text: str, *, limit: int) -> None:
     if len(text) > limit or "\x00" in text:
         raise InvalidInputError(f"{what} is longer than {limit} characters or holds a NUL")
@@ -2115,67 +2190,6 @@ def _signer_name(name: str) -> str:
     return name
 
 
-def _targets(dest: Path, manifest: Manifest, *, force: bool) -> dict[str, Path]:
-    """Final path of every file, checked before anything is written: no symbolic link and no
-    file where a directory is needed along any path inside `dest` (a link could lead outside
-    it, or make two files one), and nothing overwritten unless `force`."""
-    targets: dict[str, Path] = {}
-    existing: list[str] = []
-    for entry in manifest.files:
-        validate_relative_path(entry.path)
-        current = dest
-        parts = entry.path.split("/")
-        for part in parts[:-1]:
-            current = current / part
-            kind = _kind(current)
-            if kind is None:
-                break
-            if kind == "link":
-                raise InvalidInputError(
-                    f"{current} is a symbolic link: a pull never writes through links "
-                    "(one could lead outside the destination)",
-                    hint="pull into a destination without links",
-                )
-            if kind != "dir":
-                raise DestinationExistsError(
-                    f"{current} is a file where {entry.path} needs a directory"
-                )
-        final = dest / entry.path
-        kind = _kind(final)
-        if kind == "dir":
-            raise DestinationExistsError(f"{final} is a directory")
-        if kind == "link":
-            raise InvalidInputError(
-                f"{final} is a symbolic link: a pull never writes through links"
-            )
-        if kind is not None:
-            existing.append(entry.path)
-        targets[entry.path] = final
-    if existing and not force:
-        shown = ", ".join(existing[:5]) + (" ..." if len(existing) > 5 else "")
-        raise DestinationExistsError(f"{len(existing)} file(s) already exist in {dest}: {shown}")
-    return targets
-
-
-def _kind(path: Path) -> str | None:
-    """ "dir", "link", "file" (anything else) or None when nothing is there."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return "file"
-    if stat.S_ISLNK(mode):
-        return "link"
-    return "dir" if stat.S_ISDIR(mode) else "file"
-
-
-def _storage_error(error: OSError, where: Path) -> StorageError:
-    hint = "free some space and pull again" if error.errno == errno.ENOSPC else None
-    path = error.filename or where
-    return StorageError(f"cannot write {path}: {error.strerror or error}", hint=hint)
-
-
 def _write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -2185,24 +2199,3 @@ def _write_atomically(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     os.replace(temporary, path)
-
-
-def _write_at(fd: int, offset: int, data: memoryview) -> None:
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data, offset = data[written:], offset + written
-
-
-def _fsync_and_close(fd: int) -> None:
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

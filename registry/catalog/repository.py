@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from registry.catalog.models import (
     Alias,
     AliasMove,
+    ApiToken,
     AuditEvent,
     Blob,
     EventDelivery,
@@ -108,6 +109,7 @@ class BlobRecord:
     object_name: str
     sealed_size: int
     chunk_size: int
+    swept_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,22 @@ class Unreferenced:
     idle_since: datetime
     leased: bool  # a push or replication in flight is writing or reusing it
     sweeping: bool  # a gc claimed it (and may have crashed before finishing)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as the catalog knows it (never its secret)."""
+
+    id: str
+    name: str
+    role: str
+    models: tuple[str, ...]
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+    secret_hash: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -445,7 +463,7 @@ class Catalog:
             if row is None:
                 return None
             return BlobRecord(
-                row.digest, row.size, row.object_name, row.sealed_size, row.chunk_size
+                row.digest, row.size, row.object_name, row.sealed_size, row.chunk_size, row.swept_at
             )
 
     def key_slot(self, digest: str, purpose: str, kek_id: str) -> WrappedKey | None:
@@ -1007,6 +1025,75 @@ class Catalog:
             return True
 
         return self._retrying(work, what=f"finish sweeping {purpose} {digest}")
+
+    # -- API tokens --------------------------------------------------------------------------
+
+    def add_token(self, record: TokenRecord, *, actor: str) -> None:
+        def work(session: Session) -> None:
+            session.add(
+                ApiToken(
+                    id=record.id,
+                    name=record.name,
+                    secret_hash=record.secret_hash,
+                    role=record.role,
+                    models=json.dumps(list(record.models)),
+                    created_at=record.created_at,
+                    created_by=record.created_by,
+                    expires_at=record.expires_at,
+                )
+            )
+            _append_audit(
+                session,
+                at=record.created_at,
+                actor=actor,
+                action="token-create",
+                subject="registry",
+                details=_details(
+                    {
+                        "token": record.id,
+                        "name": record.name,
+                        "role": record.role,
+                        "models": list(record.models),
+                        "expires_at": None
+                        if record.expires_at is None
+                        else record.expires_at.isoformat(),
+                    }
+                ),
+            )
+
+        self._retrying(work, what="create a token")
+
+    def token(self, token_id: str) -> TokenRecord | None:
+        with self._read() as session:
+            row = session.get(ApiToken, token_id)
+            return None if row is None else _token_record(row)
+
+    def tokens(self) -> list[TokenRecord]:
+        with self._read() as session:
+            rows = session.scalars(select(ApiToken).order_by(ApiToken.created_at)).all()
+            return [_token_record(row) for row in rows]
+
+    def revoke_token(self, token_id: str, *, actor: str) -> TokenRecord:
+        def work(session: Session) -> TokenRecord:
+            row = session.get(ApiToken, token_id)
+            if row is None:
+                raise NotFoundError(
+                    f"no token {token_id}", hint="`model-registry token list` shows them"
+                )
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+                row.revoked_by = actor
+                _append_audit(
+                    session,
+                    at=row.revoked_at,
+                    actor=actor,
+                    action="token-revoke",
+                    subject="registry",
+                    details=_details({"token": row.id, "name": row.name}),
+                )
+            return _token_record(row)
+
+        return self._retrying(work, what=f"revoke token {token_id}")
 
     # -- event deliveries ------------------------------------------------------------------
 
@@ -1705,6 +1792,21 @@ def _placement_record(row: Placement) -> PlacementRecord:
         row.checksum,
         row.detail,
         row.updated_at,
+    )
+
+
+def _token_record(row: ApiToken) -> TokenRecord:
+    return TokenRecord(
+        row.id,
+        row.name,
+        row.role,
+        tuple(json.loads(row.models)),
+        row.created_at,
+        row.created_by,
+        row.expires_at,
+        row.revoked_at,
+        row.revoked_by,
+        row.secret_hash,
     )
 
 

@@ -1,0 +1,136 @@
+"""`serve` and `token create|list|revoke`: the REST API server and the tokens it accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from cli.ui import handle_errors, print_json, stdout, when
+from registry.catalog.repository import TokenRecord
+from registry.errors import InvalidInputError
+from registry.service import ROLES, Registry
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _token_json(token: TokenRecord) -> dict[str, object]:
+    return {
+        "id": token.id,
+        "name": token.name,
+        "role": token.role,
+        "models": list(token.models),
+        "created_at": token.created_at.isoformat(),
+        "created_by": token.created_by,
+        "expires_at": None if token.expires_at is None else token.expires_at.isoformat(),
+        "revoked_at": None if token.revoked_at is None else token.revoked_at.isoformat(),
+    }
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@handle_errors
+def serve(host: str, port: int, workers: int, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Serve the REST API (Litestar under uvicorn) for this registry home. Several processes
+    (--workers, or several hosts) can serve one PostgreSQL catalog and one set of stores."""
+    import uvicorn
+
+    if (tls_cert is None) != (tls_key is None):
+        raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
+    with Registry.open():
+        pass  # fail here, with a clear message, if the home is not usable
+    uvicorn.run(
+        "registry.api.server:app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+        log_level="info",
+    )
+
+
+@click.group()
+def token() -> None:
+    """REST API tokens: each has a role and the model patterns it may act on."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(ROLES), required=True)
+@click.option(
+    "--models",
+    "models",
+    multiple=True,
+    required=True,
+    help="Model name pattern the token may act on (repeat; 'org/*', '*').",
+)
+@click.option("--expires", metavar="DURATION", help="Lifetime (30d, 12h); default: none.")
+@JSON
+@handle_errors
+def create(
+    name: str, role: str, models: tuple[str, ...], expires: str | None, as_json: bool
+) -> None:
+    """Create a token; it is printed once (only a hash of it is kept)."""
+    with Registry.open() as registry:
+        record, text = registry.create_token(name, role=role, models=models, expires=expires)
+    if as_json:
+        print_json({**_token_json(record), "token": text})
+        return
+    click.echo(text)
+    click.echo(
+        f"token {record.id} ({record.role} on {', '.join(record.models)}): shown once, keep it "
+        "in your CI's secret store",
+        err=True,
+    )
+
+
+@token.command("list")
+@JSON
+@handle_errors
+def list_(as_json: bool) -> None:
+    """Every token (never their secrets)."""
+    with Registry.open() as registry:
+        tokens = registry.tokens()
+    if as_json:
+        print_json([_token_json(t) for t in tokens])
+        return
+    table = Table("id", "name", "role", "models", "created", "expires", "state")
+    for t in tokens:
+        state = "revoked" if t.revoked_at else "live"
+        table.add_row(
+            t.id,
+            escape(t.name),
+            t.role,
+            escape(", ".join(t.models)),
+            when(t.created_at),
+            when(t.expires_at) if t.expires_at else "never",
+            state,
+        )
+    stdout.print(table if tokens else "no tokens: model-registry token create NAME --role ...")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@JSON
+@handle_errors
+def revoke(token_id: str, as_json: bool) -> None:
+    """Revoke a token at once (every server process refuses it from its next request)."""
+    with Registry.open() as registry:
+        record = registry.revoke_token(token_id)
+    if as_json:
+        print_json(_token_json(record))
+    else:
+        stdout.print(f"revoked {record.id} ({escape(record.name)})")
+
+
+def register(group: click.Group) -> None:
+    group.add_command(serve)
+    group.add_command(token)

@@ -1,0 +1,198 @@
+"""Resumable upload sessions, staged on the server's disk until their commit.
+
+A session lists the files of the version to be (path, size, BLAKE3 digest); each file arrives in
+fixed-size parts, in any order and any number of times, each checked against the BLAKE3 digest
+the client sends with it and written in place with an fsync; a part already received is not asked
+for again. The commit re-hashes every file against its declared digest and hands the directory to
+`Registry.push`, which validates, encrypts and stores it. A session is its owner's (the token that
+created it) and is discarded after its commit, on request, or when it has been idle for a day.
+Plaintext stays only in the staging directory (0700, under the registry home), never in a store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from registry.errors import InvalidInputError, NotFoundError
+from registry.refs import validate_name, validate_relative_path
+
+PART_SIZE = 16 * 1024 * 1024
+SESSION_TTL = 24 * 3600.0  # seconds of inactivity before a session is discarded
+MAX_FILES = 10_000
+MAX_FILE_SIZE = 1 << 40
+_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
+_SESSION = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    path: str
+    size: int
+    digest: str
+
+    @property
+    def parts(self) -> int:
+        return max(1, -(-self.size // PART_SIZE))
+
+    def part_length(self, part: int) -> int:
+        return min(PART_SIZE, self.size - part * PART_SIZE) if self.size else 0
+
+
+@dataclass(frozen=True)
+class Session:
+    id: str
+    model: str
+    message: str
+    owner: str
+    files: tuple[UploadFile, ...]
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "files"
+
+    def received(self, index: int) -> list[int]:
+        folder = self.root / "received" / str(index)
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+class Uploads:
+    """The upload sessions under one staging directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def create(self, model: str, files: list[UploadFile], *, message: str, owner: str) -> Session:
+        validate_name(model)
+        if not files:
+            raise InvalidInputError("an upload needs at least one file")
+        if len(files) > MAX_FILES:
+            raise InvalidInputError(f"at most {MAX_FILES} files per version")
+        seen: set[str] = set()
+        for entry in files:
+            validate_relative_path(entry.path)
+            if any(part.startswith(".") for part in entry.path.split("/")):
+                raise InvalidInputError(f"{entry.path}: hidden files are not pushed")
+            if entry.path in seen:
+                raise InvalidInputError(f"{entry.path} is listed twice")
+            seen.add(entry.path)
+            if not 0 <= entry.size <= MAX_FILE_SIZE:
+                raise InvalidInputError(f"{entry.path}: size must be 0..{MAX_FILE_SIZE}")
+            if not _DIGEST.fullmatch(entry.digest):
+                raise InvalidInputError(f"{entry.path}: digest must be blake3:<64 hex>")
+        self.expire()
+        session = Session(uuid.uuid4().hex, model, message, owner, tuple(files), Path())
+        root = self.root / session.id
+        root.mkdir(parents=True, mode=0o700)
+        session = Session(session.id, model, message, owner, tuple(files), root)
+        session.data.mkdir(mode=0o700)
+        for entry in files:
+            target = session.data / entry.path
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(target, "wb") as handle:
+                handle.truncate(entry.size)
+        state = {
+            "model": model,
+            "message": message,
+            "owner": owner,
+            "files": [[f.path, f.size, f.digest] for f in files],
+        }
+        (root / "session.json").write_text(json.dumps(state))
+        return session
+
+    def get(self, session_id: str, *, owner: str) -> Session:
+        """The session, if it exists and `owner` created it (else NotFoundError either way)."""
+        root = self.root / session_id
+        state_file = root / "session.json"
+        if not _SESSION.fullmatch(session_id) or not state_file.is_file():
+            raise NotFoundError(f"no upload session {session_id}")
+        state = json.loads(state_file.read_text())
+        if state["owner"] != owner:
+            raise NotFoundError(f"no upload session {session_id}")
+        os.utime(state_file)  # activity keeps it alive
+        files = tuple(UploadFile(p, s, d) for p, s, d in state["files"])
+        return Session(session_id, state["model"], state["message"], owner, files, root)
+
+    def put_part(self, session: Session, index: int, part: int, data: bytes, digest: str) -> None:
+        """Write one part after checking its length and BLAKE3 digest."""
+        if not 0 <= index < len(session.files):
+            raise InvalidInputError(f"file index {index} is not in this session")
+        entry = session.files[index]
+        if not 0 <= part < entry.parts:
+            raise InvalidInputError(f"{entry.path} has parts 0..{entry.parts - 1}, not {part}")
+        expected = entry.part_length(part)
+        if len(data) != expected:
+            raise InvalidInputError(
+                f"{entry.path} part {part} must be {expected} bytes, not {len(data)}"
+            )
+        actual = "blake3:" + blake3.blake3(data).hexdigest()
+        if digest != actual:
+            raise InvalidInputError(
+                f"{entry.path} part {part}: digest mismatch (sent {digest[:20]}..., "
+                f"received bytes hash to {actual[:20]}...)",
+                hint="send the part again",
+            )
+        fd = os.open(session.data / entry.path, os.O_WRONLY)
+        try:
+            view = memoryview(data)
+            offset = part * PART_SIZE
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        marker = session.root / "received" / str(index)
+        marker.mkdir(parents=True, exist_ok=True)
+        (marker / str(part)).touch()
+
+    def assemble(self, session: Session) -> Path:
+        """The directory of complete files, each re-hashed against its declared digest."""
+        for index, entry in enumerate(session.files):
+            missing = sorted(set(range(entry.parts)) - set(session.received(index)))
+            if missing and entry.size:
+                raise InvalidInputError(
+                    f"{entry.path}: parts {missing[:10]} not received yet",
+                    hint="upload them (GET the session for what it has), then commit",
+                )
+            hasher = blake3.blake3()
+            with open(session.data / entry.path, "rb") as handle:
+                while chunk := handle.read(1 << 22):
+                    hasher.update(chunk)
+            if "blake3:" + hasher.hexdigest() != entry.digest:
+                raise InvalidInputError(
+                    f"{entry.path}: the parts received hash to another digest than declared",
+                    hint="start a new upload session",
+                )
+        return session.data
+
+    def discard(self, session: Session) -> None:
+        shutil.rmtree(session.root, ignore_errors=True)
+
+    def expire(self, *, now: float | None = None) -> int:
+        """Discard sessions idle for longer than SESSION_TTL; returns how many."""
+        moment = time.time() if now is None else now
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for root in self.root.iterdir():
+            state = root / "session.json"
+            try:
+                idle = moment - state.stat().st_mtime
+            except FileNotFoundError:
+                idle = moment - root.stat().st_mtime
+            if idle > SESSION_TTL:
+                shutil.rmtree(root, ignore_errors=True)
+                removed += 1
+        return removed

@@ -1,0 +1,586 @@
+"""`RemoteRegistry`: the registry through its REST API, with the methods and return types of
+`Registry` that the CLI uses, so every command reads the same whether it works on a local home or
+on a server (MODEL_REGISTRY_URL + MODEL_REGISTRY_TOKEN).
+
+A push hashes the files here, opens (or resumes) an upload session, sends only the parts the
+server lacks, in parallel, and commits; the session id is remembered in a small state file so a
+push that was interrupted resumes where it stopped. A pull gets the verified manifest and the data
+keys (key broker), reads ranged ciphertext and decrypts, authenticates and re-hashes every file
+here (`materialize.write_verified`, the same code as a local pull): the server never sends
+plaintext, and a server or network that changed a byte is caught.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import blake3
+import httpx
+
+from registry import errors
+from registry import manifest as manifests
+from registry.catalog.repository import (
+    AliasMoveRecord,
+    AliasRecord,
+    AuditRecord,
+    AuditVerification,
+    FileRecord,
+    HoldRecord,
+    ModelRecord,
+    VersionRecord,
+)
+from registry.crypto import sealed
+from registry.digest import hash_file
+from registry.errors import InvalidInputError, RegistryError, StorageError
+from registry.manifest import Manifest, ManifestFile
+from registry.materialize import Progress, plan_targets, storage_error, write_verified
+from registry.retention import Decision, Policy, parse_duration
+from registry.service import (
+    AliasChange,
+    FileProblem,
+    GcReport,
+    HoldResult,
+    KeptObject,
+    PullResult,
+    PushResult,
+    SweptObject,
+    VerifyReport,
+    VersionDetails,
+)
+
+RANGE = 8 * 1024 * 1024  # bytes per ranged download request
+PARALLEL = 4  # requests in flight
+RETRIES = 5
+
+
+class _Quiet:
+    def begin(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def _error_classes() -> dict[str, type[RegistryError]]:
+    found: dict[str, type[RegistryError]] = {}
+    pending: list[type[RegistryError]] = [RegistryError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+_ERRORS = _error_classes()
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _version(data: dict[str, Any]) -> VersionRecord:
+    return VersionRecord(
+        name=data["name"],
+        number=data["number"],
+        digest=data["digest"],
+        manifest_object="",
+        message=data["message"],
+        created_at=datetime.fromisoformat(data["created_at"]),
+        created_by=data["created_by"],
+        signed_by=data["signed_by"],
+        file_count=data["file_count"],
+        total_size=data["size"],
+        tensor_count=data["tensors"],
+        parameter_count=data["parameters"],
+        dtypes=tuple(data["dtypes"]),
+        files=tuple(
+            FileRecord(f["path"], f["size"], f["digest"], f["tensors"]) for f in data["files"]
+        ),
+        expired_at=_time(data.get("expired_at")),
+        expired_by=data.get("expired_by"),
+        expiry_reason=data.get("expiry_reason"),
+    )
+
+
+def _alias(data: dict[str, Any]) -> AliasRecord:
+    return AliasRecord(
+        data["model"],
+        data["alias"],
+        data["version"],
+        data["digest"],
+        data["protected"],
+        datetime.fromisoformat(data["updated_at"]),
+        data["updated_by"],
+    )
+
+
+def _move(data: dict[str, Any]) -> AliasMoveRecord:
+    return AliasMoveRecord(
+        data["model"],
+        data["alias"],
+        data["kind"],
+        data["version"],
+        data["previous"],
+        datetime.fromisoformat(data["moved_at"]),
+        data["moved_by"],
+        data["reason"],
+    )
+
+
+def _hold(data: dict[str, Any]) -> HoldRecord:
+    return HoldRecord(
+        data["model"],
+        data["version"],
+        data["digest"],
+        data["reason"],
+        data["placed_by"],
+        datetime.fromisoformat(data["placed_at"]),
+    )
+
+
+def _policy(data: dict[str, Any]) -> Policy:
+    def duration(text: str | None) -> Any:
+        return None if text is None else parse_duration(text)
+
+    return Policy(
+        data["keep_last"], duration(data["keep_within"]), duration(data["keep_demoted_for"])
+    )
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What the CLI reads of `Registry.settings` (the server's are not exposed)."""
+
+    url: str
+
+
+class RemoteRegistry:
+    """A registry server spoken to with one token."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 120.0) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise InvalidInputError(
+                f"invalid registry URL {url!r}", hint="MODEL_REGISTRY_URL=https://host:port"
+            )
+        if not token:
+            raise errors.UnauthenticatedError(
+                "MODEL_REGISTRY_URL is set but no token",
+                hint="set MODEL_REGISTRY_TOKEN (or pass --token)",
+            )
+        self.url = url.rstrip("/")
+        self.settings = _Settings(self.url)
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=PARALLEL * 2),
+        )
+        self._token_tag = hashlib.sha256(token.encode()).hexdigest()[:16]
+        self.last_push_sent = 0  # bytes the last push sent (a resumed push sends only the rest)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> RemoteRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(RETRIES):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as error:
+                if attempt < RETRIES - 1 and isinstance(error, httpx.TransportError):
+                    time.sleep(0.2 * 2**attempt)
+                    continue
+                raise StorageError(
+                    f"cannot reach the registry server {self.url}: {error}",
+                    hint="check MODEL_REGISTRY_URL and the network",
+                ) from None
+            if response.status_code == 429 and attempt < RETRIES - 1:
+                time.sleep(min(30.0, float(response.headers.get("retry-after", "1"))))
+                continue
+            if response.status_code >= 400:
+                raise self._error(response)
+            return response
+        raise StorageError(f"{self.url}: too many retries")  # pragma: no cover - loop returns
+
+    def _error(self, response: httpx.Response) -> RegistryError:
+        try:
+            body = response.json()["error"]
+            cls = _ERRORS.get(body["code"], RegistryError)
+            message, hint = body["message"], body.get("hint") or None
+        except (ValueError, KeyError, TypeError):
+            cls, message, hint = RegistryError, f"HTTP {response.status_code}", None
+        if cls is errors.RateLimitedError:
+            return errors.RateLimitedError(message, retry_after=1.0, hint=hint)
+        return cls(message, hint=hint)
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._call(method, path, **kwargs).json()
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def models(self) -> list[ModelRecord]:
+        return [
+            ModelRecord(
+                m["name"],
+                datetime.fromisoformat(m["created_at"]),
+                m["versions"],
+                m["latest"],
+                m["size"],
+            )
+            for m in self._json("GET", "/v1/models")
+        ]
+
+    def versions(self, name: str, *, expired: bool = False) -> list[VersionRecord]:
+        params = {"model": name, "expired": str(expired).lower()}
+        return [_version(v) for v in self._json("GET", "/v1/versions", params=params)]
+
+    def show(self, ref: str) -> VersionDetails:
+        data = self._json("GET", "/v1/version", params={"ref": ref})
+        version = _version(data)
+        manifest = manifests.manifest_from_dict(
+            data["manifest"], expected_digest=version.digest, what=f"manifest of {version.ref}"
+        )
+        return VersionDetails(version, manifest, data["signer"])
+
+    def resolve(self, ref: str) -> VersionRecord:
+        return self.show(ref).version
+
+    def verify(
+        self, ref: str, *, read_data: bool = False, progress: Progress | None = None
+    ) -> VerifyReport:
+        data = self._json("POST", "/v1/verify", json={"ref": ref, "read_data": read_data})
+        return VerifyReport(
+            _version(data["version"]),
+            data["read_data"],
+            data["checked_files"],
+            data["checked_bytes"],
+            tuple(FileProblem(p["path"], p["problem"]) for p in data["problems"]),
+            tuple(data["unchecked"]),
+        )
+
+    # -- push ---------------------------------------------------------------------------------
+
+    def push(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        message: str = "",
+        write_quorum: int | None = None,
+        progress: Progress | None = None,
+    ) -> PushResult:
+        """Push through an upload session, resuming the one an interrupted push left."""
+        if write_quorum is not None:
+            raise InvalidInputError("--write-quorum is the server's setting through the API")
+        progress = progress or _Quiet()
+        files = manifests.collect(Path(path))
+        total = sum(f.size for f in files)
+        progress.begin("hashing", total)
+        described = []
+        for entry in files:
+            digest = hash_file(
+                entry.source, on_progress=progress.advance, starts_with=entry.validated
+            )
+            described.append({"path": entry.path, "size": entry.size, "digest": digest})
+        progress.end()
+        sources = {entry.path: entry.source for entry in files}
+        state_file = self._resume_file(name, described, message)
+        session = None
+        if state_file.exists():
+            try:
+                session = self._json("GET", f"/v1/uploads/{state_file.read_text().strip()}")
+            except errors.NotFoundError:
+                session = None  # expired or committed meanwhile: start again
+        if session is None:
+            session = self._json(
+                "POST", "/v1/uploads", json={"model": name, "files": described, "message": message}
+            )
+            state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            state_file.write_text(session["id"])
+        part_size = session["part_size"]
+        todo = [
+            (entry["index"], part, entry["path"])
+            for entry in session["files"]
+            for part in sorted(set(range(entry["parts"])) - set(entry["received"]))
+        ]
+        already = sum(
+            min(part_size, e["size"] - p * part_size)
+            for e in session["files"]
+            for p in e["received"]
+        )
+        progress.begin("uploading", total)
+        progress.advance(already)
+        lock = threading.Lock()
+
+        def send(item: tuple[int, int, str]) -> int:
+            index, part, file_path = item
+            with open(sources[file_path], "rb") as handle:
+                handle.seek(part * part_size)
+                data = handle.read(part_size)
+            self._call(
+                "PUT",
+                f"/v1/uploads/{session['id']}/files/{index}/parts/{part}",
+                content=data,
+                headers={"X-Part-Digest": "blake3:" + blake3.blake3(data).hexdigest()},
+            )
+            with lock:
+                progress.advance(len(data))
+            return len(data)
+
+        try:
+            with ThreadPoolExecutor(PARALLEL, thread_name_prefix="upload") as pool:
+                sent = sum(pool.map(send, todo))
+        finally:
+            progress.end()
+        result = self._json("POST", f"/v1/uploads/{session['id']}/commit")
+        state_file.unlink(missing_ok=True)
+        self.last_push_sent = sent
+        return PushResult(
+            _version(result),
+            result["created"],
+            result["uploaded_bytes"],
+            result["reused_bytes"],
+            len(files),
+            tuple(result["pending_regions"]),
+        )
+
+    def _resume_file(self, name: str, described: list[dict[str, Any]], message: str) -> Path:
+        key = hashlib.sha256(
+            json.dumps(
+                [self.url, self._token_tag, name, message, described], sort_keys=True
+            ).encode()
+        ).hexdigest()[:32]
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        return base / "model-registry" / "uploads" / key
+
+    # -- pull ---------------------------------------------------------------------------------
+
+    def pull(
+        self,
+        ref: str,
+        destination: str | Path,
+        *,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> PullResult:
+        details = self.show(ref)
+        version, manifest = details.version, details.manifest
+        keys = {
+            (k["purpose"], k["digest"]): base64.b64decode(k["key"])
+            for k in self._json("POST", "/v1/keys", json={"ref": version.ref})["keys"]
+        }
+        dest = Path(destination).expanduser().absolute()
+        if dest.exists() and not dest.is_dir():
+            raise InvalidInputError(f"destination {dest} exists and is not a directory")
+        targets = plan_targets(dest, manifest, force=force)
+        created = not dest.exists()
+
+        def open_file(entry: ManifestFile, on_chunk: Any) -> Iterator[memoryview]:
+            def read_range(offset: int, length: int) -> bytes:
+                response = self._call(
+                    "GET",
+                    "/v1/blob",
+                    params={"ref": version.ref, "path": entry.path},
+                    headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+                )
+                return response.content
+
+            return sealed.unseal(
+                read_range,
+                keys[("blob", entry.digest)],
+                entry.digest,
+                on_chunk=on_chunk,
+                expected_size=entry.size,
+                workers=PARALLEL,
+                chunks_per_read=max(1, RANGE // sealed.DEFAULT_CHUNK_SIZE),
+                what=entry.path,
+            )
+
+        try:
+            write_verified(
+                dest, targets, manifest, open_file, force=force, progress=progress or _Quiet()
+            )
+        except BaseException as error:
+            if created:
+                shutil.rmtree(dest, ignore_errors=True)
+            if isinstance(error, OSError):
+                raise storage_error(error, dest) from None
+            raise
+        return PullResult(
+            version, dest, tuple(f.path for f in manifest.files), manifest.total_size, ()
+        )
+
+    # -- aliases, lifecycle, audit -------------------------------------------------------------
+
+    def _change(self, data: dict[str, Any]) -> AliasChange:
+        move = None if data.get("move") is None else _move(data["move"])
+        return AliasChange(
+            move, _alias(data), tuple(data.get("undelivered", ())), tuple(data.get("unlocked", ()))
+        )
+
+    def promote(self, ref: str, alias: str, *, reason: str = "") -> AliasChange:
+        body = {"ref": ref, "alias": alias, "reason": reason}
+        return self._change(self._json("POST", "/v1/aliases/promote", json=body))
+
+    def rollback(
+        self, name: str, alias: str, *, to: str | None = None, reason: str = ""
+    ) -> AliasChange:
+        body = {"model": name, "alias": alias, "to": to, "reason": reason}
+        return self._change(self._json("POST", "/v1/aliases/rollback", json=body))
+
+    def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
+        body = {"model": name, "alias": alias, "protected": protected}
+        return _alias(self._json("POST", "/v1/aliases/protect", json=body))
+
+    def aliases(self, name: str) -> list[AliasRecord]:
+        return [_alias(a) for a in self._json("GET", "/v1/aliases", params={"model": name})]
+
+    def history(
+        self, name: str, alias: str | None = None, *, at: datetime | None = None
+    ) -> list[AliasMoveRecord]:
+        params: dict[str, str] = {"model": name}
+        if alias is not None:
+            params["alias"] = alias
+        if at is not None:
+            params["at"] = at.isoformat()
+        return [_move(m) for m in self._json("GET", "/v1/history", params=params)]
+
+    def set_retention(
+        self,
+        name: str | None,
+        *,
+        keep_last: int | None = None,
+        keep_within: str | None = None,
+        keep_demoted_for: str | None = None,
+        clear: bool = False,
+    ) -> Policy:
+        body = {
+            "model": name,
+            "keep_last": keep_last,
+            "keep_within": keep_within,
+            "keep_demoted_for": keep_demoted_for,
+            "clear": clear,
+        }
+        return _policy(self._json("PUT", "/v1/retention", json=body))
+
+    def retention(self, name: str) -> tuple[Policy, str]:
+        data = self._json("GET", "/v1/retention", params={"model": name})
+        return _policy(data), data["source"]
+
+    def plan_retention(self, name: str | None = None) -> list[tuple[str, Policy, list[Decision]]]:
+        names = [name] if name is not None else [m.name for m in self.models()]
+        plans = []
+        for model in names:
+            data = self._json("GET", "/v1/retention/plan", params={"model": model})
+            decisions = [
+                Decision(d["version"], d["keep"], tuple(d["reasons"])) for d in data["versions"]
+            ]
+            plans.append((model, _policy(data), decisions))
+        return plans
+
+    def hold(self, ref: str, *, reason: str) -> HoldResult:
+        data = self._json("POST", "/v1/holds", json={"ref": ref, "reason": reason})
+        return HoldResult(
+            _hold(data), data["changed"], data["objects"], tuple(data["failed_regions"])
+        )
+
+    def release_hold(self, ref: str, *, reason: str) -> HoldResult:
+        data = self._json("POST", "/v1/holds/release", json={"ref": ref, "reason": reason})
+        return HoldResult(
+            _hold(data), data["changed"], data["objects"], tuple(data["failed_regions"])
+        )
+
+    def holds(self) -> list[HoldRecord]:
+        return [_hold(h) for h in self._json("GET", "/v1/holds")]
+
+    def gc(self, *, dry_run: bool = False, grace: str = "24h") -> GcReport:
+        data = self._json("POST", "/v1/gc", json={"dry_run": dry_run, "grace": grace})
+        expired = tuple(self._tombstone(ref) for ref in data["expired"])
+        return GcReport(
+            data["dry_run"],
+            parse_duration(data["grace"]),
+            expired,
+            data["locks_extended"],
+            tuple(
+                SweptObject(s["purpose"], s["digest"], tuple(s["regions"].items()))
+                for s in data["swept"]
+            ),
+            tuple(KeptObject(k["purpose"], k["digest"], k["reason"]) for k in data["kept"]),
+            tuple(data["problems"]),
+        )
+
+    def _tombstone(self, ref: str) -> VersionRecord:
+        name, _, number = ref.rpartition("@")
+        for version in self.versions(name, expired=True):
+            if str(version.number) == number:
+                return version
+        raise errors.NotFoundError(f"{ref} is not listed by the server")
+
+    def delete(self, ref: str, *, reason: str) -> VersionRecord:
+        return _version(self._json("POST", "/v1/delete", json={"ref": ref, "reason": reason}))
+
+    def audit_events(
+        self, *, subject: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[AuditRecord]:
+        params: dict[str, str] = {"limit": str(limit)}
+        if subject is not None:
+            params["model"] = subject
+        if since is not None:
+            params["since"] = since.isoformat()
+        return [
+            AuditRecord(
+                e["id"],
+                datetime.fromisoformat(e["at"]),
+                e["actor"],
+                e["action"],
+                e["subject"],
+                e["details"],
+            )
+            for e in self._json("GET", "/v1/audit", params=params)
+        ]
+
+    def verify_audit(self) -> AuditVerification:
+        data = self._json("GET", "/v1/audit/verify")
+        return AuditVerification(
+            data["ok"], data["checked"], data["first_bad"], data["problem"], data["head"]
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (keys, regions, replicate, events, tokens, signers) runs on the server.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise InvalidInputError(
+            f"`{name.replace('_', ' ')}` is not available through the REST API",
+            hint="run it on the registry server (unset MODEL_REGISTRY_URL there)",
+        )
+
+
+__all__ = ["Manifest", "RemoteRegistry"]
