@@ -194,7 +194,7 @@ def test_ciphertext_ranges_decrypt_with_the_brokers_keys(api: Api) -> None:
 def test_an_interrupted_upload_resumes_and_matches_a_local_push(
     api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("registry.api.uploads.PART_SIZE", 16_384)
+    api.client.app.state["registry_state"].uploads.part_size = 16_384
     model = make_model(tmp_path / "big", shards=2, shard_size=60_000, seed=9)
     pusher = api.auth(PUSHER)
     files = _files(model)

@@ -454,14 +454,14 @@ def _session_json(session: Any) -> dict[str, Any]:
     return {
         "id": session.id,
         "model": session.model,
-        "part_size": PART_SIZE,
+        "part_size": session.part_size,
         "files": [
             {
                 "index": index,
                 "path": f.path,
                 "size": f.size,
                 "digest": f.digest,
-                "parts": f.parts,
+                "parts": f.parts(session.part_size),
                 "received": session.received(index),
             }
             for index, f in enumerate(session.files)
@@ -526,12 +526,12 @@ def commit_upload(request: Request[Any, Any, Any], session_id: FromPath[str]) ->
     session = state.uploads.get(session_id, owner=token.id)
     _check_scope(token, session.model)
     try:
-        folder = state.uploads.assemble(session)
+        folder, digests = state.uploads.assemble(session)
     except InvalidInputError as error:
         if "another digest" in str(error):
             state.metrics.integrity_failures.inc()
         raise
-    result = view.push(session.model, folder, message=session.message)
+    result = view.push(session.model, folder, message=session.message, digests=digests)
     state.uploads.discard(session)
     state.metrics.pushed.inc(result.version.total_size)
     return {
@@ -893,14 +893,16 @@ ROUTES = [
 ]
 
 
-def create_app(registry: Registry, *, staging: Path | None = None) -> Litestar:
+def create_app(
+    registry: Registry, *, staging: Path | None = None, part_size: int = PART_SIZE
+) -> Litestar:
     """The application over an open registry (closed by the caller). `staging` holds upload
-    sessions (default: HOME/uploads)."""
+    sessions (default: HOME/uploads); `part_size` is what clients upload per request."""
     thresholds = Thresholds()
     board = Metrics()
     state = State(
         registry=registry,
-        uploads=Uploads(staging or registry.settings.home / "uploads"),
+        uploads=Uploads(staging or registry.settings.home / "uploads", part_size=part_size),
         metrics=board,
         limiter=RateLimiter(thresholds.requests_per_second, thresholds.burst),
         broker_limiter=RateLimiter(5.0, 50),

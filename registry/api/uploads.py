@@ -2,9 +2,12 @@
 
 A session lists the files of the version to be (path, size, BLAKE3 digest); each file arrives in
 fixed-size parts, in any order and any number of times, each checked against the BLAKE3 digest
-the client sends with it and written in place with an fsync; a part already received is not asked
-for again. The commit re-hashes every file against its declared digest and hands the directory to
-`Registry.push`, which validates, encrypts and stores it. A session is its owner's (the token that
+the client sends with it, written in place and recorded with that digest; a part already received
+is not asked for again. The commit reads every file once, checking each part against its recorded
+digest (a part lost to a crash is forgotten, and asked for again) and the whole file against its
+declared digest, and hands the directory to `Registry.push`, which validates, encrypts (re-hashing
+what it seals) and stores it. Parts are not fsynced: staging is scratch space, and the commit's
+check finds whatever a crash lost. A session is its owner's (the token that
 created it) and is discarded after its commit, on request, or when it has been idle for a day.
 Plaintext stays only in the staging directory (0700, under the registry home), never in a store.
 """
@@ -39,12 +42,11 @@ class UploadFile:
     size: int
     digest: str
 
-    @property
-    def parts(self) -> int:
-        return max(1, -(-self.size // PART_SIZE))
+    def parts(self, part_size: int) -> int:
+        return max(1, -(-self.size // part_size))
 
-    def part_length(self, part: int) -> int:
-        return min(PART_SIZE, self.size - part * PART_SIZE) if self.size else 0
+    def part_length(self, part: int, part_size: int) -> int:
+        return min(part_size, self.size - part * part_size) if self.size else 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Session:
     owner: str
     files: tuple[UploadFile, ...]
     root: Path
+    part_size: int
 
     @property
     def data(self) -> Path:
@@ -70,8 +73,9 @@ class Session:
 class Uploads:
     """The upload sessions under one staging directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, part_size: int = PART_SIZE) -> None:
         self.root = root
+        self.part_size = part_size
 
     def create(self, model: str, files: list[UploadFile], *, message: str, owner: str) -> Session:
         validate_name(model)
@@ -92,10 +96,10 @@ class Uploads:
             if not _DIGEST.fullmatch(entry.digest):
                 raise InvalidInputError(f"{entry.path}: digest must be blake3:<64 hex>")
         self.expire()
-        session = Session(uuid.uuid4().hex, model, message, owner, tuple(files), Path())
-        root = self.root / session.id
+        session_id = uuid.uuid4().hex
+        root = self.root / session_id
         root.mkdir(parents=True, mode=0o700)
-        session = Session(session.id, model, message, owner, tuple(files), root)
+        session = Session(session_id, model, message, owner, tuple(files), root, self.part_size)
         session.data.mkdir(mode=0o700)
         for entry in files:
             target = session.data / entry.path
@@ -106,6 +110,7 @@ class Uploads:
             "model": model,
             "message": message,
             "owner": owner,
+            "part_size": self.part_size,
             "files": [[f.path, f.size, f.digest] for f in files],
         }
         (root / "session.json").write_text(json.dumps(state))
@@ -122,16 +127,19 @@ class Uploads:
             raise NotFoundError(f"no upload session {session_id}")
         os.utime(state_file)  # activity keeps it alive
         files = tuple(UploadFile(p, s, d) for p, s, d in state["files"])
-        return Session(session_id, state["model"], state["message"], owner, files, root)
+        return Session(
+            session_id, state["model"], state["message"], owner, files, root, state["part_size"]
+        )
 
     def put_part(self, session: Session, index: int, part: int, data: bytes, digest: str) -> None:
         """Write one part after checking its length and BLAKE3 digest."""
         if not 0 <= index < len(session.files):
             raise InvalidInputError(f"file index {index} is not in this session")
         entry = session.files[index]
-        if not 0 <= part < entry.parts:
-            raise InvalidInputError(f"{entry.path} has parts 0..{entry.parts - 1}, not {part}")
-        expected = entry.part_length(part)
+        count = entry.parts(session.part_size)
+        if not 0 <= part < count:
+            raise InvalidInputError(f"{entry.path} has parts 0..{count - 1}, not {part}")
+        expected = entry.part_length(part, session.part_size)
         if len(data) != expected:
             raise InvalidInputError(
                 f"{entry.path} part {part} must be {expected} bytes, not {len(data)}"
@@ -146,36 +154,50 @@ class Uploads:
         fd = os.open(session.data / entry.path, os.O_WRONLY)
         try:
             view = memoryview(data)
-            offset = part * PART_SIZE
+            offset = part * session.part_size
             while view:
                 written = os.pwrite(fd, view, offset)
                 view, offset = view[written:], offset + written
-            os.fsync(fd)
         finally:
             os.close(fd)
         marker = session.root / "received" / str(index)
         marker.mkdir(parents=True, exist_ok=True)
-        (marker / str(part)).touch()
+        (marker / str(part)).write_text(actual)
 
-    def assemble(self, session: Session) -> Path:
-        """The directory of complete files, each re-hashed against its declared digest."""
+    def assemble(self, session: Session) -> tuple[Path, dict[str, str]]:
+        """The directory of complete files and their digests, each part checked against the
+        digest recorded when it arrived and each file against its declared digest."""
         for index, entry in enumerate(session.files):
-            missing = sorted(set(range(entry.parts)) - set(session.received(index)))
+            missing = sorted(
+                set(range(entry.parts(session.part_size))) - set(session.received(index))
+            )
             if missing and entry.size:
                 raise InvalidInputError(
                     f"{entry.path}: parts {missing[:10]} not received yet",
                     hint="upload them (GET the session for what it has), then commit",
                 )
-            hasher = blake3.blake3()
+        for index, entry in enumerate(session.files):
+            whole = blake3.blake3()
+            lost = []
             with open(session.data / entry.path, "rb") as handle:
-                while chunk := handle.read(1 << 22):
-                    hasher.update(chunk)
-            if "blake3:" + hasher.hexdigest() != entry.digest:
+                for part in range(entry.parts(session.part_size)):
+                    data = handle.read(entry.part_length(part, session.part_size))
+                    whole.update(data)
+                    marker = session.root / "received" / str(index) / str(part)
+                    if marker.read_text() != "blake3:" + blake3.blake3(data).hexdigest():
+                        marker.unlink()
+                        lost.append(part)
+            if lost:
+                raise InvalidInputError(
+                    f"{entry.path}: parts {lost[:10]} were lost by the server (a crash?)",
+                    hint="upload them again (GET the session for what it has), then commit",
+                )
+            if "blake3:" + whole.hexdigest() != entry.digest:
                 raise InvalidInputError(
                     f"{entry.path}: the parts received hash to another digest than declared",
                     hint="start a new upload session",
                 )
-        return session.data
+        return session.data, {entry.path: entry.digest for entry in session.files}
 
     def discard(self, session: Session) -> None:
         shutil.rmtree(session.root, ignore_errors=True)

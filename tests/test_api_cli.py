@@ -1,0 +1,250 @@
+"""The CLI through a live server (uvicorn on loopback): the same output and exit codes as on the
+local home, a push killed mid-upload that resumes sending only what is missing, and two server
+processes on one PostgreSQL catalog taking concurrent pushes and promotes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from click.testing import CliRunner
+
+from cli.main import main
+from registry.api.app import create_app
+from registry.client import RemoteRegistry
+from registry.service import ADMIN, READER, Registry
+from registry.testing.models import make_model
+from tests.conftest import tree
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LiveServer:
+    """The API of an open registry served by uvicorn in a thread of the test process."""
+
+    def __init__(self, registry: Registry, staging: Path, *, part_size: int = 64 * 1024) -> None:
+        self.app = create_app(registry, staging=staging, part_size=part_size)
+        self.port = _free_port()
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+
+    def part_puts(self) -> float:
+        board = self.app.state["registry_state"].metrics
+        total = 0.0
+        for metric in board.requests.collect():
+            for sample in metric.samples:
+                labels = sample.labels
+                if (
+                    sample.name.endswith("_total")
+                    and labels["method"] == "PUT"
+                    and "/parts/" in labels["route"]
+                    and labels["status"] == "204"
+                ):
+                    total += sample.value
+        return total
+
+
+@pytest.fixture
+def served(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[LiveServer, dict[str, str]]]:
+    Registry.init(home)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with Registry.open(home) as registry:
+        tokens = {
+            ADMIN: registry.create_token("ci-admin", role=ADMIN, models=["*"])[1],
+            READER: registry.create_token("ci-reader", role=READER, models=["org/*"])[1],
+        }
+        with LiveServer(registry, tmp_path / "staging") as server:
+            yield server, tokens
+
+
+def _cli(*args: str, url: str | None = None, token: str | None = None) -> object:
+    env = {}
+    if url is not None:
+        env["MODEL_REGISTRY_URL"] = url
+        env["MODEL_REGISTRY_TOKEN"] = token or ""
+    return CliRunner(env=env).invoke(main, list(args))
+
+
+def test_cli_through_the_server_matches_the_local_home(
+    served: tuple[LiveServer, dict[str, str]], tmp_path: Path, home: Path
+) -> None:
+    server, tokens = served
+    remote = {"url": server.url, "token": tokens[ADMIN]}
+    model = make_model(tmp_path / "model", shards=2, shard_size=70_000, seed=4)
+    pushed = _cli("push", "org/llama", str(model), "-m", "ci", "--json", "-q", **remote)
+    assert pushed.exit_code == 0, pushed.output  # type: ignore[attr-defined]
+    remote_version = json.loads(pushed.stdout)  # type: ignore[attr-defined]
+    local = _cli("push", "org/llama", str(model), "--json", "-q")
+    assert json.loads(local.stdout)["digest"] == remote_version["digest"]  # type: ignore[attr-defined]
+    assert json.loads(local.stdout)["created"] is False  # type: ignore[attr-defined]
+
+    for args in (
+        ["ls", "--json"],
+        ["ls", "org/llama", "--json"],
+        ["show", "org/llama@1", "--json"],
+    ):
+        here, there = _cli(*args), _cli(*args, **remote)
+        assert there.exit_code == here.exit_code == 0, there.output  # type: ignore[attr-defined]
+        assert json.loads(there.stdout) == json.loads(here.stdout), args  # type: ignore[attr-defined]
+
+    out = _cli("pull", "org/llama@1", str(tmp_path / "out"), "-q", **remote)
+    assert out.exit_code == 0, out.output  # type: ignore[attr-defined]
+    assert tree(tmp_path / "out") == tree(model)
+    promoted = _cli("promote", "org/llama@1", "production", "--reason", "evals", **remote)
+    assert promoted.exit_code == 0, promoted.output  # type: ignore[attr-defined]
+    history = _cli("history", "org/llama", "--json", **remote)
+    assert json.loads(history.stdout)[0]["moved_by"].startswith("token:ci-admin:")  # type: ignore[attr-defined]
+    assert _cli("audit", "verify", **remote).exit_code == 0  # type: ignore[attr-defined]
+
+    # Exit codes are the same as on the local home.
+    assert _cli("show", "org/none", **remote).exit_code == 4  # type: ignore[attr-defined]
+    reader = {"url": server.url, "token": tokens[READER]}
+    assert _cli("gc", "--dry-run", **reader).exit_code == 10  # type: ignore[attr-defined]
+    assert _cli("ls", **{"url": server.url, "token": "mrt_bad"}).exit_code == 11  # type: ignore[attr-defined]
+    not_here = _cli("regions", "status", **remote)
+    assert not_here.exit_code == 3 and "run it on the registry server" in not_here.output  # type: ignore[attr-defined]
+
+
+def test_a_killed_push_resumes_and_sends_only_the_missing_parts(
+    served: tuple[LiveServer, dict[str, str]],
+    tmp_path: Path,
+    home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server, tokens = served
+    model = make_model(tmp_path / "model", shards=2, shard_size=3_000_000, seed=8)
+    env = {
+        **os.environ,
+        "MODEL_REGISTRY_URL": server.url,
+        "MODEL_REGISTRY_TOKEN": tokens[ADMIN],
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    staging = tmp_path / "staging"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cli", "push", "org/big", str(model), "-q"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    # Kill it once the server holds some parts, well before all of them.
+    deadline = time.monotonic() + 60
+    while not list(staging.glob("*/received/*/*")):
+        assert first.poll() is None, first.stderr.read() if first.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    first.send_signal(signal.SIGKILL)
+    first.wait(30)
+    received = len(list(staging.glob("*/received/*/*")))
+    session = json.loads(next(staging.glob("*/session.json")).read_text())
+    total = sum(max(1, -(-size // (64 * 1024))) for _path, size, _digest in session["files"])
+    assert 0 < received < total
+    before = server.part_puts()
+
+    resumed = CliRunner(
+        env={"MODEL_REGISTRY_URL": server.url, "MODEL_REGISTRY_TOKEN": tokens[ADMIN]}
+    ).invoke(main, ["push", "org/big", str(model), "--json", "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    assert server.part_puts() - before == total - received  # nothing sent twice
+    version = json.loads(resumed.stdout)
+    with Registry.open(home) as registry:
+        local = registry.push("org/big", model)  # the same bytes, pushed directly
+        assert not local.created and local.version.digest == version["digest"]
+        registry.pull("org/big@1", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)
+
+
+@pytest.mark.postgres
+def test_two_server_processes_on_one_postgres_catalog(
+    home: Path, tmp_path: Path, postgres_url: str
+) -> None:
+    Registry.init(home, catalog_url=postgres_url)
+    with Registry.open(home) as registry:
+        token = registry.create_token("ci", role=ADMIN, models=["*"])[1]
+    ports = [_free_port(), _free_port()]
+    env = {**os.environ, "MODEL_REGISTRY_HOME": str(home)}
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "a server did not start"
+                time.sleep(0.2)
+        models = [
+            make_model(tmp_path / f"m{i}", shards=1, shard_size=30_000, seed=i) for i in range(6)
+        ]
+
+        def push_and_promote(index: int) -> None:
+            url = f"http://127.0.0.1:{ports[index % 2]}"
+            with RemoteRegistry(url, token) as remote:
+                result = remote.push("org/shared", models[index])
+                for _ in range(2):
+                    remote.promote(result.version.ref, "production", reason=f"from {index}")
+
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(push_and_promote, range(6)))
+        with Registry.open(home) as registry:
+            assert [v.number for v in registry.versions("org/shared")] == [1, 2, 3, 4, 5, 6]
+            assert len({v.digest for v in registry.versions("org/shared")}) == 6
+            moves = registry.history("org/shared", "production")
+            assert moves[0].previous is None
+            for before, after in itertools.pairwise(moves):
+                assert after.previous == before.number
+            assert registry.resolve("org/shared:production").number == moves[-1].number
+            assert registry.verify_audit().ok
+            actors = {e.actor for e in registry.audit_events(limit=1000) if e.action == "push"}
+            assert actors and all(re.match(r"token:ci:[0-9a-f]{12}$", a) for a in actors)
+    finally:
+        for process in servers:
+            process.terminate()
+        for process in servers:
+            process.wait(30)
