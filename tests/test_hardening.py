@@ -221,7 +221,8 @@ def test_pull_on_a_full_disk_is_a_storage_error(
     def full(_fd: int, _offset: int, _data: memoryview) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(service_module, "_write_at", full)
+    # Pulls write through registry.materialize (local and REST API pulls alike).
+    monkeypatch.setattr("registry.materialize._write_at", full)
     with pytest.raises(StorageError):
         registry.pull("llama", tmp_path / "out")
 
