@@ -15,24 +15,6 @@ from registry.service import DEFAULT_GRACE, GcReport
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-def _report_json(report: GcReport) -> dict[str, object]:
-    return {
-        "dry_run": report.dry_run,
-        "grace": format_duration(report.grace),
-        "expired": [v.ref for v in report.expired],
-        "locks_extended": report.locks_extended,
-        "swept": [
-            {"purpose": s.purpose, "digest": s.digest, "bytes": s.bytes, "regions": dict(s.sizes)}
-            for s in report.swept
-        ],
-        "bytes_reclaimed": report.bytes_reclaimed,
-        "kept": [
-            {"purpose": k.purpose, "digest": k.digest, "reason": k.reason} for k in report.kept
-        ],
-        "problems": list(report.problems),
-    }
-
-
 def _print_report(report: GcReport) -> None:
     if report.expired:
         label = "would expire" if report.dry_run else "expired"
@@ -93,7 +75,7 @@ def gc(dry_run: bool, yes: bool, grace: str, as_json: bool) -> None:
                 click.confirm("Go ahead?", abort=True, err=True)
         report = registry.gc(dry_run=dry_run, grace=grace)
     if as_json:
-        print_json(_report_json(report))
+        print_json(report.to_dict())
     else:
         _print_report(report)
     if not report.ok:

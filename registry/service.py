@@ -285,6 +285,29 @@ class GcReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON (the CLI's --json and the REST API answer alike)."""
+        return {
+            "dry_run": self.dry_run,
+            "grace": format_duration(self.grace),
+            "expired": [v.ref for v in self.expired],
+            "locks_extended": self.locks_extended,
+            "swept": [
+                {
+                    "purpose": s.purpose,
+                    "digest": s.digest,
+                    "bytes": s.bytes,
+                    "regions": dict(s.sizes),
+                }
+                for s in self.swept
+            ],
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "kept": [
+                {"purpose": k.purpose, "digest": k.digest, "reason": k.reason} for k in self.kept
+            ],
+            "problems": list(self.problems),
+        }
+
 
 @dataclass(frozen=True)
 class VersionDetails:

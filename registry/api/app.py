@@ -695,22 +695,7 @@ def release_hold(request: Request[Any, Any, Any], data: JSONBody[HoldRequest]) -
 def gc(request: Request[Any, Any, Any], data: JSONBody[GcRequest]) -> dict[str, Any]:
     """Expire, extend locks and sweep (admin; `dry_run` defaults to true)."""
     view, _token = _enter(request, ADMIN)
-    report = view.gc(dry_run=data.dry_run, grace=data.grace)
-    return {
-        "dry_run": report.dry_run,
-        "grace": format_duration(report.grace),
-        "expired": [v.ref for v in report.expired],
-        "locks_extended": report.locks_extended,
-        "swept": [
-            {"purpose": s.purpose, "digest": s.digest, "bytes": s.bytes, "regions": dict(s.sizes)}
-            for s in report.swept
-        ],
-        "bytes_reclaimed": report.bytes_reclaimed,
-        "kept": [
-            {"purpose": k.purpose, "digest": k.digest, "reason": k.reason} for k in report.kept
-        ],
-        "problems": list(report.problems),
-    }
+    return view.gc(dry_run=data.dry_run, grace=data.grace).to_dict()
 
 
 @post("/v1/delete", sync_to_thread=True, tags=["lifecycle"], status_code=200)
