@@ -65,6 +65,8 @@ from registry.service import (
 
 RANGE = 8 * 1024 * 1024  # bytes per ranged download request
 PARALLEL = 4  # requests in flight
+IDLE_REUSE = 2.0  # seconds a keep-alive connection may idle before it is replaced
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 RETRIES = 5
 
 
@@ -194,6 +196,14 @@ class _Transport:
 
     def _connection(self) -> http.client.HTTPConnection:
         connection = getattr(self._local, "connection", None)
+        idle = time.monotonic() - getattr(self._local, "used", 0.0)
+        if connection is not None and idle > IDLE_REUSE:
+            # Servers close idle keep-alive connections (uvicorn after 5 s); a request sent on
+            # one just closed fails, and a POST cannot be safely sent again: start afresh.
+            connection.close()
+            with self._lock:
+                self._all.remove(connection)
+            connection = None
         if connection is None:
             kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             connection = kind(self._host, self._port, timeout=self._timeout)
@@ -218,6 +228,8 @@ class _Transport:
         except BaseException:
             connection.close()  # reconnects on the next request
             raise
+        finally:
+            self._local.used = time.monotonic()
         return _Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, content)
 
     def close(self) -> None:
@@ -288,7 +300,10 @@ class RemoteRegistry:
             try:
                 response = self._transport.request(method, target, body, extra)
             except (OSError, http.client.HTTPException) as error:
-                if attempt < RETRIES - 1:
+                # A POST may have taken effect before the connection broke (a commit, a
+                # promote): it is sent again only when it cannot have reached the server.
+                again = method in _IDEMPOTENT or isinstance(error, ConnectionRefusedError)
+                if again and attempt < RETRIES - 1:
                     time.sleep(0.2 * 2**attempt)
                     continue
                 raise StorageError(

@@ -119,6 +119,99 @@ class Webhook:
             )
 
 
+MIN_UPLOAD_PART = 1024 * 1024
+MAX_UPLOAD_PART = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The REST server's limits and threat-signal thresholds (`[api]` in config.toml; what each
+    guards against is in docs/security.md). Every server process enforces them on its own."""
+
+    requests_per_second: float = 50.0  # per token, a token bucket of `burst`
+    burst: int = 200
+    key_requests_per_second: float = 5.0  # key broker calls per token, on top of the above
+    key_burst: int = 50
+    transfer_requests_per_second: float = 1000.0  # ciphertext ranges and upload parts per token
+    transfer_burst: int = 4000
+    signal_window_seconds: float = 300.0
+    signal_distinct_models: int = 20  # distinct models one token reads within the window
+    signal_refusals: int = 20  # 401/403 answers to one client address within the window
+    signal_unwraps: int = 500  # data keys one token unwraps within the window, at least...
+    signal_unwrap_factor: float = 10.0  # ...and this many times its usual (baseline) window
+    part_size: int = 16 * 1024 * 1024  # bytes a client uploads per request
+    upload_ttl_hours: float = 24.0  # an idle upload session is discarded after this
+    staging_dir: Path | None = None  # upload sessions (default: HOME/uploads)
+
+    def __post_init__(self) -> None:
+        positive = {
+            "requests_per_second": self.requests_per_second,
+            "burst": self.burst,
+            "key_requests_per_second": self.key_requests_per_second,
+            "key_burst": self.key_burst,
+            "transfer_requests_per_second": self.transfer_requests_per_second,
+            "transfer_burst": self.transfer_burst,
+            "signal_window_seconds": self.signal_window_seconds,
+            "signal_distinct_models": self.signal_distinct_models,
+            "signal_refusals": self.signal_refusals,
+            "signal_unwraps": self.signal_unwraps,
+            "signal_unwrap_factor": self.signal_unwrap_factor,
+            "upload_ttl_hours": self.upload_ttl_hours,
+        }
+        for key, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise InvalidInputError(f"api.{key} must be a positive number, not {value!r}")
+        for key in (
+            "burst",
+            "key_burst",
+            "transfer_burst",
+            "signal_distinct_models",
+            "signal_refusals",
+            "signal_unwraps",
+        ):
+            if not isinstance(getattr(self, key), int):
+                raise InvalidInputError(f"api.{key} must be a whole number")
+        if min(self.burst, self.key_burst, self.transfer_burst) < 1:
+            raise InvalidInputError("api.burst, key_burst and transfer_burst must be at least 1")
+        if (
+            isinstance(self.part_size, bool)
+            or not isinstance(self.part_size, int)
+            or not MIN_UPLOAD_PART <= self.part_size <= MAX_UPLOAD_PART
+            or self.part_size % MIN_UPLOAD_PART
+        ):
+            raise InvalidInputError(
+                f"api.part_size must be a whole number of MiB from {MIN_UPLOAD_PART >> 20} to "
+                f"{MAX_UPLOAD_PART >> 20} MiB (in bytes), not {self.part_size!r}"
+            )
+
+    @classmethod
+    def from_config(cls, home: Path, section: object) -> ApiSettings:
+        if not isinstance(section, dict):
+            raise InvalidInputError("[api] must be a table")
+        known = {name for name in cls.__dataclass_fields__}
+        unknown = set(section) - known
+        if unknown:
+            raise InvalidInputError(
+                f"unknown [api] settings {sorted(unknown)}", hint=f"known: {sorted(known)}"
+            )
+        values = dict(section)
+        if "staging_dir" in values:
+            values["staging_dir"] = _path(home, values["staging_dir"], "api.staging_dir")
+        return cls(**values)
+
+    def config_lines(self) -> list[str]:
+        """The `[api]` section, with only what differs from the defaults (empty if nothing)."""
+        default = ApiSettings()
+        lines = []
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value == getattr(default, name):
+                continue
+            text = _toml_string(str(value)) if isinstance(value, Path) else repr(value)
+            lines.append(f"{name} = {text}")
+        return ["", "[api]", *lines] if lines else []
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -133,6 +226,7 @@ class Settings:
     workers: int = 0
     write_quorum: int | None = None
     webhooks: tuple[Webhook, ...] = field(default=())
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     def __post_init__(self) -> None:
         check_regions(self.regions, write_quorum=self.write_quorum)
@@ -290,6 +384,7 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
                     Webhook(str(entry["url"]), _path(home, entry.get("secret_file"), "secret_file"))
                     for entry in raw.get("webhooks", [])
                 ),
+                api=ApiSettings.from_config(home, raw.get("api", {})),
             )
         except InvalidInputError as error:
             raise ConfigurationError(f"{config_path}: {error}", hint=error.hint) from None
@@ -369,6 +464,7 @@ def render_config(
     workers: int = 0,
     write_quorum: int | None = None,
     webhooks: tuple[Webhook, ...] = (),
+    api: ApiSettings | None = None,
 ) -> str:
     """The text of config.toml (written by `init` and `keys trust`)."""
     single = len(regions) == 1 and regions[0].name == PRIMARY and write_quorum is None
@@ -419,6 +515,8 @@ def render_config(
             f"url = {_toml_string(hook.url)}",
             f"secret_file = {_toml_string(str(hook.secret_file))}",
         ]
+    if api is not None:
+        lines += api.config_lines()
     return "\n".join(lines) + "\n"
 
 

@@ -2153,6 +2153,7 @@ class Registry:
                 Webhook(str(entry["url"]), Path(str(entry["secret_file"])))
                 for entry in config.get("webhooks", [])
             ),
+            api=self.settings.api,
         )
         _write_atomically(home / CONFIG_FILE, text)
         self.settings = load_settings(home)

@@ -311,6 +311,8 @@ def test_health_readiness_metrics_and_schema(api: Api) -> None:
     assert 'status="401"' in text
     served = api.client.get("/schema/openapi.json").json()
     assert served == json.loads(openapi_document())
+    page = api.client.get("/schema/swagger")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
 
 
 def test_the_checked_in_openapi_schema_matches_the_code() -> None:

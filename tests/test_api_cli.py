@@ -191,6 +191,59 @@ def test_a_killed_push_resumes_and_sends_only_the_missing_parts(
 
 
 @pytest.mark.postgres
+def test_a_refused_part_is_answered_not_cut_off(
+    served: tuple[LiveServer, dict[str, str]],
+) -> None:
+    """A part refused before its body is read (bad token, rate limit) still gets its answer: the
+    server reads and drops the body, so an HTTP/1.1 client, which reads the answer only after
+    sending, sees a 401 or a 429 with Retry-After and not a broken connection."""
+    import http.client
+
+    server, tokens = served
+    body = bytes(32 * 1024 * 1024)  # more than loopback's socket buffers hold
+    target = "/v1/uploads/" + "0" * 32 + "/files/0/parts/0"
+    state = server.app.state["registry_state"]
+    state.transfer_limiter.burst, state.transfer_limiter.rate = 1, 0.01
+    state.transfer_limiter._buckets.clear()
+    answers = []
+    for token in ("mrt_000000000000_" + "x" * 43, tokens[ADMIN], tokens[ADMIN]):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        try:
+            connection.request(
+                "PUT", target, body=body, headers={"Authorization": f"Bearer {token}"}
+            )
+            response = connection.getresponse()
+            answers.append((response.status, response.getheader("retry-after"), response.read()))
+        finally:
+            connection.close()
+    (bad, _none, bad_body), (missing, _, _), (limited, retry_after, limited_body) = answers
+    assert bad == 401 and json.loads(bad_body)["error"]["code"] == "unauthenticated"
+    assert missing == 404  # the first admin call took the bucket's one token; no such session
+    assert limited == 429 and json.loads(limited_body)["error"]["code"] == "rate_limited"
+    assert retry_after is not None and int(retry_after) >= 1
+
+
+def test_a_push_waits_out_rate_limits_on_parts(
+    served: tuple[LiveServer, dict[str, str]], tmp_path: Path
+) -> None:
+    server, tokens = served
+    state = server.app.state["registry_state"]
+    state.transfer_limiter.burst, state.transfer_limiter.rate = 2, 8.0
+    model = make_model(tmp_path / "model", shards=2, shard_size=300_000, seed=12)
+    with RemoteRegistry(server.url, tokens[ADMIN]) as remote:
+        result = remote.push("org/limited", model)
+        assert remote.last_push_sent == sum(p.stat().st_size for p in model.iterdir())
+        remote.pull(result.version.ref, tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)
+    refused = sum(
+        sample.value
+        for metric in state.metrics.requests.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["status"] == "429"
+    )
+    assert refused > 0  # the limit did bite, and the push still completed
+
+
 def test_two_server_processes_on_one_postgres_catalog(
     home: Path, tmp_path: Path, postgres_url: str
 ) -> None:

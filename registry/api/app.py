@@ -16,25 +16,26 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.params import FromPath, FromQuery, JSONBody, RawBody
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from registry import __version__
-from registry.api.limits import RateLimiter, Thresholds, Watch
+from registry.api.limits import RateLimiter, Watch
 from registry.api.metrics import Metrics
-from registry.api.uploads import PART_SIZE, UploadFile, Uploads
+from registry.api.uploads import Session, UploadFile, Uploads
 from registry.blobstore import BLOB, MANIFEST
 from registry.catalog.repository import (
     AliasMoveRecord,
@@ -43,6 +44,7 @@ from registry.catalog.repository import (
     TokenRecord,
     VersionRecord,
 )
+from registry.config import MAX_UPLOAD_PART
 from registry.errors import (
     IntegrityError,
     InvalidInputError,
@@ -132,9 +134,9 @@ class State:
     uploads: Uploads
     metrics: Metrics
     limiter: RateLimiter
+    transfer_limiter: RateLimiter
     broker_limiter: RateLimiter
     watch: Watch
-    thresholds: Thresholds = field(default_factory=Thresholds)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -150,10 +152,16 @@ def _client(request: Request[Any, Any, Any]) -> str:
 
 
 def _enter(
-    request: Request[Any, Any, Any], role: str, *, model: str | None = None
+    request: Request[Any, Any, Any],
+    role: str,
+    *,
+    model: str | None = None,
+    transfer: bool = False,
 ) -> tuple[Registry, TokenRecord]:
     """Authenticate the request's token, rate-limit it, check its role and model scope, and
-    return the registry as that token sees it."""
+    return the registry as that token sees it. `transfer` requests (ciphertext ranges, upload
+    parts) count against their own, larger bucket: a pull of a large model is thousands of
+    them, and limiting those like API calls would cap a fleet's throughput."""
     state = _state(request)
     header = request.headers.get("authorization", "")
     scheme, _, text = header.partition(" ")
@@ -163,7 +171,7 @@ def _enter(
             hint="create one with `model-registry token create` (admin)",
         )
     token = state.registry.authenticate(text)
-    state.limiter.check(token.id)
+    (state.transfer_limiter if transfer else state.limiter).check(token.id)
     if ROLES.index(token.role) < ROLES.index(role):
         raise PermissionDeniedError(
             f"the {token.role} role may not do this", hint=f"it needs the {role} role"
@@ -369,7 +377,7 @@ def download(
 ) -> Response[bytes]:
     """A byte range of the sealed ciphertext of one file of a version (or, without `path`, of
     its manifest): `Range: bytes=START-END`. Decrypt with the key broker's data key."""
-    view, token = _enter(request, READER, model=_model_of(ref))
+    view, token = _enter(request, READER, model=_model_of(ref), transfer=True)
     version = view.resolve(ref)
     if path is None:
         kind, digest = MANIFEST, version.digest
@@ -426,6 +434,7 @@ def key_broker(request: Request[Any, Any, Any], data: JSONBody[KeysRequest]) -> 
     state = _state(request)
     state.broker_limiter.check(token.id)
     version = view.resolve(data.ref)
+    _note_read(request, token, version.name)
     keys = view.data_keys(version)
     state.metrics.unwraps.labels(token.id).inc(len(keys))
     signal = state.watch.note_unwraps(token.id, len(keys))
@@ -482,7 +491,13 @@ def create_upload(request: Request[Any, Any, Any], data: JSONBody[UploadRequest]
     return _session_json(session)
 
 
-@get("/v1/uploads/{session_id:str}", sync_to_thread=True, tags=["uploads"])
+@get(
+    "/v1/uploads/{session_id:str}",
+    sync_to_thread=True,
+    tags=["uploads"],
+    summary="UploadStatus",
+    operation_id="UploadStatus",
+)
 def upload_status(request: Request[Any, Any, Any], session_id: FromPath[str]) -> dict[str, Any]:
     """What a session has received (a client resumes by sending the rest)."""
     _view, token = _enter(request, PUSHER)
@@ -491,25 +506,46 @@ def upload_status(request: Request[Any, Any, Any], session_id: FromPath[str]) ->
 
 @put(
     "/v1/uploads/{session_id:str}/files/{index:int}/parts/{part:int}",
-    sync_to_thread=True,
     tags=["uploads"],
     status_code=204,
-    request_max_body_size=PART_SIZE + 1024,
+    request_max_body_size=MAX_UPLOAD_PART + 1024,
 )
-def upload_part(
+async def upload_part(
     request: Request[Any, Any, Any],
     session_id: FromPath[str],
     index: FromPath[int],
     part: FromPath[int],
-    body: RawBody,
 ) -> None:
-    """One part of one file (`X-Part-Digest: blake3:<hex>` of its bytes)."""
-    _view, token = _enter(request, PUSHER)
+    """One part of one file: the request body is its bytes (`application/octet-stream`),
+    `X-Part-Digest: blake3:<hex>` their digest. A body longer than the part is refused (413)
+    before it is read."""
     state = _state(request)
-    session = state.uploads.get(session_id, owner=token.id)
+
+    def where() -> tuple[Session, int]:
+        _view, token = _enter(request, PUSHER, transfer=True)
+        session = state.uploads.get(session_id, owner=token.id)
+        return session, state.uploads.part_length(session, index, part)
+
+    # The token, the session and the part are checked before the body is kept in memory.
+    try:
+        session, expected = await anyio.to_thread.run_sync(where)
+    except RegistryError:
+        # An HTTP/1.1 client reads the answer once it has sent its body: read it (bounded by
+        # the route's limit), discarding it, so that the client sees this answer (a 429 to
+        # wait on, a 401) rather than a broken connection.
+        async for _chunk in request.stream():
+            pass
+        raise
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > expected:
+        raise HTTPException(
+            status_code=413,
+            detail=f"part {part} of file {index} has {expected} bytes, not {declared}",
+        )
+    body = await request.body()
     digest = request.headers.get("x-part-digest", "")
     try:
-        state.uploads.put_part(session, index, part, body, digest)
+        await anyio.to_thread.run_sync(state.uploads.put_part, session, index, part, body, digest)
     except InvalidInputError as error:
         if "digest mismatch" in str(error):
             state.metrics.integrity_failures.inc()
@@ -618,7 +654,13 @@ def history(
 # -- retention, holds, gc, delete, audit ------------------------------------------------------
 
 
-@get("/v1/retention", sync_to_thread=True, tags=["lifecycle"])
+@get(
+    "/v1/retention",
+    sync_to_thread=True,
+    tags=["lifecycle"],
+    summary="Retention",
+    operation_id="Retention",
+)
 def retention(request: Request[Any, Any, Any], model: FromQuery[str]) -> dict[str, Any]:
     """The retention policy in force for a model and where it comes from."""
     view, _token = _enter(request, READER, model=model)
@@ -656,7 +698,7 @@ def retention_plan(request: Request[Any, Any, Any], model: FromQuery[str]) -> di
     }
 
 
-@get("/v1/holds", sync_to_thread=True, tags=["lifecycle"])
+@get("/v1/holds", sync_to_thread=True, tags=["lifecycle"], summary="Holds", operation_id="Holds")
 def holds(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
     """Legal holds on the models this token may read."""
     view, token = _enter(request, READER)
@@ -879,20 +921,27 @@ ROUTES = [
 
 
 def create_app(
-    registry: Registry, *, staging: Path | None = None, part_size: int = PART_SIZE
+    registry: Registry, *, staging: Path | None = None, part_size: int | None = None
 ) -> Litestar:
-    """The application over an open registry (closed by the caller). `staging` holds upload
-    sessions (default: HOME/uploads); `part_size` is what clients upload per request."""
-    thresholds = Thresholds()
+    """The application over an open registry (closed by the caller), with the limits of its
+    `[api]` settings. `staging` (upload sessions) and `part_size` (what clients upload per
+    request) override those settings."""
+    settings = registry.settings.api
     board = Metrics()
     state = State(
         registry=registry,
-        uploads=Uploads(staging or registry.settings.home / "uploads", part_size=part_size),
+        uploads=Uploads(
+            staging or settings.staging_dir or registry.settings.home / "uploads",
+            part_size=part_size or settings.part_size,
+            ttl=settings.upload_ttl_hours * 3600.0,
+        ),
         metrics=board,
-        limiter=RateLimiter(thresholds.requests_per_second, thresholds.burst),
-        broker_limiter=RateLimiter(5.0, 50),
-        watch=Watch(thresholds),
-        thresholds=thresholds,
+        limiter=RateLimiter(settings.requests_per_second, settings.burst),
+        transfer_limiter=RateLimiter(
+            settings.transfer_requests_per_second, settings.transfer_burst
+        ),
+        broker_limiter=RateLimiter(settings.key_requests_per_second, settings.key_burst),
+        watch=Watch(settings),
     )
     return Litestar(
         route_handlers=ROUTES,

@@ -1,6 +1,7 @@
 """Per-token rate limits (a token bucket each) and the threat signals the API watches: many
 distinct models pulled in a short window, repeated 401/403, key unwraps far above a token's
-usual rate. In memory, per server process: each process enforces its share."""
+usual rate. In memory, per server process: each process enforces its share. The thresholds are
+`[api]` settings (registry.config.ApiSettings)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,8 @@ import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
+from registry.config import ApiSettings
 from registry.errors import RateLimitedError
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What counts as unusual (configurable in config.toml `[api]`, docs/security.md)."""
-
-    requests_per_second: float = 50.0
-    burst: int = 200
-    distinct_models: int = 20  # distinct models read by one token within `window`
-    refusals: int = 20  # 401/403 answers to one client within `window`
-    unwraps: int = 500  # key unwraps by one token within `window`
-    window: float = 300.0  # seconds
 
 
 class RateLimiter:
@@ -50,54 +40,78 @@ class RateLimiter:
             self._buckets[key] = (tokens - 1.0, now)
 
 
+@dataclass
+class _UnwrapWindow:
+    start: float
+    count: float = 0.0
+    baseline: float | None = None  # None: no earlier window yet
+
+
 class Watch:
     """Sliding-window counters of the threat signals; `note_*` return the signal's name when
-    its threshold is crossed (once per window per key), else None."""
+    its threshold is crossed (once per window per key), else None.
 
-    def __init__(self, thresholds: Thresholds) -> None:
-        self.thresholds = thresholds
+    Key unwraps are judged against the token's own baseline: the unwraps of its earlier
+    windows, smoothed; a window counts as a spike when it exceeds both `signal_unwraps` and
+    `signal_unwrap_factor` times that baseline, so a serving fleet that always loads many
+    models is not flagged for doing what it always does, and a token that suddenly does is."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
         self._lock = threading.Lock()
         self._models: dict[str, deque[tuple[float, str]]] = defaultdict(deque)
         self._refusals: dict[str, deque[float]] = defaultdict(deque)
-        self._unwraps: dict[str, deque[float]] = defaultdict(deque)
+        self._unwraps: dict[str, _UnwrapWindow] = {}
         self._raised: dict[tuple[str, str], float] = {}
+
+    @property
+    def window(self) -> float:
+        return self.settings.signal_window_seconds
 
     def _once(self, kind: str, key: str, now: float) -> str | None:
         last = self._raised.get((kind, key))
-        if last is not None and now - last < self.thresholds.window:
+        if last is not None and now - last < self.window:
             return None
         self._raised[(kind, key)] = now
         return kind
 
-    def note_read(self, token: str, model: str) -> str | None:
-        now = time.monotonic()
+    def note_read(self, token: str, model: str, *, now: float | None = None) -> str | None:
+        now = time.monotonic() if now is None else now
         with self._lock:
             seen = self._models[token]
             seen.append((now, model))
-            while seen and now - seen[0][0] > self.thresholds.window:
+            while seen and now - seen[0][0] > self.window:
                 seen.popleft()
-            if len({m for _t, m in seen}) > self.thresholds.distinct_models:
+            if len({m for _t, m in seen}) > self.settings.signal_distinct_models:
                 return self._once("many-models", token, now)
         return None
 
-    def note_refusal(self, client: str) -> str | None:
-        now = time.monotonic()
+    def note_refusal(self, client: str, *, now: float | None = None) -> str | None:
+        now = time.monotonic() if now is None else now
         with self._lock:
             times = self._refusals[client]
             times.append(now)
-            while times and now - times[0] > self.thresholds.window:
+            while times and now - times[0] > self.window:
                 times.popleft()
-            if len(times) > self.thresholds.refusals:
+            if len(times) > self.settings.signal_refusals:
                 return self._once("repeated-refusals", client, now)
         return None
 
-    def note_unwraps(self, token: str, count: int) -> str | None:
-        now = time.monotonic()
+    def note_unwraps(self, token: str, count: int, *, now: float | None = None) -> str | None:
+        now = time.monotonic() if now is None else now
         with self._lock:
-            times = self._unwraps[token]
-            times.extend([now] * count)
-            while times and now - times[0] > self.thresholds.window:
-                times.popleft()
-            if len(times) > self.thresholds.unwraps:
+            w = self._unwraps.setdefault(token, _UnwrapWindow(now))
+            while now - w.start >= self.window:
+                # Close the window: it joins the baseline (a window with no use counts as 0).
+                w.baseline = w.count if w.baseline is None else 0.7 * w.baseline + 0.3 * w.count
+                w.start, w.count = w.start + self.window, 0.0
+                if now - w.start >= 20 * self.window:
+                    w.start = now  # idle for long: the baseline has decayed to ~0 anyway
+            w.count += count
+            limit = max(
+                float(self.settings.signal_unwraps),
+                self.settings.signal_unwrap_factor * (w.baseline or 0.0),
+            )
+            if w.count > limit:
                 return self._once("unwrap-spike", token, now)
         return None

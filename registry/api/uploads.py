@@ -3,13 +3,13 @@
 A session lists the files of the version to be (path, size, BLAKE3 digest); each file arrives in
 fixed-size parts, in any order and any number of times, each checked against the BLAKE3 digest
 the client sends with it, written in place and recorded with that digest; a part already received
-is not asked for again. The commit reads every file once, checking each part against its recorded
-digest (a part lost to a crash is forgotten, and asked for again) and the whole file against its
-declared digest, and hands the directory to `Registry.push`, which validates, encrypts (re-hashing
-what it seals) and stores it. Parts are not fsynced: staging is scratch space, and the commit's
-check finds whatever a crash lost. A session is its owner's (the token that
-created it) and is discarded after its commit, on request, or when it has been idle for a day.
-Plaintext stays only in the staging directory (0700, under the registry home), never in a store.
+is not asked for again. The commit hashes every file once against its declared digest (when one
+does not match, each part is checked against its recorded digest: a part lost to a crash is
+forgotten, and asked for again) and hands the directory to `Registry.push`, which validates,
+encrypts and stores it. Parts are not fsynced: staging is scratch space, and the commit's check
+finds whatever a crash lost. A session is its owner's (the token that created it) and is
+discarded after its commit, on request, or when it has been idle for `[api] upload_ttl_hours`.
+Plaintext stays only in the staging directory (0700), never in a store.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import blake3
 
+from registry.digest import hash_file
 from registry.errors import InvalidInputError, NotFoundError
 from registry.refs import validate_name, validate_relative_path
 
 PART_SIZE = 16 * 1024 * 1024
-SESSION_TTL = 24 * 3600.0  # seconds of inactivity before a session is discarded
+SESSION_TTL = 24 * 3600.0  # default seconds of inactivity before a session is discarded
 MAX_FILES = 10_000
 MAX_FILE_SIZE = 1 << 40
 _DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
@@ -73,9 +74,10 @@ class Session:
 class Uploads:
     """The upload sessions under one staging directory."""
 
-    def __init__(self, root: Path, *, part_size: int = PART_SIZE) -> None:
+    def __init__(self, root: Path, *, part_size: int = PART_SIZE, ttl: float = SESSION_TTL) -> None:
         self.root = root
         self.part_size = part_size
+        self.ttl = ttl
 
     def create(self, model: str, files: list[UploadFile], *, message: str, owner: str) -> Session:
         validate_name(model)
@@ -131,15 +133,20 @@ class Uploads:
             session_id, state["model"], state["message"], owner, files, root, state["part_size"]
         )
 
-    def put_part(self, session: Session, index: int, part: int, data: bytes, digest: str) -> None:
-        """Write one part after checking its length and BLAKE3 digest."""
+    def part_length(self, session: Session, index: int, part: int) -> int:
+        """How many bytes part `part` of file `index` has (InvalidInputError if there is none)."""
         if not 0 <= index < len(session.files):
             raise InvalidInputError(f"file index {index} is not in this session")
         entry = session.files[index]
         count = entry.parts(session.part_size)
         if not 0 <= part < count:
             raise InvalidInputError(f"{entry.path} has parts 0..{count - 1}, not {part}")
-        expected = entry.part_length(part, session.part_size)
+        return entry.part_length(part, session.part_size)
+
+    def put_part(self, session: Session, index: int, part: int, data: bytes, digest: str) -> None:
+        """Write one part after checking its length and BLAKE3 digest."""
+        expected = self.part_length(session, index, part)
+        entry = session.files[index]
         if len(data) != expected:
             raise InvalidInputError(
                 f"{entry.path} part {part} must be {expected} bytes, not {len(data)}"
@@ -177,12 +184,13 @@ class Uploads:
                     hint="upload them (GET the session for what it has), then commit",
                 )
         for index, entry in enumerate(session.files):
-            whole = blake3.blake3()
+            if hash_file(session.data / entry.path) == entry.digest:
+                continue  # then every part is what was received, too
+            # Tell a part lost to a crash (asked for again) from parts that never made the file.
             lost = []
             with open(session.data / entry.path, "rb") as handle:
                 for part in range(entry.parts(session.part_size)):
                     data = handle.read(entry.part_length(part, session.part_size))
-                    whole.update(data)
                     marker = session.root / "received" / str(index) / str(part)
                     if marker.read_text() != "blake3:" + blake3.blake3(data).hexdigest():
                         marker.unlink()
@@ -192,18 +200,17 @@ class Uploads:
                     f"{entry.path}: parts {lost[:10]} were lost by the server (a crash?)",
                     hint="upload them again (GET the session for what it has), then commit",
                 )
-            if "blake3:" + whole.hexdigest() != entry.digest:
-                raise InvalidInputError(
-                    f"{entry.path}: the parts received hash to another digest than declared",
-                    hint="start a new upload session",
-                )
+            raise InvalidInputError(
+                f"{entry.path}: the parts received hash to another digest than declared",
+                hint="start a new upload session",
+            )
         return session.data, {entry.path: entry.digest for entry in session.files}
 
     def discard(self, session: Session) -> None:
         shutil.rmtree(session.root, ignore_errors=True)
 
     def expire(self, *, now: float | None = None) -> int:
-        """Discard sessions idle for longer than SESSION_TTL; returns how many."""
+        """Discard sessions idle for longer than the TTL; returns how many."""
         moment = time.time() if now is None else now
         removed = 0
         if not self.root.is_dir():
@@ -214,7 +221,7 @@ class Uploads:
                 idle = moment - state.stat().st_mtime
             except FileNotFoundError:
                 idle = moment - root.stat().st_mtime
-            if idle > SESSION_TTL:
+            if idle > self.ttl:
                 shutil.rmtree(root, ignore_errors=True)
                 removed += 1
         return removed
