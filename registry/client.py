@@ -178,8 +178,11 @@ class _Response:
 
 
 class _Transport:
-    """Keep-alive HTTP/1.1 connections, one per thread (the standard library's client moves
-    large bodies about twice as fast as httpx here, docs/benchmarks.md)."""
+    """Keep-alive HTTP/1.1 connections in a pool shared by every thread (the standard library's
+    client moves large bodies about twice as fast as httpx here, docs/benchmarks.md): a request
+    takes an idle connection, or opens one, and gives it back once its answer is read, so the
+    number of connections is the number of requests in flight, however many threads come and
+    go."""
 
     def __init__(self, url: str, token: str, *, timeout: float) -> None:
         parts = urlsplit(url)
@@ -190,32 +193,37 @@ class _Transport:
         self._base = parts.path.rstrip("/")
         self._auth = f"Bearer {token}"
         self._timeout = timeout
-        self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
         self._lock = threading.Lock()
 
-    def _connection(self) -> http.client.HTTPConnection:
-        connection = getattr(self._local, "connection", None)
-        idle = time.monotonic() - getattr(self._local, "used", 0.0)
-        if connection is not None and idle > IDLE_REUSE:
-            # Servers close idle keep-alive connections (uvicorn after 5 s); a request sent on
-            # one just closed fails, and a POST cannot be safely sent again: start afresh.
-            connection.close()
-            with self._lock:
-                self._all.remove(connection)
-            connection = None
-        if connection is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            connection = kind(self._host, self._port, timeout=self._timeout)
-            self._local.connection = connection
-            with self._lock:
-                self._all.append(connection)
-        return connection
+    def _take(self, timeout: float | None) -> http.client.HTTPConnection:
+        now = time.monotonic()
+        with self._lock:
+            while self._idle:
+                connection, since = self._idle.pop()
+                if now - since <= IDLE_REUSE:
+                    connection.timeout = timeout
+                    if connection.sock is not None:
+                        connection.sock.settimeout(timeout)
+                    return connection
+                # Servers close idle keep-alive connections (uvicorn after 5 s); a request sent
+                # on one just closed fails, and a POST cannot be safely sent again.
+                connection.close()
+        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        return kind(self._host, self._port, timeout=timeout)
 
     def request(
-        self, method: str, target: str, body: bytes | None, headers: dict[str, str]
+        self,
+        method: str,
+        target: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        wait: bool = False,
     ) -> _Response:
-        connection = self._connection()
+        """One request; with `wait`, no time limit on the answer (a commit that encrypts and
+        stores a large model inside its request)."""
+        connection = self._take(None if wait else self._timeout)
         try:
             connection.request(
                 method,
@@ -226,17 +234,20 @@ class _Transport:
             answer = connection.getresponse()
             content = answer.read()
         except BaseException:
-            connection.close()  # reconnects on the next request
+            connection.close()
             raise
-        finally:
-            self._local.used = time.monotonic()
+        if answer.will_close:
+            connection.close()
+        else:
+            with self._lock:
+                self._idle.append((connection, time.monotonic()))
         return _Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, content)
 
     def close(self) -> None:
         with self._lock:
-            for connection in self._all:
+            for connection, _since in self._idle:
                 connection.close()
-            self._all.clear()
+            self._idle.clear()
 
 
 @dataclass(frozen=True)
@@ -290,6 +301,7 @@ class RemoteRegistry:
         json: Any = None,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
+        wait: bool = False,
     ) -> _Response:
         body, extra = content, dict(headers or {})
         if json is not None:
@@ -298,7 +310,7 @@ class RemoteRegistry:
         target = path + ("?" + urlencode(params) if params else "")
         for attempt in range(RETRIES):
             try:
-                response = self._transport.request(method, target, body, extra)
+                response = self._transport.request(method, target, body, extra, wait=wait)
             except (OSError, http.client.HTTPException) as error:
                 # A POST may have taken effect before the connection broke (a commit, a
                 # promote): it is sent again only when it cannot have reached the server.
@@ -448,7 +460,7 @@ class RemoteRegistry:
                 sent = sum(pool.map(send, todo))
         finally:
             progress.end()
-        result = self._json("POST", f"/v1/uploads/{session['id']}/commit")
+        result = self._json("POST", f"/v1/uploads/{session['id']}/commit", wait=True)
         state_file.unlink(missing_ok=True)
         self.last_push_sent = sent
         return PushResult(

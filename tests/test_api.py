@@ -48,6 +48,8 @@ def api(home: Path, tmp_path: Path) -> Iterator[Api]:
         tokens = {
             role: registry.create_token(role, role=role, models=["org/*"])[1] for role in ROLES
         }
+        for role in ROLES:  # tokens for every model, which registry-wide routes need
+            tokens[f"all-{role}"] = registry.create_token(f"all-{role}", role=role, models=["*"])[1]
         _record, tokens["expired"] = registry.create_token(
             "old", role=ADMIN, models=["*"], expires="1h"
         )
@@ -82,6 +84,7 @@ ROUTE_TABLE: list[tuple[str, str, Any, str, dict[str, str]]] = [
     ("GET", "/v1/models", None, READER, {}),
     ("GET", "/v1/versions", None, READER, {"model": "org/llama"}),
     ("GET", "/v1/version", None, READER, {"ref": "org/llama@1"}),
+    ("GET", "/v1/blob", None, READER, {"ref": "org/llama@1"}),
     ("POST", "/v1/keys", {"ref": "org/llama@1"}, READER, {}),
     ("POST", "/v1/verify", {"ref": "org/llama@1"}, READER, {}),
     ("GET", "/v1/aliases", None, READER, {"model": "org/llama"}),
@@ -93,22 +96,31 @@ ROUTE_TABLE: list[tuple[str, str, Any, str, dict[str, str]]] = [
     ("GET", "/v1/uploads/" + "0" * 32, None, PUSHER, {}),
     ("DELETE", "/v1/uploads/" + "0" * 32, None, PUSHER, {}),
     ("POST", "/v1/uploads/" + "0" * 32 + "/commit", None, PUSHER, {}),
+    ("PUT", "/v1/uploads/" + "0" * 32 + "/files/0/parts/0", None, PUSHER, {}),
     ("POST", "/v1/aliases/promote", {"ref": "org/llama@1", "alias": "prod"}, PUSHER, {}),
     ("POST", "/v1/aliases/rollback", {"model": "org/llama", "alias": "prod"}, PUSHER, {}),
     ("POST", "/v1/aliases/protect", {"model": "org/llama", "alias": "prod"}, PROMOTER, {}),
     ("PUT", "/v1/retention", {"model": "org/llama", "keep_last": 5}, ADMIN, {}),
     ("POST", "/v1/holds", {"ref": "org/llama@1", "reason": "r"}, ADMIN, {}),
     ("POST", "/v1/holds/release", {"ref": "org/llama@1", "reason": "r"}, ADMIN, {}),
-    ("POST", "/v1/gc", {"dry_run": True}, ADMIN, {}),
     ("POST", "/v1/delete", {"ref": "org/llama@1", "reason": "r"}, ADMIN, {}),
+    ("GET", "/v1/audit", None, ADMIN, {"model": "org/llama"}),
+]
+# Routes that act on every model: the same, with tokens for every model ("*").
+REGISTRY_WIDE: list[tuple[str, str, Any, str, dict[str, str]]] = [
+    ("POST", "/v1/gc", {"dry_run": True}, ADMIN, {}),
+    ("PUT", "/v1/retention", {"model": None, "keep_last": 5}, ADMIN, {}),
     ("GET", "/v1/audit", None, ADMIN, {}),
     ("GET", "/v1/audit/verify", None, ADMIN, {}),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body", "least", "params"), ROUTE_TABLE)
+@pytest.mark.parametrize(
+    ("method", "path", "body", "least", "params", "prefix"),
+    [(*row, "") for row in ROUTE_TABLE] + [(*row, "all-") for row in REGISTRY_WIDE],
+)
 def test_every_route_for_every_role(
-    api: Api, method: str, path: str, body: Any, least: str, params: dict[str, str]
+    api: Api, method: str, path: str, body: Any, least: str, params: dict[str, str], prefix: str
 ) -> None:
     def call(headers: dict[str, str]) -> Any:
         return api.client.request(method, path, json=body, params=params, headers=headers)
@@ -124,13 +136,16 @@ def test_every_route_for_every_role(
         assert answer.status_code == 401, (headers, answer.text)
         assert answer.json()["error"]["code"] == "unauthenticated"
     for role in ROLES:
-        answer = call(api.auth(role))
+        answer = call(api.auth(prefix + role))
         if ROLES.index(role) < ROLES.index(least):
             assert answer.status_code == 403, (role, answer.text)
             assert answer.json()["error"]["code"] == "permission_denied"
         else:
             assert answer.status_code not in (401, 403), (role, answer.text)
             assert answer.status_code < 500, (role, answer.text)
+    if prefix:  # a token limited to some models may not act on all of them
+        scoped = call(api.auth(least))
+        assert scoped.status_code == 403 and "every model" in scoped.json()["error"]["message"]
 
 
 def test_a_token_for_other_models_learns_nothing(api: Api) -> None:
@@ -146,6 +161,44 @@ def test_a_token_for_other_models_learns_nothing(api: Api) -> None:
         api.client.get("/v1/versions", params={"model": "org/none"}, headers=admin).status_code
         == 404
     )
+
+
+def test_scoped_tokens_stay_in_scope_on_every_route(api: Api) -> None:
+    """An org/* admin cannot reach other models through registry-wide routes, and a rollback's
+    `to` is checked like its model: the same 403 whether the version exists or not."""
+    admin, pusher = api.auth(ADMIN), api.auth(PUSHER)
+    assert api.client.get("/v1/audit", params={"model": "org/llama"}, headers=admin).is_success
+    assert (
+        api.client.get("/v1/audit", params={"model": "other/secret"}, headers=admin).status_code
+        == 403
+    )
+    before = len(api.registry.versions("other/secret"))
+    assert api.client.post("/v1/gc", json={"dry_run": False}, headers=admin).status_code == 403
+    default = {"model": None, "keep_last": 1}
+    assert api.client.put("/v1/retention", json=default, headers=admin).status_code == 403
+    assert api.registry.retention("other/secret")[1] == "none"  # nothing changed
+    assert len(api.registry.versions("other/secret")) == before
+    api.client.post(
+        "/v1/aliases/promote", json={"ref": "org/llama@1", "alias": "prod"}, headers=pusher
+    )
+    answers = [
+        api.client.post(
+            "/v1/aliases/rollback",
+            json={"model": "org/llama", "alias": "prod", "to": to},
+            headers=pusher,
+        )
+        for to in ("other/secret@1", "other/secret@9", "other/none@1")
+    ]
+    assert [a.status_code for a in answers] == [403, 403, 403]
+    assert len({a.json()["error"]["message"] for a in answers}) == 1
+
+
+def test_a_bad_reference_without_a_token_is_401(api: Api) -> None:
+    for path, kwargs in (
+        ("/v1/version", {"params": {"ref": "org/llama@@1"}}),
+        ("/v1/blob", {"params": {"ref": "../x"}}),
+    ):
+        assert api.client.get(path, **kwargs).status_code == 401
 
 
 def test_key_broker_refuses_other_models_and_is_audited(api: Api) -> None:
@@ -333,7 +386,7 @@ def test_no_generated_input_yields_a_server_error(api: Api) -> None:
     from hypothesis import HealthCheck, given, settings
 
     schema = schemathesis.openapi.from_asgi("/schema/openapi.json", api.client.app)
-    headers = api.auth(ADMIN)
+    headers = api.auth("all-admin")  # every model: generated names get past the scope check
     failures: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
@@ -358,3 +411,55 @@ def test_no_generated_input_yields_a_server_error(api: Api) -> None:
         probe()
     assert operations >= 25
     assert not failures, failures[:5]
+
+
+def test_upload_sessions_refuse_bad_layouts_and_survive_races(api: Api) -> None:
+    pusher = api.auth(PUSHER)
+    uploads = api.client.app.state["registry_state"].uploads
+    empty = "blake3:" + blake3.blake3(b"").hexdigest()
+
+    def create(files: list[dict[str, Any]]) -> Any:
+        return api.client.post(
+            "/v1/uploads", json={"model": "org/llama", "files": files}, headers=pusher
+        )
+
+    wrong_empty = create([{"path": "e", "size": 0, "digest": "blake3:" + "1" * 64}])
+    assert wrong_empty.status_code == 400 and "empty file" in wrong_empty.json()["error"]["message"]
+    clash = create(
+        [
+            {"path": "a", "size": 0, "digest": empty},
+            {"path": "a/b", "size": 0, "digest": empty},
+        ]
+    )
+    assert clash.status_code == 400 and "as a file and as the folder" in clash.text
+    uploads.root.mkdir(parents=True, exist_ok=True)
+    assert not [p for p in uploads.root.iterdir() if p.is_dir()]  # no orphan session left
+    # Something else in the staging directory does not stop new sessions.
+    (uploads.root / "stray.txt").write_text("not a session")
+    (uploads.root / "notes").mkdir()
+    files = _files(api.model)
+    session = create(files).json()
+    assert session["id"]
+    # A commit or abandon moves the session aside first: a part arriving then finds none (404),
+    # and a failed commit puts the session back for the client to finish.
+    live = uploads.get(session["id"], owner=api.registry.authenticate(api.tokens[PUSHER]).id)
+    part = f"/v1/uploads/{session['id']}/files/0/parts/0"
+    with open(api.model / files[0]["path"], "rb") as handle:
+        first = handle.read(session["part_size"])
+    late: list[int] = []
+
+    def failing_commit() -> None:
+        with uploads.claimed(live):
+            headers = {**pusher, "X-Part-Digest": _part_digest(first)}
+            late.append(api.client.put(part, content=first, headers=headers).status_code)
+            raise RuntimeError("the commit failed")
+
+    with pytest.raises(RuntimeError):
+        failing_commit()
+    assert late == [404]
+    assert api.client.get(f"/v1/uploads/{session['id']}", headers=pusher).is_success
+    missing = api.client.post(f"/v1/uploads/{session['id']}/commit", headers=pusher)
+    assert missing.status_code == 400 and "not received yet" in missing.text
+    assert api.client.delete(f"/v1/uploads/{session['id']}", headers=pusher).status_code == 204
+    assert api.client.delete(f"/v1/uploads/{session['id']}", headers=pusher).status_code == 404
+    assert (uploads.root / "stray.txt").exists() and (uploads.root / "notes").is_dir()

@@ -123,6 +123,34 @@ def test_unwrap_spike_is_judged_against_the_tokens_baseline() -> None:
     assert fresh.note_unwraps("new", 1, now=2.0) == "unwrap-spike"
 
 
+def test_a_baseline_fades_while_a_token_is_idle() -> None:
+    """A busy token gone quiet for long (20 windows or 100) is judged afresh: its old baseline
+    must not hide a burst from a token stolen while it was idle."""
+    for idle in (25, 100):
+        watch = _watch(signal_unwraps=500, signal_unwrap_factor=10.0)
+        for window in range(10):
+            assert watch.note_unwraps("fleet", 400, now=window * WINDOW + 1) is None
+        # Busy as usual, 3000 would be below 10 x its baseline of 400.
+        assert watch.note_unwraps("fleet", 3000, now=10 * WINDOW + 1) is None
+        later = (10 + idle) * WINDOW + 1
+        assert watch.note_unwraps("fleet", 3000, now=later) == "unwrap-spike", idle
+
+
+def test_many_reads_in_a_window_stay_cheap() -> None:
+    """note_read runs on every ciphertext range: its cost must not grow with the window."""
+    watch = _watch(signal_distinct_models=5)
+    for i in range(100_000):
+        watch.note_read("fleet", f"org/m{i % 3}", now=i * 0.001)
+    assert dict(watch._model_counts["fleet"]) == {
+        "org/m0": 33_334,
+        "org/m1": 33_333,
+        "org/m2": 33_333,
+    }
+    assert watch.note_read("fleet", "org/m4", now=100.0) is None
+    late = [watch.note_read("fleet", f"org/n{i}", now=WINDOW + 200 + i) for i in range(7)]
+    assert late.count("many-models") == 1 and watch._model_counts["fleet"]["org/m0"] == 0
+
+
 def test_rate_limiter_refills_at_its_rate() -> None:
     limiter = RateLimiter(1000.0, 2)
     limiter.check("a")

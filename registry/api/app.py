@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 from litestar import Litestar, Request, Response, delete, get, post, put
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, InternalServerException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -156,6 +156,8 @@ def _enter(
     role: str,
     *,
     model: str | None = None,
+    ref: str | None = None,
+    everything: bool = False,
     transfer: bool = False,
 ) -> tuple[Registry, TokenRecord]:
     """Authenticate the request's token, rate-limit it, check its role and model scope, and
@@ -176,8 +178,16 @@ def _enter(
         raise PermissionDeniedError(
             f"the {token.role} role may not do this", hint=f"it needs the {role} role"
         )
-    if model is not None:
-        _check_scope(token, model)
+    # The reference is parsed only now: an unauthenticated caller learns nothing, not even
+    # whether its reference was well formed.
+    for name in (model, None if ref is None else _model_of(ref)):
+        if name is not None:
+            _check_scope(token, name)
+    if everything and "*" not in token.models:
+        raise PermissionDeniedError(
+            "this acts on every model: it needs a token for all of them",
+            hint="a token created with --models '*'",
+        )
     return state.registry.acting_as(token), token
 
 
@@ -364,7 +374,7 @@ def list_versions(
 @get("/v1/version", sync_to_thread=True, tags=["models"])
 def show_version(request: Request[Any, Any, Any], ref: FromQuery[str]) -> dict[str, Any]:
     """One version and its verified manifest (signature and digest checked by the server)."""
-    view, token = _enter(request, READER, model=_model_of(ref))
+    view, token = _enter(request, READER, ref=ref)
     details = view.show(ref)
     _note_read(request, token, details.version.name)
     manifest = details.manifest
@@ -377,7 +387,7 @@ def download(
 ) -> Response[bytes]:
     """A byte range of the sealed ciphertext of one file of a version (or, without `path`, of
     its manifest): `Range: bytes=START-END`. Decrypt with the key broker's data key."""
-    view, token = _enter(request, READER, model=_model_of(ref), transfer=True)
+    view, token = _enter(request, READER, ref=ref, transfer=True)
     version = view.resolve(ref)
     if path is None:
         kind, digest = MANIFEST, version.digest
@@ -411,10 +421,16 @@ class VerifyRequest:
 @post("/v1/verify", sync_to_thread=True, tags=["models"], status_code=200)
 def verify(request: Request[Any, Any, Any], data: JSONBody[VerifyRequest]) -> dict[str, Any]:
     """Check a version's objects in the stores (with `read_data`: decrypt and re-hash them)."""
-    view, _token = _enter(request, READER, model=_model_of(data.ref))
+    view, _token = _enter(request, READER, ref=data.ref)
     report = view.verify(data.ref, read_data=data.read_data)
     if not report.ok:
         _state(request).metrics.integrity_failures.inc(len(report.problems))
+        _security_event(
+            request,
+            "integrity-failure",
+            f"{report.version.ref}: "
+            + "; ".join(f"{p.path}: {p.problem}" for p in report.problems),
+        )
     return {
         "version": _version(report.version),
         "read_data": report.read_data,
@@ -430,7 +446,7 @@ def key_broker(request: Request[Any, Any, Any], data: JSONBody[KeysRequest]) -> 
     """The key broker: the data keys of a version's files and manifest, for a token allowed to
     read the model. Rate-limited per token and audited, so serving nodes never hold the
     key-encryption key or KMS rights."""
-    view, token = _enter(request, READER, model=_model_of(data.ref))
+    view, token = _enter(request, READER, ref=data.ref)
     state = _state(request)
     state.broker_limiter.check(token.id)
     version = view.resolve(data.ref)
@@ -542,13 +558,18 @@ async def upload_part(
             status_code=413,
             detail=f"part {part} of file {index} has {expected} bytes, not {declared}",
         )
-    body = await request.body()
+    try:
+        body = await request.body()
+    except InternalServerException as error:
+        # Litestar's word for a client that went away mid-body: there is no one to answer.
+        raise InvalidInputError(f"part not received whole: {error.detail}") from None
     digest = request.headers.get("x-part-digest", "")
     try:
         await anyio.to_thread.run_sync(state.uploads.put_part, session, index, part, body, digest)
     except InvalidInputError as error:
         if "digest mismatch" in str(error):
             state.metrics.integrity_failures.inc()
+            _security_event(request, "integrity-failure", str(error))
         raise
     state.metrics.bytes_in.inc(len(body))
 
@@ -561,14 +582,16 @@ def commit_upload(request: Request[Any, Any, Any], session_id: FromPath[str]) ->
     state = _state(request)
     session = state.uploads.get(session_id, owner=token.id)
     _check_scope(token, session.model)
-    try:
-        folder, digests = state.uploads.assemble(session)
-    except InvalidInputError as error:
-        if "another digest" in str(error):
-            state.metrics.integrity_failures.inc()
-        raise
-    result = view.push(session.model, folder, message=session.message, digests=digests)
-    state.uploads.discard(session)
+    with state.uploads.claimed(session) as claimed:
+        try:
+            folder, digests = state.uploads.assemble(claimed)
+        except InvalidInputError as error:
+            if "another digest" in str(error):
+                state.metrics.integrity_failures.inc()
+                _security_event(request, "integrity-failure", str(error))
+            raise
+        result = view.push(claimed.model, folder, message=claimed.message, digests=digests)
+        state.uploads.discard(claimed)
     state.metrics.pushed.inc(result.version.total_size)
     return {
         **_version(result.version),
@@ -584,7 +607,8 @@ def abandon_upload(request: Request[Any, Any, Any], session_id: FromPath[str]) -
     """Discard a session and what it received."""
     _view, token = _enter(request, PUSHER)
     state = _state(request)
-    state.uploads.discard(state.uploads.get(session_id, owner=token.id))
+    with state.uploads.claimed(state.uploads.get(session_id, owner=token.id)) as claimed:
+        state.uploads.discard(claimed)
 
 
 # -- aliases -------------------------------------------------------------------------------------
@@ -593,7 +617,7 @@ def abandon_upload(request: Request[Any, Any, Any], session_id: FromPath[str]) -
 @post("/v1/aliases/promote", sync_to_thread=True, tags=["aliases"], status_code=200)
 def promote(request: Request[Any, Any, Any], data: JSONBody[PromoteRequest]) -> dict[str, Any]:
     """Point an alias at a version (a protected alias needs the promoter role)."""
-    view, _token = _enter(request, PUSHER, model=_model_of(data.ref))
+    view, _token = _enter(request, PUSHER, ref=data.ref)
     change = view.promote(data.ref, data.alias, reason=data.reason)
     return {
         **_alias(change.alias),
@@ -607,7 +631,9 @@ def promote(request: Request[Any, Any, Any], data: JSONBody[PromoteRequest]) -> 
 @post("/v1/aliases/rollback", sync_to_thread=True, tags=["aliases"], status_code=200)
 def rollback(request: Request[Any, Any, Any], data: JSONBody[RollbackRequest]) -> dict[str, Any]:
     """Move an alias back (to the version before, or to `to`)."""
-    view, _token = _enter(request, PUSHER, model=data.model)
+    view, token = _enter(request, PUSHER, model=data.model)
+    if data.to is not None:
+        _check_scope(token, _model_of(data.to))
     change = view.rollback(data.model, data.alias, to=data.to, reason=data.reason)
     return {
         **_alias(change.alias),
@@ -673,7 +699,7 @@ def set_retention(
     request: Request[Any, Any, Any], data: JSONBody[RetentionRequest]
 ) -> dict[str, Any]:
     """Replace a model's policy (`model` null: the registry default)."""
-    view, _token = _enter(request, ADMIN, model=data.model)
+    view, _token = _enter(request, ADMIN, model=data.model, everything=data.model is None)
     policy = view.set_retention(
         data.model,
         keep_last=data.keep_last,
@@ -710,7 +736,7 @@ def holds(request: Request[Any, Any, Any]) -> list[dict[str, Any]]:
 @post("/v1/holds", sync_to_thread=True, tags=["lifecycle"], status_code=200)
 def set_hold(request: Request[Any, Any, Any], data: JSONBody[HoldRequest]) -> dict[str, Any]:
     """Place a legal hold (admin)."""
-    view, _token = _enter(request, ADMIN, model=_model_of(data.ref))
+    view, _token = _enter(request, ADMIN, ref=data.ref)
     result = view.hold(data.ref, reason=data.reason)
     return {
         **_hold(result.hold),
@@ -723,7 +749,7 @@ def set_hold(request: Request[Any, Any, Any], data: JSONBody[HoldRequest]) -> di
 @post("/v1/holds/release", sync_to_thread=True, tags=["lifecycle"], status_code=200)
 def release_hold(request: Request[Any, Any, Any], data: JSONBody[HoldRequest]) -> dict[str, Any]:
     """Release a legal hold (admin)."""
-    view, _token = _enter(request, ADMIN, model=_model_of(data.ref))
+    view, _token = _enter(request, ADMIN, ref=data.ref)
     result = view.release_hold(data.ref, reason=data.reason)
     return {
         **_hold(result.hold),
@@ -735,8 +761,9 @@ def release_hold(request: Request[Any, Any, Any], data: JSONBody[HoldRequest]) -
 
 @post("/v1/gc", sync_to_thread=True, tags=["lifecycle"], status_code=200)
 def gc(request: Request[Any, Any, Any], data: JSONBody[GcRequest]) -> dict[str, Any]:
-    """Expire, extend locks and sweep (admin; `dry_run` defaults to true)."""
-    view, _token = _enter(request, ADMIN)
+    """Expire, extend locks and sweep (admin, with a token for every model; `dry_run`
+    defaults to true)."""
+    view, _token = _enter(request, ADMIN, everything=True)
     return view.gc(dry_run=data.dry_run, grace=data.grace).to_dict()
 
 
@@ -745,7 +772,7 @@ def delete_version(
     request: Request[Any, Any, Any], data: JSONBody[DeleteRequest]
 ) -> dict[str, Any]:
     """Delete one version outside the policy (admin; refused while anything keeps it)."""
-    view, _token = _enter(request, ADMIN, model=_model_of(data.ref))
+    view, _token = _enter(request, ADMIN, ref=data.ref)
     return _version(view.delete(data.ref, reason=data.reason))
 
 
@@ -756,8 +783,8 @@ def audit(
     since: FromQuery[str | None] = None,
     limit: FromQuery[int] = 100,
 ) -> list[dict[str, Any]]:
-    """The audit trail, newest first (admin)."""
-    view, _token = _enter(request, ADMIN)
+    """The audit trail, newest first (admin; without `model`, a token for every model)."""
+    view, _token = _enter(request, ADMIN, model=model, everything=model is None)
     return [
         {
             "id": e.id,
@@ -773,8 +800,8 @@ def audit(
 
 @get("/v1/audit/verify", sync_to_thread=True, tags=["audit"])
 def audit_verify(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """Walk the audit hash chain (admin)."""
-    view, _token = _enter(request, ADMIN)
+    """Walk the audit hash chain (admin, with a token for every model)."""
+    view, _token = _enter(request, ADMIN, everything=True)
     result = view.verify_audit()
     return {
         "ok": result.ok,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass
 
 from registry.config import ApiSettings
@@ -60,6 +60,8 @@ class Watch:
         self.settings = settings
         self._lock = threading.Lock()
         self._models: dict[str, deque[tuple[float, str]]] = defaultdict(deque)
+        # Per token, how many reads of each model the deque holds (a read is O(1), not O(window)).
+        self._model_counts: dict[str, Counter[str]] = defaultdict(Counter)
         self._refusals: dict[str, deque[float]] = defaultdict(deque)
         self._unwraps: dict[str, _UnwrapWindow] = {}
         self._raised: dict[tuple[str, str], float] = {}
@@ -72,17 +74,24 @@ class Watch:
         last = self._raised.get((kind, key))
         if last is not None and now - last < self.window:
             return None
+        if len(self._raised) > 10_000:
+            # Forget signals older than a window: they no longer silence anything.
+            self._raised = {k: t for k, t in self._raised.items() if now - t < self.window}
         self._raised[(kind, key)] = now
         return kind
 
     def note_read(self, token: str, model: str, *, now: float | None = None) -> str | None:
         now = time.monotonic() if now is None else now
         with self._lock:
-            seen = self._models[token]
+            seen, counts = self._models[token], self._model_counts[token]
             seen.append((now, model))
+            counts[model] += 1
             while seen and now - seen[0][0] > self.window:
-                seen.popleft()
-            if len({m for _t, m in seen}) > self.settings.signal_distinct_models:
+                _t, old = seen.popleft()
+                counts[old] -= 1
+                if not counts[old]:
+                    del counts[old]
+            if len(counts) > self.settings.signal_distinct_models:
                 return self._once("many-models", token, now)
         return None
 
@@ -93,6 +102,10 @@ class Watch:
             times.append(now)
             while times and now - times[0] > self.window:
                 times.popleft()
+            if len(self._refusals) > 10_000:
+                # Addresses whose refusals all aged out are forgotten (bounded memory).
+                for address in [a for a, t in self._refusals.items() if not t]:
+                    del self._refusals[address]
             if len(times) > self.settings.signal_refusals:
                 return self._once("repeated-refusals", client, now)
         return None
@@ -106,7 +119,8 @@ class Watch:
                 w.baseline = w.count if w.baseline is None else 0.7 * w.baseline + 0.3 * w.count
                 w.start, w.count = w.start + self.window, 0.0
                 if now - w.start >= 20 * self.window:
-                    w.start = now  # idle for long: the baseline has decayed to ~0 anyway
+                    # Idle for long: 20 empty windows more would bring the baseline to ~0.
+                    w.start, w.baseline = now, 0.0
             w.count += count
             limit = max(
                 float(self.settings.signal_unwraps),

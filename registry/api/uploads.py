@@ -14,12 +14,16 @@ Plaintext stays only in the staging directory (0700), never in a store.
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +38,9 @@ SESSION_TTL = 24 * 3600.0  # default seconds of inactivity before a session is d
 MAX_FILES = 10_000
 MAX_FILE_SIZE = 1 << 40
 _DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
+_EMPTY = "blake3:" + blake3.blake3(b"").hexdigest()
+_STATE = "session.json"
+_LOCK = "lock"
 _SESSION = re.compile(r"[0-9a-f]{32}")
 
 
@@ -97,25 +104,42 @@ class Uploads:
                 raise InvalidInputError(f"{entry.path}: size must be 0..{MAX_FILE_SIZE}")
             if not _DIGEST.fullmatch(entry.digest):
                 raise InvalidInputError(f"{entry.path}: digest must be blake3:<64 hex>")
+            if entry.size == 0 and entry.digest != _EMPTY:
+                raise InvalidInputError(f"{entry.path}: an empty file's digest is {_EMPTY}")
+        for path in seen:
+            parts = path.split("/")
+            for depth in range(1, len(parts)):
+                if "/".join(parts[:depth]) in seen:
+                    raise InvalidInputError(
+                        f"{'/'.join(parts[:depth])} is listed as a file and as the folder of {path}"
+                    )
         self.expire()
         session_id = uuid.uuid4().hex
         root = self.root / session_id
         root.mkdir(parents=True, mode=0o700)
-        session = Session(session_id, model, message, owner, tuple(files), root, self.part_size)
-        session.data.mkdir(mode=0o700)
-        for entry in files:
-            target = session.data / entry.path
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            with open(target, "wb") as handle:
-                handle.truncate(entry.size)
-        state = {
-            "model": model,
-            "message": message,
-            "owner": owner,
-            "part_size": self.part_size,
-            "files": [[f.path, f.size, f.digest] for f in files],
-        }
-        (root / "session.json").write_text(json.dumps(state))
+        try:
+            session = Session(session_id, model, message, owner, tuple(files), root, self.part_size)
+            session.data.mkdir(mode=0o700)
+            for entry in files:
+                target = session.data / entry.path
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                with open(target, "wb") as handle:
+                    handle.truncate(entry.size)
+            (root / _LOCK).touch(mode=0o600)
+            state = {
+                "model": model,
+                "message": message,
+                "owner": owner,
+                "part_size": self.part_size,
+                "files": [[f.path, f.size, f.digest] for f in files],
+            }
+            # Written last: a session exists for `get` only once it is complete.
+            pending = root / "session.json.pending"
+            pending.write_text(json.dumps(state))
+            os.replace(pending, root / _STATE)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
         return session
 
     def get(self, session_id: str, *, owner: str) -> Session:
@@ -144,7 +168,9 @@ class Uploads:
         return entry.part_length(part, session.part_size)
 
     def put_part(self, session: Session, index: int, part: int, data: bytes, digest: str) -> None:
-        """Write one part after checking its length and BLAKE3 digest."""
+        """Write one part after checking its length and BLAKE3 digest. Parts are written under
+        a shared lock of the session, which a commit or an abandon takes exclusively after
+        moving the session away: no part lands in a session being committed."""
         expected = self.part_length(session, index, part)
         entry = session.files[index]
         if len(data) != expected:
@@ -158,18 +184,39 @@ class Uploads:
                 f"received bytes hash to {actual[:20]}...)",
                 hint="send the part again",
             )
-        fd = os.open(session.data / entry.path, os.O_WRONLY)
+        with _locked(session, fcntl.LOCK_SH):
+            fd = os.open(session.data / entry.path, os.O_WRONLY)
+            try:
+                view = memoryview(data)
+                offset = part * session.part_size
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
+            finally:
+                os.close(fd)
+            marker = session.root / "received" / str(index)
+            marker.mkdir(parents=True, exist_ok=True)
+            (marker / str(part)).write_text(actual)
+
+    @contextmanager
+    def claimed(self, session: Session) -> Iterator[Session]:
+        """The session moved aside (so that no new part reaches it and no second commit or
+        abandon finds it) and locked once the parts being written have landed. It is put back
+        if the block fails (the client may send what is missing and commit again), and must be
+        discarded by the block when it succeeds."""
+        aside = session.root.with_name(f"{session.id}.claimed.{uuid.uuid4().hex[:8]}")
         try:
-            view = memoryview(data)
-            offset = part * session.part_size
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-        finally:
-            os.close(fd)
-        marker = session.root / "received" / str(index)
-        marker.mkdir(parents=True, exist_ok=True)
-        (marker / str(part)).write_text(actual)
+            os.rename(session.root, aside)
+        except FileNotFoundError:
+            raise NotFoundError(f"no upload session {session.id}") from None
+        moved = dataclasses.replace(session, root=aside)
+        try:
+            with _locked(moved, fcntl.LOCK_EX, check=False):
+                yield moved
+        except BaseException:
+            if aside.exists():
+                os.rename(aside, session.root)
+            raise
 
     def assemble(self, session: Session) -> tuple[Path, dict[str, str]]:
         """The directory of complete files and their digests, each part checked against the
@@ -192,8 +239,12 @@ class Uploads:
                 for part in range(entry.parts(session.part_size)):
                     data = handle.read(entry.part_length(part, session.part_size))
                     marker = session.root / "received" / str(index) / str(part)
-                    if marker.read_text() != "blake3:" + blake3.blake3(data).hexdigest():
-                        marker.unlink()
+                    try:
+                        recorded = marker.read_text()
+                    except FileNotFoundError:
+                        recorded = ""
+                    if recorded != "blake3:" + blake3.blake3(data).hexdigest():
+                        marker.unlink(missing_ok=True)
                         lost.append(part)
             if lost:
                 raise InvalidInputError(
@@ -210,18 +261,46 @@ class Uploads:
         shutil.rmtree(session.root, ignore_errors=True)
 
     def expire(self, *, now: float | None = None) -> int:
-        """Discard sessions idle for longer than the TTL; returns how many."""
+        """Discard sessions idle for longer than the TTL (and what a crashed commit left);
+        returns how many. Anything else in the directory is left alone."""
         moment = time.time() if now is None else now
         removed = 0
         if not self.root.is_dir():
             return 0
         for root in self.root.iterdir():
-            state = root / "session.json"
+            if not _SESSION.fullmatch(root.name.split(".")[0]):
+                continue
             try:
-                idle = moment - state.stat().st_mtime
-            except FileNotFoundError:
-                idle = moment - root.stat().st_mtime
-            if idle > self.ttl:
-                shutil.rmtree(root, ignore_errors=True)
-                removed += 1
+                if not root.is_dir() or root.is_symlink():
+                    continue
+                try:
+                    idle = moment - (root / _STATE).stat().st_mtime
+                except FileNotFoundError:
+                    idle = moment - root.stat().st_mtime
+                if idle <= self.ttl:
+                    continue
+                # Moved aside first: a part arriving now finds no session rather than half of one.
+                doomed = root.with_name(f"{root.name}.expired")
+                os.rename(root, doomed)
+            except OSError:
+                continue  # removed meanwhile by another process, or not ours to touch
+            shutil.rmtree(doomed, ignore_errors=True)
+            removed += 1
         return removed
+
+
+@contextmanager
+def _locked(session: Session, operation: int, *, check: bool = True) -> Iterator[None]:
+    """The session's lock (shared: a part; exclusive: a commit or abandon). With `check`, the
+    session must still be where it was once the lock is held."""
+    try:
+        fd = os.open(session.root / _LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        raise NotFoundError(f"no upload session {session.id} (committed or abandoned)") from None
+    try:
+        fcntl.flock(fd, operation)
+        if check and not (session.root / _STATE).is_file():
+            raise NotFoundError(f"no upload session {session.id} (committed or abandoned)")
+        yield
+    finally:
+        os.close(fd)
