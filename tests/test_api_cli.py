@@ -132,6 +132,23 @@ def test_cli_through_the_server_matches_the_local_home(
     history = _cli("history", "org/llama", "--json", **remote)
     assert json.loads(history.stdout)[0]["moved_by"].startswith("token:ci-admin:")  # type: ignore[attr-defined]
     assert _cli("audit", "verify", **remote).exit_code == 0  # type: ignore[attr-defined]
+    hold = _cli("hold", "set", "org/llama@1", "--reason", "audit", **remote)
+    assert hold.exit_code == 0, hold.output  # type: ignore[attr-defined]
+    # The text a person reads is the same too (the server serves this very home).
+    for args in (
+        ["ls"],
+        ["ls", "org/llama"],
+        ["show", "org/llama@1"],
+        ["history", "org/llama"],
+        ["alias", "ls", "org/llama"],
+        ["retention", "show", "org/llama"],
+        ["retention", "plan", "org/llama"],
+        ["hold", "ls"],
+        ["verify", "org/llama@1", "-q"],
+    ):
+        here, there = _cli(*args), _cli(*args, **remote)
+        assert there.exit_code == here.exit_code == 0, (args, there.output)  # type: ignore[attr-defined]
+        assert there.stdout == here.stdout, args  # type: ignore[attr-defined]
 
     # Exit codes are the same as on the local home.
     assert _cli("show", "org/none", **remote).exit_code == 4  # type: ignore[attr-defined]
