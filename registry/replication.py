@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import blake3
 
@@ -774,6 +775,10 @@ class ReplicaSet:
             on_damage=source.damaged,
         )
 
+    def source(self, kind: str, digest: str, report: ReadReport, *, what: str) -> BlobReader:
+        """Read functions over every region's copy of one object (fail-over per range)."""
+        return _FailoverSource(self, kind, digest, report, what=what)
+
     def read_ciphertext(
         self, kind: str, digest: str, offset: int, length: int, *, report: ReadReport
     ) -> bytes:
@@ -808,6 +813,16 @@ class ReplicaSet:
                 raise IntegrityError(f"{what}: implausibly large (over {MAX_SMALL_OBJECT} bytes)")
             parts.append(bytes(chunk))
         return b"".join(parts)
+
+
+class BlobReader(Protocol):
+    """Sealed bytes of one stored object, with fail-over between regions."""
+
+    def read_into(self, offset: int, buffer: memoryview, /) -> int: ...
+
+    def damaged(self, offset: int, error: IntegrityError, /) -> bool: ...
+
+    def regions_used(self) -> list[str]: ...
 
 
 class _FailoverSource:
@@ -890,6 +905,12 @@ class _FailoverSource:
         )
         assert isinstance(result, int)
         return result
+
+    def regions_used(self) -> list[str]:
+        """The regions that served the ranges read so far, in read preference order."""
+        with self._lock:
+            served = set(self._served.values())
+        return [self.regions[i].name for i in sorted(served)]
 
     def damaged(self, offset: int, error: IntegrityError) -> bool:
         """A range failed authentication: blame the region that served it and try the next."""

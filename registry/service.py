@@ -102,7 +102,16 @@ from registry.refs import (
     validate_alias,
     validate_name,
 )
-from registry.replication import BAD, PENDING, VERIFIED, ReadReport, Region, ReplicaSet, Replicated
+from registry.replication import (
+    BAD,
+    PENDING,
+    VERIFIED,
+    BlobReader,
+    ReadReport,
+    Region,
+    ReplicaSet,
+    Replicated,
+)
 from registry.retention import (
     Decision,
     Policy,
@@ -1812,6 +1821,36 @@ class Registry:
             kind, digest, 0, sealed.HEADER_SIZE, report=ReadReport()
         )
         return sealed.SealedHeader.unpack(head, what=f"{kind} {digest}").sealed_size
+
+    def blob_key(self, version: VersionRecord, digest: str) -> bytes:
+        """The data key of one of a version's files, unwrapped (counted)."""
+        if all(f.digest != digest for f in version.files):
+            raise NotFoundError(f"{version.ref} has no file with digest {digest}")
+        key, _slots = self.replicas.unwrap_any(
+            BLOB,
+            digest,
+            known=self.catalog.key_slots(digest, BLOB),
+            what=f"{version.ref}: {digest}",
+        )
+        return key
+
+    def blob_reader(self, digest: str, report: ReadReport, *, what: str) -> BlobReader:
+        """Sealed bytes of a stored file: each range from the first region that serves it, a
+        damaged range read again from the next (what the loader reads through)."""
+        return self.replicas.source(BLOB, digest, report, what=what)
+
+    def record_load(
+        self, version: VersionRecord, details: dict[str, Any], report: ReadReport
+    ) -> None:
+        """Audit a load by the loader (like a pull: who read which version), and record the
+        copies it found damaged or missing (for `regions status` and `replicate --repair`)."""
+        self._record_bad_copies(report)
+        self.catalog.audit(
+            self.actor,
+            "load",
+            version.name,
+            {"version": version.number, **details, "bad_copies": _bad_copies(report)},
+        )
 
     def data_keys(self, version: VersionRecord) -> dict[tuple[str, str], bytes]:
         """The data keys of a version's manifest and files, unwrapped (the key broker's

@@ -49,5 +49,13 @@ for shard in sorted(Path("$root/pulled").glob("*.safetensors")):
 params = sum(t.numel() for t in tensors.values())
 print(f"loaded {len(tensors)} tensors, {params:,} parameters, dtypes {sorted({str(t.dtype) for t in tensors.values()})}")
 PY
+printf '\n\033[1m$ load production straight from the registry (decrypted and verified in memory)\033[0m\n'
+python - <<PY
+from registry import loader
+state = loader.load("demo/llama:production")
+stats = state.stats
+print(f"loaded {stats.tensors} tensors of {state.version.ref} ({state.version.digest[:19]}...): "
+      f"{stats.bytes / 2**20:.0f} MiB in {stats.seconds:.2f} s, {len(stats.verified_files)} files verified")
+PY
 echo
 echo "demo done: the registry lives in $MODEL_REGISTRY_HOME (keys in $MODEL_REGISTRY_HOME/keys)"

@@ -1,0 +1,43 @@
+"""The loader serving code imports: a version's safetensors shards straight into CPU or GPU
+memory, decrypted and verified on the way.
+
+    from registry import loader
+
+    state = loader.load("team/llama:production", device="cuda:0")
+    state.version.digest        # which version this is (tag responses and caches with it)
+    state.stats.throughput      # bytes per second, and more in LoadStats
+
+    with loader.open("team/llama@7") as model:            # like safetensors.safe_open
+        shard = model.get_slice("lm_head.weight")[0:4096]  # reads only the chunks it needs
+
+`load`, `open`, `load_into` and `iter_tensors` read from the local home, or from a registry
+server when MODEL_REGISTRY_URL is set (or `registry=` is a `RemoteRegistry`); docs/loader.md
+says what each verifies. torch is imported only when tensors are made (`framework="numpy"`
+needs numpy only).
+"""
+
+from registry.loader.api import (
+    LoadedModel,
+    LoadStats,
+    ModelReader,
+    TensorSlice,
+    TensorStream,
+    iter_tensors,
+    load,
+    load_into,
+    open,
+)
+from registry.loader.cache import Cache
+
+__all__ = [
+    "Cache",
+    "LoadStats",
+    "LoadedModel",
+    "ModelReader",
+    "TensorSlice",
+    "TensorStream",
+    "iter_tensors",
+    "load",
+    "load_into",
+    "open",
+]

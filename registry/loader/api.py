@@ -1,0 +1,746 @@
+"""The loader's public calls: `load`, `open` (a safe_open-like reader with `get_slice`),
+`load_into` and `iter_tensors`, over one pipeline (registry.loader.engine) per call.
+
+What is verified: a file loaded whole has every chunk authenticated (AES-GCM) and its BLAKE3
+checked in the same pass; `load` returns nothing unless every file matched. A tensor read on
+its own (`open(...).get_tensor`, `get_slice`, `load(tensors=...)` taking part of a file) reads
+only the chunks holding it: each is authenticated, but the whole-file digest cannot be checked
+without the whole file; `LoadStats` lists which files were checked which way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from registry.catalog.repository import VersionRecord
+from registry.client import RemoteRegistry
+from registry.errors import InvalidInputError, NotFoundError
+from registry.loader.cache import Cache, CachedReader
+from registry.loader.engine import (
+    DEFAULT_CHUNKS_PER_READ,
+    Counters,
+    Pipeline,
+    SealedFile,
+    StagingRing,
+)
+from registry.loader.sources import FileReader, ModelSource, Resolved, open_source
+from registry.loader.tensors import (
+    CudaTarget,
+    check_framework,
+    empty_bytes,
+    numel,
+    row_span,
+    tensor_from,
+    tensor_from_span,
+)
+from registry.manifest import ManifestFile
+from registry.safetensors_header import SafetensorsHeader, TensorEntry
+from registry.service import Registry
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_STAGING_BYTES = 512 * 1024 * 1024
+GPU_SLOT_BYTES = 16 * 1024 * 1024
+VERIFY_MODES = ("full", "aead")
+
+Selection = Iterable[str] | Callable[[str], bool] | None
+
+
+def default_workers() -> int:
+    """Decryption threads: one per core, 2 to 8 (hashing runs beside them)."""
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+@dataclass
+class LoadStats:
+    """What a load did."""
+
+    ref: str
+    digest: str
+    device: str
+    framework: str
+    files: int = 0
+    tensors: int = 0
+    bytes: int = 0  # plaintext bytes decrypted
+    sealed_bytes: int = 0  # sealed bytes read
+    reads: int = 0  # range reads
+    retries: int = 0  # ranges read again from another copy after failing authentication
+    seconds: float = 0.0
+    time_to_first_tensor: float | None = None
+    regions: tuple[str, ...] = ()
+    verified_files: tuple[str, ...] = ()  # every chunk authenticated and the BLAKE3 checked
+    authenticated_files: tuple[str, ...] = ()  # partly read: the chunks read authenticated
+    cache_hits: int = 0
+    staging_bytes: int = 0  # pinned host memory of a GPU load
+
+    @property
+    def throughput(self) -> float:
+        """Plaintext bytes per second."""
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+class LoadedModel(dict[str, Any]):
+    """Tensors by name, with the version they came from (`version.ref`, `version.digest`), the
+    safetensors metadata of the files and the LoadStats."""
+
+    version: VersionRecord
+    stats: LoadStats
+    metadata: dict[str, str]
+
+
+@dataclass
+class _Options:
+    device: str = "cpu"
+    dtype: Any = None
+    framework: str = "pt"
+    workers: int | None = None
+    chunks_per_read: int = DEFAULT_CHUNKS_PER_READ
+    staging_bytes: int = DEFAULT_STAGING_BYTES
+    verify: str = "full"
+    progress: bool = False
+    on_progress: Callable[[int, int], None] | None = None
+    cache: Cache | bool | None = True
+
+    def check(self) -> None:
+        check_framework(self.framework)
+        if self.verify not in VERIFY_MODES:
+            raise InvalidInputError(f"verify must be one of {VERIFY_MODES}, not {self.verify!r}")
+        if self.framework == "numpy" and (self.device != "cpu" or self.dtype is not None):
+            raise InvalidInputError("framework='numpy' loads on the CPU, without dtype=")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise InvalidInputError(f"unknown device {self.device!r}", hint="cpu, cuda or cuda:N")
+        if self.workers is not None and not 1 <= self.workers <= 64:
+            raise InvalidInputError("workers must be 1 to 64")
+        if not 1 <= self.chunks_per_read <= 64:
+            raise InvalidInputError("chunks_per_read must be 1 to 64")
+        if self.staging_bytes < 2 * GPU_SLOT_BYTES:
+            raise InvalidInputError(f"staging_bytes must be at least {2 * GPU_SLOT_BYTES}")
+
+
+@dataclass
+class _Located:
+    file: ManifestFile
+    header: SafetensorsHeader
+    tensor: TensorEntry
+
+
+@dataclass
+class _Job:
+    """One call's state: the source, the resolved version, the pipeline and the statistics."""
+
+    source: ModelSource
+    resolved: Resolved
+    options: _Options
+    pipeline: Pipeline
+    counters: Counters = field(default_factory=Counters)
+    started: float = field(default_factory=time.perf_counter)
+    tensors: dict[str, _Located] = field(default_factory=dict)
+    verified: list[str] = field(default_factory=list)
+    authenticated: list[str] = field(default_factory=list)
+    regions: set[str] = field(default_factory=set)
+    cache_hits: int = 0
+    plaintext: int = 0
+    first_tensor: float | None = None
+    cuda: CudaTarget | None = None
+    bar: Any = None
+    total: int = 0
+    done: int = 0
+
+    @classmethod
+    def start(cls, ref: str, registry: Registry | RemoteRegistry | None, options: _Options) -> _Job:
+        options.check()
+        if options.framework == "pt":
+            import torch  # noqa: F401 - imported before the clock starts: a second, once
+
+        source = open_source(registry, cache=options.cache)
+        try:
+            resolved = source.resolve(ref)
+            job = cls(
+                source,
+                resolved,
+                options,
+                Pipeline(
+                    workers=options.workers or default_workers(),
+                    chunks_per_read=options.chunks_per_read,
+                ),
+            )
+        except BaseException:
+            source.close()
+            raise
+        for entry in resolved.manifest.files:
+            if entry.safetensors is None:
+                continue
+            for tensor in entry.safetensors.tensors:
+                if tensor.name in job.tensors:
+                    raise InvalidInputError(
+                        f"{resolved.version.ref}: tensor {tensor.name!r} is in "
+                        f"{job.tensors[tensor.name].file.path} and {entry.path}"
+                    )
+                job.tensors[tensor.name] = _Located(entry, entry.safetensors, tensor)
+        return job
+
+    @property
+    def version(self) -> VersionRecord:
+        return self.resolved.version
+
+    def close(self) -> None:
+        try:
+            self.pipeline.close()
+            if self.bar is not None:
+                self.bar.stop()
+        finally:
+            self.source.close()
+
+    def select(self, tensors: Selection) -> dict[str, list[_Located]]:
+        """The tensors asked for, by file path (in manifest order)."""
+        if tensors is None:
+            chosen = list(self.tensors.values())
+        elif callable(tensors):
+            chosen = [located for name, located in self.tensors.items() if tensors(name)]
+        else:
+            names = [tensors] if isinstance(tensors, str) else list(tensors)
+            missing = [name for name in names if name not in self.tensors]
+            if missing:
+                raise NotFoundError(
+                    f"{self.version.ref} has no tensor {missing[0]!r}"
+                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                )
+            chosen = [self.tensors[name] for name in dict.fromkeys(names)]
+        by_file: dict[str, list[_Located]] = {}
+        for located in chosen:
+            by_file.setdefault(located.file.path, []).append(located)
+        order = [e.path for e in self.resolved.manifest.files]
+        return {path: by_file[path] for path in order if path in by_file}
+
+    # -- progress ---------------------------------------------------------------------------
+
+    def begin(self, total: int) -> None:
+        self.total = total
+        if self.options.progress:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=Console(file=sys.stderr),
+                transient=True,
+            )
+            self.bar.start()
+            self._task = self.bar.add_task(f"loading {self.version.ref}", total=total)
+
+    def advance(self, amount: int) -> None:
+        self.done += amount
+        if self.bar is not None:
+            self.bar.update(self._task, advance=amount)
+        if self.options.on_progress is not None:
+            self.options.on_progress(self.done, self.total)
+
+    def first(self) -> None:
+        if self.first_tensor is None:
+            self.first_tensor = time.perf_counter() - self.started
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def open_file(self, entry: ManifestFile) -> tuple[SealedFile, FileReader]:
+        reader = self.source.reader(self.resolved, entry)
+        what = f"{self.version.ref}: {entry.path}"
+        key = self.source.data_key(self.resolved, entry)
+        return SealedFile(
+            reader, key, entry.digest, entry.size, what=what, counters=self.counters
+        ), reader
+
+    def _finish_reader(self, reader: FileReader, sealed: SealedFile | None) -> None:
+        self.regions.update(reader.regions_used())
+        if isinstance(reader, CachedReader):
+            if reader.hit:
+                self.cache_hits += 1
+            if sealed is not None:
+                reader.verified(sealed.header.sealed_size)
+            reader.close()
+
+    def adapt(self, tensor: Any) -> Any:
+        """dtype= on floating tensors, then the device (partial reads decrypt on the CPU)."""
+        if self.options.framework != "pt":
+            return tensor
+        dtype = self.options.dtype
+        if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+        if str(tensor.device) != self.options.device and self.options.device != "cpu":
+            tensor = tensor.to(self.options.device)
+        return tensor
+
+    def whole_file(self, entry: ManifestFile, wanted: list[_Located]) -> Iterator[tuple[str, Any]]:
+        """Every tensor of a file read whole: yielded once its bytes are authenticated (on a
+        GPU, once the file is on the device); the file's digest is checked after the last."""
+        header = entry.safetensors
+        assert header is not None
+        sealed, reader = self.open_file(entry)
+        verify = self.options.verify == "full"
+        try:
+            if self.options.device.startswith("cuda") and self.options.framework == "pt":
+                buffer = self._to_cuda(sealed, verify=verify)
+                for located in wanted:
+                    self.first()
+                    yield (
+                        located.tensor.name,
+                        self.adapt(tensor_from(buffer, header, located.tensor, framework="pt")),
+                    )
+            else:
+                buffer, view = self._host_buffer(entry.size)
+                order = sorted(wanted, key=lambda located: located.tensor.end)
+                position = 0
+                for done in self.pipeline.decrypt_into(
+                    sealed, view, verify=verify, on_progress=self.advance
+                ):
+                    while (
+                        position < len(order)
+                        and header.data_offset + order[position].tensor.end <= done
+                    ):
+                        self.first()
+                        tensor = order[position].tensor
+                        yield (
+                            tensor.name,
+                            self.adapt(
+                                tensor_from(
+                                    buffer, header, tensor, framework=self.options.framework
+                                )
+                            ),
+                        )
+                        position += 1
+                del view
+            self.plaintext += entry.size
+            (self.verified if verify else self.authenticated).append(entry.path)
+            self._finish_reader(reader, sealed if verify else None)
+        except BaseException:
+            self._finish_reader(reader, None)
+            raise
+
+    def _host_buffer(self, size: int) -> tuple[Any, memoryview]:
+        if self.options.framework == "numpy":
+            import numpy
+
+            array = numpy.empty(size, dtype=numpy.uint8)
+            return array, array.data
+        tensor = empty_bytes(size)
+        return tensor, tensor.numpy().data
+
+    def _to_cuda(self, sealed: SealedFile, *, verify: bool) -> torch.Tensor:
+        if self.cuda is None:
+            self.cuda = CudaTarget(
+                self.options.device,
+                staging_bytes=self.options.staging_bytes,
+                slot_size=GPU_SLOT_BYTES,
+            )
+        target = self.cuda
+        ring = StagingRing(target.views, target.slot_size, reclaim=target.reclaim)
+        target.release = ring.release
+        destination = target.allocate(sealed.size)
+        try:
+            self.pipeline.decrypt_through(
+                sealed,
+                ring,
+                lambda offset, plaintext, slot: target.deliver(
+                    destination, offset, len(plaintext), slot
+                ),
+                verify=verify,
+                on_progress=self.advance,
+            )
+        finally:
+            target.finish()
+        return destination
+
+    def one_tensor(
+        self, located: _Located, sealed: SealedFile, rows: tuple[int, int] | None = None
+    ) -> Any:
+        """One tensor (or rows first..stop-1 of its first dimension) read on its own: only the
+        chunks holding it, each authenticated."""
+        tensor = located.tensor
+        if rows is None:
+            start, end = tensor.begin, tensor.end
+            shape = tensor.shape
+        else:
+            start, end = row_span(tensor, *rows)
+            shape = (rows[1] - rows[0], *tensor.shape[1:])
+        offset = located.header.data_offset
+        covered, at = self.pipeline.decrypt_span(sealed, offset + start, offset + end)
+        self.plaintext += end - start
+        self.advance(end - start)
+        self.first()
+        return self.adapt(
+            tensor_from_span(covered, at, tensor, shape, framework=self.options.framework)
+        )
+
+    def stats(self) -> LoadStats:
+        return LoadStats(
+            ref=self.version.ref,
+            digest=self.version.digest,
+            device=self.options.device,
+            framework=self.options.framework,
+            files=len(set(self.verified) | set(self.authenticated)),
+            tensors=0,
+            bytes=self.plaintext,
+            sealed_bytes=self.counters.sealed_bytes,
+            reads=self.counters.reads,
+            retries=self.counters.retries,
+            seconds=time.perf_counter() - self.started,
+            time_to_first_tensor=self.first_tensor,
+            regions=tuple(sorted(self.regions)),
+            verified_files=tuple(self.verified),
+            authenticated_files=tuple(dict.fromkeys(self.authenticated)),
+            cache_hits=self.cache_hits,
+            staging_bytes=self.cuda.staging_bytes if self.cuda is not None else 0,
+        )
+
+    def record(self, stats: LoadStats) -> None:
+        self.source.finished(
+            self.resolved,
+            {
+                "digest": self.version.digest,
+                "files": stats.files,
+                "tensors": stats.tensors,
+                "bytes": stats.bytes,
+                "verified_files": len(stats.verified_files),
+                "device": stats.device,
+            },
+        )
+
+
+def _stream(job: _Job, tensors: Selection) -> Iterator[tuple[str, Any]]:
+    """Tensors of the selection: files wanted whole are read whole (and verified), the others
+    tensor by tensor."""
+    selected = job.select(tensors)
+    files = {entry.path: entry for entry in job.resolved.manifest.files}
+    whole = {
+        path: len(wanted) == len(files[path].safetensors.tensors)  # type: ignore[union-attr]
+        for path, wanted in selected.items()
+    }
+    job.begin(
+        sum(
+            files[path].size if whole[path] else sum(w.tensor.nbytes for w in wanted)
+            for path, wanted in selected.items()
+        )
+    )
+    for path, wanted in selected.items():
+        entry = files[path]
+        if whole[path]:
+            yield from job.whole_file(entry, wanted)
+            continue
+        sealed, reader = job.open_file(entry)
+        try:
+            for located in wanted:
+                yield located.tensor.name, job.one_tensor(located, sealed)
+        finally:
+            job._finish_reader(reader, None)
+        job.authenticated.append(path)
+
+
+def load(
+    ref: str,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    tensors: Selection = None,
+    registry: Registry | RemoteRegistry | None = None,
+    progress: bool = False,
+    framework: str = "pt",
+    workers: int | None = None,
+    chunks_per_read: int = DEFAULT_CHUNKS_PER_READ,
+    staging_bytes: int = DEFAULT_STAGING_BYTES,
+    verify: str = "full",
+    cache: Cache | bool | None = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LoadedModel:
+    """The tensors of a version (`tensors`: names, or a predicate on names; default all), on
+    `device`, decrypted and verified. Nothing is returned unless every file read whole matched
+    its digest and every chunk read authenticated."""
+    options = _Options(
+        device,
+        dtype,
+        framework,
+        workers,
+        chunks_per_read,
+        staging_bytes,
+        verify,
+        progress,
+        on_progress,
+        cache,
+    )
+    job = _Job.start(ref, registry, options)
+    try:
+        result = LoadedModel(_stream(job, tensors))
+        stats = job.stats()
+        stats.tensors = len(result)
+        job.record(stats)
+    finally:
+        job.close()
+    result.version = job.version
+    result.stats = stats
+    result.metadata = _metadata(job)
+    return result
+
+
+def _metadata(job: _Job) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for entry in job.resolved.manifest.files:
+        if entry.safetensors is not None and entry.safetensors.metadata:
+            for key, value in entry.safetensors.metadata.items():
+                merged.setdefault(key, value)
+    return merged
+
+
+class TensorStream:
+    """An iterator of (name, tensor) as they arrive; `version` is known at once, `stats` once
+    the iteration ended."""
+
+    def __init__(self, job: _Job, tensors: Selection) -> None:
+        self.version = job.version
+        self.stats: LoadStats | None = None
+        self._job = job
+        self._inner = _stream(job, tensors)
+
+    def __iter__(self) -> Iterator[tuple[str, Any]]:
+        count = 0
+        try:
+            for item in self._inner:
+                count += 1
+                yield item
+            stats = self._job.stats()
+            stats.tensors = count
+            self._job.record(stats)
+            self.stats = stats
+        finally:
+            self._job.close()
+
+
+def iter_tensors(
+    ref: str,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    tensors: Selection = None,
+    registry: Registry | RemoteRegistry | None = None,
+    progress: bool = False,
+    framework: str = "pt",
+    workers: int | None = None,
+    chunks_per_read: int = DEFAULT_CHUNKS_PER_READ,
+    staging_bytes: int = DEFAULT_STAGING_BYTES,
+    verify: str = "full",
+    cache: Cache | bool | None = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TensorStream:
+    """Tensors as soon as their bytes are authenticated, in file order (time to first tensor).
+    A file's BLAKE3 is checked when its last range arrives: an IntegrityError then ends the
+    iteration, and what it yielded of that file must be discarded."""
+    options = _Options(
+        device,
+        dtype,
+        framework,
+        workers,
+        chunks_per_read,
+        staging_bytes,
+        verify,
+        progress,
+        on_progress,
+        cache,
+    )
+    return TensorStream(_Job.start(ref, registry, options), tensors)
+
+
+@dataclass(frozen=True)
+class LoadIntoResult:
+    version: VersionRecord
+    stats: LoadStats
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def load_into(
+    module: Any,
+    ref: str,
+    *,
+    strict: bool = True,
+    registry: Registry | RemoteRegistry | None = None,
+    progress: bool = False,
+    workers: int | None = None,
+    verify: str = "full",
+    cache: Cache | bool | None = True,
+) -> LoadIntoResult:
+    """Fill a torch.nn.Module's parameters and buffers in place from a version, on the device
+    and in the dtypes the module already has. With `strict`, names must match exactly."""
+    own = module.state_dict()
+    first = next(iter(own.values()), None)
+    device = str(first.device) if first is not None else "cpu"
+    state = load(
+        ref,
+        device=device,
+        registry=registry,
+        progress=progress,
+        workers=workers,
+        verify=verify,
+        cache=cache,
+        tensors=(lambda name: name in own) if not strict else None,
+    )
+    outcome = module.load_state_dict(state, strict=strict)
+    return LoadIntoResult(
+        state.version, state.stats, list(outcome.missing_keys), list(outcome.unexpected_keys)
+    )
+
+
+class TensorSlice:
+    """`get_slice(name)`: shape and dtype at once, rows read on indexing (`[a:b]`, `[i]`,
+    `[a:b, ...]`: only the chunks holding the rows of the first dimension asked for)."""
+
+    def __init__(self, reader: ModelReader, located: _Located) -> None:
+        self._reader, self._located = reader, located
+
+    def get_shape(self) -> list[int]:
+        return list(self._located.tensor.shape)
+
+    def get_dtype(self) -> str:
+        return self._located.tensor.dtype
+
+    def __getitem__(self, index: Any) -> Any:
+        first, rest = (index[0], index[1:]) if isinstance(index, tuple) else (index, ())
+        shape = self._located.tensor.shape
+        if not shape or first is Ellipsis:
+            return self._reader._rows(self._located, None)[index]
+        length = shape[0]
+        if isinstance(first, slice):
+            rows = range(*first.indices(length))
+            if len(rows) == 0:
+                return self._reader._rows(self._located, (0, 0))[(slice(None), *rest)]
+            low, high = min(rows), max(rows) + 1
+            part = self._reader._rows(self._located, (low, high))
+            if rows.step == 1:
+                return part[(slice(None), *rest)] if rest else part
+            return (
+                part[
+                    (
+                        slice(
+                            rows.start - low, None if rows.stop < 0 else rows.stop - low, rows.step
+                        ),
+                        *rest,
+                    )
+                ]
+                if rows.step > 0
+                else part[[r - low for r in rows]][(slice(None), *rest)]
+            )
+        if isinstance(first, int):
+            row = first + length if first < 0 else first
+            if not 0 <= row < length:
+                raise IndexError(f"index {first} is out of range for {length} rows")
+            part = self._reader._rows(self._located, (row, row + 1))
+            return part[(0, *rest)]
+        raise InvalidInputError("get_slice takes an int, a slice or a tuple starting with one")
+
+
+class ModelReader:
+    """A version opened for reading tensor by tensor (`open`), like safetensors.safe_open over
+    all its shards: `keys()`, `metadata()`, `get_tensor(name)`, `get_slice(name)[rows]`."""
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+        self._files: dict[str, tuple[SealedFile, FileReader]] = {}
+        self.version = job.version
+
+    def __enter__(self) -> ModelReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for _sealed, reader in self._files.values():
+            self._job._finish_reader(reader, None)
+        self._files.clear()
+        self._job.close()
+
+    @property
+    def stats(self) -> LoadStats:
+        return self._job.stats()
+
+    def keys(self) -> list[str]:
+        return list(self._job.tensors)
+
+    def metadata(self) -> dict[str, str]:
+        return _metadata(self._job)
+
+    def _located(self, name: str) -> _Located:
+        located = self._job.tensors.get(name)
+        if located is None:
+            raise NotFoundError(f"{self.version.ref} has no tensor {name!r}")
+        return located
+
+    def _sealed(self, located: _Located) -> SealedFile:
+        path = located.file.path
+        if path not in self._files:
+            self._files[path] = self._job.open_file(located.file)
+            self._job.authenticated.append(path)
+        return self._files[path][0]
+
+    def _rows(self, located: _Located, rows: tuple[int, int] | None) -> Any:
+        return self._job.one_tensor(located, self._sealed(located), rows)
+
+    def get_tensor(self, name: str) -> Any:
+        located = self._located(name)
+        return self._rows(located, None)
+
+    def get_slice(self, name: str) -> TensorSlice:
+        return TensorSlice(self, self._located(name))
+
+
+def open(
+    ref: str,
+    *,
+    device: str = "cpu",
+    dtype: Any = None,
+    registry: Registry | RemoteRegistry | None = None,
+    framework: str = "pt",
+    workers: int | None = None,
+    chunks_per_read: int = DEFAULT_CHUNKS_PER_READ,
+    cache: Cache | bool | None = False,
+) -> ModelReader:
+    """A version opened for reading tensor by tensor (use it in a `with` block)."""
+    options = _Options(
+        device,
+        dtype,
+        framework,
+        workers,
+        chunks_per_read,
+        DEFAULT_STAGING_BYTES,
+        "aead",
+        False,
+        None,
+        cache,
+    )
+    return ModelReader(_Job.start(ref, registry, options))
+
+
+__all__ = [
+    "LoadIntoResult",
+    "LoadStats",
+    "LoadedModel",
+    "ModelReader",
+    "TensorSlice",
+    "TensorStream",
+    "iter_tensors",
+    "load",
+    "load_into",
+    "numel",
+]

@@ -1,0 +1,211 @@
+"""A local cache of sealed ciphertext for loads from a registry server, so that a restarted
+serving process does not download its model again.
+
+It holds only what the stores hold, sealed bytes, and only whole objects whose load verified
+(every chunk authenticated, the file's BLAKE3 matched): a file is written beside the final name
+while it downloads and renamed into place once verified. What it serves is decrypted and
+verified again like any other read; an entry that fails is dropped and read from the server. It
+is bounded in size, least recently used first out. Entries are named by a keyed hash of the
+digest (the key is the cache's own), so a listing does not say which content it holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import threading
+import uuid
+from pathlib import Path
+from typing import Protocol
+
+import blake3
+
+from registry.digest import digest_bytes
+from registry.errors import IntegrityError, InvalidInputError
+
+ENV_CACHE_DIR = "MODEL_REGISTRY_CACHE_DIR"
+ENV_CACHE_SIZE = "MODEL_REGISTRY_CACHE_SIZE"
+DEFAULT_SIZE = 20 * 1024**3
+_SUFFIX = ".sealed"
+
+
+class Upstream(Protocol):
+    def read_into(self, offset: int, buffer: memoryview, /) -> int: ...
+
+    def damaged(self, offset: int, error: IntegrityError, /) -> bool: ...
+
+    def regions_used(self) -> list[str]: ...
+
+
+def parse_size(text: str) -> int:
+    """`20G`, `512M`, `1T` or a number of bytes."""
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(value[-1:], 1)
+    number = value[:-1] if value[-1:] in units else value
+    if not number.isdigit():
+        raise InvalidInputError(f"invalid size {text!r}", hint="e.g. 20G, 512M or 1073741824")
+    return int(number) * scale
+
+
+class Cache:
+    """A directory of verified sealed objects, at most `max_bytes` in all."""
+
+    def __init__(self, root: Path, *, max_bytes: int = DEFAULT_SIZE) -> None:
+        if max_bytes < 0:
+            raise InvalidInputError("the cache size cannot be negative")
+        self.root = root
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_file = root / "naming.key"
+        try:
+            self._key = key_file.read_bytes()
+        except FileNotFoundError:
+            pending = root / f".naming.key.{uuid.uuid4().hex}"
+            pending.write_bytes(secrets.token_bytes(32))
+            pending.chmod(0o600)
+            with contextlib.suppress(FileExistsError):
+                os.link(pending, key_file)  # first writer wins, racing processes agree
+            pending.unlink()
+            self._key = key_file.read_bytes()
+        if len(self._key) != 32:
+            raise InvalidInputError(f"{key_file} is not a cache key", hint=f"remove {root}")
+
+    @classmethod
+    def default(cls) -> Cache:
+        """MODEL_REGISTRY_CACHE_DIR (default XDG_CACHE_HOME/model-registry/blobs), bounded by
+        MODEL_REGISTRY_CACHE_SIZE (default 20G)."""
+        base = os.environ.get(ENV_CACHE_DIR)
+        if base:
+            root = Path(base).expanduser()
+        else:
+            cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+            root = cache_home / "model-registry" / "blobs"
+        size = os.environ.get(ENV_CACHE_SIZE)
+        return cls(root, max_bytes=parse_size(size) if size else DEFAULT_SIZE)
+
+    def path_of(self, digest: str) -> Path:
+        name = blake3.blake3(digest_bytes(digest), key=self._key).hexdigest()
+        return self.root / (name + _SUFFIX)
+
+    def reader(self, digest: str, upstream: Upstream) -> CachedReader:
+        return CachedReader(self, digest, upstream)
+
+    def entries(self) -> list[Path]:
+        return [p for p in self.root.iterdir() if p.name.endswith(_SUFFIX)]
+
+    def size(self) -> int:
+        total = 0
+        for path in self.entries():
+            with contextlib.suppress(FileNotFoundError):
+                total += path.stat().st_size
+        return total
+
+    def admit(self, partial: Path, final: Path) -> bool:
+        """Move a verified download into place, then evict least recently used entries until
+        the cache fits its bound (the new entry too, if it alone is larger)."""
+        with self._lock:
+            os.replace(partial, final)
+            aged = []
+            for path in self.entries():
+                with contextlib.suppress(FileNotFoundError):
+                    info = path.stat()
+                    aged.append((info.st_mtime, info.st_size, path))
+            total = sum(size for _t, size, _p in aged)
+            for _mtime, size, path in sorted(aged):
+                if total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size
+            return final.exists()
+
+    def drop(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+
+class CachedReader:
+    """Reads one object from the cache when it holds it, else from upstream while keeping a
+    copy; `verified()` admits the copy once the load has verified the whole file."""
+
+    def __init__(self, cache: Cache, digest: str, upstream: Upstream) -> None:
+        self.cache, self.digest, self.upstream = cache, digest, upstream
+        self.final = cache.path_of(digest)
+        self.hit = False
+        self._fd: int | None = None
+        self._partial: Path | None = None
+        self._spans: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+        try:
+            self._fd = os.open(self.final, os.O_RDONLY)
+            self.hit = True
+            os.utime(self.final)  # least recently used goes first
+        except FileNotFoundError:
+            self._start_copy()
+
+    def _start_copy(self) -> None:
+        if self.cache.max_bytes == 0:
+            return
+        self._partial = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}.partial")
+        self._fd = os.open(self._partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def read_into(self, offset: int, buffer: memoryview, /) -> int:
+        if self.hit:
+            assert self._fd is not None
+            got = 0
+            while got < len(buffer):
+                count = os.preadv(self._fd, [buffer[got:]], offset + got)
+                if count == 0:
+                    break
+                got += count
+            return got
+        got = self.upstream.read_into(offset, buffer)
+        if self._fd is not None and got:
+            os.pwrite(self._fd, buffer[:got], offset)
+            with self._lock:
+                self._spans.append((offset, offset + got))
+        return got
+
+    def damaged(self, offset: int, error: IntegrityError, /) -> bool:
+        if self.hit:
+            # A damaged cache entry: drop it and read from the server from now on.
+            self._close()
+            self.cache.drop(self.final)
+            self.hit = False
+            self._start_copy()
+            return True
+        return self.upstream.damaged(offset, error)
+
+    def regions_used(self) -> list[str]:
+        return ["cache"] if self.hit else self.upstream.regions_used()
+
+    def verified(self, sealed_size: int) -> None:
+        """The whole file was read and verified: keep the copy if it covers the object."""
+        if self.hit or self._partial is None or self._fd is None:
+            return
+        with self._lock:
+            covered = 0
+            for start, end in sorted(self._spans):
+                if start > covered:
+                    break
+                covered = max(covered, end)
+        self._close(keep_partial=True)
+        if covered == sealed_size and os.path.getsize(self._partial) == sealed_size:
+            self.cache.admit(self._partial, self.final)
+        self._discard()
+
+    def _close(self, *, keep_partial: bool = False) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not keep_partial:
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._partial is not None:
+            self._partial.unlink(missing_ok=True)
+            self._partial = None
+
+    def close(self) -> None:
+        self._close()

@@ -1,0 +1,371 @@
+"""The decrypt-and-verify pipeline of the loader: sealed chunks read in parallel ranges,
+authenticated and decrypted by worker threads straight into their final place (the memory of
+the tensors on the CPU, a bounded ring of pinned host buffers on the way to a GPU), and each whole
+file hashed (BLAKE3) in the same pass, in order, as the ranges complete.
+
+It knows the sealed format (registry.crypto.sealed) and a reader of sealed bytes; it knows
+nothing of tensors, catalogs or where the bytes come from. Both AES-GCM `decrypt_into` and
+BLAKE3 release the GIL, so the threads run in parallel.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import blake3
+
+from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE, Opener
+from registry.digest import format_digest
+from registry.errors import IntegrityError
+
+T = TypeVar("T")
+DEFAULT_CHUNKS_PER_READ = 4
+
+
+class SealedReader(Protocol):
+    """Sealed bytes of one stored object."""
+
+    def read_into(self, offset: int, buffer: memoryview, /) -> int:
+        """Fill `buffer` from `offset` (fewer bytes only at the end of the object)."""
+        ...
+
+    def damaged(self, offset: int, error: IntegrityError, /) -> bool:
+        """The range at `offset` failed authentication; True when it can be read again from
+        another copy."""
+        ...
+
+
+@dataclass
+class Counters:
+    """What one load did, summed over its threads."""
+
+    sealed_bytes: int = 0
+    reads: int = 0
+    retries: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def add(self, *, sealed_bytes: int = 0, reads: int = 0, retries: int = 0) -> None:
+        with self._lock:
+            self.sealed_bytes += sealed_bytes
+            self.reads += reads
+            self.retries += retries
+
+
+class SealedFile:
+    """One stored file: its header authenticated with its data key (key commitment) and its
+    plaintext size checked against the manifest's."""
+
+    def __init__(
+        self,
+        reader: SealedReader,
+        data_key: bytes,
+        digest: str,
+        size: int,
+        *,
+        what: str,
+        counters: Counters,
+    ) -> None:
+        self.reader, self.digest, self.size, self.what = reader, digest, size, what
+        self.counters = counters
+        self.opener = self._retrying(0, lambda: self._open(data_key))
+        self.header = self.opener.header
+        self.chunk_size = self.header.chunk_size
+        self.chunk_count = self.header.chunk_count
+
+    def _open(self, data_key: bytes) -> Opener:
+        buffer = bytearray(HEADER_SIZE)
+        got = self.reader.read_into(0, memoryview(buffer))
+        self.counters.add(sealed_bytes=got, reads=1)
+        opener = Opener(data_key, self.digest, bytes(buffer[:got]), what=self.what)
+        if opener.header.plaintext_size != self.size:
+            raise IntegrityError(
+                f"{self.what}: header says {opener.header.plaintext_size} bytes, "
+                f"the manifest {self.size}",
+                path=self.what,
+            )
+        return opener
+
+    def _retrying(self, offset: int, attempt: Callable[[], T]) -> T:
+        while True:
+            try:
+                return attempt()
+            except IntegrityError as error:
+                if not self.reader.damaged(offset, error):
+                    raise
+                self.counters.add(retries=1)
+
+    def chunks_of(self, start: int, end: int) -> tuple[int, int]:
+        """First and last chunk holding plaintext bytes [start, end) (end > start)."""
+        return start // self.chunk_size, (end - 1) // self.chunk_size
+
+    def open_chunks(
+        self,
+        first: int,
+        last: int,
+        scratch: bytearray,
+        place: Callable[[int], memoryview],
+    ) -> None:
+        """Read chunks first..last in one range and decrypt each into `place(index)` (exactly
+        the chunk's plaintext size). `scratch` holds the sealed bytes."""
+        self._retrying(
+            self.header.chunk_offset(first), lambda: self._open_once(first, last, scratch, place)
+        )
+
+    def _open_once(
+        self, first: int, last: int, scratch: bytearray, place: Callable[[int], memoryview]
+    ) -> None:
+        offset, length = self.header.chunk_range(first, last)
+        # One byte more on the tail reveals bytes appended after the last chunk.
+        wanted = length + 1 if last == self.chunk_count - 1 else length
+        sealed = memoryview(scratch)[:wanted]
+        got = self.reader.read_into(offset, sealed)
+        self.counters.add(sealed_bytes=got, reads=1)
+        if got < length:
+            lost = first + got // (self.chunk_size + TAG_SIZE)
+            raise IntegrityError(f"{self.what}: truncated at chunk {lost}", path=self.what)
+        if got > length:
+            raise IntegrityError(
+                f"{self.what}: unexpected bytes after the last chunk", path=self.what
+            )
+        position = 0
+        for index in range(first, last + 1):
+            size = self.header.chunk_plain_size(index)
+            self.opener.open_chunk(
+                index, sealed[position : position + size + TAG_SIZE], place(index)
+            )
+            position += size + TAG_SIZE
+
+    def scratch_size(self, chunks: int) -> int:
+        return chunks * (self.chunk_size + TAG_SIZE) + 1
+
+
+class Pipeline:
+    """Worker threads and their sealed-read buffers, shared by the files of one load."""
+
+    def __init__(self, *, workers: int, chunks_per_read: int = DEFAULT_CHUNKS_PER_READ) -> None:
+        if workers < 1 or chunks_per_read < 1:
+            raise ValueError("workers and chunks_per_read must be at least 1")
+        self.workers = workers
+        self.chunks_per_read = chunks_per_read
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="load")
+        self._local = threading.local()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _scratch(self, size: int) -> bytearray:
+        buffer: bytearray | None = getattr(self._local, "scratch", None)
+        if buffer is None or len(buffer) < size:
+            buffer = bytearray(size)
+            self._local.scratch = buffer
+        return buffer
+
+    def _groups(self, file: SealedFile, first: int, last: int) -> list[tuple[int, int]]:
+        step = self.chunks_per_read
+        return [(g, min(g + step - 1, last)) for g in range(first, last + 1, step)]
+
+    def _in_order(self, tasks: list[Callable[[], None]], *, window: int) -> Iterator[int]:
+        """Run `tasks` on the workers, at most `window` in flight, and yield the index of each
+        as it completes, in order. A failure cancels the rest and is raised."""
+        pending: deque[Future[None]] = deque()
+        submitted = 0
+        try:
+            for position in range(len(tasks)):
+                while submitted < len(tasks) and submitted - position < window:
+                    pending.append(self._pool.submit(tasks[submitted]))
+                    submitted += 1
+                pending.popleft().result()
+                yield position
+        finally:
+            for future in pending:
+                future.cancel()
+            for future in pending:
+                if not future.cancelled():
+                    future.exception()  # wait: a buffer must not be written after we return
+
+    def decrypt_into(
+        self,
+        file: SealedFile,
+        destination: memoryview,
+        *,
+        verify: bool,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Iterator[int]:
+        """Decrypt the whole file into `destination` (its plaintext size), yielding how many
+        leading bytes are complete and authenticated as ranges finish. With `verify`, the file is
+        hashed in the same pass and IntegrityError is raised after the last range if it does not
+        match its digest (callers hand nothing out before this generator ends)."""
+        if len(destination) != file.size:
+            raise ValueError("the destination must have the file's size")
+        size, chunk = file.size, file.chunk_size
+        groups = self._groups(file, 0, file.chunk_count - 1)
+        scratch_size = file.scratch_size(self.chunks_per_read)
+
+        def place(index: int) -> memoryview:
+            return destination[index * chunk : index * chunk + file.header.chunk_plain_size(index)]
+
+        def task(first: int, last: int) -> Callable[[], None]:
+            return lambda: file.open_chunks(first, last, self._scratch(scratch_size), place)
+
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
+        done = 0
+        for position in self._in_order(
+            [task(first, last) for first, last in groups], window=2 * self.workers
+        ):
+            _first, last = groups[position]
+            end = min(size, (last + 1) * chunk)
+            if hasher is not None:
+                hasher.update(destination[done:end])
+            if on_progress is not None:
+                on_progress(end - done)
+            done = end
+            if (
+                hasher is not None
+                and done == size
+                and format_digest(hasher.digest()) != file.digest
+            ):
+                raise IntegrityError(f"{file.what}: content digest mismatch", path=file.what)
+            yield done
+
+    def decrypt_span(self, file: SealedFile, start: int, end: int) -> tuple[bytearray, int]:
+        """Plaintext bytes [start, end) of the file, reading only the chunks that hold them
+        (authenticated chunk by chunk; no whole-file digest: that needs the whole file). They
+        are returned in a buffer of whole chunks, with the offset where they start in it."""
+        if not 0 <= start <= end <= file.size:
+            raise ValueError(f"span {start}..{end} outside a file of {file.size} bytes")
+        if start == end:
+            return bytearray(), 0
+        first, last = file.chunks_of(start, end)
+        chunk = file.chunk_size
+        base = first * chunk
+        covered = bytearray(min(file.size, (last + 1) * chunk) - base)
+        view = memoryview(covered)
+        scratch_size = file.scratch_size(self.chunks_per_read)
+
+        def place(index: int) -> memoryview:
+            offset = index * chunk - base
+            return view[offset : offset + file.header.chunk_plain_size(index)]
+
+        def task(low: int, high: int) -> Callable[[], None]:
+            return lambda: file.open_chunks(low, high, self._scratch(scratch_size), place)
+
+        tasks = [task(low, high) for low, high in self._groups(file, first, last)]
+        for _ in self._in_order(tasks, window=2 * self.workers):
+            pass
+        return covered, start - base
+
+    def decrypt_through(
+        self,
+        file: SealedFile,
+        slots: StagingRing,
+        deliver: Callable[[int, memoryview, int], None],
+        *,
+        verify: bool,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Decrypt the whole file through a bounded ring of staging buffers (pinned host memory
+        on the way to a GPU): workers fill slots, and in file order each slot is hashed and
+        handed to `deliver(offset, plaintext, slot)`, which must call `slots.release(slot)` once
+        the slot's bytes are no longer needed (after an asynchronous copy completes)."""
+        size, chunk = file.size, file.chunk_size
+        per_slot = max(1, slots.slot_size // chunk)
+        groups = [
+            (g, min(g + per_slot - 1, file.chunk_count - 1))
+            for g in range(0, file.chunk_count, per_slot)
+        ]
+        scratch_size = file.scratch_size(min(per_slot, self.chunks_per_read))
+        taken: dict[int, int] = {}
+
+        def task(position: int) -> Callable[[], None]:
+            first, last = groups[position]
+
+            def run() -> None:
+                slot = taken[position]
+                view = slots.view(slot)
+
+                def place(index: int) -> memoryview:
+                    offset = (index - first) * chunk
+                    return view[offset : offset + file.header.chunk_plain_size(index)]
+
+                step = self.chunks_per_read
+                for sub in range(first, last + 1, step):
+                    file.open_chunks(
+                        sub, min(sub + step - 1, last), self._scratch(scratch_size), place
+                    )
+
+            return run
+
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
+        pending: deque[Future[None]] = deque()
+        submitted = 0
+        try:
+            for position, (first, last) in enumerate(groups):
+                while submitted < len(groups) and submitted - position < slots.count:
+                    taken[submitted] = slots.acquire()
+                    pending.append(self._pool.submit(task(submitted)))
+                    submitted += 1
+                pending.popleft().result()
+                start, end = first * chunk, min(size, (last + 1) * chunk)
+                slot = taken.pop(position)
+                plaintext = slots.view(slot)[: end - start]
+                if hasher is not None:
+                    hasher.update(plaintext)
+                    if end == size and format_digest(hasher.digest()) != file.digest:
+                        slots.release(slot)
+                        raise IntegrityError(
+                            f"{file.what}: content digest mismatch", path=file.what
+                        )
+                deliver(start, plaintext, slot)
+                if on_progress is not None:
+                    on_progress(end - start)
+        finally:
+            for future in pending:
+                future.cancel()
+            for future in pending:
+                if not future.cancelled():
+                    future.exception()
+            for slot in taken.values():
+                slots.release(slot)
+
+
+class StagingRing:
+    """A fixed set of staging buffers (`count` x `slot_size` bytes), handed out and returned, so
+    staging memory stays bounded whatever the model size. When none is free, `acquire` calls
+    `reclaim`, which must return at least one (for a GPU: wait for the oldest copy to finish)."""
+
+    def __init__(
+        self, buffers: list[memoryview], slot_size: int, *, reclaim: Callable[[], None]
+    ) -> None:
+        if not buffers:
+            raise ValueError("a staging ring needs at least one buffer")
+        self.slot_size = slot_size
+        self.count = len(buffers)
+        self._buffers = buffers
+        self._free: deque[int] = deque(range(len(buffers)))
+        self._reclaim = reclaim
+
+    def view(self, slot: int) -> memoryview:
+        return self._buffers[slot]
+
+    def acquire(self) -> int:
+        if not self._free:
+            self._reclaim()
+        if not self._free:
+            raise RuntimeError("staging ring exhausted: reclaim returned no buffer")
+        return self._free.popleft()
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)

@@ -1,0 +1,494 @@
+"""The loader: tensors identical to safetensors' own loader for every dtype, shapes 0-d and
+empty, a sharded model with an index; tampering detected with no tensor handed out (and a
+forged file that authenticates but hashes wrong caught by the fused digest); partial reads that
+fetch only the chunks they need; load_into, iter_tensors, aliases; a server as the source, with
+a cache that keeps only ciphertext; host memory of a CPU load near the model's size; the CUDA
+path where a GPU exists."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy
+import pytest
+import torch
+from safetensors.numpy import load_file as load_numpy
+from safetensors.torch import load_file, save_file
+
+from registry import loader
+from registry.crypto.sealed import HEADER_SIZE, SealedHeader, Sealer
+from registry.errors import IntegrityError, InvalidInputError, NotFoundError
+from registry.service import Registry
+from registry.testing.models import make_model
+
+MiB = 1024 * 1024
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Bit-identical (NaN payloads included), same dtype and shape."""
+    if isinstance(a, numpy.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+    def raw(t: torch.Tensor) -> torch.Tensor:
+        return t.contiguous().reshape(-1).view(torch.uint8)
+
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(raw(a), raw(b))
+
+
+def _reference(model: Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(model.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    return tensors
+
+
+@pytest.fixture
+def registry(home: Path) -> Iterator[Registry]:
+    Registry.init(home)
+    with Registry.open(home) as opened:
+        yield opened
+
+
+def _blob_path(registry: Registry, ref: str, relative: str) -> Path:
+    version = registry.resolve(ref)
+    digest = next(f.digest for f in version.files if f.path == relative)
+    path = registry.settings.home / "store" / "objects" / registry.store.object_name("blob", digest)
+    os.chmod(path, 0o644)
+    return path
+
+
+ALL_DTYPES = [
+    torch.bfloat16,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint8,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.bool,
+    torch.complex64,
+]
+
+
+def _every_dtype(path: Path) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    tensors: dict[str, torch.Tensor] = {}
+    for dtype in ALL_DTYPES:
+        raw = torch.randint(
+            0, 256, (3 * 5 * 7 * dtype.itemsize,), dtype=torch.uint8, generator=generator
+        )
+        name = str(dtype).removeprefix("torch.")
+        if dtype == torch.bool:
+            tensors[name] = (raw % 2).to(torch.bool)[: 3 * 5 * 7].reshape(3, 5, 7)
+        else:
+            tensors[name] = raw.view(dtype).reshape(3, 5, 7)
+        tensors[f"{name}.scalar"] = tensors[name].reshape(-1)[0].clone()  # 0-d
+        tensors[f"{name}.empty"] = tensors[name][:0]  # no elements
+    save_file(tensors, str(path), metadata={"format": "pt", "note": "every dtype"})
+    return tensors
+
+
+def test_every_dtype_matches_safetensors(registry: Registry, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    _every_dtype(model / "model.safetensors")
+    registry.push("org/dtypes", model)
+    state = loader.load("org/dtypes", registry=registry)
+    reference = load_file(model / "model.safetensors")
+    assert state.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert _same(state[name], tensor), name
+    assert state.metadata["note"] == "every dtype"
+    assert state.stats.verified_files == ("model.safetensors",)
+    # numpy, for the dtypes numpy has (safetensors.numpy cannot read the file above).
+    from safetensors.numpy import save_file as save_numpy
+
+    arrays = {
+        name: tensor.numpy()
+        for name, tensor in reference.items()
+        if not name.startswith(("bfloat16", "float8"))
+    }
+    numpy_model = tmp_path / "numpy-model"
+    numpy_model.mkdir()
+    save_numpy(arrays, str(numpy_model / "model.safetensors"))
+    registry.push("org/numpy", numpy_model)
+    loaded = loader.load("org/numpy", registry=registry, framework="numpy")
+    expected = load_numpy(numpy_model / "model.safetensors")
+    assert loaded.keys() == expected.keys() and len(expected) == 3 * 13
+    for name, array in loaded.items():
+        assert _same(array, expected[name]), name
+
+
+def test_a_sharded_model_loads_like_its_files(registry: Registry, tmp_path: Path) -> None:
+    model = make_model(tmp_path / "model", shards=3, shard_size=2_500_000, seed=3)
+    assert (model / "model.safetensors.index.json").exists()
+    pushed = registry.push("org/llama", model)
+    registry.promote(pushed.version.ref, "production")
+    state = loader.load("org/llama:production", registry=registry)
+    reference = _reference(model)
+    assert state.keys() == reference.keys()
+    assert all(_same(state[k], v) for k, v in reference.items())
+    assert state.version.digest == pushed.version.digest
+    stats = state.stats
+    assert stats.bytes == sum(p.stat().st_size for p in model.glob("*.safetensors"))
+    assert len(stats.verified_files) == 3 and stats.regions == ("primary",)
+    assert stats.tensors == len(reference) and stats.time_to_first_tensor is not None
+    event = registry.audit_events(subject="org/llama", limit=1)[0]
+    assert event.action == "load" and event.details["verified_files"] == 3
+    # dtype= converts floating tensors only.
+    half = loader.load(
+        "org/llama", registry=registry, dtype=torch.float32, tensors=["model.layers.0.weight"]
+    )
+    assert half["model.layers.0.weight"].dtype == torch.float32
+    assert _same(half["model.layers.0.weight"], reference["model.layers.0.weight"].float())
+
+
+def test_iter_tensors_yields_early_and_in_full(registry: Registry, tmp_path: Path) -> None:
+    model = make_model(tmp_path / "model", shards=2, shard_size=6_000_000, seed=4)
+    registry.push("org/llama", model)
+    stream = loader.iter_tensors("org/llama", registry=registry, chunks_per_read=1)
+    seen = dict(stream)
+    assert seen.keys() == _reference(model).keys()
+    assert stream.stats is not None
+    assert stream.stats.time_to_first_tensor is not None
+    assert stream.stats.time_to_first_tensor < stream.stats.seconds
+
+
+def test_tampering_with_any_chunk_hands_out_nothing(registry: Registry, tmp_path: Path) -> None:
+    model = make_model(tmp_path / "model", shards=2, shard_size=3_600_000, seed=5)
+    registry.push("org/llama", model)
+    target = "model-00002-of-00002.safetensors"
+    path = _blob_path(registry, "org/llama", target)
+    original = path.read_bytes()
+    header = SealedHeader.unpack(original)
+    layout = {  # tensor -> (file, end of its bytes in the file)
+        tensor.name: (entry.path, entry.safetensors.data_offset + tensor.end)
+        for entry in registry.show("org/llama").manifest.files
+        if entry.safetensors is not None
+        for tensor in entry.safetensors.tensors
+    }
+    for index in (0, header.chunk_count // 2, header.chunk_count - 1):
+        damaged = bytearray(original)
+        damaged[header.chunk_offset(index) + 100] ^= 0x01
+        path.write_bytes(bytes(damaged))
+        got: dict[str, Any] = {}
+        with pytest.raises(IntegrityError, match=f"{target}: chunk {index} failed authentication"):
+            got = loader.load("org/llama", registry=registry)
+        assert got == {}  # nothing returned
+        streamed: list[str] = []
+
+        def consume(into: list[str]) -> None:
+            for name, _tensor in loader.iter_tensors("org/llama", registry=registry):
+                into.append(name)
+
+        with pytest.raises(IntegrityError):
+            consume(streamed)
+        # The stream yielded the intact shard, and of the damaged one only tensors lying wholly
+        # before the damaged chunk.
+        assert set(layout) - set(streamed) <= {
+            n for n, (path, _e) in layout.items() if path == target
+        }
+        for name in streamed:
+            holder, end = layout[name]
+            assert holder != target or end <= index * header.chunk_size, (name, index)
+    path.write_bytes(original)
+    assert len(loader.load("org/llama", registry=registry)) == 8
+
+
+def test_a_forged_file_that_authenticates_fails_the_digest(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Someone holding the data key re-seals other bytes under the file's digest: every chunk
+    authenticates, so only the BLAKE3 of the whole file fused into the load catches it."""
+    model = make_model(tmp_path / "model", shards=1, shard_size=2_000_000, seed=6)
+    registry.push("org/llama", model)
+    version = registry.resolve("org/llama")
+    entry = version.files[[f.path for f in version.files].index("model-00001-of-00001.safetensors")]
+    path = _blob_path(registry, "org/llama", entry.path)
+    plaintext = bytearray((model / entry.path).read_bytes())
+    plaintext[-10] ^= 0xFF  # a weight, not the header
+    sealer = Sealer(
+        registry.blob_key(version, entry.digest),
+        entry.digest,
+        plaintext_size=len(plaintext),
+        chunk_size=SealedHeader.unpack(path.read_bytes()).chunk_size,
+    )
+    forged = bytearray(sealer.header_bytes)
+    header = sealer.header
+    for index in range(header.chunk_count):
+        start = index * header.chunk_size
+        forged += sealer.seal_chunk(
+            index, plaintext[start : start + header.chunk_plain_size(index)]
+        )
+    path.write_bytes(bytes(forged))
+    with pytest.raises(IntegrityError, match="content digest mismatch"):
+        loader.load("org/llama", registry=registry)
+    # A partial read cannot check the whole file: the documented trade-off (AEAD only).
+    with loader.open("org/llama", registry=registry) as model_reader:
+        model_reader.get_tensor("model.layers.0.weight")
+        assert model_reader.stats.authenticated_files == (entry.path,)
+        assert model_reader.stats.verified_files == ()
+
+
+def test_a_damaged_region_is_read_around(home: Path, tmp_path: Path) -> None:
+    Registry.init(home, store=[str(tmp_path / "region-a"), str(tmp_path / "region-b")])
+    model = make_model(tmp_path / "model", shards=1, shard_size=3_000_000, seed=14)
+    with Registry.open(home) as registry:
+        registry.push("org/llama", model)
+        version = registry.resolve("org/llama")
+        digest = next(f.digest for f in version.files if f.path.endswith(".safetensors"))
+        preferred = tmp_path / "region-a" / "objects" / registry.store.object_name("blob", digest)
+        os.chmod(preferred, 0o644)
+        damaged = bytearray(preferred.read_bytes())
+        damaged[SealedHeader.unpack(bytes(damaged)).chunk_offset(1) + 5] ^= 1
+        preferred.write_bytes(bytes(damaged))
+        state = loader.load("org/llama", registry=registry)
+        assert all(_same(state[k], v) for k, v in _reference(model).items())
+        assert state.stats.retries == 1
+        assert set(state.stats.regions) == {"region-1", "region-2"}
+        bad = {(p.region, p.state) for p in registry.catalog.placements() if p.digest == digest}
+        assert ("region-1", "bad") in bad
+        assert registry.audit_events(subject="org/llama", limit=1)[0].details["bad_copies"]
+
+
+def test_get_slice_reads_only_the_chunks_it_needs(registry: Registry, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    big = torch.arange(2048 * 1024, dtype=torch.float32).reshape(2048, 1024)  # 8 MiB, 4 KiB a row
+    save_file({"a.small": torch.ones(3), "lm_head.weight": big}, str(model / "model.safetensors"))
+    registry.push("org/tp", model)
+    with loader.open("org/tp", registry=registry) as reader:
+        assert reader.get_slice("lm_head.weight").get_shape() == [2048, 1024]
+        rows = reader.get_slice("lm_head.weight")[300:310]
+        assert torch.equal(rows, big[300:310])
+        stats = reader.stats
+        # The header of the sealed file, then one range holding rows 300..309 (one 1 MiB chunk).
+        assert stats.reads == 2
+        assert stats.sealed_bytes <= HEADER_SIZE + MiB + 16
+        assert torch.equal(reader.get_slice("lm_head.weight")[5], big[5])
+        assert torch.equal(reader.get_slice("lm_head.weight")[-1, 3:7], big[-1, 3:7])
+        assert torch.equal(reader.get_slice("lm_head.weight")[10:2000:600], big[10:2000:600])
+        assert torch.equal(reader.get_slice("lm_head.weight")[..., 2], big[..., 2])
+        assert reader.get_slice("lm_head.weight")[7:7].shape == (0, 1024)
+        assert torch.equal(reader.get_tensor("a.small"), torch.ones(3))
+        assert set(reader.keys()) == {"a.small", "lm_head.weight"}
+        with pytest.raises(NotFoundError):
+            reader.get_tensor("nope")
+    partial = loader.load("org/tp", registry=registry, tensors=["a.small"])
+    assert list(partial) == ["a.small"]
+    assert partial.stats.authenticated_files == ("model.safetensors",)
+    assert partial.stats.sealed_bytes <= HEADER_SIZE + MiB + 16
+
+
+def test_load_into_fills_a_module(registry: Registry, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file(source.state_dict(), str(model / "model.safetensors"))
+    registry.push("org/mlp", model)
+    target = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+    result = loader.load_into(target, "org/mlp", registry=registry)
+    assert result.version.ref == "org/mlp@1" and not result.missing_keys
+    for name, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], value)
+    wrong = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        loader.load_into(wrong, "org/mlp", registry=registry)
+
+
+def test_bad_options_are_refused_before_reading(registry: Registry, tmp_path: Path) -> None:
+    registry.push("org/llama", make_model(tmp_path / "m", shards=1, shard_size=100_000))
+    for kwargs, message in (
+        ({"device": "tpu"}, "unknown device"),
+        ({"framework": "jax"}, "unknown framework"),
+        ({"framework": "numpy", "device": "cuda"}, "numpy"),
+        ({"verify": "none"}, "verify must be"),
+        ({"workers": 0}, "workers"),
+    ):
+        with pytest.raises(InvalidInputError, match=message):
+            loader.load("org/llama", registry=registry, **kwargs)
+    with pytest.raises(NotFoundError, match="no tensor 'nope'"):
+        loader.load("org/llama", registry=registry, tensors=["nope"])
+    if not torch.cuda.is_available():
+        with pytest.raises(InvalidInputError, match="no CUDA device"):
+            loader.load("org/llama", registry=registry, device="cuda:0")
+
+
+# -- through a server, with the cache ------------------------------------------------------------
+
+
+def test_through_a_server_with_a_ciphertext_cache(home: Path, tmp_path: Path) -> None:
+    from registry.client import RemoteRegistry
+    from tests.test_api_cli import LiveServer
+
+    Registry.init(home)
+    model = make_model(tmp_path / "model", shards=2, shard_size=2_000_000, seed=9)
+    with Registry.open(home) as local:
+        local.push("org/llama", model)
+        _record, token = local.create_token("fleet", role="reader", models=["org/*"])
+        with LiveServer(local, tmp_path / "staging", part_size=MiB) as server:
+            cache = loader.Cache(tmp_path / "cache", max_bytes=100 * MiB)
+            with RemoteRegistry(server.url, token) as remote:
+                first = loader.load("org/llama", registry=remote, cache=cache)
+                reference = _reference(model)
+                assert all(_same(first[k], v) for k, v in reference.items())
+                assert first.stats.cache_hits == 0 and len(cache.entries()) == 2
+                served = _blob_requests(server)
+                second = loader.load("org/llama", registry=remote, cache=cache)
+                assert second.stats.cache_hits == 2
+                assert _blob_requests(server) == served  # nothing downloaded again
+                assert all(_same(second[k], v) for k, v in reference.items())
+                # The cache holds ciphertext only: no tensor's bytes appear in it.
+                needle = reference["model.layers.0.weight"].view(torch.uint8)[:64].numpy().tobytes()
+                assert not any(needle in entry.read_bytes() for entry in cache.entries())
+                # A damaged entry is dropped and read from the server again.
+                entry = cache.entries()[0]
+                damaged = bytearray(entry.read_bytes())
+                damaged[HEADER_SIZE + 10] ^= 1
+                entry.write_bytes(bytes(damaged))
+                third = loader.load("org/llama", registry=remote, cache=cache)
+                assert all(_same(third[k], v) for k, v in reference.items())
+                assert third.stats.retries == 1 and third.stats.cache_hits == 1
+                # Only a file downloaded whole by one load is kept: the next load fetches it.
+                assert len(cache.entries()) == 1
+                assert loader.load("org/llama", registry=remote, cache=cache).stats.cache_hits == 1
+                assert loader.load("org/llama", registry=remote, cache=cache).stats.cache_hits == 2
+                # Bounded: a cache smaller than one file keeps nothing.
+                tiny = loader.Cache(tmp_path / "tiny", max_bytes=1000)
+                loader.load("org/llama", registry=remote, cache=tiny)
+                assert tiny.entries() == []
+        event = local.audit_events(subject="org/llama", limit=1)[0]
+        assert event.action == "key-broker"
+
+
+def _blob_requests(server: Any) -> float:
+    board = server.app.state["registry_state"].metrics
+    return sum(
+        sample.value
+        for metric in board.requests.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total") and sample.labels["route"] == "/v1/blob"
+    )
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+PEAK_SCRIPT = """
+import json, resource, sys
+from registry import loader
+from registry.service import Registry
+import torch  # imported before the baseline: its own memory is not the loader's
+with Registry.open(sys.argv[1]) as registry:
+    registry.resolve("org/big")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    state = loader.load("org/big", registry=registry)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"delta": (after - before) * 1024, "bytes": state.stats.bytes}))
+"""
+
+
+def test_a_cpu_load_peaks_near_the_model_size(home: Path, tmp_path: Path) -> None:
+    Registry.init(home)
+    model = make_model(tmp_path / "model", shards=2, shard_size=100 * MiB, seed=10)
+    with Registry.open(home) as registry:
+        registry.push("org/big", model)
+    answer = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, str(home)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MODEL_REGISTRY_HOME": str(home)},
+    )
+    figures = json.loads(answer.stdout)
+    size = figures["bytes"]
+    assert size >= 190 * MiB
+    # The tensors themselves, plus read buffers and thread stacks: no second copy of the model.
+    assert figures["delta"] < size * 1.15 + 48 * MiB, figures
+
+
+# -- CUDA ------------------------------------------------------------------------------------------
+
+
+def gpu(test: Any) -> Any:
+    """Marked `gpu`, and skipped cleanly where torch sees no CUDA device."""
+    needs = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+    return pytest.mark.gpu(needs(test))
+
+
+@gpu
+def test_cuda_load_matches_and_bounds_staging(registry: Registry, tmp_path: Path) -> None:
+    model = make_model(tmp_path / "model", shards=2, shard_size=64 * MiB, seed=11)
+    registry.push("org/llama", model)
+    staging = 64 * MiB
+    state = loader.load("org/llama", registry=registry, device="cuda:0", staging_bytes=staging)
+    reference = _reference(model)
+    for name, tensor in reference.items():
+        assert state[name].device.type == "cuda"
+        assert _same(state[name].cpu(), tensor), name
+    assert state.stats.staging_bytes <= staging
+    assert len(state.stats.verified_files) == 2
+
+
+@gpu
+def test_cuda_load_of_a_tampered_file_fails(registry: Registry, tmp_path: Path) -> None:
+    model = make_model(tmp_path / "model", shards=1, shard_size=8 * MiB, seed=12)
+    registry.push("org/llama", model)
+    path = _blob_path(registry, "org/llama", "model-00001-of-00001.safetensors")
+    damaged = bytearray(path.read_bytes())
+    damaged[-40] ^= 1
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(IntegrityError):
+        loader.load("org/llama", registry=registry, device="cuda:0")
+
+
+def test_peak_memory_helper_is_not_fooled() -> None:
+    """ru_maxrss is in KiB on Linux: the peak test multiplies by 1024."""
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > 10 * MiB
+
+
+def test_an_s3_store_is_read_through_the_cache(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto.server import ThreadedMotoServer
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        store = f"s3://models/registry?region=us-east-1&endpoint=http://{host}:{port}"
+        Registry.init(home, store=store)
+        model = make_model(tmp_path / "model", shards=2, shard_size=1_500_000, seed=15)
+        cache = loader.Cache(tmp_path / "cache", max_bytes=64 * MiB)
+        with Registry.open(home) as registry:
+            registry.push("org/llama", model)
+            first = loader.load("org/llama", registry=registry, cache=cache)
+            second = loader.load("org/llama", registry=registry, cache=cache)
+            uncached = loader.load("org/llama", registry=registry, cache=False)
+        reference = _reference(model)
+        for state in (first, second, uncached):
+            assert all(_same(state[k], v) for k, v in reference.items())
+        assert first.stats.cache_hits == 0 and first.stats.regions == ("primary",)
+        assert second.stats.cache_hits == 2 and second.stats.regions == ("cache",)
+        assert uncached.stats.cache_hits == 0 and len(cache.entries()) == 2
+    finally:
+        server.stop()
