@@ -11,9 +11,10 @@ without the whole file; `LoadStats` lists which files were checked which way.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -113,8 +114,20 @@ class _Options:
             raise InvalidInputError(f"verify must be one of {VERIFY_MODES}, not {self.verify!r}")
         if self.framework == "numpy" and (self.device != "cpu" or self.dtype is not None):
             raise InvalidInputError("framework='numpy' loads on the CPU, without dtype=")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise InvalidInputError(f"unknown device {self.device!r}", hint="cpu, cuda or cuda:N")
+        if self.framework == "pt":
+            import torch
+
+            if self.dtype is not None and not isinstance(self.dtype, torch.dtype):
+                raise InvalidInputError(
+                    f"dtype must be a torch.dtype, not {self.dtype!r}", hint="e.g. torch.bfloat16"
+                )
+            if self.device.startswith("cuda") and not torch.cuda.is_available():
+                raise InvalidInputError(
+                    f"device {self.device!r} asked for, but torch sees no CUDA device",
+                    hint="install a CUDA build of torch on a machine with a GPU, or load on cpu",
+                )
         if self.workers is not None and not 1 <= self.workers <= 64:
             raise InvalidInputError("workers must be 1 to 64")
         if not 1 <= self.chunks_per_read <= 64:
@@ -148,16 +161,14 @@ class _Job:
     plaintext: int = 0
     first_tensor: float | None = None
     cuda: CudaTarget | None = None
+    _kept: tuple[str, int, int, bytearray] | None = None
     bar: Any = None
     total: int = 0
     done: int = 0
 
     @classmethod
     def start(cls, ref: str, registry: Registry | RemoteRegistry | None, options: _Options) -> _Job:
-        options.check()
-        if options.framework == "pt":
-            import torch  # noqa: F401 - imported before the clock starts: a second, once
-
+        options.check()  # imports torch, before the clock starts: a second, once
         source = open_source(registry, cache=options.cache)
         try:
             resolved = source.resolve(ref)
@@ -173,17 +184,25 @@ class _Job:
         except BaseException:
             source.close()
             raise
+        try:
+            job.index()
+        except BaseException:
+            job.close()
+            raise
+        return job
+
+    def index(self) -> None:
+        resolved = self.resolved
         for entry in resolved.manifest.files:
             if entry.safetensors is None:
                 continue
             for tensor in entry.safetensors.tensors:
-                if tensor.name in job.tensors:
+                if tensor.name in self.tensors:
                     raise InvalidInputError(
                         f"{resolved.version.ref}: tensor {tensor.name!r} is in "
-                        f"{job.tensors[tensor.name].file.path} and {entry.path}"
+                        f"{self.tensors[tensor.name].file.path} and {entry.path}"
                     )
-                job.tensors[tensor.name] = _Located(entry, entry.safetensors, tensor)
-        return job
+                self.tensors[tensor.name] = _Located(entry, entry.safetensors, tensor)
 
     @property
     def version(self) -> VersionRecord:
@@ -258,17 +277,22 @@ class _Job:
     # -- reading -----------------------------------------------------------------------------
 
     def open_file(self, entry: ManifestFile) -> tuple[SealedFile, FileReader]:
-        reader = self.source.reader(self.resolved, entry)
         what = f"{self.version.ref}: {entry.path}"
         key = self.source.data_key(self.resolved, entry)
-        return SealedFile(
-            reader, key, entry.digest, entry.size, what=what, counters=self.counters
-        ), reader
+        reader = self.source.reader(self.resolved, entry)
+        try:
+            sealed = SealedFile(
+                reader, key, entry.digest, entry.size, what=what, counters=self.counters
+            )
+        except BaseException:
+            self._finish_reader(reader, None)
+            raise
+        return sealed, reader
 
     def _finish_reader(self, reader: FileReader, sealed: SealedFile | None) -> None:
         self.regions.update(reader.regions_used())
         if isinstance(reader, CachedReader):
-            if reader.hit:
+            if reader.was_hit:
                 self.cache_hits += 1
             if sealed is not None:
                 reader.verified(sealed.header.sealed_size)
@@ -285,9 +309,19 @@ class _Job:
             tensor = tensor.to(self.options.device)
         return tensor
 
-    def whole_file(self, entry: ManifestFile, wanted: list[_Located]) -> Iterator[tuple[str, Any]]:
-        """Every tensor of a file read whole: yielded once its bytes are authenticated (on a
-        GPU, once the file is on the device); the file's digest is checked after the last."""
+    def whole_file(
+        self, entry: ManifestFile, wanted: list[_Located], *, early: bool = False
+    ) -> Iterator[tuple[str, Any]]:
+        """Every tensor of a file read whole, once the whole file is verified; with `early`,
+        each as soon as its chunks are authenticated (the file's digest is then checked after
+        its last tensor was yielded)."""
+        if early:
+            yield from self._whole_file(entry, wanted)
+            return
+        held = list(self._whole_file(entry, wanted))  # raises before anything is handed out
+        yield from held
+
+    def _whole_file(self, entry: ManifestFile, wanted: list[_Located]) -> Iterator[tuple[str, Any]]:
         header = entry.safetensors
         assert header is not None
         sealed, reader = self.open_file(entry)
@@ -378,13 +412,26 @@ class _Job:
             start, end = row_span(tensor, *rows)
             shape = (rows[1] - rows[0], *tensor.shape[1:])
         offset = located.header.data_offset
-        covered, at = self.pipeline.decrypt_span(sealed, offset + start, offset + end)
+        covered, at = self._span(located.file.path, sealed, offset + start, offset + end)
         self.plaintext += end - start
         self.advance(end - start)
         self.first()
-        return self.adapt(
-            tensor_from_span(covered, at, tensor, shape, framework=self.options.framework)
-        )
+        made = tensor_from_span(covered, at, tensor, shape, framework=self.options.framework)
+        if 2 * (end - start) < len(covered):
+            made = made.copy() if self.options.framework == "numpy" else made.clone()
+        return self.adapt(made)
+
+    def _span(self, path: str, sealed: SealedFile, start: int, end: int) -> tuple[bytearray, int]:
+        """Plaintext [start, end) of a file in a buffer of whole chunks; the chunks decrypted
+        last are kept, so neighbouring small tensors do not read them again."""
+        first, last = sealed.chunks_of(start, end) if end > start else (0, -1)
+        kept = self._kept
+        if kept is not None and kept[0] == path and kept[1] <= first and last <= kept[2]:
+            return kept[3], start - kept[1] * sealed.chunk_size
+        covered, at = self.pipeline.decrypt_span(sealed, start, end)
+        if end > start and last - first < self.pipeline.chunks_per_read:
+            self._kept = (path, first, last, covered)  # small: a few chunks at most
+        return covered, at
 
     def stats(self) -> LoadStats:
         return LoadStats(
@@ -407,10 +454,11 @@ class _Job:
             staging_bytes=self.cuda.staging_bytes if self.cuda is not None else 0,
         )
 
-    def record(self, stats: LoadStats) -> None:
+    def record(self, stats: LoadStats, *, complete: bool = True) -> None:
         self.source.finished(
             self.resolved,
             {
+                "complete": complete,
                 "digest": self.version.digest,
                 "files": stats.files,
                 "tensors": stats.tensors,
@@ -421,9 +469,9 @@ class _Job:
         )
 
 
-def _stream(job: _Job, tensors: Selection) -> Iterator[tuple[str, Any]]:
+def _stream(job: _Job, tensors: Selection, *, early: bool) -> Generator[tuple[str, Any]]:
     """Tensors of the selection: files wanted whole are read whole (and verified), the others
-    tensor by tensor."""
+    tensor by tensor. `early`: see `iter_tensors`."""
     selected = job.select(tensors)
     files = {entry.path: entry for entry in job.resolved.manifest.files}
     whole = {
@@ -439,7 +487,7 @@ def _stream(job: _Job, tensors: Selection) -> Iterator[tuple[str, Any]]:
     for path, wanted in selected.items():
         entry = files[path]
         if whole[path]:
-            yield from job.whole_file(entry, wanted)
+            yield from job.whole_file(entry, wanted, early=early)
             continue
         sealed, reader = job.open_file(entry)
         try:
@@ -483,7 +531,8 @@ def load(
     )
     job = _Job.start(ref, registry, options)
     try:
-        result = LoadedModel(_stream(job, tensors))
+        # Early: nothing leaves `load` before every file verified anyway.
+        result = LoadedModel(_stream(job, tensors, early=True))
         stats = job.stats()
         stats.tensors = len(result)
         job.record(stats)
@@ -508,11 +557,12 @@ class TensorStream:
     """An iterator of (name, tensor) as they arrive; `version` is known at once, `stats` once
     the iteration ended."""
 
-    def __init__(self, job: _Job, tensors: Selection) -> None:
+    def __init__(self, job: _Job, tensors: Selection, *, early: bool) -> None:
         self.version = job.version
         self.stats: LoadStats | None = None
+        self.complete = False
         self._job = job
-        self._inner = _stream(job, tensors)
+        self._inner = _stream(job, tensors, early=early)
 
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         count = 0
@@ -520,12 +570,18 @@ class TensorStream:
             for item in self._inner:
                 count += 1
                 yield item
+            self.complete = True
+        finally:
+            # Also when the consumer stops early: readers and cache files are released, and
+            # what was read is audited all the same.
+            self._inner.close()
             stats = self._job.stats()
             stats.tensors = count
-            self._job.record(stats)
             self.stats = stats
-        finally:
-            self._job.close()
+            try:
+                self._job.record(stats, complete=self.complete)
+            finally:
+                self._job.close()
 
 
 def iter_tensors(
@@ -543,10 +599,13 @@ def iter_tensors(
     verify: str = "full",
     cache: Cache | bool | None = True,
     on_progress: Callable[[int, int], None] | None = None,
+    early: bool = False,
 ) -> TensorStream:
-    """Tensors as soon as their bytes are authenticated, in file order (time to first tensor).
-    A file's BLAKE3 is checked when its last range arrives: an IntegrityError then ends the
-    iteration, and what it yielded of that file must be discarded."""
+    """Tensors in file order, the tensors of each file once that file is verified whole (so a
+    file whose digest does not match hands out nothing). With `early`, each tensor as soon as
+    the chunks holding it are authenticated (time to first tensor); the file's BLAKE3 is then
+    checked when its last range arrives, and an IntegrityError ends the iteration: what it
+    yielded of that file must be discarded."""
     options = _Options(
         device,
         dtype,
@@ -559,7 +618,7 @@ def iter_tensors(
         on_progress,
         cache,
     )
-    return TensorStream(_Job.start(ref, registry, options), tensors)
+    return TensorStream(_Job.start(ref, registry, options), tensors, early=early)
 
 
 @dataclass(frozen=True)
@@ -582,24 +641,46 @@ def load_into(
     cache: Cache | bool | None = True,
 ) -> LoadIntoResult:
     """Fill a torch.nn.Module's parameters and buffers in place from a version, on the device
-    and in the dtypes the module already has. With `strict`, names must match exactly."""
+    and in the dtypes the module already has. Names and shapes are checked against the
+    version's manifest before anything is read or copied, so a mismatch leaves the module as it
+    was. With `strict`, the names must match exactly; without, the tensors both have are
+    loaded and the others listed in the result."""
     own = module.state_dict()
+    with open(ref, registry=registry, cache=False) as reader:  # the manifest only
+        pinned = reader.version.ref  # an alias moving meanwhile does not change what loads
+        names = reader.keys()
+        shapes = {name: tuple(reader.get_slice(name).get_shape()) for name in names}
+    missing = sorted(set(own) - set(shapes))
+    unexpected = sorted(set(shapes) - set(own))
+    wrong = sorted(n for n in set(own) & set(shapes) if tuple(own[n].shape) != shapes[n])
+    if wrong:
+        name = wrong[0]
+        raise InvalidInputError(
+            f"{pinned}: {len(wrong)} tensors differ in shape from the module's, e.g. {name!r}: "
+            f"{list(shapes[name])} vs {list(own[name].shape)}",
+            hint="is this the model's architecture?",
+        )
+    if strict and (missing or unexpected):
+        raise InvalidInputError(
+            f"{pinned} does not match the module: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{' ...' if len(unexpected) > 5 else ''}",
+            hint="strict=False loads the tensors both have",
+        )
     first = next(iter(own.values()), None)
     device = str(first.device) if first is not None else "cpu"
     state = load(
-        ref,
+        pinned,
         device=device,
         registry=registry,
         progress=progress,
         workers=workers,
         verify=verify,
         cache=cache,
-        tensors=(lambda name: name in own) if not strict else None,
+        tensors=lambda name: name in own,
     )
-    outcome = module.load_state_dict(state, strict=strict)
-    return LoadIntoResult(
-        state.version, state.stats, list(outcome.missing_keys), list(outcome.unexpected_keys)
-    )
+    module.load_state_dict(state, strict=False)
+    return LoadIntoResult(state.version, state.stats, missing, unexpected)
 
 
 class TensorSlice:
@@ -657,6 +738,7 @@ class ModelReader:
     def __init__(self, job: _Job) -> None:
         self._job = job
         self._files: dict[str, tuple[SealedFile, FileReader]] = {}
+        self._closed = False
         self.version = job.version
 
     def __enter__(self) -> ModelReader:
@@ -666,10 +748,17 @@ class ModelReader:
         self.close()
 
     def close(self) -> None:
-        for _sealed, reader in self._files.values():
-            self._job._finish_reader(reader, None)
-        self._files.clear()
-        self._job.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for _sealed, reader in self._files.values():
+                self._job._finish_reader(reader, None)
+            if self._files:  # what was read is audited, like a load
+                self._job.record(self._job.stats())
+        finally:
+            self._files.clear()
+            self._job.close()
 
     @property
     def stats(self) -> LoadStats:

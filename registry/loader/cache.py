@@ -15,6 +15,7 @@ import contextlib
 import os
 import secrets
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +29,8 @@ ENV_CACHE_DIR = "MODEL_REGISTRY_CACHE_DIR"
 ENV_CACHE_SIZE = "MODEL_REGISTRY_CACHE_SIZE"
 DEFAULT_SIZE = 20 * 1024**3
 _SUFFIX = ".sealed"
+_PARTIAL = ".partial"
+STALE_PARTIAL = 3600.0  # seconds: a download left by a process that died
 
 
 class Upstream(Protocol):
@@ -72,6 +75,15 @@ class Cache:
             self._key = key_file.read_bytes()
         if len(self._key) != 32:
             raise InvalidInputError(f"{key_file} is not a cache key", hint=f"remove {root}")
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove downloads that a process left behind when it died (they count in no bound)."""
+        now = time.time()
+        for path in self.root.glob(f".*{_PARTIAL}"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - path.stat().st_mtime > STALE_PARTIAL:
+                    path.unlink()
 
     @classmethod
     def default(cls) -> Cache:
@@ -127,80 +139,87 @@ class Cache:
 
 class CachedReader:
     """Reads one object from the cache when it holds it, else from upstream while keeping a
-    copy; `verified()` admits the copy once the load has verified the whole file."""
+    copy; `verified()` admits the copy once the load has verified the whole file. Safe for
+    the loader's worker threads: a damaged cache entry switches the reader to upstream once,
+    whichever workers notice, and the ranges read from the entry are read again from upstream."""
 
     def __init__(self, cache: Cache, digest: str, upstream: Upstream) -> None:
         self.cache, self.digest, self.upstream = cache, digest, upstream
         self.final = cache.path_of(digest)
-        self.hit = False
-        self._fd: int | None = None
+        self.hit = False  # serving from the cache entry
+        self.was_hit = False  # it was, when the load started
+        self._lock = threading.Lock()
+        self._entry_fd: int | None = None  # kept open until close(): workers may still read
+        self._partial_fd: int | None = None
         self._partial: Path | None = None
         self._spans: list[tuple[int, int]] = []
-        self._lock = threading.Lock()
+        self._from_entry: set[int] = set()
         try:
-            self._fd = os.open(self.final, os.O_RDONLY)
-            self.hit = True
+            self._entry_fd = os.open(self.final, os.O_RDONLY)
+            self.hit = self.was_hit = True
             os.utime(self.final)  # least recently used goes first
         except FileNotFoundError:
             self._start_copy()
 
     def _start_copy(self) -> None:
-        if self.cache.max_bytes == 0:
+        if self.cache.max_bytes == 0 or self._partial is not None:
             return
-        self._partial = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}.partial")
-        self._fd = os.open(self._partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._partial = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}{_PARTIAL}")
+        self._partial_fd = os.open(self._partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
 
     def read_into(self, offset: int, buffer: memoryview, /) -> int:
-        if self.hit:
-            assert self._fd is not None
+        with self._lock:
+            hit, entry, partial = self.hit, self._entry_fd, self._partial_fd
+            if hit:
+                self._from_entry.add(offset)
+        if hit and entry is not None:
             got = 0
             while got < len(buffer):
-                count = os.preadv(self._fd, [buffer[got:]], offset + got)
+                count = os.preadv(entry, [buffer[got:]], offset + got)
                 if count == 0:
                     break
                 got += count
             return got
         got = self.upstream.read_into(offset, buffer)
-        if self._fd is not None and got:
-            os.pwrite(self._fd, buffer[:got], offset)
+        if partial is not None and got:
+            os.pwrite(partial, buffer[:got], offset)
             with self._lock:
                 self._spans.append((offset, offset + got))
         return got
 
     def damaged(self, offset: int, error: IntegrityError, /) -> bool:
-        if self.hit:
-            # A damaged cache entry: drop it and read from the server from now on.
-            self._close()
-            self.cache.drop(self.final)
-            self.hit = False
-            self._start_copy()
-            return True
+        with self._lock:
+            if offset in self._from_entry:
+                self._from_entry.discard(offset)
+                if self.hit:
+                    # A damaged entry: forget it, read from upstream from now on (and copy).
+                    self.hit = False
+                    self.cache.drop(self.final)
+                    self._start_copy()
+                return True
         return self.upstream.damaged(offset, error)
 
     def regions_used(self) -> list[str]:
-        return ["cache"] if self.hit else self.upstream.regions_used()
+        if self.hit:
+            return ["cache"]
+        return (["cache"] if self._from_entry else []) + self.upstream.regions_used()
 
     def verified(self, sealed_size: int) -> None:
         """The whole file was read and verified: keep the copy if it covers the object."""
-        if self.hit or self._partial is None or self._fd is None:
-            return
         with self._lock:
-            covered = 0
-            for start, end in sorted(self._spans):
-                if start > covered:
-                    break
-                covered = max(covered, end)
-        self._close(keep_partial=True)
-        if covered == sealed_size and os.path.getsize(self._partial) == sealed_size:
-            self.cache.admit(self._partial, self.final)
+            partial, spans = self._partial, sorted(self._spans)
+            if self.hit or partial is None or self._partial_fd is None:
+                return
+            os.close(self._partial_fd)
+            self._partial_fd = None
+        covered = 0
+        for start, end in spans:
+            if start > covered:
+                break
+            covered = max(covered, end)
+        if covered == sealed_size and os.path.getsize(partial) == sealed_size:
+            self.cache.admit(partial, self.final)
         self._discard()
-
-    def _close(self, *, keep_partial: bool = False) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if not keep_partial:
-            self._discard()
 
     def _discard(self) -> None:
         if self._partial is not None:
@@ -208,4 +227,9 @@ class CachedReader:
             self._partial = None
 
     def close(self) -> None:
-        self._close()
+        with self._lock:
+            for fd in (self._entry_fd, self._partial_fd):
+                if fd is not None:
+                    os.close(fd)
+            self._entry_fd = self._partial_fd = None
+        self._discard()

@@ -312,8 +312,11 @@ class Pipeline:
         pending: deque[Future[None]] = deque()
         submitted = 0
         try:
+            # Two slots stay out of the workers' reach: the copies just issued read them, and a
+            # slot is reclaimed (its copy waited for) only when no other is free.
+            window = max(1, slots.count - 2)
             for position, (first, last) in enumerate(groups):
-                while submitted < len(groups) and submitted - position < slots.count:
+                while submitted < len(groups) and submitted - position < window:
                     taken[submitted] = slots.acquire()
                     pending.append(self._pool.submit(task(submitted)))
                     submitted += 1

@@ -196,7 +196,11 @@ class CudaTarget:
         self.release: Any = None  # set by the caller: the ring's release
 
     def allocate(self, size: int) -> torch.Tensor:
-        return empty_bytes(size, device=str(self.device))
+        destination = empty_bytes(size, device=str(self.device))
+        # The caching allocator may hand back memory that work queued on the current stream
+        # still uses: the copy stream must not write it before that work is done.
+        self.stream.wait_stream(self.torch.cuda.current_stream(self.device))
+        return destination
 
     def deliver(self, destination: torch.Tensor, offset: int, length: int, slot: int) -> None:
         torch = self.torch
