@@ -10,6 +10,7 @@ from cli import (
     aliases,
     api,
     audit,
+    drill,
     events,
     gc,
     holds,
@@ -49,6 +50,7 @@ registry_commands.register(main)
 versions.register(main)
 main.add_command(keys.keys)
 regions.register(main)
+drill.register(main)
 holds.register(main)
 aliases.register(main)
 audit.register(main)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cli.ui import handle_errors, human_size, open_registry, print_json, progress_bar, stdout, when
 from registry.catalog.repository import VersionRecord
-from registry.errors import IntegrityError
+from registry.errors import IntegrityError, InvalidInputError, StorageError
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -245,15 +245,40 @@ def show(ref: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("ref")
+@click.argument("ref", required=False)
 @click.option(
     "--read-data", is_flag=True, help="Decrypt and re-hash every byte, not just presence."
 )
+@click.option("--all", "everything", is_flag=True, help="Scrub every object of every version.")
+@click.option(
+    "--sample",
+    type=click.FloatRange(0, 100, min_open=True),
+    metavar="PERCENT",
+    help="With --all: check a random share of the objects.",
+)
+@click.option("--region", metavar="NAME", help="With --all: only this region's copies.")
 @JSON
 @QUIET
 @handle_errors
-def verify(ref: str, read_data: bool, as_json: bool, quiet: bool) -> None:
-    """Check that every object of REF is present (and, with --read-data, intact)."""
+def verify(
+    ref: str | None,
+    read_data: bool,
+    everything: bool,
+    sample: float | None,
+    region: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Check that every object of REF is present (and, with --read-data, intact); with --all,
+    scrub the whole registry: every object in every region, and objects no catalog row knows."""
+    if everything == (ref is not None):
+        raise InvalidInputError("give a REF, or --all (not both)", hint="verify REF | verify --all")
+    if not everything and (sample is not None or region is not None):
+        raise InvalidInputError("--sample and --region go with --all")
+    if everything:
+        _scrub(read_data=read_data, sample=sample, region=region, as_json=as_json, quiet=quiet)
+        return
+    assert ref is not None
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
     with open_registry() as registry:
@@ -284,6 +309,53 @@ def verify(ref: str, read_data: bool, as_json: bool, quiet: bool) -> None:
             click.echo(f"warning: not checked, unreachable: {region}", err=True)
     if not report.ok:
         sys.exit(IntegrityError.exit_code)
+
+
+def _scrub(
+    *, read_data: bool, sample: float | None, region: str | None, as_json: bool, quiet: bool
+) -> None:
+    started = time.perf_counter()
+    bar = progress_bar(as_json=as_json, quiet=quiet)
+    with open_registry() as registry:
+        try:
+            report = registry.scrub(read_data=read_data, sample=sample, region=region, progress=bar)
+        finally:
+            bar.close()
+    if as_json:
+        print_json({**report.to_dict(), "seconds": round(time.perf_counter() - started, 3)})
+    else:
+        depth = "decrypted and re-hashed" if read_data else "present, sized and keyed"
+        share = f" (a {report.sampled:g}% sample)" if report.sampled is not None else ""
+        verdict = "ok" if report.ok else "BAD"
+        stdout.print(
+            f"{verdict}: {report.objects} objects{share}, {report.copies} copies {depth}; "
+            f"{len(report.problems)} bad, {len(report.orphans)} orphans"
+        )
+        for problem in report.problems:
+            versions = ", ".join(problem.versions) or "no live version"
+            click.echo(
+                f"BAD {problem.region}: {problem.kind} {problem.name}: "
+                f"{problem.problem} (breaks {versions})",
+                err=True,
+            )
+        for orphan in report.orphans:
+            click.echo(
+                f"orphan {orphan.region}: {orphan.name} ({human_size(orphan.size)}, "
+                f"written {orphan.modified:%Y-%m-%d %H:%M}Z)",
+                err=True,
+            )
+        for name in report.unchecked:
+            click.echo(f"warning: not checked, unreachable: {name}", err=True)
+        if report.problems:
+            click.echo(
+                "the bad copies are recorded: `model-registry replicate --repair` replaces them "
+                "from a good copy (in another region)",
+                err=True,
+            )
+    if report.problems:
+        sys.exit(IntegrityError.exit_code)
+    if report.unchecked:
+        sys.exit(StorageError.exit_code)
 
 
 def register(group: click.Group) -> None:

@@ -72,6 +72,10 @@ class BlobStore:
         object_id = keyed_id(self._naming_key, kind, digest)
         return f"{_PREFIXES[kind]}/{object_id[:2]}/{object_id}"
 
+    def object_prefixes(self) -> tuple[str, ...]:
+        """Where blobs and manifests live (with a trailing slash), for listings."""
+        return tuple(f"{prefix}/" for prefix in _PREFIXES.values())
+
     def slot_name(self, kind: str, digest: str, kek_id: str) -> str:
         object_id = keyed_id(self._naming_key, kind, digest)
         return f"slots/{object_id[:2]}/{object_id}/{kind}-{_kek_tag(kek_id)}"

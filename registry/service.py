@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import hmac
 import os
+import random
 import re
 import secrets
 import shutil
@@ -118,6 +119,7 @@ from registry.retention import (
     format_duration,
     parse_duration,
 )
+from registry.safetensors_header import parse_header
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
 from registry.storage.lock import ObjectLock, Retention
 
@@ -186,6 +188,126 @@ class PullResult:
 class FileProblem:
     path: str
     problem: str
+
+
+@dataclass(frozen=True)
+class ScrubProblem:
+    """A stored copy that is missing, damaged or unreadable, and the versions it breaks."""
+
+    region: str
+    kind: str
+    digest: str
+    name: str
+    problem: str
+    versions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An object in a store that no catalog row knows (a push that crashed before its commit,
+    or something that is not the registry's)."""
+
+    region: str
+    name: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class ScrubReport:
+    read_data: bool
+    objects: int  # distinct objects checked
+    copies: int  # copies checked (objects x regions)
+    sampled: float | None  # percent, when a sample was checked
+    problems: tuple[ScrubProblem, ...] = field(default=())
+    orphans: tuple[Orphan, ...] = field(default=())
+    unchecked: tuple[str, ...] = field(default=())  # regions that could not be reached
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.unchecked
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "read_data": self.read_data,
+            "objects": self.objects,
+            "copies": self.copies,
+            "sampled_percent": self.sampled,
+            "problems": [
+                {
+                    "region": p.region,
+                    "kind": p.kind,
+                    "digest": p.digest,
+                    "object": p.name,
+                    "problem": p.problem,
+                    "versions": list(p.versions),
+                }
+                for p in self.problems
+            ],
+            "orphans": [
+                {
+                    "region": o.region,
+                    "object": o.name,
+                    "size": o.size,
+                    "modified": o.modified.isoformat(),
+                }
+                for o in self.orphans
+            ],
+            "unchecked": list(self.unchecked),
+        }
+
+
+@dataclass(frozen=True)
+class DrillModel:
+    """One model's part of a restore drill."""
+
+    name: str
+    ref: str  # the version restored ("" when it could not be resolved)
+    via: str  # the alias it was resolved through, or "newest"
+    files: int
+    bytes: int  # plaintext bytes decrypted and verified
+    seconds: float
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class DrillReport:
+    region: str
+    mode: str  # "all" (every byte) or "sample:N" (N random chunks a file)
+    models: tuple[DrillModel, ...]
+    seconds: float
+    at: datetime
+
+    @property
+    def ok(self) -> bool:
+        return all(model.ok for model in self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "region": self.region,
+            "mode": self.mode,
+            "seconds": round(self.seconds, 3),
+            "at": self.at.isoformat(),
+            "models": [
+                {
+                    "name": m.name,
+                    "ref": m.ref,
+                    "via": m.via,
+                    "ok": m.ok,
+                    "files": m.files,
+                    "bytes": m.bytes,
+                    "seconds": round(m.seconds, 3),
+                    "problems": list(m.problems),
+                }
+                for m in self.models
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -1879,6 +2001,348 @@ class Registry:
         return view
 
     # -- regions ---------------------------------------------------------------------------
+
+    def scrub(
+        self,
+        *,
+        read_data: bool = False,
+        sample: float | None = None,
+        region: str | None = None,
+        progress: Progress | None = None,
+    ) -> ScrubReport:
+        """Check every object the catalog knows in every region (or `region`): present, the
+        size its header says, its key slot opens it; with `read_data`, every chunk decrypted
+        and every blob re-hashed. `sample` (percent) checks a random share of the objects. Bad
+        copies are recorded as bad placements, which `replicate --repair` then replaces from a
+        good copy. Objects in the stores that no catalog row knows are
+        listed as orphans (never deleted here)."""
+        self._require(READER, "scrub the stores")
+        if sample is not None and not 0 < sample <= 100:
+            raise InvalidInputError("--sample is a percentage: more than 0, at most 100")
+        regions = [r for r in self.replicas.regions if region is None or r.name == region]
+        if not regions:
+            names = ", ".join(r.name for r in self.replicas.regions)
+            raise NotFoundError(f"no region {region!r}", hint=f"the regions are {names}")
+        progress = progress or _NoProgress()
+        # Every object of every version (tombstones too: their objects are gc's to remove).
+        users: dict[tuple[str, str], set[str]] = {}
+        sizes: dict[tuple[str, str], int | None] = {}
+        live: set[str] = set()
+        for model in self.catalog.models():
+            for version in self.catalog.versions(model.name, expired=True):
+                if version.expired_at is None:
+                    live.add(version.ref)
+                users.setdefault((MANIFEST, version.digest), set()).add(version.ref)
+                sizes[(MANIFEST, version.digest)] = None
+                for entry in version.files:
+                    users.setdefault((BLOB, entry.digest), set()).add(version.ref)
+                    sizes[(BLOB, entry.digest)] = entry.size
+        checked = sorted(
+            key for key, refs in users.items() if refs & live
+        )  # objects only tombstones use may already be swept
+        if sample is not None and checked:
+            count = max(1, round(len(checked) * sample / 100))
+            checked = sorted(random.sample(checked, count))
+        problems: list[ScrubProblem] = []
+        placements: list[PlacementRecord] = []
+        unchecked: set[str] = set()
+        copies = 0
+        progress.begin("scrubbing", len(checked) * len(regions))
+        for kind, digest in checked:
+            what = f"{kind} {digest}"
+            size = sizes[(kind, digest)]
+            for where in regions:
+                if where.name in unchecked:
+                    progress.advance(1)
+                    continue
+                name = where.store.object_name(kind, digest)
+                problem: str | None = None
+                checksum: str | None = None
+                damaged = False
+                try:
+                    # Always: present, the size its header says, opened by the region's own
+                    # key slot (what a rebuild from this region alone relies on).
+                    self._scrub_quick(where, kind, digest, size, what=what)
+                    if read_data:
+                        outcome = self.replicas.check(
+                            where,
+                            kind,
+                            digest,
+                            known=self.catalog.key_slots(digest, kind),
+                            checksum=None,  # none: every chunk authenticated, blobs re-hashed
+                            what=what,
+                        )
+                        if outcome.state == PENDING:
+                            unchecked.add(where.name)
+                            continue
+                        if outcome.state != VERIFIED:
+                            problem, damaged = outcome.detail, True
+                        checksum = outcome.checksum
+                except (StorageError, KmsUnreachableError):
+                    unchecked.add(where.name)
+                    continue
+                except IntegrityError as error:
+                    problem, damaged = str(error), True
+                except RegistryError as error:
+                    problem = str(error)  # a key we may not use says nothing about the copy
+                finally:
+                    progress.advance(1)
+                copies += 1
+                if problem is not None:
+                    versions = tuple(sorted(users[(kind, digest)] & live))
+                    problems.append(ScrubProblem(where.name, kind, digest, name, problem, versions))
+                    if damaged:
+                        placements.append(
+                            PlacementRecord(digest, kind, where.name, name, BAD, None, problem)
+                        )
+                elif read_data:
+                    placements.append(
+                        PlacementRecord(digest, kind, where.name, name, VERIFIED, checksum, "")
+                    )
+        progress.end()
+        if placements:
+            self.catalog.record_placements(placements)
+        orphans = [] if sample is not None else self._orphans(regions, users, unchecked)
+        report = ScrubReport(
+            read_data,
+            len(checked),
+            copies,
+            sample,
+            tuple(problems),
+            tuple(orphans),
+            tuple(sorted(unchecked)),
+        )
+        self.catalog.audit(
+            self.actor,
+            "scrub",
+            "registry",
+            {
+                "read_data": read_data,
+                "sample": sample,
+                "regions": [r.name for r in regions],
+                "objects": report.objects,
+                "copies": copies,
+                "problems": len(problems),
+                "orphans": len(orphans),
+                "unchecked": sorted(unchecked),
+            },
+        )
+        return report
+
+    @staticmethod
+    def _scrub_quick(where: Region, kind: str, digest: str, size: int | None, *, what: str) -> None:
+        store = where.store
+        if size is not None:
+            store.read_header(kind, digest, size=size, what=what)
+        else:
+            name = store.object_name(kind, digest)
+            info = store.driver.stat(name)
+            if info is None:
+                raise IntegrityError(f"{what}: stored object {name} is missing", path=what)
+            header = sealed.SealedHeader.unpack(
+                store.driver.get_range(name, 0, sealed.HEADER_SIZE), what=what
+            )
+            if header.sealed_size != info.size:
+                raise IntegrityError(
+                    f"{what}: {info.size} bytes stored, its header says {header.sealed_size}",
+                    path=what,
+                )
+        store.check_slot(kind, digest, what=what)
+
+    def _orphans(
+        self,
+        regions: Sequence[Region],
+        users: dict[tuple[str, str], set[str]],
+        unchecked: set[str],
+    ) -> list[Orphan]:
+        """Objects and key slots under the registry's prefixes that no catalog row knows."""
+        found: list[Orphan] = []
+        for where in regions:
+            if where.name in unchecked:
+                continue
+            store = where.store
+            known = {store.object_name(kind, digest) for kind, digest in users}
+            # A key slot lives under its object's id: slots/xx/<id>/<kind>-<kek>.
+            known_ids = {name.rsplit("/", 1)[1] for name in known}
+            try:
+                for prefix in (*store.object_prefixes(), "slots/"):
+                    for info in store.driver.list(prefix):
+                        if prefix == "slots/":
+                            parts = info.name.split("/")
+                            if len(parts) >= 3 and parts[2] in known_ids:
+                                continue
+                        elif info.name in known:
+                            continue
+                        found.append(Orphan(where.name, info.name, info.size, info.modified))
+            except StorageError:
+                unchecked.add(where.name)
+        return found
+
+    def drill(
+        self,
+        *,
+        region: str | None = None,
+        alias: str = "production",
+        sample: int | None = None,
+        progress: Progress | None = None,
+    ) -> DrillReport:
+        """A restore drill: as if every other region were gone, restore from `region` alone
+        (default: the last in read order, the one furthest from the primary) each model's
+        `alias` (its newest version when it has none): its manifest authenticated with that
+        region's own key slot and its signature checked, every file decrypted and re-hashed
+        (with `sample`, that many random chunks of each file, authenticated), and every
+        safetensors header parsed and compared with the manifest's. Timed per model and in
+        total; audited (`drill`), so when the backups were last proven is on record."""
+        self._require(READER, "run a restore drill")
+        validate_alias(alias)
+        if sample is not None and sample < 1:
+            raise InvalidInputError("--sample is a number of chunks per file, at least 1")
+        chosen = self.replicas.regions[-1] if region is None else None
+        for candidate in self.replicas.regions:
+            if candidate.name == region:
+                chosen = candidate
+        if chosen is None:
+            names = ", ".join(r.name for r in self.replicas.regions)
+            raise NotFoundError(f"no region {region!r}", hint=f"the regions are {names}")
+        models = [m for m in self.catalog.models() if m.version_count]
+        if not models:
+            raise NotFoundError("the registry has no versions to drill")
+        try:
+            # The region's marker and wrapped naming key: what a rebuild from it needs first.
+            chosen.store.check_claim()
+        except RegistryError as error:
+            raise StorageError(
+                f"region {chosen.name} cannot be drilled: {error}",
+                hint="check it with `model-registry regions status`",
+            ) from None
+        alone = ReplicaSet([chosen], workers=self.replicas.workers)
+        started = time.perf_counter()
+        at = datetime.now(UTC)
+        results = []
+        progress = progress or _NoProgress()
+        progress.begin("drilling", len(models))
+        for model in models:
+            results.append(self._drill_model(model.name, alone, alias=alias, sample=sample))
+            progress.advance(1)
+        progress.end()
+        report = DrillReport(
+            chosen.name,
+            "all" if sample is None else f"sample:{sample}",
+            tuple(results),
+            time.perf_counter() - started,
+            at,
+        )
+        self.catalog.audit(
+            self.actor,
+            "drill",
+            "registry",
+            {
+                "region": chosen.name,
+                "mode": report.mode,
+                "ok": report.ok,
+                "seconds": round(report.seconds, 3),
+                "models": {m.name: {"ref": m.ref, "ok": m.ok} for m in results},
+                "problems": [f"{m.name}: {p}" for m in results for p in m.problems],
+            },
+        )
+        return report
+
+    def _drill_model(
+        self, name: str, alone: ReplicaSet, *, alias: str, sample: int | None
+    ) -> DrillModel:
+        started = time.perf_counter()
+        via, checked, files = alias, 0, 0
+        problems: list[str] = []
+        ref = ""
+        try:
+            try:
+                version = self.resolve(f"{name}:{alias}")
+            except NotFoundError:
+                version, via = self.resolve(name), "newest"
+            ref = version.ref
+            what = f"manifest of {version.ref}"
+            data = alone.read_bytes(
+                MANIFEST, version.digest, known=(), what=what, report=ReadReport()
+            )
+            manifest, _signer = manifests.parse_envelope(
+                data,
+                expected_digest=version.digest,
+                trusted=self.settings.trusted_signers,
+                what=what,
+            )
+            for entry in manifest.files:
+                files += 1
+                try:
+                    checked += self._drill_file(alone, version, entry, sample=sample)
+                except (StorageError, KmsUnreachableError):
+                    raise  # the region (or its KMS) went away: the drill cannot go on
+                except RegistryError as error:
+                    problems.append(f"{entry.path}: {error}")
+        except (StorageError, KmsUnreachableError):
+            raise
+        except RegistryError as error:
+            problems.append(str(error))
+        return DrillModel(
+            name, ref, via, files, checked, time.perf_counter() - started, tuple(problems)
+        )
+
+    def _drill_file(
+        self, alone: ReplicaSet, version: VersionRecord, entry: ManifestFile, *, sample: int | None
+    ) -> int:
+        """Restore one file from one region: returns the plaintext bytes verified."""
+        what = f"{version.ref}: {entry.path}"
+        region = alone.regions[0]
+        head = bytearray()
+        header_end = 0 if entry.safetensors is None else entry.safetensors.data_offset
+        if sample is None:
+            done = 0
+            for chunk in alone.open(
+                BLOB, entry.digest, known=(), size=entry.size, what=what, report=ReadReport()
+            ):
+                if len(head) < header_end:
+                    head += chunk
+                done += len(chunk)
+            self._drill_header(entry, bytes(head[:header_end]), what=what)
+            return done
+        # A sample: the chunks holding the header, and `sample` others at random, authenticated.
+        key, _slots = alone.unwrap_any(BLOB, entry.digest, known=(), what=what)
+        name = region.store.object_name(BLOB, entry.digest)
+        driver = region.store.driver
+        opener = sealed.Opener(
+            key, entry.digest, driver.get_range(name, 0, sealed.HEADER_SIZE), what=what
+        )
+        header = opener.header
+        if header.plaintext_size != entry.size:
+            raise IntegrityError(f"{what}: header says {header.plaintext_size} bytes")
+        info = driver.stat(name)
+        if info is None or info.size != header.sealed_size:
+            raise IntegrityError(
+                f"{what}: {info.size if info else 0} bytes stored, its header says "
+                f"{header.sealed_size} (truncated or extended)"
+            )
+        first_chunks = set(range(0, max(1, -(-header_end // header.chunk_size))))
+        others = sorted(set(range(header.chunk_count)) - first_chunks)
+        picked = sorted(first_chunks | set(random.sample(others, min(sample, len(others)))))
+        done = 0
+        for index in picked:
+            offset, length = header.chunk_range(index, index)
+            data = driver.get_range(name, offset, length)
+            out = bytearray(header.chunk_plain_size(index))
+            opener.open_chunk(index, data, out)
+            if index in first_chunks:
+                head += out
+            done += len(out)
+        self._drill_header(entry, bytes(head[:header_end]), what=what)
+        return done
+
+    @staticmethod
+    def _drill_header(entry: ManifestFile, head: bytes, *, what: str) -> None:
+        """The file's safetensors header, parsed from the restored bytes, is the manifest's."""
+        if entry.safetensors is None:
+            return
+        parsed = parse_header(head[8:], file_size=entry.size, display_name=what)
+        if parsed.to_manifest() != entry.safetensors.to_manifest():
+            raise IntegrityError(f"{what}: its safetensors header differs from the manifest's")
 
     def regions_status(self) -> list[RegionStatus]:
         """Each region probed now (its marker and naming key read), with the catalog's counts

@@ -39,6 +39,7 @@ step model-registry pull demo/llama:production "$root/pulled"
 step diff -r "$root/llama-demo" "$root/pulled"
 echo "byte-identical"
 step model-registry verify demo/llama@2 --read-data
+step model-registry drill
 printf '\n\033[1m$ load the pulled shards\033[0m\n'
 python - <<PY
 from pathlib import Path

@@ -425,7 +425,7 @@ def test_through_a_server_with_a_ciphertext_cache(home: Path, tmp_path: Path) ->
                     "org/big", registry=remote, cache=cache, workers=4, chunks_per_read=1
                 )
                 assert all(_same(fourth[k], v) for k, v in _reference(big).items())
-                assert fourth.stats.retries >= 2
+                assert fourth.stats.retries >= 1  # as many as workers had read from it
                 assert not list(cache.root.glob(".*.partial"))  # nothing left behind
                 # Bounded: a cache smaller than one file keeps nothing.
                 tiny = loader.Cache(tmp_path / "tiny", max_bytes=1000)

@@ -11,6 +11,7 @@ upload staging directory (docs/operations.md: several processes share it or use 
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import json
 import logging
@@ -335,11 +336,42 @@ def readyz(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if not problems else 503)
 
 
-@get("/metrics", sync_to_thread=False, tags=["service"], media_type=CONTENT_TYPE_LATEST)
+@get("/metrics", sync_to_thread=True, tags=["service"], media_type=CONTENT_TYPE_LATEST)
 def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Prometheus metrics."""
-    data = generate_latest(_state(request).metrics.registry)
+    """Prometheus metrics (with when the backups were last proven: drills and scrubs)."""
+    state = _state(request)
+    with contextlib.suppress(RegistryError):  # the catalog down: the rest still answers
+        _proofs(state)
+    data = generate_latest(state.metrics.registry)
     return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+
+def _proofs(state: State) -> None:
+    """The last drill from each configured region and the last full scrub, from the audit trail
+    (any process or host may have run them); series appear once there is something to say."""
+    catalog = state.registry.catalog
+    regions = {region.name for region in state.registry.replicas.regions}
+    seen: set[str] = set()
+    for event in catalog.audit_events(action="drill", subject="registry", limit=200):
+        region = str(event.details.get("region"))
+        if region in regions and region not in seen:
+            seen.add(region)
+            state.metrics.last_drill.labels(region).set(event.at.timestamp())
+            state.metrics.last_drill_ok.labels(region).set(1 if event.details.get("ok") else 0)
+            state.metrics.last_drill_seconds.labels(region).set(
+                float(event.details.get("seconds", 0.0))
+            )
+        if seen == regions:
+            break
+    for event in catalog.audit_events(action="scrub", subject="registry", limit=200):
+        details = event.details
+        if details.get("sample") is None and len(details.get("regions", [])) == len(regions):
+            # Only a full scrub of every region says something about all the copies.
+            state.metrics.last_scrub.labels("full").set(event.at.timestamp())
+            state.metrics.last_scrub_problems.labels("full").set(
+                float(details.get("problems", 0)) + len(details.get("unchecked", []))
+            )
+            break
 
 
 # -- models and versions --------------------------------------------------------------------------

@@ -53,6 +53,36 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.last_drill = Gauge(
+            "model_registry_last_drill_timestamp_seconds",
+            "When the last restore drill from each region ran (Unix time; from the audit trail)",
+            ["region"],
+            registry=r,
+        )
+        self.last_drill_ok = Gauge(
+            "model_registry_last_drill_ok",
+            "Whether the last restore drill from each region passed (1) or failed (0)",
+            ["region"],
+            registry=r,
+        )
+        self.last_drill_seconds = Gauge(
+            "model_registry_last_drill_duration_seconds",
+            "How long the last restore drill from each region took (the recovery time it measured)",
+            ["region"],
+            registry=r,
+        )
+        self.last_scrub = Gauge(
+            "model_registry_last_scrub_timestamp_seconds",
+            "When the last full scrub (verify --all, every region) ran (Unix time; audit trail)",
+            ["scope"],
+            registry=r,
+        )
+        self.last_scrub_problems = Gauge(
+            "model_registry_last_scrub_problems",
+            "Bad copies (and unreachable regions) the last full scrub found",
+            ["scope"],
+            registry=r,
+        )
         self.replication_backlog = Gauge(
             "model_registry_replication_backlog",
             "Object copies recorded pending or bad, by region (updated by /readyz)",

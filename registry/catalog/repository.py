@@ -501,13 +501,21 @@ class Catalog:
             return None if version is None else _version_record(version)
 
     def audit_events(
-        self, *, subject: str | None = None, since: datetime | None = None, limit: int = 100
+        self,
+        *,
+        subject: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+        action: str | None = None,
     ) -> list[AuditRecord]:
-        """The newest `limit` entries (about `subject`, at or after `since`), newest first."""
+        """The newest `limit` entries (about `subject`, of `action`, at or after `since`),
+        newest first."""
         with self._read() as session:
             query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             if subject is not None:
                 query = query.where(AuditEvent.subject == subject)
+            if action is not None:
+                query = query.where(AuditEvent.action == action)
             if since is not None:
                 query = query.where(AuditEvent.at >= since)
             return [
