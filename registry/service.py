@@ -2155,13 +2155,15 @@ class Registry:
         users: dict[tuple[str, str], set[str]],
         unchecked: set[str],
     ) -> list[Orphan]:
-        """Objects and key slots under the registry's prefixes that no catalog row knows."""
+        """Objects and key slots under the registry's prefixes that no catalog row knows (nor
+        a live lease: a push in flight stores its objects before its commit names them)."""
         found: list[Orphan] = []
+        referenced = set(users) | self.catalog.leased()
         for where in regions:
             if where.name in unchecked:
                 continue
             store = where.store
-            known = {store.object_name(kind, digest) for kind, digest in users}
+            known = {store.object_name(kind, digest) for kind, digest in referenced}
             # A key slot lives under its object's id: slots/xx/<id>/<kind>-<kek>.
             known_ids = {name.rsplit("/", 1)[1] for name in known}
             try:

@@ -131,3 +131,23 @@ def test_scrub_checks_key_slots_and_manifest_sizes_in_both_modes(
         found = {(p.region, p.kind, p.digest): p.problem for p in report.problems}
         assert "key slot missing" in found[("region-2", "blob", blob.digest)], read_data
         assert ("region-1", "manifest", v2.digest) in found, read_data
+
+
+def test_an_object_of_a_push_in_flight_is_not_an_orphan(
+    two_regions: Registry, tmp_path: Path
+) -> None:
+    import uuid
+    from datetime import timedelta
+
+    registry = two_regions
+    digest = "blake3:" + "ab" * 32
+    stored = tmp_path / "region-a" / "objects" / registry.store.object_name("blob", digest)
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(b"sealed bytes of a push not committed yet")
+    lease = str(uuid.uuid4())
+    assert registry.catalog.take_lease(lease, [(digest, "blob")], ttl=timedelta(hours=1)) == []
+    assert registry.scrub().orphans == ()
+    registry.catalog.drop_lease(lease)  # the push died: now nothing claims it
+    assert [o.name for o in registry.scrub().orphans] == [
+        registry.store.object_name("blob", digest)
+    ]

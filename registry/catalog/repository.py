@@ -954,6 +954,15 @@ class Catalog:
 
         return self._retrying(work, what=f"claim {purpose} {digest}")
 
+    def leased(self) -> set[tuple[str, str]]:
+        """(purpose, digest) of every object a live lease holds (a push or replication in
+        flight is about to reference it)."""
+        with self._read() as session:
+            rows = session.execute(
+                select(PushLease.purpose, PushLease.digest).where(PushLease.expires_at > utcnow())
+            ).all()
+            return {(purpose, digest) for purpose, digest in rows}
+
     def sweeps(self) -> list[tuple[str, str]]:
         """(digest, purpose) of every claimed sweep not finished yet."""
         with self._read() as session:
