@@ -568,3 +568,50 @@ def test_a_failed_open_leaves_no_download_behind(home: Path, tmp_path: Path) -> 
                 with pytest.raises(IntegrityError):
                     loader.load("org/llama", registry=remote, cache=cache)
     assert not list(cache.root.glob(".*.partial")) and cache.entries() == []
+
+
+def test_the_staging_ring_path_without_a_gpu(registry: Registry, tmp_path: Path) -> None:
+    """The GPU path's engine (a bounded ring of staging slots, hashed in order, delivered, slots
+    reclaimed only after their delivery finished) run with plain host buffers for slots."""
+    from collections import deque
+
+    from registry.loader.engine import Counters, Pipeline, SealedFile, StagingRing
+    from registry.replication import ReadReport
+
+    model = make_model(tmp_path / "model", shards=1, shard_size=9 * MiB, seed=18)
+    registry.push("org/llama", model)
+    version = registry.resolve("org/llama")
+    entry = next(f for f in version.files if f.path.endswith(".safetensors"))
+    plaintext = (model / entry.path).read_bytes()
+
+    def run(slot_count: int) -> tuple[bytes, list[int]]:
+        buffers = [memoryview(bytearray(2 * MiB)) for _ in range(slot_count)]
+        in_flight: deque[int] = deque()
+        ring = StagingRing(buffers, 2 * MiB, reclaim=lambda: ring.release(in_flight.popleft()))
+        destination = bytearray(entry.size)
+        order: list[int] = []
+
+        def deliver(offset: int, data: memoryview, slot: int) -> None:
+            destination[offset : offset + len(data)] = data  # the "asynchronous copy"
+            order.append(offset)
+            in_flight.append(slot)
+
+        sealed = SealedFile(
+            registry.blob_reader(entry.digest, ReadReport(), what=entry.path),
+            registry.blob_key(version, entry.digest),
+            entry.digest,
+            entry.size,
+            what=entry.path,
+            counters=Counters(),
+        )
+        with Pipeline(workers=3, chunks_per_read=1) as pipeline:
+            pipeline.decrypt_through(sealed, ring, deliver, verify=True)
+        while in_flight:
+            ring.release(in_flight.popleft())
+        assert len(ring._free) == slot_count  # every slot came back
+        return bytes(destination), order
+
+    for slots in (2, 3, 8):
+        restored, order = run(slots)
+        assert restored == plaintext
+        assert order == sorted(order) and order[0] == 0  # delivered in file order

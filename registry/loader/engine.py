@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -173,19 +174,24 @@ class Pipeline:
             self._local.scratch = buffer
         return buffer
 
-    def _groups(self, file: SealedFile, first: int, last: int) -> list[tuple[int, int]]:
-        step = self.chunks_per_read
+    def _groups(self, first: int, last: int, step: int | None = None) -> list[tuple[int, int]]:
+        """Chunks first..last cut into runs of `step` (default: chunks_per_read)."""
+        step = step or self.chunks_per_read
         return [(g, min(g + step - 1, last)) for g in range(first, last + 1, step)]
 
-    def _in_order(self, tasks: list[Callable[[], None]], *, window: int) -> Iterator[int]:
-        """Run `tasks` on the workers, at most `window` in flight, and yield the index of each
-        as it completes, in order. A failure cancels the rest and is raised."""
+    def _in_order(
+        self, count: int, make: Callable[[int], Callable[[], None]], *, window: int
+    ) -> Generator[int]:
+        """Run tasks 0..count-1 (`make(i)` builds task i, in this thread, when it is about to be
+        submitted) on the workers, at most `window` in flight, and yield the index of each as it
+        completes, in order. A failure cancels the rest and is raised; closing the generator
+        waits for the tasks in flight (use it in `closing`)."""
         pending: deque[Future[None]] = deque()
         submitted = 0
         try:
-            for position in range(len(tasks)):
-                while submitted < len(tasks) and submitted - position < window:
-                    pending.append(self._pool.submit(tasks[submitted]))
+            for position in range(count):
+                while submitted < count and submitted - position < window:
+                    pending.append(self._pool.submit(make(submitted)))
                     submitted += 1
                 pending.popleft().result()
                 yield position
@@ -211,34 +217,45 @@ class Pipeline:
         if len(destination) != file.size:
             raise ValueError("the destination must have the file's size")
         size, chunk = file.size, file.chunk_size
-        groups = self._groups(file, 0, file.chunk_count - 1)
-        scratch_size = file.scratch_size(self.chunks_per_read)
+        groups = self._groups(0, file.chunk_count - 1)
 
         def place(index: int) -> memoryview:
             return destination[index * chunk : index * chunk + file.header.chunk_plain_size(index)]
 
-        def task(first: int, last: int) -> Callable[[], None]:
-            return lambda: file.open_chunks(first, last, self._scratch(scratch_size), place)
-
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
         done = 0
-        for position in self._in_order(
-            [task(first, last) for first, last in groups], window=2 * self.workers
-        ):
-            _first, last = groups[position]
-            end = min(size, (last + 1) * chunk)
-            if hasher is not None:
-                hasher.update(destination[done:end])
-            if on_progress is not None:
-                on_progress(end - done)
-            done = end
-            if (
-                hasher is not None
-                and done == size
-                and format_digest(hasher.digest()) != file.digest
-            ):
-                raise IntegrityError(f"{file.what}: content digest mismatch", path=file.what)
-            yield done
+        completed = self._in_order(
+            len(groups), lambda i: self._task(file, *groups[i], place), window=2 * self.workers
+        )
+        with closing(completed):
+            for position in completed:
+                _first, last = groups[position]
+                end = min(size, (last + 1) * chunk)
+                if hasher is not None:
+                    hasher.update(destination[done:end])
+                if on_progress is not None:
+                    on_progress(end - done)
+                done = end
+                if (
+                    hasher is not None
+                    and done == size
+                    and format_digest(hasher.digest()) != file.digest
+                ):
+                    raise IntegrityError(f"{file.what}: content digest mismatch", path=file.what)
+                yield done
+
+    def _task(
+        self, file: SealedFile, first: int, last: int, place: Callable[[int], memoryview]
+    ) -> Callable[[], None]:
+        """Chunks first..last read and decrypted into place(index), in runs of chunks_per_read
+        (one range read each), with this worker's scratch buffer."""
+        size = file.scratch_size(self.chunks_per_read)
+
+        def run() -> None:
+            for low, high in self._groups(first, last):
+                file.open_chunks(low, high, self._scratch(size), place)
+
+        return run
 
     def decrypt_span(self, file: SealedFile, start: int, end: int) -> tuple[bytearray, int]:
         """Plaintext bytes [start, end) of the file, reading only the chunks that hold them
@@ -253,18 +270,18 @@ class Pipeline:
         base = first * chunk
         covered = bytearray(min(file.size, (last + 1) * chunk) - base)
         view = memoryview(covered)
-        scratch_size = file.scratch_size(self.chunks_per_read)
 
         def place(index: int) -> memoryview:
             offset = index * chunk - base
             return view[offset : offset + file.header.chunk_plain_size(index)]
 
-        def task(low: int, high: int) -> Callable[[], None]:
-            return lambda: file.open_chunks(low, high, self._scratch(scratch_size), place)
-
-        tasks = [task(low, high) for low, high in self._groups(file, first, last)]
-        for _ in self._in_order(tasks, window=2 * self.workers):
-            pass
+        groups = self._groups(first, last)
+        completed = self._in_order(
+            len(groups), lambda i: self._task(file, *groups[i], place), window=2 * self.workers
+        )
+        with closing(completed):
+            for _ in completed:
+                pass
         return covered, start - base
 
     def decrypt_through(
@@ -281,65 +298,43 @@ class Pipeline:
         handed to `deliver(offset, plaintext, slot)`, which must call `slots.release(slot)` once
         the slot's bytes are no longer needed (after an asynchronous copy completes)."""
         size, chunk = file.size, file.chunk_size
-        per_slot = max(1, slots.slot_size // chunk)
-        groups = [
-            (g, min(g + per_slot - 1, file.chunk_count - 1))
-            for g in range(0, file.chunk_count, per_slot)
-        ]
-        scratch_size = file.scratch_size(min(per_slot, self.chunks_per_read))
+        groups = self._groups(0, file.chunk_count - 1, max(1, slots.slot_size // chunk))
         taken: dict[int, int] = {}
 
-        def task(position: int) -> Callable[[], None]:
-            first, last = groups[position]
+        def make(position: int) -> Callable[[], None]:
+            first, _last = groups[position]
+            slot = taken[position] = slots.acquire()
+            view = slots.view(slot)
 
-            def run() -> None:
-                slot = taken[position]
-                view = slots.view(slot)
+            def place(index: int) -> memoryview:
+                offset = (index - first) * chunk
+                return view[offset : offset + file.header.chunk_plain_size(index)]
 
-                def place(index: int) -> memoryview:
-                    offset = (index - first) * chunk
-                    return view[offset : offset + file.header.chunk_plain_size(index)]
-
-                step = self.chunks_per_read
-                for sub in range(first, last + 1, step):
-                    file.open_chunks(
-                        sub, min(sub + step - 1, last), self._scratch(scratch_size), place
-                    )
-
-            return run
+            return self._task(file, *groups[position], place)
 
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
-        pending: deque[Future[None]] = deque()
-        submitted = 0
+        # Two slots stay out of the workers' reach: the copies just issued read them, and a
+        # slot is reclaimed (its copy waited for) only when no other is free.
+        completed = self._in_order(len(groups), make, window=max(1, slots.count - 2))
         try:
-            # Two slots stay out of the workers' reach: the copies just issued read them, and a
-            # slot is reclaimed (its copy waited for) only when no other is free.
-            window = max(1, slots.count - 2)
-            for position, (first, last) in enumerate(groups):
-                while submitted < len(groups) and submitted - position < window:
-                    taken[submitted] = slots.acquire()
-                    pending.append(self._pool.submit(task(submitted)))
-                    submitted += 1
-                pending.popleft().result()
-                start, end = first * chunk, min(size, (last + 1) * chunk)
-                slot = taken.pop(position)
-                plaintext = slots.view(slot)[: end - start]
-                if hasher is not None:
-                    hasher.update(plaintext)
-                    if end == size and format_digest(hasher.digest()) != file.digest:
-                        slots.release(slot)
-                        raise IntegrityError(
-                            f"{file.what}: content digest mismatch", path=file.what
-                        )
-                deliver(start, plaintext, slot)
-                if on_progress is not None:
-                    on_progress(end - start)
+            with closing(completed):
+                for position in completed:
+                    first, last = groups[position]
+                    start, end = first * chunk, min(size, (last + 1) * chunk)
+                    slot = taken.pop(position)
+                    plaintext = slots.view(slot)[: end - start]
+                    if hasher is not None:
+                        hasher.update(plaintext)
+                        if end == size and format_digest(hasher.digest()) != file.digest:
+                            slots.release(slot)
+                            raise IntegrityError(
+                                f"{file.what}: content digest mismatch", path=file.what
+                            )
+                    deliver(start, plaintext, slot)
+                    if on_progress is not None:
+                        on_progress(end - start)
         finally:
-            for future in pending:
-                future.cancel()
-            for future in pending:
-                if not future.cancelled():
-                    future.exception()
+            # After closing: the tasks in flight are done with their slots.
             for slot in taken.values():
                 slots.release(slot)
 
