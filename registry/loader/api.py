@@ -34,7 +34,6 @@ from registry.loader.tensors import (
     CudaTarget,
     check_framework,
     empty_bytes,
-    numel,
     row_span,
     tensor_from,
     tensor_from_span,
@@ -518,16 +517,16 @@ def load(
     `device`, decrypted and verified. Nothing is returned unless every file read whole matched
     its digest and every chunk read authenticated."""
     options = _Options(
-        device,
-        dtype,
-        framework,
-        workers,
-        chunks_per_read,
-        staging_bytes,
-        verify,
-        progress,
-        on_progress,
-        cache,
+        device=device,
+        dtype=dtype,
+        framework=framework,
+        workers=workers,
+        chunks_per_read=chunks_per_read,
+        staging_bytes=staging_bytes,
+        verify=verify,
+        progress=progress,
+        on_progress=on_progress,
+        cache=cache,
     )
     job = _Job.start(ref, registry, options)
     try:
@@ -607,16 +606,16 @@ def iter_tensors(
     checked when its last range arrives, and an IntegrityError ends the iteration: what it
     yielded of that file must be discarded."""
     options = _Options(
-        device,
-        dtype,
-        framework,
-        workers,
-        chunks_per_read,
-        staging_bytes,
-        verify,
-        progress,
-        on_progress,
-        cache,
+        device=device,
+        dtype=dtype,
+        framework=framework,
+        workers=workers,
+        chunks_per_read=chunks_per_read,
+        staging_bytes=staging_bytes,
+        verify=verify,
+        progress=progress,
+        on_progress=on_progress,
+        cache=cache,
     )
     return TensorStream(_Job.start(ref, registry, options), tensors, early=early)
 
@@ -708,20 +707,9 @@ class TensorSlice:
                 return self._reader._rows(self._located, (0, 0))[(slice(None), *rest)]
             low, high = min(rows), max(rows) + 1
             part = self._reader._rows(self._located, (low, high))
-            if rows.step == 1:
-                return part[(slice(None), *rest)] if rest else part
-            return (
-                part[
-                    (
-                        slice(
-                            rows.start - low, None if rows.stop < 0 else rows.stop - low, rows.step
-                        ),
-                        *rest,
-                    )
-                ]
-                if rows.step > 0
-                else part[[r - low for r in rows]][(slice(None), *rest)]
-            )
+            if rows.step > 0:  # the rows read start at the first asked for
+                return part[(slice(None, None, rows.step), *rest)]
+            return part[[r - low for r in rows]][(slice(None), *rest)]
         if isinstance(first, int):
             row = first + length if first < 0 else first
             if not 0 <= row < length:
@@ -806,17 +794,15 @@ def open(
     cache: Cache | bool | None = False,
 ) -> ModelReader:
     """A version opened for reading tensor by tensor (use it in a `with` block)."""
+    # Parts of files only: chunks are authenticated, a whole-file digest cannot be checked.
     options = _Options(
-        device,
-        dtype,
-        framework,
-        workers,
-        chunks_per_read,
-        DEFAULT_STAGING_BYTES,
-        "aead",
-        False,
-        None,
-        cache,
+        device=device,
+        dtype=dtype,
+        framework=framework,
+        workers=workers,
+        chunks_per_read=chunks_per_read,
+        verify="aead",
+        cache=cache,
     )
     return ModelReader(_Job.start(ref, registry, options))
 
@@ -831,5 +817,4 @@ __all__ = [
     "iter_tensors",
     "load",
     "load_into",
-    "numel",
 ]

@@ -24,6 +24,7 @@ import blake3
 
 from registry.digest import digest_bytes
 from registry.errors import IntegrityError, InvalidInputError
+from registry.storage.local import pread_into
 
 ENV_CACHE_DIR = "MODEL_REGISTRY_CACHE_DIR"
 ENV_CACHE_SIZE = "MODEL_REGISTRY_CACHE_SIZE"
@@ -173,13 +174,7 @@ class CachedReader:
             if hit:
                 self._from_entry.add(offset)
         if hit and entry is not None:
-            got = 0
-            while got < len(buffer):
-                count = os.preadv(entry, [buffer[got:]], offset + got)
-                if count == 0:
-                    break
-                got += count
-            return got
+            return pread_into(entry, offset, buffer)
         got = self.upstream.read_into(offset, buffer)
         if partial is not None and got:
             os.pwrite(partial, buffer[:got], offset)

@@ -39,20 +39,9 @@ _TORCH = {
     "F8_E4M3FNUZ": "float8_e4m3fnuz",
     "F8_E5M2FNUZ": "float8_e5m2fnuz",
 }
+# numpy has neither bfloat16 nor the float8 types.
 _NUMPY = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "I16": "int16",
-    "U16": "uint16",
-    "F16": "float16",
-    "I32": "int32",
-    "U32": "uint32",
-    "F32": "float32",
-    "C64": "complex64",
-    "F64": "float64",
-    "I64": "int64",
-    "U64": "uint64",
+    name: kind for name, kind in _TORCH.items() if name != "BF16" and not name.startswith("F8")
 }
 
 
@@ -137,14 +126,14 @@ def tensor_from_span(
         import numpy
 
         dtype = numpy_dtype(entry)
-        count = numel(shape)
+        count = math.prod(shape)
         if count == 0:
             return numpy.empty(shape, dtype=dtype)
         return numpy.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
     import torch
 
     torch_type = torch_dtype(entry)
-    count = numel(shape)
+    count = math.prod(shape)
     if count == 0:
         return torch.empty(shape, dtype=torch_type)
     return torch.frombuffer(buffer, dtype=torch_type, count=count, offset=offset).reshape(shape)
@@ -161,10 +150,6 @@ def row_span(entry: TensorEntry, first: int, stop: int) -> tuple[int, int]:
     """Byte range, within the tensor's data, of rows first..stop-1 of the first dimension."""
     size = _row_bytes(entry)
     return entry.begin + first * size, entry.begin + stop * size
-
-
-def numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
 
 
 class CudaTarget:

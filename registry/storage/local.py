@@ -66,6 +66,17 @@ def _write_all(fd: int, chunk: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
+def pread_into(fd: int, offset: int, buffer: memoryview) -> int:
+    """Fill `buffer` from `offset` of an open file (fewer bytes only at its end)."""
+    got = 0
+    while got < len(buffer):
+        count = os.preadv(fd, [buffer[got:]], offset + got)
+        if count == 0:
+            break
+        got += count
+    return got
+
+
 class LocalDriver(Driver):
     """Objects as read-only files under `root/objects/`, published atomically from `root/tmp/`."""
 
@@ -263,13 +274,7 @@ class LocalDriver(Driver):
     def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
         _check_range(offset, len(buffer))
         with self._reading(name) as (fd, _size):
-            got = 0
-            while got < len(buffer):
-                count = os.preadv(fd, [buffer[got:]], offset + got)
-                if count == 0:
-                    break
-                got += count
-            return got
+            return pread_into(fd, offset, buffer)
 
     def stat(self, name: str) -> ObjectInfo | None:
         path = self._path(name)
