@@ -149,8 +149,11 @@ class BlobStore:
         except NotFoundError:
             raise IntegrityError(f"{what}: stored object {name} is missing", path=what) from None
 
-    def read_header(self, kind: str, digest: str, *, size: int, what: str) -> sealed.SealedHeader:
-        """The sealed header of a stored object, checked against its expected size."""
+    def read_header(
+        self, kind: str, digest: str, *, size: int | None, what: str
+    ) -> sealed.SealedHeader:
+        """The sealed header of a stored object, checked against its expected content size
+        (None: not known, as for a manifest) and against the size of what is stored."""
         name = self.object_name(kind, digest)
         info = self.driver.stat(name)
         if info is None:
@@ -158,10 +161,11 @@ class BlobStore:
         header = sealed.SealedHeader.unpack(
             self.driver.get_range(name, 0, sealed.HEADER_SIZE), what=what
         )
-        if header.plaintext_size != size or header.sealed_size != info.size:
+        content = header.plaintext_size if size is None else size
+        if header.plaintext_size != content or header.sealed_size != info.size:
             raise IntegrityError(
                 f"{what}: stored object has {info.size} bytes, expected {header.sealed_size} "
-                f"for {size} bytes of content (truncated or extended)",
+                f"for {content} bytes of content (truncated or extended)",
                 path=what,
             )
         return header
