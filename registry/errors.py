@@ -35,6 +35,12 @@ class InvalidInputError(RegistryError, ValueError):
     http_status = 400
 
 
+class DigestMismatchError(InvalidInputError):
+    """Bytes received do not hash to the digest sent or declared with them (an upload part, a
+    file assembled from its parts): refused like any bad input, and counted as an integrity
+    failure by the API."""
+
+
 class InvalidReferenceError(InvalidInputError):
     """A model name or version reference that does not follow the grammar."""
 

@@ -330,6 +330,9 @@ def test_malformed_input_is_a_4xx(api: Api) -> None:
         headers={**pusher, "X-Part-Digest": "blake3:" + "0" * 64},
     )
     assert wrong.status_code == 400 and "digest mismatch" in wrong.json()["error"]["message"]
+    scraped = api.client.get("/metrics").text  # counted, and a security event
+    assert "model_registry_integrity_failures_total 1.0" in scraped
+    assert 'model_registry_security_events_total{kind="integrity-failure"} 1.0' in scraped
     huge = api.client.put(part, content=b"x" * (PART_SIZE + 4096), headers=pusher)
     assert huge.status_code == 413
     beyond = api.client.put(

@@ -47,6 +47,7 @@ from registry.catalog.repository import (
 )
 from registry.config import MAX_UPLOAD_PART
 from registry.errors import (
+    DigestMismatchError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
@@ -598,10 +599,9 @@ async def upload_part(
     digest = request.headers.get("x-part-digest", "")
     try:
         await anyio.to_thread.run_sync(state.uploads.put_part, session, index, part, body, digest)
-    except InvalidInputError as error:
-        if "digest mismatch" in str(error):
-            state.metrics.integrity_failures.inc()
-            _security_event(request, "integrity-failure", str(error))
+    except DigestMismatchError as error:
+        state.metrics.integrity_failures.inc()
+        _security_event(request, "integrity-failure", str(error))
         raise
     state.metrics.bytes_in.inc(len(body))
 
@@ -617,10 +617,9 @@ def commit_upload(request: Request[Any, Any, Any], session_id: FromPath[str]) ->
     with state.uploads.claimed(session) as claimed:
         try:
             folder, digests = state.uploads.assemble(claimed)
-        except InvalidInputError as error:
-            if "another digest" in str(error):
-                state.metrics.integrity_failures.inc()
-                _security_event(request, "integrity-failure", str(error))
+        except DigestMismatchError as error:
+            state.metrics.integrity_failures.inc()
+            _security_event(request, "integrity-failure", str(error))
             raise
         result = view.push(claimed.model, folder, message=claimed.message, digests=digests)
         state.uploads.discard(claimed)

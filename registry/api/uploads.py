@@ -30,7 +30,7 @@ from pathlib import Path
 import blake3
 
 from registry.digest import hash_file
-from registry.errors import InvalidInputError, NotFoundError
+from registry.errors import DigestMismatchError, InvalidInputError, NotFoundError
 from registry.refs import validate_name, validate_relative_path
 
 PART_SIZE = 16 * 1024 * 1024
@@ -179,7 +179,7 @@ class Uploads:
             )
         actual = "blake3:" + blake3.blake3(data).hexdigest()
         if digest != actual:
-            raise InvalidInputError(
+            raise DigestMismatchError(
                 f"{entry.path} part {part}: digest mismatch (sent {digest[:20]}..., "
                 f"received bytes hash to {actual[:20]}...)",
                 hint="send the part again",
@@ -251,7 +251,7 @@ class Uploads:
                     f"{entry.path}: parts {lost[:10]} were lost by the server (a crash?)",
                     hint="upload them again (GET the session for what it has), then commit",
                 )
-            raise InvalidInputError(
+            raise DigestMismatchError(
                 f"{entry.path}: the parts received hash to another digest than declared",
                 hint="start a new upload session",
             )
