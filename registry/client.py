@@ -483,6 +483,23 @@ class RemoteRegistry:
 
     # -- pull ---------------------------------------------------------------------------------
 
+    def data_keys(self, ref: str) -> dict[tuple[str, str], bytes]:
+        """The key broker's answer for a version: (purpose, digest) -> data key (audited)."""
+        return {
+            (k["purpose"], k["digest"]): base64.b64decode(k["key"])
+            for k in self._json("POST", "/v1/keys", json={"ref": ref})["keys"]
+        }
+
+    def read_ciphertext(self, ref: str, path: str, offset: int, length: int) -> bytes:
+        """Sealed bytes [offset, offset + length) of a version's file (fewer at its end)."""
+        response = self._call(
+            "GET",
+            "/v1/blob",
+            params={"ref": ref, "path": path},
+            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
+        )
+        return response.content
+
     def pull(
         self,
         ref: str,
@@ -493,10 +510,7 @@ class RemoteRegistry:
     ) -> PullResult:
         details = self.show(ref)
         version, manifest = details.version, details.manifest
-        keys = {
-            (k["purpose"], k["digest"]): base64.b64decode(k["key"])
-            for k in self._json("POST", "/v1/keys", json={"ref": version.ref})["keys"]
-        }
+        keys = self.data_keys(version.ref)
         dest = Path(destination).expanduser().absolute()
         if dest.exists() and not dest.is_dir():
             raise InvalidInputError(f"destination {dest} exists and is not a directory")
@@ -505,13 +519,7 @@ class RemoteRegistry:
 
         def open_file(entry: ManifestFile, on_chunk: Any) -> Iterator[memoryview]:
             def read_range(offset: int, length: int) -> bytes:
-                response = self._call(
-                    "GET",
-                    "/v1/blob",
-                    params={"ref": version.ref, "path": entry.path},
-                    headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-                )
-                return response.content
+                return self.read_ciphertext(version.ref, entry.path, offset, length)
 
             return sealed.unseal(
                 read_range,

@@ -7,7 +7,6 @@ loader."""
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 from dataclasses import dataclass
@@ -103,13 +102,7 @@ class _RemoteReader:
     def read_into(self, offset: int, buffer: memoryview, /) -> int:
         if not len(buffer):
             return 0
-        response = self.client._call(
-            "GET",
-            "/v1/blob",
-            params={"ref": self.ref, "path": self.path},
-            headers={"Range": f"bytes={offset}-{offset + len(buffer) - 1}"},
-        )
-        data = response.content
+        data = self.client.read_ciphertext(self.ref, self.path, offset, len(buffer))
         if len(data) > len(buffer):
             raise IntegrityError(f"{self.ref}: {self.path}: the server sent more than asked")
         buffer[: len(data)] = data
@@ -145,11 +138,10 @@ class RemoteSource:
         with self._lock:
             keys = self._keys.get(version.digest)
             if keys is None:
-                answer = self.client._json("POST", "/v1/keys", json={"ref": version.ref})
                 keys = {
-                    k["digest"]: base64.b64decode(k["key"])
-                    for k in answer["keys"]
-                    if k["purpose"] == "blob"
+                    digest: key
+                    for (purpose, digest), key in self.client.data_keys(version.ref).items()
+                    if purpose == "blob"
                 }
                 self._keys[version.digest] = keys
         try:
