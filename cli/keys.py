@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.ui import handle_errors, open_registry, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, progress_bar, stdout
 from registry.crypto.signing import public_key_text
 
 
@@ -72,3 +72,47 @@ def new_signing_key() -> None:
         text = registry.new_signing_key()
     stdout.print(f"new signing key: {text}")
     stdout.print("trust it on other machines with: model-registry keys trust NAME " + text)
+
+
+@keys.command()
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="KEY",
+    help="The new key-encryption key: a key file path (created when missing) or a KMS key id, "
+    "ARN or alias.",
+)
+@click.option("--region", metavar="NAME", help="The region whose KMS key this replaces.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@handle_errors
+def rotate(to: str, region: str | None, as_json: bool, quiet: bool) -> None:
+    """Re-wrap every data key under a new key-encryption key, then retire the old one.
+
+    config.toml switches first (new objects use the new key; both keys open everything), each
+    object then gets a key slot under the new key (no data is re-encrypted), and the old slots
+    are retired. Interrupted, run the same command again: it resumes. When it has finished, the
+    old key can be destroyed. Restart running servers once it has started."""
+    bar = progress_bar(as_json=as_json, quiet=quiet)
+    with open_registry() as registry:
+        try:
+            report = registry.rotate_keys(to, region=region, progress=bar)
+        finally:
+            bar.close()
+    if as_json:
+        print_json(report.to_dict())
+        return
+    if report.created_key_file:
+        stdout.print(f"created key file {report.created_key_file} (back it up)")
+    if not report.retired:
+        stdout.print(f"nothing to rotate: {', '.join(report.regions)} already use {report.to}")
+        return
+    stdout.print(
+        f"rotated {', '.join(report.regions)} to {report.to}: {report.objects} objects, "
+        f"{report.slots_written} key slots written, old key{'s' if len(report.retired) > 1 else ''}"
+        f" {', '.join(report.retired)} retired ({report.catalog_slots_retired} catalog slots "
+        f"dropped, {report.old_slot_objects_deleted} slot objects deleted, "
+        f"{report.old_slot_objects_locked} kept under Object Lock) in {report.seconds:.2f} s"
+    )
+    stdout.print("the old key can now be destroyed")

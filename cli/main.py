@@ -10,6 +10,7 @@ from cli import (
     aliases,
     api,
     audit,
+    catalog,
     drill,
     events,
     gc,
@@ -51,6 +52,7 @@ versions.register(main)
 main.add_command(keys.keys)
 regions.register(main)
 drill.register(main)
+catalog.register(main)
 holds.register(main)
 aliases.register(main)
 audit.register(main)

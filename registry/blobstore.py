@@ -10,6 +10,8 @@ nothing about what it holds. Layout (docs/format.md):
     slots/<aa>/<object id>/<kek>          key slot: the blob's data key wrapped by one KEK
     blobs/<aa>/<object id>                sealed blob (crypto.sealed format)
     manifests/<aa>/<object id>            sealed, signed manifest of a model version
+    journal/<first seq>-<last seq>        sealed segment of the catalog's journal (docs/format.md)
+    records/<aa>/<object id>/<push id>    sealed version record: a push, written before its commit
 
 Write order for one blob: key slot, then data. A slot is tiny and harmless on its own, whereas data
 whose slot was lost could never be decrypted and its write-once name never reused.
@@ -19,9 +21,13 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
+import uuid
 from collections.abc import Callable, Iterator
 
 import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from registry.crypto import sealed
 from registry.crypto.keys import KeyProvider, WrappedKey
@@ -37,6 +43,9 @@ from registry.storage.base import Driver
 from registry.storage.lock import ObjectLock
 
 MARKER = "registry/id"
+JOURNAL_PREFIX = "journal/"
+RECORDS_PREFIX = "records/"
+_SEQ_DIGITS = 16
 BLOB = "blob"
 MANIFEST = "manifest"
 _PREFIXES = {BLOB: "blobs", MANIFEST: "manifests"}
@@ -84,7 +93,16 @@ class BlobStore:
         return {"registry": self.registry_id, "purpose": "naming"}
 
     def _naming_key_name(self) -> str:
-        return f"registry/naming-key/{_kek_tag(self.keys.kek_id)}"
+        return self.naming_key_name(self.keys.kek_id)
+
+    @staticmethod
+    def naming_key_name(kek_id: str) -> str:
+        return f"registry/naming-key/{_kek_tag(kek_id)}"
+
+    def wrap_naming_key(self) -> None:
+        """Store the naming key wrapped by the current KEK (a rotation's new key), if absent."""
+        wrapped = self.keys.wrap(self._naming_key, context=self._naming_context())
+        self.driver.put_if_absent(self._naming_key_name(), [wrapped.to_json()])
 
     def context(self, kind: str, digest: str) -> dict[str, str]:
         """Encryption context: binds a data key to this registry, the object kind and digest."""
@@ -93,12 +111,16 @@ class BlobStore:
     # -- keys ------------------------------------------------------------------------------
 
     def read_slot(self, kind: str, digest: str, *, what: str) -> WrappedKey | None:
-        """The key slot for this provider's KEK stored beside the object, or None."""
-        name = self.slot_name(kind, digest, self.keys.kek_id)
-        try:
-            return WrappedKey.from_json(self.driver.get_range(name), what=what)
-        except NotFoundError:
-            return None
+        """The key slot stored beside the object for this provider's KEK (during a rotation,
+        the new key's, else a previous key's), or None."""
+        for kek_id in self.keys.kek_ids:
+            try:
+                return WrappedKey.from_json(
+                    self.driver.get_range(self.slot_name(kind, digest, kek_id)), what=what
+                )
+            except NotFoundError:
+                continue
+        return None
 
     def unwrap(self, kind: str, digest: str, slot: WrappedKey, *, what: str) -> bytes:
         data_key = self.keys.unwrap(slot, context=self.context(kind, digest), what=what)
@@ -231,6 +253,79 @@ class BlobStore:
         # canonical form), so the caller verifies content; AEAD still authenticates every chunk.
         return b"".join(bytes(chunk) for chunk in chunks)
 
+    # -- journal segments and version records ------------------------------------------------
+
+    def _small_aead(self) -> AESGCM:
+        # Derived from the naming key, which the store keeps wrapped by every KEK: a rebuild
+        # with the key provider alone can open them, and KEK rotation leaves them readable.
+        key = blake3.blake3(self._naming_key, derive_key_context="model-registry journal v1")
+        return AESGCM(key.digest())
+
+    def _aad(self, name: str) -> bytes:
+        # Bound to the registry and the object's own name: moved or renamed, it fails.
+        return f"{self.registry_id}\x00{name}".encode()
+
+    def _put_small(self, name: str, data: bytes) -> bool:
+        nonce = os.urandom(12)
+        sealed_data = nonce + self._small_aead().encrypt(nonce, data, self._aad(name))
+        return self.driver.put_if_absent(name, [sealed_data])
+
+    def _read_small(self, name: str, *, what: str) -> bytes:
+        try:
+            data = self.driver.get_range(name)
+        except NotFoundError:
+            raise IntegrityError(f"{what} {name} is missing", path=name) from None
+        try:
+            return self._small_aead().decrypt(data[:12], data[12:], self._aad(name))
+        except (InvalidTag, ValueError):
+            raise IntegrityError(
+                f"{what} {name} does not verify (tampered, renamed, or another registry's)",
+                path=name,
+            ) from None
+
+    @staticmethod
+    def journal_segment_name(first: int, last: int) -> str:
+        return f"{JOURNAL_PREFIX}{first:0{_SEQ_DIGITS}d}-{last:0{_SEQ_DIGITS}d}"
+
+    def put_journal_segment(self, first: int, last: int, data: bytes) -> None:
+        """Seal and store entries `first`..`last` (write-once: a segment already there holds
+        the same entries, written by an earlier drain that did not record it)."""
+        self._put_small(self.journal_segment_name(first, last), data)
+
+    def journal_segments(self) -> list[tuple[int, int, str]]:
+        """(first, last, name) of every journal segment, in order; IntegrityError names an
+        object under journal/ that is not one."""
+        found = []
+        for info in self.driver.list(JOURNAL_PREFIX):
+            first, _, last = info.name[len(JOURNAL_PREFIX) :].partition("-")
+            if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+                raise IntegrityError(
+                    f"journal object {info.name} is not a journal segment", path=info.name
+                )
+            found.append((int(first), int(last), info.name))
+        return sorted(found)
+
+    def read_journal_segment(self, name: str) -> bytes:
+        return self._read_small(name, what="journal segment")
+
+    def put_version_record(self, digest: str, data: bytes) -> str:
+        """Seal and store the record of one push of manifest `digest` (a new name each push)."""
+        object_id = keyed_id(self._naming_key, MANIFEST, digest)
+        name = f"{RECORDS_PREFIX}{object_id[:2]}/{object_id}/{uuid.uuid4().hex}"
+        self._put_small(name, data)
+        return name
+
+    def version_records(self) -> list[str]:
+        return sorted(info.name for info in self.driver.list(RECORDS_PREFIX))
+
+    def read_version_record(self, name: str) -> bytes:
+        return self._read_small(name, what="version record")
+
+    def record_matches(self, name: str, digest: str) -> bool:
+        """Whether a version record stored under `name` may describe manifest `digest`."""
+        object_id = keyed_id(self._naming_key, MANIFEST, digest)
+        return name.startswith(f"{RECORDS_PREFIX}{object_id[:2]}/{object_id}/")
+
     # -- registry marker ---------------------------------------------------------------------
 
     def claim(self) -> None:
@@ -266,11 +361,17 @@ class BlobStore:
                 f"the store belongs to registry {owner!r}, not {self.registry_id!r}",
                 hint="each registry needs its own store; check the [store] section of config.toml",
             )
-        try:
-            wrapped = WrappedKey.from_json(
-                self.driver.get_range(self._naming_key_name()), what="naming key"
-            )
-        except NotFoundError:
+        wrapped = None
+        for kek_id in self.keys.kek_ids:
+            try:
+                wrapped = WrappedKey.from_json(
+                    self.driver.get_range(f"registry/naming-key/{_kek_tag(kek_id)}"),
+                    what="naming key",
+                )
+                break
+            except NotFoundError:
+                continue
+        if wrapped is None:
             return  # written by claim(); a store from before it, or another KEK's, has none
         stored = self.keys.unwrap(wrapped, context=self._naming_context(), what="naming key")
         if not hmac.compare_digest(stored, self._naming_key):
@@ -278,6 +379,42 @@ class BlobStore:
                 "the configured naming key is not the one this store's objects are named with",
                 hint="point keys.naming_key_file at this registry's naming.key",
             )
+
+
+def stored_naming_key(driver: Driver, keys: KeyProvider, *, registry_id: str) -> bytes:
+    """The naming key as the store keeps it, unwrapped by `keys`: what a rebuild starts from
+    when the naming key file is lost too. Checks the store's marker first."""
+    try:
+        owner = json.loads(driver.get_range(MARKER)).get("registry_id")
+    except NotFoundError:
+        raise StorageError(
+            "the store holds no registry marker: it is empty, or not a registry's store",
+            hint="check the region's [store] settings in config.toml",
+        ) from None
+    except (ValueError, AttributeError):
+        raise IntegrityError(f"the store's marker {MARKER} is unreadable", path=MARKER) from None
+    if owner != registry_id:
+        raise ConfigurationError(
+            f"the store belongs to registry {owner!r}, not {registry_id!r}",
+            hint="use the config.toml of the registry whose store this is",
+        )
+    wrapped = None
+    for kek_id in keys.kek_ids:
+        try:
+            name = f"registry/naming-key/{_kek_tag(kek_id)}"
+            wrapped = WrappedKey.from_json(driver.get_range(name), what="naming key")
+            break
+        except NotFoundError:
+            continue
+    if wrapped is None:
+        raise KeyAccessError(
+            f"the store keeps no naming key wrapped by {keys.kek_id}",
+            hint="restore keys.naming_key_file from its backup, or use the key this store "
+            "was written with",
+        )
+    return keys.unwrap(
+        wrapped, context={"registry": registry_id, "purpose": "naming"}, what="naming key"
+    )
 
 
 def seal_bytes(data_key: bytes, digest: str, data: bytes, *, chunk_size: int) -> list[bytes]:

@@ -14,6 +14,7 @@ import re
 import socket
 import tomllib
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ _REGION_KEYS = {
     "kms_region",
     "kms_endpoint_url",
     "kms_profile",
+    "kms_previous_keys",
 }
 
 
@@ -72,6 +74,8 @@ class KmsSettings:
     region: str
     endpoint_url: str | None = None
     profile: str | None = None
+    # Keys being rotated away from (`keys rotate`): they unwrap, never wrap.
+    previous: tuple[str, ...] = ()
 
     def describe(self) -> str:
         where = f" via {self.endpoint_url}" if self.endpoint_url else ""
@@ -142,6 +146,7 @@ class ApiSettings:
     part_size: int = 16 * 1024 * 1024  # bytes a client uploads per request
     upload_ttl_hours: float = 24.0  # an idle upload session is discarded after this
     staging_dir: Path | None = None  # upload sessions (default: HOME/uploads)
+    journal_interval_seconds: float = 10.0  # how often the server copies the journal out
 
     def __post_init__(self) -> None:
         positive = {
@@ -157,6 +162,7 @@ class ApiSettings:
             "signal_unwraps": self.signal_unwraps,
             "signal_unwrap_factor": self.signal_unwrap_factor,
             "upload_ttl_hours": self.upload_ttl_hours,
+            "journal_interval_seconds": self.journal_interval_seconds,
         }
         for key, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
@@ -227,6 +233,8 @@ class Settings:
     write_quorum: int | None = None
     webhooks: tuple[Webhook, ...] = field(default=())
     api: ApiSettings = field(default_factory=ApiSettings)
+    # Key files being rotated away from (`keys rotate`): they unwrap, never wrap.
+    previous_kek_files: tuple[Path, ...] = field(default=())
 
     def __post_init__(self) -> None:
         check_regions(self.regions, write_quorum=self.write_quorum)
@@ -385,6 +393,10 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
                     for entry in raw.get("webhooks", [])
                 ),
                 api=ApiSettings.from_config(home, raw.get("api", {})),
+                previous_kek_files=tuple(
+                    _path(home, value, "keys.previous_kek_files")
+                    for value in _strings(keys.get("previous_kek_files", []), "previous_kek_files")
+                ),
             )
         except InvalidInputError as error:
             raise ConfigurationError(f"{config_path}: {error}", hint=error.hint) from None
@@ -415,6 +427,7 @@ def _regions(
                 str(keys["kms_region"]),
                 keys.get("kms_endpoint_url"),
                 keys.get("kms_profile"),
+                _strings(keys.get("kms_previous_keys", []), "kms_previous_keys"),
             )
         return (RegionSettings(PRIMARY, store_from_config(section, resolve=resolve), 0, kms),)
     extra = set(store) - {"regions", "chunk_size", "write_quorum"}
@@ -440,10 +453,17 @@ def _regions(
                 str(kms_region),
                 entry.get("kms_endpoint_url"),
                 entry.get("kms_profile") or (spec.s3.profile if spec.s3 else None),
+                _strings(entry.get("kms_previous_keys", []), "kms_previous_keys"),
             )
         regions.append(RegionSettings(str(entry["name"]), spec, int(entry.get("priority", 0)), kms))
     # A stable order: by priority, then as listed.
     return tuple(sorted(regions, key=lambda region: region.priority))
+
+
+def _strings(value: object, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ConfigurationError(f"keys.{key} must be a list of strings")
+    return tuple(value)
 
 
 def _toml_string(value: str) -> str:
@@ -465,8 +485,9 @@ def render_config(
     write_quorum: int | None = None,
     webhooks: tuple[Webhook, ...] = (),
     api: ApiSettings | None = None,
+    previous_kek_files: Sequence[str] = (),
 ) -> str:
-    """The text of config.toml (written by `init` and `keys trust`)."""
+    """The text of config.toml (written by `init`, `keys trust` and `keys rotate`)."""
     single = len(regions) == 1 and regions[0].name == PRIMARY and write_quorum is None
     if single:
         store = store_config_lines(regions[0].store, chunk_size=chunk_size)
@@ -498,6 +519,11 @@ def render_config(
         "# Keys live outside the store and the catalog; back them up separately.",
         "[keys]",
         *keys,
+        *(
+            [f"previous_kek_files = [{', '.join(map(_toml_string, previous_kek_files))}]"]
+            if previous_kek_files
+            else []
+        ),
         f"naming_key_file = {_toml_string(naming_key_file)}",
         f"signing_key_file = {_toml_string(signing_key_file)}",
     ]
@@ -528,6 +554,8 @@ def _region_kms_lines(kms: KmsSettings | None) -> list[str]:
         lines.append(f"kms_endpoint_url = {_toml_string(kms.endpoint_url)}")
     if kms.profile:
         lines.append(f"kms_profile = {_toml_string(kms.profile)}")
+    if kms.previous:
+        lines.append(f"kms_previous_keys = [{', '.join(map(_toml_string, kms.previous))}]")
     return lines
 
 

@@ -172,7 +172,7 @@ class ReplicaSet:
         deferred: list[tuple[Region, WrappedKey]] = []
         for region in self.regions:
             store = region.store
-            slot = by_kek.get(store.keys.kek_id)
+            slot = next((by_kek[k] for k in store.keys.kek_ids if k in by_kek), None)
             if slot is None and not self.is_down(region):
                 try:
                     slot = store.read_slot(kind, digest, what=what)

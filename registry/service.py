@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import hmac
+import json
 import os
 import random
 import re
@@ -26,9 +28,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from registry import events
+from registry import events, journal, rebuild
 from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, BlobStore, seal_bytes
 from registry.catalog.db import create_catalog_engine, migrate
@@ -70,7 +72,9 @@ from registry.config import (
 from registry.crypto import sealed
 from registry.crypto.keys import (
     KeyProvider,
+    KeyRing,
     LocalKeyProvider,
+    WrappedKey,
     create_key_file,
     read_key_file,
 )
@@ -125,6 +129,8 @@ from registry.storage.lock import ObjectLock, Retention
 
 # A writer's lease on the objects it is about to write or reuse outlives any sane push; a
 # crashed writer's lease lapses after it.
+P = ParamSpec("P")
+R = TypeVar("R")
 LEASE_TTL = timedelta(hours=24)
 LEASE_RENEWAL = 3600.0  # seconds: a long replication renews its lease this often
 DEFAULT_GRACE = "24h"
@@ -441,10 +447,56 @@ class GcReport:
 
 
 @dataclass(frozen=True)
+class RotationReport:
+    """What a key rotation did: every object's slot moved to `to`, the old keys retired."""
+
+    to: str
+    retired: tuple[str, ...]
+    regions: tuple[str, ...]
+    objects: int
+    slots_written: int
+    catalog_slots_retired: int
+    old_slot_objects_deleted: int
+    old_slot_objects_locked: int
+    created_key_file: str | None
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "to": self.to,
+            "retired": list(self.retired),
+            "regions": list(self.regions),
+            "objects": self.objects,
+            "slots_written": self.slots_written,
+            "catalog_slots_retired": self.catalog_slots_retired,
+            "old_slot_objects_deleted": self.old_slot_objects_deleted,
+            "old_slot_objects_locked": self.old_slot_objects_locked,
+            "created_key_file": self.created_key_file,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
 class VersionDetails:
     version: VersionRecord
     manifest: Manifest
     signer: str
+
+
+def _journaled(method: Callable[P, R]) -> Callable[P, R]:
+    """A method that changes the catalog copies the journal out to the regions when it ends
+    (also when it fails: part of a gc may have committed)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        finally:
+            registry = args[0]
+            assert isinstance(registry, Registry)
+            registry.drain_journal()
+
+    return wrapper
 
 
 class Registry:
@@ -458,7 +510,7 @@ class Registry:
         # The local user is admin; the REST API gives each token its role.
         self.role = role
         naming_key = read_key_file(settings.naming_key_file, label="naming key")
-        local_keys = LocalKeyProvider.from_file(settings.kek_file) if settings.kek_file else None
+        local_keys = _local_keys(settings)
         providers = [_key_provider(region.kms, local_keys) for region in settings.regions]
         self.signer = Signer.from_file(settings.signing_key_file)
         self.unwraps = 0
@@ -653,6 +705,7 @@ class Registry:
                 for region in registry.replicas.regions:
                     region.store.claim()
                 registry.catalog.audit(registry.actor, "init", "registry", {"home": str(home_path)})
+                registry.drain_journal()
                 result = registry._init_result(created=True)
             os.replace(pending, home_path / CONFIG_FILE)
         finally:
@@ -772,6 +825,7 @@ class Registry:
 
     # -- push ------------------------------------------------------------------------------
 
+    @_journaled
     def push(
         self,
         name: str,
@@ -966,6 +1020,7 @@ class Registry:
             read_back=count > 1,
         )
         _require_quorum([stored_manifest], quorum, [what])
+        self._record_push(name, digest, stored_manifest, message=message, quorum=quorum)
         self._checkpoint("push-stored")
         version, created = self.catalog.commit_version(
             NewVersion(
@@ -1022,6 +1077,43 @@ class Registry:
             | {p.region for p in unheld}
         )
         return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
+
+    def _record_push(
+        self, name: str, digest: str, manifest: Replicated, *, message: str, quorum: int
+    ) -> None:
+        """Before the commit, a version record beside the manifest in every region that holds
+        it: what a catalog rebuild restores a version from when its commit never reached the
+        journal (the recovery point of versions is zero)."""
+        record = json.dumps(
+            {
+                "model": name,
+                "digest": digest,
+                "manifest_object": manifest.object_name,
+                "message": message,
+                "pushed_by": self.actor,
+                "signed_by": self.signer.key_id,
+                "pushed_at": datetime.now(UTC).isoformat(),
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        written = []
+        failures = []
+        holding = {o.region for o in manifest.outcomes if o.state == VERIFIED}
+        for region in self.replicas.regions:
+            if region.name not in holding:
+                continue
+            try:
+                region.store.put_version_record(digest, record)
+                written.append(region.name)
+            except StorageError as error:
+                failures.append(f"{region.name}: {error}")
+        if len(written) < quorum:
+            raise StorageError(
+                f"push {name}: its version record reached {len(written)} of the {quorum} "
+                f"regions it must ({'; '.join(failures)}); nothing was committed",
+                hint="run the same push again once the regions answer",
+            )
 
     def _file_sealer(
         self,
@@ -1325,6 +1417,7 @@ class Registry:
 
     # -- aliases ---------------------------------------------------------------------------
 
+    @_journaled
     def promote(self, ref: str, alias: str, *, reason: str = "") -> AliasChange:
         """Point ALIAS of REF's model at REF (atomic; recorded in the alias history). A
         protected alias moves only for the promoter or admin role."""
@@ -1363,6 +1456,7 @@ class Registry:
             problems.append(f"Object Lock not extended: {error}")
         return tuple(problems)
 
+    @_journaled
     def rollback(
         self, name: str, alias: str, *, to: str | None = None, reason: str = ""
     ) -> AliasChange:
@@ -1392,6 +1486,7 @@ class Registry:
         failed = self.deliver_events() if move and move.event_id else []
         return AliasChange(move, now, tuple(failed), self._lock_aliased(now))
 
+    @_journaled
     def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
         self._require(PROMOTER, "protect or unprotect an alias")
         return self.catalog.protect_alias(
@@ -1484,6 +1579,7 @@ class Registry:
 
     # -- retention -------------------------------------------------------------------------
 
+    @_journaled
     def set_retention(
         self,
         name: str | None,
@@ -1546,6 +1642,7 @@ class Registry:
 
     # -- expiry, deletion and garbage collection --------------------------------------------
 
+    @_journaled
     def delete(self, ref: str, *, reason: str) -> VersionRecord:
         """Delete one version outside the policy (admin): it becomes a tombstone, still in the
         audit trail, and gc sweeps its objects once nothing else needs them. Refused while an
@@ -1574,6 +1671,7 @@ class Registry:
             locked_for=self._lock_floor(),
         )
 
+    @_journaled
     def gc(
         self,
         *,
@@ -1855,6 +1953,7 @@ class Registry:
 
     # -- API tokens --------------------------------------------------------------------------
 
+    @_journaled
     def create_token(
         self,
         name: str,
@@ -1906,6 +2005,7 @@ class Registry:
         self._require(ADMIN, "list API tokens")
         return self.catalog.tokens()
 
+    @_journaled
     def revoke_token(self, token_id: str) -> TokenRecord:
         self._require(ADMIN, "revoke API tokens")
         return self.catalog.revoke_token(token_id, actor=self.actor)
@@ -1994,6 +2094,24 @@ class Registry:
         view.role = token.role
         view.unwraps = 0
         return view
+
+    # -- the journal -----------------------------------------------------------------------
+
+    def _journal_stores(self) -> list[tuple[str, BlobStore]]:
+        return [(region.name, region.store) for region in self.replicas.regions]
+
+    def drain_journal(self) -> list[journal.RegionJournal]:
+        """Copy the catalog's new journal entries to every region (after each change and on
+        the server's timer); a region that cannot take them is reported, and caught up later."""
+        try:
+            return journal.drain(self.catalog, self._journal_stores())
+        except RegistryError as error:
+            # The change itself is committed; its entry waits in the outbox for the next drain.
+            journal.log.warning("the journal was not copied out: %s", error)
+            return journal.status(self.catalog, [name for name, _ in self._journal_stores()])
+
+    def journal_status(self) -> list[journal.RegionJournal]:
+        return journal.status(self.catalog, [name for name, _ in self._journal_stores()])
 
     # -- regions ---------------------------------------------------------------------------
 
@@ -2493,6 +2611,7 @@ class Registry:
 
     # -- legal holds -----------------------------------------------------------------------
 
+    @_journaled
     def hold(self, ref: str, *, reason: str) -> HoldResult:
         """Place a legal hold on a version: recorded in the catalog, and on every object of the
         version (data, manifest, key slots) in every region whose store has legal holds."""
@@ -2506,6 +2625,7 @@ class Registry:
         failed = self._legal_hold_copies(objects, on=True)
         return HoldResult(record, created, len(objects), tuple(failed))
 
+    @_journaled
     def release_hold(self, ref: str, *, reason: str) -> HoldResult:
         """Release a version's legal hold; objects another held version shares stay held."""
         if not reason.strip():
@@ -2566,6 +2686,245 @@ class Registry:
             except RegistryError as error:
                 failed.append(f"{region.name}: {error}")
         return failed
+
+    # -- key rotation ----------------------------------------------------------------------
+
+    @_journaled
+    def rotate_keys(
+        self, to: str, *, region: str | None = None, progress: Progress | None = None
+    ) -> RotationReport:
+        """Move every key slot of the regions under one key-encryption key to `to` (a key file
+        path, created when missing, or a KMS key id/ARN/alias): config.toml switches first (new
+        objects are wrapped by the new key, both keys unwrap), then every object gets a slot
+        under the new key, then the old slots are retired and the old key leaves config.toml.
+        No data is re-encrypted. Interrupted, it runs again from where it stopped."""
+        self._require(ADMIN, "rotate keys")
+        bar = progress or _NoProgress()
+        started = time.monotonic()
+        targets, created = self._start_rotation(to, region=region)
+        names = tuple(r.name for r in targets)
+        new_id = targets[0].store.keys.kek_id
+        old_ids = sorted({kek for r in targets for kek in r.store.keys.kek_ids if kek != new_id})
+        if not old_ids:
+            return RotationReport(new_id, (), names, 0, 0, 0, 0, 0, created, 0.0)
+        rewrapped = 0
+        for _attempt in range(3):
+            pending = {
+                key: slots
+                for key, slots in self.catalog.slotted_objects().items()
+                if any(slot.kek_id in old_ids for slot in slots)
+            }
+            bar.begin("adding key slots", len(pending))
+            rewrapped += self._rewrap(pending, targets, new_id, progress=bar)
+            bar.end()
+            lacking = [
+                key
+                for key, slots in self.catalog.slotted_objects().items()
+                if any(s.kek_id in old_ids for s in slots)
+                and all(s.kek_id != new_id for s in slots)
+            ]
+            if not lacking:
+                break
+        else:
+            raise ConflictError(
+                f"objects keep appearing with slots under the old key ({len(lacking)} now)",
+                hint="restart every process using this registry (API servers read config.toml "
+                "when they start), then run `keys rotate` again",
+            )
+        for target in targets:
+            target.store.wrap_naming_key()
+        deleted, kept = self._retire_slot_objects(pending.keys(), targets, old_ids)
+        still_used = {
+            kek
+            for r in self.replicas.regions
+            if r.name not in names
+            for kek in r.store.keys.kek_ids
+        }
+        retired = self.catalog.drop_key_slots([k for k in old_ids if k not in still_used])
+        self._finish_rotation(targets)
+        report = RotationReport(
+            new_id,
+            tuple(old_ids),
+            names,
+            len(pending),
+            rewrapped,
+            retired,
+            deleted,
+            kept,
+            created,
+            time.monotonic() - started,
+        )
+        self.catalog.audit(self.actor, "key-rotate", "registry", report.to_dict())
+        return report
+
+    def _start_rotation(self, to: str, *, region: str | None) -> tuple[list[Region], str | None]:
+        """The regions whose key `to` replaces, with config.toml (and the open stores) switched
+        to it, the old key kept as a previous one; and the key file created, if one was."""
+        kms_target = to.startswith(("arn:aws:kms:", "alias/", "kms:"))
+        by_name = {r.name: r for r in self.settings.regions}
+        if region is not None and region not in by_name:
+            raise InvalidInputError(
+                f"no region {region!r}", hint=f"regions: {', '.join(sorted(by_name))}"
+            )
+        if kms_target:
+            kms_regions = [r for r in self.settings.regions if r.kms is not None]
+            chosen = [by_name[region]] if region else kms_regions
+            if not chosen or any(r.kms is None for r in chosen):
+                raise InvalidInputError(
+                    f"--to {to} is a KMS key, but {region or 'no region'} uses a KMS key",
+                    hint="a region on the local key file rotates to another key file",
+                )
+            if len(chosen) > 1:
+                raise InvalidInputError(
+                    "KMS keys are regional: name the region whose key this replaces",
+                    hint=f"--region one of {', '.join(r.name for r in chosen)}",
+                )
+        else:
+            if region is not None and by_name[region].kms is not None:
+                raise InvalidInputError(
+                    f"region {region} uses a KMS key: --to must be a KMS key id, ARN or alias",
+                    hint="a key file path rotates the regions that use the local key file",
+                )
+            # The local key file is one for every region without a KMS key.
+            chosen = [r for r in self.settings.regions if r.kms is None]
+            if not chosen:
+                raise InvalidInputError("no region uses the local key file", hint="--to a KMS key")
+        created = None
+        current = [r for r in self.replicas.regions if r.name in {c.name for c in chosen}]
+        if kms_target:
+            kms = chosen[0].kms
+            assert kms is not None
+            from registry.crypto.kms import KmsKeyProvider
+
+            key = to.removeprefix("kms:")
+            new_id = KmsKeyProvider(
+                key, region=kms.region, endpoint_url=kms.endpoint_url, profile=kms.profile
+            ).kek_id
+            if new_id != current[0].store.keys.kek_id:
+                previous = tuple(dict.fromkeys((kms.key, *kms.previous)))
+                regions = tuple(
+                    dataclasses.replace(
+                        r,
+                        kms=dataclasses.replace(
+                            kms, key=key, previous=tuple(p for p in previous if p != key)
+                        ),
+                    )
+                    if r.name == chosen[0].name
+                    else r
+                    for r in self.settings.regions
+                )
+                with self._editing_config():
+                    self.settings = dataclasses.replace(self.settings, regions=regions)
+        else:
+            path = Path(to).expanduser().absolute()
+            if not path.exists():
+                create_key_file(path)
+                created = str(path)
+            new_id = LocalKeyProvider.from_file(path).kek_id
+            assert self.settings.kek_file is not None
+            if new_id != current[0].store.keys.kek_id:
+                old = [str(self.settings.kek_file), *map(str, self.settings.previous_kek_files)]
+                with self._editing_config() as config:
+                    config["keys"]["kek_file"] = str(path)
+                    config["keys"]["previous_kek_files"] = [
+                        p for p in dict.fromkeys(old) if Path(p) != path
+                    ]
+        self._reload_keys()
+        if any(r.store.keys.kek_id != new_id for r in current):
+            raise ConfigurationError("config.toml did not take the new key", hint="check it")
+        if any(len(r.store.keys.kek_ids) > 1 for r in current):
+            self.catalog.audit(
+                self.actor,
+                "key-rotate-start",
+                "registry",
+                {"to": new_id, "regions": [r.name for r in current]},
+            )
+        return current, created
+
+    def _reload_keys(self) -> None:
+        local = _local_keys(self.settings)
+        for region, configured in zip(self.replicas.regions, self.settings.regions, strict=True):
+            region.store.keys = _key_provider(configured.kms, local)
+        self.keys = self.store.keys
+
+    def _rewrap(
+        self,
+        pending: Mapping[tuple[str, str], Sequence[WrappedKey]],
+        targets: Sequence[Region],
+        new_id: str,
+        *,
+        progress: Progress,
+    ) -> int:
+        """A slot under the new key in the catalog and in every target region for each object
+        (already there: skipped, which is what makes a rerun resume). Returns slots written."""
+        written = 0
+        batch: list[tuple[str, str, WrappedKey]] = []
+        for (digest, kind), slots in pending.items():
+            what = f"{kind} {digest[:19]}"
+            slot = next((s for s in slots if s.kek_id == new_id), None)
+            data_key: bytes | None = None
+            for target in targets:
+                store = target.store
+                name = store.slot_name(kind, digest, new_id)
+                if store.driver.stat(name) is not None:
+                    continue
+                if data_key is None:
+                    old = next(s for s in slots if s.kek_id in store.keys.kek_ids)
+                    data_key = store.unwrap(kind, digest, old, what=what)
+                if slot is None:
+                    slot = store.keys.wrap(data_key, context=store.context(kind, digest))
+                store.driver.put_if_absent(name, [slot.to_json()])
+                written += 1
+            if slot is None:
+                stored = targets[0].store.read_slot(kind, digest, what=what)
+                slot = stored if stored is not None and stored.kek_id == new_id else None
+            if slot is not None and all(s.kek_id != new_id for s in slots):
+                batch.append((digest, kind, slot))
+            if len(batch) >= 200:
+                self.catalog.add_key_slots(batch)
+                batch = []
+            progress.advance(1)
+            self._checkpoint("rotate-object")
+        self.catalog.add_key_slots(batch)
+        return written
+
+    def _retire_slot_objects(
+        self, objects: Iterable[tuple[str, str]], targets: Sequence[Region], old_ids: Sequence[str]
+    ) -> tuple[int, int]:
+        """Delete the old keys' slot objects (and wrapped naming keys) from the target stores;
+        those Object Lock keeps stay, useless once the old key is destroyed. (deleted, kept)"""
+        deleted = kept = 0
+        for target in targets:
+            store = target.store
+            names = [
+                store.slot_name(kind, digest, old) for digest, kind in objects for old in old_ids
+            ]
+            names += [store.naming_key_name(old) for old in old_ids]
+            for name in names:
+                try:
+                    store.driver.delete(name)
+                    deleted += 1
+                except NotFoundError:
+                    continue
+                except RegistryError:
+                    kept += 1
+        return deleted, kept
+
+    def _finish_rotation(self, targets: Sequence[Region]) -> None:
+        names = {r.name for r in targets}
+        if any(r.kms is not None for r in self.settings.regions if r.name in names):
+            regions = tuple(
+                dataclasses.replace(r, kms=dataclasses.replace(r.kms, previous=()))
+                if r.name in names and r.kms is not None
+                else r
+                for r in self.settings.regions
+            )
+            with self._editing_config():
+                self.settings = dataclasses.replace(self.settings, regions=regions)
+        else:
+            with self._editing_config() as config:
+                config["keys"].pop("previous_kek_files", None)
+        self._reload_keys()
 
     # -- signers ---------------------------------------------------------------------------
 
@@ -2631,22 +2990,60 @@ class Registry:
                 for entry in config.get("webhooks", [])
             ),
             api=self.settings.api,
+            previous_kek_files=[str(value) for value in keys.get("previous_kek_files", [])],
         )
         _write_atomically(home / CONFIG_FILE, text)
         self.settings = load_settings(home)
 
 
-def _key_provider(kms: KmsSettings | None, local: LocalKeyProvider | None) -> KeyProvider:
-    """A region's key provider: its KMS key, else the registry's local key file."""
+def rebuild_catalog(
+    home: str | Path | None,
+    *,
+    source: str,
+    catalog_url: str | None = None,
+    actor: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> rebuild.RebuildReport:
+    """Build a new catalog (default: the configured one, which must be gone or empty) from
+    region `source` alone; see `registry.rebuild`. Needs config.toml and the key provider."""
+    settings = load_settings(Path(home) if home is not None else None)
+    local = _local_keys(settings)
+    return rebuild.rebuild(
+        settings,
+        source=source,
+        catalog_url=catalog_url or settings.catalog_url,
+        key_provider=lambda region: _key_provider(region.kms, local),
+        actor=actor or default_actor(),
+        on_progress=on_progress,
+    )
+
+
+def _local_keys(settings: Settings) -> KeyProvider | None:
+    """The local key file's provider; during a rotation, a ring with the files it replaces."""
+    if settings.kek_file is None:
+        return None
+    current = LocalKeyProvider.from_file(settings.kek_file)
+    if not settings.previous_kek_files:
+        return current
+    return KeyRing(current, [LocalKeyProvider.from_file(p) for p in settings.previous_kek_files])
+
+
+def _key_provider(kms: KmsSettings | None, local: KeyProvider | None) -> KeyProvider:
+    """A region's key provider: its KMS key, else the registry's local key file (with the keys
+    a rotation is moving away from, which unwrap only)."""
     if kms is None:
         if local is None:
             raise ConfigurationError("a region without a KMS key needs keys.kek_file")
         return local
     from registry.crypto.kms import KmsKeyProvider
 
-    return KmsKeyProvider(
-        kms.key, region=kms.region, endpoint_url=kms.endpoint_url, profile=kms.profile
-    )
+    def provider(key: str) -> KeyProvider:
+        return KmsKeyProvider(
+            key, region=kms.region, endpoint_url=kms.endpoint_url, profile=kms.profile
+        )
+
+    current = provider(kms.key)
+    return KeyRing(current, [provider(k) for k in kms.previous]) if kms.previous else current
 
 
 def _bad_copies(report: ReadReport) -> list[str]:

@@ -6,6 +6,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import threading
 import time
@@ -36,12 +37,14 @@ from tests.conftest import tree
 
 
 def _objects(root: Path) -> dict[str, int]:
-    """Every object of a local store (name -> size), the registry marker and keys aside."""
+    """Every object of a local store (name -> size), the registry marker and keys, the journal
+    and version records (gc never deletes them) aside."""
     objects = root / "objects"
     return {
         p.relative_to(objects).as_posix(): p.stat().st_size
         for p in objects.rglob("*")
-        if p.is_file() and not p.relative_to(objects).as_posix().startswith("registry/")
+        if p.is_file()
+        and not p.relative_to(objects).as_posix().startswith(("registry/", "journal/", "records/"))
     }
 
 
@@ -608,4 +611,18 @@ def test_a_populated_catalog_upgrades_to_expiry(tmp_path: Path, catalog_url: str
     assert (version.number, version.digest, version.expired_at) == (1, digest, None)
     assert [f.digest for f in version.files] == [blob]
     assert [h.number for h in catalog.holds()] == [1]
+    # Migration 0009 starts the journal with every row the catalog held before it existed.
+    (seq, _at, body), *rest = catalog.journal_after(0, limit=10)
+    rows = json.loads(body)["rows"]
+    assert seq == 1 and not rest
+    assert {name: len(found) for name, found in rows.items()} == {
+        "models": 1,
+        "blobs": 1,
+        "versions": 1,
+        "version_files": 1,
+        "aliases": 1,
+        "legal_holds": 1,
+    }
+    assert rows["versions"][0]["digest"] == digest and rows["versions"][0]["expired_at"] is None
+    assert datetime.fromisoformat(rows["models"][0]["created_at"]) == now
     catalog.close()

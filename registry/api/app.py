@@ -15,6 +15,7 @@ import contextlib
 import fnmatch
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -364,6 +365,9 @@ def _proofs(state: State) -> None:
             )
         if seen == regions:
             break
+    for journal in state.registry.journal_status():
+        state.metrics.journal_behind.labels(journal.region).set(journal.behind)
+        state.metrics.journal_lag.labels(journal.region).set(journal.lag_seconds)
     for event in catalog.audit_events(action="scrub", subject="registry", limit=200):
         details = event.details
         if details.get("sample") is None and len(details.get("regions", [])) == len(regions):
@@ -1001,8 +1005,11 @@ def create_app(
         broker_limiter=RateLimiter(settings.key_requests_per_second, settings.key_burst),
         watch=Watch(settings),
     )
+    timer = _JournalTimer(registry, settings.journal_interval_seconds)
     return Litestar(
         route_handlers=ROUTES,
+        on_startup=[timer.start],
+        on_shutdown=[timer.stop],
         state=_AppState({"registry_state": state}),
         exception_handlers={
             RegistryError: _registry_error,
@@ -1014,6 +1021,33 @@ def create_app(
         openapi_config=_openapi_config(),
         debug=False,
     )
+
+
+class _JournalTimer:
+    """Copies the journal out every `interval` seconds, so entries written by reads (their
+    audit) or left behind by a region that was down reach the stores without another change."""
+
+    def __init__(self, registry: Registry, interval: float) -> None:
+        self._registry = registry
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._registry.drain_journal()
+            except Exception:
+                logging.getLogger("model_registry.journal").exception("journal drain failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 def _openapi_config() -> OpenAPIConfig:

@@ -83,6 +83,19 @@ class Metrics:
             ["scope"],
             registry=r,
         )
+        self.journal_behind = Gauge(
+            "model_registry_journal_behind_entries",
+            "Catalog journal entries not yet sealed in each region's store",
+            ["region"],
+            registry=r,
+        )
+        self.journal_lag = Gauge(
+            "model_registry_journal_lag_seconds",
+            "Age of the oldest journal entry each region's store still lacks (the recovery "
+            "point of a catalog rebuild from that region; 0 when it is up to date)",
+            ["region"],
+            registry=r,
+        )
         self.replication_backlog = Gauge(
             "model_registry_replication_backlog",
             "Object copies recorded pending or bad, by region (updated by /readyz)",

@@ -288,3 +288,25 @@ class ApiToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     revoked_by: Mapped[str | None] = mapped_column(String(256), nullable=True)
+
+
+class JournalEntry(Base):
+    """One committed catalog transaction, as the rows it wrote (a transactional outbox): added in
+    the transaction it describes, copied to every region's journal afterwards (`journal_marks`).
+    `body` is canonical JSON: `{"rows": {table: [row, ...]}, "deleted": {table: [key, ...]}}`."""
+
+    __tablename__ = "journal_entries"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    body: Mapped[str] = mapped_column(Text)
+
+
+class JournalMark(Base):
+    """How far a region's journal goes: every entry up to `seq` is sealed in its store."""
+
+    __tablename__ = "journal_marks"
+
+    region: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -13,7 +13,7 @@ import binascii
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,35 @@ class KeyProvider(ABC):
         """A fresh random data key and its wrapped form."""
         data_key = os.urandom(DATA_KEY_SIZE)
         return data_key, self.wrap(data_key, context=context)
+
+    @property
+    def kek_ids(self) -> tuple[str, ...]:
+        """Every key-encryption key this provider unwraps with, the one it wraps with first."""
+        return (self.kek_id,)
+
+
+class KeyRing(KeyProvider):
+    """A key being rotated to and the keys it replaces: the current key wraps; a slot of any of
+    them unwraps, each by its own key (`keys rotate`)."""
+
+    def __init__(self, current: KeyProvider, previous: Sequence[KeyProvider]) -> None:
+        self.current = current
+        self.previous = tuple(previous)
+        self.name = current.name
+        self.kek_id = current.kek_id
+
+    @property
+    def kek_ids(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(p.kek_id for p in (self.current, *self.previous)))
+
+    def wrap(self, data_key: bytes, *, context: Mapping[str, str]) -> WrappedKey:
+        return self.current.wrap(data_key, context=context)
+
+    def unwrap(self, wrapped: WrappedKey, *, context: Mapping[str, str], what: str) -> bytes:
+        for provider in self.previous:
+            if provider.kek_id == wrapped.kek_id and provider.name == wrapped.provider:
+                return provider.unwrap(wrapped, context=context, what=what)
+        return self.current.unwrap(wrapped, context=context, what=what)
 
 
 def write_secret_file(path: Path, data: bytes) -> None:

@@ -1,0 +1,118 @@
+"""`model-registry catalog ...`: the journal of catalog changes in the stores, and rebuilding a
+lost catalog from one region."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from cli.ui import handle_errors, open_registry, print_json, stderr, stdout
+from registry.errors import IntegrityError, InvalidInputError
+
+
+@click.group()
+def catalog() -> None:
+    """The catalog's journal in the stores, and rebuilding the catalog from them."""
+
+
+@catalog.command()
+@click.option("--drain", is_flag=True, help="Copy what each region lacks to it now.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def journal(drain: bool, as_json: bool) -> None:
+    """How far each region's journal goes (entries behind, age of the oldest it lacks: the
+    recovery point of a rebuild from it). Exit 9 if --drain left a region behind."""
+    with open_registry() as registry:
+        states = registry.drain_journal() if drain else registry.journal_status()
+    if as_json:
+        print_json(
+            [
+                {
+                    "region": s.region,
+                    "journal_seq": s.mark,
+                    "behind": s.behind,
+                    "lag_seconds": round(s.lag_seconds, 3),
+                    "error": s.error,
+                }
+                for s in states
+            ]
+        )
+    else:
+        table = Table("region", "journal up to", "behind", "oldest missing", "problem")
+        for s in states:
+            table.add_row(
+                escape(s.region),
+                str(s.mark),
+                str(s.behind),
+                "-" if not s.behind else f"{s.lag_seconds:.1f} s ago",
+                escape(s.error) or "",
+            )
+        stdout.print(table)
+    if drain and any(s.behind for s in states):
+        sys.exit(9)
+
+
+@catalog.command()
+@click.option("--from", "source", required=True, metavar="REGION", help="The region to read.")
+@click.option(
+    "--catalog",
+    "catalog_url",
+    metavar="URL",
+    help="The new catalog's database (default: catalog.url of config.toml, which must be gone "
+    "or empty).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def rebuild(source: str, catalog_url: str | None, as_json: bool) -> None:
+    """Build the catalog anew from one region alone: its journal, version records and
+    manifests, then key slots and every copy read back in every region that answers.
+
+    Needs config.toml and the region's key provider, nothing else. Refuses (exit 6) a journal
+    segment, version record or manifest that does not verify, naming it; exit 6 too when some
+    live version could not be restored (listed)."""
+    if os.environ.get("MODEL_REGISTRY_URL"):
+        raise InvalidInputError(
+            "catalog rebuild runs where config.toml and the keys are, not through a server",
+            hint="unset MODEL_REGISTRY_URL (and --url)",
+        )
+    from registry.service import rebuild_catalog
+
+    def progress(message: str) -> None:
+        if not as_json:
+            stderr.print(f"[dim]{escape(message)}[/dim]", markup=True, highlight=False)
+
+    report = rebuild_catalog(
+        os.environ.get("MODEL_REGISTRY_HOME"),
+        source=source,
+        catalog_url=catalog_url,
+        on_progress=progress,
+    )
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        table = Table("table", "rows")
+        for name, count in report.restored.items():
+            table.add_row(name, str(count))
+        stdout.print(table)
+        stdout.print(
+            f"rebuilt {report.catalog} from {report.region}: {report.entries} journal entries "
+            f"in {report.segments} segments, {report.seconds:.2f} s"
+        )
+        for ref in report.from_records:
+            stdout.print(f"restored from its version record (not yet journaled): {ref}")
+        for line in report.unreachable:
+            stdout.print(f"not probed (unreachable): {escape(line)}")
+        for line in report.bad_copies:
+            stdout.print(f"bad copy (queued for `replicate --repair`): {escape(line)}")
+        for line in report.unrestored:
+            click.echo(f"NOT RESTORED {line}", err=True)
+    if not report.ok:
+        sys.exit(IntegrityError.exit_code)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(catalog)

@@ -1,0 +1,606 @@
+"""Rebuild a lost catalog from one region alone: its journal replayed, its version records for
+pushes the journal had not reached yet, its manifests checked against both, and then key slots and
+placements read from every region that answers (docs/operations.md, "Lost catalog database").
+
+Nothing is needed but config.toml and the region's key provider: the naming key is unwrapped from
+the store when its file is gone too. Everything is read and checked before the new catalog is
+committed in one transaction; a journal segment, version record or manifest that does not verify
+refuses the rebuild with its name, and nothing is written (a SQLite catalog is built beside its
+final path and moved there at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Engine, func, inspect, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from registry import journal
+from registry import manifest as manifests
+from registry.blobstore import BLOB, MANIFEST, BlobStore, stored_naming_key
+from registry.catalog.db import create_catalog_engine, migrate
+from registry.catalog.journal import (
+    TABLES,
+    capture_session,
+    decode_row,
+    decode_value,
+    parse_body,
+    table,
+    write_entry,
+)
+from registry.catalog.models import (
+    Blob,
+    JournalEntry,
+    JournalMark,
+    KeySlot,
+    Model,
+    Placement,
+    Version,
+    VersionFile,
+    utcnow,
+)
+from registry.catalog.repository import Catalog, append_audit
+from registry.config import RegionSettings, Settings
+from registry.crypto.keys import KeyProvider, WrappedKey, read_key_file
+from registry.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    RegistryError,
+    StorageError,
+)
+from registry.manifest import Manifest
+from registry.replication import BAD, Region, ReplicaSet
+from registry.storage.factory import open_driver
+
+# Tables whose integer keys come from a sequence on PostgreSQL (moved past the restored rows).
+_SERIAL = {"models": "id", "versions": "id", "alias_moves": "id", "audit_events": "id"}
+
+
+@dataclass
+class RebuildReport:
+    region: str
+    catalog: str
+    entries: int = 0
+    segments: int = 0
+    restored: dict[str, int] = field(default_factory=dict)
+    from_records: list[str] = field(default_factory=list)
+    unrestored: list[str] = field(default_factory=list)
+    probed: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+    bad_copies: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.unrestored
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "catalog": self.catalog,
+            "journal_entries": self.entries,
+            "journal_segments": self.segments,
+            "restored": self.restored,
+            "restored_from_version_records": self.from_records,
+            "not_restored": self.unrestored,
+            "regions_probed": self.probed,
+            "regions_unreachable": self.unreachable,
+            "bad_copies": self.bad_copies,
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+        }
+
+
+ProviderFactory = Callable[[RegionSettings], KeyProvider]
+
+
+def rebuild(
+    settings: Settings,
+    *,
+    source: str,
+    catalog_url: str,
+    key_provider: ProviderFactory,
+    actor: str,
+    on_progress: Callable[[str], None] | None = None,
+) -> RebuildReport:
+    """Build a fresh catalog at `catalog_url` from region `source` (see the module text)."""
+    started = time.monotonic()
+    names = [region.name for region in settings.regions]
+    if source not in names:
+        raise InvalidInputError(
+            f"no region {source!r} in config.toml", hint=f"regions: {', '.join(names)}"
+        )
+    say = on_progress or (lambda _message: None)
+    report = RebuildReport(source, _safe_url(catalog_url))
+    order = sorted(settings.regions, key=lambda region: region.name != source)
+    first = order[0]
+    keys = key_provider(first)
+    driver = open_driver(first.store, parallelism=settings.effective_workers)
+    try:
+        if settings.naming_key_file.exists():
+            naming_key = read_key_file(settings.naming_key_file, label="naming key")
+        else:
+            naming_key = stored_naming_key(driver, keys, registry_id=settings.registry_id)
+    except BaseException:
+        driver.close()
+        raise
+    regions = [Region(first.name, _store(settings, driver, keys, naming_key))]
+    try:
+        for other in order[1:]:
+            try:
+                other_driver = open_driver(other.store, parallelism=settings.effective_workers)
+                store = _store(settings, other_driver, key_provider(other), naming_key)
+                store.check_claim()
+            except RegistryError as error:
+                report.unreachable.append(f"{other.name}: {error}")
+                continue
+            regions.append(Region(other.name, store))
+        replicas = ReplicaSet(regions, workers=settings.effective_workers)
+        main = regions[0].store
+        main.check_claim()
+        say(f"reading the journal of {source}")
+        entries = journal.read(main)
+        report.entries = len(entries)
+        report.segments = len({entry.segment for entry in entries})
+        say(f"reading version records of {source}")
+        records = _version_records(main)
+        with _Target(catalog_url) as engine:
+            with Session(engine) as session, session.begin():
+                _replay(session, entries)
+                _fix_sequences(session)
+                # What the journal lacked is journaled in the new catalog, like any change.
+                capture_session(session)
+                _restore_records(session, main, records, settings, report)
+                write_entry(session)
+                _check_manifests(session, main, settings, report)
+                say("reading key slots and checking every copy in every region")
+                _slots_and_placements(session, replicas, report)
+                _marks(session, regions, entries)
+                _fix_sequences(session)
+                report.restored = {
+                    name: session.scalar(select(func.count()).select_from(table(name))) or 0
+                    for name in (*TABLES, "key_slots", "placements")
+                }
+            report.probed = [region.name for region in regions]
+            report.seconds = time.monotonic() - started
+            # Its own transaction, through the catalog: audited and journaled like any change.
+            Catalog(engine).audit(
+                actor,
+                "catalog-rebuild",
+                "registry",
+                {
+                    "from": source,
+                    "journal_entries": report.entries,
+                    "from_version_records": report.from_records,
+                    "not_restored": report.unrestored,
+                    "unreachable": [line.split(":", 1)[0] for line in report.unreachable],
+                },
+            )
+    finally:
+        for region in regions:
+            region.store.driver.close()
+    return report
+
+
+def _store(settings: Settings, driver: Any, keys: KeyProvider, naming_key: bytes) -> BlobStore:
+    return BlobStore(
+        driver,
+        keys,
+        registry_id=settings.registry_id,
+        naming_key=naming_key,
+        chunk_size=settings.chunk_size,
+        workers=settings.effective_workers,
+    )
+
+
+def _safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class _Target:
+    """The new catalog's engine: refused unless empty; SQLite built beside its final path."""
+
+    def __init__(self, url: str) -> None:
+        self.url = make_url(url)
+        self.final: Path | None = None
+        self.building: Path | None = None
+        if self.url.get_backend_name() == "sqlite" and self.url.database not in (
+            None,
+            "",
+            ":memory:",
+        ):
+            self.final = Path(str(self.url.database))
+            self.building = self.final.with_name(self.final.name + ".rebuilding")
+
+    def __enter__(self) -> Engine:
+        if self.final is not None and self.building is not None:
+            if self.final.exists() and self.final.stat().st_size > 0:
+                raise ConflictError(
+                    f"the catalog {self.final} exists; a rebuild never overwrites one",
+                    hint="move it aside (keep it: it may hold what the stores lack), or pass "
+                    "--catalog with a new database",
+                )
+            self.building.parent.mkdir(parents=True, exist_ok=True)
+            self.building.unlink(missing_ok=True)
+            url = self.url.set(database=str(self.building))
+        else:
+            url = self.url
+        self.engine = create_catalog_engine(url.render_as_string(hide_password=False))
+        try:
+            _require_empty(self.engine, self.url.render_as_string(hide_password=True))
+            migrate(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+        return self.engine
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.engine.dispose()
+        if self.building is None or self.final is None:
+            return
+        if exc_type is None:
+            os.replace(self.building, self.final)
+        else:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(self.building) + suffix).unlink(missing_ok=True)
+
+
+def _require_empty(engine: Engine, shown: str) -> None:
+    with engine.connect() as connection:
+        present = set(inspect(connection).get_table_names())
+        for name in ("models", "audit_events", "journal_entries"):
+            if (
+                name in present
+                and connection.execute(select(func.count()).select_from(table(name))).scalar()
+            ):
+                raise ConflictError(
+                    f"the catalog {shown} is not empty; a rebuild never writes over one",
+                    hint="pass --catalog with a new, empty database",
+                )
+
+
+def _replay(session: Session, entries: Sequence[journal.Entry]) -> None:
+    """Apply every entry in order: its rows written over the same keys, its deletions done."""
+    for entry in entries:
+        try:
+            rows, deleted = parse_body(entry.body)
+            for name in TABLES:
+                target = table(name)
+                for raw in rows.get(name, []):
+                    values = decode_row(name, raw)
+                    keys = target.primary_key.columns
+                    condition = [column == values[column.name] for column in keys]
+                    result = session.execute(update(target).where(*condition).values(**values))
+                    done = cast(CursorResult[Any], result).rowcount
+                    if not done:
+                        session.execute(target.insert().values(**values))
+            for name in reversed(TABLES):
+                target = table(name)
+                for key in deleted.get(name, []):
+                    columns = list(target.primary_key.columns)
+                    if len(key) != len(columns):
+                        raise ValueError(f"a key of {name} has {len(key)} parts")
+                    session.execute(
+                        target.delete().where(
+                            *[
+                                column == decode_value(column.type, value)
+                                for column, value in zip(columns, key, strict=True)
+                            ]
+                        )
+                    )
+            session.add(JournalEntry(seq=entry.seq, at=entry.at, body=entry.body))
+            session.flush()
+        except (ValueError, KeyError, TypeError, SQLAlchemyError) as error:
+            raise IntegrityError(
+                f"journal entry {entry.seq} (in {entry.segment}) cannot be applied: {error}",
+                path=entry.segment,
+            ) from None
+
+
+@dataclass(frozen=True)
+class _Record:
+    name: str
+    object_name: str
+    model: str
+    digest: str
+    message: str
+    pushed_by: str
+    signed_by: str
+    pushed_at: datetime
+
+
+def _version_records(store: BlobStore) -> list[_Record]:
+    found = []
+    for name in store.version_records():
+        data = store.read_version_record(name)
+        try:
+            raw = json.loads(data)
+            record = _Record(
+                name,
+                str(raw["manifest_object"]),
+                str(raw["model"]),
+                str(raw["digest"]),
+                str(raw["message"]),
+                str(raw["pushed_by"]),
+                str(raw["signed_by"]),
+                datetime.fromisoformat(raw["pushed_at"]).astimezone(UTC),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise IntegrityError(f"version record {name}: malformed ({error})", path=name) from None
+        if not store.record_matches(name, record.digest):
+            raise IntegrityError(
+                f"version record {name} names another manifest than its place says", path=name
+            )
+        found.append(record)
+    return sorted(found, key=lambda record: (record.pushed_at, record.name))
+
+
+def _read_manifest(
+    store: BlobStore, digest: str, settings: Settings, *, what: str
+) -> Manifest | None:
+    """The manifest as `store` holds it, authenticated and its signature checked; None when
+    the store holds no such manifest (swept, or never written there)."""
+    slot = store.read_slot(MANIFEST, digest, what=what)
+    if slot is None:
+        if store.driver.stat(store.object_name(MANIFEST, digest)) is None:
+            return None
+        raise IntegrityError(f"{what}: its key slot is missing from the store", path=what)
+    data = store.read_bytes(MANIFEST, digest, slot, what=what)
+    manifest, _signer = manifests.parse_envelope(
+        data, expected_digest=digest, trusted=settings.trusted_signers, what=what
+    )
+    return manifest
+
+
+def _restore_records(
+    session: Session,
+    store: BlobStore,
+    records: Sequence[_Record],
+    settings: Settings,
+    report: RebuildReport,
+) -> None:
+    """Versions whose push wrote its record but whose catalog entry had not reached the
+    journal: restored from the record and the manifest, numbered after the journal's."""
+    for record in records:
+        model = session.scalar(select(Model).where(Model.name == record.model))
+        if model is not None:
+            same = session.scalars(
+                select(Version).where(Version.model_id == model.id, Version.digest == record.digest)
+            ).all()
+            if any(v.expired_at is None or v.created_at >= record.pushed_at for v in same):
+                continue  # journaled, or a re-push of content that was already a version
+        what = f"manifest of {record.model} (version record {record.name})"
+        manifest = _read_manifest(store, record.digest, settings, what=what)
+        if manifest is None:
+            continue  # the push stopped before its manifest: nothing was committed
+        if manifest.name != record.model:
+            raise IntegrityError(f"{what}: names model {manifest.name}", path=record.name)
+        now = record.pushed_at
+        if model is None:
+            model = Model(name=record.model, created_at=now, created_by=record.pushed_by)
+            session.add(model)
+            session.flush()
+        for entry in manifest.files:
+            if session.get(Blob, entry.digest) is None:
+                header = store.read_header(BLOB, entry.digest, size=entry.size, what=entry.path)
+                session.add(
+                    Blob(
+                        digest=entry.digest,
+                        size=entry.size,
+                        object_name=store.object_name(BLOB, entry.digest),
+                        sealed_size=header.sealed_size,
+                        chunk_size=header.chunk_size,
+                        created_at=now,
+                    )
+                )
+        number = (
+            session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
+            or 0
+        ) + 1
+        version = Version(
+            model_id=model.id,
+            number=number,
+            digest=record.digest,
+            manifest_object=record.object_name,
+            message=record.message,
+            created_at=now,
+            created_by=record.pushed_by,
+            signed_by=record.signed_by,
+            file_count=len(manifest.files),
+            total_size=manifest.total_size,
+            tensor_count=manifest.tensor_count,
+            parameter_count=manifest.parameter_count,
+            dtypes=",".join(manifest.dtypes),
+        )
+        session.add(version)
+        session.flush()
+        for entry in manifest.files:
+            session.add(
+                VersionFile(
+                    version_id=version.id,
+                    path=entry.path,
+                    size=entry.size,
+                    digest=entry.digest,
+                    tensor_count=0 if entry.safetensors is None else len(entry.safetensors.tensors),
+                )
+            )
+        append_audit(
+            session,
+            at=now,
+            actor=record.pushed_by,
+            action="push",
+            subject=record.model,
+            details=json.dumps(
+                {
+                    "version": number,
+                    "digest": record.digest,
+                    "files": len(manifest.files),
+                    "bytes": manifest.total_size,
+                    "restored_from": record.name,
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+            ),
+        )
+        session.flush()
+        report.from_records.append(f"{record.model}@{number}")
+
+
+def _check_manifests(
+    session: Session, store: BlobStore, settings: Settings, report: RebuildReport
+) -> None:
+    """Every version's file list against its manifest in the store (authenticated, signed):
+    a disagreement refuses the rebuild; a live version whose manifest or files the region
+    lacks is reported as not restorable from it."""
+    versions = session.scalars(select(Version).order_by(Version.model_id, Version.number)).all()
+    for version in versions:
+        name = session.get(Model, version.model_id)
+        assert name is not None
+        ref = f"{name.name}@{version.number}"
+        what = f"manifest of {ref}"
+        files = {
+            row.path: row
+            for row in session.scalars(
+                select(VersionFile).where(VersionFile.version_id == version.id)
+            )
+        }
+        manifest = _read_manifest(store, version.digest, settings, what=what)
+        if manifest is None:
+            if version.expired_at is None:
+                report.unrestored.append(f"{ref}: its manifest is missing from {report.region}")
+            continue
+        listed = {
+            entry.path: (
+                entry.size,
+                entry.digest,
+                0 if entry.safetensors is None else len(entry.safetensors.tensors),
+            )
+            for entry in manifest.files
+        }
+        journaled = {path: (row.size, row.digest, row.tensor_count) for path, row in files.items()}
+        if manifest.name != name.name or listed != journaled:
+            raise IntegrityError(
+                f"{what}: the journal and the manifest disagree on its files", path=what
+            )
+        if version.expired_at is not None:
+            continue
+        for entry in manifest.files:
+            blob = session.get(Blob, entry.digest)
+            if blob is None or blob.swept_at is not None:
+                report.unrestored.append(f"{ref}: {entry.path} is recorded as swept")
+            elif store.driver.stat(blob.object_name) is None:
+                report.unrestored.append(f"{ref}: {entry.path} is missing from {report.region}")
+
+
+def _slots_and_placements(session: Session, replicas: ReplicaSet, report: RebuildReport) -> None:
+    """Key slots as every reachable region stores them, and each copy read back in full and
+    authenticated: verified with its ciphertext checksum, or bad (queued for repair)."""
+    objects: list[tuple[str, str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for version in session.scalars(select(Version).order_by(Version.id)):
+        live = version.expired_at is None
+        candidates = []
+        # An expired version's objects count until gc sweeps them (a swept manifest is gone
+        # from every region; a swept blob is marked).
+        if live or any(
+            region.store.driver.stat(region.store.object_name(MANIFEST, version.digest))
+            for region in replicas.regions
+        ):
+            candidates.append((version.digest, MANIFEST))
+        for row in session.scalars(select(VersionFile).where(VersionFile.version_id == version.id)):
+            blob = session.get(Blob, row.digest)
+            if live or (blob is not None and blob.swept_at is None):
+                candidates.append((row.digest, BLOB))
+        for digest, kind in candidates:
+            if (digest, kind) not in seen:
+                seen.add((digest, kind))
+                objects.append((digest, kind, f"{kind} {digest[:19]}"))
+    now = utcnow()
+    for digest, kind, what in objects:
+        known: list[WrappedKey] = []
+        for region in replicas.regions:
+            try:
+                slot = region.store.read_slot(kind, digest, what=what)
+            except (StorageError, IntegrityError) as error:
+                report.bad_copies.append(f"{region.name}: {what}: key slot: {error}")
+                continue
+            if slot is None:
+                continue
+            if session.get(KeySlot, (digest, kind, slot.kek_id)) is None:
+                session.add(
+                    KeySlot(
+                        digest=digest,
+                        purpose=kind,
+                        kek_id=slot.kek_id,
+                        provider=slot.provider,
+                        wrapped=slot.ciphertext,
+                        created_at=now,
+                    )
+                )
+                session.flush()
+            known.append(slot)
+        if not known:
+            report.unrestored.append(f"{what}: no region holds a key slot for it")
+            continue
+        for region in replicas.regions:
+            outcome = replicas.check(region, kind, digest, known=known, checksum=None, what=what)
+            if outcome.state == BAD:
+                report.bad_copies.append(f"{region.name}: {what}: {outcome.detail}")
+            session.add(
+                Placement(
+                    digest=digest,
+                    purpose=kind,
+                    region=region.name,
+                    object_name=region.store.object_name(kind, digest),
+                    state=outcome.state,
+                    checksum=outcome.checksum,
+                    detail=outcome.detail[:4000],
+                    updated_at=now,
+                )
+            )
+        session.flush()
+
+
+def _marks(session: Session, regions: Sequence[Region], entries: Sequence[journal.Entry]) -> None:
+    """Each reachable region's journal mark: as far as its own segments go, contiguously."""
+    last = entries[-1].seq if entries else 0
+    now = utcnow()
+    for index, region in enumerate(regions):
+        if index == 0:
+            mark = last
+        else:
+            try:
+                mark = journal.contiguous_end(region.store)
+            except RegistryError:
+                mark = 0
+        session.add(JournalMark(region=region.name, seq=min(mark, last), updated_at=now))
+    session.flush()
+
+
+def _fix_sequences(session: Session) -> None:
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for name, column in _SERIAL.items():
+        session.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{name}', '{column}'), "  # noqa: S608
+                f"COALESCE((SELECT MAX({column}) FROM {name}), 0) + 1, false)"
+            )
+        )
+    session.execute(
+        text(
+            "SELECT setval(pg_get_serial_sequence('journal_entries', 'seq'), "
+            "COALESCE((SELECT MAX(seq) FROM journal_entries), 0) + 1, false)"
+        )
+    )

@@ -1,0 +1,191 @@
+"""`keys rotate`: every data key re-wrapped under a new key-encryption key, the old one retired;
+interrupted halfway it resumes; every version loads before, during and after; once it has finished
+the old key can be destroyed and everything still loads, scrubs, drills and rebuilds. Local key
+files and KMS (moto)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from click.testing import CliRunner
+from moto import mock_aws
+
+from cli.main import main
+from registry import loader
+from registry.config import KmsSettings
+from registry.errors import KeyAccessError
+from registry.service import Registry
+from registry.testing.models import make_model
+from tests.conftest import tree
+
+
+class PowerCutError(Exception):
+    pass
+
+
+def _cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def _loads_everything(registry: Registry, models: dict[str, Path], out: Path) -> None:
+    for ref, source in models.items():
+        target = out / ref.replace("/", "_").replace("@", "_")
+        registry.pull(ref, target)
+        assert tree(target) == tree(source)
+        assert registry.verify(ref, read_data=True).ok
+        tensors = loader.load(ref, registry=registry, framework="numpy")
+        assert tensors and len(tensors.stats.verified_files) >= 1
+
+
+def _slots(store: Path) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for path in (store / "objects" / "slots").rglob("*"):
+        if path.is_file():
+            kek = json.loads(path.read_bytes())["kek_id"]
+            kinds[kek] = kinds.get(kek, 0) + 1
+    return kinds
+
+
+@pytest.fixture
+def pushed(home: Path, tmp_path: Path) -> dict[str, Path]:
+    Registry.init(home, store=[str(tmp_path / "region-a"), str(tmp_path / "region-b")])
+    models = {
+        "org/llama@1": make_model(tmp_path / "m1", shards=2, shard_size=300_000, seed=1),
+        "org/llama@2": make_model(tmp_path / "m2", shards=2, shard_size=300_000, seed=2),
+        "org/tiny@1": make_model(tmp_path / "m3", shards=1, shard_size=40_000, seed=3),
+    }
+    with Registry.open(home) as registry:
+        for ref, path in models.items():
+            registry.push(ref.split("@")[0], path)
+        registry.promote("org/llama@1", "production")
+    return models
+
+
+def test_an_interrupted_rotation_resumes_and_the_old_key_can_then_be_destroyed(
+    pushed: dict[str, Path], home: Path, tmp_path: Path
+) -> None:
+    old_key = home / "keys" / "kek.key"
+    new_key = tmp_path / "keys" / "kek-2026-12.key"
+    with Registry.open(home) as registry:
+        old_id = registry.keys.kek_id
+        objects = len(registry.catalog.slotted_objects())
+        _loads_everything(registry, pushed, tmp_path / "before")
+        seen = 0
+
+        def stop() -> None:
+            nonlocal seen
+            seen += 1
+            if seen == 4:
+                raise PowerCutError
+
+        registry.checkpoints["rotate-object"] = stop
+        with pytest.raises(PowerCutError):
+            registry.rotate_keys(str(new_key))
+    assert new_key.exists() and new_key.stat().st_mode & 0o777 == 0o600
+    config = (home / "config.toml").read_text()
+    assert str(new_key) in config and "previous_kek_files" in config
+    # Halfway: the old key still opens what has no new slot yet; new pushes use the new key.
+    with Registry.open(home) as registry:
+        new_id = registry.keys.kek_id
+        assert new_id != old_id and registry.keys.kek_ids == (new_id, old_id)
+        kinds = _slots(tmp_path / "region-a")
+        assert kinds[new_id] == 4 and kinds[old_id] == objects
+        _loads_everything(registry, pushed, tmp_path / "during")
+        extra = make_model(tmp_path / "m4", shards=1, shard_size=20_000, seed=4)
+        registry.push("org/tiny", extra)
+        pushed = {**pushed, "org/tiny@2": extra}
+    result = _cli("keys", "rotate", "--to", str(new_key), "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["retired"] == [old_id] and report["to"] == new_id
+    assert report["objects"] == objects  # what still had an old slot (the new push had none)
+    # Two regions, the first 4 objects already done: the rest got their slot in both.
+    assert report["slots_written"] == 2 * (objects - 4)
+    assert report["catalog_slots_retired"] == objects
+    assert report["created_key_file"] is None
+    assert "previous_kek_files" not in (home / "config.toml").read_text()
+    for region in ("region-a", "region-b"):
+        assert set(_slots(tmp_path / region)) == {new_id}
+    # The old key destroyed: everything loads, scrubs, drills, and rebuilds.
+    old_key.unlink()
+    with Registry.open(home) as registry:
+        assert {
+            s.kek_id for slots in registry.catalog.slotted_objects().values() for s in slots
+        } == {new_id}
+        _loads_everything(registry, pushed, tmp_path / "after")
+        assert registry.scrub(read_data=True).ok
+    for region in ("region-1", "region-2"):
+        assert _cli("drill", "--region", region, "-q").exit_code == 0
+    assert registry.audit_events(limit=1)[0].action == "drill"
+    actions = [e.action for e in registry.audit_events(limit=20)]
+    assert "key-rotate" in actions and "key-rotate-start" in actions
+    naming = home / "keys" / "naming.key"
+    naming.rename(tmp_path / "naming.key")  # only the new KEK left: the stores still open
+    catalog = Path(registry.settings.catalog_url.split("///", 1)[1])
+    catalog.rename(tmp_path / "old-catalog.db")
+    rebuilt = _cli("catalog", "rebuild", "--from", "region-2", "--json")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    (tmp_path / "naming.key").rename(naming)
+    # Run again: nothing left to do.
+    again = _cli("keys", "rotate", "--to", str(new_key))
+    assert again.exit_code == 0 and "nothing to rotate" in again.output
+
+
+def test_rotation_refuses_what_does_not_fit(pushed: dict[str, Path], home: Path) -> None:
+    before = (home / "config.toml").read_text()
+    result = _cli("keys", "rotate", "--to", "arn:aws:kms:us-east-1:1:key/x")
+    assert result.exit_code == 3 and "KMS key" in result.output
+    result = _cli("keys", "rotate", "--to", "/tmp/x.key", "--region", "region-9")
+    assert result.exit_code == 3 and "no region 'region-9'" in result.output
+    bad = home / "not-a-key"
+    bad.write_text("hello\n")
+    result = _cli("keys", "rotate", "--to", str(bad))
+    assert result.exit_code == KeyAccessError.exit_code and "not a model-registry" in result.output
+    assert (home / "config.toml").read_text() == before
+
+
+@pytest.fixture
+def two_kms_keys(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[object, str, str]]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("kms", region_name="us-east-1")
+        first = client.create_key(Description="old")["KeyMetadata"]["Arn"]
+        second = client.create_key(Description="new")["KeyMetadata"]["Arn"]
+        yield client, first, second
+
+
+def test_a_kms_key_rotates_and_the_old_one_can_be_disabled(
+    two_kms_keys: tuple[Any, str, str], home: Path, tmp_path: Path
+) -> None:
+    client, first, second = two_kms_keys
+    Registry.init(home, kms=KmsSettings(first, "us-east-1"))
+    model = make_model(tmp_path / "m", shards=2, shard_size=100_000, seed=7)
+    with Registry.open(home) as registry:
+        registry.push("org/kms", model)
+        seen = 0
+
+        def stop() -> None:
+            nonlocal seen
+            seen += 1
+            if seen == 2:
+                raise PowerCutError
+
+        registry.checkpoints["rotate-object"] = stop
+        with pytest.raises(PowerCutError):
+            registry.rotate_keys(second)
+    assert "kms_previous_keys" in (home / "config.toml").read_text()
+    with Registry.open(home) as registry:
+        _loads_everything(registry, {"org/kms@1": model}, tmp_path / "during")
+        report = registry.rotate_keys(second)
+        assert report.retired == (f"aws-kms:{first}",) and report.to == f"aws-kms:{second}"
+    config = (home / "config.toml").read_text()
+    assert second in config and first not in config
+    client.disable_key(KeyId=first.rsplit("/", 1)[1])
+    with Registry.open(home) as registry:
+        _loads_everything(registry, {"org/kms@1": model}, tmp_path / "after")
