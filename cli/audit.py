@@ -92,10 +92,16 @@ def verify(as_json: bool) -> None:
                 "first_bad": result.first_bad,
                 "problem": result.problem,
                 "head": result.head,
+                "links_only": result.links_only,
             }
         )
     elif result.ok:
         stdout.print(f"ok: {result.checked} audit entries chain up; head {result.head}")
+        if result.links_only:
+            stdout.print(
+                f"{result.links_only} of them are token events restored by a catalog rebuild as "
+                "chain links only (their content is never journaled)"
+            )
     else:
         click.echo(f"BAD {result.problem} ({result.checked} entries before it check)", err=True)
     if not result.ok:

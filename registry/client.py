@@ -678,7 +678,12 @@ class RemoteRegistry:
     def verify_audit(self) -> AuditVerification:
         data = self._json("GET", "/v1/audit/verify")
         return AuditVerification(
-            data["ok"], data["checked"], data["first_bad"], data["problem"], data["head"]
+            data["ok"],
+            data["checked"],
+            data["first_bad"],
+            data["problem"],
+            data["head"],
+            int(data.get("links_only", 0)),
         )
 
     def __getattr__(self, name: str) -> Any:

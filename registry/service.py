@@ -552,6 +552,7 @@ class Registry:
             self.catalog.close()
             raise
         self.replicas = ReplicaSet(regions, workers=workers)
+        self._closed = False
         # The preferred region's store and keys (the only ones of a single-store registry).
         self.store = self.replicas.primary
         self.keys = self.store.keys
@@ -599,8 +600,19 @@ class Registry:
             )
 
     def close(self) -> None:
-        self.catalog.close()
-        self.replicas.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            # What this handle wrote without a change to drain it (the audit of pulls, drills,
+            # scrubs) reaches the stores now, not at the next change.
+            if self.catalog.journaled:
+                self.drain_journal()
+        except Exception:  # noqa: BLE001 - closing must close; the entries wait in the outbox
+            journal.log.warning("the journal was not copied out at close", exc_info=True)
+        finally:
+            self.catalog.close()
+            self.replicas.close()
 
     def __enter__(self) -> Registry:
         return self
@@ -2104,6 +2116,7 @@ class Registry:
         """Copy the catalog's new journal entries to every region (after each change and on
         the server's timer); a region that cannot take them is reported, and caught up later."""
         try:
+            self.catalog.journaled = 0
             return journal.drain(self.catalog, self._journal_stores())
         except RegistryError as error:
             # The change itself is committed; its entry waits in the outbox for the next drain.

@@ -40,6 +40,7 @@ step diff -r "$root/llama-demo" "$root/pulled"
 echo "byte-identical"
 step model-registry verify demo/llama@2 --read-data
 step model-registry drill
+step model-registry catalog journal
 printf '\n\033[1m$ load the pulled shards\033[0m\n'
 python - <<PY
 from pathlib import Path

@@ -187,6 +187,9 @@ def test_a_lost_catalog_is_rebuilt_identical_from_the_secondary_region(
                 assert pushed.version.number == 3
                 assert registry.tokens() == []  # tokens are never restored
                 assert all(s.behind == 0 for s in registry.journal_status())
+            verified = _cli("audit", "verify")
+            assert verified.exit_code == 0, verified.output
+            assert "2 of them are token events restored by a catalog rebuild" in verified.output
         finally:
             os.environ.pop("MODEL_REGISTRY_CATALOG_URL", None)
     finally:
@@ -239,7 +242,7 @@ def test_a_crash_between_the_commit_and_the_journal_write_loses_nothing(
                 make_model(tmp_path / "m2", shards=1, shard_size=100_000, seed=2),
                 message="pushed just before the disaster",
             )
-        old, new = _lose_catalog(registry, tmp_path)
+            old, new = _lose_catalog(registry, tmp_path)  # the process never got further
     before = _dump(old)
     if not new.startswith("sqlite"):
         monkeypatch.setenv("MODEL_REGISTRY_CATALOG_URL", new)

@@ -844,6 +844,7 @@ def audit_verify(request: Request[Any, Any, Any]) -> dict[str, Any]:
         "first_bad": result.first_bad,
         "problem": result.problem,
         "head": result.head,
+        "links_only": result.links_only,
     }
 
 

@@ -347,6 +347,8 @@ class Catalog:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         capture_changes(self._sessions)
+        # Outbox entries this handle wrote: its owner drains the journal when it has some.
+        self.journaled = 0
 
     def close(self) -> None:
         self.engine.dispose()
@@ -367,7 +369,8 @@ class Catalog:
                 with self._sessions.begin() as session:
                     _serialise(session)
                     result = work(session)
-                    write_entry(session)
+                    if write_entry(session) is not None:
+                        self.journaled += 1
                     return result
             except SQLIntegrityError:
                 pass
