@@ -346,16 +346,21 @@ def _version_records(store: BlobStore) -> list[_Record]:
     return sorted(found, key=lambda record: (record.pushed_at, record.name))
 
 
+class _SlotMissingError(IntegrityError):
+    pass
+
+
 def _read_manifest(
     store: BlobStore, digest: str, settings: Settings, *, what: str
 ) -> Manifest | None:
     """The manifest as `store` holds it, authenticated and its signature checked; None when
     the store holds no such manifest (swept, or never written there)."""
+    if store.driver.stat(store.object_name(MANIFEST, digest)) is None:
+        return None
     slot = store.read_slot(MANIFEST, digest, what=what)
     if slot is None:
-        if store.driver.stat(store.object_name(MANIFEST, digest)) is None:
-            return None
-        raise IntegrityError(f"{what}: its key slot is missing from the store", path=what)
+        # Lost, not forged: reported as not restorable from this region, not a refusal.
+        raise _SlotMissingError(f"{what}: its key slot is missing from the store", path=what)
     data = store.read_bytes(MANIFEST, digest, slot, what=what)
     manifest, _signer = manifests.parse_envelope(
         data, expected_digest=digest, trusted=settings.trusted_signers, what=what
@@ -381,7 +386,11 @@ def _restore_records(
             if any(v.expired_at is None or v.created_at >= record.pushed_at for v in same):
                 continue  # journaled, or a re-push of content that was already a version
         what = f"manifest of {record.model} (version record {record.name})"
-        manifest = _read_manifest(store, record.digest, settings, what=what)
+        try:
+            manifest = _read_manifest(store, record.digest, settings, what=what)
+        except _SlotMissingError as error:
+            report.unrestored.append(error.message)
+            continue
         if manifest is None:
             continue  # the push stopped before its manifest: nothing was committed
         if manifest.name != record.model:
@@ -475,7 +484,12 @@ def _check_manifests(
                 select(VersionFile).where(VersionFile.version_id == version.id)
             )
         }
-        manifest = _read_manifest(store, version.digest, settings, what=what)
+        try:
+            manifest = _read_manifest(store, version.digest, settings, what=what)
+        except _SlotMissingError as error:
+            if version.expired_at is None:
+                report.unrestored.append(f"{ref}: {error.message} ({report.region})")
+            continue
         if manifest is None:
             if version.expired_at is None:
                 report.unrestored.append(f"{ref}: its manifest is missing from {report.region}")

@@ -2687,9 +2687,10 @@ class Registry:
                 continue
             try:
                 for digest, kind in sorted(objects):
-                    names = [
-                        region.store.object_name(kind, digest),
-                        region.store.slot_name(kind, digest, region.store.keys.kek_id),
+                    # During a key rotation an object has a slot under each key: hold them all.
+                    names = [region.store.object_name(kind, digest)] + [
+                        region.store.slot_name(kind, digest, kek)
+                        for kek in region.store.keys.kek_ids
                     ]
                     for name in names:
                         try:
@@ -2872,6 +2873,7 @@ class Registry:
         (already there: skipped, which is what makes a rerun resume). Returns slots written."""
         written = 0
         batch: list[tuple[str, str, WrappedKey]] = []
+        held = self.catalog.held_objects()
         for (digest, kind), slots in pending.items():
             what = f"{kind} {digest[:19]}"
             slot = next((s for s in slots if s.kek_id == new_id), None)
@@ -2888,6 +2890,9 @@ class Registry:
                     slot = store.keys.wrap(data_key, context=store.context(kind, digest))
                 store.driver.put_if_absent(name, [slot.to_json()])
                 written += 1
+                if (digest, kind) in held and isinstance(store.driver, ObjectLock):
+                    # A held version's new slot is held like its old one.
+                    store.driver.set_legal_hold(name, True)
             if slot is None:
                 stored = targets[0].store.read_slot(kind, digest, what=what)
                 slot = stored if stored is not None and stored.kek_id == new_id else None
@@ -2913,13 +2918,18 @@ class Registry:
                 store.slot_name(kind, digest, old) for digest, kind in objects for old in old_ids
             ]
             names += [store.naming_key_name(old) for old in old_ids]
+            driver = store.driver
             for name in names:
                 try:
-                    store.driver.delete(name)
+                    if isinstance(driver, ObjectLock) and driver.legal_hold(name):
+                        # The hold lives on in the object's new slot; an old slot under a
+                        # hold nobody would ever release would only outlast its key.
+                        driver.set_legal_hold(name, False)
+                    driver.delete(name)
                     deleted += 1
                 except NotFoundError:
                     continue
-                except RegistryError:
+                except RetentionError:
                     kept += 1
         return deleted, kept
 

@@ -288,6 +288,26 @@ def test_rotation_with_an_s3_lock_region_keeps_locked_old_slots_and_everything_s
         _locked_for_a_day(s3, key)
     assert len(_keys(s3, "registry/naming-key/")) == 2
     assert "previous_kek_files" not in (home / "config.toml").read_text()
+    # org/llama@2 is held: its objects' new slots carry the hold, the old slots no longer do
+    # (a hold nobody would ever release there), and releasing the version releases them all.
+    with Registry.open(home) as registry:
+        held = registry.resolve("org/llama@2")
+        s3_store = _region(registry, S3_REGION).store
+        digest = held.files[0].digest
+
+        def hold_of(name: str) -> str:
+            return str(
+                s3.head_object(Bucket=LOCKED_BUCKET, Key=f"vault/{name}").get(
+                    "ObjectLockLegalHoldStatus", "OFF"
+                )
+            )
+
+        old_slot = s3_store.slot_name("blob", digest, old_id)
+        new_slot = s3_store.slot_name("blob", digest, new_id)
+        assert (hold_of(new_slot), hold_of(old_slot)) == ("ON", "OFF")
+        registry.release_hold("org/llama@2", reason="case closed")
+        assert hold_of(new_slot) == "OFF"
+        assert hold_of(s3_store.object_name("blob", digest)) == "OFF"
 
     # The old key destroyed: every version pulls and verifies in both regions, then from the
     # S3 region alone, and the old slots left there confuse nothing.

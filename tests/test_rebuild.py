@@ -369,3 +369,29 @@ def test_rebuild_refuses_an_existing_catalog_and_needs_only_the_key_provider(
     result = _cli("catalog", "rebuild", "--from", "region-2", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["restored"]["versions"] == 4
+
+
+def test_what_the_region_lost_is_reported_and_the_rest_restored(
+    lost: tuple[Path, str], home: Path
+) -> None:
+    """A manifest and a key slot missing from the region (lost, not forged): the rebuild
+    restores everything else, names what it could not, exits 6, and the copies elsewhere are
+    recorded so `replicate --repair` can heal the region."""
+    region, new = lost
+    manifests = sorted(p for p in (region / "objects" / "manifests").rglob("*") if p.is_file())
+    slots = sorted(p for p in (region / "objects" / "slots").rglob("manifest-*") if p.is_file())
+    gone_manifest = manifests[0]
+    gone_slot = next(p for p in slots if p.parent.name != gone_manifest.name)
+    for path in (gone_manifest, gone_slot):
+        path.unlink()
+    result = _cli("catalog", "rebuild", "--from", "region-2")
+    assert result.exit_code == 6, result.output
+    assert result.output.count("NOT RESTORED") == 2, result.output
+    assert "its manifest is missing from region-2" in result.output
+    assert "its key slot is missing from the store" in result.output
+    assert Path(new.split("///", 1)[1]).exists()
+    with Registry.open(home) as registry:
+        assert len(registry.versions("org/llama")) == 2
+        repaired = registry.replicate(repair=True)
+        assert repaired.ok
+        assert gone_manifest.exists()
