@@ -65,15 +65,22 @@ def journal(drain: bool, as_json: bool) -> None:
     help="The new catalog's database (default: catalog.url of config.toml, which must be gone "
     "or empty).",
 )
+@click.option(
+    "--accept-loss",
+    is_flag=True,
+    help="Rebuild even though another region holds a longer or newer journal, or this region "
+    "holds none (what only the other journal holds is lost).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def rebuild(source: str, catalog_url: str | None, as_json: bool) -> None:
+def rebuild(source: str, catalog_url: str | None, accept_loss: bool, as_json: bool) -> None:
     """Build the catalog anew from one region alone: its journal, version records and
     manifests, then key slots and every copy read back in every region that answers.
 
     Needs config.toml and the region's key provider, nothing else. Refuses (exit 6) a journal
-    segment, version record or manifest that does not verify, naming it; exit 6 too when some
-    live version could not be restored (listed)."""
+    segment, version record or manifest that does not verify, naming it, and a region whose
+    journal another reachable region shows to be behind (unless --accept-loss); exit 6 too when
+    some live version could not be restored (listed)."""
     if os.environ.get("MODEL_REGISTRY_URL"):
         raise InvalidInputError(
             "catalog rebuild runs where config.toml and the keys are, not through a server",
@@ -89,6 +96,7 @@ def rebuild(source: str, catalog_url: str | None, as_json: bool) -> None:
         os.environ.get("MODEL_REGISTRY_HOME"),
         source=source,
         catalog_url=catalog_url,
+        accept_loss=accept_loss,
         on_progress=progress,
     )
     if as_json:
@@ -106,6 +114,8 @@ def rebuild(source: str, catalog_url: str | None, as_json: bool) -> None:
             stdout.print(f"restored from its version record (not yet journaled): {ref}")
         for line in report.unreachable:
             stdout.print(f"not probed (unreachable): {escape(line)}")
+        for line in report.accepted_loss:
+            stdout.print(f"accepted loss: {escape(line)}")
         for line in report.bad_copies:
             stdout.print(f"bad copy (queued for `replicate --repair`): {escape(line)}")
         for line in report.unrestored:

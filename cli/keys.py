@@ -105,14 +105,16 @@ def rotate(to: str, region: str | None, as_json: bool, quiet: bool) -> None:
         return
     if report.created_key_file:
         stdout.print(f"created key file {report.created_key_file} (back it up)")
-    if not report.retired:
+    if not report.retired and not report.still_used:
         stdout.print(f"nothing to rotate: {', '.join(report.regions)} already use {report.to}")
         return
     stdout.print(
         f"rotated {', '.join(report.regions)} to {report.to}: {report.objects} objects, "
-        f"{report.slots_written} key slots written, old key{'s' if len(report.retired) > 1 else ''}"
-        f" {', '.join(report.retired)} retired ({report.catalog_slots_retired} catalog slots "
-        f"dropped, {report.old_slot_objects_deleted} slot objects deleted, "
-        f"{report.old_slot_objects_locked} kept under Object Lock) in {report.seconds:.2f} s"
+        f"{report.slots_written} key slots written; {report.catalog_slots_retired} old catalog "
+        f"slots dropped, {report.old_slot_objects_deleted} old slot objects deleted, "
+        f"{report.old_slot_objects_locked} kept under Object Lock, in {report.seconds:.2f} s"
     )
-    stdout.print("the old key can now be destroyed")
+    if report.retired:
+        stdout.print(f"the old key can now be destroyed: {', '.join(report.retired)}")
+    for kek in report.still_used:
+        stdout.print(f"keep {kek}: other regions still use it")

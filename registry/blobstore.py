@@ -10,7 +10,8 @@ nothing about what it holds. Layout (docs/format.md):
     slots/<aa>/<object id>/<kek>          key slot: the blob's data key wrapped by one KEK
     blobs/<aa>/<object id>                sealed blob (crypto.sealed format)
     manifests/<aa>/<object id>            sealed, signed manifest of a model version
-    journal/<first seq>-<last seq>        sealed segment of the catalog's journal (docs/format.md)
+    journal/<epoch>/start                 sealed marker opening one epoch of the catalog's journal
+    journal/<epoch>/<first>-<last>        sealed segment of that journal (docs/format.md)
     records/<aa>/<object id>/<push id>    sealed version record: a push, written before its commit
 
 Write order for one blob: key slot, then data. A slot is tiny and harmless on its own, whereas data
@@ -22,7 +23,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator
 
 import blake3
@@ -45,6 +45,7 @@ from registry.storage.lock import ObjectLock
 MARKER = "registry/id"
 JOURNAL_PREFIX = "journal/"
 RECORDS_PREFIX = "records/"
+VOID_SUFFIX = ".void"
 _SEQ_DIGITS = 16
 BLOB = "blob"
 MANIFEST = "manifest"
@@ -121,6 +122,18 @@ class BlobStore:
             except NotFoundError:
                 continue
         return None
+
+    def read_slots(self, kind: str, digest: str, *, what: str) -> list[WrappedKey]:
+        """The object's key slots stored for each of this provider's KEKs (two during a key
+        rotation, one otherwise, none when lost)."""
+        found = []
+        for kek_id in self.keys.kek_ids:
+            try:
+                data = self.driver.get_range(self.slot_name(kind, digest, kek_id))
+            except NotFoundError:
+                continue
+            found.append(WrappedKey.from_json(data, what=what))
+        return found
 
     def unwrap(self, kind: str, digest: str, slot: WrappedKey, *, what: str) -> bytes:
         data_key = self.keys.unwrap(slot, context=self.context(kind, digest), what=what)
@@ -284,39 +297,73 @@ class BlobStore:
             ) from None
 
     @staticmethod
-    def journal_segment_name(first: int, last: int) -> str:
-        return f"{JOURNAL_PREFIX}{first:0{_SEQ_DIGITS}d}-{last:0{_SEQ_DIGITS}d}"
+    def journal_segment_name(epoch: str, first: int, last: int) -> str:
+        return f"{JOURNAL_PREFIX}{epoch}/{first:0{_SEQ_DIGITS}d}-{last:0{_SEQ_DIGITS}d}"
 
-    def put_journal_segment(self, first: int, last: int, data: bytes) -> None:
-        """Seal and store entries `first`..`last` (write-once: a segment already there holds
-        the same entries, written by an earlier drain that did not record it)."""
-        self._put_small(self.journal_segment_name(first, last), data)
+    @staticmethod
+    def journal_start_name(epoch: str) -> str:
+        return f"{JOURNAL_PREFIX}{epoch}/start"
 
-    def journal_segments(self) -> list[tuple[int, int, str]]:
-        """(first, last, name) of every journal segment, in order; IntegrityError names an
-        object under journal/ that is not one."""
-        found = []
+    def put_journal_start(self, epoch: str, data: bytes) -> bool:
+        """Seal and store the marker that opens an epoch (write-once); whether it was new."""
+        return self._put_small(self.journal_start_name(epoch), data)
+
+    def put_journal_segment(self, epoch: str, first: int, last: int, data: bytes) -> bool:
+        """Seal and store entries `first`..`last` of `epoch`, write-once; False when a segment
+        of that name was there already (the caller compares what it holds)."""
+        return self._put_small(self.journal_segment_name(epoch, first, last), data)
+
+    def journal_listing(self) -> dict[str, tuple[str | None, list[tuple[int, int, str]]]]:
+        """Every epoch under journal/: its start marker's name (None: missing) and its segments
+        (first, last, name) in order. IntegrityError names an object that is neither."""
+        found: dict[str, tuple[str | None, list[tuple[int, int, str]]]] = {}
         for info in self.driver.list(JOURNAL_PREFIX):
-            first, _, last = info.name[len(JOURNAL_PREFIX) :].partition("-")
-            if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+            epoch, _, rest = info.name[len(JOURNAL_PREFIX) :].partition("/")
+            first, _, last = rest.partition("-")
+            valid_epoch = len(epoch) == 32 and all(c in "0123456789abcdef" for c in epoch)
+            start, segments = found.get(epoch, (None, []))
+            if valid_epoch and rest == "start":
+                found[epoch] = (info.name, segments)
+            elif valid_epoch and first.isdigit() and last.isdigit() and int(first) <= int(last):
+                segments.append((int(first), int(last), info.name))
+                found[epoch] = (start, segments)
+            else:
                 raise IntegrityError(
                     f"journal object {info.name} is not a journal segment", path=info.name
                 )
-            found.append((int(first), int(last), info.name))
-        return sorted(found)
+        return {epoch: (start, sorted(segments)) for epoch, (start, segments) in found.items()}
 
-    def read_journal_segment(self, name: str) -> bytes:
-        return self._read_small(name, what="journal segment")
+    def read_journal_object(self, name: str) -> bytes:
+        what = "journal epoch marker" if name.endswith("/start") else "journal segment"
+        return self._read_small(name, what=what)
 
-    def put_version_record(self, digest: str, data: bytes) -> str:
-        """Seal and store the record of one push of manifest `digest` (a new name each push)."""
+    def _record_name(self, digest: str, push_id: str) -> str:
         object_id = keyed_id(self._naming_key, MANIFEST, digest)
-        name = f"{RECORDS_PREFIX}{object_id[:2]}/{object_id}/{uuid.uuid4().hex}"
+        return f"{RECORDS_PREFIX}{object_id[:2]}/{object_id}/{push_id}"
+
+    def put_version_record(self, digest: str, data: bytes, *, push_id: str) -> str:
+        """Seal and store the record of one push of manifest `digest` (`push_id`: a new hex
+        id per push)."""
+        name = self._record_name(digest, push_id)
         self._put_small(name, data)
         return name
 
-    def version_records(self) -> list[str]:
-        return sorted(info.name for info in self.driver.list(RECORDS_PREFIX))
+    def void_version_record(self, digest: str, *, push_id: str) -> None:
+        """Mark a push's record as not a version (its commit found the version there already,
+        or failed): a rebuild never restores it."""
+        name = self._record_name(digest, push_id) + VOID_SUFFIX
+        self._put_small(name, b"void")
+
+    def version_records(self) -> tuple[list[str], set[str]]:
+        """The names of the version records, and of those voided (each void marker checked)."""
+        names = sorted(info.name for info in self.driver.list(RECORDS_PREFIX))
+        voided = set()
+        for name in names:
+            if name.endswith(VOID_SUFFIX):
+                if self._read_small(name, what="version record") != b"void":
+                    raise IntegrityError(f"version record {name} is not a void marker", path=name)
+                voided.add(name.removesuffix(VOID_SUFFIX))
+        return [n for n in names if not n.endswith(VOID_SUFFIX)], voided
 
     def read_version_record(self, name: str) -> bytes:
         return self._read_small(name, what="version record")

@@ -68,6 +68,7 @@ PARALLEL = 4  # requests in flight
 IDLE_REUSE = 2.0  # seconds a keep-alive connection may idle before it is replaced
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 RETRIES = 5
+RATE_LIMIT_PATIENCE = 120.0  # seconds a request waits out 429 answers before it gives up
 
 
 class _Quiet:
@@ -308,7 +309,9 @@ class RemoteRegistry:
             body = _json_module.dumps(json).encode()
             extra["Content-Type"] = "application/json"
         target = path + ("?" + urlencode(params) if params else "")
-        for attempt in range(RETRIES):
+        attempt = 0
+        patience = time.monotonic() + RATE_LIMIT_PATIENCE
+        while True:
             try:
                 response = self._transport.request(method, target, body, extra, wait=wait)
             except (OSError, http.client.HTTPException) as error:
@@ -317,18 +320,22 @@ class RemoteRegistry:
                 again = method in _IDEMPOTENT or isinstance(error, ConnectionRefusedError)
                 if again and attempt < RETRIES - 1:
                     time.sleep(0.2 * 2**attempt)
+                    attempt += 1
                     continue
                 raise StorageError(
                     f"cannot reach the registry server {self.url}: {error}",
                     hint="check MODEL_REGISTRY_URL and the network",
                 ) from None
-            if response.status == 429 and attempt < RETRIES - 1:
-                time.sleep(min(30.0, float(response.headers.get("retry-after", "1"))))
-                continue
+            if response.status == 429:
+                # Waited out for as long as RATE_LIMIT_PATIENCE: a large push or pull of many
+                # parts in parallel meets the limit again and again, and must not fail for it.
+                pause = min(30.0, float(response.headers.get("retry-after", "1")))
+                if time.monotonic() + pause < patience:
+                    time.sleep(pause)
+                    continue
             if response.status >= 400:
                 raise self._error(response)
             return response
-        raise StorageError(f"{self.url}: too many retries")  # pragma: no cover - loop returns
 
     def _error(self, response: _Response) -> RegistryError:
         try:

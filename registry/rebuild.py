@@ -12,17 +12,19 @@ final path and moved there at the end).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, func, inspect, select, text, update
+from sqlalchemy import CursorResult, Engine, delete, func, inspect, select, text, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from registry import journal
@@ -30,7 +32,9 @@ from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, BlobStore, stored_naming_key
 from registry.catalog.db import create_catalog_engine, migrate
 from registry.catalog.journal import (
+    REDACTED_DETAILS,
     TABLES,
+    TOKEN_ACTIONS,
     capture_session,
     decode_row,
     decode_value,
@@ -39,9 +43,10 @@ from registry.catalog.journal import (
     write_entry,
 )
 from registry.catalog.models import (
+    AuditEvent,
     Blob,
     JournalEntry,
-    JournalMark,
+    JournalEpoch,
     KeySlot,
     Model,
     Placement,
@@ -63,6 +68,10 @@ from registry.manifest import Manifest
 from registry.replication import BAD, Region, ReplicaSet
 from registry.storage.factory import open_driver
 
+log = logging.getLogger("model_registry.rebuild")
+# Longer than a push's commit can take (its retries included): a version record older than the
+# journal's last entry by more than this had its commit journaled, or never committed.
+COMMIT_WINDOW = timedelta(minutes=10)
 # Tables whose integer keys come from a sequence on PostgreSQL (moved past the restored rows).
 _SERIAL = {"models": "id", "versions": "id", "alias_moves": "id", "audit_events": "id"}
 
@@ -79,6 +88,8 @@ class RebuildReport:
     probed: list[str] = field(default_factory=list)
     unreachable: list[str] = field(default_factory=list)
     bad_copies: list[str] = field(default_factory=list)
+    accepted_loss: list[str] = field(default_factory=list)
+    journal: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -97,6 +108,8 @@ class RebuildReport:
             "regions_probed": self.probed,
             "regions_unreachable": self.unreachable,
             "bad_copies": self.bad_copies,
+            "accepted_loss": self.accepted_loss,
+            "journal_written_to": self.journal,
             "seconds": round(self.seconds, 3),
             "ok": self.ok,
         }
@@ -112,9 +125,12 @@ def rebuild(
     catalog_url: str,
     key_provider: ProviderFactory,
     actor: str,
+    accept_loss: bool = False,
     on_progress: Callable[[str], None] | None = None,
 ) -> RebuildReport:
-    """Build a fresh catalog at `catalog_url` from region `source` (see the module text)."""
+    """Build a fresh catalog at `catalog_url` from region `source` (see the module text).
+    Refused when another reachable region holds a longer or newer journal, or when the region
+    holds no journal at all, unless `accept_loss`."""
     started = time.monotonic()
     names = [region.name for region in settings.regions]
     if source not in names:
@@ -150,32 +166,55 @@ def rebuild(
         main = regions[0].store
         main.check_claim()
         say(f"reading the journal of {source}")
-        entries = journal.read(main)
+        read = journal.read(main)
+        entries = read.entries
         report.entries = len(entries)
         report.segments = len({entry.segment for entry in entries})
         say(f"reading version records of {source}")
         records = _version_records(main)
+        _require_complete(read, source, regions[1:], records, report, accept_loss=accept_loss)
+        cutoff = entries[-1].at if entries else None
         with _Target(catalog_url) as engine:
             with Session(engine) as session, session.begin():
                 _replay(session, entries)
                 _fix_sequences(session)
                 # What the journal lacked is journaled in the new catalog, like any change.
                 capture_session(session)
-                _restore_records(session, main, records, settings, report)
+                _restore_records(session, main, records, settings, report, cutoff=cutoff)
                 write_entry(session)
                 _check_manifests(session, main, settings, report)
                 say("reading key slots and checking every copy in every region")
                 _slots_and_placements(session, replicas, report)
-                _marks(session, regions, entries)
                 _fix_sequences(session)
+                # A journal of its own: written again, whole, under a new epoch, so nothing it
+                # writes can collide with what a region holds of the old one.
+                session.execute(delete(JournalEpoch))
+                session.add(
+                    JournalEpoch(
+                        epoch=uuid.uuid4().hex,
+                        started_at=utcnow(),
+                        parent=None if read.epoch is None else read.epoch.epoch,
+                        reason=f"rebuilt from {source}",
+                    )
+                )
                 report.restored = {
                     name: session.scalar(select(func.count()).select_from(table(name))) or 0
                     for name in (*TABLES, "key_slots", "placements")
                 }
+                links = sorted(
+                    session.scalars(
+                        select(AuditEvent.id).where(
+                            AuditEvent.action.in_(sorted(TOKEN_ACTIONS)),
+                            AuditEvent.details == REDACTED_DETAILS,
+                        )
+                    )
+                )
             report.probed = [region.name for region in regions]
-            report.seconds = time.monotonic() - started
+            catalog = Catalog(engine)
             # Its own transaction, through the catalog: audited and journaled like any change.
-            Catalog(engine).audit(
+            # `links` names the token events restored as chain links (audit verify trusts
+            # those, and only those).
+            catalog.audit(
                 actor,
                 "catalog-rebuild",
                 "registry",
@@ -185,12 +224,67 @@ def rebuild(
                     "from_version_records": report.from_records,
                     "not_restored": report.unrestored,
                     "unreachable": [line.split(":", 1)[0] for line in report.unreachable],
+                    "accepted_loss": report.accepted_loss,
+                    "links": links,
                 },
             )
+            say("writing the new catalog's journal to every region")
+            report.journal = [
+                f"{state.region}: {state.error}" if state.error else state.region
+                for state in journal.drain(catalog, [(r.name, r.store) for r in regions])
+            ]
+            report.seconds = time.monotonic() - started
     finally:
         for region in regions:
             region.store.driver.close()
     return report
+
+
+def _require_complete(
+    read: journal.Journal,
+    source: str,
+    others: Sequence[Region],
+    records: Sequence[_Record],
+    report: RebuildReport,
+    *,
+    accept_loss: bool,
+) -> None:
+    """Refuse to rebuild from a journal that another region shows to be behind or truncated,
+    or from a region that holds content but no journal, unless the loss is accepted."""
+    losses: list[str] = []
+    for region in others:
+        try:
+            found, segments = journal.epochs(region.store)
+        except RegistryError as error:
+            losses.append(f"{region.name}'s journal could not be compared ({error})")
+            continue
+        if not found:
+            continue
+        newest = found[-1]
+        end = journal.contiguous_end(segments.get(newest.epoch, []))
+        if read.epoch is None or newest.started_at > read.epoch.started_at:
+            losses.append(
+                f"{region.name} holds a newer journal (epoch {newest.epoch[:12]}, up to entry "
+                f"{end})"
+            )
+        elif newest.epoch == read.epoch.epoch and end > read.end:
+            losses.append(
+                f"{region.name} holds a longer journal (entries up to {end}, {source} up to "
+                f"{read.end})"
+            )
+    if read.epoch is None and records:
+        losses.append(f"{source} holds version records but no journal")
+    if not losses:
+        return
+    if not accept_loss:
+        raise IntegrityError(
+            f"rebuilding from {source} would lose catalog changes: {'; '.join(losses)}",
+            hint="rebuild from the region named, or pass --accept-loss to rebuild from "
+            f"{source} anyway (what only the other journal holds is then lost)",
+        )
+    for loss in losses:
+        log.warning("accepted loss: %s", loss)
+    report.accepted_loss.extend(losses)
 
 
 def _store(settings: Settings, driver: Any, keys: KeyProvider, naming_key: bytes) -> BlobStore:
@@ -205,7 +299,13 @@ def _store(settings: Settings, driver: Any, keys: KeyProvider, naming_key: bytes
 
 
 def _safe_url(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        raise InvalidInputError(
+            f"{url!r} is not a database URL",
+            hint="sqlite:////path/catalog.db or postgresql+psycopg://user@host/database",
+        ) from None
 
 
 class _Target:
@@ -236,10 +336,24 @@ class _Target:
             url = self.url.set(database=str(self.building))
         else:
             url = self.url
-        self.engine = create_catalog_engine(url.render_as_string(hide_password=False))
+        shown = self.url.render_as_string(hide_password=True)
         try:
-            _require_empty(self.engine, self.url.render_as_string(hide_password=True))
+            self.engine = create_catalog_engine(url.render_as_string(hide_password=False))
+        except (SQLAlchemyError, ValueError) as error:
+            raise InvalidInputError(
+                f"cannot use {shown} as a catalog: {error}",
+                hint="a SQLAlchemy URL: sqlite:////path/catalog.db or "
+                "postgresql+psycopg://user@host/database",
+            ) from None
+        try:
+            _require_empty(self.engine, shown)
             migrate(self.engine)
+        except OperationalError as error:
+            self.engine.dispose()
+            raise StorageError(
+                f"cannot reach the catalog database {shown}: {error.orig}",
+                hint="create the database first (an empty one), and check the URL",
+            ) from None
         except BaseException:
             self.engine.dispose()
             raise
@@ -321,8 +435,12 @@ class _Record:
 
 
 def _version_records(store: BlobStore) -> list[_Record]:
+    """The store's version records that are not voided, oldest push first."""
     found = []
-    for name in store.version_records():
+    names, voided = store.version_records()
+    for name in names:
+        if name in voided:
+            continue
         data = store.read_version_record(name)
         try:
             raw = json.loads(data)
@@ -374,17 +492,33 @@ def _restore_records(
     records: Sequence[_Record],
     settings: Settings,
     report: RebuildReport,
+    *,
+    cutoff: datetime | None,
 ) -> None:
     """Versions whose push wrote its record but whose catalog entry had not reached the
-    journal: restored from the record and the manifest, numbered after the journal's."""
+    journal: restored from the record and the manifest, numbered after the journal's.
+
+    A record is not a lost version when the journal has its commit (a version of that content
+    created at or after the push), when its content was a live version at the time of the
+    push (a re-push makes no version), or when it is older than the journal's last entry by
+    more than a commit can take (its commit would be in the journal: entries are drained in
+    commit order). Pushes that made no version void their records; these rules cover a push
+    that died before it could."""
     for record in records:
+        if cutoff is not None and record.pushed_at < cutoff - COMMIT_WINDOW:
+            continue
         model = session.scalar(select(Model).where(Model.name == record.model))
         if model is not None:
             same = session.scalars(
                 select(Version).where(Version.model_id == model.id, Version.digest == record.digest)
             ).all()
-            if any(v.expired_at is None or v.created_at >= record.pushed_at for v in same):
-                continue  # journaled, or a re-push of content that was already a version
+            if any(
+                v.created_at >= record.pushed_at
+                or v.expired_at is None
+                or v.expired_at > record.pushed_at
+                for v in same
+            ):
+                continue
         what = f"manifest of {record.model} (version record {record.name})"
         try:
             manifest = _read_manifest(store, record.digest, settings, what=what)
@@ -401,18 +535,18 @@ def _restore_records(
             session.add(model)
             session.flush()
         for entry in manifest.files:
-            if session.get(Blob, entry.digest) is None:
+            blob = session.get(Blob, entry.digest)
+            if blob is None or blob.swept_at is not None:
+                # New, or swept since an expired version used it and stored again by this push.
                 header = store.read_header(BLOB, entry.digest, size=entry.size, what=entry.path)
-                session.add(
-                    Blob(
-                        digest=entry.digest,
-                        size=entry.size,
-                        object_name=store.object_name(BLOB, entry.digest),
-                        sealed_size=header.sealed_size,
-                        chunk_size=header.chunk_size,
-                        created_at=now,
-                    )
-                )
+                if blob is None:
+                    blob = Blob(digest=entry.digest, size=entry.size)
+                    session.add(blob)
+                blob.object_name = store.object_name(BLOB, entry.digest)
+                blob.sealed_size = header.sealed_size
+                blob.chunk_size = header.chunk_size
+                blob.created_at = now
+                blob.swept_at = None
         number = (
             session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
             or 0
@@ -545,13 +679,15 @@ def _slots_and_placements(session: Session, replicas: ReplicaSet, report: Rebuil
         known: list[WrappedKey] = []
         for region in replicas.regions:
             try:
-                slot = region.store.read_slot(kind, digest, what=what)
+                # Every key's slot (during a rotation an object has two), as pushes record them.
+                slots = region.store.read_slots(kind, digest, what=what)
             except (StorageError, IntegrityError) as error:
                 report.bad_copies.append(f"{region.name}: {what}: key slot: {error}")
                 continue
-            if slot is None:
-                continue
-            if session.get(KeySlot, (digest, kind, slot.kek_id)) is None:
+            for slot in slots:
+                known.append(slot)
+                if session.get(KeySlot, (digest, kind, slot.kek_id)) is not None:
+                    continue
                 session.add(
                     KeySlot(
                         digest=digest,
@@ -563,7 +699,6 @@ def _slots_and_placements(session: Session, replicas: ReplicaSet, report: Rebuil
                     )
                 )
                 session.flush()
-            known.append(slot)
         if not known:
             report.unrestored.append(f"{what}: no region holds a key slot for it")
             continue
@@ -586,22 +721,6 @@ def _slots_and_placements(session: Session, replicas: ReplicaSet, report: Rebuil
         session.flush()
 
 
-def _marks(session: Session, regions: Sequence[Region], entries: Sequence[journal.Entry]) -> None:
-    """Each reachable region's journal mark: as far as its own segments go, contiguously."""
-    last = entries[-1].seq if entries else 0
-    now = utcnow()
-    for index, region in enumerate(regions):
-        if index == 0:
-            mark = last
-        else:
-            try:
-                mark = journal.contiguous_end(region.store)
-            except RegistryError:
-                mark = 0
-        session.add(JournalMark(region=region.name, seq=min(mark, last), updated_at=now))
-    session.flush()
-
-
 def _fix_sequences(session: Session) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
@@ -612,9 +731,3 @@ def _fix_sequences(session: Session) -> None:
                 f"COALESCE((SELECT MAX({column}) FROM {name}), 0) + 1, false)"
             )
         )
-    session.execute(
-        text(
-            "SELECT setval(pg_get_serial_sequence('journal_entries', 'seq'), "
-            "COALESCE((SELECT MAX(seq) FROM journal_entries), 0) + 1, false)"
-        )
-    )

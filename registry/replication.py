@@ -203,7 +203,8 @@ class ReplicaSet:
                 f"{what}: its data key is wrapped by {', '.join(owners)}, but the configured "
                 f"keys are {', '.join(sorted({r.store.keys.kek_id for r in self.regions}))} "
                 "(wrong key file)",
-                hint="point keys.kek_file at the key file this registry was created with",
+                hint="point keys.kek_file at the key file this registry was created with; "
+                "after `keys rotate`, restart this process (it read the old config.toml)",
             )
         raise IntegrityError(f"{what}: its key slot is missing from the store", path=what)
 

@@ -129,9 +129,11 @@ from registry.storage.lock import ObjectLock, Retention
 
 # A writer's lease on the objects it is about to write or reuse outlives any sane push; a
 # crashed writer's lease lapses after it.
+_KMS_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 P = ParamSpec("P")
 R = TypeVar("R")
 LEASE_TTL = timedelta(hours=24)
+JOURNAL_CHECK_SECONDS = 600.0
 LEASE_RENEWAL = 3600.0  # seconds: a long replication renews its lease this often
 DEFAULT_GRACE = "24h"
 # A gc claim this old was left by a gc that crashed or hung: the next gc finishes it. A live gc
@@ -460,11 +462,14 @@ class RotationReport:
     old_slot_objects_locked: int
     created_key_file: str | None
     seconds: float
+    # Old keys other regions still use: their slots stay, and the key must not be destroyed.
+    still_used: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "to": self.to,
             "retired": list(self.retired),
+            "still_used": list(self.still_used),
             "regions": list(self.regions),
             "objects": self.objects,
             "slots_written": self.slots_written,
@@ -553,6 +558,7 @@ class Registry:
             raise
         self.replicas = ReplicaSet(regions, workers=workers)
         self._closed = False
+        self._journal_checked = float("-inf")
         # The preferred region's store and keys (the only ones of a single-store registry).
         self.store = self.replicas.primary
         self.keys = self.store.keys
@@ -1032,9 +1038,15 @@ class Registry:
             read_back=count > 1,
         )
         _require_quorum([stored_manifest], quorum, [what])
-        self._record_push(name, digest, stored_manifest, message=message, quorum=quorum)
+        push_id = uuid.uuid4().hex
+        recorded = self._record_push(
+            name, digest, stored_manifest, push_id=push_id, message=message, quorum=quorum
+        )
         self._checkpoint("push-stored")
-        version, created = self.catalog.commit_version(
+        version, created = self._commit_recorded(
+            recorded,
+            digest,
+            push_id,
             NewVersion(
                 name=name,
                 digest=digest,
@@ -1059,7 +1071,7 @@ class Registry:
                 blobs=stored,
                 placements=_placements([*blobs, stored_manifest]),
                 lease=lease,
-            )
+            ),
         )
         held = self.catalog.held_objects()
         unheld: list[PlacementRecord] = []
@@ -1090,9 +1102,39 @@ class Registry:
         )
         return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
 
+    def _commit_recorded(
+        self, recorded: Sequence[Region], digest: str, push_id: str, new: NewVersion
+    ) -> tuple[VersionRecord, bool]:
+        """Commit a recorded push; when it makes no new version (the content is one already)
+        or fails, its version record is voided, so a rebuild never takes it for a version."""
+        try:
+            version, created = self.catalog.commit_version(new)
+        except BaseException:
+            self._void_records(recorded, digest, push_id)
+            raise
+        if not created:
+            self._void_records(recorded, digest, push_id)
+        return version, created
+
+    def _void_records(self, recorded: Sequence[Region], digest: str, push_id: str) -> None:
+        for region in recorded:
+            try:
+                region.store.void_version_record(digest, push_id=push_id)
+            except RegistryError as error:
+                # A record left unvoided is still not restored by a rebuild once the journal
+                # has moved past it (docs/format.md, version records).
+                journal.log.warning("version record not voided in %s: %s", region.name, error)
+
     def _record_push(
-        self, name: str, digest: str, manifest: Replicated, *, message: str, quorum: int
-    ) -> None:
+        self,
+        name: str,
+        digest: str,
+        manifest: Replicated,
+        *,
+        push_id: str,
+        message: str,
+        quorum: int,
+    ) -> list[Region]:
         """Before the commit, a version record beside the manifest in every region that holds
         it: what a catalog rebuild restores a version from when its commit never reached the
         journal (the recovery point of versions is zero)."""
@@ -1109,23 +1151,25 @@ class Registry:
             sort_keys=True,
             separators=(",", ":"),
         ).encode()
-        written = []
+        written: list[Region] = []
         failures = []
         holding = {o.region for o in manifest.outcomes if o.state == VERIFIED}
         for region in self.replicas.regions:
             if region.name not in holding:
                 continue
             try:
-                region.store.put_version_record(digest, record)
-                written.append(region.name)
+                region.store.put_version_record(digest, record, push_id=push_id)
+                written.append(region)
             except StorageError as error:
                 failures.append(f"{region.name}: {error}")
         if len(written) < quorum:
+            self._void_records(written, digest, push_id)
             raise StorageError(
                 f"push {name}: its version record reached {len(written)} of the {quorum} "
                 f"regions it must ({'; '.join(failures)}); nothing was committed",
                 hint="run the same push again once the regions answer",
             )
+        return written
 
     def _file_sealer(
         self,
@@ -2115,9 +2159,15 @@ class Registry:
     def drain_journal(self) -> list[journal.RegionJournal]:
         """Copy the catalog's new journal entries to every region (after each change and on
         the server's timer); a region that cannot take them is reported, and caught up later."""
+        # The stores are compared with the marks once per handle and then every ten minutes
+        # (a region replaced by an empty store, a catalog restored from a backup).
+        check = time.monotonic() - self._journal_checked > JOURNAL_CHECK_SECONDS
         try:
             self.catalog.journaled = 0
-            return journal.drain(self.catalog, self._journal_stores())
+            states = journal.drain(self.catalog, self._journal_stores(), check=check)
+            if check:
+                self._journal_checked = time.monotonic()
+            return states
         except RegistryError as error:
             # The change itself is committed; its entry waits in the outbox for the next drain.
             journal.log.warning("the journal was not copied out: %s", error)
@@ -2721,8 +2771,25 @@ class Registry:
         old_ids = sorted({kek for r in targets for kek in r.store.keys.kek_ids if kek != new_id})
         if not old_ids:
             return RotationReport(new_id, (), names, 0, 0, 0, 0, 0, created, 0.0)
+        # A key another region still uses (one KMS key for two regions) keeps its slots there.
+        still_used = sorted(
+            {
+                kek
+                for r in self.replicas.regions
+                if r.name not in names
+                for kek in r.store.keys.kek_ids
+                if kek in old_ids
+            }
+        )
+        retiring = [k for k in old_ids if k not in still_used]
         rewrapped = 0
-        for _attempt in range(3):
+        done: set[tuple[str, str]] = set()
+        # Twice: once for everything, then, after the old keys are retired in the catalog (from
+        # then on a commit carrying a slot under them fails, as from a process that still runs
+        # on the old config.toml), once more for what such a process committed meanwhile.
+        for retired_yet in (False, True):
+            if retired_yet:
+                self.catalog.retire_keys(retiring, actor=self.actor)
             pending = {
                 key: slots
                 for key, slots in self.catalog.slotted_objects().items()
@@ -2731,42 +2798,34 @@ class Registry:
             bar.begin("adding key slots", len(pending))
             rewrapped += self._rewrap(pending, targets, new_id, progress=bar)
             bar.end()
-            lacking = [
-                key
-                for key, slots in self.catalog.slotted_objects().items()
-                if any(s.kek_id in old_ids for s in slots)
-                and all(s.kek_id != new_id for s in slots)
-            ]
-            if not lacking:
-                break
-        else:
+            done.update(pending)
+        lacking = [
+            key
+            for key, slots in self.catalog.slotted_objects().items()
+            if any(s.kek_id in old_ids for s in slots) and all(s.kek_id != new_id for s in slots)
+        ]
+        if lacking:
             raise ConflictError(
-                f"objects keep appearing with slots under the old key ({len(lacking)} now)",
-                hint="restart every process using this registry (API servers read config.toml "
-                "when they start), then run `keys rotate` again",
+                f"{len(lacking)} objects still have no slot under the new key",
+                hint="run `keys rotate` again; it resumes",
             )
         for target in targets:
             target.store.wrap_naming_key()
-        deleted, kept = self._retire_slot_objects(pending.keys(), targets, old_ids)
-        still_used = {
-            kek
-            for r in self.replicas.regions
-            if r.name not in names
-            for kek in r.store.keys.kek_ids
-        }
-        retired = self.catalog.drop_key_slots([k for k in old_ids if k not in still_used])
+        deleted, kept = self._retire_slot_objects(sorted(done), targets, retiring)
+        dropped = self.catalog.drop_key_slots(retiring)
         self._finish_rotation(targets)
         report = RotationReport(
             new_id,
-            tuple(old_ids),
+            tuple(retiring),
             names,
-            len(pending),
+            len(done),
             rewrapped,
-            retired,
+            dropped,
             deleted,
             kept,
             created,
             time.monotonic() - started,
+            tuple(still_used),
         )
         self.catalog.audit(self.actor, "key-rotate", "registry", report.to_dict())
         return report
@@ -2774,7 +2833,9 @@ class Registry:
     def _start_rotation(self, to: str, *, region: str | None) -> tuple[list[Region], str | None]:
         """The regions whose key `to` replaces, with config.toml (and the open stores) switched
         to it, the old key kept as a previous one; and the key file created, if one was."""
-        kms_target = to.startswith(("arn:aws:kms:", "alias/", "kms:"))
+        kms_target = to.startswith(("arn:aws:kms:", "alias/", "kms:", "mrk-")) or bool(
+            _KMS_KEY_ID.fullmatch(to)
+        )
         by_name = {r.name: r for r in self.settings.regions}
         if region is not None and region not in by_name:
             raise InvalidInputError(
@@ -2785,7 +2846,7 @@ class Registry:
             chosen = [by_name[region]] if region else kms_regions
             if not chosen or any(r.kms is None for r in chosen):
                 raise InvalidInputError(
-                    f"--to {to} is a KMS key, but {region or 'no region'} uses a KMS key",
+                    f"--to {to} is a KMS key, but {region or 'no region'} does not use a KMS key",
                     hint="a region on the local key file rotates to another key file",
                 )
             if len(chosen) > 1:
@@ -2811,11 +2872,15 @@ class Registry:
             from registry.crypto.kms import KmsKeyProvider
 
             key = to.removeprefix("kms:")
-            new_id = KmsKeyProvider(
+            provider = KmsKeyProvider(
                 key, region=kms.region, endpoint_url=kms.endpoint_url, profile=kms.profile
-            ).kek_id
+            )
+            new_id = provider.kek_id
             if new_id != current[0].store.keys.kek_id:
-                previous = tuple(dict.fromkeys((kms.key, *kms.previous)))
+                self._probe_key(provider, what=f"KMS key {key}")
+                # The key as its ARN: an alias may point elsewhere by the time it is needed.
+                old_arn = current[0].store.keys.kek_id.removeprefix("aws-kms:")
+                previous = tuple(dict.fromkeys((old_arn, *kms.previous)))
                 regions = tuple(
                     dataclasses.replace(
                         r,
@@ -2831,10 +2896,26 @@ class Registry:
                     self.settings = dataclasses.replace(self.settings, regions=regions)
         else:
             path = Path(to).expanduser().absolute()
+            for other, label in (
+                (self.settings.naming_key_file, "the naming key"),
+                (self.settings.signing_key_file, "the signing key"),
+            ):
+                if path.exists() and other.exists() and path.samefile(other):
+                    raise InvalidInputError(
+                        f"{path} is {label}, not a key-encryption key",
+                        hint="give a new file name; `keys rotate` creates the key",
+                    )
             if not path.exists():
-                create_key_file(path)
+                try:
+                    create_key_file(path)
+                except OSError as error:
+                    raise ConfigurationError(
+                        f"cannot create the key file {path}: {error}",
+                        hint="choose a directory this user can write, kept apart from the store",
+                    ) from None
                 created = str(path)
-            new_id = LocalKeyProvider.from_file(path).kek_id
+            new_provider = LocalKeyProvider.from_file(path)
+            new_id = new_provider.kek_id
             assert self.settings.kek_file is not None
             if new_id != current[0].store.keys.kek_id:
                 old = [str(self.settings.kek_file), *map(str, self.settings.previous_kek_files)]
@@ -2854,6 +2935,24 @@ class Registry:
                 {"to": new_id, "regions": [r.name for r in current]},
             )
         return current, created
+
+    def _probe_key(self, provider: KeyProvider, *, what: str) -> None:
+        """Wrap and unwrap the naming key with a key before config.toml names it: a key that
+        does not exist, is disabled or may not be used is refused with nothing changed."""
+        context = {"registry": self.settings.registry_id, "purpose": "naming"}
+        probe = os.urandom(32)
+        try:
+            if (
+                provider.unwrap(provider.wrap(probe, context=context), context=context, what=what)
+                != probe
+            ):
+                raise KeyAccessError(f"{what} does not give back what it wrapped")
+        except KeyAccessError as error:
+            raise KeyAccessError(
+                f"{what} cannot be used: {error.message}",
+                hint="check the key id, its state and this principal's permissions; nothing "
+                "was changed",
+            ) from None
 
     def _reload_keys(self) -> None:
         local = _local_keys(self.settings)
@@ -3025,6 +3124,7 @@ def rebuild_catalog(
     source: str,
     catalog_url: str | None = None,
     actor: str | None = None,
+    accept_loss: bool = False,
     on_progress: Callable[[str], None] | None = None,
 ) -> rebuild.RebuildReport:
     """Build a new catalog (default: the configured one, which must be gone or empty) from
@@ -3037,6 +3137,7 @@ def rebuild_catalog(
         catalog_url=catalog_url or settings.catalog_url,
         key_provider=lambda region: _key_provider(region.kms, local),
         actor=actor or default_actor(),
+        accept_loss=accept_loss,
         on_progress=on_progress,
     )
 
@@ -3046,9 +3147,15 @@ def _local_keys(settings: Settings) -> KeyProvider | None:
     if settings.kek_file is None:
         return None
     current = LocalKeyProvider.from_file(settings.kek_file)
-    if not settings.previous_kek_files:
-        return current
-    return KeyRing(current, [LocalKeyProvider.from_file(p) for p in settings.previous_kek_files])
+    previous = []
+    for path in settings.previous_kek_files:
+        if not path.exists():
+            # Destroyed before its rotation finished: what only it opens is lost, the rest is
+            # not, and `keys rotate` can still finish (it names what it cannot re-wrap).
+            journal.log.warning("previous key file %s is gone", path)
+            continue
+        previous.append(LocalKeyProvider.from_file(path))
+    return KeyRing(current, previous) if previous else current
 
 
 def _key_provider(kms: KmsSettings | None, local: KeyProvider | None) -> KeyProvider:

@@ -141,8 +141,9 @@ def test_journal_and_records_are_locked_and_the_catalog_is_rebuilt_from_s3(
         )
 
         # In the bucket: segments covering the whole journal, one record per push, sealed.
-        segments = _keys(s3, "journal/")
-        records = _keys(s3, "records/")
+        segments = [k for k in _keys(s3, "journal/") if not k.endswith("/start")]
+        assert len(_keys(s3, "journal/")) == len(segments) + 1  # one epoch, its marker
+        records = [k for k in _keys(s3, "records/") if not k.endswith(".void")]
         assert segments and len(records) == 4
         covered = [tuple(map(int, key.rsplit("/", 1)[1].split("-"))) for key in segments]
         assert covered[0][0] == 1 and max(last for _first, last in covered) == head
@@ -191,9 +192,13 @@ def test_journal_and_records_are_locked_and_the_catalog_is_rebuilt_from_s3(
     assert placements == {(LOCAL_REGION, VERIFIED), (S3_REGION, VERIFIED)}
 
     with Registry.open(home) as registry:
-        # The rebuild's own audit entry waits in the outbox for the next change.
+        # The rebuild wrote the new catalog's journal, its own audit entry included, to both
+        # regions under a new epoch (the S3 region keeps the old one beside it, locked).
         marks = {s.region: (s.mark, s.behind) for s in registry.journal_status()}
-        assert marks == {S3_REGION: (head, 1), LOCAL_REGION: (0, head + 1)}
+        assert marks == {S3_REGION: (head + 1, 0), LOCAL_REGION: (head + 1, 0)}
+        assert sorted(report["journal_written_to"]) == sorted([LOCAL_REGION, S3_REGION])
+        epochs, _segments = journal.epochs(_region(registry, S3_REGION).store)
+        assert len(epochs) == 2 and epochs[1].parent == epochs[0].epoch
         assert registry.resolve("org/llama:production").number == 1
         assert registry.resolve("org/llama:staging").number == 2
         assert registry.resolve("org/llama@1").message == "cut org/llama@1"
@@ -214,8 +219,9 @@ def test_journal_and_records_are_locked_and_the_catalog_is_rebuilt_from_s3(
         assert new_head > head
         assert all(s.behind == 0 and not s.error for s in registry.journal_status())
         for name in (S3_REGION, LOCAL_REGION):
-            entries = journal.read(_region(registry, name).store)
-            assert [e.seq for e in entries] == list(range(1, new_head + 1)), name
+            read = journal.read(_region(registry, name).store)
+            assert read.epoch is not None and read.epoch.epoch == epochs[1].epoch
+            assert [e.seq for e in read.entries] == list(range(1, new_head + 1)), name
 
 
 def test_a_push_the_journal_never_reached_comes_back_from_its_s3_version_record(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +20,11 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, select, text
 
 from cli.main import main
+from registry import journal
 from registry.catalog.journal import REDACTED_DETAILS
 from registry.catalog.models import Base
 from registry.catalog.repository import Catalog
-from registry.errors import StorageError
+from registry.errors import ConflictError, StorageError
 from registry.service import Registry
 from registry.testing.models import make_model
 
@@ -311,11 +314,22 @@ def _refused(new: str, *needles: str) -> None:
     assert not [p for p in database.parent.iterdir() if "rebuilding" in p.name]
 
 
+def _segments(region: Path) -> list[Path]:
+    """The journal segments of a local region's store, in order (epoch markers aside)."""
+    return sorted(
+        p for p in (region / "objects" / "journal").rglob("*") if p.is_file() and p.name != "start"
+    )
+
+
+def _name(path: Path) -> str:
+    return path.relative_to(path.parents[2]).as_posix()
+
+
 def test_a_tampered_journal_segment_is_refused_by_name(lost: tuple[Path, str]) -> None:
     region, new = lost
-    segment = sorted((region / "objects" / "journal").iterdir())[3]
+    segment = _segments(region)[3]
     _flip(segment)
-    _refused(new, f"journal segment journal/{segment.name} does not verify")
+    _refused(new, f"journal segment {_name(segment)} does not verify")
     # The other region's journal is intact: a rebuild from it works.
     result = _cli("catalog", "rebuild", "--from", "region-1", "--json")
     assert result.exit_code == 0, result.output
@@ -323,15 +337,25 @@ def test_a_tampered_journal_segment_is_refused_by_name(lost: tuple[Path, str]) -
 
 def test_a_deleted_or_renamed_journal_segment_is_refused(lost: tuple[Path, str]) -> None:
     region, new = lost
-    segments = sorted((region / "objects" / "journal").iterdir())
+    segments = _segments(region)
     os.chmod(segments[2], 0o600)
     moved = segments[2].with_name("0000000000000900-0000000000000900")
     os.replace(segments[2], moved)
-    _refused(new, "the journal lacks entries", f"journal/{segments[1].name}")
+    _refused(new, "the journal lacks entries", _name(segments[1]))
     os.replace(moved, segments[2])
     os.replace(segments[4], segments[4].with_name(segments[5].name + "x"))
     result = _cli("catalog", "rebuild", "--from", "region-2")
     assert result.exit_code == 6 and "is not a journal segment" in result.output
+    os.replace(segments[4].with_name(segments[5].name + "x"), segments[4])
+    # The newest segments deleted: the journal is only shorter, but region-1 shows it.
+    for segment in segments[-2:]:
+        segment.unlink()
+    _refused(new, "region-1 holds a longer journal", "--accept-loss")
+    # Every journal object gone: region-1 shows that too.
+    for path in (region / "objects" / "journal").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    _refused(new, "region-1 holds a newer journal")
 
 
 def test_a_tampered_manifest_or_version_record_is_refused_by_name(
@@ -378,10 +402,17 @@ def test_what_the_region_lost_is_reported_and_the_rest_restored(
     restores everything else, names what it could not, exits 6, and the copies elsewhere are
     recorded so `replicate --repair` can heal the region."""
     region, new = lost
-    manifests = sorted(p for p in (region / "objects" / "manifests").rglob("*") if p.is_file())
-    slots = sorted(p for p in (region / "objects" / "slots").rglob("manifest-*") if p.is_file())
-    gone_manifest = manifests[0]
-    gone_slot = next(p for p in slots if p.parent.name != gone_manifest.name)
+    lost_catalog = sqlite3.connect(region.parent / "lost-catalog.db")
+    live = dict(
+        lost_catalog.execute(
+            "SELECT number, manifest_object FROM versions JOIN models ON models.id = model_id "
+            "WHERE name = 'org/llama'"
+        ).fetchall()
+    )
+    lost_catalog.close()
+    gone_manifest = region / "objects" / live[1]
+    other = Path(live[2]).name
+    gone_slot = next((region / "objects" / "slots" / other[:2] / other).glob("manifest-*"))
     for path in (gone_manifest, gone_slot):
         path.unlink()
     result = _cli("catalog", "rebuild", "--from", "region-2")
@@ -395,3 +426,184 @@ def test_what_the_region_lost_is_reported_and_the_rest_restored(
         repaired = registry.replicate(repair=True)
         assert repaired.ok
         assert gone_manifest.exists()
+
+
+def _two_regions(home: Path, tmp_path: Path, catalog_url: str | None = None) -> None:
+    Registry.init(
+        home,
+        catalog_url=catalog_url,
+        store=[str(tmp_path / "region-a"), str(tmp_path / "region-b")],
+    )
+
+
+def _model(tmp_path: Path, seed: int) -> Path:
+    return make_model(tmp_path / f"m{seed}", shards=1, shard_size=20_000, seed=seed)
+
+
+def test_deleted_versions_and_pushes_that_made_none_stay_gone(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-push of existing content and a push whose commit failed leave records that are
+    voided; one that died before voiding is recognised by time. None comes back as a version,
+    even after the content's version was deleted."""
+    _two_regions(home, tmp_path)
+    first, second = _model(tmp_path, 1), _model(tmp_path, 2)
+    with Registry.open(home) as registry:
+        registry.push("org/x", first)
+        assert not registry.push("org/x", first).created  # a CI re-run: voided
+        with monkeypatch.context() as patch:
+            # Another re-run that dies before it can void its record.
+            patch.setattr(Registry, "_void_records", lambda self, *args: None)
+            assert not registry.push("org/x", first).created
+        with monkeypatch.context() as patch:
+
+            def refused(*_args: object, **_kwargs: object) -> None:
+                raise ConflictError("lease lapsed, nothing was committed")
+
+            patch.setattr(registry.catalog, "commit_version", refused)
+            with pytest.raises(ConflictError):
+                registry.push("org/x", _model(tmp_path, 3))
+        registry.push("org/x", second)
+        registry.delete("org/x@1", reason="poisoned")
+        _lose_catalog(registry, tmp_path)
+    voids = list((tmp_path / "region-b" / "objects" / "records").rglob("*.void"))
+    assert len(voids) == 2
+    result = _cli("catalog", "rebuild", "--from", "region-2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["restored_from_version_records"] == []
+    with Registry.open(home) as registry:
+        assert [v.number for v in registry.versions("org/x")] == [2]
+        assert registry.resolve("org/x").number == 2
+        assert registry.versions("org/x", expired=True)[0].expired
+
+
+def test_a_rebuild_from_a_region_that_is_behind_is_refused_and_never_corrupts_the_other(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        # region-2 is unreachable for the journal while an alias moves and a hold is placed.
+        everything = Registry._journal_stores
+        monkeypatch.setattr(Registry, "_journal_stores", lambda self: everything(self)[:1])
+        registry.promote("org/x@1", "production")
+        registry.hold("org/x@1", reason="litigation")
+        monkeypatch.setattr(Registry, "_journal_stores", everything)
+        registry.catalog.journaled = 0
+        _old, new = _lose_catalog(registry, tmp_path)
+    refused = _cli("catalog", "rebuild", "--from", "region-2")
+    assert refused.exit_code == 6, refused.output
+    assert "region-1 holds a longer journal" in refused.output
+    assert not Path(new.split("///", 1)[1]).exists()
+    accepted = _cli("catalog", "rebuild", "--from", "region-2", "--accept-loss", "--json")
+    assert accepted.exit_code == 0, accepted.output
+    report = json.loads(accepted.stdout)
+    assert report["accepted_loss"] and report["restored"]["legal_holds"] == 0
+    with Registry.open(home) as registry:
+        registry.promote("org/x@1", "staging")
+        assert all(s.behind == 0 and not s.error for s in registry.journal_status())
+        after = _dump(registry.settings.catalog_url)
+        os.replace(new.split("///", 1)[1], tmp_path / "second-loss.db")
+        registry.close()
+    # region-1 still holds the old, longer epoch; its newest epoch is the rebuilt catalog's.
+    again = _cli("catalog", "rebuild", "--from", "region-1", "--json")
+    assert again.exit_code == 0, again.output
+    rebuilt = _dump(new)
+    for name in ("aliases", "alias_moves", "legal_holds", "versions"):
+        assert rebuilt[name] == after[name], name
+
+
+def test_a_region_replaced_by_an_empty_store_gets_its_whole_journal_again(
+    home: Path, tmp_path: Path
+) -> None:
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        registry.promote("org/x@1", "production")
+    shutil.rmtree(tmp_path / "region-b")
+    (tmp_path / "region-b").mkdir()
+    assert _cli("init").exit_code == 0
+    assert _cli("replicate").exit_code == 0
+    status = _cli("catalog", "journal", "--drain", "--json")
+    assert status.exit_code == 0, status.output
+    with Registry.open(home) as registry:
+        head = registry.catalog.journal_head()[0]
+        read = journal.read(registry.replicas.regions[1].store)
+        assert [e.seq for e in read.entries] == list(range(1, head + 1))
+        _old, _new = _lose_catalog(registry, tmp_path)
+    result = _cli("catalog", "rebuild", "--from", "region-2", "--json")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_catalog_restored_from_a_backup_starts_a_new_epoch(home: Path, tmp_path: Path) -> None:
+    """The journal in the stores went further than the restored catalog: the next drain finds
+    the difference, starts a new epoch and writes the whole journal again; a rebuild follows the
+    newest epoch and gives the catalog as restored, not the history it replaced."""
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        database = Path(registry.settings.catalog_url.split("///", 1)[1])
+    shutil.copy(database, tmp_path / "backup.db")
+    with Registry.open(home) as registry:
+        registry.promote("org/x@1", "production")  # in the journal, lost with the restore
+    shutil.copy(tmp_path / "backup.db", database)
+    with Registry.open(home) as registry:
+        registry.hold("org/x@1", reason="audit")
+        assert all(s.behind == 0 and not s.error for s in registry.journal_status())
+        assert "journal-epoch" in [e.action for e in registry.audit_events(limit=5)]
+        assert registry.verify_audit().ok
+        current = _dump(registry.settings.catalog_url)
+        _old, new = _lose_catalog(registry, tmp_path)
+    result = _cli("catalog", "rebuild", "--from", "region-2", "--json")
+    assert result.exit_code == 0, result.output
+    rebuilt = _dump(new)
+    assert rebuilt["aliases"] == current["aliases"] == []
+    assert rebuilt["legal_holds"] == current["legal_holds"] and current["legal_holds"]
+
+
+def test_a_rolled_back_transaction_leaves_no_hole_in_the_journal(
+    home: Path, tmp_path: Path, catalog_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import registry.catalog.repository as repository
+
+    _two_regions(home, tmp_path, catalog_url)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        real = repository.write_entry
+
+        def then_die(session: Any) -> int | None:
+            real(session)
+            raise KeyboardInterrupt("killed before COMMIT")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(repository, "write_entry", then_die)
+            with pytest.raises(KeyboardInterrupt):
+                registry.promote("org/x@1", "production")
+        registry.promote("org/x@1", "staging")
+        head = registry.catalog.journal_head()[0]
+        seqs = [seq for seq, _at, _body in registry.catalog.journal_after(0, limit=100)]
+        assert seqs == list(range(1, head + 1))
+        read = journal.read(registry.replicas.regions[1].store)
+        assert [e.seq for e in read.entries] == seqs
+
+
+def test_audit_verify_trusts_only_the_links_a_rebuild_named(
+    two_regions: Registry, tmp_path: Path
+) -> None:
+    """Rewriting any entry as a redacted token event breaks the chain: only entries a
+    `catalog-rebuild` entry lists after them pass as links."""
+    catalog = two_regions.catalog
+    assert catalog.verify_audit().ok
+    with catalog.engine.begin() as connection:
+        target = connection.execute(
+            text("SELECT id FROM audit_events WHERE action = 'delete'")
+        ).scalar_one()
+        connection.execute(
+            text(
+                "UPDATE audit_events SET action = 'token-revoke', actor = '', "
+                "subject = 'registry', details = :d WHERE id = :i"
+            ),
+            {"d": REDACTED_DETAILS, "i": target},
+        )
+    verification = catalog.verify_audit()
+    assert not verification.ok and verification.first_bad == target

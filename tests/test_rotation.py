@@ -18,7 +18,7 @@ from moto import mock_aws
 from cli.main import main
 from registry import loader
 from registry.config import KmsSettings
-from registry.errors import KeyAccessError
+from registry.errors import ConflictError, KeyAccessError
 from registry.service import Registry
 from registry.testing.models import make_model
 from tests.conftest import tree
@@ -189,3 +189,61 @@ def test_a_kms_key_rotates_and_the_old_one_can_be_disabled(
     client.disable_key(KeyId=first.rsplit("/", 1)[1])
     with Registry.open(home) as registry:
         _loads_everything(registry, {"org/kms@1": model}, tmp_path / "after")
+
+
+def test_a_process_still_on_the_old_key_cannot_commit_after_the_rotation(
+    pushed: dict[str, Path], home: Path, tmp_path: Path
+) -> None:
+    """A server that was not restarted wraps with the old key alone: once the rotation has
+    retired that key its pushes are refused (nothing committed), so destroying the old key
+    loses nothing; its reads fail with a hint to restart."""
+    stale = Registry.open(home)
+    try:
+        result = _cli("keys", "rotate", "--to", str(tmp_path / "new.key"), "--json", "-q")
+        assert result.exit_code == 0, result.output
+        old_id = stale.keys.kek_id
+        assert json.loads(result.stdout)["retired"] == [old_id]
+        late = make_model(tmp_path / "late", shards=1, shard_size=9_000, seed=11)
+        shard = next(late.glob("*.safetensors"))  # content of its own: no slot to reuse
+        with pytest.raises(ConflictError, match="retired") as refused:
+            stale.push("org/late", shard)
+        assert "restart" in (refused.value.hint or "")
+        with pytest.raises(KeyAccessError) as unreadable:
+            stale.pull("org/llama@1", tmp_path / "stale-pull")
+        assert "restart this process" in (unreadable.value.hint or "")
+    finally:
+        stale.close()
+    (home / "keys" / "kek.key").unlink()
+    with Registry.open(home) as registry:
+        assert [m.name for m in registry.models()] == ["org/llama", "org/tiny"]
+        _loads_everything(registry, pushed, tmp_path / "after")
+
+
+def test_bad_rotation_targets_change_nothing(pushed: dict[str, Path], home: Path) -> None:
+    before = (home / "config.toml").read_text()
+    for target, code, needle in [
+        ("arn:aws:kms:us-east-1:1:key/x", 3, "does not use a KMS key"),
+        ("1234abcd-12ab-34cd-56ef-1234567890ab", 3, "does not use a KMS key"),
+        (str(home / "keys" / "naming.key"), 3, "is the naming key"),
+        (str(home / "keys" / "signing.key"), 3, "is the signing key"),
+        ("/proc/no-such-dir/new.key", 8, "cannot create the key file"),
+    ]:
+        result = _cli("keys", "rotate", "--to", target)
+        assert result.exit_code == code, (target, result.output)
+        assert needle in result.output, (target, result.output)
+        assert (home / "config.toml").read_text() == before
+
+
+def test_a_kms_key_that_cannot_be_used_is_refused_before_anything_changes(
+    two_kms_keys: tuple[Any, str, str], home: Path, tmp_path: Path
+) -> None:
+    _client, first, second = two_kms_keys
+    Registry.init(home, kms=KmsSettings(first, "us-east-1"))
+    before = (home / "config.toml").read_text()
+    typo = second[:-4] + "0000"
+    result = _cli("keys", "rotate", "--to", typo)
+    assert result.exit_code == KeyAccessError.exit_code, result.output
+    assert "cannot be used" in result.output and "nothing was changed" in result.output
+    assert (home / "config.toml").read_text() == before
+    with Registry.open(home) as registry:
+        assert registry.push("org/ok", make_model(tmp_path / "m", shards=1, shard_size=9_000))

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, LargeBinary, MetaData, Table, event, inspect, select
+from sqlalchemy import Connection, LargeBinary, MetaData, Table, event, func, inspect, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.catalog.models import Base, JournalEntry, UTCDateTime, utcnow
@@ -35,6 +35,7 @@ TABLES = (
     "alias_moves",
     "legal_holds",
     "retention_policies",
+    "retired_keys",
     "audit_events",
 )
 TOKEN_ACTIONS = frozenset({"token-create", "token-revoke"})
@@ -83,12 +84,16 @@ def encode_row(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def decode_row(name: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """A journaled row back as column values; ValueError naming what does not fit the table."""
+    """A journaled row back as column values (only the columns it names: a column a later
+    release adds takes its default); ValueError naming what does not fit the table."""
     columns = table(name).columns
     unknown = set(row) - {column.name for column in columns}
     if unknown:
         raise ValueError(f"{name} has no column {sorted(unknown)[0]!r}")
-    return {column.name: decode_value(column.type, row.get(column.name)) for column in columns}
+    missing = [c.name for c in table(name).primary_key.columns if c.name not in row]
+    if missing:
+        raise ValueError(f"a row of {name} lacks its key {missing[0]!r}")
+    return {c.name: decode_value(c.type, row[c.name]) for c in columns if c.name in row}
 
 
 def key_of(name: str, row: Mapping[str, Any]) -> list[Any]:
@@ -153,18 +158,27 @@ def write_entry(session: Session) -> int | None:
         listed.sort(key=lambda row, name=name: json.dumps(key_of(name, row)))  # type: ignore[misc]
     if not rows and not deleted:
         return None
-    entry = JournalEntry(at=utcnow(), body=entry_body(rows, deleted))
+    # Every writer holds the catalog's write lock (`_serialise`), so max + 1 is unique and
+    # numbers are committed in order, with no hole a rollback could leave.
+    seq = (session.scalar(select(func.max(JournalEntry.seq))) or 0) + 1
+    entry = JournalEntry(seq=seq, at=utcnow(), body=entry_body(rows, deleted))
     session.add(entry)
     session.flush()
     session.info.pop(_KEY, None)
     return entry.seq
 
 
-def snapshot(connection: Connection) -> str | None:
-    """An entry holding every row of the journaled tables (the first entry of a catalog that
-    had rows before the journal existed); None when they are all empty."""
-    rows: dict[str, list[dict[str, Any]]] = {}
+SNAPSHOT_ROWS = 5000
+
+
+def snapshot(connection: Connection) -> list[str]:
+    """Entries holding every row of the journaled tables (the first entries of a catalog that
+    had rows before the journal existed), at most SNAPSHOT_ROWS rows each, tables in order."""
+    bodies: list[str] = []
+    present = set(inspect(connection).get_table_names())
     for name in TABLES:
+        if name not in present:
+            continue  # added by a later migration: nothing in it yet
         # The tables as they are at this migration, not as a later release defines them.
         stored = Table(name, MetaData(), autoload_with=connection)
         key = [stored.columns[column.name] for column in table(name).primary_key.columns]
@@ -172,9 +186,9 @@ def snapshot(connection: Connection) -> str | None:
             encode_row(name, dict(row._mapping))
             for row in connection.execute(select(stored).order_by(*key))
         ]
-        if found:
-            rows[name] = found
-    return entry_body(rows, {}) if rows else None
+        for start in range(0, len(found), SNAPSHOT_ROWS):
+            bodies.append(entry_body({name: found[start : start + SNAPSHOT_ROWS]}, {}))
+    return bodies
 
 
 def parse_body(text: str) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[Any]]]:

@@ -297,16 +297,43 @@ class JournalEntry(Base):
 
     __tablename__ = "journal_entries"
 
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # max + 1 under the write lock, not a sequence: a rolled-back transaction must not leave
+    # a hole (a reader takes a hole for a deleted segment).
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
     body: Mapped[str] = mapped_column(Text)
 
 
+class JournalEpoch(Base):
+    """One run of the journal in the stores (`journal/<epoch>/...`). A catalog rebuilt, or one
+    found to differ from what the stores hold (restored from a backup), starts a new epoch and
+    writes its whole journal there; the newest epoch is the catalog's."""
+
+    __tablename__ = "journal_epochs"
+
+    epoch: Mapped[str] = mapped_column(String(32), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    parent: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
 class JournalMark(Base):
-    """How far a region's journal goes: every entry up to `seq` is sealed in its store."""
+    """How far a region's journal goes in the current epoch: every entry up to `seq` is sealed in
+    its store (rows of earlier epochs are deleted when an epoch starts)."""
 
     __tablename__ = "journal_marks"
 
     region: Mapped[str] = mapped_column(String(32), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RetiredKey(Base):
+    """A key-encryption key a rotation retired: no key slot under it is recorded any more (a
+    process still on the old configuration has its commits refused, not silently kept)."""
+
+    __tablename__ = "retired_keys"
+
+    kek_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    retired_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    retired_by: Mapped[str] = mapped_column(String(256))

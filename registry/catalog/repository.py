@@ -31,6 +31,7 @@ from registry.catalog.models import (
     Blob,
     EventDelivery,
     JournalEntry,
+    JournalEpoch,
     JournalMark,
     KeySlot,
     LegalHold,
@@ -38,6 +39,7 @@ from registry.catalog.models import (
     Placement,
     PushLease,
     RetentionPolicy,
+    RetiredKey,
     Sweep,
     Version,
     VersionFile,
@@ -686,6 +688,7 @@ class Catalog:
         with self._read() as session:
             prev = GENESIS
             checked = links_only = 0
+            links = _restored_links(session)
             rows = session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars()
             for event in rows.yield_per(1000):
                 if event.prev_hash != prev:
@@ -709,6 +712,7 @@ class Catalog:
                 )
                 if (
                     event.hash != expected
+                    and event.id in links
                     and event.action in TOKEN_ACTIONS
                     and event.details == REDACTED_DETAILS
                 ):
@@ -758,18 +762,74 @@ class Catalog:
         with self._read() as session:
             return {row.region: row.seq for row in session.scalars(select(JournalMark))}
 
-    def set_journal_mark(self, region: str, seq: int) -> None:
-        """Record that `region` holds every entry up to `seq` (marks only ever advance)."""
+    def set_journal_mark(self, region: str, seq: int, *, exactly: bool = False) -> None:
+        """Record that `region` holds every entry up to `seq`: marks only advance, unless
+        `exactly` (the store was found to hold less, and the rest is written again)."""
 
         def work(session: Session) -> None:
             row = session.get(JournalMark, region)
             if row is None:
                 session.add(JournalMark(region=region, seq=seq, updated_at=utcnow()))
-            elif seq > row.seq:
+            elif seq > row.seq or (exactly and seq != row.seq):
                 row.seq = seq
                 row.updated_at = utcnow()
 
         self._retrying(work, what=f"journal mark of {region}")
+
+    def journal_epoch(self) -> tuple[str, datetime]:
+        """The current epoch of the journal in the stores, and when it started."""
+        with self._read() as session:
+            row = session.scalars(
+                select(JournalEpoch).order_by(JournalEpoch.started_at.desc()).limit(1)
+            ).first()
+            if row is None:
+                raise StorageError("the catalog has no journal epoch (an incomplete migration)")
+            return row.epoch, row.started_at
+
+    def journal_epoch_parent(self) -> str | None:
+        """The epoch the current one follows (None for a catalog's first)."""
+        with self._read() as session:
+            return session.scalars(
+                select(JournalEpoch.parent).order_by(JournalEpoch.started_at.desc()).limit(1)
+            ).first()
+
+    def start_journal_epoch(self, *, reason: str, actor: str) -> str:
+        """Begin a new epoch: every region's journal is written again from the first entry,
+        under a new name (what the stores hold of earlier epochs stays as it is)."""
+
+        def work(session: Session) -> str:
+            parent = session.scalars(
+                select(JournalEpoch.epoch).order_by(JournalEpoch.started_at.desc()).limit(1)
+            ).first()
+            now = utcnow()
+            latest = session.scalar(select(func.max(JournalEpoch.started_at)))
+            if latest is not None and now <= latest:
+                now = latest + timedelta(microseconds=1)  # a later start, whatever the clock
+            epoch = uuid.uuid4().hex
+            session.add(JournalEpoch(epoch=epoch, started_at=now, parent=parent, reason=reason))
+            session.execute(delete(JournalMark))
+            append_audit(
+                session,
+                at=now,
+                actor=actor,
+                action="journal-epoch",
+                subject="registry",
+                details=_details({"epoch": epoch, "parent": parent, "reason": reason}),
+            )
+            return epoch
+
+        return self._retrying(work, what="start a journal epoch")
+
+    def retire_keys(self, kek_ids: Sequence[str], *, actor: str) -> None:
+        """From now on no key slot under these keys is recorded (commits carrying one fail)."""
+
+        def work(session: Session) -> None:
+            now = utcnow()
+            for kek_id in kek_ids:
+                if session.get(RetiredKey, kek_id) is None:
+                    session.add(RetiredKey(kek_id=kek_id, retired_at=now, retired_by=actor))
+
+        self._retrying(work, what="retire keys")
 
     # -- retention -------------------------------------------------------------------------
 
@@ -1598,6 +1658,23 @@ class Catalog:
 DEFAULT_POLICY = "*"
 
 
+def _restored_links(session: Session) -> set[int]:
+    """Audit entries a catalog rebuild restored as chain links only (token events, whose
+    content the journal never holds): named in a later `catalog-rebuild` entry, which the
+    chain covers, so no other entry can pass for one."""
+    links: set[int] = set()
+    rows = session.execute(
+        select(AuditEvent.id, AuditEvent.details).where(AuditEvent.action == "catalog-rebuild")
+    )
+    for event_id, details in rows:
+        try:
+            named = json.loads(details).get("links", [])
+        except (ValueError, AttributeError):
+            continue
+        links.update(int(i) for i in named if isinstance(i, int) and i < event_id)
+    return links
+
+
 def _delta(seconds: int | None) -> timedelta | None:
     return None if seconds is None else timedelta(seconds=seconds)
 
@@ -1841,6 +1918,16 @@ def _version_row(session: Session, record: VersionRecord) -> Version:
 def _add_slots(
     session: Session, slots: Sequence[tuple[str, str, WrappedKey]], now: datetime
 ) -> None:
+    keks = sorted({slot.kek_id for _digest, _purpose, slot in slots})
+    if keks:
+        retired = session.scalars(select(RetiredKey.kek_id).where(RetiredKey.kek_id.in_(keks)))
+        for kek_id in retired:
+            raise ConflictError(
+                f"a key slot under {kek_id} was refused: a key rotation retired that key, and "
+                "nothing was committed",
+                hint="this process still reads the old config.toml: restart it, then run the "
+                "same command again",
+            )
     for digest, purpose, slot in slots:
         if session.get(KeySlot, (digest, purpose, slot.kek_id)) is None:
             session.add(
