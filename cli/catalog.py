@@ -21,13 +21,22 @@ def catalog() -> None:
 
 @catalog.command()
 @click.option("--drain", is_flag=True, help="Copy what each region lacks to it now.")
+@click.option(
+    "--new-epoch",
+    is_flag=True,
+    help="Make this catalog's journal the newest in the stores and write it whole (a catalog "
+    "restored from a backup older than a rebuild). Admin.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def journal(drain: bool, as_json: bool) -> None:
+def journal(drain: bool, new_epoch: bool, as_json: bool) -> None:
     """How far each region's journal goes (entries behind, age of the oldest it lacks: the
-    recovery point of a rebuild from it). Exit 9 if --drain left a region behind."""
+    recovery point of a rebuild from it). Exit 9 if --drain (or --new-epoch) left a region
+    behind or failed in one."""
     with open_registry() as registry:
-        states = registry.drain_journal() if drain else registry.journal_status()
+        if new_epoch:
+            registry.new_journal_epoch()
+        states = registry.drain_journal() if drain or new_epoch else registry.journal_status()
     if as_json:
         print_json(
             [
@@ -52,7 +61,7 @@ def journal(drain: bool, as_json: bool) -> None:
                 escape(s.error) or "",
             )
         stdout.print(table)
-    if drain and any(s.behind for s in states):
+    if (drain or new_epoch) and any(s.behind or s.error for s in states):
         sys.exit(9)
 
 
@@ -116,6 +125,7 @@ def rebuild(source: str, catalog_url: str | None, accept_loss: bool, as_json: bo
             stdout.print(f"not probed (unreachable): {escape(line)}")
         for line in report.accepted_loss:
             stdout.print(f"accepted loss: {escape(line)}")
+        stdout.print(f"journal written to: {escape(', '.join(report.journal)) or 'no region'}")
         for line in report.bad_copies:
             stdout.print(f"bad copy (queued for `replicate --repair`): {escape(line)}")
         for line in report.unrestored:

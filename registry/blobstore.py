@@ -23,7 +23,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -295,6 +295,13 @@ class BlobStore:
                 f"{what} {name} does not verify (tampered, renamed, or another registry's)",
                 path=name,
             ) from None
+
+    def audit_links_mac(self, links: Sequence[tuple[int, str]]) -> str:
+        """A MAC, under a key derived from the naming key, of the audit entries a rebuild
+        restored as chain links only: (id, hash) pairs."""
+        key = blake3.blake3(self._naming_key, derive_key_context="model-registry audit links v1")
+        body = json.dumps([[int(i), str(h)] for i, h in links], separators=(",", ":"))
+        return str(blake3.blake3(body.encode(), key=key.digest()).hexdigest())
 
     @staticmethod
     def journal_segment_name(epoch: str, first: int, last: int) -> str:

@@ -329,7 +329,7 @@ class RemoteRegistry:
             if response.status == 429:
                 # Waited out for as long as RATE_LIMIT_PATIENCE: a large push or pull of many
                 # parts in parallel meets the limit again and again, and must not fail for it.
-                pause = min(30.0, float(response.headers.get("retry-after", "1")))
+                pause = _retry_after(response.headers.get("retry-after"))
                 if time.monotonic() + pause < patience:
                     time.sleep(pause)
                     continue
@@ -704,3 +704,13 @@ class RemoteRegistry:
 
 
 __all__ = ["Manifest", "RemoteRegistry"]
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds to wait for a 429: the header's number (a date or garbage counts as 1), at
+    least 0.2 s so that a proxy's `Retry-After: 0` does not make a busy loop, at most 30 s."""
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(30.0, max(0.2, seconds))

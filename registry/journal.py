@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 
 from registry.blobstore import BlobStore
 from registry.catalog.journal import parse_body
-from registry.catalog.repository import Catalog
+from registry.catalog.repository import Catalog, JournalEpochRecord
 from registry.errors import IntegrityError, RegistryError
 
 SEGMENT_FORMAT = "model-registry/journal-segment/v1"
@@ -50,16 +50,18 @@ class Epoch:
     epoch: str
     started_at: datetime
     parent: str | None
-    reason: str
+    base: int  # entries 1..base must be there before the epoch is a usable journal
 
 
 @dataclass(frozen=True)
 class Journal:
-    """A region's journal: its newest epoch's entries, and the epochs it supersedes."""
+    """A region's journal: the entries of its newest usable epoch, the epochs it supersedes,
+    and a newer epoch whose rewrite had not reached its base (when one was passed over)."""
 
     epoch: Epoch | None
     entries: list[Entry]
     older: list[Epoch] = field(default_factory=list)
+    incomplete: Epoch | None = None
 
     @property
     def end(self) -> int:
@@ -87,6 +89,11 @@ class RegionJournal:
 class _DivergedError(Exception):
     """The store holds journal entries that differ from the catalog's."""
 
+    def __init__(self, message: str, *, epoch: str, newest: datetime | None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.newest = newest
+
 
 def encode_segment(registry_id: str, epoch: str, entries: Sequence[Entry]) -> bytes:
     return json.dumps(
@@ -104,14 +111,15 @@ def encode_segment(registry_id: str, epoch: str, entries: Sequence[Entry]) -> by
     ).encode()
 
 
-def encode_epoch(registry_id: str, epoch: str, started_at: datetime, parent: str | None) -> bytes:
+def encode_epoch(registry_id: str, epoch: JournalEpochRecord) -> bytes:
     return json.dumps(
         {
             "format": EPOCH_FORMAT,
             "registry": registry_id,
-            "epoch": epoch,
-            "started_at": started_at.astimezone(UTC).isoformat(),
-            "parent": parent,
+            "epoch": epoch.epoch,
+            "started_at": epoch.started_at.astimezone(UTC).isoformat(),
+            "parent": epoch.parent,
+            "base": epoch.base,
         },
         sort_keys=True,
         separators=(",", ":"),
@@ -157,7 +165,7 @@ def _decode_epoch(data: bytes, *, registry_id: str, epoch: str, name: str) -> Ep
             epoch,
             datetime.fromisoformat(raw["started_at"]).astimezone(UTC),
             None if parent is None else str(parent),
-            "",
+            int(raw["base"]),
         )
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise IntegrityError(
@@ -166,20 +174,24 @@ def _decode_epoch(data: bytes, *, registry_id: str, epoch: str, name: str) -> Ep
 
 
 def epochs(store: BlobStore) -> tuple[list[Epoch], dict[str, list[tuple[int, int, str]]]]:
-    """The store's journal epochs, oldest first (markers opened and checked), and the segments
-    of each. IntegrityError names a marker that does not open, or an epoch without one."""
+    """The store's journal epochs that have their marker, oldest first (markers opened and
+    checked), and the segments of every epoch. An epoch without a marker is a rewrite that
+    began writing before its marker reached the store: it is not a journal yet, and is left out
+    (its writer puts the marker when it next drains)."""
     listing = store.journal_listing()
     found = []
     for epoch, (start, _segments) in listing.items():
         if start is None:
-            name = store.journal_start_name(epoch)
-            raise IntegrityError(
-                f"journal epoch {epoch} has segments but no marker {name}", path=name
-            )
+            continue
         data = store.read_journal_object(start)
         found.append(_decode_epoch(data, registry_id=store.registry_id, epoch=epoch, name=start))
     found.sort(key=lambda e: (e.started_at, e.epoch))
     return found, {epoch: segments for epoch, (_start, segments) in listing.items()}
+
+
+def usable(epoch: Epoch, segments: dict[str, list[tuple[int, int, str]]]) -> bool:
+    """Whether a region holds an epoch at least up to its base (its rewrite finished)."""
+    return contiguous_end(segments.get(epoch.epoch, [])) >= epoch.base
 
 
 def contiguous_end(segments: Sequence[tuple[int, int, str]]) -> int:
@@ -192,14 +204,33 @@ def contiguous_end(segments: Sequence[tuple[int, int, str]]) -> int:
     return end
 
 
-def read(store: BlobStore) -> Journal:
+def read(store: BlobStore, *, allow_incomplete: bool = False) -> Journal:
     """The store's journal: every entry of its newest epoch, in order from 1, verified;
-    IntegrityError naming the object that fails, the entries missing, or two segments that
-    disagree."""
+    IntegrityError naming the object that fails, the entries missing, two segments that
+    disagree, or a newest epoch whose rewrite stopped short of its base (with
+    `allow_incomplete`, the newest usable epoch before it is read instead)."""
     found, segments = epochs(store)
     if not found:
         return Journal(None, [])
     newest = found[-1]
+    incomplete = None
+    if not usable(newest, segments):
+        name = store.journal_start_name(newest.epoch)
+        if not allow_incomplete:
+            raise IntegrityError(
+                f"journal epoch {newest.epoch} holds entries up to "
+                f"{contiguous_end(segments.get(newest.epoch, []))} of its first {newest.base}: "
+                "its rewrite was interrupted",
+                hint="rebuild from a region whose journal is whole, or accept the loss "
+                "(--accept-loss reads the epoch before it)",
+                path=name,
+            )
+        incomplete = newest
+        complete = [e for e in found[:-1] if usable(e, segments)]
+        if not complete:
+            return Journal(None, [], found, incomplete)
+        newest = complete[-1]
+        found = [e for e in found if e.started_at <= newest.started_at]
     entries: list[Entry] = []
     by_seq: dict[int, Entry] = {}
     for first, last, name in segments.get(newest.epoch, []):
@@ -230,28 +261,34 @@ def read(store: BlobStore) -> Journal:
                 continue
             by_seq[entry.seq] = entry
             entries.append(entry)
-    return Journal(newest, entries, found[:-1])
+    return Journal(newest, entries, found[:-1], incomplete)
 
 
 def drain(
     catalog: Catalog, stores: Sequence[tuple[str, BlobStore]], *, check: bool = False
 ) -> list[RegionJournal]:
     """Copy every outbox entry a region lacks to that region. With `check` (and for a region
-    that holds nothing yet) the store is compared with the mark first: a store holding less is
-    written again from where it stops; one holding other entries makes the catalog start a new
-    epoch. A region that fails keeps its mark and is reported with the error."""
+    that holds nothing of the current epoch yet) the store is compared with the mark first: a
+    store holding less is written again from where it stops; one holding other entries makes
+    the catalog start a new epoch. A region that fails keeps its mark and is reported."""
     try:
         return _drain(catalog, stores, check=check)
     except _DivergedError as diverged:
         log.warning("starting a new journal epoch: %s", diverged)
-        catalog.start_journal_epoch(reason=str(diverged), actor="model-registry")
+        catalog.start_journal_epoch(
+            reason=str(diverged),
+            actor="model-registry",
+            replacing=diverged.epoch,
+            after=diverged.newest,
+        )
         return _drain(catalog, stores, check=False)
 
 
 def _drain(
     catalog: Catalog, stores: Sequence[tuple[str, BlobStore]], *, check: bool
 ) -> list[RegionJournal]:
-    epoch, started = catalog.journal_epoch()
+    current = catalog.journal_epoch()
+    epoch = current.epoch
     marks = catalog.journal_marks()
     head, _at = catalog.journal_head()
     states = []
@@ -260,11 +297,7 @@ def _drain(
         error = rewritten = ""
         try:
             if check or mark == 0:
-                mark, rewritten = _reconcile(catalog, region, store, epoch, mark, head)
-            if mark == 0 and head:
-                store.put_journal_start(
-                    epoch, encode_epoch(store.registry_id, epoch, started, _parent(catalog))
-                )
+                mark, rewritten = _reconcile(catalog, region, store, current, mark)
             while mark < head:
                 batch = _batch(catalog, mark)
                 if not batch:
@@ -273,7 +306,7 @@ def _drain(
                 data = encode_segment(store.registry_id, epoch, batch)
                 if not store.put_journal_segment(epoch, first, last, data):
                     _same_as_stored(store, epoch, batch)
-                catalog.set_journal_mark(region, last)
+                catalog.set_journal_mark(epoch, region, last)
                 mark = last
         except _DivergedError:
             raise
@@ -293,26 +326,29 @@ def _drain(
     return states
 
 
-def _parent(catalog: Catalog) -> str | None:
-    return catalog.journal_epoch_parent()
-
-
 def _reconcile(
-    catalog: Catalog, region: str, store: BlobStore, epoch: str, mark: int, head: int
+    catalog: Catalog, region: str, store: BlobStore, current: JournalEpochRecord, mark: int
 ) -> tuple[int, str]:
-    """The mark the store's journal supports: less when it lost segments (they are written
-    again), more when a drain stored a segment and stopped before recording it."""
+    """The mark the store's journal supports (its epoch marker put first, if missing): less
+    when it lost segments (they are written again), more when a drain stored a segment and
+    stopped before recording it. _DivergedError when it holds other entries."""
+    epoch = current.epoch
     found, segments = epochs(store)
-    if found and found[-1].epoch != epoch and found[-1].started_at > catalog.journal_epoch()[1]:
+    newest = found[-1] if found else None
+    if newest is not None and newest.epoch != epoch and newest.started_at > current.started_at:
         raise IntegrityError(
-            f"region {region} holds a newer journal epoch ({found[-1].epoch}, started "
-            f"{found[-1].started_at:%Y-%m-%d %H:%M:%S} UTC) than this catalog's: another "
-            "catalog writes this registry's stores",
-            hint="find the other catalog; two catalogs must never serve one registry",
+            f"region {region} holds a newer journal epoch ({newest.epoch}, started "
+            f"{newest.started_at:%Y-%m-%d %H:%M:%S} UTC) than this catalog's: another catalog "
+            "writes this registry's stores, or this one was restored from a backup older than "
+            "a rebuild",
+            hint="two catalogs must never serve one registry; if this catalog is the one to keep, "
+            "`model-registry catalog journal --new-epoch` makes its journal the newest",
         )
+    if epoch not in {e.epoch for e in found}:
+        store.put_journal_start(epoch, encode_epoch(store.registry_id, current))
     end = contiguous_end(segments.get(epoch, []))
     if end < mark:
-        catalog.set_journal_mark(region, end, exactly=True)
+        catalog.set_journal_mark(epoch, region, end, exactly=True)
         note = f"the store held entries up to {end} only, not {mark}: written again"
         log.warning("journal of region %s: %s", region, note)
         return end, note
@@ -332,9 +368,11 @@ def _reconcile(
                     raise _DivergedError(
                         f"region {region} holds a different entry {entry.seq} of journal epoch "
                         f"{epoch} than the catalog (the catalog was restored from a backup or "
-                        "rebuilt from a region that was behind)"
+                        "rebuilt from a region that was behind)",
+                        epoch=epoch,
+                        newest=newest.started_at if newest is not None else None,
                     )
-        catalog.set_journal_mark(region, end)
+        catalog.set_journal_mark(epoch, region, end)
         return end, ""
     return mark, ""
 
@@ -353,7 +391,9 @@ def _same_as_stored(store: BlobStore, epoch: str, batch: Sequence[Entry]) -> Non
     if [e.body for e in stored] != [e.body for e in batch]:
         raise _DivergedError(
             f"{name} holds other entries than the catalog's {first} to {last} (the catalog "
-            "was restored from a backup or rebuilt from a region that was behind)"
+            "was restored from a backup or rebuilt from a region that was behind)",
+            epoch=epoch,
+            newest=None,
         )
 
 

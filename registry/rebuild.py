@@ -72,6 +72,7 @@ log = logging.getLogger("model_registry.rebuild")
 # Longer than a push's commit can take (its retries included): a version record older than the
 # journal's last entry by more than this had its commit journaled, or never committed.
 COMMIT_WINDOW = timedelta(minutes=10)
+EPOCH_STEP = timedelta(microseconds=1)
 # Tables whose integer keys come from a sequence on PostgreSQL (moved past the restored rows).
 _SERIAL = {"models": "id", "versions": "id", "alias_moves": "id", "audit_events": "id"}
 
@@ -166,13 +167,20 @@ def rebuild(
         main = regions[0].store
         main.check_claim()
         say(f"reading the journal of {source}")
-        read = journal.read(main)
+        read = journal.read(main, allow_incomplete=accept_loss)
+        if read.incomplete is not None:
+            report.accepted_loss.append(
+                f"{source}'s newest journal epoch {read.incomplete.epoch[:12]} was not rewritten "
+                "whole; the epoch before it was read"
+            )
         entries = read.entries
         report.entries = len(entries)
         report.segments = len({entry.segment for entry in entries})
         say(f"reading version records of {source}")
         records = _version_records(main)
-        _require_complete(read, source, regions[1:], records, report, accept_loss=accept_loss)
+        seen_epochs = _require_complete(
+            read, source, regions[1:], records, report, accept_loss=accept_loss
+        )
         cutoff = entries[-1].at if entries else None
         with _Target(catalog_url) as engine:
             with Session(engine) as session, session.begin():
@@ -192,23 +200,29 @@ def rebuild(
                 session.add(
                     JournalEpoch(
                         epoch=uuid.uuid4().hex,
-                        started_at=utcnow(),
+                        # Later than every epoch seen, whatever this host's clock says: readers
+                        # follow the newest.
+                        started_at=max([utcnow(), *(t + EPOCH_STEP for t in seen_epochs)]),
                         parent=None if read.epoch is None else read.epoch.epoch,
                         reason=f"rebuilt from {source}",
+                        base=session.scalar(select(func.max(JournalEntry.seq))) or 0,
                     )
                 )
                 report.restored = {
                     name: session.scalar(select(func.count()).select_from(table(name))) or 0
                     for name in (*TABLES, "key_slots", "placements")
                 }
-                links = sorted(
-                    session.scalars(
-                        select(AuditEvent.id).where(
+                links = [
+                    (row.id, row.hash)
+                    for row in session.execute(
+                        select(AuditEvent.id, AuditEvent.hash)
+                        .where(
                             AuditEvent.action.in_(sorted(TOKEN_ACTIONS)),
                             AuditEvent.details == REDACTED_DETAILS,
                         )
+                        .order_by(AuditEvent.id)
                     )
-                )
+                ]
             report.probed = [region.name for region in regions]
             catalog = Catalog(engine)
             # Its own transaction, through the catalog: audited and journaled like any change.
@@ -225,15 +239,26 @@ def rebuild(
                     "not_restored": report.unrestored,
                     "unreachable": [line.split(":", 1)[0] for line in report.unreachable],
                     "accepted_loss": report.accepted_loss,
-                    "links": links,
+                    "links": [link for link, _hash in links],
+                    # Only the key holder can name links: a database writer cannot pass an
+                    # entry off as one by appending a rebuild entry of its own.
+                    "links_mac": main.audit_links_mac(links),
                 },
             )
-            say("writing the new catalog's journal to every region")
+            catalog.close()
+        # The catalog is in place (committed, moved) before its journal is written: a rebuild
+        # that stops now leaves a catalog whose next command drains, not a half-written epoch
+        # and no catalog.
+        say("writing the new catalog's journal to every region")
+        final = Catalog(create_catalog_engine(catalog_url))
+        try:
             report.journal = [
                 f"{state.region}: {state.error}" if state.error else state.region
-                for state in journal.drain(catalog, [(r.name, r.store) for r in regions])
+                for state in journal.drain(final, [(r.name, r.store) for r in regions])
             ]
-            report.seconds = time.monotonic() - started
+        finally:
+            final.close()
+        report.seconds = time.monotonic() - started
     finally:
         for region in regions:
             region.store.driver.close()
@@ -248,10 +273,13 @@ def _require_complete(
     report: RebuildReport,
     *,
     accept_loss: bool,
-) -> None:
+) -> list[datetime]:
     """Refuse to rebuild from a journal that another region shows to be behind or truncated,
-    or from a region that holds content but no journal, unless the loss is accepted."""
+    or from a region that holds content but no journal, unless the loss is accepted. Returns
+    when every epoch seen started."""
     losses: list[str] = []
+    seen = [] if read.epoch is None else [read.epoch.started_at]
+    seen += [epoch.started_at for epoch in read.older]
     for region in others:
         try:
             found, segments = journal.epochs(region.store)
@@ -260,7 +288,17 @@ def _require_complete(
             continue
         if not found:
             continue
-        newest = found[-1]
+        seen += [epoch.started_at for epoch in found]
+        newer = read.epoch is not None and found[-1].started_at > read.epoch.started_at
+        if newer and not journal.usable(found[-1], segments):
+            losses.append(
+                f"{region.name} holds a newer journal epoch ({found[-1].epoch[:12]}) whose "
+                "rewrite was interrupted: no region may hold the catalog's latest journal"
+            )
+        whole = [epoch for epoch in found if journal.usable(epoch, segments)]
+        if not whole:
+            continue
+        newest = whole[-1]
         end = journal.contiguous_end(segments.get(newest.epoch, []))
         if read.epoch is None or newest.started_at > read.epoch.started_at:
             losses.append(
@@ -275,7 +313,7 @@ def _require_complete(
     if read.epoch is None and records:
         losses.append(f"{source} holds version records but no journal")
     if not losses:
-        return
+        return seen
     if not accept_loss:
         raise IntegrityError(
             f"rebuilding from {source} would lose catalog changes: {'; '.join(losses)}",
@@ -285,6 +323,7 @@ def _require_complete(
     for loss in losses:
         log.warning("accepted loss: %s", loss)
     report.accepted_loss.extend(losses)
+    return seen
 
 
 def _store(settings: Settings, driver: Any, keys: KeyProvider, naming_key: bytes) -> BlobStore:

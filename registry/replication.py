@@ -217,13 +217,17 @@ class ReplicaSet:
         reachable: Sequence[Region],
         stored: set[str],
         what: str,
+        can_reseal: bool = False,
     ) -> tuple[bytes, dict[str, WrappedKey]]:
         """The data key an object is (or will be) sealed with: an existing slot's, or a new
-        one whose slot won the first reachable region (a concurrent push's slot wins there)."""
+        one whose slot won the first reachable region (a concurrent push's slot wins there).
+        With `can_reseal` (a push holding the verified file), a stored object no catalog row
+        knows and no configured key opens (an orphan, e.g. of a process refused for a retired
+        key) gets a new key: its copies then fail the key check and are sealed anew."""
         try:
             return self.unwrap_any(kind, digest, known=known, what=what)
         except IntegrityError:
-            if stored:
+            if stored and not (can_reseal and not known):
                 raise IntegrityError(
                     f"{what}: the stored object's key slot is lost; it cannot be decrypted",
                     hint="restore the slot from a backup of the store or the catalog",
@@ -356,7 +360,13 @@ class ReplicaSet:
                 except StorageError as error:
                     self.mark_down(region, error)
         data_key, slots = self._choose_key(
-            kind, digest, known=known, reachable=reachable, stored=stored, what=what
+            kind,
+            digest,
+            known=known,
+            reachable=reachable,
+            stored=stored,
+            what=what,
+            can_reseal=seal is not None,
         )
         sources: list[Region] = []
         targets: list[Region] = []

@@ -769,7 +769,7 @@ class Registry:
 
     def verify_audit(self) -> AuditVerification:
         """Walk the tamper-evident audit chain (see `Catalog.verify_audit`)."""
-        return self.catalog.verify_audit()
+        return self.catalog.verify_audit(links_mac=self.store.audit_links_mac)
 
     def show(self, ref: str) -> VersionDetails:
         version = self.resolve(ref)
@@ -973,6 +973,7 @@ class Registry:
         quorum: int,
         progress: Progress,
     ) -> PushResult:
+        self._refuse_retired_keys()
         count = len(self.replicas.regions)
         total = sum(entry.size for entry in files)
         digest = manifest.digest
@@ -1102,6 +1103,19 @@ class Registry:
         )
         return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
 
+    def _refuse_retired_keys(self) -> None:
+        """A process still on the config.toml a key rotation replaced stores nothing: what it
+        would store could only be opened by a key about to be destroyed."""
+        own = {region.store.keys.kek_id for region in self.replicas.regions}
+        retired = sorted(own & self.catalog.retired_keys())
+        if retired:
+            raise ConflictError(
+                f"this process wraps data keys with {', '.join(retired)}, which a key rotation "
+                "retired; nothing was stored",
+                hint="this process still reads the old config.toml: restart it, then run the "
+                "same command again",
+            )
+
     def _commit_recorded(
         self, recorded: Sequence[Region], digest: str, push_id: str, new: NewVersion
     ) -> tuple[VersionRecord, bool]:
@@ -1109,7 +1123,9 @@ class Registry:
         or fails, its version record is voided, so a rebuild never takes it for a version."""
         try:
             version, created = self.catalog.commit_version(new)
-        except BaseException:
+        except ConflictError:
+            # Refused inside the transaction: certainly nothing committed. Any other failure
+            # (a connection lost at COMMIT) may have committed: the record stays.
             self._void_records(recorded, digest, push_id)
             raise
         if not created:
@@ -2173,6 +2189,22 @@ class Registry:
             journal.log.warning("the journal was not copied out: %s", error)
             return journal.status(self.catalog, [name for name, _ in self._journal_stores()])
 
+    @_journaled
+    def new_journal_epoch(self) -> str:
+        """Make this catalog's journal the newest in the stores (a new epoch, later than any
+        they hold, written whole by the drain that follows): for a catalog restored from a
+        backup older than a rebuild, once it is certain that this is the catalog to keep."""
+        self._require(ADMIN, "start a journal epoch")
+        newest = None
+        for _name, store in self._journal_stores():
+            found, _segments = journal.epochs(store)
+            if found and (newest is None or found[-1].started_at > newest):
+                newest = found[-1].started_at
+        self._journal_checked = float("-inf")
+        return self.catalog.start_journal_epoch(
+            reason="started by an operator", actor=self.actor, after=newest
+        )
+
     def journal_status(self) -> list[journal.RegionJournal]:
         return journal.status(self.catalog, [name for name, _ in self._journal_stores()])
 
@@ -2763,6 +2795,15 @@ class Registry:
         under the new key, then the old slots are retired and the old key leaves config.toml.
         No data is re-encrypted. Interrupted, it runs again from where it stopped."""
         self._require(ADMIN, "rotate keys")
+        missing = [str(p) for p in self.settings.previous_kek_files if not p.exists()]
+        if missing:
+            raise KeyAccessError(
+                f"the rotation cannot finish: previous key file {', '.join(missing)} is gone, "
+                "and objects whose only slot is under it cannot be re-wrapped",
+                hint="restore the file from its backup and run `keys rotate` again; if it is lost "
+                "for good, remove it from keys.previous_kek_files in config.toml (what only it "
+                "opened stays unreadable)",
+            )
         bar = progress or _NoProgress()
         started = time.monotonic()
         targets, created = self._start_rotation(to, region=region)
@@ -2924,6 +2965,8 @@ class Registry:
                     config["keys"]["previous_kek_files"] = [
                         p for p in dict.fromkeys(old) if Path(p) != path
                     ]
+        # A key rotated away from once may be rotated back to: it wraps again from now on.
+        self.catalog.unretire_key(new_id)
         self._reload_keys()
         if any(r.store.keys.kek_id != new_id for r in current):
             raise ConfigurationError("config.toml did not take the new key", hint="check it")

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, select, text
 
 from cli.main import main
 from registry import journal
+from registry.blobstore import BlobStore
 from registry.catalog.journal import REDACTED_DETAILS
 from registry.catalog.models import Base
 from registry.catalog.repository import Catalog
@@ -172,9 +173,10 @@ def test_a_lost_catalog_is_rebuilt_identical_from_the_secondary_region(
         assert (
             after["journal_entries"][: len(before["journal_entries"])] == before["journal_entries"]
         )
+        # The token links pass only with the registry's key (the rebuild's MAC over them):
+        # the bare catalog cannot tell them from disguised entries.
         catalog = Catalog(create_engine(new))
-        verification = catalog.verify_audit()
-        assert verification.ok and verification.links_only == 2
+        assert not catalog.verify_audit().ok
         catalog.close()
         # The rebuilt catalog is the registry's: aliases resolve, loads verify, numbers go on.
         if not new.startswith("sqlite"):
@@ -225,7 +227,7 @@ def test_a_crash_between_the_commit_and_the_journal_write_loses_nothing(
         real = Catalog.set_journal_mark
         with monkeypatch.context() as patch:
 
-            def crash(self: Catalog, region: str, seq: int) -> None:
+            def crash(self: Catalog, epoch: str, region: str, seq: int) -> None:
                 raise StorageError("killed")
 
             patch.setattr(Catalog, "set_journal_mark", crash)
@@ -234,7 +236,8 @@ def test_a_crash_between_the_commit_and_the_journal_write_loses_nothing(
         monkeypatch.setattr(Catalog, "set_journal_mark", real)
         result = _cli("catalog", "journal", "--json")
         assert result.exit_code == 0 and all(r["behind"] == 2 for r in json.loads(result.stdout))
-        assert all(r["lag_seconds"] >= 0 for r in json.loads(result.stdout))
+        # The oldest entry each region lacks was committed before this command ran.
+        assert all(r["lag_seconds"] > 0 for r in json.loads(result.stdout))
         registry.hold(first.version.ref, reason="keep")  # the next change drains everything
         assert all(s.behind == 0 for s in registry.journal_status())
         # A push committed whose journal entry never left the database, then the catalog lost.
@@ -607,3 +610,157 @@ def test_audit_verify_trusts_only_the_links_a_rebuild_named(
         )
     verification = catalog.verify_audit()
     assert not verification.ok and verification.first_bad == target
+
+
+def test_a_forged_rebuild_entry_cannot_pass_a_disguised_entry_off_as_a_link(
+    two_regions: Registry,
+) -> None:
+    catalog = two_regions.catalog
+    with catalog.engine.begin() as connection:
+        target = connection.execute(
+            text("SELECT id FROM audit_events WHERE action = 'delete'")
+        ).scalar_one()
+        connection.execute(
+            text(
+                "UPDATE audit_events SET action = 'token-revoke', actor = '', "
+                "subject = 'registry', details = :d WHERE id = :i"
+            ),
+            {"d": REDACTED_DETAILS, "i": target},
+        )
+    # A database writer appends a rebuild entry naming it (the chain hash is theirs to compute).
+    catalog.audit("intruder", "catalog-rebuild", "registry", {"links": [target], "links_mac": "0"})
+    verification = two_regions.verify_audit()
+    assert not verification.ok and verification.first_bad == target
+
+
+def test_journal_marks_belong_to_their_epoch_and_one_divergence_starts_one_epoch(
+    home: Path, tmp_path: Path
+) -> None:
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        catalog = registry.catalog
+        first = catalog.journal_epoch().epoch
+        second = catalog.start_journal_epoch(reason="test", actor="t", replacing=first)
+        # A second process that found the same divergence starts nothing more.
+        assert catalog.start_journal_epoch(reason="test", actor="t", replacing=first) == second
+        assert catalog.journal_epoch().epoch == second
+        # A drain that began in the first epoch cannot move a mark of the second.
+        catalog.set_journal_mark(first, "region-1", 5)
+        assert catalog.journal_marks() == {}
+        states = registry.drain_journal()
+        assert all(s.behind == 0 and not s.error for s in states)
+        for region in registry.replicas.regions:
+            read = journal.read(region.store)
+            assert read.epoch is not None and read.epoch.epoch == second
+            assert read.entries[-1].seq == catalog.journal_head()[0]
+
+
+def test_an_interrupted_rewrite_is_never_taken_for_the_journal(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalog restored from a backup rewrites its journal under a new epoch; region-1's
+    rewrite stops after one segment. That region's newest epoch is then not a journal: a
+    rebuild from it is refused, one from region-2 (whole) works and is not refused for it."""
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        registry.set_retention("org/x", keep_last=4)
+        database = Path(registry.settings.catalog_url.split("///", 1)[1])
+    shutil.copy(database, tmp_path / "backup.db")
+    with Registry.open(home) as registry:
+        registry.promote("org/x@1", "production")
+    shutil.copy(tmp_path / "backup.db", database)
+    real = BlobStore.put_journal_segment
+    calls = {"n": 0}
+
+    def one_then_fail(self: BlobStore, epoch: str, first: int, last: int, data: bytes) -> bool:
+        if "region-a" in str(getattr(self.driver, "root", "")):
+            calls["n"] += 1
+            if calls["n"] > 1:
+                raise StorageError("region-1 went away")
+        return real(self, epoch, first, last, data)
+
+    with Registry.open(home) as registry:
+        with monkeypatch.context() as patch:
+            patch.setattr(journal, "SEGMENT_ENTRIES", 1)
+            patch.setattr(BlobStore, "put_journal_segment", one_then_fail)
+            registry.hold("org/x@1", reason="audit")
+        states = {s.region: s for s in registry.journal_status()}
+        assert states["region-1"].behind > 0 and states["region-2"].behind == 0
+        current = _dump(registry.settings.catalog_url)
+        with monkeypatch.context() as patch:
+            patch.setattr(Registry, "drain_journal", lambda self: [])
+            _old, new = _lose_catalog(registry, tmp_path)
+    refused = _cli("catalog", "rebuild", "--from", "region-1")
+    assert refused.exit_code == 6 and "rewrite was interrupted" in refused.output
+    assert not Path(new.split("///", 1)[1]).exists()
+    result = _cli("catalog", "rebuild", "--from", "region-2", "--json")
+    assert result.exit_code == 0, result.output
+    rebuilt = _dump(new)
+    for name in ("aliases", "legal_holds", "retention_policies"):
+        assert rebuilt[name] == current[name], name
+    assert rebuilt["legal_holds"] and not rebuilt["aliases"]
+
+
+def test_a_rebuild_stopped_while_writing_its_journal_leaves_its_catalog(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        registry.promote("org/x@1", "production")
+        _old, new = _lose_catalog(registry, tmp_path)
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(journal, "drain", killed)
+        assert _cli("catalog", "rebuild", "--from", "region-2").exit_code == 130
+    assert Path(new.split("///", 1)[1]).exists()  # committed and in place
+    with Registry.open(home) as registry:
+        assert registry.resolve("org/x:production").number == 1
+        registry.drain_journal()
+        assert all(s.behind == 0 and not s.error for s in registry.journal_status())
+
+
+def test_a_catalog_restored_from_before_a_rebuild_adopts_the_stores_with_a_new_epoch(
+    home: Path, tmp_path: Path
+) -> None:
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        database = Path(registry.settings.catalog_url.split("///", 1)[1])
+    shutil.copy(database, tmp_path / "backup.db")
+    database.unlink()
+    assert _cli("catalog", "rebuild", "--from", "region-2").exit_code == 0
+    database.unlink()
+    shutil.copy(tmp_path / "backup.db", database)
+    stuck = _cli("catalog", "journal", "--drain")
+    assert stuck.exit_code == 9 and "newer journal epoch" in stuck.output
+    adopted = _cli("catalog", "journal", "--new-epoch", "--json")
+    assert adopted.exit_code == 0, adopted.output
+    assert all(r["behind"] == 0 and not r["error"] for r in json.loads(adopted.stdout))
+
+
+def test_a_commit_whose_outcome_is_unknown_keeps_its_version_record(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry, monkeypatch.context() as patch:
+        real = registry.catalog.commit_version
+
+        def lost_acknowledgement(new: Any) -> Any:
+            real(new)
+            raise StorageError("connection lost at COMMIT")
+
+        patch.setattr(registry.catalog, "commit_version", lost_acknowledgement)
+        patch.setattr(Registry, "drain_journal", lambda self: [])
+        with pytest.raises(StorageError):
+            registry.push("org/x", _model(tmp_path, 1), message="did it land?")
+        _lose_catalog(registry, tmp_path)
+    assert not list((tmp_path / "region-b" / "objects" / "records").rglob("*.void"))
+    result = _cli("catalog", "rebuild", "--from", "region-2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["restored_from_version_records"] == ["org/x@1"]

@@ -247,3 +247,58 @@ def test_a_kms_key_that_cannot_be_used_is_refused_before_anything_changes(
     assert (home / "config.toml").read_text() == before
     with Registry.open(home) as registry:
         assert registry.push("org/ok", make_model(tmp_path / "m", shards=1, shard_size=9_000))
+
+
+def test_what_a_refused_stale_writer_left_behind_does_not_block_the_retry(
+    pushed: dict[str, Path], home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale process is refused before it stores anything; and objects one did store (it
+    got past the check just before the rotation) are sealed anew by the restarted push."""
+    late = make_model(tmp_path / "late", shards=1, shard_size=9_000, seed=12)
+    shard = next(late.glob("*.safetensors"))
+    stale = Registry.open(home)
+    try:
+        assert _cli("keys", "rotate", "--to", str(tmp_path / "new.key"), "-q").exit_code == 0
+        with pytest.raises(ConflictError, match="nothing was stored"):
+            stale.push("org/late", shard)
+        with monkeypatch.context() as patch:
+            patch.setattr(Registry, "_refuse_retired_keys", lambda self: None)
+            with pytest.raises(ConflictError, match="retired"):
+                stale.push("org/late", shard)  # stored, then refused at the commit
+    finally:
+        stale.close()
+    (home / "keys" / "kek.key").unlink()
+    with Registry.open(home) as registry:
+        pushed_again = registry.push("org/late", shard)
+        assert pushed_again.created and pushed_again.uploaded_bytes == shard.stat().st_size
+        registry.pull("org/late@1", tmp_path / "late-out")
+        assert (tmp_path / "late-out" / shard.name).read_bytes() == shard.read_bytes()
+        assert registry.verify("org/late@1", read_data=True).ok
+
+
+def test_a_rotation_back_to_a_retired_key_works(
+    pushed: dict[str, Path], home: Path, tmp_path: Path
+) -> None:
+    first = home / "keys" / "kek.key"
+    kept = tmp_path / "kek-original.key"
+    kept.write_bytes(first.read_bytes())
+    kept.chmod(0o600)
+    assert _cli("keys", "rotate", "--to", str(tmp_path / "k2.key"), "-q").exit_code == 0
+    back = _cli("keys", "rotate", "--to", str(kept), "--json", "-q")
+    assert back.exit_code == 0, back.output
+    with Registry.open(home) as registry:
+        assert registry.push("org/again", make_model(tmp_path / "a", shards=1, shard_size=9_000))
+        _loads_everything(registry, pushed, tmp_path / "back")
+
+
+def test_a_rotation_whose_old_key_file_is_gone_says_so(
+    pushed: dict[str, Path], home: Path, tmp_path: Path
+) -> None:
+    with Registry.open(home) as registry:
+        registry.checkpoints["rotate-object"] = lambda: (_ for _ in ()).throw(PowerCutError())
+        with pytest.raises(PowerCutError):
+            registry.rotate_keys(str(tmp_path / "new.key"))
+    (home / "keys" / "kek.key").unlink()
+    result = _cli("keys", "rotate", "--to", str(tmp_path / "new.key"))
+    assert result.exit_code == KeyAccessError.exit_code
+    assert "is gone" in result.output and "previous_kek_files" in result.output

@@ -38,11 +38,13 @@ def upgrade() -> None:
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("parent", sa.String(length=32), nullable=True),
         sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("base", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("epoch"),
     )
     op.create_table(
         "journal_marks",
         sa.Column("region", sa.String(length=32), nullable=False),
+        sa.Column("epoch", sa.String(length=32), nullable=False),
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("region"),
@@ -55,10 +57,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("kek_id"),
     )
     now = datetime.now(UTC)
-    op.bulk_insert(
-        epochs, [{"epoch": uuid.uuid4().hex, "started_at": now, "parent": None, "reason": "new"}]
-    )
     bodies = snapshot(op.get_bind())
+    op.bulk_insert(
+        epochs,
+        [
+            {
+                "epoch": uuid.uuid4().hex,
+                "started_at": now,
+                "parent": None,
+                "reason": "new",
+                "base": 0,
+            }
+        ],
+    )
     op.bulk_insert(
         entries, [{"seq": seq, "at": now, "body": body} for seq, body in enumerate(bodies, 1)]
     )

@@ -315,6 +315,9 @@ class JournalEpoch(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     parent: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str] = mapped_column(Text, default="")
+    # The catalog's last entry when the epoch began: a region's copy of the epoch is whole
+    # (usable) only from there on; below it the rewrite is still in progress.
+    base: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JournalMark(Base):
@@ -324,6 +327,9 @@ class JournalMark(Base):
     __tablename__ = "journal_marks"
 
     region: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # Marks of an epoch count only while it is the current one: a drain that began in an
+    # earlier epoch cannot move a mark of the next.
+    epoch: Mapped[str] = mapped_column(String(32))
     seq: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

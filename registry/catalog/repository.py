@@ -6,6 +6,7 @@ caller can lazily touch the database outside a transaction.
 
 from __future__ import annotations
 
+import hmac
 import json
 import random
 import time
@@ -280,6 +281,14 @@ class AuditVerification:
     head: str
     # Token events restored by a catalog rebuild: links whose content the journal never held.
     links_only: int = 0
+
+
+@dataclass(frozen=True)
+class JournalEpochRecord:
+    epoch: str
+    started_at: datetime
+    parent: str | None
+    base: int
 
 
 @dataclass(frozen=True)
@@ -681,14 +690,18 @@ class Catalog:
 
         return self._retrying(work, what=f"push {new.name}")
 
-    def verify_audit(self) -> AuditVerification:
+    def verify_audit(
+        self, *, links_mac: Callable[[Sequence[tuple[int, str]]], str] | None = None
+    ) -> AuditVerification:
         """Walk the audit chain from the first entry: every entry's hash must match its content
         and the previous entry's hash. Names the first entry where that fails (an edited entry,
-        or one whose predecessor was deleted, inserted or moved)."""
+        or one whose predecessor was deleted, inserted or moved). Token events a rebuild
+        restored as links are taken on trust only when the rebuild's entry names them with a
+        MAC that `links_mac` (the registry's key) confirms."""
         with self._read() as session:
             prev = GENESIS
             checked = links_only = 0
-            links = _restored_links(session)
+            links = _restored_links(session, links_mac)
             rows = session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars()
             for event in rows.yield_per(1000):
                 if event.prev_hash != prev:
@@ -758,55 +771,70 @@ class Catalog:
             )
 
     def journal_marks(self) -> dict[str, int]:
-        """How far each region's journal goes (a region never written: absent)."""
+        """How far each region's journal goes in the current epoch (never written: absent)."""
         with self._read() as session:
-            return {row.region: row.seq for row in session.scalars(select(JournalMark))}
+            current = _current_epoch(session)
+            return {
+                row.region: row.seq
+                for row in session.scalars(select(JournalMark))
+                if row.epoch == current.epoch
+            }
 
-    def set_journal_mark(self, region: str, seq: int, *, exactly: bool = False) -> None:
-        """Record that `region` holds every entry up to `seq`: marks only advance, unless
-        `exactly` (the store was found to hold less, and the rest is written again)."""
+    def set_journal_mark(self, epoch: str, region: str, seq: int, *, exactly: bool = False) -> None:
+        """Record that `region` holds every entry up to `seq` of `epoch`: marks only advance,
+        unless `exactly` (the store was found to hold less, and the rest is written again). A
+        mark of an epoch that is no longer the current one is ignored."""
 
         def work(session: Session) -> None:
+            if _current_epoch(session).epoch != epoch:
+                return
             row = session.get(JournalMark, region)
-            if row is None:
-                session.add(JournalMark(region=region, seq=seq, updated_at=utcnow()))
+            if row is None or row.epoch != epoch:
+                if row is not None:
+                    session.delete(row)
+                    session.flush()
+                session.add(JournalMark(region=region, epoch=epoch, seq=seq, updated_at=utcnow()))
             elif seq > row.seq or (exactly and seq != row.seq):
                 row.seq = seq
                 row.updated_at = utcnow()
 
         self._retrying(work, what=f"journal mark of {region}")
 
-    def journal_epoch(self) -> tuple[str, datetime]:
-        """The current epoch of the journal in the stores, and when it started."""
+    def journal_epoch(self) -> JournalEpochRecord:
+        """The current epoch of the journal in the stores."""
         with self._read() as session:
-            row = session.scalars(
-                select(JournalEpoch).order_by(JournalEpoch.started_at.desc()).limit(1)
-            ).first()
-            if row is None:
-                raise StorageError("the catalog has no journal epoch (an incomplete migration)")
-            return row.epoch, row.started_at
+            row = _current_epoch(session)
+            return JournalEpochRecord(row.epoch, row.started_at, row.parent, row.base)
 
-    def journal_epoch_parent(self) -> str | None:
-        """The epoch the current one follows (None for a catalog's first)."""
-        with self._read() as session:
-            return session.scalars(
-                select(JournalEpoch.parent).order_by(JournalEpoch.started_at.desc()).limit(1)
-            ).first()
-
-    def start_journal_epoch(self, *, reason: str, actor: str) -> str:
+    def start_journal_epoch(
+        self,
+        *,
+        reason: str,
+        actor: str,
+        replacing: str | None = None,
+        after: datetime | None = None,
+    ) -> str:
         """Begin a new epoch: every region's journal is written again from the first entry,
-        under a new name (what the stores hold of earlier epochs stays as it is)."""
+        under a new name (what the stores hold of earlier epochs stays as it is). With
+        `replacing`, only if that is still the current epoch (two processes that found the same
+        divergence start one epoch, not two); it starts later than `after` and than every
+        epoch the catalog knows, whatever the clock says."""
 
         def work(session: Session) -> str:
-            parent = session.scalars(
-                select(JournalEpoch.epoch).order_by(JournalEpoch.started_at.desc()).limit(1)
-            ).first()
-            now = utcnow()
-            latest = session.scalar(select(func.max(JournalEpoch.started_at)))
-            if latest is not None and now <= latest:
-                now = latest + timedelta(microseconds=1)  # a later start, whatever the clock
+            current = _current_epoch(session)
+            if replacing is not None and current.epoch != replacing:
+                return current.epoch
+            now = max(
+                [utcnow(), current.started_at + timedelta(microseconds=1)]
+                + ([after + timedelta(microseconds=1)] if after is not None else [])
+            )
             epoch = uuid.uuid4().hex
-            session.add(JournalEpoch(epoch=epoch, started_at=now, parent=parent, reason=reason))
+            base = session.scalar(select(func.max(JournalEntry.seq))) or 0
+            session.add(
+                JournalEpoch(
+                    epoch=epoch, started_at=now, parent=current.epoch, reason=reason, base=base
+                )
+            )
             session.execute(delete(JournalMark))
             append_audit(
                 session,
@@ -814,11 +842,25 @@ class Catalog:
                 actor=actor,
                 action="journal-epoch",
                 subject="registry",
-                details=_details({"epoch": epoch, "parent": parent, "reason": reason}),
+                details=_details({"epoch": epoch, "parent": current.epoch, "reason": reason}),
             )
             return epoch
 
         return self._retrying(work, what="start a journal epoch")
+
+    def retired_keys(self) -> set[str]:
+        with self._read() as session:
+            return set(session.scalars(select(RetiredKey.kek_id)))
+
+    def unretire_key(self, kek_id: str) -> None:
+        """A retired key becomes usable again (a rotation back to it)."""
+
+        def work(session: Session) -> None:
+            row = session.get(RetiredKey, kek_id)
+            if row is not None:
+                session.delete(row)
+
+        self._retrying(work, what="unretire a key")
 
     def retire_keys(self, kek_ids: Sequence[str], *, actor: str) -> None:
         """From now on no key slot under these keys is recorded (commits carrying one fail)."""
@@ -1658,20 +1700,43 @@ class Catalog:
 DEFAULT_POLICY = "*"
 
 
-def _restored_links(session: Session) -> set[int]:
+def _current_epoch(session: Session) -> JournalEpoch:
+    row = session.scalars(
+        select(JournalEpoch).order_by(JournalEpoch.started_at.desc()).limit(1)
+    ).first()
+    if row is None:
+        raise StorageError("the catalog has no journal epoch (an incomplete migration)")
+    return row
+
+
+def _restored_links(
+    session: Session, links_mac: Callable[[Sequence[tuple[int, str]]], str] | None
+) -> set[int]:
     """Audit entries a catalog rebuild restored as chain links only (token events, whose
-    content the journal never holds): named in a later `catalog-rebuild` entry, which the
-    chain covers, so no other entry can pass for one."""
+    content the journal never holds): named in a later `catalog-rebuild` entry whose MAC over
+    their ids and hashes checks, so no database writer can pass an entry off as one."""
+    if links_mac is None:
+        return set()
     links: set[int] = set()
     rows = session.execute(
         select(AuditEvent.id, AuditEvent.details).where(AuditEvent.action == "catalog-rebuild")
     )
     for event_id, details in rows:
         try:
-            named = json.loads(details).get("links", [])
-        except (ValueError, AttributeError):
+            raw = json.loads(details)
+            named = [int(i) for i in raw.get("links", []) if int(i) < event_id]
+            mac = str(raw.get("links_mac", ""))
+        except (ValueError, AttributeError, TypeError):
             continue
-        links.update(int(i) for i in named if isinstance(i, int) and i < event_id)
+        hashes = {
+            row.id: row.hash
+            for row in session.execute(
+                select(AuditEvent.id, AuditEvent.hash).where(AuditEvent.id.in_(named))
+            )
+        }
+        pairs = [(i, hashes.get(i, "")) for i in named]
+        if named and hmac.compare_digest(links_mac(pairs), mac):
+            links.update(named)
     return links
 
 
@@ -1918,7 +1983,10 @@ def _version_row(session: Session, record: VersionRecord) -> Version:
 def _add_slots(
     session: Session, slots: Sequence[tuple[str, str, WrappedKey]], now: datetime
 ) -> None:
-    keks = sorted({slot.kek_id for _digest, _purpose, slot in slots})
+    # Only slots not recorded yet: an old slot a rotation has not retired from the catalog
+    # yet may be passed along with a new one, and is no new use of the old key.
+    fresh = [s for s in slots if session.get(KeySlot, (s[0], s[1], s[2].kek_id)) is None]
+    keks = sorted({slot.kek_id for _digest, _purpose, slot in fresh})
     if keks:
         retired = session.scalars(select(RetiredKey.kek_id).where(RetiredKey.kek_id.in_(keks)))
         for kek_id in retired:
