@@ -54,7 +54,12 @@ from registry.catalog.models import (
     VersionFile,
     utcnow,
 )
-from registry.catalog.repository import Catalog, append_audit
+from registry.catalog.repository import (
+    Catalog,
+    FileRecord,
+    NewVersion,
+    add_version,
+)
 from registry.config import RegionSettings, Settings
 from registry.crypto.keys import KeyProvider, WrappedKey, read_key_file
 from registry.errors import (
@@ -586,56 +591,37 @@ def _restore_records(
                 blob.chunk_size = header.chunk_size
                 blob.created_at = now
                 blob.swept_at = None
-        number = (
-            session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
-            or 0
-        ) + 1
-        version = Version(
-            model_id=model.id,
-            number=number,
-            digest=record.digest,
-            manifest_object=record.object_name,
-            message=record.message,
-            created_at=now,
-            created_by=record.pushed_by,
-            signed_by=record.signed_by,
-            file_count=len(manifest.files),
-            total_size=manifest.total_size,
-            tensor_count=manifest.tensor_count,
-            parameter_count=manifest.parameter_count,
-            dtypes=",".join(manifest.dtypes),
-        )
-        session.add(version)
-        session.flush()
-        for entry in manifest.files:
-            session.add(
-                VersionFile(
-                    version_id=version.id,
-                    path=entry.path,
-                    size=entry.size,
-                    digest=entry.digest,
-                    tensor_count=0 if entry.safetensors is None else len(entry.safetensors.tensors),
-                )
-            )
-        append_audit(
+        version = add_version(
             session,
-            at=now,
-            actor=record.pushed_by,
-            action="push",
-            subject=record.model,
-            details=json.dumps(
-                {
-                    "version": number,
-                    "digest": record.digest,
-                    "files": len(manifest.files),
-                    "bytes": manifest.total_size,
-                    "restored_from": record.name,
-                },
-                sort_keys=True,
-                separators=(",", ":"),
+            model,
+            NewVersion(
+                name=record.model,
+                digest=record.digest,
+                manifest_object=record.object_name,
+                manifest_slots=(),
+                message=record.message,
+                actor=record.pushed_by,
+                signed_by=record.signed_by,
+                total_size=manifest.total_size,
+                tensor_count=manifest.tensor_count,
+                parameter_count=manifest.parameter_count,
+                dtypes=manifest.dtypes,
+                files=[
+                    FileRecord(
+                        entry.path,
+                        entry.size,
+                        entry.digest,
+                        0 if entry.safetensors is None else len(entry.safetensors.tensors),
+                    )
+                    for entry in manifest.files
+                ],
+                blobs=(),
             ),
+            at=now,
+            restored_from=record.name,
         )
         session.flush()
+        number = version.number
         report.from_records.append(f"{record.model}@{number}")
 
 

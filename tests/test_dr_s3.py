@@ -18,13 +18,9 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from click.testing import CliRunner
-from sqlalchemy import create_engine, select
 
-from cli.main import main
 from registry import journal
 from registry.blobstore import BLOB, MANIFEST
-from registry.catalog.models import Base
 from registry.errors import RetentionError
 from registry.replication import VERIFIED
 from registry.service import Registry
@@ -32,45 +28,12 @@ from registry.storage.lock import COMPLIANCE
 from registry.storage.s3 import S3Driver
 from registry.testing.models import make_model
 from tests.conftest import LOCKED_BUCKET, tree
+from tests.test_rebuild import RESTORED, _cli, _dump
 
 PREFIX = "vault"
 S3_REGION = "vault"
 LOCAL_REGION = "region-1"
 STORE = f"s3://{LOCKED_BUCKET}/{PREFIX}?region=us-east-1&retention_days=1&name={S3_REGION}"
-# The catalog rows a rebuild restores (tests/test_rebuild.py), less the columns that say when a
-# row was written (a rebuild writes them anew).
-RESTORED = (
-    "models",
-    "blobs",
-    "versions",
-    "version_files",
-    "aliases",
-    "alias_moves",
-    "legal_holds",
-    "retention_policies",
-    "key_slots",
-    "placements",
-)
-VOLATILE = {"key_slots": {"created_at"}, "placements": {"updated_at", "detail"}}
-
-
-def _cli(*args: str) -> Any:
-    return CliRunner().invoke(main, list(args))
-
-
-def _dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            tables = {}
-            for name in RESTORED:
-                table = Base.metadata.tables[name]
-                columns = [c for c in table.columns if c.name not in VOLATILE.get(name, set())]
-                rows = connection.execute(select(*columns).order_by(*table.primary_key.columns))
-                tables[name] = [tuple(row) for row in rows]
-            return tables
-    finally:
-        engine.dispose()
 
 
 def _keys(client: Any, under: str) -> list[str]:

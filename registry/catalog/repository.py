@@ -638,52 +638,7 @@ class Catalog:
             if existing is not None:
                 return _version_record(existing), False
             session.flush()
-            number = (
-                session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id))
-                or 0
-            ) + 1
-            version = Version(
-                model=model,
-                number=number,
-                digest=new.digest,
-                manifest_object=new.manifest_object,
-                message=new.message,
-                created_at=now,
-                created_by=new.actor,
-                signed_by=new.signed_by,
-                file_count=len(new.files),
-                total_size=new.total_size,
-                tensor_count=new.tensor_count,
-                parameter_count=new.parameter_count,
-                dtypes=",".join(new.dtypes),
-            )
-            session.add(version)
-            session.flush()
-            for entry in new.files:
-                session.add(
-                    VersionFile(
-                        version_id=version.id,
-                        path=entry.path,
-                        size=entry.size,
-                        digest=entry.digest,
-                        tensor_count=entry.tensor_count,
-                    )
-                )
-            append_audit(
-                session,
-                at=now,
-                actor=new.actor,
-                action="push",
-                subject=new.name,
-                details=_details(
-                    {
-                        "version": number,
-                        "digest": new.digest,
-                        "files": len(new.files),
-                        "bytes": new.total_size,
-                    }
-                ),
-            )
+            version = add_version(session, model, new, at=now)
             session.flush()
             session.refresh(version, ["files"])
             return _version_record(version), True
@@ -1966,6 +1921,53 @@ def append_audit(
         prev, id=event.id, at=at, actor=actor, action=action, subject=subject, details=details
     )
     session.flush()
+
+
+def add_version(
+    session: Session, model: Model, new: NewVersion, *, at: datetime, **audit: Any
+) -> Version:
+    """Insert the next version of `model` with its files and its `push` audit entry, inside the
+    caller's transaction (`audit` adds fields to the entry's details)."""
+    number = (
+        session.scalar(select(func.max(Version.number)).where(Version.model_id == model.id)) or 0
+    ) + 1
+    version = Version(
+        model=model,
+        number=number,
+        digest=new.digest,
+        manifest_object=new.manifest_object,
+        message=new.message,
+        created_at=at,
+        created_by=new.actor,
+        signed_by=new.signed_by,
+        file_count=len(new.files),
+        total_size=new.total_size,
+        tensor_count=new.tensor_count,
+        parameter_count=new.parameter_count,
+        dtypes=",".join(new.dtypes),
+    )
+    session.add(version)
+    session.flush()
+    for entry in new.files:
+        session.add(
+            VersionFile(
+                version_id=version.id,
+                path=entry.path,
+                size=entry.size,
+                digest=entry.digest,
+                tensor_count=entry.tensor_count,
+            )
+        )
+    details = {"version": number, "digest": new.digest, "files": len(new.files)}
+    append_audit(
+        session,
+        at=at,
+        actor=new.actor,
+        action="push",
+        subject=new.name,
+        details=_details({**details, "bytes": new.total_size, **audit}),
+    )
+    return version
 
 
 def _version_row(session: Session, record: VersionRecord) -> Version:
