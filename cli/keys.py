@@ -118,3 +118,9 @@ def rotate(to: str, region: str | None, as_json: bool, quiet: bool) -> None:
         stdout.print(f"the old key can now be destroyed: {', '.join(report.retired)}")
     for kek in report.still_used:
         stdout.print(f"keep {kek}: other regions still use it")
+    if report.unrecoverable:
+        click.echo(
+            f"WARNING {report.unrecoverable} objects have slots only under a key whose file is "
+            "gone: nothing opens them (their slots are kept, should the key file be found)",
+            err=True,
+        )

@@ -341,8 +341,10 @@ def _reconcile(
             f"{newest.started_at:%Y-%m-%d %H:%M:%S} UTC) than this catalog's: another catalog "
             "writes this registry's stores, or this one was restored from a backup older than "
             "a rebuild",
-            hint="two catalogs must never serve one registry; if this catalog is the one to keep, "
-            "`model-registry catalog journal --new-epoch` makes its journal the newest",
+            hint="run the command again first (a drain that raced a new epoch reads it next "
+            "time); if it persists: two catalogs must never serve one registry, and if this "
+            "catalog is the one to keep, `model-registry catalog journal --new-epoch` makes its "
+            "journal the newest",
         )
     if epoch not in {e.epoch for e in found}:
         store.put_journal_start(epoch, encode_epoch(store.registry_id, current))

@@ -285,6 +285,8 @@ def _require_complete(
     losses: list[str] = []
     seen = [] if read.epoch is None else [read.epoch.started_at]
     seen += [epoch.started_at for epoch in read.older]
+    if read.incomplete is not None:
+        seen.append(read.incomplete.started_at)
     for region in others:
         try:
             found, segments = journal.epochs(region.store)
@@ -294,7 +296,7 @@ def _require_complete(
         if not found:
             continue
         seen += [epoch.started_at for epoch in found]
-        newer = read.epoch is not None and found[-1].started_at > read.epoch.started_at
+        newer = read.epoch is None or found[-1].started_at > read.epoch.started_at
         if newer and not journal.usable(found[-1], segments):
             losses.append(
                 f"{region.name} holds a newer journal epoch ({found[-1].epoch[:12]}) whose "

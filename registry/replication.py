@@ -217,17 +217,24 @@ class ReplicaSet:
         reachable: Sequence[Region],
         stored: set[str],
         what: str,
-        can_reseal: bool = False,
+        retired: frozenset[str] = frozenset(),
     ) -> tuple[bytes, dict[str, WrappedKey]]:
         """The data key an object is (or will be) sealed with: an existing slot's, or a new
         one whose slot won the first reachable region (a concurrent push's slot wins there).
-        With `can_reseal` (a push holding the verified file), a stored object no catalog row
-        knows and no configured key opens (an orphan, e.g. of a process refused for a retired
-        key) gets a new key: its copies then fail the key check and are sealed anew."""
+        Given the `retired` keys (a push holding the verified file), a stored object no catalog
+        row knows whose every slot, in every region, is under a retired key (an orphan of a
+        process refused after a key rotation) gets a new key: its copies then fail the key check
+        and are sealed anew."""
         try:
             return self.unwrap_any(kind, digest, known=known, what=what)
         except IntegrityError:
-            if stored and not (can_reseal and not known):
+            orphan = (
+                bool(retired)
+                and not known
+                and len(reachable) == len(self.regions)
+                and self._only_retired_slots(kind, digest, retired)
+            )
+            if stored and not orphan:
                 raise IntegrityError(
                     f"{what}: the stored object's key slot is lost; it cannot be decrypted",
                     hint="restore the slot from a backup of the store or the catalog",
@@ -255,6 +262,21 @@ class ReplicaSet:
             else f"{what}: no region is reachable",
             hint="check the regions (`model-registry regions status`)",
         )
+
+    def _only_retired_slots(self, kind: str, digest: str, retired: frozenset[str]) -> bool:
+        """Whether every region's slots of an object are under retired keys (and exist)."""
+        found = 0
+        for region in self.regions:
+            store = region.store
+            prefix = store.slot_name(kind, digest, "x").rsplit("/", 1)[0] + "/"
+            for info in store.driver.list(prefix):
+                if not info.name.rsplit("/", 1)[1].startswith(f"{kind}-"):
+                    continue
+                slot = WrappedKey.from_json(store.driver.get_range(info.name), what=info.name)
+                if slot.kek_id not in retired:
+                    return False
+                found += 1
+        return found > 0
 
     def _region_slot(
         self, region: Region, kind: str, digest: str, data_key: bytes, slots: dict[str, WrappedKey]
@@ -321,6 +343,7 @@ class ReplicaSet:
         size: int = 0,
         read_back: bool = True,
         suspect: frozenset[str] = frozenset(),
+        retired: frozenset[str] = frozenset(),
     ) -> Replicated:
         """Bring the object to every region (or those in `only`) and report each one's state.
 
@@ -366,7 +389,7 @@ class ReplicaSet:
             reachable=reachable,
             stored=stored,
             what=what,
-            can_reseal=seal is not None,
+            retired=retired if seal is not None else frozenset(),
         )
         sources: list[Region] = []
         targets: list[Region] = []

@@ -464,12 +464,15 @@ class RotationReport:
     seconds: float
     # Old keys other regions still use: their slots stay, and the key must not be destroyed.
     still_used: tuple[str, ...] = ()
+    # Objects whose only slots are under a key whose file is gone: nothing opens them.
+    unrecoverable: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "to": self.to,
             "retired": list(self.retired),
             "still_used": list(self.still_used),
+            "unrecoverable": self.unrecoverable,
             "regions": list(self.regions),
             "objects": self.objects,
             "slots_written": self.slots_written,
@@ -839,6 +842,9 @@ class Registry:
             on_progress=on_progress,
             read_back=read_back,
             suspect=suspect,
+            # A push may seal anew what only retired keys' slots open (another process's
+            # leftovers from before a key rotation).
+            retired=frozenset(self.catalog.retired_keys()) if seal is not None else frozenset(),
         )
 
     # -- push ------------------------------------------------------------------------------
@@ -2810,6 +2816,16 @@ class Registry:
         names = tuple(r.name for r in targets)
         new_id = targets[0].store.keys.kek_id
         old_ids = sorted({kek for r in targets for kek in r.store.keys.kek_ids if kek != new_id})
+        if new_id.startswith("local:"):
+            # A local key whose file is gone (dropped from previous_kek_files) is still one to
+            # retire: its slots are in the catalog, and a process that still has it must not
+            # write with it.
+            recorded = {
+                slot.kek_id for slots in self.catalog.slotted_objects().values() for slot in slots
+            }
+            old_ids = sorted(
+                set(old_ids) | {k for k in recorded if k.startswith("local:") and k != new_id}
+            )
         if not old_ids:
             return RotationReport(new_id, (), names, 0, 0, 0, 0, 0, created, 0.0)
         # A key another region still uses (one KMS key for two regions) keeps its slots there.
@@ -2825,6 +2841,7 @@ class Registry:
         retiring = [k for k in old_ids if k not in still_used]
         rewrapped = 0
         done: set[tuple[str, str]] = set()
+        unrecoverable: set[tuple[str, str]] = set()
         # Twice: once for everything, then, after the old keys are retired in the catalog (from
         # then on a commit carrying a slot under them fails, as from a process that still runs
         # on the old config.toml), once more for what such a process committed meanwhile.
@@ -2837,13 +2854,17 @@ class Registry:
                 if any(slot.kek_id in old_ids for slot in slots)
             }
             bar.begin("adding key slots", len(pending))
-            rewrapped += self._rewrap(pending, targets, new_id, progress=bar)
+            rewrapped += self._rewrap(
+                pending, targets, new_id, progress=bar, unrecoverable=unrecoverable
+            )
             bar.end()
             done.update(pending)
         lacking = [
             key
             for key, slots in self.catalog.slotted_objects().items()
-            if any(s.kek_id in old_ids for s in slots) and all(s.kek_id != new_id for s in slots)
+            if any(s.kek_id in old_ids for s in slots)
+            and all(s.kek_id != new_id for s in slots)
+            and key not in unrecoverable
         ]
         if lacking:
             raise ConflictError(
@@ -2852,8 +2873,11 @@ class Registry:
             )
         for target in targets:
             target.store.wrap_naming_key()
-        deleted, kept = self._retire_slot_objects(sorted(done), targets, retiring)
-        dropped = self.catalog.drop_key_slots(retiring)
+        # What no key opens any more keeps its old slots (in the catalog and the stores): they
+        # are what a key file found again would open.
+        moved = sorted(done - unrecoverable)
+        deleted, kept = self._retire_slot_objects(moved, targets, retiring)
+        dropped = self.catalog.drop_key_slots(retiring, objects=moved)
         self._finish_rotation(targets)
         report = RotationReport(
             new_id,
@@ -2867,6 +2891,7 @@ class Registry:
             created,
             time.monotonic() - started,
             tuple(still_used),
+            len(unrecoverable),
         )
         self.catalog.audit(self.actor, "key-rotate", "registry", report.to_dict())
         return report
@@ -3010,15 +3035,30 @@ class Registry:
         new_id: str,
         *,
         progress: Progress,
+        unrecoverable: set[tuple[str, str]],
     ) -> int:
         """A slot under the new key in the catalog and in every target region for each object
-        (already there: skipped, which is what makes a rerun resume). Returns slots written."""
+        (already there: skipped, which is what makes a rerun resume). Returns slots written;
+        objects no configured key opens any more (their key file was lost) go to
+        `unrecoverable`, untouched."""
         written = 0
         batch: list[tuple[str, str, WrappedKey]] = []
         held = self.catalog.held_objects()
         for (digest, kind), slots in pending.items():
             what = f"{kind} {digest[:19]}"
             slot = next((s for s in slots if s.kek_id == new_id), None)
+            usable_keys = set(targets[0].store.keys.kek_ids)
+            if slot is None and not any(s.kek_id in usable_keys for s in slots):
+                # No old key left to open it: a new slot a run before this one wrote is all.
+                for target in targets:
+                    stored_slot = target.store.read_slot(kind, digest, what=what)
+                    if stored_slot is not None and stored_slot.kek_id == new_id:
+                        slot = stored_slot
+                        break
+                if slot is None:
+                    unrecoverable.add((digest, kind))
+                    progress.advance(1)
+                    continue
             data_key: bytes | None = None
             for target in targets:
                 store = target.store

@@ -298,7 +298,32 @@ def test_a_rotation_whose_old_key_file_is_gone_says_so(
         registry.checkpoints["rotate-object"] = lambda: (_ for _ in ()).throw(PowerCutError())
         with pytest.raises(PowerCutError):
             registry.rotate_keys(str(tmp_path / "new.key"))
+    with Registry.open(home) as registry:
+        old_id = registry.keys.kek_ids[1]
+        objects = len(registry.catalog.slotted_objects())
     (home / "keys" / "kek.key").unlink()
     result = _cli("keys", "rotate", "--to", str(tmp_path / "new.key"))
     assert result.exit_code == KeyAccessError.exit_code
     assert "is gone" in result.output and "previous_kek_files" in result.output
+    # Lost for good: the operator drops it from config.toml, as the hint says. The rerun
+    # still retires it (a process that has it can write no more), and names what is lost.
+    config = home / "config.toml"
+    config.write_text(
+        "\n".join(
+            line for line in config.read_text().splitlines() if "previous_kek_files" not in line
+        )
+        + "\n"
+    )
+    result = _cli("keys", "rotate", "--to", str(tmp_path / "new.key"), "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["retired"] == [old_id]
+    assert report["unrecoverable"] == objects - 1  # the first got its new slot in time
+    with Registry.open(home) as registry:
+        assert old_id in registry.catalog.retired_keys()
+        kept = [
+            key
+            for key, slots in registry.catalog.slotted_objects().items()
+            if [s.kek_id for s in slots] == [old_id]
+        ]
+        assert len(kept) == objects - 1  # their old slots stay, should the key be found

@@ -1314,12 +1314,24 @@ class Catalog:
                 )
             return found
 
-    def drop_key_slots(self, kek_ids: Sequence[str]) -> int:
-        """Forget every slot under these key-encryption keys (a finished rotation)."""
+    def drop_key_slots(self, kek_ids: Sequence[str], *, objects: Sequence[tuple[str, str]]) -> int:
+        """Forget the slots under these key-encryption keys of these (digest, purpose) objects
+        (a finished rotation; an object left out keeps its slots)."""
 
         def work(session: Session) -> int:
-            result = session.execute(delete(KeySlot).where(KeySlot.kek_id.in_(list(kek_ids))))
-            return int(getattr(result, "rowcount", 0) or 0)
+            dropped = 0
+            for start in range(0, len(objects), 500):
+                digests = sorted({digest for digest, _purpose in objects[start : start + 500]})
+                wanted = set(objects[start : start + 500])
+                for row in session.scalars(
+                    select(KeySlot).where(
+                        KeySlot.kek_id.in_(list(kek_ids)), KeySlot.digest.in_(digests)
+                    )
+                ):
+                    if (row.digest, row.purpose) in wanted:
+                        session.delete(row)
+                        dropped += 1
+            return dropped
 
         return self._retrying(work, what="retire key slots")
 
@@ -1690,7 +1702,7 @@ def _restored_links(
             )
         }
         pairs = [(i, hashes.get(i, "")) for i in named]
-        if named and hmac.compare_digest(links_mac(pairs), mac):
+        if named and hmac.compare_digest(links_mac(pairs).encode(), mac.encode()):
             links.update(named)
     return links
 
