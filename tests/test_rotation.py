@@ -327,3 +327,40 @@ def test_a_rotation_whose_old_key_file_is_gone_says_so(
             if [s.kek_id for s in slots] == [old_id]
         ]
         assert len(kept) == objects - 1  # their old slots stay, should the key be found
+
+
+def test_a_kms_key_another_region_still_uses_is_not_retired(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with mock_aws():
+        client = boto3.client("kms", region_name="us-east-1")
+        shared = client.create_key()["KeyMetadata"]["Arn"]
+        new = client.create_key()["KeyMetadata"]["Arn"]
+        Registry.init(
+            home,
+            store=[
+                f"s3://rot-one?region=us-east-1&kms={shared}&name=one",
+                f"s3://rot-two?region=us-east-1&kms={shared}&name=two",
+            ],
+        )
+        model = make_model(tmp_path / "m", shards=1, shard_size=20_000, seed=21)
+        with Registry.open(home) as registry:
+            registry.push("org/shared", model)
+        result = _cli("keys", "rotate", "--to", new, "--region", "one", "--json", "-q")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["retired"] == [] and report["still_used"] == [f"aws-kms:{shared}"]
+        assert report["regions"] == ["one"] and report["slots_written"] == report["objects"]
+        again = _cli("keys", "rotate", "--to", new, "--region", "one")
+        assert again.exit_code == 0 and "nothing to rotate" in again.output
+        with Registry.open(home) as registry:
+            # Region two still wraps with the shared key: its slots stay recorded and usable.
+            keks = {
+                s.kek_id for slots in registry.catalog.slotted_objects().values() for s in slots
+            }
+            assert keks == {f"aws-kms:{shared}", f"aws-kms:{new}"}
+            assert f"aws-kms:{shared}" not in registry.catalog.retired_keys()
+            registry.push("org/later", make_model(tmp_path / "n", shards=1, shard_size=9_000))
+            _loads_everything(registry, {"org/shared@1": model}, tmp_path / "after")
