@@ -221,19 +221,25 @@ class ReplicaSet:
     ) -> tuple[bytes, dict[str, WrappedKey]]:
         """The data key an object is (or will be) sealed with: an existing slot's, or a new
         one whose slot won the first reachable region (a concurrent push's slot wins there).
-        Given the `retired` keys (a push holding the verified file), a stored object no catalog
-        row knows whose every slot, in every region, is under a retired key (an orphan of a
-        process refused after a key rotation) gets a new key: its copies then fail the key check
-        and are sealed anew."""
+        Given the `retired` keys (a push holding the verified file), a stored object whose every
+        slot, recorded or in any region, is under a retired key that nothing configured opens
+        (an orphan of a process refused after a key rotation, or content only a lost key opened)
+        gets a new key: its copies then fail the key check and are sealed anew."""
         try:
             return self.unwrap_any(kind, digest, known=known, what=what)
-        except IntegrityError:
+        except KmsUnreachableError:
+            raise
+        except (IntegrityError, KeyAccessError) as error:
+            # Every slot, recorded or stored, under a retired key: either an orphan of a refused
+            # process, or content only a lost key opened (a push of the same file repairs it).
             orphan = (
                 bool(retired)
-                and not known
+                and all(slot.kek_id in retired for slot in known)
                 and len(reachable) == len(self.regions)
                 and self._only_retired_slots(kind, digest, retired)
             )
+            if isinstance(error, KeyAccessError) and not orphan:
+                raise
             if stored and not orphan:
                 raise IntegrityError(
                     f"{what}: the stored object's key slot is lost; it cannot be decrypted",

@@ -2823,8 +2823,14 @@ class Registry:
             recorded = {
                 slot.kek_id for slots in self.catalog.slotted_objects().values() for slot in slots
             }
+            retired_before = self.catalog.retired_keys()
             old_ids = sorted(
-                set(old_ids) | {k for k in recorded if k.startswith("local:") and k != new_id}
+                set(old_ids)
+                | {
+                    k
+                    for k in recorded
+                    if k.startswith("local:") and k != new_id and k not in retired_before
+                }
             )
         if not old_ids:
             return RotationReport(new_id, (), names, 0, 0, 0, 0, 0, created, 0.0)
@@ -3047,27 +3053,30 @@ class Registry:
         for (digest, kind), slots in pending.items():
             what = f"{kind} {digest[:19]}"
             slot = next((s for s in slots if s.kek_id == new_id), None)
-            usable_keys = set(targets[0].store.keys.kek_ids)
-            if slot is None and not any(s.kek_id in usable_keys for s in slots):
-                # No old key left to open it: a new slot a run before this one wrote is all.
+            if slot is None:
+                # A new slot a run before this one wrote (the catalog did not hear of it).
                 for target in targets:
                     stored_slot = target.store.read_slot(kind, digest, what=what)
                     if stored_slot is not None and stored_slot.kek_id == new_id:
                         slot = stored_slot
                         break
+            try:
+                # The data key from any slot any region's key opens: the old key, a new slot,
+                # or another region's KMS key.
+                data_key, _seen = self.replicas.unwrap_any(
+                    kind, digest, known=[*slots, *([slot] if slot else [])], what=what
+                )
+            except (KeyAccessError, IntegrityError):
                 if slot is None:
                     unrecoverable.add((digest, kind))
                     progress.advance(1)
                     continue
-            data_key: bytes | None = None
+                raise
             for target in targets:
                 store = target.store
                 name = store.slot_name(kind, digest, new_id)
                 if store.driver.stat(name) is not None:
                     continue
-                if data_key is None:
-                    old = next(s for s in slots if s.kek_id in store.keys.kek_ids)
-                    data_key = store.unwrap(kind, digest, old, what=what)
                 if slot is None:
                     slot = store.keys.wrap(data_key, context=store.context(kind, digest))
                 store.driver.put_if_absent(name, [slot.to_json()])

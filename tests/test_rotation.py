@@ -327,6 +327,12 @@ def test_a_rotation_whose_old_key_file_is_gone_says_so(
             if [s.kek_id for s in slots] == [old_id]
         ]
         assert len(kept) == objects - 1  # their old slots stay, should the key be found
+        # Pushing the same files again repairs them: sealed anew under the new key.
+        for ref, source in pushed.items():
+            registry.push(ref.split("@")[0], source)
+        _loads_everything(registry, pushed, tmp_path / "repaired")
+    again = _cli("keys", "rotate", "--to", str(tmp_path / "new.key"))
+    assert again.exit_code == 0 and "nothing to rotate" in again.output
 
 
 def test_a_kms_key_another_region_still_uses_is_not_retired(
