@@ -47,7 +47,6 @@ from registry.catalog.models import (
     Blob,
     JournalEntry,
     JournalEpoch,
-    KeySlot,
     Model,
     Placement,
     Version,
@@ -59,6 +58,7 @@ from registry.catalog.repository import (
     FileRecord,
     NewVersion,
     add_version,
+    insert_key_slot,
 )
 from registry.config import RegionSettings, Settings
 from registry.crypto.keys import KeyProvider, WrappedKey, read_key_file
@@ -713,19 +713,7 @@ def _slots_and_placements(session: Session, replicas: ReplicaSet, report: Rebuil
                 continue
             for slot in slots:
                 known.append(slot)
-                if session.get(KeySlot, (digest, kind, slot.kek_id)) is not None:
-                    continue
-                session.add(
-                    KeySlot(
-                        digest=digest,
-                        purpose=kind,
-                        kek_id=slot.kek_id,
-                        provider=slot.provider,
-                        wrapped=slot.ciphertext,
-                        created_at=now,
-                    )
-                )
-                session.flush()
+                insert_key_slot(session, digest, kind, slot, now)
         if not known:
             report.unrestored.append(f"{what}: no region holds a key slot for it")
             continue

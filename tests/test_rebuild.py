@@ -595,12 +595,20 @@ def test_audit_verify_trusts_only_the_links_a_rebuild_named(
 ) -> None:
     """Rewriting any entry as a redacted token event breaks the chain: only entries a
     `catalog-rebuild` entry lists after them pass as links."""
-    catalog = two_regions.catalog
-    assert catalog.verify_audit().ok
+    assert two_regions.verify_audit().ok
+    target = _disguise_the_delete(two_regions.catalog)
+    verification = two_regions.verify_audit()
+    assert not verification.ok and verification.first_bad == target
+
+
+def _disguise_the_delete(catalog: Catalog) -> int:
+    """Rewrite the `delete` audit entry as a redacted token event, keeping its hash."""
     with catalog.engine.begin() as connection:
-        target = connection.execute(
-            text("SELECT id FROM audit_events WHERE action = 'delete'")
-        ).scalar_one()
+        target = int(
+            connection.execute(
+                text("SELECT id FROM audit_events WHERE action = 'delete'")
+            ).scalar_one()
+        )
         connection.execute(
             text(
                 "UPDATE audit_events SET action = 'token-revoke', actor = '', "
@@ -608,25 +616,14 @@ def test_audit_verify_trusts_only_the_links_a_rebuild_named(
             ),
             {"d": REDACTED_DETAILS, "i": target},
         )
-    verification = catalog.verify_audit()
-    assert not verification.ok and verification.first_bad == target
+    return target
 
 
 def test_a_forged_rebuild_entry_cannot_pass_a_disguised_entry_off_as_a_link(
     two_regions: Registry,
 ) -> None:
     catalog = two_regions.catalog
-    with catalog.engine.begin() as connection:
-        target = connection.execute(
-            text("SELECT id FROM audit_events WHERE action = 'delete'")
-        ).scalar_one()
-        connection.execute(
-            text(
-                "UPDATE audit_events SET action = 'token-revoke', actor = '', "
-                "subject = 'registry', details = :d WHERE id = :i"
-            ),
-            {"d": REDACTED_DETAILS, "i": target},
-        )
+    target = _disguise_the_delete(catalog)
     # A database writer appends a rebuild entry naming it (the chain hash is theirs to compute).
     catalog.audit("intruder", "catalog-rebuild", "registry", {"links": [target], "links_mac": "0"})
     verification = two_regions.verify_audit()

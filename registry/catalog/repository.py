@@ -2011,18 +2011,25 @@ def _add_slots(
                 "same command again",
             )
     for digest, purpose, slot in slots:
-        if session.get(KeySlot, (digest, purpose, slot.kek_id)) is None:
-            session.add(
-                KeySlot(
-                    digest=digest,
-                    purpose=purpose,
-                    kek_id=slot.kek_id,
-                    provider=slot.provider,
-                    wrapped=slot.ciphertext,
-                    created_at=now,
-                )
+        insert_key_slot(session, digest, purpose, slot, now)
+
+
+def insert_key_slot(
+    session: Session, digest: str, purpose: str, slot: WrappedKey, now: datetime
+) -> None:
+    """Record one key slot unless a slot of that object under that key is recorded."""
+    if session.get(KeySlot, (digest, purpose, slot.kek_id)) is None:
+        session.add(
+            KeySlot(
+                digest=digest,
+                purpose=purpose,
+                kek_id=slot.kek_id,
+                provider=slot.provider,
+                wrapped=slot.ciphertext,
+                created_at=now,
             )
-            session.flush()
+        )
+        session.flush()
 
 
 def _upsert_placement(session: Session, placement: PlacementRecord, now: datetime) -> None:
