@@ -86,9 +86,12 @@ class BlobStore:
         """Where blobs and manifests live (with a trailing slash), for listings."""
         return tuple(f"{prefix}/" for prefix in _PREFIXES.values())
 
-    def slot_name(self, kind: str, digest: str, kek_id: str) -> str:
+    def _slot_folder(self, kind: str, digest: str) -> str:
         object_id = keyed_id(self._naming_key, kind, digest)
-        return f"slots/{object_id[:2]}/{object_id}/{kind}-{_kek_tag(kek_id)}"
+        return f"slots/{object_id[:2]}/{object_id}/"
+
+    def slot_name(self, kind: str, digest: str, kek_id: str) -> str:
+        return f"{self._slot_folder(kind, digest)}{kind}-{_kek_tag(kek_id)}"
 
     def _naming_context(self) -> dict[str, str]:
         return {"registry": self.registry_id, "purpose": "naming"}
@@ -111,29 +114,33 @@ class BlobStore:
 
     # -- keys ------------------------------------------------------------------------------
 
-    def read_slot(self, kind: str, digest: str, *, what: str) -> WrappedKey | None:
-        """The key slot stored beside the object for this provider's KEK (during a rotation,
-        the new key's, else a previous key's), or None."""
-        for kek_id in self.keys.kek_ids:
-            try:
-                return WrappedKey.from_json(
-                    self.driver.get_range(self.slot_name(kind, digest, kek_id)), what=what
-                )
-            except NotFoundError:
-                continue
-        return None
-
-    def read_slots(self, kind: str, digest: str, *, what: str) -> list[WrappedKey]:
-        """The object's key slots stored for each of this provider's KEKs (two during a key
-        rotation, one otherwise, none when lost)."""
-        found = []
+    def _own_slots(self, kind: str, digest: str, *, what: str) -> Iterator[WrappedKey]:
+        # The current key's slot first, then those of the keys a rotation is replacing.
         for kek_id in self.keys.kek_ids:
             try:
                 data = self.driver.get_range(self.slot_name(kind, digest, kek_id))
             except NotFoundError:
                 continue
-            found.append(WrappedKey.from_json(data, what=what))
-        return found
+            yield WrappedKey.from_json(data, what=what)
+
+    def read_slot(self, kind: str, digest: str, *, what: str) -> WrappedKey | None:
+        """The key slot stored beside the object for this provider's KEK (during a rotation,
+        the new key's, else a previous key's), or None."""
+        return next(self._own_slots(kind, digest, what=what), None)
+
+    def read_slots(self, kind: str, digest: str, *, what: str) -> list[WrappedKey]:
+        """The object's key slots stored for each of this provider's KEKs (two during a key
+        rotation, one otherwise, none when lost)."""
+        return list(self._own_slots(kind, digest, what=what))
+
+    def stored_slots(self, kind: str, digest: str) -> list[WrappedKey]:
+        """Every key slot of the object the store holds, under any key, configured or not."""
+        folder = self._slot_folder(kind, digest)
+        return [
+            WrappedKey.from_json(self.driver.get_range(info.name), what=info.name)
+            for info in self.driver.list(folder)
+            if info.name.startswith(f"{folder}{kind}-")
+        ]
 
     def unwrap(self, kind: str, digest: str, slot: WrappedKey, *, what: str) -> bytes:
         data_key = self.keys.unwrap(slot, context=self.context(kind, digest), what=what)
@@ -377,8 +384,7 @@ class BlobStore:
 
     def record_matches(self, name: str, digest: str) -> bool:
         """Whether a version record stored under `name` may describe manifest `digest`."""
-        object_id = keyed_id(self._naming_key, MANIFEST, digest)
-        return name.startswith(f"{RECORDS_PREFIX}{object_id[:2]}/{object_id}/")
+        return name.startswith(self._record_name(digest, ""))
 
     # -- registry marker ---------------------------------------------------------------------
 
@@ -415,16 +421,7 @@ class BlobStore:
                 f"the store belongs to registry {owner!r}, not {self.registry_id!r}",
                 hint="each registry needs its own store; check the [store] section of config.toml",
             )
-        wrapped = None
-        for kek_id in self.keys.kek_ids:
-            try:
-                wrapped = WrappedKey.from_json(
-                    self.driver.get_range(f"registry/naming-key/{_kek_tag(kek_id)}"),
-                    what="naming key",
-                )
-                break
-            except NotFoundError:
-                continue
+        wrapped = _wrapped_naming_key(self.driver, self.keys)
         if wrapped is None:
             return  # written by claim(); a store from before it, or another KEK's, has none
         stored = self.keys.unwrap(wrapped, context=self._naming_context(), what="naming key")
@@ -452,14 +449,7 @@ def stored_naming_key(driver: Driver, keys: KeyProvider, *, registry_id: str) ->
             f"the store belongs to registry {owner!r}, not {registry_id!r}",
             hint="use the config.toml of the registry whose store this is",
         )
-    wrapped = None
-    for kek_id in keys.kek_ids:
-        try:
-            name = f"registry/naming-key/{_kek_tag(kek_id)}"
-            wrapped = WrappedKey.from_json(driver.get_range(name), what="naming key")
-            break
-        except NotFoundError:
-            continue
+    wrapped = _wrapped_naming_key(driver, keys)
     if wrapped is None:
         raise KeyAccessError(
             f"the store keeps no naming key wrapped by {keys.kek_id}",
@@ -469,6 +459,18 @@ def stored_naming_key(driver: Driver, keys: KeyProvider, *, registry_id: str) ->
     return keys.unwrap(
         wrapped, context={"registry": registry_id, "purpose": "naming"}, what="naming key"
     )
+
+
+def _wrapped_naming_key(driver: Driver, keys: KeyProvider) -> WrappedKey | None:
+    """The naming key as the store keeps it wrapped by one of `keys`' KEKs (None: by none)."""
+    for kek_id in keys.kek_ids:
+        try:
+            return WrappedKey.from_json(
+                driver.get_range(BlobStore.naming_key_name(kek_id)), what="naming key"
+            )
+        except NotFoundError:
+            continue
+    return None
 
 
 def seal_bytes(data_key: bytes, digest: str, data: bytes, *, chunk_size: int) -> list[bytes]:

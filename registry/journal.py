@@ -153,6 +153,18 @@ def decode_segment(
     return entries
 
 
+def _read_segment(store: BlobStore, epoch: str, first: int, last: int, name: str) -> list[Entry]:
+    """A stored segment's entries, opened and checked (`decode_segment`)."""
+    return decode_segment(
+        store.read_journal_object(name),
+        registry_id=store.registry_id,
+        epoch=epoch,
+        first=first,
+        last=last,
+        name=name,
+    )
+
+
 def _decode_epoch(data: bytes, *, registry_id: str, epoch: str, name: str) -> Epoch:
     try:
         raw = json.loads(data)
@@ -241,15 +253,7 @@ def read(store: BlobStore, *, allow_incomplete: bool = False) -> Journal:
                 f"before {name}): a segment was deleted",
                 path=name,
             )
-        data = store.read_journal_object(name)
-        for entry in decode_segment(
-            data,
-            registry_id=store.registry_id,
-            epoch=newest.epoch,
-            first=first,
-            last=last,
-            name=name,
-        ):
+        for entry in _read_segment(store, newest.epoch, first, last, name):
             known = by_seq.get(entry.seq)
             if known is not None:
                 if known.body != entry.body:
@@ -290,7 +294,7 @@ def _drain(
     current = catalog.journal_epoch()
     epoch = current.epoch
     marks = catalog.journal_marks()
-    head, _at = catalog.journal_head()
+    head = catalog.journal_head()
     states = []
     for region, store in stores:
         mark = marks.get(region, 0)
@@ -313,17 +317,16 @@ def _drain(
         except RegistryError as failure:
             error = str(failure)
             log.warning("journal of region %s stays at entry %d: %s", region, mark, failure)
-        states.append(
-            RegionJournal(
-                region,
-                mark,
-                max(0, head - mark),
-                catalog.journal_oldest_after(mark),
-                error,
-                rewritten,
-            )
-        )
+        states.append(_state(catalog, region, mark, head, error=error, rewritten=rewritten))
     return states
+
+
+def _state(
+    catalog: Catalog, region: str, mark: int, head: int, *, error: str = "", rewritten: str = ""
+) -> RegionJournal:
+    return RegionJournal(
+        region, mark, max(0, head - mark), catalog.journal_oldest_after(mark), error, rewritten
+    )
 
 
 def _reconcile(
@@ -358,14 +361,7 @@ def _reconcile(
         beyond = [s for s in segments[epoch] if s[1] > mark and s[0] <= end]
         ours = {seq: body for seq, _at, body in catalog.journal_after(mark, limit=end - mark)}
         for first, last, name in beyond:
-            for entry in decode_segment(
-                store.read_journal_object(name),
-                registry_id=store.registry_id,
-                epoch=epoch,
-                first=first,
-                last=last,
-                name=name,
-            ):
+            for entry in _read_segment(store, epoch, first, last, name):
                 if entry.seq > mark and ours.get(entry.seq) != entry.body:
                     raise _DivergedError(
                         f"region {region} holds a different entry {entry.seq} of journal epoch "
@@ -382,14 +378,7 @@ def _reconcile(
 def _same_as_stored(store: BlobStore, epoch: str, batch: Sequence[Entry]) -> None:
     first, last = batch[0].seq, batch[-1].seq
     name = store.journal_segment_name(epoch, first, last)
-    stored = decode_segment(
-        store.read_journal_object(name),
-        registry_id=store.registry_id,
-        epoch=epoch,
-        first=first,
-        last=last,
-        name=name,
-    )
+    stored = _read_segment(store, epoch, first, last, name)
     if [e.body for e in stored] != [e.body for e in batch]:
         raise _DivergedError(
             f"{name} holds other entries than the catalog's {first} to {last} (the catalog "
@@ -401,16 +390,8 @@ def _same_as_stored(store: BlobStore, epoch: str, batch: Sequence[Entry]) -> Non
 
 def status(catalog: Catalog, regions: Sequence[str]) -> list[RegionJournal]:
     marks = catalog.journal_marks()
-    head, _at = catalog.journal_head()
-    return [
-        RegionJournal(
-            region,
-            marks.get(region, 0),
-            max(0, head - marks.get(region, 0)),
-            catalog.journal_oldest_after(marks.get(region, 0)),
-        )
-        for region in regions
-    ]
+    head = catalog.journal_head()
+    return [_state(catalog, region, marks.get(region, 0), head) for region in regions]
 
 
 def _batch(catalog: Catalog, mark: int) -> list[Entry]:

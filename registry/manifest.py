@@ -60,6 +60,10 @@ class ManifestFile:
     digest: str
     safetensors: SafetensorsHeader | None = None
 
+    @property
+    def tensor_count(self) -> int:
+        return 0 if self.safetensors is None else len(self.safetensors.tensors)
+
     def to_dict(self) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
         if self.safetensors is not None:
@@ -92,7 +96,7 @@ class Manifest:
 
     @property
     def tensor_count(self) -> int:
-        return sum(len(f.safetensors.tensors) for f in self.files if f.safetensors is not None)
+        return sum(f.tensor_count for f in self.files)
 
     @property
     def parameter_count(self) -> int:

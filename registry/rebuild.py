@@ -6,7 +6,8 @@ Nothing is needed but config.toml and the region's key provider: the naming key 
 the store when its file is gone too. Everything is read and checked before the new catalog is
 committed in one transaction; a journal segment, version record or manifest that does not verify
 refuses the rebuild with its name, and nothing is written (a SQLite catalog is built beside its
-final path and moved there at the end).
+final path and moved there at the end). Once the catalog is in place, its journal is written to
+every region under a new epoch.
 """
 
 from __future__ import annotations
@@ -56,9 +57,11 @@ from registry.catalog.models import (
 from registry.catalog.repository import (
     Catalog,
     FileRecord,
+    NewBlob,
     NewVersion,
     add_version,
     insert_key_slot,
+    store_blob_row,
 )
 from registry.config import RegionSettings, Settings
 from registry.crypto.keys import KeyProvider, WrappedKey, read_key_file
@@ -585,14 +588,15 @@ def _restore_records(
             if blob is None or blob.swept_at is not None:
                 # New, or swept since an expired version used it and stored again by this push.
                 header = store.read_header(BLOB, entry.digest, size=entry.size, what=entry.path)
-                if blob is None:
-                    blob = Blob(digest=entry.digest, size=entry.size)
-                    session.add(blob)
-                blob.object_name = store.object_name(BLOB, entry.digest)
-                blob.sealed_size = header.sealed_size
-                blob.chunk_size = header.chunk_size
-                blob.created_at = now
-                blob.swept_at = None
+                stored = NewBlob(
+                    entry.digest,
+                    entry.size,
+                    store.object_name(BLOB, entry.digest),
+                    header.sealed_size,
+                    header.chunk_size,
+                    (),
+                )
+                store_blob_row(session, stored, now)
         version = add_version(
             session,
             model,
@@ -609,22 +613,14 @@ def _restore_records(
                 parameter_count=manifest.parameter_count,
                 dtypes=manifest.dtypes,
                 files=[
-                    FileRecord(
-                        entry.path,
-                        entry.size,
-                        entry.digest,
-                        0 if entry.safetensors is None else len(entry.safetensors.tensors),
-                    )
-                    for entry in manifest.files
+                    FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in manifest.files
                 ],
                 blobs=(),
             ),
             at=now,
             restored_from=record.name,
         )
-        session.flush()
-        number = version.number
-        report.from_records.append(f"{record.model}@{number}")
+        report.from_records.append(f"{record.model}@{version.number}")
 
 
 def _check_manifests(
@@ -635,9 +631,9 @@ def _check_manifests(
     lacks is reported as not restorable from it."""
     versions = session.scalars(select(Version).order_by(Version.model_id, Version.number)).all()
     for version in versions:
-        name = session.get(Model, version.model_id)
-        assert name is not None
-        ref = f"{name.name}@{version.number}"
+        model = session.get(Model, version.model_id)
+        assert model is not None
+        ref = f"{model.name}@{version.number}"
         what = f"manifest of {ref}"
         files = {
             row.path: row
@@ -655,16 +651,9 @@ def _check_manifests(
             if version.expired_at is None:
                 report.unrestored.append(f"{ref}: its manifest is missing from {report.region}")
             continue
-        listed = {
-            entry.path: (
-                entry.size,
-                entry.digest,
-                0 if entry.safetensors is None else len(entry.safetensors.tensors),
-            )
-            for entry in manifest.files
-        }
+        listed = {f.path: (f.size, f.digest, f.tensor_count) for f in manifest.files}
         journaled = {path: (row.size, row.digest, row.tensor_count) for path, row in files.items()}
-        if manifest.name != name.name or listed != journaled:
+        if manifest.name != model.name or listed != journaled:
             raise IntegrityError(
                 f"{what}: the journal and the manifest disagree on its files", path=what
             )

@@ -273,12 +273,7 @@ class ReplicaSet:
         """Whether every region's slots of an object are under retired keys (and exist)."""
         found = 0
         for region in self.regions:
-            store = region.store
-            prefix = store.slot_name(kind, digest, "x").rsplit("/", 1)[0] + "/"
-            for info in store.driver.list(prefix):
-                if not info.name.rsplit("/", 1)[1].startswith(f"{kind}-"):
-                    continue
-                slot = WrappedKey.from_json(store.driver.get_range(info.name), what=info.name)
+            for slot in region.store.stored_slots(kind, digest):
                 if slot.kek_id not in retired:
                     return False
                 found += 1

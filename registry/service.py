@@ -127,13 +127,15 @@ from registry.safetensors_header import parse_header
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
 from registry.storage.lock import ObjectLock, Retention
 
-# A writer's lease on the objects it is about to write or reuse outlives any sane push; a
-# crashed writer's lease lapses after it.
-_KMS_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 P = ParamSpec("P")
 R = TypeVar("R")
-LEASE_TTL = timedelta(hours=24)
+# A bare KMS key id (a UUID), as `keys rotate --to` may be given one.
+_KMS_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# How often a process compares the stores' journals with its marks (besides its first drain).
 JOURNAL_CHECK_SECONDS = 600.0
+# A writer's lease on the objects it is about to write or reuse outlives any sane push; a
+# crashed writer's lease lapses after it.
+LEASE_TTL = timedelta(hours=24)
 LEASE_RENEWAL = 3600.0  # seconds: a long replication renews its lease this often
 DEFAULT_GRACE = "24h"
 # A gc claim this old was left by a gc that crashed or hung: the next gc finishes it. A live gc
@@ -824,6 +826,7 @@ class Registry:
         only: frozenset[str] | None = None,
         distrust: frozenset[str] = frozenset(),
         read_back: bool = True,
+        retired: frozenset[str] = frozenset(),
     ) -> Replicated:
         verified, checksum, suspect = self._placed(kind, digest)
         # A repair reads every copy back, verified ones too: they may have rotted since.
@@ -842,9 +845,7 @@ class Registry:
             on_progress=on_progress,
             read_back=read_back,
             suspect=suspect,
-            # A push may seal anew what only retired keys' slots open (another process's
-            # leftovers from before a key rotation).
-            retired=frozenset(self.catalog.retired_keys()) if seal is not None else frozenset(),
+            retired=retired,
         )
 
     # -- push ------------------------------------------------------------------------------
@@ -979,7 +980,9 @@ class Registry:
         quorum: int,
         progress: Progress,
     ) -> PushResult:
-        self._refuse_retired_keys()
+        # Also what the push may seal anew: objects only retired keys' slots open (leftovers of
+        # a process refused after a key rotation, or content only a lost key opened).
+        retired = self._refuse_retired_keys()
         count = len(self.replicas.regions)
         total = sum(entry.size for entry in files)
         digest = manifest.digest
@@ -1007,6 +1010,7 @@ class Registry:
                     # With one region a copy is not a replica: the write's own checks (fsync,
                     # S3's checksum on receipt) stand in, and verify --read-data reads back.
                     read_back=count > 1,
+                    retired=retired,
                 )
                 for file_digest, entry in unique.items()
             ]
@@ -1043,6 +1047,7 @@ class Registry:
             what=what,
             seal=lambda data_key: seal_bytes(data_key, digest, envelope, chunk_size=chunk_size),
             read_back=count > 1,
+            retired=retired,
         )
         _require_quorum([stored_manifest], quorum, [what])
         push_id = uuid.uuid4().hex
@@ -1067,13 +1072,7 @@ class Registry:
                 parameter_count=manifest.parameter_count,
                 dtypes=manifest.dtypes,
                 files=[
-                    FileRecord(
-                        f.path,
-                        f.size,
-                        f.digest,
-                        0 if f.safetensors is None else len(f.safetensors.tensors),
-                    )
-                    for f in manifest.files
+                    FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in manifest.files
                 ],
                 blobs=stored,
                 placements=_placements([*blobs, stored_manifest]),
@@ -1109,18 +1108,20 @@ class Registry:
         )
         return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
 
-    def _refuse_retired_keys(self) -> None:
+    def _refuse_retired_keys(self) -> frozenset[str]:
         """A process still on the config.toml a key rotation replaced stores nothing: what it
-        would store could only be opened by a key about to be destroyed."""
-        own = {region.store.keys.kek_id for region in self.replicas.regions}
-        retired = sorted(own & self.catalog.retired_keys())
-        if retired:
+        would store could only be opened by a key about to be destroyed. Returns the retired
+        keys."""
+        retired = frozenset(self.catalog.retired_keys())
+        own = sorted({region.store.keys.kek_id for region in self.replicas.regions} & retired)
+        if own:
             raise ConflictError(
-                f"this process wraps data keys with {', '.join(retired)}, which a key rotation "
+                f"this process wraps data keys with {', '.join(own)}, which a key rotation "
                 "retired; nothing was stored",
                 hint="this process still reads the old config.toml: restart it, then run the "
                 "same command again",
             )
+        return retired
 
     def _commit_recorded(
         self, recorded: Sequence[Region], digest: str, push_id: str, new: NewVersion
@@ -3084,9 +3085,6 @@ class Registry:
                 if (digest, kind) in held and isinstance(store.driver, ObjectLock):
                     # A held version's new slot is held like its old one.
                     store.driver.set_legal_hold(name, True)
-            if slot is None:
-                stored = targets[0].store.read_slot(kind, digest, what=what)
-                slot = stored if stored is not None and stored.kek_id == new_id else None
             if slot is not None and all(s.kek_id != new_id for s in slots):
                 batch.append((digest, kind, slot))
             if len(batch) >= 200:
@@ -3243,7 +3241,8 @@ def _local_keys(settings: Settings) -> KeyProvider | None:
     for path in settings.previous_kek_files:
         if not path.exists():
             # Destroyed before its rotation finished: what only it opens is lost, the rest is
-            # not, and `keys rotate` can still finish (it names what it cannot re-wrap).
+            # not. `keys rotate` refuses while config.toml names it, and finishes once it is
+            # dropped from there (reporting what nothing opens any more).
             journal.log.warning("previous key file %s is gone", path)
             continue
         previous.append(LocalKeyProvider.from_file(path))

@@ -93,7 +93,7 @@ def test_journal_and_records_are_locked_and_the_catalog_is_rebuilt_from_s3(
     models: dict[str, Path], s3: Any, home: Path, tmp_path: Path
 ) -> None:
     with Registry.open(home) as registry:
-        head = registry.catalog.journal_head()[0]
+        head = registry.catalog.journal_head()
         status = {s.region: (s.mark, s.behind, s.error) for s in registry.journal_status()}
         assert status == {LOCAL_REGION: (head, 0, ""), S3_REGION: (head, 0, "")}
         driver = _region(registry, S3_REGION).store.driver
@@ -178,7 +178,7 @@ def test_journal_and_records_are_locked_and_the_catalog_is_rebuilt_from_s3(
         # region's lost one is written again from the start.
         extra = make_model(tmp_path / "m5", shards=1, shard_size=20_000, seed=5)
         assert registry.push("org/llama", extra).version.number == 3
-        new_head = registry.catalog.journal_head()[0]
+        new_head = registry.catalog.journal_head()
         assert new_head > head
         assert all(s.behind == 0 and not s.error for s in registry.journal_status())
         for name in (S3_REGION, LOCAL_REGION):

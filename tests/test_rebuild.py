@@ -138,7 +138,7 @@ def test_a_lost_catalog_is_rebuilt_identical_from_the_secondary_region(
 ) -> None:
     status = two_regions.journal_status()
     assert [(s.region, s.behind) for s in status] == [("region-1", 0), ("region-2", 0)]
-    head = two_regions.catalog.journal_head()[0]
+    head = two_regions.catalog.journal_head()
     assert head > 15 and all(s.mark == head for s in status)
     old, new = _lose_catalog(two_regions, tmp_path)
     before = _dump(old)
@@ -530,7 +530,7 @@ def test_a_region_replaced_by_an_empty_store_gets_its_whole_journal_again(
     status = _cli("catalog", "journal", "--drain", "--json")
     assert status.exit_code == 0, status.output
     with Registry.open(home) as registry:
-        head = registry.catalog.journal_head()[0]
+        head = registry.catalog.journal_head()
         read = journal.read(registry.replicas.regions[1].store)
         assert [e.seq for e in read.entries] == list(range(1, head + 1))
         _old, _new = _lose_catalog(registry, tmp_path)
@@ -583,7 +583,7 @@ def test_a_rolled_back_transaction_leaves_no_hole_in_the_journal(
             with pytest.raises(KeyboardInterrupt):
                 registry.promote("org/x@1", "production")
         registry.promote("org/x@1", "staging")
-        head = registry.catalog.journal_head()[0]
+        head = registry.catalog.journal_head()
         seqs = [seq for seq, _at, _body in registry.catalog.journal_after(0, limit=100)]
         assert seqs == list(range(1, head + 1))
         read = journal.read(registry.replicas.regions[1].store)
@@ -650,7 +650,7 @@ def test_journal_marks_belong_to_their_epoch_and_one_divergence_starts_one_epoch
         for region in registry.replicas.regions:
             read = journal.read(region.store)
             assert read.epoch is not None and read.epoch.epoch == second
-            assert read.entries[-1].seq == catalog.journal_head()[0]
+            assert read.entries[-1].seq == catalog.journal_head()
 
 
 def test_an_interrupted_rewrite_is_never_taken_for_the_journal(

@@ -148,12 +148,11 @@ def write_entry(session: Session) -> int | None:
     rows: dict[str, list[dict[str, Any]]] = {}
     deleted: dict[str, list[Any]] = {}
     for (name, _key), (obj, removed) in final.items():
+        row = encode_row(name, {c.name: getattr(obj, c.key) for c in obj.__table__.columns})
         if removed:
-            values = {column.name: getattr(obj, column.key) for column in obj.__table__.columns}
-            deleted.setdefault(name, []).append(key_of(name, encode_row(name, values)))
+            deleted.setdefault(name, []).append(key_of(name, row))
         else:
-            values = {column.name: getattr(obj, column.key) for column in obj.__table__.columns}
-            rows.setdefault(name, []).append(encode_row(name, values))
+            rows.setdefault(name, []).append(row)
     for name, listed in rows.items():
         listed.sort(key=lambda row, name=name: json.dumps(key_of(name, row)))  # type: ignore[misc]
     if not rows and not deleted:
@@ -164,7 +163,7 @@ def write_entry(session: Session) -> int | None:
     entry = JournalEntry(seq=seq, at=utcnow(), body=entry_body(rows, deleted))
     session.add(entry)
     session.flush()
-    session.info.pop(_KEY, None)
+    session.info.pop(_KEY, None)  # what flushing the entry itself noted (nothing journaled)
     return entry.seq
 
 

@@ -607,25 +607,7 @@ class Catalog:
             if new.lease is not None:
                 session.execute(delete(PushLease).where(PushLease.lease == new.lease))
             for blob in new.blobs:
-                row = session.get(Blob, blob.digest)
-                if row is None:
-                    session.add(
-                        Blob(
-                            digest=blob.digest,
-                            size=blob.size,
-                            object_name=blob.object_name,
-                            sealed_size=blob.sealed_size,
-                            chunk_size=blob.chunk_size,
-                            created_at=now,
-                        )
-                    )
-                elif row.swept_at is not None:
-                    # Swept by gc since an expired version used it, and stored again by this push.
-                    row.swept_at = None
-                    row.created_at = now
-                    row.object_name = blob.object_name
-                    row.sealed_size = blob.sealed_size
-                    row.chunk_size = blob.chunk_size
+                store_blob_row(session, blob, now)
             existing = session.scalar(
                 select(Version)
                 .where(
@@ -678,12 +660,12 @@ class Catalog:
                     subject=event.subject,
                     details=event.details,
                 )
-                if (
-                    event.hash != expected
-                    and event.id in links
+                link = (
+                    event.id in links
                     and event.action in TOKEN_ACTIONS
                     and event.details == REDACTED_DETAILS
-                ):
+                )
+                if event.hash != expected and link:
                     links_only += 1
                 elif event.hash != expected:
                     return AuditVerification(
@@ -710,13 +692,10 @@ class Catalog:
             )
             return [(row.seq, row.at, row.body) for row in rows]
 
-    def journal_head(self) -> tuple[int, datetime | None]:
-        """The newest outbox entry: (seq, time), (0, None) when there is none."""
+    def journal_head(self) -> int:
+        """The number of the newest outbox entry (0: none yet)."""
         with self._read() as session:
-            row = session.execute(
-                select(JournalEntry.seq, JournalEntry.at).order_by(JournalEntry.seq.desc()).limit(1)
-            ).first()
-            return (0, None) if row is None else (row.seq, row.at)
+            return session.scalar(select(func.max(JournalEntry.seq))) or 0
 
     def journal_oldest_after(self, seq: int) -> datetime | None:
         """When the oldest entry after `seq` was committed (None: nothing after it)."""
@@ -728,11 +707,10 @@ class Catalog:
     def journal_marks(self) -> dict[str, int]:
         """How far each region's journal goes in the current epoch (never written: absent)."""
         with self._read() as session:
-            current = _current_epoch(session)
+            current = _current_epoch(session).epoch
             return {
                 row.region: row.seq
-                for row in session.scalars(select(JournalMark))
-                if row.epoch == current.epoch
+                for row in session.scalars(select(JournalMark).where(JournalMark.epoch == current))
             }
 
     def set_journal_mark(self, epoch: str, region: str, seq: int, *, exactly: bool = False) -> None:
@@ -743,11 +721,9 @@ class Catalog:
         def work(session: Session) -> None:
             if _current_epoch(session).epoch != epoch:
                 return
+            # Marks of earlier epochs were deleted when the current one started.
             row = session.get(JournalMark, region)
-            if row is None or row.epoch != epoch:
-                if row is not None:
-                    session.delete(row)
-                    session.flush()
+            if row is None:
                 session.add(JournalMark(region=region, epoch=epoch, seq=seq, updated_at=utcnow()))
             elif seq > row.seq or (exactly and seq != row.seq):
                 row.seq = seq
@@ -1935,6 +1911,22 @@ def append_audit(
     session.flush()
 
 
+def store_blob_row(session: Session, blob: NewBlob, now: datetime) -> None:
+    """Record a stored blob: a new row, or one swept by gc since an expired version used it
+    and stored again now; a row of a blob that is there already stays as it is."""
+    row = session.get(Blob, blob.digest)
+    if row is None:
+        row = Blob(digest=blob.digest, size=blob.size)
+        session.add(row)
+    elif row.swept_at is None:
+        return
+    row.swept_at = None
+    row.created_at = now
+    row.object_name = blob.object_name
+    row.sealed_size = blob.sealed_size
+    row.chunk_size = blob.chunk_size
+
+
 def add_version(
     session: Session, model: Model, new: NewVersion, *, at: datetime, **audit: Any
 ) -> Version:
@@ -1970,14 +1962,21 @@ def add_version(
                 tensor_count=entry.tensor_count,
             )
         )
-    details = {"version": number, "digest": new.digest, "files": len(new.files)}
     append_audit(
         session,
         at=at,
         actor=new.actor,
         action="push",
         subject=new.name,
-        details=_details({**details, "bytes": new.total_size, **audit}),
+        details=_details(
+            {
+                "version": number,
+                "digest": new.digest,
+                "files": len(new.files),
+                "bytes": new.total_size,
+                **audit,
+            }
+        ),
     )
     return version
 
