@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stderr, stdout
-from registry.errors import IntegrityError, InvalidInputError
+from registry.errors import (
+    CatalogMissingError,
+    IntegrityError,
+    InvalidInputError,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from registry.journal import StoredJournal
 
 
 @click.group()
@@ -25,15 +34,31 @@ def catalog() -> None:
     "--new-epoch",
     is_flag=True,
     help="Make this catalog's journal the newest in the stores and write it whole (a catalog "
-    "restored from a backup older than a rebuild). Admin.",
+    "restored from a backup: what the stores' journal holds beyond it is dropped). Admin.",
+)
+@click.option(
+    "--stores",
+    is_flag=True,
+    help="Show what each region's store holds of the journal (also what it is when the catalog "
+    "is missing).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def journal(drain: bool, new_epoch: bool, as_json: bool) -> None:
+def journal(drain: bool, new_epoch: bool, stores: bool, as_json: bool) -> None:
     """How far each region's journal goes (entries behind, age of the oldest it lacks: the
-    recovery point of a rebuild from it). Exit 9 if --drain (or --new-epoch) left a region
-    behind or failed in one."""
-    with open_registry() as registry:
+    recovery point of a rebuild from it). Without a catalog, or with --stores, what each
+    region's store holds: the journal a rebuild from it would replay. Exit 9 if --drain (or
+    --new-epoch) left a region behind or failed in one."""
+    with open_registry(recovery=True, replay=False) as registry:
+        if registry.provisional is not None or stores:
+            if drain or new_epoch:
+                raise CatalogMissingError(
+                    "--drain and --new-epoch need the catalog, and it is missing",
+                    hint="prove a region (`model-registry drill --region REGION`), then "
+                    "`model-registry catalog rebuild --from REGION`",
+                )
+            _print_stored(registry.stored_journals(), as_json=as_json)
+            return
         if new_epoch:
             registry.new_journal_epoch()
         states = registry.drain_journal() if drain or new_epoch else registry.journal_status()
@@ -63,6 +88,37 @@ def journal(drain: bool, new_epoch: bool, as_json: bool) -> None:
         stdout.print(table)
     if (drain or new_epoch) and any(s.behind or s.error for s in states):
         sys.exit(9)
+
+
+def _print_stored(found: list[StoredJournal], *, as_json: bool) -> None:
+    if as_json:
+        print_json(
+            [
+                {
+                    "region": s.region,
+                    "epoch": s.epoch,
+                    "epoch_started_at": s.started_at.isoformat() if s.started_at else None,
+                    "entries": s.end,
+                    "last_entry_at": s.newest_at.isoformat() if s.newest_at else None,
+                    "epochs": s.epochs,
+                    "error": s.error,
+                }
+                for s in found
+            ]
+        )
+    else:
+        table = Table("region", "epoch", "entries", "last change", "problem")
+        for s in found:
+            table.add_row(
+                escape(s.region),
+                (s.epoch or "-")[:12],
+                str(s.end),
+                s.newest_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.newest_at else "-",
+                escape(s.error),
+            )
+        stdout.print(table)
+    if any(s.error for s in found):
+        sys.exit(StorageError.exit_code)
 
 
 @catalog.command()

@@ -44,7 +44,9 @@ def drill(
     if sample is not None and every_byte:
         raise click.UsageError("--sample and --all exclude each other")
     bar = progress_bar(as_json=as_json, quiet=quiet)
-    with open_registry() as registry:
+    # Works without the catalog too (from the region's own journal): a region can be proven
+    # before the catalog is rebuilt from it.
+    with open_registry(recovery=True, region=region) as registry:
         try:
             report = registry.drill(region=region, alias=alias, sample=sample, progress=bar)
         finally:

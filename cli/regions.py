@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stdout
@@ -22,10 +23,13 @@ def regions() -> None:
 @JSON
 @handle_errors
 def status(as_json: bool) -> None:
-    """Probe every region and count its verified, pending, bad and unrecorded copies.
+    """Probe every region at once and count its verified, pending, bad and unrecorded copies.
 
-    Exits 0 only when every region is reachable and holds a verified copy of everything."""
-    with open_registry() as registry:
+    A region is ok, unreachable (refused or failed), hung (no answer within
+    deadlines.request_seconds) or foreign (another registry's store). Works without the catalog
+    (no copies are counted then). Exits 0 only when every region is reachable and holds a
+    verified copy of everything."""
+    with open_registry(recovery=True, replay=False) as registry:
         found = registry.regions_status()
     if as_json:
         print_json(
@@ -35,13 +39,15 @@ def status(as_json: bool) -> None:
                     "priority": r.priority,
                     "store": r.store,
                     "keys": r.keys,
+                    "state": r.state,
                     "reachable": r.reachable,
                     "detail": r.detail,
                     "seconds": round(r.seconds, 3),
-                    "verified": r.verified,
-                    "pending": r.pending,
-                    "bad": r.bad,
-                    "missing": r.missing,
+                    "counted": r.counted,
+                    "verified": r.verified if r.counted else None,
+                    "pending": r.pending if r.counted else None,
+                    "bad": r.bad if r.counted else None,
+                    "missing": r.missing if r.counted else None,
                     "complete": r.complete,
                 }
                 for r in found
@@ -51,22 +57,20 @@ def status(as_json: bool) -> None:
         table = Table("region", "priority", "health", "verified", "pending", "bad", "missing")
         table.add_column("store", overflow="fold")
         for r in found:
-            health = f"ok ({r.seconds * 1000:.0f} ms)" if r.reachable else "UNREACHABLE"
+            health = f"ok ({r.seconds * 1000:.0f} ms)" if r.reachable else r.state.upper()
+            counts = [r.verified, r.pending, r.bad, r.missing]
             table.add_row(
-                r.name,
+                escape(r.name),
                 str(r.priority),
                 health,
-                str(r.verified),
-                str(r.pending),
-                str(r.bad),
-                str(r.missing),
-                r.store,
+                *(str(count) if r.counted else "-" for count in counts),
+                escape(r.store),
             )
         stdout.print(table)
         for r in found:
             if not r.reachable:
-                click.echo(f"{r.name}: {r.detail}", err=True)
-        if not all(r.complete for r in found):
+                click.echo(f"{r.name}: {r.state}: {r.detail}", err=True)
+        if not all(r.complete for r in found) and all(r.counted for r in found):
             click.echo("some copies are missing: run `model-registry replicate --repair`", err=True)
     if not all(r.complete for r in found):
         sys.exit(StorageError.exit_code)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -99,9 +100,9 @@ def report_error(error: RegistryError, *, as_json: bool) -> None:
                 indent=2,
             )
         )
-    stderr.print(f"[bold red]error:[/] {error.message}", markup=True, highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(error.message)}", markup=True, highlight=False)
     if error.hint:
-        stderr.print(f"[dim]hint:[/] {error.hint}", markup=True, highlight=False)
+        stderr.print(f"[dim]hint:[/] {escape(error.hint)}", markup=True, highlight=False)
 
 
 def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -134,9 +135,15 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def open_registry() -> Registry:
+def open_registry(
+    *, recovery: bool = False, region: str | None = None, replay: bool = True
+) -> Registry:
     """The registry the command works on: the server at MODEL_REGISTRY_URL (with
-    MODEL_REGISTRY_TOKEN, or --url/--token), else the local home."""
+    MODEL_REGISTRY_TOKEN, or --url/--token), else the local home.
+
+    `recovery`: a command that proves the stores (drill, verify --all, regions status, catalog
+    journal) also works while the catalog is lost, from a stand-in replayed from `region`'s
+    journal (`replay`), and says so on stderr."""
     url = os.environ.get("MODEL_REGISTRY_URL")
     if url:
         from registry.client import RemoteRegistry
@@ -145,4 +152,39 @@ def open_registry() -> Registry:
         return cast("Registry", RemoteRegistry(url, os.environ.get("MODEL_REGISTRY_TOKEN", "")))
     from registry.service import Registry
 
-    return Registry.open()
+    if not recovery:
+        return Registry.open()
+    registry = Registry.open_for_recovery(region=region, replay=replay)
+    if registry.provisional is not None:
+        stderr.print(
+            f"[yellow]the catalog is missing:[/] working from {escape(registry.provisional)}; "
+            "nothing is recorded. Rebuild it with `model-registry catalog rebuild --from "
+            "REGION`",
+            markup=True,
+            highlight=False,
+        )
+    return registry
+
+
+def warn_read_around(bad_copies: tuple[str, ...] | list[str]) -> None:
+    """Warn about the copies a read had to route around ("region: kind digest: detail"): one
+    line per region that was unreachable or hung, one per damaged copy."""
+    outages: dict[str, list[str]] = {}
+    for line in bad_copies:
+        region, _, rest = line.partition(": ")
+        _what, _, detail = rest.partition(": ")
+        if detail.startswith(("unreachable", "hung")):
+            outages.setdefault(region, []).append(detail)
+            continue
+        click.echo(
+            f"warning: read around a bad copy ({line}); "
+            "`model-registry replicate --repair` fixes it",
+            err=True,
+        )
+    for region, details in outages.items():
+        click.echo(
+            f"warning: region {region} was read around ({details[0]}); its {len(details)} "
+            "copies are recorded as pending: `model-registry replicate` checks them once it "
+            "is back",
+            err=True,
+        )

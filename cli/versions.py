@@ -10,7 +10,16 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cli.ui import handle_errors, human_size, open_registry, print_json, progress_bar, stdout, when
+from cli.ui import (
+    handle_errors,
+    human_size,
+    open_registry,
+    print_json,
+    progress_bar,
+    stdout,
+    warn_read_around,
+    when,
+)
 from registry.catalog.repository import VersionRecord
 from registry.errors import IntegrityError, InvalidInputError, StorageError
 
@@ -118,12 +127,7 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
             result = registry.pull(ref, dest, force=force, progress=bar)
         finally:
             bar.close()
-    for copy in result.bad_copies:
-        click.echo(
-            f"warning: read around a bad copy ({copy}); "
-            "`model-registry replicate --repair` fixes it",
-            err=True,
-        )
+    warn_read_around(result.bad_copies)
     seconds = time.perf_counter() - started
     if as_json:
         print_json(
@@ -316,7 +320,9 @@ def _scrub(
 ) -> None:
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
-    with open_registry() as registry:
+    # Works without the catalog too, from a region's journal: nothing is recorded then.
+    with open_registry(recovery=True, region=region) as registry:
+        recorded = registry.provisional is None
         try:
             report = registry.scrub(read_data=read_data, sample=sample, region=region, progress=bar)
         finally:
@@ -346,7 +352,7 @@ def _scrub(
             )
         for name in report.unchecked:
             click.echo(f"warning: not checked, unreachable: {name}", err=True)
-        if report.problems:
+        if report.problems and recorded:
             click.echo(
                 "the bad copies are recorded: `model-registry replicate --repair` replaces them "
                 "from a good copy (in another region)",

@@ -404,12 +404,7 @@ class BlobStore:
     def check_claim(self) -> None:
         """The store is this registry's, and the configured naming key is the one its objects
         were named with (else every object would look missing)."""
-        try:
-            owner = json.loads(self.driver.get_range(MARKER)).get("registry_id")
-        except NotFoundError:
-            owner = None
-        except (ValueError, AttributeError):
-            owner = "<unreadable marker>"
+        owner = store_owner(self.driver)
         if owner is None:
             raise StorageError(
                 "the store holds no registry marker (a new, emptied or rebuilt store)",
@@ -430,6 +425,17 @@ class BlobStore:
                 "the configured naming key is not the one this store's objects are named with",
                 hint="point keys.naming_key_file at this registry's naming.key",
             )
+
+
+def store_owner(driver: Driver) -> str | None:
+    """The registry id a store's marker names (None: no marker, the store is not claimed)."""
+    try:
+        owner = json.loads(driver.get_range(MARKER)).get("registry_id")
+    except NotFoundError:
+        return None
+    except (ValueError, AttributeError):
+        return "<unreadable marker>"
+    return None if owner is None else str(owner)
 
 
 def stored_naming_key(driver: Driver, keys: KeyProvider, *, registry_id: str) -> bytes:

@@ -22,6 +22,7 @@ from typing import Any
 from registry.crypto.sealed import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from registry.crypto.signing import TrustedSigner, parse_public_key
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
+from registry.storage.deadline import DeadlineSettings
 from registry.storage.factory import (
     StoreSpec,
     parse_store,
@@ -233,6 +234,7 @@ class Settings:
     write_quorum: int | None = None
     webhooks: tuple[Webhook, ...] = field(default=())
     api: ApiSettings = field(default_factory=ApiSettings)
+    deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
     # Key files being rotated away from (`keys rotate`): they unwrap, never wrap.
     previous_kek_files: tuple[Path, ...] = field(default=())
 
@@ -393,6 +395,7 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
                     for entry in raw.get("webhooks", [])
                 ),
                 api=ApiSettings.from_config(home, raw.get("api", {})),
+                deadlines=DeadlineSettings.from_config(raw.get("deadlines", {})),
                 previous_kek_files=tuple(
                     _path(home, value, "keys.previous_kek_files")
                     for value in _strings(keys.get("previous_kek_files", []), "previous_kek_files")
@@ -485,6 +488,7 @@ def render_config(
     write_quorum: int | None = None,
     webhooks: tuple[Webhook, ...] = (),
     api: ApiSettings | None = None,
+    deadlines: DeadlineSettings | None = None,
     previous_kek_files: Sequence[str] = (),
 ) -> str:
     """The text of config.toml (written by `init`, `keys trust` and `keys rotate`)."""
@@ -543,6 +547,8 @@ def render_config(
         ]
     if api is not None:
         lines += api.config_lines()
+    if deadlines is not None:
+        lines += deadlines.config_lines()
     return "\n".join(lines) + "\n"
 
 

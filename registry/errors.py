@@ -166,6 +166,57 @@ class StorageError(RegistryError, OSError):
     http_status = 503
 
 
+class StoreTimeoutError(StorageError):
+    """A store accepted the request but did not answer within its deadline (a hung region, or
+    one far slower than the configured floor): distinct from one that refused or failed."""
+
+    code = "store_timeout"
+    default_hint = (
+        "the region is hung or far too slow; reads go to other regions meanwhile. Check it with "
+        "`model-registry regions status`; [deadlines] in config.toml sets the limits"
+    )
+
+
+class CatalogMissingError(ConfigurationError):
+    """The configured catalog database is gone or empty while the home belongs to a registry:
+    never replaced silently by an empty one (its history would be lost)."""
+
+    code = "catalog_missing"
+    exit_code = 13
+    http_status = 503
+    default_hint = (
+        "prove a region first (`model-registry drill --region REGION`, which reads the stores "
+        "alone), then `model-registry catalog rebuild --from REGION`; or restore the database "
+        "and check catalog.url in config.toml"
+    )
+
+
+class CatalogMismatchError(ConfigurationError):
+    """The catalog belongs to another registry than the home's config.toml names."""
+
+    code = "catalog_mismatch"
+    exit_code = 14
+    http_status = 503
+    default_hint = (
+        "each registry needs its own catalog: check catalog.url in config.toml (or "
+        "MODEL_REGISTRY_CATALOG_URL)"
+    )
+
+
+class CatalogBehindError(ConfigurationError):
+    """The stores' journal holds changes the catalog lacks: it was restored from a backup (or
+    another catalog writes this registry's stores). Refused before anything is written."""
+
+    code = "catalog_behind"
+    exit_code = 15
+    http_status = 503
+    default_hint = (
+        "to recover every change the stores hold, move the catalog aside and run "
+        "`model-registry catalog rebuild --from REGION`; to keep this catalog and drop the "
+        "later changes, `model-registry catalog journal --new-epoch` (admin)"
+    )
+
+
 class PermissionDeniedError(RegistryError, PermissionError):
     """The caller's role does not allow the change (moving a protected alias, deleting)."""
 
@@ -216,4 +267,9 @@ EXIT_CODES: dict[int, str] = {
     UnauthenticatedError.exit_code: "unauthenticated: the API token is missing, wrong, expired "
     "or revoked",
     RateLimitedError.exit_code: "rate limited: too many requests for this token; retry later",
+    CatalogMissingError.exit_code: "catalog missing: the catalog database is gone or empty; "
+    "rebuild it from a region",
+    CatalogMismatchError.exit_code: "catalog mismatch: the catalog belongs to another registry",
+    CatalogBehindError.exit_code: "catalog behind: the stores hold changes the catalog lacks "
+    "(restored from a backup)",
 }

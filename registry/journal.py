@@ -9,26 +9,34 @@ region holds a prefix of the epoch's journal; a drain that stored a segment but 
 recording it writes the same entries again later, possibly in a longer segment (readers accept
 overlaps whose entries agree).
 
-A catalog starts a new epoch when it is rebuilt, and when a drain finds that a store holds
-entries the catalog does not (it was restored from a backup, or rebuilt from a region that was
-behind): its whole journal is then written again under the new epoch, and readers follow the
-newest epoch. A region found to hold less than its mark says (replaced by an empty store) is
-written again from where it stops. A gap, a segment or marker that does not open, or two different
-entries with one number is a refused journal, named.
+A catalog starts a new epoch when it is rebuilt, and when an operator keeps a catalog restored
+from a backup (`catalog journal --new-epoch`): its whole journal is then written again under the
+new epoch, and readers follow the newest epoch. A drain never starts one by itself: a store that
+holds entries the catalog lacks, other entries under the same numbers, or a newer epoch means the
+catalog is behind the stores (restored from a backup, or another catalog writes them), and the
+drain refuses with `CatalogBehindError` before anything is written. A region found to hold less
+than its mark says (replaced by an empty store) is written again from where it stops. A gap, a
+segment or marker that does not open, or two different entries with one number is a refused
+journal, named.
+
+Regions are drained in parallel, each within its requests' deadlines; a region known to be down
+is not asked and keeps its mark.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from registry.blobstore import BlobStore
 from registry.catalog.journal import parse_body
 from registry.catalog.repository import Catalog, JournalEpochRecord
-from registry.errors import IntegrityError, RegistryError
+from registry.errors import CatalogBehindError, ConflictError, IntegrityError, RegistryError
+from registry.storage import deadline
 
 SEGMENT_FORMAT = "model-registry/journal-segment/v1"
 EPOCH_FORMAT = "model-registry/journal-epoch/v1"
@@ -86,13 +94,36 @@ class RegionJournal:
         return max(0.0, (datetime.now(UTC) - self.oldest_pending).total_seconds())
 
 
-class _DivergedError(Exception):
-    """The store holds journal entries that differ from the catalog's."""
+@dataclass(frozen=True)
+class StoredJournal:
+    """What one region's store holds of the journal, read without a catalog: its newest usable
+    epoch, how far that epoch runs without a gap, and when its last entry was made."""
 
-    def __init__(self, message: str, *, epoch: str, newest: datetime | None) -> None:
-        super().__init__(message)
-        self.epoch = epoch
-        self.newest = newest
+    region: str
+    epoch: str | None
+    started_at: datetime | None
+    end: int
+    newest_at: datetime | None
+    epochs: int
+    error: str = ""
+
+
+def summary(region: str, store: BlobStore) -> StoredJournal:
+    """A region's journal as its store holds it (see `StoredJournal`); reads the epoch markers
+    and the last segment only."""
+    found, segments = epochs(store)
+    whole = [epoch for epoch in found if usable(epoch, segments)]
+    if not whole:
+        return StoredJournal(region, None, None, 0, None, len(found))
+    newest = whole[-1]
+    end = contiguous_end(segments.get(newest.epoch, []))
+    newest_at = None
+    last = [s for s in segments.get(newest.epoch, []) if s[0] <= end <= s[1]]
+    if last:
+        first, final, name = max(last)
+        entries = _read_segment(store, newest.epoch, first, final, name)
+        newest_at = next((e.at for e in entries if e.seq == end), None)
+    return StoredJournal(region, newest.epoch, newest.started_at, end, newest_at, len(found))
 
 
 def encode_segment(registry_id: str, epoch: str, entries: Sequence[Entry]) -> bytes:
@@ -269,56 +300,71 @@ def read(store: BlobStore, *, allow_incomplete: bool = False) -> Journal:
 
 
 def drain(
-    catalog: Catalog, stores: Sequence[tuple[str, BlobStore]], *, check: bool = False
+    catalog: Catalog,
+    stores: Sequence[tuple[str, BlobStore]],
+    *,
+    check: bool = False,
+    skip: Mapping[str, str] | None = None,
 ) -> list[RegionJournal]:
-    """Copy every outbox entry a region lacks to that region. With `check` (and for a region
-    that holds nothing of the current epoch yet) the store is compared with the mark first: a
-    store holding less is written again from where it stops; one holding other entries makes
-    the catalog start a new epoch. A region that fails keeps its mark and is reported."""
-    try:
-        return _drain(catalog, stores, check=check)
-    except _DivergedError as diverged:
-        log.warning("starting a new journal epoch: %s", diverged)
-        catalog.start_journal_epoch(
-            reason=str(diverged),
-            actor="model-registry",
-            replacing=diverged.epoch,
-            after=diverged.newest,
-        )
-        return _drain(catalog, stores, check=False)
-
-
-def _drain(
-    catalog: Catalog, stores: Sequence[tuple[str, BlobStore]], *, check: bool
-) -> list[RegionJournal]:
+    """Copy every outbox entry a region lacks to that region, the regions in parallel. With
+    `check` (and for a region that holds nothing of the current epoch yet) the store is
+    compared with the mark first: a store holding less is written again from where it stops;
+    one holding entries the catalog lacks raises `CatalogBehindError` (nothing is written). A
+    region that fails, or is in `skip` (name: why), keeps its mark and is reported."""
     current = catalog.journal_epoch()
-    epoch = current.epoch
     marks = catalog.journal_marks()
     head = catalog.journal_head()
-    states = []
-    for region, store in stores:
-        mark = marks.get(region, 0)
-        error = rewritten = ""
+    skipped = skip or {}
+
+    def one(region: str, store: BlobStore) -> RegionJournal:
+        if region in skipped:
+            mark = marks.get(region, 0)
+            return _state(catalog, region, mark, head, error=skipped[region])
+        return _drain_region(catalog, region, store, current, marks.get(region, 0), head, check)
+
+    futures = [deadline.submit(functools.partial(one, region, store)) for region, store in stores]
+    states: list[RegionJournal] = []
+    behind: CatalogBehindError | None = None
+    for future in futures:
         try:
-            if check or mark == 0:
-                mark, rewritten = _reconcile(catalog, region, store, current, mark)
-            while mark < head:
-                batch = _batch(catalog, mark)
-                if not batch:
-                    break
-                first, last = batch[0].seq, batch[-1].seq
-                data = encode_segment(store.registry_id, epoch, batch)
-                if not store.put_journal_segment(epoch, first, last, data):
-                    _same_as_stored(store, epoch, batch)
-                catalog.set_journal_mark(epoch, region, last)
-                mark = last
-        except _DivergedError:
-            raise
-        except RegistryError as failure:
-            error = str(failure)
-            log.warning("journal of region %s stays at entry %d: %s", region, mark, failure)
-        states.append(_state(catalog, region, mark, head, error=error, rewritten=rewritten))
+            states.append(future.result())
+        except CatalogBehindError as error:
+            behind = behind or error
+    if behind is not None:
+        raise behind
     return states
+
+
+def _drain_region(
+    catalog: Catalog,
+    region: str,
+    store: BlobStore,
+    current: JournalEpochRecord,
+    mark: int,
+    head: int,
+    check: bool,
+) -> RegionJournal:
+    epoch = current.epoch
+    error = rewritten = ""
+    try:
+        if check or mark == 0:
+            mark, rewritten = _reconcile(catalog, region, store, current, mark, head)
+        while mark < head:
+            batch = _batch(catalog, mark)
+            if not batch:
+                break
+            first, last = batch[0].seq, batch[-1].seq
+            data = encode_segment(store.registry_id, epoch, batch)
+            if not store.put_journal_segment(epoch, first, last, data):
+                _same_as_stored(store, epoch, batch, region)
+            catalog.set_journal_mark(epoch, region, last)
+            mark = last
+    except CatalogBehindError:
+        raise
+    except RegistryError as failure:
+        error = str(failure)
+        log.warning("journal of region %s stays at entry %d: %s", region, mark, failure)
+    return _state(catalog, region, mark, head, error=error, rewritten=rewritten)
 
 
 def _state(
@@ -330,28 +376,44 @@ def _state(
 
 
 def _reconcile(
-    catalog: Catalog, region: str, store: BlobStore, current: JournalEpochRecord, mark: int
+    catalog: Catalog,
+    region: str,
+    store: BlobStore,
+    current: JournalEpochRecord,
+    mark: int,
+    head: int,
 ) -> tuple[int, str]:
     """The mark the store's journal supports (its epoch marker put first, if missing): less
     when it lost segments (they are written again), more when a drain stored a segment and
-    stopped before recording it. _DivergedError when it holds other entries."""
+    stopped before recording it. `CatalogBehindError` when it holds what the catalog lacks."""
     epoch = current.epoch
     found, segments = epochs(store)
     newest = found[-1] if found else None
     if newest is not None and newest.epoch != epoch and newest.started_at > current.started_at:
-        raise IntegrityError(
-            f"region {region} holds a newer journal epoch ({newest.epoch}, started "
-            f"{newest.started_at:%Y-%m-%d %H:%M:%S} UTC) than this catalog's: another catalog "
-            "writes this registry's stores, or this one was restored from a backup older than "
-            "a rebuild",
-            hint="run the command again first (a drain that raced a new epoch reads it next "
-            "time); if it persists: two catalogs must never serve one registry, and if this "
-            "catalog is the one to keep, `model-registry catalog journal --new-epoch` makes its "
-            "journal the newest",
+        if catalog.journal_epoch().epoch != epoch:
+            # Another process of this catalog started the epoch during this drain.
+            raise ConflictError(
+                f"journal epoch {newest.epoch[:12]} began during this drain; the next drain "
+                "writes it"
+            )
+        raise CatalogBehindError(
+            f"region {region} holds a newer journal epoch ({newest.epoch[:12]}, started "
+            f"{newest.started_at:%Y-%m-%d %H:%M:%S} UTC) than this catalog's ({epoch[:12]}): "
+            "the catalog was restored from a backup older than a rebuild, or another catalog "
+            "writes this registry's stores"
         )
     if epoch not in {e.epoch for e in found}:
         store.put_journal_start(epoch, encode_epoch(store.registry_id, current))
     end = contiguous_end(segments.get(epoch, []))
+    if end > head:
+        # Another process of this catalog may have committed and drained meanwhile.
+        head = catalog.journal_head()
+    if end > head:
+        raise CatalogBehindError(
+            f"region {region} holds journal entries up to {end} of epoch {epoch[:12]}, but the "
+            f"catalog ends at entry {head}: it lacks {end - head} changes (it was restored from "
+            "a backup, or another catalog writes this registry's stores)"
+        )
     if end < mark:
         catalog.set_journal_mark(epoch, region, end, exactly=True)
         note = f"the store held entries up to {end} only, not {mark}: written again"
@@ -363,29 +425,25 @@ def _reconcile(
         for first, last, name in beyond:
             for entry in _read_segment(store, epoch, first, last, name):
                 if entry.seq > mark and ours.get(entry.seq) != entry.body:
-                    raise _DivergedError(
-                        f"region {region} holds a different entry {entry.seq} of journal epoch "
-                        f"{epoch} than the catalog (the catalog was restored from a backup or "
-                        "rebuilt from a region that was behind)",
-                        epoch=epoch,
-                        newest=newest.started_at if newest is not None else None,
-                    )
+                    raise _diverged(region, f"entry {entry.seq} in {name}")
         catalog.set_journal_mark(epoch, region, end)
         return end, ""
     return mark, ""
 
 
-def _same_as_stored(store: BlobStore, epoch: str, batch: Sequence[Entry]) -> None:
+def _diverged(region: str, where: str) -> CatalogBehindError:
+    return CatalogBehindError(
+        f"region {region} holds another {where} than the catalog: the catalog was restored "
+        "from a backup and changed since, or another catalog writes this registry's stores"
+    )
+
+
+def _same_as_stored(store: BlobStore, epoch: str, batch: Sequence[Entry], region: str) -> None:
     first, last = batch[0].seq, batch[-1].seq
     name = store.journal_segment_name(epoch, first, last)
     stored = _read_segment(store, epoch, first, last, name)
     if [e.body for e in stored] != [e.body for e in batch]:
-        raise _DivergedError(
-            f"{name} holds other entries than the catalog's {first} to {last} (the catalog "
-            "was restored from a backup or rebuilt from a region that was behind)",
-            epoch=epoch,
-            newest=None,
-        )
+        raise _diverged(region, f"entries {first} to {last} ({name})")
 
 
 def status(catalog: Catalog, regions: Sequence[str]) -> list[RegionJournal]:

@@ -12,6 +12,7 @@ every region under a new epoch.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -74,6 +75,7 @@ from registry.errors import (
 )
 from registry.manifest import Manifest
 from registry.replication import BAD, Region, ReplicaSet
+from registry.storage import deadline
 from registry.storage.factory import open_driver
 
 log = logging.getLogger("model_registry.rebuild")
@@ -135,11 +137,17 @@ def rebuild(
     key_provider: ProviderFactory,
     actor: str,
     accept_loss: bool = False,
+    stand_in: bool = False,
     on_progress: Callable[[str], None] | None = None,
 ) -> RebuildReport:
     """Build a fresh catalog at `catalog_url` from region `source` (see the module text).
     Refused when another reachable region holds a longer or newer journal, or when the region
-    holds no journal at all, unless `accept_loss`."""
+    holds no journal at all, unless `accept_loss`.
+
+    `stand_in` builds a throw-away catalog for commands that must work while the real one is
+    lost (drill, verify --all, regions status, catalog journal): the journal and version records
+    only, what it lacks against other regions noted instead of refused, no copy read back, no
+    audit entry and nothing written to the stores."""
     started = time.monotonic()
     names = [region.name for region in settings.regions]
     if source not in names:
@@ -151,7 +159,9 @@ def rebuild(
     order = sorted(settings.regions, key=lambda region: region.name != source)
     first = order[0]
     keys = key_provider(first)
-    driver = open_driver(first.store, parallelism=settings.effective_workers)
+    driver = open_driver(
+        first.store, parallelism=settings.effective_workers, deadlines=settings.deadlines
+    )
     try:
         if settings.naming_key_file.exists():
             naming_key = read_key_file(settings.naming_key_file, label="naming key")
@@ -162,16 +172,22 @@ def rebuild(
         raise
     regions = [Region(first.name, _store(settings, driver, keys, naming_key))]
     try:
-        for other in order[1:]:
+        # The other regions are opened and checked in parallel, each within its deadlines: a
+        # hung one costs one request's deadline, not one per step.
+        opened = [
+            deadline.submit(
+                functools.partial(_open_region, settings, other, key_provider, naming_key)
+            )
+            for other in order[1:]
+        ]
+        for other, future in zip(order[1:], opened, strict=True):
             try:
-                other_driver = open_driver(other.store, parallelism=settings.effective_workers)
-                store = _store(settings, other_driver, key_provider(other), naming_key)
-                store.check_claim()
+                regions.append(future.result())
             except RegistryError as error:
                 report.unreachable.append(f"{other.name}: {error}")
-                continue
-            regions.append(Region(other.name, store))
-        replicas = ReplicaSet(regions, workers=settings.effective_workers)
+        replicas = ReplicaSet(
+            regions, workers=settings.effective_workers, deadlines=settings.deadlines
+        )
         main = regions[0].store
         main.check_claim()
         say(f"reading the journal of {source}")
@@ -187,10 +203,10 @@ def rebuild(
         say(f"reading version records of {source}")
         records = _version_records(main)
         seen_epochs = _require_complete(
-            read, source, regions[1:], records, report, accept_loss=accept_loss
+            read, source, regions[1:], records, report, accept_loss=accept_loss or stand_in
         )
         cutoff = entries[-1].at if entries else None
-        with _Target(catalog_url) as engine:
+        with _Target(catalog_url, registry_id=settings.registry_id) as engine:
             with Session(engine) as session, session.begin():
                 _replay(session, entries)
                 _fix_sequences(session)
@@ -198,9 +214,10 @@ def rebuild(
                 capture_session(session)
                 _restore_records(session, main, records, settings, report, cutoff=cutoff)
                 write_entry(session)
-                _check_manifests(session, main, settings, report)
-                say("reading key slots and checking every copy in every region")
-                _slots_and_placements(session, replicas, report)
+                if not stand_in:
+                    _check_manifests(session, main, settings, report)
+                    say("reading key slots and checking every copy in every region")
+                    _slots_and_placements(session, replicas, report)
                 _fix_sequences(session)
                 # A journal of its own: written again, whole, under a new epoch, so nothing it
                 # writes can collide with what a region holds of the old one.
@@ -232,6 +249,9 @@ def rebuild(
                     )
                 ]
             report.probed = [region.name for region in regions]
+            if stand_in:
+                report.seconds = time.monotonic() - started
+                return report
             catalog = Catalog(engine)
             # Its own transaction, through the catalog: audited and journaled like any change.
             # `links` names the token events restored as chain links (audit verify trusts
@@ -271,6 +291,51 @@ def rebuild(
         for region in regions:
             region.store.driver.close()
     return report
+
+
+def choose_source(settings: Settings, *, key_provider: ProviderFactory) -> str | None:
+    """The region a rebuild would best start from: the one holding the newest usable journal
+    epoch, and the longest run of it (None when no reachable region holds a journal). Regions
+    are read in parallel, each within its requests' deadlines."""
+
+    def summary(region: RegionSettings) -> tuple[datetime, int] | None:
+        driver = open_driver(
+            region.store,
+            parallelism=settings.effective_workers,
+            fail_fast=True,
+            deadlines=settings.deadlines,
+        )
+        try:
+            keys = key_provider(region)
+            if settings.naming_key_file.exists():
+                naming_key = read_key_file(settings.naming_key_file, label="naming key")
+            else:
+                naming_key = stored_naming_key(driver, keys, registry_id=settings.registry_id)
+            store = _store(settings, driver, keys, naming_key)
+            store.check_claim()
+            found, segments = journal.epochs(store)
+        finally:
+            driver.close()
+        whole = [epoch for epoch in found if journal.usable(epoch, segments)]
+        if not whole:
+            return None
+        newest = whole[-1]
+        return newest.started_at, journal.contiguous_end(segments.get(newest.epoch, []))
+
+    futures = [
+        (region.name, deadline.submit(functools.partial(summary, region)))
+        for region in settings.regions
+    ]
+    best: tuple[tuple[datetime, int], str] | None = None
+    for name, future in futures:
+        try:
+            found = future.result()
+        except RegistryError as error:
+            log.warning("region %s: its journal could not be read: %s", name, error)
+            continue
+        if found is not None and (best is None or found > best[0]):
+            best = (found, name)
+    return None if best is None else best[1]
 
 
 def _require_complete(
@@ -336,6 +401,25 @@ def _require_complete(
     return seen
 
 
+def _open_region(
+    settings: Settings, region: RegionSettings, key_provider: ProviderFactory, naming_key: bytes
+) -> Region:
+    """A region other than the source, opened and checked to be this registry's store."""
+    driver = open_driver(
+        region.store,
+        parallelism=settings.effective_workers,
+        fail_fast=True,
+        deadlines=settings.deadlines,
+    )
+    try:
+        store = _store(settings, driver, key_provider(region), naming_key)
+        store.check_claim()
+    except BaseException:
+        driver.close()
+        raise
+    return Region(region.name, store)
+
+
 def _store(settings: Settings, driver: Any, keys: KeyProvider, naming_key: bytes) -> BlobStore:
     return BlobStore(
         driver,
@@ -360,8 +444,9 @@ def _safe_url(url: str) -> str:
 class _Target:
     """The new catalog's engine: refused unless empty; SQLite built beside its final path."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, registry_id: str) -> None:
         self.url = make_url(url)
+        self.registry_id = registry_id
         self.final: Path | None = None
         self.building: Path | None = None
         if self.url.get_backend_name() == "sqlite" and self.url.database not in (
@@ -396,7 +481,7 @@ class _Target:
             ) from None
         try:
             _require_empty(self.engine, shown)
-            migrate(self.engine)
+            migrate(self.engine, registry_id=self.registry_id)
         except OperationalError as error:
             self.engine.dispose()
             raise StorageError(

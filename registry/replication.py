@@ -7,6 +7,13 @@ region's bytes, authenticated chunk by chunk on the way. One data key therefore 
 each region keeps that key wrapped by its own key-encryption key (its KMS key), and a range one
 region cannot serve can be read from the next. A copy counts as verified only after it was read
 back and its ciphertext checksum (BLAKE3 of the stored bytes) matched.
+
+A region that is down or hung costs little: reads of remote regions are hedged (a range not
+served within the region's latency budget is asked of the next region too, the first good
+answer wins), a region that keeps missing its budget is read last for a while
+(`registry.health`), and writes skip a region that failed and record its copies as pending. A
+region read around is reported in the read's `ReadReport`, whether it failed mid-way or was
+already known to be down.
 """
 
 from __future__ import annotations
@@ -18,9 +25,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import blake3
 
@@ -35,18 +42,20 @@ from registry.errors import (
     NotFoundError,
     RegistryError,
     StorageError,
+    StoreTimeoutError,
 )
+from registry.health import Condition, RegionHealth
+from registry.storage import deadline
+from registry.storage.deadline import DeadlineSettings
 
 VERIFIED = "verified"
 PENDING = "pending"
 BAD = "bad"
-# A region that failed with a network error is skipped by reads for this long, so that a pull
-# pays the time-out of a lost region once, not once per range.
-DOWN_FOR = 60.0
 _RANGE = 8 * 1024 * 1024
 MAX_SMALL_OBJECT = 64 * 1024 * 1024
 
 Chunks = Iterable[bytes | bytearray | memoryview]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -102,22 +111,60 @@ class ReadReport:
 
     bad: dict[tuple[str, str, str], str] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Reads that lost to a hedge: (kind, digest, region, attempt, when it started).
+    _outstanding: list[tuple[str, str, str, Future[Any], float]] = field(
+        default_factory=list, repr=False
+    )
 
     def add(self, kind: str, digest: str, region: str, detail: str) -> None:
         with self._lock:
             self.bad.setdefault((kind, digest, region), detail)
 
+    def hedged(
+        self, kind: str, digest: str, region: str, attempt: Future[Any], started: float
+    ) -> None:
+        """A region's read lost to a hedge: a failure it ends with is reported (as the
+        failure), and one still unanswered when the read settles is reported as hung."""
+        with self._lock:
+            self._outstanding.append((kind, digest, region, attempt, started))
+
+    def settle(self) -> None:
+        """At the end of a pull or load: every hedged-away read that never answered makes its
+        region's copy count as hung (pending), like a read that failed mid-way."""
+        now = time.monotonic()
+        with self._lock:
+            outstanding, self._outstanding = self._outstanding, []
+        for kind, digest, region, attempt, started in outstanding:
+            if not attempt.done():
+                self.add(kind, digest, region, f"hung: no answer after {now - started:.1f} s")
+
 
 class ReplicaSet:
     """The regions of a registry, in read preference order."""
 
-    def __init__(self, regions: Sequence[Region], *, workers: int = 4) -> None:
+    def __init__(
+        self,
+        regions: Sequence[Region],
+        *,
+        workers: int = 4,
+        deadlines: DeadlineSettings | None = None,
+        check_claim: Callable[[Region], None] | None = None,
+    ) -> None:
+        """`check_claim(region)` raises unless the region is this registry's store: it runs
+        once per region, in the background, before the region's first use."""
         if not regions:
             raise ValueError("a replica set needs at least one region")
         self.regions = tuple(regions)
         self.workers = workers
-        self._down: dict[str, tuple[float, str]] = {}
-        self._down_lock = threading.Lock()
+        self.deadlines = deadlines or DeadlineSettings()
+        self.health = RegionHealth(self.deadlines)
+        # Reads are hedged only where a request can hang: a local directory answers or fails.
+        self.hedging = len(self.regions) > 1 and any(
+            r.store.driver.latency_bound for r in self.regions
+        )
+        self._check_claim = check_claim
+        self._claims: dict[str, Future[None]] = {}
+        self._claims_lock = threading.Lock()
 
     @property
     def primary(self) -> BlobStore:
@@ -130,32 +177,63 @@ class ReplicaSet:
     # -- region health -----------------------------------------------------------------------
 
     def mark_down(self, region: Region, error: Exception) -> None:
-        with self._down_lock:
-            self._down[region.name] = (time.monotonic() + DOWN_FOR, str(error))
+        self.health.failed(region.name, error)
 
     def mark_up(self, region: Region) -> None:
-        with self._down_lock:
-            self._down.pop(region.name, None)
+        self.health.recovered(region.name)
 
     def is_down(self, region: Region) -> bool:
-        return self._is_down(region.name)
+        """Whether a request to the region failed a moment ago (writes skip it)."""
+        return self.health.unavailable(region.name) is not None
 
-    def _is_down(self, key: str) -> bool:
-        with self._down_lock:
-            entry = self._down.get(key)
-            if entry is None:
-                return False
-            if entry[0] < time.monotonic():
-                del self._down[key]
-                return False
-            return True
+    def condition(self, region: Region) -> Condition | None:
+        """Why the region is read last now (down, hung or degraded), or None."""
+        return self.health.condition(region.name)
 
     def _kms_down(self, region: Region) -> bool:
-        return self._is_down(f"kms:{region.name}")
+        return self.health.unavailable(f"kms:{region.name}") is not None
 
     def _mark_kms_down(self, region: Region, error: Exception) -> None:
-        with self._down_lock:
-            self._down[f"kms:{region.name}"] = (time.monotonic() + DOWN_FOR, str(error))
+        self.health.failed(f"kms:{region.name}", error)
+
+    # -- claims --------------------------------------------------------------------------------
+
+    def start_claims(self) -> None:
+        """Check in the background, once, that every region is this registry's store: reads
+        start at once and wait only for the regions they use."""
+        if self._check_claim is None:
+            return
+        check = self._check_claim
+        with self._claims_lock:
+            for region in self.regions:
+                if region.name not in self._claims:
+                    self._claims[region.name] = deadline.submit(functools.partial(check, region))
+
+    def claim(self, region: Region, *, timeout: float | None = None) -> None:
+        """Wait for the region's claim check (started if it was not): its error is raised, a
+        `StoreTimeoutError` after `timeout` (default: a request's deadline)."""
+        self.start_claims()
+        with self._claims_lock:
+            future = self._claims.get(region.name)
+            if (
+                future is not None
+                and future.done()
+                and isinstance(future.exception(), StorageError)
+                and self.health.unavailable(region.name) is None
+                and self._check_claim is not None
+            ):
+                # It failed for want of an answer, and its time out is over: ask again.
+                future = deadline.submit(functools.partial(self._check_claim, region))
+                self._claims[region.name] = future
+        if future is None:
+            return
+        limit = self.deadlines.request_seconds if timeout is None else timeout
+        try:
+            future.result(timeout=limit)
+        except TimeoutError:
+            raise StoreTimeoutError(
+                f"region {region.name}: its registry marker was not read within {limit:g} s"
+            ) from None
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -364,13 +442,13 @@ class ReplicaSet:
         stored: set[str] = set()
         reachable: list[Region] = []
         for region, result in zip(
-            regions, self._each(regions, lambda r: r.store.driver.stat(name)), strict=True
+            regions, self._each(regions, lambda r: self._stat_available(r, name)), strict=True
         ):
             if isinstance(result, Exception):
-                self.mark_down(region, result)
-                outcomes[region.name] = Outcome(
-                    region.name, PENDING, detail=f"unreachable: {result}"
-                )
+                if not isinstance(result, _SkippedError):
+                    self.mark_down(region, result)
+                kind_of = "hung" if isinstance(result, StoreTimeoutError) else "unreachable"
+                outcomes[region.name] = Outcome(region.name, PENDING, detail=f"{kind_of}: {result}")
                 continue
             reachable.append(region)
             if result is not None:
@@ -500,6 +578,16 @@ class ReplicaSet:
         ordered = tuple(outcomes[r.name] for r in self.regions if r.name in outcomes)
         return Replicated(kind, digest, name, header, tuple(slots.values()), ordered)
 
+    def _stat_available(self, region: Region, name: str) -> object:
+        """The object's info in a region that is up and claimed; a region that failed a moment
+        ago is not asked again (its copy is recorded pending and `replicate` writes it)."""
+        condition = self.health.unavailable(region.name)
+        if condition is not None:
+            ago = time.monotonic() - condition.since
+            raise _SkippedError(f"{condition.detail} ({ago:.0f} s ago; not asked again yet)")
+        self.claim(region)
+        return region.store.driver.stat(name)
+
     def _each(
         self, regions: Sequence[Region], work: Callable[[Region], object]
     ) -> list[object | BaseException]:
@@ -613,30 +701,40 @@ class ReplicaSet:
                     raise
                 results[region.name] = (error, None)
             return results
-        fanout = _Fanout(len(targets))
-        with ThreadPoolExecutor(len(targets), thread_name_prefix="replica") as pool:
-            futures = [
-                pool.submit(fanout.consume, index, functools.partial(write, region))
-                for index, region in enumerate(targets)
-            ]
-            try:
-                for chunk in hashed():
-                    fanout.feed(chunk)
-                fanout.finish()
-            except BaseException as error:
-                fanout.fail(error)
-                for future in futures:
+        # A region that stops taking data is dropped after a request's deadline, so that one
+        # hung region does not hold the others' writes (its writer ends at its own deadline).
+        fanout = _Fanout(len(targets), stall_seconds=self.deadlines.request_seconds)
+        futures = [
+            deadline.submit(functools.partial(fanout.consume, index, functools.partial(write, r)))
+            for index, r in enumerate(targets)
+        ]
+        try:
+            for chunk in hashed():
+                fanout.feed(chunk)
+            fanout.finish()
+        except BaseException as error:
+            fanout.fail(error)
+            for index, future in enumerate(futures):
+                if not fanout.stalled(index):
                     future.exception()
-                raise
-            for region, future in zip(targets, futures, strict=True):
-                failure = future.exception()
-                if failure is None:
-                    ours = future.result()
-                    results[region.name] = (None, _hex(hasher) if ours else None)
-                elif isinstance(failure, (StorageError, KeyAccessError, IntegrityError)):
-                    results[region.name] = (failure, None)
-                else:
-                    raise failure
+            raise
+        for index, (region, future) in enumerate(zip(targets, futures, strict=True)):
+            if fanout.stalled(index):
+                results[region.name] = (
+                    StoreTimeoutError(
+                        f"{region.name} took no data for {self.deadlines.request_seconds:g} s"
+                    ),
+                    None,
+                )
+                continue
+            failure = future.exception()
+            if failure is None:
+                ours = future.result()
+                results[region.name] = (None, _hex(hasher) if ours else None)
+            elif isinstance(failure, (StorageError, KeyAccessError, IntegrityError)):
+                results[region.name] = (failure, None)
+            else:
+                raise failure
         return results
 
     def _check(
@@ -850,6 +948,10 @@ class ReplicaSet:
         return b"".join(parts)
 
 
+class _SkippedError(StorageError):
+    """A region left out because it failed a moment ago (not a new failure)."""
+
+
 class BlobReader(Protocol):
     """Sealed bytes of one stored object, with fail-over between regions."""
 
@@ -886,9 +988,10 @@ class _FailoverSource:
         healthy = [
             i
             for i in range(len(self.regions))
-            if i not in skip and not self.replicas.is_down(self.regions[i])
+            if i not in skip and self.replicas.condition(self.regions[i]) is None
         ]
-        # A region marked down is still tried last: it may be back, and it may be all there is.
+        # A region read last (down, hung, degraded) is still tried: it may be back, and it may
+        # be all there is.
         return healthy + [i for i in range(len(self.regions)) if i not in skip and i not in healthy]
 
     def _failed(self, index: int, offset: int | None, detail: str, *, gone: bool) -> None:
@@ -900,24 +1003,63 @@ class _FailoverSource:
             elif offset is not None:
                 self._skip.setdefault(offset, set()).add(index)
 
-    def _read(self, offset: int, attempt: Callable[[Region], object]) -> object:
+    def _attempt(self, region: Region, read: Callable[[Region], T]) -> T:
+        # A region whose registry marker has not been read yet is not used before it is.
+        self.replicas.claim(region)
+        return read(region)
+
+    def _read(self, offset: int, read: Callable[[Region], T]) -> T:
+        """The first good answer for this range: regions in order, each later one asked when
+        the one before failed or (with hedging) missed its latency budget."""
+        order = self._candidates(offset)
         errors: list[str] = []
-        for index in self._candidates(offset):
+        pending = deque(order)
+        running: dict[Future[T], tuple[int, float]] = {}
+        health = self.replicas.health
+        hedged = self.replicas.hedging and len(order) > 1
+
+        def launch() -> None:
+            index = pending.popleft()
             region = self.regions[index]
-            try:
-                result = attempt(region)
-            except NotFoundError:
-                self._failed(index, offset, "missing", gone=True)
-                errors.append(f"{region.name}: missing")
+            running[deadline.submit(functools.partial(self._attempt, region, read))] = (
+                index,
+                time.monotonic(),
+            )
+
+        while pending or running:
+            if not hedged:
+                index = pending.popleft()
+                region = self.regions[index]
+                started = time.monotonic()
+                try:
+                    result = self._attempt(region, read)
+                except (NotFoundError, StorageError) as error:
+                    errors.append(self._refused(index, offset, error))
+                    continue
+                return self._won(index, offset, started, result)
+            if not running:
+                launch()
+            newest, started = list(running.values())[-1]
+            budget = health.budget(self.regions[newest].name)
+            timeout = max(0.0, started + budget - time.monotonic()) if pending else None
+            done, _ = wait(running, timeout=timeout, return_when=FIRST_COMPLETED)
+            if not done:
+                health.missed(self.regions[newest].name, budget)
+                launch()
                 continue
-            except StorageError as error:
-                self.replicas.mark_down(region, error)
-                self._failed(index, offset, f"unreachable: {error}", gone=True)
-                errors.append(f"{region.name}: {error}")
-                continue
-            with self._lock:
-                self._served[offset] = index
-            return result
+            for future in done:
+                index, started = running.pop(future)
+                try:
+                    result = future.result()
+                except (NotFoundError, StorageError) as error:
+                    errors.append(self._refused(index, offset, error))
+                    continue
+                for other, (late, other_started) in running.items():
+                    other.add_done_callback(functools.partial(self._late, late))
+                    self.report.hedged(
+                        self.kind, self.digest, self.regions[late].name, other, other_started
+                    )
+                return self._won(index, offset, started, result)
         if errors and all(e.endswith(": missing") for e in errors):
             raise IntegrityError(
                 f"{self.what}: stored object {self.name} is missing", path=self.what
@@ -927,19 +1069,55 @@ class _FailoverSource:
             hint="check the regions with `model-registry regions status`",
         )
 
-    def read_range(self, offset: int, length: int) -> bytes:
-        result = self._read(
-            offset, lambda region: region.store.driver.get_range(self.name, offset, length)
-        )
-        assert isinstance(result, bytes)
+    def _refused(self, index: int, offset: int, error: Exception) -> str:
+        region = self.regions[index]
+        if isinstance(error, NotFoundError):
+            self._failed(index, offset, "missing", gone=True)
+            return f"{region.name}: missing"
+        assert isinstance(error, StorageError)
+        self.replicas.mark_down(region, error)
+        kind = "hung" if isinstance(error, StoreTimeoutError) else "unreachable"
+        self._failed(index, offset, f"{kind}: {error}", gone=True)
+        return f"{region.name}: {error}"
+
+    def _late(self, index: int, future: Future[Any]) -> None:
+        """An attempt that lost to a hedge: its failure still says the region is down, and is
+        reported for this object like a failure on the read itself."""
+        error = future.exception()
+        if isinstance(error, StorageError) and not isinstance(error, NotFoundError):
+            self.replicas.mark_down(self.regions[index], error)
+            kind = "hung" if isinstance(error, StoreTimeoutError) else "unreachable"
+            self.report.add(self.kind, self.digest, self.regions[index].name, f"{kind}: {error}")
+
+    def _won(self, index: int, offset: int, started: float, result: T) -> T:
+        """Record who served a range; regions read around because they are known to be down,
+        hung or degraded are reported like regions that failed on this read."""
+        self.replicas.health.served(self.regions[index].name, time.monotonic() - started)
+        with self._lock:
+            self._served[offset] = index
+        for other, region in enumerate(self.regions):
+            if other == index or other in self._gone:
+                continue
+            condition = self.replicas.condition(region)
+            if condition is not None and (other < index or condition.state != "degraded"):
+                self.report.add(self.kind, self.digest, region.name, condition.describe())
         return result
 
+    def read_range(self, offset: int, length: int) -> bytes:
+        return self._read(
+            offset, lambda region: region.store.driver.get_range(self.name, offset, length)
+        )
+
     def read_into(self, offset: int, buffer: memoryview) -> int:
-        result = self._read(
+        if self.replicas.hedging:
+            # Two regions may answer one range: each reads into its own bytes, and only the
+            # winner's reach the caller's buffer (a loser may still be writing).
+            data = self.read_range(offset, len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        return self._read(
             offset, lambda region: region.store.driver.read_into(self.name, offset, buffer)
         )
-        assert isinstance(result, int)
-        return result
 
     def regions_used(self) -> list[str]:
         """The regions that served the ranges read so far, in read preference order."""
@@ -959,18 +1137,29 @@ class _FailoverSource:
 
 class _Fanout:
     """One stream of chunks fed to several writers, each consuming in its own thread; a writer
-    that fails drops out without stalling the others, and a failing source fails them all."""
+    that fails drops out without stalling the others, one that takes nothing for
+    `stall_seconds` is dropped as stalled, and a failing source fails them all."""
 
     _END = object()
 
-    def __init__(self, count: int, *, depth: int = 8) -> None:
+    def __init__(self, count: int, *, depth: int = 8, stall_seconds: float = 10.0) -> None:
         self._queues: list[queue.Queue[object]] = [queue.Queue(depth) for _ in range(count)]
         self._alive = [True] * count
+        self._stalled = [False] * count
+        self._stall_seconds = stall_seconds
+
+    def stalled(self, index: int) -> bool:
+        return self._stalled[index]
 
     def consume(self, index: int, writer: Callable[[Chunks], bool]) -> bool:
         def chunks() -> Iterator[bytes]:
             while True:
-                item = self._queues[index].get()
+                try:
+                    item = self._queues[index].get(timeout=0.2)
+                except queue.Empty:
+                    if self._stalled[index]:
+                        raise StoreTimeoutError("dropped: it stopped taking data") from None
+                    continue
                 if item is self._END:
                     return
                 if isinstance(item, BaseException):
@@ -991,12 +1180,17 @@ class _Fanout:
 
     def _put(self, item: object) -> None:
         for index, pipe in enumerate(self._queues):
+            blocked_since: float | None = None
             while self._alive[index]:
                 try:
                     pipe.put(item, timeout=0.05)
                     break
                 except queue.Full:
-                    continue
+                    now = time.monotonic()
+                    blocked_since = blocked_since or now
+                    if now - blocked_since > self._stall_seconds:
+                        self._stalled[index] = True
+                        self._alive[index] = False
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> None:
         self._put(bytes(chunk))

@@ -14,11 +14,13 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import os
 import random
 import re
 import secrets
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -32,8 +34,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from registry import events, journal, rebuild
 from registry import manifest as manifests
-from registry.blobstore import BLOB, MANIFEST, BlobStore, seal_bytes
-from registry.catalog.db import create_catalog_engine, migrate
+from registry.blobstore import BLOB, MANIFEST, BlobStore, seal_bytes, store_owner
+from registry.catalog.db import check_new_catalog, drop_catalog, open_catalog_engine
 from registry.catalog.repository import (
     DEFAULT_POLICY,
     PROMOTE,
@@ -86,6 +88,8 @@ from registry.crypto.signing import (
 )
 from registry.digest import hash_file
 from registry.errors import (
+    CatalogBehindError,
+    CatalogMissingError,
     ConfigurationError,
     ConflictError,
     IntegrityError,
@@ -98,6 +102,7 @@ from registry.errors import (
     RegistryError,
     RetentionError,
     StorageError,
+    StoreTimeoutError,
     UnauthenticatedError,
 )
 from registry.manifest import Manifest, ManifestFile
@@ -124,9 +129,12 @@ from registry.retention import (
     parse_duration,
 )
 from registry.safetensors_header import parse_header
+from registry.storage import deadline
+from registry.storage.deadline import DeadlineSettings
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
 from registry.storage.lock import ObjectLock, Retention
 
+log = logging.getLogger("model_registry")
 P = ParamSpec("P")
 R = TypeVar("R")
 # A bare KMS key id (a UUID), as `keys rotate --to` may be given one.
@@ -349,9 +357,15 @@ class RegionStatus:
     pending: int
     bad: int
     missing: int
+    # ok | unreachable (refused, failed) | hung (no answer within the deadline) |
+    # foreign (another registry's store, or another naming key)
+    state: str = "ok"
+    counted: bool = True  # False: no catalog to count copies from (a stand-in)
 
     @property
     def complete(self) -> bool:
+        if not self.counted:
+            return self.reachable
         return self.reachable and not (self.pending or self.bad or self.missing)
 
 
@@ -494,17 +508,31 @@ class VersionDetails:
 
 
 def _journaled(method: Callable[P, R]) -> Callable[P, R]:
-    """A method that changes the catalog copies the journal out to the regions when it ends
-    (also when it fails: part of a gc may have committed)."""
+    """A method that changes the catalog: first the catalog is checked against the stores'
+    journal (once per handle, then every ten minutes), so that a catalog behind them (restored
+    from a backup) is refused before it changes anything; when the method ends (also when it
+    fails: part of a gc may have committed), the journal is copied out to the regions."""
 
     @functools.wraps(method)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        registry = args[0]
+        assert isinstance(registry, Registry)
+        registry._guard_catalog()
         try:
-            return method(*args, **kwargs)
-        finally:
-            registry = args[0]
-            assert isinstance(registry, Registry)
+            result = method(*args, **kwargs)
+        except BaseException:
+            with contextlib.suppress(CatalogBehindError):  # the method's own error comes first
+                registry.drain_journal()
+            raise
+        try:
             registry.drain_journal()
+        except CatalogBehindError as error:
+            raise CatalogBehindError(
+                f"{error.message}; the change is in this catalog but was not copied to the "
+                "stores' journal",
+                hint=error.hint,
+            ) from None
+        return result
 
     return wrapper
 
@@ -512,7 +540,18 @@ def _journaled(method: Callable[P, R]) -> Callable[P, R]:
 class Registry:
     """An open registry: catalog, store, keys and signer, as configured in a home directory."""
 
-    def __init__(self, settings: Settings, *, actor: str | None = None, role: str = ADMIN) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        actor: str | None = None,
+        role: str = ADMIN,
+        create_catalog: bool = False,
+        provisional: str | None = None,
+    ) -> None:
+        """Open the catalog and the regions of `settings`. The catalog must exist and be this
+        registry's (`create_catalog`: init makes it). `provisional` names where a stand-in
+        catalog came from (`open_for_recovery`): nothing is then journaled or changed."""
         self.settings = settings
         self.actor = actor or default_actor()
         if role not in ROLES:
@@ -528,12 +567,23 @@ class Registry:
         self.sweep_wait = 120.0
         # Named points where tests pause a push or a gc to interleave them with another.
         self.checkpoints: dict[str, Callable[[], None]] = {}
-        engine = create_catalog_engine(settings.catalog_url)
+        self.provisional = provisional
+        self._stand_in: Path | None = None  # the temporary home of a stand-in catalog
         try:
-            migrate(engine)
-        except BaseException:
-            engine.dispose()
-            raise
+            engine = open_catalog_engine(
+                settings.catalog_url, registry_id=settings.registry_id, create=create_catalog
+            )
+        except CatalogMissingError as error:
+            names = ", ".join(region.name for region in settings.regions)
+            raise CatalogMissingError(
+                f"{error.message}; this home ({settings.home}) belongs to registry "
+                f"{settings.registry_id}, whose history the stores' journal holds: nothing was "
+                "changed and no empty catalog was put in its place",
+                hint=f"prove a region first (`model-registry drill --region REGION`, which works "
+                f"from the stores alone), then `model-registry catalog rebuild --from REGION` "
+                f"(regions: {names}); or restore the database and check catalog.url in "
+                "config.toml",
+            ) from None
         self.catalog = Catalog(engine)
         # A remote store is latency-bound: more requests in flight and larger ranges hide the
         # round trips (measured against boto3's own transfers, docs/benchmarks.md).
@@ -544,7 +594,12 @@ class Registry:
         regions: list[Region] = []
         try:
             for region, keys in zip(settings.regions, providers, strict=True):
-                driver = open_driver(region.store, parallelism=workers, fail_fast=several)
+                driver = open_driver(
+                    region.store,
+                    parallelism=workers,
+                    fail_fast=several,
+                    deadlines=settings.deadlines,
+                )
                 store = BlobStore(
                     driver,
                     keys,
@@ -561,7 +616,9 @@ class Registry:
                 opened.store.driver.close()
             self.catalog.close()
             raise
-        self.replicas = ReplicaSet(regions, workers=workers)
+        self.replicas = ReplicaSet(
+            regions, workers=workers, deadlines=settings.deadlines, check_claim=self._check_claim
+        )
         self._closed = False
         self._journal_checked = float("-inf")
         # The preferred region's store and keys (the only ones of a single-store registry).
@@ -577,28 +634,98 @@ class Registry:
     def open(
         cls, home: str | Path | None = None, *, actor: str | None = None, role: str = ADMIN
     ) -> Registry:
-        """Open the registry in `home` (MODEL_REGISTRY_HOME, default ~/.model-registry)."""
-        settings = load_settings(Path(home) if home is not None else None)
-        registry = cls(settings, actor=actor, role=role)
-        try:
-            registry._check_claims()
-        except BaseException:
-            registry.close()
-            raise
-        return registry
+        """Open the registry in `home` (MODEL_REGISTRY_HOME, default ~/.model-registry).
 
-    def _check_claims(self) -> None:
-        """Every reachable region is this registry's store; an unreachable one is tolerated
-        while another region can serve (reads fail over, writes queue repairs)."""
+        Nothing is asked of the stores here: commands that need only the catalog (ls, show,
+        history, audit) never wait on a region. The first use of a region checks that it is
+        this registry's store (in the background for reads, which start at once)."""
+        settings = load_settings(Path(home) if home is not None else None)
+        return cls(settings, actor=actor, role=role)
+
+    @classmethod
+    def open_for_recovery(
+        cls,
+        home: str | Path | None = None,
+        *,
+        region: str | None = None,
+        replay: bool = True,
+        actor: str | None = None,
+        on_progress: Callable[[str], None] | None = None,
+    ) -> Registry:
+        """Open the registry for the commands that prove the stores before a rebuild (drill,
+        verify --all, regions status, catalog journal): its catalog when there is one, else a
+        stand-in catalog in a temporary database, replayed from the journal of `region` (by
+        default the region a rebuild would choose) when `replay`. A stand-in is read only:
+        `provisional` says where it came from, nothing is journaled, and changes are refused.
+        A catalog of another registry, or one behind the stores, is refused as usual."""
+        settings = load_settings(Path(home) if home is not None else None)
+        try:
+            return cls(settings, actor=actor)
+        except CatalogMissingError:
+            pass
+        workdir = Path(tempfile.mkdtemp(prefix="model-registry-stand-in-"))
+        url = f"sqlite:///{workdir / 'catalog.db'}"
+        local = _local_keys(settings)
+
+        def provider(entry: RegionSettings) -> KeyProvider:
+            return _key_provider(entry.kms, local)
+
+        try:
+            source = region
+            if replay and source is None:
+                source = rebuild.choose_source(settings, key_provider=provider)
+                if source is None:
+                    raise CatalogMissingError(
+                        "the catalog is missing and no reachable region holds a journal to "
+                        "work from",
+                        hint="check the regions (`model-registry regions status`) and their "
+                        "[store] settings in config.toml",
+                    )
+            if replay and source is not None:
+                report = rebuild.rebuild(
+                    settings,
+                    source=source,
+                    catalog_url=url,
+                    key_provider=provider,
+                    actor=actor or default_actor(),
+                    stand_in=True,
+                    on_progress=on_progress,
+                )
+                note = f"region {source}'s journal ({report.entries} entries)"
+            else:
+                open_catalog_engine(url, registry_id=settings.registry_id, create=True).dispose()
+                note = "the stores alone"
+            opened = cls(
+                dataclasses.replace(settings, catalog_url=url), actor=actor, provisional=note
+            )
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        opened._stand_in = workdir
+        return opened
+
+    def _check_claim(self, region: Region) -> None:
+        """The region is this registry's store (its marker and naming key): run once per region
+        in the background by the replica set. A region that cannot be reached is marked down."""
+        try:
+            region.store.check_claim()
+        except KmsUnreachableError:
+            if len(self.replicas.regions) == 1:
+                raise
+            # Its storage may well answer; its slots are tried after the other regions'.
+        except StorageError as error:
+            self.replicas.mark_down(region, error)
+            raise
+
+    def _regions_ready(self) -> None:
+        """Wait (each within a request's deadline) until every region's claim is checked:
+        before commands that work on every region. Regions that cannot be reached are marked
+        down and tolerated while another one answers; a store that is not this registry's is
+        an error."""
         unreachable: list[StorageError] = []
         for region in self.replicas.regions:
             try:
-                region.store.check_claim()
-            except KmsUnreachableError:
-                if len(self.replicas.regions) == 1:
-                    raise
-                # Its storage may well answer; its slots are tried after the other regions'.
-                continue
+                self.replicas.claim(region)
             except StorageError as error:
                 if len(self.replicas.regions) == 1:
                     raise
@@ -624,6 +751,8 @@ class Registry:
         finally:
             self.catalog.close()
             self.replicas.close()
+            if self._stand_in is not None:
+                shutil.rmtree(self._stand_in, ignore_errors=True)
 
     def __enter__(self) -> Registry:
         return self
@@ -663,6 +792,7 @@ class Registry:
                     hint=f"edit {home_path / CONFIG_FILE} to change settings",
                 )
             with cls.open(home_path) as registry:
+                registry._regions_ready()
                 for region in registry.replicas.regions:
                     if not registry.replicas.is_down(region):
                         region.store.claim()
@@ -690,49 +820,75 @@ class Registry:
                     f"the key directory {keys} and the store {path} must be apart",
                     hint="keys must never live beside the data they protect (design invariant 5)",
                 )
-        home_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for settings in regions:
-            prepare_bucket(settings.store)
-        keys.mkdir(parents=True, exist_ok=True, mode=0o700)
-        kek_file, naming_file, signing_file = (
-            keys / "kek.key",
-            keys / "naming.key",
-            keys / "signing.key",
-        )
-        needs_kek = any(region.kms is None for region in regions)
-        if needs_kek and not kek_file.exists():
-            create_key_file(kek_file)
-        if not naming_file.exists():
-            create_key_file(naming_file, label="naming key")
-        signer = (
-            Signer.from_file(signing_file) if signing_file.exists() else Signer.create(signing_file)
-        )
         url = catalog_url or f"sqlite:///{home_path / 'catalog.db'}"
-        text = render_config(
-            registry_id=f"mr-{uuid.uuid4().hex}",
-            catalog_url=url,
-            regions=regions,
-            kek_file=str(kek_file) if needs_kek else None,
-            naming_key_file=str(naming_file),
-            signing_key_file=str(signing_file),
-            trusted_signers=[("local", public_key_text(signer.public_key))],
-            write_quorum=write_quorum,
-        )
-        # The configuration becomes config.toml only once the catalog opened and the store was
-        # claimed with it: a failed init (a typo in the catalog URL, a store owned by another
-        # registry) leaves no half-configured home, and runs again with corrected options.
-        pending = home_path / f".{CONFIG_FILE}.{uuid.uuid4().hex[:8]}.pending"
-        _write_atomically(pending, text)
+        registry_id = f"mr-{uuid.uuid4().hex}"
+        # Refusals come before anything is made: a catalog or a store that belongs to another
+        # registry is left exactly as it was, and no home is left behind.
+        check_new_catalog(url)
+        deadlines = DeadlineSettings()
+        for settings in regions:
+            driver = open_driver(settings.store, parallelism=1, deadlines=deadlines)
+            try:
+                owner = store_owner(driver)
+            finally:
+                driver.close()
+            if owner is not None:
+                raise ConfigurationError(
+                    f"the store {settings.store.describe()} belongs to registry {owner}",
+                    hint="each registry needs its own store; a new registry never writes into "
+                    "another's",
+                )
+        made = _Made()
         try:
-            with cls(load_settings(home_path, config_file=pending)) as registry:
+            made.directory(home_path)
+            for settings in regions:
+                prepare_bucket(settings.store, deadlines=deadlines)
+            made.directory(keys)
+            kek_file, naming_file, signing_file = (
+                keys / "kek.key",
+                keys / "naming.key",
+                keys / "signing.key",
+            )
+            needs_kek = any(region.kms is None for region in regions)
+            if needs_kek and not kek_file.exists():
+                create_key_file(kek_file)
+                made.file(kek_file)
+            if not naming_file.exists():
+                create_key_file(naming_file, label="naming key")
+                made.file(naming_file)
+            if signing_file.exists():
+                signer = Signer.from_file(signing_file)
+            else:
+                signer = Signer.create(signing_file)
+                made.file(signing_file)
+            text = render_config(
+                registry_id=registry_id,
+                catalog_url=url,
+                regions=regions,
+                kek_file=str(kek_file) if needs_kek else None,
+                naming_key_file=str(naming_file),
+                signing_key_file=str(signing_file),
+                trusted_signers=[("local", public_key_text(signer.public_key))],
+                write_quorum=write_quorum,
+            )
+            # The configuration becomes config.toml only once the catalog was made and the
+            # stores claimed with it: a failed init leaves no half-configured home, and runs
+            # again with corrected options.
+            pending = home_path / f".{CONFIG_FILE}.{uuid.uuid4().hex[:8]}.pending"
+            _write_atomically(pending, text)
+            made.file(pending)
+            registry = cls(load_settings(home_path, config_file=pending), create_catalog=True)
+            made.catalog(url)
+            with registry:
                 for region in registry.replicas.regions:
                     region.store.claim()
                 registry.catalog.audit(registry.actor, "init", "registry", {"home": str(home_path)})
                 registry.drain_journal()
                 result = registry._init_result(created=True)
             os.replace(pending, home_path / CONFIG_FILE)
-        finally:
-            pending.unlink(missing_ok=True)
+        except BaseException:
+            made.undo()
+            raise
         return result
 
     def _init_result(self, *, created: bool) -> InitResult:
@@ -778,22 +934,31 @@ class Registry:
 
     def show(self, ref: str) -> VersionDetails:
         version = self.resolve(ref)
-        manifest, signer = self._load_manifest(version)
+        manifest, signer = self._load_manifest(version, cached=True)
         return VersionDetails(version, manifest, signer.name)
 
     def _load_manifest(
-        self, version: VersionRecord, report: ReadReport | None = None
+        self, version: VersionRecord, report: ReadReport | None = None, *, cached: bool = False
     ) -> tuple[Manifest, TrustedSigner]:
-        """The version's manifest read back from the store: authenticated, digest checked
-        against the catalog, signature checked against the trusted keys."""
+        """The version's manifest read back from the stores (authenticated, then cached in the
+        catalog), or with `cached` the catalog's copy when it has one (`show`, which must not
+        wait on a store); either way its digest is checked against the version and its
+        signature against the trusted keys."""
         what = f"manifest of {version.ref}"
-        data = self.replicas.read_bytes(
-            MANIFEST,
-            version.digest,
-            known=self.catalog.key_slots(version.digest, MANIFEST),
-            what=what,
-            report=report or ReadReport(),
-        )
+        # The catalog's cached copy is checked exactly like the stored one (digest, signature by
+        # a trusted key), so a catalog writer cannot slip in another manifest.
+        data = self.catalog.cached_manifest(version.digest) if cached else None
+        if data is None:
+            data = self.replicas.read_bytes(
+                MANIFEST,
+                version.digest,
+                known=self.catalog.key_slots(version.digest, MANIFEST),
+                what=what,
+                report=report or ReadReport(),
+            )
+            cache = True
+        else:
+            cache = False
         manifest, signer = manifests.parse_envelope(
             data,
             expected_digest=version.digest,
@@ -802,6 +967,9 @@ class Registry:
         )
         if manifest.name != version.name:
             raise IntegrityError(f"{what}: names model {manifest.name}", path=what)
+        if cache and self.provisional is None:
+            with contextlib.suppress(RegistryError):
+                self.catalog.cache_manifest(version.digest, data)
         return manifest, signer
 
     def _placed(self, kind: str, digest: str) -> tuple[frozenset[str], str | None, frozenset[str]]:
@@ -980,6 +1148,20 @@ class Registry:
         quorum: int,
         progress: Progress,
     ) -> PushResult:
+        self._regions_ready()
+        available = [r for r in self.replicas.regions if not self.replicas.is_down(r)]
+        if len(available) < quorum:
+            down = [
+                f"{r.name} ({condition.describe()})"
+                for r in self.replicas.regions
+                if (condition := self.replicas.health.unavailable(r.name)) is not None
+            ]
+            raise StorageError(
+                f"{len(available)} of the {quorum} regions this push needs can be reached "
+                f"({'; '.join(down)}); nothing was stored, nothing was committed",
+                hint="check `model-registry regions status`, then push again, or lower the "
+                "quorum with --write-quorum",
+            )
         # Also what the push may seal anew: objects only retired keys' slots open (leftovers of
         # a process refused after a key rotation, or content only a lost key opened).
         retired = self._refuse_retired_keys()
@@ -1079,6 +1261,8 @@ class Registry:
                 lease=lease,
             ),
         )
+        with contextlib.suppress(RegistryError):
+            self.catalog.cache_manifest(digest, envelope)
         held = self.catalog.held_objects()
         unheld: list[PlacementRecord] = []
         for result in [*blobs, stored_manifest]:
@@ -1254,6 +1438,7 @@ class Registry:
                 unwraps_before=unwraps_before,
             )
         finally:
+            report.settle()
             self._record_bad_copies(report)
 
     def _pull(
@@ -1281,6 +1466,7 @@ class Registry:
             if isinstance(error, OSError):
                 raise storage_error(error, dest) from None
             raise
+        report.settle()
         self.catalog.audit(
             self.actor,
             "pull",
@@ -1315,7 +1501,7 @@ class Registry:
                         region,
                         self.store.object_name(kind, digest),
                         # A network failure says nothing of the copy: check it again later.
-                        PENDING if detail.startswith("unreachable") else BAD,
+                        PENDING if detail.startswith(("unreachable", "hung")) else BAD,
                         None,
                         detail,
                     )
@@ -1362,6 +1548,7 @@ class Registry:
         progress = progress or _NoProgress()
         unwraps_before = self.unwraps
         version = self.resolve(ref)
+        self._regions_ready()
         regions = self.replicas.regions
         several = len(regions) > 1
         problems: list[FileProblem] = []
@@ -1768,6 +1955,7 @@ class Registry:
         it anew. `dry_run` changes nothing and reports what would happen.
         """
         self._require(ADMIN, "collect garbage")
+        self._regions_ready()
         window = parse_duration(grace) if isinstance(grace, str) else grace
         if window < timedelta(0):
             raise InvalidInputError("the grace window cannot be negative")
@@ -2144,8 +2332,12 @@ class Registry:
         self, version: VersionRecord, details: dict[str, Any], report: ReadReport
     ) -> None:
         """Audit a load by the loader (like a pull: who read which version), and record the
-        copies it found damaged or missing (for `regions status` and `replicate --repair`)."""
+        copies it found damaged or missing (for `regions status` and `replicate --repair`),
+        with a warning per region it had to read around."""
+        report.settle()
         self._record_bad_copies(report)
+        for line in _bad_copies(report):
+            log.warning("load of %s read around %s", version.ref, line)
         self.catalog.audit(
             self.actor,
             "load",
@@ -2181,36 +2373,88 @@ class Registry:
 
     def drain_journal(self) -> list[journal.RegionJournal]:
         """Copy the catalog's new journal entries to every region (after each change and on
-        the server's timer); a region that cannot take them is reported, and caught up later."""
+        the server's timer); a region that cannot take them is reported, and caught up later.
+        `CatalogBehindError` when a store holds journal entries this catalog lacks."""
+        return self._drain(check=self._journal_check_due())
+
+    def _journal_check_due(self) -> bool:
         # The stores are compared with the marks once per handle and then every ten minutes
         # (a region replaced by an empty store, a catalog restored from a backup).
-        check = time.monotonic() - self._journal_checked > JOURNAL_CHECK_SECONDS
+        return time.monotonic() - self._journal_checked > JOURNAL_CHECK_SECONDS
+
+    def _drain(self, *, check: bool) -> list[journal.RegionJournal]:
+        if self.provisional is not None:
+            return []
         try:
+            self._regions_ready()
             self.catalog.journaled = 0
-            states = journal.drain(self.catalog, self._journal_stores(), check=check)
+            skip = {
+                region.name: condition.describe()
+                for region in self.replicas.regions
+                if (condition := self.replicas.health.unavailable(region.name)) is not None
+            }
+            states = journal.drain(self.catalog, self._journal_stores(), check=check, skip=skip)
             if check:
                 self._journal_checked = time.monotonic()
             return states
+        except CatalogBehindError:
+            raise
         except RegistryError as error:
             # The change itself is committed; its entry waits in the outbox for the next drain.
             journal.log.warning("the journal was not copied out: %s", error)
             return journal.status(self.catalog, [name for name, _ in self._journal_stores()])
 
-    @_journaled
+    def _guard_catalog(self) -> None:
+        """Before a change: refuse it when the stores' journal shows this catalog is behind
+        them (checked once per handle and every ten minutes; pending entries drain too)."""
+        if self.provisional is not None:
+            raise ConflictError(
+                f"the catalog is missing; this command works from {self.provisional} and "
+                "changes nothing",
+                hint="rebuild the catalog first: `model-registry catalog rebuild --from REGION`",
+            )
+        if not self._journal_check_due():
+            return
+        try:
+            self._drain(check=True)
+        except CatalogBehindError as error:
+            raise CatalogBehindError(
+                f"{error.message}; nothing was changed", hint=error.hint
+            ) from None
+
     def new_journal_epoch(self) -> str:
         """Make this catalog's journal the newest in the stores (a new epoch, later than any
         they hold, written whole by the drain that follows): for a catalog restored from a
-        backup older than a rebuild, once it is certain that this is the catalog to keep."""
+        backup (older than a rebuild, or behind the stores), once it is certain that this is
+        the catalog to keep. What the stores' journal holds beyond it is no longer followed."""
         self._require(ADMIN, "start a journal epoch")
+        self._regions_ready()
         newest = None
         for _name, store in self._journal_stores():
             found, _segments = journal.epochs(store)
             if found and (newest is None or found[-1].started_at > newest):
                 newest = found[-1].started_at
         self._journal_checked = float("-inf")
-        return self.catalog.start_journal_epoch(
-            reason="started by an operator", actor=self.actor, after=newest
-        )
+        try:
+            return self.catalog.start_journal_epoch(
+                reason="started by an operator", actor=self.actor, after=newest
+            )
+        finally:
+            self.drain_journal()
+
+    def stored_journals(self) -> list[journal.StoredJournal]:
+        """Each region's journal as its store holds it (no catalog needed: what a rebuild from
+        it would restore), read in parallel, each within its requests' deadlines."""
+
+        def read(region: Region) -> journal.StoredJournal:
+            try:
+                self.replicas.claim(region)
+                return journal.summary(region.name, region.store)
+            except RegistryError as error:
+                return journal.StoredJournal(region.name, None, None, 0, None, 0, str(error))
+
+        futures = [deadline.submit(functools.partial(read, r)) for r in self.replicas.regions]
+        return [future.result() for future in futures]
 
     def journal_status(self) -> list[journal.RegionJournal]:
         return journal.status(self.catalog, [name for name, _ in self._journal_stores()])
@@ -2231,6 +2475,7 @@ class Registry:
         copies are recorded as bad placements, which `replicate --repair` then replaces from a
         good copy. Objects in the stores that no catalog row knows are
         listed as orphans (never deleted here)."""
+        self._regions_ready()
         self._require(READER, "scrub the stores")
         if sample is not None and not 0 < sample <= 100:
             raise InvalidInputError("--sample is a percentage: more than 0, at most 100")
@@ -2395,6 +2640,7 @@ class Registry:
         (with `sample`, that many random chunks of each file, authenticated), and every
         safetensors header parsed and compared with the manifest's. Timed per model and in
         total; audited (`drill`), so when the backups were last proven is on record."""
+        self._regions_ready()
         self._require(READER, "run a restore drill")
         validate_alias(alias)
         if sample is not None and sample < 1:
@@ -2539,43 +2785,69 @@ class Registry:
             raise IntegrityError(f"{what}: its safetensors header differs from the manifest's")
 
     def regions_status(self) -> list[RegionStatus]:
-        """Each region probed now (its marker and naming key read), with the catalog's counts
-        of verified, pending and bad copies and of copies it has no record of."""
-        wanted = {(o.digest, o.purpose) for o in self.catalog.stored_objects()}
+        """Each region probed now, all at once and each within a request's deadline (its
+        marker and naming key read): `ok`, `unreachable`, `hung` (no answer in time) or
+        `foreign` (not this registry's store), with the catalog's counts of verified, pending
+        and bad copies and of copies it has no record of (none counted on a stand-in)."""
+        counted = self.provisional is None
+        wanted = (
+            {(o.digest, o.purpose) for o in self.catalog.stored_objects()} if counted else set()
+        )
         states: dict[str, dict[tuple[str, str], str]] = {}
-        for row in self.catalog.placements():
+        for row in self.catalog.placements() if counted else []:
             states.setdefault(row.region, {})[(row.digest, row.purpose)] = row.state
-        found = []
-        for settings, region in zip(self.settings.regions, self.replicas.regions, strict=True):
+        limit = self.settings.deadlines.request_seconds
+
+        def probe(region: Region) -> tuple[str, str, float]:
             started = time.monotonic()
+            failure: RegistryError
             try:
-                region.store.check_claim()
-                reachable, detail = True, "ok"
+                deadline.call_with_deadline(
+                    lambda _budget: region.store.check_claim(),
+                    seconds=limit,
+                    what=f"region {region.name}",
+                )
+                self.replicas.mark_up(region)
+                return "ok", "ok", time.monotonic() - started
+            except StoreTimeoutError as error:
+                state, failure = "hung", error
+            except (StorageError, KmsUnreachableError) as error:
+                state, failure = "unreachable", error
             except RegistryError as error:
-                reachable, detail = False, str(error)
-            seconds = time.monotonic() - started
+                return "foreign", str(error), time.monotonic() - started
+            self.replicas.mark_down(region, failure)
+            return state, str(failure), time.monotonic() - started
+
+        probes = [deadline.submit(functools.partial(probe, r)) for r in self.replicas.regions]
+        found = []
+        for settings, region, future in zip(
+            self.settings.regions, self.replicas.regions, probes, strict=True
+        ):
+            state, detail, seconds = future.result()
             known = states.get(region.name, {})
             counts = {state: 0 for state in (VERIFIED, PENDING, BAD)}
             missing = 0
             for key in wanted:
-                state = known.get(key)
-                if state is None:
+                copy_state = known.get(key)
+                if copy_state is None:
                     missing += 1
                 else:
-                    counts[state] = counts.get(state, 0) + 1
+                    counts[copy_state] = counts.get(copy_state, 0) + 1
             found.append(
                 RegionStatus(
                     name=region.name,
                     priority=settings.priority,
                     store=settings.store.describe(),
                     keys=settings.kms.describe() if settings.kms else "local key file",
-                    reachable=reachable,
+                    reachable=state == "ok",
                     detail=detail,
                     seconds=seconds,
                     verified=counts[VERIFIED],
                     pending=counts[PENDING],
                     bad=counts[BAD],
                     missing=missing,
+                    state=state,
+                    counted=counted,
                 )
             )
         return found
@@ -2769,6 +3041,7 @@ class Registry:
     ) -> list[str]:
         """Set or clear the S3 legal hold of objects and their key slots in every region (or
         those in `only`) that supports it; returns "region: problem" for what failed."""
+        self._regions_ready()
         failed: list[str] = []
         for region in self.replicas.regions:
             driver = region.store.driver
@@ -2801,6 +3074,7 @@ class Registry:
         objects are wrapped by the new key, both keys unwrap), then every object gets a slot
         under the new key, then the old slots are retired and the old key leaves config.toml.
         No data is re-encrypted. Interrupted, it runs again from where it stopped."""
+        self._regions_ready()
         self._require(ADMIN, "rotate keys")
         missing = [str(p) for p in self.settings.previous_kek_files if not p.exists()]
         if missing:
@@ -3202,6 +3476,7 @@ class Registry:
                 for entry in config.get("webhooks", [])
             ),
             api=self.settings.api,
+            deadlines=self.settings.deadlines,
             previous_kek_files=[str(value) for value in keys.get("previous_kek_files", [])],
         )
         _write_atomically(home / CONFIG_FILE, text)
@@ -3330,3 +3605,34 @@ def _write_atomically(path: Path, text: str) -> None:
     finally:
         os.close(fd)
     os.replace(temporary, path)
+
+
+class _Made:
+    """What an init made so far (directories, files, a catalog), undone if it fails: nothing
+    that was there before it is touched."""
+
+    def __init__(self) -> None:
+        self._paths: list[Path] = []
+        self._catalog: str | None = None
+
+    def directory(self, path: Path) -> None:
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._paths.extend(reversed(missing))
+
+    def file(self, path: Path) -> None:
+        self._paths.append(path)
+
+    def catalog(self, url: str) -> None:
+        self._catalog = url
+
+    def undo(self) -> None:
+        if self._catalog is not None:
+            with contextlib.suppress(RegistryError):
+                drop_catalog(self._catalog)
+        for path in reversed(self._paths):
+            with contextlib.suppress(OSError):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)

@@ -365,8 +365,18 @@ def test_a_wrong_naming_key_file_is_refused_on_open(
     text = config.read_text()
     current = str(registry.settings.naming_key_file)
     config.write_text(text.replace(f'"{current}"', f'"{other}"'))
-    with pytest.raises(KeyAccessError), Registry.open(home):
-        pass
+    # Opening asks nothing of the stores (catalog-only commands never wait on one); the first
+    # command that uses a store checks its claim and refuses, before anything is read or
+    # written under names derived from the wrong key.
+    with Registry.open(home) as reopened:
+        assert [m.name for m in reopened.models()] == ["m"]
+        with pytest.raises(KeyAccessError):
+            reopened.pull("m", tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(KeyAccessError):
+            reopened.push("n", _small_model(tmp_path / "n"))
+    with Registry.open(home) as reopened:
+        assert [m.name for m in reopened.models()] == ["m"]
 
 
 def test_pull_through_a_directory_symlink_inside_dest_does_not_mix_up_files(

@@ -50,8 +50,9 @@ def test_push_pull_with_kms_and_no_key_file(kms_key, home: Path, tmp_path: Path)
 
     # A disabled key: nothing opens, with a clear error, and nothing is written.
     client.disable_key(KeyId=arn.rsplit("/", 1)[1])
-    with pytest.raises(KeyAccessError):
-        Registry.open(home)  # opening unwraps the store's copy of the naming key
+    with Registry.open(home) as reopened, pytest.raises(KeyAccessError):
+        # The first use of the store unwraps its copy of the naming key.
+        reopened.pull("m", tmp_path / "again")
     result_cli = CliRunner().invoke(main, ["pull", "m", str(tmp_path / "again")])
     assert result_cli.exit_code == KeyAccessError.exit_code, result_cli.output
     assert "Disabled" in result_cli.output or "disabled" in result_cli.output

@@ -25,7 +25,7 @@ from registry.blobstore import BlobStore
 from registry.catalog.journal import REDACTED_DETAILS
 from registry.catalog.models import Base
 from registry.catalog.repository import Catalog
-from registry.errors import ConflictError, StorageError
+from registry.errors import CatalogBehindError, ConflictError, StorageError
 from registry.service import Registry
 from registry.testing.models import make_model
 
@@ -439,6 +439,13 @@ def _two_regions(home: Path, tmp_path: Path, catalog_url: str | None = None) -> 
     )
 
 
+def _stored_entries(home: Path, region: str) -> list[str]:
+    """The journal entries a region's store holds (opening the registry asks no store)."""
+    with Registry.open(home) as registry:
+        store = next(r.store for r in registry.replicas.regions if r.name == region)
+        return [entry.body for entry in journal.read(store).entries]
+
+
 def _model(tmp_path: Path, seed: int) -> Path:
     return make_model(tmp_path / f"m{seed}", shards=1, shard_size=20_000, seed=seed)
 
@@ -538,10 +545,13 @@ def test_a_region_replaced_by_an_empty_store_gets_its_whole_journal_again(
     assert result.exit_code == 0, result.output
 
 
-def test_a_catalog_restored_from_a_backup_starts_a_new_epoch(home: Path, tmp_path: Path) -> None:
-    """The journal in the stores went further than the restored catalog: the next drain finds
-    the difference, starts a new epoch and writes the whole journal again; a rebuild follows the
-    newest epoch and gives the catalog as restored, not the history it replaced."""
+def test_a_catalog_restored_from_a_backup_is_refused_until_the_operator_keeps_it(
+    home: Path, tmp_path: Path
+) -> None:
+    """The journal in the stores went further than the restored catalog: the next change is
+    refused (exit 15) before it touches catalog or stores. Once the operator keeps the backup
+    (`--new-epoch`), the whole journal is written again under a new epoch, and a rebuild follows
+    the newest epoch: the catalog as restored, not the history it replaced."""
     _two_regions(home, tmp_path)
     with Registry.open(home) as registry:
         registry.push("org/x", _model(tmp_path, 1))
@@ -550,6 +560,17 @@ def test_a_catalog_restored_from_a_backup_starts_a_new_epoch(home: Path, tmp_pat
     with Registry.open(home) as registry:
         registry.promote("org/x@1", "production")  # in the journal, lost with the restore
     shutil.copy(tmp_path / "backup.db", database)
+    stored = _stored_entries(home, "region-2")
+    refused = _cli("hold", "set", "org/x@1", "--reason", "audit")
+    assert refused.exit_code == CatalogBehindError.exit_code, refused.output
+    assert "lacks 1 changes" in refused.output and "catalog rebuild" in refused.output
+    with Registry.open(home) as registry:
+        with pytest.raises(CatalogBehindError, match="nothing was changed"):
+            registry.hold("org/x@1", reason="audit")
+        assert registry.holds() == []
+    assert _stored_entries(home, "region-2") == stored
+    kept = _cli("catalog", "journal", "--new-epoch", "--json")
+    assert kept.exit_code == 0, kept.output
     with Registry.open(home) as registry:
         registry.hold("org/x@1", reason="audit")
         assert all(s.behind == 0 and not s.error for s in registry.journal_status())
@@ -562,6 +583,28 @@ def test_a_catalog_restored_from_a_backup_starts_a_new_epoch(home: Path, tmp_pat
     rebuilt = _dump(new)
     assert rebuilt["aliases"] == current["aliases"] == []
     assert rebuilt["legal_holds"] == current["legal_holds"] and current["legal_holds"]
+
+
+def test_a_catalog_restored_from_a_backup_is_recovered_whole_by_a_rebuild(
+    home: Path, tmp_path: Path
+) -> None:
+    """The other way out: set the restored catalog aside and rebuild; what only the stores'
+    journal held (the promote after the backup) is back."""
+    _two_regions(home, tmp_path)
+    with Registry.open(home) as registry:
+        registry.push("org/x", _model(tmp_path, 1))
+        database = Path(registry.settings.catalog_url.split("///", 1)[1])
+    shutil.copy(database, tmp_path / "backup.db")
+    with Registry.open(home) as registry:
+        registry.promote("org/x@1", "production")
+    shutil.copy(tmp_path / "backup.db", database)
+    assert _cli("promote", "org/x@1", "staging").exit_code == CatalogBehindError.exit_code
+    database.rename(tmp_path / "restored.db")
+    result = _cli("catalog", "rebuild", "--from", "region-1", "--json")
+    assert result.exit_code == 0, result.output
+    with Registry.open(home) as registry:
+        assert registry.resolve("org/x:production").number == 1
+        assert [a.alias for a in registry.aliases("org/x")] == ["production"]
 
 
 def test_a_rolled_back_transaction_leaves_no_hole_in_the_journal(
@@ -656,9 +699,10 @@ def test_journal_marks_belong_to_their_epoch_and_one_divergence_starts_one_epoch
 def test_an_interrupted_rewrite_is_never_taken_for_the_journal(
     home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A catalog restored from a backup rewrites its journal under a new epoch; region-1's
-    rewrite stops after one segment. That region's newest epoch is then not a journal: a
-    rebuild from it is refused, one from region-2 (whole) works and is not refused for it."""
+    """A catalog restored from a backup, kept by the operator (`--new-epoch`), rewrites its
+    journal under a new epoch; region-1's rewrite stops after one segment. That region's newest
+    epoch is then not a journal: a rebuild from it is refused, one from region-2 (whole) works
+    and is not refused for it."""
     _two_regions(home, tmp_path)
     with Registry.open(home) as registry:
         registry.push("org/x", _model(tmp_path, 1))
@@ -682,6 +726,8 @@ def test_an_interrupted_rewrite_is_never_taken_for_the_journal(
         with monkeypatch.context() as patch:
             patch.setattr(journal, "SEGMENT_ENTRIES", 1)
             patch.setattr(BlobStore, "put_journal_segment", one_then_fail)
+            # The operator keeps the restored catalog: its journal is written anew.
+            registry.new_journal_epoch()
             registry.hold("org/x@1", reason="audit")
         states = {s.region: s for s in registry.journal_status()}
         assert states["region-1"].behind > 0 and states["region-2"].behind == 0
@@ -735,7 +781,8 @@ def test_a_catalog_restored_from_before_a_rebuild_adopts_the_stores_with_a_new_e
     database.unlink()
     shutil.copy(tmp_path / "backup.db", database)
     stuck = _cli("catalog", "journal", "--drain")
-    assert stuck.exit_code == 9 and "newer journal epoch" in stuck.output
+    assert stuck.exit_code == CatalogBehindError.exit_code, stuck.output
+    assert "newer journal epoch" in stuck.output and "--new-epoch" in stuck.output
     adopted = _cli("catalog", "journal", "--new-epoch", "--json")
     assert adopted.exit_code == 0, adopted.output
     assert all(r["behind"] == 0 and not r["error"] for r in json.loads(adopted.stdout))

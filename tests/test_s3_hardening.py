@@ -122,8 +122,11 @@ def test_delete_lets_a_raw_client_error_escape(client: Any) -> None:
     (no s3:ListBucketVersions, throttling after retries) escapes as a raw botocore ClientError
     instead of a StorageError."""
 
-    class Denied:
-        def paginate(self, **_: Any) -> Any:
+    class Wrapped:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def list_object_versions(self, **_: Any) -> Any:
             raise ClientError(
                 {
                     "Error": {"Code": "AccessDenied", "Message": "denied"},
@@ -131,13 +134,6 @@ def test_delete_lets_a_raw_client_error_escape(client: Any) -> None:
                 },
                 "ListObjectVersions",
             )
-
-    class Wrapped:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(client, name)
-
-        def get_paginator(self, name: str) -> Any:
-            return Denied() if name == "list_object_versions" else client.get_paginator(name)
 
     assert S3Driver(S3Location(BUCKET), client=client).put_if_absent("d", [b"x"])
     with pytest.raises(RegistryError):

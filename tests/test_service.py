@@ -301,6 +301,28 @@ def test_edited_manifest_resealed_with_valid_key_is_refused(
     sealer = Sealer(data_key, version.digest, plaintext_size=len(forged), chunk_size=CHUNK)
     path.write_bytes(sealer.header_bytes + bytes(sealer.seal_chunk(0, forged)))
     with pytest.raises(SignatureError, match="untrusted"):
+        registry.pull("llama", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_show_reads_the_catalogs_manifest_copy_and_checks_it_like_the_stored_one(
+    registry: Registry, model_dir: Path, tmp_path: Path
+) -> None:
+    """`show` needs no store (the push cached the signed manifest in the catalog), and a copy
+    edited in the catalog is refused exactly like an edited stored one."""
+    version = registry.push("llama", model_dir).version
+    shutil.rmtree(Path(registry.settings.store_path))  # no store at all
+    details = registry.show("llama")
+    assert details.manifest.digest == version.digest and details.signer == "local"
+
+    envelope = json.loads(registry.catalog.cached_manifest(version.digest) or b"{}")
+    envelope["signatures"] = []
+    with registry.catalog.engine.begin() as connection:
+        connection.execute(
+            text("UPDATE manifest_cache SET envelope = :e WHERE digest = :d"),
+            {"e": json.dumps(envelope).encode(), "d": version.digest},
+        )
+    with pytest.raises(SignatureError, match="not signed"):
         registry.show("llama")
 
 

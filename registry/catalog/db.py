@@ -1,8 +1,12 @@
-"""Catalog connections: engine creation per backend, and schema migration on open.
+"""Catalog connections: engine creation per backend, the checks that a catalog is there and is
+this registry's, and schema migration on open.
 
 SQLite gets WAL, a busy timeout, foreign keys and `BEGIN IMMEDIATE` transactions (so two writers
 serialise instead of failing mid-transaction); PostgreSQL gets psycopg 3 and pre-ping. `migrate`
 upgrades an older catalog automatically and refuses one written by a newer model-registry.
+`open_catalog_engine` never creates a catalog unless asked to (init, rebuild): a missing or empty
+one is refused, like a database server refuses to start on a missing data directory, because an
+empty catalog silently put in its place would lose the registry's whole history.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 import migrations
-from registry.errors import ConfigurationError, SchemaVersionError, StorageError
+from registry.errors import (
+    CatalogMismatchError,
+    CatalogMissingError,
+    ConfigurationError,
+    SchemaVersionError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -24,16 +34,152 @@ _MIGRATIONS = Path(migrations.__file__).parent
 _PG_MIGRATION_LOCK = 0x6D72_6D69  # advisory lock id: "mrmi"
 # The newest migration of this release. A test checks it against the scripts; comparing with it
 # first lets every command skip importing Alembic (a quarter second) when no migration is due.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 
-def create_catalog_engine(url: str) -> Engine:
+def shown_url(url: str) -> str:
+    """A catalog URL fit to print (no password)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid URL>"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite catalog URL (None for other databases and in-memory ones)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigurationError(f"invalid catalog URL {url!r}") from None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
+
+
+def open_catalog_engine(url: str, *, registry_id: str, create: bool = False) -> Engine:
+    """The catalog of registry `registry_id`, migrated to this release's schema.
+
+    Refused, changing nothing: a catalog that is missing or empty (`CatalogMissingError`,
+    unless `create`), one that belongs to another registry (`CatalogMismatchError`) and, with
+    `create`, a database that already holds a catalog or other tables."""
+    shown = shown_url(url)
+    path = sqlite_path(url)
+    if path is not None and not create and (not path.exists() or path.stat().st_size == 0):
+        raise CatalogMissingError(f"the catalog database {path} is missing")
+    engine = create_catalog_engine(url, create=create)
+    try:
+        _check_catalog(engine, shown, create=create)
+        migrate(engine, registry_id=registry_id)
+        owner = _identity(engine)
+        if owner is None:
+            # A catalog from before identities, upgraded by its own home just now.
+            _claim(engine, registry_id)
+        elif owner != registry_id:
+            raise CatalogMismatchError(
+                f"the catalog {shown} belongs to registry {owner}, not to {registry_id} (the "
+                "registry of this home's config.toml)"
+            )
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def check_new_catalog(url: str) -> None:
+    """Refuse, before anything is made, a database that a new registry must not use: one that
+    holds a catalog (another registry's) or other tables. Creates nothing (not even a SQLite
+    file)."""
+    path = sqlite_path(url)
+    if path is not None and (not path.exists() or path.stat().st_size == 0):
+        return
+    engine = create_catalog_engine(url, create=False)
+    try:
+        _check_catalog(engine, shown_url(url), create=True)
+    finally:
+        engine.dispose()
+
+
+def drop_catalog(url: str) -> None:
+    """Remove a catalog that an init made and could not finish: the SQLite file, or the tables
+    it created in an (until then empty) database."""
+    path = sqlite_path(url)
+    if path is not None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        return
+    from registry.catalog.models import Base
+
+    engine = create_catalog_engine(url, create=False)
+    try:
+        with engine.begin() as connection:
+            Base.metadata.drop_all(connection)
+            connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    except SQLAlchemyError as error:
+        raise StorageError(f"cannot remove the unfinished catalog: {error}") from None
+    finally:
+        engine.dispose()
+
+
+def _check_catalog(engine: Engine, shown: str, *, create: bool) -> None:
+    try:
+        with engine.connect() as connection:
+            tables = set(inspect(connection).get_table_names())
+    except OperationalError as error:
+        raise StorageError(
+            f"cannot reach the catalog database {shown}: {error.orig}",
+            hint="check catalog.url in config.toml (or MODEL_REGISTRY_CATALOG_URL)",
+        ) from None
+    if "alembic_version" not in tables:
+        if not create:
+            raise CatalogMissingError(
+                f"the catalog database {shown} is empty: it holds no model-registry catalog"
+            )
+        if tables:
+            raise CatalogMismatchError(
+                f"the database {shown} holds other tables ({', '.join(sorted(tables)[:5])}): "
+                "it is not an empty database",
+                hint="give the registry a database of its own (--catalog-url)",
+            )
+        return
+    if create:
+        owner = _identity(engine) if "catalog_identity" in tables else None
+        raise CatalogMismatchError(
+            f"the database {shown} already holds the catalog of "
+            f"{'registry ' + owner if owner else 'a registry'}; a new registry never writes "
+            "into another's catalog",
+            hint="give the new registry a database of its own (--catalog-url), or work in the "
+            "existing registry's home",
+        )
+
+
+def _identity(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("catalog_identity"):
+            return None
+        value = connection.execute(text("SELECT registry_id FROM catalog_identity")).scalar()
+        return None if value is None else str(value)
+
+
+def _claim(engine: Engine, registry_id: str) -> None:
+    from datetime import UTC, datetime
+
+    with engine.begin() as connection:
+        if connection.execute(text("SELECT COUNT(*) FROM catalog_identity")).scalar():
+            return
+        connection.execute(
+            text("INSERT INTO catalog_identity (registry_id, since) VALUES (:id, :since)"),
+            {"id": registry_id, "since": datetime.now(UTC)},
+        )
+
+
+def create_catalog_engine(url: str, *, create: bool = True) -> Engine:
+    """An engine for the catalog at `url`; `create` makes a SQLite file's directory."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise ConfigurationError(f"invalid catalog URL {url!r}") from None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if create and parsed.database and parsed.database != ":memory:":
             try:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as error:
@@ -92,8 +238,9 @@ def current_revision(engine: Engine) -> str | None:
         return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the catalog to this release's schema, or refuse a newer one."""
+def migrate(engine: Engine, *, registry_id: str | None = None) -> None:
+    """Bring the catalog to this release's schema, or refuse a newer one. `registry_id` is
+    recorded as the catalog's registry by the migration that introduces identities."""
     try:
         if current_revision(engine) == HEAD_REVISION:
             return
@@ -116,7 +263,7 @@ def migrate(engine: Engine) -> None:
                 # keys are checked before the commit instead (SQLite's documented procedure).
                 _pragma(outer, "foreign_keys=OFF")
             try:
-                _upgrade(outer, config, scripts, sqlite=sqlite)
+                _upgrade(outer, config, scripts, sqlite=sqlite, registry_id=registry_id)
             finally:
                 if sqlite:
                     _pragma(outer, "foreign_keys=ON")
@@ -136,7 +283,14 @@ def _pragma(connection: Connection, setting: str) -> None:
     raw.execute(f"PRAGMA {setting}")
 
 
-def _upgrade(connection: Connection, config: Config, scripts: Any, *, sqlite: bool) -> None:
+def _upgrade(
+    connection: Connection,
+    config: Config,
+    scripts: Any,
+    *,
+    sqlite: bool,
+    registry_id: str | None,
+) -> None:
     from alembic import command
     from alembic.runtime.migration import MigrationContext
 
@@ -158,6 +312,7 @@ def _upgrade(connection: Connection, config: Config, scripts: Any, *, sqlite: bo
                     f"does not know (its newest is {scripts.get_current_head()})"
                 ) from None
         config.attributes["connection"] = connection
+        config.attributes["registry_id"] = registry_id
         command.upgrade(config, "head")
         if sqlite:
             broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()

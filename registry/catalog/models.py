@@ -343,3 +343,23 @@ class RetiredKey(Base):
     kek_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     retired_at: Mapped[datetime] = mapped_column(UTCDateTime())
     retired_by: Mapped[str] = mapped_column(String(256))
+
+
+class CatalogIdentity(Base):
+    """The registry this catalog belongs to (one row, written when it is created or upgraded by
+    its home): a home whose config.toml names another registry is refused."""
+
+    __tablename__ = "catalog_identity"
+
+    registry_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    since: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CachedManifest(Base):
+    """A version's signed manifest envelope, as stored (content-addressed, so never stale):
+    `show` and `pull` read it here instead of waiting on a store. Not journaled."""
+
+    __tablename__ = "manifest_cache"
+
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)

@@ -30,6 +30,8 @@ from registry.catalog.models import (
     ApiToken,
     AuditEvent,
     Blob,
+    CachedManifest,
+    CatalogIdentity,
     EventDelivery,
     JournalEntry,
     JournalEpoch,
@@ -396,6 +398,36 @@ class Catalog:
             f"{what}: too many concurrent changes, nothing was committed",
             hint="run the same command again; stored data is reused",
         )
+
+    # -- identity and the manifest cache ------------------------------------------------------
+
+    def registry_id(self) -> str | None:
+        """The registry this catalog belongs to (None: a catalog that never recorded one)."""
+        with self._read() as session:
+            return session.scalar(select(CatalogIdentity.registry_id))
+
+    def claim_identity(self, registry_id: str) -> None:
+        """Record the registry a catalog belongs to, if it records none yet."""
+
+        def work(session: Session) -> None:
+            if session.scalar(select(CatalogIdentity.registry_id)) is None:
+                session.add(CatalogIdentity(registry_id=registry_id, since=utcnow()))
+
+        self._retrying(work, what="recording the catalog's registry")
+
+    def cached_manifest(self, digest: str) -> bytes | None:
+        """A version's signed manifest envelope, if cached (the caller checks it)."""
+        with self._read() as session:
+            return session.scalar(
+                select(CachedManifest.envelope).where(CachedManifest.digest == digest)
+            )
+
+    def cache_manifest(self, digest: str, envelope: bytes) -> None:
+        def work(session: Session) -> None:
+            if session.get(CachedManifest, digest) is None:
+                session.add(CachedManifest(digest=digest, envelope=envelope))
+
+        self._retrying(work, what="caching a manifest")
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -70,6 +70,9 @@ class Driver(ABC):
     """
 
     capabilities = Capabilities()
+    # Requests cross a network and may hang: they run under deadlines, and reads of several
+    # regions are hedged. A local directory's requests are system calls that answer or fail.
+    latency_bound = False
 
     @abstractmethod
     def put_if_absent(self, name: str, chunks: Iterable[bytes | bytearray | memoryview]) -> bool:

@@ -18,9 +18,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from registry.errors import ConfigurationError, InvalidInputError, StorageError
 from registry.storage.base import Driver
+from registry.storage.deadline import DeadlineSettings
 from registry.storage.local import LocalDriver
 from registry.storage.lock import COMPLIANCE, MODES
-from registry.storage.s3 import S3Driver, S3Location, make_client
+from registry.storage.s3 import S3Driver, S3Location, bounded_client
 
 DEFAULT_RETENTION_DAYS = 30
 _S3_OPTIONS = {"region", "endpoint", "profile", "lock", "retention_days"}
@@ -181,8 +182,15 @@ def store_lines(spec: StoreSpec) -> list[str]:
     return lines
 
 
-def open_driver(spec: StoreSpec, *, parallelism: int = 4, fail_fast: bool = False) -> Driver:
-    """The driver of a store; `fail_fast` when other regions can serve what this one cannot."""
+def open_driver(
+    spec: StoreSpec,
+    *,
+    parallelism: int = 4,
+    fail_fast: bool = False,
+    deadlines: DeadlineSettings | None = None,
+) -> Driver:
+    """The driver of a store; `fail_fast` when other regions can serve what this one cannot.
+    A remote store's requests run under `deadlines`; a local directory's are system calls."""
     if spec.path is not None:
         return LocalDriver(spec.path)
     assert spec.s3 is not None
@@ -192,15 +200,16 @@ def open_driver(spec: StoreSpec, *, parallelism: int = 4, fail_fast: bool = Fals
         lock_mode=spec.lock_mode,
         minimum_retention=timedelta(days=spec.retention_days),
         fail_fast=fail_fast,
+        deadlines=deadlines,
     )
 
 
-def prepare_bucket(spec: StoreSpec) -> None:
+def prepare_bucket(spec: StoreSpec, *, deadlines: DeadlineSettings | None = None) -> None:
     """Create the bucket with versioning and Object Lock, or check an existing one has both."""
     if spec.s3 is None:
         return
     location = spec.s3
-    client = make_client(location, parallelism=1)
+    client = bounded_client(location, deadlines=deadlines)
     try:
         try:
             client.head_bucket(Bucket=location.bucket)

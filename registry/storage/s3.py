@@ -7,6 +7,11 @@ of a name loses to the first and is removed. Large objects go up as parallel mul
 that are aborted on any failure, so no incomplete upload lingers. Every upload carries a CRC32
 checksum. Retries (botocore "standard" mode) cover throttling, 5xx and connection errors, not
 other 4xx.
+
+Every request has a deadline (`registry.storage.deadline`): a call without a body must answer
+within `request_seconds`, an upload gets that plus its size at the slowest acceptable rate, and a
+download must keep its bytes coming at that rate. A hung endpoint therefore costs a bounded time
+(`StoreTimeoutError`), whatever botocore's retries and socket timeouts would have done.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from registry.errors import (
     InvalidInputError,
     NotFoundError,
     StorageError,
+    StoreTimeoutError,
 )
 from registry.storage.base import (
     Capabilities,
@@ -42,6 +48,7 @@ from registry.storage.base import (
     validate_object_name,
     validate_prefix,
 )
+from registry.storage.deadline import Budget, DeadlineSettings, call_with_deadline
 from registry.storage.lock import (
     COMPLIANCE,
     GOVERNANCE,
@@ -59,6 +66,9 @@ DEFAULT_PART_SIZE = 16 * 1024 * 1024
 CHECKSUM = "CRC32"
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
 _PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}
+# A download is read in pieces of this size: between pieces an abandoned read stops, and each
+# piece extends its deadline (small enough that a trickle shows, large enough to cost nothing).
+_PIECE = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,11 +90,19 @@ def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
 
 
-def make_client(location: S3Location, *, parallelism: int, fail_fast: bool = False) -> Any:
+def make_client(
+    location: S3Location,
+    *,
+    parallelism: int,
+    fail_fast: bool = False,
+    deadlines: DeadlineSettings | None = None,
+) -> Any:
     """A boto3 S3 client whose connection pool fits `parallelism` concurrent requests.
 
     `fail_fast` (a store with replicas elsewhere) gives up on an unreachable endpoint within
-    seconds, so that reads fail over to another region instead of waiting out long retries."""
+    seconds, so that reads fail over to another region instead of waiting out long retries.
+    Socket timeouts stay within the request deadline, so that an abandoned call ends soon too."""
+    limits = deadlines or DeadlineSettings()
     try:
         session = boto3.session.Session(profile_name=location.profile, region_name=location.region)
         return session.client(
@@ -93,8 +111,8 @@ def make_client(location: S3Location, *, parallelism: int, fail_fast: bool = Fal
             config=Config(
                 retries={"mode": "standard", "max_attempts": 2 if fail_fast else 6},
                 max_pool_connections=max(10, 2 * parallelism),
-                connect_timeout=3 if fail_fast else 10,
-                read_timeout=30 if fail_fast else 60,
+                connect_timeout=min(3 if fail_fast else 10, limits.request_seconds),
+                read_timeout=min(30 if fail_fast else 60, limits.request_seconds),
             ),
         )
     except (BotoCoreError, ValueError) as error:
@@ -104,10 +122,52 @@ def make_client(location: S3Location, *, parallelism: int, fail_fast: bool = Fal
         ) from None
 
 
+def bounded_client(location: S3Location, *, deadlines: DeadlineSettings | None = None) -> Any:
+    """A client for one-off requests (bucket preparation), each under the request deadline."""
+    limits = deadlines or DeadlineSettings()
+    client = make_client(location, parallelism=1, deadlines=limits)
+    return _Bounded(client, limits, f"s3://{location.bucket}")
+
+
+class _Bounded:
+    """A boto3 client whose API calls each run under a deadline (uploads: scaled by the body's
+    size). Everything else (meta, close) is the client's own."""
+
+    def __init__(self, client: Any, deadlines: DeadlineSettings, where: str) -> None:
+        self._client = client
+        self._deadlines = deadlines
+        self._where = where
+        self._operations = set(client.meta.method_to_api_mapping)
+
+    @property
+    def raw(self) -> Any:
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if name not in self._operations:
+            return method
+
+        def bounded(**kwargs: Any) -> Any:
+            body = kwargs.get("Body")
+            size = len(body) if isinstance(body, bytes | bytearray | memoryview) else 0
+            return call_with_deadline(
+                lambda _budget: method(**kwargs),
+                seconds=self._deadlines.transfer_seconds(size),
+                what=f"{self._where}: {self._operations_name(name)}",
+            )
+
+        return bounded
+
+    def _operations_name(self, name: str) -> str:
+        return str(self._client.meta.method_to_api_mapping.get(name, name))
+
+
 class S3Driver(Driver, ObjectLock):
     """Objects under `prefix` in one bucket."""
 
     capabilities = Capabilities(object_lock=True, legal_hold=True, versioned=True)
+    latency_bound = True
 
     def __init__(
         self,
@@ -120,6 +180,7 @@ class S3Driver(Driver, ObjectLock):
         minimum_retention: timedelta | None = None,
         fail_fast: bool = False,
         server_write_once: bool | None = None,
+        deadlines: DeadlineSettings | None = None,
     ) -> None:
         """`minimum_retention` (e.g. 30 days) locks every object written for at least that long
         in `lock_mode`; None writes objects unlocked unless a `lock` is passed per write.
@@ -140,8 +201,14 @@ class S3Driver(Driver, ObjectLock):
         self.location = location
         self.part_size = part_size
         self.parallelism = max(1, parallelism)
-        self._client = client or make_client(
-            location, parallelism=self.parallelism, fail_fast=fail_fast
+        self.deadlines = deadlines or DeadlineSettings()
+        self._client = _Bounded(
+            client
+            or make_client(
+                location, parallelism=self.parallelism, fail_fast=fail_fast, deadlines=deadlines
+            ),
+            self.deadlines,
+            f"s3://{location.bucket}",
         )
         self._enforced: bool | None = server_write_once
         self._probe_lock = threading.Lock()
@@ -169,14 +236,28 @@ class S3Driver(Driver, ObjectLock):
         except BotoCoreError as error:
             raise self._fail(action, name, error) from error
 
+    def _version_pages(self, key: str) -> Iterator[dict[str, Any]]:
+        """The pages of ListObjectVersions for `key` as a prefix, each request under its own
+        deadline (a paginator's requests would escape it)."""
+        markers: dict[str, str] = {}
+        while True:
+            page: dict[str, Any] = self._client.list_object_versions(
+                Bucket=self.location.bucket, Prefix=key, **markers
+            )
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            markers = {"KeyMarker": page["NextKeyMarker"]}
+            if page.get("NextVersionIdMarker"):
+                markers["VersionIdMarker"] = page["NextVersionIdMarker"]
+
     def _versions(self, key: str) -> builtins.list[dict[str, Any]]:
         """The live versions of exactly `key`, oldest first: those written after its latest
         delete marker (a delete without a version id, by a lifecycle rule or a console, hides
         the older ones; they must not make the name unwritable)."""
         found: builtins.list[dict[str, Any]] = []
         markers: builtins.list[datetime] = []
-        paginator = self._client.get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=key):
+        for page in self._version_pages(key):
             # S3 lists the versions of a key newest first; times have one-second resolution,
             # so the listing order, not LastModified, tells which came first.
             found.extend(entry for entry in page.get("Versions", []) if entry["Key"] == key)
@@ -195,8 +276,7 @@ class S3Driver(Driver, ObjectLock):
         """Every version and delete marker of `key` (for a complete delete)."""
         found: builtins.list[dict[str, Any]] = []
         try:
-            paginator = self._client.get_paginator("list_object_versions")
-            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=key):
+            for page in self._version_pages(key):
                 for entry in page.get("Versions", []) + page.get("DeleteMarkers", []):
                     if entry["Key"] == key:
                         found.append(entry)
@@ -553,10 +633,7 @@ class S3Driver(Driver, ObjectLock):
             return b""
         end = "" if length is None else str(offset + length - 1)
         try:
-            response = self._client.get_object(
-                Bucket=self.location.bucket, Key=key, Range=f"bytes={offset}-{end}"
-            )
-            return bytes(response["Body"].read())
+            return self._download(name, key, f"bytes={offset}-{end}")
         except ClientError as error:
             if _code(error) in _MISSING or _status(error) == 404:
                 raise NotFoundError(f"object {name!r} not found") from None
@@ -572,6 +649,32 @@ class S3Driver(Driver, ObjectLock):
             raise IntegrityError(f"object {name!r}: stored checksum mismatch ({error})") from None
         except BotoCoreError as error:
             raise self._fail("read of", name, error) from error
+
+    def _download(self, name: str, key: str, byte_range: str) -> bytes:
+        """One ranged GET, its body read in pieces: the deadline is the request's, extended by
+        every piece at the slowest acceptable rate, and an abandoned read stops at the next."""
+        raw = self._client.raw
+
+        def fetch(budget: Budget) -> bytes:
+            response = raw.get_object(Bucket=self.location.bucket, Key=key, Range=byte_range)
+            body = response["Body"]
+            pieces: builtins.list[bytes] = []
+            try:
+                while piece := body.read(_PIECE):
+                    if budget.cancelled.is_set():
+                        raise StoreTimeoutError(f"read of {name} abandoned")
+                    budget.moved(len(piece))
+                    pieces.append(piece)
+            finally:
+                body.close()
+            return b"".join(pieces)
+
+        return call_with_deadline(
+            fetch,
+            seconds=self.deadlines.request_seconds,
+            rate=self.deadlines.transfer_bytes_per_second,
+            what=f"read of s3://{self.location.bucket}/{key}",
+        )
 
     def stat(self, name: str) -> ObjectInfo | None:
         key = self._key(name)
@@ -591,15 +694,21 @@ class S3Driver(Driver, ObjectLock):
 
     def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.location.prefix
-        paginator = self._client.get_paginator("list_objects_v2")
         found: builtins.list[ObjectInfo] = []
+        token: dict[str, str] = {}
         try:
-            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=base + prefix):
+            while True:
+                page = self._client.list_objects_v2(
+                    Bucket=self.location.bucket, Prefix=base + prefix, **token
+                )
                 for entry in page.get("Contents", []):
                     name = entry["Key"][len(base) :]
                     found.append(
                         ObjectInfo(name, int(entry["Size"]), _seconds(entry["LastModified"]))
                     )
+                if not page.get("IsTruncated"):
+                    break
+                token = {"ContinuationToken": page["NextContinuationToken"]}
         except (ClientError, BotoCoreError) as error:
             raise self._fail("listing of", prefix or "/", error) from error
         # S3 orders keys by UTF-8 bytes; names are ASCII, but sort to keep the contract exact.
@@ -633,7 +742,8 @@ class S3Driver(Driver, ObjectLock):
             )
 
     def close(self) -> None:
-        self._client.close()
+        # Closing the connection pool also ends calls abandoned to their deadline sooner.
+        self._client.raw.close()
 
 
 def _stronger(first: Retention, second: Retention) -> Retention:
