@@ -33,7 +33,13 @@ def _print_report(report: GcReport) -> None:
                 human_size(item.bytes),
             )
         for kept in report.kept:
-            table.add_row(kept.purpose, kept.digest[7:19], "keep", escape(kept.reason))
+            # One line per region that keeps it, each with its own lock.
+            why = (
+                "\n".join(f"{region}: {reason}" for region, reason in kept.regions)
+                if kept.regions
+                else kept.reason
+            )
+            table.add_row(kept.purpose, kept.digest[7:19], "keep", escape(why))
         stdout.print(table)
     verb = "would reclaim" if report.dry_run else "reclaimed"
     stdout.print(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import click
+from rich.markup import escape
 
 from cli.ui import handle_errors, open_registry, print_json, progress_bar, stdout
 from registry.crypto.signing import public_key_text
+from registry.service import RegionKey
 
 
 @click.group()
@@ -13,11 +15,21 @@ def keys() -> None:
     """Show keys and manage the signers whose manifests are trusted."""
 
 
+def _key_line(key: RegionKey) -> str:
+    if key.provider == "local":
+        return f"local key file {escape(key.key)}  ({escape(key.kek_id)})"
+    where = escape(key.kms_region or "")
+    if key.endpoint:
+        where += f" via {escape(key.endpoint)}"
+    return f"AWS KMS key {escape(key.key)} in {where}  ({escape(key.kek_id)})"
+
+
 @keys.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
 def show(as_json: bool) -> None:
-    """Print this home's signing public key, the trusted signers and the key files."""
+    """Print this home's signing public key, each region's key-encryption key (its KMS key or
+    the local key file, and the keys a rotation is moving away from) and the trusted signers."""
     with open_registry() as registry:
         settings = registry.settings
         own = public_key_text(registry.signer.public_key)
@@ -25,22 +37,34 @@ def show(as_json: bool) -> None:
             {"name": s.name, "key_id": s.key_id, "public_key": public_key_text(s.public_key)}
             for s in settings.trusted_signers
         ]
-        if as_json:
-            print_json(
-                {
-                    "signing_public_key": own,
-                    "signing_key_id": registry.signer.key_id,
-                    "kek_id": registry.keys.kek_id,
-                    "kek_file": str(settings.kek_file),
-                    "trusted_signers": trusted,
-                }
+        regions = registry.region_keys()
+    if as_json:
+        print_json(
+            {
+                "signing_public_key": own,
+                "signing_key_id": registry.signer.key_id,
+                # The preferred region's key and the local key file (None when every region
+                # uses KMS), as before regions had keys of their own.
+                "kek_id": registry.keys.kek_id,
+                "kek_file": None if settings.kek_file is None else str(settings.kek_file),
+                "regions": [key.to_dict() for key in regions],
+                "trusted_signers": trusted,
+            }
+        )
+        return
+    stdout.print(f"signing key   {own}  (id {registry.signer.key_id})")
+    stdout.print("region keys:")
+    width = max(len(key.region) for key in regions)
+    for key in regions:
+        stdout.print(f"  {escape(key.region):<{width}}  {_key_line(key)}")
+        for older, kek in key.previous:
+            known = escape(kek) if kek else "file gone"
+            stdout.print(
+                f"  {'':<{width}}    previous {escape(older)}  ({known}), being rotated away"
             )
-            return
-        stdout.print(f"signing key   {own}  (id {registry.signer.key_id})")
-        stdout.print(f"key file      {settings.kek_file}  ({registry.keys.kek_id})")
-        stdout.print("trusted signers:")
-        for entry in trusted:
-            stdout.print(f"  {entry['name']:<16} {entry['key_id']}  {entry['public_key']}")
+    stdout.print("trusted signers:")
+    for entry in trusted:
+        stdout.print(f"  {escape(entry['name']):<16} {entry['key_id']}  {entry['public_key']}")
 
 
 @keys.command()

@@ -648,7 +648,16 @@ class RemoteRegistry:
                 SweptObject(s["purpose"], s["digest"], tuple(s["regions"].items()))
                 for s in data["swept"]
             ),
-            tuple(KeptObject(k["purpose"], k["digest"], k["reason"]) for k in data["kept"]),
+            tuple(
+                KeptObject(
+                    k["purpose"],
+                    k["digest"],
+                    k["reason"],
+                    # A server from before per-region reasons sends none.
+                    tuple((r["region"], r["reason"]) for r in k.get("regions", [])),
+                )
+                for k in data["kept"]
+            ),
             tuple(data["problems"]),
         )
 

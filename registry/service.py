@@ -21,10 +21,11 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -137,6 +138,7 @@ from registry.storage.lock import ObjectLock, Retention
 log = logging.getLogger("model_registry")
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 # A bare KMS key id (a UUID), as `keys rotate --to` may be given one.
 _KMS_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # How often a process compares the stores' journals with its marks (besides its first drain).
@@ -149,6 +151,10 @@ DEFAULT_GRACE = "24h"
 # A gc claim this old was left by a gc that crashed or hung: the next gc finishes it. A live gc
 # renews its claim before every deletion, and one S3 call with its retries ends well within it.
 STALE_CLAIM = timedelta(minutes=15)
+# Lock requests (legal holds, lock checks) in flight per region: each is a few S3 round trips,
+# so a version's objects are changed together rather than one after another; S3 clients keep
+# at least 10 connections per region.
+LOCK_REQUESTS = 8
 
 TOKEN_PREFIX = "mrt_"  # noqa: S105 - a marker that names the kind of secret, not one
 _TOKEN = re.compile(r"mrt_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -420,6 +426,10 @@ class KeptObject:
     purpose: str
     digest: str
     reason: str
+    # (region, why) for each region whose store keeps it (an Object Lock, a legal hold, a lock
+    # state that could not be read, a deletion the store refused); empty for the catalog's
+    # reasons (a lease, a claim, the grace window), which hold in every region alike.
+    regions: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -458,9 +468,45 @@ class GcReport:
             ],
             "bytes_reclaimed": self.bytes_reclaimed,
             "kept": [
-                {"purpose": k.purpose, "digest": k.digest, "reason": k.reason} for k in self.kept
+                {
+                    "purpose": k.purpose,
+                    "digest": k.digest,
+                    "reason": k.reason,
+                    "regions": [{"region": r, "reason": why} for r, why in k.regions],
+                }
+                for k in self.kept
             ],
             "problems": list(self.problems),
+        }
+
+
+@dataclass(frozen=True)
+class RegionKey:
+    """The key-encryption key that wraps a region's data keys, as `keys show` lists it."""
+
+    region: str
+    provider: str  # "local" (the key file) or "aws-kms"
+    kek_id: str
+    key: str  # the key file's path, or the KMS key as configured (id, ARN or alias)
+    kms_region: str | None = None
+    endpoint: str | None = None
+    # The keys a rotation is moving away from (they only unwrap), as configured, each with its
+    # kek id (None: a previous key file that is gone).
+    previous: tuple[tuple[str, str | None], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        local = self.provider == "local"
+        return {
+            "name": self.region,
+            "provider": self.provider,
+            "kek_id": self.kek_id,
+            "file": self.key if local else None,
+            "key": None if local else self.key,
+            "region": self.kms_region,
+            "endpoint": self.endpoint,
+            "previous": [
+                {"file" if local else "key": key, "kek_id": kek} for key, kek in self.previous
+            ],
         }
 
 
@@ -1918,6 +1964,7 @@ class Registry:
             raise InvalidInputError("deleting a version needs a reason", hint="pass --reason TEXT")
         _check_text("reason", reason, limit=4096)
         version = self.resolve(ref)
+        self._regions_ready()
         for region, lock in self._lockers():
             name = region.store.object_name(MANIFEST, version.digest)
             try:
@@ -1975,8 +2022,13 @@ class Registry:
         else:
             # What a real run would finish first: claims of a gc that stopped.
             stale = set(self.catalog.stale_sweeps(claimed_before=datetime.now(UTC) - STALE_CLAIM))
-            for digest, purpose in sorted(stale):
-                swept.append(SweptObject(purpose, digest, self._stored_sizes(purpose, digest)))
+            finishing = [(purpose, digest) for digest, purpose in sorted(stale)]
+            swept += [
+                SweptObject(purpose, digest, sizes)
+                for (purpose, digest), sizes in zip(
+                    finishing, self._stored_sizes(finishing), strict=True
+                )
+            ]
 
         plans = self.plan_retention(now=moment)
         doomed = {(model, d.number) for model, _policy, ds in plans for d in ds if not d.keep}
@@ -1997,21 +2049,36 @@ class Registry:
             self.catalog.drop_expired_leases(datetime.now(UTC))
 
         idle_before = moment - window
-        candidates = self.catalog.unreferenced(
-            now=moment, assume_expired=frozenset(doomed) if dry_run else frozenset()
+        candidates = [
+            candidate
+            for candidate in self.catalog.unreferenced(
+                now=moment, assume_expired=frozenset(doomed) if dry_run else frozenset()
+            )
+            if (candidate.digest, candidate.purpose) not in stale
+        ]
+        # The stores' locks of everything the catalog lets go are read in one parallel round
+        # (one by one, each object costs a few round trips per region). A lock placed after
+        # this read still holds: the store refuses the deletion and the sweep keeps the copy.
+        locked = self._lock_keeps(
+            [
+                (candidate.purpose, candidate.digest)
+                for candidate in candidates
+                if not (candidate.sweeping or candidate.leased)
+                and candidate.idle_since <= idle_before
+            ]
         )
+        would_sweep: list[tuple[str, str]] = []
         for candidate in candidates:
             reason = None
-            if (candidate.digest, candidate.purpose) in stale:
-                continue
             if candidate.sweeping:
                 reason = "claimed by another gc"
             elif candidate.leased:
                 reason = "in use by a push in flight"
             elif candidate.idle_since > idle_before:
                 reason = f"unneeded for less than the grace window ({format_duration(window)})"
-            else:
-                reason = self._lock_keeps(candidate.purpose, candidate.digest)
+            elif keepers := locked.get((candidate.purpose, candidate.digest)):
+                kept.append(_kept_by_stores(candidate.purpose, candidate.digest, keepers))
+                continue
             if reason is None and not dry_run:
                 reason = self.catalog.claim_sweep(
                     candidate.digest, candidate.purpose, run=run, stored_before=idle_before
@@ -2020,8 +2087,7 @@ class Registry:
                 kept.append(KeptObject(candidate.purpose, candidate.digest, reason))
                 continue
             if dry_run:
-                sizes = self._stored_sizes(candidate.purpose, candidate.digest)
-                swept.append(SweptObject(candidate.purpose, candidate.digest, sizes))
+                would_sweep.append((candidate.purpose, candidate.digest))
                 continue
             self._checkpoint("gc-claimed")
             done = self._sweep(
@@ -2029,6 +2095,12 @@ class Registry:
             )
             if done is not None:
                 swept.append(done)
+        swept += [
+            SweptObject(purpose, digest, sizes)
+            for (purpose, digest), sizes in zip(
+                would_sweep, self._stored_sizes(would_sweep), strict=True
+            )
+        ]
         report = GcReport(
             dry_run,
             window,
@@ -2063,40 +2135,85 @@ class Registry:
             if isinstance(region.store.driver, ObjectLock)
         ]
 
-    def _lock_keeps(self, purpose: str, digest: str) -> str | None:
-        """Why a store's Object Lock or legal hold keeps an object (or its key slot), if it does."""
-        for region, lock in self._lockers():
-            names = [
-                region.store.object_name(purpose, digest),
-                region.store.slot_name(purpose, digest, region.store.keys.kek_id),
-            ]
-            for name in names:
-                try:
-                    retention = lock.retention(name)
-                    held = lock.legal_hold(name)
-                except NotFoundError:
-                    continue
-                except RegistryError as error:
-                    return f"lock state unknown in {region.name}: {error}"
-                if held:
-                    return f"under an S3 legal hold in {region.name}"
-                if retention is not None and retention.active():
-                    return (
-                        f"Object Lock ({retention.mode}) until "
-                        f"{retention.until:%Y-%m-%d %H:%M} UTC in {region.name}"
-                    )
-        return None
+    def _lock_keeps(
+        self, objects: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+        """For each (purpose, digest) that a store keeps, every region whose Object Lock or
+        legal hold keeps the object or its key slot, with that region's reason (a lock state
+        that cannot be read keeps it too). Regions are asked in parallel, and within each
+        region up to LOCK_REQUESTS objects at a time."""
+        if not objects:
+            return {}
 
-    def _stored_sizes(self, purpose: str, digest: str) -> tuple[tuple[str, int], ...]:
-        sizes = []
-        for region in self.replicas.regions:
+        def state(lock: ObjectLock, name: str) -> str | None:
             try:
-                info = region.store.driver.stat(region.store.object_name(purpose, digest))
-            except RegistryError:
-                continue
-            if info is not None:
-                sizes.append((region.name, info.size))
-        return tuple(sizes)
+                retention = lock.retention(name)
+                held = lock.legal_hold(name)
+            except NotFoundError:
+                return None
+            except RegistryError as error:
+                return f"lock state unknown ({error})"
+            if held:
+                return "under an S3 legal hold"
+            if retention is not None and retention.active():
+                return f"Object Lock ({retention.mode}) until {retention.until:%Y-%m-%d %H:%M} UTC"
+            return None
+
+        def in_region(locker: tuple[Region, ObjectLock]) -> list[str | None]:
+            region, lock = locker
+            store = region.store
+
+            def keeps(item: tuple[str, str]) -> str | None:
+                purpose, digest = item
+                names = (
+                    store.object_name(purpose, digest),
+                    store.slot_name(purpose, digest, store.keys.kek_id),
+                )
+                return next((why for why in (state(lock, name) for name in names) if why), None)
+
+            return _bounded_map(keeps, objects, limit=LOCK_REQUESTS, name="lock-check")
+
+        lockers = self._lockers()
+        answers = _bounded_map(in_region, lockers, limit=len(lockers) or 1, name="lock-region")
+        found: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+        for index, item in enumerate(objects):
+            keepers = tuple(
+                (region.name, why)
+                for (region, _lock), reasons in zip(lockers, answers, strict=True)
+                if (why := reasons[index]) is not None
+            )
+            if keepers:
+                found[item] = keepers
+        return found
+
+    def _stored_sizes(
+        self, objects: Sequence[tuple[str, str]]
+    ) -> list[tuple[tuple[str, int], ...]]:
+        """For each (purpose, digest), its size in each region that holds it (regions that
+        cannot be asked are left out), regions and objects asked in parallel."""
+        if not objects:
+            return []
+
+        def in_region(region: Region) -> list[int | None]:
+            def size(item: tuple[str, str]) -> int | None:
+                try:
+                    info = region.store.driver.stat(region.store.object_name(*item))
+                except RegistryError:
+                    return None
+                return None if info is None else info.size
+
+            return _bounded_map(size, objects, limit=LOCK_REQUESTS, name="gc-stat")
+
+        regions = self.replicas.regions
+        answers = _bounded_map(in_region, regions, limit=len(regions), name="gc-region")
+        return [
+            tuple(
+                (region.name, size)
+                for region, sizes in zip(regions, answers, strict=True)
+                if (size := sizes[index]) is not None
+            )
+            for index in range(len(objects))
+        ]
 
     def _sweep(
         self, digest: str, purpose: str, *, run: str, problems: list[str], kept: list[KeptObject]
@@ -2125,7 +2242,11 @@ class Registry:
             except NotFoundError:
                 info = None
             except RetentionError as error:
-                kept.append(KeptObject(purpose, digest, f"{region.name}: {error}"))
+                kept.append(
+                    KeptObject(
+                        purpose, digest, f"{region.name}: {error}", ((region.name, str(error)),)
+                    )
+                )
                 continue
             except RegistryError as error:
                 problems.append(f"{region.name}: {purpose} {digest}: not deleted: {error}")
@@ -2182,19 +2303,26 @@ class Registry:
                     if decision.until is not None:
                         until = decision.until if until is None else max(until, decision.until)
                     wanted[key] = (until, open_ended or decision.open_ended)
-        extended = 0
-        for region, lock, floor in lockers:
+        targets = sorted(wanted.items())
+
+        def in_region(locker: tuple[Region, ObjectLock, Retention]) -> list[tuple[int, str | None]]:
+            region, lock, floor = locker
             minimum = floor.until - datetime.now(UTC)
-            for (digest, purpose), (until, open_ended) in sorted(wanted.items()):
+
+            def extend(
+                item: tuple[tuple[str, str], tuple[datetime | None, bool]],
+            ) -> tuple[int, str | None]:
+                (digest, purpose), (until, open_ended) = item
+                target, renew_below = until, until
+                if open_ended:
+                    rolling = now + minimum
+                    target = rolling if target is None else max(target, rolling)
+                    half = now + minimum / 2
+                    renew_below = half if renew_below is None else max(renew_below, half)
+                if target is None or renew_below is None or target <= now:
+                    return 0, None
+                count = 0
                 try:
-                    target, renew_below = until, until
-                    if open_ended:
-                        rolling = now + minimum
-                        target = rolling if target is None else max(target, rolling)
-                        half = now + minimum / 2
-                        renew_below = half if renew_below is None else max(renew_below, half)
-                    if target is None or renew_below is None or target <= now:
-                        continue
                     for name in (
                         region.store.object_name(purpose, digest),
                         region.store.slot_name(purpose, digest, region.store.keys.kek_id),
@@ -2206,17 +2334,26 @@ class Registry:
                         if (
                             current is not None
                             and current.active(now)
-                            and (current.until >= renew_below)
+                            and current.until >= renew_below
                         ):
                             continue
-                        extended += 1
+                        count += 1
                         if not dry_run:
                             lock.hold_at_least(name, Retention(floor.mode, target))
                 except RegistryError as error:
-                    problems.append(
+                    # Reported; the other objects still get their locks.
+                    return count, (
                         f"{region.name}: {purpose} {digest}: Object Lock not extended: {error}"
                     )
-        return extended
+                return count, None
+
+            return _bounded_map(extend, targets, limit=LOCK_REQUESTS, name="lock-extend")
+
+        # Regions in parallel, and objects in each: one at a time, a daily gc of a large
+        # registry would spend its time waiting on round trips.
+        outcomes = _bounded_map(in_region, lockers, limit=len(lockers), name="lock-region")
+        problems.extend(problem for done in outcomes for _count, problem in done if problem)
+        return sum(count for done in outcomes for count, _problem in done)
 
     # -- API tokens --------------------------------------------------------------------------
 
@@ -3016,9 +3153,9 @@ class Registry:
         # command can run again.
         failed = self._legal_hold_copies(objects, on=False)
         if failed:
-            # All or nothing: the regions already cleared get their holds back.
-            cleared = {r.name for r in self.replicas.regions} - {f.split(":", 1)[0] for f in failed}
-            self._legal_hold_copies(objects, on=True, only=cleared)
+            # All or nothing: every copy gets its hold back, in the failed regions too (the
+            # changes running there when one failed may have cleared some).
+            self._legal_hold_copies(objects, on=True)
             raise StorageError(
                 f"the legal hold on {version.ref} could not be released in "
                 f"{'; '.join(failed)}; it is still recorded",
@@ -3040,30 +3177,89 @@ class Registry:
         self, objects: set[tuple[str, str]], *, on: bool, only: set[str] | None = None
     ) -> list[str]:
         """Set or clear the S3 legal hold of objects and their key slots in every region (or
-        those in `only`) that supports it; returns "region: problem" for what failed."""
+        those in `only`) that supports it; returns "region: problem" for what failed. Each
+        change is several requests (list versions, HEAD, PUT, HEAD again), so regions run in
+        parallel and up to LOCK_REQUESTS objects at a time in each; a region stops starting
+        new changes at its first failure, as it would one by one."""
         self._regions_ready()
-        failed: list[str] = []
-        for region in self.replicas.regions:
-            driver = region.store.driver
-            if (only is not None and region.name not in only) or not isinstance(driver, ObjectLock):
-                continue
+        lockers = [
+            (region, lock)
+            for region, lock in self._lockers()
+            if only is None or region.name in only
+        ]
+        if not lockers or not objects:
+            return []
+
+        def in_region(locker: tuple[Region, ObjectLock]) -> str | None:
+            region, lock = locker
+            store = region.store
+            # During a key rotation an object has a slot under each key: hold them all.
+            names = [
+                name
+                for digest, kind in sorted(objects)
+                for name in (
+                    store.object_name(kind, digest),
+                    *(store.slot_name(kind, digest, kek) for kek in store.keys.kek_ids),
+                )
+            ]
+
+            def change(name: str) -> None:
+                # A missing copy gets the hold when replicate restores it.
+                with contextlib.suppress(NotFoundError):
+                    lock.set_legal_hold(name, on)
+
             try:
-                for digest, kind in sorted(objects):
-                    # During a key rotation an object has a slot under each key: hold them all.
-                    names = [region.store.object_name(kind, digest)] + [
-                        region.store.slot_name(kind, digest, kek)
-                        for kek in region.store.keys.kek_ids
-                    ]
-                    for name in names:
-                        try:
-                            driver.set_legal_hold(name, on)
-                        except NotFoundError:
-                            continue  # a missing copy gets the hold when replicate restores it
+                _bounded_map(change, names, limit=LOCK_REQUESTS, name="legal-hold")
             except RegistryError as error:
-                failed.append(f"{region.name}: {error}")
-        return failed
+                return f"{region.name}: {error}"
+            return None
+
+        outcomes = _bounded_map(in_region, lockers, limit=len(lockers), name="hold-region")
+        return [failure for failure in outcomes if failure is not None]
 
     # -- key rotation ----------------------------------------------------------------------
+
+    def region_keys(self) -> tuple[RegionKey, ...]:
+        """Each region's key-encryption key (its KMS key, else the local key file) and, during
+        a rotation, the keys it is moving away from, in read preference order."""
+        configured = {region.name: region for region in self.settings.regions}
+        found: list[RegionKey] = []
+        for region in self.replicas.regions:
+            keys = region.store.keys
+            older = keys.previous if isinstance(keys, KeyRing) else ()
+            kms = configured[region.name].kms
+            if kms is None:
+                opened = {
+                    p.path: p.kek_id for p in older if isinstance(p, LocalKeyProvider) and p.path
+                }
+                found.append(
+                    RegionKey(
+                        region.name,
+                        "local",
+                        keys.kek_id,
+                        str(self.settings.kek_file),
+                        previous=tuple(
+                            (str(path), opened.get(path))
+                            for path in self.settings.previous_kek_files
+                        ),
+                    )
+                )
+                continue
+            found.append(
+                RegionKey(
+                    region.name,
+                    "aws-kms",
+                    keys.kek_id,
+                    kms.key,
+                    kms.region,
+                    kms.endpoint_url,
+                    tuple(
+                        (key, provider.kek_id)
+                        for key, provider in zip(kms.previous, older, strict=True)
+                    ),
+                )
+            )
+        return tuple(found)
 
     @_journaled
     def rotate_keys(
@@ -3540,6 +3736,51 @@ def _key_provider(kms: KmsSettings | None, local: KeyProvider | None) -> KeyProv
 
     current = provider(kms.key)
     return KeyRing(current, [provider(k) for k in kms.previous]) if kms.previous else current
+
+
+class _NotStartedError(Exception):
+    """A call `_bounded_map` did not start because an earlier one had failed."""
+
+
+def _bounded_map(
+    function: Callable[[T], R], items: Sequence[T], *, limit: int, name: str
+) -> list[R]:
+    """`function` over `items` on at most `limit` threads, results in the items' order. Once a
+    call fails no further call starts; the calls already running finish, and then the failure
+    of the earliest item is raised (so a failure leaves nothing running behind the caller)."""
+    if len(items) <= 1 or limit <= 1:
+        return [function(item) for item in items]
+    failed = threading.Event()
+
+    def guarded(item: T) -> R:
+        if failed.is_set():
+            raise _NotStartedError
+        try:
+            return function(item)
+        except BaseException:
+            failed.set()
+            raise
+
+    pool = ThreadPoolExecutor(max_workers=min(limit, len(items)), thread_name_prefix=name)
+    try:
+        futures = [pool.submit(guarded, item) for item in items]
+        wait(futures)
+    except BaseException:
+        failed.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    for future in futures:
+        error = future.exception()
+        if error is not None and not isinstance(error, _NotStartedError):
+            raise error
+    return [future.result() for future in futures]
+
+
+def _kept_by_stores(purpose: str, digest: str, keepers: tuple[tuple[str, str], ...]) -> KeptObject:
+    """What gc reports of an object the stores of some regions keep: each with its reason."""
+    reason = "; ".join(f"{why} in {region}" for region, why in keepers)
+    return KeptObject(purpose, digest, reason, keepers)
 
 
 def _bad_copies(report: ReadReport) -> list[str]:

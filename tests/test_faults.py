@@ -176,7 +176,9 @@ def test_the_cli_names_a_region_that_was_down_from_the_start(
     with Registry.open(home) as registry:
         version = registry.resolve("org/llama:production")
         pending = {
-            p.digest for p in registry.catalog.placements() if p.region == "region-a"
+            p.digest
+            for p in registry.catalog.placements()
+            if p.region == "region-a"
             if p.state == PENDING
         }
     assert {f.digest for f in version.files} <= pending

@@ -20,14 +20,17 @@ from click.testing import CliRunner
 from moto.server import ThreadedMotoServer
 from sqlalchemy import text
 
+from cli import ui
 from cli.main import main
 from registry.blobstore import BLOB, MANIFEST
+from registry.client import RemoteRegistry
 from registry.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
     RetentionError,
+    StorageError,
 )
 from registry.service import PROMOTER, Registry
 from registry.storage.lock import COMPLIANCE, ObjectLock, Retention
@@ -395,6 +398,98 @@ def test_gc_never_deletes_a_locked_object_and_extends_locks_by_policy(
         v1_manifest = registry.store.object_name(MANIFEST, v1.digest)
         head = client.head_object(Bucket="gc-bucket", Key=f"r/{v1_manifest}")
         assert head["ContentLength"] > 0  # still there
+
+
+@pytest.fixture
+def two_locking_regions(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Two S3 regions, both with Object Lock (1 day): two buckets behind one moto server."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    try:
+        Registry.init(
+            home,
+            store=[
+                f"s3://gc-east/r?region=us-east-1&endpoint={endpoint}&retention_days=1&name=east",
+                f"s3://gc-west/r?region=us-west-2&endpoint={endpoint}&retention_days=1&name=west",
+            ],
+        )
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def test_gc_names_every_region_whose_lock_keeps_an_object(
+    two_locking_regions: str, home: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=two_locking_regions, region_name="us-east-1"
+    )
+    with Registry.open(home) as registry:
+        old = registry.push("llama", models["m1"]).version
+        new = registry.push("llama", models["m4"]).version
+        registry.set_retention("llama", keep_last=1)
+        # Older than the stores' lock minimum, so that only the objects' own locks keep them.
+        _sql(
+            registry,
+            "UPDATE versions SET created_at = :old",
+            old=datetime.now(UTC) - timedelta(days=30),
+        )
+        manifest = registry.store.object_name(MANIFEST, old.digest)
+    # West also holds the old manifest: its reason there is the hold, east's is the lock.
+    client.put_object_legal_hold(Bucket="gc-west", Key=f"r/{manifest}", LegalHold={"Status": "ON"})
+
+    runner = CliRunner()
+    done = runner.invoke(main, ["gc", "--grace", "0h", "--yes", "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.stdout)
+    assert report["expired"] == ["llama@1"] and report["swept"] == []
+    kept = {(k["purpose"], k["digest"]): k for k in report["kept"]}
+    shared = {f.digest for f in new.files}
+    assert set(kept) == {(MANIFEST, old.digest)} | {
+        (BLOB, f.digest) for f in old.files if f.digest not in shared
+    }
+    lock = "Object Lock (COMPLIANCE) until "
+    for (purpose, _digest), item in kept.items():
+        regions = {r["region"]: r["reason"] for r in item["regions"]}
+        assert set(regions) == {"east", "west"}, item
+        assert regions["east"].startswith(lock)
+        if purpose == MANIFEST:
+            assert regions["west"] == "under an S3 legal hold"
+            assert item["reason"] == f"{regions['east']} in east; under an S3 legal hold in west"
+        else:
+            assert regions["west"].startswith(lock)
+            assert item["reason"].count(lock) == 2
+
+    # Through the REST API the client reads the same regions back.
+    remote = RemoteRegistry("http://127.0.0.1:9", "mrt_unused")
+    monkeypatch.setattr(remote, "_json", lambda *_args, **_kwargs: {**report, "expired": []})
+    assert remote.gc(dry_run=True).to_dict()["kept"] == report["kept"]
+
+    # The table has a line per region (wide enough here not to fold them).
+    monkeypatch.setattr(ui.stdout, "width", 250)
+    table = runner.invoke(main, ["gc", "--dry-run", "--grace", "0h"])
+    assert table.exit_code == 0, table.output
+    assert "west: under an S3 legal hold" in table.stdout
+    assert table.stdout.count(f"east: {lock}") == len(kept)
+    assert table.stdout.count(f"west: {lock}") == len(kept) - 1
+
+    # A region whose lock state cannot be read keeps the object too, and says why.
+    with Registry.open(home) as registry:
+
+        def unreadable(name: str) -> bool:
+            raise StorageError("connection refused")
+
+        monkeypatch.setattr(registry.replicas.regions[1].store.driver, "legal_hold", unreadable)
+        dry = registry.gc(dry_run=True, grace="0h")
+    assert {(k.purpose, k.digest) for k in dry.kept} == set(kept)
+    for item in dry.kept:
+        assert dict(item.regions)["west"] == "lock state unknown (connection refused)"
+        assert dict(item.regions)["east"].startswith(lock)
+        assert item.reason.endswith("; lock state unknown (connection refused) in west")
 
 
 # -- the catalog's side of the protocol, and upgrades ---------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +28,9 @@ from registry.blobstore import BLOB, MANIFEST
 from registry.config import KmsSettings, RegionSettings, load_settings, parse_region, render_config
 from registry.crypto.sealed import HEADER_SIZE
 from registry.crypto.signing import public_key_text
-from registry.errors import ConfigurationError, InvalidInputError, StorageError
+from registry.errors import ConfigurationError, InvalidInputError, NotFoundError, StorageError
 from registry.replication import BAD, PENDING, VERIFIED
-from registry.service import Registry
+from registry.service import LOCK_REQUESTS, Registry, _bounded_map
 from registry.storage.factory import StoreSpec
 from registry.testing.models import make_model
 from tests.conftest import tree
@@ -460,6 +462,145 @@ def test_legal_hold_reaches_every_object_in_every_region(
             assert head.get("ObjectLockLegalHoldStatus", "OFF") == "OFF"
         events = [e.action for e in registry.audit_events(subject="llama")]
         assert events.count("hold") == 2 and events.count("release-hold") == 2
+
+
+class SlowHolds:
+    """Every region's `set_legal_hold` made slow (a cross-region round trip), counting the
+    calls in flight per region and in all, and failing where told to."""
+
+    def __init__(self, registry: Registry, monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.running: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self.peak_all = 0
+        self.calls: dict[str, list[tuple[str, bool]]] = {}
+        # (region, name, on) -> the exception that call raises instead of reaching the store
+        self.faults: dict[tuple[str, str, bool], Exception] = {}
+        for region in registry.replicas.regions:
+            driver = region.store.driver
+            monkeypatch.setattr(
+                driver, "set_legal_hold", self._counted(region.name, driver.set_legal_hold)
+            )
+
+    def _counted(self, region: str, original: Any) -> Any:
+        def set_legal_hold(name: str, on: bool) -> None:
+            with self.lock:
+                self.calls.setdefault(region, []).append((name, on))
+                self.running[region] = self.running.get(region, 0) + 1
+                self.peak[region] = max(self.peak.get(region, 0), self.running[region])
+                self.peak_all = max(self.peak_all, sum(self.running.values()))
+            try:
+                time.sleep(self.delay)
+                fault = self.faults.get((region, name, on))
+                if fault is not None:
+                    raise fault
+                original(name, on)
+            finally:
+                with self.lock:
+                    self.running[region] -= 1
+
+        return set_legal_hold
+
+
+def test_bounded_map_keeps_order_bounds_concurrency_and_stops_after_a_failure() -> None:
+    lock = threading.Lock()
+    running = peak = 0
+    started: list[int] = []
+
+    def work(item: int) -> int:
+        nonlocal running, peak
+        with lock:
+            started.append(item)
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.01)
+            if item in (5, 7):
+                raise StorageError(f"item {item}")
+            return item * 2
+        finally:
+            with lock:
+                running -= 1
+
+    assert _bounded_map(work, [0, 1, 2, 3, 4], limit=3, name="t") == [0, 2, 4, 6, 8]
+    assert 1 < peak <= 3
+    started.clear()
+    # The earliest item's failure is raised; nothing starts after a failure.
+    with pytest.raises(StorageError, match="item 5"):
+        _bounded_map(work, list(range(40)), limit=3, name="t")
+    assert 5 in started and len(started) < 12
+
+
+def test_legal_holds_change_in_parallel_with_the_same_outcome(
+    regions: Regions, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Registry.init(home, store=[regions.store("a", "us-east-1"), regions.store("b", "us-west-2")])
+    model = make_model(tmp_path / "model", shards=6, shard_size=20_000, seed=15)
+    with Registry.open(home) as registry:
+        version = registry.push("llama", model).version
+        objects = [(MANIFEST, version.digest)] + [(BLOB, f.digest) for f in version.files]
+        names = {
+            name
+            for kind, digest in objects
+            for name in (
+                registry.store.object_name(kind, digest),
+                registry.store.slot_name(kind, digest, registry.keys.kek_id),
+            )
+        }
+        slow = SlowHolds(registry, monkeypatch, delay=0.05)
+
+        def states(key: str) -> set[str]:
+            client = regions.client(key)
+            return {
+                client.head_object(Bucket=regions.buckets[key], Key=name).get(
+                    "ObjectLockLegalHoldStatus", "OFF"
+                )
+                for name in names
+            }
+
+        manifest = registry.store.object_name(MANIFEST, version.digest)
+        # A region that fails is reported as "region: problem", the others are held.
+        slow.faults[("us-west-2", manifest, True)] = StorageError("connection reset")
+        # A copy that is missing is skipped, as replicate holds it when it restores it.
+        blob = registry.store.object_name(BLOB, version.files[0].digest)
+        slow.faults[("us-east-1", blob, True)] = NotFoundError("gone")
+        first = registry.hold("llama@1", reason="audit")
+        assert first.changed and first.objects == len(objects)
+        assert first.failed_regions == ("us-west-2: connection reset",)
+        assert states("a") == {"ON", "OFF"}  # all held but the "missing" blob
+        # Every name was asked once in the region that did not fail.
+        assert sorted(n for n, _on in slow.calls["us-east-1"]) == sorted(names)
+
+        # Run again without the faults: every copy everywhere, several at a time per region
+        # (never more than LOCK_REQUESTS) and both regions at once.
+        slow.faults.clear()
+        slow.calls.clear()
+        slow.peak.clear()
+        slow.peak_all = 0
+        again = registry.hold("llama@1", reason="audit")
+        assert not again.changed and again.failed_regions == ()
+        assert states("a") == states("b") == {"ON"}
+        assert {r: sorted(n for n, _on in c) for r, c in slow.calls.items()} == {
+            "us-east-1": sorted(names),
+            "us-west-2": sorted(names),
+        }
+        assert 1 < slow.peak["us-east-1"] <= LOCK_REQUESTS
+        assert 1 < slow.peak["us-west-2"] <= LOCK_REQUESTS
+        assert slow.peak_all > max(slow.peak.values())
+
+        # A release that fails in one region is all or nothing: every copy is held again, in
+        # the failing region too, and the hold stays recorded.
+        slow.faults[("us-west-2", manifest, False)] = StorageError("connection reset")
+        with pytest.raises(StorageError, match="could not be released in us-west-2: connection"):
+            registry.release_hold("llama@1", reason="done")
+        assert states("a") == states("b") == {"ON"}
+        assert [h.ref for h in registry.holds()] == ["llama@1"]
+        slow.faults.clear()
+        released = registry.release_hold("llama@1", reason="done")
+        assert released.failed_regions == ()
+        assert states("a") == states("b") == {"OFF"}
+        assert registry.holds() == []
 
 
 def test_pending_copies_after_a_quorum_push_are_counted(

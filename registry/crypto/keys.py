@@ -170,10 +170,14 @@ class LocalKeyProvider(KeyProvider):
         self._aead = AESGCM(kek)
         fingerprint = blake3.blake3(kek, derive_key_context="model-registry kek id v1")
         self.kek_id = "local:" + str(fingerprint.hexdigest())[:24]
+        # The file it was read from, to tell the keys of a rotation apart (`keys show`).
+        self.path: Path | None = None
 
     @classmethod
     def from_file(cls, path: Path) -> LocalKeyProvider:
-        return cls(read_key_file(path))
+        provider = cls(read_key_file(path))
+        provider.path = path
+        return provider
 
     def wrap(self, data_key: bytes, *, context: Mapping[str, str]) -> WrappedKey:
         nonce = os.urandom(12)
