@@ -12,6 +12,7 @@ times what hedging needs and well below what waiting out the deadlines would tak
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -141,6 +142,7 @@ def test_catalog_only_commands_never_touch_a_store(pushed: Faulty, home: Path) -
         ["alias", "ls", "org/llama"],
         ["hold", "ls"],
         ["retention", "show", "org/llama"],
+        ["retention", "plan", "org/llama"],
     ):
         result = _cli(*command)
         assert result.exit_code == 0, (command, result.output)
@@ -240,8 +242,6 @@ def test_regions_status_probes_in_parallel_and_tells_hung_from_unreachable(
     result = _cli("regions", "status", "--json")
     elapsed = time.monotonic() - started
     assert result.exit_code == StorageError.exit_code, result.output
-    import json
-
     states = {r["name"]: r["state"] for r in json.loads(result.stdout)}
     assert states == {"region-a": "hung", "region-b": "unreachable", "region-c": "ok"}
     assert elapsed < 2 * REQUEST_SECONDS  # one deadline, not one per region
@@ -280,3 +280,65 @@ def test_a_push_without_its_quorum_fails_fast_and_commits_nothing(
     faulty.heal()
     with Registry.open(home) as registry:
         assert registry.models() == []
+
+
+@pytest.mark.ceph
+@pytest.mark.xdist_group("ceph")
+def test_a_frozen_ceph_rgw_region_is_read_around_and_reported_hung(
+    ceph_rgw: Any,
+    moto_endpoint: str,
+    home: Path,
+    model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Real S3 with Object Lock (Ceph RGW) as the preferred region, frozen behind the proxy;
+    moto (which takes any credentials) as the other."""
+    from tests.ceph_rgw import ACCESS_KEY, SECRET_KEY
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    host, port = ceph_rgw.endpoint.removeprefix("http://").split(":")
+    moto_host, moto_port = moto_endpoint.removeprefix("http://").split(":")
+    with (
+        FaultProxy((host, int(port))) as ceph,
+        FaultProxy((moto_host, int(moto_port))) as moto,
+    ):
+        suffix = uuid.uuid4().hex[:8]
+        _init(
+            home,
+            [
+                f"s3://faults-ceph-{suffix}?region=us-east-1&endpoint={ceph.url}"
+                "&retention_days=1&name=ceph",
+                f"s3://faults-moto-{suffix}?region=us-east-1&endpoint={moto.url}"
+                "&retention_days=1&name=moto",
+            ],
+        )
+        with Registry.open(home) as registry:
+            registry.push("org/llama", model)
+        ceph.freeze()
+        started = time.monotonic()
+        with Registry.open(home) as registry:
+            pulled = registry.pull("org/llama", tmp_path / "out")
+        assert time.monotonic() - started < 2 * REQUEST_SECONDS
+        assert tree(tmp_path / "out") == tree(model)
+        assert pulled.bad_copies and all(
+            line.startswith("ceph: ") and "hung" in line for line in pulled.bad_copies
+        ), pulled.bad_copies
+        status = _cli("regions", "status", "--json")
+        states = {r["name"]: r["state"] for r in json.loads(status.stdout)}
+        assert states == {"ceph": "hung", "moto": "ok"}, status.output
+
+
+def test_a_load_with_a_frozen_region_is_hedged_recorded_and_warned_about(
+    pushed: Faulty, home: Path, model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from registry import loader
+
+    pushed.proxies["a"].freeze()
+    with Registry.open(home) as registry, caplog.at_level("WARNING", logger="model_registry"):
+        state = loader.load("org/llama:production", registry=registry, cache=False)
+        assert state.stats.regions and "region-a" not in state.stats.regions
+    assert len(state) > 0
+    assert any("region-a: " in r.getMessage() and "hung" in r.getMessage() for r in caplog.records)
+    assert PENDING in _states(home, "region-a")

@@ -306,8 +306,8 @@ class JournalEntry(Base):
 
 class JournalEpoch(Base):
     """One run of the journal in the stores (`journal/<epoch>/...`). A catalog rebuilt, or one
-    found to differ from what the stores hold (restored from a backup), starts a new epoch and
-    writes its whole journal there; the newest epoch is the catalog's."""
+    restored from a backup that an operator keeps (`catalog journal --new-epoch`), starts a new
+    epoch and writes its whole journal there; the newest epoch is the catalog's."""
 
     __tablename__ = "journal_epochs"
 
