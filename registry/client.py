@@ -261,6 +261,9 @@ class _Settings:
 class RemoteRegistry:
     """A registry server spoken to with one token."""
 
+    # The server works on its own catalog: never a stand-in (see Registry.open_for_recovery).
+    provisional: str | None = None
+
     def __init__(self, url: str, token: str, *, timeout: float = 120.0) -> None:
         if not url.startswith(("http://", "https://")):
             raise InvalidInputError(

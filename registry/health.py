@@ -15,6 +15,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from registry.errors import StoreTimeoutError
@@ -27,6 +28,7 @@ DEGRADED = "degraded"
 # once per range.
 DOWN_FOR = 60.0
 MISSES_TO_DEGRADE = 3
+_OUTCOMES = 10  # the recent reads among which misses are counted
 _SAMPLES = 64
 _BUDGET_FACTOR = 3.0
 
@@ -54,19 +56,22 @@ class RegionHealth:
         self.deadlines = deadlines or DeadlineSettings()
         self._lock = threading.Lock()
         self._samples: dict[str, deque[float]] = {}
-        self._misses: dict[str, int] = {}
+        self._outcomes: dict[str, deque[bool]] = {}  # recent reads: True for a miss
         self._conditions: dict[str, Condition] = {}
         self._probing: set[str] = set()
 
     def budget(self, key: str) -> float:
-        """Seconds a read of this region may take before it is hedged."""
+        """Seconds a read of this region may take before it is hedged: three times its recent
+        p95, but never more than three times the fastest region's (a region far slower than
+        its peers is worth asking around, whatever its own history), at least the floor."""
         floor = self.deadlines.hedge_after_seconds
         with self._lock:
-            samples = sorted(self._samples.get(key, ()))
-        if not samples:
+            own = _p95(self._samples.get(key, ()))
+            others = [p for samples in self._samples.values() if (p := _p95(samples)) is not None]
+        if own is None:
             return floor
-        p95 = samples[min(len(samples) - 1, math.ceil(0.95 * len(samples)) - 1)]
-        return min(max(floor, _BUDGET_FACTOR * p95), self.deadlines.request_seconds)
+        budget = _BUDGET_FACTOR * min([own, *others])
+        return min(max(floor, budget), self.deadlines.request_seconds)
 
     def served(self, key: str, seconds: float) -> None:
         """A read of this region completed in `seconds`."""
@@ -74,7 +79,7 @@ class RegionHealth:
         with self._lock:
             self._samples.setdefault(key, deque(maxlen=_SAMPLES)).append(seconds)
             if seconds <= budget:
-                self._misses.pop(key, None)
+                self._outcome(key, missed=False)
                 self._probing.discard(key)
                 condition = self._conditions.get(key)
                 if condition is not None and condition.state == DEGRADED:
@@ -84,17 +89,22 @@ class RegionHealth:
         """A read of this region was not answered within `budget` seconds."""
         now = time.monotonic()
         with self._lock:
-            misses = self._misses.get(key, 0) + 1
-            self._misses[key] = misses
+            misses = self._outcome(key, missed=True)
             if misses >= MISSES_TO_DEGRADE or key in self._probing:
                 self._probing.discard(key)
                 if key not in self._conditions:
                     self._conditions[key] = Condition(
                         DEGRADED,
-                        f"{misses} reads unanswered within their {budget:.2f} s budget",
+                        f"{misses} of its last reads unanswered within their {budget:.2f} s budget",
                         now,
                         now + self.deadlines.degraded_seconds,
                     )
+
+    def _outcome(self, key: str, *, missed: bool) -> int:
+        """Record a read's outcome; the misses among the recent ones (the lock is held)."""
+        outcomes = self._outcomes.setdefault(key, deque(maxlen=_OUTCOMES))
+        outcomes.append(missed)
+        return sum(outcomes)
 
     def failed(self, key: str, error: Exception) -> None:
         """A request to this region failed: read last and skipped by writes for a while."""
@@ -106,7 +116,7 @@ class RegionHealth:
     def recovered(self, key: str) -> None:
         with self._lock:
             self._conditions.pop(key, None)
-            self._misses.pop(key, None)
+            self._outcomes.pop(key, None)
             self._probing.discard(key)
 
     def condition(self, key: str) -> Condition | None:
@@ -120,12 +130,29 @@ class RegionHealth:
                 del self._conditions[key]
                 if condition.state == DEGRADED:
                     self._probing.add(key)
-                    self._misses.pop(key, None)
+                    self._outcomes.pop(key, None)
                 return None
             return condition
+
+    def suspect(self, key: str) -> str | None:
+        """Why the region should not be waited for now (a condition, or reads that missed
+        their budget lately), or None."""
+        condition = self.condition(key)
+        if condition is not None:
+            return condition.describe()
+        with self._lock:
+            misses = sum(self._outcomes.get(key, ()))
+        return f"hung: {misses} recent reads missed their latency budget" if misses else None
 
     def unavailable(self, key: str) -> Condition | None:
         """A condition that writes skip the region for: it failed (down or hung), not merely
         slow."""
         condition = self.condition(key)
         return condition if condition is not None and condition.state != DEGRADED else None
+
+
+def _p95(samples: Iterable[float]) -> float | None:
+    ordered = sorted(samples)
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]

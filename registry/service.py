@@ -666,7 +666,10 @@ class Registry:
             regions, workers=workers, deadlines=settings.deadlines, check_claim=self._check_claim
         )
         self._closed = False
-        self._journal_checked = float("-inf")
+        # When the stores' journal was last compared with the catalog; shared by the views
+        # `acting_as` makes (one per API request), so a server checks every ten minutes, not
+        # on every request.
+        self._journal_checked = [float("-inf")]
         # The preferred region's store and keys (the only ones of a single-store registry).
         self.store = self.replicas.primary
         self.keys = self.store.keys
@@ -2517,22 +2520,31 @@ class Registry:
     def _journal_check_due(self) -> bool:
         # The stores are compared with the marks once per handle and then every ten minutes
         # (a region replaced by an empty store, a catalog restored from a backup).
-        return time.monotonic() - self._journal_checked > JOURNAL_CHECK_SECONDS
+        return time.monotonic() - self._journal_checked[0] > JOURNAL_CHECK_SECONDS
 
     def _drain(self, *, check: bool) -> list[journal.RegionJournal]:
         if self.provisional is not None:
             return []
         try:
-            self._regions_ready()
             self.catalog.journaled = 0
-            skip = {
-                region.name: condition.describe()
-                for region in self.replicas.regions
-                if (condition := self.replicas.health.unavailable(region.name)) is not None
-            }
+            # A region that is down, hung or missing its budgets is not waited for: its mark
+            # stays and a later drain catches it up (a pull's closing drain must not wait out
+            # a frozen region's deadline).
+            skip: dict[str, str] = {}
+            self.replicas.start_claims()
+            for region in self.replicas.regions:
+                trouble = self.replicas.health.suspect(region.name)
+                if trouble is None:
+                    try:
+                        self.replicas.claim(region)
+                    except StorageError as error:
+                        self.replicas.mark_down(region, error)
+                        trouble = str(error)
+                if trouble is not None:
+                    skip[region.name] = trouble
             states = journal.drain(self.catalog, self._journal_stores(), check=check, skip=skip)
             if check:
-                self._journal_checked = time.monotonic()
+                self._journal_checked[0] = time.monotonic()
             return states
         except CatalogBehindError:
             raise
@@ -2571,7 +2583,7 @@ class Registry:
             found, _segments = journal.epochs(store)
             if found and (newest is None or found[-1].started_at > newest):
                 newest = found[-1].started_at
-        self._journal_checked = float("-inf")
+        self._journal_checked[0] = float("-inf")
         try:
             return self.catalog.start_journal_epoch(
                 reason="started by an operator", actor=self.actor, after=newest

@@ -155,8 +155,16 @@ def test_cli_through_the_server_matches_the_local_home(
     reader = {"url": server.url, "token": tokens[READER]}
     assert _cli("gc", "--dry-run", **reader).exit_code == 10  # type: ignore[attr-defined]
     assert _cli("ls", **{"url": server.url, "token": "mrt_bad"}).exit_code == 11  # type: ignore[attr-defined]
-    not_here = _cli("regions", "status", **remote)
-    assert not_here.exit_code == 3 and "run it on the registry server" in not_here.output  # type: ignore[attr-defined]
+    for args, name in (
+        (["regions", "status"], "regions status"),
+        (["verify", "--all"], "scrub"),
+        (["catalog", "journal"], "journal status"),
+        (["drill"], "drill"),
+    ):
+        not_here = _cli(*args, **remote)
+        assert not_here.exit_code == 3, (args, not_here.output)  # type: ignore[attr-defined]
+        assert f"`{name}` is not available" in not_here.output  # type: ignore[attr-defined]
+        assert "run it on the registry server" in not_here.output  # type: ignore[attr-defined]
 
 
 def test_a_killed_push_resumes_and_sends_only_the_missing_parts(

@@ -119,12 +119,28 @@ def test_the_budget_follows_recent_latencies_between_its_floor_and_the_deadline(
     for _ in range(40):
         health.served("a", 0.001)
     assert health.budget("a") == FAST.hedge_after_seconds
+    alone = RegionHealth(FAST)
     for _ in range(40):
-        health.served("b", 0.1)
-    assert health.budget("b") == pytest.approx(0.3)  # 3 x p95
+        alone.served("b", 0.1)
+    assert alone.budget("b") == pytest.approx(0.3)  # 3 x p95
     for _ in range(40):
-        health.served("c", 5.0)
-    assert health.budget("c") == FAST.request_seconds
+        alone.served("c", 5.0)
+    assert alone.budget("c") == pytest.approx(0.3)  # never more than 3 x the fastest region's
+    slow = RegionHealth(FAST)
+    for _ in range(40):
+        slow.served("c", 5.0)
+    assert slow.budget("c") == FAST.request_seconds  # and never more than a request's deadline
+
+
+def test_misses_among_recent_reads_degrade_a_region_that_answers_small_reads_in_time() -> None:
+    """A trickling region answers small reads in time and misses every large one."""
+    health = RegionHealth(FAST)
+    for _ in range(MISSES_TO_DEGRADE):
+        health.served("a", 0.001)
+        health.missed("a", 0.05)
+    condition = health.condition("a")
+    assert condition is not None and condition.state == DEGRADED
+    assert health.suspect("a") is not None and health.suspect("b") is None
 
 
 def test_a_region_that_keeps_missing_its_budget_is_degraded_then_probed_again() -> None:
