@@ -13,7 +13,6 @@ from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stderr, stdout
 from registry.errors import (
-    CatalogMissingError,
     IntegrityError,
     InvalidInputError,
     StorageError,
@@ -49,14 +48,11 @@ def journal(drain: bool, new_epoch: bool, stores: bool, as_json: bool) -> None:
     recovery point of a rebuild from it). Without a catalog, or with --stores, what each
     region's store holds: the journal a rebuild from it would replay. Exit 9 if --drain (or
     --new-epoch) left a region behind or failed in one."""
-    with open_registry(recovery=True, replay=False) as registry:
+    if stores and (drain or new_epoch):
+        raise InvalidInputError("--stores only shows the stores: not with --drain or --new-epoch")
+    # --drain and --new-epoch need the catalog itself: no stand-in (a missing one is exit 13).
+    with open_registry(recovery=not (drain or new_epoch), replay=False) as registry:
         if registry.provisional is not None or stores:
-            if drain or new_epoch:
-                raise CatalogMissingError(
-                    "--drain and --new-epoch need the catalog, and it is missing",
-                    hint="prove a region (`model-registry drill --region REGION`), then "
-                    "`model-registry catalog rebuild --from REGION`",
-                )
             _print_stored(registry.stored_journals(), as_json=as_json)
             return
         if new_epoch:
@@ -102,6 +98,7 @@ def _print_stored(found: list[StoredJournal], *, as_json: bool) -> None:
                     "last_entry_at": s.newest_at.isoformat() if s.newest_at else None,
                     "epochs": s.epochs,
                     "error": s.error,
+                    "behind": s.behind,
                 }
                 for s in found
             ]
@@ -114,10 +111,10 @@ def _print_stored(found: list[StoredJournal], *, as_json: bool) -> None:
                 (s.epoch or "-")[:12],
                 str(s.end),
                 s.newest_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.newest_at else "-",
-                escape(s.error),
+                escape(s.error or s.behind),
             )
         stdout.print(table)
-    if any(s.error for s in found):
+    if any(s.error or s.behind for s in found):
         sys.exit(StorageError.exit_code)
 
 

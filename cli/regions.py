@@ -54,7 +54,7 @@ def status(as_json: bool) -> None:
             ]
         )
     else:
-        table = Table("region", "priority", "health", "verified", "pending", "bad", "missing")
+        table = Table("region", "priority", "health", "verified", "pending", "bad", "unrecorded")
         table.add_column("store", overflow="fold")
         for r in found:
             health = f"ok ({r.seconds * 1000:.0f} ms)" if r.reachable else r.state.upper()
@@ -70,8 +70,12 @@ def status(as_json: bool) -> None:
         for r in found:
             if not r.reachable:
                 click.echo(f"{r.name}: {r.state}: {r.detail}", err=True)
-        if not all(r.complete for r in found) and all(r.counted for r in found):
-            click.echo("some copies are missing: run `model-registry replicate --repair`", err=True)
+        if any(r.reachable and not r.complete for r in found) and all(r.counted for r in found):
+            click.echo(
+                "some copies are pending, bad or unrecorded: `model-registry replicate` writes "
+                "and checks them (`--repair` replaces bad ones)",
+                err=True,
+            )
     if not all(r.complete for r in found):
         sys.exit(StorageError.exit_code)
 

@@ -310,7 +310,7 @@ def verify(
         for problem in report.problems:
             click.echo(f"BAD {problem.path}: {problem.problem}", err=True)
         for region in report.unchecked:
-            click.echo(f"warning: not checked, unreachable: {region}", err=True)
+            click.echo(f"warning: not checked: {region}", err=True)
     if not report.ok:
         sys.exit(IntegrityError.exit_code)
 
@@ -332,7 +332,7 @@ def _scrub(
     else:
         depth = "decrypted and re-hashed" if read_data else "present, sized and keyed"
         share = f" (a {report.sampled:g}% sample)" if report.sampled is not None else ""
-        verdict = "ok" if report.ok else "BAD"
+        verdict = "BAD" if report.problems else "incomplete" if report.unchecked else "ok"
         stdout.print(
             f"{verdict}: {report.objects} objects{share}, {report.copies} copies {depth}; "
             f"{len(report.problems)} bad, {len(report.orphans)} orphans"

@@ -50,6 +50,20 @@ _REGION_KEYS = {
 }
 
 
+# The top-level keys and tables of config.toml: anything else is a typo, not a setting.
+_TOP_LEVEL = {
+    "registry_id",
+    "workers",
+    "catalog",
+    "store",
+    "keys",
+    "trusted_signers",
+    "webhooks",
+    "api",
+    "deadlines",
+}
+
+
 def default_home() -> Path:
     value = os.environ.get(ENV_HOME)
     return Path(value).expanduser() if value else Path.home() / ".model-registry"
@@ -348,6 +362,12 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
         raise ConfigurationError(f"no registry at {home} ({CONFIG_FILE} not found)") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise ConfigurationError(f"cannot read {config_path}: {error}") from None
+    unknown = set(raw) - _TOP_LEVEL
+    if unknown:
+        raise ConfigurationError(
+            f"{config_path}: unknown settings {sorted(unknown)}",
+            hint=f"config.toml takes {', '.join(sorted(_TOP_LEVEL))} (docs/operations.md)",
+        )
     try:
         catalog = raw.get("catalog", {})
         store = raw.get("store", {})

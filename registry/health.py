@@ -57,6 +57,7 @@ class RegionHealth:
         self._lock = threading.Lock()
         self._samples: dict[str, deque[float]] = {}
         self._outcomes: dict[str, deque[bool]] = {}  # recent reads: True for a miss
+        self._last_miss: dict[str, float] = {}
         self._conditions: dict[str, Condition] = {}
         self._probing: set[str] = set()
 
@@ -89,6 +90,7 @@ class RegionHealth:
         """A read of this region was not answered within `budget` seconds."""
         now = time.monotonic()
         with self._lock:
+            self._last_miss[key] = now
             misses = self._outcome(key, missed=True)
             if misses >= MISSES_TO_DEGRADE or key in self._probing:
                 self._probing.discard(key)
@@ -135,14 +137,17 @@ class RegionHealth:
             return condition
 
     def suspect(self, key: str) -> str | None:
-        """Why the region should not be waited for now (a condition, or reads that missed
-        their budget lately), or None."""
+        """Why the region should not be waited for now (a condition, or a read that missed its
+        budget within the last `degraded_seconds`), or None."""
         condition = self.condition(key)
         if condition is not None:
             return condition.describe()
         with self._lock:
+            last = self._last_miss.get(key)
             misses = sum(self._outcomes.get(key, ()))
-        return f"hung: {misses} recent reads missed their latency budget" if misses else None
+        if last is None or not misses or time.monotonic() - last > self.deadlines.degraded_seconds:
+            return None
+        return f"hung: {misses} recent reads missed their latency budget"
 
     def unavailable(self, key: str) -> Condition | None:
         """A condition that writes skip the region for: it failed (down or hung), not merely

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -106,6 +106,7 @@ class StoredJournal:
     newest_at: datetime | None
     epochs: int
     error: str = ""
+    behind: str = ""  # what another region's store holds beyond it, if anything
 
 
 def summary(region: str, store: BlobStore) -> StoredJournal:
@@ -303,14 +304,17 @@ def drain(
     catalog: Catalog,
     stores: Sequence[tuple[str, BlobStore]],
     *,
-    check: bool = False,
+    check: bool | Collection[str] = False,
     skip: Mapping[str, str] | None = None,
+    write: bool = True,
 ) -> list[RegionJournal]:
     """Copy every outbox entry a region lacks to that region, the regions in parallel. With
-    `check` (and for a region that holds nothing of the current epoch yet) the store is
-    compared with the mark first: a store holding less is written again from where it stops;
-    one holding entries the catalog lacks raises `CatalogBehindError` (nothing is written). A
-    region that fails, or is in `skip` (name: why), keeps its mark and is reported."""
+    `check` (True, or the names of the regions to check), and for a region that holds nothing
+    of the current epoch yet, the store is compared with the mark first: a store holding less is
+    written again from where it stops; one holding entries the catalog lacks raises
+    `CatalogBehindError` (nothing is written). A region that fails, or is in `skip` (name:
+    why), keeps its mark and is reported. Without `write`, the stores are only compared:
+    nothing is written to them, and no mark moves (a status)."""
     current = catalog.journal_epoch()
     marks = catalog.journal_marks()
     head = catalog.journal_head()
@@ -320,7 +324,10 @@ def drain(
         if region in skipped:
             mark = marks.get(region, 0)
             return _state(catalog, region, mark, head, error=skipped[region])
-        return _drain_region(catalog, region, store, current, marks.get(region, 0), head, check)
+        checked = check if isinstance(check, bool) else region in check
+        return _drain_region(
+            catalog, region, store, current, marks.get(region, 0), head, checked, write=write
+        )
 
     futures = [deadline.submit(functools.partial(one, region, store)) for region, store in stores]
     states: list[RegionJournal] = []
@@ -343,13 +350,15 @@ def _drain_region(
     mark: int,
     head: int,
     check: bool,
+    *,
+    write: bool = True,
 ) -> RegionJournal:
     epoch = current.epoch
     error = rewritten = ""
     try:
         if check or mark == 0:
-            mark, rewritten = _reconcile(catalog, region, store, current, mark, head)
-        while mark < head:
+            mark, rewritten = _reconcile(catalog, region, store, current, mark, head, write=write)
+        while write and mark < head:
             batch = _batch(catalog, mark)
             if not batch:
                 break
@@ -382,6 +391,8 @@ def _reconcile(
     current: JournalEpochRecord,
     mark: int,
     head: int,
+    *,
+    write: bool = True,
 ) -> tuple[int, str]:
     """The mark the store's journal supports (its epoch marker put first, if missing): less
     when it lost segments (they are written again), more when a drain stored a segment and
@@ -402,7 +413,7 @@ def _reconcile(
             "the catalog was restored from a backup older than a rebuild, or another catalog "
             "writes this registry's stores"
         )
-    if epoch not in {e.epoch for e in found}:
+    if epoch not in {e.epoch for e in found} and write:
         store.put_journal_start(epoch, encode_epoch(store.registry_id, current))
     end = contiguous_end(segments.get(epoch, []))
     if end > head:
@@ -415,7 +426,8 @@ def _reconcile(
             "a backup, or another catalog writes this registry's stores)"
         )
     if end < mark:
-        catalog.set_journal_mark(epoch, region, end, exactly=True)
+        if write:
+            catalog.set_journal_mark(epoch, region, end, exactly=True)
         note = f"the store held entries up to {end} only, not {mark}: written again"
         log.warning("journal of region %s: %s", region, note)
         return end, note
@@ -426,7 +438,8 @@ def _reconcile(
             for entry in _read_segment(store, epoch, first, last, name):
                 if entry.seq > mark and ours.get(entry.seq) != entry.body:
                     raise _diverged(region, f"entry {entry.seq} in {name}")
-        catalog.set_journal_mark(epoch, region, end)
+        if write:
+            catalog.set_journal_mark(epoch, region, end)
         return end, ""
     return mark, ""
 

@@ -47,6 +47,7 @@ from registry.catalog.journal import (
 from registry.catalog.models import (
     AuditEvent,
     Blob,
+    CachedManifest,
     JournalEntry,
     JournalEpoch,
     Model,
@@ -203,7 +204,13 @@ def rebuild(
         say(f"reading version records of {source}")
         records = _version_records(main)
         seen_epochs = _require_complete(
-            read, source, regions[1:], records, report, accept_loss=accept_loss or stand_in
+            read,
+            source,
+            regions[1:],
+            records,
+            report,
+            accept_loss=accept_loss or stand_in,
+            quiet=stand_in,
         )
         cutoff = entries[-1].at if entries else None
         with _Target(catalog_url, registry_id=settings.registry_id) as engine:
@@ -212,7 +219,15 @@ def rebuild(
                 _fix_sequences(session)
                 # What the journal lacked is journaled in the new catalog, like any change.
                 capture_session(session)
-                _restore_records(session, main, records, settings, report, cutoff=cutoff)
+                _restore_records(
+                    session,
+                    main,
+                    records,
+                    settings,
+                    report,
+                    cutoff=cutoff,
+                    since=None if read.epoch is None else read.epoch.started_at,
+                )
                 write_entry(session)
                 if not stand_in:
                     _check_manifests(session, main, settings, report)
@@ -346,6 +361,7 @@ def _require_complete(
     report: RebuildReport,
     *,
     accept_loss: bool,
+    quiet: bool = False,
 ) -> list[datetime]:
     """Refuse to rebuild from a journal that another region shows to be behind or truncated,
     or from a region that holds content but no journal, unless the loss is accepted. Returns
@@ -395,8 +411,9 @@ def _require_complete(
             hint="rebuild from the region named, or pass --accept-loss to rebuild from "
             f"{source} anyway (what only the other journal holds is then lost)",
         )
-    for loss in losses:
-        log.warning("accepted loss: %s", loss)
+    if not quiet:
+        for loss in losses:
+            log.warning("accepted loss: %s", loss)
     report.accepted_loss.extend(losses)
     return seen
 
@@ -604,9 +621,10 @@ class _SlotMissingError(IntegrityError):
 
 def _read_manifest(
     store: BlobStore, digest: str, settings: Settings, *, what: str
-) -> Manifest | None:
-    """The manifest as `store` holds it, authenticated and its signature checked; None when
-    the store holds no such manifest (swept, or never written there)."""
+) -> tuple[Manifest, bytes] | None:
+    """The manifest as `store` holds it, authenticated and its signature checked, with its
+    signed envelope; None when the store holds no such manifest (swept, or never written
+    there)."""
     if store.driver.stat(store.object_name(MANIFEST, digest)) is None:
         return None
     slot = store.read_slot(MANIFEST, digest, what=what)
@@ -617,7 +635,7 @@ def _read_manifest(
     manifest, _signer = manifests.parse_envelope(
         data, expected_digest=digest, trusted=settings.trusted_signers, what=what
     )
-    return manifest
+    return manifest, data
 
 
 def _restore_records(
@@ -628,6 +646,7 @@ def _restore_records(
     report: RebuildReport,
     *,
     cutoff: datetime | None,
+    since: datetime | None = None,
 ) -> None:
     """Versions whose push wrote its record but whose catalog entry had not reached the
     journal: restored from the record and the manifest, numbered after the journal's.
@@ -636,10 +655,16 @@ def _restore_records(
     created at or after the push), when its content was a live version at the time of the
     push (a re-push makes no version), or when it is older than the journal's last entry by
     more than a commit can take (its commit would be in the journal: entries are drained in
-    commit order). Pushes that made no version void their records; these rules cover a push
-    that died before it could."""
+    commit order), or older than the journal's epoch (the catalog that began it decided). Pushes
+    that made no version void their records; these rules cover a push that died before it
+    could."""
     for record in records:
         if cutoff is not None and record.pushed_at < cutoff - COMMIT_WINDOW:
+            continue
+        if since is not None and record.pushed_at < since:
+            # Before the journal's epoch began: the catalog that started it (a rebuild, or
+            # one an operator kept with --new-epoch, dropping what came after its backup)
+            # already decided about this push.
             continue
         model = session.scalar(select(Model).where(Model.name == record.model))
         if model is not None:
@@ -655,12 +680,13 @@ def _restore_records(
                 continue
         what = f"manifest of {record.model} (version record {record.name})"
         try:
-            manifest = _read_manifest(store, record.digest, settings, what=what)
+            found = _read_manifest(store, record.digest, settings, what=what)
         except _SlotMissingError as error:
             report.unrestored.append(error.message)
             continue
-        if manifest is None:
+        if found is None:
             continue  # the push stopped before its manifest: nothing was committed
+        manifest = found[0]
         if manifest.name != record.model:
             raise IntegrityError(f"{what}: names model {manifest.name}", path=record.name)
         now = record.pushed_at
@@ -727,15 +753,19 @@ def _check_manifests(
             )
         }
         try:
-            manifest = _read_manifest(store, version.digest, settings, what=what)
+            found = _read_manifest(store, version.digest, settings, what=what)
         except _SlotMissingError as error:
             if version.expired_at is None:
                 report.unrestored.append(f"{ref}: {error.message} ({report.region})")
             continue
-        if manifest is None:
+        if found is None:
             if version.expired_at is None:
                 report.unrestored.append(f"{ref}: its manifest is missing from {report.region}")
             continue
+        manifest, envelope = found
+        if session.get(CachedManifest, version.digest) is None:
+            # What `show` reads: a rebuilt catalog answers it without a store, like the lost one.
+            session.add(CachedManifest(digest=version.digest, envelope=envelope))
         listed = {f.path: (f.size, f.digest, f.tensor_count) for f in manifest.files}
         journaled = {path: (row.size, row.digest, row.tensor_count) for path, row in files.items()}
         if manifest.name != model.name or listed != journaled:

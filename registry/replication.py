@@ -211,29 +211,73 @@ class ReplicaSet:
 
     def claim(self, region: Region, *, timeout: float | None = None) -> None:
         """Wait for the region's claim check (started if it was not): its error is raised, a
-        `StoreTimeoutError` after `timeout` (default: a request's deadline)."""
+        `StoreTimeoutError` after `timeout` (default: a request's deadline). A check that
+        failed for want of an answer is made again once the region's time out is over (at once
+        when it is the only region); until then `ClaimPendingError` says so, without marking
+        the region down again."""
         self.start_claims()
         with self._claims_lock:
             future = self._claims.get(region.name)
-            if (
-                future is not None
-                and future.done()
-                and isinstance(future.exception(), StorageError)
-                and self.health.unavailable(region.name) is None
-                and self._check_claim is not None
-            ):
-                # It failed for want of an answer, and its time out is over: ask again.
-                future = deadline.submit(functools.partial(self._check_claim, region))
-                self._claims[region.name] = future
+            if future is not None and future.done() and _transient(future.exception()):
+                if (
+                    len(self.regions) == 1 or self.health.unavailable(region.name) is None
+                ) and self._check_claim is not None:
+                    future = deadline.submit(functools.partial(self._check_claim, region))
+                    self._claims[region.name] = future
+                else:
+                    raise ClaimPendingError(
+                        f"region {region.name} did not answer its claim check a moment ago "
+                        f"({future.exception()}); it is asked again once its time out is over"
+                    )
         if future is None:
             return
         limit = self.deadlines.request_seconds if timeout is None else timeout
-        try:
-            future.result(timeout=limit)
-        except TimeoutError:
+        wait([future], timeout=limit)
+        if not future.done():
             raise StoreTimeoutError(
                 f"region {region.name}: its registry marker was not read within {limit:g} s"
-            ) from None
+            )
+        future.result()
+
+    def settle_claims(self) -> dict[str, str | None]:
+        """Every region's claim check, waited for together: all within a request's deadline,
+        and once one region answered, the others within its latency budget more (a hung region
+        then costs a budget, not a deadline). Returns, per region, None when it is this
+        registry's store, else why not (not answered yet: counted as a missed budget). A store
+        that is not this registry's raises."""
+        self.start_claims()
+        with self._claims_lock:
+            futures = dict(self._claims)
+        started = time.monotonic()
+        until = started + self.deadlines.request_seconds
+        graced = False
+        while True:
+            pending = [future for future in futures.values() if not future.done()]
+            now = time.monotonic()
+            if not pending or now >= until:
+                break
+            if not graced:
+                answered = [
+                    name for name, f in futures.items() if f.done() and f.exception() is None
+                ]
+                if answered:
+                    graced = True
+                    until = min(until, now + self.health.budget(answered[0]))
+            wait(pending, timeout=max(0.0, until - now), return_when=FIRST_COMPLETED)
+        outcome: dict[str, str | None] = {}
+        for region in self.regions:
+            try:
+                self.claim(region, timeout=0)
+                outcome[region.name] = None
+            except StoreTimeoutError:
+                self.health.missed(region.name, self.deadlines.hedge_after_seconds)
+                outcome[region.name] = (
+                    f"hung: its registry marker was not read within "
+                    f"{time.monotonic() - started:.1f} s"
+                )
+            except StorageError as error:
+                outcome[region.name] = str(error)
+        return outcome
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -445,7 +489,7 @@ class ReplicaSet:
             regions, self._each(regions, lambda r: self._stat_available(r, name)), strict=True
         ):
             if isinstance(result, Exception):
-                if not isinstance(result, _SkippedError):
+                if fresh_failure(result):
                     self.mark_down(region, result)
                 kind_of = "hung" if isinstance(result, StoreTimeoutError) else "unreachable"
                 outcomes[region.name] = Outcome(region.name, PENDING, detail=f"{kind_of}: {result}")
@@ -701,9 +745,10 @@ class ReplicaSet:
                     raise
                 results[region.name] = (error, None)
             return results
-        # A region that stops taking data is dropped after a request's deadline, so that one
-        # hung region does not hold the others' writes (its writer ends at its own deadline).
-        fanout = _Fanout(len(targets), stall_seconds=self.deadlines.request_seconds)
+        # A region whose writer falls below the slowest acceptable rate (a request's deadline,
+        # plus what it took so far at that rate) is dropped, so that one hung region does not
+        # hold the others' writes; a writer that takes data in bursts (parts) is not.
+        fanout = _Fanout(len(targets), deadlines=self.deadlines)
         futures = [
             deadline.submit(functools.partial(fanout.consume, index, functools.partial(write, r)))
             for index, r in enumerate(targets)
@@ -720,12 +765,10 @@ class ReplicaSet:
             raise
         for index, (region, future) in enumerate(zip(targets, futures, strict=True)):
             if fanout.stalled(index):
-                results[region.name] = (
-                    StoreTimeoutError(
-                        f"{region.name} took no data for {self.deadlines.request_seconds:g} s"
-                    ),
-                    None,
-                )
+                stalled = StoreTimeoutError(f"{region.name} stopped taking data (a stalled write)")
+                # The next objects of this push skip it instead of waiting on it again.
+                self.mark_down(region, stalled)
+                results[region.name] = (stalled, None)
                 continue
             failure = future.exception()
             if failure is None:
@@ -952,6 +995,21 @@ class _SkippedError(StorageError):
     """A region left out because it failed a moment ago (not a new failure)."""
 
 
+class ClaimPendingError(StorageError):
+    """A region whose claim check failed a moment ago, not asked again yet (not a new
+    failure: it must not extend the region's time out)."""
+
+
+def _transient(error: BaseException | None) -> bool:
+    """A claim check's failure that may pass (no answer, KMS away), not a wrong store."""
+    return isinstance(error, StorageError | KmsUnreachableError)
+
+
+def fresh_failure(error: BaseException) -> bool:
+    """Whether an error is news about a region (marks it down), not a known outage again."""
+    return not isinstance(error, _SkippedError | ClaimPendingError)
+
+
 class BlobReader(Protocol):
     """Sealed bytes of one stored object, with fail-over between regions."""
 
@@ -1075,7 +1133,8 @@ class _FailoverSource:
             self._failed(index, offset, "missing", gone=True)
             return f"{region.name}: missing"
         assert isinstance(error, StorageError)
-        self.replicas.mark_down(region, error)
+        if fresh_failure(error):
+            self.replicas.mark_down(region, error)
         kind = "hung" if isinstance(error, StoreTimeoutError) else "unreachable"
         self._failed(index, offset, f"{kind}: {error}", gone=True)
         return f"{region.name}: {error}"
@@ -1137,16 +1196,18 @@ class _FailoverSource:
 
 class _Fanout:
     """One stream of chunks fed to several writers, each consuming in its own thread; a writer
-    that fails drops out without stalling the others, one that takes nothing for
-    `stall_seconds` is dropped as stalled, and a failing source fails them all."""
+    that fails drops out without stalling the others, one that falls below the slowest
+    acceptable rate is dropped as stalled, and a failing source fails them all."""
 
     _END = object()
 
-    def __init__(self, count: int, *, depth: int = 8, stall_seconds: float = 10.0) -> None:
+    def __init__(self, count: int, *, depth: int = 8, deadlines: DeadlineSettings) -> None:
         self._queues: list[queue.Queue[object]] = [queue.Queue(depth) for _ in range(count)]
         self._alive = [True] * count
         self._stalled = [False] * count
-        self._stall_seconds = stall_seconds
+        self._taken = [0] * count
+        self._deadlines = deadlines
+        self._started = time.monotonic()
 
     def stalled(self, index: int) -> bool:
         return self._stalled[index]
@@ -1165,6 +1226,7 @@ class _Fanout:
                 if isinstance(item, BaseException):
                     raise item
                 assert isinstance(item, bytes)
+                self._taken[index] += len(item)
                 yield item
 
         try:
@@ -1178,17 +1240,18 @@ class _Fanout:
                 except queue.Empty:
                     break
 
+    def _too_slow(self, index: int) -> bool:
+        allowed = self._deadlines.transfer_seconds(self._taken[index])
+        return time.monotonic() - self._started > allowed
+
     def _put(self, item: object) -> None:
         for index, pipe in enumerate(self._queues):
-            blocked_since: float | None = None
             while self._alive[index]:
                 try:
                     pipe.put(item, timeout=0.05)
                     break
                 except queue.Full:
-                    now = time.monotonic()
-                    blocked_since = blocked_since or now
-                    if now - blocked_since > self._stall_seconds:
+                    if self._too_slow(index):
                         self._stalled[index] = True
                         self._alive[index] = False
 

@@ -59,6 +59,7 @@ from registry.catalog.repository import (
 )
 from registry.config import (
     CONFIG_FILE,
+    ENV_CATALOG_URL,
     PRIMARY,
     KmsSettings,
     RegionSettings,
@@ -122,6 +123,7 @@ from registry.replication import (
     Region,
     ReplicaSet,
     Replicated,
+    fresh_failure,
 )
 from registry.retention import (
     Decision,
@@ -143,6 +145,8 @@ T = TypeVar("T")
 _KMS_KEY_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # How often a process compares the stores' journals with its marks (besides its first drain).
 JOURNAL_CHECK_SECONDS = 600.0
+# Left in a home by an init that stopped after it began claiming the stores: its registry id.
+UNFINISHED_INIT = ".init-unfinished"
 # A writer's lease on the objects it is about to write or reuse outlives any sane push; a
 # crashed writer's lease lapses after it.
 LEASE_TTL = timedelta(hours=24)
@@ -617,7 +621,10 @@ class Registry:
         self._stand_in: Path | None = None  # the temporary home of a stand-in catalog
         try:
             engine = open_catalog_engine(
-                settings.catalog_url, registry_id=settings.registry_id, create=create_catalog
+                settings.catalog_url,
+                registry_id=settings.registry_id,
+                create=create_catalog,
+                kek_ids={kek for provider in providers for kek in provider.kek_ids},
             )
         except CatalogMissingError as error:
             names = ", ".join(region.name for region in settings.regions)
@@ -666,10 +673,11 @@ class Registry:
             regions, workers=workers, deadlines=settings.deadlines, check_claim=self._check_claim
         )
         self._closed = False
-        # When the stores' journal was last compared with the catalog; shared by the views
-        # `acting_as` makes (one per API request), so a server checks every ten minutes, not
-        # on every request.
-        self._journal_checked = [float("-inf")]
+        # When the stores' journal was last compared with the catalog in every region, and the
+        # regions compared since; shared by the views `acting_as` makes (one per API request),
+        # so a server checks every ten minutes, not on every request. A region is never written
+        # to before it was compared (a catalog behind it must not add a segment of its own).
+        self._journal_round = _JournalRound()
         # The preferred region's store and keys (the only ones of a single-store registry).
         self.store = self.replicas.primary
         self.keys = self.store.keys
@@ -740,7 +748,8 @@ class Registry:
                     stand_in=True,
                     on_progress=on_progress,
                 )
-                note = f"region {source}'s journal ({report.entries} entries)"
+                lacks = "".join(f"; {loss}" for loss in report.accepted_loss)
+                note = f"region {source}'s journal ({report.entries} entries{lacks})"
             else:
                 open_catalog_engine(url, registry_id=settings.registry_id, create=True).dispose()
                 note = "the stores alone"
@@ -778,7 +787,8 @@ class Registry:
             except StorageError as error:
                 if len(self.replicas.regions) == 1:
                     raise
-                self.replicas.mark_down(region, error)
+                if fresh_failure(error):
+                    self.replicas.mark_down(region, error)
                 unreachable.append(error)
         if len(unreachable) == len(self.replicas.regions):
             raise StorageError(
@@ -795,7 +805,10 @@ class Registry:
             # scrubs) reaches the stores now, not at the next change.
             if self.catalog.journaled:
                 self.drain_journal()
-        except Exception:  # noqa: BLE001 - closing must close; the entries wait in the outbox
+        except RegistryError as error:
+            # Closing must close; the entries wait in the outbox.
+            journal.log.warning("the journal was not copied out at close: %s", error)
+        except Exception:  # noqa: BLE001 - closing must close, whatever went wrong
             journal.log.warning("the journal was not copied out at close", exc_info=True)
         finally:
             self.catalog.close()
@@ -870,10 +883,17 @@ class Registry:
                     hint="keys must never live beside the data they protect (design invariant 5)",
                 )
         url = catalog_url or f"sqlite:///{home_path / 'catalog.db'}"
-        registry_id = f"mr-{uuid.uuid4().hex}"
+        # The catalog is made where the environment says, as every command will open it.
+        effective_url = os.environ.get(ENV_CATALOG_URL) or url
+        # An init that stopped after claiming stores left its registry id: it is taken up
+        # again, so the stores it claimed are its own.
+        unfinished = home_path / UNFINISHED_INIT
+        registry_id = (
+            unfinished.read_text().strip() if unfinished.is_file() else f"mr-{uuid.uuid4().hex}"
+        )
         # Refusals come before anything is made: a catalog or a store that belongs to another
         # registry is left exactly as it was, and no home is left behind.
-        check_new_catalog(url)
+        check_new_catalog(effective_url)
         deadlines = DeadlineSettings()
         for settings in regions:
             driver = open_driver(settings.store, parallelism=1, deadlines=deadlines)
@@ -881,13 +901,13 @@ class Registry:
                 owner = store_owner(driver)
             finally:
                 driver.close()
-            if owner is not None:
+            if owner is not None and owner != registry_id:
                 raise ConfigurationError(
                     f"the store {settings.store.describe()} belongs to registry {owner}",
                     hint="each registry needs its own store; a new registry never writes into "
                     "another's",
                 )
-        made = _Made()
+        made = _Made(home_path, registry_id)
         try:
             made.directory(home_path)
             for settings in regions:
@@ -927,14 +947,16 @@ class Registry:
             _write_atomically(pending, text)
             made.file(pending)
             registry = cls(load_settings(home_path, config_file=pending), create_catalog=True)
-            made.catalog(url)
+            made.catalog(effective_url)
             with registry:
+                made.claiming()
                 for region in registry.replicas.regions:
                     region.store.claim()
                 registry.catalog.audit(registry.actor, "init", "registry", {"home": str(home_path)})
                 registry.drain_journal()
                 result = registry._init_result(created=True)
             os.replace(pending, home_path / CONFIG_FILE)
+            unfinished.unlink(missing_ok=True)
         except BaseException:
             made.undo()
             raise
@@ -1476,6 +1498,7 @@ class Registry:
         progress = progress or _NoProgress()
         unwraps_before = self.unwraps
         version = self.resolve(ref)
+        self._guard_reads()
         report = ReadReport()
         try:
             return self._pull(
@@ -1598,10 +1621,17 @@ class Registry:
         unwraps_before = self.unwraps
         version = self.resolve(ref)
         self._regions_ready()
+        self._guard_reads()
         regions = self.replicas.regions
         several = len(regions) > 1
         problems: list[FileProblem] = []
-        unchecked: set[str] = set()
+        # Regions that could not be checked (down, hung): a warning, not damage.
+        unchecked: dict[str, str] = {}
+        if several:
+            for region in regions:
+                condition = self.replicas.health.unavailable(region.name)
+                if condition is not None:
+                    unchecked[region.name] = condition.describe()
         placements: list[PlacementRecord] = []
         report = ReadReport()
         try:
@@ -1621,7 +1651,7 @@ class Registry:
         for kind, digest, size, what, path in objects:
             checksum = self._placed(kind, digest)[1] if several else None
             for region in regions:
-                if several and any(u.startswith(f"{region.name}: ") for u in unchecked):
+                if several and region.name in unchecked:
                     continue
                 try:
                     if size is not None:
@@ -1649,15 +1679,18 @@ class Registry:
                                 outcome.detail,
                             )
                         )
-                        if outcome.state != VERIFIED:
+                        if outcome.state == PENDING:
+                            unchecked.setdefault(region.name, outcome.detail)
+                        elif outcome.state != VERIFIED:
                             problems.append(FileProblem(path, f"{region.name}: {outcome.detail}"))
                 except (StorageError, KmsUnreachableError) as error:
                     if not several:
                         problems.append(FileProblem(path, str(error)))
                     else:
                         # Another region serves the version; this one is checked when back.
-                        unchecked.add(f"{region.name}: {error}")
-                        self.replicas.mark_down(region, error)
+                        unchecked.setdefault(region.name, str(error))
+                        if fresh_failure(error):
+                            self.replicas.mark_down(region, error)
                 except RegistryError as error:
                     problems.append(
                         FileProblem(path, f"{region.name}: {error}" if several else str(error))
@@ -1698,8 +1731,8 @@ class Registry:
             # Read from another region instead: the file is fine, its copy there is not.
             paths = {digest: path for _kind, digest, _size, _what, path in objects}
             for (_kind, digest, region_name), detail in sorted(report.bad.items()):
-                if detail.startswith("unreachable"):
-                    unchecked.add(f"{region_name}: {detail}")
+                if detail.startswith(("unreachable", "hung")):
+                    unchecked.setdefault(region_name, detail)
                 else:
                     problems.append(
                         FileProblem(paths.get(digest, digest), f"{region_name}: {detail}")
@@ -1713,7 +1746,7 @@ class Registry:
             len(version.files),
             checked,
             tuple(problems),
-            tuple(sorted(unchecked)),
+            tuple(f"{name}: {detail}" for name, detail in sorted(unchecked.items())),
         )
         self.catalog.audit(
             self.actor,
@@ -1724,7 +1757,7 @@ class Registry:
                 "read_data": read_data,
                 "ok": result.ok,
                 "problems": [p.path for p in problems],
-                "unchecked_regions": sorted({u.split(":")[0] for u in unchecked}),
+                "unchecked_regions": sorted(unchecked),
                 "key_unwraps": self.unwraps - unwraps_before,
             },
         )
@@ -2165,6 +2198,10 @@ class Registry:
         def in_region(locker: tuple[Region, ObjectLock]) -> list[str | None]:
             region, lock = locker
             store = region.store
+            condition = self.replicas.health.unavailable(region.name)
+            if condition is not None:
+                # Not asked again: its locks cannot be read, so they keep everything.
+                return [f"lock state unknown ({condition.describe()})" for _ in objects]
 
             def keeps(item: tuple[str, str]) -> str | None:
                 purpose, digest = item
@@ -2286,11 +2323,17 @@ class Registry:
         (keep-last, an alias, a hold) to the store's minimum from now, renewed once half of that
         has passed. A model without any rule gets nothing beyond its write-time lock. Never
         shortened or weakened. Returns how many were extended."""
-        lockers = [
-            (region, lock, floor)
-            for region, lock in self._lockers()
-            if (floor := lock.minimum_lock()) is not None
-        ]
+        lockers = []
+        for region, lock in self._lockers():
+            floor = lock.minimum_lock()
+            if floor is None:
+                continue
+            trouble = self.replicas.health.suspect(region.name)
+            if trouble is not None:
+                # Not waited for: the next gc extends what it misses now.
+                problems.append(f"{region.name}: Object Lock not extended now ({trouble})")
+                continue
+            lockers.append((region, lock, floor))
         if not lockers:
             return 0
         wanted: dict[tuple[str, str], tuple[datetime | None, bool]] = {}
@@ -2455,6 +2498,7 @@ class Registry:
         """The data key of one of a version's files, unwrapped (counted)."""
         if all(f.digest != digest for f in version.files):
             raise NotFoundError(f"{version.ref} has no file with digest {digest}")
+        self._guard_reads()
         return self._data_key(BLOB, digest, what=f"{version.ref}: {digest}")
 
     def _data_key(self, kind: str, digest: str, *, what: str) -> bytes:
@@ -2488,6 +2532,7 @@ class Registry:
     def data_keys(self, version: VersionRecord) -> dict[tuple[str, str], bytes]:
         """The data keys of a version's manifest and files, unwrapped (the key broker's
         answer); each unwrap is counted."""
+        self._guard_reads()
         keys: dict[tuple[str, str], bytes] = {}
         objects = [(MANIFEST, version.digest)] + [(BLOB, f.digest) for f in version.files]
         for kind, digest in objects:
@@ -2518,11 +2563,9 @@ class Registry:
         return self._drain(check=self._journal_check_due())
 
     def _journal_check_due(self) -> bool:
-        # The stores are compared with the marks once per handle and then every ten minutes
-        # (a region replaced by an empty store, a catalog restored from a backup).
-        return time.monotonic() - self._journal_checked[0] > JOURNAL_CHECK_SECONDS
+        return self._journal_round.due({region.name for region in self.replicas.regions})
 
-    def _drain(self, *, check: bool) -> list[journal.RegionJournal]:
+    def _drain(self, *, check: bool, write: bool = True) -> list[journal.RegionJournal]:
         if self.provisional is not None:
             return []
         try:
@@ -2531,20 +2574,25 @@ class Registry:
             # stays and a later drain catches it up (a pull's closing drain must not wait out
             # a frozen region's deadline).
             skip: dict[str, str] = {}
-            self.replicas.start_claims()
-            for region in self.replicas.regions:
-                trouble = self.replicas.health.suspect(region.name)
-                if trouble is None:
-                    try:
-                        self.replicas.claim(region)
-                    except StorageError as error:
-                        self.replicas.mark_down(region, error)
-                        trouble = str(error)
-                if trouble is not None:
-                    skip[region.name] = trouble
-            states = journal.drain(self.catalog, self._journal_stores(), check=check, skip=skip)
+            suspects = {
+                region.name: trouble
+                for region in self.replicas.regions
+                if (trouble := self.replicas.health.suspect(region.name)) is not None
+            }
+            for name, trouble in self.replicas.settle_claims().items():
+                if name in suspects or trouble is not None:
+                    skip[name] = suspects.get(name) or str(trouble)
             if check:
-                self._journal_checked[0] = time.monotonic()
+                self._journal_round.begin_if_stale()
+            # A region not compared yet in this round is compared before anything is written
+            # to it: a catalog behind the stores must never add a segment of its own.
+            compare = {r.name for r in self.replicas.regions} - self._journal_round.regions
+            states = journal.drain(
+                self.catalog, self._journal_stores(), check=compare, skip=skip, write=write
+            )
+            self._journal_round.regions.update(
+                state.region for state in states if not state.error and state.region not in skip
+            )
             return states
         except CatalogBehindError:
             raise
@@ -2552,6 +2600,21 @@ class Registry:
             # The change itself is committed; its entry waits in the outbox for the next drain.
             journal.log.warning("the journal was not copied out: %s", error)
             return journal.status(self.catalog, [name for name, _ in self._journal_stores()])
+
+    def _guard_reads(self, *, write: bool = True) -> None:
+        """Before a command that reads the stores on the catalog's word (pull, load, verify,
+        scrub, drill): a catalog behind the stores' journal would serve versions and aliases
+        older than the stores' (a restored backup's production), so it is refused, as a
+        change is (checked once per handle and every ten minutes)."""
+        if self.provisional is not None or not self._journal_check_due():
+            return
+        try:
+            self._drain(check=True, write=write)
+        except CatalogBehindError as error:
+            raise CatalogBehindError(
+                f"{error.message}; it would serve what the registry held before (nothing was read)",
+                hint=error.hint,
+            ) from None
 
     def _guard_catalog(self) -> None:
         """Before a change: refuse it when the stores' journal shows this catalog is behind
@@ -2583,7 +2646,7 @@ class Registry:
             found, _segments = journal.epochs(store)
             if found and (newest is None or found[-1].started_at > newest):
                 newest = found[-1].started_at
-        self._journal_checked[0] = float("-inf")
+        self._journal_round.reset()
         try:
             return self.catalog.start_journal_epoch(
                 reason="started by an operator", actor=self.actor, after=newest
@@ -2603,9 +2666,29 @@ class Registry:
                 return journal.StoredJournal(region.name, None, None, 0, None, 0, str(error))
 
         futures = [deadline.submit(functools.partial(read, r)) for r in self.replicas.regions]
-        return [future.result() for future in futures]
+        found = [future.result() for future in futures]
+        # A region whose journal stops short of another's, or follows an older epoch, is what
+        # a rebuild from it would lose: said beside it.
+        newest = max(
+            (s for s in found if s.started_at is not None),
+            key=lambda s: (s.started_at, s.end),
+            default=None,
+        )
+        if newest is None:
+            return found
+        return [
+            dataclasses.replace(s, behind=_behind(s, newest)) if not s.error else s for s in found
+        ]
 
-    def journal_status(self) -> list[journal.RegionJournal]:
+    def journal_status(self, *, check: bool = True) -> list[journal.RegionJournal]:
+        """How far each region's journal goes by the catalog's marks; with `check`,
+        `CatalogBehindError` when a store shows the catalog is behind it (checked as before a
+        change; without it, the catalog alone is read: metrics)."""
+        if check:
+            self._guard_reads(write=False)
+        return self._journal_positions()
+
+    def _journal_positions(self) -> list[journal.RegionJournal]:
         return journal.status(self.catalog, [name for name, _ in self._journal_stores()])
 
     # -- regions ---------------------------------------------------------------------------
@@ -2625,6 +2708,7 @@ class Registry:
         good copy. Objects in the stores that no catalog row knows are
         listed as orphans (never deleted here)."""
         self._regions_ready()
+        self._guard_reads()
         self._require(READER, "scrub the stores")
         if sample is not None and not 0 < sample <= 100:
             raise InvalidInputError("--sample is a percentage: more than 0, at most 100")
@@ -2788,9 +2872,10 @@ class Registry:
         region's own key slot and its signature checked, every file decrypted and re-hashed
         (with `sample`, that many random chunks of each file, authenticated), and every
         safetensors header parsed and compared with the manifest's. Timed per model and in
-        total; audited (`drill`), so when the backups were last proven is on record."""
-        self._regions_ready()
+        total; audited (`drill`), so when the backups were last proven is on record. Only the
+        drilled region is asked anything: the others may be down or hung."""
         self._require(READER, "run a restore drill")
+        self._guard_reads()
         validate_alias(alias)
         if sample is not None and sample < 1:
             raise InvalidInputError("--sample is a number of chunks per file, at least 1")
@@ -2812,7 +2897,9 @@ class Registry:
                 f"region {chosen.name} cannot be drilled: {error}",
                 hint="check it with `model-registry regions status`",
             ) from None
-        alone = ReplicaSet([chosen], workers=self.replicas.workers)
+        alone = ReplicaSet(
+            [chosen], workers=self.replicas.workers, deadlines=self.settings.deadlines
+        )
         started = time.perf_counter()
         at = datetime.now(UTC)
         results = []
@@ -3201,6 +3288,19 @@ class Registry:
         ]
         if not lockers or not objects:
             return []
+        # A region that is down or hung is not asked object by object: it fails as a whole.
+        failed = [
+            f"{region.name}: {condition.describe()}"
+            for region, _lock in lockers
+            if (condition := self.replicas.health.unavailable(region.name)) is not None
+        ]
+        lockers = [
+            (region, lock)
+            for region, lock in lockers
+            if self.replicas.health.unavailable(region.name) is None
+        ]
+        if not lockers:
+            return failed
 
         def in_region(locker: tuple[Region, ObjectLock]) -> str | None:
             region, lock = locker
@@ -3227,7 +3327,7 @@ class Registry:
             return None
 
         outcomes = _bounded_map(in_region, lockers, limit=len(lockers), name="hold-region")
-        return [failure for failure in outcomes if failure is not None]
+        return failed + [failure for failure in outcomes if failure is not None]
 
     # -- key rotation ----------------------------------------------------------------------
 
@@ -3795,6 +3895,16 @@ def _kept_by_stores(purpose: str, digest: str, keepers: tuple[tuple[str, str], .
     return KeptObject(purpose, digest, reason, keepers)
 
 
+def _behind(stored: journal.StoredJournal, newest: journal.StoredJournal) -> str:
+    if stored.region == newest.region or (stored.epoch, stored.end) == (newest.epoch, newest.end):
+        return ""
+    if stored.epoch != newest.epoch:
+        return f"an older journal epoch than {newest.region}'s"
+    if stored.end < newest.end:
+        return f"behind {newest.region} (which holds entries up to {newest.end})"
+    return ""
+
+
 def _bad_copies(report: ReadReport) -> list[str]:
     """ "region: kind digest: detail" for every copy a read had to route around."""
     return [
@@ -3860,32 +3970,83 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-class _Made:
-    """What an init made so far (directories, files, a catalog), undone if it fails: nothing
-    that was there before it is touched."""
+class _JournalRound:
+    """Which regions' journals were compared with the catalog in the current round (a round
+    is renewed every JOURNAL_CHECK_SECONDS): a change waits for the comparison of every
+    region it can reach, and no region is written to before it was compared."""
 
     def __init__(self) -> None:
-        self._paths: list[Path] = []
+        self.started = float("-inf")
+        self.regions: set[str] = set()
+
+    def due(self, names: set[str]) -> bool:
+        stale = time.monotonic() - self.started > JOURNAL_CHECK_SECONDS
+        return stale or not names <= self.regions
+
+    def begin_if_stale(self) -> None:
+        if time.monotonic() - self.started > JOURNAL_CHECK_SECONDS:
+            self.started = time.monotonic()
+            self.regions.clear()
+
+    def reset(self) -> None:
+        self.started = float("-inf")
+        self.regions.clear()
+
+
+class _Made:
+    """What an init made so far, undone if it fails, touching nothing it did not make: files
+    are removed one by one, directories only while empty (another init may have finished in
+    them meanwhile), and nothing at all from a home that another init completed. Once stores
+    were being claimed, the keys and the registry id are kept instead (UNFINISHED_INIT), so
+    the same command run again finishes with the stores it already claimed."""
+
+    def __init__(self, home: Path, registry_id: str) -> None:
+        self._home = home
+        self._registry_id = registry_id
+        self._files: list[Path] = []
+        self._directories: list[Path] = []
         self._catalog: str | None = None
+        self._claiming = False
 
     def directory(self, path: Path) -> None:
         missing = [p for p in (path, *path.parents) if not p.exists()]
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._paths.extend(reversed(missing))
+        self._directories.extend(reversed(missing))
 
     def file(self, path: Path) -> None:
-        self._paths.append(path)
+        self._files.append(path)
 
     def catalog(self, url: str) -> None:
         self._catalog = url
 
+    def claiming(self) -> None:
+        self._claiming = True
+
     def undo(self) -> None:
+        if (self._home / CONFIG_FILE).exists():
+            # Another init of this home finished meanwhile: what is here is its registry.
+            for path in self._files:
+                if path.name.endswith(".pending"):
+                    path.unlink(missing_ok=True)
+            return
         if self._catalog is not None:
             with contextlib.suppress(RegistryError):
                 drop_catalog(self._catalog)
-        for path in reversed(self._paths):
+        if self._claiming:
             with contextlib.suppress(OSError):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
+                _write_atomically(self._home / UNFINISHED_INIT, self._registry_id + "\n")
+            log.warning(
+                "init stopped after it began claiming the stores; run the same command again "
+                "to finish it (it takes up registry %s and the keys in place)",
+                self._registry_id,
+            )
+            for path in self._files:
+                if path.name.endswith(".pending"):
                     path.unlink(missing_ok=True)
+            return
+        for path in reversed(self._files):
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        for directory in reversed(self._directories):
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only while empty

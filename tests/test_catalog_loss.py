@@ -350,3 +350,31 @@ def test_the_lost_catalog_runbook_works_as_written(
     with Registry.open(history) as registry:
         assert registry.resolve("org/llama:production").number == 2
     assert os.environ["MODEL_REGISTRY_HOME"] == str(history)
+
+
+def test_a_restored_backup_serves_nothing_stale_from_the_stores(
+    sqlite_history: Path, tmp_path: Path
+) -> None:
+    """Reads that go to the stores on a catalog's word (pull, verify, scrub, catalog journal)
+    refuse a catalog the stores show to be behind, as changes do: a restored backup must not
+    quietly serve last month's production. Catalog-only commands cannot tell (documented)."""
+    database = sqlite_history / "catalog.db"
+    shutil.copy(database, tmp_path / "backup.db")
+    with Registry.open(sqlite_history) as registry:
+        registry.promote("org/llama@1", "production")  # production moved on after the backup
+    shutil.copy(tmp_path / "backup.db", database)
+    for suffix in ("-wal", "-shm"):
+        Path(str(database) + suffix).unlink(missing_ok=True)
+    journal_before = _journal_objects(tmp_path)
+    for command in (
+        ["pull", "org/llama:production", str(tmp_path / "out")],
+        ["verify", "org/llama@2"],
+        ["verify", "--all"],
+        ["catalog", "journal"],
+    ):
+        result = _cli(*command)
+        assert result.exit_code == CatalogBehindError.exit_code, (command, result.output)
+        assert "lacks 1 changes" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+    assert _journal_objects(tmp_path) == journal_before
+    assert _cli("ls").exit_code == 0  # the catalog alone: it cannot know

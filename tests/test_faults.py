@@ -342,3 +342,16 @@ def test_a_load_with_a_frozen_region_is_hedged_recorded_and_warned_about(
     assert len(state) > 0
     assert any("region-a: " in r.getMessage() and "hung" in r.getMessage() for r in caplog.records)
     assert PENDING in _states(home, "region-a")
+
+
+def test_verify_calls_a_hung_region_unchecked_not_damaged(pushed: Faulty, home: Path) -> None:
+    pushed.proxies["a"].freeze()
+    for args in (["verify", "org/llama@1"], ["verify", "org/llama@1", "--read-data"]):
+        result = _cli(*args)
+        assert result.exit_code == 0, result.output
+        assert "BAD" not in result.output
+        warnings = [line for line in result.output.splitlines() if "not checked" in line]
+        assert len(warnings) == 1 and "region-a" in warnings[0] and "hung" in warnings[0]
+    scrub = _cli("verify", "--all")
+    assert scrub.exit_code == StorageError.exit_code, scrub.output
+    assert scrub.output.startswith("incomplete:") and "0 bad" in scrub.output

@@ -101,6 +101,8 @@ def test_the_pool_grows_past_stuck_workers() -> None:
 def test_deadline_settings_are_validated() -> None:
     with pytest.raises(InvalidInputError, match="positive"):
         DeadlineSettings(request_seconds=0)
+    with pytest.raises(InvalidInputError, match="up to 3600"):
+        DeadlineSettings(request_seconds=float("inf"))
     with pytest.raises(InvalidInputError, match="must not exceed"):
         DeadlineSettings(request_seconds=1, hedge_after_seconds=2)
     with pytest.raises(InvalidInputError, match="unknown"):
@@ -241,3 +243,16 @@ def test_a_hedged_read_takes_the_first_good_answer_and_reports_the_hung_region()
     reads = first.reads
     replicas.source("blob", "e", later, what="g").read_into(0, memoryview(bytearray(10)))
     assert first.reads == reads and ("blob", "e", "r0") in later.bad
+
+
+def test_a_misspelt_table_in_config_toml_is_refused(tmp_path: Path) -> None:
+    """`[deadline]` for `[deadlines]` must not pass silently for the defaults."""
+    from registry.config import load_settings
+    from registry.errors import ConfigurationError
+    from registry.service import Registry
+
+    Registry.init(tmp_path / "home")
+    config = tmp_path / "home" / "config.toml"
+    config.write_text(config.read_text() + "\n[deadline]\nrequest_seconds = 2\n")
+    with pytest.raises(ConfigurationError, match=r"unknown settings \['deadline'\]"):
+        load_settings(tmp_path / "home")

@@ -11,12 +11,14 @@ empty catalog silently put in its place would lose the registry's whole history.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 import migrations
 from registry.errors import (
@@ -35,6 +37,7 @@ _PG_MIGRATION_LOCK = 0x6D72_6D69  # advisory lock id: "mrmi"
 # The newest migration of this release. A test checks it against the scripts; comparing with it
 # first lets every command skip importing Alembic (a quarter second) when no migration is due.
 HEAD_REVISION = "0010"
+_NO_SUCH_DATABASE = "3D000"  # PostgreSQL's SQLSTATE for a database that does not exist
 
 
 def shown_url(url: str) -> str:
@@ -56,12 +59,16 @@ def sqlite_path(url: str) -> Path | None:
     return Path(str(parsed.database))
 
 
-def open_catalog_engine(url: str, *, registry_id: str, create: bool = False) -> Engine:
+def open_catalog_engine(
+    url: str, *, registry_id: str, create: bool = False, kek_ids: Collection[str] = ()
+) -> Engine:
     """The catalog of registry `registry_id`, migrated to this release's schema.
 
     Refused, changing nothing: a catalog that is missing or empty (`CatalogMissingError`,
     unless `create`), one that belongs to another registry (`CatalogMismatchError`) and, with
-    `create`, a database that already holds a catalog or other tables."""
+    `create`, a database that already holds a catalog or other tables. A catalog from before
+    identities is taken as this registry's only when nothing in it says otherwise: its key
+    slots, if any, must include one under a key of `kek_ids` (this home's)."""
     shown = shown_url(url)
     path = sqlite_path(url)
     if path is not None and not create and (not path.exists() or path.stat().st_size == 0):
@@ -69,6 +76,8 @@ def open_catalog_engine(url: str, *, registry_id: str, create: bool = False) -> 
     engine = create_catalog_engine(url, create=create)
     try:
         _check_catalog(engine, shown, create=create)
+        if not create and _identity(engine) is None:
+            _require_own_keys(engine, shown, kek_ids)
         migrate(engine, registry_id=registry_id)
         owner = _identity(engine)
         if owner is None:
@@ -124,7 +133,14 @@ def _check_catalog(engine: Engine, shown: str, *, create: bool) -> None:
     try:
         with engine.connect() as connection:
             tables = set(inspect(connection).get_table_names())
-    except OperationalError as error:
+    except DBAPIError as error:
+        if _no_such_database(error) and not create:
+            raise CatalogMissingError(f"the catalog database {shown} does not exist") from None
+        if not isinstance(error, OperationalError) and not create:
+            # A SQLite file that is not a database (corrupted, overwritten): lost as a catalog.
+            raise CatalogMissingError(
+                f"the catalog database {shown} cannot be read as a catalog ({error.orig})"
+            ) from None
         raise StorageError(
             f"cannot reach the catalog database {shown}: {error.orig}",
             hint="check catalog.url in config.toml (or MODEL_REGISTRY_CATALOG_URL)",
@@ -149,6 +165,29 @@ def _check_catalog(engine: Engine, shown: str, *, create: bool) -> None:
             "into another's catalog",
             hint="give the new registry a database of its own (--catalog-url), or work in the "
             "existing registry's home",
+        )
+
+
+def _no_such_database(error: DBAPIError) -> bool:
+    # psycopg carries no SQLSTATE for a failed connection, only the server's message.
+    return getattr(error.orig, "sqlstate", None) == _NO_SUCH_DATABASE or bool(
+        re.search(r'database "[^"]*" does not exist', str(error.orig))
+    )
+
+
+def _require_own_keys(engine: Engine, shown: str, kek_ids: Collection[str]) -> None:
+    """A catalog that records no registry is adopted only if its key slots (what it can open)
+    are under this home's keys, or it has none: a home pointed at another registry's catalog
+    from before identities must not claim it."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("key_slots"):
+            return
+        owners = set(connection.execute(text("SELECT DISTINCT kek_id FROM key_slots")).scalars())
+    if owners and not owners & set(kek_ids):
+        raise CatalogMismatchError(
+            f"the catalog {shown} records no registry, and its data keys are wrapped by "
+            f"{', '.join(sorted(owners)[:3])}, none of which this home holds: it belongs to "
+            "another registry"
         )
 
 

@@ -406,15 +406,6 @@ class Catalog:
         with self._read() as session:
             return session.scalar(select(CatalogIdentity.registry_id))
 
-    def claim_identity(self, registry_id: str) -> None:
-        """Record the registry a catalog belongs to, if it records none yet."""
-
-        def work(session: Session) -> None:
-            if session.scalar(select(CatalogIdentity.registry_id)) is None:
-                session.add(CatalogIdentity(registry_id=registry_id, since=utcnow()))
-
-        self._retrying(work, what="recording the catalog's registry")
-
     def cached_manifest(self, digest: str) -> bytes | None:
         """A version's signed manifest envelope, if cached (the caller checks it)."""
         with self._read() as session:

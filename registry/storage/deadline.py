@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,6 +24,15 @@ from registry.errors import InvalidInputError, StoreTimeoutError
 T = TypeVar("T")
 # An idle worker waits this long for new work before it exits.
 _IDLE_SECONDS = 30.0
+
+
+# Upper bounds that keep every deadline a finite, representable time (no `inf`).
+_LARGEST = {
+    "request_seconds": 3600.0,
+    "transfer_bytes_per_second": 1e12,
+    "hedge_after_seconds": 3600.0,
+    "degraded_seconds": 86400.0,
+}
 
 
 @dataclass(frozen=True)
@@ -44,9 +53,14 @@ class DeadlineSettings:
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 < value <= _LARGEST[name]
+            ):
                 raise InvalidInputError(
-                    f"deadlines.{name} must be a positive number, not {value!r}"
+                    f"deadlines.{name} must be a positive number up to {_LARGEST[name]:g}, "
+                    f"not {value!r}"
                 )
         if self.hedge_after_seconds > self.request_seconds:
             raise InvalidInputError(
@@ -159,15 +173,17 @@ def call_with_deadline(
     while True:
         allowed = seconds + (budget.bytes / rate if rate else 0.0)
         remaining = started + allowed - time.monotonic()
+        # Waiting on the future, not on its result: a TimeoutError the call raises itself is
+        # its answer, not the deadline passing.
+        wait([future], timeout=max(0.0, remaining))
+        if future.done():
+            return future.result()
         if remaining > 0:
-            try:
-                return future.result(timeout=remaining)
-            except TimeoutError:
-                continue  # bytes may have moved meanwhile: the allowance is computed again
+            continue  # bytes may have moved meanwhile: the allowance is computed again
         budget.cancelled.set()
         if budget.bytes:
             raise StoreTimeoutError(
                 f"{what}: too slow ({budget.bytes} bytes in {allowed:.1f} s, under "
                 f"{rate or 0:.0f} bytes/s)"
             )
-        raise StoreTimeoutError(f"{what}: no answer within {seconds:g} s")
+        raise StoreTimeoutError(f"{what}: no answer within {seconds:.1f} s")
