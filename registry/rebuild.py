@@ -314,23 +314,11 @@ def choose_source(settings: Settings, *, key_provider: ProviderFactory) -> str |
     are read in parallel, each within its requests' deadlines."""
 
     def summary(region: RegionSettings) -> tuple[datetime, int] | None:
-        driver = open_driver(
-            region.store,
-            parallelism=settings.effective_workers,
-            fail_fast=True,
-            deadlines=settings.deadlines,
-        )
+        opened = _open_region(settings, region, key_provider, None)
         try:
-            keys = key_provider(region)
-            if settings.naming_key_file.exists():
-                naming_key = read_key_file(settings.naming_key_file, label="naming key")
-            else:
-                naming_key = stored_naming_key(driver, keys, registry_id=settings.registry_id)
-            store = _store(settings, driver, keys, naming_key)
-            store.check_claim()
-            found, segments = journal.epochs(store)
+            found, segments = journal.epochs(opened.store)
         finally:
-            driver.close()
+            opened.store.driver.close()
         whole = [epoch for epoch in found if journal.usable(epoch, segments)]
         if not whole:
             return None
@@ -419,9 +407,13 @@ def _require_complete(
 
 
 def _open_region(
-    settings: Settings, region: RegionSettings, key_provider: ProviderFactory, naming_key: bytes
+    settings: Settings,
+    region: RegionSettings,
+    key_provider: ProviderFactory,
+    naming_key: bytes | None,
 ) -> Region:
-    """A region other than the source, opened and checked to be this registry's store."""
+    """A region opened and checked to be this registry's store (the naming key from its file,
+    else, when None is given and the file is lost, unwrapped from the store)."""
     driver = open_driver(
         region.store,
         parallelism=settings.effective_workers,
@@ -429,7 +421,13 @@ def _open_region(
         deadlines=settings.deadlines,
     )
     try:
-        store = _store(settings, driver, key_provider(region), naming_key)
+        keys = key_provider(region)
+        if naming_key is None:
+            if settings.naming_key_file.exists():
+                naming_key = read_key_file(settings.naming_key_file, label="naming key")
+            else:
+                naming_key = stored_naming_key(driver, keys, registry_id=settings.registry_id)
+        store = _store(settings, driver, keys, naming_key)
         store.check_claim()
     except BaseException:
         driver.close()
