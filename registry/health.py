@@ -49,6 +49,13 @@ class Condition:
         return f"{kind}: {self.detail}"
 
 
+def outage(error: Exception) -> str:
+    """What a read report records of a region that failed: "hung: ..." when it did not answer
+    in time, "unreachable: ..." otherwise (both mean: check the copy again later)."""
+    kind = "hung" if isinstance(error, StoreTimeoutError) else "unreachable"
+    return f"{kind}: {error}"
+
+
 class RegionHealth:
     """Health of named regions (and of their KMS endpoints, under other keys); thread-safe."""
 

@@ -304,13 +304,13 @@ def drain(
     catalog: Catalog,
     stores: Sequence[tuple[str, BlobStore]],
     *,
-    check: bool | Collection[str] = False,
+    check: Collection[str] = (),
     skip: Mapping[str, str] | None = None,
     write: bool = True,
 ) -> list[RegionJournal]:
-    """Copy every outbox entry a region lacks to that region, the regions in parallel. With
-    `check` (True, or the names of the regions to check), and for a region that holds nothing
-    of the current epoch yet, the store is compared with the mark first: a store holding less is
+    """Copy every outbox entry a region lacks to that region, the regions in parallel. For the
+    regions named in `check`, and for a region that holds nothing of the current epoch yet, the
+    store is compared with the mark first: a store holding less is
     written again from where it stops; one holding entries the catalog lacks raises
     `CatalogBehindError` (nothing is written). A region that fails, or is in `skip` (name:
     why), keeps its mark and is reported. Without `write`, the stores are only compared:
@@ -324,9 +324,15 @@ def drain(
         if region in skipped:
             mark = marks.get(region, 0)
             return _state(catalog, region, mark, head, error=skipped[region])
-        checked = check if isinstance(check, bool) else region in check
         return _drain_region(
-            catalog, region, store, current, marks.get(region, 0), head, checked, write=write
+            catalog,
+            region,
+            store,
+            current,
+            marks.get(region, 0),
+            head,
+            region in check,
+            write=write,
         )
 
     futures = [deadline.submit(functools.partial(one, region, store)) for region, store in stores]

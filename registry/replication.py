@@ -44,7 +44,7 @@ from registry.errors import (
     StorageError,
     StoreTimeoutError,
 )
-from registry.health import Condition, RegionHealth
+from registry.health import DEGRADED, Condition, RegionHealth, outage
 from registry.storage import deadline
 from registry.storage.deadline import DeadlineSettings
 
@@ -491,8 +491,7 @@ class ReplicaSet:
             if isinstance(result, Exception):
                 if fresh_failure(result):
                     self.mark_down(region, result)
-                kind_of = "hung" if isinstance(result, StoreTimeoutError) else "unreachable"
-                outcomes[region.name] = Outcome(region.name, PENDING, detail=f"{kind_of}: {result}")
+                outcomes[region.name] = Outcome(region.name, PENDING, detail=outage(result))
                 continue
             reachable.append(region)
             if result is not None:
@@ -1135,8 +1134,7 @@ class _FailoverSource:
         assert isinstance(error, StorageError)
         if fresh_failure(error):
             self.replicas.mark_down(region, error)
-        kind = "hung" if isinstance(error, StoreTimeoutError) else "unreachable"
-        self._failed(index, offset, f"{kind}: {error}", gone=True)
+        self._failed(index, offset, outage(error), gone=True)
         return f"{region.name}: {error}"
 
     def _late(self, index: int, future: Future[Any]) -> None:
@@ -1144,9 +1142,9 @@ class _FailoverSource:
         reported for this object like a failure on the read itself."""
         error = future.exception()
         if isinstance(error, StorageError) and not isinstance(error, NotFoundError):
-            self.replicas.mark_down(self.regions[index], error)
-            kind = "hung" if isinstance(error, StoreTimeoutError) else "unreachable"
-            self.report.add(self.kind, self.digest, self.regions[index].name, f"{kind}: {error}")
+            if fresh_failure(error):
+                self.replicas.mark_down(self.regions[index], error)
+            self.report.add(self.kind, self.digest, self.regions[index].name, outage(error))
 
     def _won(self, index: int, offset: int, started: float, result: T) -> T:
         """Record who served a range; regions read around because they are known to be down,
@@ -1158,7 +1156,7 @@ class _FailoverSource:
             if other == index or other in self._gone:
                 continue
             condition = self.replicas.condition(region)
-            if condition is not None and (other < index or condition.state != "degraded"):
+            if condition is not None and (other < index or condition.state != DEGRADED):
                 self.report.add(self.kind, self.digest, region.name, condition.describe())
         return result
 

@@ -1019,6 +1019,7 @@ class Registry:
         # The catalog's cached copy is checked exactly like the stored one (digest, signature by
         # a trusted key), so a catalog writer cannot slip in another manifest.
         data = self.catalog.cached_manifest(version.digest) if cached else None
+        fetched = data is None
         if data is None:
             data = self.replicas.read_bytes(
                 MANIFEST,
@@ -1027,9 +1028,6 @@ class Registry:
                 what=what,
                 report=report or ReadReport(),
             )
-            cache = True
-        else:
-            cache = False
         manifest, signer = manifests.parse_envelope(
             data,
             expected_digest=version.digest,
@@ -1038,7 +1036,7 @@ class Registry:
         )
         if manifest.name != version.name:
             raise IntegrityError(f"{what}: names model {manifest.name}", path=what)
-        if cache and self.provisional is None:
+        if fetched and self.provisional is None:
             with contextlib.suppress(RegistryError):
                 self.catalog.cache_manifest(version.digest, data)
         return manifest, signer
@@ -2235,6 +2233,9 @@ class Registry:
             return []
 
         def in_region(region: Region) -> list[int | None]:
+            if self.replicas.health.unavailable(region.name) is not None:
+                return [None for _ in objects]  # down or hung: not asked object by object
+
             def size(item: tuple[str, str]) -> int | None:
                 try:
                     info = region.store.driver.stat(region.store.object_name(*item))
@@ -2606,15 +2607,11 @@ class Registry:
         scrub, drill): a catalog behind the stores' journal would serve versions and aliases
         older than the stores' (a restored backup's production), so it is refused, as a
         change is (checked once per handle and every ten minutes)."""
-        if self.provisional is not None or not self._journal_check_due():
-            return
-        try:
-            self._drain(check=True, write=write)
-        except CatalogBehindError as error:
-            raise CatalogBehindError(
-                f"{error.message}; it would serve what the registry held before (nothing was read)",
-                hint=error.hint,
-            ) from None
+        if self.provisional is None:
+            self._compare_journal(
+                write=write,
+                refused="it would serve what the registry held before (nothing was read)",
+            )
 
     def _guard_catalog(self) -> None:
         """Before a change: refuse it when the stores' journal shows this catalog is behind
@@ -2625,14 +2622,17 @@ class Registry:
                 "changes nothing",
                 hint="rebuild the catalog first: `model-registry catalog rebuild --from REGION`",
             )
+        self._compare_journal(write=True, refused="nothing was changed")
+
+    def _compare_journal(self, *, write: bool, refused: str) -> None:
+        """Compare the stores' journal with the catalog when it is due; `refused` says what the
+        refusal of a catalog behind them spared."""
         if not self._journal_check_due():
             return
         try:
-            self._drain(check=True)
+            self._drain(check=True, write=write)
         except CatalogBehindError as error:
-            raise CatalogBehindError(
-                f"{error.message}; nothing was changed", hint=error.hint
-            ) from None
+            raise CatalogBehindError(f"{error.message}; {refused}", hint=error.hint) from None
 
     def new_journal_epoch(self) -> str:
         """Make this catalog's journal the newest in the stores (a new epoch, later than any
@@ -2641,6 +2641,8 @@ class Registry:
         the catalog to keep. What the stores' journal holds beyond it is no longer followed."""
         self._require(ADMIN, "start a journal epoch")
         self._regions_ready()
+        # Two operators at once start one epoch, not two.
+        replacing = self.catalog.journal_epoch().epoch
         newest = None
         for _name, store in self._journal_stores():
             found, _segments = journal.epochs(store)
@@ -2649,7 +2651,7 @@ class Registry:
         self._journal_round.reset()
         try:
             return self.catalog.start_journal_epoch(
-                reason="started by an operator", actor=self.actor, after=newest
+                reason="started by an operator", actor=self.actor, after=newest, replacing=replacing
             )
         finally:
             self.drain_journal()
@@ -3061,7 +3063,7 @@ class Registry:
         ):
             state, detail, seconds = future.result()
             known = states.get(region.name, {})
-            counts = {state: 0 for state in (VERIFIED, PENDING, BAD)}
+            counts = {copy_state: 0 for copy_state in (VERIFIED, PENDING, BAD)}
             missing = 0
             for key in wanted:
                 copy_state = known.get(key)
@@ -3289,16 +3291,15 @@ class Registry:
         if not lockers or not objects:
             return []
         # A region that is down or hung is not asked object by object: it fails as a whole.
-        failed = [
-            f"{region.name}: {condition.describe()}"
-            for region, _lock in lockers
-            if (condition := self.replicas.health.unavailable(region.name)) is not None
-        ]
-        lockers = [
-            (region, lock)
-            for region, lock in lockers
-            if self.replicas.health.unavailable(region.name) is None
-        ]
+        failed: list[str] = []
+        reachable: list[tuple[Region, ObjectLock]] = []
+        for region, lock in lockers:
+            condition = self.replicas.health.unavailable(region.name)
+            if condition is None:
+                reachable.append((region, lock))
+            else:
+                failed.append(f"{region.name}: {condition.describe()}")
+        lockers = reachable
         if not lockers:
             return failed
 

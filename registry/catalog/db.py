@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,15 +76,15 @@ def open_catalog_engine(
         raise CatalogMissingError(f"the catalog database {path} is missing")
     engine = create_catalog_engine(url, create=create)
     try:
-        _check_catalog(engine, shown, create=create)
-        if not create and _identity(engine) is None:
+        owner = _check_catalog(engine, shown, create=create)
+        if owner is None and not create:
             _require_own_keys(engine, shown, kek_ids)
         migrate(engine, registry_id=registry_id)
-        owner = _identity(engine)
         if owner is None:
-            # A catalog from before identities, upgraded by its own home just now.
-            _claim(engine, registry_id)
-        elif owner != registry_id:
+            # Made just now, or from before identities: migration 0010 recorded this registry,
+            # or nothing did (a catalog already at 0010 without its row).
+            owner = _identity(engine) or _claim(engine, registry_id)
+        if owner != registry_id:
             raise CatalogMismatchError(
                 f"the catalog {shown} belongs to registry {owner}, not to {registry_id} (the "
                 "registry of this home's config.toml)"
@@ -129,10 +130,18 @@ def drop_catalog(url: str) -> None:
         engine.dispose()
 
 
-def _check_catalog(engine: Engine, shown: str, *, create: bool) -> None:
+def _check_catalog(engine: Engine, shown: str, *, create: bool) -> str | None:
+    """Refuse a missing, empty or unreadable catalog (unless `create`) and, with `create`, a
+    database that is not empty; the registry a catalog records (None: none yet), read in the
+    same connection (every command opens the catalog through here)."""
     try:
         with engine.connect() as connection:
             tables = set(inspect(connection).get_table_names())
+            owner = (
+                connection.execute(text("SELECT registry_id FROM catalog_identity")).scalar()
+                if "catalog_identity" in tables
+                else None
+            )
     except DBAPIError as error:
         if _no_such_database(error) and not create:
             raise CatalogMissingError(f"the catalog database {shown} does not exist") from None
@@ -156,9 +165,8 @@ def _check_catalog(engine: Engine, shown: str, *, create: bool) -> None:
                 "it is not an empty database",
                 hint="give the registry a database of its own (--catalog-url)",
             )
-        return
+        return None
     if create:
-        owner = _identity(engine) if "catalog_identity" in tables else None
         raise CatalogMismatchError(
             f"the database {shown} already holds the catalog of "
             f"{'registry ' + owner if owner else 'a registry'}; a new registry never writes "
@@ -166,6 +174,7 @@ def _check_catalog(engine: Engine, shown: str, *, create: bool) -> None:
             hint="give the new registry a database of its own (--catalog-url), or work in the "
             "existing registry's home",
         )
+    return None if owner is None else str(owner)
 
 
 def _no_such_database(error: DBAPIError) -> bool:
@@ -199,16 +208,18 @@ def _identity(engine: Engine) -> str | None:
         return None if value is None else str(value)
 
 
-def _claim(engine: Engine, registry_id: str) -> None:
-    from datetime import UTC, datetime
-
+def _claim(engine: Engine, registry_id: str) -> str:
+    """Record `registry_id` as the catalog's registry, unless another process recorded one
+    first; the registry recorded."""
     with engine.begin() as connection:
-        if connection.execute(text("SELECT COUNT(*) FROM catalog_identity")).scalar():
-            return
+        owner = connection.execute(text("SELECT registry_id FROM catalog_identity")).scalar()
+        if owner is not None:
+            return str(owner)
         connection.execute(
             text("INSERT INTO catalog_identity (registry_id, since) VALUES (:id, :since)"),
             {"id": registry_id, "since": datetime.now(UTC)},
         )
+    return registry_id
 
 
 def create_catalog_engine(url: str, *, create: bool = True) -> Engine:

@@ -137,7 +137,8 @@ class _Bounded:
         self._client = client
         self._deadlines = deadlines
         self._where = where
-        self._operations = set(client.meta.method_to_api_mapping)
+        # Python method name -> S3 operation name, for every API call of the client.
+        self._operations: dict[str, str] = dict(client.meta.method_to_api_mapping)
 
     @property
     def raw(self) -> Any:
@@ -154,13 +155,10 @@ class _Bounded:
             return call_with_deadline(
                 lambda _budget: method(**kwargs),
                 seconds=self._deadlines.transfer_seconds(size),
-                what=f"{self._where}: {self._operations_name(name)}",
+                what=f"{self._where}: {self._operations[name]}",
             )
 
         return bounded
-
-    def _operations_name(self, name: str) -> str:
-        return str(self._client.meta.method_to_api_mapping.get(name, name))
 
 
 class S3Driver(Driver, ObjectLock):
