@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stdout, when
-from registry.catalog.repository import AliasMoveRecord, AliasRecord
 from registry.errors import InvalidInputError
+from registry.records import AliasMoveRecord, AliasRecord
 from registry.service import AliasChange
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

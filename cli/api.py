@@ -9,8 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, print_json, stdout, when
-from registry.catalog.repository import TokenRecord
 from registry.errors import InvalidInputError
+from registry.records import TokenRecord
 from registry.service import ROLES, Registry
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

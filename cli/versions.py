@@ -20,8 +20,8 @@ from cli.ui import (
     warn_read_around,
     when,
 )
-from registry.catalog.repository import VersionRecord
 from registry.errors import IntegrityError, InvalidInputError, StorageError
+from registry.records import VersionRecord
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

@@ -34,7 +34,12 @@ import blake3
 
 from registry import errors
 from registry import manifest as manifests
-from registry.catalog.repository import (
+from registry.crypto import sealed
+from registry.digest import hash_file
+from registry.errors import InvalidInputError, RegistryError, StorageError
+from registry.manifest import Manifest, ManifestFile
+from registry.materialize import Progress, plan_targets, storage_error, write_verified
+from registry.records import (
     AliasMoveRecord,
     AliasRecord,
     AuditRecord,
@@ -44,11 +49,6 @@ from registry.catalog.repository import (
     ModelRecord,
     VersionRecord,
 )
-from registry.crypto import sealed
-from registry.digest import hash_file
-from registry.errors import InvalidInputError, RegistryError, StorageError
-from registry.manifest import Manifest, ManifestFile
-from registry.materialize import Progress, plan_targets, storage_error, write_verified
 from registry.retention import Decision, Policy, parse_duration
 from registry.service import (
     AliasChange,

@@ -34,8 +34,9 @@ from datetime import UTC, datetime
 
 from registry.blobstore import BlobStore
 from registry.catalog.journal import parse_body
-from registry.catalog.repository import Catalog, JournalEpochRecord
+from registry.catalog.repository import Catalog
 from registry.errors import CatalogBehindError, ConflictError, IntegrityError, RegistryError
+from registry.records import JournalEpochRecord
 from registry.storage import deadline
 
 SEGMENT_FORMAT = "model-registry/journal-segment/v1"

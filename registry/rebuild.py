@@ -56,15 +56,7 @@ from registry.catalog.models import (
     VersionFile,
     utcnow,
 )
-from registry.catalog.repository import (
-    Catalog,
-    FileRecord,
-    NewBlob,
-    NewVersion,
-    add_version,
-    insert_key_slot,
-    store_blob_row,
-)
+from registry.catalog.repository import Catalog, add_version, insert_key_slot, store_blob_row
 from registry.config import RegionSettings, Settings
 from registry.crypto.keys import KeyProvider, WrappedKey, read_key_file
 from registry.errors import (
@@ -75,6 +67,7 @@ from registry.errors import (
     StorageError,
 )
 from registry.manifest import Manifest
+from registry.records import FileRecord, NewBlob, NewVersion
 from registry.replication import BAD, Region, ReplicaSet
 from registry.storage import deadline
 from registry.storage.factory import open_driver

@@ -37,26 +37,7 @@ from registry import events, journal, rebuild
 from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, BlobStore, seal_bytes, store_owner
 from registry.catalog.db import check_new_catalog, drop_catalog, open_catalog_engine
-from registry.catalog.repository import (
-    DEFAULT_POLICY,
-    PROMOTE,
-    ROLLBACK,
-    ROLLBACK_TO,
-    AliasMoveRecord,
-    AliasRecord,
-    AuditRecord,
-    AuditVerification,
-    Catalog,
-    FileRecord,
-    HoldRecord,
-    ModelRecord,
-    NewBlob,
-    NewVersion,
-    PlacementRecord,
-    StoredObject,
-    TokenRecord,
-    VersionRecord,
-)
+from registry.catalog.repository import Catalog
 from registry.config import (
     CONFIG_FILE,
     ENV_CATALOG_URL,
@@ -109,6 +90,25 @@ from registry.errors import (
 )
 from registry.manifest import Manifest, ManifestFile
 from registry.materialize import Progress, plan_targets, storage_error, write_verified
+from registry.records import (
+    DEFAULT_POLICY,
+    PROMOTE,
+    ROLLBACK,
+    ROLLBACK_TO,
+    AliasMoveRecord,
+    AliasRecord,
+    AuditRecord,
+    AuditVerification,
+    FileRecord,
+    HoldRecord,
+    ModelRecord,
+    NewBlob,
+    NewVersion,
+    PlacementRecord,
+    StoredObject,
+    TokenRecord,
+    VersionRecord,
+)
 from registry.refs import (
     parse_reference,
     validate_alias,

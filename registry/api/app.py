@@ -39,13 +39,6 @@ from registry.api.limits import RateLimiter, Watch
 from registry.api.metrics import Metrics
 from registry.api.uploads import Session, UploadFile, Uploads
 from registry.blobstore import BLOB, MANIFEST
-from registry.catalog.repository import (
-    AliasMoveRecord,
-    AliasRecord,
-    HoldRecord,
-    TokenRecord,
-    VersionRecord,
-)
 from registry.config import MAX_UPLOAD_PART
 from registry.errors import (
     DigestMismatchError,
@@ -57,6 +50,7 @@ from registry.errors import (
     RegistryError,
     UnauthenticatedError,
 )
+from registry.records import AliasMoveRecord, AliasRecord, HoldRecord, TokenRecord, VersionRecord
 from registry.refs import parse_reference, validate_name
 from registry.replication import ReadReport
 from registry.retention import Policy, format_duration

@@ -18,7 +18,6 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from registry.catalog.repository import VersionRecord
 from registry.client import RemoteRegistry
 from registry.errors import InvalidInputError, NotFoundError
 from registry.loader.cache import Cache, CachedReader
@@ -39,6 +38,7 @@ from registry.loader.tensors import (
     tensor_from_span,
 )
 from registry.manifest import ManifestFile
+from registry.records import VersionRecord
 from registry.safetensors_header import SafetensorsHeader, TensorEntry
 from registry.service import Registry
 

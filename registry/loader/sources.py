@@ -12,11 +12,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from registry.catalog.repository import VersionRecord
 from registry.client import RemoteRegistry
 from registry.errors import IntegrityError, NotFoundError
 from registry.loader.cache import Cache, CachedReader
 from registry.manifest import Manifest, ManifestFile
+from registry.records import VersionRecord
 from registry.replication import ReadReport
 from registry.service import Registry
 

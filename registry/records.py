@@ -1,0 +1,257 @@
+"""The records the service speaks in: versions, files, aliases, holds, tokens, audit entries and
+the rest, as plain frozen values. They are the vocabulary of the Python API, the REST API and the
+CLI alike; the catalog returns them and never a live ORM object, so no caller can touch the
+database outside a transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from registry.crypto.keys import WrappedKey
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    size: int
+    digest: str
+    tensor_count: int
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    name: str
+    number: int
+    digest: str
+    manifest_object: str
+    message: str
+    created_at: datetime
+    created_by: str
+    signed_by: str
+    file_count: int
+    total_size: int
+    tensor_count: int
+    parameter_count: int
+    dtypes: tuple[str, ...]
+    files: tuple[FileRecord, ...]
+    expired_at: datetime | None = None
+    expired_by: str | None = None
+    expiry_reason: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.number}"
+
+    @property
+    def expired(self) -> bool:
+        return self.expired_at is not None
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    created_at: datetime
+    version_count: int
+    latest: int | None
+    total_size: int
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    digest: str
+    size: int
+    object_name: str
+    sealed_size: int
+    chunk_size: int
+    swept_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewBlob:
+    """A blob a push stored (or found stored) and the key slots that open it (one per
+    key-encryption key of the regions)."""
+
+    digest: str
+    size: int
+    object_name: str
+    sealed_size: int
+    chunk_size: int
+    slots: Sequence[WrappedKey]
+
+
+PENDING = "pending"
+VERIFIED = "verified"
+BAD = "bad"
+PLACEMENT_STATES = (PENDING, VERIFIED, BAD)
+
+
+@dataclass(frozen=True)
+class PlacementRecord:
+    """An object's copy in one region and what is known of it."""
+
+    digest: str
+    purpose: str
+    region: str
+    object_name: str
+    state: str
+    checksum: str | None = None
+    detail: str = ""
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object the catalog's versions reference: a blob or a manifest."""
+
+    digest: str
+    purpose: str
+    object_name: str
+
+
+@dataclass(frozen=True)
+class Unreferenced:
+    """An object no live version references any more: what gc may sweep, and what keeps it."""
+
+    digest: str
+    purpose: str
+    object_name: str
+    size: int  # plaintext bytes
+    # Since when nothing has needed it: stored, or the last version using it expired (whichever
+    # is later). The grace window counts from here, so a pull of a version that expired a
+    # moment ago and a push in flight both finish before it goes.
+    idle_since: datetime
+    leased: bool  # a push or replication in flight is writing or reusing it
+    sweeping: bool  # a gc claimed it (and may have crashed before finishing)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An API token as the catalog knows it (never its secret)."""
+
+    id: str
+    name: str
+    role: str
+    models: tuple[str, ...]
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+    secret_hash: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class HoldRecord:
+    name: str
+    number: int
+    digest: str
+    reason: str
+    placed_by: str
+    placed_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.number}"
+
+
+PROMOTE = "promote"
+ROLLBACK = "rollback"  # back to the version before the current one
+ROLLBACK_TO = "rollback-to"  # back to a version named by the caller
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    name: str
+    alias: str
+    number: int
+    digest: str
+    protected: bool
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
+class AliasMoveRecord:
+    """One move of an alias: `number` is where it pointed after, `previous` before (None: new)."""
+
+    name: str
+    alias: str
+    kind: str
+    number: int
+    previous: int | None
+    moved_at: datetime
+    moved_by: str
+    reason: str
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: int
+    event_id: str
+    url: str
+    payload: str
+    created_at: datetime
+    attempts: int
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    name: str
+    digest: str
+    manifest_object: str
+    manifest_slots: Sequence[WrappedKey]
+    message: str
+    actor: str
+    signed_by: str
+    total_size: int
+    tensor_count: int
+    parameter_count: int
+    dtypes: Sequence[str]
+    files: Sequence[FileRecord]
+    blobs: Sequence[NewBlob]
+    placements: Sequence[PlacementRecord] = ()
+    lease: str | None = None  # the push's lease on its objects, dropped by the commit
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """The result of walking the audit chain: `head` is the last good hash (anchor it elsewhere
+    to detect the removal of the newest entries, which no chain can show by itself)."""
+
+    ok: bool
+    checked: int
+    first_bad: int | None
+    problem: str
+    head: str
+    # Token events restored by a catalog rebuild: links whose content the journal never held.
+    links_only: int = 0
+
+
+@dataclass(frozen=True)
+class JournalEpochRecord:
+    epoch: str
+    started_at: datetime
+    parent: str | None
+    base: int
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
+
+
+# The retention rule that applies to every model without one of its own.
+DEFAULT_POLICY = "*"
