@@ -11,7 +11,7 @@ from rich.table import Table
 from cli.ui import handle_errors, open_registry, print_json, stdout, when
 from registry.errors import InvalidInputError
 from registry.records import AliasMoveRecord, AliasRecord
-from registry.service import AliasChange
+from registry.reports import AliasChange
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 REASON = click.option("--reason", default="", help="Why (kept in the alias history and audit).")

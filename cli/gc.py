@@ -9,8 +9,9 @@ from rich.table import Table
 
 from cli.ui import handle_errors, human_size, open_registry, print_json, stdout
 from registry.errors import InvalidInputError
+from registry.reports import GcReport
 from registry.retention import format_duration
-from registry.service import DEFAULT_GRACE, GcReport
+from registry.service import DEFAULT_GRACE
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 

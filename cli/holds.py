@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stdout, when
 from registry.errors import StorageError
-from registry.service import HoldResult
+from registry.reports import HoldResult
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 REASON = click.option("--reason", required=True, help="Why (kept in the audit trail).")

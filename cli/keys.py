@@ -7,7 +7,7 @@ from rich.markup import escape
 
 from cli.ui import handle_errors, open_registry, print_json, progress_bar, stdout
 from registry.crypto.signing import public_key_text
-from registry.service import RegionKey
+from registry.reports import RegionKey
 
 
 @click.group()

@@ -49,8 +49,7 @@ from registry.records import (
     ModelRecord,
     VersionRecord,
 )
-from registry.retention import Decision, Policy, parse_duration
-from registry.service import (
+from registry.reports import (
     AliasChange,
     FileProblem,
     GcReport,
@@ -62,6 +61,7 @@ from registry.service import (
     VerifyReport,
     VersionDetails,
 )
+from registry.retention import Decision, Policy, parse_duration
 
 RANGE = 8 * 1024 * 1024  # bytes per ranged download request
 PARALLEL = 4  # requests in flight

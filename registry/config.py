@@ -14,6 +14,7 @@ import re
 import socket
 import tomllib
 import urllib.parse
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -596,3 +597,16 @@ def _key_lines(kek_file: str | None, kms: KmsSettings | None) -> list[str]:
 def raw_config(home: Path) -> dict[str, Any]:
     """The parsed config.toml, for commands that rewrite it (keys trust)."""
     return tomllib.loads((home / CONFIG_FILE).read_text())
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` (mode 0600) so that a crash leaves the old file or the new one,
+    never a part of either."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)

@@ -200,7 +200,7 @@ def test_store_side_commands_say_what_they_work_from_and_change_nothing(
         assert report.ok and [m.ref for m in report.models] == ["org/llama@2"]
         with pytest.raises(ConflictError, match="changes nothing"):
             stand_in.promote("org/llama@1", "staging")
-        stand_dir = stand_in._stand_in
+        stand_dir = stand_in._context.home.stand_in
         assert stand_dir is not None and stand_dir.exists()
     assert not stand_dir.exists()
     assert not (history / "catalog.db").exists()

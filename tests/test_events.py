@@ -64,7 +64,7 @@ def receiver() -> Iterator[Receiver]:
 def two(
     home: Path, tmp_path: Path, catalog_url: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    monkeypatch.setattr("registry.service.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("registry.ops.events.time.sleep", lambda seconds: None)
     Registry.init(home, catalog_url=catalog_url)
     with Registry.open(home) as registry:
         for seed in (1, 2):

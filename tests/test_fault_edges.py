@@ -22,7 +22,6 @@ from sqlalchemy import create_engine, text
 import registry.health as health
 from cli.main import main
 from registry import journal
-from registry import service as service_module
 from registry.blobstore import MARKER, BlobStore
 from registry.errors import (
     CatalogMismatchError,
@@ -30,6 +29,7 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
+from registry.ops import init as init_module
 from registry.service import Registry
 from registry.storage.deadline import call_with_deadline
 from registry.testing.models import make_model
@@ -64,7 +64,7 @@ def test_concurrent_init_of_one_home_never_deletes_the_registry_made_by_the_othe
 ) -> None:
     """Two inits of one new home (two containers on one volume): the one that loses the race
     removes nothing of the registry the other made (keys, config, catalog)."""
-    original = getattr(service_module, "prepare_bucket")  # noqa: B009 - not re-exported
+    original = getattr(init_module, "prepare_bucket")  # noqa: B009 - not re-exported
     state = {"nested": False}
 
     def prepare_bucket(*args: object, **kwargs: object) -> None:
@@ -73,7 +73,7 @@ def test_concurrent_init_of_one_home_never_deletes_the_registry_made_by_the_othe
             state["nested"] = True
             Registry.init(home)  # the other process wins the race
 
-    monkeypatch.setattr(service_module, "prepare_bucket", prepare_bucket)
+    monkeypatch.setattr(init_module, "prepare_bucket", prepare_bucket)
     with pytest.raises(RegistryError):
         Registry.init(home)
 
@@ -91,7 +91,7 @@ def test_failed_init_never_removes_a_parent_directory_another_registry_now_lives
     monkeypatch.setenv("MODEL_REGISTRY_ACTOR", "tester@example")
     monkeypatch.delenv("MODEL_REGISTRY_CATALOG_URL", raising=False)
     parent = tmp_path / "data" / "registries"
-    original = getattr(service_module, "prepare_bucket")  # noqa: B009 - not re-exported
+    original = getattr(init_module, "prepare_bucket")  # noqa: B009 - not re-exported
     state = {"done": False}
 
     def prepare_bucket(*args: object, **kwargs: object) -> None:
@@ -101,7 +101,7 @@ def test_failed_init_never_removes_a_parent_directory_another_registry_now_lives
             Registry.init(parent / "b")  # another team's registry, created meanwhile
             raise ConfigurationError("the bucket has no Object Lock")  # a's init fails
 
-    monkeypatch.setattr(service_module, "prepare_bucket", prepare_bucket)
+    monkeypatch.setattr(init_module, "prepare_bucket", prepare_bucket)
     with pytest.raises(ConfigurationError):
         Registry.init(parent / "a")
 

@@ -289,7 +289,7 @@ def test_a_sweep_left_by_a_crashed_gc_blocks_pushes_until_a_gc_finishes_it(
             registry.push("other", other)
         # Not stale yet: another gc leaves a claim that may be alive.
         assert ("blob", digest) in {(k.purpose, k.digest) for k in registry.gc(grace="0h").kept}
-        monkeypatch.setattr("registry.service.STALE_CLAIM", timedelta(0))
+        monkeypatch.setattr("registry.ops.gc.STALE_CLAIM", timedelta(0))
         finished = registry.gc(grace="0h")
         assert digest in {s.digest for s in finished.swept}
         assert not registry.catalog.sweeps()
@@ -552,7 +552,7 @@ def test_the_catalog_refuses_claims_on_leased_objects_and_expiry_of_kept_version
 def test_a_push_whose_lease_lapsed_commits_nothing(
     four: Path, models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("registry.service.LEASE_TTL", timedelta(seconds=1))
+    monkeypatch.setattr("registry.ops.copies.LEASE_TTL", timedelta(seconds=1))
     pushed = tmp_path / "m5"
     shutil.copytree(models["m4"], pushed)
     (pushed / "notes.txt").write_text("only in version 2\n")
@@ -562,7 +562,7 @@ def test_a_push_whose_lease_lapsed_commits_nothing(
             registry.push("llama", pushed)
         assert registry.resolve("llama").number == 4
         registry.checkpoints.clear()
-        monkeypatch.setattr("registry.service.LEASE_TTL", timedelta(hours=24))
+        monkeypatch.setattr("registry.ops.copies.LEASE_TTL", timedelta(hours=24))
         assert registry.push("llama", pushed).version.number == 5
 
 
@@ -588,7 +588,7 @@ def test_a_gc_whose_claim_was_taken_over_deletes_nothing_more(
         stalled.checkpoints["gc-claimed"] = pause
         thread, errors = _run(lambda: stalled.gc(grace="0h"))
         assert claimed.wait(60)
-        monkeypatch.setattr("registry.service.STALE_CLAIM", timedelta(0))
+        monkeypatch.setattr("registry.ops.gc.STALE_CLAIM", timedelta(0))
         taken = other.gc(grace="0h")
         assert taken.swept
         assert other.push("llama", pushed).version.number == 5
@@ -610,7 +610,7 @@ def test_interactive_gc_finishes_a_stopped_gcs_claims(
         digest = registry.versions("other", expired=True)[0].files[0].digest
         later = datetime.now(UTC) + timedelta(days=1)
         assert registry.catalog.claim_sweep(digest, BLOB, run="gone", stored_before=later) is None
-    monkeypatch.setattr("registry.service.STALE_CLAIM", timedelta(0))
+    monkeypatch.setattr("registry.ops.gc.STALE_CLAIM", timedelta(0))
     runner = CliRunner()
     refused = runner.invoke(main, ["gc", "--grace", "0h", "--json"])
     assert refused.exit_code == 3 and "--yes" in refused.output

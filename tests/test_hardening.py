@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import registry.digest as digest_module
-import registry.service as service_module
+import registry.ops.push as push_module
 from registry.blobstore import BLOB, MANIFEST
 from registry.catalog.db import create_catalog_engine
 from registry.catalog.repository import Catalog
@@ -151,12 +151,12 @@ def test_push_rejects_a_safetensors_file_rewritten_between_header_check_and_hash
         write_safetensors(Path(path), {"omega": ("F32", [2, 2], b"\2" * 16)})
         return real(path, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service_module, "hash_file", rewrite_then_hash)
+    monkeypatch.setattr(push_module, "hash_file", rewrite_then_hash)
     try:
         registry.push("m", model)
     except RegistryError:
         return
-    monkeypatch.setattr(service_module, "hash_file", real)
+    monkeypatch.setattr(push_module, "hash_file", real)
     names = [t.name for t in registry.show("m").manifest.files[0].safetensors.tensors]  # type: ignore[union-attr]
     assert names == ["omega"], f"manifest lists {names} for a file that holds 'omega'"
 

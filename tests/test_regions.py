@@ -29,8 +29,10 @@ from registry.config import KmsSettings, RegionSettings, load_settings, parse_re
 from registry.crypto.sealed import HEADER_SIZE
 from registry.crypto.signing import public_key_text
 from registry.errors import ConfigurationError, InvalidInputError, NotFoundError, StorageError
+from registry.ops.parallel import LOCK_REQUESTS
+from registry.ops.parallel import bounded_map as _bounded_map
 from registry.replication import BAD, PENDING, VERIFIED
-from registry.service import LOCK_REQUESTS, Registry, _bounded_map
+from registry.service import Registry
 from registry.storage.factory import StoreSpec
 from registry.testing.models import make_model
 from tests.conftest import tree

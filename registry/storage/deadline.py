@@ -11,6 +11,8 @@ hedged reads and the fan-out of writes across regions, which need the same prope
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import queue
 import threading
 import time
@@ -146,7 +148,14 @@ _pool = DaemonPool()
 
 def submit(call: Callable[[], T]) -> Future[T]:
     """Run `call` on a daemon worker; the future holds its result or error."""
-    return _pool.submit(call)
+    return _pool.submit(carried(call))
+
+
+def carried(call: Callable[[], T]) -> Callable[[], T]:
+    """`call`, to run on another thread in a copy of the caller's contextvars (the operation
+    it works for, whose key unwraps it counts)."""
+    context = contextvars.copy_context()
+    return functools.partial(context.run, call)
 
 
 class Budget:

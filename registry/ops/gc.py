@@ -1,0 +1,436 @@
+"""Garbage collection: expire versions by their retention rule, extend the Object Lock of what
+stays, and sweep the objects no version references, region by region, under a claim that a
+concurrent writer's lease always wins.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from registry.blobstore import BLOB, MANIFEST
+from registry.errors import (
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+    RetentionError,
+)
+from registry.ops.access import requires
+from registry.ops.context import Context
+from registry.ops.copies import checkpoint, region_locks, regions_ready
+from registry.ops.journaling import journaled
+from registry.ops.lifecycle import lock_floor, plan_retention
+from registry.ops.parallel import LOCK_REQUESTS, bounded_map
+from registry.records import (
+    VersionRecord,
+)
+from registry.refs import (
+    parse_reference,
+)
+from registry.replication import (
+    Region,
+)
+from registry.reports import (
+    GcReport,
+    KeptObject,
+    SweptObject,
+)
+from registry.retention import (
+    Decision,
+    Policy,
+    format_duration,
+    parse_duration,
+)
+from registry.storage.lock import ObjectLock, Retention
+
+DEFAULT_GRACE = "24h"
+
+
+# A gc claim this old was left by a gc that crashed or hung: the next gc finishes it. A live gc
+# renews its claim before every deletion, and one S3 call with its retries ends well within it.
+STALE_CLAIM = timedelta(minutes=15)
+
+
+def _kept_by_stores(purpose: str, digest: str, keepers: tuple[tuple[str, str], ...]) -> KeptObject:
+    """What gc reports of an object the stores of some regions keep: each with its reason."""
+    reason = "; ".join(f"{why} in {region}" for region, why in keepers)
+    return KeptObject(purpose, digest, reason, keepers)
+
+
+@requires("gc")
+@journaled
+def gc(
+    ctx: Context,
+    *,
+    dry_run: bool = False,
+    grace: str | timedelta = DEFAULT_GRACE,
+    now: datetime | None = None,
+) -> GcReport:
+    """Expire what the retention policies no longer keep, extend the Object Lock of what
+    they keep, then sweep the objects no live version references.
+
+    An object is swept only when no lease of a push in flight holds it, its lock has
+    expired and it has been unneeded for longer than `grace`; each is claimed in the
+    catalog (checked again there) before it is deleted from every region, so a push that
+    reuses it either leased it first (and gc leaves it) or waits for the sweep and stores
+    it anew. `dry_run` changes nothing and reports what would happen.
+    """
+    regions_ready(ctx)
+    window = parse_duration(grace) if isinstance(grace, str) else grace
+    if window < timedelta(0):
+        raise InvalidInputError("the grace window cannot be negative")
+    moment = now or datetime.now(UTC)
+    run = str(uuid.uuid4())
+    problems: list[str] = []
+    swept: list[SweptObject] = []
+    kept: list[KeptObject] = []
+    if not dry_run:
+        for digest, purpose in ctx.catalog.take_over_sweeps(
+            run=run, claimed_before=datetime.now(UTC) - STALE_CLAIM
+        ):
+            done = _sweep(ctx, digest, purpose, run=run, problems=problems, kept=kept)
+            if done is not None:
+                swept.append(done)
+        stale: set[tuple[str, str]] = set()
+    else:
+        # What a real run would finish first: claims of a gc that stopped.
+        stale = set(ctx.catalog.stale_sweeps(claimed_before=datetime.now(UTC) - STALE_CLAIM))
+        finishing = [(purpose, digest) for digest, purpose in sorted(stale)]
+        swept += [
+            SweptObject(purpose, digest, sizes)
+            for (purpose, digest), sizes in zip(
+                finishing, _stored_sizes(ctx, finishing), strict=True
+            )
+        ]
+
+    plans = plan_retention(ctx, now=moment)
+    doomed = {(model, d.number) for model, _policy, ds in plans for d in ds if not d.keep}
+    locks_extended = extend_locks(ctx, plans, now=moment, dry_run=dry_run, problems=problems)
+    expired: list[VersionRecord] = []
+    if dry_run:
+        for model, number in sorted(doomed):
+            expired.append(ctx.catalog.resolve(parse_reference(f"{model}@{number}")))
+    else:
+        for model in sorted({model for model, _number in doomed}):
+            expired += ctx.catalog.expire_versions(
+                model,
+                now=moment,
+                locked_for=lock_floor(ctx),
+                actor=ctx.actor,
+                only={number for name, number in doomed if name == model},
+            )
+        ctx.catalog.drop_expired_leases(datetime.now(UTC))
+
+    idle_before = moment - window
+    candidates = [
+        candidate
+        for candidate in ctx.catalog.unreferenced(
+            now=moment, assume_expired=frozenset(doomed) if dry_run else frozenset()
+        )
+        if (candidate.digest, candidate.purpose) not in stale
+    ]
+    # The stores' locks of everything the catalog lets go are read in one parallel round
+    # (one by one, each object costs a few round trips per region). A lock placed after
+    # this read still holds: the store refuses the deletion and the sweep keeps the copy.
+    locked = _lock_keeps(
+        ctx,
+        [
+            (candidate.purpose, candidate.digest)
+            for candidate in candidates
+            if not (candidate.sweeping or candidate.leased) and candidate.idle_since <= idle_before
+        ],
+    )
+    would_sweep: list[tuple[str, str]] = []
+    for candidate in candidates:
+        reason = None
+        if candidate.sweeping:
+            reason = "claimed by another gc"
+        elif candidate.leased:
+            reason = "in use by a push in flight"
+        elif candidate.idle_since > idle_before:
+            reason = f"unneeded for less than the grace window ({format_duration(window)})"
+        elif keepers := locked.get((candidate.purpose, candidate.digest)):
+            kept.append(_kept_by_stores(candidate.purpose, candidate.digest, keepers))
+            continue
+        if reason is None and not dry_run:
+            reason = ctx.catalog.claim_sweep(
+                candidate.digest, candidate.purpose, run=run, stored_before=idle_before
+            )
+        if reason is not None:
+            kept.append(KeptObject(candidate.purpose, candidate.digest, reason))
+            continue
+        if dry_run:
+            would_sweep.append((candidate.purpose, candidate.digest))
+            continue
+        checkpoint(ctx, "gc-claimed")
+        done = _sweep(
+            ctx, candidate.digest, candidate.purpose, run=run, problems=problems, kept=kept
+        )
+        if done is not None:
+            swept.append(done)
+    swept += [
+        SweptObject(purpose, digest, sizes)
+        for (purpose, digest), sizes in zip(
+            would_sweep, _stored_sizes(ctx, would_sweep), strict=True
+        )
+    ]
+    report = GcReport(
+        dry_run,
+        window,
+        tuple(expired),
+        locks_extended,
+        tuple(swept),
+        tuple(kept),
+        tuple(problems),
+    )
+    if not dry_run:
+        ctx.catalog.audit(
+            ctx.actor,
+            "gc",
+            "registry",
+            {
+                "expired": [v.ref for v in expired],
+                "swept": len(swept),
+                "bytes": report.bytes_reclaimed,
+                "locks_extended": locks_extended,
+                "kept": len(kept),
+                "problems": len(problems),
+                "grace": format_duration(window),
+            },
+        )
+    return report
+
+
+def _lock_keeps(
+    ctx: Context, objects: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
+    """For each (purpose, digest) that a store keeps, every region whose Object Lock or
+    legal hold keeps the object or its key slot, with that region's reason (a lock state
+    that cannot be read keeps it too). Regions are asked in parallel, and within each
+    region up to LOCK_REQUESTS objects at a time."""
+    if not objects:
+        return {}
+
+    def state(lock: ObjectLock, name: str) -> str | None:
+        try:
+            retention = lock.retention(name)
+            held = lock.legal_hold(name)
+        except NotFoundError:
+            return None
+        except RegistryError as error:
+            return f"lock state unknown ({error})"
+        if held:
+            return "under an S3 legal hold"
+        if retention is not None and retention.active():
+            return f"Object Lock ({retention.mode}) until {retention.until:%Y-%m-%d %H:%M} UTC"
+        return None
+
+    def in_region(locker: tuple[Region, ObjectLock]) -> list[str | None]:
+        region, lock = locker
+        store = region.store
+        condition = ctx.replicas.health.unavailable(region.name)
+        if condition is not None:
+            # Not asked again: its locks cannot be read, so they keep everything.
+            return [f"lock state unknown ({condition.describe()})" for _ in objects]
+
+        def keeps(item: tuple[str, str]) -> str | None:
+            purpose, digest = item
+            names = (
+                store.object_name(purpose, digest),
+                store.slot_name(purpose, digest, store.keys.kek_id),
+            )
+            return next((why for why in (state(lock, name) for name in names) if why), None)
+
+        return bounded_map(keeps, objects, limit=LOCK_REQUESTS, name="lock-check")
+
+    lockers = region_locks(ctx)
+    answers = bounded_map(in_region, lockers, limit=len(lockers) or 1, name="lock-region")
+    found: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {}
+    for index, item in enumerate(objects):
+        keepers = tuple(
+            (region.name, why)
+            for (region, _lock), reasons in zip(lockers, answers, strict=True)
+            if (why := reasons[index]) is not None
+        )
+        if keepers:
+            found[item] = keepers
+    return found
+
+
+def _stored_sizes(
+    ctx: Context, objects: Sequence[tuple[str, str]]
+) -> list[tuple[tuple[str, int], ...]]:
+    """For each (purpose, digest), its size in each region that holds it (regions that
+    cannot be asked are left out), regions and objects asked in parallel."""
+    if not objects:
+        return []
+
+    def in_region(region: Region) -> list[int | None]:
+        if ctx.replicas.health.unavailable(region.name) is not None:
+            return [None for _ in objects]  # down or hung: not asked object by object
+
+        def size(item: tuple[str, str]) -> int | None:
+            try:
+                info = region.store.driver.stat(region.store.object_name(*item))
+            except RegistryError:
+                return None
+            return None if info is None else info.size
+
+        return bounded_map(size, objects, limit=LOCK_REQUESTS, name="gc-stat")
+
+    regions = ctx.replicas.regions
+    answers = bounded_map(in_region, regions, limit=len(regions), name="gc-region")
+    return [
+        tuple(
+            (region.name, size)
+            for region, sizes in zip(regions, answers, strict=True)
+            if (size := sizes[index]) is not None
+        )
+        for index in range(len(objects))
+    ]
+
+
+def _sweep(
+    ctx: Context,
+    digest: str,
+    purpose: str,
+    *,
+    run: str,
+    problems: list[str],
+    kept: list[KeptObject],
+) -> SweptObject | None:
+    """Delete a claimed object from every region, data first, then its key slots, and
+    record it. Before each deletion the claim is renewed: a gc whose claim was taken over
+    (it stalled past STALE_CLAIM) stops before deleting anything more. A region whose store
+    refuses (a lock, an outage) keeps its copy and its placement; the claim is dropped and a
+    later gc tries again."""
+    owners = set(ctx.catalog.key_slot_owners(digest, purpose))
+    cleared: list[str] = []
+    sizes: list[tuple[str, int]] = []
+    for region in ctx.replicas.regions:
+        store = region.store
+        data = store.object_name(purpose, digest)
+        slots = [
+            store.slot_name(purpose, digest, kek) for kek in sorted(owners | {store.keys.kek_id})
+        ]
+        if not ctx.catalog.renew_claim(digest, purpose, run=run):
+            problems.append(f"{purpose} {digest}: another gc took the claim over; left to it")
+            return None
+        try:
+            info = store.driver.stat(data)
+            store.driver.delete(data)
+        except NotFoundError:
+            info = None
+        except RetentionError as error:
+            kept.append(
+                KeptObject(purpose, digest, f"{region.name}: {error}", ((region.name, str(error)),))
+            )
+            continue
+        except RegistryError as error:
+            problems.append(f"{region.name}: {purpose} {digest}: not deleted: {error}")
+            continue
+        if info is not None:
+            sizes.append((region.name, info.size))
+        # The data is gone from this region: a slot left behind opens nothing; it is
+        # reported, and the scrub of orphans finds it.
+        cleared.append(region.name)
+        for slot in slots:
+            try:
+                store.driver.delete(slot)
+            except NotFoundError:
+                continue
+            except RegistryError as error:
+                problems.append(f"{region.name}: key slot of {purpose} {digest}: {error}")
+    complete = len(cleared) == len(ctx.replicas.regions)
+    if not ctx.catalog.finish_sweep(digest, purpose, run=run, cleared=cleared, complete=complete):
+        return None
+    return SweptObject(purpose, digest, tuple(sizes)) if complete else None
+
+
+def extend_locks(
+    ctx: Context,
+    plans: Sequence[tuple[str, Policy, list[Decision]]],
+    *,
+    now: datetime,
+    dry_run: bool,
+    problems: list[str],
+) -> int:
+    """Extend the Object Lock of every object of every kept version to as long as a rule
+    keeps it: a dated rule (keep-within, keep-demoted-for) to its date; an open-ended one
+    (keep-last, an alias, a hold) to the store's minimum from now, renewed once half of that
+    has passed. A model without any rule gets nothing beyond its write-time lock. Never
+    shortened or weakened. Returns how many were extended."""
+    lockers = []
+    for region, lock in region_locks(ctx):
+        floor = lock.minimum_lock()
+        if floor is None:
+            continue
+        trouble = ctx.replicas.health.suspect(region.name)
+        if trouble is not None:
+            # Not waited for: the next gc extends what it misses now.
+            problems.append(f"{region.name}: Object Lock not extended now ({trouble})")
+            continue
+        lockers.append((region, lock, floor))
+    if not lockers:
+        return 0
+    wanted: dict[tuple[str, str], tuple[datetime | None, bool]] = {}
+    for model, _policy, decisions in plans:
+        versions = {v.number: v for v in ctx.catalog.versions(model)}
+        for decision in decisions:
+            if not decision.keep or decision.number not in versions:
+                continue
+            version = versions[decision.number]
+            objects = {(version.digest, MANIFEST)} | {(f.digest, BLOB) for f in version.files}
+            for key in objects:
+                until, open_ended = wanted.get(key, (None, False))
+                if decision.until is not None:
+                    until = decision.until if until is None else max(until, decision.until)
+                wanted[key] = (until, open_ended or decision.open_ended)
+    targets = sorted(wanted.items())
+
+    def in_region(locker: tuple[Region, ObjectLock, Retention]) -> list[tuple[int, str | None]]:
+        region, lock, floor = locker
+        minimum = floor.until - datetime.now(UTC)
+
+        def extend(
+            item: tuple[tuple[str, str], tuple[datetime | None, bool]],
+        ) -> tuple[int, str | None]:
+            (digest, purpose), (until, open_ended) = item
+            target, renew_below = until, until
+            if open_ended:
+                rolling = now + minimum
+                target = rolling if target is None else max(target, rolling)
+                half = now + minimum / 2
+                renew_below = half if renew_below is None else max(renew_below, half)
+            if target is None or renew_below is None or target <= now:
+                return 0, None
+            count = 0
+            try:
+                for name in (
+                    region.store.object_name(purpose, digest),
+                    region.store.slot_name(purpose, digest, region.store.keys.kek_id),
+                ):
+                    try:
+                        current = lock.retention(name)
+                    except NotFoundError:
+                        continue
+                    if current is not None and current.active(now) and current.until >= renew_below:
+                        continue
+                    count += 1
+                    if not dry_run:
+                        lock.hold_at_least(name, Retention(floor.mode, target))
+            except RegistryError as error:
+                # Reported; the other objects still get their locks.
+                return count, (
+                    f"{region.name}: {purpose} {digest}: Object Lock not extended: {error}"
+                )
+            return count, None
+
+        return bounded_map(extend, targets, limit=LOCK_REQUESTS, name="lock-extend")
+
+    # Regions in parallel, and objects in each: one at a time, a daily gc of a large
+    # registry would spend its time waiting on round trips.
+    outcomes = bounded_map(in_region, lockers, limit=len(lockers), name="lock-region")
+    problems.extend(problem for done in outcomes for _count, problem in done if problem)
+    return sum(count for done in outcomes for count, _problem in done)

@@ -1,0 +1,112 @@
+"""Reading the catalog: resolve a reference, list models and versions, show a version and its
+signed manifest, and read or verify the audit trail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime
+
+from registry import manifest as manifests
+from registry.blobstore import MANIFEST
+from registry.crypto.signing import (
+    TrustedSigner,
+)
+from registry.errors import (
+    IntegrityError,
+    InvalidInputError,
+    RegistryError,
+)
+from registry.manifest import Manifest
+from registry.ops.access import requires
+from registry.ops.context import Context
+from registry.records import (
+    AuditRecord,
+    AuditVerification,
+    ModelRecord,
+    VersionRecord,
+)
+from registry.refs import (
+    parse_reference,
+    validate_name,
+)
+from registry.replication import (
+    ReadReport,
+)
+from registry.reports import (
+    VersionDetails,
+)
+
+
+@requires("read")
+def resolve(ctx: Context, ref: str) -> VersionRecord:
+    return ctx.catalog.resolve(parse_reference(ref))
+
+
+@requires("read")
+def versions(ctx: Context, name: str, *, expired: bool = False) -> list[VersionRecord]:
+    """The live versions of `name`, oldest first (with `expired`, tombstones too)."""
+    return ctx.catalog.versions(validate_name(name), expired=expired)
+
+
+@requires("read")
+def models(ctx: Context) -> list[ModelRecord]:
+    return ctx.catalog.models()
+
+
+@requires("audit")
+def audit_events(
+    ctx: Context, *, subject: str | None = None, since: datetime | None = None, limit: int = 100
+) -> list[AuditRecord]:
+    if since is not None and since.tzinfo is None:
+        raise InvalidInputError("a time needs a time zone (e.g. 2026-11-30T12:00:00Z)")
+    if not 1 <= limit <= 100_000:
+        raise InvalidInputError("limit must be 1..100000")
+    return ctx.catalog.audit_events(subject=subject, since=since, limit=limit)
+
+
+@requires("audit")
+def verify_audit(ctx: Context) -> AuditVerification:
+    """Walk the tamper-evident audit chain (see `Catalog.verify_audit`)."""
+    return ctx.catalog.verify_audit(links_mac=ctx.store.audit_links_mac)
+
+
+@requires("read")
+def show(ctx: Context, ref: str) -> VersionDetails:
+    version = resolve(ctx, ref)
+    manifest, signer = load_manifest(ctx, version, cached=True)
+    return VersionDetails(version, manifest, signer.name)
+
+
+def load_manifest(
+    ctx: Context, version: VersionRecord, report: ReadReport | None = None, *, cached: bool = False
+) -> tuple[Manifest, TrustedSigner]:
+    """The version's manifest read back from the stores (authenticated, then cached in the
+    catalog), or with `cached` the catalog's copy when it has one (`show`, which must not
+    wait on a store); either way its digest is checked against the version and its
+    signature against the trusted keys."""
+    what = f"manifest of {version.ref}"
+    # The catalog's cached copy is checked exactly like the stored one (digest, signature by
+    # a trusted key), so a catalog writer cannot slip in another manifest.
+    data = ctx.catalog.cached_manifest(version.digest) if cached else None
+    fetched = data is None
+    if data is None:
+        data = ctx.replicas.read_bytes(
+            MANIFEST,
+            version.digest,
+            known=ctx.catalog.key_slots(version.digest, MANIFEST),
+            what=what,
+            report=report or ReadReport(),
+        )
+    manifest, signer = manifests.parse_envelope(
+        data,
+        expected_digest=version.digest,
+        trusted=ctx.settings.trusted_signers,
+        what=what,
+    )
+    if manifest.name != version.name:
+        raise IntegrityError(f"{what}: names model {manifest.name}", path=what)
+    if fetched and ctx.provisional is None:
+        with contextlib.suppress(RegistryError):
+            ctx.catalog.cache_manifest(version.digest, data)
+    return manifest, signer

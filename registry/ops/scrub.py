@@ -1,0 +1,205 @@
+"""Scrubs: check every stored copy (its presence and size, or with `read_data` its bytes)
+against the catalog, list orphans, and record damaged copies for repair.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from registry.blobstore import BLOB, MANIFEST
+from registry.errors import (
+    IntegrityError,
+    InvalidInputError,
+    KmsUnreachableError,
+    NotFoundError,
+    RegistryError,
+    StorageError,
+)
+from registry.materialize import Progress
+from registry.ops.access import requires
+from registry.ops.checks import NoProgress
+from registry.ops.context import Context
+from registry.ops.copies import regions_ready
+from registry.ops.journaling import guard_reads
+from registry.records import (
+    PlacementRecord,
+)
+from registry.replication import (
+    BAD,
+    PENDING,
+    VERIFIED,
+    Region,
+)
+from registry.reports import (
+    Orphan,
+    ScrubProblem,
+    ScrubReport,
+)
+
+
+@requires("scrub")
+def scrub(
+    ctx: Context,
+    *,
+    read_data: bool = False,
+    sample: float | None = None,
+    region: str | None = None,
+    progress: Progress | None = None,
+) -> ScrubReport:
+    """Check every object the catalog knows in every region (or `region`): present, the
+    size its header says, its key slot opens it; with `read_data`, every chunk decrypted
+    and every blob re-hashed. `sample` (percent) checks a random share of the objects. Bad
+    copies are recorded as bad placements, which `replicate --repair` then replaces from a
+    good copy. Objects in the stores that no catalog row knows are
+    listed as orphans (never deleted here)."""
+    regions_ready(ctx)
+    guard_reads(ctx)
+    if sample is not None and not 0 < sample <= 100:
+        raise InvalidInputError("--sample is a percentage: more than 0, at most 100")
+    regions = [r for r in ctx.replicas.regions if region is None or r.name == region]
+    if not regions:
+        names = ", ".join(r.name for r in ctx.replicas.regions)
+        raise NotFoundError(f"no region {region!r}", hint=f"the regions are {names}")
+    progress = progress or NoProgress()
+    # Every object of every version (tombstones too: their objects are gc's to remove).
+    users: dict[tuple[str, str], set[str]] = {}
+    sizes: dict[tuple[str, str], int | None] = {}
+    live: set[str] = set()
+    for model in ctx.catalog.models():
+        for version in ctx.catalog.versions(model.name, expired=True):
+            if version.expired_at is None:
+                live.add(version.ref)
+            users.setdefault((MANIFEST, version.digest), set()).add(version.ref)
+            sizes[(MANIFEST, version.digest)] = None
+            for entry in version.files:
+                users.setdefault((BLOB, entry.digest), set()).add(version.ref)
+                sizes[(BLOB, entry.digest)] = entry.size
+    checked = sorted(
+        key for key, refs in users.items() if refs & live
+    )  # objects only tombstones use may already be swept
+    if sample is not None and checked:
+        count = max(1, round(len(checked) * sample / 100))
+        checked = sorted(random.sample(checked, count))
+    problems: list[ScrubProblem] = []
+    placements: list[PlacementRecord] = []
+    unchecked: set[str] = set()
+    copies = 0
+    progress.begin("scrubbing", len(checked) * len(regions))
+    for kind, digest in checked:
+        what = f"{kind} {digest}"
+        size = sizes[(kind, digest)]
+        for where in regions:
+            if where.name in unchecked:
+                progress.advance(1)
+                continue
+            name = where.store.object_name(kind, digest)
+            problem: str | None = None
+            checksum: str | None = None
+            damaged = False
+            try:
+                # Always: present, the size its header says, opened by the region's own
+                # key slot (what a rebuild from this region alone relies on).
+                _scrub_quick(where, kind, digest, size, what=what)
+                if read_data:
+                    outcome = ctx.replicas.check(
+                        where,
+                        kind,
+                        digest,
+                        known=ctx.catalog.key_slots(digest, kind),
+                        checksum=None,  # none: every chunk authenticated, blobs re-hashed
+                        what=what,
+                    )
+                    if outcome.state == PENDING:
+                        unchecked.add(where.name)
+                        continue
+                    if outcome.state != VERIFIED:
+                        problem, damaged = outcome.detail, True
+                    checksum = outcome.checksum
+            except (StorageError, KmsUnreachableError):
+                unchecked.add(where.name)
+                continue
+            except IntegrityError as error:
+                problem, damaged = str(error), True
+            except RegistryError as error:
+                problem = str(error)  # a key we may not use says nothing about the copy
+            finally:
+                progress.advance(1)
+            copies += 1
+            if problem is not None:
+                versions = tuple(sorted(users[(kind, digest)] & live))
+                problems.append(ScrubProblem(where.name, kind, digest, name, problem, versions))
+                if damaged:
+                    placements.append(
+                        PlacementRecord(digest, kind, where.name, name, BAD, None, problem)
+                    )
+            elif read_data:
+                placements.append(
+                    PlacementRecord(digest, kind, where.name, name, VERIFIED, checksum, "")
+                )
+    progress.end()
+    if placements:
+        ctx.catalog.record_placements(placements)
+    orphans = [] if sample is not None else _orphans(ctx, regions, users, unchecked)
+    report = ScrubReport(
+        read_data,
+        len(checked),
+        copies,
+        sample,
+        tuple(problems),
+        tuple(orphans),
+        tuple(sorted(unchecked)),
+    )
+    ctx.catalog.audit(
+        ctx.actor,
+        "scrub",
+        "registry",
+        {
+            "read_data": read_data,
+            "sample": sample,
+            "regions": [r.name for r in regions],
+            "objects": report.objects,
+            "copies": copies,
+            "problems": len(problems),
+            "orphans": len(orphans),
+            "unchecked": sorted(unchecked),
+        },
+    )
+    return report
+
+
+def _scrub_quick(where: Region, kind: str, digest: str, size: int | None, *, what: str) -> None:
+    where.store.read_header(kind, digest, size=size, what=what)
+    where.store.check_slot(kind, digest, what=what)
+
+
+def _orphans(
+    ctx: Context,
+    regions: Sequence[Region],
+    users: dict[tuple[str, str], set[str]],
+    unchecked: set[str],
+) -> list[Orphan]:
+    """Objects and key slots under the registry's prefixes that no catalog row knows (nor
+    a live lease: a push in flight stores its objects before its commit names them)."""
+    found: list[Orphan] = []
+    referenced = set(users) | ctx.catalog.leased()
+    for where in regions:
+        if where.name in unchecked:
+            continue
+        store = where.store
+        known = {store.object_name(kind, digest) for kind, digest in referenced}
+        # A key slot lives under its object's id: slots/xx/<id>/<kind>-<kek>.
+        known_ids = {name.rsplit("/", 1)[1] for name in known}
+        try:
+            for prefix in (*store.object_prefixes(), "slots/"):
+                for info in store.driver.list(prefix):
+                    if prefix == "slots/":
+                        parts = info.name.split("/")
+                        if len(parts) >= 3 and parts[2] in known_ids:
+                            continue
+                    elif info.name in known:
+                        continue
+                    found.append(Orphan(where.name, info.name, info.size, info.modified))
+        except StorageError:
+            unchecked.add(where.name)
+    return found

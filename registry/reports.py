@@ -1,0 +1,390 @@
+"""What the operations report: the results of init, push, pull, verify, scrub, drill, gc, holds,
+alias moves, replication and key rotation, as plain frozen values. With the records
+(`registry.records`) they are the vocabulary of every caller; `registry.wire` gives their JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from registry.manifest import Manifest
+from registry.records import AliasMoveRecord, AliasRecord, HoldRecord, VersionRecord
+from registry.retention import format_duration
+
+
+@dataclass(frozen=True)
+class InitResult:
+    home: Path
+    created: bool
+    registry_id: str
+    catalog_url: str
+    store: str
+    keys: str
+    public_key: str
+
+
+@dataclass(frozen=True)
+class PushResult:
+    version: VersionRecord
+    created: bool
+    uploaded_bytes: int
+    reused_bytes: int
+    files: int
+    pending_regions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PullResult:
+    version: VersionRecord
+    destination: Path
+    files: tuple[str, ...]
+    bytes: int
+    bad_copies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    path: str
+    problem: str
+
+
+@dataclass(frozen=True)
+class ScrubProblem:
+    """A stored copy that is missing, damaged or unreadable, and the versions it breaks."""
+
+    region: str
+    kind: str
+    digest: str
+    name: str
+    problem: str
+    versions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An object in a store that no catalog row knows (a push that crashed before its commit,
+    or something that is not the registry's)."""
+
+    region: str
+    name: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class ScrubReport:
+    read_data: bool
+    objects: int  # distinct objects checked
+    copies: int  # copies checked (objects x regions)
+    sampled: float | None  # percent, when a sample was checked
+    problems: tuple[ScrubProblem, ...] = field(default=())
+    orphans: tuple[Orphan, ...] = field(default=())
+    unchecked: tuple[str, ...] = field(default=())  # regions that could not be reached
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.unchecked
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "read_data": self.read_data,
+            "objects": self.objects,
+            "copies": self.copies,
+            "sampled_percent": self.sampled,
+            "problems": [
+                {
+                    "region": p.region,
+                    "kind": p.kind,
+                    "digest": p.digest,
+                    "object": p.name,
+                    "problem": p.problem,
+                    "versions": list(p.versions),
+                }
+                for p in self.problems
+            ],
+            "orphans": [
+                {
+                    "region": o.region,
+                    "object": o.name,
+                    "size": o.size,
+                    "modified": o.modified.isoformat(),
+                }
+                for o in self.orphans
+            ],
+            "unchecked": list(self.unchecked),
+        }
+
+
+@dataclass(frozen=True)
+class DrillModel:
+    """One model's part of a restore drill."""
+
+    name: str
+    ref: str  # the version restored ("" when it could not be resolved)
+    via: str  # the alias it was resolved through, or "newest"
+    files: int
+    bytes: int  # plaintext bytes decrypted and verified
+    seconds: float
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class DrillReport:
+    region: str
+    mode: str  # "all" (every byte) or "sample:N" (N random chunks a file)
+    models: tuple[DrillModel, ...]
+    seconds: float
+    at: datetime
+
+    @property
+    def ok(self) -> bool:
+        return all(model.ok for model in self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "region": self.region,
+            "mode": self.mode,
+            "seconds": round(self.seconds, 3),
+            "at": self.at.isoformat(),
+            "models": [
+                {
+                    "name": m.name,
+                    "ref": m.ref,
+                    "via": m.via,
+                    "ok": m.ok,
+                    "files": m.files,
+                    "bytes": m.bytes,
+                    "seconds": round(m.seconds, 3),
+                    "problems": list(m.problems),
+                }
+                for m in self.models
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    version: VersionRecord
+    read_data: bool
+    checked_files: int
+    checked_bytes: int
+    problems: tuple[FileProblem, ...] = field(default=())
+    unchecked: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class RegionStatus:
+    """One region's health and what the catalog knows of its copies."""
+
+    name: str
+    priority: int
+    store: str
+    keys: str
+    reachable: bool
+    detail: str
+    seconds: float
+    verified: int
+    pending: int
+    bad: int
+    missing: int
+    # ok | unreachable (refused, failed) | hung (no answer within the deadline) |
+    # foreign (another registry's store, or another naming key)
+    state: str = "ok"
+    counted: bool = True  # False: no catalog to count copies from (a stand-in)
+
+    @property
+    def complete(self) -> bool:
+        if not self.counted:
+            return self.reachable
+        return self.reachable and not (self.pending or self.bad or self.missing)
+
+
+@dataclass(frozen=True)
+class ReplicateReport:
+    objects: int
+    copied: int
+    repaired: int
+    verified: int
+    problems: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class HoldResult:
+    hold: HoldRecord
+    changed: bool
+    objects: int
+    failed_regions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """An alias move: the move made (None when it already pointed there) and the alias now."""
+
+    move: AliasMoveRecord | None
+    alias: AliasRecord
+    undelivered: tuple[str, ...] = ()
+    unlocked: tuple[str, ...] = ()  # regions where the version's Object Lock was not extended
+
+
+@dataclass(frozen=True)
+class SweptObject:
+    """An object gc deleted (or, in a dry run, would delete) and the bytes it held per region."""
+
+    purpose: str
+    digest: str
+    sizes: tuple[tuple[str, int], ...]
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _region, size in self.sizes)
+
+
+@dataclass(frozen=True)
+class KeptObject:
+    """An unreferenced object gc left in place, and why."""
+
+    purpose: str
+    digest: str
+    reason: str
+    # (region, why) for each region whose store keeps it (an Object Lock, a legal hold, a lock
+    # state that could not be read, a deletion the store refused); empty for the catalog's
+    # reasons (a lease, a claim, the grace window), which hold in every region alike.
+    regions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class GcReport:
+    dry_run: bool
+    grace: timedelta
+    expired: tuple[VersionRecord, ...]
+    locks_extended: int
+    swept: tuple[SweptObject, ...]
+    kept: tuple[KeptObject, ...]
+    problems: tuple[str, ...] = ()
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        return sum(item.bytes for item in self.swept)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON (the CLI's --json and the REST API answer alike)."""
+        return {
+            "dry_run": self.dry_run,
+            "grace": format_duration(self.grace),
+            "expired": [v.ref for v in self.expired],
+            "locks_extended": self.locks_extended,
+            "swept": [
+                {
+                    "purpose": s.purpose,
+                    "digest": s.digest,
+                    "bytes": s.bytes,
+                    "regions": dict(s.sizes),
+                }
+                for s in self.swept
+            ],
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "kept": [
+                {
+                    "purpose": k.purpose,
+                    "digest": k.digest,
+                    "reason": k.reason,
+                    "regions": [{"region": r, "reason": why} for r, why in k.regions],
+                }
+                for k in self.kept
+            ],
+            "problems": list(self.problems),
+        }
+
+
+@dataclass(frozen=True)
+class RegionKey:
+    """The key-encryption key that wraps a region's data keys, as `keys show` lists it."""
+
+    region: str
+    provider: str  # "local" (the key file) or "aws-kms"
+    kek_id: str
+    key: str  # the key file's path, or the KMS key as configured (id, ARN or alias)
+    kms_region: str | None = None
+    endpoint: str | None = None
+    # The keys a rotation is moving away from (they only unwrap), as configured, each with its
+    # kek id (None: a previous key file that is gone).
+    previous: tuple[tuple[str, str | None], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        local = self.provider == "local"
+        return {
+            "name": self.region,
+            "provider": self.provider,
+            "kek_id": self.kek_id,
+            "file": self.key if local else None,
+            "key": None if local else self.key,
+            "region": self.kms_region,
+            "endpoint": self.endpoint,
+            "previous": [
+                {"file" if local else "key": key, "kek_id": kek} for key, kek in self.previous
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    """What a key rotation did: every object's slot moved to `to`, the old keys retired."""
+
+    to: str
+    retired: tuple[str, ...]
+    regions: tuple[str, ...]
+    objects: int
+    slots_written: int
+    catalog_slots_retired: int
+    old_slot_objects_deleted: int
+    old_slot_objects_locked: int
+    created_key_file: str | None
+    seconds: float
+    # Old keys other regions still use: their slots stay, and the key must not be destroyed.
+    still_used: tuple[str, ...] = ()
+    # Objects whose only slots are under a key whose file is gone: nothing opens them.
+    unrecoverable: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "to": self.to,
+            "retired": list(self.retired),
+            "still_used": list(self.still_used),
+            "unrecoverable": self.unrecoverable,
+            "regions": list(self.regions),
+            "objects": self.objects,
+            "slots_written": self.slots_written,
+            "catalog_slots_retired": self.catalog_slots_retired,
+            "old_slot_objects_deleted": self.old_slot_objects_deleted,
+            "old_slot_objects_locked": self.old_slot_objects_locked,
+            "created_key_file": self.created_key_file,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class VersionDetails:
+    version: VersionRecord
+    manifest: Manifest
+    signer: str
