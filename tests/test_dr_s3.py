@@ -22,6 +22,7 @@ from botocore.exceptions import ClientError
 from registry import journal
 from registry.blobstore import BLOB, MANIFEST
 from registry.errors import RetentionError
+from registry.ops import journaling
 from registry.replication import VERIFIED
 from registry.service import Registry
 from registry.storage.lock import COMPLIANCE
@@ -194,7 +195,7 @@ def test_a_push_the_journal_never_reached_comes_back_from_its_s3_version_record(
     # The process dies right after the push's commit: nothing copies its journal entry out,
     # not even the handle's close.
     with monkeypatch.context() as patch:
-        patch.setattr(Registry, "drain_journal", lambda self: [])
+        patch.setattr(journaling, "drain_journal", lambda ctx: [])
         with Registry.open(home) as registry:
             registry.push("org/tiny", late, message="just before the disaster")
             assert {s.region: s.behind for s in registry.journal_status()} == {

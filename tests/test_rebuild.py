@@ -26,6 +26,8 @@ from registry.catalog.journal import REDACTED_DETAILS
 from registry.catalog.models import Base
 from registry.catalog.repository import Catalog
 from registry.errors import CatalogBehindError, ConflictError, StorageError
+from registry.ops import journaling
+from registry.ops import push as push_ops
 from registry.service import Registry
 from registry.testing.models import make_model
 
@@ -218,7 +220,7 @@ def test_a_crash_between_the_commit_and_the_journal_write_loses_nothing(
         )
         # The process "dies" right after each commit: nothing is copied out.
         with monkeypatch.context() as patch:
-            patch.setattr(Registry, "drain_journal", lambda self: [])
+            patch.setattr(journaling, "drain_journal", lambda ctx: [])
             registry.promote(first.version.ref, "production")
             registry.set_retention("org/llama", keep_last=3)
         behind = {s.region: s.behind for s in registry.journal_status()}
@@ -242,7 +244,7 @@ def test_a_crash_between_the_commit_and_the_journal_write_loses_nothing(
         assert all(s.behind == 0 for s in registry.journal_status())
         # A push committed whose journal entry never left the database, then the catalog lost.
         with monkeypatch.context() as patch:
-            patch.setattr(Registry, "drain_journal", lambda self: [])
+            patch.setattr(journaling, "drain_journal", lambda ctx: [])
             registry.push(
                 "org/llama",
                 make_model(tmp_path / "m2", shards=1, shard_size=100_000, seed=2),
@@ -463,7 +465,7 @@ def test_deleted_versions_and_pushes_that_made_none_stay_gone(
         assert not registry.push("org/x", first).created  # a CI re-run: voided
         with monkeypatch.context() as patch:
             # Another re-run that dies before it can void its record.
-            patch.setattr(Registry, "_void_records", lambda self, *args: None)
+            patch.setattr(push_ops, "_void_records", lambda ctx, *args: None)
             assert not registry.push("org/x", first).created
         with monkeypatch.context() as patch:
 
@@ -494,11 +496,11 @@ def test_a_rebuild_from_a_region_that_is_behind_is_refused_and_never_corrupts_th
     with Registry.open(home) as registry:
         registry.push("org/x", _model(tmp_path, 1))
         # region-2 is unreachable for the journal while an alias moves and a hold is placed.
-        everything = Registry._journal_stores
-        monkeypatch.setattr(Registry, "_journal_stores", lambda self: everything(self)[:1])
+        everything = journaling._journal_stores
+        monkeypatch.setattr(journaling, "_journal_stores", lambda ctx: everything(ctx)[:1])
         registry.promote("org/x@1", "production")
         registry.hold("org/x@1", reason="litigation")
-        monkeypatch.setattr(Registry, "_journal_stores", everything)
+        monkeypatch.setattr(journaling, "_journal_stores", everything)
         registry.catalog.journaled = 0
         _old, new = _lose_catalog(registry, tmp_path)
     refused = _cli("catalog", "rebuild", "--from", "region-2")
@@ -733,7 +735,7 @@ def test_an_interrupted_rewrite_is_never_taken_for_the_journal(
         assert states["region-1"].behind > 0 and states["region-2"].behind == 0
         current = _dump(registry.settings.catalog_url)
         with monkeypatch.context() as patch:
-            patch.setattr(Registry, "drain_journal", lambda self: [])
+            patch.setattr(journaling, "drain_journal", lambda ctx: [])
             _old, new = _lose_catalog(registry, tmp_path)
     refused = _cli("catalog", "rebuild", "--from", "region-1")
     assert refused.exit_code == 6 and "rewrite was interrupted" in refused.output
@@ -800,7 +802,7 @@ def test_a_commit_whose_outcome_is_unknown_keeps_its_version_record(
             raise StorageError("connection lost at COMMIT")
 
         patch.setattr(registry.catalog, "commit_version", lost_acknowledgement)
-        patch.setattr(Registry, "drain_journal", lambda self: [])
+        patch.setattr(journaling, "drain_journal", lambda ctx: [])
         with pytest.raises(StorageError):
             registry.push("org/x", _model(tmp_path, 1), message="did it land?")
         _lose_catalog(registry, tmp_path)

@@ -19,6 +19,7 @@ from cli.main import main
 from registry import loader
 from registry.config import KmsSettings
 from registry.errors import ConflictError, KeyAccessError
+from registry.ops import push as push_ops
 from registry.service import Registry
 from registry.testing.models import make_model
 from tests.conftest import tree
@@ -262,7 +263,7 @@ def test_what_a_refused_stale_writer_left_behind_does_not_block_the_retry(
         with pytest.raises(ConflictError, match="nothing was stored"):
             stale.push("org/late", shard)
         with monkeypatch.context() as patch:
-            patch.setattr(Registry, "_refuse_retired_keys", lambda self: None)
+            patch.setattr(push_ops, "_refuse_retired_keys", lambda ctx: None)
             with pytest.raises(ConflictError, match="retired"):
                 stale.push("org/late", shard)  # stored, then refused at the commit
     finally:

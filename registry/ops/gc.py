@@ -85,6 +85,62 @@ def gc(
     problems: list[str] = []
     swept: list[SweptObject] = []
     kept: list[KeptObject] = []
+    stale = _finish_stale_sweeps(
+        ctx, run, dry_run=dry_run, problems=problems, kept=kept, swept=swept
+    )
+    plans = plan_retention(ctx, now=moment)
+    doomed = {(model, d.number) for model, _policy, ds in plans for d in ds if not d.keep}
+    locks_extended = extend_locks(ctx, plans, now=moment, dry_run=dry_run, problems=problems)
+    expired = _expire(ctx, doomed, now=moment, dry_run=dry_run)
+    swept += _sweep_unreferenced(
+        ctx,
+        run,
+        doomed,
+        stale,
+        now=moment,
+        window=window,
+        dry_run=dry_run,
+        problems=problems,
+        kept=kept,
+    )
+    report = GcReport(
+        dry_run,
+        window,
+        tuple(expired),
+        locks_extended,
+        tuple(swept),
+        tuple(kept),
+        tuple(problems),
+    )
+    if not dry_run:
+        ctx.catalog.audit(
+            ctx.actor,
+            "gc",
+            "registry",
+            {
+                "expired": [v.ref for v in expired],
+                "swept": len(swept),
+                "bytes": report.bytes_reclaimed,
+                "locks_extended": locks_extended,
+                "kept": len(kept),
+                "problems": len(problems),
+                "grace": format_duration(window),
+            },
+        )
+    return report
+
+
+def _finish_stale_sweeps(
+    ctx: Context,
+    run: str,
+    *,
+    dry_run: bool,
+    problems: list[str],
+    kept: list[KeptObject],
+    swept: list[SweptObject],
+) -> set[tuple[str, str]]:
+    """Finish the claims of a gc that stopped (a dry run: report them); the claims left for
+    a dry run to skip."""
     if not dry_run:
         for digest, purpose in ctx.catalog.take_over_sweeps(
             run=run, claimed_before=datetime.now(UTC) - STALE_CLAIM
@@ -92,21 +148,21 @@ def gc(
             done = _sweep(ctx, digest, purpose, run=run, problems=problems, kept=kept)
             if done is not None:
                 swept.append(done)
-        stale: set[tuple[str, str]] = set()
-    else:
-        # What a real run would finish first: claims of a gc that stopped.
-        stale = set(ctx.catalog.stale_sweeps(claimed_before=datetime.now(UTC) - STALE_CLAIM))
-        finishing = [(purpose, digest) for digest, purpose in sorted(stale)]
-        swept += [
-            SweptObject(purpose, digest, sizes)
-            for (purpose, digest), sizes in zip(
-                finishing, _stored_sizes(ctx, finishing), strict=True
-            )
-        ]
+        return set()
+    # What a real run would finish first: claims of a gc that stopped.
+    stale = set(ctx.catalog.stale_sweeps(claimed_before=datetime.now(UTC) - STALE_CLAIM))
+    finishing = [(purpose, digest) for digest, purpose in sorted(stale)]
+    swept += [
+        SweptObject(purpose, digest, sizes)
+        for (purpose, digest), sizes in zip(finishing, _stored_sizes(ctx, finishing), strict=True)
+    ]
+    return stale
 
-    plans = plan_retention(ctx, now=moment)
-    doomed = {(model, d.number) for model, _policy, ds in plans for d in ds if not d.keep}
-    locks_extended = extend_locks(ctx, plans, now=moment, dry_run=dry_run, problems=problems)
+
+def _expire(
+    ctx: Context, doomed: set[tuple[str, int]], *, now: datetime, dry_run: bool
+) -> list[VersionRecord]:
+    """Expire the versions no retention rule keeps (a dry run: the versions it would)."""
     expired: list[VersionRecord] = []
     if dry_run:
         for model, number in sorted(doomed):
@@ -115,18 +171,35 @@ def gc(
         for model in sorted({model for model, _number in doomed}):
             expired += ctx.catalog.expire_versions(
                 model,
-                now=moment,
+                now=now,
                 locked_for=lock_floor(ctx),
                 actor=ctx.actor,
                 only={number for name, number in doomed if name == model},
             )
         ctx.catalog.drop_expired_leases(datetime.now(UTC))
+    return expired
 
-    idle_before = moment - window
+
+def _sweep_unreferenced(
+    ctx: Context,
+    run: str,
+    doomed: set[tuple[str, int]],
+    stale: set[tuple[str, str]],
+    *,
+    now: datetime,
+    window: timedelta,
+    dry_run: bool,
+    problems: list[str],
+    kept: list[KeptObject],
+) -> list[SweptObject]:
+    """Sweep the objects no live version references, unless a lease, another gc's claim, the
+    grace window or a store's lock keeps them (a dry run: what it would sweep)."""
+    swept: list[SweptObject] = []
+    idle_before = now - window
     candidates = [
         candidate
         for candidate in ctx.catalog.unreferenced(
-            now=moment, assume_expired=frozenset(doomed) if dry_run else frozenset()
+            now=now, assume_expired=frozenset(doomed) if dry_run else frozenset()
         )
         if (candidate.digest, candidate.purpose) not in stale
     ]
@@ -175,31 +248,7 @@ def gc(
             would_sweep, _stored_sizes(ctx, would_sweep), strict=True
         )
     ]
-    report = GcReport(
-        dry_run,
-        window,
-        tuple(expired),
-        locks_extended,
-        tuple(swept),
-        tuple(kept),
-        tuple(problems),
-    )
-    if not dry_run:
-        ctx.catalog.audit(
-            ctx.actor,
-            "gc",
-            "registry",
-            {
-                "expired": [v.ref for v in expired],
-                "swept": len(swept),
-                "bytes": report.bytes_reclaimed,
-                "locks_extended": locks_extended,
-                "kept": len(kept),
-                "problems": len(problems),
-                "grace": format_duration(window),
-            },
-        )
-    return report
+    return swept
 
 
 def _lock_keeps(

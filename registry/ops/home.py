@@ -37,8 +37,9 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
+from registry.ops import journaling
 from registry.ops.context import Context, Home, note_unwrap
-from registry.ops.journaling import JournalRound, drain_journal
+from registry.ops.journaling import JournalRound
 from registry.replication import (
     Region,
     ReplicaSet,
@@ -265,7 +266,7 @@ def close(ctx: Context) -> None:
         # What this handle wrote without a change to drain it (the audit of pulls, drills,
         # scrubs) reaches the stores now, not at the next change.
         if ctx.catalog.journaled:
-            drain_journal(ctx)
+            journaling.drain_journal(ctx)
     except RegistryError as error:
         # Closing must close; the entries wait in the outbox.
         journal.log.warning("the journal was not copied out at close: %s", error)

@@ -31,11 +31,11 @@ from registry.config import (
 from registry.crypto.keys import create_key_file
 from registry.crypto.signing import Signer, public_key_text
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
+from registry.ops import journaling
 from registry.ops.access import ADMIN
 from registry.ops.context import Context
 from registry.ops.copies import regions_ready
 from registry.ops.home import close, open_home
-from registry.ops.journaling import drain_journal
 from registry.reports import InitResult
 from registry.storage.deadline import DeadlineSettings
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
@@ -272,7 +272,7 @@ def _make(
             for region in ctx.replicas.regions:
                 region.store.claim()
             ctx.catalog.audit(ctx.actor, "init", "registry", {"home": str(home_path)})
-            drain_journal(ctx)
+            journaling.drain_journal(ctx)
             result = init_result(ctx, created=True)
         finally:
             close(ctx)

@@ -4,10 +4,13 @@ for work that waits on many store round trips (lock checks, legal holds, sizes).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
+
+from registry.storage.deadline import carried
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -44,7 +47,8 @@ def bounded_map(
 
     pool = ThreadPoolExecutor(max_workers=min(limit, len(items)), thread_name_prefix=name)
     try:
-        futures = [pool.submit(guarded, item) for item in items]
+        # Each call runs in the operation's context (its key unwraps are the operation's).
+        futures = [pool.submit(carried(functools.partial(guarded, item))) for item in items]
         wait(futures)
     except BaseException:
         failed.set()

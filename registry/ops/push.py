@@ -60,6 +60,7 @@ from registry.replication import (
 from registry.reports import (
     PushResult,
 )
+from registry.storage.deadline import carried
 
 
 @requires("push")
@@ -167,79 +168,17 @@ def _push_leased(
     quorum: int,
     progress: Progress,
 ) -> PushResult:
-    regions_ready(ctx)
-    available = [r for r in ctx.replicas.regions if not ctx.replicas.is_down(r)]
-    if len(available) < quorum:
-        down = [
-            f"{r.name} ({condition.describe()})"
-            for r in ctx.replicas.regions
-            if (condition := ctx.replicas.health.unavailable(r.name)) is not None
-        ]
-        raise StorageError(
-            f"{len(available)} of the {quorum} regions this push needs can be reached "
-            f"({'; '.join(down)}); nothing was stored, nothing was committed",
-            hint="check `model-registry regions status`, then push again, or lower the "
-            "quorum with --write-quorum",
-        )
+    _require_reachable(ctx, quorum)
     # Also what the push may seal anew: objects only retired keys' slots open (leftovers of
     # a process refused after a key rotation, or content only a lost key opened).
     retired = _refuse_retired_keys(ctx)
     count = len(ctx.replicas.regions)
     total = sum(entry.size for entry in files)
     digest = manifest.digest
-    # Even when this content is already a version, every object is checked and whatever
-    # is missing from the store is uploaded again (a re-run repairs).
-    progress.begin("uploading", total)
-    progress.advance(total - sum(entry.size for entry in unique.values()))
-    # Two files at a time: one file's final fsync overlaps with sealing the next.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") as pool:
-        puts = [
-            pool.submit(
-                functools.partial(write_copies, ctx),
-                BLOB,
-                file_digest,
-                what=entry.path,
-                seal=_file_sealer(
-                    ctx,
-                    entry.source,
-                    file_digest,
-                    entry.size,
-                    what=entry.path,
-                    on_progress=progress.advance,
-                ),
-                size=entry.size,
-                on_progress=progress.advance,
-                # With one region a copy is not a replica: the write's own checks (fsync,
-                # S3's checksum on receipt) stand in, and verify --read-data reads back.
-                read_back=count > 1,
-                retired=retired,
-            )
-            for file_digest, entry in unique.items()
-        ]
-        try:
-            blobs = [put.result() for put in puts]
-        except BaseException:
-            for put in puts:
-                put.cancel()
-            raise
-    progress.end()
-    require_quorum(blobs, quorum, [e.path for e in unique.values()])
-    sizes = {file_digest: entry.size for file_digest, entry in unique.items()}
-    uploaded = sum(sizes[blob.digest] for blob in blobs if blob.uploaded)
-    stored = []
-    for blob in blobs:
-        assert blob.header is not None  # a verified copy exists (the quorum is at least 1)
-        stored.append(
-            NewBlob(
-                blob.digest,
-                sizes[blob.digest],
-                blob.object_name,
-                blob.header.sealed_size,
-                blob.header.chunk_size,
-                blob.slots,
-            )
-        )
-
+    blobs, stored = _store_files(
+        ctx, files, unique, quorum=quorum, retired=retired, progress=progress
+    )
+    uploaded = sum(new.size for new, blob in zip(stored, blobs, strict=True) if blob.uploaded)
     what = f"manifest of {name}"
     envelope = manifest.signed_envelope(ctx.signer)
     chunk_size = ctx.settings.chunk_size
@@ -283,9 +222,110 @@ def _push_leased(
     )
     with contextlib.suppress(RegistryError):
         ctx.catalog.cache_manifest(digest, envelope)
+    unheld = _hold_new_copies(ctx, [*blobs, stored_manifest])
+    ctx.catalog.record_placements(unheld)
+    pending = sorted(
+        {o.region for r in [*blobs, stored_manifest] for o in r.outcomes if o.state != VERIFIED}
+        | {p.region for p in unheld}
+    )
+    return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
+
+
+def _require_reachable(ctx: Context, quorum: int) -> None:
+    """Refuse a push, before anything is stored, when fewer regions answer than its quorum."""
+    regions_ready(ctx)
+    available = [r for r in ctx.replicas.regions if not ctx.replicas.is_down(r)]
+    if len(available) < quorum:
+        down = [
+            f"{r.name} ({condition.describe()})"
+            for r in ctx.replicas.regions
+            if (condition := ctx.replicas.health.unavailable(r.name)) is not None
+        ]
+        raise StorageError(
+            f"{len(available)} of the {quorum} regions this push needs can be reached "
+            f"({'; '.join(down)}); nothing was stored, nothing was committed",
+            hint="check `model-registry regions status`, then push again, or lower the "
+            "quorum with --write-quorum",
+        )
+
+
+def _store_files(
+    ctx: Context,
+    files: Sequence[manifests.LocalFile],
+    unique: dict[str, manifests.LocalFile],
+    *,
+    quorum: int,
+    retired: frozenset[str],
+    progress: Progress,
+) -> tuple[list[Replicated], list[NewBlob]]:
+    """Seal and write every distinct file to every region (the quorum required)."""
+    count = len(ctx.replicas.regions)
+    total = sum(entry.size for entry in files)
+    # Even when this content is already a version, every object is checked and whatever
+    # is missing from the store is uploaded again (a re-run repairs).
+    progress.begin("uploading", total)
+    progress.advance(total - sum(entry.size for entry in unique.values()))
+    # Two files at a time: one file's final fsync overlaps with sealing the next.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") as pool:
+        puts = [
+            pool.submit(
+                carried(
+                    functools.partial(
+                        write_copies,
+                        ctx,
+                        BLOB,
+                        file_digest,
+                        what=entry.path,
+                        seal=_file_sealer(
+                            ctx,
+                            entry.source,
+                            file_digest,
+                            entry.size,
+                            what=entry.path,
+                            on_progress=progress.advance,
+                        ),
+                        size=entry.size,
+                        on_progress=progress.advance,
+                        # With one region a copy is not a replica: the write's own checks (fsync,
+                        # S3's checksum on receipt) stand in, and verify --read-data reads back.
+                        read_back=count > 1,
+                        retired=retired,
+                    )
+                )
+            )
+            for file_digest, entry in unique.items()
+        ]
+        try:
+            blobs = [put.result() for put in puts]
+        except BaseException:
+            for put in puts:
+                put.cancel()
+            raise
+    progress.end()
+    require_quorum(blobs, quorum, [e.path for e in unique.values()])
+    sizes = {file_digest: entry.size for file_digest, entry in unique.items()}
+    stored = []
+    for blob in blobs:
+        assert blob.header is not None  # a verified copy exists (the quorum is at least 1)
+        stored.append(
+            NewBlob(
+                blob.digest,
+                sizes[blob.digest],
+                blob.object_name,
+                blob.header.sealed_size,
+                blob.header.chunk_size,
+                blob.slots,
+            )
+        )
+    return blobs, stored
+
+
+def _hold_new_copies(ctx: Context, results: Sequence[Replicated]) -> list[PlacementRecord]:
+    """Put the legal hold on copies of a held version's objects this push wrote anew; the
+    placements of copies it could not hold (pending, for `replicate`)."""
     held = ctx.catalog.held_objects()
     unheld: list[PlacementRecord] = []
-    for result in [*blobs, stored_manifest]:
+    for result in results:
         written = {o.region for o in result.outcomes if o.uploaded}
         if written and (result.digest, result.kind) in held:
             # A held version's object written anew (to a region that lacked it) is held too;
@@ -305,12 +345,7 @@ def _push_leased(
                         f"legal hold not applied: {failure}",
                     )
                 )
-    ctx.catalog.record_placements(unheld)
-    pending = sorted(
-        {o.region for r in [*blobs, stored_manifest] for o in r.outcomes if o.state != VERIFIED}
-        | {p.region for p in unheld}
-    )
-    return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
+    return unheld
 
 
 def _refuse_retired_keys(ctx: Context) -> frozenset[str]:

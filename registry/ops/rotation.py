@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from registry.config import RegionSettings
 from registry.crypto.keys import (
     KeyProvider,
     KeyRing,
@@ -114,23 +115,7 @@ def rotate_keys(
     targets, created = _start_rotation(ctx, to, region=region)
     names = tuple(r.name for r in targets)
     new_id = targets[0].store.keys.kek_id
-    old_ids = sorted({kek for r in targets for kek in r.store.keys.kek_ids if kek != new_id})
-    if new_id.startswith("local:"):
-        # A local key whose file is gone (dropped from previous_kek_files) is still one to
-        # retire: its slots are in the catalog, and a process that still has it must not
-        # write with it.
-        recorded = {
-            slot.kek_id for slots in ctx.catalog.slotted_objects().values() for slot in slots
-        }
-        retired_before = ctx.catalog.retired_keys()
-        old_ids = sorted(
-            set(old_ids)
-            | {
-                k
-                for k in recorded
-                if k.startswith("local:") and k != new_id and k not in retired_before
-            }
-        )
+    old_ids = _old_keys(ctx, targets, new_id)
     if not old_ids:
         return RotationReport(new_id, (), names, 0, 0, 0, 0, 0, created, 0.0)
     # A key another region still uses (one KMS key for two regions) keeps its slots there.
@@ -210,34 +195,7 @@ def _start_rotation(
     kms_target = to.startswith(("arn:aws:kms:", "alias/", "kms:", "mrk-")) or bool(
         _KMS_KEY_ID.fullmatch(to)
     )
-    by_name = {r.name: r for r in ctx.settings.regions}
-    if region is not None and region not in by_name:
-        raise InvalidInputError(
-            f"no region {region!r}", hint=f"regions: {', '.join(sorted(by_name))}"
-        )
-    if kms_target:
-        kms_regions = [r for r in ctx.settings.regions if r.kms is not None]
-        chosen = [by_name[region]] if region else kms_regions
-        if not chosen or any(r.kms is None for r in chosen):
-            raise InvalidInputError(
-                f"--to {to} is a KMS key, but {region or 'no region'} does not use a KMS key",
-                hint="a region on the local key file rotates to another key file",
-            )
-        if len(chosen) > 1:
-            raise InvalidInputError(
-                "KMS keys are regional: name the region whose key this replaces",
-                hint=f"--region one of {', '.join(r.name for r in chosen)}",
-            )
-    else:
-        if region is not None and by_name[region].kms is not None:
-            raise InvalidInputError(
-                f"region {region} uses a KMS key: --to must be a KMS key id, ARN or alias",
-                hint="a key file path rotates the regions that use the local key file",
-            )
-        # The local key file is one for every region without a KMS key.
-        chosen = [r for r in ctx.settings.regions if r.kms is None]
-        if not chosen:
-            raise InvalidInputError("no region uses the local key file", hint="--to a KMS key")
+    chosen = _rotated_regions(ctx, to, region=region, kms_target=kms_target)
     created = None
     current = [r for r in ctx.replicas.regions if r.name in {c.name for c in chosen}]
     if kms_target:
@@ -269,35 +227,7 @@ def _start_rotation(
             with editing_config(ctx):
                 ctx.home.settings = dataclasses.replace(ctx.settings, regions=regions)
     else:
-        path = Path(to).expanduser().absolute()
-        for other, label in (
-            (ctx.settings.naming_key_file, "the naming key"),
-            (ctx.settings.signing_key_file, "the signing key"),
-        ):
-            if path.exists() and other.exists() and path.samefile(other):
-                raise InvalidInputError(
-                    f"{path} is {label}, not a key-encryption key",
-                    hint="give a new file name; `keys rotate` creates the key",
-                )
-        if not path.exists():
-            try:
-                create_key_file(path)
-            except OSError as error:
-                raise ConfigurationError(
-                    f"cannot create the key file {path}: {error}",
-                    hint="choose a directory this user can write, kept apart from the store",
-                ) from None
-            created = str(path)
-        new_provider = LocalKeyProvider.from_file(path)
-        new_id = new_provider.kek_id
-        assert ctx.settings.kek_file is not None
-        if new_id != current[0].store.keys.kek_id:
-            old = [str(ctx.settings.kek_file), *map(str, ctx.settings.previous_kek_files)]
-            with editing_config(ctx) as config:
-                config["keys"]["kek_file"] = str(path)
-                config["keys"]["previous_kek_files"] = [
-                    p for p in dict.fromkeys(old) if Path(p) != path
-                ]
+        new_id, created = _switch_key_file(ctx, to, current)
     # A key rotated away from once may be rotated back to: it wraps again from now on.
     ctx.catalog.unretire_key(new_id)
     _reload_keys(ctx)
@@ -311,6 +241,97 @@ def _start_rotation(
             {"to": new_id, "regions": [r.name for r in current]},
         )
     return current, created
+
+
+def _old_keys(ctx: Context, targets: Sequence[Region], new_id: str) -> list[str]:
+    """The keys the rotation to `new_id` moves away from."""
+    old_ids = {kek for r in targets for kek in r.store.keys.kek_ids if kek != new_id}
+    if new_id.startswith("local:"):
+        # A local key whose file is gone (dropped from previous_kek_files) is still one to
+        # retire: its slots are in the catalog, and a process that still has it must not
+        # write with it.
+        recorded = {
+            slot.kek_id for slots in ctx.catalog.slotted_objects().values() for slot in slots
+        }
+        retired_before = ctx.catalog.retired_keys()
+        old_ids |= {
+            k
+            for k in recorded
+            if k.startswith("local:") and k != new_id and k not in retired_before
+        }
+    return sorted(old_ids)
+
+
+def _rotated_regions(
+    ctx: Context, to: str, *, region: str | None, kms_target: bool
+) -> list[RegionSettings]:
+    """The regions whose key `to` replaces: the one KMS region named (or the only one), or
+    every region on the local key file."""
+    by_name = {r.name: r for r in ctx.settings.regions}
+    if region is not None and region not in by_name:
+        raise InvalidInputError(
+            f"no region {region!r}", hint=f"regions: {', '.join(sorted(by_name))}"
+        )
+    if kms_target:
+        kms_regions = [r for r in ctx.settings.regions if r.kms is not None]
+        chosen = [by_name[region]] if region else kms_regions
+        if not chosen or any(r.kms is None for r in chosen):
+            raise InvalidInputError(
+                f"--to {to} is a KMS key, but {region or 'no region'} does not use a KMS key",
+                hint="a region on the local key file rotates to another key file",
+            )
+        if len(chosen) > 1:
+            raise InvalidInputError(
+                "KMS keys are regional: name the region whose key this replaces",
+                hint=f"--region one of {', '.join(r.name for r in chosen)}",
+            )
+    else:
+        if region is not None and by_name[region].kms is not None:
+            raise InvalidInputError(
+                f"region {region} uses a KMS key: --to must be a KMS key id, ARN or alias",
+                hint="a key file path rotates the regions that use the local key file",
+            )
+        # The local key file is one for every region without a KMS key.
+        chosen = [r for r in ctx.settings.regions if r.kms is None]
+        if not chosen:
+            raise InvalidInputError("no region uses the local key file", hint="--to a KMS key")
+    return chosen
+
+
+def _switch_key_file(ctx: Context, to: str, current: Sequence[Region]) -> tuple[str, str | None]:
+    """config.toml switched to the key file `to` (created when missing), the old file kept as
+    a previous one: the new key's id, and the file created, if it was."""
+    created = None
+    path = Path(to).expanduser().absolute()
+    for other, label in (
+        (ctx.settings.naming_key_file, "the naming key"),
+        (ctx.settings.signing_key_file, "the signing key"),
+    ):
+        if path.exists() and other.exists() and path.samefile(other):
+            raise InvalidInputError(
+                f"{path} is {label}, not a key-encryption key",
+                hint="give a new file name; `keys rotate` creates the key",
+            )
+    if not path.exists():
+        try:
+            create_key_file(path)
+        except OSError as error:
+            raise ConfigurationError(
+                f"cannot create the key file {path}: {error}",
+                hint="choose a directory this user can write, kept apart from the store",
+            ) from None
+        created = str(path)
+    new_provider = LocalKeyProvider.from_file(path)
+    new_id = new_provider.kek_id
+    assert ctx.settings.kek_file is not None
+    if new_id != current[0].store.keys.kek_id:
+        old = [str(ctx.settings.kek_file), *map(str, ctx.settings.previous_kek_files)]
+        with editing_config(ctx) as config:
+            config["keys"]["kek_file"] = str(path)
+            config["keys"]["previous_kek_files"] = [
+                p for p in dict.fromkeys(old) if Path(p) != path
+            ]
+    return new_id, created
 
 
 def _probe_key(ctx: Context, provider: KeyProvider, *, what: str) -> None:

@@ -62,19 +62,7 @@ def scrub(
         names = ", ".join(r.name for r in ctx.replicas.regions)
         raise NotFoundError(f"no region {region!r}", hint=f"the regions are {names}")
     progress = progress or NoProgress()
-    # Every object of every version (tombstones too: their objects are gc's to remove).
-    users: dict[tuple[str, str], set[str]] = {}
-    sizes: dict[tuple[str, str], int | None] = {}
-    live: set[str] = set()
-    for model in ctx.catalog.models():
-        for version in ctx.catalog.versions(model.name, expired=True):
-            if version.expired_at is None:
-                live.add(version.ref)
-            users.setdefault((MANIFEST, version.digest), set()).add(version.ref)
-            sizes[(MANIFEST, version.digest)] = None
-            for entry in version.files:
-                users.setdefault((BLOB, entry.digest), set()).add(version.ref)
-                sizes[(BLOB, entry.digest)] = entry.size
+    users, sizes, live = _catalog_objects(ctx)
     checked = sorted(
         key for key, refs in users.items() if refs & live
     )  # objects only tombstones use may already be swept
@@ -94,37 +82,14 @@ def scrub(
                 progress.advance(1)
                 continue
             name = where.store.object_name(kind, digest)
-            problem: str | None = None
-            checksum: str | None = None
-            damaged = False
             try:
-                # Always: present, the size its header says, opened by the region's own
-                # key slot (what a rebuild from this region alone relies on).
-                _scrub_quick(where, kind, digest, size, what=what)
-                if read_data:
-                    outcome = ctx.replicas.check(
-                        where,
-                        kind,
-                        digest,
-                        known=ctx.catalog.key_slots(digest, kind),
-                        checksum=None,  # none: every chunk authenticated, blobs re-hashed
-                        what=what,
-                    )
-                    if outcome.state == PENDING:
-                        unchecked.add(where.name)
-                        continue
-                    if outcome.state != VERIFIED:
-                        problem, damaged = outcome.detail, True
-                    checksum = outcome.checksum
-            except (StorageError, KmsUnreachableError):
-                unchecked.add(where.name)
-                continue
-            except IntegrityError as error:
-                problem, damaged = str(error), True
-            except RegistryError as error:
-                problem = str(error)  # a key we may not use says nothing about the copy
+                found = _scrub_copy(ctx, where, kind, digest, size, what=what, read_data=read_data)
             finally:
                 progress.advance(1)
+            if found is None:
+                unchecked.add(where.name)
+                continue
+            problem, damaged, checksum = found
             copies += 1
             if problem is not None:
                 versions = tuple(sorted(users[(kind, digest)] & live))
@@ -166,6 +131,65 @@ def scrub(
         },
     )
     return report
+
+
+def _catalog_objects(
+    ctx: Context,
+) -> tuple[dict[tuple[str, str], set[str]], dict[tuple[str, str], int | None], set[str]]:
+    """Every object of every version (tombstones too: their objects are gc's to remove): the
+    versions using each, each blob's size, and the live versions."""
+    users: dict[tuple[str, str], set[str]] = {}
+    sizes: dict[tuple[str, str], int | None] = {}
+    live: set[str] = set()
+    for model in ctx.catalog.models():
+        for version in ctx.catalog.versions(model.name, expired=True):
+            if version.expired_at is None:
+                live.add(version.ref)
+            users.setdefault((MANIFEST, version.digest), set()).add(version.ref)
+            sizes[(MANIFEST, version.digest)] = None
+            for entry in version.files:
+                users.setdefault((BLOB, entry.digest), set()).add(version.ref)
+                sizes[(BLOB, entry.digest)] = entry.size
+    return users, sizes, live
+
+
+def _scrub_copy(
+    ctx: Context,
+    where: Region,
+    kind: str,
+    digest: str,
+    size: int | None,
+    *,
+    what: str,
+    read_data: bool,
+) -> tuple[str | None, bool, str | None] | None:
+    """One region's copy of an object checked: (problem, damaged, checksum), or None when
+    the region could not be reached."""
+    try:
+        # Always: present, the size its header says, opened by the region's own key slot
+        # (what a rebuild from this region alone relies on).
+        _scrub_quick(where, kind, digest, size, what=what)
+        if not read_data:
+            return None, False, None
+        outcome = ctx.replicas.check(
+            where,
+            kind,
+            digest,
+            known=ctx.catalog.key_slots(digest, kind),
+            checksum=None,  # none: every chunk authenticated, blobs re-hashed
+            what=what,
+        )
+        if outcome.state == PENDING:
+            return None
+        if outcome.state != VERIFIED:
+            return outcome.detail, True, outcome.checksum
+        return None, False, outcome.checksum
+    except (StorageError, KmsUnreachableError):
+        return None
+    except IntegrityError as error:
+        return str(error), True, None
+    except RegistryError as error:
+        return str(error), False, None  # a key we may not use says nothing about the copy
 
 
 def _scrub_quick(where: Region, kind: str, digest: str, size: int | None, *, what: str) -> None:
