@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
-import registry.health as health
+import registry.replication.health as health
 from cli.main import main
 from registry import journal
 from registry.blobstore import MARKER, BlobStore

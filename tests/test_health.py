@@ -1,6 +1,7 @@
-"""Deadlines on store calls (registry.storage.deadline), region health (registry.health: latency
-budgets, the circuit breaker, outages), and the hedged read of registry.replication over a store
-that hangs, with no network at all: a driver whose reads block until told otherwise."""
+"""Deadlines on store calls (registry.storage.deadline), region health
+(registry.replication.health: latency budgets, the circuit breaker, outages), and the hedged read
+of registry.replication over a store that hangs, with no network at all: a driver whose reads
+block until told otherwise."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from registry.errors import InvalidInputError, StorageError, StoreTimeoutError
-from registry.health import DEGRADED, DOWN, HUNG, MISSES_TO_DEGRADE, RegionHealth
 from registry.replication import ReadReport, Region, ReplicaSet
+from registry.replication.health import DEGRADED, DOWN, HUNG, MISSES_TO_DEGRADE, RegionHealth
 from registry.storage.deadline import DeadlineSettings, call_with_deadline, submit
 
 FAST = DeadlineSettings(
