@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
         "registry.wire",
     ),
     ("registry.blobstore",),
-    ("registry.catalog", "registry.replication", "registry.health", "registry.journal"),
+    ("registry.catalog", "registry.replication", "registry.journal"),
     ("registry.rebuild",),
     ("registry.ops",),
     ("registry.service",),

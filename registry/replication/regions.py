@@ -15,7 +15,7 @@ from registry.blobstore import BlobStore
 from registry.errors import KmsUnreachableError, StorageError, StoreTimeoutError
 from registry.replication.health import Condition, RegionHealth
 from registry.storage import deadline
-from registry.storage.deadline import DeadlineSettings
+from registry.storage.deadline import DeadlineSettings, carried
 
 VERIFIED = "verified"
 PENDING = "pending"
@@ -204,7 +204,9 @@ class Regions:
         if len(regions) == 1:
             return [guarded(regions[0])]
         with ThreadPoolExecutor(len(regions), thread_name_prefix="region") as pool:
-            return list(pool.map(guarded, regions))
+            # In the caller's context: key unwraps on these threads are the caller's.
+            futures = [pool.submit(carried(functools.partial(guarded, r))) for r in regions]
+            return [future.result() for future in futures]
 
 
 class _SkippedError(StorageError):
