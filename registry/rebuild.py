@@ -15,59 +15,23 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, cast
-
-from sqlalchemy import CursorResult, Engine, delete, func, inspect, select, text, update
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from typing import Any
 
 from registry import journal
 from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, BlobStore, stored_naming_key
-from registry.catalog.db import create_catalog_engine, migrate
-from registry.catalog.journal import (
-    REDACTED_DETAILS,
-    TABLES,
-    TOKEN_ACTIONS,
-    capture_session,
-    decode_row,
-    decode_value,
-    parse_body,
-    table,
-    write_entry,
-)
-from registry.catalog.models import (
-    AuditEvent,
-    Blob,
-    CachedManifest,
-    JournalEntry,
-    JournalEpoch,
-    Model,
-    Placement,
-    Version,
-    VersionFile,
-    utcnow,
-)
-from registry.catalog.repository import Catalog, add_version, insert_key_slot, store_blob_row
+from registry.catalog.db import create_catalog_engine
+from registry.catalog.repository import Catalog
+from registry.catalog.restore import Restore, RestoreTarget, restoring, safe_url
 from registry.config import RegionSettings, Settings
 from registry.crypto.keys import KeyProvider, WrappedKey, read_key_file
-from registry.errors import (
-    ConflictError,
-    IntegrityError,
-    InvalidInputError,
-    RegistryError,
-    StorageError,
-)
+from registry.errors import IntegrityError, InvalidInputError, RegistryError, StorageError
 from registry.manifest import Manifest
-from registry.records import FileRecord, NewBlob, NewVersion
+from registry.records import FileRecord, NewBlob, NewVersion, PlacementRecord
 from registry.replication import BAD, Region, ReplicaSet
 from registry.storage import deadline
 from registry.storage.factory import open_driver
@@ -76,9 +40,6 @@ log = logging.getLogger("model_registry.rebuild")
 # Longer than a push's commit can take (its retries included): a version record older than the
 # journal's last entry by more than this had its commit journaled, or never committed.
 COMMIT_WINDOW = timedelta(minutes=10)
-EPOCH_STEP = timedelta(microseconds=1)
-# Tables whose integer keys come from a sequence on PostgreSQL (moved past the restored rows).
-_SERIAL = {"models": "id", "versions": "id", "alias_moves": "id", "audit_events": "id"}
 
 
 @dataclass
@@ -149,7 +110,7 @@ def rebuild(
             f"no region {source!r} in config.toml", hint=f"regions: {', '.join(names)}"
         )
     say = on_progress or (lambda _message: None)
-    report = RebuildReport(source, _safe_url(catalog_url))
+    report = RebuildReport(source, safe_url(catalog_url))
     order = sorted(settings.regions, key=lambda region: region.name != source)
     first = order[0]
     keys = key_provider(first)
@@ -206,14 +167,14 @@ def rebuild(
             quiet=stand_in,
         )
         cutoff = entries[-1].at if entries else None
-        with _Target(catalog_url, registry_id=settings.registry_id) as engine:
-            with Session(engine) as session, session.begin():
-                _replay(session, entries)
-                _fix_sequences(session)
+        with RestoreTarget(catalog_url, registry_id=settings.registry_id) as engine:
+            with restoring(engine) as restore:
+                restore.replay(entries)
+                restore.fix_sequences()
                 # What the journal lacked is journaled in the new catalog, like any change.
-                capture_session(session)
+                restore.capture()
                 _restore_records(
-                    session,
+                    restore,
                     main,
                     records,
                     settings,
@@ -221,41 +182,23 @@ def rebuild(
                     cutoff=cutoff,
                     since=None if read.epoch is None else read.epoch.started_at,
                 )
-                write_entry(session)
+                restore.write_entry()
                 if not stand_in:
-                    _check_manifests(session, main, settings, report)
+                    _check_manifests(restore, main, settings, report)
                     say("reading key slots and checking every copy in every region")
-                    _slots_and_placements(session, replicas, report)
-                _fix_sequences(session)
+                    _slots_and_placements(restore, replicas, report)
+                restore.fix_sequences()
                 # A journal of its own: written again, whole, under a new epoch, so nothing it
-                # writes can collide with what a region holds of the old one.
-                session.execute(delete(JournalEpoch))
-                session.add(
-                    JournalEpoch(
-                        epoch=uuid.uuid4().hex,
-                        # Later than every epoch seen, whatever this host's clock says: readers
-                        # follow the newest.
-                        started_at=max([utcnow(), *(t + EPOCH_STEP for t in seen_epochs)]),
-                        parent=None if read.epoch is None else read.epoch.epoch,
-                        reason=f"rebuilt from {source}",
-                        base=session.scalar(select(func.max(JournalEntry.seq))) or 0,
-                    )
+                # writes can collide with what a region holds of the old one. It starts later
+                # than every epoch seen, whatever this host's clock says: readers follow the
+                # newest.
+                restore.start_epoch(
+                    after=seen_epochs,
+                    parent=None if read.epoch is None else read.epoch.epoch,
+                    reason=f"rebuilt from {source}",
                 )
-                report.restored = {
-                    name: session.scalar(select(func.count()).select_from(table(name))) or 0
-                    for name in (*TABLES, "key_slots", "placements")
-                }
-                links = [
-                    (row.id, row.hash)
-                    for row in session.execute(
-                        select(AuditEvent.id, AuditEvent.hash)
-                        .where(
-                            AuditEvent.action.in_(sorted(TOKEN_ACTIONS)),
-                            AuditEvent.details == REDACTED_DETAILS,
-                        )
-                        .order_by(AuditEvent.id)
-                    )
-                ]
+                report.restored = restore.counts()
+                links = restore.token_links()
             report.probed = [region.name for region in regions]
             if stand_in:
                 report.seconds = time.monotonic() - started
@@ -439,131 +382,6 @@ def _store(settings: Settings, driver: Any, keys: KeyProvider, naming_key: bytes
     )
 
 
-def _safe_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (SQLAlchemyError, ValueError):
-        raise InvalidInputError(
-            f"{url!r} is not a database URL",
-            hint="sqlite:////path/catalog.db or postgresql+psycopg://user@host/database",
-        ) from None
-
-
-class _Target:
-    """The new catalog's engine: refused unless empty; SQLite built beside its final path."""
-
-    def __init__(self, url: str, *, registry_id: str) -> None:
-        self.url = make_url(url)
-        self.registry_id = registry_id
-        self.final: Path | None = None
-        self.building: Path | None = None
-        if self.url.get_backend_name() == "sqlite" and self.url.database not in (
-            None,
-            "",
-            ":memory:",
-        ):
-            self.final = Path(str(self.url.database))
-            self.building = self.final.with_name(self.final.name + ".rebuilding")
-
-    def __enter__(self) -> Engine:
-        if self.final is not None and self.building is not None:
-            if self.final.exists() and self.final.stat().st_size > 0:
-                raise ConflictError(
-                    f"the catalog {self.final} exists; a rebuild never overwrites one",
-                    hint="move it aside (keep it: it may hold what the stores lack), or pass "
-                    "--catalog with a new database",
-                )
-            self.building.parent.mkdir(parents=True, exist_ok=True)
-            self.building.unlink(missing_ok=True)
-            url = self.url.set(database=str(self.building))
-        else:
-            url = self.url
-        shown = self.url.render_as_string(hide_password=True)
-        try:
-            self.engine = create_catalog_engine(url.render_as_string(hide_password=False))
-        except (SQLAlchemyError, ValueError) as error:
-            raise InvalidInputError(
-                f"cannot use {shown} as a catalog: {error}",
-                hint="a SQLAlchemy URL: sqlite:////path/catalog.db or "
-                "postgresql+psycopg://user@host/database",
-            ) from None
-        try:
-            _require_empty(self.engine, shown)
-            migrate(self.engine, registry_id=self.registry_id)
-        except OperationalError as error:
-            self.engine.dispose()
-            raise StorageError(
-                f"cannot reach the catalog database {shown}: {error.orig}",
-                hint="create the database first (an empty one), and check the URL",
-            ) from None
-        except BaseException:
-            self.engine.dispose()
-            raise
-        return self.engine
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.engine.dispose()
-        if self.building is None or self.final is None:
-            return
-        if exc_type is None:
-            os.replace(self.building, self.final)
-        else:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(str(self.building) + suffix).unlink(missing_ok=True)
-
-
-def _require_empty(engine: Engine, shown: str) -> None:
-    with engine.connect() as connection:
-        present = set(inspect(connection).get_table_names())
-        for name in ("models", "audit_events", "journal_entries"):
-            if (
-                name in present
-                and connection.execute(select(func.count()).select_from(table(name))).scalar()
-            ):
-                raise ConflictError(
-                    f"the catalog {shown} is not empty; a rebuild never writes over one",
-                    hint="pass --catalog with a new, empty database",
-                )
-
-
-def _replay(session: Session, entries: Sequence[journal.Entry]) -> None:
-    """Apply every entry in order: its rows written over the same keys, its deletions done."""
-    for entry in entries:
-        try:
-            rows, deleted = parse_body(entry.body)
-            for name in TABLES:
-                target = table(name)
-                for raw in rows.get(name, []):
-                    values = decode_row(name, raw)
-                    keys = target.primary_key.columns
-                    condition = [column == values[column.name] for column in keys]
-                    result = session.execute(update(target).where(*condition).values(**values))
-                    done = cast(CursorResult[Any], result).rowcount
-                    if not done:
-                        session.execute(target.insert().values(**values))
-            for name in reversed(TABLES):
-                target = table(name)
-                for key in deleted.get(name, []):
-                    columns = list(target.primary_key.columns)
-                    if len(key) != len(columns):
-                        raise ValueError(f"a key of {name} has {len(key)} parts")
-                    session.execute(
-                        target.delete().where(
-                            *[
-                                column == decode_value(column.type, value)
-                                for column, value in zip(columns, key, strict=True)
-                            ]
-                        )
-                    )
-            session.add(JournalEntry(seq=entry.seq, at=entry.at, body=entry.body))
-            session.flush()
-        except (ValueError, KeyError, TypeError, SQLAlchemyError) as error:
-            raise IntegrityError(
-                f"journal entry {entry.seq} (in {entry.segment}) cannot be applied: {error}",
-                path=entry.segment,
-            ) from None
-
-
 @dataclass(frozen=True)
 class _Record:
     name: str
@@ -630,7 +448,7 @@ def _read_manifest(
 
 
 def _restore_records(
-    session: Session,
+    restore: Restore,
     store: BlobStore,
     records: Sequence[_Record],
     settings: Settings,
@@ -657,18 +475,8 @@ def _restore_records(
             # one an operator kept with --new-epoch, dropping what came after its backup)
             # already decided about this push.
             continue
-        model = session.scalar(select(Model).where(Model.name == record.model))
-        if model is not None:
-            same = session.scalars(
-                select(Version).where(Version.model_id == model.id, Version.digest == record.digest)
-            ).all()
-            if any(
-                v.created_at >= record.pushed_at
-                or v.expired_at is None
-                or v.expired_at > record.pushed_at
-                for v in same
-            ):
-                continue
+        if restore.has_version(record.model, record.digest, pushed_at=record.pushed_at):
+            continue
         what = f"manifest of {record.model} (version record {record.name})"
         try:
             found = _read_manifest(store, record.digest, settings, what=what)
@@ -681,13 +489,9 @@ def _restore_records(
         if manifest.name != record.model:
             raise IntegrityError(f"{what}: names model {manifest.name}", path=record.name)
         now = record.pushed_at
-        if model is None:
-            model = Model(name=record.model, created_at=now, created_by=record.pushed_by)
-            session.add(model)
-            session.flush()
+        restore.ensure_model(record.model, at=now, by=record.pushed_by)
         for entry in manifest.files:
-            blob = session.get(Blob, entry.digest)
-            if blob is None or blob.swept_at is not None:
+            if restore.needs_blob(entry.digest):
                 # New, or swept since an expired version used it and stored again by this push.
                 header = store.read_header(BLOB, entry.digest, size=entry.size, what=entry.path)
                 stored = NewBlob(
@@ -698,10 +502,8 @@ def _restore_records(
                     header.chunk_size,
                     (),
                 )
-                store_blob_row(session, stored, now)
-        version = add_version(
-            session,
-            model,
+                restore.store_blob(stored, now)
+        number = restore.add_version(
             NewVersion(
                 name=record.model,
                 digest=record.digest,
@@ -722,27 +524,18 @@ def _restore_records(
             at=now,
             restored_from=record.name,
         )
-        report.from_records.append(f"{record.model}@{version.number}")
+        report.from_records.append(f"{record.model}@{number}")
 
 
 def _check_manifests(
-    session: Session, store: BlobStore, settings: Settings, report: RebuildReport
+    restore: Restore, store: BlobStore, settings: Settings, report: RebuildReport
 ) -> None:
     """Every version's file list against its manifest in the store (authenticated, signed):
     a disagreement refuses the rebuild; a live version whose manifest or files the region
     lacks is reported as not restorable from it."""
-    versions = session.scalars(select(Version).order_by(Version.model_id, Version.number)).all()
-    for version in versions:
-        model = session.get(Model, version.model_id)
-        assert model is not None
-        ref = f"{model.name}@{version.number}"
+    for version in restore.versions():
+        ref = f"{version.name}@{version.number}"
         what = f"manifest of {ref}"
-        files = {
-            row.path: row
-            for row in session.scalars(
-                select(VersionFile).where(VersionFile.version_id == version.id)
-            )
-        }
         try:
             found = _read_manifest(store, version.digest, settings, what=what)
         except _SlotMissingError as error:
@@ -754,31 +547,30 @@ def _check_manifests(
                 report.unrestored.append(f"{ref}: its manifest is missing from {report.region}")
             continue
         manifest, envelope = found
-        if session.get(CachedManifest, version.digest) is None:
-            # What `show` reads: a rebuilt catalog answers it without a store, like the lost one.
-            session.add(CachedManifest(digest=version.digest, envelope=envelope))
+        # What `show` reads: a rebuilt catalog answers it without a store, like the lost one.
+        restore.cache_manifest(version.digest, envelope)
         listed = {f.path: (f.size, f.digest, f.tensor_count) for f in manifest.files}
-        journaled = {path: (row.size, row.digest, row.tensor_count) for path, row in files.items()}
-        if manifest.name != model.name or listed != journaled:
+        journaled = {f.path: (f.size, f.digest, f.tensor_count) for f in version.files}
+        if manifest.name != version.name or listed != journaled:
             raise IntegrityError(
                 f"{what}: the journal and the manifest disagree on its files", path=what
             )
         if version.expired_at is not None:
             continue
         for entry in manifest.files:
-            blob = session.get(Blob, entry.digest)
+            blob = restore.blob(entry.digest)
             if blob is None or blob.swept_at is not None:
                 report.unrestored.append(f"{ref}: {entry.path} is recorded as swept")
             elif store.driver.stat(blob.object_name) is None:
                 report.unrestored.append(f"{ref}: {entry.path} is missing from {report.region}")
 
 
-def _slots_and_placements(session: Session, replicas: ReplicaSet, report: RebuildReport) -> None:
+def _slots_and_placements(restore: Restore, replicas: ReplicaSet, report: RebuildReport) -> None:
     """Key slots as every reachable region stores them, and each copy read back in full and
     authenticated: verified with its ciphertext checksum, or bad (queued for repair)."""
     objects: list[tuple[str, str, str]] = []
     seen: set[tuple[str, str]] = set()
-    for version in session.scalars(select(Version).order_by(Version.id)):
+    for version in restore.versions(by_id=True):
         live = version.expired_at is None
         candidates = []
         # An expired version's objects count until gc sweeps them (a swept manifest is gone
@@ -788,15 +580,15 @@ def _slots_and_placements(session: Session, replicas: ReplicaSet, report: Rebuil
             for region in replicas.regions
         ):
             candidates.append((version.digest, MANIFEST))
-        for row in session.scalars(select(VersionFile).where(VersionFile.version_id == version.id)):
-            blob = session.get(Blob, row.digest)
+        for row in version.files:
+            blob = restore.blob(row.digest)
             if live or (blob is not None and blob.swept_at is None):
                 candidates.append((row.digest, BLOB))
         for digest, kind in candidates:
             if (digest, kind) not in seen:
                 seen.add((digest, kind))
                 objects.append((digest, kind, f"{kind} {digest[:19]}"))
-    now = utcnow()
+    now = datetime.now(UTC)
     for digest, kind, what in objects:
         known: list[WrappedKey] = []
         for region in replicas.regions:
@@ -808,36 +600,24 @@ def _slots_and_placements(session: Session, replicas: ReplicaSet, report: Rebuil
                 continue
             for slot in slots:
                 known.append(slot)
-                insert_key_slot(session, digest, kind, slot, now)
+                restore.insert_key_slot(digest, kind, slot, now)
         if not known:
             report.unrestored.append(f"{what}: no region holds a key slot for it")
             continue
+        placements = []
         for region in replicas.regions:
             outcome = replicas.check(region, kind, digest, known=known, checksum=None, what=what)
             if outcome.state == BAD:
                 report.bad_copies.append(f"{region.name}: {what}: {outcome.detail}")
-            session.add(
-                Placement(
-                    digest=digest,
-                    purpose=kind,
-                    region=region.name,
-                    object_name=region.store.object_name(kind, digest),
-                    state=outcome.state,
-                    checksum=outcome.checksum,
-                    detail=outcome.detail[:4000],
-                    updated_at=now,
+            placements.append(
+                PlacementRecord(
+                    digest,
+                    kind,
+                    region.name,
+                    region.store.object_name(kind, digest),
+                    outcome.state,
+                    outcome.checksum,
+                    outcome.detail,
                 )
             )
-        session.flush()
-
-
-def _fix_sequences(session: Session) -> None:
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    for name, column in _SERIAL.items():
-        session.execute(
-            text(
-                f"SELECT setval(pg_get_serial_sequence('{name}', '{column}'), "  # noqa: S608
-                f"COALESCE((SELECT MAX({column}) FROM {name}), 0) + 1, false)"
-            )
-        )
+        restore.add_placements(placements, now)

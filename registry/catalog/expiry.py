@@ -1,0 +1,261 @@
+"""Retention policies and what they expire: policies set and read, each model's retention plan made
+from what one transaction reads, and versions tombstoned (expired by the policy, or deleted).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from registry.catalog.audit import append_audit
+from registry.catalog.models import (
+    Alias,
+    AliasMove,
+    LegalHold,
+    Model,
+    RetentionPolicy,
+    Version,
+    utcnow,
+)
+from registry.catalog.parts import (
+    details_json,
+    expired_error,
+    version_numbers,
+    version_record,
+    version_row,
+)
+from registry.catalog.versions import VersionsPart
+from registry.errors import NotFoundError, RetentionError
+from registry.records import DEFAULT_POLICY, VersionRecord
+from registry.refs import Reference
+from registry.retention import Decision, Policy, VersionFacts, last_demotions, plan
+
+
+class ExpiryPart(VersionsPart):
+    """Retention policies, plans, expiry and deletion."""
+
+    def set_retention(self, model: str, policy: Policy, *, actor: str) -> None:
+        """Replace the policy of `model` ("*": the default), audited in the same transaction."""
+
+        def seconds(value: timedelta | None) -> int | None:
+            return None if value is None else int(value.total_seconds())
+
+        def work(session: Session) -> None:
+            if (
+                model != DEFAULT_POLICY
+                and session.scalar(select(Model.id).where(Model.name == model)) is None
+            ):
+                raise NotFoundError(f"model {model} does not exist")
+            row = session.get(RetentionPolicy, model)
+            if row is None:
+                row = RetentionPolicy(model=model)
+                session.add(row)
+            row.keep_last = policy.keep_last
+            row.keep_within_seconds = seconds(policy.keep_within)
+            row.keep_demoted_for_seconds = seconds(policy.keep_demoted_for)
+            row.updated_at = utcnow()
+            row.updated_by = actor
+            append_audit(
+                session,
+                at=row.updated_at,
+                actor=actor,
+                action="retention",
+                subject=model if model != DEFAULT_POLICY else "registry",
+                details=details_json({"policy": policy.describe(), "model": model}),
+            )
+
+        self._retrying(work, what=f"retention of {model}")
+
+    def retention(self, model: str) -> tuple[Policy, str]:
+        """The policy in force for `model` and where it comes from: the model's own, the
+        default ("*"), or none."""
+        with self._read() as session:
+            for source in (model, DEFAULT_POLICY):
+                row = session.get(RetentionPolicy, source)
+                if row is not None:
+                    return (
+                        Policy(
+                            row.keep_last,
+                            _delta(row.keep_within_seconds),
+                            _delta(row.keep_demoted_for_seconds),
+                        ),
+                        source,
+                    )
+        return Policy(), "none"
+
+    def retention_plan(
+        self, name: str, *, now: datetime, locked_for: timedelta | None
+    ) -> tuple[Policy, list[Decision]]:
+        """The policy in force for `name` and which of its live versions it keeps and why."""
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            return _plan_in(session, model, now=now, locked_for=locked_for)
+
+    def expire_versions(
+        self,
+        name: str,
+        *,
+        now: datetime,
+        locked_for: timedelta | None,
+        actor: str,
+        only: set[int] | None = None,
+    ) -> list[VersionRecord]:
+        """Tombstone the versions of `name` that its retention policy no longer keeps (of
+        those in `only`, when given). The plan is made again inside the transaction, so an alias
+        moved or a hold placed a moment ago is seen; each expiry is audited."""
+
+        def work(session: Session) -> list[VersionRecord]:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            policy, decisions = _plan_in(session, model, now=now, locked_for=locked_for)
+            rows = {v.number: v for v in _live_versions(session, model)}
+            expired = []
+            for decision in decisions:
+                if decision.keep or (only is not None and decision.number not in only):
+                    continue
+                version = rows[decision.number]
+                _tombstone(
+                    session,
+                    version,
+                    actor=actor,
+                    reason="expired by the retention policy",
+                    action="expire",
+                    details={
+                        "version": version.number,
+                        "digest": version.digest,
+                        "policy": policy.describe(),
+                    },
+                    now=now,
+                )
+                expired.append(version_record(version))
+            return expired
+
+        return self._retrying(work, what=f"expire versions of {name}")
+
+    def delete_version(
+        self, ref: Reference, *, reason: str, actor: str, locked_for: timedelta | None
+    ) -> VersionRecord:
+        """Tombstone one version on an admin's word, unless an alias, a hold or a retention
+        rule keeps it (the rule "no policy: keep everything" does not stand in the way of an
+        explicit delete)."""
+        target = self.resolve(ref)
+
+        def work(session: Session) -> VersionRecord:
+            version = version_row(session, target)
+            if version.expired_at is not None:
+                raise expired_error(version)
+            now = utcnow()
+            _policy, decisions = _plan_in(session, version.model, now=now, locked_for=locked_for)
+            reasons = next(d.reasons for d in decisions if d.number == version.number)
+            keeping = [r for r in reasons if r != NO_RULE]
+            if keeping:
+                raise RetentionError(
+                    f"{target.ref} is kept: {'; '.join(keeping)}",
+                    hint="move its aliases, release its hold or change the retention policy "
+                    f"first (`model-registry retention plan {target.name}` explains)",
+                )
+            _tombstone(
+                session,
+                version,
+                actor=actor,
+                reason=f"deleted: {reason}",
+                action="delete",
+                details={"version": version.number, "digest": version.digest, "reason": reason},
+                now=now,
+            )
+            return version_record(version)
+
+        return self._retrying(work, what=f"delete {ref}")
+
+
+NO_RULE = "no retention rule"
+
+
+def _live_versions(session: Session, model: Model) -> list[Version]:
+    return list(
+        session.scalars(
+            select(Version)
+            .where(Version.model_id == model.id, Version.expired_at.is_(None))
+            .options(selectinload(Version.files), selectinload(Version.model))
+            .order_by(Version.number)
+        )
+    )
+
+
+def _plan_in(
+    session: Session, model: Model, *, now: datetime, locked_for: timedelta | None
+) -> tuple[Policy, list[Decision]]:
+    """The retention plan of one model from what this transaction reads."""
+    policy = Policy()
+    for source in (model.name, DEFAULT_POLICY):
+        row = session.get(RetentionPolicy, source)
+        if row is not None:
+            policy = Policy(
+                row.keep_last,
+                _delta(row.keep_within_seconds),
+                _delta(row.keep_demoted_for_seconds),
+            )
+            break
+    numbers = version_numbers(session, model.id)
+    aliased: dict[int, list[str]] = {}
+    for alias in session.scalars(select(Alias).where(Alias.model_id == model.id)):
+        aliased.setdefault(numbers[alias.version_id], []).append(alias.name)
+    moves = session.scalars(select(AliasMove).where(AliasMove.model_id == model.id))
+    demoted = last_demotions(
+        (
+            None if m.previous_version_id is None else numbers[m.previous_version_id],
+            numbers[m.version_id],
+            m.moved_at,
+        )
+        for m in moves
+    )
+    held = {
+        numbers[version_id]
+        for version_id in session.scalars(
+            select(LegalHold.version_id).join(Version).where(Version.model_id == model.id)
+        )
+    }
+    decisions = plan(
+        [VersionFacts(v.number, v.created_at) for v in _live_versions(session, model)],
+        policy=policy,
+        aliased=aliased,
+        demoted=demoted,
+        held=held,
+        now=now,
+        locked_for=locked_for,
+    )
+    return policy, decisions
+
+
+def _tombstone(
+    session: Session,
+    version: Version,
+    *,
+    actor: str,
+    reason: str,
+    action: str,
+    details: dict[str, Any],
+    now: datetime,
+) -> None:
+    version.expired_at = now
+    version.expired_by = actor
+    version.expiry_reason = reason
+    session.flush()
+    append_audit(
+        session,
+        at=now,
+        actor=actor,
+        action=action,
+        subject=version.model.name,
+        details=details_json(details),
+    )
+
+
+def _delta(seconds: int | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
