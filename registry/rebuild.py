@@ -112,51 +112,15 @@ def rebuild(
     say = on_progress or (lambda _message: None)
     report = RebuildReport(source, safe_url(catalog_url))
     order = sorted(settings.regions, key=lambda region: region.name != source)
-    first = order[0]
-    keys = key_provider(first)
-    driver = open_driver(
-        first.store, parallelism=settings.effective_workers, deadlines=settings.deadlines
-    )
+    regions = _open_regions(settings, order, key_provider, report)
     try:
-        if settings.naming_key_file.exists():
-            naming_key = read_key_file(settings.naming_key_file, label="naming key")
-        else:
-            naming_key = stored_naming_key(driver, keys, registry_id=settings.registry_id)
-    except BaseException:
-        driver.close()
-        raise
-    regions = [Region(first.name, _store(settings, driver, keys, naming_key))]
-    try:
-        # The other regions are opened and checked in parallel, each within its deadlines: a
-        # hung one costs one request's deadline, not one per step.
-        opened = [
-            deadline.submit(
-                functools.partial(_open_region, settings, other, key_provider, naming_key)
-            )
-            for other in order[1:]
-        ]
-        for other, future in zip(order[1:], opened, strict=True):
-            try:
-                regions.append(future.result())
-            except RegistryError as error:
-                report.unreachable.append(f"{other.name}: {error}")
         replicas = ReplicaSet(
             regions, workers=settings.effective_workers, deadlines=settings.deadlines
         )
         main = regions[0].store
         main.check_claim()
-        say(f"reading the journal of {source}")
-        read = journal.read(main, allow_incomplete=accept_loss)
-        if read.incomplete is not None:
-            report.accepted_loss.append(
-                f"{source}'s newest journal epoch {read.incomplete.epoch[:12]} was not rewritten "
-                "whole; the epoch before it was read"
-            )
+        read, records = _read_source(main, source, report, accept_loss=accept_loss, say=say)
         entries = read.entries
-        report.entries = len(entries)
-        report.segments = len({entry.segment for entry in entries})
-        say(f"reading version records of {source}")
-        records = _version_records(main)
         seen_epochs = _require_complete(
             read,
             source,
@@ -203,45 +167,126 @@ def rebuild(
             if stand_in:
                 report.seconds = time.monotonic() - started
                 return report
-            catalog = Catalog(engine)
-            # Its own transaction, through the catalog: audited and journaled like any change.
-            # `links` names the token events restored as chain links (audit verify trusts
-            # those, and only those).
-            catalog.audit(
-                actor,
-                "catalog-rebuild",
-                "registry",
-                {
-                    "from": source,
-                    "journal_entries": report.entries,
-                    "from_version_records": report.from_records,
-                    "not_restored": report.unrestored,
-                    "unreachable": [line.split(":", 1)[0] for line in report.unreachable],
-                    "accepted_loss": report.accepted_loss,
-                    "links": [link for link, _hash in links],
-                    # Only the key holder can name links: a database writer cannot pass an
-                    # entry off as one by appending a rebuild entry of its own.
-                    "links_mac": main.audit_links_mac(links),
-                },
-            )
-            catalog.close()
+            _audit_rebuild(Catalog(engine), actor, main, report, links)
         # The catalog is in place (committed, moved) before its journal is written: a rebuild
         # that stops now leaves a catalog whose next command drains, not a half-written epoch
         # and no catalog.
         say("writing the new catalog's journal to every region")
-        final = Catalog(create_catalog_engine(catalog_url))
-        try:
-            report.journal = [
-                f"{state.region}: {state.error}" if state.error else state.region
-                for state in journal.drain(final, [(r.name, r.store) for r in regions])
-            ]
-        finally:
-            final.close()
+        report.journal = _write_journal(catalog_url, regions)
         report.seconds = time.monotonic() - started
     finally:
         for region in regions:
             region.store.driver.close()
     return report
+
+
+def _write_journal(catalog_url: str, regions: Sequence[Region]) -> list[str]:
+    """The new catalog's journal drained to every region: each region, or "region: error"."""
+    final = Catalog(create_catalog_engine(catalog_url))
+    try:
+        return [
+            f"{state.region}: {state.error}" if state.error else state.region
+            for state in journal.drain(final, [(r.name, r.store) for r in regions])
+        ]
+    finally:
+        final.close()
+
+
+def _read_source(
+    main: BlobStore,
+    source: str,
+    report: RebuildReport,
+    *,
+    accept_loss: bool,
+    say: Callable[[str], None],
+) -> tuple[journal.Journal, list[_Record]]:
+    """The source region's journal and version records."""
+    say(f"reading the journal of {source}")
+    read = journal.read(main, allow_incomplete=accept_loss)
+    if read.incomplete is not None:
+        report.accepted_loss.append(
+            f"{source}'s newest journal epoch {read.incomplete.epoch[:12]} was not rewritten "
+            "whole; the epoch before it was read"
+        )
+    entries = read.entries
+    report.entries = len(entries)
+    report.segments = len({entry.segment for entry in entries})
+    say(f"reading version records of {source}")
+    records = _version_records(main)
+    return read, records
+
+
+def _open_regions(
+    settings: Settings,
+    order: Sequence[RegionSettings],
+    key_provider: ProviderFactory,
+    report: RebuildReport,
+) -> list[Region]:
+    """The source region (first in `order`), then every other one that answers; those that
+    do not are noted in the report."""
+    first = order[0]
+    keys = key_provider(first)
+    driver = open_driver(
+        first.store, parallelism=settings.effective_workers, deadlines=settings.deadlines
+    )
+    try:
+        if settings.naming_key_file.exists():
+            naming_key = read_key_file(settings.naming_key_file, label="naming key")
+        else:
+            naming_key = stored_naming_key(driver, keys, registry_id=settings.registry_id)
+    except BaseException:
+        driver.close()
+        raise
+    regions = [Region(first.name, _store(settings, driver, keys, naming_key))]
+    try:
+        # The other regions are opened and checked in parallel, each within its deadlines: a
+        # hung one costs one request's deadline, not one per step.
+        opened = [
+            deadline.submit(
+                functools.partial(_open_region, settings, other, key_provider, naming_key)
+            )
+            for other in order[1:]
+        ]
+        for other, future in zip(order[1:], opened, strict=True):
+            try:
+                regions.append(future.result())
+            except RegistryError as error:
+                report.unreachable.append(f"{other.name}: {error}")
+    except BaseException:
+        for region in regions:
+            region.store.driver.close()
+        raise
+    return regions
+
+
+def _audit_rebuild(
+    catalog: Catalog,
+    actor: str,
+    main: BlobStore,
+    report: RebuildReport,
+    links: list[tuple[int, str]],
+) -> None:
+    """The rebuild's own audit entry, in its own transaction through the catalog: audited and
+    journaled like any change. `links` names the token events restored as chain links (audit
+    verify trusts those, and only those)."""
+    catalog.audit(
+        actor,
+        "catalog-rebuild",
+        "registry",
+        {
+            "from": report.region,
+            "journal_entries": report.entries,
+            "from_version_records": report.from_records,
+            "not_restored": report.unrestored,
+            "unreachable": [line.split(":", 1)[0] for line in report.unreachable],
+            "accepted_loss": report.accepted_loss,
+            "links": [link for link, _hash in links],
+            # Only the key holder can name links: a database writer cannot pass an
+            # entry off as one by appending a rebuild entry of its own.
+            "links_mac": main.audit_links_mac(links),
+        },
+    )
+    catalog.close()
 
 
 def choose_source(settings: Settings, *, key_provider: ProviderFactory) -> str | None:
