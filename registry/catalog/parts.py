@@ -9,14 +9,14 @@ lazily touch the database outside a transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from registry.catalog.models import Model, Version
+from registry.catalog.models import Model, Version, VersionFile
 from registry.errors import NotFoundError
 from registry.records import FileRecord, VersionRecord
 
@@ -34,9 +34,13 @@ class CatalogPart:
         raise NotImplementedError
 
 
-def version_record(version: Version) -> VersionRecord:
+def version_record(
+    version: Version, *, model: str | None = None, files: Iterable[VersionFile] | None = None
+) -> VersionRecord:
+    """The record of a version row (its model's name and its files as given, when they were
+    queried apart)."""
     return VersionRecord(
-        name=version.model.name,
+        name=model if model is not None else version.model.name,
         number=version.number,
         digest=version.digest,
         manifest_object=version.manifest_object,
@@ -49,7 +53,10 @@ def version_record(version: Version) -> VersionRecord:
         tensor_count=version.tensor_count,
         parameter_count=version.parameter_count,
         dtypes=tuple(filter(None, version.dtypes.split(","))),
-        files=tuple(FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in version.files),
+        files=tuple(
+            FileRecord(f.path, f.size, f.digest, f.tensor_count)
+            for f in (version.files if files is None else files)
+        ),
         expired_at=version.expired_at,
         expired_by=version.expired_by,
         expiry_reason=version.expiry_reason,

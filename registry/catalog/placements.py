@@ -210,22 +210,25 @@ def insert_key_slot(
         session.flush()
 
 
+def placement_row(placement: PlacementRecord, at: datetime) -> Placement:
+    """A new placement row (updated `at`)."""
+    return Placement(
+        digest=placement.digest,
+        purpose=placement.purpose,
+        region=placement.region,
+        object_name=placement.object_name,
+        state=placement.state,
+        checksum=placement.checksum,
+        detail=placement.detail[:4000],
+        updated_at=at,
+    )
+
+
 def upsert_placement(session: Session, placement: PlacementRecord, now: datetime) -> None:
     key = (placement.digest, placement.purpose, placement.region)
     row = session.get(Placement, key)
     if row is None:
-        session.add(
-            Placement(
-                digest=placement.digest,
-                purpose=placement.purpose,
-                region=placement.region,
-                object_name=placement.object_name,
-                state=placement.state,
-                checksum=placement.checksum,
-                detail=placement.detail[:4000],
-                updated_at=now,
-            )
-        )
+        session.add(placement_row(placement, now))
         session.flush()
         return
     row.object_name = placement.object_name

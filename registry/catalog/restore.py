@@ -41,18 +41,17 @@ from registry.catalog.models import (
     JournalEntry,
     JournalEpoch,
     Model,
-    Placement,
     Version,
     VersionFile,
     utcnow,
 )
-from registry.catalog.placements import insert_key_slot
+from registry.catalog.parts import version_record
+from registry.catalog.placements import insert_key_slot, placement_row
 from registry.catalog.versions import add_version, store_blob_row
 from registry.crypto.keys import WrappedKey
 from registry.errors import ConflictError, IntegrityError, InvalidInputError, StorageError
 from registry.records import (
     BlobRecord,
-    FileRecord,
     NewBlob,
     NewVersion,
     PlacementRecord,
@@ -293,29 +292,7 @@ class Restore:
             model = session.get(Model, version.model_id)
             assert model is not None
             files = session.scalars(select(VersionFile).where(VersionFile.version_id == version.id))
-            found.append(
-                VersionRecord(
-                    name=model.name,
-                    number=version.number,
-                    digest=version.digest,
-                    manifest_object=version.manifest_object,
-                    message=version.message,
-                    created_at=version.created_at,
-                    created_by=version.created_by,
-                    signed_by=version.signed_by,
-                    file_count=version.file_count,
-                    total_size=version.total_size,
-                    tensor_count=version.tensor_count,
-                    parameter_count=version.parameter_count,
-                    dtypes=tuple(filter(None, version.dtypes.split(","))),
-                    files=tuple(
-                        FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in files
-                    ),
-                    expired_at=version.expired_at,
-                    expired_by=version.expired_by,
-                    expiry_reason=version.expiry_reason,
-                )
-            )
+            found.append(version_record(version, model=model.name, files=files))
         return found
 
     def blob(self, digest: str) -> BlobRecord | None:
@@ -337,18 +314,7 @@ class Restore:
     def add_placements(self, placements: Sequence[PlacementRecord], at: datetime) -> None:
         """New placement rows (updated `at`)."""
         for placement in placements:
-            self.session.add(
-                Placement(
-                    digest=placement.digest,
-                    purpose=placement.purpose,
-                    region=placement.region,
-                    object_name=placement.object_name,
-                    state=placement.state,
-                    checksum=placement.checksum,
-                    detail=placement.detail[:4000],
-                    updated_at=at,
-                )
-            )
+            self.session.add(placement_row(placement, at))
         self.session.flush()
 
     # -- the rebuilt catalog's own journal ----------------------------------------------------

@@ -48,11 +48,19 @@ def promote(ctx: Context, ref: str, alias: str, *, reason: str = "") -> AliasCha
     validate_alias(alias)
     check_text("reason", reason, limit=4096)
     version = resolve(ctx, ref)
+    return _move(ctx, version.name, alias, kind=PROMOTE, target=version.number, reason=reason)
+
+
+def _move(
+    ctx: Context, name: str, alias: str, *, kind: str, target: int | None, reason: str
+) -> AliasChange:
+    """Move the alias in the catalog (a protected one only for the promoter and admin roles),
+    announce the move to the webhooks and keep the version it now points at locked."""
     move, now = ctx.catalog.move_alias(
-        version.name,
+        name,
         alias,
-        kind=PROMOTE,
-        target=version.number,
+        kind=kind,
+        target=target,
         reason=reason,
         actor=ctx.actor,
         may_move_protected=may_move_protected(ctx.role),
@@ -98,19 +106,8 @@ def rollback(
         if version.name != name:
             raise InvalidInputError(f"{to} is not a version of {name}")
         target = version.number
-    move, now = ctx.catalog.move_alias(
-        name,
-        alias,
-        kind=ROLLBACK if target is None else ROLLBACK_TO,
-        target=target,
-        reason=reason,
-        actor=ctx.actor,
-        may_move_protected=may_move_protected(ctx.role),
-        notify=[hook.url for hook in ctx.settings.webhooks],
-        event={"registry": ctx.settings.registry_id},
-    )
-    failed = deliver_pending(ctx) if move and move.event_id else []
-    return AliasChange(move, now, tuple(failed), _lock_aliased(ctx, now))
+    kind = ROLLBACK if target is None else ROLLBACK_TO
+    return _move(ctx, name, alias, kind=kind, target=target, reason=reason)
 
 
 @requires("protect")
