@@ -81,6 +81,7 @@ __all__ = [
     "PUSHER",
     "READER",
     "ROLES",
+    "ReadReport",
     "Registry",
     "rebuild_catalog",
 ]

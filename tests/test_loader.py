@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file, save_file
 
 from registry import loader
-from registry.crypto.sealed import HEADER_SIZE, SealedHeader, Sealer
+from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE, SealedHeader, Sealer
 from registry.errors import IntegrityError, InvalidInputError, NotFoundError
 from registry.service import Registry
 from registry.testing.models import make_model
@@ -615,3 +616,224 @@ def test_the_staging_ring_path_without_a_gpu(registry: Registry, tmp_path: Path)
         restored, order = run(slots)
         assert restored == plaintext
         assert order == sorted(order) and order[0] == 0  # delivered in file order
+
+
+# -- nothing sized from a sealed header before a chunk authenticated it ----------------------------
+
+
+class _ReadLog:
+    """A file's reader that records every read (offset, bytes asked for)."""
+
+    def __init__(self, inner: Any, reads: list[tuple[int, int]]) -> None:
+        self.inner, self.reads = inner, reads
+
+    def read_into(self, offset: int, buffer: memoryview, /) -> int:
+        self.reads.append((offset, len(buffer)))
+        return int(self.inner.read_into(offset, buffer))
+
+    def damaged(self, offset: int, error: IntegrityError, /) -> bool:
+        return bool(self.inner.damaged(offset, error))
+
+    def regions_used(self) -> list[str]:
+        return list(self.inner.regions_used())
+
+
+@pytest.fixture
+def read_log(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Every read a local load makes of its files' sealed bytes."""
+    from registry.loader import sources
+
+    reads: list[tuple[int, int]] = []
+    real = sources.LocalSource.reader
+
+    def logged(self: Any, resolved: Any, entry: Any) -> Any:
+        return _ReadLog(real(self, resolved, entry), reads)
+
+    monkeypatch.setattr(sources.LocalSource, "reader", logged)
+    return reads
+
+
+def _nothing_escapes(registry: Registry, match: str) -> None:
+    """A load and a streamed load yielding each tensor as soon as it authenticates (early) are
+    both refused, with no tensor and no byte of progress handed out."""
+    told: list[tuple[int, int]] = []
+    got: dict[str, Any] = {}
+    with pytest.raises(IntegrityError, match=match):
+        got = loader.load("org/llama", registry=registry, on_progress=lambda *a: told.append(a))
+    assert got == {} and told == []
+    streamed: list[str] = []
+
+    def consume() -> None:
+        for name, _tensor in loader.iter_tensors(
+            "org/llama", registry=registry, early=True, on_progress=lambda *a: told.append(a)
+        ):
+            streamed.append(name)
+
+    with pytest.raises(IntegrityError, match=match):
+        consume()
+    assert streamed == [] and told == []
+
+
+@pytest.mark.parametrize(
+    ("forged_chunk_size", "what"),
+    [(16 * MiB, "chunks as large as the format allows"), (64, "millions of tiny chunks")],
+)
+def test_a_forged_chunk_size_is_refused_before_anything_is_sized_from_it(
+    registry: Registry,
+    tmp_path: Path,
+    read_log: list[tuple[int, int]],
+    forged_chunk_size: int,
+    what: str,
+) -> None:
+    """docs/format.md: a reader authenticates chunk 0 (and with it the whole header) before it
+    sizes anything from the header. A header edited to another chunk size passes every check a
+    header alone allows (format, key commitment, the manifest's plaintext size); the load must
+    then read chunk 0 on its own, in one chunk's buffer, and stop there: no read buffers of
+    several (16 MiB) chunks per worker, no bookkeeping for 393,216 chunks, nothing handed out."""
+    import tracemalloc
+
+    model = make_model(tmp_path / "model", shards=1, shard_size=24 * MiB, seed=19)
+    registry.push("org/llama", model)
+    path = _blob_path(registry, "org/llama", "model-00001-of-00001.safetensors")
+    forged = bytearray(path.read_bytes())
+    struct.pack_into(">I", forged, 8, forged_chunk_size)
+    path.write_bytes(bytes(forged))
+    claimed = SealedHeader.unpack(bytes(forged))
+    assert claimed.chunk_size == forged_chunk_size  # a valid header, but for the AEAD
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError, match="chunk 0 failed authentication"):
+            loader.load("org/llama", registry=registry, workers=4, chunks_per_read=4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    chunk_zero = (HEADER_SIZE, min(forged_chunk_size, claimed.plaintext_size) + TAG_SIZE)
+    assert read_log == [(0, HEADER_SIZE), chunk_zero], what
+    assert peak < 20 * MiB, f"{what}: {peak / MiB:.1f} MiB allocated before refusing"
+    _nothing_escapes(registry, "chunk 0 failed authentication")
+
+
+def test_a_damaged_chunk_0_stops_every_read_after_one_chunk(
+    registry: Registry, tmp_path: Path, read_log: list[tuple[int, int]]
+) -> None:
+    """Chunk 0 is authenticated on its own before the workers start: a damaged chunk 0 costs one
+    chunk's read, whether the file is loaded whole or a tensor spanning many chunks is read on
+    its own (`open`), and nothing of the file comes out."""
+    model = make_model(tmp_path / "model", shards=1, shard_size=24 * MiB, seed=20)
+    registry.push("org/llama", model)
+    path = _blob_path(registry, "org/llama", "model-00001-of-00001.safetensors")
+    damaged = bytearray(path.read_bytes())
+    damaged[HEADER_SIZE + 1000] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    one_chunk = [(0, HEADER_SIZE), (HEADER_SIZE, MiB + TAG_SIZE)]
+    with pytest.raises(IntegrityError, match="chunk 0 failed authentication"):
+        loader.load("org/llama", registry=registry, workers=4, chunks_per_read=4)
+    assert read_log == one_chunk
+    read_log.clear()
+    with loader.open("org/llama", registry=registry, workers=4) as reader:
+        first = min(reader._job.tensors.values(), key=lambda located: located.tensor.begin).tensor
+        assert first.nbytes > 2 * MiB  # spans several chunks, starting in chunk 0
+        with pytest.raises(IntegrityError, match="chunk 0 failed authentication"):
+            reader.get_tensor(first.name)
+    assert read_log == one_chunk
+    _nothing_escapes(registry, "chunk 0 failed authentication")
+
+
+# -- LoadOptions -----------------------------------------------------------------------------------
+
+
+def test_load_options_and_keywords(registry: Registry, tmp_path: Path) -> None:
+    import dataclasses
+
+    model = make_model(tmp_path / "model", shards=2, shard_size=600_000, seed=21)
+    registry.push("org/llama", model)
+    reference = _reference(model)
+    options = loader.LoadOptions(framework="numpy", workers=2, chunks_per_read=1)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.workers = 3  # type: ignore[misc]
+    # options= alone, keywords alone, and keywords replacing fields of options=.
+    by_options = loader.load("org/llama", registry=registry, options=options)
+    by_keywords = loader.load(
+        "org/llama", registry=registry, framework="numpy", workers=2, chunks_per_read=1
+    )
+    for state in (by_options, by_keywords):
+        assert state.stats.framework == "numpy"
+        assert all(state[k].tobytes() == v.numpy().tobytes() for k, v in reference.items())
+    assert by_options.stats.reads == by_keywords.stats.reads
+    as_torch = loader.load("org/llama", registry=registry, options=options, framework="pt")
+    as_torch_options = dataclasses.replace(options, framework="pt")
+    assert as_torch.stats.framework == "pt" and options.framework == "numpy"
+    assert all(_same(as_torch[k], v) for k, v in reference.items())
+    name = next(iter(reference))
+    assert dict(loader.iter_tensors("org/llama", registry=registry, options=options)).keys() == (
+        reference.keys()
+    )
+    with loader.open("org/llama", registry=registry, options=options) as reader:
+        assert reader.get_tensor(name).tobytes() == reference[name].numpy().tobytes()
+        assert reader.stats.framework == "numpy"
+    # Checked when used, before the registry is contacted; unknown keywords as before.
+    with pytest.raises(InvalidInputError, match="unknown device"):
+        loader.load("org/llama", registry=registry, options=loader.LoadOptions(device="tpu"))
+    with pytest.raises(InvalidInputError, match="unknown device"):
+        loader.load("org/llama", registry=registry, options=as_torch_options, device="tpu")
+    for call, keyword in ((loader.load, "nope"), (loader.open, "verify")):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{keyword}'"):
+            call("org/llama", registry=registry, **{keyword: 1})
+    with pytest.raises(TypeError, match="LoadOptions"):
+        loader.load("org/llama", registry=registry, options={"device": "cpu"})  # type: ignore[arg-type]
+
+
+def test_the_staging_ring_gets_every_slot_back_when_chunk_0_fails(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The GPU path's engine with a damaged chunk 0: chunk 0 is opened on its own into the first
+    run's slot, nothing is delivered, and that slot comes back."""
+    from collections import deque
+
+    from registry.loader.engine import Counters, Pipeline, SealedFile, StagingRing
+
+    model = make_model(tmp_path / "model", shards=1, shard_size=5 * MiB, seed=22)
+    registry.push("org/llama", model)
+    version = registry.resolve("org/llama")
+    entry = next(f for f in version.files if f.path.endswith(".safetensors"))
+    sealed_bytes = bytearray(_blob_path(registry, "org/llama", entry.path).read_bytes())
+    sealed_bytes[HEADER_SIZE + 7] ^= 0x80
+
+    class Memory:
+        def __init__(self) -> None:
+            self.reads: list[tuple[int, int]] = []
+
+        def read_into(self, offset: int, buffer: memoryview, /) -> int:
+            self.reads.append((offset, len(buffer)))
+            data = sealed_bytes[offset : offset + len(buffer)]
+            buffer[: len(data)] = data
+            return len(data)
+
+        def damaged(self, offset: int, error: IntegrityError, /) -> bool:
+            return False
+
+    memory = Memory()
+    in_flight: deque[int] = deque()
+    ring = StagingRing(
+        [memoryview(bytearray(2 * MiB)) for _ in range(3)],
+        2 * MiB,
+        reclaim=lambda: ring.release(in_flight.popleft()),
+    )
+    delivered: list[int] = []
+    sealed = SealedFile(
+        memory,
+        registry.blob_key(version, entry.digest),
+        entry.digest,
+        entry.size,
+        what=entry.path,
+        counters=Counters(),
+    )
+    with (
+        Pipeline(workers=3, chunks_per_read=1) as pipeline,
+        pytest.raises(IntegrityError, match="chunk 0 failed authentication"),
+    ):
+        pipeline.decrypt_through(
+            sealed, ring, lambda offset, data, slot: delivered.append(offset), verify=True
+        )
+    assert delivered == [] and len(ring._free) == 3
+    assert memory.reads == [(0, HEADER_SIZE), (HEADER_SIZE, MiB + TAG_SIZE)]

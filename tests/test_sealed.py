@@ -26,6 +26,7 @@ from registry.crypto.sealed import (
     MIN_CHUNK_SIZE,
     TAG_SIZE,
     Opener,
+    RangeOpener,
     SealedHeader,
     Sealer,
     seal_file,
@@ -924,3 +925,60 @@ def test_unseal_memory_does_not_grow_with_the_object(
     a small fraction of the 8 MiB object (a reader that buffered it would hold it all)."""
     peak = _unseal_peak(sealed_small_chunks, into=into)
     assert peak < 2 * MiB, f"unsealing 8 MiB in 4 KiB chunks peaked at {peak / MiB:.1f} MiB"
+
+
+# -- the one opener of sealed ranges -------------------------------------------------------------
+
+
+def test_range_opener_sizes_nothing_from_an_unauthenticated_header(sealed_plain: bytes) -> None:
+    """Until a chunk read on its own authenticated the header, RangeOpener reads one chunk at a
+    time and sizes buffers for one chunk only; afterwards runs of chunks are read in place."""
+    calls: list[tuple[int, int]] = []
+    ranges = RangeOpener(KEY, PLAIN_DIGEST, read_into=reader_into(sealed_plain, calls))
+    assert calls == [(0, HEADER_SIZE)] and not ranges.authenticated
+    with pytest.raises(RuntimeError, match="unauthenticated header"):
+        ranges.scratch_size(4)
+    out = bytearray(len(PLAIN))
+
+    def place(index: int) -> memoryview:
+        return memoryview(out)[index * 64 : index * 64 + ranges.header.chunk_plain_size(index)]
+
+    with pytest.raises(RuntimeError, match="before the header authenticated"):
+        ranges.open_run(0, 3, place, scratch=bytearray(4 * (64 + TAG_SIZE) + 1))
+    assert calls == [(0, HEADER_SIZE)]  # refused before reading
+    ranges.open_run(5, 5, place, scratch=bytearray(ranges.scratch_size(1)))
+    assert ranges.authenticated
+    scratch = bytearray(ranges.scratch_size(4))
+    for first in range(0, COUNT, 4):
+        ranges.open_run(first, min(first + 3, COUNT - 1), place, scratch=scratch)
+    assert bytes(out) == PLAIN
+    # A header forged to other sizes is refused by the first chunk, read alone.
+    forged = bytearray(sealed_plain)
+    struct.pack_into(">I", forged, 8, 128)
+    lone = RangeOpener(KEY, PLAIN_DIGEST, read_range=reader(bytes(forged)))
+    with pytest.raises(IntegrityError, match="chunk 0 failed authentication"):
+        lone.open_run(0, 0, lambda index: bytearray(lone.header.chunk_plain_size(index)))
+    assert not lone.authenticated
+
+
+def test_range_opener_reads_again_what_on_damage_allows(sealed_plain: bytes) -> None:
+    damaged = bytearray(sealed_plain)
+    damaged[HEADER_SIZE + 2 * (64 + TAG_SIZE) + 5] ^= 1  # chunk 2
+    copies = [bytes(damaged), sealed_plain]
+    told: list[int] = []
+
+    def read_range(offset: int, length: int) -> bytes:
+        return copies[0][offset : offset + length]
+
+    def on_damage(offset: int, error: IntegrityError) -> bool:
+        told.append(offset)
+        if len(copies) == 1:
+            return False
+        copies.pop(0)  # the next copy serves it
+        return True
+
+    ranges = RangeOpener(KEY, PLAIN_DIGEST, read_range=read_range, on_damage=on_damage)
+    out = bytearray(3 * 64)
+    ranges.open_run(0, 0, lambda i: memoryview(out)[:64])
+    ranges.open_run(0, 2, lambda i: memoryview(out)[i * 64 : (i + 1) * 64])
+    assert bytes(out) == PLAIN[: 3 * 64] and told == [HEADER_SIZE]

@@ -222,6 +222,146 @@ class Opener:
             ) from None
 
 
+ReadRange = Callable[[int, int], bytes]
+ReadInto = Callable[[int, memoryview], int]
+OnDamage = Callable[[int, IntegrityError], bool]
+
+
+class RangeOpener:
+    """Reads and opens ranges of chunks of one sealed object: the one implementation of sealed
+    reads, shared by `unseal` (pulls, verify, replication) and the loader.
+
+    Construction reads the header and checks what a header alone can prove: the format, the key
+    commitment (a wrong data key, digest or salt fails here) and, when given, the expected
+    plaintext size. The chunk size and plaintext size are authenticated only by a chunk (the
+    header is every chunk's associated data), so until one chunk read on its own authenticated,
+    `authenticated` is False, `open_run` takes one chunk at a time and `scratch_size` answers for
+    one chunk only: nothing larger than a chunk (at most MAX_CHUNK_SIZE) is sized from an
+    unauthenticated header.
+
+    A range is read with `read_into(offset, buffer)` into the caller's `scratch`, or else with
+    `read_range(offset, length)`; its chunks are decrypted in place, each into `place(index)`. A
+    range that is truncated or fails authentication is reported to `on_damage(offset, error)`;
+    when it returns True the range is read again (the read functions now serve it from another
+    copy), else the error is raised.
+    """
+
+    def __init__(
+        self,
+        data_key: bytes,
+        digest: str,
+        *,
+        read_range: ReadRange | None = None,
+        read_into: ReadInto | None = None,
+        expected_size: int | None = None,
+        expected_by: str = "catalog says",
+        what: str = "blob",
+        on_damage: OnDamage | None = None,
+    ) -> None:
+        if read_range is None and read_into is None:
+            raise ValueError("a RangeOpener reads with read_range or read_into")
+        self.what = what
+        self._read_range, self._read_into, self._on_damage = read_range, read_into, on_damage
+        self.opener = self.retrying(
+            0, lambda: self._open_header(data_key, digest, expected_size, expected_by)
+        )
+        self.header = self.opener.header
+        self.authenticated = False
+
+    def _open_header(
+        self, data_key: bytes, digest: str, expected_size: int | None, expected_by: str
+    ) -> Opener:
+        if self._read_range is not None:
+            data = self._read_range(0, HEADER_SIZE)
+        elif self._read_into is not None:
+            buffer = bytearray(HEADER_SIZE)
+            data = bytes(buffer[: self._read_into(0, memoryview(buffer))])
+        opener = Opener(data_key, digest, data, what=self.what)
+        size = opener.header.plaintext_size
+        if expected_size is not None and size != expected_size:
+            raise IntegrityError(
+                f"{self.what}: header says {size} bytes, {expected_by} {expected_size}",
+                path=self.what,
+            )
+        return opener
+
+    def retrying(self, offset: int, attempt: Callable[[], T]) -> T:
+        """`attempt()`, again as long as `on_damage` says the range at `offset` can be read
+        again from another copy."""
+        while True:
+            try:
+                return attempt()
+            except IntegrityError as error:
+                if self._on_damage is None or not self._on_damage(offset, error):
+                    raise
+
+    def scratch_size(self, chunks: int) -> int:
+        """Bytes of a scratch buffer for reads of up to `chunks` chunks (one byte more than the
+        sealed chunks: the tail read asks for it). More than one chunk only once a chunk
+        authenticated the header."""
+        if chunks != 1 and not self.authenticated:
+            raise RuntimeError(f"{self.what}: a buffer sized from an unauthenticated header")
+        return chunks * (self.header.chunk_size + TAG_SIZE) + 1
+
+    def open_run(
+        self,
+        first: int,
+        last: int,
+        place: Callable[[int], bytearray | memoryview],
+        *,
+        scratch: bytearray | None = None,
+        on_chunk: Callable[[int, memoryview], None] | None = None,
+    ) -> None:
+        """Read chunks first..last (one range) and decrypt each, once the whole range arrived,
+        into `place(index)` (exactly the chunk's plaintext size); `on_chunk(index, plaintext)`
+        runs right after each chunk authenticated. With `scratch` the range is read into it
+        (`scratch_size`), else `read_range` returns it. Before any chunk authenticated only one
+        chunk may be read: the first run authenticates the header."""
+        if first != last and not self.authenticated:
+            raise RuntimeError(f"{self.what}: a run of chunks read before the header authenticated")
+        self.retrying(
+            self.header.chunk_offset(first),
+            lambda: self._open_run_once(first, last, place, scratch, on_chunk),
+        )
+        self.authenticated = True
+
+    def _open_run_once(
+        self,
+        first: int,
+        last: int,
+        place: Callable[[int], bytearray | memoryview],
+        scratch: bytearray | None,
+        on_chunk: Callable[[int, memoryview], None] | None,
+    ) -> None:
+        header, what = self.header, self.what
+        offset, length = header.chunk_range(first, last)
+        # One byte more on the tail read reveals trailing garbage appended to the object.
+        wanted = length + 1 if last == header.chunk_count - 1 else length
+        if scratch is not None and self._read_into is not None:
+            if len(scratch) < wanted:
+                raise ValueError(f"a scratch buffer of {len(scratch)} bytes for {wanted}")
+            sealed = memoryview(scratch)[:wanted]
+            got = self._read_into(offset, sealed)
+        elif self._read_range is not None:
+            sealed = memoryview(self._read_range(offset, wanted))
+            got = len(sealed)
+        else:
+            raise ValueError("reads with read_into need a scratch buffer")
+        if got < length:
+            lost = first + got // (header.chunk_size + TAG_SIZE)
+            raise IntegrityError(f"{what}: truncated at chunk {lost}", path=what)
+        if got > length:
+            raise IntegrityError(f"{what}: unexpected bytes after the last chunk", path=what)
+        position = 0
+        for index in range(first, last + 1):
+            size = header.chunk_plain_size(index)
+            out = place(index)
+            self.opener.open_chunk(index, sealed[position : position + size + TAG_SIZE], out)
+            if on_chunk is not None:
+                on_chunk(index, memoryview(out))
+            position += size + TAG_SIZE
+
+
 _Ring = list[tuple[bytearray, bytearray]]
 
 
@@ -362,18 +502,18 @@ def seal_file(
 
 
 def unseal(
-    read_range: Callable[[int, int], bytes],
+    read_range: ReadRange,
     data_key: bytes,
     digest: str,
     *,
-    read_into: Callable[[int, memoryview], int] | None = None,
+    read_into: ReadInto | None = None,
     on_chunk: Callable[[int, memoryview], None] | None = None,
     expected_size: int | None = None,
     workers: int = 2,
     chunks_per_read: int = 4,
     verify_digest: bool = True,
     what: str = "blob",
-    on_damage: Callable[[int, IntegrityError], bool] | None = None,
+    on_damage: OnDamage | None = None,
 ) -> Iterator[memoryview]:
     """Yield the authenticated plaintext chunks of a sealed object, in order.
 
@@ -390,82 +530,64 @@ def unseal(
     was truncated or failed authentication; when it returns True the range is read again (the
     read functions now serve it from another replica), else the error is raised.
     """
+    ranges = RangeOpener(
+        data_key,
+        digest,
+        read_range=read_range,
+        read_into=read_into,
+        expected_size=expected_size,
+        what=what,
+        on_damage=on_damage,
+    )
+    # Chunk 0 is opened on its own, in the bytes read_range returns, before any buffer is sized
+    # from the header: a forged chunk or plaintext size is refused before it can make this reader
+    # allocate anything large. (Its plaintext is read again with the first range.)
+    ranges.open_run(0, 0, lambda index: bytearray(ranges.header.chunk_plain_size(index)))
+    yield from _chunks_in_order(
+        ranges,
+        digest if verify_digest else None,
+        into=read_into is not None,
+        on_chunk=on_chunk,
+        workers=workers,
+        chunks_per_read=chunks_per_read,
+    )
 
-    def retrying(offset: int, attempt: Callable[[], T]) -> T:
-        while True:
-            try:
-                return attempt()
-            except IntegrityError as error:
-                if on_damage is None or not on_damage(offset, error):
-                    raise
 
-    def open_header() -> Opener:
-        opener = Opener(data_key, digest, read_range(0, HEADER_SIZE), what=what)
-        size = opener.header.plaintext_size
-        if expected_size is not None and size != expected_size:
-            raise IntegrityError(
-                f"{what}: header says {size} bytes, catalog says {expected_size}", path=what
-            )
-        return opener
-
-    opener = retrying(0, open_header)
-    header = opener.header
-    count = header.chunk_count
-    # Every chunk authenticates the whole header (it is the associated data). Opening chunk 0
-    # before sizing any buffer means a forged chunk size or plaintext size is refused before it
-    # can make this reader allocate anything large.
-    offset, length = header.chunk_range(0, 0)
-
-    def open_probe() -> None:
-        probe = read_range(offset, length)
-        size = len(probe) - TAG_SIZE if len(probe) >= TAG_SIZE else 0
-        opener.open_chunk(0, probe, bytearray(size))
-
-    retrying(offset, open_probe)
+def _chunks_in_order(
+    ranges: RangeOpener,
+    digest: str | None,
+    *,
+    into: bool,
+    on_chunk: Callable[[int, memoryview], None] | None,
+    workers: int,
+    chunks_per_read: int,
+) -> Iterator[memoryview]:
+    """The chunks of an object whose header a chunk authenticated, read in ranges on `workers`
+    threads into a ring of buffers and yielded in order; with `digest`, hashed in this thread and
+    the last chunk withheld unless the whole plaintext matches it (see `unseal`)."""
+    header, what = ranges.header, ranges.what
+    count, chunk_size = header.chunk_count, header.chunk_size
     step = max(1, min(chunks_per_read, count))
     groups = ((first, min(first + step, count) - 1) for first in range(0, count, step))
     in_flight = workers + 1
     ring = _rings.take(
         # Without read_into the sealed bytes arrive in the reader's own buffers.
-        step * (header.chunk_size + TAG_SIZE) + 1 if read_into is not None else 0,
-        step * header.chunk_size,
+        ranges.scratch_size(step) if into else 0,
+        step * chunk_size,
         min(in_flight + 1, -(-count // step)),
     )
+    tell = None if on_chunk is None else (lambda index, out: on_chunk(index * chunk_size, out))
 
     def fetch_and_open(first: int, last: int) -> list[memoryview]:
-        return retrying(
-            header.chunk_range(first, last)[0], lambda: fetch_and_open_once(first, last)
-        )
-
-    def fetch_and_open_once(first: int, last: int) -> list[memoryview]:
-        offset, length = header.chunk_range(first, last)
-        # One byte more on the tail read reveals trailing garbage appended to the object.
-        wanted = length + 1 if last == count - 1 else length
         sealed_buffer, plain_buffer = ring[(first // step) % len(ring)]
-        if read_into is not None:
-            sealed = memoryview(sealed_buffer)[:wanted]
-            got = read_into(offset, sealed)
-        else:
-            sealed = memoryview(read_range(offset, wanted))
-            got = len(sealed)
-        if got < length:
-            lost = first + got // (header.chunk_size + TAG_SIZE)
-            raise IntegrityError(f"{what}: truncated at chunk {lost}", path=what)
-        if got > length:
-            raise IntegrityError(f"{what}: unexpected bytes after the last chunk", path=what)
-        plaintexts = []
-        position = 0
         plain = memoryview(plain_buffer)
-        for index in range(first, last + 1):
-            size = header.chunk_plain_size(index)
-            start = (index - first) * header.chunk_size
-            out = plain[start : start + size]
-            opener.open_chunk(index, sealed[position : position + size + TAG_SIZE], out)
-            if on_chunk is not None:
-                on_chunk(index * header.chunk_size, out)
-            position += size + TAG_SIZE
-            plaintexts.append(out)
-        return plaintexts
+
+        def place(index: int) -> memoryview:
+            start = (index - first) * chunk_size
+            return plain[start : start + header.chunk_plain_size(index)]
+
+        ranges.open_run(first, last, place, scratch=sealed_buffer if into else None, on_chunk=tell)
+        return [place(index) for index in range(first, last + 1)]
 
     hasher = Hasher()
     window: deque[Future[list[memoryview]]] = deque()
@@ -487,7 +609,7 @@ def unseal(
             if following is not None:
                 window.append(pool.submit(fetch_and_open, *following))
             for chunk in chunks:
-                if verify_digest:
+                if digest is not None:
                     hasher.update(chunk)
                     # The last chunk is withheld until the whole plaintext matched its digest.
                     if index == count - 1 and hasher.digest() != digest:

@@ -12,12 +12,24 @@ memory, decrypted and verified on the way.
 
 `load`, `open`, `load_into` and `iter_tensors` read from the local home, or from a registry
 server when MODEL_REGISTRY_URL is set (or `registry=` is a `RemoteRegistry`); docs/loader.md
-says what each verifies. torch is imported only when tensors are made (`framework="numpy"`
-needs numpy only).
+says what each verifies. How they read is a `LoadOptions` (`options=`), or its fields as keyword
+arguments, which replace those of `options=` when both are given:
+
+    serving = loader.LoadOptions(device="cuda:0", workers=8)
+    state = loader.load("team/llama:production", options=serving)
+
+torch is imported only when tensors are made (`framework="numpy"` needs numpy only).
+
+Modules, one job each: api (the calls), options (LoadOptions), job (one call at work),
+reader (`open`'s reader), results (what the calls return), engine (parallel decryption and
+hashing), sources (where sealed bytes and keys come from), cache (the ciphertext cache),
+tensors (bytes to tensors, the CUDA side), progress (the bar and the callback).
 """
 
 from registry.loader.api import (
     LoadedModel,
+    LoadIntoResult,
+    LoadOptions,
     LoadStats,
     ModelReader,
     TensorSlice,
@@ -31,6 +43,8 @@ from registry.loader.cache import Cache
 
 __all__ = [
     "Cache",
+    "LoadIntoResult",
+    "LoadOptions",
     "LoadStats",
     "LoadedModel",
     "ModelReader",

@@ -24,7 +24,7 @@ import blake3
 
 from registry.digest import digest_bytes
 from registry.errors import IntegrityError, InvalidInputError
-from registry.storage.local import pread_into
+from registry.fileio import pread_into
 
 ENV_CACHE_DIR = "MODEL_REGISTRY_CACHE_DIR"
 ENV_CACHE_SIZE = "MODEL_REGISTRY_CACHE_SIZE"

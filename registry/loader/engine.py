@@ -3,9 +3,13 @@ authenticated and decrypted by worker threads straight into their final place (t
 the tensors on the CPU, a bounded ring of pinned host buffers on the way to a GPU), and each whole
 file hashed (BLAKE3) in the same pass, in order, as the ranges complete.
 
-It knows the sealed format (registry.crypto.sealed) and a reader of sealed bytes; it knows
-nothing of tensors, catalogs or where the bytes come from. Both AES-GCM `decrypt_into` and
-BLAKE3 release the GIL, so the threads run in parallel.
+Sealed ranges are read and opened by the one opener of the sealed format
+(registry.crypto.sealed.RangeOpener, which `unseal` uses too); this module schedules them. The
+first chunk a file's read needs is authenticated on its own, in the calling thread, before
+anything is sized from the file's header: a forged chunk or plaintext size cannot make the
+workers allocate, nor fill the bookkeeping. It knows nothing of tensors, catalogs or where the
+bytes come from. Both AES-GCM `decrypt_into` and BLAKE3 release the GIL, so the threads run in
+parallel.
 """
 
 from __future__ import annotations
@@ -16,15 +20,14 @@ from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 import blake3
 
-from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE, Opener
+from registry.crypto.sealed import RangeOpener
 from registry.digest import format_digest
 from registry.errors import IntegrityError
 
-T = TypeVar("T")
 DEFAULT_CHUNKS_PER_READ = 4
 
 
@@ -60,8 +63,10 @@ class Counters:
 
 
 class SealedFile:
-    """One stored file: its header authenticated with its data key (key commitment) and its
-    plaintext size checked against the manifest's."""
+    """One stored file, read through the sealed format's RangeOpener: its header checked with
+    its data key (key commitment) and its plaintext size against the manifest's. Its chunk
+    layout is trusted, and buffers sized from it, only once a chunk read on its own has
+    authenticated it (`authenticated`; the Pipeline sees to it)."""
 
     def __init__(
         self,
@@ -75,32 +80,34 @@ class SealedFile:
     ) -> None:
         self.reader, self.digest, self.size, self.what = reader, digest, size, what
         self.counters = counters
-        self.opener = self._retrying(0, lambda: self._open(data_key))
-        self.header = self.opener.header
+        self.ranges = RangeOpener(
+            data_key,
+            digest,
+            read_into=self._read_into,
+            expected_size=size,
+            expected_by="the manifest",
+            what=what,
+            on_damage=self._damaged,
+        )
+        self.header = self.ranges.header
         self.chunk_size = self.header.chunk_size
         self.chunk_count = self.header.chunk_count
 
-    def _open(self, data_key: bytes) -> Opener:
-        buffer = bytearray(HEADER_SIZE)
-        got = self.reader.read_into(0, memoryview(buffer))
+    def _read_into(self, offset: int, buffer: memoryview) -> int:
+        got = self.reader.read_into(offset, buffer)
         self.counters.add(sealed_bytes=got, reads=1)
-        opener = Opener(data_key, self.digest, bytes(buffer[:got]), what=self.what)
-        if opener.header.plaintext_size != self.size:
-            raise IntegrityError(
-                f"{self.what}: header says {opener.header.plaintext_size} bytes, "
-                f"the manifest {self.size}",
-                path=self.what,
-            )
-        return opener
+        return got
 
-    def _retrying(self, offset: int, attempt: Callable[[], T]) -> T:
-        while True:
-            try:
-                return attempt()
-            except IntegrityError as error:
-                if not self.reader.damaged(offset, error):
-                    raise
-                self.counters.add(retries=1)
+    def _damaged(self, offset: int, error: IntegrityError) -> bool:
+        if not self.reader.damaged(offset, error):
+            return False
+        self.counters.add(retries=1)
+        return True
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether a chunk has authenticated the header (and with it the chunk layout)."""
+        return self.ranges.authenticated
 
     def chunks_of(self, start: int, end: int) -> tuple[int, int]:
         """First and last chunk holding plaintext bytes [start, end) (end > start)."""
@@ -114,37 +121,12 @@ class SealedFile:
         place: Callable[[int], memoryview],
     ) -> None:
         """Read chunks first..last in one range and decrypt each into `place(index)` (exactly
-        the chunk's plaintext size). `scratch` holds the sealed bytes."""
-        self._retrying(
-            self.header.chunk_offset(first), lambda: self._open_once(first, last, scratch, place)
-        )
-
-    def _open_once(
-        self, first: int, last: int, scratch: bytearray, place: Callable[[int], memoryview]
-    ) -> None:
-        offset, length = self.header.chunk_range(first, last)
-        # One byte more on the tail reveals bytes appended after the last chunk.
-        wanted = length + 1 if last == self.chunk_count - 1 else length
-        sealed = memoryview(scratch)[:wanted]
-        got = self.reader.read_into(offset, sealed)
-        self.counters.add(sealed_bytes=got, reads=1)
-        if got < length:
-            lost = first + got // (self.chunk_size + TAG_SIZE)
-            raise IntegrityError(f"{self.what}: truncated at chunk {lost}", path=self.what)
-        if got > length:
-            raise IntegrityError(
-                f"{self.what}: unexpected bytes after the last chunk", path=self.what
-            )
-        position = 0
-        for index in range(first, last + 1):
-            size = self.header.chunk_plain_size(index)
-            self.opener.open_chunk(
-                index, sealed[position : position + size + TAG_SIZE], place(index)
-            )
-            position += size + TAG_SIZE
+        the chunk's plaintext size). `scratch` holds the sealed bytes (`scratch_size`)."""
+        self.ranges.open_run(first, last, place, scratch=scratch)
 
     def scratch_size(self, chunks: int) -> int:
-        return chunks * (self.chunk_size + TAG_SIZE) + 1
+        """A scratch buffer for runs of `chunks` chunks (one chunk until authenticated)."""
+        return self.ranges.scratch_size(chunks)
 
 
 class Pipeline:
@@ -202,6 +184,47 @@ class Pipeline:
                 if not future.cancelled():
                     future.exception()  # wait: a buffer must not be written after we return
 
+    def _authenticate(
+        self, file: SealedFile, index: int, place: Callable[[int], memoryview]
+    ) -> None:
+        """Chunk `index` read and opened on its own, in this thread, before anything is sized
+        from the file's header: its one-chunk buffer is all a forged header can make us allocate
+        (at most MAX_CHUNK_SIZE), and it authenticates the header (every chunk's associated
+        data) before the workers, their buffers and the chunk bookkeeping are."""
+        file.open_chunks(index, index, self._scratch(file.scratch_size(1)), place)
+
+    def _whole(
+        self,
+        file: SealedFile,
+        place_for: Callable[[int], Callable[[int], memoryview]],
+        *,
+        step: int | None = None,
+        window: int | None = None,
+    ) -> Generator[tuple[int, int]]:
+        """Every chunk of the file decrypted, in runs of `step` chunks (default chunks_per_read):
+        run i into `place_for(i)(index)`, where `place_for(i)` is called in this thread when the
+        run is about to be submitted, at most `window` runs in flight (default 2 x workers).
+        Chunk 0 is read first on its own, in this thread, into its run's place (unless a chunk
+        already authenticated the header); only then are runs sized and handed to the workers.
+        Yields (first, last) of each run as it completes, in file order. Close it (`closing`):
+        that waits for the runs in flight."""
+        step = step or self.chunks_per_read
+        probed = not file.authenticated
+        if probed:
+            self._authenticate(file, 0, place_for(0))
+        groups = self._groups(0, file.chunk_count - 1, step)
+
+        def make(position: int) -> Callable[[], None]:
+            first, last = groups[position]
+            if position == 0 and probed:
+                first += 1  # chunk 0 is in place already
+            return self._task(file, first, last, place_for(position))
+
+        completed = self._in_order(len(groups), make, window=window or 2 * self.workers)
+        with closing(completed):
+            for position in completed:
+                yield groups[position]
+
     def decrypt_into(
         self,
         file: SealedFile,
@@ -217,19 +240,14 @@ class Pipeline:
         if len(destination) != file.size:
             raise ValueError("the destination must have the file's size")
         size, chunk = file.size, file.chunk_size
-        groups = self._groups(0, file.chunk_count - 1)
 
         def place(index: int) -> memoryview:
             return destination[index * chunk : index * chunk + file.header.chunk_plain_size(index)]
 
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
         done = 0
-        completed = self._in_order(
-            len(groups), lambda i: self._task(file, *groups[i], place), window=2 * self.workers
-        )
-        with closing(completed):
-            for position in completed:
-                _first, last = groups[position]
+        with closing(self._whole(file, lambda _run: place)) as runs:
+            for _first, last in runs:
                 end = min(size, (last + 1) * chunk)
                 if hasher is not None:
                     hasher.update(destination[done:end])
@@ -260,7 +278,8 @@ class Pipeline:
     def decrypt_span(self, file: SealedFile, start: int, end: int) -> tuple[bytearray, int]:
         """Plaintext bytes [start, end) of the file, reading only the chunks that hold them
         (authenticated chunk by chunk; no whole-file digest: that needs the whole file). They
-        are returned in a buffer of whole chunks, with the offset where they start in it."""
+        are returned in a buffer of whole chunks, with the offset where they start in it. The
+        first span of a file opens its first chunk on its own before sizing the buffer."""
         if not 0 <= start <= end <= file.size:
             raise ValueError(f"span {start}..{end} outside a file of {file.size} bytes")
         if start == end:
@@ -268,14 +287,24 @@ class Pipeline:
         first, last = file.chunks_of(start, end)
         chunk = file.chunk_size
         base = first * chunk
+        low = first
+        head: bytearray | None = None
+        if not file.authenticated:
+            head = bytearray(file.header.chunk_plain_size(first))  # one chunk at most
+            self._authenticate(file, first, lambda _index: memoryview(head))
+            if first == last:
+                return head, start - base
+            low = first + 1
         covered = bytearray(min(file.size, (last + 1) * chunk) - base)
         view = memoryview(covered)
+        if head is not None:
+            view[: len(head)] = head
 
         def place(index: int) -> memoryview:
             offset = index * chunk - base
             return view[offset : offset + file.header.chunk_plain_size(index)]
 
-        groups = self._groups(first, last)
+        groups = self._groups(low, last)
         completed = self._in_order(
             len(groups), lambda i: self._task(file, *groups[i], place), window=2 * self.workers
         )
@@ -298,30 +327,29 @@ class Pipeline:
         handed to `deliver(offset, plaintext, slot)`, which must call `slots.release(slot)` once
         the slot's bytes are no longer needed (after an asynchronous copy completes)."""
         size, chunk = file.size, file.chunk_size
-        groups = self._groups(0, file.chunk_count - 1, max(1, slots.slot_size // chunk))
-        taken: dict[int, int] = {}
+        step = max(1, slots.slot_size // chunk)
+        taken: dict[int, int] = {}  # run -> its slot
 
-        def make(position: int) -> Callable[[], None]:
-            first, _last = groups[position]
-            slot = taken[position] = slots.acquire()
-            view = slots.view(slot)
+        def place_for(run: int) -> Callable[[int], memoryview]:
+            if run not in taken:
+                taken[run] = slots.acquire()
+            view = slots.view(taken[run])
 
             def place(index: int) -> memoryview:
-                offset = (index - first) * chunk
+                offset = (index - run * step) * chunk
                 return view[offset : offset + file.header.chunk_plain_size(index)]
 
-            return self._task(file, *groups[position], place)
+            return place
 
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
-        # Two slots stay out of the workers' reach: the copies just issued read them, and a
-        # slot is reclaimed (its copy waited for) only when no other is free.
-        completed = self._in_order(len(groups), make, window=max(1, slots.count - 2))
         try:
-            with closing(completed):
-                for position in completed:
-                    first, last = groups[position]
+            # Two slots stay out of the workers' reach: the copies just issued read them, and a
+            # slot is reclaimed (its copy waited for) only when no other is free.
+            runs = self._whole(file, place_for, step=step, window=max(1, slots.count - 2))
+            with closing(runs):
+                for first, last in runs:
                     start, end = first * chunk, min(size, (last + 1) * chunk)
-                    slot = taken.pop(position)
+                    slot = taken.pop(first // step)
                     plaintext = slots.view(slot)[: end - start]
                     if hasher is not None:
                         hasher.update(plaintext)
@@ -334,7 +362,7 @@ class Pipeline:
                     if on_progress is not None:
                         on_progress(end - start)
         finally:
-            # After closing: the tasks in flight are done with their slots.
+            # After closing: the runs in flight are done with their slots.
             for slot in taken.values():
                 slots.release(slot)
 

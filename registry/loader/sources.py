@@ -17,8 +17,7 @@ from registry.errors import IntegrityError, NotFoundError
 from registry.loader.cache import Cache, CachedReader
 from registry.manifest import Manifest, ManifestFile
 from registry.records import VersionRecord
-from registry.replication import ReadReport
-from registry.service import Registry
+from registry.service import ReadReport, Registry
 
 ENV_URL = "MODEL_REGISTRY_URL"
 ENV_TOKEN = "MODEL_REGISTRY_TOKEN"  # noqa: S105 - a variable name, not a secret

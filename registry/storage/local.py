@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from registry.errors import InvalidInputError, NotFoundError, StorageError
+from registry.fileio import pread_into
 from registry.storage.base import Driver, ObjectInfo, validate_object_name, validate_prefix
 
 # Publishing retries when a concurrent delete removes an empty parent directory between our
@@ -64,17 +65,6 @@ def _write_all(fd: int, chunk: bytes | bytearray | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def pread_into(fd: int, offset: int, buffer: memoryview) -> int:
-    """Fill `buffer` from `offset` of an open file (fewer bytes only at its end)."""
-    got = 0
-    while got < len(buffer):
-        count = os.preadv(fd, [buffer[got:]], offset + got)
-        if count == 0:
-            break
-        got += count
-    return got
 
 
 class LocalDriver(Driver):
