@@ -5,6 +5,7 @@ alias moves, replication and key rotation, as plain frozen values. With the reco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -388,3 +389,73 @@ class VersionDetails:
     version: VersionRecord
     manifest: Manifest
     signer: str
+
+
+@dataclass(frozen=True)
+class SealedObject:
+    """One stored object of a version, as ranged ciphertext reads address it: a file's blob or
+    the version's manifest, and the size of its sealed form."""
+
+    version: VersionRecord
+    kind: str  # "blob" or "manifest"
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BrokeredKeys:
+    """The key broker's answer: the data keys of a version's manifest and files, by (kind,
+    digest), and how many keys were unwrapped to give them (what its audit entry records)."""
+
+    version: VersionRecord
+    keys: Mapping[tuple[str, str], bytes]
+    unwraps: int
+
+
+@dataclass(frozen=True)
+class SignerKey:
+    """A trusted signer's public key."""
+
+    name: str
+    key_id: str
+    public_key: str  # ed25519:BASE64
+
+
+@dataclass(frozen=True)
+class KeysReport:
+    """What `keys show` lists: the signing key, each region's key-encryption key and the
+    trusted signers (public material only)."""
+
+    signing_public_key: str
+    signing_key_id: str
+    kek_id: str  # the preferred region's key-encryption key
+    kek_file: str | None  # the local key file (None when every region uses KMS)
+    regions: tuple[RegionKey, ...]
+    trusted_signers: tuple[SignerKey, ...]
+
+
+@dataclass(frozen=True)
+class DrillProof:
+    """The last restore drill from one region, as the audit trail records it."""
+
+    region: str
+    at: datetime
+    ok: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ScrubProof:
+    """The last full scrub (every region, no sample): when, and the bad copies plus the regions
+    it could not check."""
+
+    at: datetime
+    problems: float
+
+
+@dataclass(frozen=True)
+class RecoveryProofs:
+    """When the backups were last proven (whoever ran the proofs, on whichever host)."""
+
+    drills: tuple[DrillProof, ...]
+    scrub: ScrubProof | None
