@@ -1,6 +1,8 @@
-"""`RemoteRegistry`: the registry through its REST API, with the methods and return types of
-`Registry` that the CLI uses, so every command reads the same whether it works on a local home or
-on a server (MODEL_REGISTRY_URL + MODEL_REGISTRY_TOKEN).
+"""`RemoteRegistry`: the registry through its REST API, with every method the CLI calls
+(`registry.surface.RegistrySurface`, which `Registry` satisfies too) and the same return types,
+read back from the API's JSON by `registry.wire`, so every command reads the same whether it works
+on a local home or on a server (MODEL_REGISTRY_URL + MODEL_REGISTRY_TOKEN). What the REST API does
+not offer raises `NotOfferedError`: it runs on the server's host.
 
 A push hashes the files here, opens (or resumes) an upload session, sends only the parts the
 server lacks, in parallel, and commits; the session id is remembered in a small state file so a
@@ -12,7 +14,6 @@ plaintext, and a server or network that changed a byte is caught.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
@@ -27,12 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode, urlsplit
 
 import blake3
 
-from registry import errors
+from registry import errors, wire
 from registry import manifest as manifests
 from registry.crypto import sealed
 from registry.digest import hash_file
@@ -44,24 +45,32 @@ from registry.records import (
     AliasRecord,
     AuditRecord,
     AuditVerification,
-    FileRecord,
+    DeliveryRecord,
     HoldRecord,
     ModelRecord,
     VersionRecord,
 )
 from registry.reports import (
     AliasChange,
-    FileProblem,
+    DrillReport,
     GcReport,
     HoldResult,
-    KeptObject,
+    KeysReport,
     PullResult,
     PushResult,
-    SweptObject,
+    RegionStatus,
+    ReplicateReport,
+    RotationReport,
+    ScrubReport,
     VerifyReport,
     VersionDetails,
 )
-from registry.retention import Decision, Policy, parse_duration
+from registry.retention import Decision, Policy
+
+if TYPE_CHECKING:
+    from registry.config import Webhook
+    from registry.crypto.signing import TrustedSigner
+    from registry.journal import RegionJournal, StoredJournal
 
 RANGE = 8 * 1024 * 1024  # bytes per ranged download request
 PARALLEL = 4  # requests in flight
@@ -82,6 +91,18 @@ class _Quiet:
         pass
 
 
+class NotOfferedError(InvalidInputError):
+    """An operation the REST API does not offer (administration of the server, proofs that read
+    every store): it runs on the registry server's host."""
+
+    code = "not_offered"
+    default_hint = "run it on the registry server (unset MODEL_REGISTRY_URL there)"
+
+
+def _not_offered(what: str) -> NoReturn:
+    raise NotOfferedError(f"`{what}` is not available through the REST API")
+
+
 def _error_classes() -> dict[str, type[RegistryError]]:
     found: dict[str, type[RegistryError]] = {}
     pending: list[type[RegistryError]] = [RegistryError]
@@ -93,79 +114,6 @@ def _error_classes() -> dict[str, type[RegistryError]]:
 
 
 _ERRORS = _error_classes()
-
-
-def _time(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _version(data: dict[str, Any]) -> VersionRecord:
-    return VersionRecord(
-        name=data["name"],
-        number=data["number"],
-        digest=data["digest"],
-        manifest_object="",
-        message=data["message"],
-        created_at=datetime.fromisoformat(data["created_at"]),
-        created_by=data["created_by"],
-        signed_by=data["signed_by"],
-        file_count=data["file_count"],
-        total_size=data["size"],
-        tensor_count=data["tensors"],
-        parameter_count=data["parameters"],
-        dtypes=tuple(data["dtypes"]),
-        files=tuple(
-            FileRecord(f["path"], f["size"], f["digest"], f["tensors"]) for f in data["files"]
-        ),
-        expired_at=_time(data.get("expired_at")),
-        expired_by=data.get("expired_by"),
-        expiry_reason=data.get("expiry_reason"),
-    )
-
-
-def _alias(data: dict[str, Any]) -> AliasRecord:
-    return AliasRecord(
-        data["model"],
-        data["alias"],
-        data["version"],
-        data["digest"],
-        data["protected"],
-        datetime.fromisoformat(data["updated_at"]),
-        data["updated_by"],
-    )
-
-
-def _move(data: dict[str, Any]) -> AliasMoveRecord:
-    return AliasMoveRecord(
-        data["model"],
-        data["alias"],
-        data["kind"],
-        data["version"],
-        data["previous"],
-        datetime.fromisoformat(data["moved_at"]),
-        data["moved_by"],
-        data["reason"],
-    )
-
-
-def _hold(data: dict[str, Any]) -> HoldRecord:
-    return HoldRecord(
-        data["model"],
-        data["version"],
-        data["digest"],
-        data["reason"],
-        data["placed_by"],
-        datetime.fromisoformat(data["placed_at"]),
-    )
-
-
-def _policy(data: dict[str, Any]) -> Policy:
-    def duration(text: str | None) -> Any:
-        return None if text is None else parse_duration(text)
-
-    return Policy(
-        data["keep_last"], duration(data["keep_within"]), duration(data["keep_demoted_for"])
-    )
 
 
 @dataclass(frozen=True)
@@ -253,7 +201,7 @@ class _Transport:
 
 @dataclass(frozen=True)
 class _Settings:
-    """What the CLI reads of `Registry.settings` (the server's are not exposed)."""
+    """The server's URL, as `settings.url` (the server's own settings are not exposed)."""
 
     url: str
 
@@ -357,28 +305,16 @@ class RemoteRegistry:
     # -- queries ------------------------------------------------------------------------------
 
     def models(self) -> list[ModelRecord]:
-        return [
-            ModelRecord(
-                m["name"],
-                datetime.fromisoformat(m["created_at"]),
-                m["versions"],
-                m["latest"],
-                m["size"],
-            )
-            for m in self._json("GET", "/v1/models")
-        ]
+        return [m.to_record() for m in wire.load_list(wire.Model, self._json("GET", "/v1/models"))]
 
     def versions(self, name: str, *, expired: bool = False) -> list[VersionRecord]:
         params = {"model": name, "expired": str(expired).lower()}
-        return [_version(v) for v in self._json("GET", "/v1/versions", params=params)]
+        found = wire.load_list(wire.Version, self._json("GET", "/v1/versions", params=params))
+        return [v.to_record() for v in found]
 
     def show(self, ref: str) -> VersionDetails:
         data = self._json("GET", "/v1/version", params={"ref": ref})
-        version = _version(data)
-        manifest = manifests.manifest_from_dict(
-            data["manifest"], expected_digest=version.digest, what=f"manifest of {version.ref}"
-        )
-        return VersionDetails(version, manifest, data["signer"])
+        return wire.load(wire.VersionDetails, data).to_report()
 
     def resolve(self, ref: str) -> VersionRecord:
         return self.show(ref).version
@@ -387,14 +323,7 @@ class RemoteRegistry:
         self, ref: str, *, read_data: bool = False, progress: Progress | None = None
     ) -> VerifyReport:
         data = self._json("POST", "/v1/verify", json={"ref": ref, "read_data": read_data})
-        return VerifyReport(
-            _version(data["version"]),
-            data["read_data"],
-            data["checked_files"],
-            data["checked_bytes"],
-            tuple(FileProblem(p["path"], p["problem"]) for p in data["problems"]),
-            tuple(data["unchecked"]),
-        )
+        return wire.load(wire.VerifyReport, data).to_report()
 
     # -- push ---------------------------------------------------------------------------------
 
@@ -423,28 +352,34 @@ class RemoteRegistry:
         progress.end()
         sources = {entry.path: entry.source for entry in files}
         state_file = self._resume_file(name, described, message)
-        session = None
+        session: wire.UploadSession | None = None
         if state_file.exists():
             try:
-                session = self._json("GET", f"/v1/uploads/{state_file.read_text().strip()}")
+                session = wire.load(
+                    wire.UploadSession,
+                    self._json("GET", f"/v1/uploads/{state_file.read_text().strip()}"),
+                )
             except errors.NotFoundError:
                 session = None  # expired or committed meanwhile: start again
         if session is None:
-            session = self._json(
-                "POST", "/v1/uploads", json={"model": name, "files": described, "message": message}
+            session = wire.load(
+                wire.UploadSession,
+                self._json(
+                    "POST",
+                    "/v1/uploads",
+                    json={"model": name, "files": described, "message": message},
+                ),
             )
             state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            state_file.write_text(session["id"])
-        part_size = session["part_size"]
+            state_file.write_text(session.id)
+        part_size = session.part_size
         todo = [
-            (entry["index"], part, entry["path"])
-            for entry in session["files"]
-            for part in sorted(set(range(entry["parts"])) - set(entry["received"]))
+            (entry.index, part, entry.path)
+            for entry in session.files
+            for part in sorted(set(range(entry.parts)) - set(entry.received))
         ]
         already = sum(
-            min(part_size, e["size"] - p * part_size)
-            for e in session["files"]
-            for p in e["received"]
+            min(part_size, e.size - p * part_size) for e in session.files for p in e.received
         )
         progress.begin("uploading", total)
         progress.advance(already)
@@ -457,7 +392,7 @@ class RemoteRegistry:
                 data = handle.read(part_size)
             self._call(
                 "PUT",
-                f"/v1/uploads/{session['id']}/files/{index}/parts/{part}",
+                f"/v1/uploads/{session.id}/files/{index}/parts/{part}",
                 content=data,
                 headers={"X-Part-Digest": "blake3:" + blake3.blake3(data).hexdigest()},
             )
@@ -470,17 +405,10 @@ class RemoteRegistry:
                 sent = sum(pool.map(send, todo))
         finally:
             progress.end()
-        result = self._json("POST", f"/v1/uploads/{session['id']}/commit", wait=True)
+        result = self._json("POST", f"/v1/uploads/{session.id}/commit", wait=True)
         state_file.unlink(missing_ok=True)
         self.last_push_sent = sent
-        return PushResult(
-            _version(result),
-            result["created"],
-            result["uploaded_bytes"],
-            result["reused_bytes"],
-            len(files),
-            tuple(result["pending_regions"]),
-        )
+        return wire.load(wire.PushResult, result).to_report()
 
     def _resume_file(self, name: str, described: list[dict[str, Any]], message: str) -> Path:
         key = hashlib.sha256(
@@ -495,10 +423,7 @@ class RemoteRegistry:
 
     def data_keys(self, ref: str) -> dict[tuple[str, str], bytes]:
         """The key broker's answer for a version: (purpose, digest) -> data key (audited)."""
-        return {
-            (k["purpose"], k["digest"]): base64.b64decode(k["key"])
-            for k in self._json("POST", "/v1/keys", json={"ref": ref})["keys"]
-        }
+        return wire.load(wire.DataKeys, self._json("POST", "/v1/keys", json={"ref": ref})).to_keys()
 
     def read_ciphertext(self, ref: str, path: str, offset: int, length: int) -> bytes:
         """Sealed bytes [offset, offset + length) of a version's file (fewer at its end)."""
@@ -558,11 +483,8 @@ class RemoteRegistry:
 
     # -- aliases, lifecycle, audit -------------------------------------------------------------
 
-    def _change(self, data: dict[str, Any]) -> AliasChange:
-        move = None if data.get("move") is None else _move(data["move"])
-        return AliasChange(
-            move, _alias(data), tuple(data.get("undelivered", ())), tuple(data.get("unlocked", ()))
-        )
+    def _change(self, data: Any) -> AliasChange:
+        return wire.load(wire.AliasChange, data).to_report()
 
     def promote(self, ref: str, alias: str, *, reason: str = "") -> AliasChange:
         body = {"ref": ref, "alias": alias, "reason": reason}
@@ -576,10 +498,12 @@ class RemoteRegistry:
 
     def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
         body = {"model": name, "alias": alias, "protected": protected}
-        return _alias(self._json("POST", "/v1/aliases/protect", json=body))
+        data = self._json("POST", "/v1/aliases/protect", json=body)
+        return wire.load(wire.Alias, data).to_record()
 
     def aliases(self, name: str) -> list[AliasRecord]:
-        return [_alias(a) for a in self._json("GET", "/v1/aliases", params={"model": name})]
+        data = self._json("GET", "/v1/aliases", params={"model": name})
+        return [a.to_record() for a in wire.load_list(wire.Alias, data)]
 
     def history(
         self, name: str, alias: str | None = None, *, at: datetime | None = None
@@ -589,7 +513,8 @@ class RemoteRegistry:
             params["alias"] = alias
         if at is not None:
             params["at"] = at.isoformat()
-        return [_move(m) for m in self._json("GET", "/v1/history", params=params)]
+        data = self._json("GET", "/v1/history", params=params)
+        return [m.to_record() for m in wire.load_list(wire.AliasMove, data)]
 
     def set_retention(
         self,
@@ -607,62 +532,38 @@ class RemoteRegistry:
             "keep_demoted_for": keep_demoted_for,
             "clear": clear,
         }
-        return _policy(self._json("PUT", "/v1/retention", json=body))
+        return wire.load(
+            wire.ModelPolicy, self._json("PUT", "/v1/retention", json=body)
+        ).to_policy()
 
     def retention(self, name: str) -> tuple[Policy, str]:
-        data = self._json("GET", "/v1/retention", params={"model": name})
-        return _policy(data), data["source"]
+        data = wire.load(wire.Retention, self._json("GET", "/v1/retention", params={"model": name}))
+        return data.to_policy(), data.source
 
     def plan_retention(self, name: str | None = None) -> list[tuple[str, Policy, list[Decision]]]:
         names = [name] if name is not None else [m.name for m in self.models()]
-        plans = []
-        for model in names:
-            data = self._json("GET", "/v1/retention/plan", params={"model": model})
-            decisions = [
-                Decision(d["version"], d["keep"], tuple(d["reasons"])) for d in data["versions"]
-            ]
-            plans.append((model, _policy(data), decisions))
-        return plans
+        return [
+            wire.load(
+                wire.RetentionPlan, self._json("GET", "/v1/retention/plan", params={"model": model})
+            ).to_plan()
+            for model in names
+        ]
 
     def hold(self, ref: str, *, reason: str) -> HoldResult:
         data = self._json("POST", "/v1/holds", json={"ref": ref, "reason": reason})
-        return HoldResult(
-            _hold(data), data["changed"], data["objects"], tuple(data["failed_regions"])
-        )
+        return wire.load(wire.HoldResult, data).to_report()
 
     def release_hold(self, ref: str, *, reason: str) -> HoldResult:
         data = self._json("POST", "/v1/holds/release", json={"ref": ref, "reason": reason})
-        return HoldResult(
-            _hold(data), data["changed"], data["objects"], tuple(data["failed_regions"])
-        )
+        return wire.load(wire.HoldResult, data).to_report()
 
     def holds(self) -> list[HoldRecord]:
-        return [_hold(h) for h in self._json("GET", "/v1/holds")]
+        return [h.to_record() for h in wire.load_list(wire.Hold, self._json("GET", "/v1/holds"))]
 
     def gc(self, *, dry_run: bool = False, grace: str = "24h") -> GcReport:
         data = self._json("POST", "/v1/gc", json={"dry_run": dry_run, "grace": grace})
-        expired = tuple(self._tombstone(ref) for ref in data["expired"])
-        return GcReport(
-            data["dry_run"],
-            parse_duration(data["grace"]),
-            expired,
-            data["locks_extended"],
-            tuple(
-                SweptObject(s["purpose"], s["digest"], tuple(s["regions"].items()))
-                for s in data["swept"]
-            ),
-            tuple(
-                KeptObject(
-                    k["purpose"],
-                    k["digest"],
-                    k["reason"],
-                    # A server from before per-region reasons sends none.
-                    tuple((r["region"], r["reason"]) for r in k.get("regions", [])),
-                )
-                for k in data["kept"]
-            ),
-            tuple(data["problems"]),
-        )
+        report = wire.load(wire.GcReport, data)
+        return report.to_report([self._tombstone(ref) for ref in report.expired])
 
     def _tombstone(self, ref: str) -> VersionRecord:
         name, _, number = ref.rpartition("@")
@@ -672,7 +573,8 @@ class RemoteRegistry:
         raise errors.NotFoundError(f"{ref} is not listed by the server")
 
     def delete(self, ref: str, *, reason: str) -> VersionRecord:
-        return _version(self._json("POST", "/v1/delete", json={"ref": ref, "reason": reason}))
+        data = self._json("POST", "/v1/delete", json={"ref": ref, "reason": reason})
+        return wire.load(wire.Version, data).to_record()
 
     def audit_events(
         self, *, subject: str | None = None, since: datetime | None = None, limit: int = 100
@@ -682,40 +584,83 @@ class RemoteRegistry:
             params["model"] = subject
         if since is not None:
             params["since"] = since.isoformat()
-        return [
-            AuditRecord(
-                e["id"],
-                datetime.fromisoformat(e["at"]),
-                e["actor"],
-                e["action"],
-                e["subject"],
-                e["details"],
-            )
-            for e in self._json("GET", "/v1/audit", params=params)
-        ]
+        data = self._json("GET", "/v1/audit", params=params)
+        return [e.to_record() for e in wire.load_list(wire.AuditEntry, data)]
 
     def verify_audit(self) -> AuditVerification:
         data = self._json("GET", "/v1/audit/verify")
-        return AuditVerification(
-            data["ok"],
-            data["checked"],
-            data["first_bad"],
-            data["problem"],
-            data["head"],
-            int(data.get("links_only", 0)),
-        )
+        return wire.load(wire.AuditVerification, data).to_record()
 
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (keys, regions, replicate, events, tokens, signers) runs on the server.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise InvalidInputError(
-            f"`{name.replace('_', ' ')}` is not available through the REST API",
-            hint="run it on the registry server (unset MODEL_REGISTRY_URL there)",
-        )
+    # -- not offered by the REST API: these run on the server's host ----------------------------
+
+    def scrub(
+        self,
+        *,
+        read_data: bool = False,
+        sample: float | None = None,
+        region: str | None = None,
+        progress: Progress | None = None,
+    ) -> ScrubReport:
+        _not_offered("scrub")
+
+    def drill(
+        self,
+        *,
+        region: str | None = None,
+        alias: str = "production",
+        sample: int | None = None,
+        progress: Progress | None = None,
+    ) -> DrillReport:
+        _not_offered("drill")
+
+    def regions_status(self) -> list[RegionStatus]:
+        _not_offered("regions status")
+
+    def replicate(
+        self, *, repair: bool = False, progress: Progress | None = None
+    ) -> ReplicateReport:
+        _not_offered("replicate")
+
+    def journal_status(self, *, check: bool = True) -> list[RegionJournal]:
+        _not_offered("journal status")
+
+    def drain_journal(self) -> list[RegionJournal]:
+        _not_offered("drain journal")
+
+    def new_journal_epoch(self) -> str:
+        _not_offered("new journal epoch")
+
+    def stored_journals(self) -> list[StoredJournal]:
+        _not_offered("stored journals")
+
+    def add_webhook(self, url: str) -> Webhook:
+        _not_offered("add webhook")
+
+    def deliveries(self, *, pending_only: bool = False, limit: int = 100) -> list[DeliveryRecord]:
+        _not_offered("deliveries")
+
+    def deliver_events(self, *, attempts: int = 3, backoff: float = 0.5) -> list[str]:
+        _not_offered("deliver events")
+
+    def key_report(self) -> KeysReport:
+        _not_offered("key report")
+
+    def trust_signer(self, name: str, public_key: str) -> TrustedSigner:
+        _not_offered("trust signer")
+
+    def untrust_signer(self, name: str) -> None:
+        _not_offered("untrust signer")
+
+    def new_signing_key(self) -> str:
+        _not_offered("new signing key")
+
+    def rotate_keys(
+        self, to: str, *, region: str | None = None, progress: Progress | None = None
+    ) -> RotationReport:
+        _not_offered("rotate keys")
 
 
-__all__ = ["Manifest", "RemoteRegistry"]
+__all__ = ["Manifest", "NotOfferedError", "RemoteRegistry"]
 
 
 def _retry_after(value: str | None) -> float:

@@ -13,7 +13,6 @@ from typing import Any
 
 from registry.manifest import Manifest
 from registry.records import AliasMoveRecord, AliasRecord, HoldRecord, VersionRecord
-from registry.retention import format_duration
 
 
 @dataclass(frozen=True)
@@ -89,36 +88,6 @@ class ScrubReport:
     def ok(self) -> bool:
         return not self.problems and not self.unchecked
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "read_data": self.read_data,
-            "objects": self.objects,
-            "copies": self.copies,
-            "sampled_percent": self.sampled,
-            "problems": [
-                {
-                    "region": p.region,
-                    "kind": p.kind,
-                    "digest": p.digest,
-                    "object": p.name,
-                    "problem": p.problem,
-                    "versions": list(p.versions),
-                }
-                for p in self.problems
-            ],
-            "orphans": [
-                {
-                    "region": o.region,
-                    "object": o.name,
-                    "size": o.size,
-                    "modified": o.modified.isoformat(),
-                }
-                for o in self.orphans
-            ],
-            "unchecked": list(self.unchecked),
-        }
-
 
 @dataclass(frozen=True)
 class DrillModel:
@@ -148,28 +117,6 @@ class DrillReport:
     @property
     def ok(self) -> bool:
         return all(model.ok for model in self.models)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "region": self.region,
-            "mode": self.mode,
-            "seconds": round(self.seconds, 3),
-            "at": self.at.isoformat(),
-            "models": [
-                {
-                    "name": m.name,
-                    "ref": m.ref,
-                    "via": m.via,
-                    "ok": m.ok,
-                    "files": m.files,
-                    "bytes": m.bytes,
-                    "seconds": round(m.seconds, 3),
-                    "problems": list(m.problems),
-                }
-                for m in self.models
-            ],
-        }
 
 
 @dataclass(frozen=True)
@@ -288,35 +235,6 @@ class GcReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON (the CLI's --json and the REST API answer alike)."""
-        return {
-            "dry_run": self.dry_run,
-            "grace": format_duration(self.grace),
-            "expired": [v.ref for v in self.expired],
-            "locks_extended": self.locks_extended,
-            "swept": [
-                {
-                    "purpose": s.purpose,
-                    "digest": s.digest,
-                    "bytes": s.bytes,
-                    "regions": dict(s.sizes),
-                }
-                for s in self.swept
-            ],
-            "bytes_reclaimed": self.bytes_reclaimed,
-            "kept": [
-                {
-                    "purpose": k.purpose,
-                    "digest": k.digest,
-                    "reason": k.reason,
-                    "regions": [{"region": r, "reason": why} for r, why in k.regions],
-                }
-                for k in self.kept
-            ],
-            "problems": list(self.problems),
-        }
-
 
 @dataclass(frozen=True)
 class RegionKey:
@@ -331,21 +249,6 @@ class RegionKey:
     # The keys a rotation is moving away from (they only unwrap), as configured, each with its
     # kek id (None: a previous key file that is gone).
     previous: tuple[tuple[str, str | None], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        local = self.provider == "local"
-        return {
-            "name": self.region,
-            "provider": self.provider,
-            "kek_id": self.kek_id,
-            "file": self.key if local else None,
-            "key": None if local else self.key,
-            "region": self.kms_region,
-            "endpoint": self.endpoint,
-            "previous": [
-                {"file" if local else "key": key, "kek_id": kek} for key, kek in self.previous
-            ],
-        }
 
 
 @dataclass(frozen=True)
@@ -368,20 +271,11 @@ class RotationReport:
     unrecoverable: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "to": self.to,
-            "retired": list(self.retired),
-            "still_used": list(self.still_used),
-            "unrecoverable": self.unrecoverable,
-            "regions": list(self.regions),
-            "objects": self.objects,
-            "slots_written": self.slots_written,
-            "catalog_slots_retired": self.catalog_slots_retired,
-            "old_slot_objects_deleted": self.old_slot_objects_deleted,
-            "old_slot_objects_locked": self.old_slot_objects_locked,
-            "created_key_file": self.created_key_file,
-            "seconds": round(self.seconds, 3),
-        }
+        """The report's JSON, `registry.wire.RotationReport` (what `ops.rotation` audits)."""
+        from registry import wire  # wire imports this module
+
+        data: dict[str, Any] = wire.dump(wire.RotationReport.of(self))
+        return data
 
 
 @dataclass(frozen=True)
