@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import click
 from rich.markup import escape
@@ -18,9 +18,6 @@ from registry.errors import (
     InvalidInputError,
     StorageError,
 )
-
-if TYPE_CHECKING:
-    from registry.journal import StoredJournal
 
 
 @click.group()
@@ -76,7 +73,7 @@ def journal(drain: bool, new_epoch: bool, stores: bool, as_json: bool) -> None:
         sys.exit(9)
 
 
-def _print_stored(found: list[StoredJournal], *, as_json: bool) -> None:
+def _print_stored(found: Sequence[wire.StoredJournalLike], *, as_json: bool) -> None:
     if as_json:
         print_json([wire.StoredJournal.of(s) for s in found])
     else:

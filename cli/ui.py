@@ -29,7 +29,7 @@ from registry import wire
 from registry.errors import RegistryError
 
 if TYPE_CHECKING:
-    from registry.surface import RegistrySurface
+    from registry.client import RegistrySurface
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -587,6 +587,10 @@ class Registry:
         """The recorded deliveries of events to webhooks, newest first."""
         return events_ops.deliveries(self._context, pending_only=pending_only, limit=limit)
 
+    def check_permission(self, operation: str) -> None:
+        """PermissionDeniedError unless this handle's role may do `operation`, as it would."""
+        return serving_ops.check_permission(self._context, operation)
+
     def key_report(self) -> KeysReport:
         """The signing key, each region's key-encryption key and the trusted signers."""
         return keyinfo_ops.key_report(self._context)

@@ -1,6 +1,6 @@
 """One JSON form per record (`registry.wire`): the CLI's `--json`, the REST API and the client
 agree on it, and the client gives back the service's own types; the client has every method the
-CLI calls (`registry.surface.RegistrySurface`), failing clearly for what the API does not
+CLI calls (`registry.client.RegistrySurface`), failing clearly for what the API does not
 offer; the key broker audits the key unwraps it took."""
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from litestar.testing import TestClient
 from cli.main import main
 from registry import wire
 from registry.api.app import create_app
-from registry.client import NotOfferedError, RemoteRegistry
+from registry.client import NotOfferedError, RegistrySurface, RemoteRegistry
 from registry.errors import InvalidInputError
 from registry.service import ADMIN, READER, Registry
-from registry.surface import RegistrySurface
 from registry.testing.models import make_model
 from tests.test_api_cli import LiveServer
 

@@ -3,9 +3,10 @@ patterns (403), before anything is looked up, so neither answer tells whether a 
 
 Every `/v1` route names the operation it runs (`operation=` in its decorator, a key of
 `registry.ops.access.PERMISSIONS`); the guard `authorize` checks the token's role with the same
-rule the operation itself applies (`access.check`), before Litestar even reads the request's
-parameters or body. The handler then checks the model patterns of what it was asked (`enter`),
-which needs those parameters, and gets the registry as the token sees it.
+rule the operation itself applies (`Registry.check_permission`, which is `access.check`), before
+Litestar even reads the request's parameters or body. The handler then checks the model patterns
+of what it was asked (`enter`), which needs those parameters, and gets the registry as the token
+sees it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from litestar.handlers.base import BaseRouteHandler
 
 from registry.api.common import state_of
 from registry.errors import PermissionDeniedError, RegistryError, UnauthenticatedError
-from registry.ops import access
 from registry.records import TokenRecord
 from registry.refs import parse_reference, validate_name
 from registry.service import Registry
@@ -73,8 +73,9 @@ def _check(
         )
     token = state.registry.authenticate(text)
     (state.transfer_limiter if transfer else state.limiter).check(token.id)
-    access.check(token.role, operation)
-    return Caller(state.registry.acting_as(token), token)
+    view = state.registry.acting_as(token)
+    view.check_permission(operation)
+    return Caller(view, token)
 
 
 def enter(

@@ -43,6 +43,7 @@ PERMISSIONS: dict[str, Permission] = {
     "read-sealed": Permission(READER, "read sealed ciphertext"),
     "key-broker": Permission(READER, "use the key broker"),
     "status": Permission(READER, "read the service's status"),
+    "permissions": Permission(READER, "ask what its role may do"),
     # writing versions and moving aliases
     "push": Permission(PUSHER, "push a version"),
     "promote": Permission(PUSHER, "promote"),

@@ -181,3 +181,11 @@ def recovery_proofs(ctx: Context) -> RecoveryProofs:
             scrub = ScrubProof(event.at, problems)
             break
     return RecoveryProofs(tuple(drills.values()), scrub)
+
+
+@requires("permissions")
+def check_permission(ctx: Context, operation: str) -> None:
+    """Raise PermissionDeniedError unless this context's role may do `operation` (a key of
+    `access.PERMISSIONS`): the rule the operation itself applies, asked before anything is
+    read or looked up (the REST API's guards)."""
+    ctx.require(operation)

@@ -1,16 +1,88 @@
-"""The stores: scrub, drill, regions, replication, the journal and a catalog rebuild."""
+"""The stores: scrub, drill, regions, replication, the journal and a catalog rebuild.
+
+The journal's states and a rebuild's report are values of layers above this one
+(`registry.journal`, `registry.rebuild`): their models are made from anything of their shape
+(`RegionJournalLike`, `StoredJournalLike`, `RebuildLike`), which mypy checks where they are
+made.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Protocol
 
 from registry import reports
 from registry.wire.base import Time, Wire, iso, maybe_iso
 
-if TYPE_CHECKING:
-    from registry.journal import RegionJournal
-    from registry.journal import StoredJournal as StoredJournalState
-    from registry.rebuild import RebuildReport as RebuildResult
+
+class RegionJournalLike(Protocol):
+    """How far a region's journal goes by the catalog's marks (`registry.journal`)."""
+
+    @property
+    def region(self) -> str: ...
+    @property
+    def mark(self) -> int: ...
+    @property
+    def behind(self) -> int: ...
+    @property
+    def lag_seconds(self) -> float: ...
+    @property
+    def error(self) -> str: ...
+
+
+class StoredJournalLike(Protocol):
+    """What a region's store holds of the journal (`registry.journal`)."""
+
+    @property
+    def region(self) -> str: ...
+    @property
+    def epoch(self) -> str | None: ...
+    @property
+    def started_at(self) -> datetime | None: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def newest_at(self) -> datetime | None: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def behind(self) -> str: ...
+
+
+class RebuildLike(Protocol):
+    """What a catalog rebuild did (`registry.rebuild`)."""
+
+    @property
+    def region(self) -> str: ...
+    @property
+    def catalog(self) -> str: ...
+    @property
+    def entries(self) -> int: ...
+    @property
+    def segments(self) -> int: ...
+    @property
+    def restored(self) -> Mapping[str, int]: ...
+    @property
+    def from_records(self) -> Sequence[str]: ...
+    @property
+    def unrestored(self) -> Sequence[str]: ...
+    @property
+    def probed(self) -> Sequence[str]: ...
+    @property
+    def unreachable(self) -> Sequence[str]: ...
+    @property
+    def bad_copies(self) -> Sequence[str]: ...
+    @property
+    def accepted_loss(self) -> Sequence[str]: ...
+    @property
+    def journal(self) -> Sequence[str]: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def ok(self) -> bool: ...
 
 
 # -- stores: scrub, drill, regions, replication, journal, rebuild ------------------------------
@@ -180,7 +252,7 @@ class JournalState(Wire, kw_only=True):
     error: str
 
     @classmethod
-    def of(cls, s: RegionJournal) -> JournalState:
+    def of(cls, s: RegionJournalLike) -> JournalState:
         return cls(
             region=s.region,
             journal_seq=s.mark,
@@ -203,7 +275,7 @@ class StoredJournal(Wire, kw_only=True):
     behind: str
 
     @classmethod
-    def of(cls, s: StoredJournalState) -> StoredJournal:
+    def of(cls, s: StoredJournalLike) -> StoredJournal:
         return cls(
             region=s.region,
             epoch=s.epoch,
@@ -233,7 +305,7 @@ class RebuildReport(Wire, kw_only=True):
     ok: bool
 
     @classmethod
-    def of(cls, r: RebuildResult) -> RebuildReport:
+    def of(cls, r: RebuildLike) -> RebuildReport:
         return cls(
             region=r.region,
             catalog=r.catalog,

@@ -1,17 +1,23 @@
 """`RegistrySurface`: what the CLI asks of a registry, whether it is a local home (`Registry`) or
-a server (`registry.client.RemoteRegistry`). Both satisfy it, and mypy checks that they do (the
-CLI opens one or the other as this type, and the assertions at the end of this module): a method
-the client lacks is a type error, not a surprise at run time. What the REST API does not offer,
-the client still has, raising `registry.client.NotOfferedError` ("run it on the registry server").
+a server (`RemoteRegistry`). Both satisfy it, and mypy checks that they do (the CLI opens one or
+the other as this type, and the assertions at the end of this module): a method the client
+lacks is a type error, not a surprise at run time. What the REST API does not offer, the client
+still has, raising `NotOfferedError` ("run it on the registry server").
+
+The journal's states are described by their shape (`registry.wire.RegionJournalLike`,
+`StoredJournalLike`) and a trusted signer by `TrustedSignerLike`: the CLI reads them, and needs
+nothing of the layers that make them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, Self
 
+from registry import wire
 from registry.records import (
     AliasMoveRecord,
     AliasRecord,
@@ -41,9 +47,16 @@ from registry.retention import Decision, Policy
 
 if TYPE_CHECKING:
     from registry.config import Webhook
-    from registry.crypto.signing import TrustedSigner
-    from registry.journal import RegionJournal, StoredJournal
     from registry.materialize import Progress
+
+
+class TrustedSignerLike(Protocol):
+    """A signer whose manifests are trusted: its name and key id."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def key_id(self) -> str: ...
 
 
 class RegistrySurface(Protocol):
@@ -170,13 +183,13 @@ class RegistrySurface(Protocol):
         self, *, repair: bool = False, progress: Progress | None = None
     ) -> ReplicateReport: ...
 
-    def journal_status(self, *, check: bool = True) -> list[RegionJournal]: ...
+    def journal_status(self, *, check: bool = True) -> Sequence[wire.RegionJournalLike]: ...
 
-    def drain_journal(self) -> list[RegionJournal]: ...
+    def drain_journal(self) -> Sequence[wire.RegionJournalLike]: ...
 
     def new_journal_epoch(self) -> str: ...
 
-    def stored_journals(self) -> list[StoredJournal]: ...
+    def stored_journals(self) -> Sequence[wire.StoredJournalLike]: ...
 
     # -- events and keys (on the server's host)
     def add_webhook(self, url: str) -> Webhook: ...
@@ -189,7 +202,7 @@ class RegistrySurface(Protocol):
 
     def key_report(self) -> KeysReport: ...
 
-    def trust_signer(self, name: str, public_key: str) -> TrustedSigner: ...
+    def trust_signer(self, name: str, public_key: str) -> TrustedSignerLike: ...
 
     def untrust_signer(self, name: str) -> None: ...
 
@@ -202,7 +215,7 @@ class RegistrySurface(Protocol):
 
 if TYPE_CHECKING:
     # Both implementations satisfy the surface (checked by mypy, nothing runs).
-    from registry.client import RemoteRegistry
+    from registry.client.remote import RemoteRegistry
     from registry.service import Registry
 
     def _local(registry: Registry) -> RegistrySurface:

@@ -1,16 +1,4 @@
-"""`RemoteRegistry`: the registry through its REST API, with every method the CLI calls
-(`registry.surface.RegistrySurface`, which `Registry` satisfies too) and the same return types,
-read back from the API's JSON by `registry.wire`, so every command reads the same whether it works
-on a local home or on a server (MODEL_REGISTRY_URL + MODEL_REGISTRY_TOKEN). What the REST API does
-not offer raises `NotOfferedError`: it runs on the server's host.
-
-A push hashes the files here, opens (or resumes) an upload session, sends only the parts the
-server lacks, in parallel, and commits; the session id is remembered in a small state file so a
-push that was interrupted resumes where it stopped. A pull gets the verified manifest and the data
-keys (key broker), reads ranged ciphertext and decrypts, authenticates and re-hashes every file
-here (`materialize.write_verified`, the same code as a local pull): the server never sends
-plaintext, and a server or network that changed a byte is caught.
-"""
+"""`RemoteRegistry`: a registry server spoken to with one token (see `registry.client`)."""
 
 from __future__ import annotations
 
@@ -29,16 +17,17 @@ from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import blake3
 
 from registry import errors, wire
 from registry import manifest as manifests
+from registry.client.transport import ERRORS, Response, Transport, retry_after
 from registry.crypto import sealed
 from registry.digest import hash_file
 from registry.errors import InvalidInputError, RegistryError, StorageError
-from registry.manifest import Manifest, ManifestFile
+from registry.manifest import ManifestFile
 from registry.materialize import Progress, plan_targets, storage_error, write_verified
 from registry.records import (
     AliasMoveRecord,
@@ -68,13 +57,11 @@ from registry.reports import (
 from registry.retention import Decision, Policy
 
 if TYPE_CHECKING:
+    from registry.client.surface import TrustedSignerLike
     from registry.config import Webhook
-    from registry.crypto.signing import TrustedSigner
-    from registry.journal import RegionJournal, StoredJournal
 
 RANGE = 8 * 1024 * 1024  # bytes per ranged download request
 PARALLEL = 4  # requests in flight
-IDLE_REUSE = 2.0  # seconds a keep-alive connection may idle before it is replaced
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 RETRIES = 5
 RATE_LIMIT_PATIENCE = 120.0  # seconds a request waits out 429 answers before it gives up
@@ -103,102 +90,6 @@ def _not_offered(what: str) -> NoReturn:
     raise NotOfferedError(f"`{what}` is not available through the REST API")
 
 
-def _error_classes() -> dict[str, type[RegistryError]]:
-    found: dict[str, type[RegistryError]] = {}
-    pending: list[type[RegistryError]] = [RegistryError]
-    while pending:
-        cls = pending.pop()
-        found.setdefault(cls.code, cls)
-        pending.extend(cls.__subclasses__())
-    return found
-
-
-_ERRORS = _error_classes()
-
-
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    headers: dict[str, str]
-    content: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-class _Transport:
-    """Keep-alive HTTP/1.1 connections in a pool shared by every thread (the standard library's
-    client moves large bodies about twice as fast as httpx here, docs/benchmarks.md): a request
-    takes an idle connection, or opens one, and gives it back once its answer is read, so the
-    number of connections is the number of requests in flight, however many threads come and
-    go."""
-
-    def __init__(self, url: str, token: str, *, timeout: float) -> None:
-        parts = urlsplit(url)
-        if parts.hostname is None:
-            raise InvalidInputError(f"invalid registry URL {url!r}")
-        self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port
-        self._base = parts.path.rstrip("/")
-        self._auth = f"Bearer {token}"
-        self._timeout = timeout
-        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
-        self._lock = threading.Lock()
-
-    def _take(self, timeout: float | None) -> http.client.HTTPConnection:
-        now = time.monotonic()
-        with self._lock:
-            while self._idle:
-                connection, since = self._idle.pop()
-                if now - since <= IDLE_REUSE:
-                    connection.timeout = timeout
-                    if connection.sock is not None:
-                        connection.sock.settimeout(timeout)
-                    return connection
-                # Servers close idle keep-alive connections (uvicorn after 5 s); a request sent
-                # on one just closed fails, and a POST cannot be safely sent again.
-                connection.close()
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return kind(self._host, self._port, timeout=timeout)
-
-    def request(
-        self,
-        method: str,
-        target: str,
-        body: bytes | None,
-        headers: dict[str, str],
-        *,
-        wait: bool = False,
-    ) -> _Response:
-        """One request; with `wait`, no time limit on the answer (a commit that encrypts and
-        stores a large model inside its request)."""
-        connection = self._take(None if wait else self._timeout)
-        try:
-            connection.request(
-                method,
-                self._base + target,
-                body=body,
-                headers={"Authorization": self._auth, **headers},
-            )
-            answer = connection.getresponse()
-            content = answer.read()
-        except BaseException:
-            connection.close()
-            raise
-        if answer.will_close:
-            connection.close()
-        else:
-            with self._lock:
-                self._idle.append((connection, time.monotonic()))
-        return _Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, content)
-
-    def close(self) -> None:
-        with self._lock:
-            for connection, _since in self._idle:
-                connection.close()
-            self._idle.clear()
-
-
 @dataclass(frozen=True)
 class _Settings:
     """The server's URL, as `settings.url` (the server's own settings are not exposed)."""
@@ -224,7 +115,7 @@ class RemoteRegistry:
             )
         self.url = url.rstrip("/")
         self.settings = _Settings(self.url)
-        self._transport = _Transport(self.url, token, timeout=timeout)
+        self._transport = Transport(self.url, token, timeout=timeout)
         self._token_tag = hashlib.sha256(token.encode()).hexdigest()[:16]
         self.last_push_sent = 0  # bytes the last push sent (a resumed push sends only the rest)
 
@@ -254,7 +145,7 @@ class RemoteRegistry:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         wait: bool = False,
-    ) -> _Response:
+    ) -> Response:
         body, extra = content, dict(headers or {})
         if json is not None:
             body = _json_module.dumps(json).encode()
@@ -280,7 +171,7 @@ class RemoteRegistry:
             if response.status == 429:
                 # Waited out for as long as RATE_LIMIT_PATIENCE: a large push or pull of many
                 # parts in parallel meets the limit again and again, and must not fail for it.
-                pause = _retry_after(response.headers.get("retry-after"))
+                pause = retry_after(response.headers.get("retry-after"))
                 if time.monotonic() + pause < patience:
                     time.sleep(pause)
                     continue
@@ -288,10 +179,10 @@ class RemoteRegistry:
                 raise self._error(response)
             return response
 
-    def _error(self, response: _Response) -> RegistryError:
+    def _error(self, response: Response) -> RegistryError:
         try:
             body = response.json()["error"]
-            cls = _ERRORS.get(body["code"], RegistryError)
+            cls = ERRORS.get(body["code"], RegistryError)
             message, hint = body["message"], body.get("hint") or None
         except (ValueError, KeyError, TypeError):
             cls, message, hint = RegistryError, f"HTTP {response.status}", None
@@ -621,16 +512,16 @@ class RemoteRegistry:
     ) -> ReplicateReport:
         _not_offered("replicate")
 
-    def journal_status(self, *, check: bool = True) -> list[RegionJournal]:
+    def journal_status(self, *, check: bool = True) -> list[wire.RegionJournalLike]:
         _not_offered("journal status")
 
-    def drain_journal(self) -> list[RegionJournal]:
+    def drain_journal(self) -> list[wire.RegionJournalLike]:
         _not_offered("drain journal")
 
     def new_journal_epoch(self) -> str:
         _not_offered("new journal epoch")
 
-    def stored_journals(self) -> list[StoredJournal]:
+    def stored_journals(self) -> list[wire.StoredJournalLike]:
         _not_offered("stored journals")
 
     def add_webhook(self, url: str) -> Webhook:
@@ -645,7 +536,7 @@ class RemoteRegistry:
     def key_report(self) -> KeysReport:
         _not_offered("key report")
 
-    def trust_signer(self, name: str, public_key: str) -> TrustedSigner:
+    def trust_signer(self, name: str, public_key: str) -> TrustedSignerLike:
         _not_offered("trust signer")
 
     def untrust_signer(self, name: str) -> None:
@@ -660,14 +551,4 @@ class RemoteRegistry:
         _not_offered("rotate keys")
 
 
-__all__ = ["Manifest", "NotOfferedError", "RemoteRegistry"]
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds to wait for a 429: the header's number (a date or garbage counts as 1), at
-    least 0.2 s so that a proxy's `Retry-After: 0` does not make a busy loop, at most 30 s."""
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        seconds = 1.0
-    return min(30.0, max(0.2, seconds))
+__all__ = ["NotOfferedError", "RemoteRegistry"]
