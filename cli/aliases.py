@@ -9,37 +9,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stdout, when
+from registry import wire
 from registry.errors import InvalidInputError
-from registry.records import AliasMoveRecord, AliasRecord
 from registry.reports import AliasChange
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 REASON = click.option("--reason", default="", help="Why (kept in the alias history and audit).")
-
-
-def _move_json(move: AliasMoveRecord) -> dict[str, object]:
-    return {
-        "model": move.name,
-        "alias": move.alias,
-        "kind": move.kind,
-        "version": move.number,
-        "previous": move.previous,
-        "moved_at": move.moved_at.isoformat(),
-        "moved_by": move.moved_by,
-        "reason": move.reason,
-    }
-
-
-def _alias_json(alias: AliasRecord) -> dict[str, object]:
-    return {
-        "model": alias.name,
-        "alias": alias.alias,
-        "version": alias.number,
-        "digest": alias.digest,
-        "protected": alias.protected,
-        "updated_at": alias.updated_at.isoformat(),
-        "updated_by": alias.updated_by,
-    }
 
 
 def _report(change: AliasChange, as_json: bool) -> None:
@@ -52,14 +27,7 @@ def _report(change: AliasChange, as_json: bool) -> None:
     for problem in change.unlocked:
         click.echo(f"warning: {problem}; the next `model-registry gc` tries again", err=True)
     if as_json:
-        print_json(
-            {
-                **_alias_json(alias),
-                "moved": change.move is not None,
-                "undelivered": list(change.undelivered),
-                "previous": None if change.move is None else change.move.previous,
-            }
-        )
+        print_json(wire.AliasChange.of(change))
         return
     if change.move is None:
         stdout.print(
@@ -124,7 +92,7 @@ def history(name: str, alias: str | None, at: str | None, as_json: bool) -> None
     with open_registry() as registry:
         moves = registry.history(name, alias, at=moment)
     if as_json:
-        print_json([_move_json(m) for m in moves])
+        print_json([wire.AliasMove.of(m) for m in moves])
         return
     if not moves:
         stdout.print("no alias moves" + (f" before {at}" if at else ""))
@@ -158,7 +126,7 @@ def list_(name: str, as_json: bool) -> None:
     with open_registry() as registry:
         aliases = registry.aliases(name)
     if as_json:
-        print_json([_alias_json(a) for a in aliases])
+        print_json([wire.Alias.of(a) for a in aliases])
         return
     table = Table("alias", "version", "blake3", "protected", "moved", "by")
     for a in aliases:
@@ -182,7 +150,7 @@ def protect(name: str, alias: str, as_json: bool) -> None:
     """Protect ALIAS: moving it then needs the promoter role."""
     with open_registry() as registry:
         record = registry.protect_alias(name, alias, protected=True)
-    print_json(_alias_json(record)) if as_json else stdout.print(f"protected {name}:{alias}")
+    print_json(wire.Alias.of(record)) if as_json else stdout.print(f"protected {name}:{alias}")
 
 
 @alias_group.command()
@@ -194,7 +162,7 @@ def unprotect(name: str, alias: str, as_json: bool) -> None:
     """Remove ALIAS's protection."""
     with open_registry() as registry:
         record = registry.protect_alias(name, alias, protected=False)
-    print_json(_alias_json(record)) if as_json else stdout.print(f"unprotected {name}:{alias}")
+    print_json(wire.Alias.of(record)) if as_json else stdout.print(f"unprotected {name}:{alias}")
 
 
 def register(group: click.Group) -> None:

@@ -9,24 +9,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, print_json, stdout, when
+from registry import wire
 from registry.errors import InvalidInputError
-from registry.records import TokenRecord
 from registry.service import ROLES, Registry
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _token_json(token: TokenRecord) -> dict[str, object]:
-    return {
-        "id": token.id,
-        "name": token.name,
-        "role": token.role,
-        "models": list(token.models),
-        "created_at": token.created_at.isoformat(),
-        "created_by": token.created_by,
-        "expires_at": None if token.expires_at is None else token.expires_at.isoformat(),
-        "revoked_at": None if token.revoked_at is None else token.revoked_at.isoformat(),
-    }
 
 
 @click.command()
@@ -82,7 +69,7 @@ def create(
     with Registry.open() as registry:
         record, text = registry.create_token(name, role=role, models=models, expires=expires)
     if as_json:
-        print_json({**_token_json(record), "token": text})
+        print_json(wire.NewToken.of(record, text))
         return
     click.echo(text)
     click.echo(
@@ -100,7 +87,7 @@ def list_(as_json: bool) -> None:
     with Registry.open() as registry:
         tokens = registry.tokens()
     if as_json:
-        print_json([_token_json(t) for t in tokens])
+        print_json([wire.Token.of(t) for t in tokens])
         return
     table = Table("id", "name", "role", "models", "created", "expires", "state")
     for t in tokens:
@@ -126,7 +113,7 @@ def revoke(token_id: str, as_json: bool) -> None:
     with Registry.open() as registry:
         record = registry.revoke_token(token_id)
     if as_json:
-        print_json(_token_json(record))
+        print_json(wire.Token.of(record))
     else:
         stdout.print(f"revoked {record.id} ({escape(record.name)})")
 

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from cli.aliases import _parse_time
 from cli.ui import handle_errors, open_registry, print_json, stdout
+from registry import wire
 from registry.errors import IntegrityError
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -48,19 +49,7 @@ def list_(name: str | None, since: str | None, limit: int, as_json: bool) -> Non
     with open_registry() as registry:
         events = registry.audit_events(subject=name, since=_parse_time(since), limit=limit)
     if as_json:
-        print_json(
-            [
-                {
-                    "id": e.id,
-                    "at": e.at.isoformat(),
-                    "actor": e.actor,
-                    "action": e.action,
-                    "subject": e.subject,
-                    "details": e.details,
-                }
-                for e in events
-            ]
-        )
+        print_json([wire.AuditEntry.of(e) for e in events])
         return
     table = Table("id", "when (UTC)", "actor", "action", "subject")
     table.add_column("details", overflow="fold")
@@ -85,16 +74,7 @@ def verify(as_json: bool) -> None:
     with open_registry() as registry:
         result = registry.verify_audit()
     if as_json:
-        print_json(
-            {
-                "ok": result.ok,
-                "checked": result.checked,
-                "first_bad": result.first_bad,
-                "problem": result.problem,
-                "head": result.head,
-                "links_only": result.links_only,
-            }
-        )
+        print_json(wire.AuditVerification.of(result))
     elif result.ok:
         stdout.print(f"ok: {result.checked} audit entries chain up; head {result.head}")
         if result.links_only:

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stderr, stdout
+from registry import wire
 from registry.errors import (
     IntegrityError,
     InvalidInputError,
     StorageError,
 )
-
-if TYPE_CHECKING:
-    from registry.journal import StoredJournal
 
 
 @click.group()
@@ -59,18 +57,7 @@ def journal(drain: bool, new_epoch: bool, stores: bool, as_json: bool) -> None:
             registry.new_journal_epoch()
         states = registry.drain_journal() if drain or new_epoch else registry.journal_status()
     if as_json:
-        print_json(
-            [
-                {
-                    "region": s.region,
-                    "journal_seq": s.mark,
-                    "behind": s.behind,
-                    "lag_seconds": round(s.lag_seconds, 3),
-                    "error": s.error,
-                }
-                for s in states
-            ]
-        )
+        print_json([wire.JournalState.of(s) for s in states])
     else:
         table = Table("region", "journal up to", "behind", "oldest missing", "problem")
         for s in states:
@@ -86,23 +73,9 @@ def journal(drain: bool, new_epoch: bool, stores: bool, as_json: bool) -> None:
         sys.exit(9)
 
 
-def _print_stored(found: list[StoredJournal], *, as_json: bool) -> None:
+def _print_stored(found: Sequence[wire.StoredJournalLike], *, as_json: bool) -> None:
     if as_json:
-        print_json(
-            [
-                {
-                    "region": s.region,
-                    "epoch": s.epoch,
-                    "epoch_started_at": s.started_at.isoformat() if s.started_at else None,
-                    "entries": s.end,
-                    "last_entry_at": s.newest_at.isoformat() if s.newest_at else None,
-                    "epochs": s.epochs,
-                    "error": s.error,
-                    "behind": s.behind,
-                }
-                for s in found
-            ]
-        )
+        print_json([wire.StoredJournal.of(s) for s in found])
     else:
         table = Table("region", "epoch", "entries", "last change", "problem")
         for s in found:
@@ -162,7 +135,7 @@ def rebuild(source: str, catalog_url: str | None, accept_loss: bool, as_json: bo
         on_progress=progress,
     )
     if as_json:
-        print_json(report.to_dict())
+        print_json(wire.RebuildReport.of(report))
     else:
         table = Table("table", "rows")
         for name, count in report.restored.items():

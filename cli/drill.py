@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, human_size, open_registry, print_json, progress_bar, stdout
+from registry import wire
 from registry.errors import IntegrityError
 
 
@@ -52,7 +53,7 @@ def drill(
         finally:
             bar.close()
     if as_json:
-        print_json(report.to_dict())
+        print_json(wire.DrillReport.of(report))
     else:
         table = Table("model", "restored", "via", "files", "verified", "seconds", "result")
         for model in report.models:

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stdout, when
+from registry import wire
 from registry.errors import StorageError
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -28,7 +29,7 @@ def add_webhook(url: str, as_json: bool) -> None:
     with open_registry() as registry:
         hook = registry.add_webhook(url)
     if as_json:
-        print_json({"url": hook.url, "secret_file": str(hook.secret_file)})
+        print_json(wire.Webhook.of(hook))
     else:
         stdout.print(f"webhook {hook.url}: signing secret in {hook.secret_file}")
 
@@ -41,22 +42,9 @@ def add_webhook(url: str, as_json: bool) -> None:
 def list_(pending: bool, limit: int, as_json: bool) -> None:
     """Recorded deliveries, newest first."""
     with open_registry() as registry:
-        found = registry.catalog.deliveries(pending_only=pending, limit=limit)
+        found = registry.deliveries(pending_only=pending, limit=limit)
     if as_json:
-        print_json(
-            [
-                {
-                    "id": d.id,
-                    "event_id": d.event_id,
-                    "url": d.url,
-                    "attempts": d.attempts,
-                    "created_at": d.created_at.isoformat(),
-                    "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
-                    "last_error": d.last_error,
-                }
-                for d in found
-            ]
-        )
+        print_json([wire.Delivery.of(d) for d in found])
         return
     table = Table("id", "url", "attempts", "delivered")
     table.add_column("last error", overflow="fold")
@@ -79,7 +67,7 @@ def deliver(as_json: bool) -> None:
     with open_registry() as registry:
         failed = registry.deliver_events()
     if as_json:
-        print_json({"ok": not failed, "failed": failed})
+        print_json(wire.DeliveryRun.of(failed))
     elif not failed:
         stdout.print("every event delivered")
     for failure in failed:

@@ -8,6 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, human_size, open_registry, print_json, stdout
+from registry import wire
 from registry.errors import InvalidInputError
 from registry.reports import GcReport
 from registry.retention import format_duration
@@ -82,7 +83,7 @@ def gc(dry_run: bool, yes: bool, grace: str, as_json: bool) -> None:
                 click.confirm("Go ahead?", abort=True, err=True)
         report = registry.gc(dry_run=dry_run, grace=grace)
     if as_json:
-        print_json(report.to_dict())
+        print_json(wire.GcReport.of(report))
     else:
         _print_report(report)
     if not report.ok:
@@ -105,7 +106,7 @@ def delete(ref: str, reason: str, yes: bool, as_json: bool) -> None:
             click.confirm(f"Delete {version.ref} ({version.digest[:19]})?", abort=True, err=True)
         version = registry.delete(ref, reason=reason)
     if as_json:
-        print_json({"ref": version.ref, "digest": version.digest, "reason": reason})
+        print_json(wire.Version.of(version))
     else:
         stdout.print(f"deleted {escape(version.ref)}; `model-registry gc` reclaims its storage")
 

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stdout, when
+from registry import wire
 from registry.errors import StorageError
 from registry.reports import HoldResult
 
@@ -24,18 +25,7 @@ def hold() -> None:
 def _report(result: HoldResult, verb: str, as_json: bool) -> None:
     record = result.hold
     if as_json:
-        print_json(
-            {
-                "ref": record.ref,
-                "digest": record.digest,
-                "reason": record.reason,
-                "placed_by": record.placed_by,
-                "placed_at": record.placed_at.isoformat(),
-                "changed": result.changed,
-                "objects": result.objects,
-                "failed_regions": list(result.failed_regions),
-            }
-        )
+        print_json(wire.HoldResult.of(result))
     else:
         stdout.print(f"{verb} {record.ref} ({result.objects} objects)")
     for failure in result.failed_regions:
@@ -76,17 +66,7 @@ def list_(as_json: bool) -> None:
     with open_registry() as registry:
         holds = registry.holds()
     if as_json:
-        print_json(
-            [
-                {
-                    "ref": h.ref,
-                    "reason": h.reason,
-                    "placed_by": h.placed_by,
-                    "placed_at": h.placed_at.isoformat(),
-                }
-                for h in holds
-            ]
-        )
+        print_json([wire.Hold.of(h) for h in holds])
         return
     table = Table("version", "since", "by")
     table.add_column("reason", overflow="fold")

@@ -6,7 +6,7 @@ import click
 from rich.markup import escape
 
 from cli.ui import handle_errors, open_registry, print_json, progress_bar, stdout
-from registry.crypto.signing import public_key_text
+from registry import wire
 from registry.reports import RegionKey
 
 
@@ -31,31 +31,14 @@ def show(as_json: bool) -> None:
     """Print this home's signing public key, each region's key-encryption key (its KMS key or
     the local key file, and the keys a rotation is moving away from) and the trusted signers."""
     with open_registry() as registry:
-        settings = registry.settings
-        own = public_key_text(registry.signer.public_key)
-        trusted = [
-            {"name": s.name, "key_id": s.key_id, "public_key": public_key_text(s.public_key)}
-            for s in settings.trusted_signers
-        ]
-        regions = registry.region_keys()
+        report = registry.key_report()
     if as_json:
-        print_json(
-            {
-                "signing_public_key": own,
-                "signing_key_id": registry.signer.key_id,
-                # The preferred region's key and the local key file (None when every region
-                # uses KMS), as before regions had keys of their own.
-                "kek_id": registry.keys.kek_id,
-                "kek_file": None if settings.kek_file is None else str(settings.kek_file),
-                "regions": [key.to_dict() for key in regions],
-                "trusted_signers": trusted,
-            }
-        )
+        print_json(wire.Keys.of(report))
         return
-    stdout.print(f"signing key   {own}  (id {registry.signer.key_id})")
+    stdout.print(f"signing key   {report.signing_public_key}  (id {report.signing_key_id})")
     stdout.print("region keys:")
-    width = max(len(key.region) for key in regions)
-    for key in regions:
+    width = max(len(key.region) for key in report.regions)
+    for key in report.regions:
         stdout.print(f"  {escape(key.region):<{width}}  {_key_line(key)}")
         for older, kek in key.previous:
             known = escape(kek) if kek else "file gone"
@@ -63,8 +46,8 @@ def show(as_json: bool) -> None:
                 f"  {'':<{width}}    previous {escape(older)}  ({known}), being rotated away"
             )
     stdout.print("trusted signers:")
-    for entry in trusted:
-        stdout.print(f"  {escape(entry['name']):<16} {entry['key_id']}  {entry['public_key']}")
+    for signer in report.trusted_signers:
+        stdout.print(f"  {escape(signer.name):<16} {signer.key_id}  {signer.public_key}")
 
 
 @keys.command()
@@ -125,7 +108,7 @@ def rotate(to: str, region: str | None, as_json: bool, quiet: bool) -> None:
         finally:
             bar.close()
     if as_json:
-        print_json(report.to_dict())
+        print_json(wire.RotationReport.of(report))
         return
     if report.created_key_file:
         stdout.print(f"created key file {report.created_key_file} (back it up)")

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stdout
+from registry import wire
 from registry.errors import StorageError
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -32,27 +33,7 @@ def status(as_json: bool) -> None:
     with open_registry(recovery=True, replay=False) as registry:
         found = registry.regions_status()
     if as_json:
-        print_json(
-            [
-                {
-                    "name": r.name,
-                    "priority": r.priority,
-                    "store": r.store,
-                    "keys": r.keys,
-                    "state": r.state,
-                    "reachable": r.reachable,
-                    "detail": r.detail,
-                    "seconds": round(r.seconds, 3),
-                    "counted": r.counted,
-                    "verified": r.verified if r.counted else None,
-                    "pending": r.pending if r.counted else None,
-                    "bad": r.bad if r.counted else None,
-                    "missing": r.missing if r.counted else None,
-                    "complete": r.complete,
-                }
-                for r in found
-            ]
-        )
+        print_json([wire.RegionStatus.of(r) for r in found])
     else:
         table = Table("region", "priority", "health", "verified", "pending", "bad", "unrecorded")
         table.add_column("store", overflow="fold")
@@ -96,16 +77,7 @@ def replicate(repair: bool, as_json: bool) -> None:
     with open_registry() as registry:
         report = registry.replicate(repair=repair)
     if as_json:
-        print_json(
-            {
-                "ok": report.ok,
-                "objects": report.objects,
-                "copied": report.copied,
-                "repaired": report.repaired,
-                "verified": report.verified,
-                "problems": list(report.problems),
-            }
-        )
+        print_json(wire.ReplicateReport.of(report))
     else:
         stdout.print(
             f"{report.objects} objects: {report.copied} copies written, {report.repaired} "

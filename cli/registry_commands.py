@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cli.ui import handle_errors, print_json, stdout
+from registry import wire
 from registry.config import KmsSettings
 from registry.errors import InvalidInputError
 from registry.service import Registry
@@ -61,17 +62,7 @@ def init(
         write_quorum=write_quorum,
     )
     if as_json:
-        print_json(
-            {
-                "home": str(result.home),
-                "created": result.created,
-                "registry_id": result.registry_id,
-                "catalog_url": result.catalog_url,
-                "store": result.store,
-                "keys": result.keys,
-                "public_key": result.public_key,
-            }
-        )
+        print_json(wire.InitResult.of(result))
         return
     verb = "created" if result.created else "already initialised:"
     stdout.print(f"{verb} registry {result.registry_id} in {result.home}")

@@ -6,21 +6,10 @@ import click
 from rich.table import Table
 
 from cli.ui import handle_errors, open_registry, print_json, stdout
+from registry import wire
 from registry.errors import InvalidInputError
-from registry.retention import Policy, format_duration
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-def _policy_json(policy: Policy) -> dict[str, object]:
-    return {
-        "keep_last": policy.keep_last,
-        "keep_within": None if policy.keep_within is None else format_duration(policy.keep_within),
-        "keep_demoted_for": None
-        if policy.keep_demoted_for is None
-        else format_duration(policy.keep_demoted_for),
-        "description": policy.describe(),
-    }
 
 
 @click.group()
@@ -63,7 +52,7 @@ def set_(
             clear=clear,
         )
     if as_json:
-        print_json({"model": name or "*", **_policy_json(policy)})
+        print_json(wire.ModelPolicy.of(name or "*", policy))
     else:
         stdout.print(f"{name or 'default'}: {policy.describe()}")
 
@@ -78,7 +67,7 @@ def show(name: str, as_json: bool) -> None:
         policy, source = registry.retention(name)
     origin = {"*": "the registry default", "none": "no policy set"}.get(source, "its own policy")
     if as_json:
-        print_json({"model": name, "source": source, **_policy_json(policy)})
+        print_json(wire.Retention.of(name, policy, source))
     else:
         stdout.print(f"{name}: {policy.describe()}  ({origin})")
 
@@ -93,17 +82,7 @@ def plan_(name: str | None, as_json: bool) -> None:
         plans = registry.plan_retention(name)
     if as_json:
         print_json(
-            [
-                {
-                    "model": model,
-                    "policy": _policy_json(policy),
-                    "versions": [
-                        {"version": d.number, "keep": d.keep, "reasons": list(d.reasons)}
-                        for d in decisions
-                    ],
-                }
-                for model, policy, decisions in plans
-            ]
+            [wire.RetentionPlan.of(model, policy, decisions) for model, policy, decisions in plans]
         )
         return
     table = Table("version", "decision")

@@ -9,9 +9,10 @@ import sys
 import traceback
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
+import msgspec
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -24,10 +25,11 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from registry import wire
 from registry.errors import RegistryError
 
 if TYPE_CHECKING:
-    from registry.service import Registry
+    from registry.client import RegistrySurface
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -88,18 +90,20 @@ def when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def print_json(data: Any) -> None:
+def print_json(data: Any, **extra: Any) -> None:
+    """One JSON document: a wire model (`registry.wire`) or a list of them, with `extra` keys
+    the command adds to a model (its own timing)."""
+    if isinstance(data, msgspec.Struct | list):
+        data = wire.dump(data)
+    if extra:
+        data = {**data, **extra}
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def report_error(error: RegistryError, *, as_json: bool) -> None:
     if as_json:
-        click.echo(
-            json.dumps(
-                {"error": {"code": error.code, "message": error.message, "hint": error.hint}},
-                indent=2,
-            )
-        )
+        body = wire.dump(wire.Error.of(error.code, error.message, error.hint))
+        click.echo(json.dumps(body, indent=2))
     stderr.print(f"[bold red]error:[/] {escape(error.message)}", markup=True, highlight=False)
     if error.hint:
         stderr.print(f"[dim]hint:[/] {escape(error.hint)}", markup=True, highlight=False)
@@ -137,7 +141,7 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 def open_registry(
     *, recovery: bool = False, region: str | None = None, replay: bool = True
-) -> Registry:
+) -> RegistrySurface:
     """The registry the command works on: the server at MODEL_REGISTRY_URL (with
     MODEL_REGISTRY_TOKEN, or --url/--token), else the local home.
 
@@ -148,8 +152,9 @@ def open_registry(
     if url:
         from registry.client import RemoteRegistry
 
-        # The remote mirrors the methods the commands call (the rest say "run it on the server").
-        return cast("Registry", RemoteRegistry(url, os.environ.get("MODEL_REGISTRY_TOKEN", "")))
+        # The remote has every method the commands call; those the REST API does not offer
+        # raise NotOfferedError ("run it on the registry server").
+        return RemoteRegistry(url, os.environ.get("MODEL_REGISTRY_TOKEN", ""))
     from registry.service import Registry
 
     if not recovery:

@@ -20,31 +20,11 @@ from cli.ui import (
     warn_read_around,
     when,
 )
+from registry import wire
 from registry.errors import IntegrityError, InvalidInputError, StorageError
-from registry.records import VersionRecord
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-
-
-def _version_json(version: VersionRecord) -> dict[str, object]:
-    return {
-        "ref": version.ref,
-        "name": version.name,
-        "number": version.number,
-        "digest": version.digest,
-        "message": version.message,
-        "created_at": version.created_at.isoformat(),
-        "created_by": version.created_by,
-        "files": version.file_count,
-        "size": version.total_size,
-        "tensors": version.tensor_count,
-        "parameters": version.parameter_count,
-        "dtypes": list(version.dtypes),
-        "expired_at": None if version.expired_at is None else version.expired_at.isoformat(),
-        "expired_by": version.expired_by,
-        "expiry_reason": version.expiry_reason,
-    }
 
 
 def _rate(size: int, seconds: float) -> str:
@@ -85,16 +65,7 @@ def push(
     seconds = time.perf_counter() - started
     version = result.version
     if as_json:
-        print_json(
-            {
-                **_version_json(version),
-                "created": result.created,
-                "uploaded_bytes": result.uploaded_bytes,
-                "reused_bytes": result.reused_bytes,
-                "pending_regions": list(result.pending_regions),
-                "seconds": round(seconds, 3),
-            }
-        )
+        print_json(wire.PushResult.of(result), seconds=round(seconds, 3))
         return
     if not result.created:
         stdout.print(f"unchanged: identical content is already {version.ref}  {version.digest}")
@@ -130,16 +101,7 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
     warn_read_around(result.bad_copies)
     seconds = time.perf_counter() - started
     if as_json:
-        print_json(
-            {
-                **_version_json(result.version),
-                "destination": str(result.destination),
-                "written": list(result.files),
-                "bytes": result.bytes,
-                "bad_copies": list(result.bad_copies),
-                "seconds": round(seconds, 3),
-            }
-        )
+        print_json(wire.PullResult.of(result), seconds=round(seconds, 3))
         return
     stdout.print(f"pulled {result.version.ref}  {result.version.digest}  -> {result.destination}")
     stdout.print(
@@ -161,18 +123,7 @@ def list_(name: str | None, expired: bool, as_json: bool) -> None:
         if name is None:
             models = registry.models()
             if as_json:
-                print_json(
-                    [
-                        {
-                            "name": m.name,
-                            "versions": m.version_count,
-                            "latest": m.latest,
-                            "size": m.total_size,
-                            "created_at": m.created_at.isoformat(),
-                        }
-                        for m in models
-                    ]
-                )
+                print_json([wire.Model.of(m) for m in models])
                 return
             table = Table("model", "versions", "latest", "size", "created")
             for m in models:
@@ -187,7 +138,7 @@ def list_(name: str | None, expired: bool, as_json: bool) -> None:
             return
         versions = registry.versions(name, expired=expired)
     if as_json:
-        print_json([_version_json(v) for v in versions])
+        print_json([wire.Version.of(v) for v in versions])
         return
     table = Table()
     for column in ("version", "blake3", "files", "size", "created (UTC)"):
@@ -223,13 +174,7 @@ def show(ref: str, as_json: bool) -> None:
         details = registry.show(ref)
     version, manifest = details.version, details.manifest
     if as_json:
-        print_json(
-            {
-                **_version_json(version),
-                "signed_by": details.signer,
-                "manifest": manifest.to_dict(),
-            }
-        )
+        print_json(wire.VersionDetails.of(details))
         return
     stdout.print(f"{version.ref}  {version.digest}")
     stdout.print(f"  created    {when(version.created_at)} by {version.created_by}")
@@ -291,18 +236,7 @@ def verify(
         finally:
             bar.close()
     if as_json:
-        print_json(
-            {
-                **_version_json(report.version),
-                "ok": report.ok,
-                "read_data": report.read_data,
-                "checked_files": report.checked_files,
-                "checked_bytes": report.checked_bytes,
-                "problems": [{"path": p.path, "problem": p.problem} for p in report.problems],
-                "unchecked_regions": list(report.unchecked),
-                "seconds": round(time.perf_counter() - started, 3),
-            }
-        )
+        print_json(wire.VerifyReport.of(report), seconds=round(time.perf_counter() - started, 3))
     else:
         depth = "decrypted and re-hashed" if read_data else "present with the right sizes"
         if report.ok:
@@ -328,7 +262,7 @@ def _scrub(
         finally:
             bar.close()
     if as_json:
-        print_json({**report.to_dict(), "seconds": round(time.perf_counter() - started, 3)})
+        print_json(wire.ScrubReport.of(report), seconds=round(time.perf_counter() - started, 3))
     else:
         depth = "decrypted and re-hashed" if read_data else "present, sized and keyed"
         share = f" (a {report.sampled:g}% sample)" if report.sampled is not None else ""

@@ -5,6 +5,7 @@ alias moves, replication and key rotation, as plain frozen values. With the reco
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -12,7 +13,6 @@ from typing import Any
 
 from registry.manifest import Manifest
 from registry.records import AliasMoveRecord, AliasRecord, HoldRecord, VersionRecord
-from registry.retention import format_duration
 
 
 @dataclass(frozen=True)
@@ -88,36 +88,6 @@ class ScrubReport:
     def ok(self) -> bool:
         return not self.problems and not self.unchecked
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "read_data": self.read_data,
-            "objects": self.objects,
-            "copies": self.copies,
-            "sampled_percent": self.sampled,
-            "problems": [
-                {
-                    "region": p.region,
-                    "kind": p.kind,
-                    "digest": p.digest,
-                    "object": p.name,
-                    "problem": p.problem,
-                    "versions": list(p.versions),
-                }
-                for p in self.problems
-            ],
-            "orphans": [
-                {
-                    "region": o.region,
-                    "object": o.name,
-                    "size": o.size,
-                    "modified": o.modified.isoformat(),
-                }
-                for o in self.orphans
-            ],
-            "unchecked": list(self.unchecked),
-        }
-
 
 @dataclass(frozen=True)
 class DrillModel:
@@ -147,28 +117,6 @@ class DrillReport:
     @property
     def ok(self) -> bool:
         return all(model.ok for model in self.models)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "region": self.region,
-            "mode": self.mode,
-            "seconds": round(self.seconds, 3),
-            "at": self.at.isoformat(),
-            "models": [
-                {
-                    "name": m.name,
-                    "ref": m.ref,
-                    "via": m.via,
-                    "ok": m.ok,
-                    "files": m.files,
-                    "bytes": m.bytes,
-                    "seconds": round(m.seconds, 3),
-                    "problems": list(m.problems),
-                }
-                for m in self.models
-            ],
-        }
 
 
 @dataclass(frozen=True)
@@ -287,35 +235,6 @@ class GcReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON (the CLI's --json and the REST API answer alike)."""
-        return {
-            "dry_run": self.dry_run,
-            "grace": format_duration(self.grace),
-            "expired": [v.ref for v in self.expired],
-            "locks_extended": self.locks_extended,
-            "swept": [
-                {
-                    "purpose": s.purpose,
-                    "digest": s.digest,
-                    "bytes": s.bytes,
-                    "regions": dict(s.sizes),
-                }
-                for s in self.swept
-            ],
-            "bytes_reclaimed": self.bytes_reclaimed,
-            "kept": [
-                {
-                    "purpose": k.purpose,
-                    "digest": k.digest,
-                    "reason": k.reason,
-                    "regions": [{"region": r, "reason": why} for r, why in k.regions],
-                }
-                for k in self.kept
-            ],
-            "problems": list(self.problems),
-        }
-
 
 @dataclass(frozen=True)
 class RegionKey:
@@ -330,21 +249,6 @@ class RegionKey:
     # The keys a rotation is moving away from (they only unwrap), as configured, each with its
     # kek id (None: a previous key file that is gone).
     previous: tuple[tuple[str, str | None], ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        local = self.provider == "local"
-        return {
-            "name": self.region,
-            "provider": self.provider,
-            "kek_id": self.kek_id,
-            "file": self.key if local else None,
-            "key": None if local else self.key,
-            "region": self.kms_region,
-            "endpoint": self.endpoint,
-            "previous": [
-                {"file" if local else "key": key, "kek_id": kek} for key, kek in self.previous
-            ],
-        }
 
 
 @dataclass(frozen=True)
@@ -367,20 +271,11 @@ class RotationReport:
     unrecoverable: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "to": self.to,
-            "retired": list(self.retired),
-            "still_used": list(self.still_used),
-            "unrecoverable": self.unrecoverable,
-            "regions": list(self.regions),
-            "objects": self.objects,
-            "slots_written": self.slots_written,
-            "catalog_slots_retired": self.catalog_slots_retired,
-            "old_slot_objects_deleted": self.old_slot_objects_deleted,
-            "old_slot_objects_locked": self.old_slot_objects_locked,
-            "created_key_file": self.created_key_file,
-            "seconds": round(self.seconds, 3),
-        }
+        """The report's JSON, `registry.wire.RotationReport` (what `ops.rotation` audits)."""
+        from registry import wire  # wire imports this module
+
+        data: dict[str, Any] = wire.dump(wire.RotationReport.of(self))
+        return data
 
 
 @dataclass(frozen=True)
@@ -388,3 +283,73 @@ class VersionDetails:
     version: VersionRecord
     manifest: Manifest
     signer: str
+
+
+@dataclass(frozen=True)
+class SealedObject:
+    """One stored object of a version, as ranged ciphertext reads address it: a file's blob or
+    the version's manifest, and the size of its sealed form."""
+
+    version: VersionRecord
+    kind: str  # "blob" or "manifest"
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
+class BrokeredKeys:
+    """The key broker's answer: the data keys of a version's manifest and files, by (kind,
+    digest), and how many keys were unwrapped to give them (what its audit entry records)."""
+
+    version: VersionRecord
+    keys: Mapping[tuple[str, str], bytes]
+    unwraps: int
+
+
+@dataclass(frozen=True)
+class SignerKey:
+    """A trusted signer's public key."""
+
+    name: str
+    key_id: str
+    public_key: str  # ed25519:BASE64
+
+
+@dataclass(frozen=True)
+class KeysReport:
+    """What `keys show` lists: the signing key, each region's key-encryption key and the
+    trusted signers (public material only)."""
+
+    signing_public_key: str
+    signing_key_id: str
+    kek_id: str  # the preferred region's key-encryption key
+    kek_file: str | None  # the local key file (None when every region uses KMS)
+    regions: tuple[RegionKey, ...]
+    trusted_signers: tuple[SignerKey, ...]
+
+
+@dataclass(frozen=True)
+class DrillProof:
+    """The last restore drill from one region, as the audit trail records it."""
+
+    region: str
+    at: datetime
+    ok: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ScrubProof:
+    """The last full scrub (every region, no sample): when, and the bad copies plus the regions
+    it could not check."""
+
+    at: datetime
+    problems: float
+
+
+@dataclass(frozen=True)
+class RecoveryProofs:
+    """When the backups were last proven (whoever ran the proofs, on whichever host)."""
+
+    drills: tuple[DrillProof, ...]
+    scrub: ScrubProof | None

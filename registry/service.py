@@ -30,6 +30,7 @@ from registry.ops import holds as holds_ops
 from registry.ops import home as home_ops
 from registry.ops import init as init_ops
 from registry.ops import journaling as journaling_ops
+from registry.ops import keyinfo as keyinfo_ops
 from registry.ops import lifecycle as lifecycle_ops
 from registry.ops import pull as pull_ops
 from registry.ops import push as push_ops
@@ -50,6 +51,7 @@ from registry.records import (
     AliasRecord,
     AuditRecord,
     AuditVerification,
+    DeliveryRecord,
     HoldRecord,
     ModelRecord,
     TokenRecord,
@@ -58,17 +60,21 @@ from registry.records import (
 from registry.replication import BlobReader, ReadReport, ReplicaSet
 from registry.reports import (
     AliasChange,
+    BrokeredKeys,
     DrillReport,
     GcReport,
     HoldResult,
     InitResult,
+    KeysReport,
     PullResult,
     PushResult,
+    RecoveryProofs,
     RegionKey,
     RegionStatus,
     ReplicateReport,
     RotationReport,
     ScrubReport,
+    SealedObject,
     VerifyReport,
     VersionDetails,
 )
@@ -555,3 +561,37 @@ class Registry:
         """Replace this home's signing key with a new one (the old key stays trusted so its
         manifests still verify); returns the new public key to trust elsewhere."""
         return signers_ops.new_signing_key(self._context)
+
+    # -- serving, status and keys for the API and the CLI (they touch nothing below this) ----
+
+    def sealed_object(self, ref: str, path: str | None = None) -> SealedObject:
+        """The sealed form of a version's file `path` (None: its manifest), with its size."""
+        return serving_ops.sealed_object(self._context, ref, path)
+
+    def read_sealed(self, target: SealedObject, offset: int, length: int) -> bytes:
+        """Sealed bytes [offset, offset + length) of `target` (fewer at its end): ciphertext."""
+        return serving_ops.read_sealed(self._context, target, offset, length)
+
+    def broker_keys(self, ref: str, *, token: str | None = None) -> BrokeredKeys:
+        """The key broker: a version's data keys, audited with the unwraps they took."""
+        return serving_ops.broker_keys(self._context, ref, token=token)
+
+    def region_names(self) -> tuple[str, ...]:
+        """The configured regions' names, in read preference order (none is asked anything)."""
+        return serving_ops.region_names(self._context)
+
+    def recovery_proofs(self) -> RecoveryProofs:
+        """The last drill from each region and the last full scrub, from the audit trail."""
+        return serving_ops.recovery_proofs(self._context)
+
+    def deliveries(self, *, pending_only: bool = False, limit: int = 100) -> list[DeliveryRecord]:
+        """The recorded deliveries of events to webhooks, newest first."""
+        return events_ops.deliveries(self._context, pending_only=pending_only, limit=limit)
+
+    def check_permission(self, operation: str) -> None:
+        """PermissionDeniedError unless this handle's role may do `operation`, as it would."""
+        return serving_ops.check_permission(self._context, operation)
+
+    def key_report(self) -> KeysReport:
+        """The signing key, each region's key-encryption key and the trusted signers."""
+        return keyinfo_ops.key_report(self._context)

@@ -378,6 +378,79 @@ def test_the_checked_in_openapi_schema_matches_the_code() -> None:
     )
 
 
+def test_every_success_response_has_a_typed_schema() -> None:
+    """Clients can be generated: every 2xx answer with a body names its schema, JSON ones a
+    model with properties (or a list of them), never a free-form object; a 204 has no body."""
+    document = json.loads(openapi_document())
+    components = document["components"]["schemas"]
+
+    def typed(schema: dict[str, Any]) -> bool:
+        if "$ref" in schema:
+            model = components[schema["$ref"].rsplit("/", 1)[1]]
+            return model.get("type") == "object" and bool(model.get("properties"))
+        if schema.get("type") == "array":
+            return typed(schema["items"])
+        return False
+
+    answers = 0
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation.get("responses", {}).items():
+                if not status.startswith("2"):
+                    continue
+                answers += 1
+                where = f"{method.upper()} {path} {status}"
+                if status == "204":
+                    assert "content" not in response, where
+                    continue
+                assert response.get("content"), f"{where} has no schema"
+                for media, content in response["content"].items():
+                    assert "schema" in content, f"{where} ({media}) has no schema"
+                    if media == "application/json":
+                        assert typed(content["schema"]), f"{where}: {content['schema']}"
+                    else:
+                        assert content["schema"].get("type") == "string", where
+    assert answers >= 29
+
+
+def test_every_route_runs_a_declared_operation_with_the_role_it_needs() -> None:
+    """The routes' guard asks `access.check` about the operation each route names, the rule
+    the operation itself enforces: the least role of every route is its operation's."""
+    from litestar import Litestar
+
+    from registry.api.app import ROUTES
+    from registry.ops.access import PERMISSIONS
+
+    least = {(method, path): role for method, path, _body, role, _params in ROUTE_TABLE}
+    least.update({(m, p): role for m, p, _b, role, _params in REGISTRY_WIDE})
+    app = Litestar(route_handlers=ROUTES)
+    seen = 0
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            if handler.http_methods == {"OPTIONS"}:
+                continue  # Litestar's own answer to CORS preflights
+            operation = handler.opt.get("operation")
+            if not route.path.startswith("/v1"):
+                assert operation is None, route.path
+                continue
+            assert operation in PERMISSIONS, (route.path, operation)
+            for method in handler.http_methods:
+                path = route.path.replace("{session_id:str}", "0" * 32)
+                path = path.replace("{index:int}", "0").replace("{part:int}", "0")
+                assert least[(method, path)] == PERMISSIONS[operation].role, (method, path)
+                seen += 1
+    assert seen == len(least)  # every route of the tables, and no other
+
+
+def test_the_token_is_checked_before_the_parameters(api: Api) -> None:
+    """401, then 403 for the role, come before Litestar reads a malformed parameter (400)."""
+    bad = {"params": {"limit": "many"}}
+    assert api.client.get("/v1/audit", **bad).status_code == 401
+    assert api.client.get("/v1/audit", headers=api.auth("all-reader"), **bad).status_code == 403
+    assert api.client.get("/v1/audit", headers=api.auth("all-admin"), **bad).status_code == 400
+    assert api.client.get("/v1/versions").status_code == 401  # `model` missing
+
+
 # -- fuzzing the served schema ------------------------------------------------------------------
 
 

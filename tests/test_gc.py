@@ -22,6 +22,7 @@ from sqlalchemy import text
 
 from cli import ui
 from cli.main import main
+from registry import wire
 from registry.blobstore import BLOB, MANIFEST
 from registry.client import RemoteRegistry
 from registry.errors import (
@@ -467,7 +468,7 @@ def test_gc_names_every_region_whose_lock_keeps_an_object(
     # Through the REST API the client reads the same regions back.
     remote = RemoteRegistry("http://127.0.0.1:9", "mrt_unused")
     monkeypatch.setattr(remote, "_json", lambda *_args, **_kwargs: {**report, "expired": []})
-    assert remote.gc(dry_run=True).to_dict()["kept"] == report["kept"]
+    assert wire.dump(wire.GcReport.of(remote.gc(dry_run=True)))["kept"] == report["kept"]
 
     # The table has a line per region (wide enough here not to fold them).
     monkeypatch.setattr(ui.stdout, "width", 250)

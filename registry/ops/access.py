@@ -40,6 +40,10 @@ PERMISSIONS: dict[str, Permission] = {
     "drill": Permission(READER, "run a restore drill"),
     "regions": Permission(READER, "check the regions"),
     "journal-status": Permission(READER, "read the journal's state"),
+    "read-sealed": Permission(READER, "read sealed ciphertext"),
+    "key-broker": Permission(READER, "use the key broker"),
+    "status": Permission(READER, "read the service's status"),
+    "permissions": Permission(READER, "ask what its role may do"),
     # writing versions and moving aliases
     "push": Permission(PUSHER, "push a version"),
     "promote": Permission(PUSHER, "promote"),

@@ -1,5 +1,5 @@
-"""Webhooks: the receivers of alias-move events, and the delivery of pending events with
-retries.
+"""Webhooks: the receivers of alias-move events, the delivery of pending events with retries,
+and the record of every delivery.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from registry.errors import (
 from registry.ops.access import requires
 from registry.ops.context import Context
 from registry.ops.signers import editing_config
+from registry.records import DeliveryRecord
 
 
 @requires("webhooks")
@@ -42,6 +43,17 @@ def add_webhook(ctx: Context, url: str) -> Webhook:
 def deliver_events(ctx: Context, *, attempts: int = 3, backoff: float = 0.5) -> list[str]:
     """Deliver every pending event (see `deliver_pending`): the command an operator runs."""
     return deliver_pending(ctx, attempts=attempts, backoff=backoff)
+
+
+@requires("deliver-events")
+def deliveries(
+    ctx: Context, *, pending_only: bool = False, limit: int = 100
+) -> list[DeliveryRecord]:
+    """The recorded deliveries of events to webhooks, newest first (with `pending_only`, those
+    not yet made)."""
+    if not 1 <= limit <= 1_000_000:
+        raise InvalidInputError("limit must be 1..1000000")
+    return ctx.catalog.deliveries(pending_only=pending_only, limit=limit)
 
 
 def deliver_pending(ctx: Context, *, attempts: int = 3, backoff: float = 0.5) -> list[str]:

@@ -1,5 +1,7 @@
-"""Serving reads to the loader and the REST API: data keys of a version's objects, readers of
-sealed ranges, sealed sizes, and the audit of a load.
+"""Serving reads to the loader and the REST API: data keys of a version's objects (and the key
+broker, audited with the unwraps it took), readers and ranges of sealed ciphertext, sealed sizes,
+the audit of a load, and what a server reports of itself (its regions, when the backups were
+last proven).
 """
 
 from __future__ import annotations
@@ -16,12 +18,20 @@ from registry.ops.access import requires
 from registry.ops.context import Context
 from registry.ops.copies import bad_copies, record_bad_copies
 from registry.ops.journaling import guard_reads
+from registry.ops.queries import resolve
 from registry.records import (
     VersionRecord,
 )
 from registry.replication import (
     BlobReader,
     ReadReport,
+)
+from registry.reports import (
+    BrokeredKeys,
+    DrillProof,
+    RecoveryProofs,
+    ScrubProof,
+    SealedObject,
 )
 
 log = logging.getLogger("model_registry")
@@ -94,3 +104,88 @@ def data_keys(ctx: Context, version: VersionRecord) -> dict[tuple[str, str], byt
                 ctx, kind, digest, what=f"{version.ref}: {kind} {digest}"
             )
     return keys
+
+
+@requires("read-sealed")
+def sealed_object(ctx: Context, ref: str, path: str | None = None) -> SealedObject:
+    """The sealed form of one file of a version (`path`), or of its manifest (None): what
+    ranged ciphertext reads of it address."""
+    version = resolve(ctx, ref)
+    if path is None:
+        kind, digest = MANIFEST, version.digest
+    else:
+        entry = next((f for f in version.files if f.path == path), None)
+        if entry is None:
+            raise NotFoundError(f"{version.ref} has no file {path!r}")
+        kind, digest = BLOB, entry.digest
+    return SealedObject(version, kind, digest, sealed_size(ctx, kind, digest))
+
+
+@requires("read-sealed")
+def read_sealed(ctx: Context, target: SealedObject, offset: int, length: int) -> bytes:
+    """Sealed bytes [offset, offset + length) of `target` (fewer at its end), each range from
+    the first region that serves it: ciphertext only, decrypted and verified by the reader."""
+    return ctx.replicas.read_ciphertext(
+        target.kind, target.digest, offset, length, report=ReadReport()
+    )
+
+
+@requires("key-broker")
+def broker_keys(ctx: Context, ref: str, *, token: str | None = None) -> BrokeredKeys:
+    """The key broker: the data keys of a version's manifest and files, audited
+    (`key-broker`: the version, the keys handed out, the `key_unwraps` this call took and
+    the requesting `token`)."""
+    version = resolve(ctx, ref)
+    with ctx.counting_unwraps() as unwraps:
+        keys = data_keys(ctx, version)
+    details: dict[str, Any] = {
+        "version": version.number,
+        "keys": len(keys),
+        "key_unwraps": unwraps.value,
+    }
+    if token is not None:
+        details["token"] = token
+    ctx.catalog.audit(ctx.actor, "key-broker", version.name, details)
+    return BrokeredKeys(version, keys, unwraps.value)
+
+
+@requires("status")
+def region_names(ctx: Context) -> tuple[str, ...]:
+    """The configured regions' names, in read preference order (nothing is asked of them)."""
+    return tuple(region.name for region in ctx.replicas.regions)
+
+
+@requires("status")
+def recovery_proofs(ctx: Context) -> RecoveryProofs:
+    """The last restore drill from each configured region and the last full scrub, from the
+    audit trail (any process or host may have run them)."""
+    regions = set(region_names(ctx))
+    drills: dict[str, DrillProof] = {}
+    for event in ctx.catalog.audit_events(action="drill", subject="registry", limit=200):
+        region = str(event.details.get("region"))
+        if region in regions and region not in drills:
+            drills[region] = DrillProof(
+                region,
+                event.at,
+                bool(event.details.get("ok")),
+                float(event.details.get("seconds", 0.0)),
+            )
+        if len(drills) == len(regions):
+            break
+    scrub = None
+    for event in ctx.catalog.audit_events(action="scrub", subject="registry", limit=200):
+        details = event.details
+        if details.get("sample") is None and len(details.get("regions", [])) == len(regions):
+            # Only a full scrub of every region says something about all the copies.
+            problems = float(details.get("problems", 0)) + len(details.get("unchecked", []))
+            scrub = ScrubProof(event.at, problems)
+            break
+    return RecoveryProofs(tuple(drills.values()), scrub)
+
+
+@requires("permissions")
+def check_permission(ctx: Context, operation: str) -> None:
+    """Raise PermissionDeniedError unless this context's role may do `operation` (a key of
+    `access.PERMISSIONS`): the rule the operation itself applies, asked before anything is
+    read or looked up (the REST API's guards)."""
+    ctx.require(operation)

@@ -1,18 +1,7 @@
-"""`RemoteRegistry`: the registry through its REST API, with the methods and return types of
-`Registry` that the CLI uses, so every command reads the same whether it works on a local home or
-on a server (MODEL_REGISTRY_URL + MODEL_REGISTRY_TOKEN).
-
-A push hashes the files here, opens (or resumes) an upload session, sends only the parts the
-server lacks, in parallel, and commits; the session id is remembered in a small state file so a
-push that was interrupted resumes where it stopped. A pull gets the verified manifest and the data
-keys (key broker), reads ranged ciphertext and decrypts, authenticates and re-hashes every file
-here (`materialize.write_verified`, the same code as a local pull): the server never sends
-plaintext, and a server or network that changed a byte is caught.
-"""
+"""`RemoteRegistry`: a registry server spoken to with one token (see `registry.client`)."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
@@ -27,45 +16,52 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-from urllib.parse import urlencode, urlsplit
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import urlencode
 
 import blake3
 
-from registry import errors
+from registry import errors, wire
 from registry import manifest as manifests
+from registry.client.transport import ERRORS, Response, Transport, retry_after
 from registry.crypto import sealed
 from registry.digest import hash_file
 from registry.errors import InvalidInputError, RegistryError, StorageError
-from registry.manifest import Manifest, ManifestFile
+from registry.manifest import ManifestFile
 from registry.materialize import Progress, plan_targets, storage_error, write_verified
 from registry.records import (
     AliasMoveRecord,
     AliasRecord,
     AuditRecord,
     AuditVerification,
-    FileRecord,
+    DeliveryRecord,
     HoldRecord,
     ModelRecord,
     VersionRecord,
 )
 from registry.reports import (
     AliasChange,
-    FileProblem,
+    DrillReport,
     GcReport,
     HoldResult,
-    KeptObject,
+    KeysReport,
     PullResult,
     PushResult,
-    SweptObject,
+    RegionStatus,
+    ReplicateReport,
+    RotationReport,
+    ScrubReport,
     VerifyReport,
     VersionDetails,
 )
-from registry.retention import Decision, Policy, parse_duration
+from registry.retention import Decision, Policy
+
+if TYPE_CHECKING:
+    from registry.client.surface import TrustedSignerLike
+    from registry.config import Webhook
 
 RANGE = 8 * 1024 * 1024  # bytes per ranged download request
 PARALLEL = 4  # requests in flight
-IDLE_REUSE = 2.0  # seconds a keep-alive connection may idle before it is replaced
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 RETRIES = 5
 RATE_LIMIT_PATIENCE = 120.0  # seconds a request waits out 429 answers before it gives up
@@ -82,178 +78,21 @@ class _Quiet:
         pass
 
 
-def _error_classes() -> dict[str, type[RegistryError]]:
-    found: dict[str, type[RegistryError]] = {}
-    pending: list[type[RegistryError]] = [RegistryError]
-    while pending:
-        cls = pending.pop()
-        found.setdefault(cls.code, cls)
-        pending.extend(cls.__subclasses__())
-    return found
+class NotOfferedError(InvalidInputError):
+    """An operation the REST API does not offer (administration of the server, proofs that read
+    every store): it runs on the registry server's host."""
+
+    code = "not_offered"
+    default_hint = "run it on the registry server (unset MODEL_REGISTRY_URL there)"
 
 
-_ERRORS = _error_classes()
-
-
-def _time(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
-
-
-def _version(data: dict[str, Any]) -> VersionRecord:
-    return VersionRecord(
-        name=data["name"],
-        number=data["number"],
-        digest=data["digest"],
-        manifest_object="",
-        message=data["message"],
-        created_at=datetime.fromisoformat(data["created_at"]),
-        created_by=data["created_by"],
-        signed_by=data["signed_by"],
-        file_count=data["file_count"],
-        total_size=data["size"],
-        tensor_count=data["tensors"],
-        parameter_count=data["parameters"],
-        dtypes=tuple(data["dtypes"]),
-        files=tuple(
-            FileRecord(f["path"], f["size"], f["digest"], f["tensors"]) for f in data["files"]
-        ),
-        expired_at=_time(data.get("expired_at")),
-        expired_by=data.get("expired_by"),
-        expiry_reason=data.get("expiry_reason"),
-    )
-
-
-def _alias(data: dict[str, Any]) -> AliasRecord:
-    return AliasRecord(
-        data["model"],
-        data["alias"],
-        data["version"],
-        data["digest"],
-        data["protected"],
-        datetime.fromisoformat(data["updated_at"]),
-        data["updated_by"],
-    )
-
-
-def _move(data: dict[str, Any]) -> AliasMoveRecord:
-    return AliasMoveRecord(
-        data["model"],
-        data["alias"],
-        data["kind"],
-        data["version"],
-        data["previous"],
-        datetime.fromisoformat(data["moved_at"]),
-        data["moved_by"],
-        data["reason"],
-    )
-
-
-def _hold(data: dict[str, Any]) -> HoldRecord:
-    return HoldRecord(
-        data["model"],
-        data["version"],
-        data["digest"],
-        data["reason"],
-        data["placed_by"],
-        datetime.fromisoformat(data["placed_at"]),
-    )
-
-
-def _policy(data: dict[str, Any]) -> Policy:
-    def duration(text: str | None) -> Any:
-        return None if text is None else parse_duration(text)
-
-    return Policy(
-        data["keep_last"], duration(data["keep_within"]), duration(data["keep_demoted_for"])
-    )
-
-
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    headers: dict[str, str]
-    content: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-
-class _Transport:
-    """Keep-alive HTTP/1.1 connections in a pool shared by every thread (the standard library's
-    client moves large bodies about twice as fast as httpx here, docs/benchmarks.md): a request
-    takes an idle connection, or opens one, and gives it back once its answer is read, so the
-    number of connections is the number of requests in flight, however many threads come and
-    go."""
-
-    def __init__(self, url: str, token: str, *, timeout: float) -> None:
-        parts = urlsplit(url)
-        if parts.hostname is None:
-            raise InvalidInputError(f"invalid registry URL {url!r}")
-        self._https = parts.scheme == "https"
-        self._host, self._port = parts.hostname, parts.port
-        self._base = parts.path.rstrip("/")
-        self._auth = f"Bearer {token}"
-        self._timeout = timeout
-        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
-        self._lock = threading.Lock()
-
-    def _take(self, timeout: float | None) -> http.client.HTTPConnection:
-        now = time.monotonic()
-        with self._lock:
-            while self._idle:
-                connection, since = self._idle.pop()
-                if now - since <= IDLE_REUSE:
-                    connection.timeout = timeout
-                    if connection.sock is not None:
-                        connection.sock.settimeout(timeout)
-                    return connection
-                # Servers close idle keep-alive connections (uvicorn after 5 s); a request sent
-                # on one just closed fails, and a POST cannot be safely sent again.
-                connection.close()
-        kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        return kind(self._host, self._port, timeout=timeout)
-
-    def request(
-        self,
-        method: str,
-        target: str,
-        body: bytes | None,
-        headers: dict[str, str],
-        *,
-        wait: bool = False,
-    ) -> _Response:
-        """One request; with `wait`, no time limit on the answer (a commit that encrypts and
-        stores a large model inside its request)."""
-        connection = self._take(None if wait else self._timeout)
-        try:
-            connection.request(
-                method,
-                self._base + target,
-                body=body,
-                headers={"Authorization": self._auth, **headers},
-            )
-            answer = connection.getresponse()
-            content = answer.read()
-        except BaseException:
-            connection.close()
-            raise
-        if answer.will_close:
-            connection.close()
-        else:
-            with self._lock:
-                self._idle.append((connection, time.monotonic()))
-        return _Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, content)
-
-    def close(self) -> None:
-        with self._lock:
-            for connection, _since in self._idle:
-                connection.close()
-            self._idle.clear()
+def _not_offered(what: str) -> NoReturn:
+    raise NotOfferedError(f"`{what}` is not available through the REST API")
 
 
 @dataclass(frozen=True)
 class _Settings:
-    """What the CLI reads of `Registry.settings` (the server's are not exposed)."""
+    """The server's URL, as `settings.url` (the server's own settings are not exposed)."""
 
     url: str
 
@@ -276,7 +115,7 @@ class RemoteRegistry:
             )
         self.url = url.rstrip("/")
         self.settings = _Settings(self.url)
-        self._transport = _Transport(self.url, token, timeout=timeout)
+        self._transport = Transport(self.url, token, timeout=timeout)
         self._token_tag = hashlib.sha256(token.encode()).hexdigest()[:16]
         self.last_push_sent = 0  # bytes the last push sent (a resumed push sends only the rest)
 
@@ -306,7 +145,7 @@ class RemoteRegistry:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         wait: bool = False,
-    ) -> _Response:
+    ) -> Response:
         body, extra = content, dict(headers or {})
         if json is not None:
             body = _json_module.dumps(json).encode()
@@ -332,7 +171,7 @@ class RemoteRegistry:
             if response.status == 429:
                 # Waited out for as long as RATE_LIMIT_PATIENCE: a large push or pull of many
                 # parts in parallel meets the limit again and again, and must not fail for it.
-                pause = _retry_after(response.headers.get("retry-after"))
+                pause = retry_after(response.headers.get("retry-after"))
                 if time.monotonic() + pause < patience:
                     time.sleep(pause)
                     continue
@@ -340,10 +179,10 @@ class RemoteRegistry:
                 raise self._error(response)
             return response
 
-    def _error(self, response: _Response) -> RegistryError:
+    def _error(self, response: Response) -> RegistryError:
         try:
             body = response.json()["error"]
-            cls = _ERRORS.get(body["code"], RegistryError)
+            cls = ERRORS.get(body["code"], RegistryError)
             message, hint = body["message"], body.get("hint") or None
         except (ValueError, KeyError, TypeError):
             cls, message, hint = RegistryError, f"HTTP {response.status}", None
@@ -357,28 +196,16 @@ class RemoteRegistry:
     # -- queries ------------------------------------------------------------------------------
 
     def models(self) -> list[ModelRecord]:
-        return [
-            ModelRecord(
-                m["name"],
-                datetime.fromisoformat(m["created_at"]),
-                m["versions"],
-                m["latest"],
-                m["size"],
-            )
-            for m in self._json("GET", "/v1/models")
-        ]
+        return [m.to_record() for m in wire.load_list(wire.Model, self._json("GET", "/v1/models"))]
 
     def versions(self, name: str, *, expired: bool = False) -> list[VersionRecord]:
         params = {"model": name, "expired": str(expired).lower()}
-        return [_version(v) for v in self._json("GET", "/v1/versions", params=params)]
+        found = wire.load_list(wire.Version, self._json("GET", "/v1/versions", params=params))
+        return [v.to_record() for v in found]
 
     def show(self, ref: str) -> VersionDetails:
         data = self._json("GET", "/v1/version", params={"ref": ref})
-        version = _version(data)
-        manifest = manifests.manifest_from_dict(
-            data["manifest"], expected_digest=version.digest, what=f"manifest of {version.ref}"
-        )
-        return VersionDetails(version, manifest, data["signer"])
+        return wire.load(wire.VersionDetails, data).to_report()
 
     def resolve(self, ref: str) -> VersionRecord:
         return self.show(ref).version
@@ -387,14 +214,7 @@ class RemoteRegistry:
         self, ref: str, *, read_data: bool = False, progress: Progress | None = None
     ) -> VerifyReport:
         data = self._json("POST", "/v1/verify", json={"ref": ref, "read_data": read_data})
-        return VerifyReport(
-            _version(data["version"]),
-            data["read_data"],
-            data["checked_files"],
-            data["checked_bytes"],
-            tuple(FileProblem(p["path"], p["problem"]) for p in data["problems"]),
-            tuple(data["unchecked"]),
-        )
+        return wire.load(wire.VerifyReport, data).to_report()
 
     # -- push ---------------------------------------------------------------------------------
 
@@ -423,28 +243,34 @@ class RemoteRegistry:
         progress.end()
         sources = {entry.path: entry.source for entry in files}
         state_file = self._resume_file(name, described, message)
-        session = None
+        session: wire.UploadSession | None = None
         if state_file.exists():
             try:
-                session = self._json("GET", f"/v1/uploads/{state_file.read_text().strip()}")
+                session = wire.load(
+                    wire.UploadSession,
+                    self._json("GET", f"/v1/uploads/{state_file.read_text().strip()}"),
+                )
             except errors.NotFoundError:
                 session = None  # expired or committed meanwhile: start again
         if session is None:
-            session = self._json(
-                "POST", "/v1/uploads", json={"model": name, "files": described, "message": message}
+            session = wire.load(
+                wire.UploadSession,
+                self._json(
+                    "POST",
+                    "/v1/uploads",
+                    json={"model": name, "files": described, "message": message},
+                ),
             )
             state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            state_file.write_text(session["id"])
-        part_size = session["part_size"]
+            state_file.write_text(session.id)
+        part_size = session.part_size
         todo = [
-            (entry["index"], part, entry["path"])
-            for entry in session["files"]
-            for part in sorted(set(range(entry["parts"])) - set(entry["received"]))
+            (entry.index, part, entry.path)
+            for entry in session.files
+            for part in sorted(set(range(entry.parts)) - set(entry.received))
         ]
         already = sum(
-            min(part_size, e["size"] - p * part_size)
-            for e in session["files"]
-            for p in e["received"]
+            min(part_size, e.size - p * part_size) for e in session.files for p in e.received
         )
         progress.begin("uploading", total)
         progress.advance(already)
@@ -457,7 +283,7 @@ class RemoteRegistry:
                 data = handle.read(part_size)
             self._call(
                 "PUT",
-                f"/v1/uploads/{session['id']}/files/{index}/parts/{part}",
+                f"/v1/uploads/{session.id}/files/{index}/parts/{part}",
                 content=data,
                 headers={"X-Part-Digest": "blake3:" + blake3.blake3(data).hexdigest()},
             )
@@ -470,17 +296,10 @@ class RemoteRegistry:
                 sent = sum(pool.map(send, todo))
         finally:
             progress.end()
-        result = self._json("POST", f"/v1/uploads/{session['id']}/commit", wait=True)
+        result = self._json("POST", f"/v1/uploads/{session.id}/commit", wait=True)
         state_file.unlink(missing_ok=True)
         self.last_push_sent = sent
-        return PushResult(
-            _version(result),
-            result["created"],
-            result["uploaded_bytes"],
-            result["reused_bytes"],
-            len(files),
-            tuple(result["pending_regions"]),
-        )
+        return wire.load(wire.PushResult, result).to_report()
 
     def _resume_file(self, name: str, described: list[dict[str, Any]], message: str) -> Path:
         key = hashlib.sha256(
@@ -495,10 +314,7 @@ class RemoteRegistry:
 
     def data_keys(self, ref: str) -> dict[tuple[str, str], bytes]:
         """The key broker's answer for a version: (purpose, digest) -> data key (audited)."""
-        return {
-            (k["purpose"], k["digest"]): base64.b64decode(k["key"])
-            for k in self._json("POST", "/v1/keys", json={"ref": ref})["keys"]
-        }
+        return wire.load(wire.DataKeys, self._json("POST", "/v1/keys", json={"ref": ref})).to_keys()
 
     def read_ciphertext(self, ref: str, path: str, offset: int, length: int) -> bytes:
         """Sealed bytes [offset, offset + length) of a version's file (fewer at its end)."""
@@ -558,11 +374,8 @@ class RemoteRegistry:
 
     # -- aliases, lifecycle, audit -------------------------------------------------------------
 
-    def _change(self, data: dict[str, Any]) -> AliasChange:
-        move = None if data.get("move") is None else _move(data["move"])
-        return AliasChange(
-            move, _alias(data), tuple(data.get("undelivered", ())), tuple(data.get("unlocked", ()))
-        )
+    def _change(self, data: Any) -> AliasChange:
+        return wire.load(wire.AliasChange, data).to_report()
 
     def promote(self, ref: str, alias: str, *, reason: str = "") -> AliasChange:
         body = {"ref": ref, "alias": alias, "reason": reason}
@@ -576,10 +389,12 @@ class RemoteRegistry:
 
     def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
         body = {"model": name, "alias": alias, "protected": protected}
-        return _alias(self._json("POST", "/v1/aliases/protect", json=body))
+        data = self._json("POST", "/v1/aliases/protect", json=body)
+        return wire.load(wire.Alias, data).to_record()
 
     def aliases(self, name: str) -> list[AliasRecord]:
-        return [_alias(a) for a in self._json("GET", "/v1/aliases", params={"model": name})]
+        data = self._json("GET", "/v1/aliases", params={"model": name})
+        return [a.to_record() for a in wire.load_list(wire.Alias, data)]
 
     def history(
         self, name: str, alias: str | None = None, *, at: datetime | None = None
@@ -589,7 +404,8 @@ class RemoteRegistry:
             params["alias"] = alias
         if at is not None:
             params["at"] = at.isoformat()
-        return [_move(m) for m in self._json("GET", "/v1/history", params=params)]
+        data = self._json("GET", "/v1/history", params=params)
+        return [m.to_record() for m in wire.load_list(wire.AliasMove, data)]
 
     def set_retention(
         self,
@@ -607,62 +423,38 @@ class RemoteRegistry:
             "keep_demoted_for": keep_demoted_for,
             "clear": clear,
         }
-        return _policy(self._json("PUT", "/v1/retention", json=body))
+        return wire.load(
+            wire.ModelPolicy, self._json("PUT", "/v1/retention", json=body)
+        ).to_policy()
 
     def retention(self, name: str) -> tuple[Policy, str]:
-        data = self._json("GET", "/v1/retention", params={"model": name})
-        return _policy(data), data["source"]
+        data = wire.load(wire.Retention, self._json("GET", "/v1/retention", params={"model": name}))
+        return data.to_policy(), data.source
 
     def plan_retention(self, name: str | None = None) -> list[tuple[str, Policy, list[Decision]]]:
         names = [name] if name is not None else [m.name for m in self.models()]
-        plans = []
-        for model in names:
-            data = self._json("GET", "/v1/retention/plan", params={"model": model})
-            decisions = [
-                Decision(d["version"], d["keep"], tuple(d["reasons"])) for d in data["versions"]
-            ]
-            plans.append((model, _policy(data), decisions))
-        return plans
+        return [
+            wire.load(
+                wire.RetentionPlan, self._json("GET", "/v1/retention/plan", params={"model": model})
+            ).to_plan()
+            for model in names
+        ]
 
     def hold(self, ref: str, *, reason: str) -> HoldResult:
         data = self._json("POST", "/v1/holds", json={"ref": ref, "reason": reason})
-        return HoldResult(
-            _hold(data), data["changed"], data["objects"], tuple(data["failed_regions"])
-        )
+        return wire.load(wire.HoldResult, data).to_report()
 
     def release_hold(self, ref: str, *, reason: str) -> HoldResult:
         data = self._json("POST", "/v1/holds/release", json={"ref": ref, "reason": reason})
-        return HoldResult(
-            _hold(data), data["changed"], data["objects"], tuple(data["failed_regions"])
-        )
+        return wire.load(wire.HoldResult, data).to_report()
 
     def holds(self) -> list[HoldRecord]:
-        return [_hold(h) for h in self._json("GET", "/v1/holds")]
+        return [h.to_record() for h in wire.load_list(wire.Hold, self._json("GET", "/v1/holds"))]
 
     def gc(self, *, dry_run: bool = False, grace: str = "24h") -> GcReport:
         data = self._json("POST", "/v1/gc", json={"dry_run": dry_run, "grace": grace})
-        expired = tuple(self._tombstone(ref) for ref in data["expired"])
-        return GcReport(
-            data["dry_run"],
-            parse_duration(data["grace"]),
-            expired,
-            data["locks_extended"],
-            tuple(
-                SweptObject(s["purpose"], s["digest"], tuple(s["regions"].items()))
-                for s in data["swept"]
-            ),
-            tuple(
-                KeptObject(
-                    k["purpose"],
-                    k["digest"],
-                    k["reason"],
-                    # A server from before per-region reasons sends none.
-                    tuple((r["region"], r["reason"]) for r in k.get("regions", [])),
-                )
-                for k in data["kept"]
-            ),
-            tuple(data["problems"]),
-        )
+        report = wire.load(wire.GcReport, data)
+        return report.to_report([self._tombstone(ref) for ref in report.expired])
 
     def _tombstone(self, ref: str) -> VersionRecord:
         name, _, number = ref.rpartition("@")
@@ -672,7 +464,8 @@ class RemoteRegistry:
         raise errors.NotFoundError(f"{ref} is not listed by the server")
 
     def delete(self, ref: str, *, reason: str) -> VersionRecord:
-        return _version(self._json("POST", "/v1/delete", json={"ref": ref, "reason": reason}))
+        data = self._json("POST", "/v1/delete", json={"ref": ref, "reason": reason})
+        return wire.load(wire.Version, data).to_record()
 
     def audit_events(
         self, *, subject: str | None = None, since: datetime | None = None, limit: int = 100
@@ -682,47 +475,80 @@ class RemoteRegistry:
             params["model"] = subject
         if since is not None:
             params["since"] = since.isoformat()
-        return [
-            AuditRecord(
-                e["id"],
-                datetime.fromisoformat(e["at"]),
-                e["actor"],
-                e["action"],
-                e["subject"],
-                e["details"],
-            )
-            for e in self._json("GET", "/v1/audit", params=params)
-        ]
+        data = self._json("GET", "/v1/audit", params=params)
+        return [e.to_record() for e in wire.load_list(wire.AuditEntry, data)]
 
     def verify_audit(self) -> AuditVerification:
         data = self._json("GET", "/v1/audit/verify")
-        return AuditVerification(
-            data["ok"],
-            data["checked"],
-            data["first_bad"],
-            data["problem"],
-            data["head"],
-            int(data.get("links_only", 0)),
-        )
+        return wire.load(wire.AuditVerification, data).to_record()
 
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (keys, regions, replicate, events, tokens, signers) runs on the server.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise InvalidInputError(
-            f"`{name.replace('_', ' ')}` is not available through the REST API",
-            hint="run it on the registry server (unset MODEL_REGISTRY_URL there)",
-        )
+    # -- not offered by the REST API: these run on the server's host ----------------------------
+
+    def scrub(
+        self,
+        *,
+        read_data: bool = False,
+        sample: float | None = None,
+        region: str | None = None,
+        progress: Progress | None = None,
+    ) -> ScrubReport:
+        _not_offered("scrub")
+
+    def drill(
+        self,
+        *,
+        region: str | None = None,
+        alias: str = "production",
+        sample: int | None = None,
+        progress: Progress | None = None,
+    ) -> DrillReport:
+        _not_offered("drill")
+
+    def regions_status(self) -> list[RegionStatus]:
+        _not_offered("regions status")
+
+    def replicate(
+        self, *, repair: bool = False, progress: Progress | None = None
+    ) -> ReplicateReport:
+        _not_offered("replicate")
+
+    def journal_status(self, *, check: bool = True) -> list[wire.RegionJournalLike]:
+        _not_offered("journal status")
+
+    def drain_journal(self) -> list[wire.RegionJournalLike]:
+        _not_offered("drain journal")
+
+    def new_journal_epoch(self) -> str:
+        _not_offered("new journal epoch")
+
+    def stored_journals(self) -> list[wire.StoredJournalLike]:
+        _not_offered("stored journals")
+
+    def add_webhook(self, url: str) -> Webhook:
+        _not_offered("add webhook")
+
+    def deliveries(self, *, pending_only: bool = False, limit: int = 100) -> list[DeliveryRecord]:
+        _not_offered("deliveries")
+
+    def deliver_events(self, *, attempts: int = 3, backoff: float = 0.5) -> list[str]:
+        _not_offered("deliver events")
+
+    def key_report(self) -> KeysReport:
+        _not_offered("key report")
+
+    def trust_signer(self, name: str, public_key: str) -> TrustedSignerLike:
+        _not_offered("trust signer")
+
+    def untrust_signer(self, name: str) -> None:
+        _not_offered("untrust signer")
+
+    def new_signing_key(self) -> str:
+        _not_offered("new signing key")
+
+    def rotate_keys(
+        self, to: str, *, region: str | None = None, progress: Progress | None = None
+    ) -> RotationReport:
+        _not_offered("rotate keys")
 
 
-__all__ = ["Manifest", "RemoteRegistry"]
-
-
-def _retry_after(value: str | None) -> float:
-    """Seconds to wait for a 429: the header's number (a date or garbage counts as 1), at
-    least 0.2 s so that a proxy's `Retry-After: 0` does not make a busy loop, at most 30 s."""
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        seconds = 1.0
-    return min(30.0, max(0.2, seconds))
+__all__ = ["NotOfferedError", "RemoteRegistry"]

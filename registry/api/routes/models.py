@@ -1,0 +1,70 @@
+"""Models and versions: list them, show one with its verified manifest, verify its objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Controller, Request, get, post
+from litestar.params import FromQuery, JSONBody
+
+from registry import wire
+from registry.api.common import note_read, security_event, state_of
+from registry.api.guards import authorize, enter, in_scope
+
+
+@dataclass
+class VerifyRequest:
+    ref: str
+    read_data: bool = False
+
+
+class ModelsController(Controller):
+    path = "/v1"
+    tags = ("models",)
+    guards = (authorize,)
+
+    @get("/models", sync_to_thread=True, operation="read")
+    def list_models(self, request: Request[Any, Any, Any]) -> list[wire.Model]:
+        """The models this token may read."""
+        view, token = enter(request)
+        return [wire.Model.of(m) for m in view.models() if in_scope(token, m.name)]
+
+    @get("/versions", sync_to_thread=True, operation="read")
+    def list_versions(
+        self,
+        request: Request[Any, Any, Any],
+        model: FromQuery[str],
+        expired: FromQuery[bool] = False,
+    ) -> list[wire.Version]:
+        """The versions of a model, oldest first (with `expired`, tombstones too)."""
+        view, _token = enter(request, model=model)
+        return [wire.Version.of(v) for v in view.versions(model, expired=expired)]
+
+    @get("/version", sync_to_thread=True, operation="read")
+    def show_version(
+        self, request: Request[Any, Any, Any], ref: FromQuery[str]
+    ) -> wire.VersionDetails:
+        """One version and its verified manifest (signature and digest checked by the server)."""
+        view, token = enter(request, ref=ref)
+        details = view.show(ref)
+        note_read(request, token, details.version.name)
+        return wire.VersionDetails.of(details)
+
+    @post("/verify", sync_to_thread=True, status_code=200, operation="verify")
+    def verify(
+        self, request: Request[Any, Any, Any], data: JSONBody[VerifyRequest]
+    ) -> wire.VerifyReport:
+        """Check a version's objects in the stores (with `read_data`: decrypt and re-hash
+        them)."""
+        view, _token = enter(request, ref=data.ref)
+        report = view.verify(data.ref, read_data=data.read_data)
+        if not report.ok:
+            state_of(request).metrics.integrity_failures.inc(len(report.problems))
+            security_event(
+                request,
+                "integrity-failure",
+                f"{report.version.ref}: "
+                + "; ".join(f"{p.path}: {p.problem}" for p in report.problems),
+            )
+        return wire.VerifyReport.of(report)

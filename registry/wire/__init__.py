@@ -1,0 +1,162 @@
+"""The JSON form of every record and report: one typed model each (msgspec structs), what the
+CLI's `--json` prints, what the REST API answers (and documents in its OpenAPI schema), and what
+the client reads back. The models live in one submodule per subject (versions, lifecycle, audit,
+stores, keys, the service's own); use them from here: `wire.Version`, `wire.dump`.
+
+Each model is made from the service's value with `Model.of(value)`; the models the client reads
+turn back into the service's values with `to_record()` / `to_report()`, so a `RemoteRegistry`
+returns the same types as a `Registry`. `dump` gives a model's JSON-ready builtins (dicts, lists,
+strings, numbers), `load` checks JSON against a model.
+
+One shape per record, whoever prints it: a version always lists its `files` (path, size, digest,
+tensors) with their count in `file_count`, and names the key that signed it (`signed_by`, a key
+id; `show` adds the trusted `signer` name). Times are ISO 8601 strings with a zone, as
+`datetime.isoformat` writes them; durations are `12h`, `90d`, `2w`. A report that is about a
+version either carries it whole under `version` (verify) or extends it (push, pull, show,
+delete), as the REST API always has. Fields added later have defaults, so a client still reads
+an older server's answers.
+"""
+
+from __future__ import annotations
+
+from registry.wire.audit import (
+    AuditEntry,
+    AuditVerification,
+    Delivery,
+    DeliveryRun,
+    NewToken,
+    Token,
+    Webhook,
+)
+from registry.wire.base import (
+    Duration,
+    Time,
+    Wire,
+    dump,
+    load,
+    load_list,
+)
+from registry.wire.keys import (
+    DataKey,
+    DataKeys,
+    Keys,
+    PreviousKey,
+    RegionKey,
+    RotationReport,
+    TrustedSigner,
+)
+from registry.wire.lifecycle import (
+    Alias,
+    AliasChange,
+    AliasMove,
+    Decision,
+    GcReport,
+    Hold,
+    HoldResult,
+    KeptObject,
+    ModelPolicy,
+    Policy,
+    RegionReason,
+    Retention,
+    RetentionPlan,
+    SweptObject,
+)
+from registry.wire.service import (
+    Error,
+    ErrorDetail,
+    Health,
+    Readiness,
+    UploadFileState,
+    UploadSession,
+)
+from registry.wire.stores import (
+    DrillModel,
+    DrillReport,
+    JournalState,
+    Orphan,
+    RebuildLike,
+    RebuildReport,
+    RegionJournalLike,
+    RegionStatus,
+    ReplicateReport,
+    ScrubProblem,
+    ScrubReport,
+    StoredJournal,
+    StoredJournalLike,
+)
+from registry.wire.versions import (
+    File,
+    FileProblem,
+    InitResult,
+    Model,
+    PullResult,
+    PushResult,
+    VerifyReport,
+    Version,
+    VersionDetails,
+)
+
+__all__ = [
+    "Alias",
+    "AliasChange",
+    "AliasMove",
+    "AuditEntry",
+    "AuditVerification",
+    "DataKey",
+    "DataKeys",
+    "Decision",
+    "Delivery",
+    "DeliveryRun",
+    "DrillModel",
+    "DrillReport",
+    "Duration",
+    "Error",
+    "ErrorDetail",
+    "File",
+    "FileProblem",
+    "GcReport",
+    "Health",
+    "Hold",
+    "HoldResult",
+    "InitResult",
+    "JournalState",
+    "KeptObject",
+    "Keys",
+    "Model",
+    "ModelPolicy",
+    "NewToken",
+    "Orphan",
+    "Policy",
+    "PreviousKey",
+    "PullResult",
+    "PushResult",
+    "Readiness",
+    "RebuildLike",
+    "RebuildReport",
+    "RegionJournalLike",
+    "RegionKey",
+    "RegionReason",
+    "RegionStatus",
+    "ReplicateReport",
+    "Retention",
+    "RetentionPlan",
+    "RotationReport",
+    "ScrubProblem",
+    "ScrubReport",
+    "StoredJournal",
+    "StoredJournalLike",
+    "SweptObject",
+    "Time",
+    "Token",
+    "TrustedSigner",
+    "UploadFileState",
+    "UploadSession",
+    "VerifyReport",
+    "Version",
+    "VersionDetails",
+    "Webhook",
+    "Wire",
+    "dump",
+    "load",
+    "load_list",
+]

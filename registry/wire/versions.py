@@ -1,0 +1,256 @@
+"""Versions and models: what `ls`, `show`, `push`, `pull`, `verify` and `init` print, and what the
+API answers about them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry import manifest as manifests
+from registry import records, reports
+from registry.wire.base import Time, Wire, iso, maybe_iso, maybe_parse_time, parse_time
+
+# -- versions and models ---------------------------------------------------------------------------
+
+
+class File(Wire, kw_only=True):
+    """One file of a version."""
+
+    path: str
+    size: int
+    digest: str
+    tensors: int
+
+    @classmethod
+    def of(cls, record: records.FileRecord) -> File:
+        return cls(
+            path=record.path, size=record.size, digest=record.digest, tensors=record.tensor_count
+        )
+
+    def to_record(self) -> records.FileRecord:
+        return records.FileRecord(self.path, self.size, self.digest, self.tensors)
+
+
+class Version(Wire, kw_only=True):
+    """A version of a model (expired or deleted versions are tombstones: `expired_at` set)."""
+
+    ref: str
+    name: str
+    number: int
+    digest: str
+    message: str
+    created_at: Time
+    created_by: str
+    signed_by: str  # the id of the key that signed its manifest
+    file_count: int
+    files: list[File]
+    size: int
+    tensors: int
+    parameters: int
+    dtypes: list[str]
+    expired_at: Time | None = None
+    expired_by: str | None = None
+    expiry_reason: str | None = None
+
+    @staticmethod
+    def fields_of(v: records.VersionRecord) -> dict[str, Any]:
+        """The fields of a version, for the models that extend it."""
+        return {
+            "ref": v.ref,
+            "name": v.name,
+            "number": v.number,
+            "digest": v.digest,
+            "message": v.message,
+            "created_at": iso(v.created_at),
+            "created_by": v.created_by,
+            "signed_by": v.signed_by,
+            "file_count": v.file_count,
+            "files": [File.of(f) for f in v.files],
+            "size": v.total_size,
+            "tensors": v.tensor_count,
+            "parameters": v.parameter_count,
+            "dtypes": list(v.dtypes),
+            "expired_at": maybe_iso(v.expired_at),
+            "expired_by": v.expired_by,
+            "expiry_reason": v.expiry_reason,
+        }
+
+    @classmethod
+    def of(cls, record: records.VersionRecord) -> Version:
+        return cls(**cls.fields_of(record))
+
+    def to_record(self) -> records.VersionRecord:
+        return records.VersionRecord(
+            name=self.name,
+            number=self.number,
+            digest=self.digest,
+            manifest_object="",  # the server's own business
+            message=self.message,
+            created_at=parse_time(self.created_at),
+            created_by=self.created_by,
+            signed_by=self.signed_by,
+            file_count=self.file_count,
+            total_size=self.size,
+            tensor_count=self.tensors,
+            parameter_count=self.parameters,
+            dtypes=tuple(self.dtypes),
+            files=tuple(f.to_record() for f in self.files),
+            expired_at=maybe_parse_time(self.expired_at),
+            expired_by=self.expired_by,
+            expiry_reason=self.expiry_reason,
+        )
+
+
+class VersionDetails(Version, kw_only=True):
+    """A version with its manifest (signature and digest checked) and its trusted signer."""
+
+    signer: str  # the trusted signer's name
+    manifest: dict[str, Any]  # the canonical manifest (docs/format.md)
+
+    @classmethod
+    def of(cls, details: reports.VersionDetails) -> VersionDetails:  # type: ignore[override]
+        return cls(
+            **Version.fields_of(details.version),
+            signer=details.signer,
+            manifest=details.manifest.to_dict(),
+        )
+
+    def to_report(self) -> reports.VersionDetails:
+        """The details, the manifest checked against the version's digest."""
+        version = self.to_record()
+        manifest = manifests.manifest_from_dict(
+            self.manifest, expected_digest=version.digest, what=f"manifest of {version.ref}"
+        )
+        return reports.VersionDetails(version, manifest, self.signer)
+
+
+class Model(Wire, kw_only=True):
+    name: str
+    versions: int
+    latest: int | None
+    size: int
+    created_at: Time
+
+    @classmethod
+    def of(cls, record: records.ModelRecord) -> Model:
+        return cls(
+            name=record.name,
+            versions=record.version_count,
+            latest=record.latest,
+            size=record.total_size,
+            created_at=iso(record.created_at),
+        )
+
+    def to_record(self) -> records.ModelRecord:
+        return records.ModelRecord(
+            self.name, parse_time(self.created_at), self.versions, self.latest, self.size
+        )
+
+
+class PushResult(Version, kw_only=True):
+    """A push: the version (new, or the existing one with identical content)."""
+
+    created: bool
+    uploaded_bytes: int
+    reused_bytes: int
+    pending_regions: list[str]
+
+    @classmethod
+    def of(cls, result: reports.PushResult) -> PushResult:  # type: ignore[override]
+        return cls(
+            **Version.fields_of(result.version),
+            created=result.created,
+            uploaded_bytes=result.uploaded_bytes,
+            reused_bytes=result.reused_bytes,
+            pending_regions=list(result.pending_regions),
+        )
+
+    def to_report(self) -> reports.PushResult:
+        version = self.to_record()
+        return reports.PushResult(
+            version,
+            self.created,
+            self.uploaded_bytes,
+            self.reused_bytes,
+            version.file_count,
+            tuple(self.pending_regions),
+        )
+
+
+class PullResult(Version, kw_only=True):
+    """A pull: the version, where it was written, and the copies read around."""
+
+    destination: str
+    written: list[str]
+    bytes: int
+    bad_copies: list[str]
+
+    @classmethod
+    def of(cls, result: reports.PullResult) -> PullResult:  # type: ignore[override]
+        return cls(
+            **Version.fields_of(result.version),
+            destination=str(result.destination),
+            written=list(result.files),
+            bytes=result.bytes,
+            bad_copies=list(result.bad_copies),
+        )
+
+
+class FileProblem(Wire, kw_only=True):
+    path: str
+    problem: str
+
+
+class VerifyReport(Wire, kw_only=True):
+    """A version's check: problems per file, and the regions that could not be checked."""
+
+    version: Version
+    ok: bool
+    read_data: bool
+    checked_files: int
+    checked_bytes: int
+    problems: list[FileProblem]
+    unchecked: list[str]
+
+    @classmethod
+    def of(cls, report: reports.VerifyReport) -> VerifyReport:
+        return cls(
+            version=Version.of(report.version),
+            ok=report.ok,
+            read_data=report.read_data,
+            checked_files=report.checked_files,
+            checked_bytes=report.checked_bytes,
+            problems=[FileProblem(path=p.path, problem=p.problem) for p in report.problems],
+            unchecked=list(report.unchecked),
+        )
+
+    def to_report(self) -> reports.VerifyReport:
+        return reports.VerifyReport(
+            self.version.to_record(),
+            self.read_data,
+            self.checked_files,
+            self.checked_bytes,
+            tuple(reports.FileProblem(p.path, p.problem) for p in self.problems),
+            tuple(self.unchecked),
+        )
+
+
+class InitResult(Wire, kw_only=True):
+    home: str
+    created: bool
+    registry_id: str
+    catalog_url: str
+    store: str
+    keys: str
+    public_key: str
+
+    @classmethod
+    def of(cls, result: reports.InitResult) -> InitResult:
+        return cls(
+            home=str(result.home),
+            created=result.created,
+            registry_id=result.registry_id,
+            catalog_url=result.catalog_url,
+            store=result.store,
+            keys=result.keys,
+            public_key=result.public_key,
+        )
