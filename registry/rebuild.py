@@ -62,24 +62,6 @@ class RebuildReport:
     def ok(self) -> bool:
         return not self.unrestored
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "region": self.region,
-            "catalog": self.catalog,
-            "journal_entries": self.entries,
-            "journal_segments": self.segments,
-            "restored": self.restored,
-            "restored_from_version_records": self.from_records,
-            "not_restored": self.unrestored,
-            "regions_probed": self.probed,
-            "regions_unreachable": self.unreachable,
-            "bad_copies": self.bad_copies,
-            "accepted_loss": self.accepted_loss,
-            "journal_written_to": self.journal,
-            "seconds": round(self.seconds, 3),
-            "ok": self.ok,
-        }
-
 
 ProviderFactory = Callable[[RegionSettings], KeyProvider]
 

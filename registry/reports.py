@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from registry.manifest import Manifest
 from registry.records import AliasMoveRecord, AliasRecord, HoldRecord, VersionRecord
@@ -269,13 +268,6 @@ class RotationReport:
     still_used: tuple[str, ...] = ()
     # Objects whose only slots are under a key whose file is gone: nothing opens them.
     unrecoverable: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The report's JSON, `registry.wire.RotationReport` (what `ops.rotation` audits)."""
-        from registry import wire  # wire imports this module
-
-        data: dict[str, Any] = wire.dump(wire.RotationReport.of(self))
-        return data
 
 
 @dataclass(frozen=True)

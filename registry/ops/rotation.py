@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from registry import wire
 from registry.config import RegionSettings
 from registry.crypto.keys import (
     KeyProvider,
@@ -183,7 +184,9 @@ def rotate_keys(
         tuple(still_used),
         len(unrecoverable),
     )
-    ctx.catalog.audit(ctx.actor, "key-rotate", "registry", report.to_dict())
+    ctx.catalog.audit(
+        ctx.actor, "key-rotate", "registry", wire.dump(wire.RotationReport.of(report))
+    )
     return report
 
 
