@@ -10,6 +10,7 @@ count the key unwraps; this module adds nothing to them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -43,7 +44,7 @@ from registry.ops import signers as signers_ops
 from registry.ops import tokens as tokens_ops
 from registry.ops import verify as verify_ops
 from registry.ops.access import ADMIN, PROMOTER, PUSHER, READER, ROLES
-from registry.ops.context import Context
+from registry.ops.context import Context, UnwrapCount
 from registry.ops.gc import DEFAULT_GRACE
 from registry.ops.home import rebuild_catalog
 from registry.records import (
@@ -207,6 +208,11 @@ class Registry:
     def unwraps(self) -> int:
         """Data keys this handle's operations unwrapped."""
         return self._context.unwraps.value
+
+    def counting_unwraps(self) -> AbstractContextManager[UnwrapCount]:
+        """Count the data keys the calls made in the block unwrap (on this thread and the
+        threads they start, never another caller's): for a caller's own audit details."""
+        return self._context.counting_unwraps()
 
     @property
     def catalog(self) -> Catalog:

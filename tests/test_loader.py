@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -837,3 +838,21 @@ def test_the_staging_ring_gets_every_slot_back_when_chunk_0_fails(
         )
     assert delivered == [] and len(ring._free) == 3
     assert memory.reads == [(0, HEADER_SIZE), (HEADER_SIZE, MiB + TAG_SIZE)]
+
+
+def test_a_load_audits_the_key_unwraps_it_took_while_others_load(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Every load records the data keys it unwrapped, counted per call: two loads sharing one
+    handle at once each audit their own, and the handle's other users are not charged."""
+    model = make_model(tmp_path / "model", shards=3, shard_size=1_000_000, seed=5)
+    registry.push("org/llama", model)
+    with ThreadPoolExecutor(2) as pool:
+        loads = [pool.submit(loader.load, "org/llama", registry=registry) for _ in range(2)]
+        assert all(len(done.result()) for done in loads)
+    events = [e for e in registry.audit_events(subject="org/llama") if e.action == "load"]
+    assert [e.details["key_unwraps"] for e in events] == [3, 3]  # one per shard
+    partial = loader.load("org/llama", registry=registry, tensors=["model.layers.0.weight"])
+    assert len(partial) == 1
+    event = registry.audit_events(subject="org/llama", limit=1)[0]
+    assert event.action == "load" and event.details["key_unwraps"] == 1

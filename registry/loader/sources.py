@@ -66,6 +66,7 @@ class LocalSource:
         self.owned = owned
         self.where = "local"
         self.report = ReadReport()
+        self.unwraps = 0  # data keys this source unwrapped, for the load's audit entry
         remote = all(region.store.path is None for region in registry.settings.regions)
         self.cache = _cache(cache) if remote else None
 
@@ -74,7 +75,11 @@ class LocalSource:
         return Resolved(details.version, details.manifest)
 
     def data_key(self, resolved: Resolved, entry: ManifestFile) -> bytes:
-        return self.registry.blob_key(resolved.version, entry.digest)
+        # Counted per call, so a handle shared by concurrent loads audits each its own.
+        with self.registry.counting_unwraps() as unwraps:
+            key = self.registry.blob_key(resolved.version, entry.digest)
+        self.unwraps += unwraps.value
+        return key
 
     def reader(self, resolved: Resolved, entry: ManifestFile) -> FileReader:
         what = f"{resolved.version.ref}: {entry.path}"
@@ -84,6 +89,7 @@ class LocalSource:
         return self.cache.reader(entry.digest, upstream)
 
     def finished(self, resolved: Resolved, details: dict[str, Any]) -> None:
+        details = {**details, "key_unwraps": self.unwraps}
         self.registry.record_load(resolved.version, details, self.report)
 
     def close(self) -> None:
