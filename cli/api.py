@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cli.ui import handle_errors, print_json, stdout, when
+from cli.ui import handle_errors, local_only, print_json, stdout, when
 from registry import wire
 from registry.errors import InvalidInputError
 from registry.service import ROLES, Registry
@@ -28,6 +28,7 @@ def serve(host: str, port: int, workers: int, tls_cert: Path | None, tls_key: Pa
     (--workers, or several hosts) can serve one PostgreSQL catalog and one set of stores."""
     import uvicorn
 
+    local_only("serve")
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
     with Registry.open():
@@ -66,6 +67,7 @@ def create(
     name: str, role: str, models: tuple[str, ...], expires: str | None, as_json: bool
 ) -> None:
     """Create a token; it is printed once (only a hash of it is kept)."""
+    local_only("token")
     with Registry.open() as registry:
         record, text = registry.create_token(name, role=role, models=models, expires=expires)
     if as_json:
@@ -84,6 +86,7 @@ def create(
 @handle_errors
 def list_(as_json: bool) -> None:
     """Every token (never their secrets)."""
+    local_only("token")
     with Registry.open() as registry:
         tokens = registry.tokens()
     if as_json:
@@ -110,6 +113,7 @@ def list_(as_json: bool) -> None:
 @handle_errors
 def revoke(token_id: str, as_json: bool) -> None:
     """Revoke a token at once (every server process refuses it from its next request)."""
+    local_only("token")
     with Registry.open() as registry:
         record = registry.revoke_token(token_id)
     if as_json:

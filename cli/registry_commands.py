@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.ui import handle_errors, print_json, stdout
+from cli.ui import handle_errors, local_only, print_json, stdout
 from registry import wire
 from registry.config import KmsSettings
 from registry.errors import InvalidInputError
@@ -49,6 +49,7 @@ def init(
     as_json: bool,
 ) -> None:
     """Create a registry (idempotent: an existing one is checked and its catalog upgraded)."""
+    local_only("init")
     kms = None
     if kms_key or kms_region or kms_endpoint:
         if not (kms_key and kms_region):

@@ -139,6 +139,15 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def local_only(command: str) -> None:
+    """Refuse `command` when the CLI works through a server: it administers this host's home
+    (init, serve, API tokens), which the REST API does not offer."""
+    if os.environ.get("MODEL_REGISTRY_URL"):
+        from registry.client import NotOfferedError
+
+        raise NotOfferedError(f"`model-registry {command}` is not available through the REST API")
+
+
 def open_registry(
     *, recovery: bool = False, region: str | None = None, replay: bool = True
 ) -> RegistrySurface:

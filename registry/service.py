@@ -43,7 +43,7 @@ from registry.ops import serving as serving_ops
 from registry.ops import signers as signers_ops
 from registry.ops import tokens as tokens_ops
 from registry.ops import verify as verify_ops
-from registry.ops.access import ADMIN, PROMOTER, PUSHER, READER, ROLES
+from registry.ops.access import ADMIN, PROMOTER, PUSHER, READER, ROLES, check_role
 from registry.ops.context import Context, UnwrapCount
 from registry.ops.gc import DEFAULT_GRACE
 from registry.ops.home import rebuild_catalog
@@ -108,6 +108,7 @@ class Registry:
         provisional: str | None = None,
     ) -> None:
         """Open the catalog and the regions of `settings` (see `ops.home.open_home`)."""
+        check_role(role)  # before anything is opened
         home = home_ops.open_home(settings, create_catalog=create_catalog, provisional=provisional)
         self._context = Context(home, actor=actor or default_actor(), role=role)
 
@@ -191,6 +192,8 @@ class Registry:
         self.close()
 
     # -- what the handle holds -------------------------------------------------------------
+    # The catalog, the stores and the keys themselves are the admin's: every rule of the
+    # operations (roles, audit) is bypassed through them.
 
     @property
     def settings(self) -> Settings:
@@ -216,22 +219,27 @@ class Registry:
 
     @property
     def catalog(self) -> Catalog:
+        self._context.require("internals")
         return self._context.catalog
 
     @property
     def replicas(self) -> ReplicaSet:
+        self._context.require("internals")
         return self._context.replicas
 
     @property
     def store(self) -> BlobStore:
+        self._context.require("internals")
         return self._context.store
 
     @property
     def keys(self) -> KeyProvider:
+        self._context.require("internals")
         return self._context.keys
 
     @property
     def signer(self) -> Signer:
+        self._context.require("internals")
         return self._context.signer
 
     @property
@@ -245,10 +253,13 @@ class Registry:
 
     @sweep_wait.setter
     def sweep_wait(self, seconds: float) -> None:
+        self._context.require("internals")
         self._context.home.sweep_wait = seconds
 
     @property
     def checkpoints(self) -> dict[str, Callable[[], None]]:
+        """Named points where tests pause a push or a gc (shared by every handle over the home)."""
+        self._context.require("internals")
         return self._context.home.checkpoints
 
     # -- operations ------------------------------------------------------------------------

@@ -18,8 +18,9 @@ from registry.ops.parallel import bounded_map
 from registry.service import Registry
 from registry.storage import deadline
 
-# Facade methods no role guards: the handle itself, and authentication (no role is known yet).
-UNGUARDED = {"close", "acting_as", "authenticate", "drain_journal"}
+# Facade methods no role guards: the handle itself, authentication (no role is known yet),
+# and counting the unwraps of the caller's own calls (it changes nothing).
+UNGUARDED = {"close", "acting_as", "authenticate", "counting_unwraps"}
 
 
 def _delegate(method: object) -> object:
@@ -124,3 +125,37 @@ def test_unwraps_on_worker_threads_count_for_the_operation_that_started_them(
     assert count.value == 4
     assert context.unwraps.value == 4
     assert other.unwraps.value == 0
+
+
+def test_a_token_record_made_up_in_process_raises_nobody(home: Path, model_dir: Path) -> None:
+    """`acting_as` gives a token's request the token's role, but never more than the handle's:
+    a reader handle cannot make itself an admin with a record of its own making."""
+    Registry.init(home)
+    with Registry.open(home) as admin:
+        admin.push("llama", model_dir)
+        record, _secret = admin.create_token("ops", role="admin", models=["*"])
+    with Registry.open(home, role="reader") as reader:
+        view = reader.acting_as(record)
+        assert view.role == "reader"
+        with pytest.raises(PermissionDeniedError):
+            view.hold("llama@1", reason="escalated")
+    with Registry.open(home) as admin:
+        assert admin.holds() == []
+        assert admin.acting_as(record).role == "admin"  # a real admin's token keeps its role
+
+
+@pytest.mark.parametrize("internal", ["catalog", "replicas", "store", "keys", "signer"])
+def test_the_catalog_stores_and_keys_themselves_are_the_admins(
+    home: Path, model_dir: Path, internal: str
+) -> None:
+    """Through the handle's catalog, stores or keys every rule would be bypassed (a reader
+    writing audit entries, deleting objects): only an admin handle hands them out."""
+    Registry.init(home)
+    with Registry.open(home) as admin:
+        assert getattr(admin, internal) is not None
+    with Registry.open(home, role="promoter") as promoter:
+        with pytest.raises(PermissionDeniedError, match="reach the catalog, stores or keys"):
+            getattr(promoter, internal)
+        with pytest.raises(PermissionDeniedError):
+            promoter.checkpoints["push-stored"] = lambda: None
+        assert promoter.settings.registry_id  # settings are no secret

@@ -173,25 +173,43 @@ def test_the_client_has_every_method_of_the_surface_and_refuses_what_the_api_lac
     for call, what in (
         (remote.drill, "drill"),
         (remote.regions_status, "regions status"),
-        (remote.key_report, "key report"),
-        (lambda: remote.deliveries(pending_only=True), "deliveries"),
-        (lambda: remote.rotate_keys("new.key"), "rotate keys"),
+        (remote.key_report, "keys show"),
+        (lambda: remote.deliveries(pending_only=True), "events ls"),
+        (lambda: remote.rotate_keys("new.key"), "keys rotate"),
     ):
         with pytest.raises(NotOfferedError) as refused:
             call()  # no request is sent: port 9 would refuse it
         assert isinstance(refused.value, InvalidInputError)
         assert refused.value.code == "not_offered" and refused.value.exit_code == 3
-        assert str(refused.value) == f"`{what}` is not available through the REST API"
+        message = f"`model-registry {what}` is not available through the REST API"
+        assert str(refused.value) == message  # the command the user typed
         assert "run it on the registry server" in refused.value.hint
 
 
-def test_cli_through_a_server_says_what_it_cannot_do(served: Served) -> None:
-    env = {"MODEL_REGISTRY_URL": served.server.url, "MODEL_REGISTRY_TOKEN": served.tokens[ADMIN]}
-    for args in (["events", "ls", "--json"], ["keys", "show", "--json"]):
+def test_cli_through_a_server_says_what_it_cannot_do(served: Served, tmp_path: Path) -> None:
+    """Commands the REST API does not offer are refused by name, those that administer a
+    home (init, serve, tokens) included: they never touch a local home instead."""
+    elsewhere = tmp_path / "no-home"
+    env = {
+        "MODEL_REGISTRY_URL": served.server.url,
+        "MODEL_REGISTRY_TOKEN": served.tokens[ADMIN],
+        "MODEL_REGISTRY_HOME": str(elsewhere),
+    }
+    for args in (
+        ["events", "ls", "--json"],
+        ["keys", "show", "--json"],
+        ["init", "--json"],
+        ["token", "create", "x", "--role", "reader", "--models", "*", "--json"],
+        ["token", "list", "--json"],
+        ["serve"],
+    ):
         result = CliRunner(env=env).invoke(main, args)
-        assert result.exit_code == 3, result.output
-        error = json.loads(result.stdout[: result.stdout.rindex("}") + 1])["error"]
-        assert error["code"] == "not_offered" and "registry server" in error["hint"]
+        assert result.exit_code == 3, (args, result.output)
+        if "--json" in args:
+            error = json.loads(result.stdout[: result.stdout.rindex("}") + 1])["error"]
+            assert error["code"] == "not_offered" and "registry server" in error["hint"]
+            assert f"model-registry {args[0]}" in error["message"]
+    assert not elsewhere.exists()  # no local registry was made or opened
 
 
 def test_the_key_broker_audits_the_unwraps_it_took(home: Path, tmp_path: Path) -> None:

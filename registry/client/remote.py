@@ -86,8 +86,8 @@ class NotOfferedError(InvalidInputError):
     default_hint = "run it on the registry server (unset MODEL_REGISTRY_URL there)"
 
 
-def _not_offered(what: str) -> NoReturn:
-    raise NotOfferedError(f"`{what}` is not available through the REST API")
+def _not_offered(command: str) -> NoReturn:
+    raise NotOfferedError(f"`model-registry {command}` is not available through the REST API")
 
 
 @dataclass(frozen=True)
@@ -492,7 +492,7 @@ class RemoteRegistry:
         region: str | None = None,
         progress: Progress | None = None,
     ) -> ScrubReport:
-        _not_offered("scrub")
+        _not_offered("verify --all")
 
     def drill(
         self,
@@ -513,42 +513,42 @@ class RemoteRegistry:
         _not_offered("replicate")
 
     def journal_status(self, *, check: bool = True) -> list[wire.RegionJournalLike]:
-        _not_offered("journal status")
+        _not_offered("catalog journal")
 
     def drain_journal(self) -> list[wire.RegionJournalLike]:
-        _not_offered("drain journal")
+        _not_offered("catalog journal")
 
     def new_journal_epoch(self) -> str:
-        _not_offered("new journal epoch")
+        _not_offered("catalog journal --new-epoch")
 
     def stored_journals(self) -> list[wire.StoredJournalLike]:
-        _not_offered("stored journals")
+        _not_offered("catalog journal --stores")
 
     def add_webhook(self, url: str) -> Webhook:
-        _not_offered("add webhook")
+        _not_offered("events add-webhook")
 
     def deliveries(self, *, pending_only: bool = False, limit: int = 100) -> list[DeliveryRecord]:
-        _not_offered("deliveries")
+        _not_offered("events ls")
 
     def deliver_events(self, *, attempts: int = 3, backoff: float = 0.5) -> list[str]:
-        _not_offered("deliver events")
+        _not_offered("events deliver")
 
     def key_report(self) -> KeysReport:
-        _not_offered("key report")
+        _not_offered("keys show")
 
     def trust_signer(self, name: str, public_key: str) -> TrustedSignerLike:
-        _not_offered("trust signer")
+        _not_offered("keys trust")
 
     def untrust_signer(self, name: str) -> None:
-        _not_offered("untrust signer")
+        _not_offered("keys untrust")
 
     def new_signing_key(self) -> str:
-        _not_offered("new signing key")
+        _not_offered("keys new-signing-key")
 
     def rotate_keys(
         self, to: str, *, region: str | None = None, progress: Progress | None = None
     ) -> RotationReport:
-        _not_offered("rotate keys")
+        _not_offered("keys rotate")
 
 
 __all__ = ["NotOfferedError", "RemoteRegistry"]

@@ -64,6 +64,10 @@ PERMISSIONS: dict[str, Permission] = {
     "journal-epoch": Permission(ADMIN, "start a journal epoch"),
     "rotate-keys": Permission(ADMIN, "rotate keys"),
     "signers": Permission(ADMIN, "change the trusted signers"),
+    # The journal holds committed changes only: copying it out is every writer's duty.
+    "drain-journal": Permission(READER, "copy the journal out"),
+    # The catalog, the regions' stores and the keys themselves, under every rule above.
+    "internals": Permission(ADMIN, "reach the catalog, stores or keys directly"),
 }
 
 
@@ -86,6 +90,11 @@ def check(role: str, operation: str) -> None:
             f"the {role} role may not {permission.action}",
             hint=f"it needs the {permission.role} role",
         )
+
+
+def lower(role: str, other: str) -> str:
+    """The lesser of two roles."""
+    return min(role, other, key=ROLES.index)
 
 
 def may_move_protected(role: str) -> bool:

@@ -89,9 +89,11 @@ class Context:
         self.unwraps = UnwrapCount()  # every data key this context's operations unwrapped
 
     def for_token(self, token: TokenRecord) -> Context:
-        """The context of a token's request: the token's role, and the token named as the
+        """The context of a token's request: the token's role (never more than this
+        context's: a record made up in-process raises nobody), and the token named as the
         actor of everything it does (the audit trail)."""
-        return Context(self.home, actor=f"token:{token.name}:{token.id}", role=token.role)
+        role = access.lower(token.role, self.role)
+        return Context(self.home, actor=f"token:{token.name}:{token.id}", role=role)
 
     def require(self, operation: str) -> None:
         access.check(self.role, operation)

@@ -102,6 +102,7 @@ def _journal_stores(ctx: Context) -> list[tuple[str, BlobStore]]:
     return [(region.name, region.store) for region in ctx.replicas.regions]
 
 
+@requires("drain-journal")
 def drain_journal(ctx: Context) -> list[journal.RegionJournal]:
     """Copy the catalog's new journal entries to every region (after each change and on
     the server's timer); a region that cannot take them is reported, and caught up later.

@@ -1,7 +1,7 @@
 """Serving reads to the loader and the REST API: data keys of a version's objects (and the key
 broker, audited with the unwraps it took), readers and ranges of sealed ciphertext, sealed sizes,
-the audit of a load, and what a server reports of itself (its regions, when the backups were
-last proven).
+the audit of a load, what a server reports of itself (its regions, when the backups were last
+proven), and the role check the API's guard asks before it reads a request.
 """
 
 from __future__ import annotations
