@@ -11,7 +11,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from cli.ui import handle_errors, open_registry, print_json, stderr, stdout
+from cli.ui import handle_errors, local_only, open_registry, print_json, stderr, stdout
 from registry import wire
 from registry.errors import (
     IntegrityError,
@@ -116,11 +116,7 @@ def rebuild(source: str, catalog_url: str | None, accept_loss: bool, as_json: bo
     segment, version record or manifest that does not verify, naming it, and a region whose
     journal another reachable region shows to be behind (unless --accept-loss); exit 6 too when
     some live version could not be restored (listed)."""
-    if os.environ.get("MODEL_REGISTRY_URL"):
-        raise InvalidInputError(
-            "catalog rebuild runs where config.toml and the keys are, not through a server",
-            hint="unset MODEL_REGISTRY_URL (and --url)",
-        )
+    local_only("catalog rebuild")  # where config.toml and the keys are
     from registry.service import rebuild_catalog
 
     def progress(message: str) -> None:

@@ -33,6 +33,19 @@ class Progress(Protocol):
     def end(self) -> None: ...
 
 
+class NoProgress:
+    """The progress of a caller that asked for none."""
+
+    def begin(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, amount: int) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
 def write_verified(
     dest: Path,
     targets: dict[str, Path],

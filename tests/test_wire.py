@@ -170,19 +170,19 @@ def test_the_client_has_every_method_of_the_surface_and_refuses_what_the_api_lac
     # Nothing hides behind __getattr__ any more: an unknown name is an AttributeError.
     remote = RemoteRegistry("http://127.0.0.1:9", "mrt_unused")
     assert not hasattr(remote, "catalog")
-    for call, what in (
-        (remote.drill, "drill"),
-        (remote.regions_status, "regions status"),
-        (remote.key_report, "keys show"),
-        (lambda: remote.deliveries(pending_only=True), "events ls"),
-        (lambda: remote.rotate_keys("new.key"), "keys rotate"),
+    for call, what, command in (
+        (remote.drill, "drill", "drill"),
+        (remote.regions_status, "regions status", "regions status"),
+        (remote.key_report, "key report", "keys show"),
+        (lambda: remote.deliveries(pending_only=True), "deliveries", "events ls"),
+        (lambda: remote.rotate_keys("new.key"), "rotate keys", "keys rotate"),
     ):
         with pytest.raises(NotOfferedError) as refused:
             call()  # no request is sent: port 9 would refuse it
         assert isinstance(refused.value, InvalidInputError)
         assert refused.value.code == "not_offered" and refused.value.exit_code == 3
-        message = f"`model-registry {what}` is not available through the REST API"
-        assert str(refused.value) == message  # the command the user typed
+        assert str(refused.value) == f"`{what}` is not available through the REST API"
+        assert f"`model-registry {command}`" in refused.value.hint  # what to run, and where
         assert "run it on the registry server" in refused.value.hint
 
 
@@ -208,7 +208,7 @@ def test_cli_through_a_server_says_what_it_cannot_do(served: Served, tmp_path: P
         if "--json" in args:
             error = json.loads(result.stdout[: result.stdout.rindex("}") + 1])["error"]
             assert error["code"] == "not_offered" and "registry server" in error["hint"]
-            assert f"model-registry {args[0]}" in error["message"]
+            assert f"model-registry {args[0]}" in error["message"] + error["hint"]
     assert not elsewhere.exists()  # no local registry was made or opened
 
 

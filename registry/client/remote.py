@@ -28,7 +28,13 @@ from registry.crypto import sealed
 from registry.digest import hash_file
 from registry.errors import InvalidInputError, RegistryError, StorageError
 from registry.manifest import ManifestFile
-from registry.materialize import Progress, plan_targets, storage_error, write_verified
+from registry.materialize import (
+    NoProgress,
+    Progress,
+    plan_targets,
+    storage_error,
+    write_verified,
+)
 from registry.records import (
     AliasMoveRecord,
     AliasRecord,
@@ -67,17 +73,6 @@ RETRIES = 5
 RATE_LIMIT_PATIENCE = 120.0  # seconds a request waits out 429 answers before it gives up
 
 
-class _Quiet:
-    def begin(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, amount: int) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-
 class NotOfferedError(InvalidInputError):
     """An operation the REST API does not offer (administration of the server, proofs that read
     every store): it runs on the registry server's host."""
@@ -86,8 +81,12 @@ class NotOfferedError(InvalidInputError):
     default_hint = "run it on the registry server (unset MODEL_REGISTRY_URL there)"
 
 
-def _not_offered(command: str) -> NoReturn:
-    raise NotOfferedError(f"`model-registry {command}` is not available through the REST API")
+def _not_offered(operation: str, command: str) -> NoReturn:
+    raise NotOfferedError(
+        f"`{operation}` is not available through the REST API",
+        hint=f"run it on the registry server (unset MODEL_REGISTRY_URL there): "
+        f"`model-registry {command}`",
+    )
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,7 @@ class RemoteRegistry:
         """Push through an upload session, resuming the one an interrupted push left."""
         if write_quorum is not None:
             raise InvalidInputError("--write-quorum is the server's setting through the API")
-        progress = progress or _Quiet()
+        progress = progress or NoProgress()
         files = manifests.collect(Path(path))
         total = sum(f.size for f in files)
         progress.begin("hashing", total)
@@ -360,7 +359,7 @@ class RemoteRegistry:
 
         try:
             write_verified(
-                dest, targets, manifest, open_file, force=force, progress=progress or _Quiet()
+                dest, targets, manifest, open_file, force=force, progress=progress or NoProgress()
             )
         except BaseException as error:
             if created:
@@ -492,7 +491,7 @@ class RemoteRegistry:
         region: str | None = None,
         progress: Progress | None = None,
     ) -> ScrubReport:
-        _not_offered("verify --all")
+        _not_offered("scrub", "verify --all")
 
     def drill(
         self,
@@ -502,53 +501,53 @@ class RemoteRegistry:
         sample: int | None = None,
         progress: Progress | None = None,
     ) -> DrillReport:
-        _not_offered("drill")
+        _not_offered("drill", "drill")
 
     def regions_status(self) -> list[RegionStatus]:
-        _not_offered("regions status")
+        _not_offered("regions status", "regions status")
 
     def replicate(
         self, *, repair: bool = False, progress: Progress | None = None
     ) -> ReplicateReport:
-        _not_offered("replicate")
+        _not_offered("replicate", "replicate")
 
     def journal_status(self, *, check: bool = True) -> list[wire.RegionJournalLike]:
-        _not_offered("catalog journal")
+        _not_offered("journal status", "catalog journal")
 
     def drain_journal(self) -> list[wire.RegionJournalLike]:
-        _not_offered("catalog journal")
+        _not_offered("drain journal", "catalog journal")
 
     def new_journal_epoch(self) -> str:
-        _not_offered("catalog journal --new-epoch")
+        _not_offered("new journal epoch", "catalog journal --new-epoch")
 
     def stored_journals(self) -> list[wire.StoredJournalLike]:
-        _not_offered("catalog journal --stores")
+        _not_offered("stored journals", "catalog journal --stores")
 
     def add_webhook(self, url: str) -> Webhook:
-        _not_offered("events add-webhook")
+        _not_offered("add webhook", "events add-webhook")
 
     def deliveries(self, *, pending_only: bool = False, limit: int = 100) -> list[DeliveryRecord]:
-        _not_offered("events ls")
+        _not_offered("deliveries", "events ls")
 
     def deliver_events(self, *, attempts: int = 3, backoff: float = 0.5) -> list[str]:
-        _not_offered("events deliver")
+        _not_offered("deliver events", "events deliver")
 
     def key_report(self) -> KeysReport:
-        _not_offered("keys show")
+        _not_offered("key report", "keys show")
 
     def trust_signer(self, name: str, public_key: str) -> TrustedSignerLike:
-        _not_offered("keys trust")
+        _not_offered("trust signer", "keys trust")
 
     def untrust_signer(self, name: str) -> None:
-        _not_offered("keys untrust")
+        _not_offered("untrust signer", "keys untrust")
 
     def new_signing_key(self) -> str:
-        _not_offered("keys new-signing-key")
+        _not_offered("new signing key", "keys new-signing-key")
 
     def rotate_keys(
         self, to: str, *, region: str | None = None, progress: Progress | None = None
     ) -> RotationReport:
-        _not_offered("keys rotate")
+        _not_offered("rotate keys", "keys rotate")
 
 
 __all__ = ["NotOfferedError", "RemoteRegistry"]

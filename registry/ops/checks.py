@@ -1,5 +1,5 @@
-"""Small checks every operation shares: free text (reasons, messages) within its limit and free
-of NULs, and the progress bar of a caller that asked for none.
+"""The check every operation applies to free text (reasons, messages, names): within its
+limit and free of NULs.
 """
 
 from __future__ import annotations
@@ -7,17 +7,6 @@ from __future__ import annotations
 from registry.errors import (
     InvalidInputError,
 )
-
-
-class NoProgress:
-    def begin(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, amount: int) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
 
 
 def check_text(what: str, text: str, *, limit: int) -> None:

@@ -20,9 +20,8 @@ from registry.errors import (
     StorageError,
 )
 from registry.manifest import ManifestFile
-from registry.materialize import Progress
+from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
-from registry.ops.checks import NoProgress
 from registry.ops.context import Context
 from registry.ops.journaling import guard_reads
 from registry.ops.queries import resolve

@@ -14,9 +14,8 @@ from registry.errors import (
     InvalidInputError,
 )
 from registry.manifest import Manifest, ManifestFile
-from registry.materialize import Progress, plan_targets, storage_error, write_verified
+from registry.materialize import NoProgress, Progress, plan_targets, storage_error, write_verified
 from registry.ops.access import requires
-from registry.ops.checks import NoProgress
 from registry.ops.context import Context, UnwrapCount
 from registry.ops.copies import bad_copies, record_bad_copies
 from registry.ops.journaling import guard_reads

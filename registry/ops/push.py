@@ -27,9 +27,9 @@ from registry.errors import (
     StorageError,
 )
 from registry.manifest import Manifest, ManifestFile
-from registry.materialize import Progress
+from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
-from registry.ops.checks import NoProgress, check_text
+from registry.ops.checks import check_text
 from registry.ops.context import Context
 from registry.ops.copies import (
     checkpoint,

@@ -16,9 +16,8 @@ from registry.errors import (
     StorageError,
     StoreTimeoutError,
 )
-from registry.materialize import Progress
+from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
-from registry.ops.checks import NoProgress
 from registry.ops.context import Context
 from registry.ops.copies import LEASE_RENEWAL, LEASE_TTL, placements, take_lease, write_copies
 from registry.ops.holds import legal_hold_copies

@@ -29,9 +29,8 @@ from registry.errors import (
     NotFoundError,
     RetentionError,
 )
-from registry.materialize import Progress
+from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
-from registry.ops.checks import NoProgress
 from registry.ops.context import Context
 from registry.ops.copies import checkpoint, regions_ready
 from registry.ops.home import key_provider, local_keys

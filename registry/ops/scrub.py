@@ -16,9 +16,8 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
-from registry.materialize import Progress
+from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
-from registry.ops.checks import NoProgress
 from registry.ops.context import Context
 from registry.ops.copies import regions_ready
 from registry.ops.journaling import guard_reads
