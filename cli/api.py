@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -11,9 +12,19 @@ from rich.table import Table
 from cli.ui import handle_errors, local_only, print_json, stdout, when
 from registry import wire
 from registry.errors import InvalidInputError
-from registry.service import ROLES, Registry
+from registry.roles import ROLES
+
+if TYPE_CHECKING:
+    from registry.service import Registry
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def _home() -> Registry:
+    """This host's registry home (imported on use: `--help` needs none of it)."""
+    from registry.service import Registry
+
+    return Registry.open()
 
 
 @click.command()
@@ -31,7 +42,7 @@ def serve(host: str, port: int, workers: int, tls_cert: Path | None, tls_key: Pa
     local_only("serve")
     if (tls_cert is None) != (tls_key is None):
         raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
-    with Registry.open():
+    with _home():
         pass  # fail here, with a clear message, if the home is not usable
     uvicorn.run(
         "registry.api.server:app",
@@ -68,7 +79,7 @@ def create(
 ) -> None:
     """Create a token; it is printed once (only a hash of it is kept)."""
     local_only("token")
-    with Registry.open() as registry:
+    with _home() as registry:
         record, text = registry.create_token(name, role=role, models=models, expires=expires)
     if as_json:
         print_json(wire.NewToken.of(record, text))
@@ -87,7 +98,7 @@ def create(
 def list_(as_json: bool) -> None:
     """Every token (never their secrets)."""
     local_only("token")
-    with Registry.open() as registry:
+    with _home() as registry:
         tokens = registry.tokens()
     if as_json:
         print_json([wire.Token.of(t) for t in tokens])
@@ -114,7 +125,7 @@ def list_(as_json: bool) -> None:
 def revoke(token_id: str, as_json: bool) -> None:
     """Revoke a token at once (every server process refuses it from its next request)."""
     local_only("token")
-    with Registry.open() as registry:
+    with _home() as registry:
         record = registry.revoke_token(token_id)
     if as_json:
         print_json(wire.Token.of(record))

@@ -11,8 +11,7 @@ from cli.ui import handle_errors, human_size, open_registry, print_json, stdout
 from registry import wire
 from registry.errors import InvalidInputError
 from registry.reports import GcReport
-from registry.retention import format_duration
-from registry.service import DEFAULT_GRACE
+from registry.retention import DEFAULT_GRACE, format_duration
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 

@@ -10,7 +10,6 @@ from cli.ui import handle_errors, local_only, print_json, stdout
 from registry import wire
 from registry.config import KmsSettings
 from registry.errors import InvalidInputError
-from registry.service import Registry
 
 
 @click.command()
@@ -55,6 +54,8 @@ def init(
         if not (kms_key and kms_region):
             raise InvalidInputError("--kms-key and --kms-region go together")
         kms = KmsSettings(kms_key, kms_region, kms_endpoint)
+    from registry.service import Registry
+
     result = Registry.init(
         catalog_url=catalog_url,
         store=list(stores),

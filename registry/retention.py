@@ -18,6 +18,9 @@ from registry.errors import InvalidInputError
 
 _DURATION = re.compile(r"(\d{1,6})([hdw])")
 _UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+# How long gc leaves an object no version needs any more (readers of a version that just
+# expired finish first).
+DEFAULT_GRACE = "24h"
 
 
 def parse_duration(text: str) -> timedelta:

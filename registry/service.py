@@ -43,9 +43,8 @@ from registry.ops import serving as serving_ops
 from registry.ops import signers as signers_ops
 from registry.ops import tokens as tokens_ops
 from registry.ops import verify as verify_ops
-from registry.ops.access import ADMIN, PROMOTER, PUSHER, READER, ROLES, check_role
+from registry.ops.access import check_role
 from registry.ops.context import Context, UnwrapCount
-from registry.ops.gc import DEFAULT_GRACE
 from registry.ops.home import rebuild_catalog
 from registry.records import (
     AliasMoveRecord,
@@ -79,7 +78,8 @@ from registry.reports import (
     VerifyReport,
     VersionDetails,
 )
-from registry.retention import Decision, Policy
+from registry.retention import DEFAULT_GRACE, Decision, Policy
+from registry.roles import ADMIN, PROMOTER, PUSHER, READER, ROLES
 
 __all__ = [
     "ADMIN",

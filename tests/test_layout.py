@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
         "registry.safetensors_header",
         "registry.events",
         "registry.fileio",
+        "registry.roles",
     ),
     ("registry.storage",),
     ("registry.crypto",),
@@ -64,6 +65,7 @@ PUBLIC = (
     "registry.safetensors_header",
     "registry.digest",
     "registry.fileio",
+    "registry.roles",
 )
 UPPER = ("registry.api", "registry.loader", "cli", "registry.client")
 # The loader and the client decrypt in their own memory, with the one sealed-format opener.

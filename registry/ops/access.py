@@ -10,18 +10,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 from registry.errors import InvalidInputError, PermissionDeniedError
+from registry.roles import ADMIN, PROMOTER, PUSHER, READER, ROLES
 
 if TYPE_CHECKING:
     from registry.ops.context import Context
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-READER = "reader"
-PUSHER = "pusher"
-PROMOTER = "promoter"
-ADMIN = "admin"
-ROLES = (READER, PUSHER, PROMOTER, ADMIN)  # each role may do everything the ones before it may
 
 
 @dataclass(frozen=True)

@@ -37,15 +37,13 @@ from registry.reports import (
     SweptObject,
 )
 from registry.retention import (
+    DEFAULT_GRACE,
     Decision,
     Policy,
     format_duration,
     parse_duration,
 )
 from registry.storage.lock import ObjectLock, Retention
-
-DEFAULT_GRACE = "24h"
-
 
 # A gc claim this old was left by a gc that crashed or hung: the next gc finishes it. A live gc
 # renews its claim before every deletion, and one S3 call with its retries ends well within it.

@@ -32,11 +32,11 @@ from registry.crypto.keys import create_key_file
 from registry.crypto.signing import Signer, public_key_text
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
 from registry.ops import journaling
-from registry.ops.access import ADMIN
 from registry.ops.context import Context
 from registry.ops.copies import regions_ready
 from registry.ops.home import close, open_home
 from registry.reports import InitResult
+from registry.roles import ADMIN
 from registry.storage.deadline import DeadlineSettings
 from registry.storage.factory import StoreSpec, open_driver, prepare_bucket
 

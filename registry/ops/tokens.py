@@ -15,7 +15,7 @@ from registry.errors import (
     InvalidInputError,
     UnauthenticatedError,
 )
-from registry.ops.access import ROLES, requires
+from registry.ops.access import requires
 from registry.ops.checks import check_text
 from registry.ops.context import Context
 from registry.ops.journaling import journaled
@@ -25,6 +25,7 @@ from registry.records import (
 from registry.retention import (
     parse_duration,
 )
+from registry.roles import ROLES
 
 TOKEN_PREFIX = "mrt_"  # noqa: S105 - a marker that names the kind of secret, not one
 

@@ -43,6 +43,18 @@ class Capabilities:
     versioned: bool = False
 
 
+@dataclass(frozen=True)
+class S3Location:
+    """Where an S3 driver's objects live: a bucket (and key prefix) at an endpoint. Here, not in
+    `storage.s3`, so that reading settings never imports boto3."""
+
+    bucket: str
+    region: str | None = None
+    endpoint_url: str | None = None
+    profile: str | None = None
+    prefix: str = ""
+
+
 def validate_object_name(name: str) -> str:
     """Return `name` if it is a valid object name, else raise `InvalidInputError`."""
     if not isinstance(name, str) or not name or len(name) > MAX_NAME_LENGTH:

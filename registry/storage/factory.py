@@ -14,14 +14,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from registry.errors import ConfigurationError, InvalidInputError, StorageError
-from registry.storage.base import Driver
+from registry.storage.base import Driver, S3Location
 from registry.storage.deadline import DeadlineSettings
 from registry.storage.local import LocalDriver
 from registry.storage.lock import COMPLIANCE, MODES
-from registry.storage.s3 import S3Driver, S3Location, bounded_client
 
 DEFAULT_RETENTION_DAYS = 30
 _S3_OPTIONS = {"region", "endpoint", "profile", "lock", "retention_days"}
@@ -194,6 +191,8 @@ def open_driver(
     if spec.path is not None:
         return LocalDriver(spec.path)
     assert spec.s3 is not None
+    from registry.storage.s3 import S3Driver  # boto3 only for a registry that uses S3
+
     return S3Driver(
         spec.s3,
         parallelism=parallelism,
@@ -208,6 +207,10 @@ def prepare_bucket(spec: StoreSpec, *, deadlines: DeadlineSettings | None = None
     """Create the bucket with versioning and Object Lock, or check an existing one has both."""
     if spec.s3 is None:
         return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from registry.storage.s3 import bounded_client
+
     location = spec.s3
     client = bounded_client(location, deadlines=deadlines)
     try:

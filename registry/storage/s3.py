@@ -24,7 +24,6 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,6 +44,7 @@ from registry.storage.base import (
     Capabilities,
     Driver,
     ObjectInfo,
+    S3Location,
     validate_object_name,
     validate_prefix,
 )
@@ -69,17 +69,6 @@ _PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409
 # A download is read in pieces of this size: between pieces an abandoned read stops, and each
 # piece extends its deadline (small enough that a trickle shows, large enough to cost nothing).
 _PIECE = 256 * 1024
-
-
-@dataclass(frozen=True)
-class S3Location:
-    """Where a driver's objects live: a bucket (and key prefix) at an endpoint."""
-
-    bucket: str
-    region: str | None = None
-    endpoint_url: str | None = None
-    profile: str | None = None
-    prefix: str = ""
 
 
 def _code(error: ClientError) -> str:
