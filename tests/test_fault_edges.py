@@ -14,6 +14,7 @@ import contextlib
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -125,16 +126,7 @@ def test_region_whose_claim_check_failed_once_is_not_down_forever(
     with Registry.open(home) as registry:
         region_b = registry.replicas.regions[1]
         driver = region_b.store.driver
-        real = driver.get_range
-        blips = {"left": 1}
-
-        def get_range(name: str, *args: object, **kwargs: object) -> bytes:
-            if blips["left"] and name == MARKER:
-                blips["left"] -= 1
-                raise StorageError("region-b: connection reset (a blip)")
-            return real(name, *args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(driver, "get_range", get_range)
+        blips = _blip_once_on_the_marker(monkeypatch, driver, "region-b: connection reset")
         first = registry.push(
             "org/m", make_model(tmp_path / "m0", shards=1, shard_size=2000, seed=0)
         )
@@ -362,16 +354,7 @@ def test_single_region_store_blip_does_not_fail_every_later_pull(
     _single_region_with_a_version(home, tmp_path)
     with Registry.open(home) as registry:  # a server starts
         driver = registry.store.driver
-        real = driver.get_range
-        blips = {"left": 1}
-
-        def get_range(name: str, *args: object, **kwargs: object) -> bytes:
-            if blips["left"] and name == MARKER:
-                blips["left"] -= 1
-                raise StorageError("connection reset (a blip)")
-            return real(name, *args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(driver, "get_range", get_range)
+        _blip_once_on_the_marker(monkeypatch, driver, "connection reset")
         with contextlib.suppress(StorageError):  # the blip may fail the first pull, or not
             registry.pull("org/m@1", tmp_path / "first")
         deadline = time.monotonic() + 1.2
@@ -465,3 +448,21 @@ def test_one_missed_budget_does_not_keep_a_regions_journal_behind_for_good(
             registry.drain_journal()
         behind = {state.region: state.behind for state in registry.journal_status()}
         assert behind[second] == 0, f"{second} stays behind: {behind}"
+
+
+def _blip_once_on_the_marker(
+    monkeypatch: pytest.MonkeyPatch, driver: Any, message: str
+) -> dict[str, int]:
+    """The driver's next read of the store's marker (the claim check) fails once, as a
+    connection reset would; the returned counter says whether it did."""
+    real = driver.get_range
+    blips = {"left": 1}
+
+    def get_range(name: str, *args: object, **kwargs: object) -> bytes:
+        if blips["left"] and name == MARKER:
+            blips["left"] -= 1
+            raise StorageError(f"{message} (a blip)")
+        return real(name, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(driver, "get_range", get_range)
+    return blips
