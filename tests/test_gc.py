@@ -328,21 +328,26 @@ def test_cli_gc_and_delete(four: Path) -> None:
 
 
 @pytest.fixture
-def s3_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, str]]:
+def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto S3 server of this test's own (Object Lock buckets are made by `init`)."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     try:
-        Registry.init(
-            home,
-            store=f"s3://gc-bucket/r?region=us-east-1&endpoint={endpoint}&retention_days=1",
-        )
-        yield home, endpoint
+        yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_home(home: Path, moto_endpoint: str) -> tuple[Path, str]:
+    Registry.init(
+        home,
+        store=f"s3://gc-bucket/r?region=us-east-1&endpoint={moto_endpoint}&retention_days=1",
+    )
+    return home, moto_endpoint
 
 
 def test_gc_never_deletes_a_locked_object_and_extends_locks_by_policy(
@@ -402,25 +407,17 @@ def test_gc_never_deletes_a_locked_object_and_extends_locks_by_policy(
 
 
 @pytest.fixture
-def two_locking_regions(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def two_locking_regions(home: Path, moto_endpoint: str) -> str:
     """Two S3 regions, both with Object Lock (1 day): two buckets behind one moto server."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    try:
-        Registry.init(
-            home,
-            store=[
-                f"s3://gc-east/r?region=us-east-1&endpoint={endpoint}&retention_days=1&name=east",
-                f"s3://gc-west/r?region=us-west-2&endpoint={endpoint}&retention_days=1&name=west",
-            ],
-        )
-        yield endpoint
-    finally:
-        server.stop()
+    endpoint = moto_endpoint
+    Registry.init(
+        home,
+        store=[
+            f"s3://gc-east/r?region=us-east-1&endpoint={endpoint}&retention_days=1&name=east",
+            f"s3://gc-west/r?region=us-west-2&endpoint={endpoint}&retention_days=1&name=west",
+        ],
+    )
+    return endpoint
 
 
 def test_gc_names_every_region_whose_lock_keeps_an_object(
