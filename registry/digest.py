@@ -1,13 +1,21 @@
-"""BLAKE3 digests: the `blake3:<64 hex>` text form, hashing of files and bytes, keyed object ids.
+"""BLAKE3 digests: the `blake3:<64 hex>` text form, hashing of files and bytes, chunk roots,
+keyed object ids.
 
 A digest is always the BLAKE3-256 hash of plaintext content; it is the identity of a blob and (over
-the canonical manifest) of a model version.
+the canonical manifest) of a model version. A chunk root (docs/format.md, manifest v2) is the
+digest of a file's per-chunk digests: readers that decrypt chunks in parallel hash each chunk in
+the thread that decrypted it, while it is in that core's cache, and compare one root at the end.
 """
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import struct
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from os import PathLike
 
 import blake3
@@ -40,6 +48,39 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> str:
 
 
 HASH_BUFFER = 16 * 1024 * 1024
+# Domain separation: a chunk root can never equal the plain digest of any content.
+CHUNK_ROOT_CONTEXT = "model-registry 2026-12-06 chunk root v1"
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    """Chunks of a file of `size` bytes (an empty file is one empty chunk, as sealed)."""
+    return max(1, -(-size // chunk_size))
+
+
+def hash_chunk(data: bytes | bytearray | memoryview) -> bytes:
+    """The raw BLAKE3 digest of one chunk (releases the GIL)."""
+    return blake3.blake3(data).digest()
+
+
+def chunk_root(digests: bytes | bytearray | memoryview, *, chunk_size: int, size: int) -> str:
+    """The root of a file's chunk digests: BLAKE3 in its own key-derivation context over
+    uint64 chunk size || uint64 file size || the raw digest of each chunk, in order. The sizes
+    are bound so that no other cut of the same bytes has the same root."""
+    if len(digests) != DIGEST_SIZE * chunk_count(size, chunk_size):
+        raise ValueError(f"{len(digests)} bytes of chunk digests for a file of {size} bytes")
+    hasher = blake3.blake3(derive_key_context=CHUNK_ROOT_CONTEXT)
+    hasher.update(struct.pack(">QQ", chunk_size, size))
+    hasher.update(digests)
+    return format_digest(hasher.digest())
+
+
+@dataclass(frozen=True)
+class FileDigests:
+    """A file's digest and the root of its chunk digests at `chunk_size`."""
+
+    digest: str
+    chunk_size: int
+    chunk_root: str
 
 
 def hash_file(
@@ -55,22 +96,77 @@ def hash_file(
     file must begin with those bytes (ValueError otherwise): what was validated is what is hashed.
     """
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    buffer = bytearray(HASH_BUFFER)
+    _read_file(path, starts_with, HASH_BUFFER, hasher.update, on_progress)
+    return format_digest(hasher.digest())
+
+
+def hash_file_chunks(
+    path: str | PathLike[str],
+    *,
+    chunk_size: int,
+    on_progress: Callable[[int], None] | None = None,
+    starts_with: bytes = b"",
+) -> FileDigests:
+    """A file's digest and chunk root in one read (see `hash_file`): the chunks of each buffer
+    are hashed on a thread per core while the whole-file hasher takes the same buffer."""
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    digests = bytearray()
+    buffer_size = chunk_size * max(1, HASH_BUFFER // chunk_size)
+    with ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="hash") as pool:
+
+        def take(view: memoryview) -> None:
+            pieces = [view[at : at + chunk_size] for at in range(0, len(view), chunk_size)]
+            chunks = pool.map(hash_chunk, pieces)
+            hasher.update(view)
+            for raw in chunks:
+                digests.extend(raw)
+
+        size = _read_file(path, starts_with, buffer_size, take, on_progress)
+    if size == 0:
+        digests.extend(hash_chunk(b""))
+    return FileDigests(
+        format_digest(hasher.digest()),
+        chunk_size,
+        chunk_root(digests, chunk_size=chunk_size, size=size),
+    )
+
+
+def _read_file(
+    path: str | PathLike[str],
+    starts_with: bytes,
+    buffer_size: int,
+    take: Callable[[memoryview], object],
+    on_progress: Callable[[int], None] | None,
+) -> int:
+    """Hand a file to `take` in full buffers (the last may be short); its size."""
+    buffer = bytearray(buffer_size)
     view = memoryview(buffer)
     position = 0
     with open(path, "rb", buffering=0) as source:
-        while count := source.readinto(buffer):
+        while count := _fill(source, view):
             if position < len(starts_with):
                 expected = starts_with[position : position + count]
                 if view[: len(expected)] != expected:
                     raise ValueError(f"{path} changed after it was validated")
-            hasher.update(view[:count])
+            take(view[:count])
             position += count
             if on_progress is not None:
                 on_progress(count)
     if position < len(starts_with):
         raise ValueError(f"{path} changed after it was validated")
-    return format_digest(hasher.digest())
+    return position
+
+
+def _fill(source: io.RawIOBase, view: memoryview) -> int:
+    """Read until `view` is full or the file ends: chunk boundaries must fall where the
+    buffer's do."""
+    got = 0
+    while got < len(view):
+        count = source.readinto(view[got:])
+        if not count:
+            break
+        got += count
+    return got
 
 
 class Hasher:

@@ -1,7 +1,9 @@
 """Manifests: what a model version is, in canonical JSON, signed, and validated when read back.
 
-A manifest lists a version's files (relative path, size, BLAKE3 digest) and, for each safetensors
-file, its validated tensor index. The version id is the BLAKE3 digest of the canonical manifest
+A manifest lists a version's files (relative path, size, BLAKE3 digest, and from version 2 the
+root of its chunk digests, which lets a reader verify chunks in parallel) and, for each
+safetensors file, its validated tensor index. Version 1 manifests (no chunk roots) stay readable.
+The version id is the BLAKE3 digest of the canonical manifest
 bytes (sorted keys, no whitespace, UTF-8, integers and strings only). The stored form is a signed
 envelope: `{"format": ..., "manifest": {...}, "signatures": [...]}`; the signatures cover the
 canonical manifest bytes. Collecting the files of a local directory for a push also lives here,
@@ -10,6 +12,7 @@ because what may be pushed is what a manifest may describe.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from registry.crypto.sealed import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from registry.crypto.signing import Signer, TrustedSigner, verify_signatures
 from registry.digest import hash_bytes, is_digest
 from registry.errors import IntegrityError, InvalidInputError, InvalidModelError
@@ -29,7 +33,8 @@ from registry.safetensors_header import (
     validate_index,
 )
 
-SCHEMA = "model-registry/manifest/v1"
+SCHEMA_V1 = "model-registry/manifest/v1"
+SCHEMA = "model-registry/manifest/v2"  # what pushes write: every file has its chunk root
 ENVELOPE_FORMAT = "model-registry/signed-manifest/v1"
 INDEX_SUFFIX = ".safetensors.index.json"
 MAX_FILES = 100_000
@@ -54,11 +59,35 @@ def canonical_json(value: object) -> bytes:
 
 
 @dataclass(frozen=True)
+class ChunkRoot:
+    """The root of a file's per-chunk BLAKE3 digests (registry.digest.chunk_root), with the
+    plaintext chunk size they were taken at."""
+
+    size: int
+    root: str
+
+    def to_manifest(self) -> dict[str, Any]:
+        return {"root": self.root, "size": self.size}
+
+    @classmethod
+    def from_manifest(cls, data: object, *, path: str) -> ChunkRoot:
+        if not isinstance(data, dict) or set(data) != {"root", "size"}:
+            raise InvalidModelError(f"{path}: malformed chunk root")
+        size, root = data["size"], data["root"]
+        if type(size) is not int or not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+            raise InvalidModelError(f"{path}: chunk size out of bounds")
+        if not is_digest(root):
+            raise InvalidModelError(f"{path}: malformed chunk root")
+        return cls(size, str(root))
+
+
+@dataclass(frozen=True)
 class ManifestFile:
     path: str
     size: int
     digest: str
     safetensors: SafetensorsHeader | None = None
+    chunks: ChunkRoot | None = None  # None in a version 1 manifest
 
     @property
     def tensor_count(self) -> int:
@@ -68,6 +97,8 @@ class ManifestFile:
         entry: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
         if self.safetensors is not None:
             entry["safetensors"] = self.safetensors.to_manifest()
+        if self.chunks is not None:
+            entry["chunks"] = self.chunks.to_manifest()
         return entry
 
 
@@ -76,9 +107,20 @@ class Manifest:
     name: str
     files: tuple[ManifestFile, ...]
 
+    @property
+    def schema(self) -> str:
+        """Version 2 when the files carry chunk roots (all of them do, or none)."""
+        return SCHEMA if self.files and self.files[0].chunks is not None else SCHEMA_V1
+
+    def without_chunk_roots(self) -> Manifest:
+        """The version 1 manifest of the same files (what an older push of them wrote)."""
+        return Manifest(
+            self.name, tuple(dataclasses.replace(entry, chunks=None) for entry in self.files)
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schema": SCHEMA,
+            "schema": self.schema,
             "name": self.name,
             "files": [entry.to_dict() for entry in self.files],
         }
@@ -124,24 +166,23 @@ def build_manifest(name: str, files: Sequence[ManifestFile]) -> Manifest:
     paths = [entry.path for entry in files]
     if len(set(paths)) != len(paths):
         raise InvalidModelError("two files of the version have the same path")
+    if len({entry.chunks is None for entry in files}) > 1:
+        raise InvalidModelError("either every file of a version has a chunk root or none has")
     return Manifest(validate_name(name), tuple(sorted(files, key=lambda entry: entry.path)))
 
 
 def _parse_manifest(data: object, *, what: str) -> Manifest:
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise IntegrityError(f"{what}: not a {SCHEMA} manifest", path=what)
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or schema not in (SCHEMA, SCHEMA_V1):
+        raise IntegrityError(f"{what}: not a {SCHEMA} or {SCHEMA_V1} manifest", path=what)
     if set(data) != {"schema", "name", "files"} or not isinstance(data["files"], list):
         raise IntegrityError(f"{what}: unexpected manifest fields", path=what)
+    fields = {"path", "size", "digest", "safetensors"} | ({"chunks"} if schema == SCHEMA else set())
     try:
         name = validate_name(data["name"])
         files = []
         for raw in data["files"]:
-            if not isinstance(raw, dict) or not set(raw) <= {
-                "path",
-                "size",
-                "digest",
-                "safetensors",
-            }:
+            if not isinstance(raw, dict) or not set(raw) <= fields:
                 raise InvalidModelError("malformed file entry")
             path = validate_relative_path(raw.get("path"))  # type: ignore[arg-type]
             size, digest = raw.get("size"), raw.get("digest")
@@ -152,7 +193,12 @@ def _parse_manifest(data: object, *, what: str) -> Manifest:
                 header = SafetensorsHeader.from_manifest(raw["safetensors"], display_name=path)
                 if header.data_offset + header.data_size != size:
                     raise InvalidModelError(f"{path}: tensor index does not cover the file")
-            files.append(ManifestFile(path, size, str(digest), header))
+            chunks = None
+            if schema == SCHEMA:
+                if "chunks" not in raw:
+                    raise InvalidModelError(f"{path}: no chunk root in a {SCHEMA} manifest")
+                chunks = ChunkRoot.from_manifest(raw["chunks"], path=path)
+            files.append(ManifestFile(path, size, str(digest), header, chunks))
         return build_manifest(name, files)
     except InvalidInputError as error:
         raise IntegrityError(f"{what}: invalid manifest: {error}", path=what) from None

@@ -623,7 +623,8 @@ def test_the_staging_ring_path_without_a_gpu(registry: Registry, tmp_path: Path)
 
 
 class _ReadLog:
-    """A file's reader that records every read (offset, bytes asked for)."""
+    """A file's reader that records every read (offset, bytes asked for), whether the range
+    is read into a buffer or taken in place from a mapping."""
 
     def __init__(self, inner: Any, reads: list[tuple[int, int]]) -> None:
         self.inner, self.reads = inner, reads
@@ -631,6 +632,12 @@ class _ReadLog:
     def read_into(self, offset: int, buffer: memoryview, /) -> int:
         self.reads.append((offset, len(buffer)))
         return int(self.inner.read_into(offset, buffer))
+
+    def view(self, offset: int, length: int, /) -> memoryview | None:
+        found: memoryview | None = self.inner.view(offset, length)
+        if found is not None:
+            self.reads.append((offset, length))
+        return found
 
     def damaged(self, offset: int, error: IntegrityError, /) -> bool:
         return bool(self.inner.damaged(offset, error))

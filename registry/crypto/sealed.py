@@ -225,6 +225,9 @@ class Opener:
 ReadRange = Callable[[int, int], bytes]
 ReadInto = Callable[[int, memoryview], int]
 OnDamage = Callable[[int, IntegrityError], bool]
+# Sealed bytes [offset, offset + length) in place (a mapping of the stored object), cut at its
+# end, or None when this range has to be read into a buffer instead.
+ViewRange = Callable[[int, int], memoryview | None]
 
 
 class RangeOpener:
@@ -239,8 +242,13 @@ class RangeOpener:
     one chunk only: nothing larger than a chunk (at most MAX_CHUNK_SIZE) is sized from an
     unauthenticated header.
 
-    A range is read with `read_into(offset, buffer)` into the caller's `scratch`, or else with
-    `read_range(offset, length)`; its chunks are decrypted in place, each into `place(index)`. A
+    A range is taken in place from `view_range(offset, length)` when it offers one (a mapped
+    local object: no copy through a buffer), else read with `read_into(offset, buffer)` into the
+    caller's `scratch`, or else with `read_range(offset, length)`; its chunks are decrypted,
+    each into `place(index)`. Bytes in place may change under the reader (another process
+    writing the file): AES-GCM may then hand out plaintext other than what it authenticated, so
+    only a reader that hashes the plaintext it produced against the manifest takes ranges in
+    place (the loader with full verification). A
     range that is truncated or fails authentication is reported to `on_damage(offset, error)`;
     when it returns True the range is read again (the read functions now serve it from another
     copy), else the error is raised.
@@ -253,6 +261,7 @@ class RangeOpener:
         *,
         read_range: ReadRange | None = None,
         read_into: ReadInto | None = None,
+        view_range: ViewRange | None = None,
         expected_size: int | None = None,
         expected_by: str = "catalog says",
         what: str = "blob",
@@ -262,6 +271,7 @@ class RangeOpener:
             raise ValueError("a RangeOpener reads with read_range or read_into")
         self.what = what
         self._read_range, self._read_into, self._on_damage = read_range, read_into, on_damage
+        self._view_range = view_range
         self.opener = self.retrying(
             0, lambda: self._open_header(data_key, digest, expected_size, expected_by)
         )
@@ -337,7 +347,10 @@ class RangeOpener:
         offset, length = header.chunk_range(first, last)
         # One byte more on the tail read reveals trailing garbage appended to the object.
         wanted = length + 1 if last == header.chunk_count - 1 else length
-        if scratch is not None and self._read_into is not None:
+        in_place = None if self._view_range is None else self._view_range(offset, wanted)
+        if in_place is not None:
+            sealed, got = in_place, len(in_place)
+        elif scratch is not None and self._read_into is not None:
             if len(scratch) < wanted:
                 raise ValueError(f"a scratch buffer of {len(scratch)} bytes for {wanted}")
             sealed = memoryview(scratch)[:wanted]

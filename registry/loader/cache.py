@@ -12,6 +12,7 @@ digest (the key is the cache's own), so a listing does not say which content it 
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import secrets
 import threading
@@ -36,6 +37,8 @@ STALE_PARTIAL = 3600.0  # seconds: a download left by a process that died
 
 class Upstream(Protocol):
     def read_into(self, offset: int, buffer: memoryview, /) -> int: ...
+
+    def view(self, offset: int, length: int, /) -> memoryview | None: ...
 
     def damaged(self, offset: int, error: IntegrityError, /) -> bool: ...
 
@@ -155,6 +158,7 @@ class CachedReader:
         self._partial: Path | None = None
         self._spans: list[tuple[int, int]] = []
         self._from_entry: set[int] = set()
+        self._mapped: mmap.mmap | None = None  # the entry, once a range was taken in place
         try:
             self._entry_fd = os.open(self.final, os.O_RDONLY)
             self.hit = self.was_hit = True
@@ -181,6 +185,19 @@ class CachedReader:
             with self._lock:
                 self._spans.append((offset, offset + got))
         return got
+
+    def view(self, offset: int, length: int, /) -> memoryview | None:
+        """A range of a cache hit in place (the entry mapped), else None (read it)."""
+        with self._lock:
+            if not self.hit or self._entry_fd is None:
+                return None
+            if self._mapped is None:
+                try:
+                    self._mapped = mmap.mmap(self._entry_fd, 0, prot=mmap.PROT_READ)
+                except (OSError, ValueError):
+                    return None
+            self._from_entry.add(offset)
+            return memoryview(self._mapped)[offset : offset + length]
 
     def damaged(self, offset: int, error: IntegrityError, /) -> bool:
         with self._lock:
@@ -227,4 +244,8 @@ class CachedReader:
                 if fd is not None:
                     os.close(fd)
             self._entry_fd = self._partial_fd = None
+            mapped, self._mapped = self._mapped, None
+        if mapped is not None:
+            with contextlib.suppress(BufferError):  # a view still alive: unmapped when it goes
+                mapped.close()
         self._discard()

@@ -1,7 +1,10 @@
-"""The decrypt-and-verify pipeline of the loader: sealed chunks read in parallel ranges,
-authenticated and decrypted by worker threads straight into their final place (the memory of
-the tensors on the CPU, a bounded ring of pinned host buffers on the way to a GPU), and each whole
-file hashed (BLAKE3) in the same pass, in order, as the ranges complete.
+"""The decrypt-and-verify pipeline of the loader: sealed chunks read in parallel ranges (taken in
+place from a mapping of a local object when the load hashes what it decrypts), authenticated and
+decrypted by worker threads straight into their final place (the memory of the tensors on the
+CPU, a bounded ring of pinned host buffers on the way to a GPU), and verified in the same pass:
+each chunk hashed (BLAKE3) by the worker that decrypted it, while it is in that core's cache, and
+the file's chunk root (manifest v2) compared once its last chunk is in; a file of a version 1
+manifest is hashed whole, in order, as the ranges complete.
 
 Sealed ranges are read and opened by the one opener of the sealed format
 (registry.crypto.sealed.RangeOpener, which `unseal` uses too); this module schedules them. The
@@ -25,8 +28,9 @@ from typing import Protocol
 import blake3
 
 from registry.crypto.sealed import RangeOpener
-from registry.digest import format_digest
+from registry.digest import DIGEST_SIZE, chunk_root, format_digest, hash_chunk
 from registry.errors import IntegrityError
+from registry.manifest import ChunkRoot
 
 DEFAULT_CHUNKS_PER_READ = 4
 
@@ -36,6 +40,10 @@ class SealedReader(Protocol):
 
     def read_into(self, offset: int, buffer: memoryview, /) -> int:
         """Fill `buffer` from `offset` (fewer bytes only at the end of the object)."""
+        ...
+
+    def view(self, offset: int, length: int, /) -> memoryview | None:
+        """The range in place (cut at the end of the object), or None: read it instead."""
         ...
 
     def damaged(self, offset: int, error: IntegrityError, /) -> bool:
@@ -66,7 +74,10 @@ class SealedFile:
     """One stored file, read through the sealed format's RangeOpener: its header checked with
     its data key (key commitment) and its plaintext size against the manifest's. Its chunk
     layout is trusted, and buffers sized from it, only once a chunk read on its own has
-    authenticated it (`authenticated`; the Pipeline sees to it)."""
+    authenticated it (`authenticated`; the Pipeline sees to it). `chunks` is the file's chunk
+    root from the manifest (None for a version 1 manifest). With `in_place`, ranges are taken
+    from the reader's mapping where it has one (only for loads that hash what they decrypt:
+    see RangeOpener)."""
 
     def __init__(
         self,
@@ -77,13 +88,17 @@ class SealedFile:
         *,
         what: str,
         counters: Counters,
+        chunks: ChunkRoot | None = None,
+        in_place: bool = False,
     ) -> None:
         self.reader, self.digest, self.size, self.what = reader, digest, size, what
         self.counters = counters
+        self.chunks = chunks
         self.ranges = RangeOpener(
             data_key,
             digest,
             read_into=self._read_into,
+            view_range=self._view if in_place else None,
             expected_size=size,
             expected_by="the manifest",
             what=what,
@@ -97,6 +112,20 @@ class SealedFile:
         got = self.reader.read_into(offset, buffer)
         self.counters.add(sealed_bytes=got, reads=1)
         return got
+
+    def _view(self, offset: int, length: int) -> memoryview | None:
+        found = self.reader.view(offset, length)
+        if found is not None:
+            self.counters.add(sealed_bytes=len(found), reads=1)
+        return found
+
+    def hashing(self) -> Hashing:
+        """How a whole read of this file verifies its content: chunk by chunk in the workers
+        when the manifest has a chunk root at the chunk size the file was sealed with, else
+        the whole file in order."""
+        if self.chunks is not None and self.chunks.size == self.chunk_size:
+            return ChunkHashing(self, self.chunks.root)
+        return WholeHashing(self)
 
     def _damaged(self, offset: int, error: IntegrityError) -> bool:
         if not self.reader.damaged(offset, error):
@@ -119,14 +148,69 @@ class SealedFile:
         last: int,
         scratch: bytearray,
         place: Callable[[int], memoryview],
+        on_chunk: Callable[[int, memoryview], None] | None = None,
     ) -> None:
         """Read chunks first..last in one range and decrypt each into `place(index)` (exactly
-        the chunk's plaintext size). `scratch` holds the sealed bytes (`scratch_size`)."""
-        self.ranges.open_run(first, last, place, scratch=scratch)
+        the chunk's plaintext size), then `on_chunk(index, plaintext)` in the same thread.
+        `scratch` holds the sealed bytes (`scratch_size`) unless the range is taken in place."""
+        self.ranges.open_run(first, last, place, scratch=scratch, on_chunk=on_chunk)
 
     def scratch_size(self, chunks: int) -> int:
         """A scratch buffer for runs of `chunks` chunks (one chunk until authenticated)."""
         return self.ranges.scratch_size(chunks)
+
+
+class Hashing(Protocol):
+    """The content check of one whole read of a file: `on_chunk` runs in the worker that
+    decrypted each chunk, `ranges_done(start, end)` in the calling thread for each range as it
+    completes in file order, and `check()` once the last is in (IntegrityError on mismatch)."""
+
+    on_chunk: Callable[[int, memoryview], None] | None
+
+    def ranges_done(self, plaintext: memoryview) -> None: ...
+
+    def check(self) -> None: ...
+
+
+class ChunkHashing:
+    """Manifest v2: each chunk hashed in the worker that decrypted it; the digests' root
+    compared with the manifest's once every chunk is in. Sized only once the header is
+    authenticated (the first chunk is read on its own before anything else is)."""
+
+    def __init__(self, file: SealedFile, root: str) -> None:
+        self.file, self.root = file, root
+        self._digests = bytearray(DIGEST_SIZE * file.chunk_count)
+        self.on_chunk: Callable[[int, memoryview], None] | None = self._take
+
+    def _take(self, index: int, plaintext: memoryview) -> None:
+        self._digests[index * DIGEST_SIZE : (index + 1) * DIGEST_SIZE] = hash_chunk(plaintext)
+
+    def ranges_done(self, plaintext: memoryview) -> None:
+        pass
+
+    def check(self) -> None:
+        file = self.file
+        if chunk_root(self._digests, chunk_size=file.chunk_size, size=file.size) != self.root:
+            raise IntegrityError(f"{file.what}: content digest mismatch", path=file.what)
+
+
+class WholeHashing:
+    """Manifest v1 (or a file sealed at another chunk size than its chunk root's): the whole
+    file hashed in order, in the calling thread (BLAKE3's own threads help it)."""
+
+    on_chunk: Callable[[int, memoryview], None] | None = None
+
+    def __init__(self, file: SealedFile) -> None:
+        self.file = file
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+
+    def ranges_done(self, plaintext: memoryview) -> None:
+        self._hasher.update(plaintext)
+
+    def check(self) -> None:
+        file = self.file
+        if format_digest(self._hasher.digest()) != file.digest:
+            raise IntegrityError(f"{file.what}: content digest mismatch", path=file.what)
 
 
 class Pipeline:
@@ -185,19 +269,25 @@ class Pipeline:
                     future.exception()  # wait: a buffer must not be written after we return
 
     def _authenticate(
-        self, file: SealedFile, index: int, place: Callable[[int], memoryview]
+        self,
+        file: SealedFile,
+        index: int,
+        place: Callable[[int], memoryview],
+        on_chunk: Callable[[int, memoryview], None] | None = None,
     ) -> None:
         """Chunk `index` read and opened on its own, in this thread, before anything is sized
         from the file's header: its one-chunk buffer is all a forged header can make us allocate
         (at most MAX_CHUNK_SIZE), and it authenticates the header (every chunk's associated
         data) before the workers, their buffers and the chunk bookkeeping are."""
-        file.open_chunks(index, index, self._scratch(file.scratch_size(1)), place)
+        file.open_chunks(index, index, self._scratch(file.scratch_size(1)), place, on_chunk)
 
     def _whole(
         self,
         file: SealedFile,
         place_for: Callable[[int], Callable[[int], memoryview]],
         *,
+        hashing: Callable[[], Hashing] | None = None,
+        prepare: Callable[[int, int], None] | None = None,
         step: int | None = None,
         window: int | None = None,
     ) -> Generator[tuple[int, int]]:
@@ -206,19 +296,34 @@ class Pipeline:
         run is about to be submitted, at most `window` runs in flight (default 2 x workers).
         Chunk 0 is read first on its own, in this thread, into its run's place (unless a chunk
         already authenticated the header); only then are runs sized and handed to the workers.
+        `hashing()`, when given, is made once the header is authenticated (it may size itself
+        from it) and its `on_chunk` runs after each chunk, in the thread that decrypted it;
+        `prepare(first, last)`, when given, runs in the worker before it fills chunks
+        first..last (it allocates their memory).
         Yields (first, last) of each run as it completes, in file order. Close it (`closing`):
         that waits for the runs in flight."""
         step = step or self.chunks_per_read
         probed = not file.authenticated
+        on_chunk: list[Callable[[int, memoryview], None] | None] = [None]
         if probed:
-            self._authenticate(file, 0, place_for(0))
+            held: list[memoryview] = []
+
+            def keep(_index: int, plaintext: memoryview) -> None:
+                held.append(plaintext)
+
+            self._authenticate(file, 0, place_for(0), keep if hashing else None)
+        check = hashing() if hashing is not None else None
+        if check is not None:
+            on_chunk[0] = check.on_chunk
+            if probed and check.on_chunk is not None:
+                check.on_chunk(0, held[0])  # chunk 0, opened before the check could be sized
         groups = self._groups(0, file.chunk_count - 1, step)
 
         def make(position: int) -> Callable[[], None]:
             first, last = groups[position]
             if position == 0 and probed:
                 first += 1  # chunk 0 is in place already
-            return self._task(file, first, last, place_for(position))
+            return self._task(file, first, last, place_for(position), on_chunk[0], prepare)
 
         completed = self._in_order(len(groups), make, window=window or 2 * self.workers)
         with closing(completed):
@@ -232,11 +337,13 @@ class Pipeline:
         *,
         verify: bool,
         on_progress: Callable[[int], None] | None = None,
+        prepare: Callable[[int, int], None] | None = None,
     ) -> Iterator[int]:
         """Decrypt the whole file into `destination` (its plaintext size), yielding how many
         leading bytes are complete and authenticated as ranges finish. With `verify`, the file is
         hashed in the same pass and IntegrityError is raised after the last range if it does not
-        match its digest (callers hand nothing out before this generator ends)."""
+        match its digest (callers hand nothing out before this generator ends). `prepare(start,
+        end)` runs in a worker before it fills destination[start:end]."""
         if len(destination) != file.size:
             raise ValueError("the destination must have the file's size")
         size, chunk = file.size, file.chunk_size
@@ -244,34 +351,55 @@ class Pipeline:
         def place(index: int) -> memoryview:
             return destination[index * chunk : index * chunk + file.header.chunk_plain_size(index)]
 
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
+        checks: list[Hashing] = []
+
+        def hashing() -> Hashing:
+            checks.append(file.hashing())
+            return checks[0]
+
         done = 0
-        with closing(self._whole(file, lambda _run: place)) as runs:
+
+        def prepare_chunks(first: int, last: int) -> None:
+            if prepare is not None:
+                prepare(first * chunk, min(size, (last + 1) * chunk))
+
+        runs = self._whole(
+            file,
+            lambda _run: place,
+            hashing=hashing if verify else None,
+            prepare=prepare_chunks if prepare is not None else None,
+        )
+        with closing(runs):
             for _first, last in runs:
                 end = min(size, (last + 1) * chunk)
-                if hasher is not None:
-                    hasher.update(destination[done:end])
+                if checks:
+                    checks[0].ranges_done(destination[done:end])
                 if on_progress is not None:
                     on_progress(end - done)
                 done = end
-                if (
-                    hasher is not None
-                    and done == size
-                    and format_digest(hasher.digest()) != file.digest
-                ):
-                    raise IntegrityError(f"{file.what}: content digest mismatch", path=file.what)
+                if checks and done == size:
+                    checks[0].check()
                 yield done
 
     def _task(
-        self, file: SealedFile, first: int, last: int, place: Callable[[int], memoryview]
+        self,
+        file: SealedFile,
+        first: int,
+        last: int,
+        place: Callable[[int], memoryview],
+        on_chunk: Callable[[int, memoryview], None] | None = None,
+        prepare: Callable[[int, int], None] | None = None,
     ) -> Callable[[], None]:
         """Chunks first..last read and decrypted into place(index), in runs of chunks_per_read
-        (one range read each), with this worker's scratch buffer."""
+        (one range read each), with this worker's scratch buffer; `prepare(low, high)` before
+        each run, `on_chunk` after each chunk."""
         size = file.scratch_size(self.chunks_per_read)
 
         def run() -> None:
             for low, high in self._groups(first, last):
-                file.open_chunks(low, high, self._scratch(size), place)
+                if prepare is not None:
+                    prepare(low, high)
+                file.open_chunks(low, high, self._scratch(size), place, on_chunk)
 
         return run
 
@@ -341,23 +469,35 @@ class Pipeline:
 
             return place
 
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if verify else None
+        checks: list[Hashing] = []
+
+        def hashing() -> Hashing:
+            checks.append(file.hashing())
+            return checks[0]
+
         try:
             # Two slots stay out of the workers' reach: the copies just issued read them, and a
             # slot is reclaimed (its copy waited for) only when no other is free.
-            runs = self._whole(file, place_for, step=step, window=max(1, slots.count - 2))
+            runs = self._whole(
+                file,
+                place_for,
+                hashing=hashing if verify else None,
+                step=step,
+                window=max(1, slots.count - 2),
+            )
             with closing(runs):
                 for first, last in runs:
                     start, end = first * chunk, min(size, (last + 1) * chunk)
                     slot = taken.pop(first // step)
                     plaintext = slots.view(slot)[: end - start]
-                    if hasher is not None:
-                        hasher.update(plaintext)
-                        if end == size and format_digest(hasher.digest()) != file.digest:
-                            slots.release(slot)
-                            raise IntegrityError(
-                                f"{file.what}: content digest mismatch", path=file.what
-                            )
+                    if checks:
+                        checks[0].ranges_done(plaintext)
+                        if end == size:
+                            try:
+                                checks[0].check()
+                            except IntegrityError:
+                                slots.release(slot)
+                                raise
                     deliver(start, plaintext, slot)
                     if on_progress is not None:
                         on_progress(end - start)

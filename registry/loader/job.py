@@ -13,13 +13,13 @@ from registry.client import RemoteRegistry
 from registry.errors import InvalidInputError, NotFoundError
 from registry.loader.cache import CachedReader
 from registry.loader.engine import Counters, Pipeline, SealedFile, StagingRing
+from registry.loader.memory import HostMemory
 from registry.loader.options import GPU_SLOT_BYTES, LoadOptions, default_workers
 from registry.loader.progress import Progress
 from registry.loader.results import LoadStats
 from registry.loader.sources import FileReader, ModelSource, Resolved, open_source
 from registry.loader.tensors import (
     CudaTarget,
-    empty_bytes,
     row_span,
     tensor_from,
     tensor_from_span,
@@ -194,13 +194,24 @@ class Job:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def open_file(self, entry: ManifestFile) -> tuple[SealedFile, FileReader]:
+    def open_file(
+        self, entry: ManifestFile, *, verified: bool = False
+    ) -> tuple[SealedFile, FileReader]:
+        """A file's sealed reader. `verified`: read whole and hashed against the manifest, so
+        its ranges may be taken in place from a mapping (see RangeOpener)."""
         what = f"{self.version.ref}: {entry.path}"
         key = self.source.data_key(self.resolved, entry)
         reader = self.source.reader(self.resolved, entry)
         try:
             sealed = SealedFile(
-                reader, key, entry.digest, entry.size, what=what, counters=self.counters
+                reader,
+                key,
+                entry.digest,
+                entry.size,
+                what=what,
+                counters=self.counters,
+                chunks=entry.chunks,
+                in_place=verified,
             )
         except BaseException:
             self.finish_reader(reader, None)
@@ -242,8 +253,8 @@ class Job:
     def _whole_file(self, entry: ManifestFile, wanted: list[Located]) -> Iterator[tuple[str, Any]]:
         header = entry.safetensors
         assert header is not None
-        sealed, reader = self.open_file(entry)
         verify = self.options.verify == "full"
+        sealed, reader = self.open_file(entry, verified=verify)
         try:
             if self.options.device.startswith("cuda") and self.options.framework == "pt":
                 buffer = self._to_cuda(sealed, verify=verify)
@@ -254,11 +265,12 @@ class Job:
                         self.adapt(tensor_from(buffer, header, located.tensor, framework="pt")),
                     )
             else:
-                buffer, view = self._host_buffer(entry.size)
+                memory = HostMemory(entry.size, framework=self.options.framework)
+                buffer, view = memory.buffer, memory.view
                 order = sorted(wanted, key=lambda located: located.tensor.end)
                 position = 0
                 for done in self.pipeline.decrypt_into(
-                    sealed, view, verify=verify, on_progress=self.advance
+                    sealed, view, verify=verify, on_progress=self.advance, prepare=memory.prepare
                 ):
                     while (
                         position < len(order)
@@ -275,22 +287,13 @@ class Job:
                             ),
                         )
                         position += 1
-                del view
+                del view, memory
             self.plaintext += entry.size
             (self.verified if verify else self.authenticated).append(entry.path)
             self.finish_reader(reader, sealed if verify else None)
         except BaseException:
             self.finish_reader(reader, None)
             raise
-
-    def _host_buffer(self, size: int) -> tuple[Any, memoryview]:
-        if self.options.framework == "numpy":
-            import numpy
-
-            array = numpy.empty(size, dtype=numpy.uint8)
-            return array, array.data
-        tensor = empty_bytes(size)
-        return tensor, tensor.numpy().data
 
     def _to_cuda(self, sealed: SealedFile, *, verify: bool) -> torch.Tensor:
         if self.cuda is None:

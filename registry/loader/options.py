@@ -31,8 +31,13 @@ VERIFY_MODES = ("full", "aead")
 
 
 def default_workers() -> int:
-    """Decryption threads: one per core, 2 to 8 (hashing runs beside them)."""
-    return max(2, min(8, os.cpu_count() or 2))
+    """Decryption threads: one per core this process may run on (its affinity, as `taskset`
+    or a container's CPU set leaves it), 1 to 16. Each worker also hashes what it decrypted."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 2
+    return max(1, min(16, cores))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +50,7 @@ class LoadOptions:
     device: str = "cpu"  # cpu, cuda or cuda:N
     dtype: Any = None  # a torch dtype that floating-point tensors are converted to
     framework: str = "pt"  # pt (torch) or numpy (CPU, the dtypes numpy has)
-    workers: int | None = None  # decryption threads; None: one per core, 2 to 8
+    workers: int | None = None  # decryption threads; None: one per core, 1 to 16
     chunks_per_read: int = DEFAULT_CHUNKS_PER_READ  # 1 MiB chunks per range read
     staging_bytes: int = DEFAULT_STAGING_BYTES  # pinned host memory of a GPU load
     verify: str = "full"  # full: AEAD and every file's BLAKE3; aead: chunks only

@@ -28,6 +28,8 @@ class FileReader(Protocol):
 
     def read_into(self, offset: int, buffer: memoryview, /) -> int: ...
 
+    def view(self, offset: int, length: int, /) -> memoryview | None: ...
+
     def damaged(self, offset: int, error: IntegrityError, /) -> bool: ...
 
     def regions_used(self) -> list[str]: ...
@@ -112,6 +114,9 @@ class _RemoteReader:
             raise IntegrityError(f"{self.ref}: {self.path}: the server sent more than asked")
         buffer[: len(data)] = data
         return len(data)
+
+    def view(self, offset: int, length: int, /) -> memoryview | None:
+        return None  # ciphertext arrives over HTTP: nothing to take in place
 
     def damaged(self, offset: int, error: IntegrityError, /) -> bool:
         return False

@@ -77,10 +77,8 @@ def numpy_dtype(entry: TensorEntry) -> Any:
 
 
 def empty_bytes(size: int, *, device: str = "cpu") -> torch.Tensor:
-    """An uninitialised byte tensor (no zero fill by us: every byte is about to be written).
-    Plain pages, first touched by the decrypting workers in parallel: populating the mapping up
-    front (MAP_POPULATE) or asking for transparent huge pages both measured slower here
-    (docs/benchmarks.md)."""
+    """An uninitialised byte tensor (no zero fill by us: every byte is about to be written), on a
+    GPU; host memory for CPU loads comes from registry.loader.memory."""
     import torch
 
     return torch.empty(size, dtype=torch.uint8, device=device)

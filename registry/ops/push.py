@@ -17,7 +17,7 @@ from registry import journal
 from registry import manifest as manifests
 from registry.blobstore import BLOB, MANIFEST, seal_bytes
 from registry.crypto import sealed
-from registry.digest import hash_file
+from registry.digest import FileDigests, hash_file_chunks
 from registry.errors import (
     ConfigurationError,
     ConflictError,
@@ -26,7 +26,7 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
-from registry.manifest import Manifest, ManifestFile
+from registry.manifest import ChunkRoot, Manifest, ManifestFile
 from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
 from registry.ops.checks import check_text
@@ -77,9 +77,9 @@ def push(
 ) -> PushResult:
     """Push a model directory (or one .safetensors file) as a new version of `name`.
 
-    `digests` (path -> BLAKE3 digest) are digests the caller computed of these exact bytes
-    (the REST API's checked upload): the hashing pass is skipped, and sealing, which
-    re-hashes what it encrypts, still refuses a file that does not match.
+    `digests` (path -> BLAKE3 digest) are digests the caller declared for these files (the
+    REST API's upload): the hashing pass, which also takes each file's chunk root, refuses a
+    file that does not match, and so does sealing, which re-hashes what it encrypts.
 
     Everything is validated before anything is stored. Content already stored is not
     uploaded again; identical content returns the existing version (created=False). Every
@@ -103,40 +103,32 @@ def push(
             "(`model-registry keys show` prints it)",
         )
     files = manifests.collect(Path(path))
-    total = sum(entry.size for entry in files)
-
     known = dict(digests or {})
     if known and set(known) != {entry.path for entry in files}:
         raise InvalidInputError("the digests given do not name exactly the files pushed")
-    progress.begin("hashing", total)
-    hashed: list[str] = []
-    for entry in files:
-        if entry.path in known:
-            hashed.append(known[entry.path])
-            progress.advance(entry.size)
-            continue
-        try:
-            hashed.append(
-                hash_file(entry.source, on_progress=progress.advance, starts_with=entry.validated)
-            )
-        except ValueError:
-            raise InvalidModelError(
-                f"{entry.path} changed while it was being pushed", hint="push it again"
-            ) from None
-        except OSError as error:
-            raise InvalidModelError(f"cannot read {entry.path}: {error.strerror}") from None
-    progress.end()
+    hashed = _hash_files(files, known, chunk_size=ctx.settings.chunk_size, progress=progress)
     manifest = manifests.build_manifest(
         name,
         [
-            ManifestFile(entry.path, entry.size, digest, entry.safetensors)
-            for entry, digest in zip(files, hashed, strict=True)
+            ManifestFile(
+                entry.path,
+                entry.size,
+                found.digest,
+                entry.safetensors,
+                ChunkRoot(found.chunk_size, found.chunk_root),
+            )
+            for entry, found in zip(files, hashed, strict=True)
         ],
     )
+    # The same files pushed before chunk roots existed are that version (a re-push repairs
+    # it), not a new one.
+    older = manifest.without_chunk_roots()
+    if ctx.catalog.find_version(name, older.digest) is not None:
+        manifest = older
     digest = manifest.digest
     unique: dict[str, manifests.LocalFile] = {}
-    for entry, file_digest in zip(files, hashed, strict=True):
-        unique.setdefault(file_digest, entry)
+    for entry, found in zip(files, hashed, strict=True):
+        unique.setdefault(found.digest, entry)
     # From here until the commit, gc leaves every object of this push alone.
     lease = take_lease(ctx, [(d, BLOB) for d in unique] + [(digest, MANIFEST)], what=f"push {name}")
     try:
@@ -229,6 +221,42 @@ def _push_leased(
         | {p.region for p in unheld}
     )
     return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
+
+
+def _hash_files(
+    files: Sequence[manifests.LocalFile],
+    known: Mapping[str, str],
+    *,
+    chunk_size: int,
+    progress: Progress,
+) -> list[FileDigests]:
+    """Every file's digest and chunk root, in one read each. A digest the caller declared
+    (`known`) must be what the bytes hash to."""
+    progress.begin("hashing", sum(entry.size for entry in files))
+    hashed: list[FileDigests] = []
+    for entry in files:
+        try:
+            found = hash_file_chunks(
+                entry.source,
+                chunk_size=chunk_size,
+                on_progress=progress.advance,
+                starts_with=entry.validated,
+            )
+        except ValueError:
+            raise InvalidModelError(
+                f"{entry.path} changed while it was being pushed", hint="push it again"
+            ) from None
+        except OSError as error:
+            raise InvalidModelError(f"cannot read {entry.path}: {error.strerror}") from None
+        declared = known.get(entry.path)
+        if declared is not None and declared != found.digest:
+            raise InvalidModelError(
+                f"{entry.path} hashes to {found.digest}, not the {declared} declared for it",
+                hint="upload it again",
+            )
+        hashed.append(found)
+    progress.end()
+    return hashed
 
 
 def _require_reachable(ctx: Context, quorum: int) -> None:

@@ -5,6 +5,7 @@ the copies read around recorded in a `ReadReport`."""
 from __future__ import annotations
 
 import functools
+import mmap
 import threading
 import time
 from collections import deque
@@ -64,6 +65,8 @@ class BlobReader(Protocol):
     """Sealed bytes of one stored object, with fail-over between regions."""
 
     def read_into(self, offset: int, buffer: memoryview, /) -> int: ...
+
+    def view(self, offset: int, length: int, /) -> memoryview | None: ...
 
     def damaged(self, offset: int, error: IntegrityError, /) -> bool: ...
 
@@ -163,6 +166,7 @@ class _FailoverSource:
         self._skip: dict[int, set[int]] = {}
         self._gone: set[int] = set()
         self._served: dict[int, int] = {}
+        self._maps: dict[int, mmap.mmap | None] = {}  # region -> its copy mapped (None: can't)
 
     def _candidates(self, offset: int) -> list[int]:
         with self._lock:
@@ -300,6 +304,34 @@ class _FailoverSource:
         return self._read(
             offset, lambda region: region.store.driver.read_into(self.name, offset, buffer)
         )
+
+    def view(self, offset: int, length: int) -> memoryview | None:
+        """The range in place, from a mapping of the copy of the region it would be read from
+        (local stores map their objects), cut at the object's end; None when that region maps
+        nothing, when reads are hedged, or when mapping failed: the range is then read, which
+        also reports the failure and moves on to the next region."""
+        if self.replicas.hedging:
+            return None
+        order = self._candidates(offset)
+        if not order:
+            return None
+        index = order[0]
+        started = time.monotonic()
+        with self._lock:
+            known = index in self._maps
+            mapped = self._maps.get(index)
+        if not known:
+            try:
+                mapped = self._attempt(
+                    self.regions[index], lambda region: region.store.driver.mapping(self.name)
+                )
+            except (NotFoundError, StorageError):
+                return None
+            with self._lock:
+                mapped = self._maps.setdefault(index, mapped)
+        if mapped is None:
+            return None
+        return self._won(index, offset, started, memoryview(mapped)[offset : offset + length])
 
     def regions_used(self) -> list[str]:
         """The regions that served the ranges read so far, in read preference order."""

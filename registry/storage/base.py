@@ -10,6 +10,7 @@ Object names are relative, '/'-separated paths of segments matching `[a-z0-9][a-
 
 from __future__ import annotations
 
+import mmap
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -142,6 +143,12 @@ class Driver(ABC):
         data = self.get_range(name, offset, len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+    def mapping(self, name: str) -> mmap.mmap | None:
+        """A read-only memory mapping of the object, for readers that take its bytes in place,
+        or None when this driver has none (the default: only local files map). Raises
+        `NotFoundError` when the object does not exist."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold nothing
         """Release connections or handles; the driver is not used afterwards."""

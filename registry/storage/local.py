@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import mmap
 import os
 import secrets
 import stat as stat_mod
@@ -265,6 +266,18 @@ class LocalDriver(Driver):
         _check_range(offset, len(buffer))
         with self._reading(name) as (fd, _size):
             return pread_into(fd, offset, buffer)
+
+    def mapping(self, name: str) -> mmap.mmap | None:
+        """The object mapped read-only. Objects are written once and read-only (0444), so the
+        mapping holds what was written; a file truncated under a live mapping (only after a
+        chmod) would fault the reading process, as any mapped file would."""
+        with self._reading(name) as (fd, size):
+            if size == 0:
+                return None  # nothing to map (and mmap refuses a length of 0)
+            try:
+                return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except (OSError, ValueError):
+                return None  # a filesystem that cannot map: the caller reads instead
 
     def stat(self, name: str) -> ObjectInfo | None:
         path = self._path(name)
