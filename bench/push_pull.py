@@ -28,96 +28,25 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import blake3
 import cryptography
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # running from a checkout without the editable install
     sys.path.insert(0, str(ROOT))
 
+from limits import GB, MIB, single_core_figures  # noqa: E402 - bench/ is sys.path[0]
+
 from registry import Registry  # noqa: E402
 from registry.config import load_settings  # noqa: E402
 from registry.testing.models import make_model  # noqa: E402
 
-MIB = 1024 * 1024
-GB = 1e9
 MODEL_NAME = "bench/model"
-CHUNK = MIB  # the registry's default chunk size, and what the micro-benchmarks use
-TAG = 16
-AAD = bytes(91)  # a sealed header is the AAD of every chunk; 91 bytes like the real one
-
-
-# -- single-core figures ---------------------------------------------------------------------
-
-
-def _best_seconds(run: Callable[[], None], repeat: int) -> float:
-    run()  # warm up: page in the buffers, initialise the cipher context
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def single_core_figures(buffer_mib: int, repeat: int) -> dict[str, float]:
-    """Bytes per second of one core: AES-256-GCM encrypt_into/decrypt_into over 1 MiB chunks
-    into a preallocated buffer, and single-threaded BLAKE3 update over the same chunks."""
-    chunks = buffer_mib * MIB // CHUNK
-    plain = bytearray(os.urandom(buffer_mib * MIB))
-    sealed = bytearray(chunks * (CHUNK + TAG))
-    plain_view, sealed_view = memoryview(plain), memoryview(sealed)
-    aead = AESGCM(AESGCM.generate_key(bit_length=256))
-    nonces = [os.urandom(7) + index.to_bytes(4, "big") + b"\x00" for index in range(chunks)]
-
-    def encrypt() -> None:
-        for index in range(chunks):
-            aead.encrypt_into(
-                nonces[index],
-                plain_view[index * CHUNK : (index + 1) * CHUNK],
-                AAD,
-                sealed_view[index * (CHUNK + TAG) : (index + 1) * (CHUNK + TAG)],
-            )
-
-    def decrypt() -> None:
-        for index in range(chunks):
-            aead.decrypt_into(
-                nonces[index],
-                sealed_view[index * (CHUNK + TAG) : (index + 1) * (CHUNK + TAG)],
-                AAD,
-                plain_view[index * CHUNK : (index + 1) * CHUNK],
-            )
-
-    def hash_single() -> None:
-        hasher = blake3.blake3()
-        for index in range(chunks):
-            hasher.update(plain_view[index * CHUNK : (index + 1) * CHUNK])
-        hasher.digest()
-
-    def hash_all_threads() -> None:  # what hash_file does (max_threads=AUTO), for reference
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        hasher.update(plain_view)
-        hasher.digest()
-
-    size = len(plain)
-    enc = size / _best_seconds(encrypt, repeat)
-    dec = size / _best_seconds(decrypt, repeat)  # decrypts what encrypt() left in `sealed`
-    hsh = size / _best_seconds(hash_single, repeat)
-    hsh_mt = size / _best_seconds(hash_all_threads, repeat)
-    return {
-        "aes_gcm_encrypt": enc,
-        "aes_gcm_decrypt": dec,
-        "blake3_single_thread": hsh,
-        "blake3_all_threads": hsh_mt,
-        "decrypt_hash_per_core": 1 / (1 / dec + 1 / hsh),
-        "encrypt_hash_per_core": 1 / (1 / enc + 1 / hsh),
-    }
 
 
 # -- running the CLI -------------------------------------------------------------------------
