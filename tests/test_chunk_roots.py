@@ -10,6 +10,7 @@ import json
 import os
 import struct
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -330,3 +331,46 @@ def test_host_memory_on_huge_pages_or_not_loads_the_same_tensors(
         assert chosen == [False, False]
     elif sys.platform.startswith("linux"):
         assert chosen == [True, True]
+
+
+def test_the_next_file_is_opened_while_the_last_ranges_of_one_are_read(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline does not drain at a file boundary: the second file's header is read (and
+    its chunk 0 authenticated) while the first file's last range is still being read. The
+    first file's last read waits for that; without the overlap it would wait in vain."""
+    from registry.loader import sources
+
+    model = make_model(tmp_path / "model", shards=2, shard_size=6 * MiB, seed=44)
+    registry.push("org/llama", model)
+    second_opened = threading.Event()
+    waited: list[bool] = []
+    real = sources.LocalSource.reader
+
+    def reader(self: Any, resolved: Any, entry: Any) -> Any:
+        inner = real(self, resolved, entry)
+        first = entry.path == SHARD
+        read_into, view = inner.read_into, inner.view
+
+        def gate(offset: int, length: int) -> None:
+            if not first and offset == 0:
+                second_opened.set()
+            if first and offset + length > entry.size:  # the tail range (one byte past the end)
+                waited.append(second_opened.wait(timeout=30))
+
+        def gated_read_into(offset: int, buffer: memoryview) -> int:
+            gate(offset, len(buffer))
+            return int(read_into(offset, buffer))
+
+        def gated_view(offset: int, length: int) -> Any:
+            gate(offset, length)
+            return view(offset, length)
+
+        inner.read_into, inner.view = gated_read_into, gated_view
+        return inner
+
+    monkeypatch.setattr(sources.LocalSource, "reader", reader)
+    state = loader.load("org/llama", registry=registry, workers=2, chunks_per_read=1)
+    reference = {**load_file(str(model / SHARD)), **load_file(str(model / OTHER))}
+    assert all(_same(state[k], v) for k, v in reference.items())
+    assert waited == [True]

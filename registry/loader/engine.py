@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
@@ -330,56 +330,60 @@ class Pipeline:
             for position in completed:
                 yield groups[position]
 
-    def decrypt_into(
+    def decrypt_files(
         self,
-        file: SealedFile,
-        destination: memoryview,
+        targets: Iterable[HostTarget],
         *,
         verify: bool,
         on_progress: Callable[[int], None] | None = None,
-        prepare: Callable[[int, int], None] | None = None,
-    ) -> Iterator[int]:
-        """Decrypt the whole file into `destination` (its plaintext size), yielding how many
-        leading bytes are complete and authenticated as ranges finish. With `verify`, the file is
-        hashed in the same pass and IntegrityError is raised after the last range if it does not
-        match its digest (callers hand nothing out before this generator ends). `prepare(start,
-        end)` runs in a worker before it fills destination[start:end]."""
-        if len(destination) != file.size:
-            raise ValueError("the destination must have the file's size")
-        size, chunk = file.size, file.chunk_size
+    ) -> Generator[tuple[HostTarget, int]]:
+        """Decrypt whole files, each into its destination, yielding (target, bytes done) in
+        file order as ranges complete: that many leading bytes of it are authenticated. With
+        `verify`, each file is hashed in the same pass and IntegrityError is raised after its
+        last range if it does not match (the yield with done == size comes only after the check
+        passed). The files share one window of runs on the workers: the next target is taken
+        from `targets` (which opens it, in this thread) and its chunk 0 authenticated while the
+        workers finish the runs of the one before, so the pipeline does not drain at each file
+        boundary. Close the generator (`closing`): that waits for the runs in flight."""
 
-        def place(index: int) -> memoryview:
-            return destination[index * chunk : index * chunk + file.header.chunk_plain_size(index)]
+        def runs() -> Generator[tuple[_Reading, int, Callable[[], None]]]:
+            for target in targets:
+                reading = _Reading(self, target, verify=verify)
+                for first, last in reading.groups:
+                    yield reading, last, reading.task(first, last)
 
-        checks: list[Hashing] = []
-
-        def hashing() -> Hashing:
-            checks.append(file.hashing())
-            return checks[0]
-
-        done = 0
-
-        def prepare_chunks(first: int, last: int) -> None:
-            if prepare is not None:
-                prepare(first * chunk, min(size, (last + 1) * chunk))
-
-        runs = self._whole(
-            file,
-            lambda _run: place,
-            hashing=hashing if verify else None,
-            prepare=prepare_chunks if prepare is not None else None,
-        )
-        with closing(runs):
-            for _first, last in runs:
-                end = min(size, (last + 1) * chunk)
-                if checks:
-                    checks[0].ranges_done(destination[done:end])
-                if on_progress is not None:
-                    on_progress(end - done)
-                done = end
-                if checks and done == size:
-                    checks[0].check()
-                yield done
+        pending: deque[tuple[_Reading, int, Future[None]]] = deque()
+        source = runs()
+        window = 2 * self.workers
+        # A file that fails to open (or whose chunk 0 fails) is reported after the runs of the
+        # files before it, as if they had been read one after the other.
+        failure: Exception | None = None
+        try:
+            while True:
+                while failure is None and len(pending) < window:
+                    try:
+                        item = next(source, None)
+                    except Exception as error:  # noqa: BLE001 - raised once the others are out
+                        failure = error
+                        break
+                    if item is None:
+                        break
+                    reading, last, task = item
+                    pending.append((reading, last, self._pool.submit(task)))
+                if not pending:
+                    if failure is not None:
+                        raise failure
+                    return
+                reading, last, future = pending.popleft()
+                future.result()
+                yield reading.target, reading.advance(last, on_progress)
+        finally:
+            for _reading, _last, future in pending:
+                future.cancel()
+            for _reading, _last, future in pending:
+                if not future.cancelled():
+                    future.exception()  # wait: a buffer must not be written after we return
+            source.close()
 
     def _task(
         self,
@@ -505,6 +509,80 @@ class Pipeline:
             # After closing: the runs in flight are done with their slots.
             for slot in taken.values():
                 slots.release(slot)
+
+
+@dataclass
+class HostTarget:
+    """A file to read whole into host memory: `destination` (its plaintext size) and
+    `prepare(start, end)`, run in a worker before it fills destination[start:end]."""
+
+    file: SealedFile
+    destination: memoryview
+    prepare: Callable[[int, int], None] | None = None
+    key: str = ""
+
+
+class _Reading:
+    """One HostTarget being read by `Pipeline.decrypt_files`: its chunk 0 authenticated on its
+    own (in the calling thread) before its runs are sized, its content check, its runs."""
+
+    def __init__(self, pipeline: Pipeline, target: HostTarget, *, verify: bool) -> None:
+        file, destination = target.file, target.destination
+        if len(destination) != file.size:
+            raise ValueError("the destination must have the file's size")
+        self.pipeline, self.target, self.file = pipeline, target, file
+        chunk = file.chunk_size
+
+        def place(index: int) -> memoryview:
+            return destination[index * chunk : index * chunk + file.header.chunk_plain_size(index)]
+
+        self.place = place
+        probed = not file.authenticated
+        first_chunk: list[memoryview] = []
+        if probed:
+            pipeline._authenticate(
+                file,
+                0,
+                place,
+                (lambda _index, plain: first_chunk.append(plain)) if verify else None,
+            )
+        self.check = file.hashing() if verify else None
+        self.on_chunk = self.check.on_chunk if self.check is not None else None
+        if self.on_chunk is not None and first_chunk:
+            self.on_chunk(0, first_chunk[0])  # opened before the check could be sized
+        self.groups = pipeline._groups(0, file.chunk_count - 1)
+        if probed:
+            self.groups[0] = (1, self.groups[0][1])  # chunk 0 is in place already
+        self.done = 0
+
+    def _prepare(self, first: int, last: int) -> None:
+        if self.target.prepare is not None:
+            chunk = self.file.chunk_size
+            self.target.prepare(first * chunk, min(self.file.size, (last + 1) * chunk))
+
+    def task(self, first: int, last: int) -> Callable[[], None]:
+        return self.pipeline._task(
+            self.file,
+            first,
+            last,
+            self.place,
+            self.on_chunk,
+            self._prepare if self.target.prepare is not None else None,
+        )
+
+    def advance(self, last: int, on_progress: Callable[[int], None] | None) -> int:
+        """Run ..last is complete (runs complete in order): hash it where the file is hashed
+        whole, check the file once it is all in; bytes done."""
+        file = self.file
+        end = min(file.size, (last + 1) * file.chunk_size)
+        if self.check is not None:
+            self.check.ranges_done(self.target.destination[self.done : end])
+        if on_progress is not None:
+            on_progress(end - self.done)
+        self.done = end
+        if self.check is not None and end == file.size:
+            self.check.check()
+        return end
 
 
 class StagingRing:

@@ -5,14 +5,16 @@ through the staging ring) or tensor by tensor, and what it did (LoadStats, the a
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from registry.client import RemoteRegistry
 from registry.errors import InvalidInputError, NotFoundError
 from registry.loader.cache import CachedReader
-from registry.loader.engine import Counters, Pipeline, SealedFile, StagingRing
+from registry.loader.engine import Counters, HostTarget, Pipeline, SealedFile, StagingRing
 from registry.loader.memory import HostMemory
 from registry.loader.options import GPU_SLOT_BYTES, LoadOptions, default_workers
 from registry.loader.progress import Progress
@@ -167,11 +169,15 @@ class Job:
                 for path, wanted in selected.items()
             )
         )
+        batch: list[tuple[ManifestFile, list[Located]]] = []
         for path, wanted in selected.items():
             entry = files[path]
             if whole[path]:
-                yield from self.whole_file(entry, wanted, early=early)
+                batch.append((entry, wanted))
                 continue
+            if batch:
+                yield from self.whole_files(batch, early=early)
+                batch = []
             sealed, reader = self.open_file(entry)
             try:
                 for located in wanted:
@@ -179,6 +185,8 @@ class Job:
             finally:
                 self.finish_reader(reader, None)
             self.authenticated.append(path)
+        if batch:
+            yield from self.whole_files(batch, early=early)
 
     # -- progress ---------------------------------------------------------------------------
 
@@ -238,62 +246,86 @@ class Job:
             tensor = tensor.to(self.options.device)
         return tensor
 
-    def whole_file(
-        self, entry: ManifestFile, wanted: list[Located], *, early: bool = False
+    def whole_files(
+        self, batch: list[tuple[ManifestFile, list[Located]]], *, early: bool
     ) -> Iterator[tuple[str, Any]]:
-        """Every tensor of a file read whole, once the whole file is verified; with `early`,
-        each as soon as its chunks are authenticated (the file's digest is then checked after
-        its last tensor was yielded)."""
-        if early:
-            yield from self._whole_file(entry, wanted)
+        """The tensors of files read whole, in order: on a GPU file by file through the staging
+        ring, in host memory through one pipeline whose workers go on to the next file while
+        the last runs of one complete. Each file's tensors once it is verified whole; with
+        `early`, each tensor as soon as its chunks are authenticated (the file's digest is then
+        checked after its last tensor was yielded)."""
+        if self.options.device.startswith("cuda") and self.options.framework == "pt":
+            for entry, wanted in batch:
+                if early:
+                    yield from self._to_device(entry, wanted)
+                else:
+                    yield from list(self._to_device(entry, wanted))  # raises before handing out
             return
-        held = list(self._whole_file(entry, wanted))  # raises before anything is handed out
-        yield from held
+        yield from self._to_host(batch, early=early)
 
-    def _whole_file(self, entry: ManifestFile, wanted: list[Located]) -> Iterator[tuple[str, Any]]:
+    def _to_device(self, entry: ManifestFile, wanted: list[Located]) -> Iterator[tuple[str, Any]]:
         header = entry.safetensors
         assert header is not None
         verify = self.options.verify == "full"
         sealed, reader = self.open_file(entry, verified=verify)
         try:
-            if self.options.device.startswith("cuda") and self.options.framework == "pt":
-                buffer = self._to_cuda(sealed, verify=verify)
-                for located in wanted:
-                    self.first()
-                    yield (
-                        located.tensor.name,
-                        self.adapt(tensor_from(buffer, header, located.tensor, framework="pt")),
-                    )
-            else:
-                memory = HostMemory(entry.size, framework=self.options.framework)
-                buffer, view = memory.buffer, memory.view
-                order = sorted(wanted, key=lambda located: located.tensor.end)
-                position = 0
-                for done in self.pipeline.decrypt_into(
-                    sealed, view, verify=verify, on_progress=self.advance, prepare=memory.prepare
-                ):
-                    while (
-                        position < len(order)
-                        and header.data_offset + order[position].tensor.end <= done
-                    ):
-                        self.first()
-                        tensor = order[position].tensor
-                        yield (
-                            tensor.name,
-                            self.adapt(
-                                tensor_from(
-                                    buffer, header, tensor, framework=self.options.framework
-                                )
-                            ),
-                        )
-                        position += 1
-                del view, memory
+            buffer = self._to_cuda(sealed, verify=verify)
             self.plaintext += entry.size
             (self.verified if verify else self.authenticated).append(entry.path)
             self.finish_reader(reader, sealed if verify else None)
         except BaseException:
             self.finish_reader(reader, None)
             raise
+        for located in wanted:
+            self.first()
+            yield (
+                located.tensor.name,
+                self.adapt(tensor_from(buffer, header, located.tensor, framework="pt")),
+            )
+
+    def _to_host(
+        self, batch: list[tuple[ManifestFile, list[Located]]], *, early: bool
+    ) -> Iterator[tuple[str, Any]]:
+        verify = self.options.verify == "full"
+        framework = self.options.framework
+        reading: dict[str, tuple[ManifestFile, deque[Located], SealedFile, FileReader, Any]] = {}
+
+        def targets() -> Iterator[HostTarget]:
+            for entry, wanted in batch:
+                sealed, reader = self.open_file(entry, verified=verify)
+                try:
+                    memory = HostMemory(entry.size, framework=framework)
+                except BaseException:
+                    self.finish_reader(reader, None)
+                    raise
+                order = deque(sorted(wanted, key=lambda located: located.tensor.end))
+                reading[entry.path] = (entry, order, sealed, reader, memory.buffer)
+                yield HostTarget(sealed, memory.view, memory.prepare, key=entry.path)
+
+        def tensor(entry: ManifestFile, buffer: Any, located: Located) -> tuple[str, Any]:
+            assert entry.safetensors is not None
+            self.first()
+            made = tensor_from(buffer, entry.safetensors, located.tensor, framework=framework)
+            return located.tensor.name, self.adapt(made)
+
+        try:
+            events = self.pipeline.decrypt_files(targets(), verify=verify, on_progress=self.advance)
+            with closing(events):
+                for target, done in events:
+                    entry, order, sealed, reader, buffer = reading[target.key]
+                    complete = done == entry.size
+                    if early or complete:
+                        data = entry.safetensors.data_offset  # type: ignore[union-attr]
+                        while order and (complete or data + order[0].tensor.end <= done):
+                            yield tensor(entry, buffer, order.popleft())
+                    if complete:
+                        del reading[target.key]
+                        self.plaintext += entry.size
+                        (self.verified if verify else self.authenticated).append(entry.path)
+                        self.finish_reader(reader, sealed if verify else None)
+        finally:
+            for _entry, _order, _sealed, reader, _buffer in reading.values():
+                self.finish_reader(reader, None)
 
     def _to_cuda(self, sealed: SealedFile, *, verify: bool) -> torch.Tensor:
         if self.cuda is None:
