@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from registry.blobstore import BLOB, MANIFEST
 from registry.catalog.db import create_catalog_engine
 from registry.catalog.repository import Catalog
 from registry.crypto.keys import create_key_file
-from registry.digest import hash_file
+from registry.digest import FileDigests, hash_file, hash_file_chunks
 from registry.errors import (
     ConflictError,
     IntegrityError,
@@ -145,18 +146,18 @@ def test_push_rejects_a_safetensors_file_rewritten_between_header_check_and_hash
     model.mkdir()
     shard = model / "model.safetensors"
     write_safetensors(shard, {"alpha": ("F32", [4], b"\1" * 16)})
-    real = hash_file
+    real = hash_file_chunks
 
-    def rewrite_then_hash(path: Path, **kwargs: object) -> str:
+    def rewrite_then_hash(path: Path, **kwargs: Any) -> FileDigests:
         write_safetensors(Path(path), {"omega": ("F32", [2, 2], b"\2" * 16)})
-        return real(path, **kwargs)  # type: ignore[arg-type]
+        return real(path, **kwargs)
 
-    monkeypatch.setattr(push_module, "hash_file", rewrite_then_hash)
+    monkeypatch.setattr(push_module, "hash_file_chunks", rewrite_then_hash)
     try:
         registry.push("m", model)
     except RegistryError:
         return
-    monkeypatch.setattr(push_module, "hash_file", real)
+    monkeypatch.setattr(push_module, "hash_file_chunks", real)
     names = [t.name for t in registry.show("m").manifest.files[0].safetensors.tensors]  # type: ignore[union-attr]
     assert names == ["omega"], f"manifest lists {names} for a file that holds 'omega'"
 
