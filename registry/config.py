@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.crypto.sealed import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from registry.crypto.signing import TrustedSigner, parse_public_key
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
 from registry.storage.deadline import DeadlineSettings
@@ -382,10 +381,16 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
             except InvalidInputError as error:
                 raise ConfigurationError(f"{config_path}: trusted signer: {error}") from None
         chunk_size = int(store.get("chunk_size", DEFAULT_CHUNK_SIZE))
-        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-            raise ConfigurationError(
-                f"{config_path}: store.chunk_size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes"
-            )
+        if chunk_size != DEFAULT_CHUNK_SIZE:
+            # The sealed format's limits; imported only for a size other than the default (the
+            # format and its crypto would be imported by every command, `ls` included).
+            from registry.crypto.sealed import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
+
+            if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+                raise ConfigurationError(
+                    f"{config_path}: store.chunk_size must be "
+                    f"{MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE} bytes"
+                )
         workers = int(raw.get("workers", 0))
         if not 0 <= workers <= 64:
             raise ConfigurationError(f"{config_path}: workers must be 0 (automatic) to 64")
