@@ -306,7 +306,7 @@ class Registry:
         digests: Mapping[str, str] | None = None,
     ) -> PushResult:
         """Push a model directory (or one .safetensors file) as a new version of `name`."""
-        from registry.ops import push as push_ops
+        from registry.ops import pushstart as push_ops
 
         return push_ops.push(
             self._context,

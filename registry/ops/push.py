@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry import journal
 from registry import manifest as manifests
@@ -62,6 +63,9 @@ from registry.reports import (
 )
 from registry.storage.deadline import carried
 
+if TYPE_CHECKING:
+    from registry.ops.pushstart import EarlyDigests
+
 
 @requires("push")
 @journaled
@@ -74,6 +78,7 @@ def push(
     write_quorum: int | None = None,
     progress: Progress | None = None,
     digests: Mapping[str, str] | None = None,
+    early: EarlyDigests | None = None,
 ) -> PushResult:
     """Push a model directory (or one .safetensors file) as a new version of `name`.
 
@@ -85,7 +90,8 @@ def push(
     uploaded again; identical content returns the existing version (created=False). Every
     object goes to every region; the push succeeds once `write_quorum` regions (default: the
     configured quorum, else all) hold a verified copy of each, and the copies that did not
-    complete are recorded as pending, for `replicate`.
+    complete are recorded as pending, for `replicate`. `early`: the hashing pass begun before
+    this push was imported (`ops.pushstart`), taken when it hashed these very files.
     """
     progress = progress or NoProgress()
     validate_name(name)
@@ -103,29 +109,12 @@ def push(
             "(`model-registry keys show` prints it)",
         )
     files = manifests.collect(Path(path))
-    total = sum(entry.size for entry in files)
-
     known = dict(digests or {})
     if known and set(known) != {entry.path for entry in files}:
         raise InvalidInputError("the digests given do not name exactly the files pushed")
-    progress.begin("hashing", total)
-    hashed: list[str] = []
-    for entry in files:
-        if entry.path in known:
-            hashed.append(known[entry.path])
-            progress.advance(entry.size)
-            continue
-        try:
-            hashed.append(
-                hash_file(entry.source, on_progress=progress.advance, starts_with=entry.validated)
-            )
-        except ValueError:
-            raise InvalidModelError(
-                f"{entry.path} changed while it was being pushed", hint="push it again"
-            ) from None
-        except OSError as error:
-            raise InvalidModelError(f"cannot read {entry.path}: {error.strerror}") from None
-    progress.end()
+    hashed = early.digests(files) if early is not None and not known else None
+    if hashed is None:
+        hashed = _hash_files(files, known, progress)
     manifest = manifests.build_manifest(
         name,
         [
@@ -154,6 +143,32 @@ def push(
     finally:
         # Dropped by the commit itself; after a failure, here.
         ctx.catalog.drop_lease(lease)
+
+
+def _hash_files(
+    files: list[manifests.LocalFile], known: Mapping[str, str], progress: Progress
+) -> list[str]:
+    """Each file's digest: given in `known`, else hashed (checking it still starts with the bytes
+    that were validated)."""
+    progress.begin("hashing", sum(entry.size for entry in files))
+    hashed: list[str] = []
+    for entry in files:
+        if entry.path in known:
+            hashed.append(known[entry.path])
+            progress.advance(entry.size)
+            continue
+        try:
+            hashed.append(
+                hash_file(entry.source, on_progress=progress.advance, starts_with=entry.validated)
+            )
+        except ValueError:
+            raise InvalidModelError(
+                f"{entry.path} changed while it was being pushed", hint="push it again"
+            ) from None
+        except OSError as error:
+            raise InvalidModelError(f"cannot read {entry.path}: {error.strerror}") from None
+    progress.end()
+    return hashed
 
 
 def _push_leased(
