@@ -1,6 +1,7 @@
 """The public face of a registry: `Registry`, the Python API, and the one thing the CLI, the
 REST API and the loader call. Each method is a one-line delegation to the operation that does
-the job (`registry.ops`), run in this handle's `Context`: who acts, with which role.
+the job (`registry.ops`, imported by the method, so a command loads only the operations it runs),
+run in this handle's `Context`: who acts, with which role.
 
 The operations keep the write order that makes a crash harmless (key slots and data, then the
 manifest, then the catalog in one transaction), check every role, write the audit trail and

@@ -213,9 +213,6 @@ class LiteCatalog:
             ).fetchone()
         return None if row is None else bytes(row[0])
 
-    def close(self) -> None:
-        """Nothing is held between reads."""
-
 
 def _first_line(error: sqlite3.Error) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else str(error)

@@ -5,6 +5,7 @@ lost catalog itself."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -31,8 +32,6 @@ from registry.ops.context import Context, Home, OnFirstUse, note_unwrap
 # What only some commands use (SQLAlchemy, the stores, the crypto) is imported where it is first
 # used: `ls` and `show` start in a fraction of the time (docs/benchmarks.md, "CLI start-up").
 if TYPE_CHECKING:
-    import logging
-
     from registry import rebuild
     from registry.catalog.repository import Catalog
     from registry.crypto.keys import KeyProvider
@@ -41,11 +40,7 @@ if TYPE_CHECKING:
     from registry.replication import Region, ReplicaSet
 
 
-def _log() -> logging.Logger:
-    """registry.journal's logger (logging is imported only when there is something to say)."""
-    import logging
-
-    return logging.getLogger("model_registry.journal")
+log = logging.getLogger("model_registry.journal")  # registry.journal's, without importing it
 
 
 def open_home(
@@ -311,7 +306,7 @@ def local_keys(settings: Settings) -> KeyProvider | None:
             # Destroyed before its rotation finished: what only it opens is lost, the rest is
             # not. `keys rotate` refuses while config.toml names it, and finishes once it is
             # dropped from there (reporting what nothing opens any more).
-            _log().warning("previous key file %s is gone", path)
+            log.warning("previous key file %s is gone", path)
             continue
         previous.append(LocalKeyProvider.from_file(path))
     return KeyRing(current, previous) if previous else current
@@ -352,9 +347,9 @@ def close(ctx: Context) -> None:
             journaling.drain_journal(ctx)
     except RegistryError as error:
         # Closing must close; the entries wait in the outbox.
-        _log().warning("the journal was not copied out at close: %s", error)
-    except Exception:  # noqa: BLE001 - closing must close, whatever went wrong
-        _log().warning("the journal was not copied out at close", exc_info=True)
+        log.warning("the journal was not copied out at close: %s", error)
+    except Exception:  # closing must close, whatever went wrong
+        log.warning("the journal was not copied out at close", exc_info=True)
     finally:
         if catalog is not None:
             catalog.close()
