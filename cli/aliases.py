@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -11,7 +12,9 @@ from rich.table import Table
 from cli.ui import handle_errors, open_registry, print_json, stdout, when
 from registry import wire
 from registry.errors import InvalidInputError
-from registry.reports import AliasChange
+
+if TYPE_CHECKING:
+    from registry.reports import AliasChange
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 REASON = click.option("--reason", default="", help="Why (kept in the alias history and audit).")

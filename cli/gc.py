@@ -3,6 +3,8 @@ the objects nothing needs any more."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.markup import escape
 from rich.table import Table
@@ -10,8 +12,10 @@ from rich.table import Table
 from cli.ui import handle_errors, human_size, open_registry, print_json, stdout
 from registry import wire
 from registry.errors import InvalidInputError
-from registry.reports import GcReport
 from registry.retention import DEFAULT_GRACE, format_duration
+
+if TYPE_CHECKING:
+    from registry.reports import GcReport
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 

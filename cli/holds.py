@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from rich.markup import escape
@@ -11,7 +12,9 @@ from rich.table import Table
 from cli.ui import handle_errors, open_registry, print_json, stdout, when
 from registry import wire
 from registry.errors import StorageError
-from registry.reports import HoldResult
+
+if TYPE_CHECKING:
+    from registry.reports import HoldResult
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 REASON = click.option("--reason", required=True, help="Why (kept in the audit trail).")

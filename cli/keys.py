@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 from rich.markup import escape
 
 from cli.ui import handle_errors, open_registry, print_json, progress_bar, stdout
 from registry import wire
-from registry.reports import RegionKey
+
+if TYPE_CHECKING:
+    from registry.reports import RegionKey
 
 
 @click.group()

@@ -8,7 +8,6 @@ import click
 
 from cli.ui import handle_errors, local_only, print_json, stdout
 from registry import wire
-from registry.config import KmsSettings
 from registry.errors import InvalidInputError
 
 
@@ -49,6 +48,8 @@ def init(
 ) -> None:
     """Create a registry (idempotent: an existing one is checked and its catalog upgraded)."""
     local_only("init")
+    from registry.config import KmsSettings
+
     kms = None
     if kms_key or kms_region or kms_endpoint:
         if not (kms_key and kms_region):

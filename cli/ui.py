@@ -12,23 +12,15 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
-import msgspec
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from registry import wire
 from registry.errors import RegistryError
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from registry.client import RegistrySurface
 
 P = ParamSpec("P")
@@ -42,6 +34,16 @@ class ProgressBar:
     """A `registry.service.Progress` drawn with rich on stderr: bytes done, throughput, ETA."""
 
     def __init__(self, *, enabled: bool) -> None:
+        # Imported here: only the commands that move data draw a bar.
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("{task.description:>11}"),
             BarColumn(),
@@ -93,6 +95,8 @@ def when(moment: datetime) -> str:
 def print_json(data: Any, **extra: Any) -> None:
     """One JSON document: a wire model (`registry.wire`) or a list of them, with `extra` keys
     the command adds to a model (its own timing)."""
+    import msgspec  # only the commands' --json
+
     if isinstance(data, msgspec.Struct | list):
         data = wire.dump(data)
     if extra:

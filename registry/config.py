@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from registry.crypto.sealed import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from registry.crypto.signing import TrustedSigner, parse_public_key
+from registry.digest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
 from registry.storage.deadline import DeadlineSettings
 from registry.storage.factory import (

@@ -48,6 +48,10 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> str:
 
 
 HASH_BUFFER = 16 * 1024 * 1024
+# Bounds of a chunk size, of sealed chunks and chunk roots alike (docs/format.md). A reader
+# allocates a chunk-sized buffer: a hostile header must not make it allocate gigabytes.
+MIN_CHUNK_SIZE = 64
+MAX_CHUNK_SIZE = 16 * 1024 * 1024
 # Domain separation: a chunk root can never equal the plain digest of any content.
 CHUNK_ROOT_CONTEXT = "model-registry 2026-12-06 chunk root v1"
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry.crypto.sealed import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from registry.crypto.signing import Signer, TrustedSigner, verify_signatures
-from registry.digest import hash_bytes, is_digest
+from registry.digest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, hash_bytes, is_digest
 from registry.errors import IntegrityError, InvalidInputError, InvalidModelError
 from registry.refs import validate_name, validate_relative_path
 from registry.safetensors_header import (

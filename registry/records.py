@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.crypto.keys import WrappedKey
+if TYPE_CHECKING:
+    # Only named in annotations: the records are read by commands that load no key.
+    from registry.crypto.keys import WrappedKey
 
 
 @dataclass(frozen=True)

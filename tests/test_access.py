@@ -5,6 +5,7 @@ their own key unwraps."""
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import textwrap
 from pathlib import Path
@@ -31,7 +32,19 @@ def _delegate(method: object) -> object:
     call = returns[0].value
     assert isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
     assert isinstance(call.func.value, ast.Name)
-    module = inspect.getmodule(method).__dict__[call.func.value.id]  # type: ignore[union-attr]
+    # The operation's module is imported by the method itself (`from registry.ops import x as
+    # x_ops`: the facade imports each operation on first use), or by the facade's module.
+    imported = {
+        alias.asname or alias.name: f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
+    name = call.func.value.id
+    if name in imported:
+        module = importlib.import_module(imported[name])
+    else:
+        module = inspect.getmodule(method).__dict__[name]  # type: ignore[union-attr]
     return getattr(module, call.func.attr)
 
 

@@ -218,18 +218,15 @@ def test_an_older_version_1_manifest_loads_and_is_verified_whole(
 
 
 def test_a_file_sealed_at_another_chunk_size_than_its_root_is_verified_whole(
-    registry: Registry, pushed: Path, monkeypatch: pytest.MonkeyPatch
+    registry: Registry, pushed: Path, home: Path
 ) -> None:
-    """The blob of a file pushed before (sealed at 1 MiB chunks) is reused by a push whose
-    roots were taken at 256 KiB: the loader cannot check that root chunk by chunk, so it hashes
-    the file whole against its digest."""
-    real = push_module.hash_file_chunks
-
-    def quarter(path: Any, *, chunk_size: int, **options: Any) -> Any:
-        return real(path, chunk_size=256 * 1024, **options)
-
-    monkeypatch.setattr(push_module, "hash_file_chunks", quarter)
-    registry.push("org/other", pushed)
+    """After `store.chunk_size` changed, the blob of a file pushed before (sealed at 1 MiB
+    chunks) is reused by a push whose roots are taken at 256 KiB: the loader cannot check that
+    root chunk by chunk, so it hashes the file whole against its digest."""
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace("chunk_size = 1048576", "chunk_size = 262144"))
+    with Registry.open(home) as quarter:
+        quarter.push("org/other", pushed)
     details = registry.show("org/other")
     assert {entry.chunks.size for entry in details.manifest.files if entry.chunks} == {256 * 1024}
     state = loader.load("org/other", registry=registry)

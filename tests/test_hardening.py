@@ -27,6 +27,7 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
+from registry.ops import pushstart
 from registry.service import Registry
 from registry.testing.models import write_safetensors
 
@@ -152,12 +153,15 @@ def test_push_rejects_a_safetensors_file_rewritten_between_header_check_and_hash
         write_safetensors(Path(path), {"omega": ("F32", [2, 2], b"\2" * 16)})
         return real(path, **kwargs)
 
+    # Wherever the hashing pass runs: begun early (ops.pushstart) or in the push itself.
     monkeypatch.setattr(push_module, "hash_file_chunks", rewrite_then_hash)
+    monkeypatch.setattr(pushstart, "hash_file_chunks", rewrite_then_hash)
     try:
         registry.push("m", model)
     except RegistryError:
         return
     monkeypatch.setattr(push_module, "hash_file_chunks", real)
+    monkeypatch.setattr(pushstart, "hash_file_chunks", real)
     names = [t.name for t in registry.show("m").manifest.files[0].safetensors.tensors]  # type: ignore[union-attr]
     assert names == ["omega"], f"manifest lists {names} for a file that holds 'omega'"
 

@@ -12,7 +12,7 @@ empty catalog silently put in its place would lose the registry's whole history.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 import migrations
+from registry.catalog.lite import HEAD_REVISION
 from registry.errors import (
     CatalogMismatchError,
     CatalogMissingError,
@@ -35,9 +36,6 @@ if TYPE_CHECKING:
 
 _MIGRATIONS = Path(migrations.__file__).parent
 _PG_MIGRATION_LOCK = 0x6D72_6D69  # advisory lock id: "mrmi"
-# The newest migration of this release. A test checks it against the scripts; comparing with it
-# first lets every command skip importing Alembic (a quarter second) when no migration is due.
-HEAD_REVISION = "0010"
 _NO_SUCH_DATABASE = "3D000"  # PostgreSQL's SQLSTATE for a database that does not exist
 
 
@@ -61,7 +59,11 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def open_catalog_engine(
-    url: str, *, registry_id: str, create: bool = False, kek_ids: Collection[str] = ()
+    url: str,
+    *,
+    registry_id: str,
+    create: bool = False,
+    kek_ids: Callable[[], Collection[str]] = tuple,
 ) -> Engine:
     """The catalog of registry `registry_id`, migrated to this release's schema.
 
@@ -69,7 +71,8 @@ def open_catalog_engine(
     unless `create`), one that belongs to another registry (`CatalogMismatchError`) and, with
     `create`, a database that already holds a catalog or other tables. A catalog from before
     identities is taken as this registry's only when nothing in it says otherwise: its key
-    slots, if any, must include one under a key of `kek_ids` (this home's)."""
+    slots, if any, must include one under a key of `kek_ids()` (this home's; asked only then,
+    since loading the keys can take a KMS call)."""
     shown = shown_url(url)
     path = sqlite_path(url)
     if path is not None and not create and (not path.exists() or path.stat().st_size == 0):
@@ -78,7 +81,7 @@ def open_catalog_engine(
     try:
         owner = _check_catalog(engine, shown, create=create)
         if owner is None and not create:
-            _require_own_keys(engine, shown, kek_ids)
+            _require_own_keys(engine, shown, kek_ids())
         migrate(engine, registry_id=registry_id)
         if owner is None:
             # Made just now, or from before identities: migration 0010 recorded this registry,

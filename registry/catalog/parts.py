@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from registry.catalog import lite
 from registry.catalog.models import Model, Version, VersionFile
 from registry.errors import NotFoundError
 from registry.records import FileRecord, VersionRecord
@@ -65,11 +66,12 @@ def version_record(
 
 def expired_error(version: Version) -> NotFoundError:
     assert version.expired_at is not None
-    return NotFoundError(
-        f"{version.model.name}@{version.number} was {version.expiry_reason or 'expired'} "
-        f"on {version.expired_at:%Y-%m-%d %H:%M} UTC by {version.expired_by}",
-        hint=f"`model-registry audit {version.model.name}` shows why; "
-        f"`model-registry ls {version.model.name}` lists the versions that remain",
+    return lite.expired_error(
+        version.model.name,
+        version.number,
+        version.expired_at,
+        version.expired_by,
+        version.expiry_reason,
     )
 
 

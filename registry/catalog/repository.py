@@ -42,6 +42,7 @@ from registry.catalog.gc import GcPart
 from registry.catalog.holds import HoldsPart
 from registry.catalog.identity import IdentityPart
 from registry.catalog.journal import capture_changes, write_entry
+from registry.catalog.lite import unavailable
 from registry.catalog.outbox import OutboxPart
 from registry.catalog.placements import PlacementsPart, insert_key_slot
 from registry.catalog.tokens import TokensPart
@@ -74,11 +75,7 @@ def _is_contention(error: OperationalError) -> bool:
 
 
 def _unavailable(error: DBAPIError) -> StorageError:
-    return StorageError(
-        f"catalog unavailable: {str(error.orig).strip().splitlines()[0] if error.orig else error}",
-        hint="check that the catalog database is reachable and has space "
-        "(catalog.url in config.toml, or MODEL_REGISTRY_CATALOG_URL)",
-    )
+    return unavailable(str(error.orig).strip().splitlines()[0] if error.orig else error)
 
 
 class Catalog(

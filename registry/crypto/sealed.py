@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from registry.digest import Hasher, digest_bytes
+from registry.digest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Hasher, digest_bytes
 from registry.errors import IntegrityError, InvalidInputError
 
 T = TypeVar("T")
@@ -48,9 +48,6 @@ COMMITMENT_SIZE = 32
 HKDF_INFO = b"model-registry/sealed/v1"
 _HEADER = struct.Struct(">4sBBHIQ32s7s32s")
 HEADER_SIZE = _HEADER.size
-MIN_CHUNK_SIZE = 64
-# A reader allocates a chunk-sized buffer: a hostile header must not make it allocate gigabytes.
-MAX_CHUNK_SIZE = 16 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 MAX_PLAINTEXT_SIZE = (2**32 - 1) * MIN_CHUNK_SIZE
 

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import blake3
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from registry.crypto.keys import write_secret_file
 from registry.errors import InvalidInputError, KeyAccessError, SignatureError
 
 ALGORITHM = "ed25519"
@@ -26,7 +24,7 @@ SIGNATURE_DOMAIN = b"model-registry/manifest-signature/v1\n"
 
 
 def public_key_text(key: Ed25519PublicKey) -> str:
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = key.public_bytes_raw()
     return f"{ALGORITHM}:{base64.b64encode(raw).decode()}"
 
 
@@ -44,7 +42,7 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
 
 
 def key_id(key: Ed25519PublicKey) -> str:
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = key.public_bytes_raw()
     return str(blake3.blake3(raw).hexdigest())[:16]
 
 
@@ -68,6 +66,12 @@ class Signer:
 
     @classmethod
     def create(cls, path: Path) -> Signer:
+        # PEM and the key files only where a signing key is made or loaded: reading the
+        # trusted keys (every command, with config.toml) needs neither.
+        from cryptography.hazmat.primitives import serialization
+
+        from registry.crypto.keys import write_secret_file
+
         private_key = Ed25519PrivateKey.generate()
         pem = private_key.private_bytes(
             serialization.Encoding.PEM,
@@ -80,6 +84,8 @@ class Signer:
 
     @classmethod
     def from_file(cls, path: Path) -> Signer:
+        from cryptography.hazmat.primitives import serialization
+
         try:
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         except FileNotFoundError:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from registry.config import Settings
 from registry.ops import access
@@ -20,11 +20,14 @@ from registry.records import TokenRecord
 
 if TYPE_CHECKING:
     from registry.blobstore import BlobStore
+    from registry.catalog.lite import CatalogReads
     from registry.catalog.repository import Catalog
     from registry.crypto.keys import KeyProvider
     from registry.crypto.signing import Signer
     from registry.ops.journaling import JournalRound
     from registry.replication import ReplicaSet
+
+T = TypeVar("T")
 
 
 class UnwrapCount:
@@ -50,16 +53,42 @@ def note_unwrap(_digest: str) -> None:
         count.add()
 
 
+class OnFirstUse(Generic[T]):
+    """A part of a home made the first time it is asked for: once, whichever thread asks."""
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self.value: T | None = None  # None until made
+
+    def get(self) -> T:
+        value = self.value
+        if value is None:
+            with self._lock:
+                value = self.value
+                if value is None:
+                    value = self.value = self._make()
+        return value
+
+
 @dataclass
 class Home:
-    """One open registry, shared by every context over it (one per API request)."""
+    """One open registry, shared by every context over it (one per API request).
+
+    Its catalog, regions and signer are opened on first use (`ops.home` says how), so a command
+    pays only for what it uses: `ls` and `show` read the catalog through `reads` and load no
+    key, open no store and, on SQLite, do not import SQLAlchemy."""
 
     settings: Settings
-    catalog: Catalog
-    replicas: ReplicaSet
-    signer: Signer
-    journal_round: JournalRound
+    opened_catalog: OnFirstUse[Catalog]
+    opened_replicas: OnFirstUse[ReplicaSet]
+    opened_signer: OnFirstUse[Signer]
+    # Shared by every context over this home (one per API request), so a server compares the
+    # journal every ten minutes, not on every request.
+    opened_journal_round: OnFirstUse[JournalRound]
     chunks_per_read: int
+    # The catalog's reads without SQLAlchemy (a SQLite catalog found as usual at open), else None.
+    lite: CatalogReads | None = None
     # Where a stand-in catalog came from (`open_for_recovery`): nothing is journaled or changed.
     provisional: str | None = None
     stand_in: Path | None = None  # the temporary directory of a stand-in catalog
@@ -68,6 +97,33 @@ class Home:
     # Named points where tests pause a push or a gc to interleave them with another.
     checkpoints: dict[str, Callable[[], None]] = field(default_factory=dict)
     closed: bool = False
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.opened_catalog.get()
+
+    @property
+    def reads(self) -> CatalogReads:
+        """Where listings read: the catalog once it is open, else its reads without SQLAlchemy."""
+        if self.opened_catalog.value is not None or self.lite is None:
+            return self.catalog
+        return self.lite
+
+    @property
+    def replicas(self) -> ReplicaSet:
+        return self.opened_replicas.get()
+
+    @property
+    def signer(self) -> Signer:
+        return self.opened_signer.get()
+
+    @signer.setter
+    def signer(self, signer: Signer) -> None:
+        self.opened_signer.value = signer
+
+    @property
+    def journal_round(self) -> JournalRound:
+        return self.opened_journal_round.get()
 
     @property
     def store(self) -> BlobStore:
@@ -123,6 +179,10 @@ class Context:
     @property
     def catalog(self) -> Catalog:
         return self.home.catalog
+
+    @property
+    def reads(self) -> CatalogReads:
+        return self.home.reads
 
     @property
     def replicas(self) -> ReplicaSet:

@@ -5,30 +5,20 @@ lost catalog itself."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from registry import journal, rebuild
-from registry.blobstore import BlobStore
-from registry.catalog.db import open_catalog_engine
-from registry.catalog.repository import Catalog
+from registry.catalog import lite
 from registry.config import (
     KmsSettings,
     RegionSettings,
     Settings,
     default_actor,
     load_settings,
-)
-from registry.crypto.keys import (
-    KeyProvider,
-    KeyRing,
-    LocalKeyProvider,
-    read_key_file,
-)
-from registry.crypto.signing import (
-    Signer,
 )
 from registry.errors import (
     CatalogMissingError,
@@ -37,14 +27,20 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
-from registry.ops import journaling
-from registry.ops.context import Context, Home, note_unwrap
-from registry.ops.journaling import JournalRound
-from registry.replication import (
-    Region,
-    ReplicaSet,
-)
-from registry.storage.factory import open_driver
+from registry.ops.context import Context, Home, OnFirstUse, note_unwrap
+
+# What only some commands use (SQLAlchemy, the stores, the crypto) is imported where it is first
+# used: `ls` and `show` start in a fraction of the time (docs/benchmarks.md, "CLI start-up").
+if TYPE_CHECKING:
+    from registry import rebuild
+    from registry.catalog.repository import Catalog
+    from registry.crypto.keys import KeyProvider
+    from registry.crypto.signing import Signer
+    from registry.ops.journaling import JournalRound
+    from registry.replication import Region, ReplicaSet
+
+
+log = logging.getLogger("model_registry.journal")  # registry.journal's, without importing it
 
 
 def open_home(
@@ -54,19 +50,89 @@ def open_home(
     registry's (`create_catalog`: init makes it). `provisional` names where a stand-in
     catalog came from (`open_for_recovery`): nothing is then journaled or changed.
 
-    Nothing is asked of the stores here: commands that need only the catalog never wait on a
-    region. The first use of a region checks that it is this registry's store (in the
-    background for reads, which start at once)."""
+    The key files and the catalog are checked here, before anything else happens; what only
+    some commands use is opened on their first use of it: the stores, a KMS key (a request to
+    KMS), the signing key and, where the catalog is a SQLite file found as usual, SQLAlchemy
+    (`catalog.lite` serves the reads of `ls` and `show` until then). Nothing is asked of the
+    stores here either: the first use of a region checks that it is this registry's store (in
+    the background for reads, which start at once)."""
+    from registry.crypto.keys import read_key_file
+
     naming_key = read_key_file(settings.naming_key_file, label="naming key")
     local = local_keys(settings)
-    providers = [key_provider(region.kms, local) for region in settings.regions]
-    signer = Signer.from_file(settings.signing_key_file)
+    providers = OnFirstUse(
+        lambda: tuple(key_provider(region.kms, local) for region in settings.regions)
+    )
+    # A remote store is latency-bound: more requests in flight and larger ranges hide the
+    # round trips (measured against boto3's own transfers, docs/benchmarks.md).
+    remote = any(region.store.kind != "local" for region in settings.regions)
+    workers = max(8, settings.effective_workers) if remote else settings.effective_workers
+    chunks_per_read = 8 if remote else 4
+    reads = (
+        None
+        if create_catalog
+        else lite.open_reads(settings.catalog_url, registry_id=settings.registry_id)
+    )
+    catalog = OnFirstUse(lambda: _open_catalog(settings, providers, create=create_catalog))
+    replicas: OnFirstUse[ReplicaSet] = OnFirstUse(
+        lambda: _open_regions(
+            settings, naming_key, providers.get(), workers=workers, chunks=chunks_per_read
+        )
+    )
+    signer = OnFirstUse(lambda: _load_signer(settings))
+    home = Home(
+        settings=settings,
+        opened_catalog=catalog,
+        opened_replicas=replicas,
+        opened_signer=signer,
+        opened_journal_round=OnFirstUse(_journal_round),
+        chunks_per_read=chunks_per_read,
+        lite=reads,
+        provisional=provisional,
+    )
+    if create_catalog:
+        # init opens everything, in the order it always did (keys, signer, catalog, regions):
+        # a key that cannot be loaded leaves no catalog behind.
+        providers.get()
+        signer.get()
+    if reads is None:
+        # Not the usual SQLite catalog: the full checks (missing, empty, another registry's,
+        # a migration due) run now, before anything else, as they always did.
+        catalog.get()
+    if create_catalog:
+        try:
+            replicas.get()
+        except BaseException:
+            catalog.get().close()
+            raise
+    return home
+
+
+def _load_signer(settings: Settings) -> Signer:
+    from registry.crypto.signing import Signer
+
+    return Signer.from_file(settings.signing_key_file)
+
+
+def _journal_round() -> JournalRound:
+    from registry.ops.journaling import JournalRound
+
+    return JournalRound()
+
+
+def _open_catalog(
+    settings: Settings, providers: OnFirstUse[tuple[KeyProvider, ...]], *, create: bool
+) -> Catalog:
+    """The catalog through SQLAlchemy, checked (and migrated) by `db.open_catalog_engine`."""
+    from registry.catalog.db import open_catalog_engine
+    from registry.catalog.repository import Catalog
+
     try:
         engine = open_catalog_engine(
             settings.catalog_url,
             registry_id=settings.registry_id,
-            create=create_catalog,
-            kek_ids={kek for provider in providers for kek in provider.kek_ids},
+            create=create,
+            kek_ids=lambda: {kek for provider in providers.get() for kek in provider.kek_ids},
         )
     except CatalogMissingError as error:
         names = ", ".join(region.name for region in settings.regions)
@@ -79,34 +145,43 @@ def open_home(
             f"(regions: {names}); or restore the database and check catalog.url in "
             "config.toml",
         ) from None
-    catalog = Catalog(engine)
-    # A remote store is latency-bound: more requests in flight and larger ranges hide the
-    # round trips (measured against boto3's own transfers, docs/benchmarks.md).
-    remote = any(region.store.kind != "local" for region in settings.regions)
-    workers = max(8, settings.effective_workers) if remote else settings.effective_workers
-    chunks_per_read = 8 if remote else 4
+    return Catalog(engine)
+
+
+def _open_regions(
+    settings: Settings,
+    naming_key: bytes,
+    providers: tuple[KeyProvider, ...],
+    *,
+    workers: int,
+    chunks: int,
+) -> ReplicaSet:
+    """Every region's store (opening asks nothing of them) and the replica set over them."""
+    from registry.blobstore import BlobStore
+    from registry.replication import Region, ReplicaSet
+    from registry.storage.factory import open_driver
+
     several = len(settings.regions) > 1
     regions: list[Region] = []
     try:
-        for region, keys in zip(settings.regions, providers, strict=True):
+        for region, provider in zip(settings.regions, providers, strict=True):
             driver = open_driver(
                 region.store, parallelism=workers, fail_fast=several, deadlines=settings.deadlines
             )
             store = BlobStore(
                 driver,
-                keys,
+                provider,
                 registry_id=settings.registry_id,
                 naming_key=naming_key,
                 chunk_size=settings.chunk_size,
                 workers=workers,
-                chunks_per_read=chunks_per_read,
+                chunks_per_read=chunks,
                 on_unwrap=note_unwrap,
             )
             regions.append(Region(region.name, store))
     except BaseException:
         for opened in regions:
             opened.store.driver.close()
-        catalog.close()
         raise
     replicas = ReplicaSet(
         regions,
@@ -114,17 +189,7 @@ def open_home(
         deadlines=settings.deadlines,
         check_claim=lambda region: _check_claim(replicas, region),
     )
-    return Home(
-        settings=settings,
-        catalog=catalog,
-        replicas=replicas,
-        signer=signer,
-        # Shared by every context over this home (one per API request), so a server compares
-        # the journal every ten minutes, not on every request.
-        journal_round=JournalRound(),
-        chunks_per_read=chunks_per_read,
-        provisional=provisional,
-    )
+    return replicas
 
 
 def _check_claim(replicas: ReplicaSet, region: Region) -> None:
@@ -155,6 +220,9 @@ def open_for_recovery(
     rebuild would choose) when `replay`. A stand-in is read only: `provisional` says where it
     came from, nothing is journaled, and changes are refused. A catalog of another registry, or
     one behind the stores, is refused as usual."""
+    from registry import rebuild
+    from registry.catalog.db import open_catalog_engine
+
     try:
         return open_home(settings)
     except CatalogMissingError:
@@ -210,6 +278,8 @@ def rebuild_catalog(
 ) -> rebuild.RebuildReport:
     """Build a new catalog (default: the configured one, which must be gone or empty) from
     region `source` alone; see `registry.rebuild`. Needs config.toml and the key provider."""
+    from registry import rebuild
+
     settings = load_settings(Path(home) if home is not None else None)
     local = local_keys(settings)
     return rebuild.rebuild(
@@ -225,6 +295,8 @@ def rebuild_catalog(
 
 def local_keys(settings: Settings) -> KeyProvider | None:
     """The local key file's provider; during a rotation, a ring with the files it replaces."""
+    from registry.crypto.keys import KeyRing, LocalKeyProvider
+
     if settings.kek_file is None:
         return None
     current = LocalKeyProvider.from_file(settings.kek_file)
@@ -234,7 +306,7 @@ def local_keys(settings: Settings) -> KeyProvider | None:
             # Destroyed before its rotation finished: what only it opens is lost, the rest is
             # not. `keys rotate` refuses while config.toml names it, and finishes once it is
             # dropped from there (reporting what nothing opens any more).
-            journal.log.warning("previous key file %s is gone", path)
+            log.warning("previous key file %s is gone", path)
             continue
         previous.append(LocalKeyProvider.from_file(path))
     return KeyRing(current, previous) if previous else current
@@ -247,6 +319,7 @@ def key_provider(kms: KmsSettings | None, local: KeyProvider | None) -> KeyProvi
         if local is None:
             raise ConfigurationError("a region without a KMS key needs keys.kek_file")
         return local
+    from registry.crypto.keys import KeyRing
     from registry.crypto.kms import KmsKeyProvider
 
     def provider(key: str) -> KeyProvider:
@@ -259,21 +332,28 @@ def key_provider(kms: KmsSettings | None, local: KeyProvider | None) -> KeyProvi
 
 
 def close(ctx: Context) -> None:
-    if ctx.home.closed:
+    """Close what the home opened (what it never needed was never opened)."""
+    home = ctx.home
+    if home.closed:
         return
-    ctx.home.closed = True
+    home.closed = True
+    catalog = home.opened_catalog.value
     try:
         # What this handle wrote without a change to drain it (the audit of pulls, drills,
         # scrubs) reaches the stores now, not at the next change.
-        if ctx.catalog.journaled:
+        if catalog is not None and catalog.journaled:
+            from registry.ops import journaling
+
             journaling.drain_journal(ctx)
     except RegistryError as error:
         # Closing must close; the entries wait in the outbox.
-        journal.log.warning("the journal was not copied out at close: %s", error)
-    except Exception:  # noqa: BLE001 - closing must close, whatever went wrong
-        journal.log.warning("the journal was not copied out at close", exc_info=True)
+        log.warning("the journal was not copied out at close: %s", error)
+    except Exception:  # closing must close, whatever went wrong
+        log.warning("the journal was not copied out at close", exc_info=True)
     finally:
-        ctx.catalog.close()
-        ctx.replicas.close()
-        if ctx.home.stand_in is not None:
-            shutil.rmtree(ctx.home.stand_in, ignore_errors=True)
+        if catalog is not None:
+            catalog.close()
+        if home.opened_replicas.value is not None:
+            home.opened_replicas.value.close()
+        if home.stand_in is not None:
+            shutil.rmtree(home.stand_in, ignore_errors=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry import journal
 from registry import manifest as manifests
@@ -62,6 +63,9 @@ from registry.reports import (
 )
 from registry.storage.deadline import carried
 
+if TYPE_CHECKING:
+    from registry.ops.pushstart import EarlyDigests
+
 
 @requires("push")
 @journaled
@@ -74,6 +78,7 @@ def push(
     write_quorum: int | None = None,
     progress: Progress | None = None,
     digests: Mapping[str, str] | None = None,
+    early: EarlyDigests | None = None,
 ) -> PushResult:
     """Push a model directory (or one .safetensors file) as a new version of `name`.
 
@@ -85,7 +90,8 @@ def push(
     uploaded again; identical content returns the existing version (created=False). Every
     object goes to every region; the push succeeds once `write_quorum` regions (default: the
     configured quorum, else all) hold a verified copy of each, and the copies that did not
-    complete are recorded as pending, for `replicate`.
+    complete are recorded as pending, for `replicate`. `early`: the hashing pass begun before
+    this push was imported (`ops.pushstart`), taken when it hashed these very files.
     """
     progress = progress or NoProgress()
     validate_name(name)
@@ -106,7 +112,12 @@ def push(
     known = dict(digests or {})
     if known and set(known) != {entry.path for entry in files}:
         raise InvalidInputError("the digests given do not name exactly the files pushed")
-    hashed = _hash_files(files, known, chunk_size=ctx.settings.chunk_size, progress=progress)
+    chunk_size = ctx.settings.chunk_size
+    hashed = (
+        early.digests(files, chunk_size=chunk_size) if early is not None and not known else None
+    )
+    if hashed is None:
+        hashed = _hash_files(files, known, chunk_size=chunk_size, progress=progress)
     manifest = manifests.build_manifest(
         name,
         [
@@ -146,6 +157,42 @@ def push(
     finally:
         # Dropped by the commit itself; after a failure, here.
         ctx.catalog.drop_lease(lease)
+
+
+def _hash_files(
+    files: Sequence[manifests.LocalFile],
+    known: Mapping[str, str],
+    *,
+    chunk_size: int,
+    progress: Progress,
+) -> list[FileDigests]:
+    """Every file's digest and chunk root, in one read each. A digest the caller declared
+    (`known`) must be what the bytes hash to."""
+    progress.begin("hashing", sum(entry.size for entry in files))
+    hashed: list[FileDigests] = []
+    for entry in files:
+        try:
+            found = hash_file_chunks(
+                entry.source,
+                chunk_size=chunk_size,
+                on_progress=progress.advance,
+                starts_with=entry.validated,
+            )
+        except ValueError:
+            raise InvalidModelError(
+                f"{entry.path} changed while it was being pushed", hint="push it again"
+            ) from None
+        except OSError as error:
+            raise InvalidModelError(f"cannot read {entry.path}: {error.strerror}") from None
+        declared = known.get(entry.path)
+        if declared is not None and declared != found.digest:
+            raise InvalidModelError(
+                f"{entry.path} hashes to {found.digest}, not the {declared} declared for it",
+                hint="upload it again",
+            )
+        hashed.append(found)
+    progress.end()
+    return hashed
 
 
 def _push_leased(
@@ -221,42 +268,6 @@ def _push_leased(
         | {p.region for p in unheld}
     )
     return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
-
-
-def _hash_files(
-    files: Sequence[manifests.LocalFile],
-    known: Mapping[str, str],
-    *,
-    chunk_size: int,
-    progress: Progress,
-) -> list[FileDigests]:
-    """Every file's digest and chunk root, in one read each. A digest the caller declared
-    (`known`) must be what the bytes hash to."""
-    progress.begin("hashing", sum(entry.size for entry in files))
-    hashed: list[FileDigests] = []
-    for entry in files:
-        try:
-            found = hash_file_chunks(
-                entry.source,
-                chunk_size=chunk_size,
-                on_progress=progress.advance,
-                starts_with=entry.validated,
-            )
-        except ValueError:
-            raise InvalidModelError(
-                f"{entry.path} changed while it was being pushed", hint="push it again"
-            ) from None
-        except OSError as error:
-            raise InvalidModelError(f"cannot read {entry.path}: {error.strerror}") from None
-        declared = known.get(entry.path)
-        if declared is not None and declared != found.digest:
-            raise InvalidModelError(
-                f"{entry.path} hashes to {found.digest}, not the {declared} declared for it",
-                hint="upload it again",
-            )
-        hashed.append(found)
-    progress.end()
-    return hashed
 
 
 def _require_reachable(ctx: Context, quorum: int) -> None:

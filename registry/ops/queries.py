@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from registry import manifest as manifests
-from registry.blobstore import MANIFEST
-from registry.crypto.signing import (
-    TrustedSigner,
-)
 from registry.errors import (
     IntegrityError,
     InvalidInputError,
     RegistryError,
 )
-from registry.manifest import Manifest
 from registry.ops.access import requires
 from registry.ops.context import Context
 from registry.records import (
@@ -30,28 +25,30 @@ from registry.refs import (
     parse_reference,
     validate_name,
 )
-from registry.replication import (
-    ReadReport,
-)
-from registry.reports import (
-    VersionDetails,
-)
+
+# `ls` imports this module; what only `show` and the reads of stored manifests need (the
+# manifest's parsing and its crypto, the stores) is imported where they are used.
+if TYPE_CHECKING:
+    from registry.crypto.signing import TrustedSigner
+    from registry.manifest import Manifest
+    from registry.replication import ReadReport
+    from registry.reports import VersionDetails
 
 
 @requires("read")
 def resolve(ctx: Context, ref: str) -> VersionRecord:
-    return ctx.catalog.resolve(parse_reference(ref))
+    return ctx.reads.resolve(parse_reference(ref))
 
 
 @requires("read")
 def versions(ctx: Context, name: str, *, expired: bool = False) -> list[VersionRecord]:
     """The live versions of `name`, oldest first (with `expired`, tombstones too)."""
-    return ctx.catalog.versions(validate_name(name), expired=expired)
+    return ctx.reads.versions(validate_name(name), expired=expired)
 
 
 @requires("read")
 def models(ctx: Context) -> list[ModelRecord]:
-    return ctx.catalog.models()
+    return ctx.reads.models()
 
 
 @requires("audit")
@@ -73,6 +70,8 @@ def verify_audit(ctx: Context) -> AuditVerification:
 
 @requires("read")
 def show(ctx: Context, ref: str) -> VersionDetails:
+    from registry.reports import VersionDetails
+
     version = resolve(ctx, ref)
     manifest, signer = load_manifest(ctx, version, cached=True)
     return VersionDetails(version, manifest, signer.name)
@@ -85,12 +84,17 @@ def load_manifest(
     catalog), or with `cached` the catalog's copy when it has one (`show`, which must not
     wait on a store); either way its digest is checked against the version and its
     signature against the trusted keys."""
+    from registry import manifest as manifests
+
     what = f"manifest of {version.ref}"
     # The catalog's cached copy is checked exactly like the stored one (digest, signature by
     # a trusted key), so a catalog writer cannot slip in another manifest.
-    data = ctx.catalog.cached_manifest(version.digest) if cached else None
+    data = ctx.reads.cached_manifest(version.digest) if cached else None
     fetched = data is None
     if data is None:
+        from registry.blobstore import MANIFEST
+        from registry.replication import ReadReport
+
         data = ctx.replicas.read_bytes(
             MANIFEST,
             version.digest,

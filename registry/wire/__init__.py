@@ -19,82 +19,168 @@ an older server's answers.
 
 from __future__ import annotations
 
-from registry.wire.audit import (
-    AuditEntry,
-    AuditVerification,
-    Delivery,
-    DeliveryRun,
-    NewToken,
-    Token,
-    Webhook,
-)
-from registry.wire.base import (
-    Duration,
-    Time,
-    Wire,
-    dump,
-    load,
-    load_list,
-)
-from registry.wire.keys import (
-    DataKey,
-    DataKeys,
-    Keys,
-    PreviousKey,
-    RegionKey,
-    RotationReport,
-    TrustedSigner,
-)
-from registry.wire.lifecycle import (
-    Alias,
-    AliasChange,
-    AliasMove,
-    Decision,
-    GcReport,
-    Hold,
-    HoldResult,
-    KeptObject,
-    ModelPolicy,
-    Policy,
-    RegionReason,
-    Retention,
-    RetentionPlan,
-    SweptObject,
-)
-from registry.wire.service import (
-    Error,
-    ErrorDetail,
-    Health,
-    Readiness,
-    UploadFileState,
-    UploadSession,
-)
-from registry.wire.stores import (
-    DrillModel,
-    DrillReport,
-    JournalState,
-    Orphan,
-    RebuildLike,
-    RebuildReport,
-    RegionJournalLike,
-    RegionStatus,
-    ReplicateReport,
-    ScrubProblem,
-    ScrubReport,
-    StoredJournal,
-    StoredJournalLike,
-)
-from registry.wire.versions import (
-    File,
-    FileProblem,
-    InitResult,
-    Model,
-    PullResult,
-    PushResult,
-    VerifyReport,
-    Version,
-    VersionDetails,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The models are imported from their submodule on first use (PEP 562): a CLI command that prints
+# no JSON, and `--help`, start without msgspec and the models (docs/benchmarks.md, "CLI
+# start-up").
+if TYPE_CHECKING:
+    from registry.wire.audit import (
+        AuditEntry,
+        AuditVerification,
+        Delivery,
+        DeliveryRun,
+        NewToken,
+        Token,
+        Webhook,
+    )
+    from registry.wire.base import (
+        Duration,
+        Time,
+        Wire,
+        dump,
+        load,
+        load_list,
+    )
+    from registry.wire.keys import (
+        DataKey,
+        DataKeys,
+        Keys,
+        PreviousKey,
+        RegionKey,
+        RotationReport,
+        TrustedSigner,
+    )
+    from registry.wire.lifecycle import (
+        Alias,
+        AliasChange,
+        AliasMove,
+        Decision,
+        GcReport,
+        Hold,
+        HoldResult,
+        KeptObject,
+        ModelPolicy,
+        Policy,
+        RegionReason,
+        Retention,
+        RetentionPlan,
+        SweptObject,
+    )
+    from registry.wire.service import (
+        Error,
+        ErrorDetail,
+        Health,
+        Readiness,
+        UploadFileState,
+        UploadSession,
+    )
+    from registry.wire.stores import (
+        DrillModel,
+        DrillReport,
+        JournalState,
+        Orphan,
+        RebuildLike,
+        RebuildReport,
+        RegionJournalLike,
+        RegionStatus,
+        ReplicateReport,
+        ScrubProblem,
+        ScrubReport,
+        StoredJournal,
+        StoredJournalLike,
+    )
+    from registry.wire.versions import (
+        File,
+        FileProblem,
+        InitResult,
+        Model,
+        PullResult,
+        PushResult,
+        VerifyReport,
+        Version,
+        VersionDetails,
+    )
+
+_SUBMODULE = {
+    "AuditEntry": "audit",
+    "AuditVerification": "audit",
+    "Delivery": "audit",
+    "DeliveryRun": "audit",
+    "NewToken": "audit",
+    "Token": "audit",
+    "Webhook": "audit",
+    "Duration": "base",
+    "Time": "base",
+    "Wire": "base",
+    "dump": "base",
+    "load": "base",
+    "load_list": "base",
+    "DataKey": "keys",
+    "DataKeys": "keys",
+    "Keys": "keys",
+    "PreviousKey": "keys",
+    "RegionKey": "keys",
+    "RotationReport": "keys",
+    "TrustedSigner": "keys",
+    "Alias": "lifecycle",
+    "AliasChange": "lifecycle",
+    "AliasMove": "lifecycle",
+    "Decision": "lifecycle",
+    "GcReport": "lifecycle",
+    "Hold": "lifecycle",
+    "HoldResult": "lifecycle",
+    "KeptObject": "lifecycle",
+    "ModelPolicy": "lifecycle",
+    "Policy": "lifecycle",
+    "RegionReason": "lifecycle",
+    "Retention": "lifecycle",
+    "RetentionPlan": "lifecycle",
+    "SweptObject": "lifecycle",
+    "Error": "service",
+    "ErrorDetail": "service",
+    "Health": "service",
+    "Readiness": "service",
+    "UploadFileState": "service",
+    "UploadSession": "service",
+    "DrillModel": "stores",
+    "DrillReport": "stores",
+    "JournalState": "stores",
+    "Orphan": "stores",
+    "RebuildLike": "stores",
+    "RebuildReport": "stores",
+    "RegionJournalLike": "stores",
+    "RegionStatus": "stores",
+    "ReplicateReport": "stores",
+    "ScrubProblem": "stores",
+    "ScrubReport": "stores",
+    "StoredJournal": "stores",
+    "StoredJournalLike": "stores",
+    "File": "versions",
+    "FileProblem": "versions",
+    "InitResult": "versions",
+    "Model": "versions",
+    "PullResult": "versions",
+    "PushResult": "versions",
+    "VerifyReport": "versions",
+    "Version": "versions",
+    "VersionDetails": "versions",
+}
+
+
+def __getattr__(name: str) -> Any:
+    submodule = _SUBMODULE.get(name)
+    if submodule is None:
+        raise AttributeError(f"module 'registry.wire' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"registry.wire.{submodule}"), name)
+    globals()[name] = value  # asked once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_SUBMODULE])
+
 
 __all__ = [
     "Alias",
