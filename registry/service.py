@@ -90,6 +90,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'registry.service' has no attribute {name!r}")
 
 
+def import_serving() -> None:
+    """Import the operations a load runs (the serving reads and key unwraps, and the catalog,
+    stores and crypto behind them) now rather than on the first load. `registry.loader` calls
+    it as serving code imports it, at start-up: the first load then spends its time, and its
+    time to first tensor, loading."""
+    from registry.ops import queries, serving  # noqa: F401
+
+
 class Registry:
     """An open registry: catalog, stores, keys and signer as configured in a home directory,
     and who acts on it (the local user is admin; the REST API gives each token its role)."""

@@ -23,7 +23,9 @@ torch is imported only when tensors are made (`framework="numpy"` needs numpy on
 Modules, one job each: api (the calls), options (LoadOptions), job (one call at work),
 reader (`open`'s reader), results (what the calls return), engine (parallel decryption and
 hashing), sources (where sealed bytes and keys come from), cache (the ciphertext cache),
-tensors (bytes to tensors, the CUDA side), progress (the bar and the callback).
+tensors (bytes to tensors, the CUDA side), memory (fresh host memory), progress (the bar and
+the callback). Importing the loader imports the operations a load runs (`Registry` imports each
+on first use), so a serving process pays for them at start-up, not in its first load.
 """
 
 from registry.loader.api import (
@@ -40,6 +42,9 @@ from registry.loader.api import (
     open,
 )
 from registry.loader.cache import Cache
+from registry.service import import_serving
+
+import_serving()
 
 __all__ = [
     "Cache",
