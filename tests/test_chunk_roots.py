@@ -371,3 +371,14 @@ def test_the_next_file_is_opened_while_the_last_ranges_of_one_are_read(
     reference = {**load_file(str(model / SHARD)), **load_file(str(model / OTHER))}
     assert all(_same(state[k], v) for k, v in reference.items())
     assert waited == [True]
+
+
+def test_a_load_copies_its_audit_entry_to_the_journal_after_reading(
+    registry: Registry, pushed: Path
+) -> None:
+    """A load compares the stores' journal before its first byte but writes to the stores only
+    once it has its tensors: then its audit entry (and any entry it found waiting) is in every
+    region's journal, with no other command run after it."""
+    loader.load("org/llama", registry=registry)
+    assert [state.behind for state in registry.journal_status(check=False)] == [0]
+    assert registry.audit_events(subject="org/llama", limit=1)[0].action == "load"

@@ -164,6 +164,16 @@ def guard_reads(ctx: Context, *, write: bool = True) -> None:
         )
 
 
+def drain_after_reads(ctx: Context) -> None:
+    """Copy out what a read left in the journal (its audit entry, and entries it found
+    waiting), after the reading: a load compares the journal before its first byte
+    (`guard_reads(write=False)`) and writes it here, so its time to first tensor holds no
+    store write. A region that cannot take them is caught up by a later drain."""
+    if ctx.provisional is None:
+        with contextlib.suppress(CatalogBehindError):  # refused before the read, if at all
+            _drain(ctx, check=False)
+
+
 def _guard_catalog(ctx: Context) -> None:
     """Before a change: refuse it when the stores' journal shows this catalog is behind
     them (checked once per handle and every ten minutes; pending entries drain too)."""

@@ -17,7 +17,7 @@ from registry.errors import (
 from registry.ops.access import requires
 from registry.ops.context import Context
 from registry.ops.copies import bad_copies, record_bad_copies
-from registry.ops.journaling import guard_reads
+from registry.ops.journaling import drain_after_reads, guard_reads
 from registry.ops.queries import resolve
 from registry.records import (
     VersionRecord,
@@ -54,7 +54,9 @@ def blob_key(ctx: Context, version: VersionRecord, digest: str) -> bytes:
     """The data key of one of a version's files, unwrapped (counted)."""
     if all(f.digest != digest for f in version.files):
         raise NotFoundError(f"{version.ref} has no file with digest {digest}")
-    guard_reads(ctx)
+    # Compared only: the entries waiting to be copied out are copied by record_load, once the
+    # load has its tensors, not before its first byte.
+    guard_reads(ctx, write=False)
     return _data_key(ctx, BLOB, digest, what=f"{version.ref}: {digest}")
 
 
@@ -89,6 +91,7 @@ def record_load(
         version.name,
         {"version": version.number, **details, "bad_copies": bad_copies(report)},
     )
+    drain_after_reads(ctx)
 
 
 @requires("load")
