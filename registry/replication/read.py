@@ -219,6 +219,9 @@ class _FailoverSource:
         self._spans: list[_Span] = []
         self._spans_trusted = True
         self._on_release = on_release
+        # Asked, when no span holds a read, to start the planned span that does (a reader
+        # ahead of the read-ahead): True when it did. Set by the read-ahead.
+        self.on_miss: Callable[[int, int], bool] | None = None
 
     def _candidates(self, offset: int) -> list[int]:
         with self._lock:
@@ -371,11 +374,11 @@ class _FailoverSource:
         """A read served from a span that holds it: its bytes (`sink` None) or the count copied
         into `sink`; None when no span holds it or the span failed (the read then asks the
         regions itself). A read that takes a whole span drops it."""
-        with self._lock:
-            span = next((s for s in self._spans if s.holds(offset, length)), None)
-            if span is None or not self._spans_trusted:
-                return None
-            span.readers += 1
+        span = self._span_holding(offset, length)
+        if span is None and self.on_miss is not None and self.on_miss(offset, length):
+            span = self._span_holding(offset, length)
+        if span is None:
+            return None
         try:
             try:
                 data = span.fetch.result()
@@ -401,6 +404,16 @@ class _FailoverSource:
             return served
         finally:
             self._done_reading(span)
+
+    def _span_holding(self, offset: int, length: int) -> _Span | None:
+        """The span that holds a read, counted as read from (None: none, or spans are no
+        longer trusted)."""
+        with self._lock:
+            span = next((s for s in self._spans if s.holds(offset, length)), None)
+            if span is None or not self._spans_trusted:
+                return None
+            span.readers += 1
+            return span
 
     @property
     def spans_trusted(self) -> bool:
@@ -540,8 +553,10 @@ class ReadAhead:
                 break
             spans.append((start, end - start))
             start, end = end, end + step
+        planned = _Planned(kind, digest, source, spans)
+        source.on_miss = functools.partial(self._claim, planned)
         with self._lock:
-            self._planned.append(_Planned(kind, digest, source, spans))
+            self._planned.append(planned)
         self._pump()
 
     def take(self, kind: str, digest: str) -> _FailoverSource | None:
@@ -592,6 +607,25 @@ class ReadAhead:
             if len(buffer) >= length:
                 return buffer
         return bytearray(length)
+
+    def _claim(self, planned: _Planned, offset: int, length: int) -> bool:
+        """A read came before its span was fetched: the span is fetched now, for it (once:
+        the read-ahead will not fetch it again), whatever the budget and request count."""
+        with self._lock:
+            if self._closed:
+                return False
+            span = next(
+                (s for s in planned.spans if s[0] <= offset and offset + length <= s[0] + s[1]),
+                None,
+            )
+            if span is None:
+                return False
+            planned.spans.remove(span)
+            self._held += span[1]
+            self._in_flight += 1
+            buffer = self._lend(span[1])
+        planned.source.prefetch(*span, buffer=buffer).add_done_callback(self._landed)
+        return True
 
     def _landed(self, _fetch: Future[memoryview]) -> None:
         with self._lock:
