@@ -280,6 +280,32 @@ def test_where_the_server_ignores_it_a_small_write_looks_first_and_locks_after_w
     assert retention is not None and retention.until >= until.replace(microsecond=0)
 
 
+def test_no_write_waits_for_the_write_once_probe_and_none_outlives_it(
+    recording: _Recording,
+) -> None:
+    ours = threading.Event()
+    probe_waited: list[bool] = []
+
+    def put_object(method: Any, **kwargs: Any) -> Any:
+        if kwargs["Key"].startswith("registry/probe/"):
+            if not probe_waited:
+                # The probe's first write waits for the write that started it: a write that
+                # waited for the probe would wait here in vain.
+                probe_waited.append(ours.wait(WAIT))
+        else:
+            ours.set()
+        return method(**kwargs)
+
+    recording.hooks["put_object"] = put_object
+    driver = _driver(recording)  # the server's write-once is not known yet
+    assert driver.put_if_absent("small/z", [b"slot"])
+    assert probe_waited == [True]
+    assert driver._write_once_enforced() is True  # moto refuses a second write
+    # Until the probe answered, the write took the path that holds anywhere: looked up first.
+    assert next(name for name, key in recording.calls if key == "small/z") == "head_object"
+    assert [info.name for info in driver.list()] == ["small/z"]  # no probe object left
+
+
 # -- push ----------------------------------------------------------------------------------
 
 

@@ -23,21 +23,20 @@ import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, wait
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from registry.errors import (
-    ConfigurationError,
     ConflictError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
     StorageError,
 )
+from registry.storage import deadline
 from registry.storage.base import (
     Capabilities,
     Driver,
@@ -46,7 +45,7 @@ from registry.storage.base import (
     validate_object_name,
     validate_prefix,
 )
-from registry.storage.deadline import DeadlineSettings, call_with_deadline
+from registry.storage.deadline import DeadlineSettings
 from registry.storage.lock import (
     COMPLIANCE,
     GOVERNANCE,
@@ -55,6 +54,7 @@ from registry.storage.lock import (
     check_change,
     check_delete,
 )
+from registry.storage.s3_client import Bounded, make_client
 from registry.storage.s3_transfer import (
     CHECKSUM,
     PartPool,
@@ -79,77 +79,6 @@ def _code(error: ClientError) -> str:
 
 def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def make_client(
-    location: S3Location,
-    *,
-    parallelism: int,
-    fail_fast: bool = False,
-    deadlines: DeadlineSettings | None = None,
-) -> Any:
-    """A boto3 S3 client whose connection pool fits `parallelism` concurrent requests.
-
-    `fail_fast` (a store with replicas elsewhere) gives up on an unreachable endpoint within
-    seconds, so that reads fail over to another region instead of waiting out long retries.
-    Socket timeouts stay within the request deadline, so that an abandoned call ends soon too."""
-    limits = deadlines or DeadlineSettings()
-    try:
-        session = boto3.session.Session(profile_name=location.profile, region_name=location.region)
-        return session.client(
-            "s3",
-            endpoint_url=location.endpoint_url,
-            config=Config(
-                retries={"mode": "standard", "max_attempts": 2 if fail_fast else 6},
-                max_pool_connections=max(10, 2 * parallelism),
-                connect_timeout=min(3 if fail_fast else 10, limits.request_seconds),
-                read_timeout=min(30 if fail_fast else 60, limits.request_seconds),
-            ),
-        )
-    except (BotoCoreError, ValueError) as error:
-        raise ConfigurationError(
-            f"cannot use the S3 settings of bucket {location.bucket}: {error}",
-            hint="check the profile, region and endpoint of the store",
-        ) from None
-
-
-def bounded_client(location: S3Location, *, deadlines: DeadlineSettings | None = None) -> Any:
-    """A client for one-off requests (bucket preparation), each under the request deadline."""
-    limits = deadlines or DeadlineSettings()
-    client = make_client(location, parallelism=1, deadlines=limits)
-    return _Bounded(client, limits, f"s3://{location.bucket}")
-
-
-class _Bounded:
-    """A boto3 client whose API calls each run under a deadline (uploads: scaled by the body's
-    size). Everything else (meta, close) is the client's own."""
-
-    def __init__(self, client: Any, deadlines: DeadlineSettings, where: str) -> None:
-        self._client = client
-        self._deadlines = deadlines
-        self._where = where
-        # Python method name -> S3 operation name, for every API call of the client.
-        self._operations: dict[str, str] = dict(client.meta.method_to_api_mapping)
-
-    @property
-    def raw(self) -> Any:
-        return self._client
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._client, name)
-        if name not in self._operations:
-            return method
-
-        def bounded(**kwargs: Any) -> Any:
-            body = kwargs.get("Body")
-            size = len(body) if isinstance(body, bytes | bytearray | memoryview) else 0
-            return call_with_deadline(
-                lambda _budget: method(**kwargs),
-                seconds=self._deadlines.transfer_seconds(size),
-                what=f"{self._where}: {self._operations[name]}",
-            )
-
-        return bounded
 
 
 class S3Driver(Driver, ObjectLock):
@@ -191,7 +120,7 @@ class S3Driver(Driver, ObjectLock):
         self.part_size = part_size
         self.parallelism = max(1, parallelism)
         self.deadlines = deadlines or DeadlineSettings()
-        self._client = _Bounded(
+        self._client = Bounded(
             client
             or make_client(
                 location, parallelism=self.parallelism, fail_fast=fail_fast, deadlines=deadlines
@@ -203,6 +132,7 @@ class S3Driver(Driver, ObjectLock):
         # Parts in flight across every upload of this driver, and their buffers.
         self._parts = PartPool(part_size, self.parallelism)
         self._probe_lock = threading.Lock()
+        self._probing: Future[bool] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -291,8 +221,24 @@ class S3Driver(Driver, ObjectLock):
         second write of a name itself (AWS, not Ceph RGW on a versioned bucket) a losing write
         leaves no version, so an object of one part goes up at once with its lock (then read
         back); elsewhere the name is looked up first, so that no second version ever shows."""
+        try:
+            return self._put_once(name, chunks, lock=lock)
+        finally:
+            # The probe's object must not outlive the write that started it (a listing after
+            # the write would see it).
+            probing = self._probing
+            if probing is not None:
+                wait([probing])
+
+    def _put_once(
+        self,
+        name: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        *,
+        lock: Retention | None,
+    ) -> bool:
         key = self._key(name)
-        enforced = self._write_once_enforced()
+        enforced = self._write_once_known()
         wanted = self._with_minimum(lock)
         try:
             upload = self._upload(
@@ -564,7 +510,7 @@ class S3Driver(Driver, ObjectLock):
         Servers that ignore `If-None-Match: *` on versioned buckets let a racing writer add a
         second version; the oldest one is the object, a later one is removed again.
         """
-        if not version_id or version_id == "null" or self._write_once_enforced():
+        if not version_id or version_id == "null" or self._write_once_known():
             return True
         versions = self._versions(key)
         if not versions or versions[0]["VersionId"] == version_id:
@@ -581,6 +527,25 @@ class S3Driver(Driver, ObjectLock):
             if self._enforced is None:
                 self._enforced = self._probe_write_once()
             return self._enforced
+
+    def _write_once_known(self) -> bool:
+        """`_write_once_enforced` without waiting for the probe: until it answered (it is
+        started here, in the background), writes take the path that holds on any server (the
+        name looked up first, the versions listed after), so no write waits for it."""
+        with self._probe_lock:
+            if self._enforced is not None:
+                return self._enforced
+            if self._probing is None:
+                self._probing = deadline.submit(self._background_probe)
+        return False
+
+    def _background_probe(self) -> bool:
+        try:
+            return self._write_once_enforced()
+        except BaseException:
+            with self._probe_lock:
+                self._probing = None  # a later write asks again
+            raise
 
     def _probe_write_once(self) -> bool:
         """Write a name, then try both kinds of second write with `If-None-Match: *`: a plain
