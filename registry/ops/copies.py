@@ -25,6 +25,7 @@ from registry.replication import (
     BAD,
     PENDING,
     VERIFIED,
+    DataKey,
     ReadReport,
     Region,
     Replicated,
@@ -105,6 +106,7 @@ def write_copies(
     distrust: frozenset[str] = frozenset(),
     read_back: bool = True,
     retired: frozenset[str] = frozenset(),
+    key: DataKey | None = None,
 ) -> Replicated:
     verified, checksum, suspect = placed(ctx, kind, digest)
     # A repair reads every copy back, verified ones too: they may have rotted since.
@@ -124,6 +126,17 @@ def write_copies(
         read_back=read_back,
         suspect=suspect,
         retired=retired,
+        key=key,
+    )
+
+
+def choose_key(
+    ctx: Context, kind: str, digest: str, *, what: str, retired: frozenset[str]
+) -> DataKey:
+    """The data key a later `write_copies` of the object will seal with, its slot stored now
+    (see `Writes.choose_key`)."""
+    return ctx.replicas.choose_key(
+        kind, digest, what=what, known=ctx.catalog.key_slots(digest, kind), retired=retired
     )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from registry.blobstore import BLOB
+from registry.crypto import sealed
 from registry.errors import (
     InvalidInputError,
 )
@@ -124,6 +125,29 @@ def _pull_into(
     force: bool,
     progress: Progress,
 ) -> None:
+    chunks_per_read = ctx.home.chunks_per_read
+    ahead = None
+    if any(region.store.driver.latency_bound for region in ctx.replicas.regions):
+        # Where every request is a round trip, the files' ranges are fetched ahead of their
+        # decryption, across file boundaries: the next file's first ranges (all of a small
+        # file) are there when it is opened. A local directory answers at once: no read-ahead.
+        workers = ctx.replicas.workers
+        ahead = ctx.replicas.read_ahead(
+            report,
+            budget=workers * chunks_per_read * ctx.settings.chunk_size,
+            requests=workers,
+        )
+        for entry in manifest.files:
+            chunk_size, sealed_size = _sealed_shape(ctx, entry)
+            ahead.add(
+                BLOB,
+                entry.digest,
+                sealed_size=sealed_size,
+                chunk_size=chunk_size,
+                chunks_per_read=chunks_per_read,
+                what=entry.path,
+            )
+
     def open_file(
         entry: ManifestFile, on_chunk: Callable[[int, memoryview], None]
     ) -> Iterator[memoryview]:
@@ -134,8 +158,25 @@ def _pull_into(
             size=entry.size,
             what=entry.path,
             report=report,
-            chunks_per_read=ctx.home.chunks_per_read,
+            chunks_per_read=chunks_per_read,
             on_chunk=on_chunk,
+            ahead=ahead,
         )
 
-    write_verified(dest, targets, manifest, open_file, force=force, progress=progress)
+    try:
+        write_verified(dest, targets, manifest, open_file, force=force, progress=progress)
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+def _sealed_shape(ctx: Context, entry: ManifestFile) -> tuple[int, int]:
+    """The chunk size and sealed size of a file's blob as the catalog recorded them (else as
+    this registry seals now): what a read-ahead plans its spans with. A wrong guess costs the
+    read-ahead, never correctness (the header read decides)."""
+    blob = ctx.catalog.blob(entry.digest)
+    if blob is not None:
+        return blob.chunk_size, blob.sealed_size
+    chunk_size = ctx.settings.chunk_size
+    chunks = max(1, -(-entry.size // chunk_size))
+    return chunk_size, sealed.HEADER_SIZE + entry.size + sealed.TAG_SIZE * chunks

@@ -34,6 +34,7 @@ from registry.ops.checks import check_text
 from registry.ops.context import Context
 from registry.ops.copies import (
     checkpoint,
+    choose_key,
     placements,
     regions_ready,
     require_quorum,
@@ -65,6 +66,13 @@ from registry.storage.deadline import carried
 
 if TYPE_CHECKING:
     from registry.ops.pushstart import EarlyDigests
+
+# Files sealed and written at once. A local directory: two, so that one file's final fsync
+# overlaps with sealing the next. Remote regions: more, so that each object's small requests
+# (key slot, write-once check, lock, read-backs) overlap with the others' transfers; their parts
+# share the S3 driver's part slots, so memory stays bounded.
+FILES_AT_ONCE = 2
+FILES_AT_ONCE_REMOTE = 8
 
 
 @requires("push")
@@ -214,11 +222,23 @@ def _push_leased(
     count = len(ctx.replicas.regions)
     total = sum(entry.size for entry in files)
     digest = manifest.digest
-    blobs, stored = _store_files(
-        ctx, files, unique, quorum=quorum, retired=retired, progress=progress
-    )
-    uploaded = sum(new.size for new, blob in zip(stored, blobs, strict=True) if blob.uploaded)
     what = f"manifest of {name}"
+    # The manifest's data key (its slot stored: harmless alone) is chosen while the files are
+    # written, so that its own write, which must wait for theirs, starts with its data.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="push-key") as early:
+        manifest_key = early.submit(
+            carried(
+                functools.partial(choose_key, ctx, MANIFEST, digest, what=what, retired=retired)
+            )
+        )
+        blobs, stored = _store_files(
+            ctx, files, unique, quorum=quorum, retired=retired, progress=progress
+        )
+        try:
+            key = manifest_key.result()
+        except RegistryError:
+            key = None  # chosen again by the write itself, which reports what fails
+    uploaded = sum(new.size for new, blob in zip(stored, blobs, strict=True) if blob.uploaded)
     envelope = manifest.signed_envelope(ctx.signer)
     chunk_size = ctx.settings.chunk_size
     stored_manifest = write_copies(
@@ -229,6 +249,7 @@ def _push_leased(
         seal=lambda data_key: seal_bytes(data_key, digest, envelope, chunk_size=chunk_size),
         read_back=count > 1,
         retired=retired,
+        key=key,
     )
     require_quorum([stored_manifest], quorum, [what])
     push_id = uuid.uuid4().hex
@@ -304,10 +325,15 @@ def _store_files(
     # is missing from the store is uploaded again (a re-run repairs).
     progress.begin("uploading", total)
     progress.advance(total - sum(entry.size for entry in unique.values()))
-    # Two files at a time: one file's final fsync overlaps with sealing the next.
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="push") as pool:
-        puts = [
-            pool.submit(
+    remote = any(region.store.driver.latency_bound for region in ctx.replicas.regions)
+    at_once = min(FILES_AT_ONCE_REMOTE if remote else FILES_AT_ONCE, len(unique)) or 1
+    # The encryption threads are shared out between the files sealed at once: more would only
+    # compete for the cores (and each holds a ring of chunk buffers).
+    sealers = max(2, ctx.store.workers // at_once)
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="push") as pool:
+        # The largest first: the small ones' requests then overlap with their transfers.
+        puts = {
+            file_digest: pool.submit(
                 carried(
                     functools.partial(
                         write_copies,
@@ -321,6 +347,7 @@ def _store_files(
                             file_digest,
                             entry.size,
                             what=entry.path,
+                            workers=sealers,
                             on_progress=progress.advance,
                         ),
                         size=entry.size,
@@ -332,12 +359,12 @@ def _store_files(
                     )
                 )
             )
-            for file_digest, entry in unique.items()
-        ]
+            for file_digest, entry in sorted(unique.items(), key=lambda item: -item[1].size)
+        }
         try:
-            blobs = [put.result() for put in puts]
+            blobs = [puts[file_digest].result() for file_digest in unique]
         except BaseException:
-            for put in puts:
+            for put in puts.values():
                 put.cancel()
             raise
     progress.end()
@@ -484,6 +511,7 @@ def _file_sealer(
     size: int,
     *,
     what: str,
+    workers: int,
     on_progress: Callable[[int], None],
 ) -> Callable[[bytes], Iterator[memoryview | bytes]]:
     """Seals the file under a data key, re-hashing it on the way (see `sealed.seal_file`)."""
@@ -500,7 +528,7 @@ def _file_sealer(
                 digest,
                 plaintext_size=size,
                 chunk_size=ctx.settings.chunk_size,
-                workers=ctx.store.workers,
+                workers=workers,
                 on_progress=on_progress,
                 what=what,
             )

@@ -18,13 +18,14 @@ or was already known to be down.
 One module per job: `regions` (the region list, claim checks, down and health marks, the states
 of a copy), `health` (latency budgets, the breaker, outages), `keys` (an object's data key across
 regions), `fanout` (one stream written to several regions, stalled writers dropped), `write`
-(`ReplicaSet.replicate`: an object brought to every region), `repair` (copies read back and
-verified, a good copy's bytes streamed out authenticated), `read` (fail-over and hedged reads),
-and `replica_set` (`ReplicaSet`, composed from them).
+(`ReplicaSet.replicate`: an object brought to every region, its data key chosen first or
+before), `repair` (copies read back and verified, a good copy's bytes streamed out
+authenticated), `read` (fail-over and hedged reads, and a pull's read-ahead), and `replica_set`
+(`ReplicaSet`, composed from them).
 """
 
 from registry.replication.fanout import Chunks
-from registry.replication.read import MAX_SMALL_OBJECT, BlobReader, ReadReport
+from registry.replication.read import MAX_SMALL_OBJECT, BlobReader, ReadAhead, ReadReport
 from registry.replication.regions import (
     BAD,
     PENDING,
@@ -35,7 +36,7 @@ from registry.replication.regions import (
     fresh_failure,
 )
 from registry.replication.replica_set import ReplicaSet
-from registry.replication.write import Replicated
+from registry.replication.write import DataKey, Replicated
 
 __all__ = [
     "BAD",
@@ -45,7 +46,9 @@ __all__ = [
     "BlobReader",
     "Chunks",
     "ClaimPendingError",
+    "DataKey",
     "Outcome",
+    "ReadAhead",
     "ReadReport",
     "Region",
     "ReplicaSet",

@@ -8,6 +8,7 @@ import functools
 import queue
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import blake3
 
@@ -17,6 +18,16 @@ from registry.storage import deadline
 from registry.storage.deadline import DeadlineSettings
 
 Chunks = Iterable[bytes | bytearray | memoryview]
+
+
+class Delivery(NamedTuple):
+    """What one target got: its error (None: written), the written bytes' checksum (when asked
+    for and these bytes are the object), and whether these very bytes are now the object (False
+    when another writer's copy was there first)."""
+
+    error: Exception | None
+    checksum: str | None = None
+    ours: bool = False
 
 
 class _Fanout:
@@ -102,12 +113,12 @@ def fan_out(
     checksum: bool = True,
     deadlines: DeadlineSettings,
     mark_down: Callable[[Region, Exception], None],
-) -> dict[str, tuple[Exception | None, str | None]]:
+) -> dict[str, Delivery]:
     """`write` every target from one pass over `stream`; the stream's own errors are
     raised, a target's errors are its result (with the written bytes' checksum when
     `checksum`: hashing costs a push about a tenth of its speed when nothing reads back). A
     target that stalled is marked down with `mark_down`."""
-    results: dict[str, tuple[Exception | None, str | None]] = {}
+    results: dict[str, Delivery] = {}
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO) if checksum else None
     source_failed: list[BaseException] = []
 
@@ -125,11 +136,11 @@ def fan_out(
         region = targets[0]
         try:
             ours = write(region, hashed())
-            results[region.name] = (None, _hex(hasher) if ours else None)
+            results[region.name] = Delivery(None, _hex(hasher) if ours else None, ours)
         except (StorageError, KeyAccessError, IntegrityError) as error:
             if source_failed:
                 raise
-            results[region.name] = (error, None)
+            results[region.name] = Delivery(error)
         return results
     # A region whose writer falls below the slowest acceptable rate (a request's deadline,
     # plus what it took so far at that rate) is dropped, so that one hung region does not
@@ -154,14 +165,14 @@ def fan_out(
             stalled = StoreTimeoutError(f"{region.name} stopped taking data (a stalled write)")
             # The next objects of this push skip it instead of waiting on it again.
             mark_down(region, stalled)
-            results[region.name] = (stalled, None)
+            results[region.name] = Delivery(stalled)
             continue
         failure = future.exception()
         if failure is None:
             ours = future.result()
-            results[region.name] = (None, _hex(hasher) if ours else None)
+            results[region.name] = Delivery(None, _hex(hasher) if ours else None, ours)
         elif isinstance(failure, (StorageError, KeyAccessError, IntegrityError)):
-            results[region.name] = (failure, None)
+            results[region.name] = Delivery(failure)
         else:
             raise failure
     return results

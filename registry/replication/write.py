@@ -5,7 +5,7 @@ holds it damaged, each copy read back, and each region's outcome (`Replicated`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from registry.crypto import sealed
@@ -17,7 +17,7 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
-from registry.replication.fanout import Chunks, fan_out
+from registry.replication.fanout import Chunks, Delivery, fan_out
 from registry.replication.health import outage
 from registry.replication.regions import BAD, PENDING, VERIFIED, Outcome, Region, fresh_failure
 from registry.replication.repair import Repairs
@@ -45,12 +45,13 @@ class Replicated:
 
 @dataclass(frozen=True)
 class _Written:
-    """What a fan-out wrote: per target (error, checksum), the sources found damaged on the way,
-    and whether the bytes came from a new sealing."""
+    """What a fan-out wrote: each target's delivery, the sources found damaged on the way,
+    whether the bytes came from a new sealing, and the sealed header of the bytes written."""
 
-    results: dict[str, tuple[Exception | None, str | None]]
+    results: dict[str, Delivery]
     bad_sources: dict[str, str]
     sealed: bool
+    header: bytes | None = None
 
 
 @dataclass
@@ -66,10 +67,51 @@ class _Copies:
     sources: list[Region] = field(default_factory=list)
     targets: list[Region] = field(default_factory=list)
     damaged: list[Region] = field(default_factory=list)
+    # The region whose key slot this call stored (known to hold the data key: not read again).
+    slot_stored: str | None = None
+    # The header of the bytes this call wrote, and the regions where they are the object: their
+    # header is known without reading it back.
+    header: bytes | None = None
+    ours: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """An object's data key chosen before its write (`Writes.choose_key`): the key, the slots
+    seen or stored on the way, and the region whose slot that choice stored."""
+
+    key: bytes = field(repr=False)
+    slots: dict[str, WrappedKey]
+    slot_stored: str | None
 
 
 class Writes(Repairs):
     """Writes of a replica set's objects to every region, copies checked and repaired."""
+
+    def choose_key(
+        self,
+        kind: str,
+        digest: str,
+        *,
+        what: str,
+        known: Sequence[WrappedKey] = (),
+        retired: frozenset[str] = frozenset(),
+    ) -> DataKey:
+        """The data key `replicate` will seal the object with, its slot stored now if it is a
+        new one (a slot alone is harmless), so that the write itself starts with the data: a
+        push chooses its manifest's key while its files are written."""
+        copies = _Copies(None)
+        self._survey(copies, self.regions, self.primary.object_name(kind, digest))
+        data_key, slots, slot_stored = self._choose_key(
+            kind,
+            digest,
+            known=known,
+            reachable=copies.reachable,
+            stored=copies.stored,
+            what=what,
+            retired=retired,
+        )
+        return DataKey(data_key, slots, slot_stored)
 
     def replicate(
         self,
@@ -88,6 +130,7 @@ class Writes(Repairs):
         read_back: bool = True,
         suspect: frozenset[str] = frozenset(),
         retired: frozenset[str] = frozenset(),
+        key: DataKey | None = None,
     ) -> Replicated:
         """Bring the object to every region (or those in `only`) and report each one's state.
 
@@ -100,20 +143,24 @@ class Writes(Repairs):
         or pending, are read back whatever `read_back` says). With `repair`, a damaged copy is
         replaced by a good one (a new version where the store keeps versions). A region that
         fails gets a `pending` or `bad` outcome; nothing here raises for one region's failure.
+        `key`, from `choose_key`, is the data key chosen before (else it is chosen here).
         """
         regions = [r for r in self.regions if only is None or r.name in only]
         name = self.primary.object_name(kind, digest)
         copies = _Copies(checksum)
         self._survey(copies, regions, name)
-        data_key, slots = self._choose_key(
-            kind,
-            digest,
-            known=known,
-            reachable=copies.reachable,
-            stored=copies.stored,
-            what=what,
-            retired=retired if seal is not None else frozenset(),
-        )
+        if key is not None:
+            data_key, slots, copies.slot_stored = key.key, dict(key.slots), key.slot_stored
+        else:
+            data_key, slots, copies.slot_stored = self._choose_key(
+                kind,
+                digest,
+                known=known,
+                reachable=copies.reachable,
+                stored=copies.stored,
+                what=what,
+                retired=retired if seal is not None else frozenset(),
+            )
         self._sort_copies(copies, kind, digest, data_key, slots, trusted=trusted, what=what)
         # Copies elsewhere (outside `only`) can serve as sources too.
         extra_sources = [
@@ -145,7 +192,7 @@ class Writes(Repairs):
             )
         if on_progress is not None and not sealed_now:
             on_progress(size)  # sealing reports its own progress; a copy or a reuse does not
-        header = self._verified_header(copies.outcomes, kind, digest, what=what)
+        header = self._verified_header(copies, kind, digest, what=what)
         # A copy outside `only` found damaged while copying from it is reported too.
         ordered = tuple(copies.outcomes[r.name] for r in self.regions if r.name in copies.outcomes)
         return Replicated(kind, digest, name, header, tuple(slots.values()), ordered)
@@ -188,7 +235,8 @@ class Writes(Repairs):
         a source (its copy opens with the key), a target (no copy yet), damaged, or pending."""
         for region in copies.reachable:
             try:
-                self._region_slot(region, kind, digest, data_key, slots)
+                if region.name != copies.slot_stored:
+                    self._region_slot(region, kind, digest, data_key, slots)
                 if region.name in copies.stored:
                     region.store.check_key(kind, digest, data_key, what=what)
                     region.store.keep_locked(kind, digest)
@@ -260,8 +308,11 @@ class Writes(Repairs):
         )
         for source_name, detail in written.bad_sources.items():
             copies.outcomes[source_name] = Outcome(source_name, BAD, detail=detail)
+        copies.header = written.header
         for region in copies.targets:
-            failure, new_checksum = written.results[region.name]
+            failure, new_checksum, ours = written.results[region.name]
+            if ours:
+                copies.ours.add(region.name)
             if failure is not None:
                 state = BAD if isinstance(failure, IntegrityError) else PENDING
                 copies.outcomes[region.name] = Outcome(region.name, state, detail=str(failure))
@@ -289,11 +340,16 @@ class Writes(Repairs):
         return written.sealed
 
     def _verified_header(
-        self, outcomes: dict[str, Outcome], kind: str, digest: str, *, what: str
+        self, copies: _Copies, kind: str, digest: str, *, what: str
     ) -> sealed.SealedHeader | None:
-        """The sealed header of the first verified copy that can be read, or None."""
+        """The sealed header of the first verified copy that can be read, or None. A copy whose
+        bytes this call wrote has the header it was sent with (the store checked the bytes on
+        receipt): one round trip less per object written."""
+        outcomes = copies.outcomes
         for region in self.regions:
             if region.name in outcomes and outcomes[region.name].state == VERIFIED:
+                if copies.header is not None and region.name in copies.ours:
+                    return sealed.SealedHeader.unpack(copies.header, what=what)
                 try:
                     return region.store.header(kind, digest, what=what)
                 except RegistryError:
@@ -325,8 +381,9 @@ class Writes(Repairs):
             )
             for source in sources
         ]
+        tap = _HeaderTap()
         if seal is not None:
-            attempts.append((None, functools.partial(seal, data_key)))
+            attempts.append((None, lambda: tap.tap(seal(data_key))))
 
         def write(region: Region, chunks: Chunks) -> bool:
             """Whether the region now holds these very bytes."""
@@ -355,7 +412,8 @@ class Writes(Repairs):
                     deadlines=self.deadlines,
                     mark_down=self.mark_down,
                 )
-                return _Written(results, bad_sources, sealed=source is None)
+                header = tap.header() if source is None else None
+                return _Written(results, bad_sources, sealed=source is None, header=header)
             except (IntegrityError, StorageError, KeyAccessError) as error:
                 if source is None:
                     raise  # the local file changed or cannot be read: the push's own problem
@@ -367,7 +425,25 @@ class Writes(Repairs):
                     bad_sources[source.name] = str(error)
                 else:
                     self.mark_down(source, error)
-        return _Written({r.name: (failure, None) for r in targets}, bad_sources, sealed=False)
+        return _Written({r.name: Delivery(failure) for r in targets}, bad_sources, sealed=False)
+
+
+class _HeaderTap:
+    """The first bytes of a stream, its sealed header, kept as the stream passes."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+
+    def tap(self, chunks: Chunks) -> Iterator[bytes | bytearray | memoryview]:
+        self._data.clear()  # a stream started again is tapped again
+        for chunk in chunks:
+            missing = sealed.HEADER_SIZE - len(self._data)
+            if missing > 0:
+                self._data += memoryview(chunk).cast("B")[:missing]
+            yield chunk
+
+    def header(self) -> bytes | None:
+        return bytes(self._data) if len(self._data) == sealed.HEADER_SIZE else None
 
 
 def _align_sources(copies: _Copies) -> None:

@@ -165,9 +165,23 @@ class Budget:
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self.bytes = 0
+        self._lock = threading.Lock()
 
     def moved(self, nbytes: int) -> None:
         self.bytes += nbytes  # one writer (the call's thread); the waiter only reads
+
+    def cancel(self) -> None:
+        """Abandon the call: once this returns, `deliver` writes nothing more."""
+        with self._lock:
+            self.cancelled.set()
+
+    def deliver(self, write: Callable[[], object], what: str) -> None:
+        """Run `write` (bytes copied into the caller's memory) unless the call was abandoned:
+        a caller that gave up may already use that memory for something else."""
+        with self._lock:
+            if self.cancelled.is_set():
+                raise StoreTimeoutError(f"{what} abandoned")
+            write()
 
 
 def call_with_deadline(
@@ -189,7 +203,7 @@ def call_with_deadline(
             return future.result()
         if remaining > 0:
             continue  # bytes may have moved meanwhile: the allowance is computed again
-        budget.cancelled.set()
+        budget.cancel()
         if budget.bytes:
             raise StoreTimeoutError(
                 f"{what}: too slow ({budget.bytes} bytes in {allowed:.1f} s, under "

@@ -209,7 +209,7 @@ def prepare_bucket(spec: StoreSpec, *, deadlines: DeadlineSettings | None = None
         return
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from registry.storage.s3 import bounded_client
+    from registry.storage.s3_client import bounded_client
 
     location = spec.s3
     client = bounded_client(location, deadlines=deadlines)

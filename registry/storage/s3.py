@@ -3,10 +3,11 @@
 Keeps the `Driver` contract without trusting the server to: a write is `If-None-Match: *`
 (PutObject or CompleteMultipartUpload), and on a versioned bucket, where some S3 implementations
 (Ceph RGW) ignore that header, the version list is read back after the write and a second version
-of a name loses to the first and is removed. Large objects go up as parallel multipart uploads
-that are aborted on any failure, so no incomplete upload lingers. Every upload carries a CRC32
-checksum. Retries (botocore "standard" mode) cover throttling, 5xx and connection errors, not
-other 4xx.
+of a name loses to the first and is removed; where the server does refuse a second write (AWS),
+a small object goes up with its lock at once. Large objects go up as parallel multipart uploads
+(`registry.storage.s3_transfer`: every upload of a driver shares its part slots) that are
+aborted on any failure, so no incomplete upload lingers. Every upload carries a CRC32 checksum.
+Retries (botocore "standard" mode) cover throttling, 5xx and connection errors, not other 4xx.
 
 Every request has a deadline (`registry.storage.deadline`): a call without a body must answer
 within `request_seconds`, an upload gets that plus its size at the slowest acceptable rate, and a
@@ -21,25 +22,21 @@ import contextlib
 import dataclasses
 import threading
 import uuid
-from collections import deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, wait
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError
 
 from registry.errors import (
-    ConfigurationError,
     ConflictError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
     StorageError,
-    StoreTimeoutError,
 )
+from registry.storage import deadline
 from registry.storage.base import (
     Capabilities,
     Driver,
@@ -48,7 +45,7 @@ from registry.storage.base import (
     validate_object_name,
     validate_prefix,
 )
-from registry.storage.deadline import Budget, DeadlineSettings, call_with_deadline
+from registry.storage.deadline import DeadlineSettings
 from registry.storage.lock import (
     COMPLIANCE,
     GOVERNANCE,
@@ -57,18 +54,23 @@ from registry.storage.lock import (
     check_change,
     check_delete,
 )
+from registry.storage.s3_client import Bounded, make_client
+from registry.storage.s3_transfer import (
+    CHECKSUM,
+    PartPool,
+    download,
+    download_into,
+    upload_parts,
+)
+
+T = TypeVar("T")
 
 MIN_PART_SIZE = 8 * 1024 * 1024
 MAX_PART_SIZE = 64 * 1024 * 1024
-DEFAULT_PART_SIZE = 16 * 1024 * 1024
-# CRC32 rather than SHA-256: S3 verifies either on receipt, and CRC32 costs a fraction of the
-# CPU on the client (the content itself is authenticated by AES-GCM and BLAKE3 anyway).
-CHECKSUM = "CRC32"
+# boto3's own default: more parts of a file in flight at once, and less memory per part held.
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
 _PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}
-# A download is read in pieces of this size: between pieces an abandoned read stops, and each
-# piece extends its deadline (small enough that a trickle shows, large enough to cost nothing).
-_PIECE = 256 * 1024
 
 
 def _code(error: ClientError) -> str:
@@ -77,77 +79,6 @@ def _code(error: ClientError) -> str:
 
 def _status(error: ClientError) -> int:
     return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def make_client(
-    location: S3Location,
-    *,
-    parallelism: int,
-    fail_fast: bool = False,
-    deadlines: DeadlineSettings | None = None,
-) -> Any:
-    """A boto3 S3 client whose connection pool fits `parallelism` concurrent requests.
-
-    `fail_fast` (a store with replicas elsewhere) gives up on an unreachable endpoint within
-    seconds, so that reads fail over to another region instead of waiting out long retries.
-    Socket timeouts stay within the request deadline, so that an abandoned call ends soon too."""
-    limits = deadlines or DeadlineSettings()
-    try:
-        session = boto3.session.Session(profile_name=location.profile, region_name=location.region)
-        return session.client(
-            "s3",
-            endpoint_url=location.endpoint_url,
-            config=Config(
-                retries={"mode": "standard", "max_attempts": 2 if fail_fast else 6},
-                max_pool_connections=max(10, 2 * parallelism),
-                connect_timeout=min(3 if fail_fast else 10, limits.request_seconds),
-                read_timeout=min(30 if fail_fast else 60, limits.request_seconds),
-            ),
-        )
-    except (BotoCoreError, ValueError) as error:
-        raise ConfigurationError(
-            f"cannot use the S3 settings of bucket {location.bucket}: {error}",
-            hint="check the profile, region and endpoint of the store",
-        ) from None
-
-
-def bounded_client(location: S3Location, *, deadlines: DeadlineSettings | None = None) -> Any:
-    """A client for one-off requests (bucket preparation), each under the request deadline."""
-    limits = deadlines or DeadlineSettings()
-    client = make_client(location, parallelism=1, deadlines=limits)
-    return _Bounded(client, limits, f"s3://{location.bucket}")
-
-
-class _Bounded:
-    """A boto3 client whose API calls each run under a deadline (uploads: scaled by the body's
-    size). Everything else (meta, close) is the client's own."""
-
-    def __init__(self, client: Any, deadlines: DeadlineSettings, where: str) -> None:
-        self._client = client
-        self._deadlines = deadlines
-        self._where = where
-        # Python method name -> S3 operation name, for every API call of the client.
-        self._operations: dict[str, str] = dict(client.meta.method_to_api_mapping)
-
-    @property
-    def raw(self) -> Any:
-        return self._client
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._client, name)
-        if name not in self._operations:
-            return method
-
-        def bounded(**kwargs: Any) -> Any:
-            body = kwargs.get("Body")
-            size = len(body) if isinstance(body, bytes | bytearray | memoryview) else 0
-            return call_with_deadline(
-                lambda _budget: method(**kwargs),
-                seconds=self._deadlines.transfer_seconds(size),
-                what=f"{self._where}: {self._operations[name]}",
-            )
-
-        return bounded
 
 
 class S3Driver(Driver, ObjectLock):
@@ -189,7 +120,7 @@ class S3Driver(Driver, ObjectLock):
         self.part_size = part_size
         self.parallelism = max(1, parallelism)
         self.deadlines = deadlines or DeadlineSettings()
-        self._client = _Bounded(
+        self._client = Bounded(
             client
             or make_client(
                 location, parallelism=self.parallelism, fail_fast=fail_fast, deadlines=deadlines
@@ -198,7 +129,10 @@ class S3Driver(Driver, ObjectLock):
             f"s3://{location.bucket}",
         )
         self._enforced: bool | None = server_write_once
+        # Parts in flight across every upload of this driver, and their buffers.
+        self._parts = PartPool(part_size, self.parallelism)
         self._probe_lock = threading.Lock()
+        self._probing: Future[bool] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -283,12 +217,41 @@ class S3Driver(Driver, ObjectLock):
         """See `Driver.put_if_absent`. With `lock` (or a configured minimum retention) the object
         is locked once this write has won the name: locking first would leave a losing version
         that can never be removed, and some servers ignore lock headers on multipart uploads
-        anyway, so the retention is set afterwards and read back."""
-        key = self._key(name)
-        if self.stat(name) is not None:
-            return False
+        anyway, so the retention is set afterwards and read back. Where the server refuses a
+        second write of a name itself (AWS, not Ceph RGW on a versioned bucket) a losing write
+        leaves no version, so an object of one part goes up at once with its lock (then read
+        back); elsewhere the name is looked up first, so that no second version ever shows."""
         try:
-            response = self._upload(key, chunks, write_once=True)
+            return self._put_once(name, chunks, lock=lock)
+        finally:
+            # The probe's object must not outlive the write that started it (a listing after
+            # the write would see it).
+            probing = self._probing
+            if probing is not None:
+                wait([probing])
+
+    def _put_once(
+        self,
+        name: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        *,
+        lock: Retention | None,
+    ) -> bool:
+        key = self._key(name)
+        enforced = self._write_once_known()
+        wanted = self._with_minimum(lock)
+        try:
+            upload = self._upload(
+                key,
+                chunks,
+                write_once=True,
+                present=lambda: self.stat(name) is not None,
+                look_first=not enforced,
+                lock=wanted if enforced else None,
+            )
+            if upload is None:
+                return False
+            response, lock_sent = upload
         except ClientError as error:
             if _code(error) in ("PreconditionFailed", "412") or _status(error) == 412:
                 return self._lost(name)
@@ -307,12 +270,38 @@ class S3Driver(Driver, ObjectLock):
             raise self._fail("write-once check of", name, error) from error
         if not won:
             return self._lost(name)
-        wanted = self._with_minimum(lock)
         if wanted is not None:
             # Pinned to the version this call wrote: a racing writer's later version must not
             # receive the lock meant for the object.
-            self.extend_retention(name, wanted, version_id=response.get("VersionId"))
+            self._lock_written(name, wanted, response.get("VersionId"), sent=lock_sent)
         return True
+
+    def _lock_written(
+        self, name: str, wanted: Retention, version: str | None, *, sent: bool
+    ) -> None:
+        """Lock the version this call just wrote (`sent`: the lock went with the write), and
+        read the lock back. A new version has no lock of its own to be checked against first,
+        and a store that refuses the change (a bucket default retention added behind the
+        registry's back) fails the write like any refusal."""
+        if not version or version == "null":
+            self.extend_retention(name, wanted)  # an unversioned bucket: the checked path
+            return
+        if sent and _keeps(self.retention(name, version_id=version), wanted):
+            return
+        self._call(
+            "locking of",
+            name,
+            "put_object_retention",
+            Key=self._key(name),
+            Retention={"Mode": wanted.mode, "RetainUntilDate": wanted.until},
+            VersionId=version,
+        )
+        stored = self.retention(name, version_id=version)
+        if not _keeps(stored, wanted):
+            raise StorageError(
+                f"{name}: the store did not keep the retention asked for "
+                f"({wanted.mode} until {wanted.until:%Y-%m-%d %H:%M} UTC; it reports {stored})"
+            )
 
     def replace(
         self,
@@ -333,30 +322,58 @@ class S3Driver(Driver, ObjectLock):
         if previous is not None and previous.active():
             wanted = previous if wanted is None else _stronger(wanted, previous)
         try:
-            response = self._upload(key, chunks, write_once=False)
+            upload = self._upload(key, chunks, write_once=False)
         except (ClientError, BotoCoreError) as error:
             raise self._fail("upload of", name, error) from error
+        assert upload is not None  # nothing asked whether the object exists
+        response = upload[0]
         if wanted is not None:
             self.extend_retention(name, wanted, version_id=response.get("VersionId"))
 
     def _upload(
-        self, key: str, chunks: Iterable[bytes | bytearray | memoryview], *, write_once: bool
-    ) -> dict[str, Any]:
-        """One PutObject, or a multipart upload when there is more than one part."""
-        parts = _parts(chunks, self.part_size)
-        first = next(parts)
-        second = next(parts, None)
-        if second is not None:
-            return self._multipart(key, first, second, parts, write_once=write_once)
-        condition = {"IfNoneMatch": "*"} if write_once else {}
+        self,
+        key: str,
+        chunks: Iterable[bytes | bytearray | memoryview],
+        *,
+        write_once: bool,
+        present: Callable[[], bool] | None = None,
+        look_first: bool = True,
+        lock: Retention | None = None,
+    ) -> tuple[dict[str, Any], bool] | None:
+        """One PutObject when the object is smaller than a part, else a multipart upload (one
+        full part and nothing more, rare, is a multipart upload of one part): the response,
+        and whether `lock` went with it (only a PutObject carries it). With `present`, nothing
+        is written (None) when it says the object exists: asked before a multipart upload, and
+        before a PutObject when `look_first`."""
+        with self._parts.uploading():
+            parts = self._parts.cut(chunks)
+            first = next(parts)
+            if len(first) == self.part_size:
+                if present is not None and present():
+                    return None
+                uploaded = upload_parts(
+                    self._client,
+                    self.location.bucket,
+                    key,
+                    first,
+                    parts,
+                    pool=self._parts,
+                    write_once=write_once,
+                )
+                return uploaded, False
+        if present is not None and look_first and present():
+            return None
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if write_once else {}
+        if lock is not None:
+            extra |= {"ObjectLockMode": lock.mode, "ObjectLockRetainUntilDate": lock.until}
         response: dict[str, Any] = self._client.put_object(
             Bucket=self.location.bucket,
             Key=key,
-            Body=bytes(first),
+            Body=first,
             ChecksumAlgorithm=CHECKSUM,
-            **condition,
+            **extra,
         )
-        return response
+        return response, lock is not None
 
     def _lost(self, name: str) -> bool:
         """The name was already written (by another writer, or by this call's own first attempt
@@ -493,7 +510,7 @@ class S3Driver(Driver, ObjectLock):
         Servers that ignore `If-None-Match: *` on versioned buckets let a racing writer add a
         second version; the oldest one is the object, a later one is removed again.
         """
-        if not version_id or version_id == "null" or self._write_once_enforced():
+        if not version_id or version_id == "null" or self._write_once_known():
             return True
         versions = self._versions(key)
         if not versions or versions[0]["VersionId"] == version_id:
@@ -510,6 +527,25 @@ class S3Driver(Driver, ObjectLock):
             if self._enforced is None:
                 self._enforced = self._probe_write_once()
             return self._enforced
+
+    def _write_once_known(self) -> bool:
+        """`_write_once_enforced` without waiting for the probe: until it answered (it is
+        started here, in the background), writes take the path that holds on any server (the
+        name looked up first, the versions listed after), so no write waits for it."""
+        with self._probe_lock:
+            if self._enforced is not None:
+                return self._enforced
+            if self._probing is None:
+                self._probing = deadline.submit(self._background_probe)
+        return False
+
+    def _background_probe(self) -> bool:
+        try:
+            return self._write_once_enforced()
+        except BaseException:
+            with self._probe_lock:
+                self._probing = None  # a later write asks again
+            raise
 
     def _probe_write_once(self) -> bool:
         """Write a name, then try both kinds of second write with `If-None-Match: *`: a plain
@@ -561,55 +597,6 @@ class S3Driver(Driver, ObjectLock):
                 with contextlib.suppress(ClientError, BotoCoreError):
                     self._client.delete_object(Bucket=bucket, Key=key, VersionId=version)
 
-    def _multipart(
-        self, key: str, first: bytes, second: bytes, rest: Iterator[bytes], *, write_once: bool
-    ) -> dict[str, Any]:
-        bucket = self.location.bucket
-        upload = self._client.create_multipart_upload(
-            Bucket=bucket, Key=key, ChecksumAlgorithm=CHECKSUM
-        )
-        upload_id = upload["UploadId"]
-
-        def send(number: int, body: bytes) -> dict[str, Any]:
-            part = self._client.upload_part(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=body,
-                ChecksumAlgorithm=CHECKSUM,
-            )
-            return {
-                "PartNumber": number,
-                "ETag": part["ETag"],
-                "ChecksumCRC32": part.get("ChecksumCRC32"),
-            }
-
-        done: builtins.list[dict[str, Any]] = []
-        try:
-            with ThreadPoolExecutor(self.parallelism, thread_name_prefix="s3-part") as pool:
-                window: deque[Future[dict[str, Any]]] = deque()
-                for number, body in enumerate(_chain(iter([first, second]), rest), start=1):
-                    window.append(pool.submit(send, number, body))
-                    # Bounded memory: at most `parallelism` parts are held at once.
-                    if len(window) >= self.parallelism:
-                        done.append(window.popleft().result())
-                done.extend(future.result() for future in window)
-            completed = [{k: v for k, v in part.items() if v is not None} for part in done]
-            response: dict[str, Any] = self._client.complete_multipart_upload(
-                Bucket=bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": completed},
-                **({"IfNoneMatch": "*"} if write_once else {}),
-            )
-            return response
-        except BaseException:
-            # No incomplete upload may linger (they are billed and invisible).
-            with contextlib.suppress(ClientError, BotoCoreError):
-                self._client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            raise
-
     def get_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
             raise InvalidInputError("offset and length must not be negative")
@@ -619,8 +606,48 @@ class S3Driver(Driver, ObjectLock):
                 raise NotFoundError(f"object {name!r} not found")
             return b""
         end = "" if length is None else str(offset + length - 1)
+        return self._ranged(
+            name,
+            lambda: download(
+                self._client.raw,
+                self.location.bucket,
+                key,
+                f"bytes={offset}-{end}",
+                deadlines=self.deadlines,
+            ),
+            past_end=b"",
+        )
+
+    def read_into(self, name: str, offset: int, buffer: memoryview) -> int:
+        """See `Driver.read_into`: the body goes from the socket into `buffer` through one
+        small piece buffer, without assembling the range in memory first."""
+        if offset < 0:
+            raise InvalidInputError("offset and length must not be negative")
+        key = self._key(name)
+        if not len(buffer):
+            if self.stat(name) is None:
+                raise NotFoundError(f"object {name!r} not found")
+            return 0
+        byte_range = f"bytes={offset}-{offset + len(buffer) - 1}"
+        return self._ranged(
+            name,
+            lambda: download_into(
+                self._client.raw,
+                self.location.bucket,
+                key,
+                byte_range,
+                buffer,
+                deadlines=self.deadlines,
+            ),
+            past_end=0,
+        )
+
+    def _ranged(self, name: str, read: Callable[[], T], *, past_end: T) -> T:
+        """A ranged read's answer, its failures told apart: missing, past the end (the
+        contract's empty answer), damaged (a stored checksum that does not match), or an
+        outage."""
         try:
-            return self._download(name, key, f"bytes={offset}-{end}")
+            return read()
         except ClientError as error:
             if _code(error) in _MISSING or _status(error) == 404:
                 raise NotFoundError(f"object {name!r} not found") from None
@@ -628,7 +655,7 @@ class S3Driver(Driver, ObjectLock):
                 # Past the end (or an empty object): the contract says b"".
                 if self.stat(name) is None:
                     raise NotFoundError(f"object {name!r} not found") from None
-                return b""
+                return past_end
             raise self._fail("read of", name, error) from error
         except FlexibleChecksumError as error:
             # The stored bytes do not match the checksum stored with them: damage, not an
@@ -636,32 +663,6 @@ class S3Driver(Driver, ObjectLock):
             raise IntegrityError(f"object {name!r}: stored checksum mismatch ({error})") from None
         except BotoCoreError as error:
             raise self._fail("read of", name, error) from error
-
-    def _download(self, name: str, key: str, byte_range: str) -> bytes:
-        """One ranged GET, its body read in pieces: the deadline is the request's, extended by
-        every piece at the slowest acceptable rate, and an abandoned read stops at the next."""
-        raw = self._client.raw
-
-        def fetch(budget: Budget) -> bytes:
-            response = raw.get_object(Bucket=self.location.bucket, Key=key, Range=byte_range)
-            body = response["Body"]
-            pieces: builtins.list[bytes] = []
-            try:
-                while piece := body.read(_PIECE):
-                    if budget.cancelled.is_set():
-                        raise StoreTimeoutError(f"read of {name} abandoned")
-                    budget.moved(len(piece))
-                    pieces.append(piece)
-            finally:
-                body.close()
-            return b"".join(pieces)
-
-        return call_with_deadline(
-            fetch,
-            seconds=self.deadlines.request_seconds,
-            rate=self.deadlines.transfer_bytes_per_second,
-            what=f"read of s3://{self.location.bucket}/{key}",
-        )
 
     def stat(self, name: str) -> ObjectInfo | None:
         key = self._key(name)
@@ -733,6 +734,15 @@ class S3Driver(Driver, ObjectLock):
         self._client.raw.close()
 
 
+def _keeps(stored: Retention | None, wanted: Retention) -> bool:
+    """Whether a lock the store reports is the one asked for, or stronger (HTTP dates drop the
+    microseconds)."""
+    if stored is None:
+        return False
+    mode_ok = stored.mode == wanted.mode or stored.mode == COMPLIANCE
+    return mode_ok and stored.until >= wanted.until.replace(microsecond=0)
+
+
 def _stronger(first: Retention, second: Retention) -> Retention:
     mode = COMPLIANCE if COMPLIANCE in (first.mode, second.mode) else GOVERNANCE
     return Retention(mode, max(first.until, second.until))
@@ -741,23 +751,3 @@ def _stronger(first: Retention, second: Retention) -> Retention:
 def _seconds(moment: datetime) -> datetime:
     """HEAD reports whole seconds (an HTTP date), listings milliseconds: agree on seconds."""
     return moment.astimezone(UTC).replace(microsecond=0)
-
-
-def _parts(chunks: Iterable[bytes | bytearray | memoryview], size: int) -> Iterator[bytes]:
-    """Regroup chunks into parts of exactly `size` bytes (the last may be shorter; at least one
-    part, possibly empty, is always produced)."""
-    buffer = bytearray()
-    produced = False
-    for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-            produced = True
-    if buffer or not produced:
-        yield bytes(buffer)
-
-
-def _chain(first: Iterator[bytes], rest: Iterator[bytes]) -> Iterator[bytes]:
-    yield from first
-    yield from rest
