@@ -1,8 +1,9 @@
 """The loader's public calls: `load`, `iter_tensors`, `load_into` and `open`, each building its
 LoadOptions (registry.loader.options) and running one Job (registry.loader.job).
 
-What is verified: a file loaded whole has every chunk authenticated (AES-GCM) and its BLAKE3
-checked in the same pass; `load` returns nothing unless every file matched. A tensor read on
+What is verified: a file loaded whole has every chunk authenticated (AES-GCM) and its content
+checked in the same pass (each chunk's BLAKE3 against the manifest's chunk root, or the file's
+BLAKE3 for a version 1 manifest); `load` returns nothing unless every file matched. A tensor read on
 its own (`open(...).get_tensor`, `get_slice`, `load(tensors=...)` taking part of a file) reads
 only the chunks holding it: each is authenticated, but the whole-file digest cannot be checked
 without the whole file; `LoadStats` lists which files were checked which way.
