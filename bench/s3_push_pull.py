@@ -26,6 +26,7 @@ Prints a markdown table: medians (and best) of the rounds, ratios registry / bot
 median). Run by hand:
     .venv/bin/python bench/s3_push_pull.py --size-mib 192                  # moto
     .venv/bin/python bench/s3_push_pull.py --size-mib 192 --server ceph    # Ceph RGW
+    .venv/bin/python bench/s3_push_pull.py --server ceph --rgw-nodelay     # RGW without Nagle
     .venv/bin/python bench/s3_push_pull.py --size-mib 256 --regions 2
 """
 
@@ -173,6 +174,11 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("bench/out/s3"))
     parser.add_argument("--server", choices=("moto", "ceph"), default="moto")
+    parser.add_argument(
+        "--rgw-nodelay",
+        action="store_true",
+        help="Ceph RGW with tcp_nodelay=1 (else its Nagle holds every small response ~40 ms)",
+    )
     parser.add_argument("--endpoint", help="a running S3 endpoint instead of starting a server")
     parser.add_argument("--regions", type=int, default=1, help="regions (moto: one server each)")
     parser.add_argument("--profile", action="store_true", help="count requests, time phases")
@@ -201,11 +207,16 @@ def main() -> int:
     elif args.server == "ceph":
         from tests.ceph_rgw import ACCESS_KEY, SECRET_KEY, CephRGW
 
-        ceph = CephRGW.start(Path(tempfile.mkdtemp(prefix="bench-ceph-")))
+        ceph = CephRGW.start(
+            Path(tempfile.mkdtemp(prefix="bench-ceph-")),
+            frontend="tcp_nodelay=1" if args.rgw_nodelay else "",
+        )
         os.environ["AWS_ACCESS_KEY_ID"] = ACCESS_KEY
         os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET_KEY
         endpoints = [ceph.endpoint]
-        described = "Ceph RGW (memstore OSD, radosgw, one monitor) on loopback"
+        described = "Ceph RGW (memstore OSD, radosgw, one monitor) on loopback" + (
+            ", tcp_nodelay=1" if args.rgw_nodelay else ""
+        )
     else:
         endpoints = _start_moto(args.regions, servers)
         described = f"moto_server ({len(endpoints)} process(es)) on loopback"

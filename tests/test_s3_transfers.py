@@ -411,6 +411,84 @@ def test_a_push_chooses_its_manifests_key_while_its_files_are_written(
     assert tree(tmp_path / "out") == tree(model)
 
 
+def test_a_new_files_data_goes_up_while_its_key_slot_is_written_and_ends_after_it(
+    s3_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_model(tmp_path / "model", shards=1, shard_size=3_000_000, seed=24)
+    with Registry.open(s3_home) as registry:
+        driver = registry.store.driver
+        real = driver.put_if_absent
+        data_started = threading.Event()
+        slot_stored = threading.Event()
+        overlapped: list[bool] = []
+        ended_after_slot: list[bool] = []
+
+        def watched(chunks: Any) -> Iterator[Any]:
+            for chunk in chunks:
+                data_started.set()
+                yield chunk
+            ended_after_slot.append(slot_stored.is_set())
+
+        def put(name: str, chunks: Any, **kwargs: Any) -> bool:
+            if name.startswith("slots/") and "/blob-" in name:
+                # The slot's write waits for its file's data: a push that waited for the slot
+                # before sealing would wait here in vain.
+                overlapped.append(data_started.wait(WAIT))
+                try:
+                    return real(name, chunks, **kwargs)
+                finally:
+                    slot_stored.set()
+            if name.startswith("blobs/"):
+                return real(name, watched(chunks), **kwargs)
+            return real(name, chunks, **kwargs)
+
+        monkeypatch.setattr(driver, "put_if_absent", put)
+        monkeypatch.setattr("registry.ops.push.FILES_AT_ONCE_REMOTE", 1)  # one file at a time
+        registry.push("team/m", model)
+        registry.pull("team/m", tmp_path / "out")
+    assert overlapped and all(overlapped)
+    assert ended_after_slot and all(ended_after_slot)  # slot before data
+    assert tree(tmp_path / "out") == tree(model)
+
+
+def test_data_sealed_with_a_key_whose_slot_lost_is_never_published_and_sealed_again(
+    s3_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another push stored the file's key slot first: its key counts. The data already sent
+    under ours is thrown away (its upload aborted) and the file is sealed again with theirs."""
+    model = make_model(tmp_path / "model", shards=1, shard_size=20_000_000, seed=25)
+    largest = max((p for p in model.iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    digest = hash_bytes(largest.read_bytes())
+    with Registry.open(s3_home) as registry:
+        store = registry.store
+        driver = store.driver
+        assert isinstance(driver, S3Driver)
+        real = driver.put_if_absent
+        target = store.slot_name("blob", digest, store.keys.kek_id)
+        theirs = store.keys.generate(context=store.context("blob", digest))[1].to_json()
+
+        raced: list[bool] = []
+
+        def put(name: str, chunks: Any, **kwargs: Any) -> bool:
+            if name == target and not raced:
+                raced.append(real(name, [theirs], **kwargs))  # the other push's lands first
+            return real(name, chunks, **kwargs)
+
+        monkeypatch.setattr(driver, "put_if_absent", put)
+        version = registry.push("team/m", model).version
+        registry.pull("team/m", tmp_path / "out")
+        client = driver._client.raw
+        bucket = driver.location.bucket
+        key = store.object_name("blob", digest)
+        versions = client.list_object_versions(Bucket=bucket, Prefix=key).get("Versions", [])
+        uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert store.driver.get_range(target) == theirs
+    assert raced == [True]
+    assert tree(tmp_path / "out") == tree(model)
+    assert len(versions) == 1 and uploads == []
+    assert digest in {entry.digest for entry in version.files}
+
+
 # -- pull's read-ahead ---------------------------------------------------------------------
 
 
