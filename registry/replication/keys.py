@@ -4,10 +4,8 @@ slot of it written, checked or replaced."""
 
 from __future__ import annotations
 
-import functools
 import hmac
 from collections.abc import Sequence
-from concurrent.futures import Future
 
 from registry.crypto.keys import WrappedKey
 from registry.errors import (
@@ -18,7 +16,6 @@ from registry.errors import (
     StorageError,
 )
 from registry.replication.regions import Region, Regions
-from registry.storage import deadline
 
 
 class DataKeys(Regions):
@@ -137,32 +134,6 @@ class DataKeys(Regions):
             else f"{what}: no region is reachable",
             hint="check the regions (`model-registry regions status`)",
         )
-
-    def _key_ahead_of_slot(
-        self,
-        kind: str,
-        digest: str,
-        *,
-        known: Sequence[WrappedKey],
-        reachable: Sequence[Region],
-        stored: set[str],
-    ) -> tuple[bytes, dict[str, WrappedKey], str, Future[bool]] | None:
-        """A new object's data key, used before its slot's first-come write has answered
-        (None when the write is not first-come, see `_first_come`): the key, its slot, the
-        region, and the slot's write (True: won, False: another writer's slot was there
-        first, whose key then counts). The slot write's write-once check and lock take a few
-        round trips that sealing and sending the data need not wait for; only publishing the
-        data must (a caller withholds the data's end until then: slot before data)."""
-        if not self._first_come(known=known, reachable=reachable, stored=stored):
-            return None
-        region = reachable[0]
-        store = region.store
-        data_key, slot = store.keys.generate(context=store.context(kind, digest))
-        name = store.slot_name(kind, digest, slot.kek_id)
-        write = deadline.submit(
-            functools.partial(store.driver.put_if_absent, name, [slot.to_json()])
-        )
-        return data_key, {slot.kek_id: slot}, region.name, write
 
     def _first_come(
         self, *, known: Sequence[WrappedKey], reachable: Sequence[Region], stored: set[str]

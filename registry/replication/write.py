@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from registry.crypto import sealed
@@ -150,16 +149,18 @@ class Writes(Repairs):
         name = self.primary.object_name(kind, digest)
         copies = _Copies(checksum)
         self._survey(copies, regions, name)
-        data_key, slots, slot_write = self._data_key(
-            copies,
-            kind,
-            digest,
-            key=key,
-            known=known,
-            sealing=seal is not None,
-            retired=retired,
-            what=what,
-        )
+        if key is not None:
+            data_key, slots, copies.slot_stored = key.key, dict(key.slots), key.slot_stored
+        else:
+            data_key, slots, copies.slot_stored = self._choose_key(
+                kind,
+                digest,
+                known=known,
+                reachable=copies.reachable,
+                stored=copies.stored,
+                what=what,
+                retired=retired if seal is not None else frozenset(),
+            )
         self._sort_copies(copies, kind, digest, data_key, slots, trusted=trusted, what=what)
         # Copies elsewhere (outside `only`) can serve as sources too.
         extra_sources = [
@@ -177,73 +178,24 @@ class Writes(Repairs):
             # (from a good copy when there is one, else by sealing the file anew).
             copies.targets += copies.damaged
         sealed_now = False
-        write = functools.partial(
-            self._write_targets,
-            copies,
-            kind,
-            digest,
-            sources=copies.sources + extra_sources,
-            seal=seal,
-            what=what,
-            read_back=read_back,
-        )
         if copies.targets:
-            try:
-                sealed_now = write(data_key, slots=slots, slot_write=slot_write)
-            except _SlotLostError:
-                # Another writer's slot was there first: its key counts, and the data sealed
-                # with ours was never published. Sealed again, with that key.
-                data_key, slots, copies.slot_stored = self._choose_key(
-                    kind,
-                    digest,
-                    known=known,
-                    reachable=copies.reachable,
-                    stored=copies.stored,
-                    what=what,
-                )
-                sealed_now = write(data_key, slots=slots, slot_write=None)
+            sealed_now = self._write_targets(
+                copies,
+                kind,
+                digest,
+                data_key,
+                sources=copies.sources + extra_sources,
+                seal=seal,
+                slots=slots,
+                what=what,
+                read_back=read_back,
+            )
         if on_progress is not None and not sealed_now:
             on_progress(size)  # sealing reports its own progress; a copy or a reuse does not
         header = self._verified_header(copies, kind, digest, what=what)
         # A copy outside `only` found damaged while copying from it is reported too.
         ordered = tuple(copies.outcomes[r.name] for r in self.regions if r.name in copies.outcomes)
         return Replicated(kind, digest, name, header, tuple(slots.values()), ordered)
-
-    def _data_key(
-        self,
-        copies: _Copies,
-        kind: str,
-        digest: str,
-        *,
-        key: DataKey | None,
-        known: Sequence[WrappedKey],
-        sealing: bool,
-        retired: frozenset[str],
-        what: str,
-    ) -> tuple[bytes, dict[str, WrappedKey], Future[bool] | None]:
-        """The data key and its slots: chosen before (`key`), or a new object's key used while
-        its slot is still being written (`_key_ahead_of_slot`: that write, returned, must end
-        before the data's does), or chosen now. Sets `copies.slot_stored`."""
-        if key is not None:
-            copies.slot_stored = key.slot_stored
-            return key.key, dict(key.slots), None
-        if sealing:
-            ahead = self._key_ahead_of_slot(
-                kind, digest, known=known, reachable=copies.reachable, stored=copies.stored
-            )
-            if ahead is not None:
-                data_key, slots, copies.slot_stored, slot_write = ahead
-                return data_key, slots, slot_write
-        data_key, slots, copies.slot_stored = self._choose_key(
-            kind,
-            digest,
-            known=known,
-            reachable=copies.reachable,
-            stored=copies.stored,
-            what=what,
-            retired=retired if sealing else frozenset(),
-        )
-        return data_key, slots, None
 
     def _survey(self, copies: _Copies, regions: Sequence[Region], name: str) -> None:
         """Which of `regions` are reachable and hold the object (asked at once; one that fails
@@ -339,12 +291,9 @@ class Writes(Repairs):
         slots: dict[str, WrappedKey],
         what: str,
         read_back: bool,
-        slot_write: Future[bool] | None = None,
     ) -> bool:
         """Write every target (damaged copies replaced), read each one back and record its
-        outcome; whether the bytes came from a new sealing. With `slot_write` (the key's slot
-        still being written), the end of a new sealing is withheld until the slot is stored
-        (`_SlotLostError`: another writer's slot won)."""
+        outcome; whether the bytes came from a new sealing."""
         written = self._write(
             copies.targets,
             kind,
@@ -356,7 +305,6 @@ class Writes(Repairs):
             slots=slots,
             what=what,
             checksums=read_back,
-            slot_write=slot_write,
         )
         for source_name, detail in written.bad_sources.items():
             copies.outcomes[source_name] = Outcome(source_name, BAD, detail=detail)
@@ -421,7 +369,6 @@ class Writes(Repairs):
         slots: dict[str, WrappedKey],
         what: str,
         checksums: bool = True,
-        slot_write: Future[bool] | None = None,
     ) -> _Written:
         """Write one stream to every target in parallel: a good copy's bytes (authenticated on
         the way) when a region has one, the next copy when one turns out damaged, a new sealing
@@ -436,10 +383,7 @@ class Writes(Repairs):
         ]
         tap = _HeaderTap()
         if seal is not None:
-            if slot_write is None:
-                attempts.append((None, lambda: tap.tap(seal(data_key))))
-            else:
-                attempts.append((None, lambda: tap.tap(_after_slot(seal(data_key), slot_write))))
+            attempts.append((None, lambda: tap.tap(seal(data_key))))
 
         def write(region: Region, chunks: Chunks) -> bool:
             """Whether the region now holds these very bytes."""
@@ -482,25 +426,6 @@ class Writes(Repairs):
                 else:
                     self.mark_down(source, error)
         return _Written({r.name: Delivery(failure) for r in targets}, bad_sources, sealed=False)
-
-
-class _SlotLostError(Exception):
-    """The data key's slot lost its first-come write: what was sealed with the key must not be
-    published (raised from the stream, so the store publishes nothing)."""
-
-
-def _after_slot(
-    chunks: Chunks, slot_write: Future[bool]
-) -> Iterator[bytes | bytearray | memoryview]:
-    """`chunks`, the stream ending only once the key's slot is stored (slot before data): it
-    raises the slot write's failure, or `_SlotLostError` when another writer's slot was first (found
-    as soon as the slot write answers, so little is sent for nothing)."""
-    for chunk in chunks:
-        if slot_write.done() and not slot_write.result():
-            raise _SlotLostError
-        yield chunk
-    if not slot_write.result():
-        raise _SlotLostError
 
 
 class _HeaderTap:
