@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 
 from registry.blobstore import BlobStore
 from registry.catalog.journal import parse_body
+from registry.catalog.lite import CatalogReads
 from registry.catalog.repository import Catalog
 from registry.errors import CatalogBehindError, ConflictError, IntegrityError, RegistryError
 from registry.records import JournalEpochRecord
@@ -302,7 +303,7 @@ def read(store: BlobStore, *, allow_incomplete: bool = False) -> Journal:
 
 
 def drain(
-    catalog: Catalog,
+    catalog: CatalogReads,
     stores: Sequence[tuple[str, BlobStore]],
     *,
     check: Collection[str] = (),
@@ -315,7 +316,8 @@ def drain(
     written again from where it stops; one holding entries the catalog lacks raises
     `CatalogBehindError` (nothing is written). A region that fails, or is in `skip` (name:
     why), keeps its mark and is reported. Without `write`, the stores are only compared:
-    nothing is written to them, and no mark moves (a status)."""
+    nothing is written to them, and no mark moves (a status), and `catalog` may be its reads
+    alone (`catalog.lite`: a load compares before its first tensor without SQLAlchemy)."""
     current = catalog.journal_epoch()
     marks = catalog.journal_marks()
     head = catalog.journal_head()
@@ -350,7 +352,7 @@ def drain(
 
 
 def _drain_region(
-    catalog: Catalog,
+    catalog: CatalogReads,
     region: str,
     store: BlobStore,
     current: JournalEpochRecord,
@@ -366,14 +368,14 @@ def _drain_region(
         if check or mark == 0:
             mark, rewritten = _reconcile(catalog, region, store, current, mark, head, write=write)
         while write and mark < head:
-            batch = _batch(catalog, mark)
+            batch = _batch(_writable(catalog), mark)
             if not batch:
                 break
             first, last = batch[0].seq, batch[-1].seq
             data = encode_segment(store.registry_id, epoch, batch)
             if not store.put_journal_segment(epoch, first, last, data):
                 _same_as_stored(store, epoch, batch, region)
-            catalog.set_journal_mark(epoch, region, last)
+            _writable(catalog).set_journal_mark(epoch, region, last)
             mark = last
     except CatalogBehindError:
         raise
@@ -384,7 +386,13 @@ def _drain_region(
 
 
 def _state(
-    catalog: Catalog, region: str, mark: int, head: int, *, error: str = "", rewritten: str = ""
+    catalog: CatalogReads,
+    region: str,
+    mark: int,
+    head: int,
+    *,
+    error: str = "",
+    rewritten: str = "",
 ) -> RegionJournal:
     return RegionJournal(
         region, mark, max(0, head - mark), catalog.journal_oldest_after(mark), error, rewritten
@@ -392,7 +400,7 @@ def _state(
 
 
 def _reconcile(
-    catalog: Catalog,
+    catalog: CatalogReads,
     region: str,
     store: BlobStore,
     current: JournalEpochRecord,
@@ -434,7 +442,7 @@ def _reconcile(
         )
     if end < mark:
         if write:
-            catalog.set_journal_mark(epoch, region, end, exactly=True)
+            _writable(catalog).set_journal_mark(epoch, region, end, exactly=True)
         note = f"the store held entries up to {end} only, not {mark}: written again"
         log.warning("journal of region %s: %s", region, note)
         return end, note
@@ -446,7 +454,7 @@ def _reconcile(
                 if entry.seq > mark and ours.get(entry.seq) != entry.body:
                     raise _diverged(region, f"entry {entry.seq} in {name}")
         if write:
-            catalog.set_journal_mark(epoch, region, end)
+            _writable(catalog).set_journal_mark(epoch, region, end)
         return end, ""
     return mark, ""
 
@@ -470,6 +478,12 @@ def status(catalog: Catalog, regions: Sequence[str]) -> list[RegionJournal]:
     marks = catalog.journal_marks()
     head = catalog.journal_head()
     return [_state(catalog, region, marks.get(region, 0), head) for region in regions]
+
+
+def _writable(catalog: CatalogReads) -> Catalog:
+    if not isinstance(catalog, Catalog):
+        raise TypeError("writing the journal needs the catalog itself, not its reads alone")
+    return catalog
 
 
 def _batch(catalog: Catalog, mark: int) -> list[Entry]:

@@ -514,6 +514,13 @@ class Registry:
 
         return serving_ops.blob_reader(self._context, digest, report, what=what)
 
+    def prepare_load_record(self) -> None:
+        """A load has its first tensor: what its audit entry needs (the catalog through
+        SQLAlchemy) is opened on a thread of its own while the rest streams."""
+        from registry.ops import serving as serving_ops
+
+        serving_ops.prepare_load_record(self._context)
+
     def record_load(
         self, version: VersionRecord, details: dict[str, Any], report: ReadReport
     ) -> None:

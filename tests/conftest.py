@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,41 @@ from sqlalchemy.exc import OperationalError
 
 from registry.service import Registry
 from registry.testing.models import make_model
+
+# moto's in-memory S3 is not safe under concurrent requests: a listing that runs while another
+# thread deletes a key in the same bucket fails inside moto with "'NoneType' object is not
+# iterable". A real S3 answers each request atomically, and the registry sends requests from many
+# threads (parallel files and parts), so moto takes one lock: around each in-process request (its
+# body is already in memory) and around each S3 backend call (the threaded server's way in, where
+# holding it while a slow client sends its body would stall every other request).
+_MOTO_LOCK = threading.RLock()
+
+
+def _locked(original: Any) -> Any:
+    @functools.wraps(original)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _MOTO_LOCK:
+            return original(*args, **kwargs)
+
+    locked.moto_locked = True  # type: ignore[attr-defined]
+    return locked
+
+
+def _serialize_moto() -> None:
+    from moto.core.botocore_stubber import BotocoreStubber
+    from moto.s3.models import S3Backend
+
+    targets = [(BotocoreStubber, "process_request")] + [
+        (S3Backend, name)
+        for name, value in vars(S3Backend).items()
+        if not name.startswith("_") and inspect.isfunction(value)
+    ]
+    for cls, name in targets:
+        if not getattr(getattr(cls, name), "moto_locked", False):
+            setattr(cls, name, _locked(getattr(cls, name)))
+
+
+_serialize_moto()
 
 PG_ADMIN_URL = os.environ.get(
     "MODEL_REGISTRY_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

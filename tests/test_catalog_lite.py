@@ -156,3 +156,39 @@ def test_a_read_that_fails_is_the_catalog_unavailable(registry: Registry) -> Non
         connection.execute("ALTER TABLE models RENAME TO models_gone")
     with pytest.raises(StorageError, match="catalog unavailable: no such table"):
         reads.models()
+
+
+def test_lite_journal_and_key_slot_reads_answer_like_the_catalog(
+    filled: Registry, tmp_path: Path
+) -> None:
+    # What a load compares and unwraps before its first tensor: the outbox, the marks of the
+    # current epoch (also after a new epoch has begun and moved none), a file's key slots.
+    reads = open_reads(filled.settings.catalog_url, registry_id=filled.settings.registry_id)
+    assert isinstance(reads, LiteCatalog)
+    catalog = filled.catalog
+
+    def same() -> None:
+        assert reads.journal_epoch() == catalog.journal_epoch()
+        assert reads.journal_marks() == catalog.journal_marks()
+        head = catalog.journal_head()
+        assert head > 0 and reads.journal_head() == head
+        for seq in (0, 1, head - 1, head, head + 5):
+            assert reads.journal_oldest_after(seq) == catalog.journal_oldest_after(seq)
+            for limit in (1, 3, 1000):
+                assert reads.journal_after(seq, limit=limit) == catalog.journal_after(
+                    seq, limit=limit
+                )
+
+    same()
+    assert reads.journal_marks(), "the pushes drained: every region has a mark"
+    filled.catalog.start_journal_epoch(reason="test", actor="test")
+    assert reads.journal_marks() == {}
+    same()
+    version = filled.resolve("org/llama@2")
+    for file in version.files:
+        slots = reads.key_slots(file.digest, "blob")
+        assert slots and slots == catalog.key_slots(file.digest, "blob")
+    assert reads.key_slots(version.digest, "manifest") == catalog.key_slots(
+        version.digest, "manifest"
+    )
+    assert reads.key_slots("blake3:" + "0" * 64, "blob") == []

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
 from cli.main import main
+from registry import loader
 from registry.catalog.db import HEAD_REVISION
 from registry.catalog.models import Base
 from registry.errors import (
@@ -378,3 +379,31 @@ def test_a_restored_backup_serves_nothing_stale_from_the_stores(
     assert not (tmp_path / "out").exists()
     assert _journal_objects(tmp_path) == journal_before
     assert _cli("ls").exit_code == 0  # the catalog alone: it cannot know
+
+
+def test_a_load_on_a_restored_backup_is_refused_before_its_first_byte(
+    sqlite_history: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load compares the journal through the catalog's reads without SQLAlchemy (its first
+    tensor waits for no ORM): the refusal is the same, nothing is read or written."""
+    database = sqlite_history / "catalog.db"
+    shutil.copy(database, tmp_path / "backup.db")
+    with Registry.open(sqlite_history) as registry:
+        registry.promote("org/llama@1", "production")
+    shutil.copy(tmp_path / "backup.db", database)
+    for suffix in ("-wal", "-shm"):
+        Path(str(database) + suffix).unlink(missing_ok=True)
+    journal_before = _journal_objects(tmp_path)
+    read: list[str] = []
+    original = Registry.blob_reader
+    monkeypatch.setattr(
+        Registry,
+        "blob_reader",
+        lambda self, digest, *a, **k: read.append(digest) or original(self, digest, *a, **k),
+    )
+    with Registry.open(sqlite_history) as registry:
+        with pytest.raises(CatalogBehindError, match="lacks 1 changes"):
+            loader.load("org/llama:production", registry=registry)
+        assert registry._context.home.opened_catalog.value is None
+    assert read == []
+    assert _journal_objects(tmp_path) == journal_before

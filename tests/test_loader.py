@@ -863,3 +863,33 @@ def test_a_load_audits_the_key_unwraps_it_took_while_others_load(
     assert len(partial) == 1
     event = registry.audit_events(subject="org/llama", limit=1)[0]
     assert event.action == "load" and event.details["key_unwraps"] == 1
+
+
+def test_the_first_tensor_waits_for_no_sqlalchemy_and_the_load_is_still_audited(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before the first tensor a load reads the SQLite catalog through its reads alone; the
+    # catalog through SQLAlchemy (for the audit entry) opens after it, on a thread of its own.
+    model = make_model(tmp_path / "m", shards=3, shard_size=200_000, seed=3)
+    Registry.init(home)
+    with Registry.open(home) as registry:
+        registry.push("org/m", model)
+    opened_at_first_tensor: list[bool] = []
+    original = Registry.prepare_load_record
+
+    def prepare(self: Registry) -> None:
+        opened_at_first_tensor.append(self._context.home.opened_catalog.value is not None)
+        original(self)
+
+    monkeypatch.setattr(Registry, "prepare_load_record", prepare)
+    with Registry.open(home) as registry:
+        first = None
+        for name, tensor in loader.iter_tensors("org/m", registry=registry):
+            if first is None:
+                first = name
+                assert opened_at_first_tensor == [False], "SQLAlchemy opened before it"
+            assert tensor.numel() > 0
+        assert first is not None
+        loads = [e for e in registry.audit_events(subject="org/m") if e.action == "load"]
+        assert len(loads) == 1 and loads[0].details["version"] == 1
+    assert opened_at_first_tensor == [False]

@@ -1,13 +1,19 @@
 """A SQLite catalog read through the standard library's `sqlite3`, without SQLAlchemy: the open
-checks' usual outcome (this registry's catalog, at this release's schema) and the reads `ls` and
-`show` make (models, versions, a reference resolved, a cached manifest).
+checks' usual outcome (this registry's catalog, at this release's schema), the reads `ls` and
+`show` make (models, versions, a reference resolved, a cached manifest), and those a load makes
+before its first tensor (the journal's outbox and marks it compares with the stores', a file's key
+slots).
 
 Importing SQLAlchemy takes longer than the whole 0.3 s a listing may take (docs/benchmarks.md,
 "CLI start-up"), so a command that only lists opens the catalog through here and SQLAlchemy is
-imported only when something needs more. `open_reads` answers None whenever anything is not as
-usual (another database, no file, another schema revision, no or another identity, a file that is
-not a database): the full open (`db.open_catalog_engine`) then runs and migrates, claims or
-refuses with its own errors, so this path never decides an error case. Each read answers exactly
+imported only when something needs more; and a serving process's first SQLAlchemy query (the
+dialect's import, the engine, the mappers' configuration, each statement's first compilation)
+costs it 30-50 ms before the first tensor (docs/benchmarks.md, issue 16).
+
+`open_reads` answers None whenever anything is not as usual (another database, no file, another
+schema revision, no or another identity, a file that is not a database): the full open
+(`db.open_catalog_engine`) then runs and migrates, claims or refuses with its own errors, so this
+path never decides an error case. Each read answers exactly
 what the same read of `Catalog` answers (tests/test_catalog_lite.py compares them).
 """
 
@@ -22,8 +28,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from registry.crypto.keys import WrappedKey
 from registry.errors import AmbiguousReferenceError, NotFoundError, StorageError
-from registry.records import FileRecord, ModelRecord, VersionRecord
+from registry.records import FileRecord, JournalEpochRecord, ModelRecord, VersionRecord
 from registry.refs import Reference
 
 # The newest migration of this release. A test checks it against the scripts; comparing with it
@@ -51,6 +58,18 @@ class CatalogReads(Protocol):
     def resolve(self, ref: Reference) -> VersionRecord: ...
 
     def cached_manifest(self, digest: str) -> bytes | None: ...
+
+    def key_slots(self, digest: str, purpose: str) -> list[WrappedKey]: ...
+
+    def journal_epoch(self) -> JournalEpochRecord: ...
+
+    def journal_marks(self) -> dict[str, int]: ...
+
+    def journal_head(self) -> int: ...
+
+    def journal_oldest_after(self, seq: int) -> datetime | None: ...
+
+    def journal_after(self, seq: int, *, limit: int) -> list[tuple[int, datetime, str]]: ...
 
 
 def unavailable(detail: object) -> StorageError:
@@ -212,6 +231,66 @@ class LiteCatalog:
                 "SELECT envelope FROM manifest_cache WHERE digest = :digest", {"digest": digest}
             ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def key_slots(self, digest: str, purpose: str) -> list[WrappedKey]:
+        """Every recorded slot of an object (one per key-encryption key)."""
+        with self._read() as connection:
+            rows = connection.execute(
+                "SELECT provider, kek_id, wrapped FROM key_slots "
+                "WHERE digest = :digest AND purpose = :purpose",
+                {"digest": digest, "purpose": purpose},
+            ).fetchall()
+        return [WrappedKey(provider, kek_id, bytes(wrapped)) for provider, kek_id, wrapped in rows]
+
+    def journal_epoch(self) -> JournalEpochRecord:
+        """The current epoch of the journal in the stores."""
+        with self._read() as connection:
+            return _current_epoch(connection)
+
+    def journal_marks(self) -> dict[str, int]:
+        """How far each region's journal goes in the current epoch (never written: absent)."""
+        with self._read() as connection:
+            current = _current_epoch(connection).epoch
+            rows = connection.execute(
+                "SELECT region, seq FROM journal_marks WHERE epoch = :epoch", {"epoch": current}
+            ).fetchall()
+        return {region: int(seq) for region, seq in rows}
+
+    def journal_head(self) -> int:
+        """The number of the newest outbox entry (0: none yet)."""
+        with self._read() as connection:
+            row = connection.execute("SELECT max(seq) FROM journal_entries").fetchone()
+        return int(row[0] or 0)
+
+    def journal_oldest_after(self, seq: int) -> datetime | None:
+        """When the oldest entry after `seq` was committed (None: nothing after it)."""
+        with self._read() as connection:
+            row = connection.execute(
+                "SELECT at FROM journal_entries WHERE seq > :seq ORDER BY seq LIMIT 1",
+                {"seq": seq},
+            ).fetchone()
+        return None if row is None else _time(row[0])
+
+    def journal_after(self, seq: int, *, limit: int) -> list[tuple[int, datetime, str]]:
+        """Up to `limit` outbox entries after `seq`, in order: (seq, time, body)."""
+        with self._read() as connection:
+            rows = connection.execute(
+                "SELECT seq, at, body FROM journal_entries WHERE seq > :seq "
+                "ORDER BY seq LIMIT :limit",
+                {"seq": seq, "limit": limit},
+            ).fetchall()
+        return [(int(number), _aware(at), body) for number, at, body in rows]
+
+
+def _current_epoch(connection: sqlite3.Connection) -> JournalEpochRecord:
+    row = connection.execute(
+        "SELECT epoch, started_at, parent, base FROM journal_epochs "
+        "ORDER BY started_at DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        raise StorageError("the catalog has no journal epoch (an incomplete migration)")
+    epoch, started_at, parent, base = row
+    return JournalEpochRecord(epoch, _aware(started_at), parent, int(base))
 
 
 def _first_line(error: sqlite3.Error) -> str:

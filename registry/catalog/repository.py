@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 from registry.catalog.aliases import AliasesPart
 from registry.catalog.audit import AUDIT_LOCK, GENESIS, AuditPart, append_audit, audit_hash
@@ -43,6 +43,7 @@ from registry.catalog.holds import HoldsPart
 from registry.catalog.identity import IdentityPart
 from registry.catalog.journal import capture_changes, write_entry
 from registry.catalog.lite import unavailable
+from registry.catalog.models import AuditEvent
 from registry.catalog.outbox import OutboxPart
 from registry.catalog.placements import PlacementsPart, insert_key_slot
 from registry.catalog.tokens import TokensPart
@@ -103,6 +104,13 @@ class Catalog(
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def prepare(self) -> None:
+        """Pay SQLAlchemy's first-use costs (the mappers' configuration, a pooled connection)
+        now, for a caller about to write whose data is still streaming (a load's audit)."""
+        configure_mappers()
+        with self._read() as session:
+            session.execute(select(AuditEvent.id).limit(1)).all()
 
     @contextmanager
     def _read(self) -> Iterator[Session]:

@@ -199,6 +199,7 @@ class Job:
     def first(self) -> None:
         if self.first_tensor is None:
             self.first_tensor = time.perf_counter() - self.started
+            self.source.streaming()
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -52,6 +52,9 @@ class ModelSource(Protocol):
 
     def reader(self, resolved: Resolved, entry: ManifestFile) -> FileReader: ...
 
+    def streaming(self) -> None:
+        """The first tensor is out: prepare what `finished` needs while the rest streams."""
+
     def finished(self, resolved: Resolved, details: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
@@ -89,6 +92,9 @@ class LocalSource:
         if self.cache is None:
             return upstream
         return self.cache.reader(entry.digest, upstream)
+
+    def streaming(self) -> None:
+        self.registry.prepare_load_record()
 
     def finished(self, resolved: Resolved, details: dict[str, Any]) -> None:
         details = {**details, "key_unwraps": self.unwraps}
@@ -164,6 +170,9 @@ class RemoteSource:
         if self.cache is None:
             return upstream
         return self.cache.reader(entry.digest, upstream)
+
+    def streaming(self) -> None:
+        pass  # the server audits the key broker's call
 
     def finished(self, resolved: Resolved, details: dict[str, Any]) -> None:
         pass  # the server audited the key broker call

@@ -6,6 +6,7 @@ home, never a copy of the facade.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -60,6 +61,7 @@ class OnFirstUse(Generic[T]):
         self._make = make
         self._lock = threading.Lock()
         self.value: T | None = None  # None until made
+        self._background: threading.Thread | None = None
 
     def get(self) -> T:
         value = self.value
@@ -69,6 +71,27 @@ class OnFirstUse(Generic[T]):
                 if value is None:
                     value = self.value = self._make()
         return value
+
+    def in_background(self, then: Callable[[T], object] = lambda _value: None) -> None:
+        """Make it now on a thread of its own, then call `then` with it, unless it is made or
+        being made: for a part a command will need later, made while it does other work. A
+        failure there is left for the `get` that needs it (it tries again and raises)."""
+        with self._lock:
+            if self.value is not None or self._background is not None:
+                return
+
+            def make() -> None:
+                with contextlib.suppress(Exception):
+                    then(self.get())
+
+            self._background = threading.Thread(target=make, name="open-on-first-use", daemon=True)
+            self._background.start()
+
+    def settle(self) -> None:
+        """Wait for what `in_background` started (before closing what it may have made)."""
+        background = self._background
+        if background is not None:
+            background.join()
 
 
 @dataclass

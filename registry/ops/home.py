@@ -337,6 +337,7 @@ def close(ctx: Context) -> None:
     if home.closed:
         return
     home.closed = True
+    home.opened_catalog.settle()
     catalog = home.opened_catalog.value
     try:
         # What this handle wrote without a change to drain it (the audit of pulls, drills,

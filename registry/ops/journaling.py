@@ -118,7 +118,8 @@ def _drain(ctx: Context, *, check: bool, write: bool = True) -> list[journal.Reg
     if ctx.provisional is not None:
         return []
     try:
-        ctx.catalog.journaled = 0
+        if write:
+            ctx.catalog.journaled = 0
         # A region that is down, hung or missing its budgets is not waited for: its mark
         # stays and a later drain catches it up (a pull's closing drain must not wait out
         # a frozen region's deadline).
@@ -136,8 +137,14 @@ def _drain(ctx: Context, *, check: bool, write: bool = True) -> list[journal.Reg
         # A region not compared yet in this round is compared before anything is written
         # to it: a catalog behind the stores must never add a segment of its own.
         compare = {r.name for r in ctx.replicas.regions} - ctx.home.journal_round.regions
+        # Only compared: the catalog's reads do (without SQLAlchemy, where a load finds the
+        # catalog as usual), so the first tensor never waits for the ORM's first query.
         states = journal.drain(
-            ctx.catalog, _journal_stores(ctx), check=compare, skip=skip, write=write
+            ctx.catalog if write else ctx.reads,
+            _journal_stores(ctx),
+            check=compare,
+            skip=skip,
+            write=write,
         )
         ctx.home.journal_round.regions.update(
             state.region for state in states if not state.error and state.region not in skip

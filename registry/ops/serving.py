@@ -62,7 +62,7 @@ def blob_key(ctx: Context, version: VersionRecord, digest: str) -> bytes:
 
 def _data_key(ctx: Context, kind: str, digest: str, *, what: str) -> bytes:
     """An object's data key from the first region whose slot opens it (counted)."""
-    known = ctx.catalog.key_slots(digest, kind)
+    known = ctx.reads.key_slots(digest, kind)
     key, _slots = ctx.replicas.unwrap_any(kind, digest, known=known, what=what)
     return key
 
@@ -72,6 +72,15 @@ def blob_reader(ctx: Context, digest: str, report: ReadReport, *, what: str) -> 
     """Sealed bytes of a stored file: each range from the first region that serves it, a
     damaged range read again from the next (what the loader reads through)."""
     return ctx.replicas.source(BLOB, digest, report, what=what)
+
+
+@requires("load")
+def prepare_load_record(ctx: Context) -> None:
+    """A load has its first tensor. Until then it needed only the catalog's reads
+    (`catalog.lite`, where the catalog is the usual SQLite file); its audit entry
+    (`record_load`) needs the catalog through SQLAlchemy, whose first use costs 20-40 ms: paid
+    on a thread of its own while the rest streams, not after the last tensor."""
+    ctx.home.opened_catalog.in_background(lambda catalog: catalog.prepare())
 
 
 @requires("load")
