@@ -519,7 +519,7 @@ class Registry:
         SQLAlchemy) is opened on a thread of its own while the rest streams."""
         from registry.ops import serving as serving_ops
 
-        serving_ops.prepare_load_record(self._context)
+        return serving_ops.prepare_load_record(self._context)
 
     def record_load(
         self, version: VersionRecord, details: dict[str, Any], report: ReadReport
