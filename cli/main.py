@@ -19,6 +19,7 @@ from cli import (
     regions,
     registry_commands,
     retention,
+    serving,
     versions,
 )
 from registry import __version__
@@ -49,6 +50,7 @@ def main(url: str | None, token: str | None) -> None:
 
 registry_commands.register(main)
 versions.register(main)
+serving.register(main)
 main.add_command(keys.keys)
 regions.register(main)
 drill.register(main)

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from registry.crypto.keys import KeyProvider
     from registry.crypto.signing import Signer, TrustedSigner
     from registry.materialize import Progress
+    from registry.prepared import PrepareResult
     from registry.records import (
         AliasMoveRecord,
         AliasRecord,
@@ -339,6 +340,23 @@ class Registry:
         from registry.ops import pull as pull_ops
 
         return pull_ops.pull(self._context, ref, destination, force=force, progress=progress)
+
+    def prepare(
+        self,
+        ref: str,
+        destination: str | Path,
+        *,
+        include: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> PrepareResult:
+        """Write a version's small files (never a `.safetensors` file unless `include` matches
+        it) into `destination`, verified, with `registry.json` pinning the resolved version for
+        a serving engine's loader (docs/serving.md)."""
+        from registry.ops import prepare as prepare_ops
+
+        return prepare_ops.prepare(
+            self._context, ref, destination, include=include, progress=progress
+        )
 
     def verify(
         self, ref: str, *, read_data: bool = False, progress: Progress | None = None

@@ -10,7 +10,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,15 +26,17 @@ from registry import manifest as manifests
 from registry.client.transport import ERRORS, Response, Transport, retry_after
 from registry.crypto import sealed
 from registry.digest import hash_file
-from registry.errors import InvalidInputError, RegistryError, StorageError
+from registry.errors import IntegrityError, InvalidInputError, RegistryError, StorageError
 from registry.manifest import ManifestFile
 from registry.materialize import (
+    FileOpener,
     NoProgress,
     Progress,
     plan_targets,
     storage_error,
     write_verified,
 )
+from registry.prepared import PrepareResult, prepare_folder, select
 from registry.records import (
     AliasMoveRecord,
     AliasRecord,
@@ -341,22 +343,7 @@ class RemoteRegistry:
             raise InvalidInputError(f"destination {dest} exists and is not a directory")
         targets = plan_targets(dest, manifest, force=force)
         created = not dest.exists()
-
-        def open_file(entry: ManifestFile, on_chunk: Any) -> Iterator[memoryview]:
-            def read_range(offset: int, length: int) -> bytes:
-                return self.read_ciphertext(version.ref, entry.path, offset, length)
-
-            return sealed.unseal(
-                read_range,
-                keys[("blob", entry.digest)],
-                entry.digest,
-                on_chunk=on_chunk,
-                expected_size=entry.size,
-                workers=PARALLEL,
-                chunks_per_read=max(1, RANGE // sealed.DEFAULT_CHUNK_SIZE),
-                what=entry.path,
-            )
-
+        open_file = self._opener(version, keys)
         try:
             write_verified(
                 dest, targets, manifest, open_file, force=force, progress=progress or NoProgress()
@@ -370,6 +357,59 @@ class RemoteRegistry:
         return PullResult(
             version, dest, tuple(f.path for f in manifest.files), manifest.total_size, ()
         )
+
+    def _opener(self, version: VersionRecord, keys: dict[tuple[str, str], bytes]) -> FileOpener:
+        """Files of `version` decrypted and verified from ranged ciphertext through the API."""
+
+        def open_file(entry: ManifestFile, on_chunk: Any) -> Iterator[memoryview]:
+            def read_range(offset: int, length: int) -> bytes:
+                return self.read_ciphertext(version.ref, entry.path, offset, length)
+
+            key = keys.get(("blob", entry.digest))
+            if key is None:
+                raise IntegrityError(
+                    f"{version.ref}: the key broker sent no key for {entry.path}",
+                    hint="the server's answer is incomplete; ask its operator",
+                )
+            return sealed.unseal(
+                read_range,
+                key,
+                entry.digest,
+                on_chunk=on_chunk,
+                expected_size=entry.size,
+                workers=PARALLEL,
+                chunks_per_read=max(1, RANGE // sealed.DEFAULT_CHUNK_SIZE),
+                what=entry.path,
+            )
+
+        return open_file
+
+    def prepare(
+        self,
+        ref: str,
+        destination: str | Path,
+        *,
+        include: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> PrepareResult:
+        """A prepared folder (`registry.prepared`) from the server: the manifest it verified
+        (its digest checked again here), keys from its key broker, ranged ciphertext."""
+        details = self.show(ref)
+        version, manifest = details.version, details.manifest
+        select(manifest, include)  # a bad pattern is refused before the key broker is asked
+        keys = self.data_keys(version.ref)
+        try:
+            return prepare_folder(
+                destination,
+                version,
+                manifest,
+                self._opener(version, keys),
+                requested=ref,
+                include=include,
+                progress=progress or NoProgress(),
+            )
+        except OSError as error:
+            raise storage_error(error, Path(destination)) from None
 
     # -- aliases, lifecycle, audit -------------------------------------------------------------
 

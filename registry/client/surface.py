@@ -48,6 +48,7 @@ from registry.retention import Decision, Policy
 if TYPE_CHECKING:
     from registry.config import Webhook
     from registry.materialize import Progress
+    from registry.prepared import PrepareResult
 
 
 class TrustedSignerLike(Protocol):
@@ -105,6 +106,15 @@ class RegistrySurface(Protocol):
         force: bool = False,
         progress: Progress | None = None,
     ) -> PullResult: ...
+
+    def prepare(
+        self,
+        ref: str,
+        destination: str | Path,
+        *,
+        include: Sequence[str] = (),
+        progress: Progress | None = None,
+    ) -> PrepareResult: ...
 
     def verify(
         self, ref: str, *, read_data: bool = False, progress: Progress | None = None

@@ -6,7 +6,8 @@ unwraps it took.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from registry.blobstore import BLOB
@@ -15,7 +16,14 @@ from registry.errors import (
     InvalidInputError,
 )
 from registry.manifest import Manifest, ManifestFile
-from registry.materialize import NoProgress, Progress, plan_targets, storage_error, write_verified
+from registry.materialize import (
+    FileOpener,
+    NoProgress,
+    Progress,
+    plan_targets,
+    storage_error,
+    write_verified,
+)
 from registry.ops.access import requires
 from registry.ops.context import Context, UnwrapCount
 from registry.ops.copies import bad_copies, record_bad_copies
@@ -125,6 +133,16 @@ def _pull_into(
     force: bool,
     progress: Progress,
 ) -> None:
+    with opening(ctx, manifest.files, report) as open_file:
+        write_verified(dest, targets, manifest, open_file, force=force, progress=progress)
+
+
+@contextmanager
+def opening(
+    ctx: Context, files: Sequence[ManifestFile], report: ReadReport
+) -> Iterator[FileOpener]:
+    """What decrypts and verifies `files`, in that order, for `write_verified` (also a
+    prepare's): on a latency-bound store their ranges are fetched ahead, across files."""
     chunks_per_read = ctx.home.chunks_per_read
     ahead = None
     if any(region.store.driver.latency_bound for region in ctx.replicas.regions):
@@ -137,7 +155,7 @@ def _pull_into(
             budget=workers * chunks_per_read * ctx.settings.chunk_size,
             requests=workers,
         )
-        for entry in manifest.files:
+        for entry in files:
             chunk_size, sealed_size = _sealed_shape(ctx, entry)
             ahead.add(
                 BLOB,
@@ -164,7 +182,7 @@ def _pull_into(
         )
 
     try:
-        write_verified(dest, targets, manifest, open_file, force=force, progress=progress)
+        yield open_file
     finally:
         if ahead is not None:
             ahead.close()

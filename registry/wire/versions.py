@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry import manifest as manifests
-from registry import records, reports
+from registry import prepared, records, reports
 from registry.wire.base import Time, Wire, iso, maybe_iso, maybe_parse_time, parse_time
 
 # -- versions and models ---------------------------------------------------------------------------
@@ -192,6 +192,42 @@ class PullResult(Version, kw_only=True):
             written=list(result.files),
             bytes=result.bytes,
             bad_copies=list(result.bad_copies),
+        )
+
+
+class StreamedFile(Wire, kw_only=True):
+    path: str
+    size: int
+    digest: str
+
+
+class PrepareResult(Version, kw_only=True):
+    """A prepare: the version pinned, the folder, what was written, left or removed there, and
+    the weight files the pin leaves to the loader."""
+
+    destination: str
+    pin: str  # the registry.json written
+    requested: str
+    written: list[str]
+    unchanged: list[str]
+    removed: list[str]
+    bytes: int
+    streamed: list[StreamedFile]
+
+    @classmethod
+    def of(cls, result: prepared.PrepareResult) -> PrepareResult:  # type: ignore[override]
+        return cls(
+            **Version.fields_of(result.version),
+            destination=str(result.destination),
+            pin=str(result.destination / prepared.PIN_NAME),
+            requested=result.pin.requested,
+            written=list(result.written),
+            unchanged=list(result.unchanged),
+            removed=list(result.removed),
+            bytes=result.bytes,
+            streamed=[
+                StreamedFile(path=f.path, size=f.size, digest=f.digest) for f in result.pin.streamed
+            ],
         )
 
 
