@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("registry.ops",),
     ("registry.service",),
     ("registry.client", "registry.api", "registry.loader", "cli"),
+    ("registry.integrations",),
 ]
 # What the API, the CLI and the loader may import of the registry: the facade and the public
 # vocabulary; never the catalog, the stores, the replicas or the operations behind it.
@@ -69,11 +70,13 @@ PUBLIC = (
     "registry.fileio",
     "registry.roles",
 )
-UPPER = ("registry.api", "registry.loader", "cli", "registry.client")
+UPPER = ("registry.api", "registry.loader", "cli", "registry.client", "registry.integrations")
 # The loader and the client decrypt in their own memory, with the one sealed-format opener.
 EXCEPTIONS = {
     "registry.loader": ("registry.crypto.sealed",),
     "registry.client": ("registry.crypto.sealed",),
+    # The engines' integrations stream weights through the loader.
+    "registry.integrations": ("registry.loader",),
 }
 
 
