@@ -273,12 +273,13 @@ def _publish(
 ) -> None:
     pin_path = dest / PIN_NAME
     dest.mkdir(parents=True, exist_ok=True)
-    if to_write or stale or earlier != pin:
-        # Incomplete while files of two versions may be here: engines refuse it meanwhile.
-        _write_pin(
-            pin_path,
-            dataclasses.replace(pin, files=tuple(sorted(managed | set(pin.files))), complete=False),
-        )
+    if not to_write and not stale and earlier == pin:
+        return  # prepared already: nothing is touched
+    # Incomplete while files of two versions may be here: engines refuse it meanwhile.
+    _write_pin(
+        pin_path,
+        dataclasses.replace(pin, files=tuple(sorted(managed | set(pin.files))), complete=False),
+    )
     if to_write:
         subset = dataclasses.replace(manifest, files=tuple(to_write))
         write_verified(
