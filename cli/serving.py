@@ -63,6 +63,14 @@ def prepare(ref: str, dest: Path, include: tuple[str, ...], as_json: bool, quiet
         f"  weights left to the loader: {len(pin.streamed)} files, {human_size(streamed)}",
         highlight=False,
     )
+    if pin.withheld:
+        shown = ", ".join(escape(path) for path in pin.withheld[:3])
+        more = f" and {len(pin.withheld) - 3} more" if len(pin.withheld) > 3 else ""
+        stdout.print(
+            f"  withheld: {shown}{more} (weights the loader cannot stream; "
+            "--include writes them in plaintext)",
+            highlight=False,
+        )
 
 
 def register(group: click.Group) -> None:

@@ -1,12 +1,13 @@
 """A prepared folder: what a serving engine that needs a local model folder gets instead of a pull.
 
 `prepare` writes a version's small files (config.json, generation_config.json, tokenizer files,
-chat templates, the safetensors index; never a `.safetensors` file unless a pattern asks for it)
-into a folder, verified like a pull, beside `registry.json`, the pin: the resolved version
-(`name@N` and its manifest digest) and the weight files left for the loader to stream. An engine
-plugin reads the pin and loads exactly that digest, so every worker and tensor-parallel rank of
-a deployment loads the same version, whatever an alias says by then; no weight is ever written
-to the folder in plaintext unless `--include` asked for it.
+chat templates, the safetensors index; never a weight file, `.safetensors` or another format,
+unless a pattern asks for it) into a folder, verified like a pull, beside `registry.json`, the
+pin: the resolved version (`name@N` and its manifest digest), the weight files left for the
+loader to stream and those withheld (formats it cannot stream). An engine plugin reads the pin
+and loads exactly that digest, so every worker and tensor-parallel rank of a deployment loads the
+same version, whatever an alias says by then; no weight is ever written to the folder in
+plaintext unless `--include` asked for it.
 
 Writing is idempotent: a file already there with the manifest's size and BLAKE3 digest is left
 as it is, one that differs is replaced if an earlier prepare wrote it (the pin lists them), and
@@ -40,8 +41,23 @@ from registry.refs import validate_relative_path
 
 PIN_NAME = "registry.json"
 PIN_FORMAT = "model-registry/prepared/v1"
-# Weight files: streamed by the loader from the registry, never written here unless asked.
-WEIGHT_PATTERNS = ("*.safetensors",)
+# Weights the loader streams from the registry: never written here unless asked.
+STREAMED_PATTERNS = ("*.safetensors",)
+# Weights in other formats (pickles, GGUF, ONNX, ...): the loader cannot stream them, and they
+# are not written in plaintext either unless asked; the pin lists them as withheld.
+WITHHELD_PATTERNS = (
+    "*.bin",
+    "*.pt",
+    "*.pth",
+    "*.ckpt",
+    "*.gguf",
+    "*.ggml",
+    "*.onnx",
+    "*.h5",
+    "*.msgpack",
+    "*.npz",
+    "*.tensors",
+)
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,7 @@ class Pin:
     requested: str  # the reference as asked (an alias, say), for the record
     files: tuple[str, ...]  # written into the folder
     streamed: tuple[StreamedFile, ...]  # left to the loader
+    withheld: tuple[str, ...] = ()  # weights in formats the loader cannot stream, not written
     complete: bool = True
 
     @property
@@ -86,6 +103,7 @@ class Pin:
             "requested": self.requested,
             "files": list(self.files),
             "streamed": [dataclasses.asdict(entry) for entry in self.streamed],
+            "withheld": list(self.withheld),
         }
         return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
@@ -104,6 +122,7 @@ class Pin:
                 StreamedFile(_relative(e["path"]), int(e["size"]), _digest(e["digest"]))
                 for e in raw["streamed"]
             )
+            withheld = tuple(_relative(path) for path in raw.get("withheld", []))
             complete = raw["complete"]
             requested = raw.get("requested", f"{name}@{number}")
             if not isinstance(complete, bool) or not isinstance(requested, str):
@@ -113,7 +132,7 @@ class Pin:
                 f"{where} is not a pin written by `model-registry prepare`: {error}",
                 hint="prepare the folder again: `model-registry prepare REF DIR`",
             ) from None
-        return cls(name, number, digest, requested, files, streamed, complete)
+        return cls(name, number, digest, requested, files, streamed, withheld, complete)
 
 
 def _relative(path: object) -> str:
@@ -165,9 +184,9 @@ def read_pin(folder: str | Path) -> Pin:
 
 def select(
     manifest: Manifest, include: Sequence[str]
-) -> tuple[list[ManifestFile], list[ManifestFile]]:
-    """The files a prepare writes (everything but weights, and what `include` matches) and the
-    weight files it leaves to the loader."""
+) -> tuple[list[ManifestFile], list[ManifestFile], list[ManifestFile]]:
+    """The files a prepare writes (everything but weights, and what `include` matches), the
+    safetensors weights it leaves to the loader, and the other weights it withholds."""
     for pattern in include:
         if not pattern or pattern.startswith("/"):
             raise InvalidInputError(
@@ -176,11 +195,17 @@ def select(
             )
     written: list[ManifestFile] = []
     streamed: list[ManifestFile] = []
+    withheld: list[ManifestFile] = []
     for entry in manifest.files:
-        weight = any(fnmatch.fnmatchcase(entry.path, p) for p in WEIGHT_PATTERNS)
-        asked = any(fnmatch.fnmatchcase(entry.path, p) for p in include)
-        (written if asked or not weight else streamed).append(entry)
-    return written, streamed
+        if any(fnmatch.fnmatchcase(entry.path, p) for p in include):
+            written.append(entry)
+        elif any(fnmatch.fnmatchcase(entry.path, p) for p in STREAMED_PATTERNS):
+            streamed.append(entry)
+        elif any(fnmatch.fnmatchcase(entry.path.lower(), p) for p in WITHHELD_PATTERNS):
+            withheld.append(entry)
+        else:
+            written.append(entry)
+    return written, streamed, withheld
 
 
 def prepare_folder(
@@ -197,7 +222,7 @@ def prepare_folder(
     dest = Path(destination).expanduser().absolute()
     if dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"destination {dest} exists and is not a directory")
-    wanted, streamed = select(manifest, include)
+    wanted, streamed, withheld = select(manifest, include)
     if any(entry.path == PIN_NAME for entry in wanted):
         raise InvalidInputError(
             f"{version.ref} has a file named {PIN_NAME}, which a prepared folder keeps for its pin",
@@ -235,6 +260,7 @@ def prepare_folder(
         requested,
         tuple(entry.path for entry in wanted),
         tuple(StreamedFile(e.path, e.size, e.digest) for e in streamed),
+        tuple(e.path for e in withheld),
     )
     stale = sorted(managed - set(pin.files))
     created = not dest.exists()

@@ -283,3 +283,20 @@ def test_prepare_through_the_server_matches_the_local_one(
     written = tree(tmp_path / "remote")
     written.pop(PIN_NAME)
     assert written == _small(first)
+
+
+def test_weights_in_other_formats_are_withheld_unless_included(
+    registry: Registry, tmp_path: Path
+) -> None:
+    folder = _model(tmp_path, "pickled", 4, **{"pytorch_model.bin": b"PICKLE" * 100})
+    registry.push("org/pickled", folder)
+    dest = tmp_path / "serve"
+    result = registry.prepare("org/pickled", dest)
+    assert not (dest / "pytorch_model.bin").exists()
+    assert result.pin.withheld == ("pytorch_model.bin",)
+    assert read_pin(dest).withheld == ("pytorch_model.bin",)
+    shown = CliRunner().invoke(main, ["prepare", "org/pickled", str(dest)])
+    assert shown.exit_code == 0 and "withheld: pytorch_model.bin" in shown.output
+    result = registry.prepare("org/pickled", dest, include=["*.bin"])
+    assert (dest / "pytorch_model.bin").read_bytes() == b"PICKLE" * 100
+    assert result.pin.withheld == () and "pytorch_model.bin" in result.pin.files

@@ -36,7 +36,7 @@ def prepare(
         report = ReadReport()
         try:
             manifest, _signer = load_manifest(ctx, version, report)
-            wanted, _streamed = select(manifest, include)
+            wanted, _streamed, _withheld = select(manifest, include)
             with opening(ctx, wanted, report) as open_file:
                 try:
                     result = prepare_folder(

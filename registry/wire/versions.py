@@ -213,6 +213,7 @@ class PrepareResult(Version, kw_only=True):
     removed: list[str]
     bytes: int
     streamed: list[StreamedFile]
+    withheld: list[str]
 
     @classmethod
     def of(cls, result: prepared.PrepareResult) -> PrepareResult:  # type: ignore[override]
@@ -225,6 +226,7 @@ class PrepareResult(Version, kw_only=True):
             unchanged=list(result.unchanged),
             removed=list(result.removed),
             bytes=result.bytes,
+            withheld=list(result.pin.withheld),
             streamed=[
                 StreamedFile(path=f.path, size=f.size, digest=f.digest) for f in result.pin.streamed
             ],
