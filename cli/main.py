@@ -16,6 +16,7 @@ from cli import (
     gc,
     holds,
     keys,
+    kserve,
     regions,
     registry_commands,
     retention,
@@ -51,6 +52,7 @@ def main(url: str | None, token: str | None) -> None:
 registry_commands.register(main)
 versions.register(main)
 serving.register(main)
+kserve.register(main)
 main.add_command(keys.keys)
 regions.register(main)
 drill.register(main)

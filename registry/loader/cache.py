@@ -7,6 +7,12 @@ while it downloads and renamed into place once verified. What it serves is decry
 verified again like any other read; an entry that fails is dropped and read from the server. It
 is bounded in size, least recently used first out. Entries are named by a keyed hash of the
 digest (the key is the cache's own), so a listing does not say which content it holds.
+
+A cache can also be filled ahead of any load (`Cache.fill`: a storage initializer warms one for
+a serving container), with the same guarantee: an object is admitted only once its sealed bytes
+decrypted and hashed to its digest, in memory. A cache that cannot be written (a read-only
+mount, as KServe mounts the model folder into the serving container) still serves its entries:
+misses are then read upstream without keeping a copy.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import blake3
 
+from registry.crypto import sealed
 from registry.digest import digest_bytes
 from registry.errors import IntegrityError, InvalidInputError
 from registry.fileio import pread_into
@@ -85,7 +93,7 @@ class Cache:
         """Remove downloads that a process left behind when it died (they count in no bound)."""
         now = time.time()
         for path in self.root.glob(f".*{_PARTIAL}"):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or a read-only cache
                 if now - path.stat().st_mtime > STALE_PARTIAL:
                     path.unlink()
 
@@ -138,7 +146,75 @@ class Cache:
             return final.exists()
 
     def drop(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # gone already, or a read-only cache
+            path.unlink()
+
+    def fill(
+        self,
+        digest: str,
+        data_key: bytes,
+        read_range: Callable[[int, int], bytes],
+        *,
+        size: int,
+        what: str = "blob",
+    ) -> bool:
+        """Keep a verified copy of one sealed object without loading it (a cache warmed ahead of
+        the loads that will read it). `read_range(offset, length)` gives the object's sealed
+        bytes (fewer at its end); they are written beside the entry's final name as they arrive
+        and decrypted and hashed in memory, chunk by chunk (every chunk authenticated, the whole
+        plaintext of `size` bytes hashed against `digest`; no plaintext is written anywhere),
+        and the copy is admitted only once all of that passed. An entry the cache holds already
+        is checked the same way, from its own bytes: kept (False), or replaced when it fails
+        (True). `IntegrityError` when the upstream's bytes fail; nothing is admitted then."""
+        final = self.path_of(digest)
+        try:
+            entry = os.open(final, os.O_RDONLY)
+        except FileNotFoundError:
+            pass
+        else:
+            try:
+                _check(lambda offset, n: os.pread(entry, n, offset), data_key, digest, size, what)
+                with contextlib.suppress(OSError):
+                    os.utime(final)
+                return False
+            except IntegrityError:
+                self.drop(final)  # damaged: fetched again below
+            finally:
+                os.close(entry)
+        partial = final.with_name(f".{final.name}.{uuid.uuid4().hex}{_PARTIAL}")
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        spans: list[tuple[int, int]] = []
+        lock = threading.Lock()
+
+        def keep(offset: int, length: int) -> bytes:  # on the decrypting threads
+            data = read_range(offset, length)
+            os.pwrite(fd, data, offset)
+            with lock:
+                spans.append((offset, offset + len(data)))
+            return data
+
+        try:
+            _check(keep, data_key, digest, size, what)
+            os.close(fd)
+            fd = -1
+            covered = 0
+            for start, end in sorted(spans):
+                if start > covered:
+                    break
+                covered = max(covered, end)
+            if covered != os.path.getsize(partial):
+                raise IntegrityError(f"{what}: the sealed object was not read whole", path=what)
+            if not self.admit(partial, final):
+                raise InvalidInputError(
+                    f"{what}: the cache's bound ({self.max_bytes} bytes) is smaller than the "
+                    "object",
+                    hint=f"raise {ENV_CACHE_SIZE}",
+                )
+            return True
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            partial.unlink(missing_ok=True)
 
 
 class CachedReader:
@@ -162,15 +238,20 @@ class CachedReader:
         try:
             self._entry_fd = os.open(self.final, os.O_RDONLY)
             self.hit = self.was_hit = True
-            os.utime(self.final)  # least recently used goes first
+            with contextlib.suppress(OSError):  # a read-only cache serves its entries all the same
+                os.utime(self.final)  # least recently used goes first
         except FileNotFoundError:
             self._start_copy()
 
     def _start_copy(self) -> None:
         if self.cache.max_bytes == 0 or self._partial is not None:
             return
-        self._partial = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}{_PARTIAL}")
-        self._partial_fd = os.open(self._partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        partial = self.final.with_name(f".{self.final.name}.{uuid.uuid4().hex}{_PARTIAL}")
+        try:
+            self._partial_fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError:
+            return  # a read-only cache: read upstream, keep no copy
+        self._partial = partial
 
     def read_into(self, offset: int, buffer: memoryview, /) -> int:
         with self._lock:
@@ -249,3 +330,12 @@ class CachedReader:
             with contextlib.suppress(BufferError):  # a view still alive: unmapped when it goes
                 mapped.close()
         self._discard()
+
+
+def _check(
+    read_range: Callable[[int, int], bytes], data_key: bytes, digest: str, size: int, what: str
+) -> None:
+    """Decrypt and hash a whole sealed object in memory, dropping its plaintext chunk by chunk;
+    `IntegrityError` unless every chunk authenticates and the plaintext matches `digest`."""
+    for _chunk in sealed.unseal(read_range, data_key, digest, expected_size=size, what=what):
+        pass
