@@ -126,12 +126,12 @@ class RegistryLoaderMixin:
         stats = stream.stats
         if stats is not None:
             log.info(
-                "model-registry: loaded %s: %d tensors, %.2f GiB in %.2f s (%.2f GiB/s)",
+                "model-registry: loaded %s: %d tensors, %.1f MiB in %.2f s (%.1f MiB/s)",
                 pin.ref,
                 stats.tensors,
-                stats.bytes / 2**30,
+                stats.bytes / 2**20,
                 stats.seconds,
-                stats.throughput / 2**30,
+                stats.throughput / 2**20,
             )
         if loaded is not None and getattr(model_config, "quantization", None) is None:
             _check_loaded(self, model, set(loaded))
