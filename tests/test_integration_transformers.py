@@ -394,6 +394,10 @@ def test_bad_references_and_versions_without_a_config(
         load_pretrained("team/bare", registry=registry)
     with pytest.raises(InvalidInputError, match="no tokenizer"):
         load_tokenizer("team/bare", registry=registry)
+    if not torch.cuda.is_available():
+        registry.push("team/llama", plain["llama"])
+        with pytest.raises(InvalidInputError, match="no CUDA device"):
+            load_pretrained("team/llama", registry=registry, device="cuda")
     with pytest.raises(TypeError, match="state_dict"):
         load_pretrained("team/bare", registry=registry, state_dict={})
     with pytest.raises(InvalidInputError, match="not a prepared folder"):

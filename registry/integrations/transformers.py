@@ -273,7 +273,7 @@ def load_pretrained(
     import torch
 
     target = torch.device(device)
-    if target.type == "cuda" and target.index is None:
+    if target.type == "cuda" and target.index is None and torch.cuda.is_available():
         target = torch.device("cuda", torch.cuda.current_device())
     chosen = dataclasses.replace(
         options or loader.LoadOptions(), device=str(target), dtype=None, framework="pt"
