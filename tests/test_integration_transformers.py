@@ -31,6 +31,7 @@ from registry.integrations.transformers import load_pretrained, load_tokenizer  
 from registry.service import Registry  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+V5 = int(transformers.__version__.split(".")[0]) >= 5
 WORDS = (  # noqa: SIM905 - a sentence reads better than a column of words
     "the a model registry loads weights tensors verified encrypted shard digest token "
     "serving engine cat dog runs fast slow red blue green one two three four five six seven "
@@ -54,6 +55,7 @@ def _tokenizer() -> Any:
         pad_token="<pad>",
         bos_token="<s>",
         eos_token="</s>",
+        model_input_names=["input_ids", "attention_mask"],
     )
 
 
@@ -174,7 +176,8 @@ def test_the_same_model_as_from_pretrained(
     ours = load_pretrained(f"team/{shape}", registry=registry)
     theirs = transformers.AutoModelForCausalLM.from_pretrained(plain[shape])
     _same_model(ours, theirs)
-    assert ours.dtype == SHAPES[shape][1]
+    if V5:  # from_pretrained's default dtype became "auto", the checkpoint's, in 5.0
+        assert ours.dtype == SHAPES[shape][1]
     assert ours.name_or_path == f"team/{shape}@1"
     assert os.listdir(scratch) == []  # the temporary folder is gone
 
@@ -262,6 +265,7 @@ def test_folder_keeps_the_small_files_and_no_weight(
     _same_model(model, transformers.AutoModelForCausalLM.from_pretrained(plain["qwen2"]))
 
 
+@pytest.mark.slow  # the API server's imports and start-up
 def test_through_a_server(plain: dict[str, Path], home: Path, tmp_path: Path) -> None:
     from registry.client import RemoteRegistry
     from tests.test_api_cli import LiveServer
@@ -349,10 +353,10 @@ def test_tensors_of_another_shape_are_refused(
         config.replace('"intermediate_size": 256', '"intermediate_size": 512')
     )
     registry.push("team/wide", folder)
+    shapes = r" \[128, 256\] \(the model's: \[128, 512\]\)" if V5 else ""  # 4.x: names only
     with pytest.raises(
         InvalidInputError,
-        match=r"another shape .*model\.layers\.0\.mlp\.down_proj\.weight \[128, 256\] "
-        r"\(the model's: \[128, 512\]\)",
+        match=r"another shape .*model\.layers\.0\.mlp\.down_proj\.weight" + shapes,
     ):
         load_pretrained("team/wide", registry=registry)
     # As from_pretrained does when asked: those tensors are initialised instead.

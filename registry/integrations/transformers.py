@@ -30,6 +30,9 @@ What a load does:
    `from_pretrained`); nothing is returned.
 
 transformers is imported on first use; without it: `pip install 'model-registry[transformers]'`.
+Tested with transformers 4.57 and 5.x (the meta-device build and the no-copy adoption described
+above are 5.x's `from_pretrained`; `dtype=None` is "auto" there and float32 in 4.x, as each
+`from_pretrained` does; a GPU `device` on 4.x needs accelerate, as its `device_map` does).
 """
 
 from __future__ import annotations
@@ -205,10 +208,7 @@ def _check_loading(
     unexpected (ignored), and tensors of another shape (unless `ignore_mismatched_sizes` asked
     for them to be initialised instead, as `from_pretrained` does)."""
     problems = []
-    mismatched = sorted(
-        f"{name} {list(stored)} (the model's: {list(own)})"
-        for name, stored, own in info.get("mismatched_keys") or ()
-    )
+    mismatched = sorted(_mismatch(item) for item in info.get("mismatched_keys") or ())
     if mismatched and not reshaped:
         problems.append(f"of another shape than the model's: {_listed(mismatched)}")
     if strict:
@@ -227,6 +227,17 @@ def _check_loading(
             hint="is model_class= the version's architecture? strict=False only warns "
             "about missing and unexpected tensors, as from_pretrained does",
         )
+
+
+def _mismatch(item: Any) -> str:
+    """`name [stored shape] (the model's: [shape])` of a mismatched key (a name, or a tuple
+    of the name and the two shapes, by transformers' version)."""
+    if isinstance(item, str):
+        return item
+    name, *shapes = item
+    if len(shapes) == 2 and all(hasattr(shape, "__iter__") for shape in shapes):
+        return f"{name} {list(shapes[0])} (the model's: {list(shapes[1])})"
+    return str(name)
 
 
 def _listed(names: list[str]) -> str:
@@ -290,8 +301,6 @@ def load_pretrained(
         weights = dict(state)
         del state
         extra: dict[str, Any] = {} if target.type == "cpu" else {"device_map": {"": target}}
-        if generation is not None:
-            extra["generation_config"] = generation
         if dtype is not None:
             extra["dtype"] = dtype
         # Shapes are checked below, where the message names the tensors.
@@ -308,6 +317,8 @@ def load_pretrained(
         )
         del weights
     _check_loading(info, pin, strict=strict, reshaped=reshaped)
+    if generation is not None and model.can_generate():
+        model.generation_config = generation  # what from_pretrained reads from a folder
     model.config.name_or_path = model.name_or_path = pin.ref
     return model
 
