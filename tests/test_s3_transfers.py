@@ -306,6 +306,55 @@ def test_no_write_waits_for_the_write_once_probe_and_none_outlives_it(
     assert [info.name for info in driver.list()] == ["small/z"]  # no probe object left
 
 
+def test_a_write_while_the_probe_is_under_way_does_not_wait_for_it(
+    recording: _Recording,
+) -> None:
+    probing = threading.Event()
+    ours = threading.Event()
+    probe_waited: list[bool] = []
+
+    def put_object(method: Any, **kwargs: Any) -> Any:
+        if kwargs["Key"].startswith("registry/probe/"):
+            if not probe_waited:
+                probing.set()
+                # The probe's first write waits for a write asked while it is under way: one
+                # that waited for the probe (its lock held through its requests) would wait
+                # here in vain.
+                probe_waited.append(ours.wait(WAIT))
+        else:
+            ours.set()
+        return method(**kwargs)
+
+    recording.hooks["put_object"] = put_object
+    driver = _driver(recording)  # the server's write-once is not known yet
+    driver.expect_writes()  # a push about to write: the probe starts in the background
+    assert probing.wait(WAIT)
+    assert driver.put_if_absent("small/w", [b"slot"])
+    assert probe_waited == [True]
+    assert driver._write_once_known() is True  # answered: moto refuses a second write
+    assert [info.name for info in driver.list()] == ["small/w"]  # no probe object left
+
+
+def test_the_clients_of_a_process_share_one_model_loader_not_their_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from registry.storage.s3_client import make_client, shared_loader
+
+    location = S3Location(BUCKET, region="us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    first = make_client(location, parallelism=2)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second-key")
+    second = make_client(location, parallelism=2)
+    # botocore's JSON models are parsed once per process, not once per client (or region)...
+    assert first._loader is second._loader is shared_loader()
+    # ...while each client resolves its own credentials, as a fresh session does.
+    assert first._request_signer._credentials.access_key == "first-key"
+    assert second._request_signer._credentials.access_key == "second-key"
+    first.close()
+    second.close()
+
+
 # -- push ----------------------------------------------------------------------------------
 
 
@@ -408,6 +457,34 @@ def test_a_push_chooses_its_manifests_key_while_its_files_are_written(
         registry.push("team/m", model)
         registry.pull("team/m", tmp_path / "out")
     assert waited and all(waited)
+    assert tree(tmp_path / "out") == tree(model)
+
+
+def test_a_push_starts_the_write_once_probe_before_its_first_write(
+    s3_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_model(tmp_path / "model", shards=1, shard_size=100_000, seed=23)
+    with Registry.open(s3_home) as registry:
+        driver = registry.store.driver
+        assert isinstance(driver, S3Driver)
+        driver._enforced = None  # as a fresh process finds it
+        order: list[str] = []
+        expect, put = driver.expect_writes, driver.put_if_absent
+
+        def expecting() -> None:
+            order.append("expect")
+            expect()
+
+        def putting(name: str, chunks: Any, **kwargs: Any) -> bool:
+            order.append(name.split("/", 1)[0])
+            return put(name, chunks, **kwargs)
+
+        monkeypatch.setattr(driver, "expect_writes", expecting)
+        monkeypatch.setattr(driver, "put_if_absent", putting)
+        registry.push("team/m", model)
+        registry.pull("team/m", tmp_path / "out")
+    # The probe runs while the push hashes and checks, not in the way of its first writes.
+    assert order[0] == "expect" and "slots" in order and "blobs" in order, order
     assert tree(tmp_path / "out") == tree(model)
 
 

@@ -522,10 +522,17 @@ class S3Driver(Driver, ObjectLock):
         """Whether this server refuses a second `If-None-Match: *` write of a name on this
         bucket (AWS does, Ceph RGW does not on versioned buckets). Probed once per driver with
         a small object written twice and then deleted; only a refusal with 412 counts, so a
-        server that ignores the header keeps the listing check."""
+        server that ignores the header keeps the listing check. The lock is not held while
+        the probe's requests run: a write asking meanwhile (`_write_once_known`) must not wait
+        for them."""
+        with self._probe_lock:
+            known = self._enforced
+        if known is not None:
+            return known
+        found = self._probe_write_once()
         with self._probe_lock:
             if self._enforced is None:
-                self._enforced = self._probe_write_once()
+                self._enforced = found
             return self._enforced
 
     def _write_once_known(self) -> bool:
@@ -538,6 +545,12 @@ class S3Driver(Driver, ObjectLock):
             if self._probing is None:
                 self._probing = deadline.submit(self._background_probe)
         return False
+
+    def expect_writes(self) -> None:
+        """Writes follow soon (a push, once its checks passed): the probe of the server's
+        write-once behaviour starts now, in the background, so that the first writes find it
+        answered and take the shorter path where the server enforces write-once."""
+        self._write_once_known()
 
     def _background_probe(self) -> bool:
         try:
