@@ -30,7 +30,7 @@ from registry.service import Registry
 from registry.storage.deadline import Budget, call_with_deadline
 from registry.storage.lock import COMPLIANCE, Retention
 from registry.storage.s3 import MIN_PART_SIZE, S3Driver, S3Location
-from registry.storage.s3_transfer import cut_parts
+from registry.storage.s3_transfer import PartPool, cut_parts
 from registry.testing.models import make_model
 from tests.conftest import LOCKED_BUCKET, tree
 
@@ -99,6 +99,43 @@ def test_parts_are_cut_once_even_from_chunk_memory_the_producer_reuses() -> None
     small: list[bytearray] = []
     assert bytes(next(cut_parts([b"slot"], 16, lambda: small.append(bytearray(16)) or small[-1])))
     assert small == []  # a small object never takes a part buffer
+
+
+def test_a_free_part_slot_goes_to_the_upload_that_started_first() -> None:
+    pool = PartPool(16, 1)
+    order: list[str] = []
+
+    def until(condition: Any) -> None:
+        done = threading.Event()
+        for _ in range(int(WAIT / 0.01)):
+            if condition():
+                return
+            done.wait(0.01)
+        raise AssertionError("never happened")
+
+    def send(rank: int, name: str) -> None:
+        pool.acquire(rank)
+        order.append(name)
+        pool.release()
+
+    with pool.uploading() as first, pool.uploading() as second:
+        assert first < second
+        # An upload that does not wait holds no one back: the later one takes the free slot.
+        pool.acquire(second)
+        pool.release()
+        pool.acquire(first)  # the one slot is in use
+        later = threading.Thread(target=send, args=(second, "second"))
+        later.start()
+        until(lambda: pool.waiting == 1)
+        earlier = threading.Thread(target=send, args=(first, "first"))
+        earlier.start()
+        until(lambda: pool.waiting == 2)
+        pool.release()
+        later.join(WAIT)
+        earlier.join(WAIT)
+    # The upload that started first gets the slot although the other asked for it first: the
+    # uploads finish one after another, each one's completion overlapping the next's parts.
+    assert order == ["first", "second"]
 
 
 def test_a_drivers_uploads_share_its_part_slots_and_use_them_at_once(
@@ -278,6 +315,37 @@ def test_where_the_server_ignores_it_a_small_write_looks_first_and_locks_after_w
     ]
     retention = driver.retention("small/y")
     assert retention is not None and retention.until >= until.replace(microsecond=0)
+
+
+@pytest.mark.parametrize("enforced", [True, False])
+def test_a_name_just_found_missing_is_not_looked_up_again_before_its_write(
+    recording: _Recording, monkeypatch: pytest.MonkeyPatch, enforced: bool
+) -> None:
+    driver = _driver(recording, server_write_once=enforced)
+    # A multipart upload (and, where the server ignores If-None-Match, any write) asks
+    # whether the object exists first, unless a push's survey just found it missing.
+    large = [os.urandom(MIN_PART_SIZE), b"tail"]
+    assert driver.stat("small/v") is None
+    recording.calls.clear()
+    assert driver.put_if_absent("small/v", large)
+    assert recording.calls[0][0] == "create_multipart_upload", recording.calls[:3]
+    # That answer served one write: the next one asks again, and writes nothing.
+    recording.calls.clear()
+    assert not driver.put_if_absent("small/v", [os.urandom(MIN_PART_SIZE)])
+    assert [name for name, _ in recording.calls][:1] == ["head_object"]
+    # A name written by another writer since it was found missing: the write's own check
+    # (the server's refusal, or the version listing) still keeps the first content.
+    assert driver.stat("small/u") is None
+    assert S3Driver(S3Location(BUCKET), client=recording.real).put_if_absent("small/u", [b"1"])
+    assert not driver.put_if_absent("small/u", [b"2"])
+    assert driver.get_range("small/u") == b"1"
+    assert len(driver._versions(driver._key("small/u"))) == 1
+    # An answer older than ABSENT_FOR is not taken.
+    monkeypatch.setattr("registry.storage.s3.ABSENT_FOR", 0.0)
+    assert driver.stat("small/t") is None
+    recording.calls.clear()
+    assert driver.put_if_absent("small/t", large)
+    assert recording.calls[0][0] == "head_object"
 
 
 def test_no_write_waits_for_the_write_once_probe_and_none_outlives_it(

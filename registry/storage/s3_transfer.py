@@ -13,6 +13,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import heapq
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,22 +39,33 @@ PIECE = 256 * 1024
 class PartPool:
     """The parts of one driver's uploads: `slots` parts in flight at most across all of them,
     and the buffers of parts sent, lent again while an upload runs (an idle driver keeps
-    none)."""
+    none).
+
+    A free slot goes to the upload that started first among those waiting for one, so that
+    uploads finish one after another rather than all together at the end: each object's
+    completion, lock and checks then overlap with the next objects' transfers, and only the
+    last object's are left after the last byte is sent. An upload that is not waiting (its next
+    part still being sealed) holds no one back."""
 
     def __init__(self, size: int, slots: int) -> None:
         self.size = size
         self.slots = slots
-        self._in_flight = threading.Semaphore(slots)
+        self._free = slots
+        self._waiting: list[int] = []  # a heap of the waiting uploads' ranks
         self._spare: list[bytearray] = []
         self._uploads = 0
+        self._ranks = itertools.count()
         self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
 
     @contextlib.contextmanager
-    def uploading(self) -> Iterator[None]:
+    def uploading(self) -> Iterator[int]:
+        """One upload under way; its rank (the order it started in) for `acquire`."""
         with self._lock:
             self._uploads += 1
+            rank = next(self._ranks)
         try:
-            yield
+            yield rank
         finally:
             with self._lock:
                 self._uploads -= 1
@@ -75,11 +88,29 @@ class PartPool:
             if self._uploads and len(part) == self.size:
                 self._spare.append(part)
 
-    def acquire(self) -> None:
-        self._in_flight.acquire()
+    def acquire(self, rank: int = 0) -> None:
+        """A slot for the next part of the upload of `rank`: the first free one, unless an
+        upload that started earlier is waiting too."""
+        with self._turn:
+            heapq.heappush(self._waiting, rank)
+            try:
+                self._turn.wait_for(lambda: self._free > 0 and self._waiting[0] == rank)
+            finally:
+                self._waiting.remove(rank)
+                heapq.heapify(self._waiting)
+                self._turn.notify_all()
+            self._free -= 1
 
     def release(self) -> None:
-        self._in_flight.release()
+        with self._turn:
+            self._free += 1
+            self._turn.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """How many uploads wait for a slot now."""
+        with self._lock:
+            return len(self._waiting)
 
 
 def cut_parts(
@@ -145,14 +176,15 @@ def upload_parts(
     *,
     pool: PartPool,
     write_once: bool,
+    rank: int = 0,
 ) -> dict[str, Any]:
     """A multipart upload of `first` and `rest` through `client` (calls under deadlines). The
     upload is created while the next parts are cut (and sealed), and each part is sent as soon
-    as one of the pool's slots is free: the driver's uploads share them, so several objects can
-    be written at once (their small requests overlapping each other's transfers) while the
-    parts in flight, and the memory they hold, stay bounded. A part that failed ends the upload
-    at once; the upload is aborted on any failure, so none lingers (they are billed and
-    invisible)."""
+    as one of the pool's slots is free (`rank`: this upload's turn among those waiting, see
+    `PartPool`): the driver's uploads share them, so several objects can be written at once
+    (their small requests overlapping each other's transfers) while the parts in flight, and
+    the memory they hold, stay bounded. A part that failed ends the upload at once; the upload
+    is aborted on any failure, so none lingers (they are billed and invisible)."""
     done: list[dict[str, Any]] = []
     with ThreadPoolExecutor(pool.slots + 1, thread_name_prefix="s3-part") as threads:
         created: Future[dict[str, Any]] = threads.submit(
@@ -187,7 +219,7 @@ def upload_parts(
             for number, body in enumerate(chain(iter([first]), rest), start=1):
                 # Waiting here also holds back the producer (the sealing): at most one part
                 # per upload waits for a slot.
-                pool.acquire()
+                pool.acquire(rank)
                 try:
                     window.append(threads.submit(send, number, body))
                 except BaseException:
