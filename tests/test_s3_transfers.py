@@ -556,6 +556,41 @@ def test_a_push_starts_the_write_once_probe_before_its_first_write(
     assert tree(tmp_path / "out") == tree(model)
 
 
+@pytest.mark.parametrize("enforced", [True, False])
+def test_concurrent_pushes_of_the_same_content_both_succeed(
+    s3_home: Path, tmp_path: Path, enforced: bool
+) -> None:
+    # Shards above a part: multipart uploads sharing each driver's ordered part slots, the
+    # lookup before them skipped after the survey; `enforced` False takes the path of a server
+    # that ignores If-None-Match (Ceph RGW): looked up first, versions listed after.
+    model = make_model(tmp_path / "model", shards=2, shard_size=MIN_PART_SIZE + 4096, seed=24)
+    barrier = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def push(name: str) -> None:
+        try:
+            with Registry.open(s3_home) as opened:
+                driver = opened.store.driver
+                assert isinstance(driver, S3Driver)
+                driver._enforced = enforced
+                barrier.wait(WAIT)
+                results[name] = opened.push(name, model)
+        except BaseException as error:  # noqa: BLE001 - asserted below
+            results[name] = error
+
+    threads = [threading.Thread(target=push, args=(n,)) for n in ("team/a", "team/b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not [r for r in results.values() if isinstance(r, BaseException)], results
+    with Registry.open(s3_home) as registry:
+        for name in ("team/a", "team/b"):
+            assert registry.verify(name, read_data=True).ok
+            registry.pull(name, tmp_path / name)
+            assert tree(tmp_path / name) == tree(model)
+
+
 # -- pull's read-ahead ---------------------------------------------------------------------
 
 
