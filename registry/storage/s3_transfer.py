@@ -45,13 +45,16 @@ class PartPool:
     uploads finish one after another rather than all together at the end: each object's
     completion, lock and checks then overlap with the next objects' transfers, and only the
     last object's are left after the last byte is sent. An upload that is not waiting (its next
-    part still being sealed) holds no one back."""
+    part still being sealed) holds no one back, and a waiting upload with no part in flight
+    goes first: every upload keeps at least one part moving, so none is starved (a multi-region
+    push would take a starved writer for a stalled region)."""
 
     def __init__(self, size: int, slots: int) -> None:
         self.size = size
         self.slots = slots
         self._free = slots
         self._waiting: list[int] = []  # a heap of the waiting uploads' ranks
+        self._busy: dict[int, int] = {}  # rank -> parts in flight
         self._spare: list[bytearray] = []
         self._uploads = 0
         self._ranks = itertools.count()
@@ -89,21 +92,33 @@ class PartPool:
                 self._spare.append(part)
 
     def acquire(self, rank: int = 0) -> None:
-        """A slot for the next part of the upload of `rank`: the first free one, unless an
-        upload that started earlier is waiting too."""
+        """A slot for the next part of the upload of `rank` (release it with the same rank):
+        the first free one, unless another waiting upload goes first (see the class)."""
         with self._turn:
             heapq.heappush(self._waiting, rank)
             try:
-                self._turn.wait_for(lambda: self._free > 0 and self._waiting[0] == rank)
+                self._turn.wait_for(lambda: self._free > 0 and self._next() == rank)
             finally:
                 self._waiting.remove(rank)
                 heapq.heapify(self._waiting)
                 self._turn.notify_all()
             self._free -= 1
+            self._busy[rank] = self._busy.get(rank, 0) + 1
 
-    def release(self) -> None:
+    def _next(self) -> int:
+        """The waiting upload the next free slot goes to: the earliest-started one without a
+        part in flight, else the earliest-started one."""
+        idle = [rank for rank in self._waiting if not self._busy.get(rank)]
+        return min(idle) if idle else self._waiting[0]
+
+    def release(self, rank: int = 0) -> None:
         with self._turn:
             self._free += 1
+            left = self._busy.get(rank, 0) - 1
+            if left > 0:
+                self._busy[rank] = left
+            else:
+                self._busy.pop(rank, None)
             self._turn.notify_all()
 
     @property
@@ -206,7 +221,7 @@ def upload_parts(
             finally:
                 # Freed when the call returned or was abandoned to its deadline, so that a hung
                 # region's parts hold the driver's other uploads no longer than that.
-                pool.release()
+                pool.release(rank)
             pool.sent(body)
             return {
                 "PartNumber": number,
@@ -223,7 +238,7 @@ def upload_parts(
                 try:
                     window.append(threads.submit(send, number, body))
                 except BaseException:
-                    pool.release()
+                    pool.release(rank)
                     raise
                 del body
                 while window and (window[0].done() or len(window) >= pool.slots):
