@@ -30,7 +30,7 @@ from registry.service import Registry
 from registry.storage.deadline import Budget, call_with_deadline
 from registry.storage.lock import COMPLIANCE, Retention
 from registry.storage.s3 import MIN_PART_SIZE, S3Driver, S3Location
-from registry.storage.s3_transfer import cut_parts
+from registry.storage.s3_transfer import PartPool, cut_parts
 from registry.testing.models import make_model
 from tests.conftest import LOCKED_BUCKET, tree
 
@@ -99,6 +99,61 @@ def test_parts_are_cut_once_even_from_chunk_memory_the_producer_reuses() -> None
     small: list[bytearray] = []
     assert bytes(next(cut_parts([b"slot"], 16, lambda: small.append(bytearray(16)) or small[-1])))
     assert small == []  # a small object never takes a part buffer
+
+
+def _until(condition: Any) -> None:
+    pause = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if condition():
+            return
+        pause.wait(0.01)
+    raise AssertionError("never happened")
+
+
+def _slot_order(pool: PartPool, held: list[int], waiters: list[tuple[int, str]]) -> list[str]:
+    """The order in which `waiters` (rank, name), asking one after another while the pool's
+    slots are all held (by the uploads in `held`), get one once the first of those is let go."""
+    order: list[str] = []
+
+    def send(rank: int, name: str) -> None:
+        pool.acquire(rank)
+        order.append(name)
+        pool.release(rank)
+
+    for rank in held:
+        pool.acquire(rank)
+    threads = []
+    for count, waiter in enumerate(waiters, start=1):
+        threads.append(threading.Thread(target=send, args=waiter))
+        threads[-1].start()
+        _until(lambda count=count: pool.waiting == count)  # type: ignore[misc]
+    pool.release(held[0])
+    for thread in threads:
+        thread.join(WAIT)
+    for rank in held[1:]:
+        pool.release(rank)
+    return order
+
+
+def test_a_free_part_slot_goes_to_the_upload_that_started_first() -> None:
+    pool = PartPool(16, 1)
+    with pool.uploading() as first, pool.uploading() as second, pool.uploading() as third:
+        assert first < second < third
+        # An upload that does not wait holds no one back: the latest one takes the free slot.
+        pool.acquire(third)
+        pool.release(third)
+        # The upload that started first gets the slot although the other asked for it first:
+        # the uploads finish one after another, each one's completion overlapping the next
+        # one's parts.
+        order = _slot_order(pool, [third], [(second, "second"), (first, "first")])
+        assert order == ["first", "second"]
+    pool = PartPool(16, 2)
+    with pool.uploading() as first, pool.uploading() as second:
+        # Unless the later one has no part in flight and the earlier one has: every upload
+        # keeps a part moving, none is starved (a multi-region push would take a starved
+        # writer for a stalled region and drop it).
+        order = _slot_order(pool, [first, first], [(first, "first"), (second, "second")])
+        assert order == ["second", "first"]
 
 
 def test_a_drivers_uploads_share_its_part_slots_and_use_them_at_once(
@@ -280,6 +335,37 @@ def test_where_the_server_ignores_it_a_small_write_looks_first_and_locks_after_w
     assert retention is not None and retention.until >= until.replace(microsecond=0)
 
 
+@pytest.mark.parametrize("enforced", [True, False])
+def test_a_name_just_found_missing_is_not_looked_up_again_before_its_write(
+    recording: _Recording, monkeypatch: pytest.MonkeyPatch, enforced: bool
+) -> None:
+    driver = _driver(recording, server_write_once=enforced)
+    # A multipart upload (and, where the server ignores If-None-Match, any write) asks
+    # whether the object exists first, unless a push's survey just found it missing.
+    large = [os.urandom(MIN_PART_SIZE), b"tail"]
+    assert driver.stat("small/v") is None
+    recording.calls.clear()
+    assert driver.put_if_absent("small/v", large)
+    assert recording.calls[0][0] == "create_multipart_upload", recording.calls[:3]
+    # That answer served one write: the next one asks again, and writes nothing.
+    recording.calls.clear()
+    assert not driver.put_if_absent("small/v", [os.urandom(MIN_PART_SIZE)])
+    assert [name for name, _ in recording.calls][:1] == ["head_object"]
+    # A name written by another writer since it was found missing: the write's own check
+    # (the server's refusal, or the version listing) still keeps the first content.
+    assert driver.stat("small/u") is None
+    assert S3Driver(S3Location(BUCKET), client=recording.real).put_if_absent("small/u", [b"1"])
+    assert not driver.put_if_absent("small/u", [b"2"])
+    assert driver.get_range("small/u") == b"1"
+    assert len(driver._versions(driver._key("small/u"))) == 1
+    # An answer older than ABSENT_FOR is not taken.
+    monkeypatch.setattr("registry.storage.s3.ABSENT_FOR", 0.0)
+    assert driver.stat("small/t") is None
+    recording.calls.clear()
+    assert driver.put_if_absent("small/t", large)
+    assert recording.calls[0][0] == "head_object"
+
+
 def test_no_write_waits_for_the_write_once_probe_and_none_outlives_it(
     recording: _Recording,
 ) -> None:
@@ -304,6 +390,55 @@ def test_no_write_waits_for_the_write_once_probe_and_none_outlives_it(
     # Until the probe answered, the write took the path that holds anywhere: looked up first.
     assert next(name for name, key in recording.calls if key == "small/z") == "head_object"
     assert [info.name for info in driver.list()] == ["small/z"]  # no probe object left
+
+
+def test_a_write_while_the_probe_is_under_way_does_not_wait_for_it(
+    recording: _Recording,
+) -> None:
+    probing = threading.Event()
+    ours = threading.Event()
+    probe_waited: list[bool] = []
+
+    def put_object(method: Any, **kwargs: Any) -> Any:
+        if kwargs["Key"].startswith("registry/probe/"):
+            if not probe_waited:
+                probing.set()
+                # The probe's first write waits for a write asked while it is under way: one
+                # that waited for the probe (its lock held through its requests) would wait
+                # here in vain.
+                probe_waited.append(ours.wait(WAIT))
+        else:
+            ours.set()
+        return method(**kwargs)
+
+    recording.hooks["put_object"] = put_object
+    driver = _driver(recording)  # the server's write-once is not known yet
+    driver.expect_writes()  # a push about to write: the probe starts in the background
+    assert probing.wait(WAIT)
+    assert driver.put_if_absent("small/w", [b"slot"])
+    assert probe_waited == [True]
+    assert driver._write_once_known() is True  # answered: moto refuses a second write
+    assert [info.name for info in driver.list()] == ["small/w"]  # no probe object left
+
+
+def test_the_clients_of_a_process_share_one_model_loader_not_their_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from registry.storage.s3_client import make_client, shared_loader
+
+    location = S3Location(BUCKET, region="us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    first = make_client(location, parallelism=2)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "second-key")
+    second = make_client(location, parallelism=2)
+    # botocore's JSON models are parsed once per process, not once per client (or region)...
+    assert first._loader is second._loader is shared_loader()
+    # ...while each client resolves its own credentials, as a fresh session does.
+    assert first._request_signer._credentials.access_key == "first-key"
+    assert second._request_signer._credentials.access_key == "second-key"
+    first.close()
+    second.close()
 
 
 # -- push ----------------------------------------------------------------------------------
@@ -409,6 +544,69 @@ def test_a_push_chooses_its_manifests_key_while_its_files_are_written(
         registry.pull("team/m", tmp_path / "out")
     assert waited and all(waited)
     assert tree(tmp_path / "out") == tree(model)
+
+
+def test_a_push_starts_the_write_once_probe_before_its_first_write(
+    s3_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_model(tmp_path / "model", shards=1, shard_size=100_000, seed=23)
+    with Registry.open(s3_home) as registry:
+        driver = registry.store.driver
+        assert isinstance(driver, S3Driver)
+        driver._enforced = None  # as a fresh process finds it
+        order: list[str] = []
+        expect, put = driver.expect_writes, driver.put_if_absent
+
+        def expecting() -> None:
+            order.append("expect")
+            expect()
+
+        def putting(name: str, chunks: Any, **kwargs: Any) -> bool:
+            order.append(name.split("/", 1)[0])
+            return put(name, chunks, **kwargs)
+
+        monkeypatch.setattr(driver, "expect_writes", expecting)
+        monkeypatch.setattr(driver, "put_if_absent", putting)
+        registry.push("team/m", model)
+        registry.pull("team/m", tmp_path / "out")
+    # The probe runs while the push hashes and checks, not in the way of its first writes.
+    assert order[0] == "expect" and "slots" in order and "blobs" in order, order
+    assert tree(tmp_path / "out") == tree(model)
+
+
+@pytest.mark.parametrize("enforced", [True, False])
+def test_concurrent_pushes_of_the_same_content_both_succeed(
+    s3_home: Path, tmp_path: Path, enforced: bool
+) -> None:
+    # Shards above a part: multipart uploads sharing each driver's ordered part slots, the
+    # lookup before them skipped after the survey; `enforced` False takes the path of a server
+    # that ignores If-None-Match (Ceph RGW): looked up first, versions listed after.
+    model = make_model(tmp_path / "model", shards=2, shard_size=MIN_PART_SIZE + 4096, seed=24)
+    barrier = threading.Barrier(2)
+    results: dict[str, Any] = {}
+
+    def push(name: str) -> None:
+        try:
+            with Registry.open(s3_home) as opened:
+                driver = opened.store.driver
+                assert isinstance(driver, S3Driver)
+                driver._enforced = enforced
+                barrier.wait(WAIT)
+                results[name] = opened.push(name, model)
+        except BaseException as error:  # noqa: BLE001 - asserted below
+            results[name] = error
+
+    threads = [threading.Thread(target=push, args=(n,)) for n in ("team/a", "team/b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not [r for r in results.values() if isinstance(r, BaseException)], results
+    with Registry.open(s3_home) as registry:
+        for name in ("team/a", "team/b"):
+            assert registry.verify(name, read_data=True).ok
+            registry.pull(name, tmp_path / name)
+            assert tree(tmp_path / name) == tree(model)
 
 
 # -- pull's read-ahead ---------------------------------------------------------------------

@@ -116,6 +116,9 @@ def push(
             hint="trust it with `model-registry keys trust NAME PUBLIC_KEY` "
             "(`model-registry keys show` prints it)",
         )
+    # The checks of the catalog against the stores passed: the stores may prepare for the
+    # writes (an S3 driver probes its server's write-once behaviour) while the files are hashed.
+    ctx.replicas.expect_writes()
     files = manifests.collect(Path(path))
     known = dict(digests or {})
     if known and set(known) != {entry.path for entry in files}:

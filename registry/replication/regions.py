@@ -87,6 +87,15 @@ class Regions:
         """Whether a request to the region failed a moment ago (writes skip it)."""
         return self.health.unavailable(region.name) is not None
 
+    def expect_writes(self) -> None:
+        """Writes to the regions follow soon: a driver that prepares for them in the
+        background (S3: the probe of the server's write-once behaviour) starts now, so that
+        the first writes do not wait for it or take a longer path meanwhile."""
+        for region in self.regions:
+            prepare = getattr(region.store.driver, "expect_writes", None)
+            if prepare is not None and not self.is_down(region):
+                prepare()
+
     def condition(self, region: Region) -> Condition | None:
         """Why the region is read last now (down, hung or degraded), or None."""
         return self.health.condition(region.name)

@@ -21,6 +21,7 @@ import builtins
 import contextlib
 import dataclasses
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, wait
@@ -69,6 +70,10 @@ MIN_PART_SIZE = 8 * 1024 * 1024
 MAX_PART_SIZE = 64 * 1024 * 1024
 # boto3's own default: more parts of a file in flight at once, and less memory per part held.
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
+# A name found missing this recently (a push's survey of the regions, just before it writes the
+# object) is not looked up again before its write: the write's own check (If-None-Match, or the
+# version listing where the server ignores it) still decides who wins a race.
+ABSENT_FOR = 2.0
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
 _PRECONDITION = {"412", "PreconditionFailed", "ConditionalRequestConflict", "409"}
 
@@ -133,6 +138,9 @@ class S3Driver(Driver, ObjectLock):
         self._parts = PartPool(part_size, self.parallelism)
         self._probe_lock = threading.Lock()
         self._probing: Future[bool] | None = None
+        # Names `stat` found missing, and when (see ABSENT_FOR).
+        self._absent: dict[str, float] = {}
+        self._absent_lock = threading.Lock()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -245,7 +253,7 @@ class S3Driver(Driver, ObjectLock):
                 key,
                 chunks,
                 write_once=True,
-                present=lambda: self.stat(name) is not None,
+                present=lambda: self._present(name),
                 look_first=not enforced,
                 lock=wanted if enforced else None,
             )
@@ -275,6 +283,22 @@ class S3Driver(Driver, ObjectLock):
             # receive the lock meant for the object.
             self._lock_written(name, wanted, response.get("VersionId"), sent=lock_sent)
         return True
+
+    def _present(self, name: str) -> bool:
+        """Whether the object exists, as a write asks before it uploads: not asked again when
+        `stat` found it missing within ABSENT_FOR seconds (each such answer serves one write)."""
+        with self._absent_lock:
+            seen = self._absent.pop(self._key(name), None)
+        if seen is not None and time.monotonic() - seen < ABSENT_FOR:
+            return False
+        return self.stat(name) is not None
+
+    def _saw_absent(self, key: str) -> None:
+        now = time.monotonic()
+        with self._absent_lock:
+            if len(self._absent) >= 1024:
+                self._absent = {k: t for k, t in self._absent.items() if now - t < ABSENT_FOR}
+            self._absent[key] = now
 
     def _lock_written(
         self, name: str, wanted: Retention, version: str | None, *, sent: bool
@@ -345,7 +369,7 @@ class S3Driver(Driver, ObjectLock):
         and whether `lock` went with it (only a PutObject carries it). With `present`, nothing
         is written (None) when it says the object exists: asked before a multipart upload, and
         before a PutObject when `look_first`."""
-        with self._parts.uploading():
+        with self._parts.uploading() as rank:
             parts = self._parts.cut(chunks)
             first = next(parts)
             if len(first) == self.part_size:
@@ -359,6 +383,7 @@ class S3Driver(Driver, ObjectLock):
                     parts,
                     pool=self._parts,
                     write_once=write_once,
+                    rank=rank,
                 )
                 return uploaded, False
         if present is not None and look_first and present():
@@ -522,10 +547,17 @@ class S3Driver(Driver, ObjectLock):
         """Whether this server refuses a second `If-None-Match: *` write of a name on this
         bucket (AWS does, Ceph RGW does not on versioned buckets). Probed once per driver with
         a small object written twice and then deleted; only a refusal with 412 counts, so a
-        server that ignores the header keeps the listing check."""
+        server that ignores the header keeps the listing check. The lock is not held while
+        the probe's requests run: a write asking meanwhile (`_write_once_known`) must not wait
+        for them."""
+        with self._probe_lock:
+            known = self._enforced
+        if known is not None:
+            return known
+        found = self._probe_write_once()
         with self._probe_lock:
             if self._enforced is None:
-                self._enforced = self._probe_write_once()
+                self._enforced = found
             return self._enforced
 
     def _write_once_known(self) -> bool:
@@ -538,6 +570,12 @@ class S3Driver(Driver, ObjectLock):
             if self._probing is None:
                 self._probing = deadline.submit(self._background_probe)
         return False
+
+    def expect_writes(self) -> None:
+        """Writes follow soon (a push, once its checks passed): the probe of the server's
+        write-once behaviour starts now, in the background, so that the first writes find it
+        answered and take the shorter path where the server enforces write-once."""
+        self._write_once_known()
 
     def _background_probe(self) -> bool:
         try:
@@ -670,6 +708,7 @@ class S3Driver(Driver, ObjectLock):
             head = self._client.head_object(Bucket=self.location.bucket, Key=key)
         except ClientError as error:
             if _code(error) in _MISSING or _status(error) == 404:
+                self._saw_absent(key)
                 return None
             raise self._fail("stat of", name, error) from error
         except BotoCoreError as error:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import heapq
+import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -37,22 +39,36 @@ PIECE = 256 * 1024
 class PartPool:
     """The parts of one driver's uploads: `slots` parts in flight at most across all of them,
     and the buffers of parts sent, lent again while an upload runs (an idle driver keeps
-    none)."""
+    none).
+
+    A free slot goes to the upload that started first among those waiting for one, so that
+    uploads finish one after another rather than all together at the end: each object's
+    completion, lock and checks then overlap with the next objects' transfers, and only the
+    last object's are left after the last byte is sent. An upload that is not waiting (its next
+    part still being sealed) holds no one back, and a waiting upload with no part in flight
+    goes first: every upload keeps at least one part moving, so none is starved (a multi-region
+    push would take a starved writer for a stalled region)."""
 
     def __init__(self, size: int, slots: int) -> None:
         self.size = size
         self.slots = slots
-        self._in_flight = threading.Semaphore(slots)
+        self._free = slots
+        self._waiting: list[int] = []  # a heap of the waiting uploads' ranks
+        self._busy: dict[int, int] = {}  # rank -> parts in flight
         self._spare: list[bytearray] = []
         self._uploads = 0
+        self._ranks = itertools.count()
         self._lock = threading.Lock()
+        self._turn = threading.Condition(self._lock)
 
     @contextlib.contextmanager
-    def uploading(self) -> Iterator[None]:
+    def uploading(self) -> Iterator[int]:
+        """One upload under way; its rank (the order it started in) for `acquire`."""
         with self._lock:
             self._uploads += 1
+            rank = next(self._ranks)
         try:
-            yield
+            yield rank
         finally:
             with self._lock:
                 self._uploads -= 1
@@ -75,11 +91,41 @@ class PartPool:
             if self._uploads and len(part) == self.size:
                 self._spare.append(part)
 
-    def acquire(self) -> None:
-        self._in_flight.acquire()
+    def acquire(self, rank: int = 0) -> None:
+        """A slot for the next part of the upload of `rank` (release it with the same rank):
+        the first free one, unless another waiting upload goes first (see the class)."""
+        with self._turn:
+            heapq.heappush(self._waiting, rank)
+            try:
+                self._turn.wait_for(lambda: self._free > 0 and self._next() == rank)
+            finally:
+                self._waiting.remove(rank)
+                heapq.heapify(self._waiting)
+                self._turn.notify_all()
+            self._free -= 1
+            self._busy[rank] = self._busy.get(rank, 0) + 1
 
-    def release(self) -> None:
-        self._in_flight.release()
+    def _next(self) -> int:
+        """The waiting upload the next free slot goes to: the earliest-started one without a
+        part in flight, else the earliest-started one."""
+        idle = [rank for rank in self._waiting if not self._busy.get(rank)]
+        return min(idle) if idle else self._waiting[0]
+
+    def release(self, rank: int = 0) -> None:
+        with self._turn:
+            self._free += 1
+            left = self._busy.get(rank, 0) - 1
+            if left > 0:
+                self._busy[rank] = left
+            else:
+                self._busy.pop(rank, None)
+            self._turn.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """How many uploads wait for a slot now."""
+        with self._lock:
+            return len(self._waiting)
 
 
 def cut_parts(
@@ -145,14 +191,15 @@ def upload_parts(
     *,
     pool: PartPool,
     write_once: bool,
+    rank: int = 0,
 ) -> dict[str, Any]:
     """A multipart upload of `first` and `rest` through `client` (calls under deadlines). The
     upload is created while the next parts are cut (and sealed), and each part is sent as soon
-    as one of the pool's slots is free: the driver's uploads share them, so several objects can
-    be written at once (their small requests overlapping each other's transfers) while the
-    parts in flight, and the memory they hold, stay bounded. A part that failed ends the upload
-    at once; the upload is aborted on any failure, so none lingers (they are billed and
-    invisible)."""
+    as one of the pool's slots is free (`rank`: this upload's turn among those waiting, see
+    `PartPool`): the driver's uploads share them, so several objects can be written at once
+    (their small requests overlapping each other's transfers) while the parts in flight, and
+    the memory they hold, stay bounded. A part that failed ends the upload at once; the upload
+    is aborted on any failure, so none lingers (they are billed and invisible)."""
     done: list[dict[str, Any]] = []
     with ThreadPoolExecutor(pool.slots + 1, thread_name_prefix="s3-part") as threads:
         created: Future[dict[str, Any]] = threads.submit(
@@ -174,7 +221,7 @@ def upload_parts(
             finally:
                 # Freed when the call returned or was abandoned to its deadline, so that a hung
                 # region's parts hold the driver's other uploads no longer than that.
-                pool.release()
+                pool.release(rank)
             pool.sent(body)
             return {
                 "PartNumber": number,
@@ -187,11 +234,11 @@ def upload_parts(
             for number, body in enumerate(chain(iter([first]), rest), start=1):
                 # Waiting here also holds back the producer (the sealing): at most one part
                 # per upload waits for a slot.
-                pool.acquire()
+                pool.acquire(rank)
                 try:
                     window.append(threads.submit(send, number, body))
                 except BaseException:
-                    pool.release()
+                    pool.release(rank)
                     raise
                 del body
                 while window and (window[0].done() or len(window) >= pool.slots):
