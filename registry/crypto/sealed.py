@@ -460,8 +460,11 @@ def seal_file(
     hasher = Hasher()
     yield sealer.header_bytes
     depth = 2 * workers + 1
+    # A one-chunk file (config.json, a tokenizer) needs buffers of its own size, not of a chunk:
+    # zero-filling two chunk-sized buffers per small file was a push's largest fixed cost.
+    span = chunk_size if header.chunk_count > 1 else plaintext_size
     ring = [
-        (bytearray(chunk_size), bytearray(chunk_size + TAG_SIZE))
+        (bytearray(span), bytearray(span + TAG_SIZE))
         for _ in range(min(depth + 1, header.chunk_count))
     ]
     window: deque[tuple[Future[None], Future[None], memoryview]] = deque()
