@@ -253,7 +253,7 @@ def create_catalog_engine(url: str, *, create: bool = True) -> Engine:
                 _private_file(Path(parsed.database))
             except OSError as error:
                 raise ConfigurationError(
-                    f"cannot create the catalog's directory for {parsed.database}: {error.strerror}"
+                    f"cannot create the catalog {parsed.database} or its folder: {error.strerror}"
                 ) from None
         engine = create_engine(parsed, connect_args={"timeout": 60, "check_same_thread": False})
 
