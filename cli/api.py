@@ -52,6 +52,9 @@ def serve(host: str, port: int, workers: int, tls_cert: Path | None, tls_key: Pa
         workers=workers,
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
+        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS); the
+        # app believes it only from `[api] trusted_proxies` (registry.api.common.client_of).
+        proxy_headers=False,
         log_level="info",
     )
 

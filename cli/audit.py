@@ -70,18 +70,33 @@ def list_(name: str | None, since: str | None, limit: int, as_json: bool) -> Non
 @JSON
 @handle_errors
 def verify(as_json: bool) -> None:
-    """Recompute the hash chain; name the first edited, deleted, inserted or moved entry."""
+    """Recompute the hash chain, naming the first edited, deleted, inserted or moved entry,
+    and hold it against the audit entries of each region's journal (in the stores)."""
     with open_registry() as registry:
         result = registry.verify_audit()
     if as_json:
         print_json(wire.AuditVerification.of(result))
     elif result.ok:
         stdout.print(f"ok: {result.checked} audit entries chain up; head {result.head}")
+        if result.regions_compared:
+            stdout.print(
+                "the same as the journal in region "
+                f"{escape(', '.join(result.regions_compared))}"
+                + (
+                    f" ({result.not_in_journal} newest not copied out yet)"
+                    if result.not_in_journal
+                    else ""
+                )
+            )
         if result.links_only:
             stdout.print(
                 f"{result.links_only} of them are token events restored by a catalog rebuild as "
                 "chain links only (their content is never journaled)"
             )
+    elif result.differences and result.first_bad is None:
+        click.echo(f"BAD {result.problem}", err=True)
+        for line in result.differences[1:]:
+            click.echo(f"    {line}", err=True)
     else:
         click.echo(f"BAD {result.problem} ({result.checked} entries before it check)", err=True)
     if not result.ok:

@@ -9,6 +9,7 @@ signing key. Relative paths in the file are relative to the home.
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
 import re
 import socket
@@ -163,8 +164,27 @@ class ApiSettings:
     upload_ttl_hours: float = 24.0  # an idle upload session is discarded after this
     staging_dir: Path | None = None  # upload sessions (default: HOME/uploads)
     journal_interval_seconds: float = 10.0  # how often the server copies the journal out
+    # Peers (addresses or CIDRs) whose X-Forwarded-For is believed: the reverse proxies in
+    # front of the server. None by default: anyone could name any address in that header.
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.trusted_proxies, str) or not isinstance(
+            self.trusted_proxies, list | tuple
+        ):
+            raise InvalidInputError(
+                "api.trusted_proxies must be a list of addresses or CIDRs",
+                hint='e.g. trusted_proxies = ["10.0.0.0/8", "::1"]',
+            )
+        object.__setattr__(self, "trusted_proxies", tuple(self.trusted_proxies))
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except (TypeError, ValueError):
+                raise InvalidInputError(
+                    f"api.trusted_proxies: {entry!r} is not an address or CIDR",
+                    hint='e.g. trusted_proxies = ["10.0.0.0/8", "::1"]',
+                ) from None
         positive = {
             "requests_per_second": self.requests_per_second,
             "burst": self.burst,
@@ -229,7 +249,12 @@ class ApiSettings:
             value = getattr(self, name)
             if value == getattr(default, name):
                 continue
-            text = _toml_string(str(value)) if isinstance(value, Path) else repr(value)
+            if isinstance(value, Path):
+                text = _toml_string(str(value))
+            elif isinstance(value, tuple):
+                text = "[" + ", ".join(_toml_string(str(item)) for item in value) + "]"
+            else:
+                text = repr(value)
             lines.append(f"{name} = {text}")
         return ["", "[api]", *lines] if lines else []
 

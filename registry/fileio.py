@@ -1,9 +1,11 @@
-"""Plain file I/O helpers shared by the storage drivers and the loader's cache: they know
-nothing of objects, stores or crypto."""
+"""Plain file I/O helpers shared by the storage drivers, the loader's cache and what makes
+private folders (the home, the catalog's, upload staging): they know nothing of objects, stores
+or crypto."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def pread_into(fd: int, offset: int, buffer: memoryview) -> int:
@@ -17,4 +19,21 @@ def pread_into(fd: int, offset: int, buffer: memoryview) -> int:
     return got
 
 
-__all__ = ["pread_into"]
+def private_dirs(path: Path, *, exist_ok: bool = True) -> None:
+    """Make `path` and each missing folder above it, each 0700 whatever the umask (`mkdir`'s
+    mode is masked by it, and `parents=True` gives the folders above the default mode).
+    Folders that exist are left as they are; FileExistsError for `path` unless `exist_ok`."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    if not exist_ok and path not in missing:
+        raise FileExistsError(f"{path} exists")
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            if folder == path and not exist_ok:
+                raise
+            continue  # made meanwhile by another process: theirs to set
+        os.chmod(folder, 0o700)
+
+
+__all__ = ["pread_into", "private_dirs"]

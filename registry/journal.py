@@ -31,6 +31,7 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from registry.blobstore import BlobStore
 from registry.catalog.journal import parse_body
@@ -300,6 +301,24 @@ def read(store: BlobStore, *, allow_incomplete: bool = False) -> Journal:
             by_seq[entry.seq] = entry
             entries.append(entry)
     return Journal(newest, entries, found[:-1], incomplete)
+
+
+def audit_rows(store: BlobStore) -> dict[int, dict[str, Any]]:
+    """The audit entries the store's journal holds (its newest usable epoch, read whole and
+    checked as for a rebuild), by id, as journaled (JSON values): the write-once copy that
+    `audit verify` holds the catalog's chain against."""
+    found: dict[int, dict[str, Any]] = {}
+    for entry in read(store, allow_incomplete=True).entries:
+        try:
+            rows, _deleted = parse_body(entry.body)
+        except ValueError:
+            raise IntegrityError(
+                f"journal entry {entry.seq} is not a journal entry", path=entry.segment
+            ) from None
+        for row in rows.get("audit_events", []):
+            if isinstance(row, dict) and isinstance(row.get("id"), int):
+                found[row["id"]] = row
+    return found
 
 
 def drain(

@@ -235,6 +235,12 @@ class AuditVerification:
     head: str
     # Token events restored by a catalog rebuild: links whose content the journal never held.
     links_only: int = 0
+    # The chain compared with the audit entries of each region's journal (the stores' own,
+    # write-once copy): the regions read, what differs, and how many of the newest entries
+    # no region's journal holds yet (not yet copied out: taken on the chain's word).
+    regions_compared: tuple[str, ...] = ()
+    differences: tuple[str, ...] = ()
+    not_in_journal: int = 0
 
 
 @dataclass(frozen=True)

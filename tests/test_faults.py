@@ -138,7 +138,6 @@ def test_catalog_only_commands_never_touch_a_store(pushed: Faulty, home: Path) -
         ["show", "org/llama@1"],
         ["history", "org/llama", "production"],
         ["audit"],
-        ["audit", "verify"],
         ["alias", "ls", "org/llama"],
         ["hold", "ls"],
         ["retention", "show", "org/llama"],
@@ -147,6 +146,11 @@ def test_catalog_only_commands_never_touch_a_store(pushed: Faulty, home: Path) -
         result = _cli(*command)
         assert result.exit_code == 0, (command, result.output)
     assert pushed.connections() == before  # not one connection to any region
+    # `audit verify` holds the chain against each region's journal: with none answering, it
+    # cannot, and says so (exit 6) rather than vouch for the catalog alone.
+    result = _cli("audit", "verify")
+    assert result.exit_code == 6, result.output
+    assert "its journal could not be read" in result.output
 
 
 def test_a_pull_with_the_preferred_region_frozen_is_hedged_and_reports_it(

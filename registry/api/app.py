@@ -30,7 +30,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 
 from registry import __version__
-from registry.api.common import JSON_LIMIT, STATE_KEY, State
+from registry.api.common import JSON_LIMIT, STATE_KEY, State, proxy_networks
 from registry.api.errors import http_error, internal_error, registry_error
 from registry.api.limits import RateLimiter, Watch
 from registry.api.metrics import Metrics
@@ -109,6 +109,7 @@ def create_app(
         ),
         broker_limiter=RateLimiter(settings.key_requests_per_second, settings.key_burst),
         watch=Watch(settings),
+        proxies=proxy_networks(settings.trusted_proxies),
     )
     timer = _JournalTimer(registry, settings.journal_interval_seconds)
     return Litestar(

@@ -4,9 +4,11 @@ byte ranges."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -21,6 +23,7 @@ from registry.service import Registry
 MAX_RANGE = 64 * 1024 * 1024
 JSON_LIMIT = 1024 * 1024
 STATE_KEY = "registry_state"
+_RANGE = re.compile(r"\s*bytes\s*=([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
 security_log = logging.getLogger("model_registry.security")
 
 
@@ -33,6 +36,8 @@ class State:
     transfer_limiter: RateLimiter
     broker_limiter: RateLimiter
     watch: Watch
+    # `[api] trusted_proxies`: the peers whose X-Forwarded-For names the client.
+    proxies: tuple[Network, ...] = ()
 
 
 def state_of(connection: ASGIConnection[Any, Any, Any, Any]) -> State:
@@ -40,8 +45,37 @@ def state_of(connection: ASGIConnection[Any, Any, Any, Any]) -> State:
     return state
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def proxy_networks(entries: tuple[str, ...]) -> tuple[Network, ...]:
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
 def client_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
-    return connection.client.host if connection.client else "unknown"
+    """The client's address: the peer's own, unless the peer is a proxy of `[api]
+    trusted_proxies`; then the nearest address of X-Forwarded-For that is not one of them
+    (what a client writes there itself lies beyond it, and is never believed)."""
+    peer = connection.client.host if connection.client else "unknown"
+    proxies = state_of(connection).proxies
+    if not proxies or not _among(peer, proxies):
+        return peer
+    hops = ",".join(connection.headers.getall("x-forwarded-for", [])).split(",")
+    for hop in reversed([h.strip() for h in hops if h.strip()]):
+        if not _among(hop, proxies):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # a malformed hop: nothing past the last proxy can be believed
+    return peer
+
+
+def _among(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
 
 
 def security_event(connection: ASGIConnection[Any, Any, Any, Any], kind: str, detail: str) -> None:
@@ -67,18 +101,25 @@ def parse_time(text: str | None) -> datetime | None:
         raise InvalidInputError(f"invalid time {text!r}", hint="ISO 8601 with a zone") from None
     if moment.tzinfo is None:
         raise InvalidInputError("a time needs a time zone (e.g. 2026-11-30T12:00:00Z)")
-    return moment
+    try:
+        # The catalog compares in UTC: a time at the edge of the range (year 1 east of UTC,
+        # year 9999 west of it) has no UTC form and is the client's mistake, not a bug.
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInputError(
+            f"time {text!r} is outside the range of dates", hint="a date between years 1 and 9999"
+        ) from None
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int]:
     """(offset, length) of a `bytes=A-B` range within an object of `size` bytes."""
     if header is None:
         raise InvalidInputError("a Range header is needed: bytes=START-END")
-    unit, _, spec = header.partition("=")
-    first, dash, last = spec.partition("-")
-    if unit.strip() != "bytes" or not dash or not first.isdigit() or not last.isdigit():
+    # ASCII digits only: str.isdigit() also takes digits int() refuses (superscripts).
+    found = _RANGE.fullmatch(header)
+    if found is None:
         raise InvalidInputError(f"unsupported range {header!r}", hint="bytes=START-END")
-    start, end = int(first), int(last)
+    start, end = int(found[1]), int(found[2])
     if start > end or start >= size:
         raise InvalidInputError(f"range {header!r} is outside the object ({size} bytes)")
     end = min(end, size - 1)

@@ -31,6 +31,7 @@ import blake3
 
 from registry.digest import hash_file
 from registry.errors import DigestMismatchError, InvalidInputError, NotFoundError
+from registry.fileio import private_dirs
 from registry.refs import validate_name, validate_relative_path
 
 PART_SIZE = 16 * 1024 * 1024
@@ -116,16 +117,21 @@ class Uploads:
         self.expire()
         session_id = uuid.uuid4().hex
         root = self.root / session_id
-        root.mkdir(parents=True, mode=0o700)
+        private_dirs(self.root)
+        private_dirs(root, exist_ok=False)
         try:
             session = Session(session_id, model, message, owner, tuple(files), root, self.part_size)
-            session.data.mkdir(mode=0o700)
+            private_dirs(session.data, exist_ok=False)
             for entry in files:
                 target = session.data / entry.path
-                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                with open(target, "wb") as handle:
-                    handle.truncate(entry.size)
-            (root / _LOCK).touch(mode=0o600)
+                private_dirs(target.parent)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.fchmod(fd, 0o600)
+                    os.ftruncate(fd, entry.size)
+                finally:
+                    os.close(fd)
+            _write_private(root / _LOCK, b"")
             state = {
                 "model": model,
                 "message": message,
@@ -135,7 +141,7 @@ class Uploads:
             }
             # Written last: a session exists for `get` only once it is complete.
             pending = root / "session.json.pending"
-            pending.write_text(json.dumps(state))
+            _write_private(pending, json.dumps(state).encode())
             os.replace(pending, root / _STATE)
         except BaseException:
             shutil.rmtree(root, ignore_errors=True)
@@ -167,7 +173,9 @@ class Uploads:
             raise InvalidInputError(f"{entry.path} has parts 0..{count - 1}, not {part}")
         return entry.part_length(part, session.part_size)
 
-    def put_part(self, session: Session, index: int, part: int, data: bytes, digest: str) -> None:
+    def put_part(
+        self, session: Session, index: int, part: int, data: bytes | bytearray, digest: str
+    ) -> None:
         """Write one part after checking its length and BLAKE3 digest. Parts are written under
         a shared lock of the session, which a commit or an abandon takes exclusively after
         moving the session away: no part lands in a session being committed."""
@@ -184,8 +192,11 @@ class Uploads:
                 f"received bytes hash to {actual[:20]}...)",
                 hint="send the part again",
             )
-        with _locked(session, fcntl.LOCK_SH):
-            fd = os.open(session.data / entry.path, os.O_WRONLY)
+        # Every path is opened relative to the session's folder as opened here: a commit may
+        # move the session aside while this part is being written (its lock waits for ours),
+        # and the part must land in the moved session, not recreate the old path.
+        with _locked(session, fcntl.LOCK_SH) as folder:
+            fd = os.open(f"files/{entry.path}", os.O_WRONLY, dir_fd=folder)
             try:
                 view = memoryview(data)
                 offset = part * session.part_size
@@ -194,9 +205,13 @@ class Uploads:
                     view, offset = view[written:], offset + written
             finally:
                 os.close(fd)
-            marker = session.root / "received" / str(index)
-            marker.mkdir(parents=True, exist_ok=True)
-            (marker / str(part)).write_text(actual)
+            for name in ("received", f"received/{index}"):
+                try:
+                    os.mkdir(name, mode=0o700, dir_fd=folder)
+                except FileExistsError:
+                    continue
+                os.chmod(name, 0o700, dir_fd=folder)  # mkdir's mode is masked by the umask
+            _write_private(f"received/{index}/{part}", actual.encode(), dir_fd=folder)
 
     @contextmanager
     def claimed(self, session: Session) -> Iterator[Session]:
@@ -215,6 +230,8 @@ class Uploads:
                 yield moved
         except BaseException:
             if aside.exists():
+                # Nothing writes under the old name once it moved (parts write through the
+                # folder they opened), so it is free to take back.
                 os.rename(aside, session.root)
             raise
 
@@ -290,17 +307,51 @@ class Uploads:
 
 
 @contextmanager
-def _locked(session: Session, operation: int, *, check: bool = True) -> Iterator[None]:
-    """The session's lock (shared: a part; exclusive: a commit or abandon). With `check`, the
-    session must still be where it was once the lock is held."""
+def _locked(session: Session, operation: int, *, check: bool = True) -> Iterator[int]:
+    """The session's lock (shared: a part; exclusive: a commit or abandon), and the session's
+    folder, open (wherever it is moved meanwhile). With `check`, the session must still be
+    where it was once the lock is held."""
+    gone = f"no upload session {session.id} (committed or abandoned)"
     try:
-        fd = os.open(session.root / _LOCK, os.O_RDONLY)
+        folder = os.open(session.root, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFoundError(gone) from None
+    try:
+        try:
+            fd = os.open(_LOCK, os.O_RDONLY, dir_fd=folder)
+        except FileNotFoundError:
+            raise NotFoundError(gone) from None
+        try:
+            fcntl.flock(fd, operation)
+            if check:
+                try:
+                    os.stat(_STATE, dir_fd=folder)
+                except FileNotFoundError:
+                    raise NotFoundError(gone) from None
+                # Moved aside by a commit or abandon before our lock was granted: too late.
+                if os.stat(folder).st_ino != _inode(session.root):
+                    raise NotFoundError(gone)
+            yield folder
+        finally:
+            os.close(fd)
+    finally:
+        os.close(folder)
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
     except FileNotFoundError:
-        raise NotFoundError(f"no upload session {session.id} (committed or abandoned)") from None
+        return None
+
+
+def _write_private(name: str | Path, data: bytes, *, dir_fd: int | None = None) -> None:
+    """A file only its owner may read, whatever the umask (parts are plaintext)."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600, dir_fd=dir_fd)
     try:
-        fcntl.flock(fd, operation)
-        if check and not (session.root / _STATE).is_file():
-            raise NotFoundError(f"no upload session {session.id} (committed or abandoned)")
-        yield
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +14,7 @@ import blake3
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from registry.catalog.journal import REDACTED_DETAILS, TOKEN_ACTIONS
+from registry.catalog.journal import REDACTED_DETAILS, TOKEN_ACTIONS, encode_row
 from registry.catalog.models import AuditEvent, utcnow
 from registry.catalog.parts import CatalogPart, details_json
 from registry.records import AuditRecord, AuditVerification
@@ -110,6 +110,42 @@ class AuditPart(CatalogPart):
                 prev = event.hash
                 checked += 1
             return AuditVerification(True, checked, None, "", prev, links_only)
+
+    def compare_audit(self, stored: Mapping[int, Mapping[str, Any]]) -> tuple[list[str], int]:
+        """The catalog's audit entries against those a region's journal holds (`stored`, as
+        journaled): what differs, as sentences (an entry rewritten, missing from the catalog,
+        or in the catalog among journaled entries but never journaled), and how many of the
+        catalog's newest entries come after the journal's last (not copied out yet)."""
+        differences: list[str] = []
+        newest = max(stored, default=0)
+        pending = 0
+        seen: set[int] = set()
+        with self._read() as session:
+            rows = session.execute(select(AuditEvent).order_by(AuditEvent.id)).scalars()
+            for event in rows.yield_per(1000):
+                if event.id > newest:
+                    pending += 1
+                    continue
+                seen.add(event.id)
+                journaled = stored.get(event.id)
+                values = {c.name: getattr(event, c.name) for c in AuditEvent.__table__.columns}
+                mine = encode_row("audit_events", values)
+                if journaled is None:
+                    differences.append(
+                        f"audit entry {event.id} is in the catalog but not in the journal, "
+                        "which holds the entries around it: inserted"
+                    )
+                elif any(mine.get(k) != v for k, v in journaled.items()):
+                    changed = sorted(k for k, v in journaled.items() if mine.get(k) != v)
+                    differences.append(
+                        f"audit entry {event.id} differs from the journal's ({', '.join(changed)}):"
+                        " rewritten"
+                    )
+        for missing in sorted(set(stored) - seen):
+            differences.append(
+                f"audit entry {missing} is in the journal but not in the catalog: deleted"
+            )
+        return differences, pending
 
 
 GENESIS = "0" * 64

@@ -11,6 +11,7 @@ empty catalog silently put in its place would lose the registry's whole history.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from registry.errors import (
     SchemaVersionError,
     StorageError,
 )
+from registry.fileio import private_dirs
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -225,6 +227,19 @@ def _claim(engine: Engine, registry_id: str) -> str:
     return registry_id
 
 
+def _private_file(path: Path) -> None:
+    """Create the SQLite file 0600 whatever the umask, before SQLite makes it with the
+    umask's mode: SQLite gives its -wal and -shm files the database file's mode."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def create_catalog_engine(url: str, *, create: bool = True) -> Engine:
     """An engine for the catalog at `url`; `create` makes a SQLite file's directory."""
     try:
@@ -234,10 +249,11 @@ def create_catalog_engine(url: str, *, create: bool = True) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if create and parsed.database and parsed.database != ":memory:":
             try:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                private_dirs(Path(parsed.database).parent)
+                _private_file(Path(parsed.database))
             except OSError as error:
                 raise ConfigurationError(
-                    f"cannot create the catalog's directory for {parsed.database}: {error.strerror}"
+                    f"cannot create the catalog {parsed.database} or its folder: {error.strerror}"
                 ) from None
         engine = create_engine(parsed, connect_args={"timeout": 60, "check_same_thread": False})
 

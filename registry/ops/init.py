@@ -31,6 +31,7 @@ from registry.config import (
 from registry.crypto.keys import create_key_file
 from registry.crypto.signing import Signer, public_key_text
 from registry.errors import ConfigurationError, InvalidInputError, RegistryError
+from registry.fileio import private_dirs
 from registry.ops import journaling
 from registry.ops.context import Context
 from registry.ops.copies import regions_ready
@@ -63,7 +64,7 @@ class _Made:
 
     def directory(self, path: Path) -> None:
         missing = [p for p in (path, *path.parents) if not p.exists()]
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dirs(path)
         self._directories.extend(reversed(missing))
 
     def file(self, path: Path) -> None:

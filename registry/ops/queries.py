@@ -5,8 +5,9 @@ signed manifest, and read or verify the audit trail.
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime
-from typing import TYPE_CHECKING
+import dataclasses
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import (
     IntegrityError,
@@ -59,13 +60,68 @@ def audit_events(
         raise InvalidInputError("a time needs a time zone (e.g. 2026-11-30T12:00:00Z)")
     if not 1 <= limit <= 100_000:
         raise InvalidInputError("limit must be 1..100000")
+    if since is not None:
+        try:
+            # The catalog compares in UTC; year 1 east of UTC has no UTC form.
+            since = since.astimezone(UTC)
+        except OverflowError:
+            raise InvalidInputError(
+                "that time is outside the range of dates", hint="a date between years 1 and 9999"
+            ) from None
     return ctx.catalog.audit_events(subject=subject, since=since, limit=limit)
 
 
 @requires("audit")
 def verify_audit(ctx: Context) -> AuditVerification:
-    """Walk the tamper-evident audit chain (see `Catalog.verify_audit`)."""
-    return ctx.catalog.verify_audit(links_mac=ctx.store.audit_links_mac)
+    """Walk the tamper-evident audit chain (see `Catalog.verify_audit`), then hold it against
+    each region's journal, the write-once copy the stores keep of every audit entry: a chain
+    rewritten with its later hashes recomputed chains up, but differs from the journal. A
+    region whose journal cannot be read fails the verification too (nothing anchors the chain
+    there); entries newer than every journal's last are counted, not judged."""
+    import functools
+
+    from registry import journal
+    from registry.errors import RegistryError
+    from registry.replication import Region
+    from registry.storage import deadline
+
+    chain = ctx.catalog.verify_audit(links_mac=ctx.store.audit_links_mac)
+
+    def read(region: Region) -> dict[int, dict[str, Any]] | str:
+        try:
+            ctx.replicas.claim(region)
+            return journal.audit_rows(region.store)
+        except RegistryError as error:
+            return str(error)
+
+    regions = list(ctx.replicas.regions)
+    futures = [deadline.submit(functools.partial(read, r)) for r in regions]
+    differences: list[str] = []
+    compared: list[str] = []
+    pending = 0
+    for region, future in zip(regions, futures, strict=True):
+        stored = future.result()
+        if isinstance(stored, str):
+            differences.append(f"region {region.name}: its journal could not be read: {stored}")
+            continue
+        found, behind = ctx.catalog.compare_audit(stored)
+        compared.append(region.name)
+        differences.extend(f"region {region.name}: {line}" for line in found)
+        pending = behind if len(compared) == 1 else min(pending, behind)
+    problem = chain.problem
+    if chain.ok and differences:
+        problem = (
+            f"the catalog's audit trail differs from the stores' journal: {differences[0]}"
+            + (f" (and {len(differences) - 1} more)" if len(differences) > 1 else "")
+        )
+    return dataclasses.replace(
+        chain,
+        ok=chain.ok and not differences,
+        problem=problem,
+        regions_compared=tuple(compared),
+        differences=tuple(differences),
+        not_in_journal=pending,
+    )
 
 
 @requires("read")

@@ -137,8 +137,9 @@ def sealed_object(ctx: Context, ref: str, path: str | None = None) -> SealedObje
 def read_sealed(ctx: Context, target: SealedObject, offset: int, length: int) -> bytes:
     """Sealed bytes [offset, offset + length) of `target` (fewer at its end), each range from
     the first region that serves it: ciphertext only, decrypted and verified by the reader."""
+    # With the sealed size: a copy with bytes appended is refused, as a local read refuses it.
     return ctx.replicas.read_ciphertext(
-        target.kind, target.digest, offset, length, report=ReadReport()
+        target.kind, target.digest, offset, length, report=ReadReport(), size=target.size
     )
 
 

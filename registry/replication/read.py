@@ -120,12 +120,36 @@ class Reads(DataKeys):
         return _FailoverSource(self, kind, digest, report, what=what)
 
     def read_ciphertext(
-        self, kind: str, digest: str, offset: int, length: int, *, report: ReadReport
+        self,
+        kind: str,
+        digest: str,
+        offset: int,
+        length: int,
+        *,
+        report: ReadReport,
+        size: int | None = None,
     ) -> bytes:
         """Raw sealed bytes of an object, from the first region that serves the range (the REST
-        API hands them to clients that decrypt and authenticate them themselves)."""
-        source = _FailoverSource(self, kind, digest, report, what=f"{kind} {digest}")
-        return source.read_range(offset, length)
+        API hands them to clients that decrypt and authenticate them themselves). With `size`
+        (the sealed size the catalog recorded), a range that ends the object is read one byte
+        further, and a copy longer or shorter than `size` is refused (IntegrityError) and the
+        next region asked, as local reads do: bytes appended to a copy are never served."""
+        what = f"{kind} {digest}"
+        source = _FailoverSource(self, kind, digest, report, what=what)
+        if size is None or offset + length < size:
+            return source.read_range(offset, length)
+        while True:
+            data = source.read_range(offset, length + 1)
+            if len(data) == length:
+                return data
+            error = IntegrityError(
+                f"{what}: the stored copy is {'longer' if len(data) > length else 'shorter'} "
+                f"than its {size} sealed bytes",
+                hint="`model-registry verify --all` finds the damaged copy; "
+                "`replicate --repair` replaces it",
+            )
+            if not source.damaged(offset, error):
+                raise error
 
     def read_bytes(
         self, kind: str, digest: str, *, known: Sequence[WrappedKey], what: str, report: ReadReport

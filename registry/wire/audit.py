@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from registry import records
 from registry.wire.base import Time, Wire, iso, maybe_iso, parse_time
 
@@ -49,6 +51,9 @@ class AuditVerification(Wire, kw_only=True):
     problem: str
     head: str
     links_only: int = 0
+    regions_compared: list[str] = msgspec.field(default_factory=list)
+    differences: list[str] = msgspec.field(default_factory=list)
+    not_in_journal: int = 0
 
     @classmethod
     def of(cls, r: records.AuditVerification) -> AuditVerification:
@@ -59,11 +64,22 @@ class AuditVerification(Wire, kw_only=True):
             problem=r.problem,
             head=r.head,
             links_only=r.links_only,
+            regions_compared=list(r.regions_compared),
+            differences=list(r.differences),
+            not_in_journal=r.not_in_journal,
         )
 
     def to_record(self) -> records.AuditVerification:
         return records.AuditVerification(
-            self.ok, self.checked, self.first_bad, self.problem, self.head, self.links_only
+            self.ok,
+            self.checked,
+            self.first_bad,
+            self.problem,
+            self.head,
+            self.links_only,
+            tuple(self.regions_compared),
+            tuple(self.differences),
+            self.not_in_journal,
         )
 
 

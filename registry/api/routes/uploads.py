@@ -102,7 +102,8 @@ class UploadsController(Controller):
     ) -> None:
         """One part of one file: the request body is its bytes (`application/octet-stream`),
         `X-Part-Digest: blake3:<hex>` their digest. A body longer than the part is refused
-        (413) before it is read."""
+        (413) before it is read (as soon as it is past the part's length, without a
+        Content-Length)."""
         state = state_of(request)
 
         def where() -> tuple[Session, int]:
@@ -120,26 +121,36 @@ class UploadsController(Controller):
                 pass
             raise
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > expected:
+        if declared.isascii() and declared.isdigit() and int(declared) > expected:
             raise HTTPException(
                 status_code=413,
                 detail=f"part {part} of file {index} has {expected} bytes, not {declared}",
             )
+        # Read as it arrives and refused once past the part's length: a body without a
+        # Content-Length (chunked) is not read whole first.
+        received = bytearray()
         try:
-            body = await request.body()
+            async for chunk in request.stream():
+                received += chunk
+                if len(received) > expected:
+                    raise HTTPException(
+                        status_code=413,
+                        detail=f"part {part} of file {index} has {expected} bytes, "
+                        "and more were sent",
+                    )
         except InternalServerException as error:
             # Litestar's word for a client that went away mid-body: there is no one to answer.
             raise InvalidInputError(f"part not received whole: {error.detail}") from None
         digest = request.headers.get("x-part-digest", "")
         try:
             await anyio.to_thread.run_sync(
-                state.uploads.put_part, session, index, part, body, digest
+                state.uploads.put_part, session, index, part, received, digest
             )
         except DigestMismatchError as error:
             state.metrics.integrity_failures.inc()
             security_event(request, "integrity-failure", str(error))
             raise
-        state.metrics.bytes_in.inc(len(body))
+        state.metrics.bytes_in.inc(len(received))
 
     @post("/{session_id:str}/commit", sync_to_thread=True, status_code=201, operation="push")
     def commit_upload(
