@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, local_only, print_json, stdout, when
+from cli.ui import handle_errors, local_only, print_json, print_table, stdout, table
 from registry import wire
 from registry.errors import InvalidInputError
 from registry.roles import ROLES
@@ -103,19 +101,22 @@ def list_(as_json: bool) -> None:
     if as_json:
         print_json([wire.Token.of(t) for t in tokens])
         return
-    table = Table("id", "name", "role", "models", "created", "expires", "state")
+    if not tokens:
+        stdout.print("no tokens: model-registry token create NAME --role ...")
+        return
+    found = table("id", "name", "role", "created (UTC)", "expires", "state", wide=("models",))
     for t in tokens:
         state = "revoked" if t.revoked_at else "live"
-        table.add_row(
+        found.add_row(
             t.id,
-            escape(t.name),
+            t.name,
             t.role,
-            escape(", ".join(t.models)),
-            when(t.created_at),
-            when(t.expires_at) if t.expires_at else "never",
+            t.created_at.strftime("%Y-%m-%d %H:%M"),
+            t.expires_at.strftime("%Y-%m-%d %H:%M") if t.expires_at else "never",
             state,
+            ", ".join(t.models),
         )
-    stdout.print(table if tokens else "no tokens: model-registry token create NAME --role ...")
+    print_table(found)
 
 
 @token.command("revoke")
@@ -130,7 +131,7 @@ def revoke(token_id: str, as_json: bool) -> None:
     if as_json:
         print_json(wire.Token.of(record))
     else:
-        stdout.print(f"revoked {record.id} ({escape(record.name)})")
+        stdout.print(f"revoked {record.id} ({record.name})")
 
 
 def register(group: click.Group) -> None:

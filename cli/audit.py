@@ -5,11 +5,9 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from cli.aliases import _parse_time
-from cli.ui import handle_errors, open_registry, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, print_table, stdout, table
 from registry import wire
 from registry.errors import IntegrityError
 
@@ -51,19 +49,18 @@ def list_(name: str | None, since: str | None, limit: int, as_json: bool) -> Non
     if as_json:
         print_json([wire.AuditEntry.of(e) for e in events])
         return
-    table = Table("id", "when (UTC)", "actor", "action", "subject")
-    table.add_column("details", overflow="fold")
+    found = table("id", "when (UTC)", "actor", "action", "subject", wide=("details",))
     for e in events:
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
-        table.add_row(
+        found.add_row(
             str(e.id),
             e.at.strftime("%Y-%m-%d %H:%M:%S"),
-            escape(e.actor),
-            escape(e.action),
-            escape(e.subject),
-            escape(details),
+            e.actor,
+            e.action,
+            e.subject,
+            details,
         )
-    stdout.print(table)
+    print_table(found)
 
 
 @audit.command()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
 
 from cli.ui import handle_errors, open_registry, print_json, progress_bar, stdout
 from registry import wire
@@ -21,11 +20,11 @@ def keys() -> None:
 
 def _key_line(key: RegionKey) -> str:
     if key.provider == "local":
-        return f"local key file {escape(key.key)}  ({escape(key.kek_id)})"
-    where = escape(key.kms_region or "")
+        return f"local key file {key.key}  ({key.kek_id})"
+    where = key.kms_region or ""
     if key.endpoint:
-        where += f" via {escape(key.endpoint)}"
-    return f"AWS KMS key {escape(key.key)} in {where}  ({escape(key.kek_id)})"
+        where += f" via {key.endpoint}"
+    return f"AWS KMS key {key.key} in {where}  ({key.kek_id})"
 
 
 @keys.command()
@@ -43,15 +42,13 @@ def show(as_json: bool) -> None:
     stdout.print("region keys:")
     width = max(len(key.region) for key in report.regions)
     for key in report.regions:
-        stdout.print(f"  {escape(key.region):<{width}}  {_key_line(key)}")
+        stdout.print(f"  {key.region:<{width}}  {_key_line(key)}")
         for older, kek in key.previous:
-            known = escape(kek) if kek else "file gone"
-            stdout.print(
-                f"  {'':<{width}}    previous {escape(older)}  ({known}), being rotated away"
-            )
+            known = kek if kek else "file gone"
+            stdout.print(f"  {'':<{width}}    previous {older}  ({known}), being rotated away")
     stdout.print("trusted signers:")
     for signer in report.trusted_signers:
-        stdout.print(f"  {escape(signer.name):<16} {signer.key_id}  {signer.public_key}")
+        stdout.print(f"  {signer.name:<16} {signer.key_id}  {signer.public_key}")
 
 
 @keys.command()
