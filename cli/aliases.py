@@ -113,7 +113,7 @@ def history(name: str, alias: str | None, at: str | None, as_json: bool) -> None
             f"@{m.number}",
             "-" if m.previous is None else f"@{m.previous}",
             m.kind,
-            m.moved_at.strftime("%Y-%m-%d %H:%M:%S"),
+            m.moved_at.strftime("%Y-%m-%d %H:%M"),
             m.moved_by,
             m.reason,
         )

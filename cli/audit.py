@@ -30,10 +30,18 @@ class _AuditGroup(click.Group):
             args = ["ls", *args]
         return super().parse_args(ctx, args)
 
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The forms people type (docs/cli.md), not click's COMMAND [ARGS].
+        formatter.write_usage(ctx.command_path, "[NAME] [--since TIME] [--limit N] [--json]")
+        formatter.write_usage(ctx.command_path, "verify [--json]", prefix="   or: ")
+
 
 @click.group(cls=_AuditGroup)
 def audit() -> None:
-    """The audit trail: every state change, who, when, in a hash chain."""
+    """The audit trail: every state change, who, when, in a hash chain.
+
+    `audit [NAME]` (the same as `audit ls [NAME]`) lists the newest entries, about model NAME
+    when given; `audit verify` checks the chain."""
 
 
 @audit.command("ls")

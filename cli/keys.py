@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from registry.reports import RegionKey
 
 
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
 @click.group()
 def keys() -> None:
     """Show keys and manage the signers whose manifests are trusted."""
@@ -54,30 +57,44 @@ def show(as_json: bool) -> None:
 @keys.command()
 @click.argument("name")
 @click.argument("public_key")
+@JSON
 @handle_errors
-def trust(name: str, public_key: str) -> None:
+def trust(name: str, public_key: str, as_json: bool) -> None:
     """Trust manifests signed by PUBLIC_KEY (ed25519:BASE64), e.g. a CI signer's."""
     with open_registry() as registry:
         signer = registry.trust_signer(name, public_key)
+    if as_json:
+        print_json(
+            wire.TrustedSigner(name=signer.name, key_id=signer.key_id, public_key=public_key)
+        )
+        return
     stdout.print(f"trusting {signer.name} ({signer.key_id})")
 
 
 @keys.command()
 @click.argument("name")
+@JSON
 @handle_errors
-def untrust(name: str) -> None:
+def untrust(name: str, as_json: bool) -> None:
     """Stop trusting the signer NAME (versions it signed will then fail verification)."""
     with open_registry() as registry:
         registry.untrust_signer(name)
+    if as_json:
+        print_json(wire.Untrusted(name=name))
+        return
     stdout.print(f"no longer trusting {name}")
 
 
 @keys.command("new-signing-key")
+@JSON
 @handle_errors
-def new_signing_key() -> None:
+def new_signing_key(as_json: bool) -> None:
     """Create a new signing key for this home; the old one stays trusted."""
     with open_registry() as registry:
         text = registry.new_signing_key()
+    if as_json:
+        print_json(wire.SigningKey(public_key=text))
+        return
     stdout.print(f"new signing key: {text}")
     stdout.print("trust it on other machines with: model-registry keys trust NAME " + text)
 

@@ -33,6 +33,7 @@ class VersionsPart(CatalogPart):
                     select(VersionFile.digest)
                     .join(live, live.id == VersionFile.version_id)
                     .where(live.model_id == Model.id, live.expired_at.is_(None))
+                    .correlate(Model)
                 )
             )
             .correlate(Model)
