@@ -80,13 +80,21 @@ def test_user_and_file_system_text_prints_verbatim(hostile: Path) -> None:
     assert "t [x] :x:" in ok("token", "list")
 
 
-def test_errors_and_hints_print_verbatim(hostile: Path) -> None:
+def test_errors_and_hints_print_verbatim(hostile: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = cli("show", "Org/[x]")
     assert bad.exit_code == errors.InvalidReferenceError.exit_code, bad.output
     assert "'Org/[x]'" in bad.output and bad.output.count("[a-z0-9]") >= 2  # message and hint
     deleted = cli("delete", "org/llama@1", "--reason", "[/] gone", "--yes")
     assert deleted.exit_code == errors.RetentionError.exit_code, deleted.output
     assert "Traceback" not in deleted.output and "hint:" in deleted.output
+
+    def broken(self: Registry) -> None:
+        raise RuntimeError("[/] boom [bold]x :thumbs_up:")
+
+    monkeypatch.setattr(Registry, "models", broken)
+    crashed = cli("ls")
+    assert crashed.exit_code == 1 and not isinstance(crashed.exception, Exception), crashed.output
+    assert "unexpected error: RuntimeError: [/] boom [bold]x :thumbs_up:" in crashed.output
 
 
 def test_tables_fit_80_columns_and_keep_names_whole(hostile: Path) -> None:
