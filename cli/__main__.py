@@ -1,5 +1,5 @@
 """`python -m cli`: the same command as the `model-registry` console script."""
 
-from cli.main import main
+from cli.entry import run
 
-main(prog_name="model-registry")
+run()

@@ -6,10 +6,16 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, open_registry, print_json, stdout, when
+from cli.ui import (
+    digest_prefix,
+    handle_errors,
+    open_registry,
+    print_json,
+    print_table,
+    stdout,
+    table,
+)
 from registry import wire
 from registry.errors import InvalidInputError
 
@@ -100,19 +106,18 @@ def history(name: str, alias: str | None, at: str | None, as_json: bool) -> None
     if not moves:
         stdout.print("no alias moves" + (f" before {at}" if at else ""))
         return
-    table = Table("alias", "version", "before", "kind", "when (UTC)", "by")
-    table.add_column("reason", overflow="fold")
+    found = table("alias", "version", "before", "kind", "when (UTC)", "by", wide=("reason",))
     for m in moves:
-        table.add_row(
+        found.add_row(
             m.alias,
             f"@{m.number}",
             "-" if m.previous is None else f"@{m.previous}",
             m.kind,
-            m.moved_at.strftime("%Y-%m-%d %H:%M:%S"),
-            escape(m.moved_by),
-            escape(m.reason),
+            m.moved_at.strftime("%Y-%m-%d %H:%M"),
+            m.moved_by,
+            m.reason,
         )
-    stdout.print(table)
+    print_table(found)
 
 
 @click.group("alias")
@@ -131,17 +136,20 @@ def list_(name: str, as_json: bool) -> None:
     if as_json:
         print_json([wire.Alias.of(a) for a in aliases])
         return
-    table = Table("alias", "version", "blake3", "protected", "moved", "by")
+    if not aliases:
+        stdout.print(f"{name} has no aliases: model-registry promote REF ALIAS")
+        return
+    found = table("alias", "version", "blake3", "protected", "moved (UTC)", "by")
     for a in aliases:
-        table.add_row(
+        found.add_row(
             a.alias,
             f"@{a.number}",
-            a.digest[7:19],
+            digest_prefix(a.digest),
             "yes" if a.protected else "",
-            when(a.updated_at),
-            escape(a.updated_by),
+            a.updated_at.strftime("%Y-%m-%d %H:%M"),
+            a.updated_by,
         )
-    stdout.print(table if aliases else f"{name} has no aliases: model-registry promote REF ALIAS")
+    print_table(found)
 
 
 @alias_group.command()

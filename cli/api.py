@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, local_only, print_json, stdout, when
+from cli.ui import handle_errors, local_only, print_json, print_table, stdout, table
 from registry import wire
-from registry.errors import InvalidInputError
+from registry.errors import ConflictError, InvalidInputError
 from registry.roles import ROLES
 
 if TYPE_CHECKING:
@@ -44,19 +42,67 @@ def serve(host: str, port: int, workers: int, tls_cert: Path | None, tls_key: Pa
         raise InvalidInputError("TLS needs both --tls-cert and --tls-key")
     with _home():
         pass  # fail here, with a clear message, if the home is not usable
-    uvicorn.run(
-        "registry.api.server:app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        ssl_certfile=str(tls_cert) if tls_cert else None,
-        ssl_keyfile=str(tls_key) if tls_key else None,
-        # uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS); the
-        # app believes it only from `[api] trusted_proxies` (registry.api.common.client_of).
-        proxy_headers=False,
-        log_level="info",
-    )
+    _check_address(host, port)
+    try:
+        uvicorn.run(
+            "registry.api.server:app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            ssl_certfile=str(tls_cert) if tls_cert else None,
+            ssl_keyfile=str(tls_key) if tls_key else None,
+            # uvicorn would believe X-Forwarded-For from 127.0.0.1 (or FORWARDED_ALLOW_IPS); the
+            # app believes it only from `[api] trusted_proxies` (registry.api.common.client_of).
+            proxy_headers=False,
+            log_level="info",
+        )
+    except SystemExit as stop:
+        if stop.code == STARTUP_FAILURE:  # uvicorn's own code, which is our exit 3
+            raise ConflictError(
+                f"the server did not start on {host}:{port} (uvicorn's log line above says why)",
+                hint="another process may have taken the port meanwhile: choose another with "
+                "--port",
+            ) from None
+        raise
+
+
+# uvicorn exits with this when it cannot start (the port taken, the certificate unreadable).
+STARTUP_FAILURE = 3
+
+
+def _check_address(host: str, port: int) -> None:
+    """Refuse an address this host cannot listen on before uvicorn tries (it would log one
+    line and exit 3, which is this CLI's "invalid input")."""
+    import errno
+    import socket
+
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+    except socket.gaierror as error:
+        raise InvalidInputError(
+            f"cannot listen on {host!r}: {error.strerror}",
+            hint="give --host an address of this machine (127.0.0.1, 0.0.0.0, ::)",
+        ) from None
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: a port left in TIME_WAIT by a stopped server is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise ConflictError(
+                    f"cannot listen on {host}:{port}: the port is in use",
+                    hint="another process listens there (another `model-registry serve`?): "
+                    "stop it, or choose another port with --port",
+                ) from None
+            raise InvalidInputError(
+                f"cannot listen on {host}:{port}: {error.strerror}",
+                hint="give --host an address of this machine and --port a port this user may "
+                "open (1024 and above without privileges)",
+            ) from None
 
 
 @click.group()
@@ -106,19 +152,22 @@ def list_(as_json: bool) -> None:
     if as_json:
         print_json([wire.Token.of(t) for t in tokens])
         return
-    table = Table("id", "name", "role", "models", "created", "expires", "state")
+    if not tokens:
+        stdout.print("no tokens: model-registry token create NAME --role ...")
+        return
+    found = table("id", "name", "role", "created (UTC)", "expires", "state", wide=("models",))
     for t in tokens:
         state = "revoked" if t.revoked_at else "live"
-        table.add_row(
+        found.add_row(
             t.id,
-            escape(t.name),
+            t.name,
             t.role,
-            escape(", ".join(t.models)),
-            when(t.created_at),
-            when(t.expires_at) if t.expires_at else "never",
+            t.created_at.strftime("%Y-%m-%d %H:%M"),
+            t.expires_at.strftime("%Y-%m-%d %H:%M") if t.expires_at else "never",
             state,
+            ", ".join(t.models),
         )
-    stdout.print(table if tokens else "no tokens: model-registry token create NAME --role ...")
+    print_table(found)
 
 
 @token.command("revoke")
@@ -133,7 +182,7 @@ def revoke(token_id: str, as_json: bool) -> None:
     if as_json:
         print_json(wire.Token.of(record))
     else:
-        stdout.print(f"revoked {record.id} ({escape(record.name)})")
+        stdout.print(f"revoked {record.id} ({record.name})")
 
 
 def register(group: click.Group) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from cli.aliases import _parse_time
-from cli.ui import handle_errors, open_registry, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, print_table, stdout, table
 from registry import wire
 from registry.errors import IntegrityError
 
@@ -32,10 +30,18 @@ class _AuditGroup(click.Group):
             args = ["ls", *args]
         return super().parse_args(ctx, args)
 
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The forms people type (docs/cli.md), not click's COMMAND [ARGS].
+        formatter.write_usage(ctx.command_path, "[NAME] [--since TIME] [--limit N] [--json]")
+        formatter.write_usage(ctx.command_path, "verify [--json]", prefix="   or: ")
+
 
 @click.group(cls=_AuditGroup)
 def audit() -> None:
-    """The audit trail: every state change, who, when, in a hash chain."""
+    """The audit trail: every state change, who, when, in a hash chain.
+
+    `audit [NAME]` (the same as `audit ls [NAME]`) lists the newest entries, about model NAME
+    when given; `audit verify` checks the chain."""
 
 
 @audit.command("ls")
@@ -51,19 +57,18 @@ def list_(name: str | None, since: str | None, limit: int, as_json: bool) -> Non
     if as_json:
         print_json([wire.AuditEntry.of(e) for e in events])
         return
-    table = Table("id", "when (UTC)", "actor", "action", "subject")
-    table.add_column("details", overflow="fold")
+    found = table("id", "when (UTC)", "actor", "action", "subject", wide=("details",))
     for e in events:
         details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
-        table.add_row(
+        found.add_row(
             str(e.id),
             e.at.strftime("%Y-%m-%d %H:%M:%S"),
-            escape(e.actor),
-            escape(e.action),
-            escape(e.subject),
-            escape(details),
+            e.actor,
+            e.action,
+            e.subject,
+            details,
         )
-    stdout.print(table)
+    print_table(found)
 
 
 @audit.command()

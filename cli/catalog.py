@@ -8,10 +8,18 @@ import sys
 from collections.abc import Sequence
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, local_only, open_registry, print_json, stderr, stdout
+from cli.ui import (
+    handle_errors,
+    local_only,
+    open_registry,
+    print_json,
+    print_table,
+    stderr,
+    stdout,
+    styled,
+    table,
+)
 from registry import wire
 from registry.errors import (
     IntegrityError,
@@ -59,16 +67,16 @@ def journal(drain: bool, new_epoch: bool, stores: bool, as_json: bool) -> None:
     if as_json:
         print_json([wire.JournalState.of(s) for s in states])
     else:
-        table = Table("region", "journal up to", "behind", "oldest missing", "problem")
+        found = table("region", "journal up to", "behind", "oldest missing", wide=("problem",))
         for s in states:
-            table.add_row(
-                escape(s.region),
+            found.add_row(
+                s.region,
                 str(s.mark),
                 str(s.behind),
                 "-" if not s.behind else f"{s.lag_seconds:.1f} s ago",
-                escape(s.error) or "",
+                s.error or "",
             )
-        stdout.print(table)
+        print_table(found)
     if (drain or new_epoch) and any(s.behind or s.error for s in states):
         sys.exit(9)
 
@@ -77,16 +85,16 @@ def _print_stored(found: Sequence[wire.StoredJournalLike], *, as_json: bool) -> 
     if as_json:
         print_json([wire.StoredJournal.of(s) for s in found])
     else:
-        table = Table("region", "epoch", "entries", "last change", "problem")
+        listed = table("region", "epoch", "entries", "last change (UTC)", wide=("problem",))
         for s in found:
-            table.add_row(
-                escape(s.region),
+            listed.add_row(
+                s.region,
                 (s.epoch or "-")[:12],
                 str(s.end),
-                s.newest_at.strftime("%Y-%m-%d %H:%M:%S UTC") if s.newest_at else "-",
-                escape(s.error or s.behind),
+                s.newest_at.strftime("%Y-%m-%d %H:%M:%S") if s.newest_at else "-",
+                s.error or s.behind,
             )
-        stdout.print(table)
+        print_table(listed)
     if any(s.error or s.behind for s in found):
         sys.exit(StorageError.exit_code)
 
@@ -121,7 +129,7 @@ def rebuild(source: str, catalog_url: str | None, accept_loss: bool, as_json: bo
 
     def progress(message: str) -> None:
         if not as_json:
-            stderr.print(f"[dim]{escape(message)}[/dim]", markup=True, highlight=False)
+            stderr.print(styled(message, "dim"))
 
     report = rebuild_catalog(
         os.environ.get("MODEL_REGISTRY_HOME"),
@@ -133,10 +141,10 @@ def rebuild(source: str, catalog_url: str | None, accept_loss: bool, as_json: bo
     if as_json:
         print_json(wire.RebuildReport.of(report))
     else:
-        table = Table("table", "rows")
+        restored = table("table", "rows")
         for name, count in report.restored.items():
-            table.add_row(name, str(count))
-        stdout.print(table)
+            restored.add_row(name, str(count))
+        print_table(restored)
         stdout.print(
             f"rebuilt {report.catalog} from {report.region}: {report.entries} journal entries "
             f"in {report.segments} segments, {report.seconds:.2f} s"
@@ -144,12 +152,12 @@ def rebuild(source: str, catalog_url: str | None, accept_loss: bool, as_json: bo
         for ref in report.from_records:
             stdout.print(f"restored from its version record (not yet journaled): {ref}")
         for line in report.unreachable:
-            stdout.print(f"not probed (unreachable): {escape(line)}")
+            stdout.print(f"not probed (unreachable): {line}")
         for line in report.accepted_loss:
-            stdout.print(f"accepted loss: {escape(line)}")
-        stdout.print(f"journal written to: {escape(', '.join(report.journal)) or 'no region'}")
+            stdout.print(f"accepted loss: {line}")
+        stdout.print(f"journal written to: {', '.join(report.journal) or 'no region'}")
         for line in report.bad_copies:
-            stdout.print(f"bad copy (queued for `replicate --repair`): {escape(line)}")
+            stdout.print(f"bad copy (queued for `replicate --repair`): {line}")
         for line in report.unrestored:
             click.echo(f"NOT RESTORED {line}", err=True)
     if not report.ok:

@@ -5,10 +5,18 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, human_size, open_registry, print_json, progress_bar, stdout
+from cli.ui import (
+    handle_errors,
+    human_size,
+    open_registry,
+    print_json,
+    print_table,
+    progress_bar,
+    stdout,
+    styled,
+    table,
+)
 from registry import wire
 from registry.errors import IntegrityError
 
@@ -55,18 +63,18 @@ def drill(
     if as_json:
         print_json(wire.DrillReport.of(report))
     else:
-        table = Table("model", "restored", "via", "files", "verified", "seconds", "result")
+        found = table("model", "restored", "via", "files", "verified", "seconds", "result")
         for model in report.models:
-            table.add_row(
-                escape(model.name),
-                escape(model.ref or "-"),
+            found.add_row(
+                model.name,
+                (model.ref or "-"),
                 model.via,
                 str(model.files),
                 human_size(model.bytes),
                 f"{model.seconds:.2f}",
-                "ok" if model.ok else "[red]FAILED[/red]",
+                "ok" if model.ok else styled("FAILED", "red"),
             )
-        stdout.print(table)
+        print_table(found)
         verdict = "passed" if report.ok else "FAILED"
         stdout.print(
             f"drill from {report.region} ({report.mode}): {verdict} in {report.seconds:.2f} s "

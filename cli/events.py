@@ -5,10 +5,8 @@ from __future__ import annotations
 import sys
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, open_registry, print_json, stdout, when
+from cli.ui import handle_errors, open_registry, print_json, print_table, stdout, table, when
 from registry import wire
 from registry.errors import StorageError
 
@@ -46,17 +44,16 @@ def list_(pending: bool, limit: int, as_json: bool) -> None:
     if as_json:
         print_json([wire.Delivery.of(d) for d in found])
         return
-    table = Table("id", "url", "attempts", "delivered")
-    table.add_column("last error", overflow="fold")
+    listed = table("id", "url", "attempts", "delivered", wide=("last error",))
     for d in found:
-        table.add_row(
+        listed.add_row(
             str(d.id),
-            escape(d.url),
+            d.url,
             str(d.attempts),
             when(d.delivered_at) if d.delivered_at else "pending",
-            escape(d.last_error),
+            d.last_error,
         )
-    stdout.print(table)
+    print_table(listed)
 
 
 @events.command()

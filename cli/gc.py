@@ -6,10 +6,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, human_size, open_registry, print_json, stdout
+from cli.ui import (
+    digest_prefix,
+    handle_errors,
+    human_size,
+    open_registry,
+    print_json,
+    print_table,
+    stdout,
+    styled,
+    table,
+)
 from registry import wire
 from registry.errors import InvalidInputError
 from registry.retention import DEFAULT_GRACE, format_duration
@@ -23,18 +31,17 @@ JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable ou
 def _print_report(report: GcReport) -> None:
     if report.expired:
         label = "would expire" if report.dry_run else "expired"
-        stdout.print(f"{label}: " + ", ".join(escape(v.ref) for v in report.expired))
+        stdout.print(f"{label}: " + ", ".join(v.ref for v in report.expired))
     if report.locks_extended:
         verb = "would extend" if report.dry_run else "extended"
         stdout.print(f"{verb} the Object Lock of {report.locks_extended} objects")
     if report.swept or report.kept:
-        table = Table("object", "digest", "action")
-        table.add_column("why / bytes", overflow="fold")
+        found = table("object", "digest", "action", wide=("why / bytes",))
         for item in report.swept:
-            table.add_row(
+            found.add_row(
                 item.purpose,
-                item.digest[7:19],
-                "[bold]would delete[/]" if report.dry_run else "[bold]deleted[/]",
+                digest_prefix(item.digest),
+                styled("would delete" if report.dry_run else "deleted", "bold"),
                 human_size(item.bytes),
             )
         for kept in report.kept:
@@ -44,8 +51,8 @@ def _print_report(report: GcReport) -> None:
                 if kept.regions
                 else kept.reason
             )
-            table.add_row(kept.purpose, kept.digest[7:19], "keep", escape(why))
-        stdout.print(table)
+            found.add_row(kept.purpose, digest_prefix(kept.digest), "keep", why)
+        print_table(found)
     verb = "would reclaim" if report.dry_run else "reclaimed"
     stdout.print(
         f"{verb} {human_size(report.bytes_reclaimed)} ({report.bytes_reclaimed} bytes) in "
@@ -64,7 +71,7 @@ def _print_report(report: GcReport) -> None:
     default=DEFAULT_GRACE,
     show_default=True,
     metavar="DURATION",
-    help="Sweep only objects unneeded for longer than this (12h, 1d, 2w).",
+    help="Sweep only objects unneeded for longer than this (30s, 15m, 12h, 1d, 2w).",
 )
 @JSON
 @handle_errors
@@ -103,15 +110,18 @@ def delete(ref: str, reason: str, yes: bool, as_json: bool) -> None:
     """Delete the version REF outside the retention policy (admin only). It stays as a
     tombstone in the catalog and the audit trail; `gc` later reclaims its storage. Refused while
     an alias, a legal hold, an Object Lock or a retention rule keeps it."""
+    if as_json and not yes:
+        raise InvalidInputError("--json asks no questions", hint="add --yes to run it")
     with open_registry() as registry:
         if not yes:
-            version = registry.resolve(ref)
+            # Whatever would refuse the delete refuses it before the question.
+            version = registry.delete(ref, reason=reason, dry_run=True)
             click.confirm(f"Delete {version.ref} ({version.digest[:19]})?", abort=True, err=True)
         version = registry.delete(ref, reason=reason)
     if as_json:
         print_json(wire.Version.of(version))
     else:
-        stdout.print(f"deleted {escape(version.ref)}; `model-registry gc` reclaims its storage")
+        stdout.print(f"deleted {version.ref}; `model-registry gc` reclaims its storage")
 
 
 def register(group: click.Group) -> None:

@@ -6,10 +6,8 @@ import sys
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, open_registry, print_json, stdout, when
+from cli.ui import handle_errors, open_registry, print_json, print_table, stdout, table
 from registry import wire
 from registry.errors import StorageError
 
@@ -71,11 +69,13 @@ def list_(as_json: bool) -> None:
     if as_json:
         print_json([wire.Hold.of(h) for h in holds])
         return
-    table = Table("version", "since", "by")
-    table.add_column("reason", overflow="fold")
+    if not holds:
+        stdout.print("no version is under legal hold")
+        return
+    found = table("version", "since (UTC)", "by", wide=("reason",))
     for h in holds:
-        table.add_row(h.ref, when(h.placed_at), escape(h.placed_by), escape(h.reason))
-    stdout.print(table if holds else "no version is under legal hold")
+        found.add_row(h.ref, h.placed_at.strftime("%Y-%m-%d %H:%M"), h.placed_by, h.reason)
+    print_table(found)
 
 
 def register(group: click.Group) -> None:

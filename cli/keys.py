@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
 
 from cli.ui import handle_errors, open_registry, print_json, progress_bar, stdout
 from registry import wire
 
 if TYPE_CHECKING:
     from registry.reports import RegionKey
+
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @click.group()
@@ -21,11 +23,11 @@ def keys() -> None:
 
 def _key_line(key: RegionKey) -> str:
     if key.provider == "local":
-        return f"local key file {escape(key.key)}  ({escape(key.kek_id)})"
-    where = escape(key.kms_region or "")
+        return f"local key file {key.key}  ({key.kek_id})"
+    where = key.kms_region or ""
     if key.endpoint:
-        where += f" via {escape(key.endpoint)}"
-    return f"AWS KMS key {escape(key.key)} in {where}  ({escape(key.kek_id)})"
+        where += f" via {key.endpoint}"
+    return f"AWS KMS key {key.key} in {where}  ({key.kek_id})"
 
 
 @keys.command()
@@ -43,44 +45,56 @@ def show(as_json: bool) -> None:
     stdout.print("region keys:")
     width = max(len(key.region) for key in report.regions)
     for key in report.regions:
-        stdout.print(f"  {escape(key.region):<{width}}  {_key_line(key)}")
+        stdout.print(f"  {key.region:<{width}}  {_key_line(key)}")
         for older, kek in key.previous:
-            known = escape(kek) if kek else "file gone"
-            stdout.print(
-                f"  {'':<{width}}    previous {escape(older)}  ({known}), being rotated away"
-            )
+            known = kek if kek else "file gone"
+            stdout.print(f"  {'':<{width}}    previous {older}  ({known}), being rotated away")
     stdout.print("trusted signers:")
     for signer in report.trusted_signers:
-        stdout.print(f"  {escape(signer.name):<16} {signer.key_id}  {signer.public_key}")
+        stdout.print(f"  {signer.name:<16} {signer.key_id}  {signer.public_key}")
 
 
 @keys.command()
 @click.argument("name")
 @click.argument("public_key")
+@JSON
 @handle_errors
-def trust(name: str, public_key: str) -> None:
+def trust(name: str, public_key: str, as_json: bool) -> None:
     """Trust manifests signed by PUBLIC_KEY (ed25519:BASE64), e.g. a CI signer's."""
     with open_registry() as registry:
         signer = registry.trust_signer(name, public_key)
+    if as_json:
+        print_json(
+            wire.TrustedSigner(name=signer.name, key_id=signer.key_id, public_key=public_key)
+        )
+        return
     stdout.print(f"trusting {signer.name} ({signer.key_id})")
 
 
 @keys.command()
 @click.argument("name")
+@JSON
 @handle_errors
-def untrust(name: str) -> None:
+def untrust(name: str, as_json: bool) -> None:
     """Stop trusting the signer NAME (versions it signed will then fail verification)."""
     with open_registry() as registry:
         registry.untrust_signer(name)
+    if as_json:
+        print_json(wire.Untrusted(name=name))
+        return
     stdout.print(f"no longer trusting {name}")
 
 
 @keys.command("new-signing-key")
+@JSON
 @handle_errors
-def new_signing_key() -> None:
+def new_signing_key(as_json: bool) -> None:
     """Create a new signing key for this home; the old one stays trusted."""
     with open_registry() as registry:
         text = registry.new_signing_key()
+    if as_json:
+        print_json(wire.SigningKey(public_key=text))
+        return
     stdout.print(f"new signing key: {text}")
     stdout.print("trust it on other machines with: model-registry keys trust NAME " + text)
 

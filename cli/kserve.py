@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import click
-from rich.markup import escape
 
 from cli.ui import handle_errors, human_size, open_registry, progress_bar, stdout
 
@@ -228,8 +227,8 @@ def _report(
     def say(text: str) -> None:
         stdout.print(text, highlight=False)
 
-    say(f"initialized {escape(str(dest))} from {escape(uri)} in {seconds:.1f} s")
-    say(f"  version  {escape(pin.ref)}  {pin.digest}  (pinned in {PIN})")
+    say(f"initialized {dest} from {uri} in {seconds:.1f} s")
+    say(f"  version  {pin.ref}  {pin.digest}  (pinned in {PIN})")
     say(f"  files    {len(pin.files)} written, verified ({human_size(result.bytes)})")
     if plaintext:
         say(
@@ -246,7 +245,7 @@ def _report(
         say(
             f"  weights  {warmed.files} files cached as ciphertext, verified "
             f"({human_size(warmed.sealed_bytes)}, {warmed.reused} already there) in "
-            f"{escape(str(dest / CACHE_DIR))}: no plaintext weight on disk"
+            f"{dest / CACHE_DIR}: no plaintext weight on disk"
         )
 
 

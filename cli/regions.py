@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
-from cli.ui import handle_errors, open_registry, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, print_table, stdout, table
 from registry import wire
-from registry.errors import StorageError
+from registry.errors import REPUSH_HINT, StorageError
+
+if TYPE_CHECKING:
+    from registry.reports import RegionStatus
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -35,30 +37,59 @@ def status(as_json: bool) -> None:
     if as_json:
         print_json([wire.RegionStatus.of(r) for r in found])
     else:
-        table = Table("region", "priority", "health", "verified", "pending", "bad", "unrecorded")
-        table.add_column("store", overflow="fold")
+        listed = table(
+            "region",
+            "priority",
+            "health",
+            "verified",
+            "pending",
+            "bad",
+            "unrecorded",
+            wide=("store",),
+        )
         for r in found:
             health = f"ok ({r.seconds * 1000:.0f} ms)" if r.reachable else r.state.upper()
             counts = [r.verified, r.pending, r.bad, r.missing]
-            table.add_row(
-                escape(r.name),
+            listed.add_row(
+                r.name,
                 str(r.priority),
                 health,
                 *(str(count) if r.counted else "-" for count in counts),
-                escape(r.store),
+                r.store,
             )
-        stdout.print(table)
+        print_table(listed)
         for r in found:
             if not r.reachable:
                 click.echo(f"{r.name}: {r.state}: {r.detail}", err=True)
         if any(r.reachable and not r.complete for r in found) and all(r.counted for r in found):
-            click.echo(
-                "some copies are pending, bad or unrecorded: `model-registry replicate` writes "
-                "and checks them (`--repair` replaces bad ones)",
-                err=True,
-            )
+            click.echo(_advice(found), err=True)
     if not all(r.complete for r in found):
         sys.exit(StorageError.exit_code)
+
+
+def _advice(found: list[RegionStatus]) -> str:
+    """What to do about the copies left: `replicate` writes what is pending or unrecorded from
+    a good copy, `--repair` replaces bad ones from another region; with one region there is no
+    other copy, and only the files pushed again rewrite a bad one."""
+    counts = {
+        "pending": sum(r.pending for r in found),
+        "bad": sum(r.bad for r in found),
+        "unrecorded": sum(r.missing for r in found),
+    }
+    left = ", ".join(f"{count} {what}" for what, count in counts.items() if count)
+    if len(found) == 1:
+        advice = []
+        if counts["pending"] or counts["unrecorded"]:
+            advice.append("`model-registry replicate` checks the pending and unrecorded ones")
+        if counts["bad"]:
+            advice.append(
+                f"with one region there is no good copy to repair a bad one from: {REPUSH_HINT}"
+            )
+        return f"copies left: {left}. " + "; ".join(advice)
+    return (
+        f"copies left: {left}. `model-registry replicate` writes and checks the pending and "
+        "unrecorded ones from a good copy; `--repair` replaces bad ones from another region"
+    )
 
 
 @click.command()

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
-from cli.ui import handle_errors, open_registry, print_json, stdout
+from cli.ui import handle_errors, open_registry, print_json, print_table, stdout, styled, table
 from registry import wire
 from registry.errors import InvalidInputError
 
@@ -85,16 +84,15 @@ def plan_(name: str | None, as_json: bool) -> None:
             [wire.RetentionPlan.of(model, policy, decisions) for model, policy, decisions in plans]
         )
         return
-    table = Table("version", "decision")
-    table.add_column("why", overflow="fold")
+    found = table("version", "decision", wide=("why",))
     for model, _policy, decisions in plans:
         for d in decisions:
-            table.add_row(
+            found.add_row(
                 f"{model}@{d.number}",
-                "keep" if d.keep else "[bold]expire[/]",
+                "keep" if d.keep else styled("expire", "bold"),
                 "; ".join(d.reasons) or "no rule keeps it",
             )
-    stdout.print(table)
+    print_table(found)
 
 
 def register(group: click.Group) -> None:

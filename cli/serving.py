@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from cli.ui import handle_errors, human_size, open_registry, print_json, progress_bar, stdout
 from registry import wire
@@ -50,7 +49,7 @@ def prepare(ref: str, dest: Path, include: tuple[str, ...], as_json: bool, quiet
         return
     pin = result.pin
     stdout.print(
-        f"prepared {escape(pin.ref)}  {pin.digest}  -> {escape(str(result.destination))}",
+        f"prepared {pin.ref}  {pin.digest}  -> {result.destination}",
         highlight=False,
     )
     stdout.print(
@@ -64,7 +63,7 @@ def prepare(ref: str, dest: Path, include: tuple[str, ...], as_json: bool, quiet
         highlight=False,
     )
     if pin.withheld:
-        shown = ", ".join(escape(path) for path in pin.withheld[:3])
+        shown = ", ".join(pin.withheld[:3])
         more = f" and {len(pin.withheld) - 3} more" if len(pin.withheld) > 3 else ""
         stdout.print(
             f"  withheld: {shown}{more} (weights the loader cannot stream; "

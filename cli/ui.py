@@ -1,4 +1,9 @@
-"""CLI output: rich progress bars, tables, JSON, and errors mapped to exit codes."""
+"""CLI output: rich progress bars, tables, JSON, and errors mapped to exit codes.
+
+Both consoles print text verbatim: rich markup and emoji codes are off, because what the
+commands print is mostly names, paths, messages and patterns that users and file systems chose
+(`[a-z0-9]`, `extra [x].txt`, `:thumbs_up:`). Styling is explicit, with `rich.text.Text`
+(`styled`), never by markup in a string."""
 
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 from rich.console import Console
-from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from registry import wire
-from registry.errors import RegistryError
+from registry.errors import NotConfirmedError, RegistryError
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -26,8 +32,66 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+def styled(text: str, style: str) -> Text:
+    """`text` in `style`, verbatim (the consoles interpret no markup)."""
+    return Text(text, style=style)
+
+
+def table(*columns: str, wide: tuple[str, ...] = ()) -> Table:
+    """A table whose `columns` are kept whole (names, references, ids, sizes, times: never
+    wrapped or cut) and whose `wide` columns (free text: messages, reasons, details) take the
+    width left and fold. No borders, two spaces between columns: a row is one line that fits 80
+    columns with names of ordinary length, and `grep`, `awk` and `cut` read it."""
+    result = Table(box=None, padding=(0, 2, 0, 0), pad_edge=False, header_style="bold")
+    for column in columns:
+        result.add_column(column, no_wrap=True)
+    for column in wide:
+        result.add_column(column, overflow="fold", min_width=max(len(column), 12))
+    return result
+
+
+def print_table(found: Table) -> None:
+    """Print `found` on stdout. The columns kept whole are never cut: a table whose whole
+    columns alone are wider than the console (a long model name) is printed wider than it rather
+    than broken, which a terminal wraps but a file or a pipe keeps as one row per line."""
+    needed = found._extra_width  # the borders: rich has no public measure
+    padding = found.padding[1] + found.padding[3]
+    needed -= 0 if found.pad_edge else padding
+    for column in found.columns:
+        if column.no_wrap:
+            cells = [column.header, *column._cells]  # rich has no public list of cells
+            needed += max(_width(cell) for cell in cells) + padding
+        else:
+            needed += (column.min_width or 1) + padding
+    width = stdout.width
+    stdout.width = max(width, needed)
+    try:
+        if stdout.is_terminal:
+            stdout.print(found)
+            return
+        with stdout.capture() as captured:
+            stdout.print(found)
+    finally:
+        stdout.width = width
+    # Not a terminal (no styles): rows end where their text does, not in padding.
+    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
+
+
+def _width(cell: object) -> int:
+    from rich.cells import cell_len
+
+    text = cell.plain if isinstance(cell, Text) else str(cell)
+    return max((cell_len(line) for line in text.splitlines()), default=0)
+
+
+def digest_prefix(digest: str, length: int = 12) -> str:
+    """The first `length` hex digits of a `blake3:` digest and an ellipsis: enough to name a
+    version (`NAME@blake3:PREFIX` takes 12 or more); `show --digests` prints them whole."""
+    return digest.removeprefix("blake3:")[:length] + "…"
 
 
 class ProgressBar:
@@ -45,7 +109,7 @@ class ProgressBar:
         )
 
         self._progress = Progress(
-            TextColumn("{task.description:>11}"),
+            TextColumn("{task.description:>11}", markup=False),
             BarColumn(),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
@@ -108,9 +172,9 @@ def report_error(error: RegistryError, *, as_json: bool) -> None:
     if as_json:
         body = wire.dump(wire.Error.of(error.code, error.message, error.hint))
         click.echo(json.dumps(body, indent=2))
-    stderr.print(f"[bold red]error:[/] {escape(error.message)}", markup=True, highlight=False)
+    stderr.print(Text.assemble(styled("error:", "bold red"), " ", error.message))
     if error.hint:
-        stderr.print(f"[dim]hint:[/] {escape(error.hint)}", markup=True, highlight=False)
+        stderr.print(Text.assemble(styled("hint:", "dim"), " ", error.hint))
 
 
 def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -127,16 +191,24 @@ def handle_errors(command: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             stderr.print("interrupted: nothing was committed")
             sys.exit(130)
+        except click.exceptions.Abort:
+            # click.confirm answered no (or Ctrl-C, or no terminal to ask on): the user's
+            # choice, not a bug.
+            declined = NotConfirmedError("not confirmed: nothing was changed")
+            report_error(declined, as_json=as_json)
+            sys.exit(declined.exit_code)
         except (click.ClickException, click.exceptions.Exit, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - last resort: never a bare traceback
             if os.environ.get("MODEL_REGISTRY_DEBUG"):
                 traceback.print_exc()
             stderr.print(
-                f"[bold red]unexpected error:[/] {type(error).__name__}: {error}\n"
-                "[dim]hint:[/] this is a bug; MODEL_REGISTRY_DEBUG=1 shows the traceback",
-                markup=True,
-                highlight=False,
+                Text.assemble(
+                    styled("unexpected error:", "bold red"),
+                    f" {type(error).__name__}: {error}\n",
+                    styled("hint:", "dim"),
+                    " this is a bug; MODEL_REGISTRY_DEBUG=1 shows the traceback",
+                )
             )
             sys.exit(1)
 
@@ -175,11 +247,11 @@ def open_registry(
     registry = Registry.open_for_recovery(region=region, replay=replay)
     if registry.provisional is not None:
         stderr.print(
-            f"[yellow]the catalog is missing:[/] working from {escape(registry.provisional)}; "
-            "nothing is recorded. Rebuild it with `model-registry catalog rebuild --from "
-            "REGION`",
-            markup=True,
-            highlight=False,
+            Text.assemble(
+                styled("the catalog is missing:", "yellow"),
+                f" working from {registry.provisional}; nothing is recorded. Rebuild it with "
+                "`model-registry catalog rebuild --from REGION`",
+            )
         )
     return registry
 

@@ -7,21 +7,22 @@ import time
 from pathlib import Path
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from cli.ui import (
+    digest_prefix,
     handle_errors,
     human_size,
     open_registry,
     print_json,
+    print_table,
     progress_bar,
     stdout,
+    table,
     warn_read_around,
     when,
 )
 from registry import wire
-from registry.errors import IntegrityError, InvalidInputError, StorageError
+from registry.errors import REPUSH_HINT, IntegrityError, InvalidInputError, StorageError
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -71,7 +72,8 @@ def push(
         stdout.print(f"unchanged: identical content is already {version.ref}  {version.digest}")
         if result.uploaded_bytes:
             stdout.print(
-                f"  restored {human_size(result.uploaded_bytes)} that was missing from the store"
+                f"  restored {human_size(result.uploaded_bytes)} that was missing or damaged in "
+                "the store"
             )
         return
     stdout.print(f"pushed {version.ref}  {version.digest}")
@@ -125,50 +127,49 @@ def list_(name: str | None, expired: bool, as_json: bool) -> None:
             if as_json:
                 print_json([wire.Model.of(m) for m in models])
                 return
-            table = Table("model", "versions", "latest", "size", "created")
+            if not models:
+                stdout.print("no models yet: model-registry push NAME PATH")
+                return
+            found = table("model", "versions", "latest", "size", "stored", "created (UTC)")
             for m in models:
-                table.add_row(
+                found.add_row(
                     m.name,
                     str(m.version_count),
                     f"@{m.latest}" if m.latest else "-",
                     human_size(m.total_size),
-                    when(m.created_at),
+                    human_size(m.stored_size),
+                    m.created_at.strftime("%Y-%m-%d %H:%M"),
                 )
-            stdout.print(table if models else "no models yet: model-registry push NAME PATH")
+            print_table(found)
             return
         versions = registry.versions(name, expired=expired)
     if as_json:
         print_json([wire.Version.of(v) for v in versions])
         return
-    table = Table()
-    for column in ("version", "blake3", "files", "size", "created (UTC)"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("by", overflow="fold", min_width=8)
-    table.add_column("message", overflow="fold", min_width=10)
-    if expired:
-        table.add_column("state", overflow="fold", min_width=10)
+    # The file count is left to `show`: the message keeps room to be read in 80 columns.
+    whole = ("version", "blake3", "size", "created (UTC)", "by")
+    found = table(*whole, *(("state",) if expired else ()), wide=("message",))
     for v in versions:
         row = [
             v.ref,
-            v.digest[7:19],
-            str(v.file_count),
+            digest_prefix(v.digest),
             human_size(v.total_size),
             v.created_at.strftime("%Y-%m-%d %H:%M"),
-            escape(v.created_by),
-            escape(v.message),
+            v.created_by,
         ]
         if expired:
             gone = "deleted" if (v.expiry_reason or "").startswith("deleted") else "expired"
             row.append("live" if v.expired_at is None else f"{gone} {v.expired_at:%Y-%m-%d}")
-        table.add_row(*row)
-    stdout.print(table)
+        found.add_row(*row, v.message)
+    print_table(found)
 
 
 @click.command()
 @click.argument("ref")
+@click.option("--digests", is_flag=True, help="Print each file's whole digest, not a prefix.")
 @JSON
 @handle_errors
-def show(ref: str, as_json: bool) -> None:
+def show(ref: str, digests: bool, as_json: bool) -> None:
     """Show a version: files, sizes, tensors, dtypes, parameters, digest, who made it and when."""
     with open_registry() as registry:
         details = registry.show(ref)
@@ -186,11 +187,12 @@ def show(ref: str, as_json: bool) -> None:
         f"{version.tensor_count} tensors, {version.parameter_count:,} parameters, "
         f"dtypes {', '.join(version.dtypes) or '-'}"
     )
-    table = Table("file", "size", "tensors", "digest")
+    found = table("file", "size", "tensors", "digest")
     for entry in manifest.files:
         tensors = "-" if entry.safetensors is None else str(len(entry.safetensors.tensors))
-        table.add_row(entry.path, human_size(entry.size), tensors, entry.digest[:19])
-    stdout.print(table)
+        digest = entry.digest if digests else "blake3:" + digest_prefix(entry.digest)
+        found.add_row(entry.path, human_size(entry.size), tensors, digest)
+    print_table(found)
 
 
 @click.command()
@@ -287,11 +289,20 @@ def _scrub(
         for name in report.unchecked:
             click.echo(f"warning: not checked, unreachable: {name}", err=True)
         if report.problems and recorded:
-            click.echo(
-                "the bad copies are recorded: `model-registry replicate --repair` replaces them "
-                "from a good copy (in another region)",
-                err=True,
-            )
+            if region is None and report.copies == report.objects and not report.sampled:
+                # One copy of each object: one region, nothing to repair from.
+                click.echo(
+                    "the bad copies are recorded; with one region there is no good copy to "
+                    f"repair them from: {REPUSH_HINT}",
+                    err=True,
+                )
+            else:
+                click.echo(
+                    "the bad copies are recorded: `model-registry replicate --repair` replaces "
+                    "them from a good copy in another region (where none holds one: "
+                    f"{REPUSH_HINT})",
+                    err=True,
+                )
     if report.problems:
         sys.exit(IntegrityError.exit_code)
     if report.unchecked:

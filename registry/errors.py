@@ -9,6 +9,13 @@ callers can catch them.
 
 from __future__ import annotations
 
+# With no good copy anywhere, the files the object came from are the source left: a push of
+# the same content rewrites a damaged or missing copy (`write_copies` distrusts bad ones).
+REPUSH_HINT = (
+    "push the files of the versions it breaks again (`model-registry push NAME PATH` with the "
+    "same files rewrites a damaged copy), or restore the object from a backup of the store"
+)
+
 
 class RegistryError(Exception):
     """Base of every error model-registry raises on purpose."""
@@ -33,12 +40,15 @@ class InvalidInputError(RegistryError, ValueError):
     code = "invalid_input"
     exit_code = 3
     http_status = 400
+    default_hint = "check the command's arguments: `model-registry COMMAND --help` lists them"
 
 
 class DigestMismatchError(InvalidInputError):
     """Bytes received do not hash to the digest sent or declared with them (an upload part, a
     file assembled from its parts): refused like any bad input, and counted as an integrity
     failure by the API."""
+
+    default_hint = "the bytes changed on the way: send them again"
 
 
 class InvalidReferenceError(InvalidInputError):
@@ -55,6 +65,10 @@ class InvalidModelError(InvalidInputError):
     """A model directory or file that cannot be pushed (hostile or malformed safetensors, ...)."""
 
     code = "invalid_model"
+    default_hint = (
+        "fix or remove the file the message names (safetensors files must be well-formed: "
+        "docs/format.md), then push again"
+    )
 
 
 class NotFoundError(RegistryError, LookupError):
@@ -63,6 +77,9 @@ class NotFoundError(RegistryError, LookupError):
     code = "not_found"
     exit_code = 4
     http_status = 404
+    default_hint = (
+        "`model-registry ls` lists the models, `model-registry ls NAME` a model's versions"
+    )
 
 
 class AmbiguousReferenceError(InvalidInputError):
@@ -78,6 +95,7 @@ class ConflictError(RegistryError):
     code = "conflict"
     exit_code = 5
     http_status = 409
+    default_hint = "another change got there first: check the state, then run the command again"
 
 
 class RetentionError(ConflictError):
@@ -85,6 +103,10 @@ class RetentionError(ConflictError):
     object deleted, a governance bypass not asked for."""
 
     code = "retention_refused"
+    default_hint = (
+        "it can change once the lock or the rule that keeps it has expired or been changed "
+        "(`model-registry retention plan NAME` explains)"
+    )
 
 
 class DestinationExistsError(ConflictError):
@@ -126,6 +148,9 @@ class KeyAccessError(RegistryError, PermissionError):
     code = "key_access_error"
     exit_code = 7
     http_status = 503
+    default_hint = (
+        "check the key files (`model-registry keys show` lists them) or the KMS key's permissions"
+    )
 
 
 class KmsUnreachableError(KeyAccessError):
@@ -164,6 +189,9 @@ class StorageError(RegistryError, OSError):
     code = "storage_error"
     exit_code = 9
     http_status = 503
+    default_hint = (
+        "check the stores with `model-registry regions status`, then run the command again"
+    )
 
 
 class StoreTimeoutError(StorageError):
@@ -223,6 +251,7 @@ class PermissionDeniedError(RegistryError, PermissionError):
     code = "permission_denied"
     exit_code = 10
     http_status = 403
+    default_hint = "ask for a role that allows it (docs/security.md lists what each role may do)"
 
 
 class UnauthenticatedError(RegistryError, PermissionError):
@@ -231,6 +260,10 @@ class UnauthenticatedError(RegistryError, PermissionError):
     code = "unauthenticated"
     exit_code = 11
     http_status = 401
+    default_hint = (
+        "set MODEL_REGISTRY_TOKEN (or --token) to a live token (`model-registry token list` "
+        "on the server)"
+    )
 
 
 class RateLimitedError(RegistryError):
@@ -239,10 +272,21 @@ class RateLimitedError(RegistryError):
     code = "rate_limited"
     exit_code = 12
     http_status = 429
+    default_hint = "wait as long as the message says, then run the command again"
 
     def __init__(self, message: str, *, retry_after: float, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.retry_after = retry_after
+
+
+class NotConfirmedError(RegistryError):
+    """A command that asks before it changes something was not told yes: the answer was no,
+    or there was no terminal to ask on. Nothing was changed."""
+
+    code = "not_confirmed"
+    exit_code = 16
+    http_status = 400
+    default_hint = "pass --yes to run it without the question"
 
 
 class ObjectExistsError(StorageError):
@@ -272,4 +316,6 @@ EXIT_CODES: dict[int, str] = {
     CatalogMismatchError.exit_code: "catalog mismatch: the catalog belongs to another registry",
     CatalogBehindError.exit_code: "catalog behind: the stores hold changes the catalog lacks "
     "(restored from a backup)",
+    NotConfirmedError.exit_code: "not confirmed: the question before a change was not answered "
+    "yes; nothing was changed",
 }

@@ -60,6 +60,8 @@ class ModelRecord:
     version_count: int
     latest: int | None
     total_size: int
+    # Its live versions' distinct files: content they share is counted once.
+    stored_size: int
 
 
 @dataclass(frozen=True)

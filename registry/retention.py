@@ -16,28 +16,36 @@ from datetime import datetime, timedelta
 
 from registry.errors import InvalidInputError
 
-_DURATION = re.compile(r"(\d{1,6})([hdw])")
-_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+_DURATION = re.compile(r"(\d{1,6})([smhdw])")
+_UNITS = {
+    "s": timedelta(seconds=1),
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+    "w": timedelta(weeks=1),
+}
 # How long gc leaves an object no version needs any more (readers of a version that just
 # expired finish first).
 DEFAULT_GRACE = "24h"
 
 
 def parse_duration(text: str) -> timedelta:
-    """`12h`, `90d`, `2w` -> a timedelta; InvalidInputError otherwise."""
+    """`30s`, `15m`, `12h`, `90d`, `2w` -> a timedelta; InvalidInputError otherwise."""
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise InvalidInputError(
-            f"invalid duration {text!r}", hint="a number and a unit: 12h, 90d or 2w"
+            f"invalid duration {text!r}",
+            hint="a number and a unit (s, m, h, d or w): 30s, 15m, 12h, 90d, 2w",
         )
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 
 def format_duration(value: timedelta) -> str:
     seconds = int(value.total_seconds())
-    if seconds % 86400 == 0:
-        return f"{seconds // 86400}d"
-    return f"{seconds // 3600}h"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 @dataclass(frozen=True)

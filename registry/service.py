@@ -458,13 +458,14 @@ class Registry:
 
         return lifecycle_ops.plan_retention(self._context, name, now=now)
 
-    def delete(self, ref: str, *, reason: str) -> VersionRecord:
+    def delete(self, ref: str, *, reason: str, dry_run: bool = False) -> VersionRecord:
         """Delete one version outside the policy (admin): it becomes a tombstone, still in the
         audit trail, and gc sweeps its objects once nothing else needs them. Refused while an
-        alias, a legal hold, an Object Lock or a retention rule keeps it."""
+        alias, a legal hold, an Object Lock or a retention rule keeps it; `dry_run` checks
+        all of that and changes nothing."""
         from registry.ops import lifecycle as lifecycle_ops
 
-        return lifecycle_ops.delete(self._context, ref, reason=reason)
+        return lifecycle_ops.delete(self._context, ref, reason=reason, dry_run=dry_run)
 
     def gc(
         self,

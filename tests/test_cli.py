@@ -58,6 +58,7 @@ def test_end_to_end_as_a_user(home: Path, tmp_path: Path) -> None:
             "versions": 1,
             "latest": 1,
             "size": record["size"],
+            "stored_size": record["size"],
             "created_at": listing[0]["created_at"],
         }
     ]

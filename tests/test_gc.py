@@ -303,7 +303,7 @@ def test_cli_gc_and_delete(four: Path) -> None:
     assert dry.exit_code == 0, dry.output
     assert "would expire: llama@2" in dry.output and "would reclaim" in dry.output
     refused = runner.invoke(main, ["gc", "--grace", "0h"], input="n\n")
-    assert refused.exit_code == 1
+    assert refused.exit_code == 16 and "not confirmed" in refused.output
     assert runner.invoke(main, ["ls", "llama", "--json"]).output.count('"ref"') == 4
     done = runner.invoke(main, ["gc", "--grace", "0h", "--yes", "--json"])
     assert done.exit_code == 0, done.output

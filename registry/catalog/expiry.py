@@ -139,11 +139,17 @@ class ExpiryPart(VersionsPart):
         return self._retrying(work, what=f"expire versions of {name}")
 
     def delete_version(
-        self, ref: Reference, *, reason: str, actor: str, locked_for: timedelta | None
+        self,
+        ref: Reference,
+        *,
+        reason: str,
+        actor: str,
+        locked_for: timedelta | None,
+        dry_run: bool = False,
     ) -> VersionRecord:
         """Tombstone one version on an admin's word, unless an alias, a hold or a retention
         rule keeps it (the rule "no policy: keep everything" does not stand in the way of an
-        explicit delete)."""
+        explicit delete). `dry_run`: the same refusals, nothing changed."""
         target = self.resolve(ref)
 
         def work(session: Session) -> VersionRecord:
@@ -160,6 +166,8 @@ class ExpiryPart(VersionsPart):
                     hint="move its aliases, release its hold or change the retention policy "
                     f"first (`model-registry retention plan {target.name}` explains)",
                 )
+            if dry_run:
+                return version_record(version)
             _tombstone(
                 session,
                 version,

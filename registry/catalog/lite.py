@@ -145,14 +145,17 @@ class LiteCatalog:
         with self._read() as connection:
             rows = connection.execute(
                 "SELECT m.name, m.created_at, count(v.id), max(v.number), "
-                "coalesce(sum(v.total_size), 0) "
+                "coalesce(sum(v.total_size), 0), "
+                "(SELECT coalesce(sum(b.size), 0) FROM blobs b WHERE b.digest IN ("
+                "SELECT f.digest FROM version_files f JOIN versions l ON l.id = f.version_id "
+                "WHERE l.model_id = m.id AND l.expired_at IS NULL)) "
                 "FROM models m LEFT OUTER JOIN versions v "
                 "ON v.model_id = m.id AND v.expired_at IS NULL "
                 "GROUP BY m.id ORDER BY m.name"
             ).fetchall()
         return [
-            ModelRecord(name, _aware(created), count, latest, int(size))
-            for name, created, count, latest, size in rows
+            ModelRecord(name, _aware(created), count, latest, int(size), int(stored))
+            for name, created, count, latest, size, stored in rows
         ]
 
     def versions(self, name: str, *, expired: bool = False) -> list[VersionRecord]:

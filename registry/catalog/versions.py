@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from registry.catalog.audit import append_audit
 from registry.catalog.gc import being_swept
@@ -24,6 +24,21 @@ class VersionsPart(CatalogPart):
     """Committing and reading versions."""
 
     def models(self) -> list[ModelRecord]:
+        live = aliased(Version)
+        # The distinct blobs of the model's live versions: what its versions share counts once.
+        stored = (
+            select(func.coalesce(func.sum(Blob.size), 0))
+            .where(
+                Blob.digest.in_(
+                    select(VersionFile.digest)
+                    .join(live, live.id == VersionFile.version_id)
+                    .where(live.model_id == Model.id, live.expired_at.is_(None))
+                    .correlate(Model)
+                )
+            )
+            .correlate(Model)
+            .scalar_subquery()
+        )
         with self._read() as session:
             rows = session.execute(
                 select(
@@ -32,12 +47,16 @@ class VersionsPart(CatalogPart):
                     func.count(Version.id),
                     func.max(Version.number),
                     func.coalesce(func.sum(Version.total_size), 0),
+                    stored,
                 )
                 .outerjoin(Version, (Version.model_id == Model.id) & Version.expired_at.is_(None))
                 .group_by(Model.id)
                 .order_by(Model.name)
             ).all()
-        return [ModelRecord(n, c, count, latest, int(size)) for n, c, count, latest, size in rows]
+        return [
+            ModelRecord(n, c, count, latest, int(size), int(unique))
+            for n, c, count, latest, size, unique in rows
+        ]
 
     def versions(self, name: str, *, expired: bool = False) -> list[VersionRecord]:
         """The model's live versions, oldest first (with `expired`, the tombstones too)."""

@@ -502,8 +502,9 @@ class RemoteRegistry:
                 return version
         raise errors.NotFoundError(f"{ref} is not listed by the server")
 
-    def delete(self, ref: str, *, reason: str) -> VersionRecord:
-        data = self._json("POST", "/v1/delete", json={"ref": ref, "reason": reason})
+    def delete(self, ref: str, *, reason: str, dry_run: bool = False) -> VersionRecord:
+        body = {"ref": ref, "reason": reason, "dry_run": dry_run}
+        data = self._json("POST", "/v1/delete", json=body)
         return wire.load(wire.Version, data).to_record()
 
     def audit_events(

@@ -103,10 +103,11 @@ def lock_floor(ctx: Context) -> timedelta | None:
 
 @requires("delete")
 @journaled
-def delete(ctx: Context, ref: str, *, reason: str) -> VersionRecord:
+def delete(ctx: Context, ref: str, *, reason: str, dry_run: bool = False) -> VersionRecord:
     """Delete one version outside the policy (admin): it becomes a tombstone, still in the
     audit trail, and gc sweeps its objects once nothing else needs them. Refused while an
-    alias, a legal hold, an Object Lock or a retention rule keeps it."""
+    alias, a legal hold, an Object Lock or a retention rule keeps it. `dry_run`: every check,
+    no change (the CLI asks for confirmation only of a delete that would go through)."""
     if not reason.strip():
         raise InvalidInputError("deleting a version needs a reason", hint="pass --reason TEXT")
     check_text("reason", reason, limit=4096)
@@ -129,4 +130,5 @@ def delete(ctx: Context, ref: str, *, reason: str) -> VersionRecord:
         reason=reason,
         actor=ctx.actor,
         locked_for=lock_floor(ctx),
+        dry_run=dry_run,
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from registry.crypto import sealed
 from registry.crypto.keys import WrappedKey
 from registry.errors import (
+    REPUSH_HINT,
     IntegrityError,
     KeyAccessError,
     KmsUnreachableError,
@@ -400,7 +401,10 @@ class Writes(Repairs):
 
         bad_sources: dict[str, str] = {}
         failure: Exception = IntegrityError(
-            f"{what}: no region holds a good copy to copy from", path=what
+            f"{what}: no region holds a good copy to copy from (a push of the same files "
+            "rewrites it)",
+            hint=REPUSH_HINT,
+            path=what,
         )
         for source, stream in attempts:
             try:

@@ -22,7 +22,7 @@ Time = Annotated[
         extra_json_schema={"extra": {"format": "date-time"}},
     ),
 ]
-Duration = Annotated[str, msgspec.Meta(description="a duration: 12h, 90d, 2w")]
+Duration = Annotated[str, msgspec.Meta(description="a duration: 30s, 15m, 12h, 90d, 2w")]
 
 
 def dump(model: msgspec.Struct | Sequence[msgspec.Struct]) -> Any:

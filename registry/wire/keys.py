@@ -56,6 +56,18 @@ class TrustedSigner(Wire, kw_only=True):
     public_key: str
 
 
+class Untrusted(Wire, kw_only=True):
+    """A signer no longer trusted (`keys untrust`)."""
+
+    name: str
+
+
+class SigningKey(Wire, kw_only=True):
+    """The new signing key of `keys new-signing-key`: its public key, to trust elsewhere."""
+
+    public_key: str
+
+
 class Keys(Wire, kw_only=True):
     """The signing key, each region's key-encryption key and the trusted signers."""
 

@@ -128,6 +128,8 @@ class Model(Wire, kw_only=True):
     versions: int
     latest: int | None
     size: int
+    # The bytes of the distinct files of its live versions (shared content counted once).
+    stored_size: int
     created_at: Time
 
     @classmethod
@@ -137,12 +139,18 @@ class Model(Wire, kw_only=True):
             versions=record.version_count,
             latest=record.latest,
             size=record.total_size,
+            stored_size=record.stored_size,
             created_at=iso(record.created_at),
         )
 
     def to_record(self) -> records.ModelRecord:
         return records.ModelRecord(
-            self.name, parse_time(self.created_at), self.versions, self.latest, self.size
+            self.name,
+            parse_time(self.created_at),
+            self.versions,
+            self.latest,
+            self.size,
+            self.stored_size,
         )
 
 

@@ -37,6 +37,7 @@ class GcRequest:
 class DeleteRequest:
     ref: str
     reason: str
+    dry_run: bool = False
 
 
 class LifecycleController(Controller):
@@ -114,6 +115,7 @@ class LifecycleController(Controller):
     def delete_version(
         self, request: Request[Any, Any, Any], data: JSONBody[DeleteRequest]
     ) -> wire.Version:
-        """Delete one version outside the policy (admin; refused while anything keeps it)."""
+        """Delete one version outside the policy (admin; refused while anything keeps it).
+        `dry_run`: the same checks and refusals, nothing deleted."""
         view, _token = enter(request, ref=data.ref)
-        return wire.Version.of(view.delete(data.ref, reason=data.reason))
+        return wire.Version.of(view.delete(data.ref, reason=data.reason, dry_run=data.dry_run))
