@@ -65,7 +65,15 @@ def audit_events(
 @requires("audit")
 def verify_audit(ctx: Context) -> AuditVerification:
     """Walk the tamper-evident audit chain (see `Catalog.verify_audit`)."""
-    return ctx.catalog.verify_audit(links_mac=ctx.store.audit_links_mac)
+    import functools
+
+    from registry.blobstore import audit_links_mac
+    from registry.crypto.keys import read_key_file
+
+    # The naming key alone, read here rather than through the stores: opening those would
+    # load the key-encryption key, which a check of the catalog does not need.
+    naming_key = read_key_file(ctx.home.settings.naming_key_file, label="naming key")
+    return ctx.catalog.verify_audit(links_mac=functools.partial(audit_links_mac, naming_key))
 
 
 @requires("read")
