@@ -40,11 +40,22 @@ def _rate(size: int, seconds: float) -> str:
     type=click.IntRange(min=1),
     help="Regions that must hold a verified copy (default: the configured quorum, else all).",
 )
+@click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Store what symbolic links leading outside PATH point at (refused otherwise).",
+)
 @JSON
 @QUIET
 @handle_errors
 def push(
-    name: str, path: Path, message: str, write_quorum: int | None, as_json: bool, quiet: bool
+    name: str,
+    path: Path,
+    message: str,
+    write_quorum: int | None,
+    follow_symlinks: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Push the model in PATH (a directory or one .safetensors file) as a new version of NAME."""
     started = time.perf_counter()
@@ -52,7 +63,12 @@ def push(
     with open_registry() as registry:
         try:
             result = registry.push(
-                name, path, message=message, write_quorum=write_quorum, progress=bar
+                name,
+                path,
+                message=message,
+                write_quorum=write_quorum,
+                progress=bar,
+                follow_symlinks=follow_symlinks,
             )
         finally:
             bar.close()

@@ -314,8 +314,10 @@ class Registry:
         write_quorum: int | None = None,
         progress: Progress | None = None,
         digests: Mapping[str, str] | None = None,
+        follow_symlinks: bool = False,
     ) -> PushResult:
-        """Push a model directory (or one .safetensors file) as a new version of `name`."""
+        """Push a model directory (or one .safetensors file) as a new version of `name`;
+        links that lead outside it are refused unless `follow_symlinks`."""
         from registry.ops import pushstart as push_ops
 
         return push_ops.push(
@@ -326,6 +328,7 @@ class Registry:
             write_quorum=write_quorum,
             progress=progress,
             digests=digests,
+            follow_symlinks=follow_symlinks,
         )
 
     def pull(

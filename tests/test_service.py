@@ -402,9 +402,11 @@ def test_missing_key_file_is_a_clear_error(
     registry.push("llama", model_dir)
     (home / "keys" / "kek.key").unlink()
     # Reads of the catalog need no key (tests/test_keyless_reads.py); the first unwrap does.
-    with Registry.open(home) as reopened:
-        with pytest.raises(KeyAccessError, match="does not exist") as raised:
-            reopened.pull("llama", tmp_path / "out")
+    with (
+        Registry.open(home) as reopened,
+        pytest.raises(KeyAccessError, match="does not exist") as raised,
+    ):
+        reopened.pull("llama", tmp_path / "out")
     assert "backup" in raised.value.hint
     assert not (tmp_path / "out").exists()
 

@@ -227,12 +227,13 @@ class RemoteRegistry:
         message: str = "",
         write_quorum: int | None = None,
         progress: Progress | None = None,
+        follow_symlinks: bool = False,
     ) -> PushResult:
         """Push through an upload session, resuming the one an interrupted push left."""
         if write_quorum is not None:
             raise InvalidInputError("--write-quorum is the server's setting through the API")
         progress = progress or NoProgress()
-        files = manifests.collect(Path(path))
+        files = manifests.collect(Path(path), follow_symlinks=follow_symlinks)
         total = sum(f.size for f in files)
         progress.begin("hashing", total)
         described = []

@@ -96,6 +96,7 @@ class RegistrySurface(Protocol):
         message: str = "",
         write_quorum: int | None = None,
         progress: Progress | None = None,
+        follow_symlinks: bool = False,
     ) -> PushResult: ...
 
     def pull(

@@ -52,10 +52,10 @@ def open_home(
 
     The naming key and the catalog are checked here, before anything else happens; what only
     some commands use is opened on their first use of it: the stores, the key-encryption key
-    (its file, or a request to KMS), the signing key and, where the catalog is a SQLite file found as usual, SQLAlchemy
-    (`catalog.lite` serves the reads of `ls` and `show` until then). Nothing is asked of the
-    stores here either: the first use of a region checks that it is this registry's store (in
-    the background for reads, which start at once)."""
+    (its file, or a request to KMS), the signing key and, where the catalog is a SQLite file
+    found as usual, SQLAlchemy (`catalog.lite` serves the reads of `ls` and `show` until then).
+    Nothing is asked of the stores here either: the first use of a region checks that it is
+    this registry's store (in the background for reads, which start at once)."""
     from registry.crypto.keys import read_key_file
 
     naming_key = read_key_file(settings.naming_key_file, label="naming key")
