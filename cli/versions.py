@@ -101,17 +101,41 @@ def push(
 @click.command()
 @click.argument("ref")
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Overwrite files that already exist in DEST.")
+@click.option("--force", is_flag=True, help="Overwrite files in DEST that hold other content.")
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="PATTERN",
+    help="Only the files matching PATTERN ('*.json', 'tokenizer/*'); repeatable.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out the files matching PATTERN; repeatable.",
+)
 @JSON
 @QUIET
 @handle_errors
-def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
-    """Write every file of REF into DEST, verified before it appears under its final name."""
+def pull(
+    ref: str,
+    dest: Path,
+    force: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Write the files of REF into DEST, each verified before it appears under its final name.
+    Files already in DEST with the right content are kept; run again, an interrupted pull
+    goes on from the files it had verified."""
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
     with open_registry() as registry:
         try:
-            result = registry.pull(ref, dest, force=force, progress=bar)
+            result = registry.pull(
+                ref, dest, force=force, include=include, exclude=exclude, progress=bar
+            )
         finally:
             bar.close()
     warn_read_around(result.bad_copies)
@@ -119,10 +143,18 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
     if as_json:
         print_json(wire.PullResult.of(result), seconds=round(seconds, 3))
         return
-    stdout.print(f"pulled {result.version.ref}  {result.version.digest}  -> {result.destination}")
+    where = escape(str(result.destination))
+    if not result.files:
+        stdout.print(
+            f"up to date: {result.version.ref}  {result.version.digest}  -> {where}: "
+            f"{len(result.unchanged)} files already there, verified"
+        )
+        return
+    stdout.print(f"pulled {result.version.ref}  {result.version.digest}  -> {where}")
     stdout.print(
         f"  {len(result.files)} files, {human_size(result.bytes)} verified in {seconds:.1f} s "
         f"({_rate(result.bytes, seconds)})"
+        + (f"; {len(result.unchanged)} files already there" if result.unchanged else "")
     )
 
 

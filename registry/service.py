@@ -337,12 +337,24 @@ class Registry:
         destination: str | Path,
         *,
         force: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         progress: Progress | None = None,
     ) -> PullResult:
-        """Write every file of a version under `destination`, byte-identical and verified."""
+        """Write the files of a version (those `include` matches, less those `exclude`
+        matches) under `destination`, byte-identical and verified; files already there with
+        the right bytes stay, and an interrupted pull's verified files are taken up."""
         from registry.ops import pull as pull_ops
 
-        return pull_ops.pull(self._context, ref, destination, force=force, progress=progress)
+        return pull_ops.pull(
+            self._context,
+            ref,
+            destination,
+            force=force,
+            include=include,
+            exclude=exclude,
+            progress=progress,
+        )
 
     def prepare(
         self,

@@ -105,6 +105,8 @@ class RegistrySurface(Protocol):
         destination: str | Path,
         *,
         force: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         progress: Progress | None = None,
     ) -> PullResult: ...
 
