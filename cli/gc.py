@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
+def _shown(purpose: str, digest: str) -> str:
+    """A digest's first 12 hex; an orphan, which no row names, by its object name."""
+    return escape(digest) if purpose == "orphan" else digest[7:19]
+
+
 def _print_report(report: GcReport) -> None:
     if report.expired:
         label = "would expire" if report.dry_run else "expired"
@@ -28,12 +33,12 @@ def _print_report(report: GcReport) -> None:
         verb = "would extend" if report.dry_run else "extended"
         stdout.print(f"{verb} the Object Lock of {report.locks_extended} objects")
     if report.swept or report.kept:
-        table = Table("object", "digest", "action")
+        table = Table("object", "digest / name", "action")
         table.add_column("why / bytes", overflow="fold")
         for item in report.swept:
             table.add_row(
                 item.purpose,
-                item.digest[7:19],
+                _shown(item.purpose, item.digest),
                 "[bold]would delete[/]" if report.dry_run else "[bold]deleted[/]",
                 human_size(item.bytes),
             )
@@ -44,12 +49,12 @@ def _print_report(report: GcReport) -> None:
                 if kept.regions
                 else kept.reason
             )
-            table.add_row(kept.purpose, kept.digest[7:19], "keep", escape(why))
+            table.add_row(kept.purpose, _shown(kept.purpose, kept.digest), "keep", escape(why))
         stdout.print(table)
     verb = "would reclaim" if report.dry_run else "reclaimed"
     stdout.print(
         f"{verb} {human_size(report.bytes_reclaimed)} ({report.bytes_reclaimed} bytes) in "
-        f"{len(report.swept)} objects; {len(report.kept)} unreferenced objects kept "
+        f"{len(report.swept)} objects; {len(report.kept)} unreferenced objects and orphans kept "
         f"(grace window {format_duration(report.grace)})"
     )
     for problem in report.problems:
