@@ -123,8 +123,8 @@ def test_a_push_in_flight_keeps_its_uploads_and_waits_out_an_orphan_sweep(
 
 def test_a_locked_orphan_waits_for_its_lock_and_is_reported(
     home: Path,
-    moto_endpoint: str,
-    tmp_path: Path,  # noqa: F811 - the fixture
+    moto_endpoint: str,  # noqa: F811 - the fixture
+    tmp_path: Path,
 ) -> None:
     Registry.init(
         home,
