@@ -86,7 +86,7 @@ def verify(as_json: bool) -> None:
         if result.regions_compared:
             stdout.print(
                 "the same as the journal in region "
-                f"{escape(', '.join(result.regions_compared))}"
+                f"{', '.join(result.regions_compared)}"
                 + (
                     f" ({result.not_in_journal} newest not copied out yet)"
                     if result.not_in_journal

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
+def _shown(purpose: str, digest: str) -> str:
+    """A digest's first 12 hex; an orphan, which no row names, by its object name."""
+    return digest if purpose == "orphan" else digest_prefix(digest)
+
+
 def _print_report(report: GcReport) -> None:
     if report.expired:
         label = "would expire" if report.dry_run else "expired"
@@ -36,11 +41,11 @@ def _print_report(report: GcReport) -> None:
         verb = "would extend" if report.dry_run else "extended"
         stdout.print(f"{verb} the Object Lock of {report.locks_extended} objects")
     if report.swept or report.kept:
-        found = table("object", "digest", "action", wide=("why / bytes",))
+        found = table("object", "digest / name", "action", wide=("why / bytes",))
         for item in report.swept:
             found.add_row(
                 item.purpose,
-                digest_prefix(item.digest),
+                _shown(item.purpose, item.digest),
                 styled("would delete" if report.dry_run else "deleted", "bold"),
                 human_size(item.bytes),
             )
@@ -51,12 +56,12 @@ def _print_report(report: GcReport) -> None:
                 if kept.regions
                 else kept.reason
             )
-            found.add_row(kept.purpose, digest_prefix(kept.digest), "keep", why)
+            found.add_row(kept.purpose, _shown(kept.purpose, kept.digest), "keep", why)
         print_table(found)
     verb = "would reclaim" if report.dry_run else "reclaimed"
     stdout.print(
         f"{verb} {human_size(report.bytes_reclaimed)} ({report.bytes_reclaimed} bytes) in "
-        f"{len(report.swept)} objects; {len(report.kept)} unreferenced objects kept "
+        f"{len(report.swept)} objects; {len(report.kept)} unreferenced objects and orphans kept "
         f"(grace window {format_duration(report.grace)})"
     )
     for problem in report.problems:

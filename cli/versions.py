@@ -41,11 +41,22 @@ def _rate(size: int, seconds: float) -> str:
     type=click.IntRange(min=1),
     help="Regions that must hold a verified copy (default: the configured quorum, else all).",
 )
+@click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Store what symbolic links leading outside PATH point at (refused otherwise).",
+)
 @JSON
 @QUIET
 @handle_errors
 def push(
-    name: str, path: Path, message: str, write_quorum: int | None, as_json: bool, quiet: bool
+    name: str,
+    path: Path,
+    message: str,
+    write_quorum: int | None,
+    follow_symlinks: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Push the model in PATH (a directory or one .safetensors file) as a new version of NAME."""
     started = time.perf_counter()
@@ -53,7 +64,12 @@ def push(
     with open_registry() as registry:
         try:
             result = registry.push(
-                name, path, message=message, write_quorum=write_quorum, progress=bar
+                name,
+                path,
+                message=message,
+                write_quorum=write_quorum,
+                progress=bar,
+                follow_symlinks=follow_symlinks,
             )
         finally:
             bar.close()
@@ -87,17 +103,41 @@ def push(
 @click.command()
 @click.argument("ref")
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--force", is_flag=True, help="Overwrite files that already exist in DEST.")
+@click.option("--force", is_flag=True, help="Overwrite files in DEST that hold other content.")
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="PATTERN",
+    help="Only the files matching PATTERN ('*.json', 'tokenizer/*'); repeatable.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="PATTERN",
+    help="Leave out the files matching PATTERN; repeatable.",
+)
 @JSON
 @QUIET
 @handle_errors
-def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
-    """Write every file of REF into DEST, verified before it appears under its final name."""
+def pull(
+    ref: str,
+    dest: Path,
+    force: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Write the files of REF into DEST, each verified before it appears under its final name.
+    Files already in DEST with the right content are kept; run again, an interrupted pull
+    goes on from the files it had verified."""
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
     with open_registry() as registry:
         try:
-            result = registry.pull(ref, dest, force=force, progress=bar)
+            result = registry.pull(
+                ref, dest, force=force, include=include, exclude=exclude, progress=bar
+            )
         finally:
             bar.close()
     warn_read_around(result.bad_copies)
@@ -105,10 +145,18 @@ def pull(ref: str, dest: Path, force: bool, as_json: bool, quiet: bool) -> None:
     if as_json:
         print_json(wire.PullResult.of(result), seconds=round(seconds, 3))
         return
-    stdout.print(f"pulled {result.version.ref}  {result.version.digest}  -> {result.destination}")
+    where = escape(str(result.destination))
+    if not result.files:
+        stdout.print(
+            f"up to date: {result.version.ref}  {result.version.digest}  -> {where}: "
+            f"{len(result.unchanged)} files already there, verified"
+        )
+        return
+    stdout.print(f"pulled {result.version.ref}  {result.version.digest}  -> {where}")
     stdout.print(
         f"  {len(result.files)} files, {human_size(result.bytes)} verified in {seconds:.1f} s "
         f"({_rate(result.bytes, seconds)})"
+        + (f"; {len(result.unchanged)} files already there" if result.unchanged else "")
     )
 
 

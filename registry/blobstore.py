@@ -304,11 +304,7 @@ class BlobStore:
             ) from None
 
     def audit_links_mac(self, links: Sequence[tuple[int, str]]) -> str:
-        """A MAC, under a key derived from the naming key, of the audit entries a rebuild
-        restored as chain links only: (id, hash) pairs."""
-        key = blake3.blake3(self._naming_key, derive_key_context="model-registry audit links v1")
-        body = json.dumps([[int(i), str(h)] for i, h in links], separators=(",", ":"))
-        return str(blake3.blake3(body.encode(), key=key.digest()).hexdigest())
+        return audit_links_mac(self._naming_key, links)
 
     @staticmethod
     def journal_segment_name(epoch: str, first: int, last: int) -> str:
@@ -494,3 +490,12 @@ def seal_bytes(data_key: bytes, digest: str, data: bytes, *, chunk_size: int) ->
 def _kek_tag(kek_id: str) -> str:
     """A short, name-safe tag of a key-encryption key id (ids hold ':' and ARNs)."""
     return str(blake3.blake3(kek_id.encode()).hexdigest())[:16]
+
+
+def audit_links_mac(naming_key: bytes, links: Sequence[tuple[int, str]]) -> str:
+    """A MAC, under a key derived from the naming key, of the audit entries a rebuild restored
+    as chain links only: (id, hash) pairs. The naming key alone: `audit verify` needs no
+    key-encryption key."""
+    key = blake3.blake3(naming_key, derive_key_context="model-registry audit links v1")
+    body = json.dumps([[int(i), str(h)] for i, h in links], separators=(",", ":"))
+    return str(blake3.blake3(body.encode(), key=key.digest()).hexdigest())

@@ -260,10 +260,14 @@ class LocalFile:
     validated: bytes = b""
 
 
-def collect(path: Path) -> list[LocalFile]:
+def collect(path: Path, *, follow_symlinks: bool = False) -> list[LocalFile]:
     """The files of a model directory (or one .safetensors file), validated before anything is
     stored: safe paths, parsable safetensors headers, and index files that point only at shards
-    of this version holding the named tensors. Hidden entries (starting with '.') are skipped."""
+    of this version holding the named tensors. Hidden entries (starting with '.') are skipped.
+
+    A symbolic link to a file inside the directory is pushed as that file's content; one that
+    leads outside it is refused unless `follow_symlinks` (a link to /etc/passwd would otherwise
+    be stored, and pulled back by anyone who may pull)."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
@@ -271,13 +275,13 @@ def collect(path: Path) -> list[LocalFile]:
     except OSError as error:
         raise InvalidInputError(f"cannot read {path}: {error.strerror}") from None
     try:
-        return _collect(path, mode)
+        return _collect(path, mode, follow_symlinks=follow_symlinks)
     except OSError as error:
         where = error.filename or path
         raise InvalidModelError(f"cannot read {where}: {error.strerror or error}") from None
 
 
-def _collect(path: Path, mode: int) -> list[LocalFile]:
+def _collect(path: Path, mode: int, *, follow_symlinks: bool) -> list[LocalFile]:
     if stat.S_ISREG(mode):
         if not path.name.endswith(".safetensors"):
             raise InvalidInputError(
@@ -286,7 +290,7 @@ def _collect(path: Path, mode: int) -> list[LocalFile]:
             )
         found = [(validate_relative_path(path.name), path)]
     elif stat.S_ISDIR(mode):
-        found = _walk(path)
+        found = _walk(path, follow_symlinks=follow_symlinks)
     else:
         raise InvalidInputError(f"{path} is neither a directory nor a regular file")
     if not found:
@@ -324,8 +328,9 @@ def _collect(path: Path, mode: int) -> list[LocalFile]:
     return files
 
 
-def _walk(root: Path) -> list[tuple[str, Path]]:
+def _walk(root: Path, *, follow_symlinks: bool) -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
+    inside = root.resolve()
 
     def unreadable(error: OSError) -> None:
         raise InvalidModelError(
@@ -355,5 +360,21 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
             # shards into snapshot directories); anything else that is not a file is refused.
             if not source.is_file():
                 raise InvalidModelError(f"{relative} is not a regular file")
+            if source.is_symlink():
+                source = _link_target(source, relative, inside, follow=follow_symlinks)
             found.append((relative, source))
     return found
+
+
+def _link_target(link: Path, relative: str, inside: Path, *, follow: bool) -> Path:
+    """The file a link in the pushed directory leads to (every link along the way resolved):
+    read from there, so the check holds for what is read. Outside `inside`, refused unless
+    `follow`."""
+    target = link.resolve(strict=True)
+    if not follow and not target.is_relative_to(inside):
+        raise InvalidModelError(
+            f"{relative} is a symbolic link to {target}, outside the pushed directory",
+            hint="push --follow-symlinks to store what the links outside it point at (a "
+            "Hugging Face cache snapshot needs it), or remove the link",
+        )
+    return target

@@ -232,7 +232,7 @@ def prepare_folder(
     earlier = _earlier_pin(pin_path)
     managed = set(earlier.files) if earlier is not None else set()
     # Checked before anything is written: no link or file in the way of a path.
-    targets = plan_targets(dest, dataclasses.replace(manifest, files=tuple(wanted)), force=True)
+    targets, _ = plan_targets(dest, dataclasses.replace(manifest, files=tuple(wanted)), force=True)
     to_write: list[ManifestFile] = []
     unchanged: list[str] = []
     in_the_way: list[str] = []

@@ -37,11 +37,14 @@ class PushResult:
 
 @dataclass(frozen=True)
 class PullResult:
+    """`files`: written by this pull (`bytes` of them); `unchanged`: already there, right."""
+
     version: VersionRecord
     destination: Path
     files: tuple[str, ...]
     bytes: int
     bad_copies: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

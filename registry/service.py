@@ -314,8 +314,10 @@ class Registry:
         write_quorum: int | None = None,
         progress: Progress | None = None,
         digests: Mapping[str, str] | None = None,
+        follow_symlinks: bool = False,
     ) -> PushResult:
-        """Push a model directory (or one .safetensors file) as a new version of `name`."""
+        """Push a model directory (or one .safetensors file) as a new version of `name`;
+        links that lead outside it are refused unless `follow_symlinks`."""
         from registry.ops import pushstart as push_ops
 
         return push_ops.push(
@@ -326,6 +328,7 @@ class Registry:
             write_quorum=write_quorum,
             progress=progress,
             digests=digests,
+            follow_symlinks=follow_symlinks,
         )
 
     def pull(
@@ -334,12 +337,24 @@ class Registry:
         destination: str | Path,
         *,
         force: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         progress: Progress | None = None,
     ) -> PullResult:
-        """Write every file of a version under `destination`, byte-identical and verified."""
+        """Write the files of a version (those `include` matches, less those `exclude`
+        matches) under `destination`, byte-identical and verified; files already there with
+        the right bytes stay, and an interrupted pull's verified files are taken up."""
         from registry.ops import pull as pull_ops
 
-        return pull_ops.pull(self._context, ref, destination, force=force, progress=progress)
+        return pull_ops.pull(
+            self._context,
+            ref,
+            destination,
+            force=force,
+            include=include,
+            exclude=exclude,
+            progress=progress,
+        )
 
     def prepare(
         self,

@@ -74,6 +74,9 @@ def test_end_to_end_as_a_user(home: Path, tmp_path: Path) -> None:
     pulled = run("pull", "team/llama", str(dest), env=env)
     assert pulled.returncode == 0, pulled.stderr
     assert tree(dest) == tree(model)
+    again = run("pull", "team/llama", str(dest), env=env)
+    assert again.returncode == 0 and "5 files already there" in again.stdout, again.stderr
+    (dest / "config.json").write_text("{}")
     refused = run("pull", "team/llama", str(dest), env=env)
     assert refused.returncode == 5 and "--force" in refused.stderr
     assert run("pull", "team/llama", str(dest), "--force", env=env).returncode == 0

@@ -396,12 +396,19 @@ def test_init_is_idempotent_and_keys_live_apart(home: Path) -> None:
         Registry.init(home.parent / "other", key_dir=home.parent / "other" / "store" / "keys")
 
 
-def test_missing_key_file_is_a_clear_error(registry: Registry, home: Path, model_dir: Path) -> None:
+def test_missing_key_file_is_a_clear_error(
+    registry: Registry, home: Path, model_dir: Path, tmp_path: Path
+) -> None:
     registry.push("llama", model_dir)
     (home / "keys" / "kek.key").unlink()
-    with pytest.raises(KeyAccessError, match="does not exist") as raised:
-        Registry.open(home)
+    # Reads of the catalog need no key (tests/test_keyless_reads.py); the first unwrap does.
+    with (
+        Registry.open(home) as reopened,
+        pytest.raises(KeyAccessError, match="does not exist") as raised,
+    ):
+        reopened.pull("llama", tmp_path / "out")
     assert "backup" in raised.value.hint
+    assert not (tmp_path / "out").exists()
 
 
 def test_wrong_key_file_is_a_clear_error_and_writes_nothing(

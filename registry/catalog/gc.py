@@ -24,6 +24,12 @@ from registry.catalog.models import (
 from registry.catalog.parts import CatalogPart
 from registry.records import Unreferenced
 
+BLOB, MANIFEST = "blob", "manifest"
+# The sweep claim of a gc deleting orphans (objects no row names, so no (digest, purpose) of
+# their own); one that has not been renewed for this long was left by a gc that stopped.
+ORPHANS = "orphans"
+ORPHANS_CLAIM_STALE = timedelta(minutes=15)
+
 
 class GcPart(CatalogPart):
     """Leases, sweeps and unreferenced objects."""
@@ -36,10 +42,13 @@ class GcPart(CatalogPart):
         returned: the writer waits for the sweep to finish, then stores them anew."""
 
         def work(session: Session) -> list[tuple[str, str]]:
+            now = utcnow()
+            if _orphans_claimed(session, now):
+                # gc is deleting objects no row names, which could be these: wait for it.
+                return sorted(set(objects))
             swept = being_swept(session, objects)
             if swept:
                 return swept
-            now = utcnow()
             for digest, purpose in sorted(set(objects)):
                 session.add(
                     PushLease(
@@ -132,6 +141,51 @@ class GcPart(CatalogPart):
 
         return self._retrying(work, what=f"claim {purpose} {digest}")
 
+    def known_objects(self) -> set[tuple[str, str]]:
+        """(purpose, digest) of every object a catalog row names: blobs in any state, every
+        version's manifest (tombstones' too), key slots, live leases and sweep claims. An
+        object in a store that none of these names is an orphan."""
+        with self._read() as session:
+            found = {(BLOB, d) for d in session.scalars(select(Blob.digest))}
+            found |= {(MANIFEST, d) for d in session.scalars(select(Version.digest))}
+            for table in (KeySlot, Sweep):
+                found |= {(p, d) for p, d in session.execute(select(table.purpose, table.digest))}
+            live = select(PushLease.purpose, PushLease.digest).where(
+                PushLease.expires_at > utcnow()
+            )
+            found |= {(p, d) for p, d in session.execute(live)}
+            return found
+
+    def claim_orphans(self, *, run: str, stale_before: datetime) -> bool:
+        """Claim the deletion of orphans for gc run `run`: until it is dropped (or goes stale,
+        older than `stale_before`), no writer takes a lease, so none can start to reuse an
+        object gc is about to delete. False when another live gc holds it."""
+
+        def work(session: Session) -> bool:
+            claim = session.get(Sweep, (ORPHANS, ORPHANS))
+            now = utcnow()
+            if claim is None:
+                session.add(
+                    Sweep(digest=ORPHANS, purpose=ORPHANS, object_name="", run=run, claimed_at=now)
+                )
+                return True
+            if claim.run != run and claim.claimed_at >= stale_before:
+                return False
+            claim.run, claim.claimed_at = run, now
+            return True
+
+        return self._retrying(work, what="claim the orphans")
+
+    def drop_orphans_claim(self, *, run: str) -> None:
+        def work(session: Session) -> None:
+            session.execute(
+                delete(Sweep).where(
+                    Sweep.digest == ORPHANS, Sweep.purpose == ORPHANS, Sweep.run == run
+                )
+            )
+
+        self._retrying(work, what="drop the orphans claim")
+
     def leased(self) -> set[tuple[str, str]]:
         """(purpose, digest) of every object a live lease holds (a push or replication in
         flight is about to reference it)."""
@@ -165,7 +219,9 @@ class GcPart(CatalogPart):
         """(digest, purpose) of claims older than `claimed_before` (a gc that stopped)."""
         with self._read() as session:
             rows = session.execute(
-                select(Sweep.digest, Sweep.purpose).where(Sweep.claimed_at < claimed_before)
+                select(Sweep.digest, Sweep.purpose).where(
+                    Sweep.claimed_at < claimed_before, Sweep.purpose != ORPHANS
+                )
             ).all()
             return [(digest, purpose) for digest, purpose in rows]
 
@@ -175,7 +231,9 @@ class GcPart(CatalogPart):
 
         def work(session: Session) -> list[tuple[str, str]]:
             rows = session.scalars(
-                select(Sweep).where(Sweep.claimed_at < claimed_before).order_by(Sweep.digest)
+                select(Sweep)
+                .where(Sweep.claimed_at < claimed_before, Sweep.purpose != ORPHANS)
+                .order_by(Sweep.digest)
             ).all()
             for row in rows:
                 row.run = run
@@ -300,6 +358,11 @@ def _unreferenced(
             )
     found += manifests.values()
     return sorted(found, key=lambda u: (u.purpose, u.digest))
+
+
+def _orphans_claimed(session: Session, now: datetime) -> bool:
+    claim = session.get(Sweep, (ORPHANS, ORPHANS))
+    return claim is not None and claim.claimed_at >= now - ORPHANS_CLAIM_STALE
 
 
 def being_swept(session: Session, objects: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:

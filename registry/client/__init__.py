@@ -8,7 +8,7 @@ A push hashes the files here, opens (or resumes) an upload session, sends only t
 server lacks, in parallel, and commits; the session id is remembered in a small state file so a
 push that was interrupted resumes where it stopped. A pull gets the verified manifest and the data
 keys (key broker), reads ranged ciphertext and decrypts, authenticates and re-hashes every file
-here (`materialize.write_verified`, the same code as a local pull): the server never sends
+here (`materialize.pull_files`, the same code as a local pull): the server never sends
 plaintext, and a server or network that changed a byte is caught.
 
 `remote` is the client, `transport` its HTTP connections, `surface` the Protocol.

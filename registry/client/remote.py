@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import json as _json_module
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -32,9 +32,9 @@ from registry.materialize import (
     FileOpener,
     NoProgress,
     Progress,
-    plan_targets,
+    pull_files,
+    select_files,
     storage_error,
-    write_verified,
 )
 from registry.prepared import PrepareResult, prepare_folder, select
 from registry.records import (
@@ -227,12 +227,13 @@ class RemoteRegistry:
         message: str = "",
         write_quorum: int | None = None,
         progress: Progress | None = None,
+        follow_symlinks: bool = False,
     ) -> PushResult:
         """Push through an upload session, resuming the one an interrupted push left."""
         if write_quorum is not None:
             raise InvalidInputError("--write-quorum is the server's setting through the API")
         progress = progress or NoProgress()
-        files = manifests.collect(Path(path))
+        files = manifests.collect(Path(path), follow_symlinks=follow_symlinks)
         total = sum(f.size for f in files)
         progress.begin("hashing", total)
         described = []
@@ -333,29 +334,34 @@ class RemoteRegistry:
         destination: str | Path,
         *,
         force: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         progress: Progress | None = None,
     ) -> PullResult:
+        """A pull as a local one writes it (`materialize.pull_files`: idempotent, resumable,
+        `include`/`exclude`), from the verified manifest, the key broker's keys and ranged
+        ciphertext."""
         details = self.show(ref)
         version, manifest = details.version, details.manifest
+        select_files(manifest, include=include, exclude=exclude)  # refused before keys are asked
         keys = self.data_keys(version.ref)
-        dest = Path(destination).expanduser().absolute()
-        if dest.exists() and not dest.is_dir():
-            raise InvalidInputError(f"destination {dest} exists and is not a directory")
-        targets = plan_targets(dest, manifest, force=force)
-        created = not dest.exists()
         open_file = self._opener(version, keys)
-        try:
-            write_verified(
-                dest, targets, manifest, open_file, force=force, progress=progress or NoProgress()
-            )
-        except BaseException as error:
-            if created:
-                shutil.rmtree(dest, ignore_errors=True)
-            if isinstance(error, OSError):
-                raise storage_error(error, dest) from None
-            raise
+        pulled = pull_files(
+            destination,
+            manifest,
+            lambda _files: contextlib.nullcontext(open_file),
+            force=force,
+            include=include,
+            exclude=exclude,
+            progress=progress or NoProgress(),
+        )
         return PullResult(
-            version, dest, tuple(f.path for f in manifest.files), manifest.total_size, ()
+            version,
+            Path(destination).expanduser().absolute(),
+            pulled.written,
+            pulled.bytes,
+            (),
+            pulled.unchanged,
         )
 
     def _opener(self, version: VersionRecord, keys: dict[tuple[str, str], bytes]) -> FileOpener:

@@ -96,6 +96,7 @@ class RegistrySurface(Protocol):
         message: str = "",
         write_quorum: int | None = None,
         progress: Progress | None = None,
+        follow_symlinks: bool = False,
     ) -> PushResult: ...
 
     def pull(
@@ -104,6 +105,8 @@ class RegistrySurface(Protocol):
         destination: str | Path,
         *,
         force: bool = False,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         progress: Progress | None = None,
     ) -> PullResult: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 
 from registry.errors import (
@@ -31,7 +31,10 @@ from registry.replication import (
     Replicated,
     fresh_failure,
 )
+from registry.storage.base import ObjectInfo
 from registry.storage.lock import ObjectLock
+
+SLOTS_PREFIX = "slots/"
 
 # A writer's lease on the objects it is about to write or reuse outlives any sane push; a
 # crashed writer's lease lapses after it.
@@ -217,3 +220,21 @@ def regions_ready(ctx: Context) -> None:
             f"no region is reachable: {'; '.join(map(str, unreachable))}",
             hint="check the network and the [store] regions in config.toml",
         )
+
+
+def stray_objects(region: Region, referenced: Iterable[tuple[str, str]]) -> Iterator[ObjectInfo]:
+    """The objects and key slots under `region`'s data prefixes that none of `referenced`
+    ((purpose, digest) pairs) names: orphans (scrub lists them, gc reclaims them). A key slot
+    lives under its object's id (slots/xx/<id>/<kind>-<kek>) and goes with it."""
+    store = region.store
+    known = {store.object_name(kind, digest) for kind, digest in referenced}
+    known_ids = {name.rsplit("/", 1)[1] for name in known}
+    for prefix in (*store.object_prefixes(), SLOTS_PREFIX):
+        for info in store.driver.list(prefix):
+            if prefix == SLOTS_PREFIX:
+                parts = info.name.split("/")
+                if len(parts) >= 3 and parts[2] in known_ids:
+                    continue
+            elif info.name in known:
+                continue
+            yield info

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from registry.blobstore import BLOB, MANIFEST
+from registry.catalog.gc import ORPHANS
 from registry.errors import (
     InvalidInputError,
     NotFoundError,
@@ -18,7 +19,7 @@ from registry.errors import (
 )
 from registry.ops.access import requires
 from registry.ops.context import Context
-from registry.ops.copies import checkpoint, region_locks, regions_ready
+from registry.ops.copies import checkpoint, region_locks, regions_ready, stray_objects
 from registry.ops.journaling import journaled
 from registry.ops.lifecycle import lock_floor, plan_retention
 from registry.ops.parallel import LOCK_REQUESTS, bounded_map
@@ -48,6 +49,8 @@ from registry.storage.lock import ObjectLock, Retention
 # A gc claim this old was left by a gc that crashed or hung: the next gc finishes it. A live gc
 # renews its claim before every deletion, and one S3 call with its retries ends well within it.
 STALE_CLAIM = timedelta(minutes=15)
+# What gc reports as the purpose of an orphan, whose digest no row records: its name instead.
+ORPHAN = "orphan"
 
 
 def _kept_by_stores(purpose: str, digest: str, keepers: tuple[tuple[str, str], ...]) -> KeptObject:
@@ -66,7 +69,8 @@ def gc(
     now: datetime | None = None,
 ) -> GcReport:
     """Expire what the retention policies no longer keep, extend the Object Lock of what
-    they keep, then sweep the objects no live version references.
+    they keep, then sweep the objects no live version references, and the orphans (objects
+    in a store that no catalog row names: an interrupted push's uploads) in every region.
 
     An object is swept only when no lease of a push in flight holds it, its lock has
     expired and it has been unneeded for longer than `grace`; each is claimed in the
@@ -100,6 +104,9 @@ def gc(
         dry_run=dry_run,
         problems=problems,
         kept=kept,
+    )
+    swept += _sweep_orphans(
+        ctx, run, now=moment, window=window, dry_run=dry_run, problems=problems, kept=kept
     )
     report = GcReport(
         dry_run,
@@ -249,6 +256,169 @@ def _sweep_unreferenced(
     return swept
 
 
+def _sweep_orphans(
+    ctx: Context,
+    run: str,
+    *,
+    now: datetime,
+    window: timedelta,
+    dry_run: bool,
+    problems: list[str],
+    kept: list[KeptObject],
+) -> list[SweptObject]:
+    """Delete, in every region, the objects no catalog row names (what a push that was
+    interrupted had uploaded) once written longer ago than the grace window, unless a store's
+    Object Lock or legal hold keeps them (reported as kept, with its date). Reported as purpose
+    `orphan` with the object's name in place of a digest (no row says what it holds).
+
+    A push may reuse such an object (the same content pushed again) once it holds a lease on
+    it: the deletions run under a claim during which no lease is granted, and the leases taken
+    before it are read again under it; their objects stay."""
+    idle_before = now - window
+    old: dict[str, list[tuple[Region, int]]] = {}
+    young: set[str] = set()
+    known = ctx.catalog.known_objects()
+    for region in ctx.replicas.regions:
+        condition = ctx.replicas.health.unavailable(region.name)
+        if condition is not None:
+            problems.append(f"{region.name}: orphans not looked for ({condition.describe()})")
+            continue
+        try:
+            for info in stray_objects(region, known):
+                if info.modified <= idle_before:
+                    old.setdefault(info.name, []).append((region, info.size))
+                else:
+                    young.add(info.name)
+        except RegistryError as error:
+            problems.append(f"{region.name}: orphans not looked for ({error})")
+    for name in sorted(young - set(old)):
+        kept.append(
+            KeptObject(
+                ORPHAN,
+                name,
+                f"an orphan written less than the grace window ({format_duration(window)}) ago",
+            )
+        )
+    if not old:
+        return []
+    locked = _orphan_locks(ctx, old)
+    if dry_run:
+        swept: list[SweptObject] = []
+        for name, copies in sorted(old.items()):
+            keepers = locked.get(name, ())
+            if keepers:
+                kept.append(_kept_by_stores(ORPHAN, name, keepers))
+            held = {region for region, _why in keepers}
+            sizes = tuple((r.name, size) for r, size in copies if r.name not in held)
+            if sizes:
+                swept.append(SweptObject(ORPHAN, name, sizes))
+        return swept
+    if not ctx.catalog.claim_orphans(run=run, stale_before=datetime.now(UTC) - STALE_CLAIM):
+        problems.append("orphans: another gc is deleting them; left to it")
+        return []
+    try:
+        return _delete_orphans(ctx, run, old, locked, kept=kept, problems=problems)
+    finally:
+        ctx.catalog.drop_orphans_claim(run=run)
+
+
+def _delete_orphans(
+    ctx: Context,
+    run: str,
+    orphans: dict[str, list[tuple[Region, int]]],
+    locked: dict[str, tuple[tuple[str, str], ...]],
+    *,
+    kept: list[KeptObject],
+    problems: list[str],
+) -> list[SweptObject]:
+    """Delete the orphans, under the orphans claim, but those a lease taken before the claim
+    now names (a push is reusing them)."""
+    leases = ctx.catalog.leased()
+    leased = {
+        _object_id(region.store.object_name(kind, digest))
+        for region in ctx.replicas.regions
+        for kind, digest in leases
+    }
+    swept: list[SweptObject] = []
+    for name, copies in sorted(orphans.items()):
+        if _object_id(name) in leased:
+            kept.append(KeptObject(ORPHAN, name, "in use by a push in flight"))
+            continue
+        keepers = list(locked.get(name, ()))
+        held = {region for region, _why in keepers}
+        sizes: list[tuple[str, int]] = []
+        for region, size in copies:
+            if region.name in held:
+                continue
+            if not ctx.catalog.renew_claim(ORPHANS, ORPHANS, run=run):
+                problems.append("orphans: another gc took the claim over; left to it")
+                return swept
+            try:
+                region.store.driver.delete(name)
+            except NotFoundError:
+                continue
+            except RetentionError as error:
+                keepers.append((region.name, str(error)))
+                continue
+            except RegistryError as error:
+                problems.append(f"{region.name}: orphan {name}: not deleted: {error}")
+                continue
+            sizes.append((region.name, size))
+        if keepers:
+            kept.append(_kept_by_stores(ORPHAN, name, tuple(keepers)))
+        if sizes:
+            swept.append(SweptObject(ORPHAN, name, tuple(sizes)))
+    return swept
+
+
+def _object_id(name: str) -> str:
+    """The object id in an object's name (blobs/xx/<id>) or a key slot's (slots/xx/<id>/...)."""
+    parts = name.split("/")
+    return parts[2] if len(parts) >= 3 else name
+
+
+def _orphan_locks(
+    ctx: Context, orphans: dict[str, list[tuple[Region, int]]]
+) -> dict[str, tuple[tuple[str, str], ...]]:
+    """For each orphan a store keeps, every region whose Object Lock or legal hold keeps it
+    (or whose lock state cannot be read), with the reason: asked where the orphan is."""
+    lockers = dict((region.name, lock) for region, lock in region_locks(ctx))
+    asks = [
+        (name, region, lockers[region.name])
+        for name, copies in sorted(orphans.items())
+        for region, _size in copies
+        if region.name in lockers
+    ]
+
+    def ask(item: tuple[str, Region, ObjectLock]) -> str | None:
+        name, _region, lock = item
+        return _lock_state(lock, name)
+
+    answers = bounded_map(ask, asks, limit=LOCK_REQUESTS, name="orphan-lock")
+    found: dict[str, list[tuple[str, str]]] = {}
+    for (name, region, _lock), why in zip(asks, answers, strict=True):
+        if why is not None:
+            found.setdefault(name, []).append((region.name, why))
+    return {name: tuple(keepers) for name, keepers in found.items()}
+
+
+def _lock_state(lock: ObjectLock, name: str) -> str | None:
+    """Why the store keeps `name` (a legal hold, an Object Lock in force, a state that cannot
+    be read), or None."""
+    try:
+        retention = lock.retention(name)
+        held = lock.legal_hold(name)
+    except NotFoundError:
+        return None
+    except RegistryError as error:
+        return f"lock state unknown ({error})"
+    if held:
+        return "under an S3 legal hold"
+    if retention is not None and retention.active():
+        return f"Object Lock ({retention.mode}) until {retention.until:%Y-%m-%d %H:%M} UTC"
+    return None
+
+
 def _lock_keeps(
     ctx: Context, objects: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[tuple[str, str], ...]]:
@@ -258,20 +428,6 @@ def _lock_keeps(
     region up to LOCK_REQUESTS objects at a time."""
     if not objects:
         return {}
-
-    def state(lock: ObjectLock, name: str) -> str | None:
-        try:
-            retention = lock.retention(name)
-            held = lock.legal_hold(name)
-        except NotFoundError:
-            return None
-        except RegistryError as error:
-            return f"lock state unknown ({error})"
-        if held:
-            return "under an S3 legal hold"
-        if retention is not None and retention.active():
-            return f"Object Lock ({retention.mode}) until {retention.until:%Y-%m-%d %H:%M} UTC"
-        return None
 
     def in_region(locker: tuple[Region, ObjectLock]) -> list[str | None]:
         region, lock = locker
@@ -287,7 +443,7 @@ def _lock_keeps(
                 store.object_name(purpose, digest),
                 store.slot_name(purpose, digest, store.keys.kek_id),
             )
-            return next((why for why in (state(lock, name) for name in names) if why), None)
+            return next((why for why in (_lock_state(lock, name) for name in names) if why), None)
 
         return bounded_map(keeps, objects, limit=LOCK_REQUESTS, name="lock-check")
 

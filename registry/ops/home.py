@@ -50,19 +50,19 @@ def open_home(
     registry's (`create_catalog`: init makes it). `provisional` names where a stand-in
     catalog came from (`open_for_recovery`): nothing is then journaled or changed.
 
-    The key files and the catalog are checked here, before anything else happens; what only
-    some commands use is opened on their first use of it: the stores, a KMS key (a request to
-    KMS), the signing key and, where the catalog is a SQLite file found as usual, SQLAlchemy
-    (`catalog.lite` serves the reads of `ls` and `show` until then). Nothing is asked of the
-    stores here either: the first use of a region checks that it is this registry's store (in
-    the background for reads, which start at once)."""
+    The naming key and the catalog are checked here, before anything else happens; what only
+    some commands use is opened on their first use of it: the stores, the key-encryption key
+    (its file, or a request to KMS), the signing key and, where the catalog is a SQLite file
+    found as usual, SQLAlchemy (`catalog.lite` serves the reads of `ls` and `show` until then).
+    Nothing is asked of the stores here either: the first use of a region checks that it is
+    this registry's store (in the background for reads, which start at once)."""
     from registry.crypto.keys import read_key_file
 
     naming_key = read_key_file(settings.naming_key_file, label="naming key")
-    local = local_keys(settings)
-    providers = OnFirstUse(
-        lambda: tuple(key_provider(region.kms, local) for region in settings.regions)
-    )
+    # The key-encryption key is loaded (and a missing file refused) only when a command first
+    # unwraps or wraps a key: what only reads the catalog (ls, show, history, alias ls, audit)
+    # runs on a host that holds no key file at all.
+    providers = OnFirstUse(lambda: _key_providers(settings))
     # A remote store is latency-bound: more requests in flight and larger ranges hide the
     # round trips (measured against boto3's own transfers, docs/benchmarks.md).
     remote = any(region.store.kind != "local" for region in settings.regions)
@@ -106,6 +106,11 @@ def open_home(
             catalog.get().close()
             raise
     return home
+
+
+def _key_providers(settings: Settings) -> tuple[KeyProvider, ...]:
+    local = local_keys(settings)
+    return tuple(key_provider(region.kms, local) for region in settings.regions)
 
 
 def _load_signer(settings: Settings) -> Signer:

@@ -5,33 +5,19 @@ unwraps it took.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from registry.blobstore import BLOB
 from registry.crypto import sealed
-from registry.errors import (
-    InvalidInputError,
-)
-from registry.manifest import Manifest, ManifestFile
-from registry.materialize import (
-    FileOpener,
-    NoProgress,
-    Progress,
-    plan_targets,
-    storage_error,
-    write_verified,
-)
+from registry.manifest import ManifestFile
+from registry.materialize import FileOpener, NoProgress, Progress, pull_files
 from registry.ops.access import requires
-from registry.ops.context import Context, UnwrapCount
+from registry.ops.context import Context
 from registry.ops.copies import bad_copies, record_bad_copies
 from registry.ops.journaling import guard_reads
 from registry.ops.queries import load_manifest, resolve
-from registry.records import (
-    VersionRecord,
-)
 from registry.replication import (
     ReadReport,
 )
@@ -47,13 +33,18 @@ def pull(
     destination: str | Path,
     *,
     force: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> PullResult:
-    """Write every file of a version under `destination`, byte-identical and verified.
+    """Write the files of a version (those `include` matches, all by default, less those
+    `exclude` matches) under `destination`, byte-identical and verified.
 
     Files are decrypted into a staging directory inside `destination` and moved to their
-    final names only after every file has been authenticated and re-hashed; on any failure
-    the staging directory is removed and `destination` is left as it was.
+    final names only after every file has been authenticated and re-hashed; on a failure
+    the staging directory is removed and `destination` is left as it was. Files already there
+    with the right bytes are kept; an interrupted pull's verified files are picked up by the
+    next (`materialize.pull_files`).
     """
     progress = progress or NoProgress()
     with ctx.counting_unwraps() as unwraps:
@@ -61,88 +52,49 @@ def pull(
         guard_reads(ctx)
         report = ReadReport()
         try:
-            return _pull(
-                ctx,
-                version,
-                report,
+            manifest, _signer = load_manifest(ctx, version, report)
+            pulled = pull_files(
                 destination,
+                manifest,
+                lambda files: opening(ctx, files, report),
                 force=force,
+                include=include,
+                exclude=exclude,
                 progress=progress,
-                unwraps=unwraps,
             )
         finally:
             report.settle()
             record_bad_copies(ctx, report)
-
-
-def _pull(
-    ctx: Context,
-    version: VersionRecord,
-    report: ReadReport,
-    destination: str | Path,
-    *,
-    force: bool,
-    progress: Progress,
-    unwraps: UnwrapCount,
-) -> PullResult:
-    manifest, _signer = load_manifest(ctx, version, report)
-    dest = Path(destination).expanduser().absolute()
-    if dest.exists() and not dest.is_dir():
-        raise InvalidInputError(f"destination {dest} exists and is not a directory")
-    targets = plan_targets(dest, manifest, force=force)
-    created_dest = not dest.exists()
-    try:
-        _pull_into(ctx, dest, targets, manifest, report, force=force, progress=progress)
-    except BaseException as error:
-        # A destination this pull created goes again, whatever the failure.
-        if created_dest:
-            shutil.rmtree(dest, ignore_errors=True)
-        if isinstance(error, OSError):
-            raise storage_error(error, dest) from None
-        raise
-    report.settle()
-    ctx.catalog.audit(
-        ctx.actor,
-        "pull",
-        version.name,
-        {
-            "version": version.number,
-            "digest": version.digest,
-            "files": len(manifest.files),
-            "bytes": manifest.total_size,
-            "key_unwraps": unwraps.value,
-            "bad_copies": bad_copies(report),
-        },
-    )
+        ctx.catalog.audit(
+            ctx.actor,
+            "pull",
+            version.name,
+            {
+                "version": version.number,
+                "digest": version.digest,
+                "files": len(pulled.written),
+                "unchanged": len(pulled.unchanged),
+                "bytes": pulled.bytes,
+                "key_unwraps": unwraps.value,
+                "bad_copies": bad_copies(report),
+            },
+        )
     return PullResult(
         version,
-        dest,
-        tuple(entry.path for entry in manifest.files),
-        manifest.total_size,
+        Path(destination).expanduser().absolute(),
+        pulled.written,
+        pulled.bytes,
         tuple(bad_copies(report)),
+        pulled.unchanged,
     )
-
-
-def _pull_into(
-    ctx: Context,
-    dest: Path,
-    targets: dict[str, Path],
-    manifest: Manifest,
-    report: ReadReport,
-    *,
-    force: bool,
-    progress: Progress,
-) -> None:
-    with opening(ctx, manifest.files, report) as open_file:
-        write_verified(dest, targets, manifest, open_file, force=force, progress=progress)
 
 
 @contextmanager
 def opening(
     ctx: Context, files: Sequence[ManifestFile], report: ReadReport
 ) -> Iterator[FileOpener]:
-    """What decrypts and verifies `files`, in that order, for `write_verified` (also a
-    prepare's): on a latency-bound store their ranges are fetched ahead, across files."""
+    """What decrypts and verifies `files`, in that order, for `write_verified` (a pull's,
+    also a prepare's): on a latency-bound store their ranges are fetched ahead, across files."""
     chunks_per_read = ctx.home.chunks_per_read
     ahead = None
     if any(region.store.driver.latency_bound for region in ctx.replicas.regions):

@@ -87,6 +87,7 @@ def push(
     progress: Progress | None = None,
     digests: Mapping[str, str] | None = None,
     early: EarlyDigests | None = None,
+    follow_symlinks: bool = False,
 ) -> PushResult:
     """Push a model directory (or one .safetensors file) as a new version of `name`.
 
@@ -100,6 +101,7 @@ def push(
     configured quorum, else all) hold a verified copy of each, and the copies that did not
     complete are recorded as pending, for `replicate`. `early`: the hashing pass begun before
     this push was imported (`ops.pushstart`), taken when it hashed these very files.
+    `follow_symlinks`: store what links that lead outside `path` point at (else refused).
     """
     progress = progress or NoProgress()
     validate_name(name)
@@ -119,7 +121,7 @@ def push(
     # The checks of the catalog against the stores passed: the stores may prepare for the
     # writes (an S3 driver probes its server's write-once behaviour) while the files are hashed.
     ctx.replicas.expect_writes()
-    files = manifests.collect(Path(path))
+    files = manifests.collect(Path(path), follow_symlinks=follow_symlinks)
     known = dict(digests or {})
     if known and set(known) != {entry.path for entry in files}:
         raise InvalidInputError("the digests given do not name exactly the files pushed")

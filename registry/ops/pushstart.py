@@ -36,13 +36,19 @@ def push(
     write_quorum: int | None = None,
     progress: Progress | None = None,
     digests: Mapping[str, str] | None = None,
+    follow_symlinks: bool = False,
 ) -> PushResult:
     """`ops.push.push`, its hashing begun before it is imported (digests given: none to do)."""
     progress = progress or NoProgress()
     early = (
         None
         if digests is not None
-        else EarlyDigests(Path(path), progress, chunk_size=ctx.settings.chunk_size)
+        else EarlyDigests(
+            Path(path),
+            progress,
+            chunk_size=ctx.settings.chunk_size,
+            follow_symlinks=follow_symlinks,
+        )
     )
     try:
         from registry.ops import push as pushing
@@ -56,6 +62,7 @@ def push(
             progress=progress,
             digests=digests,
             early=early,
+            follow_symlinks=follow_symlinks,
         )
     finally:
         if early is not None:
@@ -71,8 +78,11 @@ class EarlyDigests:
     thread of their own (reporting to `progress` as the push's hashing pass does) from
     construction on."""
 
-    def __init__(self, path: Path, progress: Progress, *, chunk_size: int) -> None:
+    def __init__(
+        self, path: Path, progress: Progress, *, chunk_size: int, follow_symlinks: bool = False
+    ) -> None:
         self._path = path
+        self._follow_symlinks = follow_symlinks
         self._progress = progress
         self._chunk_size = chunk_size
         self._stopped = threading.Event()
@@ -83,7 +93,7 @@ class EarlyDigests:
 
     def _run(self) -> None:
         try:
-            files = manifests.collect(self._path)
+            files = manifests.collect(self._path, follow_symlinks=self._follow_symlinks)
             self._progress.begin("hashing", sum(entry.size for entry in files))
             found = {
                 entry.path: (

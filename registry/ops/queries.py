@@ -81,11 +81,15 @@ def verify_audit(ctx: Context) -> AuditVerification:
     import functools
 
     from registry import journal
+    from registry.blobstore import audit_links_mac
+    from registry.crypto.keys import read_key_file
     from registry.errors import RegistryError
     from registry.replication import Region
     from registry.storage import deadline
 
-    chain = ctx.catalog.verify_audit(links_mac=ctx.store.audit_links_mac)
+    # The naming key alone, read here: the chain's check needs no key-encryption key.
+    naming_key = read_key_file(ctx.home.settings.naming_key_file, label="naming key")
+    chain = ctx.catalog.verify_audit(links_mac=functools.partial(audit_links_mac, naming_key))
 
     def read(region: Region) -> dict[int, dict[str, Any]] | str:
         try:

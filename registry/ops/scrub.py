@@ -19,7 +19,7 @@ from registry.errors import (
 from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
 from registry.ops.context import Context
-from registry.ops.copies import regions_ready
+from registry.ops.copies import regions_ready, stray_objects
 from registry.ops.journaling import guard_reads
 from registry.records import (
     PlacementRecord,
@@ -209,20 +209,11 @@ def _orphans(
     for where in regions:
         if where.name in unchecked:
             continue
-        store = where.store
-        known = {store.object_name(kind, digest) for kind, digest in referenced}
-        # A key slot lives under its object's id: slots/xx/<id>/<kind>-<kek>.
-        known_ids = {name.rsplit("/", 1)[1] for name in known}
         try:
-            for prefix in (*store.object_prefixes(), "slots/"):
-                for info in store.driver.list(prefix):
-                    if prefix == "slots/":
-                        parts = info.name.split("/")
-                        if len(parts) >= 3 and parts[2] in known_ids:
-                            continue
-                    elif info.name in known:
-                        continue
-                    found.append(Orphan(where.name, info.name, info.size, info.modified))
+            found += [
+                Orphan(where.name, info.name, info.size, info.modified)
+                for info in stray_objects(where, referenced)
+            ]
         except StorageError:
             unchecked.add(where.name)
     return found

@@ -185,10 +185,12 @@ class PushResult(Version, kw_only=True):
 
 
 class PullResult(Version, kw_only=True):
-    """A pull: the version, where it was written, and the copies read around."""
+    """A pull: the version, where it was written, the files it wrote and those already right
+    there, and the copies read around."""
 
     destination: str
     written: list[str]
+    unchanged: list[str]
     bytes: int
     bad_copies: list[str]
 
@@ -198,6 +200,7 @@ class PullResult(Version, kw_only=True):
             **Version.fields_of(result.version),
             destination=str(result.destination),
             written=list(result.files),
+            unchanged=list(result.unchanged),
             bytes=result.bytes,
             bad_copies=list(result.bad_copies),
         )
