@@ -145,7 +145,7 @@ def pull(
     if as_json:
         print_json(wire.PullResult.of(result), seconds=round(seconds, 3))
         return
-    where = escape(str(result.destination))
+    where = str(result.destination)
     if not result.files:
         stdout.print(
             f"up to date: {result.version.ref}  {result.version.digest}  -> {where}: "

@@ -323,3 +323,32 @@ def test_the_readme_tour_runs_as_written(
         assert words[0] == "model-registry"
         result = cli(*words[1:])
         assert result.exit_code == 0, (words, result.output)
+
+
+def test_with_one_region_a_bad_copy_is_not_said_to_be_repairable_from_another(
+    home: Path, tmp_path: Path
+) -> None:
+    Registry.init(home)
+    model = make_model(tmp_path / "m", shards=1, shard_size=30_000, seed=5)
+    with Registry.open(home) as registry:
+        registry.push("org/m", model)
+        version = registry.resolve("org/m@1")
+        blob = (
+            home / "store" / "objects" / registry.store.object_name("blob", version.files[0].digest)
+        )
+    os.chmod(blob, 0o644)
+    data = bytearray(blob.read_bytes())
+    data[-10] ^= 1
+    blob.write_bytes(bytes(data))
+    scrubbed = CliRunner().invoke(main, ["verify", "--all", "--read-data"])
+    assert scrubbed.exit_code == errors.IntegrityError.exit_code, scrubbed.output
+    assert "another region" not in scrubbed.output
+    assert "with one region there is no good copy" in scrubbed.output
+    assert "model-registry push NAME PATH" in scrubbed.output
+    status = CliRunner().invoke(main, ["regions", "status"])
+    assert "another region" not in status.output and "bad" in status.output
+    assert "no good copy to repair a bad one from" in status.output
+    # The advice works: pushing the same files again rewrites the damaged copy.
+    pushed = CliRunner().invoke(main, ["push", "org/m", str(model)])
+    assert pushed.exit_code == 0, pushed.output
+    assert CliRunner().invoke(main, ["verify", "--all", "--read-data"]).exit_code == 0
