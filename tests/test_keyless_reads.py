@@ -22,7 +22,6 @@ READS = (
     ["history", "llama"],
     ["alias", "ls", "llama"],
     ["audit"],
-    ["audit", "verify"],
 )
 
 
@@ -69,3 +68,16 @@ def test_pull_and_verify_need_no_private_signing_key(
     for args in (["verify", "llama@1"], ["verify", "llama@1", "--read-data"]):
         verified = runner.invoke(main, args)
         assert verified.exit_code == 0, verified.output
+
+
+def test_audit_verify_reads_the_stores_and_so_needs_the_key(
+    pushed: Path, home: Path, tmp_path: Path
+) -> None:
+    # It holds the chain against each region's journal: a region is proven this registry's
+    # store (its naming key unwrapped) before its journal is believed.
+    (home / "keys" / "kek.key").rename(tmp_path / "kek.key")
+    result = CliRunner().invoke(main, ["audit", "verify"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "key-encryption key" in result.output
+    (tmp_path / "kek.key").rename(home / "keys" / "kek.key")
+    assert CliRunner().invoke(main, ["audit", "verify"]).exit_code == 0
