@@ -9,7 +9,6 @@ the thread that decrypted it, while it is in that core's cache, and compare one 
 
 from __future__ import annotations
 
-import io
 import os
 import re
 import struct
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from os import PathLike
 
 import blake3
+
+from registry.fileio import read_into
 
 PREFIX = "blake3:"
 _DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
@@ -147,7 +148,7 @@ def _read_file(
     view = memoryview(buffer)
     position = 0
     with open(path, "rb", buffering=0) as source:
-        while count := _fill(source, view):
+        while count := read_into(source, view):
             if position < len(starts_with):
                 expected = starts_with[position : position + count]
                 if view[: len(expected)] != expected:
@@ -159,18 +160,6 @@ def _read_file(
     if position < len(starts_with):
         raise ValueError(f"{path} changed after it was validated")
     return position
-
-
-def _fill(source: io.RawIOBase, view: memoryview) -> int:
-    """Read until `view` is full or the file ends: chunk boundaries must fall where the
-    buffer's do."""
-    got = 0
-    while got < len(view):
-        count = source.readinto(view[got:])
-        if not count:
-            break
-        got += count
-    return got
 
 
 class Hasher:

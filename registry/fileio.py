@@ -6,6 +6,23 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
+
+
+class ReadsInto(Protocol):
+    def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
+
+
+def read_into(source: ReadsInto, view: memoryview) -> int:
+    """Fill `view` from a stream (fewer bytes only at its end): a chunk's boundaries must fall
+    where the buffer's do, whatever sizes the stream's reads return."""
+    got = 0
+    while got < len(view):
+        count = source.readinto(view[got:])
+        if not count:
+            break
+        got += count
+    return got
 
 
 def pread_into(fd: int, offset: int, buffer: memoryview) -> int:

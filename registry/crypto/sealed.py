@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from registry.digest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Hasher, digest_bytes
 from registry.errors import IntegrityError, InvalidInputError
+from registry.fileio import read_into
 
 T = TypeVar("T")
 MAGIC = b"MRSB"
@@ -426,16 +427,6 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes | None: ...
 
 
-def _read_exactly(source: Readable, view: memoryview) -> int:
-    got = 0
-    while got < len(view):
-        count = source.readinto(view[got:])
-        if not count:
-            break
-        got += count
-    return got
-
-
 def seal_file(
     source: Readable,
     data_key: bytes,
@@ -485,7 +476,7 @@ def seal_file(
             size = header.chunk_plain_size(index)
             plain_buffer, out_buffer = ring[index % len(ring)]
             plaintext = memoryview(plain_buffer)[:size]
-            got = _read_exactly(source, plaintext) if size else 0
+            got = read_into(source, plaintext) if size else 0
             if got != size or (index == header.chunk_count - 1 and source.read(1)):
                 raise IntegrityError(
                     f"{what}: changed size while it was being pushed; push it again", path=what
