@@ -1,6 +1,6 @@
 """Plain file I/O helpers shared by the storage drivers, the loader's cache, the hashing pass and
-sealing (filling a buffer from a stream), and what makes private folders (the home, the catalog's, upload staging): they know nothing of objects, stores
-or crypto."""
+sealing (filling a buffer from a stream), and what makes private folders (the home, the
+catalog's, upload staging): they know nothing of objects, stores or crypto."""
 
 from __future__ import annotations
 
