@@ -27,7 +27,7 @@ from registry.api.ui.session import (
     session_cookie,
     viewer,
 )
-from registry.errors import InvalidInputError, UnauthenticatedError
+from registry.errors import ConflictError, InvalidInputError, UnauthenticatedError
 from registry.refs import validate_alias
 
 FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
@@ -63,6 +63,9 @@ class Change:
     reason: str = ""
     csrf: str = ""
     confirm: str = ""
+    # The version the confirmation page said a rollback would go to: if the alias moved since,
+    # the rollback would go elsewhere, and is refused rather than made.
+    expected: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,13 @@ class ActionsController(Controller):
     @post("/logout", sync_to_thread=True, status_code=303, name="ui-sign-out")
     def logout(self, request: Request[Any, Any, Any], data: Annotated[SignOut, FORM]) -> Any:
         check_same_origin(request)
-        who = viewer(request)
-        check_csrf(who, data.csrf)
-        state_of(request).registry.close_ui_session(request.cookies.get(COOKIE, ""))
+        try:
+            who = viewer(request)
+        except UnauthenticatedError:
+            who = None  # the session has ended already: only the cookie is left to clear
+        if who is not None:
+            check_csrf(who, data.csrf)
+            state_of(request).registry.close_ui_session(request.cookies.get(COOKIE, ""))
         response = Redirect(path="/ui/login", status_code=303)
         clear_cookie(request, response)
         return response
@@ -143,6 +150,12 @@ class ActionsController(Controller):
             change = who.view.promote(ref, plan.alias, reason=plan.reason)
             notice = f"{plan.alias} now points at @{change.alias.number}"
         elif plan.action == "rollback":
+            if data.expected != str(plan.target):
+                raise ConflictError(
+                    f"{plan.model}:{plan.alias} moved since the rollback was confirmed: it would "
+                    f"now go to @{plan.target}",
+                    hint="review the rollback again",
+                )
             change = who.view.rollback(plan.model, plan.alias, reason=plan.reason)
             notice = f"{plan.alias} rolled back to @{change.alias.number}"
         elif plan.action == "hold":
