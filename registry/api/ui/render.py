@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from litestar import Request, Response, Router
+from litestar import MediaType, Request, Response, Router
 from litestar.exceptions import HTTPException
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
@@ -126,7 +126,11 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 
 def page(template: str, /, *, status: int = 200, **context: Any) -> Template:
-    return Template(template_name=template, context=context, status_code=status)
+    # Named, not guessed: a handler annotated `-> Any` lends the Template its own default,
+    # JSON, and a browser then shows the page's source instead of the page.
+    return Template(
+        template_name=template, context=context, status_code=status, media_type=MediaType.HTML
+    )
 
 
 def secure_headers(response: Response[Any]) -> Response[Any]:
@@ -190,6 +194,7 @@ def html_error(request: Request[Any, Any, Any], error: Exception) -> Response[An
             },
             status_code=status,
             headers=headers,
+            media_type=MediaType.HTML,
         )
     )
 
