@@ -141,8 +141,15 @@ class BrowsePart(CatalogPart):
             ):
                 objects[version_id] += int(count)
             states: dict[tuple[int, str], dict[str, int]] = {}
+            # Distinct digests: two files of one content are one object (and one placement),
+            # which a plain count would count twice.
             blob_copies = (
-                select(VersionFile.version_id, Placement.region, Placement.state, func.count())
+                select(
+                    VersionFile.version_id,
+                    Placement.region,
+                    Placement.state,
+                    func.count(func.distinct(VersionFile.digest)),
+                )
                 .join(
                     Placement,
                     and_(Placement.digest == VersionFile.digest, Placement.purpose == "blob"),

@@ -27,7 +27,13 @@ from registry.api.ui.session import (
     session_cookie,
     viewer,
 )
-from registry.errors import ConflictError, InvalidInputError, UnauthenticatedError
+from registry.errors import (
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from registry.refs import validate_alias
 
 FORM = Body(media_type=RequestEncodingType.URL_ENCODED)
@@ -188,10 +194,22 @@ def _checked(request: Request[Any, Any, Any], data: Change) -> tuple[Viewer, Pla
         if not data.version.isascii() or not data.version.isdigit() or len(data.version) > 9:
             raise InvalidInputError("a version number is needed")
         version = who.view.resolve(f"{data.model}@{data.version}").number
+        held = f"{data.model}@{version}"
+        if data.action == "release" and who.view.version_row(held).state.hold is None:
+            # Refused at the first step, as the release itself would be.
+            raise NotFoundError(f"{held} is not under legal hold")
     alias = validate_alias(data.alias.strip()) if "alias" in needs else ""
     current = target = None
     if alias:
-        current = next((a.number for a in who.view.aliases(data.model) if a.alias == alias), None)
+        found = next((a for a in who.view.aliases(data.model) if a.alias == alias), None)
+        current = None if found is None else found.number
+        if found is not None and found.protected and not who.may("protect"):
+            # Refused at the first step, as the move itself would be: no confirmation page
+            # for a change that cannot be made.
+            raise PermissionDeniedError(
+                f"{data.model}:{alias} is protected: moving it needs the promoter role",
+                hint="ask a promoter or an admin, or `model-registry alias unprotect` it",
+            )
     if data.action == "promote":
         target = version
     elif data.action == "rollback":

@@ -117,7 +117,7 @@ class PagesController(Controller):
         """A model, one of its versions (`.../versions/N`) or a diff (`.../diff`)."""
         who = viewer(request)
         path = rest.strip("/")
-        if path.endswith("/diff"):
+        if path.endswith("/diff") and not _is_model(who, path):
             return _diff(request, who, path[: -len("/diff")], a, b)
         found = _VERSION_PATH.fullmatch(path)
         if found is not None and not _is_model(who, path):
@@ -195,7 +195,7 @@ class PagesController(Controller):
 
 def _is_model(who: Viewer, path: str) -> bool:
     """Whether `path` is itself the name of a model the token sees (a model may be named
-    `org/versions/2`; its page wins over version 2 of `org`)."""
+    `org/diff`; its page wins over the diff of `org`)."""
     try:
         who.check_model(path)
         who.view.model_summary(path)

@@ -153,8 +153,10 @@ def static_router() -> Router:
 
 
 def _static_headers(response: Response[Any]) -> Response[Any]:
+    # The nearest after_request is the only one that runs: this one replaces the UI router's,
+    # so it adds the security headers too.
     response.headers["Cache-Control"] = "public, max-age=3600"
-    return response
+    return secure_headers(response)
 
 
 def html_error(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
@@ -165,7 +167,8 @@ def html_error(request: Request[Any, Any, Any], error: Exception) -> Response[An
 
     if isinstance(error, SignInRequiredError) and request.method == "GET":
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return Redirect(path=query_url("/ui/login", next=target), status_code=303)
+        # An exception handler's answer skips the router's after_request: the headers here.
+        return secure_headers(Redirect(path=query_url("/ui/login", next=target), status_code=303))
     headers: dict[str, str] = {}
     if isinstance(error, RegistryError):
         registry_error(request, error)  # the API's accounting: refusals, integrity failures
