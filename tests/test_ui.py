@@ -218,6 +218,19 @@ def test_the_cookie_is_secure_behind_a_trusted_proxy_only(world: World) -> None:
         follow_redirects=False,
     )
     assert answer.status_code == 403 and "set-cookie" not in answer.headers
+    # A proxy that rewrites Host says the browser's in X-Forwarded-Host: believed from it
+    # alone, so a form from another site stays refused whatever a client writes there.
+    moved = {**tls, "Host": "registry-backend:8080", "X-Forwarded-Host": "testserver.local"}
+    for peer, accepted in (("10.0.0.2", True), ("192.0.2.1", False)):
+        ui = UI(behind)
+        _from_peer(ui, peer)
+        answer = ui.client.post(
+            "/ui/login",
+            data={"token": token},
+            headers={**moved, "Origin": "https://testserver.local"},
+            follow_redirects=False,
+        )
+        assert (answer.status_code == 303) is accepted, peer
 
 
 def test_bad_expired_and_revoked_tokens_get_a_401_page_and_no_cookie(world: World) -> None:
@@ -292,7 +305,9 @@ def test_sign_out_ends_the_session_on_the_server(world: World) -> None:
     replay = UI(world.app)
     replay.client.cookies.set("mr_session", old or "", domain="testserver.local")
     assert _is_sign_in(replay.get("/ui/audit"), "/ui/audit")
-    assert replay.post("/ui/logout", {"csrf": ui.csrf}).status_code == 401
+    # Signing out of an ended session only clears the cookie (nothing is left to end).
+    again = replay.post("/ui/logout", {"csrf": ui.csrf})
+    assert again.status_code == 303 and again.headers["location"] == "/ui/login"
 
 
 def test_revoking_a_token_ends_its_sessions(world: World) -> None:
@@ -672,7 +687,11 @@ def test_a_rollback_confirmation_names_the_version_it_goes_back_to(world: World)
     assert confirm.status_code == 200
     assert "back from @2 to <strong>@3</strong>" in text
     assert world.alias(mine, "production") == 2 and world.audit_count() == count
-    assert ui.change("act", confirm="yes", **form).status_code == 303
+    # Confirmed for another target (the alias moved since the page was shown): refused.
+    moved = ui.change("act", confirm="yes", expected="1", **form)
+    assert moved.status_code == 409 and "moved since" in moved.text
+    assert world.alias(mine, "production") == 2 and world.audit_count() == count
+    assert ui.change("act", confirm="yes", expected="3", **form).status_code == 303
     assert world.alias(mine, "production") == 3
     world.registry.acting_as(record).rollback(twin, "production", reason="regression")
     _entry_of_twin(world, mine, twin)

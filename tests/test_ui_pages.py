@@ -166,7 +166,6 @@ def test_hostile_text_is_text_on_every_page(site: Site) -> None:
         "/ui/audit?actor={}",
         "/ui/audit?action={}",
         "/ui/audit?model=org/hostile&actor={}&action={}",
-        "/ui/models/org/hostile?notice={}",
     ],
 )
 def test_hostile_query_parameters_are_echoed_as_text(site: Site, url: str) -> None:
@@ -175,6 +174,23 @@ def test_hostile_query_parameters_are_echoed_as_text(site: Site, url: str) -> No
         answer = ui.get(url.format(*[quote(hostile)] * url.count("{}")))
         assert answer.status_code == 200, (url, hostile)
         assert_shows_escaped(answer.text, hostile)
+
+
+def test_a_notice_shows_only_when_this_session_made_it(site: Site) -> None:
+    """A notice ("production now points at @5") is the redirect of a change this session
+    made: a link from elsewhere with a notice of its own shows nothing."""
+    from registry.api.ui.session import notice_signature
+
+    ui = site.ui()
+    claim = "production now points at @9"
+    for query in (f"notice={quote(claim)}", f"notice={quote(claim)}&sig=0123456789abcdef"):
+        answer = ui.get(f"/ui/models/org/hostile?{query}")
+        assert answer.status_code == 200 and claim not in answer.text, query
+    other = site.ui()
+    forged = notice_signature(other.csrf, claim)  # another session's signature
+    assert claim not in ui.get(f"/ui/models/org/hostile?notice={quote(claim)}&sig={forged}").text
+    mine = notice_signature(ui.csrf, claim)
+    assert claim in ui.get(f"/ui/models/org/hostile?notice={quote(claim)}&sig={mine}").text
 
 
 def test_hostile_token_and_actor_names_are_text(site: Site) -> None:

@@ -23,6 +23,7 @@ from registry.api.ui.session import (
     check_csrf,
     check_same_origin,
     clear_cookie,
+    notice_signature,
     safe_next,
     session_cookie,
     viewer,
@@ -170,7 +171,8 @@ class ActionsController(Controller):
         else:
             who.view.release_hold(ref, reason=plan.reason)
             notice = f"legal hold on @{plan.version} released"
-        return Redirect(path=model_url(plan.model, notice=notice), status_code=303)
+        signature = notice_signature(who.csrf, notice)
+        return Redirect(path=model_url(plan.model, notice=notice, sig=signature), status_code=303)
 
 
 def _checked(request: Request[Any, Any, Any], data: Change) -> tuple[Viewer, Plan]:

@@ -16,11 +16,11 @@ from threading import Lock
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get
-from litestar.params import QueryParameter
+from litestar.params import FromQuery, QueryParameter
 
 from registry.api.common import note_read, parse_time
 from registry.api.ui.render import page
-from registry.api.ui.session import Viewer, viewer
+from registry.api.ui.session import Viewer, notice_signature, viewer
 from registry.errors import InvalidInputError, NotFoundError, RegistryError
 from registry.manifest import Manifest
 from registry.reports import VersionDetails
@@ -90,7 +90,7 @@ class PagesController(Controller):
     def models(
         self,
         request: Request[Any, Any, Any],
-        q: str = "",
+        q: FromQuery[str] = "",
         page_number: Annotated[str | None, QueryParameter(name="page")] = None,
     ) -> Any:
         """The models the token may see, by name, filtered by `q`, a page at a time."""
@@ -108,11 +108,12 @@ class PagesController(Controller):
         request: Request[Any, Any, Any],
         rest: str,
         page_number: Annotated[str | None, QueryParameter(name="page")] = None,
-        expired: bool = False,
-        t: str = "",
-        a: str | None = None,
-        b: str | None = None,
-        notice: str = "",
+        expired: FromQuery[bool] = False,
+        t: FromQuery[str] = "",
+        a: FromQuery[str | None] = None,
+        b: FromQuery[str | None] = None,
+        notice: FromQuery[str] = "",
+        sig: FromQuery[str] = "",
     ) -> Any:
         """A model, one of its versions (`.../versions/N`) or a diff (`.../diff`)."""
         who = viewer(request)
@@ -131,7 +132,7 @@ class PagesController(Controller):
             viewer=who,
             model=overview,
             expired=expired,
-            notice=notice[:200],
+            notice=notice if notice and notice_signature(who.csrf, notice) == sig else "",
             title=path,
             may_promote=who.may("promote"),
             may_rollback=who.may("rollback"),
@@ -142,13 +143,13 @@ class PagesController(Controller):
     def audit(
         self,
         request: Request[Any, Any, Any],
-        model: str = "",
-        actor: str = "",
-        action: str = "",
-        since: str = "",
-        until: str = "",
-        before: str | None = None,
-        verify: bool = False,
+        model: FromQuery[str] = "",
+        actor: FromQuery[str] = "",
+        action: FromQuery[str] = "",
+        since: FromQuery[str] = "",
+        until: FromQuery[str] = "",
+        before: FromQuery[str | None] = None,
+        verify: FromQuery[bool] = False,
     ) -> Any:
         """The audit trail (admin), newest first, filtered, a page at a time; with `verify`,
         the check of its hash chain against the stores' journals too."""

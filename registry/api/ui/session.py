@@ -8,6 +8,7 @@ over TLS (uvicorn's own, or a trusted proxy's `X-Forwarded-Proto`).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,7 @@ def check_same_origin(request: Request[Any, Any, Any]) -> None:
     origin = request.headers.get("origin")
     if origin is not None and origin != "null":
         parts = urlsplit(origin)
-        if parts.netloc != request.headers.get("host", "") or parts.scheme != scheme(request):
+        if parts.netloc != host(request) or parts.scheme != scheme(request):
             raise PermissionDeniedError("a form from another site was refused")
     elif origin == "null":
         raise PermissionDeniedError("a form from another site was refused")
@@ -123,6 +124,17 @@ def scheme(request: Request[Any, Any, Any]) -> str:
         if forwarded in ("http", "https"):
             return forwarded
     return "http"
+
+
+def host(request: Request[Any, Any, Any]) -> str:
+    """The host the browser asked for: `Host`, or a trusted proxy's `X-Forwarded-Host` (a
+    proxy that rewrites `Host`, as nginx does by default, says the original there)."""
+    state = state_of(request)
+    peer = request.client.host if request.client else ""
+    forwarded = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
+    if forwarded and state.proxies and _trusted(peer, state):
+        return forwarded
+    return request.headers.get("host", "")
 
 
 def _trusted(peer: str, state: Any) -> bool:
@@ -149,6 +161,12 @@ def session_cookie(request: Request[Any, Any, Any], value: str, *, max_age: int)
 
 def clear_cookie(request: Request[Any, Any, Any], response: Response[Any]) -> None:
     response.delete_cookie(COOKIE, path="/ui")
+
+
+def notice_signature(csrf: str, notice: str) -> str:
+    """What makes a page's notice ("production now points at @5") the session's own: a link
+    from elsewhere cannot make a page announce a change that was not made."""
+    return hmac.new(csrf.encode(), notice.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def safe_next(target: str | None) -> str:
