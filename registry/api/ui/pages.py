@@ -16,7 +16,7 @@ from threading import Lock
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from registry.api.common import note_read, parse_time
 from registry.api.ui.render import page
@@ -106,7 +106,7 @@ class PagesController(Controller):
     def model(
         self,
         request: Request[Any, Any, Any],
-        rest: str,
+        rest: FromPath[str],
         page_number: Annotated[str | None, QueryParameter(name="page")] = None,
         expired: FromQuery[bool] = False,
         t: FromQuery[str] = "",
