@@ -167,6 +167,9 @@ class ApiSettings:
     # Peers (addresses or CIDRs) whose X-Forwarded-For is believed: the reverse proxies in
     # front of the server. None by default: anyone could name any address in that header.
     trusted_proxies: tuple[str, ...] = ()
+    # Web UI sessions: signed out after this long whatever happens, or this long unused.
+    ui_session_hours: float = 12.0
+    ui_idle_minutes: float = 30.0
 
     def __post_init__(self) -> None:
         if isinstance(self.trusted_proxies, str) or not isinstance(
@@ -199,6 +202,8 @@ class ApiSettings:
             "signal_unwrap_factor": self.signal_unwrap_factor,
             "upload_ttl_hours": self.upload_ttl_hours,
             "journal_interval_seconds": self.journal_interval_seconds,
+            "ui_session_hours": self.ui_session_hours,
+            "ui_idle_minutes": self.ui_idle_minutes,
         }
         for key, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:

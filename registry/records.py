@@ -265,3 +265,59 @@ class AuditRecord:
 
 # The retention rule that applies to every model without one of its own.
 DEFAULT_POLICY = "*"
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One model as a listing shows it: its newest live version, where its aliases point,
+    what it stores, and when anything about it last changed (a version pushed or expired, an
+    alias moved, a hold placed)."""
+
+    name: str
+    created_at: datetime
+    version_count: int
+    latest: int | None
+    latest_at: datetime | None
+    aliases: tuple[tuple[str, int], ...]  # (alias, version number), by alias
+    stored_size: int  # the distinct files of its live versions
+    changed_at: datetime
+
+
+@dataclass(frozen=True)
+class RegionCopies:
+    """How many of a version's objects (its distinct files and its manifest) one region holds
+    verified, pending or bad copies of, as the catalog's placements record them; `missing`
+    have no record in that region at all."""
+
+    region: str
+    verified: int
+    pending: int
+    bad: int
+    missing: int
+
+    @property
+    def complete(self) -> bool:
+        return self.pending == 0 and self.bad == 0 and self.missing == 0
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """What a listing shows beside a version: the aliases at it, its legal hold, and its copies
+    in each region."""
+
+    number: int
+    aliases: tuple[str, ...]
+    hold: HoldRecord | None
+    regions: tuple[RegionCopies, ...]
+
+
+@dataclass(frozen=True)
+class UiSessionRecord:
+    """A signed-in web UI session: the token it acts as (never the token's secret), its CSRF
+    token, and when it ends (`idle_until` moves with use, `expires_at` never)."""
+
+    token_id: str
+    csrf: str
+    created_at: datetime
+    seen_at: datetime
+    expires_at: datetime

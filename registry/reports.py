@@ -11,7 +11,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from registry.manifest import Manifest
-from registry.records import AliasMoveRecord, AliasRecord, HoldRecord, VersionRecord
+from registry.records import (
+    AliasMoveRecord,
+    AliasRecord,
+    AuditRecord,
+    HoldRecord,
+    ModelSummary,
+    VersionRecord,
+    VersionState,
+)
+from registry.retention import Decision, Policy
 
 
 @dataclass(frozen=True)
@@ -348,3 +357,88 @@ class RecoveryProofs:
 
     drills: tuple[DrillProof, ...]
     scrub: ScrubProof | None
+
+
+@dataclass(frozen=True)
+class ModelPage:
+    """One page of a model listing: the models on it, which page (from 1) of how many of
+    `size`, and how many models matched in all."""
+
+    models: tuple[ModelSummary, ...]
+    number: int
+    size: int
+    total: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.size))
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """A version as a model's page lists it: the record, the aliases, hold and copies per
+    region beside it, and what retention decides for it (None for a tombstone)."""
+
+    version: VersionRecord
+    state: VersionState
+    decision: Decision | None
+
+
+@dataclass(frozen=True)
+class ModelOverview:
+    """A model's page: its summary, one page of its versions (newest first), its aliases'
+    newest moves, the retention policy in force and where that policy comes from, and the
+    regions its copies are counted in."""
+
+    summary: ModelSummary
+    versions: tuple[VersionRow, ...]
+    number: int
+    size: int
+    total: int
+    timeline: tuple[AliasMoveRecord, ...]
+    policy: Policy
+    policy_source: str
+    regions: tuple[str, ...]
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.size))
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """A page of the audit trail, newest first; `older` is the id to continue below (None:
+    this page reaches the oldest entry that matches)."""
+
+    events: tuple[AuditRecord, ...]
+    older: int | None
+
+
+@dataclass(frozen=True)
+class TensorChange:
+    """A tensor present in both versions whose shape or dtype differs."""
+
+    name: str
+    dtype: tuple[str, str]
+    shape: tuple[tuple[int, ...], tuple[int, ...]]
+
+
+@dataclass(frozen=True)
+class VersionDiff:
+    """What changed from version `a` to version `b` of a model (or of two models): files whose
+    content `b` reuses and files with new bytes, tensors added, removed and changed, and the
+    keys of config.json that differ (key -> (value in a, value in b); None: absent)."""
+
+    a: VersionRecord
+    b: VersionRecord
+    reused: tuple[str, ...]  # paths in b whose content a already has
+    added_files: tuple[str, ...]
+    changed_files: tuple[str, ...]  # same path, other content
+    removed_files: tuple[str, ...]
+    new_bytes: int  # plaintext bytes of b that a does not hold
+    reused_bytes: int
+    tensors_added: tuple[str, ...]
+    tensors_removed: tuple[str, ...]
+    tensors_changed: tuple[TensorChange, ...]
+    tensors_same: int
+    config_changes: Mapping[str, tuple[object, object]]

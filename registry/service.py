@@ -24,6 +24,7 @@ from registry.ops.context import Context, UnwrapCount
 from registry.ops.home import rebuild_catalog
 from registry.retention import DEFAULT_GRACE, Decision, Policy
 from registry.roles import ADMIN, PROMOTER, PUSHER, READER, ROLES
+from registry.service_browsing import Browsing
 
 # Each operation's module is imported by the method that runs it, and the rest of the registry
 # (catalog, stores, crypto) with it: `ls` and `show` start without what they do not use
@@ -99,7 +100,7 @@ def import_serving() -> None:
     from registry.ops import queries, serving  # noqa: F401
 
 
-class Registry:
+class Registry(Browsing):
     """An open registry: catalog, stores, keys and signer as configured in a home directory,
     and who acts on it (the local user is admin; the REST API gives each token its role)."""
 
@@ -400,6 +401,12 @@ class Registry:
         from registry.ops import aliases as aliases_ops
 
         return aliases_ops.rollback(self._context, name, alias, to=to, reason=reason)
+
+    def rollback_target(self, name: str, alias: str) -> int:
+        """The version a plain rollback of the alias would move it to now (nothing moves)."""
+        from registry.ops import aliases as aliases_ops
+
+        return aliases_ops.rollback_target(self._context, name, alias)
 
     def protect_alias(self, name: str, alias: str, *, protected: bool = True) -> AliasRecord:
         from registry.ops import aliases as aliases_ops

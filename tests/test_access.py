@@ -21,7 +21,16 @@ from registry.storage import deadline
 
 # Facade methods no role guards: the handle itself, authentication (no role is known yet),
 # and counting the unwraps of the caller's own calls (it changes nothing).
-UNGUARDED = {"close", "acting_as", "authenticate", "counting_unwraps"}
+UNGUARDED = {
+    "close",
+    "acting_as",
+    "authenticate",
+    "counting_unwraps",
+    # The web UI's sessions: signing in is authenticating; a session acts as its token.
+    "open_ui_session",
+    "ui_session",
+    "close_ui_session",
+}
 
 
 def _delegate(method: object) -> object:
@@ -51,7 +60,9 @@ def _delegate(method: object) -> object:
 def _operations() -> list[str]:
     return [
         name
-        for name, member in vars(Registry).items()
+        for part in Registry.__mro__
+        if part.__module__.startswith("registry.")
+        for name, member in vars(part).items()
         if inspect.isfunction(member) and not name.startswith("_") and name not in UNGUARDED
     ]
 

@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("registry.catalog", "registry.replication", "registry.journal"),
     ("registry.rebuild",),
     ("registry.ops",),
-    ("registry.service",),
+    ("registry.service", "registry.service_browsing"),
     ("registry.client", "registry.api", "registry.loader", "cli"),
     ("registry.integrations",),
 ]

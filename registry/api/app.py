@@ -41,6 +41,7 @@ from registry.api.routes.lifecycle import LifecycleController
 from registry.api.routes.models import ModelsController
 from registry.api.routes.service import ServiceController
 from registry.api.routes.uploads import UploadsController
+from registry.api.ui import template_config, ui_router
 from registry.api.uploads import Uploads
 from registry.errors import RegistryError
 from registry.service import Registry
@@ -113,7 +114,8 @@ def create_app(
     )
     timer = _JournalTimer(registry, settings.journal_interval_seconds)
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, ui_router()],
+        template_config=template_config(),
         on_startup=[timer.start],
         on_shutdown=[timer.stop],
         state=_AppState({STATE_KEY: state}),

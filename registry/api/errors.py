@@ -50,6 +50,12 @@ def registry_error(request: Request[Any, Any, Any], error: RegistryError) -> Res
 
 
 def http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
+    if request.url.path.startswith("/ui/") or request.url.path == "/ui":
+        # No route matched (a 404, a 405): under /ui the answer is a page, as for every error
+        # the UI's own routes raise.
+        from registry.api.ui.render import html_error
+
+        return html_error(request, error)
     status = error.status_code
     if status >= 500:
         return internal_error(request, error)

@@ -142,6 +142,19 @@ class AliasesPart(CatalogPart):
             ).all()
             return [_alias_record(name, row, numbers, session) for row in rows]
 
+    def rollback_target(self, name: str, alias: str) -> int:
+        """The version a plain rollback of the alias would move it to now (what a confirmation
+        shows before the move): NotFoundError, ConflictError as the rollback itself."""
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            row = session.scalar(
+                select(Alias).where(Alias.model_id == model.id, Alias.name == alias)
+            )
+            numbers = version_numbers(session, model.id)
+            return numbers[_destination(session, model, row, alias, None, numbers)]
+
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasMoveRecord]:
         """Every move of the model's aliases (or of one), oldest first."""
         with self._read() as session:

@@ -139,7 +139,12 @@ class KeySlot(Base):
 
 class AuditEvent(Base):
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_subject", "subject"),)
+    __table_args__ = (
+        Index("ix_audit_events_subject", "subject"),
+        # The audit page filters by who and what, newest first, a page at a time.
+        Index("ix_audit_events_actor_id", "actor", "id"),
+        Index("ix_audit_events_action_id", "action", "id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -363,3 +368,18 @@ class CachedManifest(Base):
 
     digest: Mapped[str] = mapped_column(String(71), primary_key=True)
     envelope: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class UiSession(Base):
+    """A web UI session (`registry.api.ui`): the cookie holds a random id, this row its hash and
+    the token it acts as; never the token. Not journaled: a session is transient, and a rebuilt
+    catalog has no tokens to act as anyway."""
+
+    __tablename__ = "ui_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(16), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

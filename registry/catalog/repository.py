@@ -17,6 +17,8 @@ Every name other modules import from here stays importable from here (`add_versi
 - `holds`: legal holds
 - `outbox`: the journal's entries, marks and epochs
 - `deliveries`: webhook event deliveries
+- `browse`: the web UI's paged reads (models, versions, alias moves, the audit trail)
+- `uisessions`: web UI sessions
 
 Beside them, `restore` holds what a catalog rebuild writes (outside `Catalog`).
 """
@@ -36,6 +38,7 @@ from sqlalchemy.orm import Session, configure_mappers, sessionmaker
 
 from registry.catalog.aliases import AliasesPart
 from registry.catalog.audit import AUDIT_LOCK, GENESIS, AuditPart, append_audit, audit_hash
+from registry.catalog.browse import BrowsePart
 from registry.catalog.deliveries import DeliveriesPart
 from registry.catalog.expiry import NO_RULE, ExpiryPart
 from registry.catalog.gc import GcPart
@@ -47,6 +50,7 @@ from registry.catalog.models import AuditEvent
 from registry.catalog.outbox import OutboxPart
 from registry.catalog.placements import PlacementsPart, insert_key_slot
 from registry.catalog.tokens import TokensPart
+from registry.catalog.uisessions import UiSessionsPart
 from registry.catalog.versions import VersionsPart, add_version, store_blob_row
 from registry.errors import ConflictError, StorageError
 
@@ -91,6 +95,8 @@ class Catalog(
     TokensPart,
     DeliveriesPart,
     PlacementsPart,
+    BrowsePart,
+    UiSessionsPart,
 ):
     """The catalog: every query and write of the registry's database (the methods come from the
     parts it is composed of; the transactions they run in are these)."""

@@ -110,6 +110,12 @@ def rollback(
     return _move(ctx, name, alias, kind=kind, target=target, reason=reason)
 
 
+@requires("rollback")
+def rollback_target(ctx: Context, name: str, alias: str) -> int:
+    """The version number a plain rollback of ALIAS would move it to now (nothing moves)."""
+    return ctx.catalog.rollback_target(validate_name(name), validate_alias(alias))
+
+
 @requires("protect")
 @journaled
 def protect_alias(ctx: Context, name: str, alias: str, *, protected: bool = True) -> AliasRecord:

@@ -97,7 +97,10 @@ def tokens(ctx: Context) -> list[TokenRecord]:
 @requires("revoke-token")
 @journaled
 def revoke_token(ctx: Context, token_id: str) -> TokenRecord:
-    return ctx.catalog.revoke_token(token_id, actor=ctx.actor)
+    record = ctx.catalog.revoke_token(token_id, actor=ctx.actor)
+    # Its web UI sessions would be refused at their next request anyway; none outlives it.
+    ctx.catalog.close_ui_sessions_of(token_id)
+    return record
 
 
 def authenticate(ctx: Context, text: str) -> TokenRecord:
@@ -113,9 +116,11 @@ def authenticate(ctx: Context, text: str) -> TokenRecord:
     record = ctx.catalog.token(match.group(1))
     if record is None or not hmac.compare_digest(record.secret_hash, _secret_hash(match.group(2))):
         raise refused
-    now = datetime.now(UTC)
-    if record.revoked_at is not None or (
-        record.expires_at is not None and record.expires_at <= now
-    ):
+    if not live(record, datetime.now(UTC)):
         raise refused
     return record
+
+
+def live(record: TokenRecord, now: datetime) -> bool:
+    """Whether the token may act at `now`: neither revoked nor expired."""
+    return record.revoked_at is None and (record.expires_at is None or record.expires_at > now)

@@ -1,0 +1,121 @@
+"""The web UI's half of the facade: browsing a page at a time (models, a model's overview, a
+version's row, the audit trail, small files, diffs) and the UI's sessions. `Registry` is made of
+this and `registry.service`; each method is a one-line delegation to its operation, exactly as
+there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from registry.ops.context import Context
+    from registry.records import ModelSummary, TokenRecord, UiSessionRecord
+    from registry.reports import AuditPage, ModelOverview, ModelPage, VersionDiff, VersionRow
+
+
+class Browsing:
+    """The browsing and session methods of `Registry` (see `registry.service`)."""
+
+    _context: Context
+
+    def model_page(
+        self,
+        *,
+        query: str = "",
+        patterns: Sequence[str] = ("*",),
+        number: int = 1,
+        size: int = 50,
+    ) -> ModelPage:
+        """Page `number` of the models whose name contains `query`, among those a token with
+        model `patterns` may see, by name, each with its newest version, aliases, stored size
+        and last change."""
+        from registry.ops import browse as browse_ops
+
+        return browse_ops.model_page(
+            self._context, query=query, patterns=patterns, number=number, size=size
+        )
+
+    def model_summary(self, name: str) -> ModelSummary:
+        """One model's newest version, aliases, stored size and last change."""
+        from registry.ops import browse as browse_ops
+
+        return browse_ops.model_summary(self._context, name)
+
+    def model_overview(
+        self, name: str, *, number: int = 1, size: int = 50, expired: bool = False
+    ) -> ModelOverview:
+        """A model's page: a page of its versions, newest first, with their aliases, holds,
+        copies per region and retention decisions; its aliases' newest moves; its policy."""
+        from registry.ops import browse as browse_ops
+
+        return browse_ops.model_overview(
+            self._context, name, number=number, size=size, expired=expired
+        )
+
+    def version_row(self, ref: str) -> VersionRow:
+        """One version with its aliases, hold, copies per region and retention decision."""
+        from registry.ops import browse as browse_ops
+
+        return browse_ops.version_row(self._context, ref)
+
+    def audit_page(
+        self,
+        *,
+        subjects: Sequence[str] | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        version: int | None = None,
+        before: int | None = None,
+        size: int = 50,
+    ) -> AuditPage:
+        """A page of the audit trail, newest first, filtered (see `ops.browse.audit_page`)."""
+        from registry.ops import browse as browse_ops
+
+        return browse_ops.audit_page(
+            self._context,
+            subjects=subjects,
+            actor=actor,
+            action=action,
+            since=since,
+            until=until,
+            version=version,
+            before=before,
+            size=size,
+        )
+
+    def read_small_file(self, ref: str, path: str) -> bytes:
+        """One of a version's small files (a config, a model card), decrypted and verified in
+        memory."""
+        from registry.ops import browse as browse_ops
+
+        return browse_ops.read_small_file(self._context, ref, path)
+
+    def diff(self, a: str, b: str) -> VersionDiff:
+        """What changed from version `a` to version `b`: files reused and new bytes, tensors
+        added, removed and changed, config.json keys changed."""
+        from registry.ops import diff as diff_ops
+
+        return diff_ops.diff(self._context, a, b)
+
+    def open_ui_session(self, token_text: str) -> tuple[str, UiSessionRecord, TokenRecord]:
+        """Sign in to the web UI with an API token: the session id for the cookie, the
+        session, the token."""
+        from registry.ops import uisessions as uisessions_ops
+
+        return uisessions_ops.open_ui_session(self._context, token_text)
+
+    def ui_session(self, session_id: str) -> tuple[UiSessionRecord, TokenRecord]:
+        """The live web UI session `session_id` names and its token (UnauthenticatedError)."""
+        from registry.ops import uisessions as uisessions_ops
+
+        return uisessions_ops.ui_session(self._context, session_id)
+
+    def close_ui_session(self, session_id: str) -> None:
+        from registry.ops import uisessions as uisessions_ops
+
+        return uisessions_ops.close_ui_session(self._context, session_id)
