@@ -5,6 +5,7 @@ what was seeded, the registry's own writes go on from there, and a seed gives th
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 from registry.service import Registry
@@ -58,6 +59,18 @@ def test_seeded_catalog_reads_back(home: Path, catalog_url: str | None, model_di
         details = registry.show(f"{big}@{count}")
         assert details.manifest.digest == versions[-1].digest
         assert details.manifest.tensor_count == versions[-1].tensor_count
+        # config.json is stored for real: read back, decrypted and checked against its digest;
+        # a diff of two versions reads both.
+        config = json.loads(registry.read_small_file(f"{big}@{count}", "config.json"))
+        assert config["_name_or_path"] == big
+        live = [v for v in versions if v.expired_at is None]
+        changed = next(
+            (a, b)
+            for a, b in itertools.pairwise(live)
+            if a.files[0].digest != b.files[0].digest  # config.json sorts first
+        )
+        diff = registry.diff(changed[0].ref, changed[1].ref)
+        assert diff.config_changes and "config.json" in diff.changed_files
 
         # The registry's own writes carry on after the seeded rows (ids, sequences, chain).
         numbers = len(registry.versions(summary.featured, expired=True))

@@ -10,7 +10,10 @@ Core bulk inserts (one transaction per batch of a few tens of thousands of rows)
 - versions numbered 1..n per model, created over the past year in the order of their numbers,
   with messages of every length, markup (`<script>`, `[bold]`), control characters and unicode;
 - their files (config.json, often tokenizer.json, 1 to 3 safetensors shards), a version sharing
-  most of its blobs with its predecessor as a fine-tune does; one `blobs` row per distinct blob;
+  most of its blobs with its predecessor as a fine-tune does; one `blobs` row per distinct blob.
+  config.json alone is real: JSON whose digest and chunk root are its own, sealed and written to
+  every region as a push writes it, its key slots in the catalog (the UI shows a version's
+  config and diffs two); the other files are rows only;
 - each version's signed manifest, in the catalog's manifest cache: its digest is the version's
   digest and the home's signing key signs it, so `show` answers as for a pushed version;
 - placements of every blob and manifest in every region of the home (mostly verified);
@@ -31,9 +34,10 @@ It is a fixture, not a history the registry lived through:
   token created, a push), the journal holds entries after them that it never held, and the
   comparison names them as inserted. The chain itself (`Catalog.verify_audit`) keeps verifying.
   A `catalog rebuild` from the stores would not bring the seeded rows back.
-- The stores hold none of the objects and the catalog no key slots: pull, verify, scrub and
-  replication of a seeded version fail; everything that reads the catalog alone works (listings,
-  resolve, show, aliases and their history, holds, retention plans, the audit trail).
+- The stores hold the config.json files and nothing else (no shard, tokenizer or manifest):
+  pull, verify, scrub and replication of a seeded version fail; everything that reads the
+  catalog works (listings, resolve, show, aliases and their history, holds, retention plans,
+  the audit trail), and so does reading a version's config.json.
 - The seeded year ends at `now` (the current time by default), so the entries `init` wrote before
   (with lower ids) are newer than the seeded ones: the audit trail is in id order, which is the
   chain's, not strictly in time order.
@@ -46,10 +50,12 @@ while it runs (it checks the audit chain's tail before each batch of entries).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,7 +63,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, func, insert, select, text
 
-from registry.blobstore import BLOB, MANIFEST
+from registry.blobstore import BLOB, MANIFEST, seal_bytes
 from registry.catalog.audit import AUDIT_LOCK, GENESIS, audit_hash
 from registry.catalog.db import open_catalog_engine
 from registry.catalog.models import (
@@ -67,6 +73,7 @@ from registry.catalog.models import (
     Base,
     Blob,
     CachedManifest,
+    KeySlot,
     LegalHold,
     Model,
     Placement,
@@ -79,11 +86,13 @@ from registry.config import load_settings
 from registry.crypto.keys import read_key_file
 from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE
 from registry.crypto.signing import Signer
-from registry.digest import hash_bytes, keyed_id
+from registry.digest import chunk_root, hash_bytes, hash_chunk, keyed_id
 from registry.errors import ConflictError, InvalidInputError
 from registry.manifest import ENVELOPE_FORMAT, SCHEMA, ChunkRoot, ManifestFile
+from registry.replication import ReplicaSet, Replicated
 from registry.retention import Policy
 from registry.safetensors_header import DTYPE_BITS, SafetensorsHeader, TensorEntry
+from registry.service import Registry
 
 __all__ = ["SeedSummary", "seed_catalog"]
 
@@ -180,6 +189,8 @@ class SeedSummary:
     featured_holds: tuple[int, ...]
     actors: tuple[str, ...]
     regions: tuple[str, ...]
+    # Objects written to the stores (config.json files; nothing else is stored).
+    stored_objects: int
 
 
 @dataclass
@@ -207,16 +218,20 @@ class _Choices:
 
 
 @dataclass
-class _Keys:
+class _Home:
+    """What the seeded home gives: its keys, regions, chunk size, and its stores' writer."""
+
     naming: bytes
     signer: Signer
     regions: tuple[str, ...]
     chunk_size: int
+    stores: _Stores
 
 
 @dataclass
 class _BlobSpec:
-    """One distinct file content: its catalog facts and its manifest entry."""
+    """One distinct file content: its catalog facts, its manifest entry, and its bytes when it
+    is stored for real (config.json)."""
 
     digest: str
     size: int
@@ -224,6 +239,66 @@ class _BlobSpec:
     tensors: int
     parameters: int
     dtypes: tuple[str, ...]
+    content: bytes | None = None
+
+
+class _Stores:
+    """Writes config.json files to every region of the home, sealed as a push seals them, on a
+    few threads: each write is a handful of fsyncs, which one by one would dominate the seeding.
+    The key slots and placements of what was written are buffered by `drain`."""
+
+    def __init__(self, replicas: ReplicaSet, chunk_size: int) -> None:
+        self._replicas = replicas
+        self._chunk_size = chunk_size
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="seed-store")
+        self._pending: list[tuple[datetime, Future[Replicated]]] = []
+        self.objects = 0
+
+    def put(self, digest: str, data: bytes, at: datetime) -> None:
+        seal = functools.partial(seal_bytes, digest=digest, data=data, chunk_size=self._chunk_size)
+        future = self._pool.submit(
+            self._replicas.replicate, BLOB, digest, what=f"config.json {digest}", seal=seal
+        )
+        self._pending.append((at, future))
+        self.objects += 1
+
+    def drain(self, buffer: _Buffer) -> int:
+        """Wait for the writes under way and buffer their rows; how many placements."""
+        placed = 0
+        for at, future in self._pending:
+            result = future.result()
+            for slot in result.slots:
+                buffer.add(
+                    KeySlot,
+                    {
+                        "digest": result.digest,
+                        "purpose": BLOB,
+                        "kek_id": slot.kek_id,
+                        "provider": slot.provider,
+                        "wrapped": slot.ciphertext,
+                        "created_at": at,
+                    },
+                )
+            for outcome in result.outcomes:
+                buffer.add(
+                    Placement,
+                    {
+                        "digest": result.digest,
+                        "purpose": BLOB,
+                        "region": outcome.region,
+                        "object_name": result.object_name,
+                        "state": outcome.state,
+                        "checksum": outcome.checksum,
+                        "detail": outcome.detail,
+                        "updated_at": at,
+                    },
+                )
+                placed += 1
+        self._pending.clear()
+        return placed
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -246,6 +321,7 @@ _ORDER: tuple[type[Base], ...] = (
     VersionFile,
     CachedManifest,
     Placement,
+    KeySlot,
     Alias,
     AliasMove,
     LegalHold,
@@ -269,16 +345,18 @@ def seed_catalog(
         raise InvalidInputError("seeding needs at least one model and one version per model")
     started = time.perf_counter()
     settings = load_settings(home)
-    keys = _Keys(
+    end = (now or datetime.now(UTC)).astimezone(UTC)
+    rng = random.Random(seed)
+    choices = _choose(rng, models, versions)
+    registry = Registry.open(home)
+    engine = open_catalog_engine(settings.catalog_url, registry_id=settings.registry_id)
+    setup = _Home(
         naming=read_key_file(settings.naming_key_file, label="naming key"),
         signer=Signer.from_file(settings.signing_key_file),
         regions=tuple(region.name for region in settings.regions),
         chunk_size=settings.chunk_size,
+        stores=_Stores(registry.replicas, settings.chunk_size),
     )
-    end = (now or datetime.now(UTC)).astimezone(UTC)
-    rng = random.Random(seed)
-    choices = _choose(rng, models, versions)
-    engine = open_catalog_engine(settings.catalog_url, registry_id=settings.registry_id)
     try:
         # No models means no versions, aliases or moves either: their ids start at 1.
         with engine.connect() as connection:
@@ -293,15 +371,19 @@ def seed_catalog(
         version_id = 0
         for index in range(models):
             version_id = _seed_model(
-                index, choices, keys, end, seed, buffer, audit, counts, first_id=version_id + 1
+                index, choices, setup, end, seed, buffer, audit, counts, first_id=version_id + 1
             )
             if buffer.size >= _BATCH_ROWS:
+                counts.placements += setup.stores.drain(buffer)
                 _flush(engine, buffer)
+        counts.placements += setup.stores.drain(buffer)
         _flush(engine, buffer)
         written = _write_audit(engine, audit)
         _advance_sequences(engine)
     finally:
+        setup.stores.close()
         engine.dispose()
+        registry.close()
     order = sorted(range(models), key=lambda i: (-choices.counts[i], i))
     featured = choices.featured
     return SeedSummary(
@@ -324,7 +406,8 @@ def seed_catalog(
         actors=tuple(
             sorted({a for a, _ in _PUSHERS} | set(_PROMOTERS) | set(_LEGAL) | set(_OPERATORS))
         ),
-        regions=keys.regions,
+        regions=setup.regions,
+        stored_objects=setup.stores.objects,
     )
 
 
@@ -410,7 +493,7 @@ def _model_names(rng: random.Random, models: int) -> list[str]:
 def _seed_model(
     index: int,
     choices: _Choices,
-    keys: _Keys,
+    setup: _Home,
     end: datetime,
     seed: int,
     buffer: _Buffer,
@@ -436,7 +519,7 @@ def _seed_model(
         Model,
         {"id": model_id, "name": name, "created_at": times[1], "created_by": pusher},
     )
-    digests = _versions(rng, index, name, count, times, ids, choices, keys, buffer, counts, note)
+    digests = _versions(rng, index, name, count, times, ids, choices, setup, buffer, counts, note)
     policy_at = None
     if index in choices.policies:
         policy_at = _policy(rng, name, created, end, buffer, note)
@@ -497,36 +580,45 @@ def _versions(
     times: dict[int, datetime],
     ids: dict[int, int],
     choices: _Choices,
-    keys: _Keys,
+    setup: _Home,
     buffer: _Buffer,
     counts: _Counts,
     note: _Note,
 ) -> dict[int, str]:
     """Buffer the model's versions, files, blobs, manifests and placements; their digests."""
-    layout = _Layout(rng, keys.chunk_size)
+    layout = _Layout(rng, setup.chunk_size, name)
     files = layout.first()
     digests: dict[int, str] = {}
+    seen: set[str] = set()
     for number in range(1, count + 1):
         at = times[number]
         if number > 1:
             files = layout.next(files)
-        for spec in files.values():
-            if spec.digest not in layout.stored:
-                layout.stored.add(spec.digest)
-                _blob_rows(spec, at, keys, buffer, counts, rng)
         paths = sorted(files)
         manifest = {"schema": SCHEMA, "name": name, "files": [files[p].entry for p in paths]}
         canonical = _canonical(manifest)
         digest = hash_bytes(canonical)
+        # A config moved back to an earlier state can repeat an earlier version whole; a push of
+        # the same content is that version again, so each version's digest is new in its model.
+        while digest in seen:
+            files = layout.next(files)
+            manifest["files"] = [files[p].entry for p in paths]
+            canonical = _canonical(manifest)
+            digest = hash_bytes(canonical)
+        seen.add(digest)
         digests[number] = digest
+        for spec in files.values():
+            if spec.digest not in layout.stored:
+                layout.stored.add(spec.digest)
+                _blob_rows(spec, at, setup, buffer, counts, rng)
         envelope = _canonical(
             {
                 "format": ENVELOPE_FORMAT,
                 "manifest": manifest,
-                "signatures": [keys.signer.sign(canonical)],
+                "signatures": [setup.signer.sign(canonical)],
             }
         )
-        manifest_object = _object_name(keys.naming, MANIFEST, digest)
+        manifest_object = _object_name(setup.naming, MANIFEST, digest)
         total = sum(files[p].size for p in paths)
         actor = rng.choices([a for a, _ in _PUSHERS], weights=[w for _, w in _PUSHERS])[0]
         buffer.add(
@@ -540,7 +632,7 @@ def _versions(
                 "message": _message(rng, number),
                 "created_at": at,
                 "created_by": actor,
-                "signed_by": keys.signer.key_id,
+                "signed_by": setup.signer.key_id,
                 "file_count": len(paths),
                 "total_size": total,
                 "tensor_count": sum(files[p].tensors for p in paths),
@@ -568,7 +660,7 @@ def _versions(
             CachedManifest,
             {"digest": digest, "envelope": envelope},
         )
-        _placements(MANIFEST, digest, manifest_object, at, keys, buffer, counts, rng)
+        _placements(MANIFEST, digest, manifest_object, at, setup, buffer, counts, rng)
         note(
             at,
             actor,
@@ -582,7 +674,7 @@ class _Layout:
     """A model's files across its versions: the same paths and tensor layout throughout, new
     content for what each version changes (some shards, now and then the config)."""
 
-    def __init__(self, rng: random.Random, chunk_size: int) -> None:
+    def __init__(self, rng: random.Random, chunk_size: int, name: str) -> None:
         self.rng = rng
         self.chunk_size = chunk_size
         self.stored: set[str] = set()
@@ -592,6 +684,36 @@ class _Layout:
         self.norms_f32 = rng.random() < 0.35
         self.dtype = "F16" if rng.random() < 0.1 else "BF16"
         self.headers = [self._header(shard) for shard in range(self.shards)]
+        family = rng.choice((("llama", "LlamaForCausalLM"), ("mistral", "MistralForCausalLM")))
+        self.config: dict[str, Any] = {
+            "_name_or_path": name,
+            "architectures": [family[1]],
+            "model_type": family[0],
+            "hidden_size": self.hidden,
+            "intermediate_size": self.hidden * 4,
+            "num_hidden_layers": self.shards * 4,
+            "num_attention_heads": self.hidden // 128,
+            "vocab_size": 32000,
+            "max_position_embeddings": rng.choice((2048, 4096, 8192)),
+            "rope_theta": 10000.0,
+            "torch_dtype": "float16" if self.dtype == "F16" else "bfloat16",
+            "transformers_version": "4.57.1",
+            "use_cache": True,
+        }
+
+    def _config(self) -> bytes:
+        """config.json of the next version that changes it: one setting moved, as a retrain
+        with a longer context or a newer transformers leaves it."""
+        before = dict(self.config)
+        while self.stored and self.config == before:
+            key = self.rng.choice(("max_position_embeddings", "rope_theta", "transformers_version"))
+            if key == "max_position_embeddings":
+                self.config[key] = self.rng.choice((4096, 8192, 16384, 32768))
+            elif key == "rope_theta":
+                self.config[key] = self.rng.choice((10000.0, 500000.0, 1000000.0))
+            else:
+                self.config[key] = f"4.{self.rng.randint(57, 60)}.{self.rng.randint(0, 3)}"
+        return (json.dumps(self.config, indent=2) + "\n").encode()
 
     def _header(self, shard: int) -> SafetensorsHeader:
         """The tensor index of one shard: a few large 2-D tensors (and F32 norms, maybe)."""
@@ -631,13 +753,24 @@ class _Layout:
         digest = f"blake3:{rng.getrandbits(256):064x}"
         chunks = ChunkRoot(self.chunk_size, f"blake3:{rng.getrandbits(256):064x}")
         header = None
+        content = None
         if path.endswith(".safetensors"):
             header = self.headers[int(path[6:11]) - 1]
             size = header.data_offset + header.data_size
         elif path == "tokenizer.json":
             size = rng.randint(1_500_000, 9_000_000)
         else:
-            size = rng.randint(600, 1_600)
+            # The one file stored for real (the UI shows a version's config and diffs two):
+            # its digest and chunk root are its content's.
+            content = self._config()
+            size, digest = len(content), hash_bytes(content)
+            pieces = b"".join(
+                hash_chunk(content[start : start + self.chunk_size])
+                for start in range(0, size, self.chunk_size)
+            )
+            chunks = ChunkRoot(
+                self.chunk_size, chunk_root(pieces, chunk_size=self.chunk_size, size=size)
+            )
         entry = ManifestFile(path, size, digest, header, chunks)
         return _BlobSpec(
             digest,
@@ -646,6 +779,7 @@ class _Layout:
             entry.tensor_count,
             0 if header is None else header.parameter_count,
             () if header is None else header.dtypes,
+            content,
         )
 
     def first(self) -> dict[str, _BlobSpec]:
@@ -658,7 +792,7 @@ class _Layout:
 
     def next(self, previous: dict[str, _BlobSpec]) -> dict[str, _BlobSpec]:
         """The next version's files: each changes with its own odds, at least one always."""
-        odds = {"config.json": 0.3, "tokenizer.json": 0.05}
+        odds = {"config.json": 0.05, "tokenizer.json": 0.05}
         changed = [p for p in previous if self.rng.random() < odds.get(p, 0.45)]
         if not changed:
             changed = [self.rng.choice(sorted(previous))]
@@ -681,13 +815,13 @@ def _object_name(naming_key: bytes, kind: str, digest: str) -> str:
 def _blob_rows(
     spec: _BlobSpec,
     at: datetime,
-    keys: _Keys,
+    setup: _Home,
     buffer: _Buffer,
     counts: _Counts,
     rng: random.Random,
 ) -> None:
-    name = _object_name(keys.naming, BLOB, spec.digest)
-    chunks = max(1, -(-spec.size // keys.chunk_size))
+    name = _object_name(setup.naming, BLOB, spec.digest)
+    chunks = max(1, -(-spec.size // setup.chunk_size))
     buffer.add(
         Blob,
         {
@@ -695,13 +829,16 @@ def _blob_rows(
             "size": spec.size,
             "object_name": name,
             "sealed_size": HEADER_SIZE + spec.size + TAG_SIZE * chunks,
-            "chunk_size": keys.chunk_size,
+            "chunk_size": setup.chunk_size,
             "created_at": at,
             "swept_at": None,
         },
     )
     counts.blobs += 1
-    _placements(BLOB, spec.digest, name, at, keys, buffer, counts, rng)
+    if spec.content is not None:
+        setup.stores.put(spec.digest, spec.content, at)
+    else:
+        _placements(BLOB, spec.digest, name, at, setup, buffer, counts, rng)
 
 
 def _placements(
@@ -709,14 +846,14 @@ def _placements(
     digest: str,
     object_name: str,
     at: datetime,
-    keys: _Keys,
+    setup: _Home,
     buffer: _Buffer,
     counts: _Counts,
     rng: random.Random,
 ) -> None:
     """One placement per region: nearly all verified, a few pending (a region that was down)
     or bad (a scrub found the copy missing)."""
-    for region in keys.regions:
+    for region in setup.regions:
         draw = rng.random()
         state, detail = "verified", ""
         if draw < 0.005:
