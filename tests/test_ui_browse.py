@@ -114,6 +114,10 @@ def test_model_names_and_summaries(catalog: Catalog) -> None:
         )
     one = catalog.model_summaries(["a/one"])[0]
     assert (one.version_count, one.latest, one.stored_size) == (2, 2, 20)
+    # The handle remembers sizes between listings; a push is seen at once all the same.
+    catalog.commit_version(_version("a/one", "4", files={"w.bin": "shared", "z.bin": "z"}))
+    one = catalog.model_summaries(["a/one"])[0]
+    assert (one.version_count, one.latest, one.stored_size) == (3, 4, 30)
 
 
 def test_version_pages_newest_first_with_or_without_tombstones(catalog: Catalog) -> None:

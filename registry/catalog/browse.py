@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, func, or_, select, tuple_
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from registry.catalog.models import (
@@ -60,7 +60,7 @@ class BrowsePart(CatalogPart):
             latest_at = _created(session, [(m, n) for m, (_c, n) in counts.items() if n])
             changed = _changes(session, ids)
             aliases = _aliases(session, ids)
-            stored = _stored(session, ids)
+            stored = self._stored_sizes(session, ids, counts, changed)
         summaries = []
         for name in names:
             model = models.get(name)
@@ -80,6 +80,36 @@ class BrowsePart(CatalogPart):
                 )
             )
         return summaries
+
+    def _stored_sizes(
+        self,
+        session: Session,
+        ids: Sequence[int],
+        counts: dict[int, tuple[int, int | None]],
+        changed: dict[int, list[datetime]],
+    ) -> dict[int, int]:
+        """The stored size of each model, remembered by this catalog handle: reading every
+        file of a page of models is most of a listing's time, and the size changes only with
+        a push or an expiry, each of which changes the key (the live count, the newest number,
+        the newest change)."""
+        cache: dict[tuple[object, ...], int] = self.__dict__.setdefault("_stored_cache", {})
+        keys = {
+            model_id: (
+                model_id,
+                *counts.get(model_id, (0, None)),
+                max(changed.get(model_id, ()), default=None),
+            )
+            for model_id in ids
+        }
+        sizes = {model_id: cache.get(key) for model_id, key in keys.items()}
+        missing = [model_id for model_id, size in sizes.items() if size is None]
+        if missing:
+            found = _stored(session, missing)
+            if len(cache) > 100_000:
+                cache.clear()  # a bound, not a policy: a listing refills what it shows
+            for model_id in missing:
+                sizes[model_id] = cache[keys[model_id]] = found.get(model_id, 0)
+        return {model_id: size or 0 for model_id, size in sizes.items()}
 
     def version_page(
         self, name: str, *, offset: int, limit: int, expired: bool = False
@@ -288,11 +318,13 @@ def _created(session: Session, versions: Sequence[tuple[int, int | None]]) -> di
     """model id -> when the given (model id, number) version was pushed."""
     if not versions:
         return {}
+    # OR of (model, number) pairs, not a row-value IN: SQLite plans the latter as a scan of
+    # every version, the former as one lookup of the (model, number) index per pair.
     return {
         model_id: at
         for model_id, at in session.execute(
             select(Version.model_id, Version.created_at).where(
-                tuple_(Version.model_id, Version.number).in_(versions)
+                or_(*(and_(Version.model_id == m, Version.number == n) for m, n in versions))
             )
         )
     }

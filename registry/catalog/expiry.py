@@ -230,7 +230,16 @@ def _plan_in(
         )
     }
     decisions = plan(
-        [VersionFacts(v.number, v.created_at) for v in _live_versions(session, model)],
+        # Only what the planner reads: a model of thousands of versions is planned from two
+        # columns, not from every version's files.
+        [
+            VersionFacts(number, created_at)
+            for number, created_at in session.execute(
+                select(Version.number, Version.created_at).where(
+                    Version.model_id == model.id, Version.expired_at.is_(None)
+                )
+            )
+        ],
         policy=policy,
         aliased=aliased,
         demoted=demoted,
