@@ -121,13 +121,23 @@ def plan(
     held: Iterable[int],
     now: datetime,
     locked_for: timedelta | None = None,
+    ranks: Mapping[int, int] | None = None,
 ) -> list[Decision]:
     """Which versions the policy keeps and why, newest first. `locked_for` is the store's
-    Object Lock minimum: nothing younger can be deleted, whatever the policy says."""
+    Object Lock minimum: nothing younger can be deleted, whatever the policy says. `ranks`
+    (number -> how many live versions are newer) plans a few of a model's versions without
+    the rest; by default `versions` are all of them and ranked among themselves."""
     held_set = set(held)
     ordered = sorted(versions, key=lambda v: v.number, reverse=True)
+    # Said once, not once per version: a model may have thousands.
+    within = None if policy.keep_within is None else format_duration(policy.keep_within)
+    window_text = (
+        None if policy.keep_demoted_for is None else format_duration(policy.keep_demoted_for)
+    )
+    locked_text = None if locked_for is None else format_duration(locked_for)
     decisions = []
-    for rank, version in enumerate(ordered):
+    for position, version in enumerate(ordered):
+        rank = position if ranks is None else ranks[version.number]
         reasons: list[str] = []
         dated: list[datetime] = []
         open_ended = False
@@ -139,7 +149,7 @@ def plan(
             reasons.append(f"among the last {policy.keep_last}")
             open_ended = True
         if policy.keep_within is not None and now - version.created_at < policy.keep_within:
-            reasons.append(f"younger than {format_duration(policy.keep_within)}")
+            reasons.append(f"younger than {within}")
             dated.append(version.created_at + policy.keep_within)
         for alias in aliased.get(version.number, ()):
             reasons.append(f"alias {alias}")
@@ -147,13 +157,13 @@ def plan(
         window = policy.keep_demoted_for
         when = demoted.get(version.number)
         if window is not None and when is not None and now - when < window:
-            reasons.append(f"demoted less than {format_duration(window)} ago")
+            reasons.append(f"demoted less than {window_text} ago")
             dated.append(when + window)
         if version.number in held_set:
             reasons.append("legal hold")
             open_ended = True
         if locked_for is not None and now - version.created_at < locked_for:
-            reasons.append(f"object lock minimum {format_duration(locked_for)}")
+            reasons.append(f"object lock minimum {locked_text}")
             dated.append(version.created_at + locked_for)
         decisions.append(
             Decision(

@@ -338,3 +338,49 @@ def test_migration_0011_upgrades_a_catalog_at_0010(tmp_path: Path, catalog_url: 
     migrate(engine)
     assert inspect(engine).has_table("ui_sessions") and catalog.ui_session("h") is None
     catalog.close()
+
+
+def test_retention_decisions_of_a_page_are_the_whole_plan_s(catalog: Catalog) -> None:
+    """A page's decisions are read from the page's versions alone (and how many live ones are
+    newer): they must be exactly what planning the whole model decides for them."""
+    from registry.retention import Policy
+
+    name = "org/kept"
+    for key in range(1, 13):
+        catalog.commit_version(_version(name, str(key)))
+    catalog.set_retention(name, Policy(keep_last=4), actor="admin")
+    catalog.move_alias(
+        name,
+        "production",
+        kind="promote",
+        target=2,
+        reason="r",
+        actor="u",
+        may_move_protected=True,
+        notify=[],
+        event={},
+    )
+    catalog.move_alias(
+        name,
+        "production",
+        kind="promote",
+        target=5,
+        reason="r",
+        actor="u",
+        may_move_protected=True,
+        notify=[],
+        event={},
+    )
+    with catalog.engine.begin() as connection:  # a tombstone among them: ranks skip it
+        connection.execute(
+            update(Version)
+            .where(Version.manifest_object == "manifests/11")
+            .values(expired_at=datetime.now(UTC), expired_by="admin", expiry_reason="bad")
+        )
+    now = datetime.now(UTC)
+    _policy, whole = catalog.retention_plan(name, now=now, locked_for=None)
+    expected = {d.number: d for d in whole}
+    assert expected[12].keep and not expected[6].keep and expected[5].keep  # the rules bite
+    for page in ([12, 11, 10], [9, 8, 7, 6], [5, 4, 3], [2, 1], [11], [7]):
+        decided = catalog.retention_decisions(name, page, now=now, locked_for=None)
+        assert decided == {n: expected[n] for n in page if n in expected}, page

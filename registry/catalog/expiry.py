@@ -4,11 +4,12 @@ from what one transaction reads, and versions tombstoned (expired by the policy,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from registry.catalog.audit import append_audit
 from registry.catalog.models import (
@@ -23,7 +24,6 @@ from registry.catalog.models import (
 from registry.catalog.parts import (
     details_json,
     expired_error,
-    version_numbers,
     version_record,
     version_row,
 )
@@ -95,6 +95,53 @@ class ExpiryPart(VersionsPart):
             if model is None:
                 raise NotFoundError(f"model {name} does not exist")
             return _plan_in(session, model, now=now, locked_for=locked_for)
+
+    def retention_decisions(
+        self, name: str, numbers: Sequence[int], *, now: datetime, locked_for: timedelta | None
+    ) -> dict[int, Decision]:
+        """What the policy decides for the live versions among `numbers` (a page of them), as
+        `retention_plan` would, reading only those versions and how many live ones are newer
+        (what keep-last counts), not the whole model."""
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            facts = [
+                VersionFacts(number, created_at)
+                for number, created_at in session.execute(
+                    select(Version.number, Version.created_at).where(
+                        Version.model_id == model.id,
+                        Version.expired_at.is_(None),
+                        Version.number.in_(numbers),
+                    )
+                )
+            ]
+            if not facts:
+                return {}
+            newest = max(f.number for f in facts)
+            above = session.scalar(
+                select(func.count())
+                .select_from(Version)
+                .where(
+                    Version.model_id == model.id,
+                    Version.expired_at.is_(None),
+                    Version.number > newest,
+                )
+            )
+            ordered = sorted((f.number for f in facts), reverse=True)
+            ranks = {number: (above or 0) + rank for rank, number in enumerate(ordered)}
+            policy, pointed, demoted, held = _plan_inputs(session, model)
+            decisions = plan(
+                facts,
+                policy=policy,
+                aliased=pointed,
+                demoted=demoted,
+                held=held,
+                now=now,
+                locked_for=locked_for,
+                ranks=ranks,
+            )
+        return {d.number: d for d in decisions}
 
     def expire_versions(
         self,
@@ -196,10 +243,12 @@ def _live_versions(session: Session, model: Model) -> list[Version]:
     )
 
 
-def _plan_in(
-    session: Session, model: Model, *, now: datetime, locked_for: timedelta | None
-) -> tuple[Policy, list[Decision]]:
-    """The retention plan of one model from what this transaction reads."""
+def _plan_inputs(
+    session: Session, model: Model
+) -> tuple[Policy, dict[int, list[str]], dict[int, datetime], set[int]]:
+    """What a plan needs besides the versions: the policy in force, the aliases at each
+    version number, when each was last demoted, and the numbers under hold. Only the versions
+    those name are read, not the model's every version."""
     policy = Policy()
     for source in (model.name, DEFAULT_POLICY):
         row = session.get(RetentionPolicy, source)
@@ -210,25 +259,33 @@ def _plan_in(
                 _delta(row.keep_demoted_for_seconds),
             )
             break
-    numbers = version_numbers(session, model.id)
-    aliased: dict[int, list[str]] = {}
-    for alias in session.scalars(select(Alias).where(Alias.model_id == model.id)):
-        aliased.setdefault(numbers[alias.version_id], []).append(alias.name)
-    moves = session.scalars(select(AliasMove).where(AliasMove.model_id == model.id))
+    target, before = aliased(Version), aliased(Version)
+    pointed: dict[int, list[str]] = {}
+    for alias, number in session.execute(
+        select(Alias.name, target.number)
+        .join(target, target.id == Alias.version_id)
+        .where(Alias.model_id == model.id)
+    ):
+        pointed.setdefault(number, []).append(alias)
     demoted = last_demotions(
-        (
-            None if m.previous_version_id is None else numbers[m.previous_version_id],
-            numbers[m.version_id],
-            m.moved_at,
-        )
-        for m in moves
+        session.execute(
+            select(before.number, target.number, AliasMove.moved_at)
+            .join(target, target.id == AliasMove.version_id)
+            .outerjoin(before, before.id == AliasMove.previous_version_id)
+            .where(AliasMove.model_id == model.id)
+        ).tuples()
     )
-    held = {
-        numbers[version_id]
-        for version_id in session.scalars(
-            select(LegalHold.version_id).join(Version).where(Version.model_id == model.id)
-        )
-    }
+    held = set(
+        session.scalars(select(Version.number).join(LegalHold).where(Version.model_id == model.id))
+    )
+    return policy, pointed, demoted, held
+
+
+def _plan_in(
+    session: Session, model: Model, *, now: datetime, locked_for: timedelta | None
+) -> tuple[Policy, list[Decision]]:
+    """The retention plan of one model from what this transaction reads."""
+    policy, pointed, demoted, held = _plan_inputs(session, model)
     decisions = plan(
         # Only what the planner reads: a model of thousands of versions is planned from two
         # columns, not from every version's files.
@@ -241,7 +298,7 @@ def _plan_in(
             )
         ],
         policy=policy,
-        aliased=aliased,
+        aliased=pointed,
         demoted=demoted,
         held=held,
         now=now,

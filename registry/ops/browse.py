@@ -92,10 +92,12 @@ def model_overview(
     regions = tuple(region.name for region in ctx.settings.regions)
     states = ctx.catalog.version_states(name, [v.number for v in versions], regions=regions)
     policy, source = ctx.catalog.retention(name)
-    _policy, decisions = ctx.catalog.retention_plan(
-        name, now=now or datetime.now(UTC), locked_for=lock_floor(ctx)
+    decided = ctx.catalog.retention_decisions(
+        name,
+        [v.number for v in versions if not v.expired],
+        now=now or datetime.now(UTC),
+        locked_for=lock_floor(ctx),
     )
-    decided = {d.number: d for d in decisions}
     rows = tuple(
         VersionRow(
             version,
@@ -123,11 +125,10 @@ def version_row(ctx: Context, ref: str, *, now: datetime | None = None) -> Versi
     version = resolve(ctx, ref)
     regions = tuple(region.name for region in ctx.settings.regions)
     states = ctx.catalog.version_states(version.name, [version.number], regions=regions)
-    _policy, decisions = ctx.catalog.retention_plan(
-        version.name, now=now or datetime.now(UTC), locked_for=lock_floor(ctx)
+    decided = ctx.catalog.retention_decisions(
+        version.name, [version.number], now=now or datetime.now(UTC), locked_for=lock_floor(ctx)
     )
-    decision = next((d for d in decisions if d.number == version.number), None)
-    return VersionRow(version, states[version.number], decision)
+    return VersionRow(version, states[version.number], decided.get(version.number))
 
 
 @requires("audit")
