@@ -281,6 +281,8 @@ def test_a_catalog_from_before_identities_is_adopted_by_its_own_home(
         connection.execute("DROP TABLE manifest_cache")
         # ...and what later revisions added, so that the upgrade runs from 0009 as it would.
         connection.execute("DROP TABLE ui_sessions")
+        connection.execute("DROP TABLE version_meta")
+        connection.execute("DROP TABLE tags")
         connection.execute("DROP INDEX ix_audit_events_actor_id")
         connection.execute("DROP INDEX ix_audit_events_action_id")
         connection.execute("UPDATE alembic_version SET version_num = '0009'")

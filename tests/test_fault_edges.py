@@ -206,6 +206,8 @@ def _as_0009_catalog(url: str) -> None:
         connection.execute(text("DROP TABLE manifest_cache"))
         # ...and what later revisions added, so that the upgrade runs from 0009 as it would.
         connection.execute(text("DROP TABLE ui_sessions"))
+        connection.execute(text("DROP TABLE version_meta"))
+        connection.execute(text("DROP TABLE tags"))
         connection.execute(text("DROP INDEX ix_audit_events_actor_id"))
         connection.execute(text("DROP INDEX ix_audit_events_action_id"))
         connection.execute(text("UPDATE alembic_version SET version_num = '0009'"))

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import inspect, update
 
 from registry.catalog.db import _alembic_config, create_catalog_engine, current_revision, migrate
+from registry.catalog.lite import HEAD_REVISION
 from registry.catalog.models import Version
 from registry.catalog.repository import Catalog
 from registry.errors import InvalidInputError, UnauthenticatedError
@@ -320,7 +321,7 @@ def test_migration_0011_upgrades_a_catalog_at_0010(tmp_path: Path, catalog_url: 
     assert not inspect(engine).has_table("ui_sessions")
     Catalog(engine).commit_version(_version("org/old", "1"))
     migrate(engine)
-    assert current_revision(engine) == "0011"
+    assert current_revision(engine) == HEAD_REVISION
     indexes = {index["name"] for index in inspect(engine).get_indexes("audit_events")}
     assert {"ix_audit_events_actor_id", "ix_audit_events_action_id"} <= indexes
     catalog = Catalog(engine)

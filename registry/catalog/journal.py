@@ -31,6 +31,8 @@ TABLES = (
     "blobs",
     "versions",
     "version_files",
+    "version_meta",
+    "tags",
     "aliases",
     "alias_moves",
     "legal_holds",

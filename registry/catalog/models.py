@@ -383,3 +383,29 @@ class UiSession(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class VersionMeta(Base):
+    """A version's metadata and lineage as its signed manifest states them (`push --meta`,
+    `--source-repo`, `--base-model`, ...), one row per key: immutable, written with the
+    version, what `search` and `ls --tag`'s neighbours read without opening manifests."""
+
+    __tablename__ = "version_meta"
+    __table_args__ = (Index("ix_version_meta_key_value", "key", "value"),)
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Tag(Base):
+    """A mutable label on a version (`tag add`/`tag rm`, audited): unlike metadata, not part
+    of the signed manifest, so it can be corrected."""
+
+    __tablename__ = "tags"
+    __table_args__ = (Index("ix_tags_tag", "tag"),)
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    added_by: Mapped[str] = mapped_column(String(256))
