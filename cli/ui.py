@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
@@ -22,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from registry import wire
-from registry.errors import NotConfirmedError, RegistryError
+from registry.errors import InvalidInputError, NotConfirmedError, RegistryError
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
@@ -141,6 +142,19 @@ class ProgressBar:
 
 def progress_bar(*, as_json: bool, quiet: bool) -> ProgressBar:
     return ProgressBar(enabled=not as_json and not quiet and stderr.is_terminal)
+
+
+def read_small(path: Path, *, what: str, limit: int = 16 * 1024 * 1024) -> bytes:
+    """A small file a command takes as input (a signature, a key): refused when larger than
+    `limit` or unreadable, with a message that names it."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as error:
+        raise InvalidInputError(f"cannot read the {what} {path}: {error.strerror}") from None
+    if len(data) > limit:
+        raise InvalidInputError(f"the {what} {path} is larger than {limit} bytes")
+    return data
 
 
 def human_size(size: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,13 +17,25 @@ from cli.ui import (
     print_json,
     print_table,
     progress_bar,
+    read_small,
     stdout,
     table,
     warn_read_around,
     when,
 )
 from registry import wire
-from registry.errors import REPUSH_HINT, IntegrityError, InvalidInputError, StorageError
+from registry.errors import (
+    REPUSH_HINT,
+    IntegrityError,
+    InvalidInputError,
+    RegistryError,
+    StorageError,
+)
+
+if TYPE_CHECKING:
+    from registry.client import RegistrySurface
+    from registry.provenance import Provenance
+    from registry.reports import VersionDetails
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -46,6 +59,23 @@ def _rate(size: int, seconds: float) -> str:
     is_flag=True,
     help="Store what symbolic links leading outside PATH point at (refused otherwise).",
 )
+@click.option(
+    "--meta", multiple=True, metavar="KEY=VALUE", help="Metadata, signed with the version."
+)
+@click.option("--source-repo", metavar="URL", help="The repository the model was made from.")
+@click.option("--source-commit", metavar="SHA", help="The commit it was made at.")
+@click.option("--run-url", metavar="URL", help="The CI or training run that made it.")
+@click.option(
+    "--base-model", metavar="REF", help="The version it was made from (pinned by digest)."
+)
+@click.option(
+    "--dataset", "datasets", multiple=True, metavar="NAME@DIGEST", help="A dataset it used."
+)
+@click.option(
+    "--signature",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An OpenSSF model signature of the files (default: PATH/model.sig when present).",
+)
 @JSON
 @QUIET
 @handle_errors
@@ -55,10 +85,33 @@ def push(
     message: str,
     write_quorum: int | None,
     follow_symlinks: bool,
+    meta: tuple[str, ...],
+    source_repo: str | None,
+    source_commit: str | None,
+    run_url: str | None,
+    base_model: str | None,
+    datasets: tuple[str, ...],
+    signature: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Push the model in PATH (a directory or one .safetensors file) as a new version of NAME."""
+    """Push the model in PATH (a directory or one .safetensors file) as a new version of NAME.
+
+    Metadata and lineage (--meta, --source-*, --run-url, --base-model, --dataset) are signed
+    with the version and never change; tags (`model-registry tag`) can. An OpenSSF model
+    signature (model.sig) is checked against the files and the trusted OpenSSF signers, and its
+    signer recorded with the version (docs/provenance.md)."""
+    from registry.provenance import ProvenanceRequest, parse_dataset, parse_meta
+
+    provenance = ProvenanceRequest(
+        parse_meta(list(meta)),
+        source_repo,
+        source_commit,
+        run_url,
+        base_model,
+        tuple(parse_dataset(text) for text in datasets),
+    )
+    signed = None if signature is None else read_small(signature, what="signature")
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
     with open_registry() as registry:
@@ -70,6 +123,8 @@ def push(
                 write_quorum=write_quorum,
                 progress=bar,
                 follow_symlinks=follow_symlinks,
+                provenance=provenance,
+                signature=signed,
             )
         finally:
             bar.close()
@@ -221,9 +276,10 @@ def show(ref: str, digests: bool, as_json: bool) -> None:
     """Show a version: files, sizes, tensors, dtypes, parameters, digest, who made it and when."""
     with open_registry() as registry:
         details = registry.show(ref)
+        chain = ancestors(registry, details)
     version, manifest = details.version, details.manifest
     if as_json:
-        print_json(wire.VersionDetails.of(details))
+        print_json(wire.VersionDetails.of(details), lineage=[line for _, line in chain])
         return
     stdout.print(f"{version.ref}  {version.digest}")
     stdout.print(f"  created    {when(version.created_at)} by {version.created_by}")
@@ -235,12 +291,61 @@ def show(ref: str, digests: bool, as_json: bool) -> None:
         f"{version.tensor_count} tensors, {version.parameter_count:,} parameters, "
         f"dtypes {', '.join(version.dtypes) or '-'}"
     )
+    print_provenance(manifest.provenance, chain)
     found = table("file", "size", "tensors", "digest")
     for entry in manifest.files:
         tensors = "-" if entry.safetensors is None else str(len(entry.safetensors.tensors))
         digest = entry.digest if digests else "blake3:" + digest_prefix(entry.digest)
         found.add_row(entry.path, human_size(entry.size), tensors, digest)
     print_table(found)
+
+
+def ancestors(registry: RegistrySurface, details: VersionDetails) -> list[tuple[bool, str]]:
+    """The chain of base models from `details` back, each as (found, line): the pinned base
+    read and its digest compared, until a version without a base (at most 32 steps, a loop
+    cut). A base that expired, moved out of reach or differs is said, and ends the chain."""
+    chain: list[tuple[bool, str]] = []
+    seen = {details.version.digest}
+    provenance = details.manifest.provenance
+    while provenance is not None and provenance.base_model is not None and len(chain) < 32:
+        base = provenance.base_model
+        try:
+            found = registry.show(base.ref)
+        except RegistryError as error:
+            chain.append((False, f"{base.ref} {base.digest}: {error.message}"))
+            break
+        if found.version.digest != base.digest:
+            chain.append((False, f"{base.ref} {base.digest}: that version's digest differs"))
+            break
+        chain.append((True, f"{base.ref} {base.digest}"))
+        if found.version.digest in seen:
+            break
+        seen.add(found.version.digest)
+        provenance = found.manifest.provenance
+    return chain
+
+
+def print_provenance(provenance: Provenance | None, chain: list[tuple[bool, str]]) -> None:
+    if provenance is None:
+        return
+    for key, value in provenance.meta:
+        stdout.print(f"  meta       {key} = {value}")
+    for label, stated in (
+        ("source", provenance.source_repo),
+        ("commit", provenance.source_commit),
+        ("run", provenance.run_url),
+    ):
+        if stated is not None:
+            stdout.print(f"  {label:<10} {stated}")
+    for dataset in provenance.datasets:
+        stdout.print(f"  dataset    {dataset.name} {dataset.digest}")
+    if provenance.openssf is not None:
+        signer = provenance.openssf
+        issuer = f" ({signer.issuer})" if signer.issuer else ""
+        stdout.print(f"  openssf    {signer.kind} {signer.identity}{issuer}, {signer.bundle}")
+    for index, (found, line) in enumerate(chain):
+        label = "base model" if index == 0 else ""
+        stdout.print(f"  {label:<10} {'<- ' if index else ''}{line}" + ("" if found else " !"))
 
 
 @click.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any
 from registry.crypto.signing import Signer, TrustedSigner, verify_signatures
 from registry.digest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, hash_bytes, is_digest
 from registry.errors import IntegrityError, InvalidInputError, InvalidModelError
+from registry.provenance import Provenance
 from registry.refs import validate_name, validate_relative_path
 from registry.safetensors_header import (
     SafetensorsHeader,
@@ -33,10 +35,15 @@ from registry.safetensors_header import (
 )
 
 SCHEMA_V1 = "model-registry/manifest/v1"
-SCHEMA = "model-registry/manifest/v2"  # what pushes write: every file has its chunk root
+SCHEMA_V2 = "model-registry/manifest/v2"  # every file has its chunk root
+# What pushes write: every file has its chunk root and SHA-256, and the version may state its
+# provenance (registry.provenance).
+SCHEMA = "model-registry/manifest/v3"
+SCHEMAS = (SCHEMA, SCHEMA_V2, SCHEMA_V1)
 ENVELOPE_FORMAT = "model-registry/signed-manifest/v1"
 INDEX_SUFFIX = ".safetensors.index.json"
 MAX_FILES = 100_000
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_INDEX_SIZE = 64 * 1024 * 1024
 
 
@@ -87,6 +94,7 @@ class ManifestFile:
     digest: str
     safetensors: SafetensorsHeader | None = None
     chunks: ChunkRoot | None = None  # None in a version 1 manifest
+    sha256: str | None = None  # hex; None before version 3
 
     @property
     def tensor_count(self) -> int:
@@ -98,6 +106,8 @@ class ManifestFile:
             entry["safetensors"] = self.safetensors.to_manifest()
         if self.chunks is not None:
             entry["chunks"] = self.chunks.to_manifest()
+        if self.sha256 is not None:
+            entry["sha256"] = self.sha256
         return entry
 
 
@@ -105,24 +115,38 @@ class ManifestFile:
 class Manifest:
     name: str
     files: tuple[ManifestFile, ...]
+    provenance: Provenance | None = None  # only in version 3, and only when stated
 
     @property
     def schema(self) -> str:
-        """Version 2 when the files carry chunk roots (all of them do, or none)."""
-        return SCHEMA if self.files and self.files[0].chunks is not None else SCHEMA_V1
+        """Version 3 when the files carry SHA-256 digests, 2 when they carry chunk roots, else
+        1 (all files alike: `build_manifest` checks)."""
+        if self.files and self.files[0].sha256 is not None:
+            return SCHEMA
+        return SCHEMA_V2 if self.files and self.files[0].chunks is not None else SCHEMA_V1
 
     def without_chunk_roots(self) -> Manifest:
         """The version 1 manifest of the same files (what an older push of them wrote)."""
         return Manifest(
-            self.name, tuple(dataclasses.replace(entry, chunks=None) for entry in self.files)
+            self.name,
+            tuple(dataclasses.replace(entry, chunks=None, sha256=None) for entry in self.files),
+        )
+
+    def without_sha256(self) -> Manifest:
+        """The version 2 manifest of the same files (what a push before version 3 wrote)."""
+        return Manifest(
+            self.name, tuple(dataclasses.replace(entry, sha256=None) for entry in self.files)
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "schema": self.schema,
             "name": self.name,
             "files": [entry.to_dict() for entry in self.files],
         }
+        if self.provenance is not None and not self.provenance.empty:
+            found["provenance"] = self.provenance.to_manifest()
+        return found
 
     def canonical(self) -> bytes:
         return canonical_json(self.to_dict())
@@ -161,22 +185,38 @@ class Manifest:
         )
 
 
-def build_manifest(name: str, files: Sequence[ManifestFile]) -> Manifest:
+def build_manifest(
+    name: str, files: Sequence[ManifestFile], provenance: Provenance | None = None
+) -> Manifest:
     paths = [entry.path for entry in files]
     if len(set(paths)) != len(paths):
         raise InvalidModelError("two files of the version have the same path")
     if len({entry.chunks is None for entry in files}) > 1:
         raise InvalidModelError("either every file of a version has a chunk root or none has")
-    return Manifest(validate_name(name), tuple(sorted(files, key=lambda entry: entry.path)))
+    if len({entry.sha256 is None for entry in files}) > 1:
+        raise InvalidModelError("either every file of a version has a SHA-256 or none has")
+    if any(entry.sha256 is not None and entry.chunks is None for entry in files):
+        raise InvalidModelError("a file with a SHA-256 needs its chunk root too")
+    stated = provenance if provenance is not None and not provenance.empty else None
+    if stated is not None and files and files[0].sha256 is None:
+        raise InvalidModelError("provenance is stated in version 3 manifests only")
+    return Manifest(validate_name(name), tuple(sorted(files, key=lambda entry: entry.path)), stated)
 
 
 def _parse_manifest(data: object, *, what: str) -> Manifest:
     schema = data.get("schema") if isinstance(data, dict) else None
-    if not isinstance(data, dict) or schema not in (SCHEMA, SCHEMA_V1):
-        raise IntegrityError(f"{what}: not a {SCHEMA} or {SCHEMA_V1} manifest", path=what)
-    if set(data) != {"schema", "name", "files"} or not isinstance(data["files"], list):
+    if not isinstance(data, dict) or schema not in SCHEMAS:
+        raise IntegrityError(f"{what}: not a manifest of {', '.join(SCHEMAS)}", path=what)
+    allowed = {"schema", "name", "files"} | ({"provenance"} if schema == SCHEMA else set())
+    if not {"schema", "name", "files"} <= set(data) <= allowed or not isinstance(
+        data["files"], list
+    ):
         raise IntegrityError(f"{what}: unexpected manifest fields", path=what)
-    fields = {"path", "size", "digest", "safetensors"} | ({"chunks"} if schema == SCHEMA else set())
+    fields = {"path", "size", "digest", "safetensors"}
+    if schema in (SCHEMA, SCHEMA_V2):
+        fields.add("chunks")
+    if schema == SCHEMA:
+        fields.add("sha256")
     try:
         name = validate_name(data["name"])
         files = []
@@ -193,12 +233,20 @@ def _parse_manifest(data: object, *, what: str) -> Manifest:
                 if header.data_offset + header.data_size != size:
                     raise InvalidModelError(f"{path}: tensor index does not cover the file")
             chunks = None
-            if schema == SCHEMA:
+            if schema in (SCHEMA, SCHEMA_V2):
                 if "chunks" not in raw:
-                    raise InvalidModelError(f"{path}: no chunk root in a {SCHEMA} manifest")
+                    raise InvalidModelError(f"{path}: no chunk root in a {schema} manifest")
                 chunks = ChunkRoot.from_manifest(raw["chunks"], path=path)
-            files.append(ManifestFile(path, size, str(digest), header, chunks))
-        return build_manifest(name, files)
+            sha256 = None
+            if schema == SCHEMA:
+                sha256 = raw.get("sha256")
+                if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+                    raise InvalidModelError(f"{path}: no valid SHA-256 in a {schema} manifest")
+            files.append(ManifestFile(path, size, str(digest), header, chunks, sha256))
+        provenance = None
+        if "provenance" in data:
+            provenance = Provenance.from_manifest(data["provenance"])
+        return build_manifest(name, files, provenance)
     except InvalidInputError as error:
         raise IntegrityError(f"{what}: invalid manifest: {error}", path=what) from None
 

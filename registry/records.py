@@ -223,6 +223,8 @@ class NewVersion:
     blobs: Sequence[NewBlob]
     placements: Sequence[PlacementRecord] = ()
     lease: str | None = None  # the push's lease on its objects, dropped by the commit
+    # The manifest's provenance as `version_meta` rows (registry.provenance.Provenance.rows).
+    meta: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from registry.crypto.signing import Signer, TrustedSigner
     from registry.materialize import Progress
     from registry.prepared import PrepareResult
+    from registry.provenance import ProvenanceRequest
     from registry.records import (
         AliasMoveRecord,
         AliasRecord,
@@ -316,9 +317,13 @@ class Registry(Browsing):
         progress: Progress | None = None,
         digests: Mapping[str, str] | None = None,
         follow_symlinks: bool = False,
+        provenance: ProvenanceRequest | None = None,
+        signature: bytes | None = None,
     ) -> PushResult:
         """Push a model directory (or one .safetensors file) as a new version of `name`;
-        links that lead outside it are refused unless `follow_symlinks`."""
+        links that lead outside it are refused unless `follow_symlinks`. `provenance` goes
+        into the signed manifest; `signature` is an OpenSSF model signature of the files
+        (model.sig), checked against them and the trusted OpenSSF signers."""
         from registry.ops import pushstart as push_ops
 
         return push_ops.push(
@@ -330,6 +335,8 @@ class Registry(Browsing):
             progress=progress,
             digests=digests,
             follow_symlinks=follow_symlinks,
+            provenance=provenance,
+            signature=signature,
         )
 
     def pull(

@@ -12,7 +12,16 @@ from sqlalchemy.orm import Session, aliased, selectinload
 
 from registry.catalog.audit import append_audit
 from registry.catalog.gc import being_swept
-from registry.catalog.models import Alias, Blob, Model, PushLease, Version, VersionFile, utcnow
+from registry.catalog.models import (
+    Alias,
+    Blob,
+    Model,
+    PushLease,
+    Version,
+    VersionFile,
+    VersionMeta,
+    utcnow,
+)
 from registry.catalog.parts import CatalogPart, details_json, expired_error, version_record
 from registry.catalog.placements import add_slots, upsert_placement
 from registry.errors import AmbiguousReferenceError, ConflictError, NotFoundError
@@ -250,6 +259,8 @@ def add_version(
     )
     session.add(version)
     session.flush()
+    for key, value in new.meta:
+        session.add(VersionMeta(version_id=version.id, key=key, value=value))
     for entry in new.files:
         session.add(
             VersionFile(

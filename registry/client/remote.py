@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import http.client
@@ -37,6 +38,7 @@ from registry.materialize import (
     storage_error,
 )
 from registry.prepared import PrepareResult, prepare_folder, select
+from registry.provenance import ProvenanceRequest
 from registry.records import (
     AliasMoveRecord,
     AliasRecord,
@@ -228,8 +230,11 @@ class RemoteRegistry:
         write_quorum: int | None = None,
         progress: Progress | None = None,
         follow_symlinks: bool = False,
+        provenance: ProvenanceRequest | None = None,
+        signature: bytes | None = None,
     ) -> PushResult:
-        """Push through an upload session, resuming the one an interrupted push left."""
+        """Push through an upload session, resuming the one an interrupted push left; the
+        provenance and the OpenSSF signature go with the commit (the server checks both)."""
         if write_quorum is not None:
             raise InvalidInputError("--write-quorum is the server's setting through the API")
         progress = progress or NoProgress()
@@ -298,7 +303,12 @@ class RemoteRegistry:
                 sent = sum(pool.map(send, todo))
         finally:
             progress.end()
-        result = self._json("POST", f"/v1/uploads/{session.id}/commit", wait=True)
+        result = self._json(
+            "POST",
+            f"/v1/uploads/{session.id}/commit",
+            json=_commit_body(provenance, signature),
+            wait=True,
+        )
         state_file.unlink(missing_ok=True)
         self.last_push_sent = sent
         return wire.load(wire.PushResult, result).to_report()
@@ -598,3 +608,20 @@ class RemoteRegistry:
 
 
 __all__ = ["NotOfferedError", "RemoteRegistry"]
+
+
+def _commit_body(provenance: ProvenanceRequest | None, signature: bytes | None) -> dict[str, Any]:
+    """The upload commit's body: what `push` states of the version's provenance, and the
+    OpenSSF signature in base64 (registry.api.routes.uploads.CommitRequest)."""
+    body: dict[str, Any] = {}
+    if provenance is not None:
+        if provenance.meta:
+            body["meta"] = dict(provenance.meta)
+        for key in ("source_repo", "source_commit", "run_url", "base_model"):
+            if getattr(provenance, key) is not None:
+                body[key] = getattr(provenance, key)
+        if provenance.datasets:
+            body["datasets"] = [f"{d.name}@{d.digest}" for d in provenance.datasets]
+    if signature is not None:
+        body["signature"] = base64.b64encode(signature).decode()
+    return body

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from registry.config import Webhook
     from registry.materialize import Progress
     from registry.prepared import PrepareResult
+    from registry.provenance import ProvenanceRequest
 
 
 class TrustedSignerLike(Protocol):
@@ -97,6 +98,8 @@ class RegistrySurface(Protocol):
         write_quorum: int | None = None,
         progress: Progress | None = None,
         follow_symlinks: bool = False,
+        provenance: ProvenanceRequest | None = None,
+        signature: bytes | None = None,
     ) -> PushResult: ...
 
     def pull(

@@ -43,6 +43,12 @@ from registry.ops.copies import (
 )
 from registry.ops.holds import legal_hold_copies
 from registry.ops.journaling import journaled
+from registry.ops.provenance import (
+    SIGNATURE_FILE,
+    resolve_provenance,
+    take_signature,
+    with_signature,
+)
 from registry.records import (
     FileRecord,
     NewBlob,
@@ -66,6 +72,7 @@ from registry.storage.deadline import carried
 
 if TYPE_CHECKING:
     from registry.ops.pushstart import EarlyDigests
+    from registry.provenance import Provenance, ProvenanceRequest
 
 # Files sealed and written at once. A local directory: two, so that one file's final fsync
 # overlaps with sealing the next. Remote regions: more, so that each object's small requests
@@ -88,6 +95,8 @@ def push(
     digests: Mapping[str, str] | None = None,
     early: EarlyDigests | None = None,
     follow_symlinks: bool = False,
+    provenance: ProvenanceRequest | None = None,
+    signature: bytes | None = None,
 ) -> PushResult:
     """Push a model directory (or one .safetensors file) as a new version of `name`.
 
@@ -102,9 +111,13 @@ def push(
     complete are recorded as pending, for `replicate`. `early`: the hashing pass begun before
     this push was imported (`ops.pushstart`), taken when it hashed these very files.
     `follow_symlinks`: store what links that lead outside `path` point at (else refused).
+    `provenance` is stated in the signed manifest (its base model pinned by digest);
+    `signature`, an OpenSSF model signature of the files, is checked against their digests
+    and the trusted OpenSSF signers, and its signer recorded there too (`ops.provenance`).
     """
     progress = progress or NoProgress()
     validate_name(name)
+    stated = resolve_provenance(ctx, provenance)
     count = len(ctx.replicas.regions)
     quorum = write_quorum if write_quorum is not None else ctx.settings.write_quorum or count
     if not 1 <= quorum <= count:
@@ -122,7 +135,9 @@ def push(
     # writes (an S3 driver probes its server's write-once behaviour) while the files are hashed.
     ctx.replicas.expect_writes()
     files = manifests.collect(Path(path), follow_symlinks=follow_symlinks)
+    files, signature = take_signature(files, signature)
     known = dict(digests or {})
+    known.pop(SIGNATURE_FILE, None)
     if known and set(known) != {entry.path for entry in files}:
         raise InvalidInputError("the digests given do not name exactly the files pushed")
     chunk_size = ctx.settings.chunk_size
@@ -131,24 +146,7 @@ def push(
     )
     if hashed is None:
         hashed = _hash_files(files, known, chunk_size=chunk_size, progress=progress)
-    manifest = manifests.build_manifest(
-        name,
-        [
-            ManifestFile(
-                entry.path,
-                entry.size,
-                found.digest,
-                entry.safetensors,
-                ChunkRoot(found.chunk_size, found.chunk_root),
-            )
-            for entry, found in zip(files, hashed, strict=True)
-        ],
-    )
-    # The same files pushed before chunk roots existed are that version (a re-push repairs
-    # it), not a new one.
-    older = manifest.without_chunk_roots()
-    if ctx.catalog.find_version(name, older.digest) is not None:
-        manifest = older
+    manifest = _manifest(ctx, name, files, hashed, stated=stated, signature=signature)
     digest = manifest.digest
     unique: dict[str, manifests.LocalFile] = {}
     for entry, found in zip(files, hashed, strict=True):
@@ -170,6 +168,43 @@ def push(
     finally:
         # Dropped by the commit itself; after a failure, here.
         ctx.catalog.drop_lease(lease)
+
+
+def _manifest(
+    ctx: Context,
+    name: str,
+    files: Sequence[manifests.LocalFile],
+    hashed: Sequence[FileDigests],
+    *,
+    stated: Provenance | None,
+    signature: bytes | None,
+) -> Manifest:
+    """The version's manifest: its files with their digests, and the provenance stated (with
+    the OpenSSF signer of `signature`, checked); or the manifest of an older version of the
+    very same files when nothing is stated."""
+    entries = [
+        ManifestFile(
+            entry.path,
+            entry.size,
+            found.digest,
+            entry.safetensors,
+            ChunkRoot(found.chunk_size, found.chunk_root),
+            found.sha256,
+        )
+        for entry, found in zip(files, hashed, strict=True)
+    ]
+    if signature is not None:
+        stated = with_signature(ctx, stated, signature, entries)
+    manifest = manifests.build_manifest(name, entries, stated)
+    if manifest.provenance is None:
+        # The same files pushed before SHA-256 digests or chunk roots were recorded are that
+        # version (a re-push repairs it), not a new one. A push that states provenance is a
+        # version of its own.
+        for older in (manifest.without_sha256(), manifest.without_chunk_roots()):
+            if ctx.catalog.find_version(name, older.digest) is not None:
+                manifest = older
+                break
+    return manifest
 
 
 def _hash_files(
@@ -283,6 +318,7 @@ def _push_leased(
             blobs=stored,
             placements=placements([*blobs, stored_manifest]),
             lease=lease,
+            meta=() if manifest.provenance is None else tuple(manifest.provenance.rows().items()),
         ),
     )
     with contextlib.suppress(RegistryError):

@@ -23,6 +23,7 @@ from registry.ops.access import requires
 from registry.ops.context import Context
 
 if TYPE_CHECKING:
+    from registry.provenance import ProvenanceRequest
     from registry.reports import PushResult
 
 
@@ -37,6 +38,8 @@ def push(
     progress: Progress | None = None,
     digests: Mapping[str, str] | None = None,
     follow_symlinks: bool = False,
+    provenance: ProvenanceRequest | None = None,
+    signature: bytes | None = None,
 ) -> PushResult:
     """`ops.push.push`, its hashing begun before it is imported (digests given: none to do)."""
     progress = progress or NoProgress()
@@ -63,6 +66,8 @@ def push(
             digests=digests,
             early=early,
             follow_symlinks=follow_symlinks,
+            provenance=provenance,
+            signature=signature,
         )
     finally:
         if early is not None:

@@ -88,7 +88,7 @@ from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE
 from registry.crypto.signing import Signer
 from registry.digest import chunk_root, hash_bytes, hash_chunk, keyed_id
 from registry.errors import ConflictError, InvalidInputError
-from registry.manifest import ENVELOPE_FORMAT, SCHEMA, ChunkRoot, ManifestFile
+from registry.manifest import ENVELOPE_FORMAT, SCHEMA_V2, ChunkRoot, ManifestFile
 from registry.replication import ReplicaSet, Replicated
 from registry.retention import Policy
 from registry.safetensors_header import DTYPE_BITS, SafetensorsHeader, TensorEntry
@@ -595,7 +595,7 @@ def _versions(
         if number > 1:
             files = layout.next(files)
         paths = sorted(files)
-        manifest = {"schema": SCHEMA, "name": name, "files": [files[p].entry for p in paths]}
+        manifest = {"schema": SCHEMA_V2, "name": name, "files": [files[p].entry for p in paths]}
         canonical = _canonical(manifest)
         digest = hash_bytes(canonical)
         # A config moved back to an earlier state can repeat an earlier version whole; a push of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,10 @@ from registry.api.guards import authorize, check_scope, enter
 from registry.api.uploads import Session, UploadFile
 from registry.config import MAX_UPLOAD_PART
 from registry.errors import DigestMismatchError, InvalidInputError, RegistryError
+from registry.provenance import ProvenanceRequest, parse_dataset, parse_meta
+
+# A model.sig in base64 within the API's 1 MiB request body: some 5,000 files' digests.
+MAX_SIGNATURE = 700 * 1024
 
 
 @dataclass
@@ -30,6 +35,40 @@ class UploadRequest:
     model: str
     files: list[FileSpec]
     message: str = ""
+
+
+@dataclass
+class CommitRequest:
+    """What a push states beside its files (`push --meta`, `--base-model`, ...: the signed
+    manifest's provenance) and an OpenSSF model signature of them (base64 of model.sig)."""
+
+    meta: dict[str, str] | None = None
+    source_repo: str | None = None
+    source_commit: str | None = None
+    run_url: str | None = None
+    base_model: str | None = None
+    datasets: list[str] | None = None
+    signature: str | None = None
+
+    def provenance(self) -> ProvenanceRequest:
+        return ProvenanceRequest(
+            parse_meta(self.meta or {}),
+            self.source_repo,
+            self.source_commit,
+            self.run_url,
+            self.base_model,
+            tuple(parse_dataset(text) for text in self.datasets or ()),
+        )
+
+    def signature_bytes(self) -> bytes | None:
+        if self.signature is None:
+            return None
+        if len(self.signature) > MAX_SIGNATURE * 4 // 3 + 4:
+            raise InvalidInputError(f"an OpenSSF signature is at most {MAX_SIGNATURE} bytes")
+        try:
+            return base64.b64decode(self.signature, validate=True)
+        except ValueError:
+            raise InvalidInputError("the signature is not base64") from None
 
 
 def session_json(session: Session) -> wire.UploadSession:
@@ -154,10 +193,16 @@ class UploadsController(Controller):
 
     @post("/{session_id:str}/commit", sync_to_thread=True, status_code=201, operation="push")
     def commit_upload(
-        self, request: Request[Any, Any, Any], session_id: FromPath[str]
+        self,
+        request: Request[Any, Any, Any],
+        session_id: FromPath[str],
+        data: JSONBody[CommitRequest | None] = None,
     ) -> wire.PushResult:
         """Re-hash every file, then push them as a new version (encrypted and stored by the
-        server); the session is discarded."""
+        server), with the provenance and OpenSSF signature the body states; the session is
+        discarded."""
+        stated = data or CommitRequest()
+        provenance, signature = stated.provenance(), stated.signature_bytes()
         view, token = enter(request)
         state = state_of(request)
         session = state.uploads.get(session_id, owner=token.id)
@@ -169,7 +214,14 @@ class UploadsController(Controller):
                 state.metrics.integrity_failures.inc()
                 security_event(request, "integrity-failure", str(error))
                 raise
-            result = view.push(claimed.model, folder, message=claimed.message, digests=digests)
+            result = view.push(
+                claimed.model,
+                folder,
+                message=claimed.message,
+                digests=digests,
+                provenance=provenance,
+                signature=signature,
+            )
             state.uploads.discard(claimed)
         state.metrics.pushed.inc(result.version.total_size)
         return wire.PushResult.of(result)

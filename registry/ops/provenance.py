@@ -1,0 +1,66 @@
+"""A push's provenance made exact: the base model it names resolved and pinned by digest, the
+rest validated; and an OpenSSF model signature of the pushed files checked against their
+digests and the trusted OpenSSF signers, its signer recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from registry.errors import InvalidModelError
+from registry.manifest import LocalFile, ManifestFile
+from registry.ops.context import Context
+from registry.ops.queries import resolve
+from registry.provenance import BaseModel, Provenance, ProvenanceRequest
+
+
+# An OpenSSF model signature at the root of a pushed folder: the push's signature, not a file
+# of the model (model_signing leaves it out of what it signs, and a pull writes its own).
+SIGNATURE_FILE = "model.sig"
+MAX_SIGNATURE = 64 * 1024 * 1024
+
+
+def take_signature(
+    files: Sequence[LocalFile], given: bytes | None
+) -> tuple[list[LocalFile], bytes | None]:
+    """The files to push, without a root `model.sig`, and the signature to check: the one
+    given, else that file's content."""
+    found = next((entry for entry in files if entry.path == SIGNATURE_FILE), None)
+    rest = [entry for entry in files if entry is not found]
+    if found is None or given is not None:
+        return rest, given
+    if found.size > MAX_SIGNATURE:
+        raise InvalidModelError(f"{SIGNATURE_FILE} is larger than {MAX_SIGNATURE} bytes")
+    try:
+        return rest, found.source.read_bytes()
+    except OSError as error:
+        raise InvalidModelError(f"cannot read {SIGNATURE_FILE}: {error.strerror}") from None
+
+
+def resolve_provenance(ctx: Context, request: ProvenanceRequest | None) -> Provenance | None:
+    """The provenance a push states, with its base model pinned (NotFoundError for a base
+    model that does not resolve: a lineage must point at a version that exists)."""
+    if request is None or request.empty:
+        return None
+    base = None
+    if request.base_model is not None:
+        version = resolve(ctx, request.base_model)
+        base = BaseModel(version.name, version.number, version.digest)
+    return Provenance(
+        request.meta,
+        request.source_repo,
+        request.source_commit,
+        request.run_url,
+        base,
+        request.datasets,
+    )
+
+
+def with_signature(
+    ctx: Context,
+    stated: Provenance | None,
+    signature: bytes,
+    files: Sequence[ManifestFile],
+) -> Provenance:
+    """`stated` with the signer of `signature` recorded, once the signature is checked."""
+    raise NotImplementedError("OpenSSF signatures on push arrive with registry.crypto.openssf")
