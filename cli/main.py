@@ -17,6 +17,7 @@ from cli import (
     holds,
     keys,
     kserve,
+    policy,
     regions,
     registry_commands,
     retention,
@@ -61,6 +62,7 @@ holds.register(main)
 aliases.register(main)
 audit.register(main)
 retention.register(main)
+policy.register(main)
 events.register(main)
 gc.register(main)
 api.register(main)

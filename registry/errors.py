@@ -245,6 +245,16 @@ class CatalogBehindError(ConfigurationError):
     )
 
 
+class PolicyError(RegistryError):
+    """A signer policy refused an alias move: the version lacks an OpenSSF signature by one of
+    the signers the policy of that alias requires (`model-registry policy`)."""
+
+    code = "policy_refused"
+    exit_code = 17
+    http_status = 409
+    default_hint = "`model-registry policy show NAME` lists who must have signed"
+
+
 class PermissionDeniedError(RegistryError, PermissionError):
     """The caller's role does not allow the change (moving a protected alias, deleting)."""
 

@@ -1,5 +1,6 @@
-"""The web UI's half of the facade: browsing a page at a time (models, a model's overview, a
-version's row, the audit trail, small files, diffs) and the UI's sessions. `Registry` is made of
+"""The second half of the facade: browsing a page at a time (models, a model's overview, a
+version's row, the audit trail, small files, diffs), the web UI's sessions, and provenance
+rules (signer policies). `Registry` is made of
 this and `registry.service`; each method is a one-line delegation to its operation, exactly as
 there.
 """
@@ -119,3 +120,23 @@ class Browsing:
         from registry.ops import uisessions as uisessions_ops
 
         return uisessions_ops.close_ui_session(self._context, session_id)
+
+    def set_signer_policy(
+        self, name: str, signers: Sequence[str], *, alias: str | None = None
+    ) -> dict[str, tuple[str, ...]]:
+        """Require an OpenSSF signature by one of `signers` of every version `alias` (None:
+        any alias) of `name` points at from now on (admin, audited)."""
+        from registry.ops import policies as policies_ops
+
+        return policies_ops.set_signer_policy(self._context, name, signers, alias=alias)
+
+    def clear_signer_policy(self, name: str, *, alias: str | None = None) -> None:
+        from registry.ops import policies as policies_ops
+
+        return policies_ops.clear_signer_policy(self._context, name, alias=alias)
+
+    def signer_policies(self, name: str) -> dict[str, tuple[str, ...]]:
+        """alias ("*": every alias) -> the signers one of which must have signed."""
+        from registry.ops import policies as policies_ops
+
+        return policies_ops.signer_policies(self._context, name)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from registry.catalog.audit import append_audit
 from registry.catalog.models import Alias, AliasMove, EventDelivery, Model, Version, utcnow
 from registry.catalog.parts import CatalogPart, details_json, expired_error, version_numbers
+from registry.catalog.policies import check_signer
 from registry.errors import ConflictError, NotFoundError, PermissionDeniedError
 from registry.records import ROLLBACK, AliasMoveRecord, AliasRecord
 
@@ -51,6 +52,9 @@ class AliasesPart(CatalogPart):
             row = _locked_alias(session, model, alias, may_move_protected=may_move_protected)
             numbers = version_numbers(session, model.id)
             version_id = _destination(session, model, row, alias, target, numbers)
+            destination = session.get(Version, version_id)
+            assert destination is not None  # a row the catalog just named
+            check_signer(session, name, alias, destination)
             now = utcnow()
             if row is not None and row.version_id == version_id:
                 return None, _alias_record(name, row, numbers, session)

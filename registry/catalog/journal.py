@@ -37,6 +37,7 @@ TABLES = (
     "alias_moves",
     "legal_holds",
     "retention_policies",
+    "signer_policies",
     "retired_keys",
     "audit_events",
 )

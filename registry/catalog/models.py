@@ -409,3 +409,16 @@ class Tag(Base):
     tag: Mapped[str] = mapped_column(String(128), primary_key=True)
     added_at: Mapped[datetime] = mapped_column(UTCDateTime())
     added_by: Mapped[str] = mapped_column(String(256))
+
+
+class SignerPolicy(Base):
+    """Who must have signed a version (an OpenSSF model signature, checked at its push) before
+    an alias of the model may point at it: alias "*" covers every alias of the model."""
+
+    __tablename__ = "signer_policies"
+
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(63), primary_key=True)
+    signers: Mapped[str] = mapped_column(Text)  # JSON list of identities
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str] = mapped_column(String(256))

@@ -19,6 +19,7 @@ Every name other modules import from here stays importable from here (`add_versi
 - `deliveries`: webhook event deliveries
 - `browse`: the web UI's paged reads (models, versions, alias moves, the audit trail)
 - `uisessions`: web UI sessions
+- `policies`: signer policies (who must have signed before an alias moves)
 
 Beside them, `restore` holds what a catalog rebuild writes (outside `Catalog`).
 """
@@ -49,6 +50,7 @@ from registry.catalog.lite import unavailable
 from registry.catalog.models import AuditEvent
 from registry.catalog.outbox import OutboxPart
 from registry.catalog.placements import PlacementsPart, insert_key_slot
+from registry.catalog.policies import PoliciesPart
 from registry.catalog.tokens import TokensPart
 from registry.catalog.uisessions import UiSessionsPart
 from registry.catalog.versions import VersionsPart, add_version, store_blob_row
@@ -97,6 +99,7 @@ class Catalog(
     PlacementsPart,
     BrowsePart,
     UiSessionsPart,
+    PoliciesPart,
 ):
     """The catalog: every query and write of the registry's database (the methods come from the
     parts it is composed of; the transactions they run in are these)."""

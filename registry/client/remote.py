@@ -462,6 +462,17 @@ class RemoteRegistry:
         data = self._json("GET", "/v1/history", params=params)
         return [m.to_record() for m in wire.load_list(wire.AliasMove, data)]
 
+    def set_signer_policy(
+        self, name: str, signers: Sequence[str], *, alias: str | None = None
+    ) -> dict[str, tuple[str, ...]]:
+        _not_offered("policy set", "policy set")
+
+    def clear_signer_policy(self, name: str, *, alias: str | None = None) -> None:
+        _not_offered("policy clear", "policy clear")
+
+    def signer_policies(self, name: str) -> dict[str, tuple[str, ...]]:
+        _not_offered("policy show", "policy show")
+
     def set_retention(
         self,
         name: str | None,

@@ -102,6 +102,14 @@ class RegistrySurface(Protocol):
         signature: bytes | None = None,
     ) -> PushResult: ...
 
+    def set_signer_policy(
+        self, name: str, signers: Sequence[str], *, alias: str | None = None
+    ) -> dict[str, tuple[str, ...]]: ...
+
+    def clear_signer_policy(self, name: str, *, alias: str | None = None) -> None: ...
+
+    def signer_policies(self, name: str) -> dict[str, tuple[str, ...]]: ...
+
     def pull(
         self,
         ref: str,

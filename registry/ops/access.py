@@ -48,6 +48,7 @@ PERMISSIONS: dict[str, Permission] = {
     "audit": Permission(ADMIN, "read the audit trail"),
     "hold": Permission(ADMIN, "place or release legal holds"),
     "retention": Permission(ADMIN, "change retention"),
+    "policy": Permission(ADMIN, "change signer policies"),
     "delete": Permission(ADMIN, "delete a version"),
     "gc": Permission(ADMIN, "collect garbage"),
     "replicate": Permission(ADMIN, "replicate between regions"),

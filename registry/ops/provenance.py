@@ -13,7 +13,6 @@ from registry.ops.context import Context
 from registry.ops.queries import resolve
 from registry.provenance import BaseModel, Provenance, ProvenanceRequest
 
-
 # An OpenSSF model signature at the root of a pushed folder: the push's signature, not a file
 # of the model (model_signing leaves it out of what it signs, and a pull writes its own).
 SIGNATURE_FILE = "model.sig"
