@@ -268,12 +268,13 @@ def _plan_inputs(
     ):
         pointed.setdefault(number, []).append(alias)
     demoted = last_demotions(
-        session.execute(
+        (previous, number, moved_at)
+        for previous, number, moved_at in session.execute(
             select(before.number, target.number, AliasMove.moved_at)
             .join(target, target.id == AliasMove.version_id)
             .outerjoin(before, before.id == AliasMove.previous_version_id)
             .where(AliasMove.model_id == model.id)
-        ).tuples()
+        )
     )
     held = set(
         session.scalars(select(Version.number).join(LegalHold).where(Version.model_id == model.id))
