@@ -63,6 +63,7 @@ _TOP_LEVEL = {
     "webhooks",
     "api",
     "deadlines",
+    "openssf",
 }
 
 
@@ -265,6 +266,87 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class OpenSSFSettings:
+    """OpenSSF model signatures (`[openssf]`, docs/provenance.md): the key the registry signs
+    model.sig with (an ECDSA key file, made on first use, or an AWS KMS asymmetric key), and
+    whose signatures a push accepts (public keys, CA roots for certificates, a Sigstore trust
+    root with the identities it must name)."""
+
+    key_file: Path | None = None  # None: HOME/keys/openssf.pem
+    kms_key: str | None = None
+    kms_region: str | None = None
+    kms_endpoint_url: str | None = None
+    trusted_keys: tuple[Path, ...] = ()
+    trusted_ca: tuple[Path, ...] = ()
+    sigstore_trust_config: Path | None = None
+    # (identity, issuer) pairs: a Sigstore signature must name one of them.
+    sigstore_identities: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_config(cls, home: Path, section: object) -> OpenSSFSettings:
+        if not isinstance(section, dict):
+            raise InvalidInputError("[openssf] must be a table")
+        known = set(cls.__dataclass_fields__)
+        unknown = set(section) - known
+        if unknown:
+            raise InvalidInputError(
+                f"unknown [openssf] settings {sorted(unknown)}", hint=f"known: {sorted(known)}"
+            )
+        values: dict[str, Any] = dict(section)
+        for key in ("key_file", "sigstore_trust_config"):
+            if values.get(key) is not None:
+                values[key] = _path(home, values[key], f"openssf.{key}")
+        for key in ("trusted_keys", "trusted_ca"):
+            values[key] = tuple(
+                _path(home, item, f"openssf.{key}")
+                for item in _strings(values.get(key, []), f"openssf.{key}")
+            )
+        identities = values.get("sigstore_identities", [])
+        if not isinstance(identities, list) or not all(
+            isinstance(i, dict) and set(i) == {"identity", "issuer"} for i in identities
+        ):
+            raise InvalidInputError(
+                "openssf.sigstore_identities is a list of {identity, issuer} tables",
+                hint='e.g. [{identity = "ci@acme.iam", issuer = "https://accounts.google.com"}]',
+            )
+        values["sigstore_identities"] = tuple(
+            (str(i["identity"]), str(i["issuer"])) for i in identities
+        )
+        for key in ("kms_key", "kms_region", "kms_endpoint_url"):
+            if key in values and not isinstance(values[key], str):
+                raise InvalidInputError(f"openssf.{key} must be text")
+        return cls(**values)
+
+    def signing_key_file(self, home: Path) -> Path:
+        return self.key_file or home / "keys" / "openssf.pem"
+
+    def config_lines(self) -> list[str]:
+        """The `[openssf]` section, with only what differs from the defaults."""
+        lines = []
+        for name in (
+            "key_file",
+            "kms_key",
+            "kms_region",
+            "kms_endpoint_url",
+            "sigstore_trust_config",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                lines.append(f"{name} = {_toml_string(str(value))}")
+        for name in ("trusted_keys", "trusted_ca"):
+            values = getattr(self, name)
+            if values:
+                lines.append(f"{name} = [{', '.join(_toml_string(str(v)) for v in values)}]")
+        if self.sigstore_identities:
+            tables = ", ".join(
+                f"{{identity = {_toml_string(i)}, issuer = {_toml_string(o)}}}"
+                for i, o in self.sigstore_identities
+            )
+            lines.append(f"sigstore_identities = [{tables}]")
+        return ["", "[openssf]", *lines] if lines else []
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     registry_id: str
@@ -280,6 +362,7 @@ class Settings:
     webhooks: tuple[Webhook, ...] = field(default=())
     api: ApiSettings = field(default_factory=ApiSettings)
     deadlines: DeadlineSettings = field(default_factory=DeadlineSettings)
+    openssf: OpenSSFSettings = field(default_factory=OpenSSFSettings)
     # Key files being rotated away from (`keys rotate`): they unwrap, never wrap.
     previous_kek_files: tuple[Path, ...] = field(default=())
 
@@ -447,6 +530,7 @@ def load_settings(home: Path | None = None, *, config_file: Path | None = None) 
                 ),
                 api=ApiSettings.from_config(home, raw.get("api", {})),
                 deadlines=DeadlineSettings.from_config(raw.get("deadlines", {})),
+                openssf=OpenSSFSettings.from_config(home, raw.get("openssf", {})),
                 previous_kek_files=tuple(
                     _path(home, value, "keys.previous_kek_files")
                     for value in _strings(keys.get("previous_kek_files", []), "previous_kek_files")
@@ -541,6 +625,7 @@ def render_config(
     api: ApiSettings | None = None,
     deadlines: DeadlineSettings | None = None,
     previous_kek_files: Sequence[str] = (),
+    openssf: OpenSSFSettings | None = None,
 ) -> str:
     """The text of config.toml (written by `init`, `keys trust` and `keys rotate`)."""
     single = len(regions) == 1 and regions[0].name == PRIMARY and write_quorum is None
@@ -600,6 +685,8 @@ def render_config(
         lines += api.config_lines()
     if deadlines is not None:
         lines += deadlines.config_lines()
+    if openssf is not None:
+        lines += openssf.config_lines()
     return "\n".join(lines) + "\n"
 
 

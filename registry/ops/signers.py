@@ -107,6 +107,7 @@ def editing_config(ctx: Context) -> Iterator[dict[str, Any]]:
         ),
         api=ctx.settings.api,
         deadlines=ctx.settings.deadlines,
+        openssf=ctx.settings.openssf,
         previous_kek_files=[str(value) for value in keys.get("previous_kek_files", [])],
     )
     write_atomically(home / CONFIG_FILE, text)
