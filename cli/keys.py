@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from cli.ui import handle_errors, open_registry, print_json, progress_bar, stdout
 from registry import wire
+from registry.errors import StorageError
 
 if TYPE_CHECKING:
     from registry.reports import RegionKey
@@ -97,6 +99,36 @@ def new_signing_key(as_json: bool) -> None:
         return
     stdout.print(f"new signing key: {text}")
     stdout.print("trust it on other machines with: model-registry keys trust NAME " + text)
+
+
+@keys.command()
+@click.option(
+    "--openssf",
+    "target",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Write the public key of this registry's OpenSSF signer (PEM) to FILE ('-': stdout).",
+)
+@JSON
+@handle_errors
+def export(target: Path, as_json: bool) -> None:
+    """Export the public key verifiers of `pull --signature`'s model.sig need:
+    `model_signing verify key DIR --signature DIR/model.sig --public_key FILE`."""
+    with open_registry() as registry:
+        key = registry.openssf_public_key()
+    pem, fingerprint = key.pem, key.fingerprint
+    if str(target) == "-":
+        click.echo(pem.decode(), nl=False)
+        return
+    try:
+        target.write_bytes(pem)
+    except OSError as error:
+        raise StorageError(f"cannot write {target}: {error.strerror}") from None
+    if as_json:
+        print_json({"file": str(target), "fingerprint": fingerprint})
+    else:
+        stdout.print(f"wrote {target}: OpenSSF public key, fingerprint {fingerprint}")
 
 
 @keys.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -171,6 +172,13 @@ def push(
     metavar="PATTERN",
     help="Leave out the files matching PATTERN; repeatable.",
 )
+@click.option(
+    "--signature",
+    "signed",
+    is_flag=True,
+    help="Also write DEST/model.sig: an OpenSSF model signature of the files, by this "
+    "registry's OpenSSF key (docs/provenance.md).",
+)
 @JSON
 @QUIET
 @handle_errors
@@ -180,21 +188,35 @@ def pull(
     force: bool,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    signed: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Write the files of REF into DEST, each verified before it appears under its final name.
     Files already in DEST with the right content are kept; run again, an interrupted pull
     goes on from the files it had verified."""
+    if signed and (include or exclude):
+        raise InvalidInputError(
+            "--signature signs every file of the version: it does not go with --include or "
+            "--exclude (a verifier would refuse the partial folder)"
+        )
     started = time.perf_counter()
     bar = progress_bar(as_json=as_json, quiet=quiet)
     with open_registry() as registry:
+        signature = None
+        if signed:
+            # The version is pinned first: an alias that moves meanwhile cannot make the
+            # signature and the files disagree.
+            ref = registry.resolve(ref).ref
+            signature = registry.openssf_signature(ref)
         try:
             result = registry.pull(
                 ref, dest, force=force, include=include, exclude=exclude, progress=bar
             )
         finally:
             bar.close()
+    if signature is not None:
+        write_signature(result.destination, signature)
     warn_read_around(result.bad_copies)
     seconds = time.perf_counter() - started
     if as_json:
@@ -298,6 +320,18 @@ def show(ref: str, digests: bool, as_json: bool) -> None:
         digest = entry.digest if digests else "blake3:" + digest_prefix(entry.digest)
         found.add_row(entry.path, human_size(entry.size), tensors, digest)
     print_table(found)
+
+
+def write_signature(folder: Path, signature: bytes) -> None:
+    """`folder/model.sig`, replaced whole (each signature differs: ECDSA draws a nonce)."""
+    target = folder / "model.sig"
+    temporary = folder / f".model.sig.{os.getpid()}.tmp"
+    try:
+        temporary.write_bytes(signature)
+        os.replace(temporary, target)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {target}: {error.strerror}") from None
 
 
 def ancestors(registry: RegistrySurface, details: VersionDetails) -> list[tuple[bool, str]]:

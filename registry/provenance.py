@@ -18,7 +18,6 @@ from registry.refs import validate_name
 
 _KEY = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _OPENSSF_KINDS = ("key", "certificate", "sigstore")
-_HEX_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 MAX_META = 64
 MAX_VALUE = 1024
 MAX_DATASETS = 32
@@ -64,7 +63,8 @@ class Dataset:
 class OpenSSFSigner:
     """Who signed the version's files with an OpenSSF model signature, checked at push:
     `kind` key (identity: the public key's SHA-256 fingerprint), certificate (the leaf's SAN
-    or CN) or sigstore (the OIDC identity, with its issuer); `bundle` the SHA-256 of model.sig."""
+    or CN) or sigstore (the OIDC identity, with its issuer); `bundle` the BLAKE3 digest of
+    model.sig."""
 
     kind: str
     identity: str
@@ -119,8 +119,8 @@ class Provenance:
             _text("OpenSSF signer identity", signer.identity)
             if signer.issuer is not None:
                 _text("OpenSSF signer issuer", signer.issuer)
-            if not _HEX_SHA256.fullmatch(signer.bundle):
-                raise InvalidInputError("an OpenSSF signature is recorded by its sha256")
+            if not is_digest(signer.bundle):
+                raise InvalidInputError("an OpenSSF signature is recorded by its blake3 digest")
 
     @property
     def empty(self) -> bool:

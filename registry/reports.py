@@ -442,3 +442,12 @@ class VersionDiff:
     tensors_changed: tuple[TensorChange, ...]
     tensors_same: int
     config_changes: Mapping[str, tuple[object, object]]
+
+
+@dataclass(frozen=True)
+class OpenSSFKey:
+    """The public key of the registry's OpenSSF signer: PEM, and its SHA-256 fingerprint (of
+    the DER SubjectPublicKeyInfo: what a push records as a key signer's identity)."""
+
+    pem: bytes
+    fingerprint: str

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from registry.ops.context import Context
     from registry.records import ModelSummary, TokenRecord, UiSessionRecord
-    from registry.reports import AuditPage, ModelOverview, ModelPage, VersionDiff, VersionRow
+    from registry.reports import (
+        AuditPage,
+        ModelOverview,
+        ModelPage,
+        OpenSSFKey,
+        VersionDiff,
+        VersionRow,
+    )
 
 
 class Browsing:
@@ -140,3 +147,16 @@ class Browsing:
         from registry.ops import policies as policies_ops
 
         return policies_ops.signer_policies(self._context, name)
+
+    def openssf_public_key(self) -> OpenSSFKey:
+        """The PEM public key verifiers of this registry's OpenSSF signatures need."""
+        from registry.ops import signatures as signatures_ops
+
+        return signatures_ops.openssf_public_key(self._context)
+
+    def openssf_signature(self, ref: str) -> bytes:
+        """`model.sig` for a version: an OpenSSF model signature of its files (their recorded
+        SHA-256 digests) by this registry's OpenSSF key; audited."""
+        from registry.ops import signatures as signatures_ops
+
+        return signatures_ops.openssf_signature(self._context, ref)

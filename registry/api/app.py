@@ -39,6 +39,7 @@ from registry.api.routes.audit import AuditController
 from registry.api.routes.blobs import BlobsController
 from registry.api.routes.lifecycle import LifecycleController
 from registry.api.routes.models import ModelsController
+from registry.api.routes.provenance import ProvenanceController
 from registry.api.routes.service import ServiceController
 from registry.api.routes.uploads import UploadsController
 from registry.api.ui import template_config, ui_router
@@ -56,6 +57,7 @@ ROUTES: list[ControllerRouterHandler] = [
     AliasesController,
     LifecycleController,
     AuditController,
+    ProvenanceController,
 ]
 
 

@@ -234,6 +234,10 @@ def store_blob_row(session: Session, blob: NewBlob, now: datetime) -> None:
     row.chunk_size = blob.chunk_size
 
 
+def _signed(new: NewVersion) -> bool:
+    return any(key == "openssf.signer" for key, _ in new.meta)
+
+
 def add_version(
     session: Session, model: Model, new: NewVersion, *, at: datetime, **audit: Any
 ) -> Version:
@@ -283,6 +287,8 @@ def add_version(
                 "digest": new.digest,
                 "files": len(new.files),
                 "bytes": new.total_size,
+                # Who signed its files (OpenSSF), checked by the push: in the trail with it.
+                **({"openssf": dict(new.meta)["openssf.signer"]} if _signed(new) else {}),
                 **audit,
             }
         ),

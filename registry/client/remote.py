@@ -55,6 +55,7 @@ from registry.reports import (
     GcReport,
     HoldResult,
     KeysReport,
+    OpenSSFKey,
     PullResult,
     PushResult,
     RegionStatus,
@@ -461,6 +462,14 @@ class RemoteRegistry:
             params["at"] = at.isoformat()
         data = self._json("GET", "/v1/history", params=params)
         return [m.to_record() for m in wire.load_list(wire.AliasMove, data)]
+
+    def openssf_public_key(self) -> OpenSSFKey:
+        """The public key of the server's OpenSSF signer."""
+        return wire.load(wire.OpenSSFKey, self._json("GET", "/v1/openssf/public-key")).to_report()
+
+    def openssf_signature(self, ref: str) -> bytes:
+        """`model.sig` for a version, signed by the server's OpenSSF key."""
+        return self._call("GET", "/v1/openssf/signature", params={"ref": ref}).content
 
     def set_signer_policy(
         self, name: str, signers: Sequence[str], *, alias: str | None = None

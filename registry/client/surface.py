@@ -34,6 +34,7 @@ from registry.reports import (
     GcReport,
     HoldResult,
     KeysReport,
+    OpenSSFKey,
     PullResult,
     PushResult,
     RegionStatus,
@@ -88,6 +89,10 @@ class RegistrySurface(Protocol):
     def resolve(self, ref: str) -> VersionRecord: ...
 
     def show(self, ref: str) -> VersionDetails: ...
+
+    def openssf_public_key(self) -> OpenSSFKey: ...
+
+    def openssf_signature(self, ref: str) -> bytes: ...
 
     def push(
         self,

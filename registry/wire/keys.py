@@ -68,6 +68,20 @@ class SigningKey(Wire, kw_only=True):
     public_key: str
 
 
+class OpenSSFKey(Wire, kw_only=True):
+    """The public key of the registry's OpenSSF signer (`keys export --openssf`)."""
+
+    pem: str
+    fingerprint: str  # SHA-256 of the DER SubjectPublicKeyInfo, hex
+
+    @classmethod
+    def of(cls, key: reports.OpenSSFKey) -> OpenSSFKey:
+        return cls(pem=key.pem.decode(), fingerprint=key.fingerprint)
+
+    def to_report(self) -> reports.OpenSSFKey:
+        return reports.OpenSSFKey(self.pem.encode(), self.fingerprint)
+
+
 class Keys(Wire, kw_only=True):
     """The signing key, each region's key-encryption key and the trusted signers."""
 
