@@ -21,6 +21,7 @@ from registry.digest import FileDigests, hash_file_chunks
 from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
 from registry.ops.context import Context
+from registry.ops.provenance import SIGNATURE_FILE
 
 if TYPE_CHECKING:
     from registry.provenance import ProvenanceRequest
@@ -130,6 +131,10 @@ class EarlyDigests:
         bytes) the early pass hashed, at this chunk size; else None (hash them again)."""
         self._thread.join()
         found = self._found
+        # A root model.sig is the push's signature, not one of its files (ops.provenance):
+        # the early pass hashed it too, and that is no reason to hash the rest again.
+        if found is not None:
+            found = {path: value for path, value in found.items() if path != SIGNATURE_FILE}
         if (
             found is None
             or chunk_size != self._chunk_size
