@@ -11,6 +11,7 @@ from cli import (
     api,
     audit,
     catalog,
+    diff,
     drill,
     events,
     gc,
@@ -21,7 +22,9 @@ from cli import (
     regions,
     registry_commands,
     retention,
+    search,
     serving,
+    tags,
     versions,
 )
 from registry import __version__
@@ -52,6 +55,9 @@ def main(url: str | None, token: str | None) -> None:
 
 registry_commands.register(main)
 versions.register(main)
+tags.register(main)
+search.register(main)
+diff.register(main)
 serving.register(main)
 kserve.register(main)
 main.add_command(keys.keys)

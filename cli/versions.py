@@ -29,13 +29,16 @@ from registry.errors import (
     REPUSH_HINT,
     IntegrityError,
     InvalidInputError,
+    NotFoundError,
     RegistryError,
     StorageError,
 )
 
 if TYPE_CHECKING:
     from registry.client import RegistrySurface
+    from registry.manifest import ManifestFile
     from registry.provenance import Provenance
+    from registry.records import ModelRecord
     from registry.reports import VersionDetails
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -237,39 +240,49 @@ def pull(
     )
 
 
+def _print_models(models: list[ModelRecord], *, as_json: bool) -> None:
+    if as_json:
+        print_json([wire.Model.of(m) for m in models])
+        return
+    if not models:
+        stdout.print("no models yet: model-registry push NAME PATH")
+        return
+    found = table("model", "versions", "latest", "size", "stored", "created (UTC)")
+    for m in models:
+        found.add_row(
+            m.name,
+            str(m.version_count),
+            f"@{m.latest}" if m.latest else "-",
+            human_size(m.total_size),
+            human_size(m.stored_size),
+            m.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    print_table(found)
+
+
 @click.command("ls")
 @click.argument("name", required=False)
 @click.option(
     "--expired", is_flag=True, help="With NAME: list expired and deleted versions (tombstones) too."
 )
+@click.option("--tag", metavar="TAG", help="Only the versions tagged TAG (of NAME, or of all).")
 @JSON
 @handle_errors
-def list_(name: str | None, expired: bool, as_json: bool) -> None:
-    """List models, or the versions of NAME."""
+def list_(name: str | None, expired: bool, tag: str | None, as_json: bool) -> None:
+    """List models, or the versions of NAME; with --tag, the versions tagged TAG."""
     with open_registry() as registry:
-        if name is None:
-            models = registry.models()
-            if as_json:
-                print_json([wire.Model.of(m) for m in models])
-                return
-            if not models:
-                stdout.print("no models yet: model-registry push NAME PATH")
-                return
-            found = table("model", "versions", "latest", "size", "stored", "created (UTC)")
-            for m in models:
-                found.add_row(
-                    m.name,
-                    str(m.version_count),
-                    f"@{m.latest}" if m.latest else "-",
-                    human_size(m.total_size),
-                    human_size(m.stored_size),
-                    m.created_at.strftime("%Y-%m-%d %H:%M"),
-                )
-            print_table(found)
+        if tag is not None:
+            versions = registry.tagged(tag, name=name, expired=expired)
+        elif name is not None:
+            versions = registry.versions(name, expired=expired)
+        else:
+            _print_models(registry.models(), as_json=as_json)
             return
-        versions = registry.versions(name, expired=expired)
     if as_json:
         print_json([wire.Version.of(v) for v in versions])
+        return
+    if tag is not None and not versions:
+        stdout.print(f"no version{f' of {name}' if name else ''} is tagged {tag}")
         return
     # The file count is left to `show`: the message keeps room to be read in 80 columns.
     whole = ("version", "blake3", "size", "created (UTC)", "by")
@@ -292,12 +305,17 @@ def list_(name: str | None, expired: bool, as_json: bool) -> None:
 @click.command()
 @click.argument("ref")
 @click.option("--digests", is_flag=True, help="Print each file's whole digest, not a prefix.")
+@click.option("--card", is_flag=True, help="Print the model card (README.md) as it was pushed.")
 @JSON
 @handle_errors
-def show(ref: str, digests: bool, as_json: bool) -> None:
-    """Show a version: files, sizes, tensors, dtypes, parameters, digest, who made it and when."""
+def show(ref: str, digests: bool, card: bool, as_json: bool) -> None:
+    """Show a version: files, sizes, tensors, dtypes, parameters, digest, tags, who made it and
+    when; with --card, its model card."""
     with open_registry() as registry:
         details = registry.show(ref)
+        if card:
+            _card(registry, details.version.ref, details.manifest.files, as_json=as_json)
+            return
         chain = ancestors(registry, details)
     version, manifest = details.version, details.manifest
     if as_json:
@@ -308,6 +326,8 @@ def show(ref: str, digests: bool, as_json: bool) -> None:
     stdout.print(f"  signed by  {details.signer}")
     if version.message:
         stdout.print(f"  message    {version.message}")
+    if details.tags:
+        stdout.print(f"  tags       {', '.join(details.tags)}")
     stdout.print(
         f"  size       {human_size(version.total_size)} in {version.file_count} files; "
         f"{version.tensor_count} tensors, {version.parameter_count:,} parameters, "
@@ -380,6 +400,30 @@ def print_provenance(provenance: Provenance | None, chain: list[tuple[bool, str]
     for index, (found, line) in enumerate(chain):
         label = "base model" if index == 0 else ""
         stdout.print(f"  {label:<10} {'<- ' if index else ''}{line}" + ("" if found else " !"))
+
+
+def _card(
+    registry: RegistrySurface, ref: str, files: tuple[ManifestFile, ...], *, as_json: bool
+) -> None:
+    """Print the version's model card: its README.md at the root, whatever the case of the
+    name (README.md itself first), decrypted and verified in memory, byte for byte as pushed."""
+    named = sorted((f for f in files if f.path.lower() == "readme.md"), key=lambda f: f.path)
+    entry = next((f for f in named if f.path == "README.md"), named[0] if named else None)
+    if entry is None:
+        raise NotFoundError(
+            f"{ref} has no model card (no README.md at its root)",
+            hint=f"`model-registry show {ref}` lists its files",
+        )
+    data = registry.read_small_file(ref, entry.path)
+    if as_json:
+        text = data.decode("utf-8", errors="replace")
+        print_json(
+            wire.ModelCard(
+                ref=ref, path=entry.path, size=entry.size, digest=entry.digest, text=text
+            )
+        )
+        return
+    click.echo(data, nl=False)  # bytes: written as they are, never re-encoded or styled
 
 
 @click.command()

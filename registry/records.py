@@ -323,3 +323,41 @@ class UiSessionRecord:
     created_at: datetime
     seen_at: datetime
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    """A tag on a version (a mutable label, outside the signed manifest): who added it, when."""
+
+    name: str
+    number: int
+    tag: str
+    added_at: datetime
+    added_by: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.number}"
+
+
+# What a search hit matched: its model's name, a tag, a metadata key and value, its message.
+MATCH_FIELDS = ("name", "tag", "meta", "message")
+
+
+@dataclass(frozen=True)
+class SearchMatch:
+    """One reason a version is a search hit: `field` (one of MATCH_FIELDS), the text that
+    matched (the model's name, the tag, the metadata value, a piece of the message) and, for
+    metadata, its key."""
+
+    field: str
+    value: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A version a search found, with every reason it matched."""
+
+    version: VersionRecord
+    matches: tuple[SearchMatch, ...]

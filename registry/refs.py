@@ -1,4 +1,5 @@
-"""Parse and validate model names, version references and the relative paths of a version's files.
+"""Parse and validate model names, version references, tags and the relative paths of a version's
+files.
 
 Grammar (docs/design.md, README):
 
@@ -22,6 +23,7 @@ MIN_DIGEST_PREFIX = 12
 MAX_VERSION = 2**31 - 1  # the catalog's INTEGER column
 _SEGMENT = re.compile(r"[a-z0-9][a-z0-9._-]*")
 _ALIAS = re.compile(r"[a-z][a-z0-9._-]{0,62}")
+_TAG = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _DIGEST_PREFIX = re.compile(r"[0-9a-f]{12,64}")
 MAX_PATH_LENGTH = 1024
 MAX_PATH_SEGMENT = 255
@@ -55,6 +57,17 @@ def validate_alias(alias: str) -> str:
             hint="aliases match [a-z][a-z0-9._-]{0,62}",
         )
     return alias
+
+
+def validate_tag(tag: str) -> str:
+    """Return `tag` if it is a valid tag (lower-case letters, digits, `.`, `_`, `-`; 64 at
+    most, starting with a letter or digit), else raise `InvalidInputError`."""
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise InvalidInputError(
+            f"invalid tag {tag!r}: use lower-case letters, digits, '.', '_' and '-'",
+            hint="tags match [a-z0-9][a-z0-9._-]{0,63}, e.g. eval-passed or release-2026.11",
+        )
+    return tag
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from registry.records import (
     AuditRecord,
     HoldRecord,
     ModelSummary,
+    SearchHit,
+    TagRecord,
     VersionRecord,
     VersionState,
 )
@@ -287,6 +289,7 @@ class VersionDetails:
     version: VersionRecord
     manifest: Manifest
     signer: str
+    tags: tuple[str, ...] = ()  # its tags now, sorted (mutable: not part of the manifest)
 
 
 @dataclass(frozen=True)
@@ -426,8 +429,11 @@ class TensorChange:
 @dataclass(frozen=True)
 class VersionDiff:
     """What changed from version `a` to version `b` of a model (or of two models): files whose
-    content `b` reuses and files with new bytes, tensors added, removed and changed, and the
-    keys of config.json that differ (key -> (value in a, value in b); None: absent)."""
+    content `b` reuses and files with new bytes, tensors added, removed and changed, the keys of
+    config.json that differ (key -> (value in a, value in b); None: absent) and the metadata
+    keys that differ (the same way). `config_compared` is False when the configs were not read
+    (the REST API's answer: the server never sends a file's plaintext, its client compares
+    them itself)."""
 
     a: VersionRecord
     b: VersionRecord
@@ -442,6 +448,41 @@ class VersionDiff:
     tensors_changed: tuple[TensorChange, ...]
     tensors_same: int
     config_changes: Mapping[str, tuple[object, object]]
+    meta_changes: Mapping[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    config_compared: bool = True
+
+
+def config_changes(
+    a: Mapping[str, object], b: Mapping[str, object], *, prefix: str = ""
+) -> dict[str, tuple[object, object]]:
+    """The keys of two JSON objects (configs) whose values differ, nested objects flattened
+    with dots (a missing key: None)."""
+    changes: dict[str, tuple[object, object]] = {}
+    for key in sorted(a.keys() | b.keys()):
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, Mapping) and isinstance(right, Mapping):
+            changes.update(config_changes(left, right, prefix=f"{prefix}{key}."))
+        elif left != right or (key in a) != (key in b):
+            changes[f"{prefix}{key}"] = (left, right)
+    return changes
+
+
+@dataclass(frozen=True)
+class TagChange:
+    """A tag added to or removed from a version; `changed` is False when the version already
+    had it (an add changes nothing then)."""
+
+    tag: TagRecord
+    changed: bool
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A search: its hits newest first, at most the limit asked, and whether there were more."""
+
+    query: str
+    hits: tuple[SearchHit, ...]
+    more: bool
 
 
 @dataclass(frozen=True)

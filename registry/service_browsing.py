@@ -1,8 +1,7 @@
-"""The second half of the facade: browsing a page at a time (models, a model's overview, a
-version's row, the audit trail, small files, diffs), the web UI's sessions, and provenance
-rules (signer policies). `Registry` is made of
-this and `registry.service`; each method is a one-line delegation to its operation, exactly as
-there.
+"""The second half of the facade: reading a page at a time (models, a model's overview, a
+version's row, the audit trail, small files, diffs), tags, search, the web UI's sessions, and
+provenance (signer policies, OpenSSF signatures). `Registry` is made of this and
+`registry.service`; each method is a one-line delegation to its operation, exactly as there.
 """
 
 from __future__ import annotations
@@ -13,12 +12,20 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from registry.ops.context import Context
-    from registry.records import ModelSummary, TokenRecord, UiSessionRecord
+    from registry.records import (
+        ModelSummary,
+        TagRecord,
+        TokenRecord,
+        UiSessionRecord,
+        VersionRecord,
+    )
     from registry.reports import (
         AuditPage,
         ModelOverview,
         ModelPage,
         OpenSSFKey,
+        SearchResult,
+        TagChange,
         VersionDiff,
         VersionRow,
     )
@@ -103,12 +110,53 @@ class Browsing:
 
         return browse_ops.read_small_file(self._context, ref, path)
 
-    def diff(self, a: str, b: str) -> VersionDiff:
+    def diff(self, a: str, b: str, *, config: bool = True) -> VersionDiff:
         """What changed from version `a` to version `b`: files reused and new bytes, tensors
-        added, removed and changed, config.json keys changed."""
+        added, removed and changed, config.json keys (unless not `config`) and metadata
+        changed."""
         from registry.ops import diff as diff_ops
 
-        return diff_ops.diff(self._context, a, b)
+        return diff_ops.diff(self._context, a, b, config=config)
+
+    def add_tag(self, ref: str, tag: str) -> TagChange:
+        """Tag a version (promoter; audited); a tag it has already changes nothing."""
+        from registry.ops import tags as tags_ops
+
+        return tags_ops.add_tag(self._context, ref, tag)
+
+    def remove_tag(self, ref: str, tag: str) -> TagChange:
+        """Remove a version's tag (promoter; audited); NotFoundError when it has none such."""
+        from registry.ops import tags as tags_ops
+
+        return tags_ops.remove_tag(self._context, ref, tag)
+
+    def tags(self, ref: str) -> list[TagRecord]:
+        """A version's tags, with who added each and when."""
+        from registry.ops import tags as tags_ops
+
+        return tags_ops.tags(self._context, ref)
+
+    def tagged(
+        self, tag: str, *, name: str | None = None, expired: bool = False
+    ) -> list[VersionRecord]:
+        """The versions tagged `tag` (of model `name`), by model and number."""
+        from registry.ops import tags as tags_ops
+
+        return tags_ops.tagged(self._context, tag, name=name, expired=expired)
+
+    def search(
+        self,
+        query: str,
+        *,
+        model: str | None = None,
+        patterns: Sequence[str] = ("*",),
+        limit: int = 50,
+    ) -> SearchResult:
+        """The newest live versions whose model name, tags, metadata or message match `query`
+        (`KEY=VALUE`: metadata exactly), among the models `patterns` (and `model`) name."""
+        from registry.ops import search as search_ops
+
+        return search_ops.search(self._context, query, model=model, patterns=patterns, limit=limit)
 
     def open_ui_session(self, token_text: str) -> tuple[str, UiSessionRecord, TokenRecord]:
         """Sign in to the web UI with an API token: the session id for the cookie, the

@@ -86,6 +86,13 @@ def test_lite_reads_answer_like_the_catalog(filled: Registry) -> None:
     for version in filled.versions("org/llama", expired=True):
         assert reads.cached_manifest(version.digest) == catalog.cached_manifest(version.digest)
     assert any(v.expired_at is not None for v in filled.versions("org/llama", expired=True))
+    filled.add_tag("org/llama@2", "eval-passed")
+    filled.add_tag("org/llama@2", "candidate")
+    filled.add_tag("org/llama@3", "nightly")
+    for name, number in (("org/llama", 2), ("org/llama", 3), ("org/llama", 9), ("no/one", 1)):
+        tags = reads.version_tags(name, number)
+        assert tags == catalog.version_tags(name, number), (name, number)
+    assert [t.tag for t in reads.version_tags("org/llama", 2)] == ["candidate", "eval-passed"]
 
 
 def test_an_ambiguous_digest_prefix_is_refused_alike(filled: Registry) -> None:

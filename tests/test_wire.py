@@ -55,6 +55,7 @@ def served(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
         registry.promote("org/llama@2", "production")
         registry.hold("org/llama@1", reason="litigation")
         registry.set_retention("org/llama", keep_last=1)
+        registry.add_tag("org/llama@1", "eval-passed")
         tokens = {
             ADMIN: registry.create_token("admin", role=ADMIN, models=["*"])[1],
             READER: registry.create_token("reader", role=READER, models=["org/*"])[1],
@@ -113,6 +114,24 @@ def test_a_version_is_the_same_json_from_the_cli_the_api_and_the_client(served: 
             lambda r: [wire.AliasMove.of(m) for m in r.history("org/llama")],
         ),
         (["hold", "ls"], "/v1/holds", {}, lambda r: [wire.Hold.of(h) for h in r.holds()]),
+        (
+            ["tag", "ls", "org/llama@1"],
+            "/v1/tags",
+            {"ref": "org/llama@1"},
+            lambda r: [wire.Tag.of(t) for t in r.tags("org/llama@1")],
+        ),
+        (
+            ["ls", "--tag", "eval-passed"],
+            "/v1/tagged",
+            {"tag": "eval-passed"},
+            lambda r: [wire.Version.of(v) for v in r.tagged("eval-passed")],
+        ),
+        (
+            ["search", "llama"],
+            "/v1/search",
+            {"q": "llama"},
+            lambda r: wire.SearchResult.of(r.search("llama")),
+        ),
         (
             ["retention", "show", "org/llama"],
             "/v1/retention",

@@ -40,7 +40,9 @@ from registry.api.routes.blobs import BlobsController
 from registry.api.routes.lifecycle import LifecycleController
 from registry.api.routes.models import ModelsController
 from registry.api.routes.provenance import ProvenanceController
+from registry.api.routes.search import SearchController
 from registry.api.routes.service import ServiceController
+from registry.api.routes.tags import TagsController
 from registry.api.routes.uploads import UploadsController
 from registry.api.ui import template_config, ui_router
 from registry.api.uploads import Uploads
@@ -55,6 +57,8 @@ ROUTES: list[ControllerRouterHandler] = [
     BlobsController,
     UploadsController,
     AliasesController,
+    TagsController,
+    SearchController,
     LifecycleController,
     AuditController,
     ProvenanceController,

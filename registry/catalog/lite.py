@@ -1,8 +1,8 @@
 """A SQLite catalog read through the standard library's `sqlite3`, without SQLAlchemy: the open
 checks' usual outcome (this registry's catalog, at this release's schema), the reads `ls` and
-`show` make (models, versions, a reference resolved, a cached manifest), and those a load makes
-before its first tensor (the journal's outbox and marks it compares with the stores', a file's key
-slots).
+`show` make (models, versions, a reference resolved, a cached manifest, a version's tags), and
+those a load makes before its first tensor (the journal's outbox and marks it compares with the
+stores', a file's key slots).
 
 Importing SQLAlchemy takes longer than the whole 0.3 s a listing may take (docs/benchmarks.md,
 "CLI start-up"), so a command that only lists opens the catalog through here and SQLAlchemy is
@@ -30,7 +30,13 @@ from urllib.parse import quote
 
 from registry.crypto.keys import WrappedKey
 from registry.errors import AmbiguousReferenceError, NotFoundError, StorageError
-from registry.records import FileRecord, JournalEpochRecord, ModelRecord, VersionRecord
+from registry.records import (
+    FileRecord,
+    JournalEpochRecord,
+    ModelRecord,
+    TagRecord,
+    VersionRecord,
+)
 from registry.refs import Reference
 
 # The newest migration of this release. A test checks it against the scripts; comparing with it
@@ -58,6 +64,8 @@ class CatalogReads(Protocol):
     def resolve(self, ref: Reference) -> VersionRecord: ...
 
     def cached_manifest(self, digest: str) -> bytes | None: ...
+
+    def version_tags(self, name: str, number: int) -> list[TagRecord]: ...
 
     def key_slots(self, digest: str, purpose: str) -> list[WrappedKey]: ...
 
@@ -226,6 +234,17 @@ class LiteCatalog:
             if not found:
                 raise NotFoundError(f"model {ref.name} has no versions")
             return found[0]
+
+    def version_tags(self, name: str, number: int) -> list[TagRecord]:
+        """The tags of version `number` of model `name`, by tag (`show` prints them)."""
+        with self._read() as connection:
+            rows = connection.execute(
+                "SELECT t.tag, t.added_at, t.added_by FROM tags t "
+                "JOIN versions v ON v.id = t.version_id JOIN models m ON m.id = v.model_id "
+                "WHERE m.name = :name AND v.number = :number ORDER BY t.tag",
+                {"name": name, "number": number},
+            ).fetchall()
+        return [TagRecord(name, number, tag, _aware(at), by) for tag, at, by in rows]
 
     def cached_manifest(self, digest: str) -> bytes | None:
         """A version's signed manifest envelope, if cached (the caller checks it)."""

@@ -18,6 +18,8 @@ Every name other modules import from here stays importable from here (`add_versi
 - `outbox`: the journal's entries, marks and epochs
 - `deliveries`: webhook event deliveries
 - `browse`: the web UI's paged reads (models, versions, alias moves, the audit trail)
+- `tags`: tags on versions
+- `search`: versions found by names, tags, metadata and messages; a version's metadata
 - `uisessions`: web UI sessions
 - `policies`: signer policies (who must have signed before an alias moves)
 
@@ -51,6 +53,8 @@ from registry.catalog.models import AuditEvent
 from registry.catalog.outbox import OutboxPart
 from registry.catalog.placements import PlacementsPart, insert_key_slot
 from registry.catalog.policies import PoliciesPart
+from registry.catalog.search import SearchPart
+from registry.catalog.tags import TagsPart
 from registry.catalog.tokens import TokensPart
 from registry.catalog.uisessions import UiSessionsPart
 from registry.catalog.versions import VersionsPart, add_version, store_blob_row
@@ -100,6 +104,8 @@ class Catalog(
     BrowsePart,
     UiSessionsPart,
     PoliciesPart,
+    TagsPart,
+    SearchPart,
 ):
     """The catalog: every query and write of the registry's database (the methods come from the
     parts it is composed of; the transactions they run in are these)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import http.client
 import json
@@ -47,6 +48,7 @@ from registry.records import (
     DeliveryRecord,
     HoldRecord,
     ModelRecord,
+    TagRecord,
     VersionRecord,
 )
 from registry.reports import (
@@ -62,8 +64,12 @@ from registry.reports import (
     ReplicateReport,
     RotationReport,
     ScrubReport,
+    SearchResult,
+    TagChange,
     VerifyReport,
     VersionDetails,
+    VersionDiff,
+    config_changes,
 )
 from registry.retention import Decision, Policy
 
@@ -76,6 +82,9 @@ PARALLEL = 4  # requests in flight
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 RETRIES = 5
 RATE_LIMIT_PATIENCE = 120.0  # seconds a request waits out 429 answers before it gives up
+# A small file read whole into memory (a model card, a config), as the server's own limit.
+MAX_SMALL_FILE = 4 * 1024 * 1024
+CONFIG = "config.json"
 
 
 class NotOfferedError(InvalidInputError):
@@ -557,6 +566,74 @@ class RemoteRegistry:
     def verify_audit(self) -> AuditVerification:
         data = self._json("GET", "/v1/audit/verify")
         return wire.load(wire.AuditVerification, data).to_record()
+
+    # -- tags, search, diff, small files --------------------------------------------------------
+
+    def add_tag(self, ref: str, tag: str) -> TagChange:
+        data = self._json("POST", "/v1/tags", json={"ref": ref, "tag": tag})
+        return wire.load(wire.TagChange, data).to_report()
+
+    def remove_tag(self, ref: str, tag: str) -> TagChange:
+        data = self._json("POST", "/v1/tags/remove", json={"ref": ref, "tag": tag})
+        return wire.load(wire.TagChange, data).to_report()
+
+    def tags(self, ref: str) -> list[TagRecord]:
+        data = self._json("GET", "/v1/tags", params={"ref": ref})
+        return [t.to_record() for t in wire.load_list(wire.Tag, data)]
+
+    def tagged(
+        self, tag: str, *, name: str | None = None, expired: bool = False
+    ) -> list[VersionRecord]:
+        params = {"tag": tag, "expired": str(expired).lower()}
+        if name is not None:
+            params["model"] = name
+        data = self._json("GET", "/v1/tagged", params=params)
+        return [v.to_record() for v in wire.load_list(wire.Version, data)]
+
+    def search(self, query: str, *, model: str | None = None, limit: int = 50) -> SearchResult:
+        params = {"q": query, "limit": str(limit)}
+        if model is not None:
+            params["model"] = model
+        data = self._json("GET", "/v1/search", params=params)
+        return wire.load(wire.SearchResult, data).to_report()
+
+    def diff(self, a: str, b: str) -> VersionDiff:
+        """The server's diff of the files, tensors and metadata; the config.json of each
+        version compared here, decrypted as a pull decrypts (the server never sends a file's
+        plaintext)."""
+        data = self._json("GET", "/v1/diff", params={"a": a, "b": b})
+        found = wire.load(wire.VersionDiff, data).to_report()
+        configs = [self._config(version) for version in (found.a, found.b)]
+        return dataclasses.replace(
+            found,
+            config_changes=config_changes(configs[0] or {}, configs[1] or {}),
+            config_compared=True,
+        )
+
+    def _config(self, version: VersionRecord) -> dict[str, Any] | None:
+        """A version's config.json as a JSON object (None: none, too large, not an object)."""
+        entry = next((f for f in version.files if f.path == CONFIG), None)
+        if entry is None or entry.size > MAX_SMALL_FILE:
+            return None
+        try:
+            value = json.loads(self.read_small_file(version.ref, CONFIG))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def read_small_file(self, ref: str, path: str) -> bytes:
+        """One of a version's small files (a model card, a config): its ciphertext and key
+        from the server, decrypted and verified here, in memory, as a pull does."""
+        details = self.show(ref)
+        version = details.version
+        entry = next((f for f in details.manifest.files if f.path == path), None)
+        if entry is None:
+            raise errors.NotFoundError(f"{version.ref} has no file {path}")
+        if entry.size > MAX_SMALL_FILE:
+            raise InvalidInputError(f"{path} is {entry.size} bytes: too large to show")
+        opened = self._opener(version, self.data_keys(version.ref))
+        chunks = opened(entry, lambda _offset, _chunk: None)
+        return b"".join(bytes(chunk) for chunk in chunks)
 
     # -- not offered by the REST API: these run on the server's host ----------------------------
 

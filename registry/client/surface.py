@@ -26,6 +26,7 @@ from registry.records import (
     DeliveryRecord,
     HoldRecord,
     ModelRecord,
+    TagRecord,
     VersionRecord,
 )
 from registry.reports import (
@@ -41,8 +42,11 @@ from registry.reports import (
     ReplicateReport,
     RotationReport,
     ScrubReport,
+    SearchResult,
+    TagChange,
     VerifyReport,
     VersionDetails,
+    VersionDiff,
 )
 from registry.retention import Decision, Policy
 
@@ -153,6 +157,23 @@ class RegistrySurface(Protocol):
     def history(
         self, name: str, alias: str | None = None, *, at: datetime | None = None
     ) -> list[AliasMoveRecord]: ...
+
+    # -- tags, search, diff, small files
+    def add_tag(self, ref: str, tag: str) -> TagChange: ...
+
+    def remove_tag(self, ref: str, tag: str) -> TagChange: ...
+
+    def tags(self, ref: str) -> list[TagRecord]: ...
+
+    def tagged(
+        self, tag: str, *, name: str | None = None, expired: bool = False
+    ) -> list[VersionRecord]: ...
+
+    def search(self, query: str, *, model: str | None = None, limit: int = 50) -> SearchResult: ...
+
+    def diff(self, a: str, b: str) -> VersionDiff: ...
+
+    def read_small_file(self, ref: str, path: str) -> bytes: ...
 
     # -- retention, holds, gc, delete, audit
     def set_retention(

@@ -44,6 +44,7 @@ PERMISSIONS: dict[str, Permission] = {
     "promote": Permission(PUSHER, "promote"),
     "rollback": Permission(PUSHER, "roll back"),
     "protect": Permission(PROMOTER, "protect or unprotect an alias"),
+    "tag": Permission(PROMOTER, "add or remove tags"),
     # administration
     "audit": Permission(ADMIN, "read the audit trail"),
     "hold": Permission(ADMIN, "place or release legal holds"),

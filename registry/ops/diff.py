@@ -1,10 +1,12 @@
 """The difference between two versions: files whose content is reused and files with new
 bytes, tensors added, removed, reshaped or retyped (from the signed manifests' safetensors
-indexes), and the keys of config.json that changed (decrypted in memory).
+indexes), the keys of config.json that changed (decrypted in memory) and the metadata that
+differs (the catalog's copy of what each manifest states, `version_meta`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -14,24 +16,34 @@ from registry.ops.browse import MAX_SMALL_FILE, read_small_file
 from registry.ops.context import Context
 from registry.ops.queries import show
 from registry.records import VersionRecord
-from registry.reports import TensorChange, VersionDiff
+from registry.reports import TensorChange, VersionDiff, config_changes
 from registry.safetensors_header import TensorEntry
 
 CONFIG = "config.json"
 
 
 @requires("read")
-def diff(ctx: Context, a: str, b: str) -> VersionDiff:
-    """What changed from version `a` to version `b` (references; two models may be compared)."""
+def diff(ctx: Context, a: str, b: str, *, config: bool = True) -> VersionDiff:
+    """What changed from version `a` to version `b` (references; two models may be compared).
+    Without `config`, config.json is not read (`config_compared` False): the REST API's
+    answer, since the server never sends a file's plaintext."""
     first, second = show(ctx, a), show(ctx, b)
-    return compare(
+    found = compare(
         first.version,
         first.manifest,
         second.version,
         second.manifest,
-        config_a=_config(ctx, first.version),
-        config_b=_config(ctx, second.version),
+        config_a=_config(ctx, first.version) if config else None,
+        config_b=_config(ctx, second.version) if config else None,
     )
+    meta_a = ctx.catalog.version_meta(first.version.name, first.version.number)
+    meta_b = ctx.catalog.version_meta(second.version.name, second.version.number)
+    changes = {
+        key: (meta_a.get(key), meta_b.get(key))
+        for key in sorted(meta_a.keys() | meta_b.keys())
+        if meta_a.get(key) != meta_b.get(key)
+    }
+    return dataclasses.replace(found, meta_changes=changes, config_compared=config)
 
 
 def compare(
@@ -78,7 +90,7 @@ def compare(
         tensors_removed=tuple(sorted(tensors_a.keys() - tensors_b.keys())),
         tensors_changed=changed,
         tensors_same=len(both) - len(changed),
-        config_changes=_config_changes(config_a or {}, config_b or {}),
+        config_changes=config_changes(config_a or {}, config_b or {}),
     )
 
 
@@ -101,17 +113,3 @@ def _config(ctx: Context, version: VersionRecord) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _config_changes(
-    a: dict[str, Any], b: dict[str, Any], *, prefix: str = ""
-) -> dict[str, tuple[object, object]]:
-    """Keys whose values differ, nested objects flattened with dots (a missing key: None)."""
-    changes: dict[str, tuple[object, object]] = {}
-    for key in sorted(a.keys() | b.keys()):
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            changes.update(_config_changes(left, right, prefix=f"{prefix}{key}."))
-        elif left != right or (key in a) != (key in b):
-            changes[f"{prefix}{key}"] = (left, right)
-    return changes

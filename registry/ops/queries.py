@@ -134,7 +134,8 @@ def show(ctx: Context, ref: str) -> VersionDetails:
 
     version = resolve(ctx, ref)
     manifest, signer = load_manifest(ctx, version, cached=True)
-    return VersionDetails(version, manifest, signer.name)
+    tags = tuple(t.tag for t in ctx.reads.version_tags(version.name, version.number))
+    return VersionDetails(version, manifest, signer.name, tags)
 
 
 def load_manifest(

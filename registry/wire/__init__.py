@@ -1,7 +1,7 @@
-"""The JSON form of every record and report: one typed model each (msgspec structs), what the
-CLI's `--json` prints, what the REST API answers (and documents in its OpenAPI schema), and what
-the client reads back. The models live in one submodule per subject (versions, lifecycle, audit,
-stores, keys, the service's own); use them from here: `wire.Version`, `wire.dump`.
+"""The JSON form of every record and report: one typed model each (msgspec structs), what the CLI's
+`--json` prints, what the REST API answers (and documents in its OpenAPI schema), and what the
+client reads back. The models live in one submodule per subject (versions, lifecycle, audit, stores,
+keys, tags and search, the service's own); use them from here: `wire.Version`, `wire.dump`.
 
 Each model is made from the service's value with `Model.of(value)`; the models the client reads
 turn back into the service's values with `to_record()` / `to_report()`, so a `RemoteRegistry`
@@ -94,17 +94,28 @@ if TYPE_CHECKING:
         StoredJournal,
         StoredJournalLike,
     )
+    from registry.wire.tags import (
+        SearchHit,
+        SearchMatch,
+        SearchResult,
+        Tag,
+        TagChange,
+    )
     from registry.wire.versions import (
         File,
         FileProblem,
         InitResult,
         Model,
+        ModelCard,
         PrepareResult,
         PullResult,
         PushResult,
+        TensorChange,
+        ValueChange,
         VerifyReport,
         Version,
         VersionDetails,
+        VersionDiff,
     )
 
 _SUBMODULE = {
@@ -164,16 +175,25 @@ _SUBMODULE = {
     "ScrubReport": "stores",
     "StoredJournal": "stores",
     "StoredJournalLike": "stores",
+    "SearchHit": "tags",
+    "SearchMatch": "tags",
+    "SearchResult": "tags",
+    "Tag": "tags",
+    "TagChange": "tags",
     "File": "versions",
     "FileProblem": "versions",
     "InitResult": "versions",
     "Model": "versions",
+    "ModelCard": "versions",
     "PrepareResult": "versions",
     "PullResult": "versions",
     "PushResult": "versions",
+    "TensorChange": "versions",
+    "ValueChange": "versions",
     "VerifyReport": "versions",
     "Version": "versions",
     "VersionDetails": "versions",
+    "VersionDiff": "versions",
 }
 
 
@@ -217,6 +237,7 @@ __all__ = [
     "KeptObject",
     "Keys",
     "Model",
+    "ModelCard",
     "ModelPolicy",
     "NewToken",
     "OpenSSFKey",
@@ -239,19 +260,27 @@ __all__ = [
     "RotationReport",
     "ScrubProblem",
     "ScrubReport",
+    "SearchHit",
+    "SearchMatch",
+    "SearchResult",
     "SigningKey",
     "StoredJournal",
     "StoredJournalLike",
     "SweptObject",
+    "Tag",
+    "TagChange",
+    "TensorChange",
     "Time",
     "Token",
     "TrustedSigner",
     "Untrusted",
     "UploadFileState",
     "UploadSession",
+    "ValueChange",
     "VerifyReport",
     "Version",
     "VersionDetails",
+    "VersionDiff",
     "Webhook",
     "Wire",
     "dump",

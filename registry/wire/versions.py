@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from registry import manifest as manifests
 from registry import prepared, records, reports
 from registry.wire.base import Time, Wire, iso, maybe_iso, maybe_parse_time, parse_time
@@ -101,10 +103,12 @@ class Version(Wire, kw_only=True):
 
 
 class VersionDetails(Version, kw_only=True):
-    """A version with its manifest (signature and digest checked) and its trusted signer."""
+    """A version with its manifest (signature and digest checked), its trusted signer and its
+    tags."""
 
     signer: str  # the trusted signer's name
     manifest: dict[str, Any]  # the canonical manifest (docs/format.md)
+    tags: list[str] = msgspec.field(default_factory=list)  # its tags now (not in the manifest)
 
     @classmethod
     def of(cls, details: reports.VersionDetails) -> VersionDetails:  # type: ignore[override]
@@ -112,6 +116,7 @@ class VersionDetails(Version, kw_only=True):
             **Version.fields_of(details.version),
             signer=details.signer,
             manifest=details.manifest.to_dict(),
+            tags=list(details.tags),
         )
 
     def to_report(self) -> reports.VersionDetails:
@@ -120,7 +125,7 @@ class VersionDetails(Version, kw_only=True):
         manifest = manifests.manifest_from_dict(
             self.manifest, expected_digest=version.digest, what=f"manifest of {version.ref}"
         )
-        return reports.VersionDetails(version, manifest, self.signer)
+        return reports.VersionDetails(version, manifest, self.signer, tuple(self.tags))
 
 
 class Model(Wire, kw_only=True):
@@ -303,3 +308,112 @@ class InitResult(Wire, kw_only=True):
             keys=result.keys,
             public_key=result.public_key,
         )
+
+
+# -- diff and model card ---------------------------------------------------------------------------
+
+
+class TensorChange(Wire, kw_only=True):
+    """A tensor in both versions whose dtype or shape differs: [in a, in b] each."""
+
+    name: str
+    dtype: list[str]
+    shape: list[list[int]]
+
+
+class ValueChange(Wire, kw_only=True):
+    """A config.json key (nested keys joined with dots) or a metadata key whose value differs:
+    its value in a and in b (null: absent)."""
+
+    key: str
+    a: Any = None
+    b: Any = None
+
+
+class VersionDiff(Wire, kw_only=True):
+    """What changed from version `a` to version `b`: files `b` reuses (content `a` holds) and
+    the bytes it adds, files added, changed and removed, tensors added, removed and changed,
+    config.json keys changed (`config_compared` false: not compared, as the REST API answers,
+    whose client compares them itself) and metadata keys changed."""
+
+    a: Version
+    b: Version
+    reused: list[str]
+    reused_bytes: int
+    new_bytes: int
+    added_files: list[str]
+    changed_files: list[str]
+    removed_files: list[str]
+    tensors_added: list[str]
+    tensors_removed: list[str]
+    tensors_changed: list[TensorChange]
+    tensors_same: int
+    config_compared: bool
+    config_changes: list[ValueChange]
+    meta_changes: list[ValueChange]
+
+    @classmethod
+    def of(cls, diff: reports.VersionDiff) -> VersionDiff:
+        return cls(
+            a=Version.of(diff.a),
+            b=Version.of(diff.b),
+            reused=list(diff.reused),
+            reused_bytes=diff.reused_bytes,
+            new_bytes=diff.new_bytes,
+            added_files=list(diff.added_files),
+            changed_files=list(diff.changed_files),
+            removed_files=list(diff.removed_files),
+            tensors_added=list(diff.tensors_added),
+            tensors_removed=list(diff.tensors_removed),
+            tensors_changed=[
+                TensorChange(
+                    name=t.name, dtype=list(t.dtype), shape=[list(t.shape[0]), list(t.shape[1])]
+                )
+                for t in diff.tensors_changed
+            ],
+            tensors_same=diff.tensors_same,
+            config_compared=diff.config_compared,
+            config_changes=[
+                ValueChange(key=k, a=a, b=b) for k, (a, b) in diff.config_changes.items()
+            ],
+            meta_changes=[ValueChange(key=k, a=a, b=b) for k, (a, b) in diff.meta_changes.items()],
+        )
+
+    def to_report(self) -> reports.VersionDiff:
+        return reports.VersionDiff(
+            self.a.to_record(),
+            self.b.to_record(),
+            reused=tuple(self.reused),
+            added_files=tuple(self.added_files),
+            changed_files=tuple(self.changed_files),
+            removed_files=tuple(self.removed_files),
+            new_bytes=self.new_bytes,
+            reused_bytes=self.reused_bytes,
+            tensors_added=tuple(self.tensors_added),
+            tensors_removed=tuple(self.tensors_removed),
+            tensors_changed=tuple(
+                reports.TensorChange(
+                    t.name,
+                    (t.dtype[0], t.dtype[1]),
+                    (tuple(t.shape[0]), tuple(t.shape[1])),
+                )
+                for t in self.tensors_changed
+            ),
+            tensors_same=self.tensors_same,
+            config_changes={c.key: (c.a, c.b) for c in self.config_changes},
+            meta_changes={
+                c.key: (None if c.a is None else str(c.a), None if c.b is None else str(c.b))
+                for c in self.meta_changes
+            },
+            config_compared=self.config_compared,
+        )
+
+
+class ModelCard(Wire, kw_only=True):
+    """A version's model card: its README.md (any case, at the root), as text."""
+
+    ref: str
+    path: str
+    size: int
+    digest: str
+    text: str

@@ -1,4 +1,5 @@
-"""Models and versions: list them, show one with its verified manifest, verify its objects."""
+"""Models and versions: list them, show one with its verified manifest, compare two, verify
+one's objects."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from litestar.params import FromQuery, JSONBody
 
 from registry import wire
 from registry.api.common import note_read, security_event, state_of
-from registry.api.guards import authorize, enter, in_scope
+from registry.api.guards import authorize, check_scope, enter, in_scope, model_of
 
 
 @dataclass
@@ -50,6 +51,17 @@ class ModelsController(Controller):
         details = view.show(ref)
         note_read(request, token, details.version.name)
         return wire.VersionDetails.of(details)
+
+    @get("/diff", sync_to_thread=True, operation="read")
+    def diff(
+        self, request: Request[Any, Any, Any], a: FromQuery[str], b: FromQuery[str]
+    ) -> wire.VersionDiff:
+        """What changed from version `a` to version `b` (both within the token's models): files,
+        tensors, metadata. config.json is not compared here (`config_compared` false): the
+        server never sends a file's plaintext; the client compares the configs it decrypts."""
+        view, token = enter(request, ref=a)
+        check_scope(token, model_of(b))
+        return wire.VersionDiff.of(view.diff(a, b, config=False))
 
     @post("/verify", sync_to_thread=True, status_code=200, operation="verify")
     def verify(

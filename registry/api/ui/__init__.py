@@ -4,7 +4,7 @@ limited exactly as that token is.
 
 - `session`: sign-in, the session cookie, who is looking, CSRF and same-origin checks
 - `render`: the Jinja2 environment, its filters, the security headers of every page
-- `pages`: the pages that read (models, a model, a version, a diff, the audit trail)
+- `pages`: the pages that read (models, a model, a version, a diff, a search, the audit trail)
 - `actions`: sign-in and sign-out, and the changes (promote, roll back, hold, release), each
   confirmed before it is made
 - `templates/` and `static/`: the HTML, one stylesheet and one small script (the pages read

@@ -1,8 +1,8 @@
 """The pages that read: the models (filtered as you type, paged), a model (its versions paged,
 newest first, with aliases, holds, retention and copies per region; its aliases' moves; its
-policy), a version (files, tensors, config, signature, snippets, audit entries), the diff of two
-versions, and the audit trail with the check of its chain. Each asks the facade what the REST
-API would, as the signed-in token.
+policy), a version (files, tensors, config, signature, tags, snippets, audit entries), the diff
+of two versions, a search of the versions, and the audit trail with the check of its chain. Each
+asks the facade what the REST API would, as the signed-in token.
 """
 
 from __future__ import annotations
@@ -137,6 +137,25 @@ class PagesController(Controller):
             may_promote=who.may("promote"),
             may_rollback=who.may("rollback"),
             may_hold=who.may("hold"),
+        )
+
+    @get("/search", sync_to_thread=True, name="ui-search")
+    def search(self, request: Request[Any, Any, Any], q: FromQuery[str] = "") -> Any:
+        """The newest versions whose model name, tags, metadata or message match `q` (the
+        header's search box), among the models the token may read: a bounded list, newest
+        first, each with what it matched."""
+        who = viewer(request)
+        result = None
+        if q.strip():
+            result = who.view.search(q, patterns=who.token.models, limit=PAGE_SIZE)
+        return page(
+            "search.html",
+            viewer=who,
+            q=q,
+            search_q=q,
+            result=result,
+            limit=PAGE_SIZE,
+            title="Search",
         )
 
     @get("/audit", sync_to_thread=True, name="ui-audit")
