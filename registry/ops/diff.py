@@ -5,7 +5,6 @@ indexes), and the keys of config.json that changed (decrypted in memory).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from registry.manifest import Manifest
@@ -14,7 +13,7 @@ from registry.ops.browse import MAX_SMALL_FILE, read_small_file
 from registry.ops.context import Context
 from registry.ops.queries import show
 from registry.records import VersionRecord
-from registry.reports import TensorChange, VersionDiff
+from registry.reports import TensorChange, VersionDiff, parse_config
 from registry.safetensors_header import TensorEntry
 
 CONFIG = "config.json"
@@ -97,8 +96,8 @@ def _config(ctx: Context, version: VersionRecord) -> dict[str, Any] | None:
     if entry is None or entry.size > MAX_SMALL_FILE:
         return None
     try:
-        value = json.loads(read_small_file(ctx, version.ref, CONFIG))
-    except (ValueError, UnicodeDecodeError):
+        value = parse_config(read_small_file(ctx, version.ref, CONFIG))
+    except ValueError:  # not JSON (UnicodeDecodeError is one), or nested too deeply
         return None
     return value if isinstance(value, dict) else None
 
