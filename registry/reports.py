@@ -1,10 +1,12 @@
 """What the operations report: the results of init, push, pull, verify, scrub, drill, gc, holds,
 alias moves, replication and key rotation, as plain frozen values. With the records
 (`registry.records`) they are the vocabulary of every caller; `registry.wire` gives their JSON.
+`parse_config` reads a config.json as a diff and a page of the web UI show it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -492,3 +494,32 @@ class OpenSSFKey:
 
     pem: bytes
     fingerprint: str
+
+
+# Real configs nest a few levels (a multimodal model's text_config, a rope_scaling in it). A
+# deeper one is refused before anything walks, compares or prints it: each level is a frame of
+# the stack, and json.loads itself gives up with RecursionError at about a thousand.
+MAX_CONFIG_DEPTH = 64
+
+
+class ConfigTooDeepError(ValueError):
+    """A config.json nested deeper than MAX_CONFIG_DEPTH."""
+
+
+def parse_config(data: bytes) -> object:
+    """config.json's bytes as a JSON value, as a diff's `config_changes` and the web UI's
+    summary read them; ValueError when they are not JSON, and ConfigTooDeepError (a
+    ValueError) when they nest deeper than MAX_CONFIG_DEPTH."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise ConfigTooDeepError("config.json is nested too deeply") from None
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_CONFIG_DEPTH:
+                raise ConfigTooDeepError("config.json is nested too deeply")
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return value

@@ -27,6 +27,10 @@ from registry.refs import parse_reference, validate_name
 from registry.service import Registry
 
 CALLER = "caller"
+# The subject of the registry's own audit entries (init, tokens created and revoked, gc, drills,
+# scrubs, key rotations): a valid model name too, but about every model, so only a token for
+# every model reads them, whatever its patterns match.
+REGISTRY_SUBJECT = "registry"
 
 
 @dataclass(frozen=True)

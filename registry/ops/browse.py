@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from registry.errors import InvalidInputError, NotFoundError
 from registry.ops.access import requires
+from registry.ops.checks import check_text
 from registry.ops.context import Context
 from registry.ops.lifecycle import lock_floor
 from registry.ops.queries import resolve
@@ -148,6 +149,10 @@ def audit_page(
     of `subjects` (None: any), by `actor`, of `action`, within [`since`, `until`), about
     `version` of the subject."""
     _check_page(1, size)
+    for what, text in (("actor", actor), ("action", action)):
+        if text is not None:
+            # As every text the registry takes: PostgreSQL refuses a NUL (a 503, not a 400).
+            check_text(f"the {what} filter", text, limit=256)
     for moment in (since, until):
         if moment is not None and moment.tzinfo is None:
             raise InvalidInputError("a time needs a time zone (e.g. 2026-11-30T12:00:00Z)")

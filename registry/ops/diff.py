@@ -7,7 +7,6 @@ differs (the catalog's copy of what each manifest states, `version_meta`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 from registry.manifest import Manifest
@@ -16,7 +15,7 @@ from registry.ops.browse import MAX_SMALL_FILE, read_small_file
 from registry.ops.context import Context
 from registry.ops.queries import show
 from registry.records import VersionRecord
-from registry.reports import TensorChange, VersionDiff, config_changes
+from registry.reports import TensorChange, VersionDiff, config_changes, parse_config
 from registry.safetensors_header import TensorEntry
 
 CONFIG = "config.json"
@@ -109,7 +108,7 @@ def _config(ctx: Context, version: VersionRecord) -> dict[str, Any] | None:
     if entry is None or entry.size > MAX_SMALL_FILE:
         return None
     try:
-        value = json.loads(read_small_file(ctx, version.ref, CONFIG))
-    except (ValueError, UnicodeDecodeError):
+        value = parse_config(read_small_file(ctx, version.ref, CONFIG))
+    except ValueError:  # not JSON (UnicodeDecodeError is one), or nested too deeply
         return None
     return value if isinstance(value, dict) else None

@@ -9,7 +9,7 @@ from litestar.params import FromQuery
 
 from registry import wire
 from registry.api.common import parse_time
-from registry.api.guards import authorize, enter
+from registry.api.guards import REGISTRY_SUBJECT, authorize, enter
 
 
 class AuditController(Controller):
@@ -26,7 +26,8 @@ class AuditController(Controller):
         limit: FromQuery[int] = 100,
     ) -> list[wire.AuditEntry]:
         """The audit trail, newest first (admin; without `model`, a token for every model)."""
-        view, _token = enter(request, model=model, everything=model is None)
+        everything = model is None or model == REGISTRY_SUBJECT
+        view, _token = enter(request, model=model, everything=everything)
         events = view.audit_events(subject=model, since=parse_time(since), limit=limit)
         return [wire.AuditEntry.of(e) for e in events]
 

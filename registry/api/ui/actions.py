@@ -189,8 +189,9 @@ def _checked(request: Request[Any, Any, Any], data: Change) -> tuple[Viewer, Pla
     reason = data.reason.strip()
     if not reason:
         raise InvalidInputError("a change needs a reason", hint="say why on the form")
-    if len(reason) > 4096:
-        raise InvalidInputError("a reason is at most 4096 characters")
+    if len(reason) > 4096 or "\x00" in reason:
+        # The change's own check, at the first step: no confirmation of what it would refuse.
+        raise InvalidInputError("a reason is at most 4096 characters, and holds no NUL")
     version = None
     if "version" in needs:
         if not data.version.isascii() or not data.version.isdigit() or len(data.version) > 9:

@@ -7,7 +7,6 @@ asks the facade what the REST API would, as the signed-in token.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -19,11 +18,12 @@ from litestar import Controller, Request, get
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from registry.api.common import note_read, parse_time
+from registry.api.guards import REGISTRY_SUBJECT
 from registry.api.ui.render import page
 from registry.api.ui.session import Viewer, notice_signature, viewer
 from registry.errors import InvalidInputError, NotFoundError, RegistryError
 from registry.manifest import Manifest
-from registry.reports import VersionDetails
+from registry.reports import ConfigTooDeepError, VersionDetails, parse_config
 
 PAGE_SIZE = 50
 TENSOR_ROWS = 500
@@ -179,8 +179,9 @@ class PagesController(Controller):
         if model:
             who.check_model(model)
         filters = {"model": model, "actor": actor, "action": action, "since": since, "until": until}
-        if not model and not who.everything:
-            # As the API: the whole trail needs a token for every model.
+        if model in ("", REGISTRY_SUBJECT) and not who.everything:
+            # As the API: the whole trail, and the registry's own entries, need a token for
+            # every model.
             return page(
                 "audit.html",
                 viewer=who,
@@ -313,8 +314,10 @@ def _config_summary(who: Viewer, details: VersionDetails) -> list[tuple[str, str
         return None
     raw = SMALL_FILES.get(who, details.version.ref, entry.path, entry.digest)
     try:
-        config = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        config = parse_config(raw)
+    except ConfigTooDeepError:
+        return [("config.json", "nested too deeply to show")]
+    except ValueError:  # UnicodeDecodeError is one
         return [("config.json", "not valid JSON")]
     if not isinstance(config, dict):
         return [("config.json", "not a JSON object")]
@@ -366,4 +369,6 @@ def _diff(
         older = _earlier(who, name, newer)
     change = who.view.diff(f"{name}@{older}", f"{name}@{newer}")
     note_read(request, who.token, name)
-    return page("diff.html", viewer=who, diff=change, name=name, title=f"{name}: diff")
+    return page(
+        "diff.html", viewer=who, diff=change, name=name, rows=TENSOR_ROWS, title=f"{name}: diff"
+    )

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from litestar import MediaType, Request, Response, Router
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
@@ -147,9 +147,21 @@ def static_router() -> Router:
         path="/static",
         directories=[STATIC],
         name="ui-static",
+        before_request=_static_file_only,
         after_request=_static_headers,
         include_in_schema=False,
     )
+
+
+_STATIC_FILES = frozenset(path.name for path in STATIC.iterdir() if path.is_file())
+
+
+def _static_file_only(request: Request[Any, Any, Any]) -> None:
+    # The static files are the few in STATIC: any other name is a 404 before the file system
+    # is asked (which fails on a NUL or an over-long name with a 500, not a "no such file").
+    name = str(request.path_params.get("file_path", "")).lstrip("/")
+    if name not in _STATIC_FILES:
+        raise NotFoundException()
 
 
 def _static_headers(response: Response[Any]) -> Response[Any]:
