@@ -316,10 +316,12 @@ def show(ref: str, digests: bool, card: bool, as_json: bool) -> None:
         if card:
             _card(registry, details.version.ref, details.manifest.files, as_json=as_json)
             return
-        chain = ancestors(registry, details)
+        chain = [] if as_json else ancestors(registry, details)
     version, manifest = details.version, details.manifest
     if as_json:
-        print_json(wire.VersionDetails.of(details), lineage=[line for _, line in chain])
+        # One JSON shape for a version, whoever prints it: the chain is the manifests' own
+        # `provenance.base_model`, followed; the text output walks it.
+        print_json(wire.VersionDetails.of(details))
         return
     stdout.print(f"{version.ref}  {version.digest}")
     stdout.print(f"  created    {when(version.created_at)} by {version.created_by}")

@@ -106,6 +106,8 @@ ROUTE_TABLE: list[tuple[str, str, Any, str, dict[str, str]]] = [
     ("GET", "/v1/tagged", None, READER, {"tag": "nightly"}),
     ("GET", "/v1/search", None, READER, {"q": "llama"}),
     ("GET", "/v1/diff", None, READER, {"a": "org/llama@1", "b": "org/llama@1"}),
+    ("GET", "/v1/openssf/public-key", None, READER, {}),
+    ("GET", "/v1/openssf/signature", None, READER, {"ref": "org/llama@1"}),
     ("PUT", "/v1/retention", {"model": "org/llama", "keep_last": 5}, ADMIN, {}),
     ("POST", "/v1/holds", {"ref": "org/llama@1", "reason": "r"}, ADMIN, {}),
     ("POST", "/v1/holds/release", {"ref": "org/llama@1", "reason": "r"}, ADMIN, {}),

@@ -24,17 +24,13 @@ class ProvenanceController(Controller):
         view, _token = enter(request)
         return wire.OpenSSFKey.of(view.openssf_public_key())
 
-    @get(
-        "/signature",
-        sync_to_thread=True,
-        operation="pull",
-        media_type="application/json",
-        responses={},
-    )
+    # The bytes as signed and sent by model_signing's own tools (a JSON document the client
+    # writes out verbatim): described as an opaque body, not re-encoded.
+    @get("/signature", sync_to_thread=True, operation="pull", media_type="application/octet-stream")
     def signature(self, request: Request[Any, Any, Any], ref: FromQuery[str]) -> Response[bytes]:
         """`model.sig` for a version: an OpenSSF model signature of its files (their recorded
         SHA-256 digests), by the server's OpenSSF key; audited."""
         view, token = enter(request, ref=ref)
         data = view.openssf_signature(ref)
         note_read(request, token, view.resolve(ref).name)
-        return Response(data, media_type="application/json")
+        return Response(data, media_type="application/octet-stream")
