@@ -75,6 +75,20 @@ def _version(
     )
 
 
+def _promote(catalog: Catalog, name: str, alias: str, target: int) -> None:
+    catalog.move_alias(
+        name,
+        alias,
+        kind="promote",
+        target=target,
+        reason="r",
+        actor="u",
+        may_move_protected=True,
+        notify=[],
+        event={},
+    )
+
+
 @pytest.fixture
 def catalog(catalog_url: str | None, tmp_path: Path) -> Iterator[Catalog]:
     engine = create_catalog_engine(catalog_url or f"sqlite:///{tmp_path / 'catalog.db'}")
@@ -89,17 +103,7 @@ def test_model_names_and_summaries(catalog: Catalog) -> None:
         catalog.commit_version(_version(name, "1", files={"w.bin": "shared"}))
     catalog.commit_version(_version("a/one", "2", files={"w.bin": "shared", "x.bin": "x"}))
     catalog.commit_version(_version("a/one", "3", files={"y.bin": "y"}))
-    catalog.move_alias(
-        "a/one",
-        "production",
-        kind="promote",
-        target=2,
-        reason="r",
-        actor="u",
-        may_move_protected=True,
-        notify=[],
-        event={},
-    )
+    _promote(catalog, "a/one", "production", 2)
     assert catalog.model_names() == ["a/one", "b/two", "c/three"]
     summaries = catalog.model_summaries(["c/three", "nothing/here", "a/one"])
     assert [s.name for s in summaries] == ["c/three", "a/one"]
@@ -156,28 +160,8 @@ def test_version_states_count_each_object_once_per_region(catalog: Catalog) -> N
     )
     catalog.commit_version(_version("org/s", "1", files=files, placements=placements))
     catalog.commit_version(_version("org/s", "2"))
-    catalog.move_alias(
-        "org/s",
-        "production",
-        kind="promote",
-        target=1,
-        reason="",
-        actor="u",
-        may_move_protected=True,
-        notify=[],
-        event={},
-    )
-    catalog.move_alias(
-        "org/s",
-        "canary",
-        kind="promote",
-        target=1,
-        reason="",
-        actor="u",
-        may_move_protected=True,
-        notify=[],
-        event={},
-    )
+    _promote(catalog, "org/s", "production", 1)
+    _promote(catalog, "org/s", "canary", 1)
     catalog.set_hold(parse_reference("org/s@1"), reason="why", actor="u")
     states = catalog.version_states("org/s", [1, 2, 99], regions=["r1", "r2", "r3"])
     assert sorted(states) == [1, 2]
@@ -350,28 +334,8 @@ def test_retention_decisions_of_a_page_are_the_whole_plan_s(catalog: Catalog) ->
     for key in range(1, 13):
         catalog.commit_version(_version(name, str(key)))
     catalog.set_retention(name, Policy(keep_last=4), actor="admin")
-    catalog.move_alias(
-        name,
-        "production",
-        kind="promote",
-        target=2,
-        reason="r",
-        actor="u",
-        may_move_protected=True,
-        notify=[],
-        event={},
-    )
-    catalog.move_alias(
-        name,
-        "production",
-        kind="promote",
-        target=5,
-        reason="r",
-        actor="u",
-        may_move_protected=True,
-        notify=[],
-        event={},
-    )
+    _promote(catalog, name, "production", 2)
+    _promote(catalog, name, "production", 5)
     with catalog.engine.begin() as connection:  # a tombstone among them: ranks skip it
         connection.execute(
             update(Version)

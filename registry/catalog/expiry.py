@@ -106,40 +106,8 @@ class ExpiryPart(VersionsPart):
             model = session.scalar(select(Model).where(Model.name == name))
             if model is None:
                 raise NotFoundError(f"model {name} does not exist")
-            facts = [
-                VersionFacts(number, created_at)
-                for number, created_at in session.execute(
-                    select(Version.number, Version.created_at).where(
-                        Version.model_id == model.id,
-                        Version.expired_at.is_(None),
-                        Version.number.in_(numbers),
-                    )
-                )
-            ]
-            if not facts:
-                return {}
-            newest = max(f.number for f in facts)
-            above = session.scalar(
-                select(func.count())
-                .select_from(Version)
-                .where(
-                    Version.model_id == model.id,
-                    Version.expired_at.is_(None),
-                    Version.number > newest,
-                )
-            )
-            ordered = sorted((f.number for f in facts), reverse=True)
-            ranks = {number: (above or 0) + rank for rank, number in enumerate(ordered)}
-            policy, pointed, demoted, held = _plan_inputs(session, model)
-            decisions = plan(
-                facts,
-                policy=policy,
-                aliased=pointed,
-                demoted=demoted,
-                held=held,
-                now=now,
-                locked_for=locked_for,
-                ranks=ranks,
+            _policy, decisions = _plan_in(
+                session, model, now=now, locked_for=locked_for, numbers=numbers
             )
         return {d.number: d for d in decisions}
 
@@ -283,27 +251,51 @@ def _plan_inputs(
 
 
 def _plan_in(
-    session: Session, model: Model, *, now: datetime, locked_for: timedelta | None
+    session: Session,
+    model: Model,
+    *,
+    now: datetime,
+    locked_for: timedelta | None,
+    numbers: Sequence[int] | None = None,
 ) -> tuple[Policy, list[Decision]]:
-    """The retention plan of one model from what this transaction reads."""
+    """The retention plan of one model from what this transaction reads: of every live
+    version, or (`numbers`) of those among them alone, ranked for keep-last by a count of the
+    live versions newer than them rather than by reading those."""
     policy, pointed, demoted, held = _plan_inputs(session, model)
-    decisions = plan(
-        # Only what the planner reads: a model of thousands of versions is planned from two
-        # columns, not from every version's files.
-        [
-            VersionFacts(number, created_at)
-            for number, created_at in session.execute(
-                select(Version.number, Version.created_at).where(
-                    Version.model_id == model.id, Version.expired_at.is_(None)
-                )
+    live = (Version.model_id == model.id) & Version.expired_at.is_(None)
+    if numbers is not None:
+        live = live & Version.number.in_(numbers)
+    # Only what the planner reads: a model of thousands of versions is planned from two
+    # columns, not from every version's files.
+    facts = [
+        VersionFacts(number, created_at)
+        for number, created_at in session.execute(
+            select(Version.number, Version.created_at).where(live)
+        )
+    ]
+    ranks = None
+    if numbers is not None and facts:
+        newest = max(f.number for f in facts)
+        above = session.scalar(
+            select(func.count())
+            .select_from(Version)
+            .where(
+                Version.model_id == model.id,
+                Version.expired_at.is_(None),
+                Version.number > newest,
             )
-        ],
+        )
+        ordered = sorted((f.number for f in facts), reverse=True)
+        ranks = {number: (above or 0) + rank for rank, number in enumerate(ordered)}
+    decisions = plan(
+        facts,
         policy=policy,
         aliased=pointed,
         demoted=demoted,
         held=held,
         now=now,
         locked_for=locked_for,
+        ranks=ranks,
     )
     return policy, decisions
 
