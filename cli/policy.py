@@ -31,7 +31,8 @@ def policy() -> None:
 @handle_errors
 def set_(name: str, alias: str | None, signers: tuple[str, ...], as_json: bool) -> None:
     """From now on, refuse pointing ALIAS of NAME (every alias without --alias) at a version
-    that lacks an OpenSSF signature by one of the signers. Aliases are not moved now."""
+    that lacks an OpenSSF signature by one of the signers. Replaces that alias's list; an
+    alias's policy and the every-alias policy both apply. Aliases are not moved now."""
     with open_registry() as registry:
         policies = registry.set_signer_policy(name, list(signers), alias=alias)
     _print(name, policies, as_json=as_json)
@@ -68,9 +69,11 @@ def _print(name: str, policies: dict[str, tuple[str, ...]], *, as_json: bool) ->
     if not policies:
         stdout.print(f"{name}: no signer policy (any version may be promoted)")
         return
-    found = table("alias", wide=("requires a signature by one of",))
+    # One row per signer, kept whole: an identity is copied back into commands.
+    found = table("alias", "requires a signature by one of")
     for alias, signers in sorted(policies.items()):
-        found.add_row("every alias" if alias == "*" else alias, ", ".join(signers))
+        for signer in signers:
+            found.add_row("every alias" if alias == "*" else alias, signer)
     print_table(found)
 
 

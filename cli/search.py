@@ -52,8 +52,8 @@ def search(query: str, model: str | None, limit: int, as_json: bool) -> None:
     print_table(found)
     if result.more:
         click.echo(
-            f"more than {len(result.hits)} versions match: narrow the search (--model) or "
-            "raise --limit",
+            f"more than {len(result.hits)} version{'' if len(result.hits) == 1 else 's'} "
+            "match: narrow the search (--model) or raise --limit",
             err=True,
         )
 

@@ -218,13 +218,17 @@ def pull(
             )
         finally:
             bar.close()
+    signed_file = None
     if signature is not None:
-        write_signature(result.destination, signature)
+        signed_file = write_signature(result.destination, signature)
     warn_read_around(result.bad_copies)
     seconds = time.perf_counter() - started
     if as_json:
-        print_json(wire.PullResult.of(result), seconds=round(seconds, 3))
+        extra = {} if signed_file is None else {"signature": str(signed_file)}
+        print_json(wire.PullResult.of(result), seconds=round(seconds, 3), **extra)
         return
+    if signed_file is not None:
+        stdout.print(f"wrote {signed_file}: an OpenSSF model signature of the files")
     where = str(result.destination)
     if not result.files:
         stdout.print(
@@ -344,7 +348,7 @@ def show(ref: str, digests: bool, card: bool, as_json: bool) -> None:
     print_table(found)
 
 
-def write_signature(folder: Path, signature: bytes) -> None:
+def write_signature(folder: Path, signature: bytes) -> Path:
     """`folder/model.sig`, replaced whole (each signature differs: ECDSA draws a nonce)."""
     target = folder / "model.sig"
     temporary = folder / f".model.sig.{os.getpid()}.tmp"
@@ -354,6 +358,7 @@ def write_signature(folder: Path, signature: bytes) -> None:
     except OSError as error:
         temporary.unlink(missing_ok=True)
         raise StorageError(f"cannot write {target}: {error.strerror}") from None
+    return target
 
 
 def ancestors(registry: RegistrySurface, details: VersionDetails) -> list[tuple[bool, str]]:
@@ -398,7 +403,8 @@ def print_provenance(provenance: Provenance | None, chain: list[tuple[bool, str]
     if provenance.openssf is not None:
         signer = provenance.openssf
         issuer = f" ({signer.issuer})" if signer.issuer else ""
-        stdout.print(f"  openssf    {signer.kind} {signer.identity}{issuer}, {signer.bundle}")
+        stdout.print(f"  openssf    {signer.kind} {signer.identity}{issuer}")
+        stdout.print(f"             bundle {signer.bundle}")
     for index, (found, line) in enumerate(chain):
         label = "base model" if index == 0 else ""
         stdout.print(f"  {label:<10} {'<- ' if index else ''}{line}" + ("" if found else " !"))

@@ -25,7 +25,7 @@ from registry.crypto.sealed import SealedHeader, Sealer
 from registry.digest import hash_bytes, hash_file, hash_file_chunks
 from registry.errors import IntegrityError
 from registry.loader import memory
-from registry.manifest import SCHEMA, SCHEMA_V1, canonical_json, manifest_from_dict
+from registry.manifest import SCHEMA, SCHEMA_V1, SCHEMA_V2, canonical_json, manifest_from_dict
 from registry.ops import push as push_module
 from registry.service import Registry
 from registry.testing.models import make_model
@@ -196,8 +196,9 @@ def test_an_older_version_1_manifest_loads_and_is_verified_whole(
     model = make_model(tmp_path / "model", shards=2, shard_size=2 * MiB, seed=42)
     real = push_module.manifests.build_manifest
 
-    def as_before(name: str, files: Any) -> Any:  # what a push wrote before manifest v2
-        return real(name, [dataclasses.replace(f, chunks=None) for f in files])
+    def as_before(name: str, files: Any, provenance: Any = None) -> Any:
+        # What a push wrote before manifest v2: no chunk roots (nor v3's SHA-256).
+        return real(name, [dataclasses.replace(f, chunks=None, sha256=None) for f in files])
 
     with monkeypatch.context() as patched:
         patched.setattr(push_module.manifests, "build_manifest", as_before)
@@ -249,7 +250,10 @@ def _manifest_json(registry: Registry) -> dict[str, Any]:
         ("a malformed root", lambda m: m["files"][0]["chunks"].__setitem__("root", "blake3:00")),
         ("a chunk size of 0", lambda m: m["files"][0]["chunks"].__setitem__("size", 0)),
         ("an unknown field", lambda m: m["files"][0]["chunks"].__setitem__("tree", [])),
-        ("another schema", lambda m: m.__setitem__("schema", "model-registry/manifest/v3")),
+        ("another schema", lambda m: m.__setitem__("schema", "model-registry/manifest/v4")),
+        ("a v3 file without its SHA-256", lambda m: m["files"][0].pop("sha256")),
+        ("a v2 manifest with SHA-256", lambda m: m.__setitem__("schema", SCHEMA_V2)),
+        ("a malformed SHA-256", lambda m: m["files"][0].__setitem__("sha256", "ab" * 31)),
     ],
 )
 def test_malformed_chunk_roots_are_refused(

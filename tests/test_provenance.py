@@ -203,7 +203,7 @@ def test_a_signer_policy_refuses_moves_to_unsigned_versions(signed_versions: Reg
         registry.rollback("org/p", "production", reason="back to unsigned")
     assert registry.resolve("org/p:production").number == 2
     registry.promote("org/p@1", "staging")  # another alias: no policy
-    registry.set_signer_policy("org/p", ["key:other"])  # every alias
+    registry.set_signer_policy("org/p", ["key:" + "0" * 64])  # every alias: another key
     with pytest.raises(PolicyError, match="a signature by key:abc"):
         registry.promote("org/p@2", "canary")
     registry.clear_signer_policy("org/p")
@@ -215,7 +215,23 @@ def test_a_signer_policy_refuses_moves_to_unsigned_versions(signed_versions: Reg
         registry.clear_signer_policy("org/p", alias="nothing")
     with pytest.raises(InvalidInputError):
         registry.set_signer_policy("org/p", [])
+    for never in ("key:e5c99", "bogus:xyz", " padded"):  # could never match: refused
+        with pytest.raises(InvalidInputError):
+            registry.set_signer_policy("org/p", [never])
     reader = Registry.open(registry.settings.home, role="reader")
     with pytest.raises(Exception, match="may not change signer policies"):
         reader.set_signer_policy("org/p", ["x"])
     reader.close()
+
+
+def test_search_finds_pushed_metadata_as_the_push_named_it(registry: Registry, model: Path) -> None:
+    """`push --meta lr=2e-5` is found by `search lr=2e-5` (stored as meta.lr), and a base model
+    named without its number finds every version made from any of its versions."""
+    registry.push("org/base", model)
+    (model / "notes.txt").write_text("ft")
+    made = registry.push("org/ft", model, provenance=_request(base_model="org/base")).version
+    for query in ("lr=2e-5", "meta.lr=2e-5", "base_model=org/base", "base_model=org/base@1"):
+        hits = registry.search(query).hits
+        assert [h.version.ref for h in hits] == [made.ref], query
+    for query in ("lr=2e-6", "base_model=org/bas", "base_model=org/base@2"):
+        assert registry.search(query).hits == (), query

@@ -182,7 +182,7 @@ def test_cli_search(searchable: Path) -> None:
     ]
     assert document["hits"][0]["files"]  # a hit is a version, in the one shape
     limited = runner.invoke(main, ["search", "dolly", "--limit", "1"])
-    assert limited.exit_code == 0 and "more than 1 versions match" in limited.stderr
+    assert limited.exit_code == 0 and "more than 1 version match" in limited.stderr
     narrowed = json.loads(
         runner.invoke(main, ["search", "dolly", "--model", "org/llama", "--json"]).stdout
     )

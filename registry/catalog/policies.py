@@ -49,7 +49,11 @@ class PoliciesPart(CatalogPart):
     def clear_signer_policy(self, model: str, alias: str, *, actor: str) -> None:
         def work(session: Session) -> None:
             if session.get(SignerPolicy, (model, alias)) is None:
-                raise NotFoundError(f"{model} has no signer policy for alias {alias}")
+                raise NotFoundError(
+                    f"{model} has no signer policy for "
+                    + ("every alias" if alias == ANY_ALIAS else f"alias {alias}"),
+                    hint=f"`model-registry policy show {model}` lists its policies",
+                )
             session.execute(
                 delete(SignerPolicy).where(SignerPolicy.model == model, SignerPolicy.alias == alias)
             )
@@ -59,7 +63,7 @@ class PoliciesPart(CatalogPart):
                 actor=actor,
                 action="signer-policy",
                 subject=model,
-                details=details_json({"alias": alias, "require": None}),
+                details=details_json({"alias": alias, "require": []}),
             )
 
         self._retrying(work, what=f"clear the signer policy of {model}")

@@ -130,10 +130,16 @@ def _exact(
     session: Session, key: str, value: str, model_ids: list[int] | None, limit: int
 ) -> list[int]:
     """The newest `limit + 1` live versions whose metadata holds `key` = `value`: the
-    (key, value) index finds them."""
-    described = select(VersionMeta.version_id).where(
-        VersionMeta.key == key, VersionMeta.value == value
-    )
+    (key, value) index finds them. A key as `push --meta` named it (`lr`) is the stored
+    `meta.lr` too, and a base model named without its number (`org/llama`) is any of its
+    versions (`org/llama@N`)."""
+    keys = [key] if "." in key or key == "base_model" else [key, f"meta.{key}"]
+    matching = (VersionMeta.key.in_(keys)) & (VersionMeta.value == value)
+    if key == "base_model" and "@" not in value:
+        matching = matching | (
+            (VersionMeta.key == key) & VersionMeta.value.startswith(f"{value}@", autoescape=True)
+        )
+    described = select(VersionMeta.version_id).where(matching)
     return _newest(session, Version.id.in_(described), model_ids, limit + 1)
 
 

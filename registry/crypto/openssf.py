@@ -321,9 +321,12 @@ class _Envelope:
 
 DAMAGED_HINT = (
     "the signature file is damaged, forged or not an OpenSSF model signature; sign the model "
-    "again (model_signing sign, or the registry)"
+    "again (model_signing sign)"
 )
-KEY_HINT = "trust the signer's public key (PEM) only if you know whose it is"
+KEY_HINT = (
+    "list the signer's public key (PEM) in [openssf] trusted_keys of config.toml, only if you "
+    "know whose it is"
+)
 CA_HINT = "trust the root of the signer's CA (PEM) only if you trust what it certifies"
 SIGSTORE_HINT = (
     "check the accepted (identity, OIDC issuer) pairs and that the Sigstore trust config is for "
@@ -430,7 +433,10 @@ def _verify_key(envelope: _Envelope, trust: OpenSSFTrust) -> tuple[str, str | No
         raise _bad("publicKey.hint is not a string")
     candidates = [k for k in trust.keys if hint is None or key_hint(k) == hint]
     if not candidates:
-        raise _bad(f"signed by a key the trust does not hold (hint {hint})", hint=KEY_HINT)
+        raise _bad(
+            f"signed by a key that is not among the trusted OpenSSF keys (its key hint {hint})",
+            hint=KEY_HINT,
+        )
     for key in candidates:
         if _verify_ecdsa(key, envelope):
             return public_key_fingerprint(pem_of(key)), None
