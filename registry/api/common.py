@@ -58,11 +58,11 @@ def client_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     (what a client writes there itself lies beyond it, and is never believed)."""
     peer = connection.client.host if connection.client else "unknown"
     proxies = state_of(connection).proxies
-    if not proxies or not _among(peer, proxies):
+    if not proxies or not among(peer, proxies):
         return peer
     hops = ",".join(connection.headers.getall("x-forwarded-for", [])).split(",")
     for hop in reversed([h.strip() for h in hops if h.strip()]):
-        if not _among(hop, proxies):
+        if not among(hop, proxies):
             try:
                 return str(ipaddress.ip_address(hop))
             except ValueError:
@@ -70,7 +70,8 @@ def client_of(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return peer
 
 
-def _among(address: str, networks: tuple[Network, ...]) -> bool:
+def among(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether `address` is in one of `networks` (a malformed address is in none)."""
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:

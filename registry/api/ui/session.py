@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from litestar import Request, Response
 from litestar.datastructures import Cookie
 
-from registry.api.common import state_of
+from registry.api.common import among, state_of
 from registry.api.guards import in_scope
 from registry.errors import (
     NotFoundError,
@@ -119,7 +119,7 @@ def scheme(request: Request[Any, Any, Any]) -> str:
         return "https"
     state = state_of(request)
     peer = request.client.host if request.client else ""
-    if state.proxies and _trusted(peer, state):
+    if among(peer, state.proxies):
         forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
         if forwarded in ("http", "https"):
             return forwarded
@@ -132,19 +132,9 @@ def host(request: Request[Any, Any, Any]) -> str:
     state = state_of(request)
     peer = request.client.host if request.client else ""
     forwarded = request.headers.get("x-forwarded-host", "").split(",")[0].strip()
-    if forwarded and state.proxies and _trusted(peer, state):
+    if forwarded and among(peer, state.proxies):
         return forwarded
     return request.headers.get("host", "")
-
-
-def _trusted(peer: str, state: Any) -> bool:
-    import ipaddress
-
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(address in network for network in state.proxies)
 
 
 def session_cookie(request: Request[Any, Any, Any], value: str, *, max_age: int) -> Cookie:
