@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from registry.manifest import Manifest
 from registry.records import (
@@ -523,3 +524,13 @@ def parse_config(data: bytes) -> object:
             children = item.values() if isinstance(item, dict) else item
             pending.extend((child, depth + 1) for child in children)
     return value
+
+
+def config_object(data: bytes) -> dict[str, Any] | None:
+    """config.json's bytes as the JSON object a diff compares, or None when they are not one
+    (not JSON, nested too deeply, another kind of value)."""
+    try:
+        value = parse_config(data)
+    except ValueError:  # not JSON (UnicodeDecodeError is one), or nested too deeply
+        return None
+    return value if isinstance(value, dict) else None

@@ -70,6 +70,7 @@ from registry.reports import (
     VersionDetails,
     VersionDiff,
     config_changes,
+    config_object,
 )
 from registry.retention import Decision, Policy
 
@@ -615,11 +616,7 @@ class RemoteRegistry:
         entry = next((f for f in version.files if f.path == CONFIG), None)
         if entry is None or entry.size > MAX_SMALL_FILE:
             return None
-        try:
-            value = json.loads(self.read_small_file(version.ref, CONFIG))
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return value if isinstance(value, dict) else None
+        return config_object(self.read_small_file(version.ref, CONFIG))
 
     def read_small_file(self, ref: str, path: str) -> bytes:
         """One of a version's small files (a model card, a config): its ciphertext and key

@@ -15,7 +15,7 @@ from registry.ops.browse import MAX_SMALL_FILE, read_small_file
 from registry.ops.context import Context
 from registry.ops.queries import show
 from registry.records import VersionRecord
-from registry.reports import TensorChange, VersionDiff, config_changes, parse_config
+from registry.reports import TensorChange, VersionDiff, config_changes, config_object
 from registry.safetensors_header import TensorEntry
 
 CONFIG = "config.json"
@@ -107,8 +107,4 @@ def _config(ctx: Context, version: VersionRecord) -> dict[str, Any] | None:
     entry = next((f for f in version.files if f.path == CONFIG), None)
     if entry is None or entry.size > MAX_SMALL_FILE:
         return None
-    try:
-        value = parse_config(read_small_file(ctx, version.ref, CONFIG))
-    except ValueError:  # not JSON (UnicodeDecodeError is one), or nested too deeply
-        return None
-    return value if isinstance(value, dict) else None
+    return config_object(read_small_file(ctx, version.ref, CONFIG))
