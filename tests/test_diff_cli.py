@@ -176,3 +176,14 @@ def test_diff_and_card_through_a_server(
         # The client read the card with the key broker's keys: audited, as the token.
         brokered = [e for e in registry.audit_events(subject="org/m") if e.action == "key-broker"]
         assert brokered and brokered[0].details["token"] == record.id
+
+
+def test_a_config_a_diff_cannot_compare_is_left_out_not_a_crash() -> None:
+    """The one reader of configs for diffs, the server's and the client's alike: JSON nested
+    past the bound (a pusher's few KiB of brackets), other JSON values and non-JSON are no
+    config to compare (None), never a RecursionError."""
+    from registry.reports import config_object
+
+    assert config_object(b'{"a": {"b": 1}}') == {"a": {"b": 1}}
+    for data in (b"[" * 5000 + b"]" * 5000, b'{"x":' * 100 + b"1" + b"}" * 100, b"[1]", b"\xff"):
+        assert config_object(data) is None
