@@ -116,35 +116,55 @@ def hash_file_chunks(
     on_progress: Callable[[int], None] | None = None,
     starts_with: bytes = b"",
 ) -> FileDigests:
-    """A file's digest, chunk root and SHA-256 in one read (see `hash_file`): the chunks of each
-    buffer are hashed on a thread per core, and SHA-256 on one more, while the whole-file
-    hasher takes the same buffer."""
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    sha = hashlib.sha256()
-    digests = bytearray()
+    """A file's digest, chunk root and SHA-256 in one read (see `hash_file` and `FileHasher`)."""
     buffer_size = chunk_size * max(1, HASH_BUFFER // chunk_size)
-    with ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="hash") as pool:
+    with FileHasher(chunk_size=chunk_size) as hasher:
+        _read_file(path, starts_with, buffer_size, hasher.update, on_progress)
+        return hasher.result()
 
-        def take(view: memoryview) -> None:
-            # SHA-256 is serial and releases the GIL: it runs beside the BLAKE3 work, and is
-            # waited for before the buffer is refilled.
-            whole = pool.submit(sha.update, view)
-            pieces = [view[at : at + chunk_size] for at in range(0, len(view), chunk_size)]
-            chunks = pool.map(hash_chunk, pieces)
-            hasher.update(view)
-            for raw in chunks:
-                digests.extend(raw)
-            whole.result()
 
-        size = _read_file(path, starts_with, buffer_size, take, on_progress)
-    if size == 0:
-        digests.extend(hash_chunk(b""))
-    return FileDigests(
-        format_digest(hasher.digest()),
-        chunk_size,
-        chunk_root(digests, chunk_size=chunk_size, size=size),
-        sha.hexdigest(),
-    )
+class FileHasher:
+    """A file's digest, chunk root and SHA-256, taken from its bytes in order: the chunks of each
+    buffer are hashed on a thread per core, and SHA-256 on one more, while the whole-file
+    hasher takes the same buffer. Every buffer but the last must hold whole chunks."""
+
+    def __init__(self, *, chunk_size: int) -> None:
+        self.chunk_size = chunk_size
+        self.size = 0
+        self._hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        self._sha = hashlib.sha256()
+        self._digests = bytearray()
+        self._pool = ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="hash")
+
+    def __enter__(self) -> FileHasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown()
+
+    def update(self, view: memoryview) -> None:
+        if self.size % self.chunk_size:
+            raise ValueError("only the last buffer of a file may end inside a chunk")
+        # SHA-256 is serial and releases the GIL: it runs beside the BLAKE3 work, and is
+        # waited for before the caller reuses the buffer.
+        whole = self._pool.submit(self._sha.update, view)
+        size = self.chunk_size
+        pieces = [view[at : at + size] for at in range(0, len(view), size)]
+        chunks = self._pool.map(hash_chunk, pieces)
+        self._hasher.update(view)
+        for raw in chunks:
+            self._digests.extend(raw)
+        whole.result()
+        self.size += len(view)
+
+    def result(self) -> FileDigests:
+        digests = self._digests if self.size else bytearray(hash_chunk(b""))
+        return FileDigests(
+            format_digest(self._hasher.digest()),
+            self.chunk_size,
+            chunk_root(digests, chunk_size=self.chunk_size, size=self.size),
+            self._sha.hexdigest(),
+        )
 
 
 def _read_file(

@@ -326,6 +326,47 @@ class UiSessionRecord:
 
 
 @dataclass(frozen=True)
+class DeclaredFile:
+    """A file a client means to push through an upload session: its path in the version, size
+    and BLAKE3 digest."""
+
+    path: str
+    size: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class UploadFileRecord:
+    """A file of an upload session: what the client declared (path, size, BLAKE3 digest) and
+    how it must seal it (the salt and nonce prefix of its sealed header, issued by the server)."""
+
+    index: int
+    path: str
+    size: int
+    digest: str
+    salt: bytes
+    nonce_prefix: bytes
+
+
+@dataclass(frozen=True)
+class UploadSessionRecord:
+    """An upload session (a push through the API): its model and message, the token that
+    opened it (`owner`, the actor), the chunk and part layout every file is sealed and sent in,
+    its files, and the parts received so far: (file index, part) -> the part's BLAKE3 digest."""
+
+    id: str
+    model: str
+    message: str
+    owner: str
+    chunk_size: int
+    chunks_per_part: int
+    created_at: datetime
+    seen_at: datetime
+    files: tuple[UploadFileRecord, ...]
+    received: dict[tuple[int, int], str]
+
+
+@dataclass(frozen=True)
 class TagRecord:
     """A tag on a version (a mutable label, outside the signed manifest): who added it, when."""
 

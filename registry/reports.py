@@ -22,6 +22,7 @@ from registry.records import (
     ModelSummary,
     SearchHit,
     TagRecord,
+    UploadSessionRecord,
     VersionRecord,
     VersionState,
 )
@@ -47,6 +48,18 @@ class PushResult:
     reused_bytes: int
     files: int
     pending_regions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UploadKeys:
+    """An upload session and the data key each of its files is sealed with (by file index):
+    what a client needs to seal and send its files."""
+
+    session: UploadSessionRecord
+    keys: dict[int, bytes] = field(repr=False)
+    # By file index: how many parts its sealed form is sent in, and that form's size.
+    parts: dict[int, int] = field(default_factory=dict)
+    sealed_sizes: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

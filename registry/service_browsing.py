@@ -1,6 +1,7 @@
 """The second half of the facade: reading a page at a time (models, a model's overview, a
-version's row, the audit trail, small files, diffs), tags, search, the web UI's sessions, and
-provenance (signer policies, OpenSSF signatures). `Registry` is made of this and
+version's row, the audit trail, small files, diffs), tags, search, the web UI's sessions,
+provenance (signer policies, OpenSSF signatures), and upload sessions (a push sealed by the
+client, through the REST API). `Registry` is made of this and
 `registry.service`; each method is a one-line delegation to its operation, exactly as there.
 """
 
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from registry.ops.context import Context
+    from registry.provenance import ProvenanceRequest
     from registry.records import (
+        DeclaredFile,
         ModelSummary,
         TagRecord,
         TokenRecord,
@@ -24,8 +27,10 @@ if TYPE_CHECKING:
         ModelOverview,
         ModelPage,
         OpenSSFKey,
+        PushResult,
         SearchResult,
         TagChange,
+        UploadKeys,
         VersionDiff,
         VersionRow,
     )
@@ -208,3 +213,51 @@ class Browsing:
         from registry.ops import signatures as signatures_ops
 
         return signatures_ops.openssf_signature(self._context, ref)
+
+    def open_upload(
+        self, model: str, files: Sequence[DeclaredFile], *, message: str = ""
+    ) -> UploadKeys:
+        """Open an upload session for a new version of `model`: the data key and sealed
+        header of each file, for the client to seal it with (audited)."""
+        from registry.ops import uploads as upload_ops
+
+        return upload_ops.open_upload(self._context, model, files, message=message)
+
+    def upload_keys(self, session_id: str) -> UploadKeys:
+        """An upload session of this actor's, what it received, and its keys again (audited)."""
+        from registry.ops import uploads as upload_ops
+
+        return upload_ops.upload_keys(self._context, session_id)
+
+    def upload_part_length(self, session_id: str, index: int, part: int) -> int:
+        from registry.ops import uploads as upload_ops
+
+        return upload_ops.upload_part_length(self._context, session_id, index, part)
+
+    def put_upload_part(
+        self, session_id: str, index: int, part: int, data: bytes | bytearray, digest: str
+    ) -> None:
+        """Keep one part of a file's sealed bytes (`digest`: their BLAKE3 digest)."""
+        from registry.ops import uploads as upload_ops
+
+        return upload_ops.put_upload_part(self._context, session_id, index, part, data, digest)
+
+    def abandon_upload(self, session_id: str) -> None:
+        from registry.ops import uploads as upload_ops
+
+        return upload_ops.abandon_upload(self._context, session_id)
+
+    def commit_upload(
+        self,
+        session_id: str,
+        *,
+        provenance: ProvenanceRequest | None = None,
+        signature: bytes | None = None,
+    ) -> PushResult:
+        """Check every file of an upload session (decrypted in memory, never written as
+        plaintext) and commit them as a new version."""
+        from registry.ops import uploadcommit as commit_ops
+
+        return commit_ops.commit_upload(
+            self._context, session_id, provenance=provenance, signature=signature
+        )

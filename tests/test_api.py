@@ -18,13 +18,14 @@ import pytest
 from litestar.testing import TestClient
 
 from registry.api.app import create_app, openapi_document
-from registry.api.uploads import PART_SIZE
 from registry.crypto import sealed
 from registry.digest import hash_file
 from registry.service import ADMIN, PROMOTER, PUSHER, READER, ROLES, Registry
 from registry.testing.models import make_model
+from tests.apikit import api_settings, sealed_parts
 
 ROOT = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
 
 
 @dataclass
@@ -63,7 +64,7 @@ def api(home: Path, tmp_path: Path) -> Iterator[Api]:
             )
         revoked, tokens["revoked"] = registry.create_token("gone", role=ADMIN, models=["*"])
         registry.revoke_token(revoked.id)
-        with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+        with TestClient(create_app(registry)) as client:
             yield Api(client, registry, tokens, model)
 
 
@@ -255,21 +256,26 @@ def test_ciphertext_ranges_decrypt_with_the_brokers_keys(api: Api) -> None:
 def test_an_interrupted_upload_resumes_and_matches_a_local_push(
     api: Api, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api.client.app.state["registry_state"].uploads.part_size = 16_384
-    model = make_model(tmp_path / "big", shards=2, shard_size=60_000, seed=9)
+    api_settings(api.registry, part_size=MiB, chunk_size=256 * 1024)
+    model = make_model(tmp_path / "big", shards=2, shard_size=2_500_000, seed=9)
     pusher = api.auth(PUSHER)
     files = _files(model)
     session = api.client.post(
         "/v1/uploads", json={"model": "org/llama", "files": files, "message": "ci"}, headers=pusher
     ).json()
+    assert session["chunk_size"] == 256 * 1024 and session["chunks_per_part"] == 4
+    sealed = {
+        entry["index"]: sealed_parts(session, entry["index"], model / entry["path"])
+        for entry in session["files"]
+    }
     sent: list[tuple[int, int]] = []
 
     def send(index: int, part: int) -> None:
-        data = (model / files[index]["path"]).read_bytes()[part * 16_384 : (part + 1) * 16_384]
+        data, digest = sealed[index][part]
         answer = api.client.put(
             f"/v1/uploads/{session['id']}/files/{index}/parts/{part}",
             content=data,
-            headers={**pusher, "X-Part-Digest": _part_digest(data)},
+            headers={**pusher, "X-Part-Digest": digest},
         )
         assert answer.status_code == 204, answer.text
         sent.append((index, part))
@@ -281,8 +287,9 @@ def test_an_interrupted_upload_resumes_and_matches_a_local_push(
     first = len(sent)
     early = api.client.post(f"/v1/uploads/{session['id']}/commit", headers=pusher)
     assert early.status_code == 400 and "not received" in early.json()["error"]["message"]
-    # Resume: ask what arrived, send only the rest.
+    # Resume: ask what arrived (and the keys, issued again: the same), send only the rest.
     status = api.client.get(f"/v1/uploads/{session['id']}", headers=pusher).json()
+    assert [f["key"] for f in status["files"]] == [f["key"] for f in session["files"]]
     for entry in status["files"]:
         for part in sorted(set(range(entry["parts"])) - set(entry["received"])):
             send(entry["index"], part)
@@ -294,6 +301,8 @@ def test_an_interrupted_upload_resumes_and_matches_a_local_push(
     local = api.registry.push("org/llama", model)  # the same bytes pushed directly
     assert not local.created and local.version.digest == pushed["digest"]
     assert api.client.get(f"/v1/uploads/{session['id']}", headers=pusher).status_code == 404
+    staged = api.registry.settings.home / "uploads" / "objects" / "sessions"
+    assert not staged.exists() or not list(staged.iterdir())  # the parts went with the session
 
 
 def test_malformed_input_is_a_4xx(api: Api) -> None:
@@ -332,16 +341,15 @@ def test_malformed_input_is_a_4xx(api: Api) -> None:
         "/v1/uploads", json={"model": "org/llama", "files": files}, headers=pusher
     ).json()
     part = f"/v1/uploads/{session['id']}/files/0/parts/0"
+    data, _digest = sealed_parts(session, 0, api.model / files[0]["path"])[0]
     wrong = api.client.put(
-        part,
-        content=b"x" * files[0]["size"],
-        headers={**pusher, "X-Part-Digest": "blake3:" + "0" * 64},
+        part, content=data, headers={**pusher, "X-Part-Digest": "blake3:" + "0" * 64}
     )
     assert wrong.status_code == 400 and "digest mismatch" in wrong.json()["error"]["message"]
     scraped = api.client.get("/metrics").text  # counted, and a security event
     assert "model_registry_integrity_failures_total 1.0" in scraped
     assert 'model_registry_security_events_total{kind="integrity-failure"} 1.0' in scraped
-    huge = api.client.put(part, content=b"x" * (PART_SIZE + 4096), headers=pusher)
+    huge = api.client.put(part, content=data + b"x" * 4096, headers=pusher)
     assert huge.status_code == 413
     beyond = api.client.put(
         f"/v1/uploads/{session['id']}/files/0/parts/99",
@@ -499,7 +507,8 @@ def test_no_generated_input_yields_a_server_error(api: Api) -> None:
 
 def test_upload_sessions_refuse_bad_layouts_and_survive_races(api: Api) -> None:
     pusher = api.auth(PUSHER)
-    uploads = api.client.app.state["registry_state"].uploads
+    catalog = api.registry._context.catalog
+    staging = api.registry.settings.home / "uploads"
     empty = "blake3:" + blake3.blake3(b"").hexdigest()
 
     def create(files: list[dict[str, Any]]) -> Any:
@@ -516,34 +525,29 @@ def test_upload_sessions_refuse_bad_layouts_and_survive_races(api: Api) -> None:
         ]
     )
     assert clash.status_code == 400 and "as a file and as the folder" in clash.text
-    uploads.root.mkdir(parents=True, exist_ok=True)
-    assert not [p for p in uploads.root.iterdir() if p.is_dir()]  # no orphan session left
+    signature = create([{"path": "model.sig", "size": 0, "digest": empty}])
+    assert signature.status_code == 400 and "commit's `signature`" in signature.text
+    assert catalog.idle_uploads(datetime.now(UTC) + timedelta(days=1)) == []  # no orphan row
     # Something else in the staging directory does not stop new sessions.
-    (uploads.root / "stray.txt").write_text("not a session")
-    (uploads.root / "notes").mkdir()
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "stray.txt").write_text("not a session")
     files = _files(api.model)
     session = create(files).json()
     assert session["id"]
-    # A commit or abandon moves the session aside first: a part arriving then finds none (404),
-    # and a failed commit puts the session back for the client to finish.
-    live = uploads.get(session["id"], owner=api.registry.authenticate(api.tokens[PUSHER]).id)
+    # While a commit holds the session, a part arriving finds none (404); a failed commit hands
+    # the session back for the client to finish.
     part = f"/v1/uploads/{session['id']}/files/0/parts/0"
-    with open(api.model / files[0]["path"], "rb") as handle:
-        first = handle.read(session["part_size"])
-    late: list[int] = []
-
-    def failing_commit() -> None:
-        with uploads.claimed(live):
-            headers = {**pusher, "X-Part-Digest": _part_digest(first)}
-            late.append(api.client.put(part, content=first, headers=headers).status_code)
-            raise RuntimeError("the commit failed")
-
-    with pytest.raises(RuntimeError):
-        failing_commit()
-    assert late == [404]
+    data, digest = sealed_parts(session, 0, api.model / files[0]["path"])[0]
+    now = datetime.now(UTC)
+    assert catalog.claim_upload(session["id"], "c" * 32, at=now, stale=now - timedelta(hours=1))
+    late = api.client.put(part, content=data, headers={**pusher, "X-Part-Digest": digest})
+    assert late.status_code == 404
+    busy = api.client.post(f"/v1/uploads/{session['id']}/commit", headers=pusher)
+    assert busy.status_code == 404 and "being committed" in busy.text
+    catalog.release_upload(session["id"], "c" * 32, at=now)
     assert api.client.get(f"/v1/uploads/{session['id']}", headers=pusher).is_success
     missing = api.client.post(f"/v1/uploads/{session['id']}/commit", headers=pusher)
     assert missing.status_code == 400 and "not received yet" in missing.text
     assert api.client.delete(f"/v1/uploads/{session['id']}", headers=pusher).status_code == 204
     assert api.client.delete(f"/v1/uploads/{session['id']}", headers=pusher).status_code == 404
-    assert (uploads.root / "stray.txt").exists() and (uploads.root / "notes").is_dir()
+    assert (staging / "stray.txt").exists()

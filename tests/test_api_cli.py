@@ -28,6 +28,7 @@ from registry.api.app import create_app
 from registry.client import RemoteRegistry
 from registry.service import ADMIN, READER, Registry
 from registry.testing.models import make_model
+from tests.apikit import api_settings
 from tests.conftest import tree
 
 
@@ -37,11 +38,16 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+MiB = 1024 * 1024
+PARTS = "objects/sessions/*/*/*"  # the parts an upload session holds in its staging store
+
+
 class LiveServer:
     """The API of an open registry served by uvicorn in a thread of the test process."""
 
-    def __init__(self, registry: Registry, staging: Path, *, part_size: int = 64 * 1024) -> None:
-        self.app = create_app(registry, staging=staging, part_size=part_size)
+    def __init__(self, registry: Registry, staging: Path, *, part_size: int = MiB) -> None:
+        api_settings(registry, staging_dir=staging, part_size=part_size)
+        self.app = create_app(registry)
         self.port = _free_port()
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
@@ -174,7 +180,7 @@ def test_a_killed_push_resumes_and_sends_only_the_missing_parts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     server, tokens = served
-    model = make_model(tmp_path / "model", shards=2, shard_size=3_000_000, seed=8)
+    model = make_model(tmp_path / "model", shards=2, shard_size=12_000_000, seed=8)
     env = {
         **os.environ,
         "MODEL_REGISTRY_URL": server.url,
@@ -190,7 +196,7 @@ def test_a_killed_push_resumes_and_sends_only_the_missing_parts(
     )
     # Kill it once the server holds some parts, well before all of them.
     deadline = time.monotonic() + 60
-    while not list(staging.glob("*/received/*/*")):
+    while not list(staging.glob(PARTS)):
         assert first.poll() is None, first.stderr.read() if first.stderr else ""
         assert time.monotonic() < deadline
         time.sleep(0.01)
@@ -199,14 +205,18 @@ def test_a_killed_push_resumes_and_sends_only_the_missing_parts(
     # Parts whose bodies had fully arrived still land after the kill: wait until all settled.
     settled = None
     while True:
-        now = (len(list(staging.glob("*/received/*/*"))), server.part_puts())
+        now = (len(list(staging.glob(PARTS))), server.part_puts())
         if now == settled:
             break
         settled = now
         time.sleep(0.3)
-    received = len(list(staging.glob("*/received/*/*")))
-    session = json.loads(next(staging.glob("*/session.json")).read_text())
-    total = sum(max(1, -(-size // (64 * 1024))) for _path, size, _digest in session["files"])
+    received = len(list(staging.glob(PARTS)))
+    session_id = next(staging.glob("objects/sessions/*")).name
+    with Registry.open(home) as registry:
+        session = registry._context.catalog.upload(session_id)
+    assert session is not None and len(session.received) == received
+    per_part = session.chunk_size * session.chunks_per_part
+    total = sum(-(-entry.size // per_part) for entry in session.files)
     assert 0 < received < total
     before = server.part_puts()
 

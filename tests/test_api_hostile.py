@@ -11,9 +11,9 @@ import dataclasses
 import json
 import os
 import stat
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from registry.digest import hash_file
 from registry.errors import IntegrityError, InvalidInputError
 from registry.service import ADMIN, PUSHER, READER, Registry
 from registry.testing.models import make_model
+from tests.apikit import api_settings, sealed_parts
 
 
 @dataclass
@@ -58,7 +59,7 @@ def api(home: Path, tmp_path: Path) -> Iterator[Api]:
             for role in (READER, PUSHER, ADMIN)
         }
         staging = tmp_path / "staging"
-        with TestClient(create_app(registry, staging=staging)) as client:
+        with TestClient(create_app(registry)) as client:
             yield Api(client, registry, tokens, model, staging)
 
 
@@ -273,59 +274,43 @@ def test_a_chunked_part_is_refused_as_it_streams_past_the_part_size(api: Api) ->
     assert len(pulled) <= 2  # refused at the first chunk past one byte, not after 60 MiB
 
 
-def test_a_part_racing_a_failed_commit_lands_and_the_session_survives(
+def test_a_part_racing_a_commit_is_refused_and_the_session_survives(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The commit moves the session aside while a part is being written (the part holds the
-    shared lock, so the commit waits for it); the commit then fails. The part must land in the
-    session (204, not a 500), and the session must be back under its name, complete."""
-    from registry.api import uploads as uploads_module
+    """A commit claims the session while a part is being stored (another process, say): the
+    part is not recorded (404: the commit checks what it reads, and cannot have counted on it),
+    and once the commit hands the session back the client sends the part again."""
+    from registry.ops import uploads as upload_ops
 
     pusher = api.auth(PUSHER)
     files = _files(api.model)
     session = api.client.post(
         "/v1/uploads", json={"model": "org/llama", "files": files}, headers=pusher
     ).json()
-    uploads = api.client.app.state["registry_state"].uploads
-    owner = api.registry.authenticate(api.tokens[PUSHER]).id
-    live = uploads.get(session["id"], owner=owner)
-    real = uploads_module._locked
-    committing: list[threading.Thread] = []
-    outcome: list[BaseException] = []
+    catalog = api.registry._context.catalog
+    real = upload_ops.staging
+    now = datetime.now(UTC)
 
-    def commit_that_fails() -> None:
-        try:
-            with uploads.claimed(live):
-                raise RuntimeError("the commit failed")
-        except RuntimeError as error:
-            outcome.append(error)
+    class Racing:
+        def __init__(self, driver: Any) -> None:
+            self.driver = driver
 
-    @uploads_module.contextmanager
-    def racing(session: Any, operation: int, *, check: bool = True) -> Iterator[int]:
-        with real(session, operation, check=check) as folder:
-            if not committing:
-                # The commit starts now, between the part's lock and its writes.
-                thread = threading.Thread(target=commit_that_fails)
-                committing.append(thread)
-                thread.start()
-                while session.root.exists() and thread.is_alive():
-                    os.sched_yield()
-            yield folder
+        def put_if_absent(self, name: str, chunks: Any) -> bool:
+            assert catalog.claim_upload(session["id"], "c" * 32, at=now, stale=now)
+            return bool(self.driver.put_if_absent(name, chunks))
 
-    monkeypatch.setattr(uploads_module, "_locked", racing)
-    size = session["part_size"]
-    data = (api.model / files[0]["path"]).read_bytes()[:size]
-    answer = api.client.put(
-        f"/v1/uploads/{session['id']}/files/0/parts/0",
-        content=data,
-        headers={**pusher, "X-Part-Digest": _digest(data)},
-    )
-    committing[0].join(30)
-    assert answer.status_code == 204, answer.text
-    assert [type(e) for e in outcome] == [RuntimeError]
-    assert not [p.name for p in uploads.root.iterdir() if ".claimed" in p.name]
+    monkeypatch.setattr(upload_ops, "staging", lambda ctx: Racing(real(ctx)))
+    data, digest = sealed_parts(session, 0, api.model / files[0]["path"])[0]
+    part = f"/v1/uploads/{session['id']}/files/0/parts/0"
+    answer = api.client.put(part, content=data, headers={**pusher, "X-Part-Digest": digest})
+    assert answer.status_code == 404 and "committed or abandoned" in answer.text
+    monkeypatch.setattr(upload_ops, "staging", real)
+    catalog.release_upload(session["id"], "c" * 32, at=now)
     state = api.client.get(f"/v1/uploads/{session['id']}", headers=pusher)
-    assert state.status_code == 200
+    assert state.status_code == 200 and state.json()["files"][0]["received"] == []
+    again = api.client.put(part, content=data, headers={**pusher, "X-Part-Digest": digest})
+    assert again.status_code == 204
+    state = api.client.get(f"/v1/uploads/{session['id']}", headers=pusher)
     assert state.json()["files"][0]["received"] == [0]
 
 
@@ -409,25 +394,28 @@ def test_catalog_home_and_staging_are_private_whatever_the_umask(
         with Registry.open(home) as registry:
             registry.push("org/m", model)
             _record, secret = registry.create_token("p", role=PUSHER, models=["*"])
-            staging = tmp_path / "deep" / "staging"
-            with TestClient(create_app(registry, staging=staging)) as client:
+            api_settings(registry, staging_dir=tmp_path / "deep" / "staging")
+            with TestClient(create_app(registry)) as client:
                 files = _files(model)
                 session = client.post(
                     "/v1/uploads",
                     json={"model": "org/m", "files": files},
                     headers={"Authorization": f"Bearer {secret}"},
                 ).json()
-                data = (model / files[0]["path"]).read_bytes()[: session["part_size"]]
+                data, digest = sealed_parts(session, 0, model / files[0]["path"])[0]
                 put = client.put(
                     f"/v1/uploads/{session['id']}/files/0/parts/0",
                     content=data,
-                    headers={"Authorization": f"Bearer {secret}", "X-Part-Digest": _digest(data)},
+                    headers={"Authorization": f"Bearer {secret}", "X-Part-Digest": digest},
                 )
                 assert put.status_code == 204
+                # The parts are ciphertext; the folders that hold them are still private.
+                folders = [tmp_path / "deep", *(tmp_path / "deep").rglob("*")]
+                assert any(p.name == "0" and p.is_file() for p in folders)  # the part is there
                 loose = [
                     f"{p} {stat.filemode(p.stat().st_mode)}"
-                    for p in [tmp_path / "deep", *(tmp_path / "deep").rglob("*")]
-                    if p.stat().st_mode & 0o077
+                    for p in folders
+                    if p.is_dir() and p.stat().st_mode & 0o077
                 ]
                 assert not loose, loose
         catalog = [home / "catalog.db", home / "catalog.db-wal", home / "catalog.db-shm"]
@@ -457,13 +445,13 @@ def test_forwarded_addresses_are_believed_only_from_configured_proxies(
 ) -> None:
     Registry.init(home)
     with Registry.open(home) as registry:
-        plain = create_app(registry, staging=tmp_path / "s1")
+        plain = create_app(registry)
         assert _client_seen(plain, "127.0.0.1", ["6.6.6.6"]) == "127.0.0.1"
         assert _client_seen(plain, "10.0.0.2", ["6.6.6.6"]) == "10.0.0.2"
         registry.settings.__dict__["api"] = dataclasses.replace(
             registry.settings.api, trusted_proxies=("10.0.0.0/8", "::1")
         )
-        behind = create_app(registry, staging=tmp_path / "s2")
+        behind = create_app(registry)
         assert _client_seen(behind, "10.0.0.2", ["6.6.6.6"]) == "6.6.6.6"
         # What the client wrote itself lies beyond the proxies: the nearest untrusted hop.
         assert _client_seen(behind, "10.0.0.2", ["1.1.1.1, 6.6.6.6, 10.0.0.9"]) == "6.6.6.6"
@@ -585,7 +573,7 @@ def test_audit_entries_deleted_from_the_catalog_are_missing_from_it(
         assert not result.ok
         assert any(f"audit entry {newest} " in d and "deleted" in d for d in result.differences)
         # Through the API, the same answer.
-        with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+        with TestClient(create_app(registry)) as client:
             answer = client.get("/v1/audit/verify", headers={"Authorization": f"Bearer {secret}"})
             assert answer.status_code == 200
             assert answer.json()["ok"] is False and answer.json()["differences"]

@@ -179,7 +179,7 @@ def watched(home: Path, tmp_path: Path) -> Iterator[tuple[TestClient[Any], dict[
             registry.push(f"org/m{i}", model)
         _record, reader = registry.create_token("fleet", role=READER, models=["org/*"])
         _record, admin = registry.create_token("root", role=ADMIN, models=["*"])
-        with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+        with TestClient(create_app(registry)) as client:
             yield client, {"reader": reader, "admin": admin}
 
 

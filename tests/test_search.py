@@ -201,7 +201,7 @@ def served(
             "org": registry.create_token("org", role=READER, models=["org/*"])[1],
             "all": registry.create_token("all", role=READER, models=["*"])[1],
         }
-        app = create_app(registry, staging=tmp_path / "staging")
+        app = create_app(registry)
         with TestClient(app) as client:
             yield client, registry, tokens
 

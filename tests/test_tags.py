@@ -197,7 +197,7 @@ def api(home: Path, tmp_path: Path) -> Iterator[tuple[TestClient[Any], Registry,
             for role in (READER, PUSHER, PROMOTER)
         }
         tokens["all"] = registry.create_token("all", role=READER, models=["*"])[1]
-        with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+        with TestClient(create_app(registry)) as client:
             yield client, registry, tokens
 
 

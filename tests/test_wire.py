@@ -247,7 +247,7 @@ def test_the_key_broker_audits_the_unwraps_it_took(home: Path, tmp_path: Path) -
         assert event.details["key_unwraps"] == len(brokered.keys) == event.details["keys"]
         assert event.details["token"] == record.id
         # Through the REST API: the audit, the metric and the answer agree.
-        with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+        with TestClient(create_app(registry)) as client:
             answer = client.post(
                 "/v1/keys", json={"ref": "org/m@1"}, headers={"Authorization": f"Bearer {text}"}
             )

@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
@@ -45,7 +44,6 @@ from registry.api.routes.service import ServiceController
 from registry.api.routes.tags import TagsController
 from registry.api.routes.uploads import UploadsController
 from registry.api.ui import template_config, ui_router
-from registry.api.uploads import Uploads
 from registry.errors import RegistryError
 from registry.service import Registry
 
@@ -94,21 +92,13 @@ def _metrics_middleware(metrics_of: Callable[[], Metrics]) -> Callable[[ASGIApp]
     return factory
 
 
-def create_app(
-    registry: Registry, *, staging: Path | None = None, part_size: int | None = None
-) -> Litestar:
+def create_app(registry: Registry) -> Litestar:
     """The application over an open registry (closed by the caller), with the limits of its
-    `[api]` settings. `staging` (upload sessions) and `part_size` (what clients upload per
-    request) override those settings."""
+    `[api]` settings."""
     settings = registry.settings.api
     board = Metrics()
     state = State(
         registry=registry,
-        uploads=Uploads(
-            staging or settings.staging_dir or registry.settings.home / "uploads",
-            part_size=part_size or settings.part_size,
-            ttl=settings.upload_ttl_hours * 3600.0,
-        ),
         metrics=board,
         limiter=RateLimiter(settings.requests_per_second, settings.burst),
         transfer_limiter=RateLimiter(

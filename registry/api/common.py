@@ -1,4 +1,4 @@
-"""What the routes share: the application's state (the open registry, upload sessions, metrics,
+"""What the routes share: the application's state (the open registry, metrics,
 rate limits, threat signals), the caller's address, security events, and parsing of times and
 byte ranges."""
 
@@ -15,7 +15,6 @@ from litestar.connection import ASGIConnection
 
 from registry.api.limits import RateLimiter, Watch
 from registry.api.metrics import Metrics
-from registry.api.uploads import Uploads
 from registry.errors import InvalidInputError
 from registry.records import TokenRecord
 from registry.service import Registry
@@ -30,7 +29,6 @@ security_log = logging.getLogger("model_registry.security")
 @dataclass
 class State:
     registry: Registry
-    uploads: Uploads
     metrics: Metrics
     limiter: RateLimiter
     transfer_limiter: RateLimiter

@@ -422,3 +422,43 @@ class SignerPolicy(Base):
     signers: Mapped[str] = mapped_column(Text)  # JSON list of identities
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_by: Mapped[str] = mapped_column(String(256))
+
+
+class UploadSession(Base):
+    """An upload session (a push through the API). Not journaled: a session is transient, and
+    its parts are ciphertext in the staging store until its commit."""
+
+    __tablename__ = "upload_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255))
+    message: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str] = mapped_column(String(300))
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    chunks_per_part: Mapped[int] = mapped_column(Integer)
+    # A commit in progress holds the session (its id) so that no second one starts.
+    claimed_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class UploadFile(Base):
+    __tablename__ = "upload_files"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(71))
+    salt: Mapped[bytes] = mapped_column(LargeBinary)
+    nonce_prefix: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"
+
+    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(71))

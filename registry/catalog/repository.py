@@ -57,6 +57,7 @@ from registry.catalog.search import SearchPart
 from registry.catalog.tags import TagsPart
 from registry.catalog.tokens import TokensPart
 from registry.catalog.uisessions import UiSessionsPart
+from registry.catalog.uploads import UploadsPart
 from registry.catalog.versions import VersionsPart, add_version, store_blob_row
 from registry.errors import ConflictError, StorageError
 
@@ -103,6 +104,7 @@ class Catalog(
     PlacementsPart,
     BrowsePart,
     UiSessionsPart,
+    UploadsPart,
     PoliciesPart,
     TagsPart,
     SearchPart,

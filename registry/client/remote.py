@@ -7,13 +7,9 @@ import contextlib
 import dataclasses
 import hashlib
 import http.client
-import json
 import json as _json_module
-import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,13 +17,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlencode
 
-import blake3
-
 from registry import errors, wire
-from registry import manifest as manifests
+from registry.client import upload
 from registry.client.transport import ERRORS, Response, Transport, retry_after
 from registry.crypto import sealed
-from registry.digest import hash_file
 from registry.errors import IntegrityError, InvalidInputError, RegistryError, StorageError
 from registry.manifest import ManifestFile
 from registry.materialize import (
@@ -249,71 +242,14 @@ class RemoteRegistry:
         if write_quorum is not None:
             raise InvalidInputError("--write-quorum is the server's setting through the API")
         progress = progress or NoProgress()
-        files = manifests.collect(Path(path), follow_symlinks=follow_symlinks)
-        total = sum(f.size for f in files)
-        progress.begin("hashing", total)
-        described = []
-        for entry in files:
-            digest = hash_file(
-                entry.source, on_progress=progress.advance, starts_with=entry.validated
-            )
-            described.append({"path": entry.path, "size": entry.size, "digest": digest})
-        progress.end()
-        sources = {entry.path: entry.source for entry in files}
-        state_file = self._resume_file(name, described, message)
-        session: wire.UploadSession | None = None
-        if state_file.exists():
-            try:
-                session = wire.load(
-                    wire.UploadSession,
-                    self._json("GET", f"/v1/uploads/{state_file.read_text().strip()}"),
-                )
-            except errors.NotFoundError:
-                session = None  # expired or committed meanwhile: start again
-        if session is None:
-            session = wire.load(
-                wire.UploadSession,
-                self._json(
-                    "POST",
-                    "/v1/uploads",
-                    json={"model": name, "files": described, "message": message},
-                ),
-            )
-            state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            state_file.write_text(session.id)
-        part_size = session.part_size
-        todo = [
-            (entry.index, part, entry.path)
-            for entry in session.files
-            for part in sorted(set(range(entry.parts)) - set(entry.received))
-        ]
-        already = sum(
-            min(part_size, e.size - p * part_size) for e in session.files for p in e.received
+        files, described, signature = upload.described_files(
+            Path(path), follow_symlinks=follow_symlinks, signature=signature, progress=progress
         )
-        progress.begin("uploading", total)
-        progress.advance(already)
-        lock = threading.Lock()
-
-        def send(item: tuple[int, int, str]) -> int:
-            index, part, file_path = item
-            with open(sources[file_path], "rb") as handle:
-                handle.seek(part * part_size)
-                data = handle.read(part_size)
-            self._call(
-                "PUT",
-                f"/v1/uploads/{session.id}/files/{index}/parts/{part}",
-                content=data,
-                headers={"X-Part-Digest": "blake3:" + blake3.blake3(data).hexdigest()},
-            )
-            with lock:
-                progress.advance(len(data))
-            return len(data)
-
-        try:
-            with ThreadPoolExecutor(PARALLEL, thread_name_prefix="upload") as pool:
-                sent = sum(pool.map(send, todo))
-        finally:
-            progress.end()
+        state_file = upload.resume_file([self.url, self._token_tag, name, message, described])
+        session = upload.open_session(self._json, state_file, name, described, message)
+        sent = upload.send_parts(
+            self._call, session, {entry.path: entry.source for entry in files}, progress=progress
+        )
         result = self._json(
             "POST",
             f"/v1/uploads/{session.id}/commit",
@@ -323,15 +259,6 @@ class RemoteRegistry:
         state_file.unlink(missing_ok=True)
         self.last_push_sent = sent
         return wire.load(wire.PushResult, result).to_report()
-
-    def _resume_file(self, name: str, described: list[dict[str, Any]], message: str) -> Path:
-        key = hashlib.sha256(
-            json.dumps(
-                [self.url, self._token_tag, name, message, described], sort_keys=True
-            ).encode()
-        ).hexdigest()[:32]
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        return base / "model-registry" / "uploads" / key
 
     # -- pull ---------------------------------------------------------------------------------
 

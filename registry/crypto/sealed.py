@@ -119,6 +119,20 @@ class SealedHeader:
         end = self.chunk_offset(last) + self.chunk_plain_size(last) + TAG_SIZE
         return start, end - start
 
+    def part_count(self, chunks_per_part: int) -> int:
+        """Parts of `chunks_per_part` chunks each (the last may have fewer) in the object."""
+        return -(-self.chunk_count // chunks_per_part)
+
+    def part_range(self, part: int, chunks_per_part: int) -> tuple[int, int]:
+        """(offset, length) of upload part `part`: its whole chunks, and the header with the
+        first, so that each part can be sealed, sent and checked on its own."""
+        if not 0 <= part < self.part_count(chunks_per_part):
+            raise InvalidInputError(f"part {part} is not in this object")
+        first = part * chunks_per_part
+        last = min(self.chunk_count, first + chunks_per_part) - 1
+        start, length = self.chunk_range(first, last)
+        return (0, start + length) if part == 0 else (start, length)
+
 
 def _derive(data_key: bytes, salt: bytes, digest: str) -> tuple[bytes, bytes]:
     if len(data_key) != KEY_SIZE:
@@ -140,19 +154,31 @@ class Sealer:
     """Encrypts the chunks of one blob whose plaintext digest and size are known up front."""
 
     def __init__(
-        self, data_key: bytes, digest: str, *, plaintext_size: int, chunk_size: int
+        self,
+        data_key: bytes,
+        digest: str,
+        *,
+        plaintext_size: int,
+        chunk_size: int,
+        salt: bytes | None = None,
+        nonce_prefix: bytes | None = None,
     ) -> None:
+        """`salt` and `nonce_prefix` are random unless given: an upload session chooses them
+        on the server, so that a client resuming a push seals every part exactly as before."""
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
             raise InvalidInputError(
                 f"chunk size must be {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}, not {chunk_size}"
             )
         if not 0 <= plaintext_size <= MAX_PLAINTEXT_SIZE:
             raise InvalidInputError(f"plaintext size {plaintext_size} out of bounds")
-        salt = os.urandom(SALT_SIZE)
+        salt = os.urandom(SALT_SIZE) if salt is None else salt
+        prefix = os.urandom(NONCE_PREFIX_SIZE) if nonce_prefix is None else nonce_prefix
+        if len(salt) != SALT_SIZE or len(prefix) != NONCE_PREFIX_SIZE:
+            raise InvalidInputError(
+                f"a salt has {SALT_SIZE} bytes and a nonce prefix {NONCE_PREFIX_SIZE}"
+            )
         key, commitment = _derive(data_key, salt, digest)
-        self.header = SealedHeader(
-            chunk_size, plaintext_size, salt, os.urandom(NONCE_PREFIX_SIZE), commitment
-        )
+        self.header = SealedHeader(chunk_size, plaintext_size, salt, prefix, commitment)
         self.header_bytes = self.header.pack()
         self._aead = AESGCM(key)
 

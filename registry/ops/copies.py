@@ -143,10 +143,12 @@ def choose_key(
     )
 
 
-def take_lease(ctx: Context, objects: Sequence[tuple[str, str]], *, what: str) -> str:
+def take_lease(
+    ctx: Context, objects: Sequence[tuple[str, str]], *, what: str, lease: str | None = None
+) -> str:
     """Lease objects against gc, waiting while a gc is deleting one of them (the writer then
-    stores it anew)."""
-    lease = str(uuid.uuid4())
+    stores it anew). With `lease`, the objects join that lease."""
+    lease = lease or str(uuid.uuid4())
     deadline = time.monotonic() + ctx.home.sweep_wait
     while True:
         swept = ctx.catalog.take_lease(lease, objects, ttl=LEASE_TTL)

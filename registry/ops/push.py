@@ -65,6 +65,7 @@ from registry.replication import (
     Region,
     Replicated,
 )
+from registry.replication.write import DataKey
 from registry.reports import (
     PushResult,
 )
@@ -116,21 +117,9 @@ def push(
     and the trusted OpenSSF signers, and its signer recorded there too (`ops.provenance`).
     """
     progress = progress or NoProgress()
-    validate_name(name)
-    stated = resolve_provenance(ctx, provenance)
-    count = len(ctx.replicas.regions)
-    quorum = write_quorum if write_quorum is not None else ctx.settings.write_quorum or count
-    if not 1 <= quorum <= count:
-        raise InvalidInputError(f"write quorum {quorum} is not between 1 and {count} (the regions)")
-    check_text("message", message, limit=65536)
-    check_text("actor", ctx.actor, limit=256)
-    if ctx.signer.key_id not in {s.key_id for s in ctx.settings.trusted_signers}:
-        raise ConfigurationError(
-            f"this home's signing key {ctx.signer.key_id} is not among the trusted signers, "
-            "so nothing it pushed could be read back",
-            hint="trust it with `model-registry keys trust NAME PUBLIC_KEY` "
-            "(`model-registry keys show` prints it)",
-        )
+    stated, quorum = push_checks(
+        ctx, name, provenance=provenance, write_quorum=write_quorum, message=message
+    )
     # The checks of the catalog against the stores passed: the stores may prepare for the
     # writes (an S3 driver probes its server's write-once behaviour) while the files are hashed.
     ctx.replicas.expect_writes()
@@ -146,7 +135,9 @@ def push(
     )
     if hashed is None:
         hashed = _hash_files(files, known, chunk_size=chunk_size, progress=progress)
-    manifest = _manifest(ctx, name, files, hashed, stated=stated, signature=signature)
+    manifest = manifest_for(
+        ctx, name, _manifest_files(files, hashed), stated=stated, signature=signature
+    )
     digest = manifest.digest
     unique: dict[str, manifests.LocalFile] = {}
     for entry, found in zip(files, hashed, strict=True):
@@ -170,19 +161,39 @@ def push(
         ctx.catalog.drop_lease(lease)
 
 
-def _manifest(
+def push_checks(
     ctx: Context,
     name: str,
-    files: Sequence[manifests.LocalFile],
-    hashed: Sequence[FileDigests],
     *,
-    stated: Provenance | None,
-    signature: bytes | None,
-) -> Manifest:
-    """The version's manifest: its files with their digests, and the provenance stated (with
-    the OpenSSF signer of `signature`, checked); or the manifest of an older version of the
-    very same files when nothing is stated."""
-    entries = [
+    provenance: ProvenanceRequest | None,
+    write_quorum: int | None,
+    message: str,
+) -> tuple[Provenance | None, int]:
+    """What every push checks before it reads a byte: the name, the provenance stated (its
+    base model resolved), the quorum, the message, and that this home's signing key is
+    trusted. Returns the provenance and the quorum."""
+    validate_name(name)
+    stated = resolve_provenance(ctx, provenance)
+    count = len(ctx.replicas.regions)
+    quorum = write_quorum if write_quorum is not None else ctx.settings.write_quorum or count
+    if not 1 <= quorum <= count:
+        raise InvalidInputError(f"write quorum {quorum} is not between 1 and {count} (the regions)")
+    check_text("message", message, limit=65536)
+    check_text("actor", ctx.actor, limit=256)
+    if ctx.signer.key_id not in {s.key_id for s in ctx.settings.trusted_signers}:
+        raise ConfigurationError(
+            f"this home's signing key {ctx.signer.key_id} is not among the trusted signers, "
+            "so nothing it pushed could be read back",
+            hint="trust it with `model-registry keys trust NAME PUBLIC_KEY` "
+            "(`model-registry keys show` prints it)",
+        )
+    return stated, quorum
+
+
+def _manifest_files(
+    files: Sequence[manifests.LocalFile], hashed: Sequence[FileDigests]
+) -> list[ManifestFile]:
+    return [
         ManifestFile(
             entry.path,
             entry.size,
@@ -193,6 +204,19 @@ def _manifest(
         )
         for entry, found in zip(files, hashed, strict=True)
     ]
+
+
+def manifest_for(
+    ctx: Context,
+    name: str,
+    entries: list[ManifestFile],
+    *,
+    stated: Provenance | None,
+    signature: bytes | None,
+) -> Manifest:
+    """The version's manifest: its files with their digests, and the provenance stated (with
+    the OpenSSF signer of `signature`, checked); or the manifest of an older version of the
+    very same files when nothing is stated."""
     if signature is not None:
         stated = with_signature(ctx, stated, signature, entries)
     manifest = manifests.build_manifest(name, entries, stated)
@@ -255,11 +279,10 @@ def _push_leased(
     quorum: int,
     progress: Progress,
 ) -> PushResult:
-    _require_reachable(ctx, quorum)
+    require_reachable(ctx, quorum)
     # Also what the push may seal anew: objects only retired keys' slots open (leftovers of
     # a process refused after a key rotation, or content only a lost key opened).
-    retired = _refuse_retired_keys(ctx)
-    count = len(ctx.replicas.regions)
+    retired = refuse_retired_keys(ctx)
     total = sum(entry.size for entry in files)
     digest = manifest.digest
     what = f"manifest of {name}"
@@ -278,6 +301,43 @@ def _push_leased(
             key = manifest_key.result()
         except RegistryError:
             key = None  # chosen again by the write itself, which reports what fails
+    return finish_push(
+        ctx,
+        name,
+        manifest,
+        blobs,
+        stored,
+        total=total,
+        file_count=len(files),
+        lease=lease,
+        message=message,
+        quorum=quorum,
+        retired=retired,
+        manifest_key=key,
+    )
+
+
+def finish_push(
+    ctx: Context,
+    name: str,
+    manifest: Manifest,
+    blobs: Sequence[Replicated],
+    stored: Sequence[NewBlob],
+    *,
+    total: int,
+    file_count: int,
+    lease: str,
+    message: str,
+    quorum: int,
+    retired: frozenset[str],
+    manifest_key: DataKey | None = None,
+) -> PushResult:
+    """The end of a push whose files are stored (`blobs`, `stored`): its signed manifest
+    written to every region, the version record beside it, the catalog commit, the legal
+    hold on copies of a held version written anew."""
+    count = len(ctx.replicas.regions)
+    digest = manifest.digest
+    what = f"manifest of {name}"
     uploaded = sum(new.size for new, blob in zip(stored, blobs, strict=True) if blob.uploaded)
     envelope = manifest.signed_envelope(ctx.signer)
     chunk_size = ctx.settings.chunk_size
@@ -289,7 +349,7 @@ def _push_leased(
         seal=lambda data_key: seal_bytes(data_key, digest, envelope, chunk_size=chunk_size),
         read_back=count > 1,
         retired=retired,
-        key=key,
+        key=manifest_key,
     )
     require_quorum([stored_manifest], quorum, [what])
     push_id = uuid.uuid4().hex
@@ -315,7 +375,7 @@ def _push_leased(
             parameter_count=manifest.parameter_count,
             dtypes=manifest.dtypes,
             files=[FileRecord(f.path, f.size, f.digest, f.tensor_count) for f in manifest.files],
-            blobs=stored,
+            blobs=list(stored),
             placements=placements([*blobs, stored_manifest]),
             lease=lease,
             meta=() if manifest.provenance is None else tuple(manifest.provenance.rows().items()),
@@ -329,10 +389,10 @@ def _push_leased(
         {o.region for r in [*blobs, stored_manifest] for o in r.outcomes if o.state != VERIFIED}
         | {p.region for p in unheld}
     )
-    return PushResult(version, created, uploaded, total - uploaded, len(files), tuple(pending))
+    return PushResult(version, created, uploaded, total - uploaded, file_count, tuple(pending))
 
 
-def _require_reachable(ctx: Context, quorum: int) -> None:
+def require_reachable(ctx: Context, quorum: int) -> None:
     """Refuse a push, before anything is stored, when fewer regions answer than its quorum."""
     regions_ready(ctx)
     available = [r for r in ctx.replicas.regions if not ctx.replicas.is_down(r)]
@@ -455,7 +515,7 @@ def _hold_new_copies(ctx: Context, results: Sequence[Replicated]) -> list[Placem
     return unheld
 
 
-def _refuse_retired_keys(ctx: Context) -> frozenset[str]:
+def refuse_retired_keys(ctx: Context) -> frozenset[str]:
     """A process still on the config.toml a key rotation replaced stores nothing: what it
     would store could only be opened by a key about to be destroyed. Returns the retired
     keys."""

@@ -71,8 +71,12 @@ def _write_all(fd: int, chunk: bytes | bytearray | memoryview) -> None:
 class LocalDriver(Driver):
     """Objects as read-only files under `root/objects/`, published atomically from `root/tmp/`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, durable: bool = True) -> None:
+        """`durable=False`: scratch space (the parts of upload sessions, checked whole before
+        anything is made of them): objects are not fsynced, so a crash may lose or cut the
+        latest ones."""
         self.root = Path(root)
+        self.durable = durable
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
         self._layout_ready = False
@@ -144,7 +148,8 @@ class LocalDriver(Driver):
                 if path.is_dir() and not path.is_symlink():
                     raise StorageError(f"object {name!r}: {path} is a directory")
                 os.replace(tmp, path)
-                _fsync_dir(path.parent)
+                if self.durable:
+                    _fsync_dir(path.parent)
             except NotADirectoryError:
                 raise StorageError(
                     f"object {name!r}: a parent of {path} is an object, not a directory"
@@ -174,7 +179,8 @@ class LocalDriver(Driver):
                 for chunk in chunks:
                     self._write_chunk(name, tmp, fd, chunk)
                 try:
-                    os.fsync(fd)
+                    if self.durable:
+                        os.fsync(fd)
                     os.fchmod(fd, 0o444)
                 except OSError as exc:
                     raise StorageError(f"object {name!r}: cannot fsync {tmp}: {exc}") from exc

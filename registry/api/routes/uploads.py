@@ -1,4 +1,5 @@
-"""Upload sessions: a push through the API, resumable, part by part (`registry.api.uploads`)."""
+"""Upload sessions: a push through the API, sealed by the client, resumable, part by part, to any
+server process (`registry.ops.uploads`, `registry.ops.uploadcommit`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from litestar.params import FromPath, JSONBody
 
 from registry import wire
 from registry.api.common import security_event, state_of
-from registry.api.guards import authorize, check_scope, enter
-from registry.api.uploads import Session, UploadFile
+from registry.api.guards import authorize, enter
 from registry.config import MAX_UPLOAD_PART
 from registry.errors import DigestMismatchError, InvalidInputError, RegistryError
 from registry.provenance import ProvenanceRequest, parse_dataset, parse_meta
+from registry.records import DeclaredFile
+
+# A part's sealed bytes: its plaintext, a tag per chunk and, for the first, the header.
+MAX_SEALED_PART = MAX_UPLOAD_PART + MAX_UPLOAD_PART // 4
 
 # A model.sig in base64 within the API's 1 MiB request body: some 5,000 files' digests.
 MAX_SIGNATURE = 700 * 1024
@@ -71,25 +75,6 @@ class CommitRequest:
             raise InvalidInputError("the signature is not base64") from None
 
 
-def session_json(session: Session) -> wire.UploadSession:
-    return wire.UploadSession(
-        id=session.id,
-        model=session.model,
-        part_size=session.part_size,
-        files=[
-            wire.UploadFileState(
-                index=index,
-                path=f.path,
-                size=f.size,
-                digest=f.digest,
-                parts=f.parts(session.part_size),
-                received=session.received(index),
-            )
-            for index, f in enumerate(session.files)
-        ],
-    )
-
-
 class UploadsController(Controller):
     path = "/v1/uploads"
     tags = ("uploads",)
@@ -100,15 +85,11 @@ class UploadsController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[UploadRequest]
     ) -> wire.UploadSession:
         """Open an upload session for a new version: the files, their sizes and BLAKE3
-        digests."""
-        _view, token = enter(request, model=data.model)
-        if len(data.message) > 65536:
-            raise InvalidInputError("the message is longer than 65536 characters")
-        files = [UploadFile(f.path, f.size, f.digest) for f in data.files]
-        session = state_of(request).uploads.create(
-            data.model, files, message=data.message, owner=token.id
-        )
-        return session_json(session)
+        digests. The answer says how to seal each file: its data key (issued to this token,
+        audited), the salt and nonce prefix of its sealed header, the chunk and part layout."""
+        view, _token = enter(request, model=data.model)
+        files = [DeclaredFile(f.path, f.size, f.digest) for f in data.files]
+        return wire.UploadSession.of(view.open_upload(data.model, files, message=data.message))
 
     @get(
         "/{session_id:str}",
@@ -120,14 +101,15 @@ class UploadsController(Controller):
     def upload_status(
         self, request: Request[Any, Any, Any], session_id: FromPath[str]
     ) -> wire.UploadSession:
-        """What a session has received (a client resumes by sending the rest)."""
-        _view, token = enter(request)
-        return session_json(state_of(request).uploads.get(session_id, owner=token.id))
+        """What a session has received, and its keys again (a client resumes by sealing and
+        sending the rest)."""
+        view, _token = enter(request)
+        return wire.UploadSession.of(view.upload_keys(session_id))
 
     @put(
         "/{session_id:str}/files/{index:int}/parts/{part:int}",
         status_code=204,
-        request_max_body_size=MAX_UPLOAD_PART + 1024,
+        request_max_body_size=MAX_SEALED_PART + 1024,
         operation="push",
         transfer=True,
         drain=True,
@@ -139,20 +121,18 @@ class UploadsController(Controller):
         index: FromPath[int],
         part: FromPath[int],
     ) -> None:
-        """One part of one file: the request body is its bytes (`application/octet-stream`),
-        `X-Part-Digest: blake3:<hex>` their digest. A body longer than the part is refused
-        (413) before it is read (as soon as it is past the part's length, without a
-        Content-Length)."""
-        state = state_of(request)
+        """One part of one file's sealed bytes: the request body (`application/octet-stream`),
+        `X-Part-Digest: blake3:<hex>` their digest. Any server process of a fleet takes any
+        part. A body longer than the part is refused (413) before it is read (as soon as it is
+        past the part's length, without a Content-Length)."""
 
-        def where() -> tuple[Session, int]:
-            _view, token = enter(request)
-            session = state.uploads.get(session_id, owner=token.id)
-            return session, state.uploads.part_length(session, index, part)
+        def where() -> tuple[Any, int]:
+            view, _token = enter(request)
+            return view, view.upload_part_length(session_id, index, part)
 
         # The session and the part are checked before the body is kept in memory.
         try:
-            session, expected = await anyio.to_thread.run_sync(where)
+            view, expected = await anyio.to_thread.run_sync(where)
         except RegistryError:
             # Read the body (bounded by the route's limit), discarding it, so that the client
             # sees this answer rather than a broken connection (see `guards.authorize`).
@@ -181,9 +161,10 @@ class UploadsController(Controller):
             # Litestar's word for a client that went away mid-body: there is no one to answer.
             raise InvalidInputError(f"part not received whole: {error.detail}") from None
         digest = request.headers.get("x-part-digest", "")
+        state = state_of(request)
         try:
             await anyio.to_thread.run_sync(
-                state.uploads.put_part, session, index, part, received, digest
+                view.put_upload_part, session_id, index, part, received, digest
             )
         except DigestMismatchError as error:
             state.metrics.integrity_failures.inc()
@@ -198,38 +179,25 @@ class UploadsController(Controller):
         session_id: FromPath[str],
         data: JSONBody[CommitRequest | None] = None,
     ) -> wire.PushResult:
-        """Re-hash every file, then push them as a new version (encrypted and stored by the
-        server), with the provenance and OpenSSF signature the body states; the session is
-        discarded."""
+        """Check every file (each chunk authenticated and the plaintext hashed, in memory:
+        the server never writes plaintext), store them in every region and commit them as a
+        new version, with the provenance and OpenSSF signature the body states; the session
+        is discarded. A refused commit keeps the session: send what is missing, commit again."""
         stated = data or CommitRequest()
         provenance, signature = stated.provenance(), stated.signature_bytes()
-        view, token = enter(request)
+        view, _token = enter(request)
         state = state_of(request)
-        session = state.uploads.get(session_id, owner=token.id)
-        check_scope(token, session.model)
-        with state.uploads.claimed(session) as claimed:
-            try:
-                folder, digests = state.uploads.assemble(claimed)
-            except DigestMismatchError as error:
-                state.metrics.integrity_failures.inc()
-                security_event(request, "integrity-failure", str(error))
-                raise
-            result = view.push(
-                claimed.model,
-                folder,
-                message=claimed.message,
-                digests=digests,
-                provenance=provenance,
-                signature=signature,
-            )
-            state.uploads.discard(claimed)
+        try:
+            result = view.commit_upload(session_id, provenance=provenance, signature=signature)
+        except DigestMismatchError as error:
+            state.metrics.integrity_failures.inc()
+            security_event(request, "integrity-failure", str(error))
+            raise
         state.metrics.pushed.inc(result.version.total_size)
         return wire.PushResult.of(result)
 
     @delete("/{session_id:str}", sync_to_thread=True, status_code=204, operation="push")
     def abandon_upload(self, request: Request[Any, Any, Any], session_id: FromPath[str]) -> None:
         """Discard a session and what it received."""
-        _view, token = enter(request)
-        state = state_of(request)
-        with state.uploads.claimed(state.uploads.get(session_id, owner=token.id)) as claimed:
-            state.uploads.discard(claimed)
+        view, _token = enter(request)
+        view.abandon_upload(session_id)

@@ -1,0 +1,192 @@
+"""Upload sessions: open one with its files, look one up with the parts received, record a part,
+claim a session for its commit (one commit at a time, whichever process runs it), and drop
+sessions that ended. Rows only: the parts' bytes are ciphertext in the staging store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Result, and_, delete, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from registry.catalog.models import UploadFile, UploadPart, UploadSession
+from registry.catalog.parts import CatalogPart
+from registry.records import UploadFileRecord, UploadSessionRecord
+
+
+class UploadsPart(CatalogPart):
+    """The `upload_sessions`, `upload_files` and `upload_parts` tables."""
+
+    def open_upload(self, record: UploadSessionRecord) -> None:
+        def work(session: Session) -> None:
+            session.add(
+                UploadSession(
+                    id=record.id,
+                    model=record.model,
+                    message=record.message,
+                    owner=record.owner,
+                    chunk_size=record.chunk_size,
+                    chunks_per_part=record.chunks_per_part,
+                    created_at=record.created_at,
+                    seen_at=record.seen_at,
+                )
+            )
+            session.flush()
+            session.add_all(
+                UploadFile(
+                    session_id=record.id,
+                    idx=entry.index,
+                    path=entry.path,
+                    size=entry.size,
+                    digest=entry.digest,
+                    salt=entry.salt,
+                    nonce_prefix=entry.nonce_prefix,
+                )
+                for entry in record.files
+            )
+
+        self._retrying(work, what="open an upload session")
+
+    def upload(self, session_id: str) -> UploadSessionRecord | None:
+        """The session with its files and the parts received, or None."""
+        with self._read() as session:
+            row = session.get(UploadSession, session_id)
+            if row is None:
+                return None
+            files = session.scalars(
+                select(UploadFile)
+                .where(UploadFile.session_id == session_id)
+                .order_by(UploadFile.idx)
+            ).all()
+            parts = session.execute(
+                select(UploadPart.idx, UploadPart.part, UploadPart.digest).where(
+                    UploadPart.session_id == session_id
+                )
+            ).all()
+            return UploadSessionRecord(
+                row.id,
+                row.model,
+                row.message,
+                row.owner,
+                row.chunk_size,
+                row.chunks_per_part,
+                row.created_at,
+                row.seen_at,
+                tuple(
+                    UploadFileRecord(f.idx, f.path, f.size, f.digest, f.salt, f.nonce_prefix)
+                    for f in files
+                ),
+                {(idx, part): digest for idx, part, digest in parts},
+            )
+
+    def upload_claimed(self, session_id: str) -> bool:
+        with self._read() as session:
+            row = session.get(UploadSession, session_id)
+            return row is not None and row.claimed_by is not None
+
+    def record_upload_part(
+        self, session_id: str, index: int, part: int, digest: str, *, at: datetime
+    ) -> bool:
+        """Record a part stored (a part sent again replaces its record); False when the session
+        is gone or being committed (the part is then not part of it)."""
+
+        def work(session: Session) -> bool:
+            touched = session.execute(
+                update(UploadSession)
+                .where(UploadSession.id == session_id, UploadSession.claimed_by.is_(None))
+                .values(seen_at=at)
+            )
+            if not _count(touched):
+                return False
+            values = {"session_id": session_id, "idx": index, "part": part, "digest": digest}
+            insert = (
+                pg_insert(UploadPart)
+                if session.get_bind().dialect.name == "postgresql"
+                else sqlite_insert(UploadPart)
+            )
+            session.execute(
+                insert.values(**values).on_conflict_do_update(
+                    index_elements=["session_id", "idx", "part"], set_={"digest": digest}
+                )
+            )
+            return True
+
+        return self._retrying(work, what="record an upload part")
+
+    def forget_upload_parts(self, session_id: str, parts: list[tuple[int, int]]) -> None:
+        """Forget parts the staging store lost (a crash): the client is asked for them again."""
+
+        def work(session: Session) -> None:
+            for index, part in parts:
+                session.execute(
+                    delete(UploadPart).where(
+                        UploadPart.session_id == session_id,
+                        UploadPart.idx == index,
+                        UploadPart.part == part,
+                    )
+                )
+
+        self._retrying(work, what="forget upload parts")
+
+    def claim_upload(self, session_id: str, claim: str, *, at: datetime, stale: datetime) -> bool:
+        """Hold the session for one commit (`claim`); a claim taken before `stale` is taken over
+        (its process died mid-commit). False when another live commit holds it, or it is gone."""
+
+        def work(session: Session) -> bool:
+            taken = session.execute(
+                update(UploadSession)
+                .where(
+                    UploadSession.id == session_id,
+                    or_(UploadSession.claimed_by.is_(None), UploadSession.claimed_at < stale),
+                )
+                .values(claimed_by=claim, claimed_at=at, seen_at=at)
+            )
+            return bool(_count(taken))
+
+        return self._retrying(work, what="claim an upload session")
+
+    def release_upload(self, session_id: str, claim: str, *, at: datetime) -> None:
+        """Give a claimed session back after a commit that failed (the client may fix it)."""
+
+        def work(session: Session) -> None:
+            session.execute(
+                update(UploadSession)
+                .where(UploadSession.id == session_id, UploadSession.claimed_by == claim)
+                .values(claimed_by=None, claimed_at=None, seen_at=at)
+            )
+
+        self._retrying(work, what="release an upload session")
+
+    def drop_upload(self, session_id: str) -> None:
+        def work(session: Session) -> None:
+            for table in (UploadPart, UploadFile):
+                session.execute(delete(table).where(table.session_id == session_id))
+            session.execute(delete(UploadSession).where(UploadSession.id == session_id))
+
+        self._retrying(work, what="drop an upload session")
+
+    def idle_uploads(self, before: datetime) -> list[str]:
+        """Sessions idle since before `before` and not held by a live commit."""
+        with self._read() as session:
+            return list(
+                session.scalars(
+                    select(UploadSession.id).where(
+                        UploadSession.seen_at < before,
+                        or_(
+                            UploadSession.claimed_by.is_(None),
+                            and_(
+                                UploadSession.claimed_at.is_not(None),
+                                UploadSession.claimed_at < before,
+                            ),
+                        ),
+                    )
+                ).all()
+            )
+
+
+def _count(result: Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount

@@ -1,0 +1,290 @@
+"""Upload sessions, the push through the REST API: the client declares its files (path, size,
+BLAKE3 digest); the server issues a data key per file (wrapped for every region and stored as the
+object's key slot, handed to the client unwrapped, audited and counted) with the salt and nonce
+prefix of its sealed header; the client seals each file itself and sends the ciphertext part by
+part, to any server process. Parts are kept as they arrive in the staging store (`[api]
+staging_dir`, a folder every process of a fleet shares), their records in the catalog; no
+plaintext is ever at rest on a server. `ops.uploadcommit` checks and commits a session.
+
+A session is its owner's (the actor that opened it); another actor is told it does not exist. It
+ends at its commit, when abandoned, or after `[api] upload_ttl_hours` without a request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+import blake3
+
+from registry.blobstore import BLOB
+from registry.crypto.sealed import NONCE_PREFIX_SIZE, SALT_SIZE, SealedHeader, Sealer
+from registry.errors import DigestMismatchError, InvalidInputError, NotFoundError
+from registry.fileio import private_dirs
+from registry.manifest import MAX_FILES
+from registry.ops.access import requires
+from registry.ops.context import Context
+from registry.ops.copies import choose_key
+from registry.ops.provenance import SIGNATURE_FILE
+from registry.ops.push import refuse_retired_keys
+from registry.records import DeclaredFile, UploadFileRecord, UploadSessionRecord
+from registry.refs import validate_name, validate_relative_path
+from registry.reports import UploadKeys
+from registry.storage.base import Driver
+from registry.storage.local import LocalDriver
+
+MAX_FILE_SIZE = 1 << 40
+_DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
+_EMPTY = "blake3:" + blake3.blake3(b"").hexdigest()
+_SESSION = re.compile(r"[0-9a-f]{32}")
+
+
+def staging(ctx: Context) -> Driver:
+    """The store the parts of upload sessions are kept in until their commit."""
+    root = ctx.settings.api.staging_dir or ctx.settings.home / "uploads"
+    private_dirs(root)  # ciphertext only, and still nobody else's to list
+    return LocalDriver(root, durable=False)
+
+
+def part_name(session_id: str, index: int, part: int, digest: str) -> str:
+    """A part's name in the staging store: named by its digest too, and written once, so that
+    what a commit checked is what it stores, whatever is sent again meanwhile."""
+    return f"sessions/{session_id}/{index}/{part}-{digest.removeprefix('blake3:')[:32]}"
+
+
+def layout(session: UploadSessionRecord, entry: UploadFileRecord) -> SealedHeader:
+    """The arithmetic of a file's sealed form (its parts), without its key."""
+    return SealedHeader(session.chunk_size, entry.size, entry.salt, entry.nonce_prefix, b"")
+
+
+def sealed_header(session: UploadSessionRecord, entry: UploadFileRecord, data_key: bytes) -> bytes:
+    """The exact header the file's sealed form must start with."""
+    return Sealer(
+        data_key,
+        entry.digest,
+        plaintext_size=entry.size,
+        chunk_size=session.chunk_size,
+        salt=entry.salt,
+        nonce_prefix=entry.nonce_prefix,
+    ).header_bytes
+
+
+def _validate(files: Sequence[DeclaredFile]) -> None:
+    if not files:
+        raise InvalidInputError("an upload needs at least one file")
+    if len(files) > MAX_FILES:
+        raise InvalidInputError(f"at most {MAX_FILES} files per version")
+    seen: set[str] = set()
+    for entry in files:
+        validate_relative_path(entry.path)
+        if any(part.startswith(".") for part in entry.path.split("/")):
+            raise InvalidInputError(f"{entry.path}: hidden files are not pushed")
+        if entry.path == SIGNATURE_FILE:
+            raise InvalidInputError(
+                f"{SIGNATURE_FILE} at the root is a model signature, not a file to store",
+                hint="send it as the commit's `signature` (base64)",
+            )
+        if entry.path in seen:
+            raise InvalidInputError(f"{entry.path} is listed twice")
+        seen.add(entry.path)
+        if not 0 <= entry.size <= MAX_FILE_SIZE:
+            raise InvalidInputError(f"{entry.path}: size must be 0..{MAX_FILE_SIZE}")
+        if not _DIGEST.fullmatch(entry.digest):
+            raise InvalidInputError(f"{entry.path}: digest must be blake3:<64 hex>")
+        if entry.size == 0 and entry.digest != _EMPTY:
+            raise InvalidInputError(f"{entry.path}: an empty file's digest is {_EMPTY}")
+    for path in seen:
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            if "/".join(parts[:depth]) in seen:
+                raise InvalidInputError(
+                    f"{'/'.join(parts[:depth])} is listed as a file and as the folder of {path}"
+                )
+
+
+def _issue_keys(ctx: Context, session: UploadSessionRecord) -> dict[int, bytes]:
+    """The data key of every file (one per distinct content), its slot stored if new."""
+    retired = refuse_retired_keys(ctx)
+    by_digest: dict[str, bytes] = {}
+    for entry in session.files:
+        if entry.digest not in by_digest:
+            by_digest[entry.digest] = choose_key(
+                ctx, BLOB, entry.digest, what=entry.path, retired=retired
+            ).key
+    return {entry.index: by_digest[entry.digest] for entry in session.files}
+
+
+@requires("push")
+def open_upload(
+    ctx: Context, model: str, files: Sequence[DeclaredFile], *, message: str = ""
+) -> UploadKeys:
+    """Open a session for a new version of `model` with `files`, and issue their data keys
+    (audited: `upload-open`, with the keys issued and unwrapped)."""
+    validate_name(model)
+    _validate(files)
+    if len(message) > 65536:
+        raise InvalidInputError("the message is longer than 65536 characters")
+    expire_uploads(ctx)
+    now = datetime.now(UTC)
+    chunk_size = ctx.settings.chunk_size
+    session = UploadSessionRecord(
+        uuid.uuid4().hex,
+        model,
+        message,
+        ctx.actor,
+        chunk_size,
+        max(1, ctx.settings.api.part_size // chunk_size),
+        now,
+        now,
+        tuple(
+            UploadFileRecord(
+                index,
+                entry.path,
+                entry.size,
+                entry.digest,
+                os.urandom(SALT_SIZE),
+                os.urandom(NONCE_PREFIX_SIZE),
+            )
+            for index, entry in enumerate(files)
+        ),
+        {},
+    )
+    with ctx.counting_unwraps() as unwraps:
+        keys = _issue_keys(ctx, session)
+    ctx.catalog.open_upload(session)
+    ctx.catalog.audit(
+        ctx.actor,
+        "upload-open",
+        model,
+        {
+            "session": session.id,
+            "files": len(files),
+            "keys": len(keys),
+            "key_unwraps": unwraps.value,
+        },
+    )
+    return _with_layout(session, keys)
+
+
+def _with_layout(session: UploadSessionRecord, keys: dict[int, bytes]) -> UploadKeys:
+    shapes = {entry.index: layout(session, entry) for entry in session.files}
+    return UploadKeys(
+        session,
+        keys,
+        {index: shape.part_count(session.chunks_per_part) for index, shape in shapes.items()},
+        {index: shape.sealed_size for index, shape in shapes.items()},
+    )
+
+
+def own_upload(ctx: Context, session_id: str) -> UploadSessionRecord:
+    """The session, if it exists and this actor opened it (else NotFoundError either way)."""
+    missing = NotFoundError(f"no upload session {session_id}")
+    if not _SESSION.fullmatch(session_id):
+        raise missing
+    session = ctx.catalog.upload(session_id)
+    if session is None or session.owner != ctx.actor:
+        raise missing
+    return session
+
+
+@requires("push")
+def upload_keys(ctx: Context, session_id: str) -> UploadKeys:
+    """A session, what it has received, and its data keys again (a client resuming a push
+    seals the rest exactly as before), audited: `upload-keys`."""
+    session = own_upload(ctx, session_id)
+    with ctx.counting_unwraps() as unwraps:
+        keys = _issue_keys(ctx, session)
+    ctx.catalog.audit(
+        ctx.actor,
+        "upload-keys",
+        session.model,
+        {"session": session.id, "keys": len(keys), "key_unwraps": unwraps.value},
+    )
+    return _with_layout(session, keys)
+
+
+@requires("push")
+def upload_part_length(ctx: Context, session_id: str, index: int, part: int) -> int:
+    """How many sealed bytes part `part` of file `index` has (checked before its body is
+    read); NotFoundError for a session that is not the actor's, InvalidInputError for a part
+    it does not have."""
+    session = own_upload(ctx, session_id)
+    return _part_length(session, index, part)
+
+
+def _part_length(session: UploadSessionRecord, index: int, part: int) -> int:
+    if not 0 <= index < len(session.files):
+        raise InvalidInputError(f"file index {index} is not in this session")
+    entry = session.files[index]
+    shape = layout(session, entry)
+    count = shape.part_count(session.chunks_per_part)
+    if not 0 <= part < count:
+        raise InvalidInputError(f"{entry.path} has parts 0..{count - 1}, not {part}")
+    return shape.part_range(part, session.chunks_per_part)[1]
+
+
+@requires("push")
+def put_upload_part(
+    ctx: Context, session_id: str, index: int, part: int, data: bytes | bytearray, digest: str
+) -> None:
+    """Keep one part of sealed bytes, after checking its length and BLAKE3 digest (a transfer
+    check: the commit authenticates every chunk). A part sent again replaces the one kept."""
+    session = own_upload(ctx, session_id)
+    expected = _part_length(session, index, part)
+    path = session.files[index].path
+    if len(data) != expected:
+        raise InvalidInputError(f"{path} part {part} must be {expected} bytes, not {len(data)}")
+    actual = "blake3:" + blake3.blake3(data).hexdigest()
+    if digest != actual:
+        raise DigestMismatchError(
+            f"{path} part {part}: digest mismatch (sent {digest[:20]}..., received bytes hash "
+            f"to {actual[:20]}...)",
+            hint="send the part again",
+        )
+    if ctx.catalog.upload_claimed(session_id):
+        raise NotFoundError(f"no upload session {session_id} (it is being committed)")
+    staging(ctx).put_if_absent(part_name(session_id, index, part, actual), [data])
+    if not ctx.catalog.record_upload_part(session_id, index, part, actual, at=datetime.now(UTC)):
+        raise NotFoundError(f"no upload session {session_id} (committed or abandoned)")
+
+
+def discard_upload(ctx: Context, session_id: str) -> None:
+    """Remove a session's parts from the staging store, then its rows."""
+    store = staging(ctx)
+    for info in list(store.list(f"sessions/{session_id}/")):
+        try:
+            store.delete(info.name)
+        except NotFoundError:
+            continue
+    ctx.catalog.drop_upload(session_id)
+
+
+@requires("push")
+def abandon_upload(ctx: Context, session_id: str) -> None:
+    """Discard a session and what it received (not while a commit of it runs)."""
+    session = own_upload(ctx, session_id)
+    claim = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    if not ctx.catalog.claim_upload(session.id, claim, at=now, stale=now - _STALE_CLAIM):
+        raise NotFoundError(f"no upload session {session_id} (it is being committed)")
+    discard_upload(ctx, session.id)
+
+
+# A commit that held its session for this long without finishing died with its process.
+_STALE_CLAIM = timedelta(hours=1)
+
+
+def stale_claim_before(now: datetime) -> datetime:
+    return now - _STALE_CLAIM
+
+
+def expire_uploads(ctx: Context, *, now: datetime | None = None) -> int:
+    """Discard the sessions idle for longer than `[api] upload_ttl_hours`; how many."""
+    moment = now or datetime.now(UTC)
+    idle = ctx.catalog.idle_uploads(moment - timedelta(hours=ctx.settings.api.upload_ttl_hours))
+    for session_id in idle:
+        discard_upload(ctx, session_id)
+    return len(idle)

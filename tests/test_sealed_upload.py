@@ -1,0 +1,283 @@
+"""Pushes through the REST API are sealed by the client: no plaintext byte is ever at rest on the
+server (its folders and the store are scanned while a push runs), a client whose ciphertext does
+not match what it declared is refused with nothing stored, a part the staging store lost is asked
+for again, and sessions live in the catalog (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from registry.api.app import create_app
+from registry.client import RemoteRegistry
+from registry.digest import hash_file
+from registry.service import ADMIN, PUSHER, Registry
+from registry.testing.models import make_model
+from tests.apikit import api_settings, sealed_parts
+from tests.conftest import tree
+from tests.test_api_cli import LiveServer
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Pusher:
+    client: TestClient[Any]
+    registry: Registry
+    headers: dict[str, str]
+    home: Path
+
+
+@pytest.fixture
+def pusher(home: Path, catalog_url: str | None) -> Iterator[Pusher]:
+    Registry.init(home, catalog_url=catalog_url)
+    with Registry.open(home) as registry:
+        api_settings(registry, part_size=MiB, chunk_size=256 * 1024)
+        secret = registry.create_token("ci", role=PUSHER, models=["org/*"])[1]
+        with TestClient(create_app(registry)) as client:
+            yield Pusher(client, registry, {"Authorization": f"Bearer {secret}"}, home)
+
+
+def _files(model: Path) -> list[dict[str, Any]]:
+    return [
+        {"path": p.relative_to(model).as_posix(), "size": p.stat().st_size, "digest": hash_file(p)}
+        for p in sorted(model.rglob("*"))
+        if p.is_file()
+    ]
+
+
+def _open(api: Pusher, model: Path, name: str = "org/m") -> dict[str, Any]:
+    answer = api.client.post(
+        "/v1/uploads", json={"model": name, "files": _files(model)}, headers=api.headers
+    )
+    assert answer.status_code == 201, answer.text
+    session: dict[str, Any] = answer.json()
+    return session
+
+
+def _send(api: Pusher, session: dict[str, Any], index: int, part: int, data: bytes) -> None:
+    digest = "blake3:" + __import__("blake3").blake3(data).hexdigest()
+    answer = api.client.put(
+        f"/v1/uploads/{session['id']}/files/{index}/parts/{part}",
+        content=data,
+        headers={**api.headers, "X-Part-Digest": digest},
+    )
+    assert answer.status_code == 204, answer.text
+
+
+def _send_all(api: Pusher, session: dict[str, Any], model: Path) -> None:
+    for entry in session["files"]:
+        for part, (data, _digest) in enumerate(
+            sealed_parts(session, entry["index"], model / entry["path"])
+        ):
+            _send(api, session, entry["index"], part, data)
+
+
+def _stored(home: Path) -> set[str]:
+    """The data objects (not key slots) in the home's store."""
+    return {
+        p.relative_to(home).as_posix()
+        for p in (home / "store").rglob("*")
+        if p.is_file() and "/blobs/" in p.as_posix()
+    }
+
+
+def _commit(api: Pusher, session: dict[str, Any]) -> Any:
+    return api.client.post(f"/v1/uploads/{session['id']}/commit", headers=api.headers)
+
+
+# -- no plaintext at rest -------------------------------------------------------------------------
+
+
+def _samples(model: Path) -> list[bytes]:
+    """Pieces of every file's plaintext that no ciphertext could hold by chance: its start (a
+    safetensors header, a config), its middle and its end."""
+    found = []
+    for path in sorted(model.rglob("*")):
+        if path.is_file() and path.stat().st_size >= 48:
+            data = path.read_bytes()
+            found += [data[:48], data[len(data) // 2 : len(data) // 2 + 48], data[-48:]]
+    return found
+
+
+def test_no_plaintext_byte_is_at_rest_on_the_server_during_a_push(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "server-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # the server's temp files, scanned
+    model = make_model(tmp_path / "model", shards=3, shard_size=3 * MiB, seed=21)
+    samples = _samples(model)
+    Registry.init(home)
+    with Registry.open(home) as registry:
+        token = registry.create_token("ci", role=ADMIN, models=["*"])[1]
+        staging = tmp_path / "staging"
+        with LiveServer(registry, staging) as server:
+            folders = [home, staging, scratch]
+            leaks: list[str] = []
+            scans = 0
+            done = threading.Event()
+
+            def scan() -> None:
+                nonlocal scans
+                while not done.is_set():
+                    for folder in folders:
+                        for path in list(folder.rglob("*")):
+                            try:
+                                data = path.read_bytes() if path.is_file() else b""
+                            except OSError:
+                                continue  # gone meanwhile (a part moved into place)
+                            leaks.extend(
+                                f"{path} holds plaintext" for sample in samples if sample in data
+                            )
+                    scans += 1
+
+            scanner = threading.Thread(target=scan)
+            scanner.start()
+            try:
+                with RemoteRegistry(server.url, token) as remote:
+                    result = remote.push("org/m", model)
+            finally:
+                done.set()
+                scanner.join(60)
+            assert result.created and scans >= 2
+            assert not leaks, leaks[:5]
+            # What was stored is what was pushed: pulled back directly, byte for byte.
+            registry.pull("org/m@1", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)
+    assert hashlib.sha256(b"".join(samples)).hexdigest()  # the samples were real bytes
+
+
+# -- a client whose ciphertext does not match what it declared ----------------------------------
+
+
+def test_ciphertext_that_does_not_match_the_declared_digest_is_refused(
+    pusher: Pusher, tmp_path: Path
+) -> None:
+    model = make_model(tmp_path / "model", shards=1, shard_size=MiB, seed=3)
+    other = make_model(tmp_path / "other", shards=1, shard_size=MiB, seed=4)
+    session = _open(pusher, model)
+    before = _stored(pusher.home)
+    shard = next(e for e in session["files"] if e["path"].endswith(".safetensors"))
+    for entry in session["files"]:
+        # The shard's bytes are another file of the same size, sealed under the declared digest.
+        source = other if entry is shard else model
+        for part, (data, _d) in enumerate(
+            sealed_parts(session, entry["index"], source / entry["path"])
+        ):
+            _send(pusher, session, entry["index"], part, data)
+    answer = _commit(pusher, session)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_input"
+    assert "not the" in answer.json()["error"]["message"]
+    assert _stored(pusher.home) == before  # nothing published
+    assert "org/m" not in {m.name for m in pusher.registry.models()}
+    scraped = pusher.client.get("/metrics").text
+    assert "model_registry_integrity_failures_total 1.0" in scraped
+    # The session is handed back: the client may send the right bytes and commit.
+    _send_all(pusher, session, model)
+    done = _commit(pusher, session)
+    assert done.status_code == 201, done.text
+
+
+@pytest.mark.parametrize("tamper", ["own-salt", "flipped-byte", "wrong-key"])
+def test_parts_not_sealed_as_issued_are_refused(
+    pusher: Pusher, tmp_path: Path, tamper: str
+) -> None:
+    import base64
+    import os
+
+    model = make_model(tmp_path / "model", shards=1, shard_size=MiB, seed=5)
+    session = _open(pusher, model)
+    before = _stored(pusher.home)
+    for entry in session["files"]:
+        issued = dict(entry)
+        if tamper == "own-salt":
+            issued["salt"] = os.urandom(32).hex()
+        if tamper == "wrong-key":
+            issued["key"] = base64.b64encode(os.urandom(32)).decode()
+        changed = {**session, "files": [issued if e is entry else e for e in session["files"]]}
+        for part, (data, _d) in enumerate(
+            sealed_parts(changed, entry["index"], model / entry["path"])
+        ):
+            if tamper == "flipped-byte" and part == 0:
+                at = min(200, len(data) - 1)  # past the header: a chunk or its tag
+                data = data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+            _send(pusher, session, entry["index"], part, data)
+    answer = _commit(pusher, session)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_input"
+    assert _stored(pusher.home) == before
+    assert "org/m" not in {m.name for m in pusher.registry.models()}
+
+
+def test_a_hostile_safetensors_header_is_refused_before_anything_is_stored(
+    pusher: Pusher, tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    header = b'{"w":{"dtype":"F16","shape":[4],"data_offsets":[0,999999]}}'
+    (bad / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 8)
+    session = _open(pusher, bad)
+    before = _stored(pusher.home)
+    _send_all(pusher, session, bad)
+    answer = _commit(pusher, session)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_model"
+    assert _stored(pusher.home) == before
+
+
+# -- the staging store, and sessions in the catalog ---------------------------------------------
+
+
+def test_a_part_the_staging_store_lost_is_asked_for_again(pusher: Pusher, tmp_path: Path) -> None:
+    model = make_model(tmp_path / "model", shards=1, shard_size=3 * MiB, seed=6)
+    session = _open(pusher, model)
+    _send_all(pusher, session, model)
+    staged = pusher.home / "uploads" / "objects" / "sessions" / session["id"]
+    shard = next(e for e in session["files"] if e["path"].endswith(".safetensors"))
+    assert shard["parts"] >= 3
+    lost = next((staged / str(shard["index"])).glob("1-*"))
+    lost.unlink()  # a crash lost it
+    answer = _commit(pusher, session)
+    assert answer.status_code == 400 and "lost by the server" in answer.text, answer.text
+    state = pusher.client.get(f"/v1/uploads/{session['id']}", headers=pusher.headers).json()
+    received = next(e for e in state["files"] if e["index"] == shard["index"])["received"]
+    assert 1 not in received and 0 in received
+    data, _digest = sealed_parts(session, shard["index"], model / shard["path"])[1]
+    _send(pusher, session, shard["index"], 1, data)
+    done = _commit(pusher, session)
+    assert done.status_code == 201, done.text
+    assert not staged.exists()
+    pusher.registry.pull("org/m@1", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)
+
+
+def test_sessions_are_the_catalogs_and_expire(pusher: Pusher, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from registry.ops.uploads import expire_uploads
+
+    model = make_model(tmp_path / "model", shards=1, shard_size=MiB, seed=7)
+    session = _open(pusher, model)
+    _send_all(pusher, session, model)
+    catalog = pusher.registry._context.catalog
+    record = catalog.upload(session["id"])
+    assert record is not None and len(record.received) == sum(f["parts"] for f in session["files"])
+    # The keys are never kept: only the salt and nonce prefix, which are not secret.
+    assert all(f.salt and f.nonce_prefix for f in record.files)
+    later = datetime.now(UTC) + timedelta(hours=25)
+    assert expire_uploads(pusher.registry._context, now=later) == 1
+    assert catalog.upload(session["id"]) is None
+    staged = pusher.home / "uploads" / "objects" / "sessions" / session["id"]
+    assert not staged.exists()
+    gone = pusher.client.get(f"/v1/uploads/{session['id']}", headers=pusher.headers)
+    assert gone.status_code == 404
