@@ -51,22 +51,27 @@ class UploadsPart(CatalogPart):
 
         self._retrying(work, what="open an upload session")
 
-    def upload(self, session_id: str) -> UploadSessionRecord | None:
-        """The session with its files and the parts received, or None."""
+    def upload(self, session_id: str, *, parts: bool = True) -> UploadSessionRecord | None:
+        """The session with its files and (unless not `parts`) the parts received, or None.
+        A session being committed is None without `parts`: nothing may be added to it."""
         with self._read() as session:
             row = session.get(UploadSession, session_id)
-            if row is None:
+            if row is None or (not parts and row.claimed_by is not None):
                 return None
             files = session.scalars(
                 select(UploadFile)
                 .where(UploadFile.session_id == session_id)
                 .order_by(UploadFile.idx)
             ).all()
-            parts = session.execute(
-                select(UploadPart.idx, UploadPart.part, UploadPart.digest).where(
-                    UploadPart.session_id == session_id
-                )
-            ).all()
+            received = (
+                session.execute(
+                    select(UploadPart.idx, UploadPart.part, UploadPart.digest).where(
+                        UploadPart.session_id == session_id
+                    )
+                ).all()
+                if parts
+                else []
+            )
             return UploadSessionRecord(
                 row.id,
                 row.model,
@@ -80,13 +85,8 @@ class UploadsPart(CatalogPart):
                     UploadFileRecord(f.idx, f.path, f.size, f.digest, f.salt, f.nonce_prefix)
                     for f in files
                 ),
-                {(idx, part): digest for idx, part, digest in parts},
+                {(idx, part): digest for idx, part, digest in received},
             )
-
-    def upload_claimed(self, session_id: str) -> bool:
-        with self._read() as session:
-            row = session.get(UploadSession, session_id)
-            return row is not None and row.claimed_by is not None
 
     def record_upload_part(
         self, session_id: str, index: int, part: int, digest: str, *, at: datetime

@@ -179,12 +179,13 @@ def _with_layout(session: UploadSessionRecord, keys: dict[int, bytes]) -> Upload
     )
 
 
-def own_upload(ctx: Context, session_id: str) -> UploadSessionRecord:
-    """The session, if it exists and this actor opened it (else NotFoundError either way)."""
+def own_upload(ctx: Context, session_id: str, *, parts: bool = True) -> UploadSessionRecord:
+    """The session, if it exists and this actor opened it (else NotFoundError either way);
+    without `parts`, none of the parts received, and only while no commit holds it."""
     missing = NotFoundError(f"no upload session {session_id}")
     if not _SESSION.fullmatch(session_id):
         raise missing
-    session = ctx.catalog.upload(session_id)
+    session = ctx.catalog.upload(session_id, parts=parts)
     if session is None or session.owner != ctx.actor:
         raise missing
     return session
@@ -211,7 +212,7 @@ def upload_part_length(ctx: Context, session_id: str, index: int, part: int) -> 
     """How many sealed bytes part `part` of file `index` has (checked before its body is
     read); NotFoundError for a session that is not the actor's, InvalidInputError for a part
     it does not have."""
-    session = own_upload(ctx, session_id)
+    session = own_upload(ctx, session_id, parts=False)
     return _part_length(session, index, part)
 
 
@@ -232,7 +233,7 @@ def put_upload_part(
 ) -> None:
     """Keep one part of sealed bytes, after checking its length and BLAKE3 digest (a transfer
     check: the commit authenticates every chunk). A part sent again replaces the one kept."""
-    session = own_upload(ctx, session_id)
+    session = own_upload(ctx, session_id, parts=False)
     expected = _part_length(session, index, part)
     path = session.files[index].path
     if len(data) != expected:
@@ -244,8 +245,6 @@ def put_upload_part(
             f"to {actual[:20]}...)",
             hint="send the part again",
         )
-    if ctx.catalog.upload_claimed(session_id):
-        raise NotFoundError(f"no upload session {session_id} (it is being committed)")
     staging(ctx).put_if_absent(part_name(session_id, index, part, actual), [data])
     if not ctx.catalog.record_upload_part(session_id, index, part, actual, at=datetime.now(UTC)):
         raise NotFoundError(f"no upload session {session_id} (committed or abandoned)")

@@ -93,7 +93,7 @@ class LocalDriver(Driver):
         for directory in (self.root, self.objects_dir, self.tmp_dir):
             try:
                 directory.mkdir(mode=0o700, parents=directory == self.root)
-                _fsync_dir(directory.parent)
+                self._sync_dir(directory.parent)
             except FileExistsError:
                 if not directory.is_dir():
                     raise StorageError(
@@ -102,6 +102,10 @@ class LocalDriver(Driver):
             except OSError as exc:
                 raise StorageError(f"cannot create storage directory {directory}: {exc}") from exc
         self._layout_ready = True
+
+    def _sync_dir(self, path: Path) -> None:
+        if self.durable:
+            _fsync_dir(path)
 
     def _open_temp(self) -> tuple[int, Path]:
         while True:
@@ -122,7 +126,7 @@ class LocalDriver(Driver):
                 current.mkdir(mode=0o700)
             except FileExistsError:
                 continue
-            _fsync_dir(current.parent)
+            self._sync_dir(current.parent)
 
     # -- Driver -----------------------------------------------------------------------------
 
@@ -148,8 +152,7 @@ class LocalDriver(Driver):
                 if path.is_dir() and not path.is_symlink():
                     raise StorageError(f"object {name!r}: {path} is a directory")
                 os.replace(tmp, path)
-                if self.durable:
-                    _fsync_dir(path.parent)
+                self._sync_dir(path.parent)
             except NotADirectoryError:
                 raise StorageError(
                     f"object {name!r}: a parent of {path} is an object, not a directory"
@@ -226,7 +229,7 @@ class LocalDriver(Driver):
                 ) from None
             # If this fsync fails the caller gets a StorageError although the object is visible;
             # a retry then returns False, which is the truth.
-            _fsync_dir(path.parent)
+            self._sync_dir(path.parent)
             return True
         raise StorageError(
             f"object {name!r}: parent directory of {path} kept disappearing while publishing"
@@ -352,7 +355,7 @@ class LocalDriver(Driver):
                 raise
             raise StorageError(f"object {name!r}: cannot delete {path}: {exc}") from exc
         try:
-            _fsync_dir(path.parent)
+            self._sync_dir(path.parent)
             self._remove_empty_parents(path.parent)
         except OSError as exc:
             raise StorageError(f"object {name!r}: deleted {path}, then: {exc}") from exc
