@@ -10,7 +10,7 @@ count the key unwraps; this module adds nothing to them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -315,7 +315,6 @@ class Registry(Browsing):
         message: str = "",
         write_quorum: int | None = None,
         progress: Progress | None = None,
-        digests: Mapping[str, str] | None = None,
         follow_symlinks: bool = False,
         provenance: ProvenanceRequest | None = None,
         signature: bytes | None = None,
@@ -333,7 +332,6 @@ class Registry(Browsing):
             message=message,
             write_quorum=write_quorum,
             progress=progress,
-            digests=digests,
             follow_symlinks=follow_symlinks,
             provenance=provenance,
             signature=signature,

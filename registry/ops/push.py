@@ -8,7 +8,7 @@ import contextlib
 import functools
 import json
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +44,6 @@ from registry.ops.copies import (
 from registry.ops.holds import legal_hold_copies
 from registry.ops.journaling import journaled
 from registry.ops.provenance import (
-    SIGNATURE_FILE,
     resolve_provenance,
     take_signature,
     with_signature,
@@ -93,17 +92,12 @@ def push(
     message: str = "",
     write_quorum: int | None = None,
     progress: Progress | None = None,
-    digests: Mapping[str, str] | None = None,
     early: EarlyDigests | None = None,
     follow_symlinks: bool = False,
     provenance: ProvenanceRequest | None = None,
     signature: bytes | None = None,
 ) -> PushResult:
     """Push a model directory (or one .safetensors file) as a new version of `name`.
-
-    `digests` (path -> BLAKE3 digest) are digests the caller declared for these files (the
-    REST API's upload): the hashing pass, which also takes each file's chunk root, refuses a
-    file that does not match, and so does sealing, which re-hashes what it encrypts.
 
     Everything is validated before anything is stored. Content already stored is not
     uploaded again; identical content returns the existing version (created=False). Every
@@ -125,16 +119,10 @@ def push(
     ctx.replicas.expect_writes()
     files = manifests.collect(Path(path), follow_symlinks=follow_symlinks)
     files, signature = take_signature(files, signature)
-    known = dict(digests or {})
-    known.pop(SIGNATURE_FILE, None)
-    if known and set(known) != {entry.path for entry in files}:
-        raise InvalidInputError("the digests given do not name exactly the files pushed")
     chunk_size = ctx.settings.chunk_size
-    hashed = (
-        early.digests(files, chunk_size=chunk_size) if early is not None and not known else None
-    )
+    hashed = early.digests(files, chunk_size=chunk_size) if early is not None else None
     if hashed is None:
-        hashed = _hash_files(files, known, chunk_size=chunk_size, progress=progress)
+        hashed = _hash_files(files, chunk_size=chunk_size, progress=progress)
     manifest = manifest_for(
         ctx, name, _manifest_files(files, hashed), stated=stated, signature=signature
     )
@@ -233,13 +221,11 @@ def manifest_for(
 
 def _hash_files(
     files: Sequence[manifests.LocalFile],
-    known: Mapping[str, str],
     *,
     chunk_size: int,
     progress: Progress,
 ) -> list[FileDigests]:
-    """Every file's digest and chunk root, in one read each. A digest the caller declared
-    (`known`) must be what the bytes hash to."""
+    """Every file's digest, chunk root and SHA-256, in one read each."""
     progress.begin("hashing", sum(entry.size for entry in files))
     hashed: list[FileDigests] = []
     for entry in files:
@@ -256,12 +242,6 @@ def _hash_files(
             ) from None
         except OSError as error:
             raise InvalidModelError(f"cannot read {entry.path}: {error.strerror}") from None
-        declared = known.get(entry.path)
-        if declared is not None and declared != found.digest:
-            raise InvalidModelError(
-                f"{entry.path} hashes to {found.digest}, not the {declared} declared for it",
-                hint="upload it again",
-            )
         hashed.append(found)
     progress.end()
     return hashed

@@ -12,7 +12,6 @@ start-up"): importing the push takes about as long as hashing 1 GiB.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,22 +36,14 @@ def push(
     message: str = "",
     write_quorum: int | None = None,
     progress: Progress | None = None,
-    digests: Mapping[str, str] | None = None,
     follow_symlinks: bool = False,
     provenance: ProvenanceRequest | None = None,
     signature: bytes | None = None,
 ) -> PushResult:
-    """`ops.push.push`, its hashing begun before it is imported (digests given: none to do)."""
+    """`ops.push.push`, its hashing begun before it is imported."""
     progress = progress or NoProgress()
-    early = (
-        None
-        if digests is not None
-        else EarlyDigests(
-            Path(path),
-            progress,
-            chunk_size=ctx.settings.chunk_size,
-            follow_symlinks=follow_symlinks,
-        )
+    early = EarlyDigests(
+        Path(path), progress, chunk_size=ctx.settings.chunk_size, follow_symlinks=follow_symlinks
     )
     try:
         from registry.ops import push as pushing
@@ -64,15 +55,13 @@ def push(
             message=message,
             write_quorum=write_quorum,
             progress=progress,
-            digests=digests,
             early=early,
             follow_symlinks=follow_symlinks,
             provenance=provenance,
             signature=signature,
         )
     finally:
-        if early is not None:
-            early.stop()
+        early.stop()
 
 
 class _StoppedError(Exception):
