@@ -209,6 +209,8 @@ def _as_0009_catalog(url: str) -> None:
         connection.execute(text("DROP TABLE version_meta"))
         connection.execute(text("DROP TABLE tags"))
         connection.execute(text("DROP TABLE signer_policies"))
+        connection.execute(text("DROP TABLE limit_counts"))
+        connection.execute(text("DROP TABLE limit_signals"))
         connection.execute(text("DROP INDEX ix_audit_events_actor_id"))
         connection.execute(text("DROP INDEX ix_audit_events_action_id"))
         connection.execute(text("UPDATE alembic_version SET version_num = '0009'"))
