@@ -295,19 +295,21 @@ def test_an_app_whose_redis_is_down_limits_alone(home: Path, tmp_path: Path) -> 
     )
     records = _Records()
     logging.getLogger("model_registry.api").addHandler(records)
-    with Registry.open(home) as registry:
-        _record, token = registry.create_token("ci", role=READER, models=["*"])
-        with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
-            auth = {"Authorization": f"Bearer {token}"}
-            answers = [client.get("/v1/models", headers=auth).status_code for _ in range(5)]
-            assert answers == [200, 200, 200, 429, 429]  # this process's own limit, exactly
-            deadline = time.monotonic() + 10
-            while "model_registry_shared_state_up 0.0" not in client.get("/metrics").text:
-                assert time.monotonic() < deadline
-                time.sleep(SYNC)
-            scraped = client.get("/metrics").text
-            assert "model_registry_shared_state_failures_total 0.0" not in scraped
-    logging.getLogger("model_registry.api").removeHandler(records)
+    try:
+        with Registry.open(home) as registry:
+            _record, token = registry.create_token("ci", role=READER, models=["*"])
+            with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+                auth = {"Authorization": f"Bearer {token}"}
+                answers = [client.get("/v1/models", headers=auth).status_code for _ in range(5)]
+                assert answers == [200, 200, 200, 429, 429]  # this process's own limit, exactly
+                deadline = time.monotonic() + 10
+                while "model_registry_shared_state_up 0.0" not in client.get("/metrics").text:
+                    assert time.monotonic() < deadline
+                    time.sleep(SYNC)
+                scraped = client.get("/metrics").text
+                assert "model_registry_shared_state_failures_total 0.0" not in scraped
+    finally:
+        logging.getLogger("model_registry.api").removeHandler(records)
     assert any("shared limits unavailable" in m for m in records.messages), records.messages
 
 
