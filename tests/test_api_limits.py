@@ -60,6 +60,8 @@ def test_api_settings_are_read_from_config_and_survive_a_rewrite(home: Path) -> 
         ("part_size = 1073741824", "api.part_size must be a whole number of MiB"),
         ("speed = 3", "unknown [api] settings ['speed']"),
         ('burst = "many"', "api.burst must be a positive number"),
+        ('shared_state = "postgres"', "api.shared_state must be memory, catalog or a Redis URL"),
+        ("shared_sync_seconds = 60", "api.shared_sync_seconds must be from 0.05 to 10"),
     ],
 )
 def test_invalid_api_settings_are_refused_with_the_setting_named(

@@ -195,6 +195,26 @@ def test_signals_are_raised_once_across_the_fleet_counting_every_app(
     assert int(models[0].split(" read ")[1].split()[0]) > 3, models
 
 
+def test_processes_on_one_catalog_share_counts_through_the_facade(
+    home: Path, catalog_url: str | None
+) -> None:
+    """SQLite (several processes of one host) and PostgreSQL alike: two handles, as two
+    processes would, add to one count; a signal is claimed once per window."""
+    Registry.init(home, catalog_url=catalog_url)
+    config = home / "config.toml"
+    config.write_text(config.read_text() + '\n[api]\nshared_state = "catalog"\n')
+    cell = ("rate-api", "token1", "", 7)
+    wanted = {"rate-api": CountSpan(("token1",), 6, 4.0)}
+    with Registry.open(home) as first, Registry.open(home) as second:
+        assert first.exchange_counts({cell: 3}, wanted) == {cell: 3}
+        assert second.exchange_counts({cell: 2}, wanted) == {cell: 5}
+        assert first.exchange_counts({}, wanted) == {cell: 5}
+        now = time.time()
+        assert second.claim_signal("many-models", "token1", now=now, window=300.0)
+        assert not first.claim_signal("many-models", "token1", now=now + 1, window=300.0)
+        assert first.claim_signal("many-models", "token1", now=now + 301, window=300.0)
+
+
 def _span(keys: tuple[str, ...], oldest: int) -> dict[str, CountSpan]:
     return {"refusal": CountSpan(keys, oldest, 60.0)}
 

@@ -76,7 +76,8 @@ class RateLimiter:
                     self._refuse(max(self.tally.interval if self.tally else 1.0, 1.0 / self.rate))
             bucket.tokens -= 1.0
             bucket.spent += 1.0
-        if self.tally is not None:
+        if self.tally is not None and self.tally.shared:
+            # What the other processes must pay for (alone, the bucket is the whole count).
             self.tally.count(self.kind, key, "", time.time())
 
     @staticmethod
