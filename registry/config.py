@@ -37,6 +37,10 @@ CONFIG_FILE = "config.toml"
 ENV_HOME = "MODEL_REGISTRY_HOME"
 ENV_CATALOG_URL = "MODEL_REGISTRY_CATALOG_URL"
 ENV_ACTOR = "MODEL_REGISTRY_ACTOR"
+ENV_SHARED_STATE = "MODEL_REGISTRY_SHARED_STATE"
+# Where `[api] shared_state` may keep the fleet's limits and signal windows.
+SHARED_STATES = ("memory", "catalog")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 PRIMARY = "primary"
 _REGION_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -148,7 +152,9 @@ MAX_UPLOAD_PART = 64 * 1024 * 1024
 @dataclass(frozen=True)
 class ApiSettings:
     """The REST server's limits and threat-signal thresholds (`[api]` in config.toml; what each
-    guards against is in docs/security.md). Every server process enforces them on its own."""
+    guards against is in docs/security.md). Server processes that share `shared_state` enforce
+    one limit and raise each signal once across them (docs/operations.md, "Limits and signals
+    across processes")."""
 
     requests_per_second: float = 50.0  # per token, a token bucket of `burst`
     burst: int = 200
@@ -171,8 +177,22 @@ class ApiSettings:
     # Web UI sessions: signed out after this long whatever happens, or this long unused.
     ui_session_hours: float = 12.0
     ui_idle_minutes: float = 30.0
+    # Where the limits' and signals' counts are shared by the server processes: "memory" (each
+    # process alone), "catalog" (the catalog's database) or a Redis URL. Empty: "catalog" for a
+    # catalog on PostgreSQL (a fleet is right without more), "memory" otherwise.
+    shared_state: str = ""
+    shared_sync_seconds: float = 0.5  # how often a process swaps its counts with the others'
 
     def __post_init__(self) -> None:
+        _check_shared_state(self.shared_state, "api.shared_state")
+        if (
+            isinstance(self.shared_sync_seconds, bool)
+            or not isinstance(self.shared_sync_seconds, int | float)
+            or not 0.05 <= self.shared_sync_seconds <= 10
+        ):
+            raise InvalidInputError(
+                f"api.shared_sync_seconds must be from 0.05 to 10, not {self.shared_sync_seconds!r}"
+            )
         if isinstance(self.trusted_proxies, str) or not isinstance(
             self.trusted_proxies, list | tuple
         ):
@@ -247,6 +267,15 @@ class ApiSettings:
             values["staging_dir"] = _path(home, values["staging_dir"], "api.staging_dir")
         return cls(**values)
 
+    def shared_store(self, catalog_url: str) -> str:
+        """Where the limits' counts are shared: "memory", "catalog" or a Redis URL (the
+        default: the catalog when it is PostgreSQL, every process alone otherwise).
+        MODEL_REGISTRY_SHARED_STATE overrides the setting (and is never written back)."""
+        chosen = os.environ.get(ENV_SHARED_STATE) or self.shared_state
+        if chosen:
+            return _check_shared_state(chosen, ENV_SHARED_STATE)
+        return "catalog" if catalog_url.startswith("postgresql") else "memory"
+
     def config_lines(self) -> list[str]:
         """The `[api]` section, with only what differs from the defaults (empty if nothing)."""
         default = ApiSettings()
@@ -263,6 +292,17 @@ class ApiSettings:
                 text = repr(value)
             lines.append(f"{name} = {text}")
         return ["", "[api]", *lines] if lines else []
+
+
+def _check_shared_state(value: object, name: str) -> str:
+    if not isinstance(value, str) or not (
+        value in ("", *SHARED_STATES) or value.startswith(_REDIS_SCHEMES)
+    ):
+        raise InvalidInputError(
+            f"{name} must be memory, catalog or a Redis URL, not {value!r}",
+            hint='e.g. shared_state = "redis://127.0.0.1:6379/0"',
+        )
+    return value
 
 
 @dataclass(frozen=True)

@@ -402,3 +402,20 @@ class SearchHit:
 
     version: VersionRecord
     matches: tuple[SearchMatch, ...]
+
+
+# The server fleet's shared limit counts (`Registry.exchange_counts`): (kind, key, item, slot),
+# what is counted (a token's requests, a client's refusals, a token's reads of a model, its key
+# unwraps), whose, of what, and in which time slot (Unix time // the kind's slot length).
+CountCell = tuple[str, str, str, int]
+
+
+@dataclass(frozen=True)
+class CountSpan:
+    """Of one kind of count: the keys whose fleet counts are wanted back, the oldest slot that
+    still matters, and how long any count of the kind may matter (a store that expires keys
+    itself, Redis, keeps an untouched one that long)."""
+
+    keys: tuple[str, ...]
+    oldest: int
+    lifetime: float

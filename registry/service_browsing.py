@@ -1,13 +1,14 @@
 """The second half of the facade: reading a page at a time (models, a model's overview, a
 version's row, the audit trail, small files, diffs), tags, search, the web UI's sessions,
-provenance (signer policies, OpenSSF signatures), and upload sessions (a push sealed by the
-client, through the REST API). `Registry` is made of this and
-`registry.service`; each method is a one-line delegation to its operation, exactly as there.
+provenance (signer policies, OpenSSF signatures), upload sessions (a push sealed by the
+client, through the REST API), and the limit counts a server fleet shares. `Registry` is
+made of this and `registry.service`; each method is a one-line delegation to its
+operation, exactly as there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,8 @@ if TYPE_CHECKING:
     from registry.ops.context import Context
     from registry.provenance import ProvenanceRequest
     from registry.records import (
+        CountCell,
+        CountSpan,
         DeclaredFile,
         ModelSummary,
         TagRecord,
@@ -213,6 +216,22 @@ class Browsing:
         from registry.ops import signatures as signatures_ops
 
         return signatures_ops.openssf_signature(self._context, ref)
+
+    def exchange_counts(
+        self, deltas: Mapping[CountCell, int], wanted: Mapping[str, CountSpan]
+    ) -> dict[CountCell, int]:
+        """A server process's limit counts since its last swap added to the fleet's (`[api]
+        shared_state`), and the fleet's counts of the `wanted` keys back."""
+        from registry.ops import sharedlimits as sharedlimits_ops
+
+        return sharedlimits_ops.exchange_counts(self._context, deltas, wanted)
+
+    def claim_signal(self, kind: str, key: str, *, now: float, window: float) -> bool:
+        """Whether this server process raises threat signal `kind` for `key`: the first of
+        the fleet to claim it in a `window` does, no other."""
+        from registry.ops import sharedlimits as sharedlimits_ops
+
+        return sharedlimits_ops.claim_signal(self._context, kind, key, now=now, window=window)
 
     def open_upload(
         self, model: str, files: Sequence[DeclaredFile], *, message: str = ""

@@ -15,7 +15,7 @@ import pytest
 from litestar.testing import TestClient
 
 from registry.api.app import create_app
-from registry.api.limits import RateLimiter, Watch
+from registry.api.limits import RateLimiter, Signal, Watch
 from registry.config import ApiSettings, load_settings
 from registry.errors import ConfigurationError, RateLimitedError
 from registry.service import ADMIN, READER, Registry
@@ -60,6 +60,8 @@ def test_api_settings_are_read_from_config_and_survive_a_rewrite(home: Path) -> 
         ("part_size = 1073741824", "api.part_size must be a whole number of MiB"),
         ("speed = 3", "unknown [api] settings ['speed']"),
         ('burst = "many"', "api.burst must be a positive number"),
+        ('shared_state = "postgres"', "api.shared_state must be memory, catalog or a Redis URL"),
+        ("shared_sync_seconds = 60", "api.shared_sync_seconds must be from 0.05 to 10"),
     ],
 )
 def test_invalid_api_settings_are_refused_with_the_setting_named(
@@ -81,23 +83,29 @@ def _escape(text: str) -> str:
 # -- the signals, one by one ----------------------------------------------------------------------
 
 
+def _kinds(signals: list[Signal | None]) -> list[str | None]:
+    return [None if signal is None else signal.kind for signal in signals]
+
+
 def test_many_distinct_models_fire_once_per_window() -> None:
     watch = _watch(signal_distinct_models=3)
     fired = [watch.note_read("t1", f"org/m{i}", now=float(i)) for i in range(6)]
-    assert fired == [None, None, None, "many-models", None, None]
+    assert _kinds(fired) == [None, None, None, "many-models", None, None]
+    assert fired[3] == Signal("many-models", "t1", 4)  # the count that crossed the threshold
     assert watch.note_read("t2", "org/m0", now=6.0) is None  # another token: its own count
     # The same few models read again and again are not "many".
     calm = _watch(signal_distinct_models=3)
     assert all(calm.note_read("t", f"org/m{i % 3}", now=float(i)) is None for i in range(50))
     # Once the window has passed, old reads no longer count and the signal may fire again.
-    later = [watch.note_read("t1", f"org/n{i}", now=WINDOW + 10 + i) for i in range(5)]
-    assert later.count("many-models") == 1
+    later = [watch.note_read("t1", f"org/n{i}", now=WINDOW + 40 + i) for i in range(5)]
+    assert _kinds(later).count("many-models") == 1
+    assert [s.count for s in later if s] == [4]  # the reads of the first window aged out
 
 
 def test_repeated_refusals_fire_per_client() -> None:
     watch = _watch(signal_refusals=4)
     fired = [watch.note_refusal("10.0.0.9", now=float(i)) for i in range(6)]
-    assert fired == [None, None, None, None, "repeated-refusals", None]
+    assert _kinds(fired) == [None, None, None, None, "repeated-refusals", None]
     assert watch.note_refusal("10.0.0.10", now=6.0) is None
     spread = _watch(signal_refusals=4)  # the same count spread over many windows: no signal
     assert all(spread.note_refusal("c", now=i * WINDOW) is None for i in range(20))
@@ -110,17 +118,19 @@ def test_unwrap_spike_is_judged_against_the_tokens_baseline() -> None:
     for window in range(10):
         assert watch.note_unwraps("fleet", 40, now=window * WINDOW + 1) is None
     assert watch.note_unwraps("fleet", 300, now=10 * WINDOW + 1) is None
-    # 600 (> 10 x its baseline) is a spike.
-    assert watch.note_unwraps("fleet", 300, now=10 * WINDOW + 2) == "unwrap-spike"
+    # 600 (> 10 x its baseline) is a spike, and the signal names the window's total.
+    assert watch.note_unwraps("fleet", 300, now=10 * WINDOW + 2) == Signal(
+        "unwrap-spike", "fleet", 600
+    )
     # A quiet token: 2 keys a window, then 60 at once: above the floor and 10 x baseline.
     quiet = _watch(signal_unwraps=50, signal_unwrap_factor=10.0)
     for window in range(5):
         assert quiet.note_unwraps("ci", 2, now=window * WINDOW + 1) is None
-    assert quiet.note_unwraps("ci", 60, now=5 * WINDOW + 1) == "unwrap-spike"
+    assert quiet.note_unwraps("ci", 60, now=5 * WINDOW + 1) == Signal("unwrap-spike", "ci", 60)
     # Never below the floor, whatever the baseline (a first use has none).
     fresh = _watch(signal_unwraps=50, signal_unwrap_factor=10.0)
     assert fresh.note_unwraps("new", 50, now=1.0) is None
-    assert fresh.note_unwraps("new", 1, now=2.0) == "unwrap-spike"
+    assert fresh.note_unwraps("new", 1, now=2.0) == Signal("unwrap-spike", "new", 51)
 
 
 def test_a_baseline_fades_while_a_token_is_idle() -> None:
@@ -133,22 +143,29 @@ def test_a_baseline_fades_while_a_token_is_idle() -> None:
         # Busy as usual, 3000 would be below 10 x its baseline of 400.
         assert watch.note_unwraps("fleet", 3000, now=10 * WINDOW + 1) is None
         later = (10 + idle) * WINDOW + 1
-        assert watch.note_unwraps("fleet", 3000, now=later) == "unwrap-spike", idle
+        signal = watch.note_unwraps("fleet", 3000, now=later)
+        assert signal == Signal("unwrap-spike", "fleet", 3000), idle
 
 
-def test_many_reads_in_a_window_stay_cheap() -> None:
-    """note_read runs on every ciphertext range: its cost must not grow with the window."""
+def test_many_reads_in_a_window_stay_cheap_and_old_windows_are_forgotten() -> None:
+    """note_read runs on every ciphertext range: what it keeps grows with the models and the
+    window's slots, not with the reads; what aged out is pruned."""
     watch = _watch(signal_distinct_models=5)
     for i in range(100_000):
         watch.note_read("fleet", f"org/m{i % 3}", now=i * 0.001)
-    assert dict(watch._model_counts["fleet"]) == {
-        "org/m0": 33_334,
-        "org/m1": 33_333,
-        "org/m2": 33_333,
-    }
+    assert watch.tally.total("read", "fleet", since=0) == 100_000
+    cells = watch.tally._series[("read", "fleet")].cells
+    assert len(cells) == 3 * 4  # 3 models x the 4 tenths of a window the 100 s spanned
     assert watch.note_read("fleet", "org/m4", now=100.0) is None
     late = [watch.note_read("fleet", f"org/n{i}", now=WINDOW + 200 + i) for i in range(7)]
-    assert late.count("many-models") == 1 and watch._model_counts["fleet"]["org/m0"] == 0
+    assert _kinds(late).count("many-models") == 1
+    counted = watch.tally.total("read", "fleet", since=watch.tally.oldest("read", WINDOW + 206))
+    assert counted == 7  # the first 100 s aged out of the window
+    for i in range(1000):
+        watch.note_refusal(f"10.1.{i // 250}.{i % 250}", now=float(i))
+    assert len(watch.tally) == 1000 + 1
+    watch.tally.swap(now=5 * WINDOW)  # the timer's prune: every key aged out
+    assert len(watch.tally) == 0
 
 
 def test_rate_limiter_refills_at_its_rate() -> None:
@@ -237,3 +254,5 @@ def test_signals_are_logged_and_counted_with_the_configured_thresholds(
     assert _security_events(client)["repeated-refusals"] == 1.0
     logged = security_log.messages
     assert {m.split()[2] for m in logged} == {"many-models", "unwrap-spike", "repeated-refusals"}
+    # The spike names the window's total of unwraps (6 + 6), not the last call's 6.
+    assert any("unwrapped 12 keys in this window" in m for m in logged), logged

@@ -286,6 +286,8 @@ def test_a_catalog_from_before_identities_is_adopted_by_its_own_home(
         connection.execute("DROP TABLE signer_policies")
         for table in ("upload_parts", "upload_files", "upload_sessions"):
             connection.execute(f"DROP TABLE {table}")
+        connection.execute("DROP TABLE limit_counts")
+        connection.execute("DROP TABLE limit_signals")
         connection.execute("DROP INDEX ix_audit_events_actor_id")
         connection.execute("DROP INDEX ix_audit_events_action_id")
         connection.execute("UPDATE alembic_version SET version_num = '0009'")

@@ -211,6 +211,8 @@ def _as_0009_catalog(url: str) -> None:
         connection.execute(text("DROP TABLE signer_policies"))
         for table in ("upload_parts", "upload_files", "upload_sessions"):
             connection.execute(text(f"DROP TABLE {table}"))
+        connection.execute(text("DROP TABLE limit_counts"))
+        connection.execute(text("DROP TABLE limit_signals"))
         connection.execute(text("DROP INDEX ix_audit_events_actor_id"))
         connection.execute(text("DROP INDEX ix_audit_events_action_id"))
         connection.execute(text("UPDATE alembic_version SET version_num = '0009'"))

@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
         "registry.wire",
     ),
     ("registry.blobstore",),
-    ("registry.catalog", "registry.replication", "registry.journal"),
+    ("registry.catalog", "registry.replication", "registry.journal", "registry.redis_counters"),
     ("registry.rebuild",),
     ("registry.ops",),
     ("registry.service", "registry.service_browsing"),

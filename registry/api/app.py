@@ -7,8 +7,9 @@ Every `/v1` route names the operation it runs; a token is checked (401 when miss
 unknown, expired or revoked), then its role against that operation (403), then its model
 patterns (403), before anything is looked up, so neither answer tells whether a model exists.
 Handlers are synchronous and run in worker threads: `Registry` does blocking I/O. The app is
-stateless but for rate-limit counters and the upload staging directory (docs/operations.md:
-several processes share it or use sticky routing).
+stateless but for the upload staging directory (docs/operations.md: several processes share it
+or use sticky routing) and its rate-limit and signal counts, which it swaps with the other
+server processes' through `[api] shared_state` (`registry.api.tally`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, ControllerRouterHandler, Message, Receive, Scope, Send
 
 from registry import __version__
-from registry.api.common import JSON_LIMIT, STATE_KEY, State, proxy_networks
+from registry.api.common import JSON_LIMIT, STATE_KEY, State, fleet_signal, proxy_networks
 from registry.api.errors import http_error, internal_error, registry_error
 from registry.api.limits import RateLimiter, Watch
 from registry.api.metrics import Metrics
@@ -43,6 +44,7 @@ from registry.api.routes.search import SearchController
 from registry.api.routes.service import ServiceController
 from registry.api.routes.tags import TagsController
 from registry.api.routes.uploads import UploadsController
+from registry.api.tally import Tally
 from registry.api.ui import template_config, ui_router
 from registry.errors import RegistryError
 from registry.service import Registry
@@ -97,23 +99,36 @@ def create_app(registry: Registry) -> Litestar:
     `[api]` settings."""
     settings = registry.settings.api
     board = Metrics()
+    tally, watch = _counts(registry, board)
     state = State(
         registry=registry,
         metrics=board,
-        limiter=RateLimiter(settings.requests_per_second, settings.burst),
+        limiter=RateLimiter(settings.requests_per_second, settings.burst, tally=tally),
         transfer_limiter=RateLimiter(
-            settings.transfer_requests_per_second, settings.transfer_burst
+            settings.transfer_requests_per_second,
+            settings.transfer_burst,
+            name="transfer",
+            tally=tally,
         ),
-        broker_limiter=RateLimiter(settings.key_requests_per_second, settings.key_burst),
-        watch=Watch(settings),
+        broker_limiter=RateLimiter(
+            settings.key_requests_per_second, settings.key_burst, name="keys", tally=tally
+        ),
+        watch=watch,
+        tally=tally,
         proxies=proxy_networks(settings.trusted_proxies),
     )
-    timer = _JournalTimer(registry, settings.journal_interval_seconds)
+    timer = _Every("journal", settings.journal_interval_seconds, registry.drain_journal)
+    # Shared counts are swapped every `shared_sync_seconds`; counts of one process alone are
+    # only pruned, which can wait longer.
+    # A server joins the fleet's counts as it starts (`at_once`), not an interval later.
+    swapper = _Every(
+        "limits", settings.shared_sync_seconds if tally.shared else 10.0, tally.swap, at_once=True
+    )
     return Litestar(
         route_handlers=[*ROUTES, ui_router()],
         template_config=template_config(),
-        on_startup=[timer.start],
-        on_shutdown=[timer.stop],
+        on_startup=[timer.start, swapper.start],
+        on_shutdown=[swapper.stop, timer.stop],
         state=_AppState({STATE_KEY: state}),
         exception_handlers={
             RegistryError: registry_error,
@@ -127,26 +142,65 @@ def create_app(registry: Registry) -> Litestar:
     )
 
 
-class _JournalTimer:
-    """Copies the journal out every `interval` seconds, so entries written by reads (their
-    audit) or left behind by a region that was down reach the stores without another change."""
+def _counts(registry: Registry, board: Metrics) -> tuple[Tally, Watch]:
+    """What the limits and signals count, shared with the fleet per `[api] shared_state`."""
+    settings = registry.settings.api
+    shared = settings.shared_store(registry.settings.catalog_url) != "memory"
 
-    def __init__(self, registry: Registry, interval: float) -> None:
-        self._registry = registry
+    def on_state(up: bool) -> None:
+        board.shared_state_up.set(1 if up else 0)
+        if not up:
+            board.shared_state_failures.inc()
+
+    board.shared_state_up.set(1)
+    tally = Tally(
+        interval=settings.shared_sync_seconds,
+        exchange=registry.exchange_counts if shared else None,
+        on_state=on_state,
+    )
+
+    def claim(kind: str, key: str, now: float, window: float) -> bool:
+        return registry.claim_signal(kind, key, now=now, window=window)
+
+    watch = Watch(
+        settings,
+        tally=tally,
+        claim=claim if shared else None,
+        on_signal=lambda signal: fleet_signal(board, signal),
+    )
+    return tally, watch
+
+
+class _Every:
+    """Runs `work` every `interval` seconds on a thread of its own: the journal copied out (so
+    entries written by reads, their audit, or left behind by a region that was down reach the
+    stores without another change), the limit counts swapped with the fleet's."""
+
+    def __init__(
+        self, name: str, interval: float, work: Callable[[], object], *, at_once: bool = False
+    ) -> None:
+        self._name = name
+        self._at_once = at_once
         self._interval = interval
+        self._work = work
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        if not self._at_once:
+            self._stop.wait(self._interval)
+        while not self._stop.is_set():
             try:
-                self._registry.drain_journal()
+                self._work()
             except Exception:
-                logging.getLogger("model_registry.journal").exception("journal drain failed")
+                logging.getLogger(f"model_registry.{self._name}").exception(
+                    "%s timer failed", self._name
+                )
+            self._stop.wait(self._interval)
 
     def stop(self) -> None:
         self._stop.set()

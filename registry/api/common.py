@@ -13,8 +13,9 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 
-from registry.api.limits import RateLimiter, Watch
+from registry.api.limits import RateLimiter, Signal, Watch
 from registry.api.metrics import Metrics
+from registry.api.tally import Tally
 from registry.errors import InvalidInputError
 from registry.records import TokenRecord
 from registry.service import Registry
@@ -34,6 +35,8 @@ class State:
     transfer_limiter: RateLimiter
     broker_limiter: RateLimiter
     watch: Watch
+    # What the limits and the watch count (shared with the fleet per `[api] shared_state`).
+    tally: Tally
     # `[api] trusted_proxies`: the peers whose X-Forwarded-For names the client.
     proxies: tuple[Network, ...] = ()
 
@@ -88,7 +91,16 @@ def note_read(
     """Count a read of `model` by `token` (many distinct models in a window is a signal)."""
     signal = state_of(connection).watch.note_read(token.id, model)
     if signal is not None:
-        security_event(connection, signal, f"token {token.id} read many distinct models")
+        security_event(connection, signal.kind, signal.detail)
+
+
+def fleet_signal(metrics: Metrics, signal: Signal) -> None:
+    """A signal the other server processes' counts crossed, learnt at a swap (no request, so
+    no client address but the one it is about)."""
+    metrics.security_events.labels(signal.kind).inc()
+    security_log.warning(
+        "security event %s (counts of the server fleet): %s", signal.kind, signal.detail
+    )
 
 
 def parse_time(text: str | None) -> datetime | None:

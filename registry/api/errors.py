@@ -37,7 +37,7 @@ def registry_error(request: Request[Any, Any, Any], error: RegistryError) -> Res
     if status in (401, 403):
         signal = state.watch.note_refusal(client_of(request))
         if signal is not None:
-            security_event(request, signal, f"{status} answers to this client")
+            security_event(request, signal.kind, signal.detail)
     if isinstance(error, IntegrityError):
         state.metrics.integrity_failures.inc()
         security_event(request, "integrity-failure", str(error))

@@ -53,6 +53,17 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.shared_state_up = Gauge(
+            "model_registry_shared_state_up",
+            "Whether the last swap of limit counts with the fleet's store ([api] shared_state) "
+            "succeeded (1), or this process limits alone until it does (0)",
+            registry=r,
+        )
+        self.shared_state_failures = Counter(
+            "model_registry_shared_state_failures",
+            "Swaps of limit counts with the fleet's store that failed",
+            registry=r,
+        )
         self.last_drill = Gauge(
             "model_registry_last_drill_timestamp_seconds",
             "When the last restore drill from each region ran (Unix time; from the audit trail)",

@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -462,3 +463,30 @@ class UploadPart(Base):
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     part: Mapped[int] = mapped_column(Integer, primary_key=True)
     digest: Mapped[str] = mapped_column(String(71))
+
+
+class LimitCount(Base):
+    """The server fleet's count of one thing in one time slot (`registry.catalog.counters`):
+    a token's requests, a client's refusals, a token's reads of a model (`item`), its key
+    unwraps. Not journaled: transient, swapped every fraction of a second and pruned after its
+    window; a rebuilt catalog starts every count afresh."""
+
+    __tablename__ = "limit_counts"
+    __table_args__ = (Index("ix_limit_counts_kind_slot", "kind", "slot"),)
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    item: Mapped[str] = mapped_column(String(256), primary_key=True)
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+
+
+class LimitSignal(Base):
+    """When a threat signal was last raised for a key, by whichever server process: it is
+    raised once per window across the fleet. Not journaled (transient)."""
+
+    __tablename__ = "limit_signals"
+
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    raised_at: Mapped[float] = mapped_column(Float)  # Unix time

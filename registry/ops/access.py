@@ -63,6 +63,8 @@ PERMISSIONS: dict[str, Permission] = {
     "signers": Permission(ADMIN, "change the trusted signers"),
     # The journal holds committed changes only: copying it out is every writer's duty.
     "drain-journal": Permission(READER, "copy the journal out"),
+    # A server process's limit counts: every process of a fleet swaps its own, whoever runs it.
+    "share-limits": Permission(READER, "share the server fleet's limit counts"),
     # The catalog, the regions' stores and the keys themselves, under every rule above.
     "internals": Permission(ADMIN, "reach the catalog, stores or keys directly"),
 }

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from registry.crypto.keys import KeyProvider
     from registry.crypto.signing import Signer
     from registry.ops.journaling import JournalRound
+    from registry.ops.sharedlimits import CounterStore
     from registry.replication import ReplicaSet
 
 T = TypeVar("T")
@@ -109,6 +110,8 @@ class Home:
     # Shared by every context over this home (one per API request), so a server compares the
     # journal every ten minutes, not on every request.
     opened_journal_round: OnFirstUse[JournalRound]
+    # Where a server fleet shares its limit counts (`[api] shared_state`), on first use.
+    opened_counters: OnFirstUse[CounterStore]
     chunks_per_read: int
     # The catalog's reads without SQLAlchemy (a SQLite catalog found as usual at open), else None.
     lite: CatalogReads | None = None

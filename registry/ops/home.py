@@ -27,6 +27,7 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
+from registry.ops import sharedlimits
 from registry.ops.context import Context, Home, OnFirstUse, note_unwrap
 
 # What only some commands use (SQLAlchemy, the stores, the crypto) is imported where it is first
@@ -86,6 +87,7 @@ def open_home(
         opened_replicas=replicas,
         opened_signer=signer,
         opened_journal_round=OnFirstUse(_journal_round),
+        opened_counters=OnFirstUse(lambda: sharedlimits.open_store(settings, catalog)),
         chunks_per_read=chunks_per_read,
         lite=reads,
         provisional=provisional,
@@ -357,6 +359,7 @@ def close(ctx: Context) -> None:
     except Exception:  # closing must close, whatever went wrong
         log.warning("the journal was not copied out at close", exc_info=True)
     finally:
+        sharedlimits.close_store(home.opened_counters.value)
         if catalog is not None:
             catalog.close()
         if home.opened_replicas.value is not None:

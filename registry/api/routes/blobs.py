@@ -84,5 +84,6 @@ class BlobsController(Controller):
         state.metrics.unwraps.labels(token.id).inc(unwraps)
         signal = state.watch.note_unwraps(token.id, unwraps)
         if signal is not None:
-            security_event(request, signal, f"token {token.id} unwrapped {unwraps} keys")
+            # The window's total (across the fleet when counts are shared), not this call's.
+            security_event(request, signal.kind, signal.detail)
         return wire.DataKeys.of(brokered)

@@ -112,7 +112,7 @@ class ActionsController(Controller):
         except UnauthenticatedError as error:
             signal = state.watch.note_refusal(client)
             if signal is not None:
-                security_event(request, signal, "401 answers to this client (web UI sign-in)")
+                security_event(request, signal.kind, f"{signal.detail} (web UI sign-in)")
             return page(
                 "login.html",
                 status=401,
