@@ -118,7 +118,7 @@ def fleet(home: Path, tmp_path: Path, postgres_url: str, shared: str) -> Iterato
         clients = []
         for index in range(3):
             opened = stack.enter_context(Registry.open(home))
-            app = create_app(opened, staging=tmp_path / f"staging{index}")
+            app = create_app(opened)
             clients.append(stack.enter_context(TestClient(app)))
         try:
             fleet = Fleet(clients, tokens)
