@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import blake3
 
 from registry.blobstore import BLOB, MANIFEST
-from registry.crypto.checked import CheckedObject, plaintext_prefix
+from registry.crypto.checked import plaintext_prefix
 from registry.digest import FileDigests
 from registry.errors import (
     DigestMismatchError,
@@ -48,6 +48,7 @@ from registry.ops.push import (
     refuse_retired_keys,
     require_reachable,
 )
+from registry.ops.uploadparts import check_file, part_reader, parts_digest
 from registry.ops.uploads import (
     discard_upload,
     layout,
@@ -217,21 +218,14 @@ def _new_blob(blob: Replicated, size: int) -> NewBlob:
     )
 
 
+def _file_parts(session: UploadSessionRecord, index: int) -> dict[int, str]:
+    return {part: digest for (i, part), digest in session.received.items() if i == index}
+
+
 def _part_reader(
     ctx: Context, session: UploadSessionRecord, index: int
 ) -> functools.partial[bytes]:
-    return functools.partial(_read_part, ctx, session, index)
-
-
-def _read_part(ctx: Context, session: UploadSessionRecord, index: int, part: int) -> bytes:
-    try:
-        digest = session.received[(index, part)]
-        return staging(ctx).get_range(part_name(session.id, index, part, digest))
-    except NotFoundError:
-        raise StorageError(
-            f"part {part} of file {index} is gone from the staging store",
-            hint="upload it again (GET the session for what it has), then commit",
-        ) from None
+    return part_reader(ctx, session.id, index, _file_parts(session, index))
 
 
 def _validated(
@@ -301,16 +295,21 @@ def _check_all(
     at_once, workers = _at_once(ctx, len(unique))
 
     def check(item: _Checked) -> FileDigests:
-        return CheckedObject(
-            _part_reader(ctx, session, item.entry.index),
+        entry = item.entry
+        parts = _file_parts(session, entry.index)
+        done = entry.checked
+        if done is not None and done.parts == parts_digest(parts):
+            # Checked when its last part arrived, and these are the parts it read.
+            return FileDigests(entry.digest, session.chunk_size, done.chunk_root, done.sha256)
+        return check_file(
+            ctx,
+            session,
+            entry,
+            parts,
             item.key.key,
-            item.entry.digest,
-            item.header,
-            chunks_per_part=session.chunks_per_part,
-            starts_with=item.validated,
             workers=workers,
-            what=item.entry.path,
-        ).drain()
+            starts_with=item.validated,
+        )
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="check") as pool:
         futures = {item.entry.digest: pool.submit(check, item) for item in unique}
