@@ -321,3 +321,24 @@ def test_a_file_is_checked_when_its_last_part_arrives_and_a_stale_check_is_not_t
     assert done.status_code == 201, done.text
     actions = [e.action for e in pusher.registry.audit_events(limit=100)]
     assert "upload-open" in actions and "push" in actions
+
+
+def test_a_commit_whose_process_died_is_taken_over_once_its_claim_is_stale(
+    pusher: Pusher, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    model = make_model(tmp_path / "model", shards=1, shard_size=MiB, seed=10)
+    session = _open(pusher, model)
+    _send_all(pusher, session, model)
+    catalog = pusher.registry._context.catalog
+    now = datetime.now(UTC)
+    # A live commit (renewed within the minute) holds the session...
+    assert catalog.claim_upload(session["id"], "a" * 32, at=now, stale=now - timedelta(minutes=1))
+    busy = _commit(pusher, session)
+    assert busy.status_code == 404 and "being committed" in busy.text
+    # ...one whose process died stopped renewing: a minute later the next commit takes over.
+    catalog.renew_upload_claim(session["id"], "a" * 32, at=now - timedelta(minutes=2))
+    done = _commit(pusher, session)
+    assert done.status_code == 201, done.text
+    assert catalog.upload(session["id"]) is None

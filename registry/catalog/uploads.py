@@ -185,6 +185,18 @@ class UploadsPart(CatalogPart):
 
         return self._retrying(work, what="claim an upload session")
 
+    def renew_upload_claim(self, session_id: str, claim: str, *, at: datetime) -> None:
+        """A commit still running says so (see `claim_upload`)."""
+
+        def work(session: Session) -> None:
+            session.execute(
+                update(UploadSession)
+                .where(UploadSession.id == session_id, UploadSession.claimed_by == claim)
+                .values(claimed_at=at)
+            )
+
+        self._retrying(work, what="renew an upload session's claim")
+
     def release_upload(self, session_id: str, claim: str, *, at: datetime) -> None:
         """Give a claimed session back after a commit that failed (the client may fix it)."""
 

@@ -14,10 +14,13 @@ checked, never from what the client claimed beyond the digests it sealed under.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -32,6 +35,7 @@ from registry.errors import (
     InvalidInputError,
     InvalidModelError,
     NotFoundError,
+    RegistryError,
     StorageError,
 )
 from registry.manifest import INDEX_SUFFIX, MAX_INDEX_SIZE, ChunkRoot, ManifestFile
@@ -50,6 +54,7 @@ from registry.ops.push import (
 )
 from registry.ops.uploadparts import check_file, part_reader, parts_digest
 from registry.ops.uploads import (
+    CLAIM_RENEWAL,
     discard_upload,
     layout,
     own_upload,
@@ -108,16 +113,38 @@ def commit_upload(
     # Read again once held: no part is recorded after the claim, so this is every part.
     session = own_upload(ctx, session_id)
     try:
-        try:
-            result = _commit(ctx, session, provenance=provenance, signature=signature)
-        except (DigestMismatchError, StorageError):
-            _forget_lost_parts(ctx, session)
-            raise
+        with _renewing(ctx, session.id, claim):
+            try:
+                result = _commit(ctx, session, provenance=provenance, signature=signature)
+            except (DigestMismatchError, StorageError):
+                _forget_lost_parts(ctx, session)
+                raise
     except BaseException:
         ctx.catalog.release_upload(session.id, claim, at=datetime.now(UTC))
         raise
     discard_upload(ctx, session.id)
     return result
+
+
+@contextmanager
+def _renewing(ctx: Context, session_id: str, claim: str) -> Iterator[None]:
+    """Renew the commit's claim while the block runs: a process that dies mid-commit stops
+    renewing, and the client's next commit, on any process, takes the session over a minute
+    later (the work is idempotent: a version committed already is answered as such)."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(CLAIM_RENEWAL.total_seconds()):
+            with contextlib.suppress(RegistryError):
+                ctx.catalog.renew_upload_claim(session_id, claim, at=datetime.now(UTC))
+
+    thread = threading.Thread(target=renew, name="commit-claim", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _forget_lost_parts(ctx: Context, session: UploadSessionRecord) -> None:

@@ -249,8 +249,10 @@ def abandon_upload(ctx: Context, session_id: str) -> None:
     discard_upload(ctx, session.id)
 
 
-# A commit that held its session for this long without finishing died with its process.
-_STALE_CLAIM = timedelta(hours=1)
+# A commit renews its hold on the session this often; one not renewed for STALE_CLAIM died
+# with its process, and the next commit of the session takes it over.
+CLAIM_RENEWAL = timedelta(seconds=10)
+_STALE_CLAIM = timedelta(seconds=60)
 
 
 def stale_claim_before(now: datetime) -> datetime:
