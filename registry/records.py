@@ -336,9 +336,21 @@ class DeclaredFile:
 
 
 @dataclass(frozen=True)
+class CheckedFile:
+    """What a check of a file's parts found, once they had all arrived: for which parts (the
+    digest of their digests), and the plaintext's chunk root and SHA-256 (its BLAKE3 digest was
+    the one declared)."""
+
+    parts: str
+    chunk_root: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class UploadFileRecord:
-    """A file of an upload session: what the client declared (path, size, BLAKE3 digest) and
-    how it must seal it (the salt and nonce prefix of its sealed header, issued by the server)."""
+    """A file of an upload session: what the client declared (path, size, BLAKE3 digest), how
+    it must seal it (the salt and nonce prefix of its sealed header, issued by the server), and
+    what a check of its parts found, once they had all arrived."""
 
     index: int
     path: str
@@ -346,6 +358,7 @@ class UploadFileRecord:
     digest: str
     salt: bytes
     nonce_prefix: bytes
+    checked: CheckedFile | None = None
 
 
 @dataclass(frozen=True)

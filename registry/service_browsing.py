@@ -256,10 +256,11 @@ class Browsing:
     def put_upload_part(
         self, session_id: str, index: int, part: int, data: bytes | bytearray, digest: str
     ) -> None:
-        """Keep one part of a file's sealed bytes (`digest`: their BLAKE3 digest)."""
-        from registry.ops import uploads as upload_ops
+        """Keep one part of a file's sealed bytes (`digest`: their BLAKE3 digest); the file is
+        checked once its last part arrived."""
+        from registry.ops import uploadparts as parts_ops
 
-        return upload_ops.put_upload_part(self._context, session_id, index, part, data, digest)
+        return parts_ops.put_upload_part(self._context, session_id, index, part, data, digest)
 
     def abandon_upload(self, session_id: str) -> None:
         from registry.ops import uploads as upload_ops

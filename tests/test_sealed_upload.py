@@ -281,3 +281,64 @@ def test_sessions_are_the_catalogs_and_expire(pusher: Pusher, tmp_path: Path) ->
     assert not staged.exists()
     gone = pusher.client.get(f"/v1/uploads/{session['id']}", headers=pusher.headers)
     assert gone.status_code == 404
+
+
+def test_a_file_is_checked_when_its_last_part_arrives_and_a_stale_check_is_not_trusted(
+    pusher: Pusher, tmp_path: Path
+) -> None:
+    model = make_model(tmp_path / "model", shards=1, shard_size=3 * MiB, seed=8)
+    other = make_model(tmp_path / "other", shards=1, shard_size=3 * MiB, seed=9)
+    session = _open(pusher, model)
+    catalog = pusher.registry._context.catalog
+    shard = next(e for e in session["files"] if e["path"].endswith(".safetensors"))
+    sealed = sealed_parts(session, shard["index"], model / shard["path"])
+    for part, (data, _digest) in enumerate(sealed[:-1]):
+        _send(pusher, session, shard["index"], part, data)
+    record = catalog.upload(session["id"])
+    assert record is not None and record.files[shard["index"]].checked is None  # not whole yet
+    _send(pusher, session, shard["index"], len(sealed) - 1, sealed[-1][0])
+    record = catalog.upload(session["id"])
+    assert record is not None
+    checked = record.files[shard["index"]].checked
+    assert checked is not None and len(checked.sha256) == 64
+    assert hashlib.sha256((model / shard["path"]).read_bytes()).hexdigest() == checked.sha256
+    # Part 1 sent again with other bytes (sealed as issued, but of other content): the check
+    # was of other parts, so the commit checks again, and refuses.
+    wrong = sealed_parts(session, shard["index"], other / shard["path"])[1][0]
+    _send(pusher, session, shard["index"], 1, wrong)
+    for entry in session["files"]:
+        if entry is not shard:
+            for part, (data, _d) in enumerate(
+                sealed_parts(session, entry["index"], model / entry["path"])
+            ):
+                _send(pusher, session, entry["index"], part, data)
+    refused = _commit(pusher, session)
+    assert refused.status_code == 400 and "not the" in refused.text, refused.text
+    assert "org/m" not in {m.name for m in pusher.registry.models()}
+    # The right part again: checked again, and the commit takes it.
+    _send(pusher, session, shard["index"], 1, sealed[1][0])
+    done = _commit(pusher, session)
+    assert done.status_code == 201, done.text
+    actions = [e.action for e in pusher.registry.audit_events(limit=100)]
+    assert "upload-open" in actions and "push" in actions
+
+
+def test_a_commit_whose_process_died_is_taken_over_once_its_claim_is_stale(
+    pusher: Pusher, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    model = make_model(tmp_path / "model", shards=1, shard_size=MiB, seed=10)
+    session = _open(pusher, model)
+    _send_all(pusher, session, model)
+    catalog = pusher.registry._context.catalog
+    now = datetime.now(UTC)
+    # A live commit (renewed within the minute) holds the session...
+    assert catalog.claim_upload(session["id"], "a" * 32, at=now, stale=now - timedelta(minutes=1))
+    busy = _commit(pusher, session)
+    assert busy.status_code == 404 and "being committed" in busy.text
+    # ...one whose process died stopped renewing: a minute later the next commit takes over.
+    catalog.renew_upload_claim(session["id"], "a" * 32, at=now - timedelta(minutes=2))
+    done = _commit(pusher, session)
+    assert done.status_code == 201, done.text
+    assert catalog.upload(session["id"]) is None

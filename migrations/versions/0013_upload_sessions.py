@@ -46,6 +46,9 @@ def upgrade() -> None:
         sa.Column("digest", sa.String(length=71), nullable=False),
         sa.Column("salt", sa.LargeBinary(), nullable=False),
         sa.Column("nonce_prefix", sa.LargeBinary(), nullable=False),
+        sa.Column("checked_parts", sa.String(length=71), nullable=True),
+        sa.Column("checked_chunk_root", sa.String(length=71), nullable=True),
+        sa.Column("checked_sha256", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("session_id", "idx"),
     )
     op.create_table(

@@ -454,6 +454,10 @@ class UploadFile(Base):
     digest: Mapped[str] = mapped_column(String(71))
     salt: Mapped[bytes] = mapped_column(LargeBinary)
     nonce_prefix: Mapped[bytes] = mapped_column(LargeBinary)
+    # A check of the file once its parts had all arrived: which parts, and what it found.
+    checked_parts: Mapped[str | None] = mapped_column(String(71), nullable=True)
+    checked_chunk_root: Mapped[str | None] = mapped_column(String(71), nullable=True)
+    checked_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class UploadPart(Base):

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from registry.catalog.models import UploadFile, UploadPart, UploadSession
 from registry.catalog.parts import CatalogPart
-from registry.records import UploadFileRecord, UploadSessionRecord
+from registry.records import CheckedFile, UploadFileRecord, UploadSessionRecord
 
 
 class UploadsPart(CatalogPart):
@@ -82,7 +82,19 @@ class UploadsPart(CatalogPart):
                 row.created_at,
                 row.seen_at,
                 tuple(
-                    UploadFileRecord(f.idx, f.path, f.size, f.digest, f.salt, f.nonce_prefix)
+                    UploadFileRecord(
+                        f.idx,
+                        f.path,
+                        f.size,
+                        f.digest,
+                        f.salt,
+                        f.nonce_prefix,
+                        None
+                        if f.checked_parts is None
+                        else CheckedFile(
+                            f.checked_parts, f.checked_chunk_root or "", f.checked_sha256 or ""
+                        ),
+                    )
                     for f in files
                 ),
                 {(idx, part): digest for idx, part, digest in received},
@@ -117,6 +129,30 @@ class UploadsPart(CatalogPart):
 
         return self._retrying(work, what="record an upload part")
 
+    def upload_file_parts(self, session_id: str, index: int) -> dict[int, str]:
+        """The parts of one file of a session received so far: part -> digest."""
+        with self._read() as session:
+            rows = session.execute(
+                select(UploadPart.part, UploadPart.digest).where(
+                    UploadPart.session_id == session_id, UploadPart.idx == index
+                )
+            ).all()
+            return {part: digest for part, digest in rows}
+
+    def record_file_check(self, session_id: str, index: int, checked: CheckedFile) -> None:
+        def work(session: Session) -> None:
+            session.execute(
+                update(UploadFile)
+                .where(UploadFile.session_id == session_id, UploadFile.idx == index)
+                .values(
+                    checked_parts=checked.parts,
+                    checked_chunk_root=checked.chunk_root,
+                    checked_sha256=checked.sha256,
+                )
+            )
+
+        self._retrying(work, what="record an upload's check")
+
     def forget_upload_parts(self, session_id: str, parts: list[tuple[int, int]]) -> None:
         """Forget parts the staging store lost (a crash): the client is asked for them again."""
 
@@ -148,6 +184,18 @@ class UploadsPart(CatalogPart):
             return bool(_count(taken))
 
         return self._retrying(work, what="claim an upload session")
+
+    def renew_upload_claim(self, session_id: str, claim: str, *, at: datetime) -> None:
+        """A commit still running says so (see `claim_upload`)."""
+
+        def work(session: Session) -> None:
+            session.execute(
+                update(UploadSession)
+                .where(UploadSession.id == session_id, UploadSession.claimed_by == claim)
+                .values(claimed_at=at)
+            )
+
+        self._retrying(work, what="renew an upload session's claim")
 
     def release_upload(self, session_id: str, claim: str, *, at: datetime) -> None:
         """Give a claimed session back after a commit that failed (the client may fix it)."""

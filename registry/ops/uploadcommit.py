@@ -14,10 +14,13 @@ checked, never from what the client claimed beyond the digests it sealed under.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -25,13 +28,14 @@ from typing import TYPE_CHECKING
 import blake3
 
 from registry.blobstore import BLOB, MANIFEST
-from registry.crypto.checked import CheckedObject, plaintext_prefix
+from registry.crypto.checked import plaintext_prefix
 from registry.digest import FileDigests
 from registry.errors import (
     DigestMismatchError,
     InvalidInputError,
     InvalidModelError,
     NotFoundError,
+    RegistryError,
     StorageError,
 )
 from registry.manifest import INDEX_SUFFIX, MAX_INDEX_SIZE, ChunkRoot, ManifestFile
@@ -48,7 +52,9 @@ from registry.ops.push import (
     refuse_retired_keys,
     require_reachable,
 )
+from registry.ops.uploadparts import check_file, part_reader, parts_digest
 from registry.ops.uploads import (
+    CLAIM_RENEWAL,
     discard_upload,
     layout,
     own_upload,
@@ -107,16 +113,38 @@ def commit_upload(
     # Read again once held: no part is recorded after the claim, so this is every part.
     session = own_upload(ctx, session_id)
     try:
-        try:
-            result = _commit(ctx, session, provenance=provenance, signature=signature)
-        except (DigestMismatchError, StorageError):
-            _forget_lost_parts(ctx, session)
-            raise
+        with _renewing(ctx, session.id, claim):
+            try:
+                result = _commit(ctx, session, provenance=provenance, signature=signature)
+            except (DigestMismatchError, StorageError):
+                _forget_lost_parts(ctx, session)
+                raise
     except BaseException:
         ctx.catalog.release_upload(session.id, claim, at=datetime.now(UTC))
         raise
     discard_upload(ctx, session.id)
     return result
+
+
+@contextmanager
+def _renewing(ctx: Context, session_id: str, claim: str) -> Iterator[None]:
+    """Renew the commit's claim while the block runs: a process that dies mid-commit stops
+    renewing, and the client's next commit, on any process, takes the session over a minute
+    later (the work is idempotent: a version committed already is answered as such)."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(CLAIM_RENEWAL.total_seconds()):
+            with contextlib.suppress(RegistryError):
+                ctx.catalog.renew_upload_claim(session_id, claim, at=datetime.now(UTC))
+
+    thread = threading.Thread(target=renew, name="commit-claim", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _forget_lost_parts(ctx: Context, session: UploadSessionRecord) -> None:
@@ -217,21 +245,14 @@ def _new_blob(blob: Replicated, size: int) -> NewBlob:
     )
 
 
+def _file_parts(session: UploadSessionRecord, index: int) -> dict[int, str]:
+    return {part: digest for (i, part), digest in session.received.items() if i == index}
+
+
 def _part_reader(
     ctx: Context, session: UploadSessionRecord, index: int
 ) -> functools.partial[bytes]:
-    return functools.partial(_read_part, ctx, session, index)
-
-
-def _read_part(ctx: Context, session: UploadSessionRecord, index: int, part: int) -> bytes:
-    try:
-        digest = session.received[(index, part)]
-        return staging(ctx).get_range(part_name(session.id, index, part, digest))
-    except NotFoundError:
-        raise StorageError(
-            f"part {part} of file {index} is gone from the staging store",
-            hint="upload it again (GET the session for what it has), then commit",
-        ) from None
+    return part_reader(ctx, session.id, index, _file_parts(session, index))
 
 
 def _validated(
@@ -301,16 +322,21 @@ def _check_all(
     at_once, workers = _at_once(ctx, len(unique))
 
     def check(item: _Checked) -> FileDigests:
-        return CheckedObject(
-            _part_reader(ctx, session, item.entry.index),
+        entry = item.entry
+        parts = _file_parts(session, entry.index)
+        done = entry.checked
+        if done is not None and done.parts == parts_digest(parts):
+            # Checked when its last part arrived, and these are the parts it read.
+            return FileDigests(entry.digest, session.chunk_size, done.chunk_root, done.sha256)
+        return check_file(
+            ctx,
+            session,
+            entry,
+            parts,
             item.key.key,
-            item.entry.digest,
-            item.header,
-            chunks_per_part=session.chunks_per_part,
-            starts_with=item.validated,
             workers=workers,
-            what=item.entry.path,
-        ).drain()
+            starts_with=item.validated,
+        )
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="check") as pool:
         futures = {item.entry.digest: pool.submit(check, item) for item in unique}

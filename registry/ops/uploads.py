@@ -22,7 +22,7 @@ import blake3
 
 from registry.blobstore import BLOB
 from registry.crypto.sealed import NONCE_PREFIX_SIZE, SALT_SIZE, SealedHeader, Sealer
-from registry.errors import DigestMismatchError, InvalidInputError, NotFoundError
+from registry.errors import InvalidInputError, NotFoundError
 from registry.fileio import private_dirs
 from registry.manifest import MAX_FILES
 from registry.ops.access import requires
@@ -213,10 +213,10 @@ def upload_part_length(ctx: Context, session_id: str, index: int, part: int) -> 
     read); NotFoundError for a session that is not the actor's, InvalidInputError for a part
     it does not have."""
     session = own_upload(ctx, session_id, parts=False)
-    return _part_length(session, index, part)
+    return part_length(session, index, part)
 
 
-def _part_length(session: UploadSessionRecord, index: int, part: int) -> int:
+def part_length(session: UploadSessionRecord, index: int, part: int) -> int:
     if not 0 <= index < len(session.files):
         raise InvalidInputError(f"file index {index} is not in this session")
     entry = session.files[index]
@@ -225,29 +225,6 @@ def _part_length(session: UploadSessionRecord, index: int, part: int) -> int:
     if not 0 <= part < count:
         raise InvalidInputError(f"{entry.path} has parts 0..{count - 1}, not {part}")
     return shape.part_range(part, session.chunks_per_part)[1]
-
-
-@requires("push")
-def put_upload_part(
-    ctx: Context, session_id: str, index: int, part: int, data: bytes | bytearray, digest: str
-) -> None:
-    """Keep one part of sealed bytes, after checking its length and BLAKE3 digest (a transfer
-    check: the commit authenticates every chunk). A part sent again replaces the one kept."""
-    session = own_upload(ctx, session_id, parts=False)
-    expected = _part_length(session, index, part)
-    path = session.files[index].path
-    if len(data) != expected:
-        raise InvalidInputError(f"{path} part {part} must be {expected} bytes, not {len(data)}")
-    actual = "blake3:" + blake3.blake3(data).hexdigest()
-    if digest != actual:
-        raise DigestMismatchError(
-            f"{path} part {part}: digest mismatch (sent {digest[:20]}..., received bytes hash "
-            f"to {actual[:20]}...)",
-            hint="send the part again",
-        )
-    staging(ctx).put_if_absent(part_name(session_id, index, part, actual), [data])
-    if not ctx.catalog.record_upload_part(session_id, index, part, actual, at=datetime.now(UTC)):
-        raise NotFoundError(f"no upload session {session_id} (committed or abandoned)")
 
 
 def discard_upload(ctx: Context, session_id: str) -> None:
@@ -272,8 +249,10 @@ def abandon_upload(ctx: Context, session_id: str) -> None:
     discard_upload(ctx, session.id)
 
 
-# A commit that held its session for this long without finishing died with its process.
-_STALE_CLAIM = timedelta(hours=1)
+# A commit renews its hold on the session this often; one not renewed for STALE_CLAIM died
+# with its process, and the next commit of the session takes it over.
+CLAIM_RENEWAL = timedelta(seconds=10)
+_STALE_CLAIM = timedelta(seconds=60)
 
 
 def stale_claim_before(now: datetime) -> datetime:

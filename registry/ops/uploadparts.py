@@ -1,0 +1,154 @@
+"""The parts of an upload session: keep one as it arrives (ciphertext, in the staging store, written
+once under its digest, and recorded in the catalog), and check a file as soon as its last part
+has arrived, so that the commit finds it checked.
+
+A file's check (`check_file`) authenticates every chunk of its parts under the file's data key,
+in memory, and takes its plaintext's BLAKE3 digest (which must be the one declared), chunk root
+and SHA-256; what it found is recorded with the digest of the part digests it read. Parts are
+never changed once written, so the commit takes that record for exactly those parts; a part sent
+again with other bytes makes it stale, and the commit checks the file again. The check runs in
+the request of the file's last part, on whichever process took it: no process keeps anything of
+a session, and one lost mid-check leaves the check to the commit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import UTC, datetime
+
+import blake3
+
+from registry.blobstore import BLOB
+from registry.crypto.checked import CheckedObject
+from registry.digest import FileDigests
+from registry.errors import (
+    DigestMismatchError,
+    InvalidInputError,
+    NotFoundError,
+    RegistryError,
+    StorageError,
+)
+from registry.ops.access import requires
+from registry.ops.context import Context
+from registry.ops.copies import choose_key
+from registry.ops.push import refuse_retired_keys
+from registry.ops.uploads import (
+    layout,
+    own_upload,
+    part_length,
+    part_name,
+    sealed_header,
+    staging,
+)
+from registry.records import CheckedFile, UploadFileRecord, UploadSessionRecord
+
+log = logging.getLogger("model_registry")
+
+
+@requires("push")
+def put_upload_part(
+    ctx: Context, session_id: str, index: int, part: int, data: bytes | bytearray, digest: str
+) -> None:
+    """Keep one part of sealed bytes, after checking its length and BLAKE3 digest (a transfer
+    check: every chunk is authenticated later). A part sent again replaces the one recorded.
+    When it completes its file, the file is checked (see the module's docstring)."""
+    session = own_upload(ctx, session_id, parts=False)
+    expected = part_length(session, index, part)
+    entry = session.files[index]
+    if len(data) != expected:
+        raise InvalidInputError(
+            f"{entry.path} part {part} must be {expected} bytes, not {len(data)}"
+        )
+    actual = "blake3:" + blake3.blake3(data).hexdigest()
+    if digest != actual:
+        raise DigestMismatchError(
+            f"{entry.path} part {part}: digest mismatch (sent {digest[:20]}..., received bytes "
+            f"hash to {actual[:20]}...)",
+            hint="send the part again",
+        )
+    staging(ctx).put_if_absent(part_name(session_id, index, part, actual), [data])
+    if not ctx.catalog.record_upload_part(session_id, index, part, actual, at=datetime.now(UTC)):
+        raise NotFoundError(f"no upload session {session_id} (committed or abandoned)")
+    parts = ctx.catalog.upload_file_parts(session_id, index)
+    if len(parts) == layout(session, entry).part_count(session.chunks_per_part):
+        _check_early(ctx, session, entry, parts)
+
+
+def _check_early(
+    ctx: Context, session: UploadSessionRecord, entry: UploadFileRecord, parts: dict[int, str]
+) -> None:
+    """Check a file whose parts have all arrived, and record what was found. A file that does
+    not check is left to the commit, which refuses it and says why; so is one whose check
+    could not run."""
+    try:
+        with ctx.counting_unwraps() as unwraps:
+            key = choose_key(
+                ctx, BLOB, entry.digest, what=entry.path, retired=refuse_retired_keys(ctx)
+            ).key
+        if unwraps.value:
+            ctx.catalog.audit(
+                ctx.actor,
+                "upload-check",
+                session.model,
+                {"session": session.id, "path": entry.path, "key_unwraps": unwraps.value},
+            )
+        found = check_file(ctx, session, entry, parts, key, workers=2)
+    except (DigestMismatchError, StorageError) as error:
+        log.info("upload %s: %s left to the commit: %s", session.id, entry.path, error)
+        return
+    except RegistryError as error:
+        log.warning("upload %s: %s not checked early: %s", session.id, entry.path, error)
+        return
+    ctx.catalog.record_file_check(
+        session.id, entry.index, CheckedFile(parts_digest(parts), found.chunk_root, found.sha256)
+    )
+
+
+def parts_digest(parts: dict[int, str]) -> str:
+    """The digest of a file's part digests, in order: which parts a check read."""
+    hasher = blake3.blake3()
+    for part in sorted(parts):
+        hasher.update(f"{part}:{parts[part]}\n".encode())
+    return "blake3:" + hasher.hexdigest()
+
+
+def read_part(ctx: Context, session_id: str, parts: dict[int, str], index: int, part: int) -> bytes:
+    """The sealed bytes of a part, as recorded (StorageError when the staging store lost it)."""
+    try:
+        return staging(ctx).get_range(part_name(session_id, index, part, parts[part]))
+    except (NotFoundError, KeyError):
+        raise StorageError(
+            f"part {part} of file {index} is gone from the staging store",
+            hint="upload it again (GET the session for what it has), then commit",
+        ) from None
+
+
+def part_reader(
+    ctx: Context, session_id: str, index: int, parts: dict[int, str]
+) -> functools.partial[bytes]:
+    return functools.partial(read_part, ctx, session_id, parts, index)
+
+
+def check_file(
+    ctx: Context,
+    session: UploadSessionRecord,
+    entry: UploadFileRecord,
+    parts: dict[int, str],
+    key: bytes,
+    *,
+    workers: int,
+    starts_with: bytes = b"",
+) -> FileDigests:
+    """Every chunk of the file's `parts` authenticated, and its plaintext's digests (see
+    `CheckedObject`)."""
+    return CheckedObject(
+        part_reader(ctx, session.id, entry.index, parts),
+        key,
+        entry.digest,
+        sealed_header(session, entry, key),
+        chunks_per_part=session.chunks_per_part,
+        starts_with=starts_with,
+        workers=workers,
+        what=entry.path,
+    ).drain()
