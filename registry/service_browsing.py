@@ -1,7 +1,8 @@
 """The second half of the facade: reading a page at a time (models, a model's overview, a
-version's row, the audit trail, small files, diffs), tags, search, the web UI's sessions, and
-provenance (signer policies, OpenSSF signatures). `Registry` is made of this and
-`registry.service`; each method is a one-line delegation to its operation, exactly as there.
+version's row, the audit trail, small files, diffs), tags, search, the web UI's sessions,
+provenance (signer policies, OpenSSF signatures), and stored objects by id (object URLs).
+`Registry` is made of this and `registry.service`; each method is a one-line delegation to its
+operation, exactly as there.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
         ModelOverview,
         ModelPage,
         OpenSSFKey,
+        SealedObject,
         SearchResult,
         TagChange,
         VersionDiff,
@@ -208,3 +210,10 @@ class Browsing:
         from registry.ops import signatures as signatures_ops
 
         return signatures_ops.openssf_signature(self._context, ref)
+
+    def stored_object(self, object_id: str, *, models: Sequence[str] = ("*",)) -> SealedObject:
+        """The stored object an object URL names (`/v1/objects/{id}`), for a caller that may
+        read a model (matching one of `models`) referencing it; read it with `read_sealed`."""
+        from registry.ops import objects as objects_ops
+
+        return objects_ops.stored_object(self._context, object_id, models=models)
