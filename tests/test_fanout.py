@@ -33,7 +33,7 @@ from safetensors.numpy import load_file
 
 from registry import loader, wire
 from registry.client import RemoteRegistry
-from registry.errors import IntegrityError
+from registry.errors import ConfigurationError, IntegrityError
 from registry.service import READER, Registry
 from registry.testing.models import make_model
 
@@ -373,3 +373,32 @@ def test_a_cache_that_changes_a_byte_fails_the_load_and_the_pull_naming_the_file
         with pytest.raises(IntegrityError, match=r"\.safetensors|\.json"):
             remote.pull("org/m@1", tmp_path / "pulled")
     assert not any((tmp_path / "pulled" / path.name).exists() for path in fleet.model.iterdir())
+
+
+def test_without_object_ids_or_a_cache_reads_go_to_the_server(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server from before object URLs names no ids: a client with a cache configured reads
+    from the server (here the cache's address answers nothing, so a read through it would
+    fail); so does a read whose file digest the caller does not give."""
+    dead = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setattr(wire.DataKeys, "to_objects", lambda _self: {})
+    with RemoteRegistry(fleet.origin, fleet.tokens["org"], cache_url=dead) as remote:
+        remote.pull("org/m@1", tmp_path / "pulled")
+        assert remote.read_ciphertext("org/m@1", "config.json", 0, 10)
+    for path in fleet.model.iterdir():
+        assert (tmp_path / "pulled" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_the_cache_url_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_REGISTRY_CACHE_URL", "cache.internal:8081")
+    with pytest.raises(ConfigurationError, match="MODEL_REGISTRY_CACHE_URL"):
+        RemoteRegistry("http://127.0.0.1:1", "token")
+    monkeypatch.setenv("MODEL_REGISTRY_CACHE_URL", "http://cache.internal:8081/")
+    with RemoteRegistry("http://127.0.0.1:1", "token") as remote:
+        assert remote.cache_url == "http://cache.internal:8081"
+    with RemoteRegistry("http://127.0.0.1:1", "token", cache_url="") as remote:
+        assert remote.cache_url is None
+    monkeypatch.delenv("MODEL_REGISTRY_CACHE_URL")
+    with RemoteRegistry("http://127.0.0.1:1", "token") as remote:
+        assert remote.cache_url is None
