@@ -116,7 +116,10 @@ def _sealed_objects(
             key = keys.get(("blob", entry.digest))
             if key is None:
                 raise IntegrityError(f"{pin.ref}: the key broker sent no key for {entry.path}")
-            yield entry, key, functools.partial(registry.read_ciphertext, pin.ref, entry.path)
+            read = functools.partial(
+                registry.read_ciphertext, pin.ref, entry.path, digest=entry.digest
+            )
+            yield entry, key, read
     else:
         assert isinstance(registry, Registry)
         for entry in pin.streamed:

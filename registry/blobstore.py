@@ -52,6 +52,11 @@ MANIFEST = "manifest"
 _PREFIXES = {BLOB: "blobs", MANIFEST: "manifests"}
 
 
+def stored_name(kind: str, object_id: str) -> str:
+    """The store's name of the `kind` object whose id is `object_id`."""
+    return f"{_PREFIXES[kind]}/{object_id[:2]}/{object_id}"
+
+
 class BlobStore:
     """Seal, store once, open and check blobs and manifests of one registry on one driver."""
 
@@ -79,8 +84,13 @@ class BlobStore:
     # -- names -----------------------------------------------------------------------------
 
     def object_name(self, kind: str, digest: str) -> str:
-        object_id = keyed_id(self._naming_key, kind, digest)
-        return f"{_PREFIXES[kind]}/{object_id[:2]}/{object_id}"
+        return stored_name(kind, self.object_id(kind, digest))
+
+    def object_id(self, kind: str, digest: str) -> str:
+        """The last part of the object's name: what object URLs (`/v1/objects/{id}`) call it.
+        Keyed by the naming key, so it says nothing of the content, and the same in every
+        region (one naming key per registry)."""
+        return keyed_id(self._naming_key, kind, digest)
 
     def object_prefixes(self) -> tuple[str, ...]:
         """Where blobs and manifests live (with a trailing slash), for listings."""

@@ -41,6 +41,8 @@ ENV_SHARED_STATE = "MODEL_REGISTRY_SHARED_STATE"
 # Where `[api] shared_state` may keep the fleet's limits and signal windows.
 SHARED_STATES = ("memory", "catalog")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# A client's (RemoteRegistry's) HTTP cache: object URLs read through it, keys from the server.
+ENV_CACHE_URL = "MODEL_REGISTRY_CACHE_URL"
 DEFAULT_CHUNK_SIZE = 1024 * 1024
 PRIMARY = "primary"
 _REGION_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -86,6 +88,23 @@ def default_actor() -> str:
     except (KeyError, OSError):
         user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
+
+
+def client_cache_url() -> str | None:
+    """The cache a registry client reads ciphertext through (MODEL_REGISTRY_CACHE_URL: an
+    http(s) URL in front of the server's `/v1/objects/`), or None to read from the server."""
+    value = os.environ.get(ENV_CACHE_URL, "").strip()
+    if not value:
+        return None
+    if (
+        not value.startswith(("http://", "https://"))
+        or urllib.parse.urlsplit(value).hostname is None
+    ):
+        raise ConfigurationError(
+            f"invalid {ENV_CACHE_URL} {value!r}",
+            hint=f"{ENV_CACHE_URL}=http://cache-host:port (the cache in front of the server)",
+        )
+    return value.rstrip("/")
 
 
 @dataclass(frozen=True)

@@ -327,6 +327,9 @@ class BrokeredKeys:
     version: VersionRecord
     keys: Mapping[tuple[str, str], bytes]
     unwraps: int
+    # (kind, digest) -> (object id, sealed size): where each object is read at
+    # /v1/objects/{id}, the URL caches share.
+    objects: Mapping[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The second half of the facade: reading a page at a time (models, a model's overview, a
 version's row, the audit trail, small files, diffs), tags, search, the web UI's sessions,
 provenance (signer policies, OpenSSF signatures), upload sessions (a push sealed by the
-client, through the REST API), and the limit counts a server fleet shares. `Registry` is
-made of this and `registry.service`; each method is a one-line delegation to its
-operation, exactly as there.
+client, through the REST API), the limit counts a server fleet shares, and stored objects by
+id (object URLs). `Registry` is made of this and `registry.service`; each method is a
+one-line delegation to its operation, exactly as there.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         ModelPage,
         OpenSSFKey,
         PushResult,
+        SealedObject,
         SearchResult,
         TagChange,
         UploadKeys,
@@ -281,3 +282,10 @@ class Browsing:
         return commit_ops.commit_upload(
             self._context, session_id, provenance=provenance, signature=signature
         )
+
+    def stored_object(self, object_id: str, *, models: Sequence[str] = ("*",)) -> SealedObject:
+        """The stored object an object URL names (`/v1/objects/{id}`), for a caller that may
+        read a model (matching one of `models`) referencing it; read it with `read_sealed`."""
+        from registry.ops import objects as objects_ops
+
+        return objects_ops.stored_object(self._context, object_id, models=models)

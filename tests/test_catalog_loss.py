@@ -290,6 +290,8 @@ def test_a_catalog_from_before_identities_is_adopted_by_its_own_home(
         connection.execute("DROP TABLE limit_signals")
         connection.execute("DROP INDEX ix_audit_events_actor_id")
         connection.execute("DROP INDEX ix_audit_events_action_id")
+        connection.execute("DROP INDEX ix_blobs_object_name")
+        connection.execute("DROP INDEX ix_versions_manifest_object")
         connection.execute("UPDATE alembic_version SET version_num = '0009'")
     with Registry.open(home) as registry:
         assert registry.catalog.registry_id() == registry.settings.registry_id

@@ -215,6 +215,8 @@ def _as_0009_catalog(url: str) -> None:
         connection.execute(text("DROP TABLE limit_signals"))
         connection.execute(text("DROP INDEX ix_audit_events_actor_id"))
         connection.execute(text("DROP INDEX ix_audit_events_action_id"))
+        connection.execute(text("DROP INDEX ix_blobs_object_name"))
+        connection.execute(text("DROP INDEX ix_versions_manifest_object"))
         connection.execute(text("UPDATE alembic_version SET version_num = '0009'"))
     engine.dispose()
 

@@ -116,7 +116,7 @@ def fleet(home: Path, tmp_path: Path, postgres_url: str, shared: str) -> Iterato
         prefix = f"model-registry:{registry.settings.registry_id}:"
     with ExitStack() as stack:
         clients = []
-        for index in range(3):
+        for _index in range(3):
             opened = stack.enter_context(Registry.open(home))
             app = create_app(opened)
             clients.append(stack.enter_context(TestClient(app)))

@@ -39,6 +39,7 @@ from registry.api.routes.audit import AuditController
 from registry.api.routes.blobs import BlobsController
 from registry.api.routes.lifecycle import LifecycleController
 from registry.api.routes.models import ModelsController
+from registry.api.routes.objects import ObjectsController
 from registry.api.routes.provenance import ProvenanceController
 from registry.api.routes.search import SearchController
 from registry.api.routes.service import ServiceController
@@ -55,6 +56,7 @@ ROUTES: list[ControllerRouterHandler] = [
     ServiceController,
     ModelsController,
     BlobsController,
+    ObjectsController,
     UploadsController,
     AliasesController,
     TagsController,

@@ -41,7 +41,7 @@ from registry.refs import Reference
 
 # The newest migration of this release. A test checks it against the scripts; comparing with it
 # first lets every command skip importing Alembic (a quarter second) when no migration is due.
-HEAD_REVISION = "0014"
+HEAD_REVISION = "0015"
 # Only the plain form (what init writes): anything else (a query, escapes, another driver) is left
 # to SQLAlchemy's URL parsing in the full open.
 _PLAIN_SQLITE_URL = re.compile(r"sqlite(?:\+pysqlite)?:///([^?%#]+)")

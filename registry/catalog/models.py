@@ -78,7 +78,8 @@ class Version(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     number: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(DIGEST, index=True)
-    manifest_object: Mapped[str] = mapped_column(String(512))
+    # Indexed: an object URL (/v1/objects/{id}) names the stored object.
+    manifest_object: Mapped[str] = mapped_column(String(512), index=True)
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_by: Mapped[str] = mapped_column(String(256))
@@ -105,7 +106,8 @@ class Blob(Base):
 
     digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
-    object_name: Mapped[str] = mapped_column(String(512))
+    # Indexed: an object URL (/v1/objects/{id}) names the stored object.
+    object_name: Mapped[str] = mapped_column(String(512), index=True)
     sealed_size: Mapped[int] = mapped_column(BigInteger)
     chunk_size: Mapped[int] = mapped_column(Integer)
     # When it was (last) stored; a blob swept by gc keeps its row for its versions' file lists.

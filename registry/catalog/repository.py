@@ -22,6 +22,7 @@ Every name other modules import from here stays importable from here (`add_versi
 - `search`: versions found by names, tags, metadata and messages; a version's metadata
 - `uisessions`: web UI sessions
 - `policies`: signer policies (who must have signed before an alias moves)
+- `objects`: stored objects found by store name (object URLs) and the versions using them
 
 Beside them, `restore` holds what a catalog rebuild writes (outside `Catalog`).
 """
@@ -50,6 +51,7 @@ from registry.catalog.identity import IdentityPart
 from registry.catalog.journal import capture_changes, write_entry
 from registry.catalog.lite import unavailable
 from registry.catalog.models import AuditEvent
+from registry.catalog.objects import ObjectsPart
 from registry.catalog.outbox import OutboxPart
 from registry.catalog.placements import PlacementsPart, insert_key_slot
 from registry.catalog.policies import PoliciesPart
@@ -108,6 +110,7 @@ class Catalog(
     PoliciesPart,
     TagsPart,
     SearchPart,
+    ObjectsPart,
 ):
     """The catalog: every query and write of the registry's database (the methods come from the
     parts it is composed of; the transactions they run in are these)."""

@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 from registry import errors, wire
 from registry.client import upload
 from registry.client.transport import ERRORS, Response, Transport, retry_after
+from registry.config import ENV_CACHE_URL, client_cache_url
 from registry.crypto import sealed
 from registry.errors import IntegrityError, InvalidInputError, RegistryError, StorageError
 from registry.manifest import ManifestFile
@@ -110,7 +111,12 @@ class RemoteRegistry:
     # The server works on its own catalog: never a stand-in (see Registry.open_for_recovery).
     provisional: str | None = None
 
-    def __init__(self, url: str, token: str, *, timeout: float = 120.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 120.0, cache_url: str | None = None
+    ) -> None:
+        """`cache_url`: an HTTP cache in front of the server that ciphertext is read through,
+        at the server's object URLs (docs/loader.md); None: MODEL_REGISTRY_CACHE_URL, if set;
+        "": none."""
         if not url.startswith(("http://", "https://")):
             raise InvalidInputError(
                 f"invalid registry URL {url!r}", hint="MODEL_REGISTRY_URL=https://host:port"
@@ -123,6 +129,15 @@ class RemoteRegistry:
         self.url = url.rstrip("/")
         self.settings = _Settings(self.url)
         self._transport = Transport(self.url, token, timeout=timeout)
+        self.cache_url = (
+            client_cache_url() if cache_url is None else cache_url.rstrip("/")
+        ) or None
+        # Object URLs are keyed by content: the same cache serves every server of a registry.
+        self._cache = (
+            None if self.cache_url is None else Transport(self.cache_url, token, timeout=timeout)
+        )
+        # A file's digest -> its object id and sealed size, from the key broker's answers.
+        self._objects: dict[str, tuple[str, int]] = {}
         self._token_tag = hashlib.sha256(token.encode()).hexdigest()[:16]
         self.last_push_sent = 0  # bytes the last push sent (a resumed push sends only the rest)
 
@@ -130,6 +145,8 @@ class RemoteRegistry:
 
     def close(self) -> None:
         self._transport.close()
+        if self._cache is not None:
+            self._cache.close()
 
     def __enter__(self) -> RemoteRegistry:
         return self
@@ -152,7 +169,12 @@ class RemoteRegistry:
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
         wait: bool = False,
+        via: Transport | None = None,
     ) -> Response:
+        """One request to the server (`via`: to the cache in front of it), retried where
+        that is safe."""
+        transport, where = (self._transport, "registry server") if via is None else (via, "cache")
+        base = self.url if via is None else self.cache_url
         body, extra = content, dict(headers or {})
         if json is not None:
             body = _json_module.dumps(json).encode()
@@ -162,7 +184,7 @@ class RemoteRegistry:
         patience = time.monotonic() + RATE_LIMIT_PATIENCE
         while True:
             try:
-                response = self._transport.request(method, target, body, extra, wait=wait)
+                response = transport.request(method, target, body, extra, wait=wait)
             except (OSError, http.client.HTTPException) as error:
                 # A POST may have taken effect before the connection broke (a commit, a
                 # promote): it is sent again only when it cannot have reached the server.
@@ -171,9 +193,10 @@ class RemoteRegistry:
                     time.sleep(0.2 * 2**attempt)
                     attempt += 1
                     continue
+                variable = "MODEL_REGISTRY_URL" if via is None else ENV_CACHE_URL
                 raise StorageError(
-                    f"cannot reach the registry server {self.url}: {error}",
-                    hint="check MODEL_REGISTRY_URL and the network",
+                    f"cannot reach the {where} {base}: {error}",
+                    hint=f"check {variable} and the network",
                 ) from None
             if response.status == 429:
                 # Waited out for as long as RATE_LIMIT_PATIENCE: a large push or pull of many
@@ -263,17 +286,35 @@ class RemoteRegistry:
     # -- pull ---------------------------------------------------------------------------------
 
     def data_keys(self, ref: str) -> dict[tuple[str, str], bytes]:
-        """The key broker's answer for a version: (purpose, digest) -> data key (audited)."""
-        return wire.load(wire.DataKeys, self._json("POST", "/v1/keys", json={"ref": ref})).to_keys()
+        """The key broker's answer for a version: (purpose, digest) -> data key (audited). The
+        object ids it names are kept: reads through a cache address them."""
+        answer = wire.load(wire.DataKeys, self._json("POST", "/v1/keys", json={"ref": ref}))
+        for (purpose, digest), found in answer.to_objects().items():
+            if purpose == "blob":
+                self._objects[digest] = found
+        return answer.to_keys()
 
-    def read_ciphertext(self, ref: str, path: str, offset: int, length: int) -> bytes:
-        """Sealed bytes [offset, offset + length) of a version's file (fewer at its end)."""
-        response = self._call(
-            "GET",
-            "/v1/blob",
-            params={"ref": ref, "path": path},
-            headers={"Range": f"bytes={offset}-{offset + length - 1}"},
-        )
+    def read_ciphertext(
+        self, ref: str, path: str, offset: int, length: int, *, digest: str | None = None
+    ) -> bytes:
+        """Sealed bytes [offset, offset + length) of a version's file (fewer at its end). With
+        a cache (`cache_url`) and the file's `digest`, whose object id the key broker named,
+        they are read from the cache at the object's URL; the caller decrypts and verifies
+        them either way, so a cache can withhold bytes but never change them unnoticed."""
+        span = {"Range": f"bytes={offset}-{offset + length - 1}"}
+        found = None if digest is None or self._cache is None else self._objects.get(digest)
+        if found is not None:
+            object_id, size = found
+            if offset >= size:
+                return b""
+            answer = self._call("GET", f"/v1/objects/{object_id}", headers=span, via=self._cache)
+            if answer.status != 206:
+                raise IntegrityError(
+                    f"{ref}: {path}: the cache answered HTTP {answer.status} to a range",
+                    hint=f"check the cache at {ENV_CACHE_URL} passes Range requests on",
+                )
+            return answer.content
+        response = self._call("GET", "/v1/blob", params={"ref": ref, "path": path}, headers=span)
         return response.content
 
     def pull(
@@ -317,7 +358,9 @@ class RemoteRegistry:
 
         def open_file(entry: ManifestFile, on_chunk: Any) -> Iterator[memoryview]:
             def read_range(offset: int, length: int) -> bytes:
-                return self.read_ciphertext(version.ref, entry.path, offset, length)
+                return self.read_ciphertext(
+                    version.ref, entry.path, offset, length, digest=entry.digest
+                )
 
             key = keys.get(("blob", entry.digest))
             if key is None:

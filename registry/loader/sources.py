@@ -109,13 +109,15 @@ class _RemoteReader:
     """Ranged ciphertext of one file through the API (the server fails over between regions
     itself, so a damaged range is not read again from here)."""
 
-    def __init__(self, client: RemoteRegistry, ref: str, path: str) -> None:
-        self.client, self.ref, self.path = client, ref, path
+    def __init__(self, client: RemoteRegistry, ref: str, entry: ManifestFile) -> None:
+        self.client, self.ref, self.path, self.digest = client, ref, entry.path, entry.digest
 
     def read_into(self, offset: int, buffer: memoryview, /) -> int:
         if not len(buffer):
             return 0
-        data = self.client.read_ciphertext(self.ref, self.path, offset, len(buffer))
+        data = self.client.read_ciphertext(
+            self.ref, self.path, offset, len(buffer), digest=self.digest
+        )
         if len(data) > len(buffer):
             raise IntegrityError(f"{self.ref}: {self.path}: the server sent more than asked")
         buffer[: len(data)] = data
@@ -166,7 +168,7 @@ class RemoteSource:
             raise NotFoundError(f"the key broker sent no key for {entry.path}") from None
 
     def reader(self, resolved: Resolved, entry: ManifestFile) -> FileReader:
-        upstream = _RemoteReader(self.client, resolved.version.ref, entry.path)
+        upstream = _RemoteReader(self.client, resolved.version.ref, entry)
         if self.cache is None:
             return upstream
         return self.cache.reader(entry.digest, upstream)

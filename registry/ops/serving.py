@@ -1,12 +1,13 @@
 """Serving reads to the loader and the REST API: data keys of a version's objects (and the key
-broker, audited with the unwraps it took), readers and ranges of sealed ciphertext, sealed sizes,
-the audit of a load, what a server reports of itself (its regions, when the backups were last
-proven), and the role check the API's guard asks before it reads a request.
+broker, audited with the unwraps it took, naming each object's id), readers and ranges of sealed
+ciphertext, sealed sizes, the audit of a load, what a server reports of itself (its regions, when
+the backups were last proven), and the role check the API's guard asks before it reads a request.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from registry.blobstore import BLOB, MANIFEST
@@ -47,6 +48,17 @@ def sealed_size(ctx: Context, kind: str, digest: str) -> int:
         return blob.sealed_size
     head = ctx.replicas.read_ciphertext(kind, digest, 0, sealed.HEADER_SIZE, report=ReadReport())
     return sealed.SealedHeader.unpack(head, what=f"{kind} {digest}").sealed_size
+
+
+def object_ids(
+    ctx: Context, objects: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, int]]:
+    """(kind, digest) -> (object id, sealed size) of each of `objects`: where
+    `/v1/objects/{id}` serves it, the same in every region."""
+    return {
+        (kind, digest): (ctx.store.object_id(kind, digest), sealed_size(ctx, kind, digest))
+        for kind, digest in objects
+    }
 
 
 @requires("load")
@@ -145,12 +157,14 @@ def read_sealed(ctx: Context, target: SealedObject, offset: int, length: int) ->
 
 @requires("key-broker")
 def broker_keys(ctx: Context, ref: str, *, token: str | None = None) -> BrokeredKeys:
-    """The key broker: the data keys of a version's manifest and files, audited
-    (`key-broker`: the version, the keys handed out, the `key_unwraps` this call took and
-    the requesting `token`)."""
+    """The key broker: the data keys of a version's manifest and files, with their object
+    ids and sealed sizes (where `/v1/objects/{id}` serves each), audited (`key-broker`: the
+    version, the keys handed out, the `key_unwraps` this call took and the requesting
+    `token`)."""
     version = resolve(ctx, ref)
     with ctx.counting_unwraps() as unwraps:
         keys = data_keys(ctx, version)
+    objects = object_ids(ctx, keys)
     details: dict[str, Any] = {
         "version": version.number,
         "keys": len(keys),
@@ -159,7 +173,7 @@ def broker_keys(ctx: Context, ref: str, *, token: str | None = None) -> Brokered
     if token is not None:
         details["token"] = token
     ctx.catalog.audit(ctx.actor, "key-broker", version.name, details)
-    return BrokeredKeys(version, keys, unwraps.value)
+    return BrokeredKeys(version, keys, unwraps.value, objects)
 
 
 @requires("status")

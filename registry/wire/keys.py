@@ -143,6 +143,10 @@ class DataKey(Wire, kw_only=True):
     purpose: str  # "blob" or "manifest"
     digest: str
     key: str  # base64
+    # Where GET /v1/objects/{object} serves the object's sealed bytes (object_size of them):
+    # the URL caches share. Absent from servers older than object URLs.
+    object: str | None = None
+    object_size: int | None = None
 
 
 class DataKeys(Wire, kw_only=True):
@@ -158,10 +162,24 @@ class DataKeys(Wire, kw_only=True):
             ref=brokered.version.ref,
             digest=brokered.version.digest,
             keys=[
-                DataKey(purpose=kind, digest=digest, key=base64.b64encode(key).decode())
+                DataKey(
+                    purpose=kind,
+                    digest=digest,
+                    key=base64.b64encode(key).decode(),
+                    object=brokered.objects.get((kind, digest), (None, None))[0],
+                    object_size=brokered.objects.get((kind, digest), (None, None))[1],
+                )
                 for (kind, digest), key in sorted(brokered.keys.items())
             ],
         )
 
     def to_keys(self) -> dict[tuple[str, str], bytes]:
         return {(k.purpose, k.digest): base64.b64decode(k.key) for k in self.keys}
+
+    def to_objects(self) -> dict[tuple[str, str], tuple[str, int]]:
+        """(purpose, digest) -> (object id, sealed size), for the keys that name them."""
+        return {
+            (k.purpose, k.digest): (k.object, k.object_size)
+            for k in self.keys
+            if k.object is not None and k.object_size is not None
+        }
