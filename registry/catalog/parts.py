@@ -25,13 +25,17 @@ T = TypeVar("T")
 
 
 class CatalogPart:
-    """The base of every part of `Catalog`: a read transaction and a write transaction retried on
-    a race (both supplied by `Catalog`)."""
+    """The base of every part of `Catalog`: a read transaction, a write transaction retried on
+    a race, and a write of transient rows outside the catalog's one write lock and journal (all
+    supplied by `Catalog`)."""
 
     def _read(self) -> AbstractContextManager[Session]:
         raise NotImplementedError
 
     def _retrying(self, work: Callable[[Session], T], *, what: str) -> T:
+        raise NotImplementedError
+
+    def _transient(self, work: Callable[[Session], T], *, what: str) -> T:
         raise NotImplementedError
 
 

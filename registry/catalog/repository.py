@@ -140,6 +140,9 @@ class Catalog(
         except DBAPIError as error:
             raise _unavailable(error) from None
 
+    def _transient(self, work: Callable[[Session], T], *, what: str) -> T:
+        return _transient_write(self._sessions, work, what=what)
+
     def _retrying(self, work: Callable[[Session], T], *, what: str) -> T:
         """Run `work` in a transaction, again on a unique-key race or a lock/serialisation
         conflict; any other database error is the catalog being unavailable, not a race."""
@@ -164,6 +167,31 @@ class Catalog(
             f"{what}: too many concurrent changes, nothing was committed",
             hint="run the same command again; stored data is reused",
         )
+
+
+def _transient_write(
+    sessions: sessionmaker[Session], work: Callable[[Session], T], *, what: str
+) -> T:
+    """`work` in a transaction of its own, retried on contention, without the catalog's write
+    lock or a journal entry: for rows no other catalog write depends on and no rebuild needs
+    (upload sessions), so that a fleet's parts do not queue behind pushes and promotes."""
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            with sessions.begin() as session:
+                return work(session)
+        except SQLIntegrityError:
+            pass
+        except OperationalError as error:
+            if not _is_contention(error):
+                raise _unavailable(error) from None
+        except DBAPIError as error:
+            raise _unavailable(error) from None
+        if attempt < COMMIT_ATTEMPTS - 1:
+            time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311
+    raise ConflictError(
+        f"{what}: too many concurrent changes, nothing was committed",
+        hint="run the same command again; stored data is reused",
+    )
 
 
 def _serialise(session: Session) -> None:

@@ -1,6 +1,11 @@
 """Upload sessions: open one with its files, look one up with the parts received, record a part,
 claim a session for its commit (one commit at a time, whichever process runs it), and drop
 sessions that ended. Rows only: the parts' bytes are ciphertext in the staging store.
+
+Written outside the catalog's one write lock and journal (`_transient`): the rows are transient,
+nothing else in the catalog depends on them, and a fleet's parts must not queue behind every
+push and promote. Each change is one statement whose condition decides (a claim, a part recorded
+only while no commit holds the session).
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class UploadsPart(CatalogPart):
                 for entry in record.files
             )
 
-        self._retrying(work, what="open an upload session")
+        self._transient(work, what="open an upload session")
 
     def upload(self, session_id: str, *, parts: bool = True) -> UploadSessionRecord | None:
         """The session with its files and (unless not `parts`) the parts received, or None.
@@ -127,7 +132,7 @@ class UploadsPart(CatalogPart):
             )
             return True
 
-        return self._retrying(work, what="record an upload part")
+        return self._transient(work, what="record an upload part")
 
     def upload_file_parts(self, session_id: str, index: int) -> dict[int, str]:
         """The parts of one file of a session received so far: part -> digest."""
@@ -151,7 +156,7 @@ class UploadsPart(CatalogPart):
                 )
             )
 
-        self._retrying(work, what="record an upload's check")
+        self._transient(work, what="record an upload's check")
 
     def forget_upload_parts(self, session_id: str, parts: list[tuple[int, int]]) -> None:
         """Forget parts the staging store lost (a crash): the client is asked for them again."""
@@ -166,7 +171,7 @@ class UploadsPart(CatalogPart):
                     )
                 )
 
-        self._retrying(work, what="forget upload parts")
+        self._transient(work, what="forget upload parts")
 
     def claim_upload(self, session_id: str, claim: str, *, at: datetime, stale: datetime) -> bool:
         """Hold the session for one commit (`claim`); a claim taken before `stale` is taken over
@@ -183,7 +188,7 @@ class UploadsPart(CatalogPart):
             )
             return bool(_count(taken))
 
-        return self._retrying(work, what="claim an upload session")
+        return self._transient(work, what="claim an upload session")
 
     def renew_upload_claim(self, session_id: str, claim: str, *, at: datetime) -> None:
         """A commit still running says so (see `claim_upload`)."""
@@ -195,7 +200,7 @@ class UploadsPart(CatalogPart):
                 .values(claimed_at=at)
             )
 
-        self._retrying(work, what="renew an upload session's claim")
+        self._transient(work, what="renew an upload session's claim")
 
     def release_upload(self, session_id: str, claim: str, *, at: datetime) -> None:
         """Give a claimed session back after a commit that failed (the client may fix it)."""
@@ -207,7 +212,7 @@ class UploadsPart(CatalogPart):
                 .values(claimed_by=None, claimed_at=None, seen_at=at)
             )
 
-        self._retrying(work, what="release an upload session")
+        self._transient(work, what="release an upload session")
 
     def drop_upload(self, session_id: str) -> None:
         def work(session: Session) -> None:
@@ -215,7 +220,7 @@ class UploadsPart(CatalogPart):
                 session.execute(delete(table).where(table.session_id == session_id))
             session.execute(delete(UploadSession).where(UploadSession.id == session_id))
 
-        self._retrying(work, what="drop an upload session")
+        self._transient(work, what="drop an upload session")
 
     def idle_uploads(self, before: datetime) -> list[str]:
         """Sessions idle since before `before` and not held by a live commit."""
