@@ -284,7 +284,7 @@ def test_a_catalog_from_before_identities_is_adopted_by_its_own_home(
         connection.execute("DROP TABLE version_meta")
         connection.execute("DROP TABLE tags")
         connection.execute("DROP TABLE signer_policies")
-        for table in ("upload_parts", "upload_files", "upload_sessions"):
+        for table in ("upload_files", "upload_sessions"):
             connection.execute(f"DROP TABLE {table}")
         connection.execute("DROP TABLE limit_counts")
         connection.execute("DROP TABLE limit_signals")

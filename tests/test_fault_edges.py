@@ -209,7 +209,7 @@ def _as_0009_catalog(url: str) -> None:
         connection.execute(text("DROP TABLE version_meta"))
         connection.execute(text("DROP TABLE tags"))
         connection.execute(text("DROP TABLE signer_policies"))
-        for table in ("upload_parts", "upload_files", "upload_sessions"):
+        for table in ("upload_files", "upload_sessions"):
             connection.execute(text(f"DROP TABLE {table}"))
         connection.execute(text("DROP TABLE limit_counts"))
         connection.execute(text("DROP TABLE limit_signals"))

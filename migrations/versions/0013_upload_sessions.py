@@ -5,9 +5,9 @@ Revises: 0012
 Create Date: 2026-12-07 07:40:00
 
 A push through the REST API is an upload session: the client seals each file itself under a data
-key the server issued, and sends the ciphertext part by part, to any server process. The session,
-its files and the parts received live here (their bytes in the staging store), so that every
-process of a fleet serves any request of any session.
+key the server issued, and sends the ciphertext part by part, to any server process. The session
+and its files live here, the parts in the staging store (whose listing says which arrived), so
+that every process of a fleet serves any request of any session.
 """
 
 from __future__ import annotations
@@ -51,18 +51,9 @@ def upgrade() -> None:
         sa.Column("checked_sha256", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("session_id", "idx"),
     )
-    op.create_table(
-        "upload_parts",
-        sa.Column("session_id", sa.String(length=32), nullable=False),
-        sa.Column("idx", sa.Integer(), nullable=False),
-        sa.Column("part", sa.Integer(), nullable=False),
-        sa.Column("digest", sa.String(length=71), nullable=False),
-        sa.PrimaryKeyConstraint("session_id", "idx", "part"),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("upload_parts")
     op.drop_table("upload_files")
     op.drop_index("ix_upload_sessions_seen_at", table_name="upload_sessions")
     op.drop_table("upload_sessions")

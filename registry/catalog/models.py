@@ -462,15 +462,6 @@ class UploadFile(Base):
     checked_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-class UploadPart(Base):
-    __tablename__ = "upload_parts"
-
-    session_id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    part: Mapped[int] = mapped_column(Integer, primary_key=True)
-    digest: Mapped[str] = mapped_column(String(71))
-
-
 class LimitCount(Base):
     """The server fleet's count of one thing in one time slot (`registry.catalog.counters`):
     a token's requests, a client's refusals, a token's reads of a model (`item`), its key

@@ -1,11 +1,11 @@
-"""Upload sessions: open one with its files, look one up with the parts received, record a part,
+"""Upload sessions: open one with its files, look one up, mark it used, record a file's check,
 claim a session for its commit (one commit at a time, whichever process runs it), and drop
 sessions that ended. Rows only: the parts' bytes are ciphertext in the staging store.
 
 Written outside the catalog's one write lock and journal (`_transient`): the rows are transient,
-nothing else in the catalog depends on them, and a fleet's parts must not queue behind every
-push and promote. Each change is one statement whose condition decides (a claim, a part recorded
-only while no commit holds the session).
+nothing else in the catalog depends on them, and pushes must not queue behind every push and
+promote. Each change is one statement whose condition decides (a claim). The parts received are
+not rows: the staging store's listing is their record, so a part costs the catalog no write.
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Result, and_, delete, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from registry.catalog.models import UploadFile, UploadPart, UploadSession
+from registry.catalog.models import UploadFile, UploadSession
 from registry.catalog.parts import CatalogPart
 from registry.records import CheckedFile, UploadFileRecord, UploadSessionRecord
 
 
 class UploadsPart(CatalogPart):
-    """The `upload_sessions`, `upload_files` and `upload_parts` tables."""
+    """The `upload_sessions` and `upload_files` tables."""
 
     def open_upload(self, record: UploadSessionRecord) -> None:
         def work(session: Session) -> None:
@@ -56,27 +54,18 @@ class UploadsPart(CatalogPart):
 
         self._transient(work, what="open an upload session")
 
-    def upload(self, session_id: str, *, parts: bool = True) -> UploadSessionRecord | None:
-        """The session with its files and (unless not `parts`) the parts received, or None.
-        A session being committed is None without `parts`: nothing may be added to it."""
+    def upload(self, session_id: str, *, open_only: bool = False) -> UploadSessionRecord | None:
+        """The session with its files (its parts are the staging store's), or None; with
+        `open_only`, None too while a commit holds it (nothing may be added to it then)."""
         with self._read() as session:
             row = session.get(UploadSession, session_id)
-            if row is None or (not parts and row.claimed_by is not None):
+            if row is None or (open_only and row.claimed_by is not None):
                 return None
             files = session.scalars(
                 select(UploadFile)
                 .where(UploadFile.session_id == session_id)
                 .order_by(UploadFile.idx)
             ).all()
-            received = (
-                session.execute(
-                    select(UploadPart.idx, UploadPart.part, UploadPart.digest).where(
-                        UploadPart.session_id == session_id
-                    )
-                ).all()
-                if parts
-                else []
-            )
             return UploadSessionRecord(
                 row.id,
                 row.model,
@@ -102,47 +91,18 @@ class UploadsPart(CatalogPart):
                     )
                     for f in files
                 ),
-                {(idx, part): digest for idx, part, digest in received},
+                {},
             )
 
-    def record_upload_part(
-        self, session_id: str, index: int, part: int, digest: str, *, at: datetime
-    ) -> bool:
-        """Record a part stored (a part sent again replaces its record); False when the session
-        is gone or being committed (the part is then not part of it)."""
+    def touch_upload(self, session_id: str, *, at: datetime) -> None:
+        """Mark a session used (its idle time starts again)."""
 
-        def work(session: Session) -> bool:
-            touched = session.execute(
-                update(UploadSession)
-                .where(UploadSession.id == session_id, UploadSession.claimed_by.is_(None))
-                .values(seen_at=at)
-            )
-            if not _count(touched):
-                return False
-            values = {"session_id": session_id, "idx": index, "part": part, "digest": digest}
-            insert = (
-                pg_insert(UploadPart)
-                if session.get_bind().dialect.name == "postgresql"
-                else sqlite_insert(UploadPart)
-            )
+        def work(session: Session) -> None:
             session.execute(
-                insert.values(**values).on_conflict_do_update(
-                    index_elements=["session_id", "idx", "part"], set_={"digest": digest}
-                )
+                update(UploadSession).where(UploadSession.id == session_id).values(seen_at=at)
             )
-            return True
 
-        return self._transient(work, what="record an upload part")
-
-    def upload_file_parts(self, session_id: str, index: int) -> dict[int, str]:
-        """The parts of one file of a session received so far: part -> digest."""
-        with self._read() as session:
-            rows = session.execute(
-                select(UploadPart.part, UploadPart.digest).where(
-                    UploadPart.session_id == session_id, UploadPart.idx == index
-                )
-            ).all()
-            return {part: digest for part, digest in rows}
+        self._transient(work, what="mark an upload session used")
 
     def record_file_check(self, session_id: str, index: int, checked: CheckedFile) -> None:
         def work(session: Session) -> None:
@@ -157,21 +117,6 @@ class UploadsPart(CatalogPart):
             )
 
         self._transient(work, what="record an upload's check")
-
-    def forget_upload_parts(self, session_id: str, parts: list[tuple[int, int]]) -> None:
-        """Forget parts the staging store lost (a crash): the client is asked for them again."""
-
-        def work(session: Session) -> None:
-            for index, part in parts:
-                session.execute(
-                    delete(UploadPart).where(
-                        UploadPart.session_id == session_id,
-                        UploadPart.idx == index,
-                        UploadPart.part == part,
-                    )
-                )
-
-        self._transient(work, what="forget upload parts")
 
     def claim_upload(self, session_id: str, claim: str, *, at: datetime, stale: datetime) -> bool:
         """Hold the session for one commit (`claim`); a claim taken before `stale` is taken over
@@ -216,8 +161,7 @@ class UploadsPart(CatalogPart):
 
     def drop_upload(self, session_id: str) -> None:
         def work(session: Session) -> None:
-            for table in (UploadPart, UploadFile):
-                session.execute(delete(table).where(table.session_id == session_id))
+            session.execute(delete(UploadFile).where(UploadFile.session_id == session_id))
             session.execute(delete(UploadSession).where(UploadSession.id == session_id))
 
         self._transient(work, what="drop an upload session")

@@ -59,6 +59,7 @@ from registry.ops.uploads import (
     layout,
     own_upload,
     part_name,
+    part_tag,
     sealed_header,
     staging,
     stale_claim_before,
@@ -148,20 +149,22 @@ def _renewing(ctx: Context, session_id: str, claim: str) -> Iterator[None]:
 
 
 def _forget_lost_parts(ctx: Context, session: UploadSessionRecord) -> None:
-    """After a failed check: the parts the staging store no longer holds as received (lost or
-    cut by a crash: it does not fsync) are forgotten and asked for again, rather than taken
+    """After a failed check: the parts the staging store no longer holds as they arrived (lost
+    or cut by a crash: it does not fsync) are removed and asked for again, rather than taken
     for the client's mistake."""
     store = staging(ctx)
     lost = []
-    for (index, part), recorded in sorted(session.received.items()):
+    for (index, part), tag in sorted(session.received.items()):
+        name = part_name(session.id, index, part, tag)
         try:
-            data = store.get_range(part_name(session.id, index, part, recorded))
+            data = store.get_range(name)
         except (NotFoundError, StorageError):
             data = None
-        if data is None or "blake3:" + blake3.blake3(data).hexdigest() != recorded:
+        if data is None or part_tag(blake3.blake3(data).hexdigest()) != tag:
             lost.append((index, part))
+            with contextlib.suppress(NotFoundError, StorageError):
+                store.delete(name)
     if lost:
-        ctx.catalog.forget_upload_parts(session.id, lost)
         raise InvalidInputError(
             f"{len(lost)} parts were lost by the server's staging store (a crash?): "
             + ", ".join(f"{session.files[i].path} part {p}" for i, p in lost[:10]),
@@ -364,10 +367,26 @@ def _store(
         read = _part_reader(ctx, session, item.entry.index)
         parts = layout(session, item.entry).part_count(session.chunks_per_part)
 
+        tags = _file_parts(session, item.entry.index)
+
+        def staged() -> Iterator[bytes]:
+            for part in range(parts):
+                data = read(part)
+                # The staging store does not fsync: a part cut by a crash after its check keeps
+                # its name. What is stored must be the bytes received, which were checked.
+                found = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+                if part_tag(found) != tags[part]:
+                    raise DigestMismatchError(
+                        f"{item.entry.path}: part {part} changed in the staging store "
+                        "since it arrived",
+                        hint="upload it again (GET the session for what it has), then commit",
+                    )
+                yield data
+
         def seal(data_key: bytes) -> Iterator[bytes]:
             if data_key != item.key.key:
                 raise StorageError(f"{item.entry.path}: its data key changed during the commit")
-            return (read(part) for part in range(parts))
+            return staged()
 
         return write_copies(
             ctx,

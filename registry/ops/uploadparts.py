@@ -1,6 +1,7 @@
 """The parts of an upload session: keep one as it arrives (ciphertext, in the staging store, written
-once under its digest, and recorded in the catalog), and check a file as soon as its last part
-has arrived, so that the commit finds it checked.
+once under its digest: the store's listing is the record of what arrived, so a part writes
+nothing to the catalog), and check a file as soon as its last part has arrived, so that the
+commit finds it checked.
 
 A file's check (`check_file`) authenticates every chunk of its parts under the file's data key,
 in memory, and takes its plaintext's BLAKE3 digest (which must be the one declared), chunk root
@@ -13,6 +14,7 @@ a session, and one lost mid-check leaves the check to the commit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from datetime import UTC, datetime
@@ -34,10 +36,13 @@ from registry.ops.context import Context
 from registry.ops.copies import choose_key
 from registry.ops.push import refuse_retired_keys
 from registry.ops.uploads import (
+    TOUCH_EVERY,
     layout,
     own_upload,
     part_length,
     part_name,
+    part_tag,
+    received_parts,
     sealed_header,
     staging,
 )
@@ -67,10 +72,22 @@ def put_upload_part(
             f"hash to {actual[:20]}...)",
             hint="send the part again",
         )
-    staging(ctx).put_if_absent(part_name(session_id, index, part, actual), [data])
-    if not ctx.catalog.record_upload_part(session_id, index, part, actual, at=datetime.now(UTC)):
-        raise NotFoundError(f"no upload session {session_id} (committed or abandoned)")
-    parts = ctx.catalog.upload_file_parts(session_id, index)
+    store = staging(ctx)
+    tag = part_tag(actual)
+    store.put_if_absent(part_name(session_id, index, part, tag), [data])
+    # Other bytes sent before for this part are replaced: the part is what was sent last.
+    for info in list(store.list(f"sessions/{session_id}/{index}/{part}-")):
+        if info.name != part_name(session_id, index, part, tag):
+            with contextlib.suppress(NotFoundError):
+                store.delete(info.name)
+    now = datetime.now(UTC)
+    if now - session.seen_at > TOUCH_EVERY:
+        ctx.catalog.touch_upload(session_id, at=now)
+    if ctx.catalog.upload(session_id, open_only=True) is None:
+        # A commit took the session while this part was written: it may or may not have
+        # listed it (it checks what it read either way); the client is told to send it again.
+        raise NotFoundError(f"no upload session {session_id} (it is being committed)")
+    parts = {part: tag for (_i, part), tag in received_parts(ctx, session_id, index=index).items()}
     if len(parts) == layout(session, entry).part_count(session.chunks_per_part):
         _check_early(ctx, session, entry, parts)
 
@@ -106,7 +123,7 @@ def _check_early(
 
 
 def parts_digest(parts: dict[int, str]) -> str:
-    """The digest of a file's part digests, in order: which parts a check read."""
+    """The digest of a file's part tags, in order: which parts a check read."""
     hasher = blake3.blake3()
     for part in sorted(parts):
         hasher.update(f"{part}:{parts[part]}\n".encode())
@@ -114,7 +131,7 @@ def parts_digest(parts: dict[int, str]) -> str:
 
 
 def read_part(ctx: Context, session_id: str, parts: dict[int, str], index: int, part: int) -> bytes:
-    """The sealed bytes of a part, as recorded (StorageError when the staging store lost it)."""
+    """The sealed bytes of a part, as listed (StorageError when the staging store lost it)."""
     try:
         return staging(ctx).get_range(part_name(session_id, index, part, parts[part]))
     except (NotFoundError, KeyError):

@@ -12,6 +12,7 @@ ends at its commit, when abandoned, or after `[api] upload_ttl_hours` without a 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import uuid
@@ -49,10 +50,36 @@ def staging(ctx: Context) -> Driver:
     return LocalDriver(root, durable=False)
 
 
-def part_name(session_id: str, index: int, part: int, digest: str) -> str:
-    """A part's name in the staging store: named by its digest too, and written once, so that
-    what a commit checked is what it stores, whatever is sent again meanwhile."""
-    return f"sessions/{session_id}/{index}/{part}-{digest.removeprefix('blake3:')[:32]}"
+def part_tag(digest: str) -> str:
+    """What a part's name holds of its BLAKE3 digest (128 bits)."""
+    return digest.removeprefix("blake3:")[:32]
+
+
+def part_name(session_id: str, index: int, part: int, tag: str) -> str:
+    """A part's name in the staging store: named by its digest too (`part_tag`) and written
+    once, so that what a commit checked is what it stores, whatever is sent again meanwhile.
+    The store's listing is the record of the parts received: a part costs the catalog nothing."""
+    return f"sessions/{session_id}/{index}/{part}-{tag}"
+
+
+_PART = re.compile(r"sessions/[0-9a-f]{32}/([0-9]{1,9})/([0-9]{1,9})-([0-9a-f]{32})")
+
+
+def received_parts(
+    ctx: Context, session_id: str, *, index: int | None = None
+) -> dict[tuple[int, int], str]:
+    """The parts of a session (or of its file `index`) in the staging store: (file, part) ->
+    tag. A part sent again with other bytes is there twice; the one written last counts."""
+    prefix = f"sessions/{session_id}/" + ("" if index is None else f"{index}/")
+    found: dict[tuple[int, int], tuple[datetime, str]] = {}
+    for info in staging(ctx).list(prefix):
+        matched = _PART.fullmatch(info.name)
+        if matched is None:
+            continue
+        key = (int(matched[1]), int(matched[2]))
+        if key not in found or (info.modified, matched[3]) > found[key]:
+            found[key] = (info.modified, matched[3])
+    return {key: tag for key, (_when, tag) in found.items()}
 
 
 def layout(session: UploadSessionRecord, entry: UploadFileRecord) -> SealedHeader:
@@ -180,14 +207,17 @@ def _with_layout(session: UploadSessionRecord, keys: dict[int, bytes]) -> Upload
 
 
 def own_upload(ctx: Context, session_id: str, *, parts: bool = True) -> UploadSessionRecord:
-    """The session, if it exists and this actor opened it (else NotFoundError either way);
-    without `parts`, none of the parts received, and only while no commit holds it."""
+    """The session, if it exists and this actor opened it (else NotFoundError either way),
+    with the parts received; without `parts`, none of them, and only while no commit holds
+    it."""
     missing = NotFoundError(f"no upload session {session_id}")
     if not _SESSION.fullmatch(session_id):
         raise missing
-    session = ctx.catalog.upload(session_id, parts=parts)
+    session = ctx.catalog.upload(session_id, open_only=not parts)
     if session is None or session.owner != ctx.actor:
         raise missing
+    if parts:
+        session = dataclasses.replace(session, received=received_parts(ctx, session_id))
     return session
 
 
@@ -249,6 +279,8 @@ def abandon_upload(ctx: Context, session_id: str) -> None:
     discard_upload(ctx, session.id)
 
 
+# A session's last use is written at most this often: a part is not a catalog write.
+TOUCH_EVERY = timedelta(seconds=60)
 # A commit renews its hold on the session this often; one not renewed for STALE_CLAIM died
 # with its process, and the next commit of the session takes it over.
 CLAIM_RENEWAL = timedelta(seconds=10)
