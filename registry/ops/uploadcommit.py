@@ -4,12 +4,14 @@ stored, then the version is committed as a push commits it (`ops.push.finish_pus
 In order, with nothing stored before every check that can refuse the push has passed: the session
 is claimed (one commit at a time, whichever process runs it) and read again; every part must
 have arrived; the first bytes of each file are decrypted to validate its safetensors header (and
-each index file whole) against the others; each file's parts are read from the staging store
-through `CheckedObject` (the header the session issued, every chunk authenticated under the
-file's data key, the plaintext's BLAKE3 digest, chunk root and SHA-256 taken), the plaintext
-never leaving memory. Only then are the same staged parts (written once, named by their digest,
-so they are the bytes checked) copied into every region. The manifest is built from what was
-checked, never from what the client claimed beyond the digests it sealed under.
+each index file whole) against the others; each file not checked when its last part arrived (or
+whose parts changed since) is read from the staging store through `CheckedObject` (the header
+the session issued, every chunk authenticated under the file's data key, the plaintext's BLAKE3
+digest, chunk root and SHA-256 taken), the plaintext never leaving memory. Only then are the
+same staged parts copied into every region, each compared on the way with the digest its name
+holds, so that what is stored is the bytes checked. The manifest is built from what was
+checked, never from what the client claimed beyond the digests it sealed under. The commit
+renews its claim while it runs: one whose process died is taken over a minute later.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 BLAKE3 digest); the server issues a data key per file (wrapped for every region and stored as the
 object's key slot, handed to the client unwrapped, audited and counted) with the salt and nonce
 prefix of its sealed header; the client seals each file itself and sends the ciphertext part by
-part, to any server process. Parts are kept as they arrive in the staging store (`[api]
-staging_dir`, a folder every process of a fleet shares), their records in the catalog; no
-plaintext is ever at rest on a server. `ops.uploadcommit` checks and commits a session.
+part, to any server process (`ops.uploadparts`). Parts are kept as they arrive in the staging
+store (`[api] staging_dir`, a folder every process of a fleet shares), whose listing is the
+record of what arrived; the session and its files are rows of the catalog. No plaintext is ever
+at rest on a server. `ops.uploadcommit` checks and commits a session.
 
 A session is its owner's (the actor that opened it); another actor is told it does not exist. It
 ends at its commit, when abandoned, or after `[api] upload_ttl_hours` without a request.
