@@ -166,7 +166,7 @@ class RemoteRegistry:
         *,
         params: dict[str, str] | None = None,
         json: Any = None,
-        content: bytes | None = None,
+        content: bytes | memoryview | None = None,
         headers: dict[str, str] | None = None,
         wait: bool = False,
         via: Transport | None = None,

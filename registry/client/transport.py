@@ -78,7 +78,7 @@ class Transport:
         self,
         method: str,
         target: str,
-        body: bytes | None,
+        body: bytes | memoryview | None,
         headers: dict[str, str],
         *,
         wait: bool = False,

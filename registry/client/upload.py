@@ -20,7 +20,7 @@ import blake3
 
 from registry import errors, wire
 from registry import manifest as manifests
-from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE, Sealer
+from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE, Sealer, wipe
 from registry.digest import hash_file
 from registry.errors import IntegrityError
 from registry.fileio import read_into
@@ -84,17 +84,27 @@ def open_session(
 
 
 def seal_part(
-    source: Path, sealer: Sealer, part: int, chunks_per_part: int, buffer: bytearray
-) -> bytearray:
-    """The sealed bytes of part `part` of the file at `source` (see `SealedHeader.part_range`)."""
+    source: Path,
+    sealer: Sealer,
+    part: int,
+    chunks_per_part: int,
+    buffer: bytearray,
+    out: bytearray | None = None,
+) -> memoryview:
+    """The sealed bytes of part `part` of the file at `source` (see `SealedHeader.part_range`),
+    sealed into `out` (a new buffer unless one as large is given), `buffer` holding the
+    plaintext meanwhile."""
     header = sealer.header
     first = part * chunks_per_part
     last = min(header.chunk_count, first + chunks_per_part)
     plain_size = sum(header.chunk_plain_size(i) for i in range(first, last))
-    out = bytearray(header.part_range(part, chunks_per_part)[1])
+    length = header.part_range(part, chunks_per_part)[1]
+    if out is None or len(out) < length:
+        out = bytearray(length)
+    sealed = memoryview(out)[:length]
     at = 0
     if part == 0:
-        out[:HEADER_SIZE] = sealer.header_bytes
+        sealed[:HEADER_SIZE] = sealer.header_bytes
         at = HEADER_SIZE
     plain = memoryview(buffer)[:plain_size]
     with open(source, "rb", buffering=0) as handle:
@@ -105,11 +115,11 @@ def seal_part(
     for index in range(first, last):
         size = header.chunk_plain_size(index)
         sealer.seal_chunk_into(
-            index, plain[offset : offset + size], memoryview(out)[at : at + size + TAG_SIZE]
+            index, plain[offset : offset + size], sealed[at : at + size + TAG_SIZE]
         )
         offset += size
         at += size + TAG_SIZE
-    return out
+    return sealed
 
 
 def send_parts(
@@ -146,20 +156,33 @@ def send_parts(
     progress.begin("uploading", total)
     progress.advance(done)
     lock = threading.Lock()
+    # One plaintext and one sealed buffer per sending thread, reused from part to part.
+    local = threading.local()
+    buffers: list[bytearray] = []
 
     def send(item: tuple[int, int, str]) -> int:
         index, part, path = item
         sealer = sealers[index]
-        buffer = bytearray(min(per_part, sealer.header.plaintext_size))
+        if not hasattr(local, "plain"):
+            local.plain = bytearray(per_part)
+            local.out = bytearray(0)
+            with lock:
+                buffers.append(local.plain)
         try:
-            data = seal_part(sources[path], sealer, part, session.chunks_per_part, buffer)
+            data = seal_part(
+                sources[path], sealer, part, session.chunks_per_part, local.plain, local.out
+            )
         finally:
-            buffer[:] = bytes(len(buffer))  # no plaintext left in freed memory
+            wipe(local.plain)  # no plaintext left behind in memory
+        local.out = data.obj
         call(
             "PUT",
             f"/v1/uploads/{session.id}/files/{index}/parts/{part}",
-            content=bytes(data),
-            headers={"X-Part-Digest": "blake3:" + blake3.blake3(data).hexdigest()},
+            content=data,
+            headers={
+                "X-Part-Digest": "blake3:"
+                + blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+            },
         )
         plain = len(data) - TAG_SIZE * _chunks(sealer, part, session.chunks_per_part)
         plain -= HEADER_SIZE if part == 0 else 0

@@ -430,7 +430,7 @@ class _RingCache:
             yield
         finally:
             for _sealed, plain in ring:
-                _wipe(plain)
+                wipe(plain)
             size = sum(len(a) + len(b) for a, b in ring)
             if size <= self.MAX_KEPT:
                 with self._lock:
@@ -441,7 +441,7 @@ class _RingCache:
 _rings = _RingCache()
 
 
-def _wipe(buffer: bytearray) -> None:
+def wipe(buffer: bytearray) -> None:
     """Zero a buffer in place (a fresh zero-filled object of this size would fault in afresh)."""
     if buffer:
         ctypes.memset((ctypes.c_char * len(buffer)).from_buffer(buffer), 0, len(buffer))
@@ -528,7 +528,7 @@ def seal_file(
             yield finish(window.popleft())
     # Plaintext of the pushed file must not linger in freed memory of a long-running process.
     for plain_buffer, _out_buffer in ring:
-        _wipe(plain_buffer)
+        wipe(plain_buffer)
 
 
 def unseal(
