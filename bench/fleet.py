@@ -196,6 +196,8 @@ class Load:
     range_bytes: int
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     done: list[tuple[str, float, float, int]] = field(default_factory=list)
+    # Requests that got no answer (status 0 in `done`), by the client's exception.
+    failures: dict[str, int] = field(default_factory=dict)
     turn: int = 0
 
     def next_server(self) -> int:
@@ -208,8 +210,10 @@ async def _timed(load: Load, kind: str, send: Any) -> httpx.Response | None:
     try:
         response: httpx.Response = await send
         status = response.status_code
-    except httpx.HTTPError:
+    except httpx.HTTPError as error:
         response, status = None, 0
+        name = type(error).__name__
+        load.failures[name] = load.failures.get(name, 0) + 1
     load.done.append((kind, started, time.monotonic() - started, status))
     return response
 
@@ -435,6 +439,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "write_transactions_whole_run": journal_after - journal_before,
             "audit_entries_whole_run": audit_after - audit_before,
             "push_idle_s": idle_push,
+            "unanswered_whole_run": load.failures,
         }
         return report
     finally:
@@ -465,6 +470,11 @@ def _print(report: dict[str, Any]) -> None:
         f"key-broker calls {report['key_calls_whole_run']}, catalog write transactions "
         f"{report['write_transactions_whole_run']}, audit entries "
         f"{report['audit_entries_whole_run']} (whole run)"
+        + (
+            f"; unanswered: {report['unanswered_whole_run']}"
+            if report["unanswered_whole_run"]
+            else ""
+        )
     )
     if report["push_idle_s"] is not None:
         print(
