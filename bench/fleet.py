@@ -32,6 +32,9 @@ of random shards (GET /v1/blob), every request sent to the next server in turn. 
   added: each write transaction adds one) and the audit entries added;
 - the machine's load average (1 min) at the start and end of the window (it may be shared).
 
+`--only keys` (or `show`, `blob`) sends that kind of request alone: `--only keys` puts the key
+broker's audited write path under load by itself.
+
 `--push-mib M` adds a push's duration under read load: a push of M MiB of fresh content through
 the REST API (RemoteRegistry, to the first server) with no load first, then another (fresh
 content again) started as the window opens; the window lasts until it ends.
@@ -194,6 +197,7 @@ class Load:
     files: list[tuple[str, int]]
     ranges: int
     range_bytes: int
+    only: str | None = None  # one kind of request ("keys": the key broker alone)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     done: list[tuple[str, float, float, int]] = field(default_factory=list)
     # Requests that got no answer (status 0 in `done`), by the client's exception.
@@ -224,11 +228,15 @@ async def _serving_node(load: Load, clients: list[httpx.AsyncClient], index: int
     ref = f"{MODEL}@1"
     rng = random.Random(index)
     while not load.stop.is_set():
-        client = clients[load.next_server()]
-        await _timed(load, "show", client.get("/v1/version", params={"ref": ref}, headers=headers))
-        client = clients[load.next_server()]
-        await _timed(load, "keys", client.post("/v1/keys", json={"ref": ref}, headers=headers))
-        for _ in range(load.ranges):
+        if load.only in (None, "show"):
+            client = clients[load.next_server()]
+            await _timed(
+                load, "show", client.get("/v1/version", params={"ref": ref}, headers=headers)
+            )
+        if load.only in (None, "keys"):
+            client = clients[load.next_server()]
+            await _timed(load, "keys", client.post("/v1/keys", json={"ref": ref}, headers=headers))
+        for _ in range(load.ranges if load.only in (None, "blob") else 0):
             path, size = rng.choice(load.files)
             start = rng.randrange(max(1, size - load.range_bytes))
             ranged = {**headers, "Range": f"bytes={start}-{start + load.range_bytes - 1}"}
@@ -411,7 +419,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     loaded = make_model(scratch / "loaded", shards=4, shard_size=part, seed=3)
                     push = (servers.urls[0], admin, loaded)
                 journal_before, audit_before = _counts(engine)
-                load = Load(servers.urls, tokens, files, args.ranges, args.range_kib * 1024)
+                load = Load(
+                    servers.urls, tokens, files, args.ranges, args.range_kib * 1024, args.only
+                )
                 sampler = LockSampler(engine, url.rsplit("/", 1)[1])
                 result = asyncio.run(_drive(load, args, servers, sampler, push))
                 journal_after, audit_after = _counts(engine)
@@ -430,6 +440,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "command": " ".join(sys.argv),
             "processes": args.processes,
             "clients": args.clients,
+            "only": args.only,
             **result,
             "latency": _latencies(window, seconds),
             "server_cpu_ms_per_request": 1000 * result["server_cpu"] / max(1, len(window)),
@@ -493,6 +504,9 @@ def main() -> int:
     parser.add_argument("--model-mib", type=int, default=16)
     parser.add_argument("--ranges", type=int, default=4, help="ciphertext ranges per load")
     parser.add_argument("--range-kib", type=int, default=256)
+    parser.add_argument(
+        "--only", choices=("show", "keys", "blob"), help="one kind of request, not the mix"
+    )
     parser.add_argument("--push-mib", type=int, default=0, help="also time a push under load")
     parser.add_argument("--soak", type=int, default=0, metavar="MINUTES")
     parser.add_argument(

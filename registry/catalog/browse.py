@@ -347,20 +347,25 @@ def _live_counts(session: Session, ids: Sequence[int]) -> dict[int, tuple[int, i
     }
 
 
+# (model, number) pairs per query of `_created`: SQLite parses an OR of n terms n deep, and
+# refuses an expression deeper than 1,000.
+PAIRS_PER_QUERY = 250
+
+
 def _created(session: Session, versions: Sequence[tuple[int, int | None]]) -> dict[int, datetime]:
     """model id -> when the given (model id, number) version was pushed."""
-    if not versions:
-        return {}
-    # OR of (model, number) pairs, not a row-value IN: SQLite plans the latter as a scan of
-    # every version, the former as one lookup of the (model, number) index per pair.
-    return {
-        model_id: at
-        for model_id, at in session.execute(
+    found: dict[int, datetime] = {}
+    for start in range(0, len(versions), PAIRS_PER_QUERY):
+        pairs = versions[start : start + PAIRS_PER_QUERY]
+        # OR of (model, number) pairs, not a row-value IN: SQLite plans the latter as a scan of
+        # every version, the former as one lookup of the (model, number) index per pair.
+        rows = session.execute(
             select(Version.model_id, Version.created_at).where(
-                or_(*(and_(Version.model_id == m, Version.number == n) for m, n in versions))
+                or_(*(and_(Version.model_id == m, Version.number == n) for m, n in pairs))
             )
         )
-    }
+        found.update((model_id, at) for model_id, at in rows)
+    return found
 
 
 def _changes(session: Session, ids: Sequence[int]) -> dict[int, list[datetime]]:

@@ -36,6 +36,8 @@ LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 # Model names read per query while a scoped token's page fills (names only: cheap).
 NAMES_PER_READ = 1000
+# Version numbers are 32-bit in the catalog: a larger `after` is refused, not sent to SQL.
+MAX_VERSION_NUMBER = 2**31 - 1
 TIMELINE_MOVES = 50
 # A small file read whole into memory for a page: config.json and README.md of real models are
 # a few KiB to a few hundred; anything larger is not shown.
@@ -97,6 +99,8 @@ def model_list(
     caller see, each with its live versions' count, newest number and sizes; and the name
     the next page starts after (None when none is left)."""
     _check_limit(limit)
+    if after is not None:
+        validate_name(after)  # what `next` gives; anything else is no name to start after
     names: list[str] = []
     cursor = after
     while len(names) <= limit:
@@ -121,9 +125,9 @@ def version_list(
     `expired`, tombstones too), and the number the next page starts after (None when none is
     left)."""
     _check_limit(limit)
-    if after < 0:
+    if not 0 <= after <= MAX_VERSION_NUMBER:
         raise InvalidInputError(
-            "after must be a version number (0 or more)",
+            f"after must be a version number (0 to {MAX_VERSION_NUMBER})",
             hint="give the `next` of the page before, or leave it out for the first page",
         )
     found = ctx.catalog.versions_after(
