@@ -20,8 +20,10 @@ Any status but 200 stops the run, except that a /ui page answering 404 is report
 The pages: the model list (first page, a search, the last page), the model with the most
 versions (first page and a deep page), a model with aliases and legal holds, one version, the
 diff of two consecutive versions, the audit trail (unfiltered, by a rare actor, by action, by
-model), and `/v1/models` and `/v1/versions?model=<the biggest>` with the bearer token. Page
-numbers assume `--page-size` (50) rows a page, the UI's.
+model), and the JSON API's pages with the bearer token: `/v1/models` (its first page of 100, and
+`limit=1000`, every model here) and `/v1/versions?model=<the biggest>` (first page of 100, the
+last 100 by `after`, and `limit=1000`); before the fleet work (issue 21) these two answered
+everything unpaged. Page numbers assume `--page-size` (50) rows a page, the UI's.
 
 The home's `[api]` rate limit is raised in its config.toml (the default, 50 requests a second
 per token, would answer 429 to a benchmark). The server's CPU is only ever observed through
@@ -128,8 +130,17 @@ def _pages(summary: dict[str, Any], facts: dict[str, Any], page_size: int) -> li
         (f"audit, actor {facts['actor']}", f"/ui/audit?actor={actor}"),
         ("audit, action promote", "/ui/audit?action=promote"),
         ("audit, model (the biggest)", f"/ui/audit?model={quote(big)}"),
-        ("API /v1/models", "/v1/models"),
-        ("API /v1/versions (the biggest)", f"/v1/versions?model={quote(big)}"),
+        ("API /v1/models (first page: 100)", "/v1/models"),
+        ("API /v1/models?limit=1000", "/v1/models?limit=1000"),
+        ("API /v1/versions (the biggest, first 100)", f"/v1/versions?model={quote(big)}"),
+        (
+            f"API /v1/versions (the biggest, after {count - 100})",
+            f"/v1/versions?model={quote(big)}&after={count - 100}",
+        ),
+        (
+            "API /v1/versions (the biggest, limit=1000)",
+            f"/v1/versions?model={quote(big)}&limit=1000",
+        ),
     ]
 
 

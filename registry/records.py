@@ -283,6 +283,7 @@ class ModelSummary:
     aliases: tuple[tuple[str, int], ...]  # (alias, version number), by alias
     stored_size: int  # the distinct files of its live versions
     changed_at: datetime
+    total_size: int = 0  # its live versions' files, each version counted whole
 
 
 @dataclass(frozen=True)

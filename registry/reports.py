@@ -19,6 +19,7 @@ from registry.records import (
     AliasRecord,
     AuditRecord,
     HoldRecord,
+    ModelRecord,
     ModelSummary,
     SearchHit,
     TagRecord,
@@ -379,6 +380,24 @@ class RecoveryProofs:
 
     drills: tuple[DrillProof, ...]
     scrub: ScrubProof | None
+
+
+@dataclass(frozen=True)
+class ModelList:
+    """A page of the REST API's list of models, by name: the models on it and the name the
+    next page starts after (None on the last page)."""
+
+    models: tuple[ModelRecord, ...]
+    next: str | None
+
+
+@dataclass(frozen=True)
+class VersionList:
+    """A page of the REST API's list of a model's versions, oldest first: the versions on it
+    and the number the next page starts after (None on the last page)."""
+
+    versions: tuple[VersionRecord, ...]
+    next: int | None
 
 
 @dataclass(frozen=True)

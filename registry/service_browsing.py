@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     )
     from registry.reports import (
         AuditPage,
+        ModelList,
         ModelOverview,
         ModelPage,
         OpenSSFKey,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
         TagChange,
         UploadKeys,
         VersionDiff,
+        VersionList,
         VersionRow,
     )
 
@@ -60,6 +62,26 @@ class Browsing:
 
         return browse_ops.model_page(
             self._context, query=query, patterns=patterns, number=number, size=size
+        )
+
+    def model_list(
+        self, *, after: str | None = None, limit: int = 100, patterns: Sequence[str] = ("*",)
+    ) -> ModelList:
+        """Up to `limit` models named after `after`, by name, among those a token with model
+        `patterns` may see, and the name the next page starts after (the REST API's list)."""
+        from registry.ops import browse as browse_ops
+
+        return browse_ops.model_list(self._context, after=after, limit=limit, patterns=patterns)
+
+    def version_list(
+        self, name: str, *, after: int = 0, limit: int = 100, expired: bool = False
+    ) -> VersionList:
+        """Up to `limit` of a model's versions numbered after `after`, oldest first, and the
+        number the next page starts after (the REST API's list)."""
+        from registry.ops import browse as browse_ops
+
+        return browse_ops.version_list(
+            self._context, name, after=after, limit=limit, expired=expired
         )
 
     def model_summary(self, name: str) -> ModelSummary:

@@ -165,7 +165,7 @@ def test_a_token_for_other_models_learns_nothing(api: Api) -> None:
         answer = api.client.get("/v1/versions", params=params, headers=admin)
         assert answer.status_code == 403
         assert answer.json()["error"]["message"] == "this token may not act on that model"
-    names = [m["name"] for m in api.client.get("/v1/models", headers=admin).json()]
+    names = [m["name"] for m in api.client.get("/v1/models", headers=admin).json()["models"]]
     assert names == ["org/llama"]
     # Inside its patterns, a missing model is a plain 404.
     assert (

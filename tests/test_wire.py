@@ -151,6 +151,9 @@ def test_records_round_trip_through_the_api_and_the_client(
 ) -> None:
     from_cli = _cli_json(*cli)
     from_api = served.get(path, **params)
+    if path in ("/v1/models", "/v1/versions"):  # a page: this one is the only one
+        assert from_api.pop("next") is None
+        (from_api,) = from_api.values()
     with RemoteRegistry(served.server.url, served.tokens[ADMIN]) as remote:
         from_client = wire.dump(call(remote))
     assert from_cli == from_api == from_client == wire.dump(call(served.registry))

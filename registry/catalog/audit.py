@@ -1,5 +1,6 @@
 """The audit trail as a hash chain: entries appended under the catalog's write lock (each hash
-covers its content and the previous entry's hash), read back, and the chain verified.
+covers its content and the previous entry's hash; entries written at once by concurrent callers
+share one transaction, `groupcommit`), read back, and the chain verified.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,14 +16,29 @@ import blake3
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from registry.catalog.groupcommit import GroupCommit
 from registry.catalog.journal import REDACTED_DETAILS, TOKEN_ACTIONS, encode_row
 from registry.catalog.models import AuditEvent, utcnow
 from registry.catalog.parts import CatalogPart, details_json
 from registry.records import AuditRecord, AuditVerification
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """An audit entry to append (its time is when it was asked for, not when it committed)."""
+
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    details: str
+
+
 class AuditPart(CatalogPart):
     """Writing, listing and verifying audit entries."""
+
+    # Made by `Catalog`: one per catalog handle, shared by every thread writing through it.
+    audit_writes: GroupCommit[AuditEntry]
 
     def audit_events(
         self,
@@ -47,17 +64,20 @@ class AuditPart(CatalogPart):
             ]
 
     def audit(self, actor: str, action: str, subject: str, details: dict[str, Any]) -> None:
-        def work(session: Session) -> None:
-            append_audit(
-                session,
-                at=utcnow(),
-                actor=actor,
-                action=action,
-                subject=subject,
-                details=details_json(details),
-            )
+        """Append an entry to the audit trail; returns once it is committed (in a transaction
+        of its own, or shared with the entries other threads wrote meanwhile), and raises,
+        having written nothing, when that transaction failed."""
+        entry = AuditEntry(utcnow(), actor, action, subject, details_json(details))
+        self.audit_writes.write(entry)
 
-        self._retrying(work, what=f"audit {action}")
+    def append_audits(self, entries: Sequence[AuditEntry]) -> None:
+        """Append `entries` to the chain in one transaction (what `audit_writes` commits)."""
+        actions = sorted({entry.action for entry in entries})
+
+        def work(session: Session) -> None:
+            append_audit_entries(session, entries)
+
+        self._retrying(work, what=f"audit {', '.join(actions)}")
 
     def verify_audit(
         self, *, links_mac: Callable[[Sequence[tuple[int, str]]], str] | None = None
@@ -180,20 +200,43 @@ def append_audit(
     session: Session, *, at: datetime, actor: str, action: str, subject: str, details: str
 ) -> None:
     """Append one entry to the audit chain inside the caller's transaction."""
+    append_audit_entries(session, [AuditEntry(at, actor, action, subject, details)])
+
+
+def append_audit_entries(session: Session, entries: Sequence[AuditEntry]) -> None:
+    """Append entries to the audit chain inside the caller's transaction, in the order the
+    database numbers them (one insert of them all, then their hashes)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK})
     prev = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
     prev = prev or GENESIS
-    # Stored as the database gives it back (microseconds, UTC), so that verify recomputes it.
-    at = at.astimezone(UTC)
-    event = AuditEvent(
-        at=at, actor=actor, action=action, subject=subject, details=details, prev_hash=prev, hash=""
-    )
-    session.add(event)
+    events = [
+        AuditEvent(
+            # Stored as the database gives it back (microseconds, UTC), so verify recomputes it.
+            at=entry.at.astimezone(UTC),
+            actor=entry.actor,
+            action=entry.action,
+            subject=entry.subject,
+            details=entry.details,
+            prev_hash="",
+            hash="",
+        )
+        for entry in entries
+    ]
+    session.add_all(events)
     session.flush()
-    event.hash = audit_hash(
-        prev, id=event.id, at=at, actor=actor, action=action, subject=subject, details=details
-    )
+    # The chain follows the ids, whatever order the insert gave them in.
+    for event in sorted(events, key=lambda e: e.id):
+        event.prev_hash = prev
+        event.hash = prev = audit_hash(
+            prev,
+            id=event.id,
+            at=event.at,
+            actor=event.actor,
+            action=event.action,
+            subject=event.subject,
+            details=event.details,
+        )
     session.flush()
 
 

@@ -1,7 +1,8 @@
-"""Reading the catalog a page at a time, for the web UI: models with what a listing shows of
-each, a model's versions newest first with their aliases, holds and copies per region, and the
-audit trail filtered and paged by id. Every query is bounded by the page it serves, so a page
-costs the same with a thousand models or a hundred thousand versions.
+"""Reading the catalog a page at a time, for the web UI and the REST API's lists: models with
+what a listing shows of each, a model's versions newest first with their aliases, holds and
+copies per region (or oldest first after a number), and the audit trail filtered and paged by
+id. Every query is bounded by the page it serves, so a page costs the same with a thousand
+models or a hundred thousand versions.
 """
 
 from __future__ import annotations
@@ -41,11 +42,15 @@ from registry.records import (
 class BrowsePart(CatalogPart):
     """Paged reads for the web UI."""
 
-    def model_names(self) -> list[str]:
-        """Every model's name, sorted: what a listing filters (by name and by a token's
-        patterns) before it asks for the page it shows."""
+    def model_names(self, *, after: str | None = None, limit: int | None = None) -> list[str]:
+        """Every model's name, sorted (with `after`, those after it; at most `limit`): what a
+        listing filters (by name and by a token's patterns) before it asks for the page it
+        shows."""
+        query = select(Model.name).order_by(Model.name).limit(limit)
+        if after is not None:
+            query = query.where(Model.name > after)
         with self._read() as session:
-            return list(session.scalars(select(Model.name).order_by(Model.name)))
+            return list(session.scalars(query))
 
     def model_summaries(self, names: Sequence[str]) -> list[ModelSummary]:
         """The summaries of `names` (unknown names are left out), in the order given."""
@@ -57,7 +62,7 @@ class BrowsePart(CatalogPart):
             if not ids:
                 return []
             counts = _live_counts(session, ids)
-            latest_at = _created(session, [(m, n) for m, (_c, n) in counts.items() if n])
+            latest_at = _created(session, [(m, n) for m, (_c, n, _s) in counts.items() if n])
             changed = _changes(session, ids)
             aliases = _aliases(session, ids)
             stored = self._stored_sizes(session, ids, counts, changed)
@@ -66,7 +71,7 @@ class BrowsePart(CatalogPart):
             model = models.get(name)
             if model is None:
                 continue
-            count, latest = counts.get(model.id, (0, None))
+            count, latest, size = counts.get(model.id, (0, None, 0))
             summaries.append(
                 ModelSummary(
                     name,
@@ -77,6 +82,7 @@ class BrowsePart(CatalogPart):
                     tuple(aliases.get(model.id, ())),
                     stored.get(model.id, 0),
                     max([model.created_at, *changed.get(model.id, ())]),
+                    size,
                 )
             )
         return summaries
@@ -85,7 +91,7 @@ class BrowsePart(CatalogPart):
         self,
         session: Session,
         ids: Sequence[int],
-        counts: dict[int, tuple[int, int | None]],
+        counts: dict[int, tuple[int, int | None, int]],
         changed: dict[int, list[datetime]],
     ) -> dict[int, int]:
         """The stored size of each model, remembered by this catalog handle: reading every
@@ -96,7 +102,7 @@ class BrowsePart(CatalogPart):
         keys = {
             model_id: (
                 model_id,
-                *counts.get(model_id, (0, None)),
+                *counts.get(model_id, (0, None, 0)),
                 max(changed.get(model_id, ()), default=None),
             )
             for model_id in ids
@@ -133,6 +139,28 @@ class BrowsePart(CatalogPart):
                 .limit(limit)
             ).all()
             return [version_record(v, model=name) for v in rows], int(total)
+
+    def versions_after(
+        self, name: str, *, after: int, limit: int, expired: bool = False
+    ) -> list[VersionRecord]:
+        """At most `limit` of the model's versions numbered after `after`, oldest first (with
+        `expired`, the tombstones too): a page of the REST API's list, found by the
+        (model, number) index whatever page it is."""
+        with self._read() as session:
+            model = session.scalar(select(Model).where(Model.name == name))
+            if model is None:
+                raise NotFoundError(f"model {name} does not exist")
+            where = (Version.model_id == model.id) & (Version.number > after)
+            if not expired:
+                where = where & Version.expired_at.is_(None)
+            rows = session.scalars(
+                select(Version)
+                .where(where)
+                .options(selectinload(Version.files))
+                .order_by(Version.number)
+                .limit(limit)
+            ).all()
+            return [version_record(v, model=name) for v in rows]
 
     def version_states(
         self, name: str, numbers: Sequence[int], *, regions: Sequence[str]
@@ -302,32 +330,42 @@ class BrowsePart(CatalogPart):
         return events
 
 
-def _live_counts(session: Session, ids: Sequence[int]) -> dict[int, tuple[int, int | None]]:
-    """model id -> (live versions, newest live number)."""
+def _live_counts(session: Session, ids: Sequence[int]) -> dict[int, tuple[int, int | None, int]]:
+    """model id -> (live versions, newest live number, their sizes summed)."""
     return {
-        model_id: (int(count), latest)
-        for model_id, count, latest in session.execute(
-            select(Version.model_id, func.count(), func.max(Version.number))
+        model_id: (int(count), latest, int(size or 0))
+        for model_id, count, latest, size in session.execute(
+            select(
+                Version.model_id,
+                func.count(),
+                func.max(Version.number),
+                func.sum(Version.total_size),
+            )
             .where(Version.model_id.in_(ids), Version.expired_at.is_(None))
             .group_by(Version.model_id)
         )
     }
 
 
+# (model, number) pairs per query of `_created`: SQLite parses an OR of n terms n deep, and
+# refuses an expression deeper than 1,000.
+PAIRS_PER_QUERY = 250
+
+
 def _created(session: Session, versions: Sequence[tuple[int, int | None]]) -> dict[int, datetime]:
     """model id -> when the given (model id, number) version was pushed."""
-    if not versions:
-        return {}
-    # OR of (model, number) pairs, not a row-value IN: SQLite plans the latter as a scan of
-    # every version, the former as one lookup of the (model, number) index per pair.
-    return {
-        model_id: at
-        for model_id, at in session.execute(
+    found: dict[int, datetime] = {}
+    for start in range(0, len(versions), PAIRS_PER_QUERY):
+        pairs = versions[start : start + PAIRS_PER_QUERY]
+        # OR of (model, number) pairs, not a row-value IN: SQLite plans the latter as a scan of
+        # every version, the former as one lookup of the (model, number) index per pair.
+        rows = session.execute(
             select(Version.model_id, Version.created_at).where(
-                or_(*(and_(Version.model_id == m, Version.number == n) for m, n in versions))
+                or_(*(and_(Version.model_id == m, Version.number == n) for m, n in pairs))
             )
         )
-    }
+        found.update((model_id, at) for model_id, at in rows)
+    return found
 
 
 def _changes(session: Session, ids: Sequence[int]) -> dict[int, list[datetime]]:

@@ -10,6 +10,8 @@ Every name other modules import from here stays importable from here (`add_versi
 - `versions`: models, versions and files; the commit of a push
 - `aliases`: aliases and their moves
 - `audit`: the audit hash chain
+- `groupcommit`: concurrent callers' audit entries committed together, each caller returning
+  once its own is committed
 - `expiry`: retention policies, expiry and deletion (tombstones)
 - `gc`: leases, sweeps and unreferenced objects
 - `placements`: placements, key slots and retired keys
@@ -46,6 +48,7 @@ from registry.catalog.browse import BrowsePart
 from registry.catalog.deliveries import DeliveriesPart
 from registry.catalog.expiry import NO_RULE, ExpiryPart
 from registry.catalog.gc import GcPart
+from registry.catalog.groupcommit import GroupCommit
 from registry.catalog.holds import HoldsPart
 from registry.catalog.identity import IdentityPart
 from registry.catalog.journal import capture_changes, write_entry
@@ -121,6 +124,8 @@ class Catalog(
         capture_changes(self._sessions)
         # Outbox entries this handle wrote: its owner drains the journal when it has some.
         self.journaled = 0
+        # Audit entries of concurrent callers (a server's key-broker calls) share transactions.
+        self.audit_writes = GroupCommit(self.append_audits)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from registry.config import Webhook
 
 RANGE = 8 * 1024 * 1024  # bytes per ranged download request
+LIST_PAGE = 1000  # models or versions asked for per page of a list (the server's most)
 PARALLEL = 4  # requests in flight
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 RETRIES = 5
@@ -226,12 +227,27 @@ class RemoteRegistry:
     # -- queries ------------------------------------------------------------------------------
 
     def models(self) -> list[ModelRecord]:
-        return [m.to_record() for m in wire.load_list(wire.Model, self._json("GET", "/v1/models"))]
+        """Every model the token may read: the server's pages, walked to the last."""
+        found: list[ModelRecord] = []
+        params: dict[str, str] = {"limit": str(LIST_PAGE)}
+        while True:
+            page = wire.load(wire.ModelList, self._json("GET", "/v1/models", params=params))
+            found.extend(m.to_record() for m in page.models)
+            if page.next is None or not page.models:  # an empty page ends it, whatever it says
+                return found
+            params["after"] = page.next
 
     def versions(self, name: str, *, expired: bool = False) -> list[VersionRecord]:
-        params = {"model": name, "expired": str(expired).lower()}
-        found = wire.load_list(wire.Version, self._json("GET", "/v1/versions", params=params))
-        return [v.to_record() for v in found]
+        """Every live version of `name` (with `expired`, tombstones too), oldest first: the
+        server's pages, walked to the last."""
+        found: list[VersionRecord] = []
+        params = {"model": name, "expired": str(expired).lower(), "limit": str(LIST_PAGE)}
+        while True:
+            page = wire.load(wire.VersionList, self._json("GET", "/v1/versions", params=params))
+            found.extend(v.to_record() for v in page.versions)
+            if page.next is None or not page.versions:
+                return found
+            params["after"] = str(page.next)
 
     def show(self, ref: str) -> VersionDetails:
         data = self._json("GET", "/v1/version", params={"ref": ref})

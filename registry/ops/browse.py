@@ -1,4 +1,5 @@
-"""Browsing the registry a page at a time (the web UI's reads): the models a token may see,
+"""Browsing the registry a page at a time (the web UI's reads, and the REST API's lists of
+models and versions, paged by the name or number a page ends at): the models a token may see,
 filtered and paged; one model's overview (a page of versions with their aliases, holds,
 retention and copies per region, the aliases' newest moves, the policy in force); the audit
 trail filtered and paged; and a version's small files read into memory (its config.json, its
@@ -17,11 +18,26 @@ from registry.ops.checks import check_text
 from registry.ops.context import Context
 from registry.ops.lifecycle import lock_floor
 from registry.ops.queries import resolve
-from registry.records import ModelSummary, VersionState
+from registry.records import ModelRecord, ModelSummary, VersionState
 from registry.refs import validate_name
-from registry.reports import AuditPage, ModelOverview, ModelPage, VersionRow
+from registry.reports import (
+    AuditPage,
+    ModelList,
+    ModelOverview,
+    ModelPage,
+    VersionList,
+    VersionRow,
+)
 
 MAX_PAGE_SIZE = 500
+# The REST API's lists: a page holds this many unless the caller asks for fewer (or more, up to
+# MAX_LIST_LIMIT); a client walks the pages with `after`.
+LIST_LIMIT = 100
+MAX_LIST_LIMIT = 1000
+# Model names read per query while a scoped token's page fills (names only: cheap).
+NAMES_PER_READ = 1000
+# Version numbers are 32-bit in the catalog: a larger `after` is refused, not sent to SQL.
+MAX_VERSION_NUMBER = 2**31 - 1
 TIMELINE_MOVES = 50
 # A small file read whole into memory for a page: config.json and README.md of real models are
 # a few KiB to a few hundred; anything larger is not shown.
@@ -61,6 +77,64 @@ def model_page(
     ]
     shown = names[(number - 1) * size : number * size]
     return ModelPage(tuple(ctx.catalog.model_summaries(shown)), number, size, len(names))
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidInputError(
+            f"limit must be 1 to {MAX_LIST_LIMIT}",
+            hint="ask for the next page with `after` (the `next` of the page before)",
+        )
+
+
+@requires("read")
+def model_list(
+    ctx: Context,
+    *,
+    after: str | None = None,
+    limit: int = LIST_LIMIT,
+    patterns: Sequence[str] = ("*",),
+) -> ModelList:
+    """Up to `limit` models named after `after`, by name, among those `patterns` let the
+    caller see, each with its live versions' count, newest number and sizes; and the name
+    the next page starts after (None when none is left)."""
+    _check_limit(limit)
+    if after is not None:
+        validate_name(after)  # what `next` gives; anything else is no name to start after
+    names: list[str] = []
+    cursor = after
+    while len(names) <= limit:
+        read = ctx.catalog.model_names(after=cursor, limit=NAMES_PER_READ)
+        names.extend(name for name in read if visible(name, patterns))
+        if len(read) < NAMES_PER_READ:
+            break
+        cursor = read[-1]
+    shown = names[:limit]
+    models = tuple(
+        ModelRecord(s.name, s.created_at, s.version_count, s.latest, s.total_size, s.stored_size)
+        for s in ctx.catalog.model_summaries(shown)
+    )
+    return ModelList(models, shown[-1] if len(names) > limit else None)
+
+
+@requires("read")
+def version_list(
+    ctx: Context, name: str, *, after: int = 0, limit: int = LIST_LIMIT, expired: bool = False
+) -> VersionList:
+    """Up to `limit` of the model's live versions numbered after `after`, oldest first (with
+    `expired`, tombstones too), and the number the next page starts after (None when none is
+    left)."""
+    _check_limit(limit)
+    if not 0 <= after <= MAX_VERSION_NUMBER:
+        raise InvalidInputError(
+            f"after must be a version number (0 to {MAX_VERSION_NUMBER})",
+            hint="give the `next` of the page before, or leave it out for the first page",
+        )
+    found = ctx.catalog.versions_after(
+        validate_name(name), after=after, limit=limit + 1, expired=expired
+    )
+    shown = tuple(found[:limit])
+    return VersionList(shown, shown[-1].number if len(found) > limit else None)
 
 
 @requires("read")

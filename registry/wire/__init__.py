@@ -107,6 +107,7 @@ if TYPE_CHECKING:
         InitResult,
         Model,
         ModelCard,
+        ModelList,
         PrepareResult,
         PullResult,
         PushResult,
@@ -116,6 +117,7 @@ if TYPE_CHECKING:
         Version,
         VersionDetails,
         VersionDiff,
+        VersionList,
     )
 
 _SUBMODULE = {
@@ -185,6 +187,7 @@ _SUBMODULE = {
     "InitResult": "versions",
     "Model": "versions",
     "ModelCard": "versions",
+    "ModelList": "versions",
     "PrepareResult": "versions",
     "PullResult": "versions",
     "PushResult": "versions",
@@ -194,6 +197,7 @@ _SUBMODULE = {
     "Version": "versions",
     "VersionDetails": "versions",
     "VersionDiff": "versions",
+    "VersionList": "versions",
 }
 
 
@@ -238,6 +242,7 @@ __all__ = [
     "Keys",
     "Model",
     "ModelCard",
+    "ModelList",
     "ModelPolicy",
     "NewToken",
     "OpenSSFKey",
@@ -281,6 +286,7 @@ __all__ = [
     "Version",
     "VersionDetails",
     "VersionDiff",
+    "VersionList",
     "Webhook",
     "Wire",
     "dump",

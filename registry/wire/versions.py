@@ -159,6 +159,36 @@ class Model(Wire, kw_only=True):
         )
 
 
+class ModelList(Wire, kw_only=True):
+    """A page of the models a token may read, by name: `next` is the `after` that asks for the
+    page that follows (null on the last page)."""
+
+    models: list[Model]
+    next: str | None = None
+
+    @classmethod
+    def of(cls, listing: reports.ModelList) -> ModelList:
+        return cls(models=[Model.of(m) for m in listing.models], next=listing.next)
+
+    def to_report(self) -> reports.ModelList:
+        return reports.ModelList(tuple(m.to_record() for m in self.models), self.next)
+
+
+class VersionList(Wire, kw_only=True):
+    """A page of a model's versions, oldest first: `next` is the `after` (a version number)
+    that asks for the page that follows (null on the last page)."""
+
+    versions: list[Version]
+    next: int | None = None
+
+    @classmethod
+    def of(cls, listing: reports.VersionList) -> VersionList:
+        return cls(versions=[Version.of(v) for v in listing.versions], next=listing.next)
+
+    def to_report(self) -> reports.VersionList:
+        return reports.VersionList(tuple(v.to_record() for v in self.versions), self.next)
+
+
 class PushResult(Version, kw_only=True):
     """A push: the version (new, or the existing one with identical content)."""
 

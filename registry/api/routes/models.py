@@ -11,7 +11,7 @@ from litestar.params import FromQuery, JSONBody
 
 from registry import wire
 from registry.api.common import note_read, security_event, state_of
-from registry.api.guards import authorize, check_scope, enter, in_scope, model_of
+from registry.api.guards import authorize, check_scope, enter, model_of
 
 
 @dataclass
@@ -26,10 +26,16 @@ class ModelsController(Controller):
     guards = (authorize,)
 
     @get("/models", sync_to_thread=True, operation="read")
-    def list_models(self, request: Request[Any, Any, Any]) -> list[wire.Model]:
-        """The models this token may read."""
+    def list_models(
+        self,
+        request: Request[Any, Any, Any],
+        after: FromQuery[str | None] = None,
+        limit: FromQuery[int] = 100,
+    ) -> wire.ModelList:
+        """A page of the models this token may read, by name: at most `limit` (1 to 1000),
+        those named after `after`. `next` is the `after` of the next page, null on the last."""
         view, token = enter(request)
-        return [wire.Model.of(m) for m in view.models() if in_scope(token, m.name)]
+        return wire.ModelList.of(view.model_list(after=after, limit=limit, patterns=token.models))
 
     @get("/versions", sync_to_thread=True, operation="read")
     def list_versions(
@@ -37,10 +43,16 @@ class ModelsController(Controller):
         request: Request[Any, Any, Any],
         model: FromQuery[str],
         expired: FromQuery[bool] = False,
-    ) -> list[wire.Version]:
-        """The versions of a model, oldest first (with `expired`, tombstones too)."""
+        after: FromQuery[int] = 0,
+        limit: FromQuery[int] = 100,
+    ) -> wire.VersionList:
+        """A page of the versions of a model, oldest first (with `expired`, tombstones too): at
+        most `limit` (1 to 1000), those numbered after `after`. `next` is the `after` of the
+        next page, null on the last."""
         view, _token = enter(request, model=model)
-        return [wire.Version.of(v) for v in view.versions(model, expired=expired)]
+        return wire.VersionList.of(
+            view.version_list(model, after=after, limit=limit, expired=expired)
+        )
 
     @get("/version", sync_to_thread=True, operation="read")
     def show_version(
