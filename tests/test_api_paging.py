@@ -71,7 +71,7 @@ def test_models_come_a_page_at_a_time_within_the_tokens_scope(
     listed: tuple[Registry, dict[str, str]], tmp_path: Path
 ) -> None:
     registry, tokens = listed
-    with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+    with TestClient(create_app(registry)) as client:
         pages = _walk(client, "/v1/models", tokens["org"], "models", limit=2)
         assert [[m["name"] for m in page] for page in pages] == [
             ["org/a", "org/b"],
@@ -96,7 +96,7 @@ def test_versions_come_a_page_at_a_time_oldest_first(
     listed: tuple[Registry, dict[str, str]], tmp_path: Path
 ) -> None:
     registry, tokens = listed
-    with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+    with TestClient(create_app(registry)) as client:
         pages = _walk(client, "/v1/versions", tokens["org"], "versions", model="org/a", limit=2)
         assert [[v["number"] for v in page] for page in pages] == [[1, 2], [4, 5]]
         tombstones = _walk(
@@ -133,7 +133,7 @@ def test_bad_paging_is_a_400_that_says_what_to_send(
     listed: tuple[Registry, dict[str, str]], tmp_path: Path, path: str, params: Any, says: str
 ) -> None:
     registry, tokens = listed
-    with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+    with TestClient(create_app(registry)) as client:
         answer = client.get(
             path, params=params, headers={"Authorization": f"Bearer {tokens['org']}"}
         )
@@ -174,7 +174,7 @@ def test_a_page_of_a_thousand_models_matches_the_whole_listing(
     with Registry.open(home) as registry:
         _record, token = registry.create_token("all", role=READER, models=["*"])
         whole = [wire.dump(wire.Model.of(m)) for m in registry.models()]
-        with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+        with TestClient(create_app(registry)) as client:
             pages = _walk(client, "/v1/models", token, "models", limit=1000)
             assert pages == [whole] and len(whole) == 600
             halves = _walk(client, "/v1/models", token, "models", limit=300)

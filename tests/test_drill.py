@@ -63,7 +63,7 @@ def test_a_drill_passes_on_healthy_regions_and_is_recorded(
     from registry.api.app import create_app
 
     two_regions.scrub()
-    with TestClient(create_app(two_regions, staging=tmp_path / "staging")) as client:
+    with TestClient(create_app(two_regions)) as client:
         scraped = client.get("/metrics").text
     assert 'model_registry_last_drill_ok{region="region-2"} 1.0' in scraped
     assert 'model_registry_last_drill_ok{region="region-1"} 1.0' in scraped

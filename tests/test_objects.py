@@ -52,7 +52,7 @@ def api(home: Path, tmp_path: Path, model: Path) -> Iterator[Api]:
             "org": registry.create_token("org", role=READER, models=["org/*"])[1],
             "all": registry.create_token("all", role=READER, models=["*"])[1],
         }
-        with TestClient(create_app(registry, staging=tmp_path / "staging")) as client:
+        with TestClient(create_app(registry)) as client:
             yield Api(client, registry, tokens)
 
 

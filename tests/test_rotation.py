@@ -263,7 +263,7 @@ def test_what_a_refused_stale_writer_left_behind_does_not_block_the_retry(
         with pytest.raises(ConflictError, match="nothing was stored"):
             stale.push("org/late", shard)
         with monkeypatch.context() as patch:
-            patch.setattr(push_ops, "_refuse_retired_keys", lambda ctx: None)
+            patch.setattr(push_ops, "refuse_retired_keys", lambda ctx: None)
             with pytest.raises(ConflictError, match="retired"):
                 stale.push("org/late", shard)  # stored, then refused at the commit
     finally:
