@@ -1,14 +1,17 @@
 """Test helpers for the REST API: change an open registry's `[api]` settings (and its chunk size)
-as a config.toml would, and seal and send the parts of a file the way a client does."""
+as a config.toml would, seal the parts of a file the way a client does, and wait for a server
+process to answer."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
 import blake3
+import httpx
 
 from registry.client.upload import seal_part
 from registry.crypto.sealed import Sealer
@@ -43,3 +46,16 @@ def sealed_parts(session: dict[str, Any], index: int, source: Path) -> list[tupl
         data = bytes(seal_part(source, sealer, part, session["chunks_per_part"], buffer))
         parts.append((data, "blake3:" + blake3.blake3(data).hexdigest()))
     return parts
+
+
+def wait_healthy(port: int) -> None:
+    """Wait (a minute at most) until the server on `port` answers /healthz."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "a server did not start"
+        time.sleep(0.2)

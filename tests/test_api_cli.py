@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 import uvicorn
 from click.testing import CliRunner
@@ -28,7 +27,7 @@ from registry.api.app import create_app
 from registry.client import RemoteRegistry
 from registry.service import ADMIN, READER, Registry
 from registry.testing.models import make_model
-from tests.apikit import api_settings
+from tests.apikit import api_settings, wait_healthy
 from tests.conftest import tree
 
 
@@ -308,15 +307,7 @@ def test_two_server_processes_on_one_postgres_catalog(
     ]
     try:
         for port in ports:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "a server did not start"
-                time.sleep(0.2)
+            wait_healthy(port)
         models = [
             make_model(tmp_path / f"m{i}", shards=1, shard_size=30_000, seed=i) for i in range(6)
         ]

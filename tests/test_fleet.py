@@ -20,23 +20,12 @@ from sqlalchemy import create_engine, text
 from registry.client import RemoteRegistry
 from registry.service import ADMIN, Registry
 from registry.testing.models import make_model
+from tests.apikit import wait_healthy
 from tests.conftest import tree
 from tests.roundrobin import RoundRobin
 from tests.test_api_cli import _free_port
 
 MiB = 1024 * 1024
-
-
-def _wait_healthy(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "a server did not start"
-        time.sleep(0.2)
 
 
 def _limit_holds_across_processes(balancer: RoundRobin, token: str, tmp_path: Path) -> None:
@@ -86,7 +75,7 @@ def test_a_push_through_three_servers_survives_one_killed_midway(
     engine = create_engine(postgres_url)
     try:
         for port in ports:
-            _wait_healthy(port)
+            wait_healthy(port)
         with RoundRobin([("127.0.0.1", port) for port in ports]) as balancer:
             _limit_holds_across_processes(balancer, token, tmp_path)
             outcome: list[object] = []

@@ -151,35 +151,24 @@ class Catalog(
     def _retrying(self, work: Callable[[Session], T], *, what: str) -> T:
         """Run `work` in a transaction, again on a unique-key race or a lock/serialisation
         conflict; any other database error is the catalog being unavailable, not a race."""
-        for attempt in range(COMMIT_ATTEMPTS):
-            try:
-                with self._sessions.begin() as session:
-                    _serialise(session)
-                    result = work(session)
-                    if write_entry(session) is not None:
-                        self.journaled += 1
-                    return result
-            except SQLIntegrityError:
-                pass
-            except OperationalError as error:
-                if not _is_contention(error):
-                    raise _unavailable(error) from None
-            except DBAPIError as error:
-                raise _unavailable(error) from None
-            if attempt < COMMIT_ATTEMPTS - 1:
-                time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))  # noqa: S311
-        raise ConflictError(
-            f"{what}: too many concurrent changes, nothing was committed",
-            hint="run the same command again; stored data is reused",
-        )
+
+        def serialised(session: Session) -> T:
+            _serialise(session)
+            result = work(session)
+            if write_entry(session) is not None:
+                self.journaled += 1
+            return result
+
+        return _transient_write(self._sessions, serialised, what=what)
 
 
 def _transient_write(
     sessions: sessionmaker[Session], work: Callable[[Session], T], *, what: str
 ) -> T:
-    """`work` in a transaction of its own, retried on contention, without the catalog's write
-    lock or a journal entry: for rows no other catalog write depends on and no rebuild needs
-    (upload sessions), so that a fleet's parts do not queue behind pushes and promotes."""
+    """`work` in a transaction of its own, retried on a unique-key race or contention (any other
+    database error is the catalog being unavailable). Alone, without the catalog's write lock
+    or a journal entry: for rows no other catalog write depends on and no rebuild needs (upload
+    sessions), so that they do not queue behind pushes and promotes; `_retrying` adds both."""
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             with sessions.begin() as session:

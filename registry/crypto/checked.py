@@ -99,20 +99,14 @@ def plaintext_prefix(
     """The first `length` plaintext bytes of the object (fewer at its end), authenticated: only
     the chunks that hold them are decrypted."""
     with _refused():
-        return _prefix(read_part, data_key, digest, expected_header, length, chunks_per_part, what)
+        data = read_part(0)
+        opener = _opened(data_key, digest, expected_header, data, what=what)
+        return _prefix(read_part, opener, data, length, chunks_per_part, what)
 
 
 def _prefix(
-    read_part: ReadPart,
-    data_key: bytes,
-    digest: str,
-    expected_header: bytes,
-    length: int,
-    chunks_per_part: int,
-    what: str,
+    read_part: ReadPart, opener: Opener, data: bytes, length: int, chunks_per_part: int, what: str
 ) -> bytes:
-    data = read_part(0)
-    opener = _opened(data_key, digest, expected_header, data, what=what)
     header = opener.header
     prefix = bytearray()
     index = 0
