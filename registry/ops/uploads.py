@@ -106,6 +106,7 @@ def _validate(files: Sequence[DeclaredFile]) -> None:
     if len(files) > MAX_FILES:
         raise InvalidInputError(f"at most {MAX_FILES} files per version")
     seen: set[str] = set()
+    sizes: dict[str, int] = {}
     for entry in files:
         validate_relative_path(entry.path)
         if any(part.startswith(".") for part in entry.path.split("/")):
@@ -124,6 +125,13 @@ def _validate(files: Sequence[DeclaredFile]) -> None:
             raise InvalidInputError(f"{entry.path}: digest must be blake3:<64 hex>")
         if entry.size == 0 and entry.digest != _EMPTY:
             raise InvalidInputError(f"{entry.path}: an empty file's digest is {_EMPTY}")
+        # One file of a digest is checked and stored for all: they must agree on its size.
+        if sizes.setdefault(entry.digest, entry.size) != entry.size:
+            raise InvalidInputError(
+                f"{entry.path}: its digest is another file's, of {sizes[entry.digest]} bytes, "
+                f"not {entry.size}",
+                hint="hash the files again and open a new session",
+            )
     for path in seen:
         parts = path.split("/")
         for depth in range(1, len(parts)):
@@ -259,14 +267,20 @@ def part_length(session: UploadSessionRecord, index: int, part: int) -> int:
 
 
 def discard_upload(ctx: Context, session_id: str) -> None:
-    """Remove a session's parts from the staging store, then its rows."""
+    """Remove a session's parts from the staging store, then its rows, then the parts written
+    meanwhile: a part request that found the session still there wrote its part before the
+    rows went (the last sweep removes it), one that did not removes its own part
+    (`ops.uploadparts`). The rows go after a first sweep, so that a process lost midway leaves
+    a session that expires, not parts that nothing lists."""
     store = staging(ctx)
-    for info in list(store.list(f"sessions/{session_id}/")):
-        try:
-            store.delete(info.name)
-        except NotFoundError:
-            continue
-    ctx.catalog.drop_upload(session_id)
+    for sweep in range(2):
+        for info in list(store.list(f"sessions/{session_id}/")):
+            try:
+                store.delete(info.name)
+            except NotFoundError:
+                continue
+        if sweep == 0:
+            ctx.catalog.drop_upload(session_id)
 
 
 @requires("push")
