@@ -359,3 +359,54 @@ def test_a_pusher_is_not_given_the_data_key_of_a_model_it_may_not_read(
     assert answer.status_code == 201, answer.text
     issued = base64.b64decode(answer.json()["files"][0]["key"])
     assert issued != stored[("blob", declared[0]["digest"])]
+
+
+# -- hostile safetensors, and a session held by its commit ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",  # no header length at all
+        b"\x01\x02\x03",  # shorter than the header length
+        struct.pack("<Q", 2**64 - 1) + b"{}",  # a length that would allocate everything
+        struct.pack("<Q", 100 * MiB) + b"{}" + b" " * 5000,  # a length past the file's end
+        struct.pack("<Q", 2) + b"[]",  # not an object
+    ],
+)
+def test_hostile_safetensors_headers_are_refused_with_a_4xx_and_nothing_stored(
+    attack: Attack, tmp_path: Path, content: bytes
+) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(content)
+    session = attack.open(_declared(model)).json()
+    attack.send(session, 0, model / "model.safetensors")
+    before = sorted(p.name for p in (attack.home / "store").rglob("*") if "blobs" in p.as_posix())
+    answer = attack.commit(session)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "invalid_model"
+    after = sorted(p.name for p in (attack.home / "store").rglob("*") if "blobs" in p.as_posix())
+    assert after == before
+
+
+def test_a_session_held_by_its_commit_cannot_be_abandoned_or_sent_parts(
+    attack: Attack, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    data = b"w" * 5000
+    (tmp_path / "f.bin").write_bytes(data)
+    session = attack.open([{"path": "f.bin", "size": len(data), "digest": _digest(data)}]).json()
+    (part, _d) = sealed_parts(session, 0, tmp_path / "f.bin")[0]
+    catalog = attack.registry._context.catalog
+    now = datetime.now(UTC)
+    assert catalog.claim_upload(session["id"], "c" * 32, at=now, stale=now - timedelta(minutes=1))
+    gone = attack.client.delete(f"/v1/uploads/{session['id']}", headers=attack.tokens["mallory"])
+    assert gone.status_code == 404 and "being committed" in gone.text
+    assert attack.put(session, 0, 0, part).status_code == 404
+    assert attack.staged(session) == []  # refused before its body was kept
+    catalog.release_upload(session["id"], "c" * 32, at=now)
+    attack.send(session, 0, tmp_path / "f.bin")
+    assert attack.commit(session).status_code == 201
+    assert catalog.upload(session["id"]) is None and attack.staged(session) == []
