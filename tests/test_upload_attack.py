@@ -410,3 +410,25 @@ def test_a_session_held_by_its_commit_cannot_be_abandoned_or_sent_parts(
     attack.send(session, 0, tmp_path / "f.bin")
     assert attack.commit(session).status_code == 201
     assert catalog.upload(session["id"]) is None and attack.staged(session) == []
+
+
+def test_a_session_idle_past_its_lifetime_is_gone_even_before_a_sweep(
+    attack: Attack, tmp_path: Path
+) -> None:
+    """Idle sessions were swept only when some session was opened: until then an expired one
+    still took parts, gave its keys and committed, and its parts stayed on the server's disk."""
+    from datetime import UTC, datetime, timedelta
+
+    data = b"v" * 5000
+    (tmp_path / "f.bin").write_bytes(data)
+    session = attack.open([{"path": "f.bin", "size": len(data), "digest": _digest(data)}]).json()
+    (part, _d) = sealed_parts(session, 0, tmp_path / "f.bin")[0]
+    assert attack.put(session, 0, 0, part).status_code == 204
+    catalog = attack.registry._context.catalog
+    catalog.touch_upload(session["id"], at=datetime.now(UTC) - timedelta(hours=25))
+    state = attack.client.get(f"/v1/uploads/{session['id']}", headers=attack.tokens["mallory"])
+    assert state.status_code == 404, state.text
+    assert catalog.upload(session["id"]) is None and attack.staged(session) == []
+    assert attack.put(session, 0, 0, part).status_code == 404
+    assert attack.commit(session).status_code == 404
+    assert attack.staged(session) == []

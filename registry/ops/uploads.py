@@ -216,14 +216,19 @@ def _with_layout(session: UploadSessionRecord, keys: dict[int, bytes]) -> Upload
 
 
 def own_upload(ctx: Context, session_id: str, *, parts: bool = True) -> UploadSessionRecord:
-    """The session, if it exists and this actor opened it (else NotFoundError either way),
-    with the parts received; without `parts`, none of them, and only while no commit holds
-    it."""
+    """The session, if it exists, has not expired (else it is discarded now) and this actor
+    opened it (else NotFoundError either way), with the parts received; without `parts`, none
+    of them, and only while no commit holds it."""
     missing = NotFoundError(f"no upload session {session_id}")
     if not _SESSION.fullmatch(session_id):
         raise missing
     session = ctx.catalog.upload(session_id, open_only=not parts)
     if session is None or session.owner != ctx.actor:
+        raise missing
+    lifetime = timedelta(hours=ctx.settings.api.upload_ttl_hours)
+    if session.seen_at < datetime.now(UTC) - lifetime:
+        # Expired, if not swept yet (sessions are swept when one opens): gone all the same.
+        discard_upload(ctx, session.id)
         raise missing
     if parts:
         session = dataclasses.replace(session, received=received_parts(ctx, session_id))
