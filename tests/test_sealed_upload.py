@@ -130,7 +130,11 @@ def test_no_plaintext_byte_is_at_rest_on_the_server_during_a_push(
                 nonlocal scans
                 while not done.is_set():
                     for folder in folders:
-                        for path in list(folder.rglob("*")):
+                        try:
+                            paths = list(folder.rglob("*"))
+                        except OSError:
+                            continue  # a folder removed while listed (a session discarded)
+                        for path in paths:
                             try:
                                 data = path.read_bytes() if path.is_file() else b""
                             except OSError:

@@ -266,16 +266,26 @@ def _validated(
     """Every file's data key and issued header, its safetensors header (or, for an index, its
     content) decrypted and validated: all of it before a byte is stored."""
     checked = []
+    # The file of each digest whose parts are checked and stored: a later file of that digest
+    # is validated from its bytes too, never from parts of its own that nothing checks.
+    sources: dict[str, UploadFileRecord] = {}
     for entry in session.files:
+        source = sources.setdefault(entry.digest, entry)
+        if source.size != entry.size:  # refused at open too; a session opened before was not
+            raise InvalidInputError(
+                f"{entry.path}: its digest is {source.path}'s, of {source.size} bytes, "
+                f"not {entry.size}",
+                hint="hash the files again and push them in a new session",
+            )
         key = choose_key(ctx, BLOB, entry.digest, what=entry.path, retired=retired)
         header = sealed_header(session, entry, key.key)
 
         prefix = functools.partial(
             plaintext_prefix,
-            _part_reader(ctx, session, entry.index),
+            _part_reader(ctx, session, source.index),
             key.key,
             entry.digest,
-            header,
+            sealed_header(session, source, key.key),
             chunks_per_part=session.chunks_per_part,
             what=entry.path,
         )

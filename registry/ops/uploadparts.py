@@ -74,21 +74,30 @@ def put_upload_part(
         )
     store = staging(ctx)
     tag = part_tag(actual)
-    store.put_if_absent(part_name(session_id, index, part, tag), [data])
+    name = part_name(session_id, index, part, tag)
+    store.put_if_absent(name, [data])
     # Other bytes sent before for this part are replaced: the part is what was sent last.
     for info in list(store.list(f"sessions/{session_id}/{index}/{part}-")):
-        if info.name != part_name(session_id, index, part, tag):
+        if info.name != name:
             with contextlib.suppress(NotFoundError):
                 store.delete(info.name)
     now = datetime.now(UTC)
     if now - session.seen_at > TOUCH_EVERY:
         ctx.catalog.touch_upload(session_id, at=now)
     if ctx.catalog.upload(session_id, open_only=True) is None:
+        if ctx.catalog.upload(session_id) is None:
+            # Discarded meanwhile (abandoned, expired), maybe after its parts were removed:
+            # nothing else would ever remove this one (`discard_upload`).
+            with contextlib.suppress(NotFoundError):
+                store.delete(name)
+            raise NotFoundError(f"no upload session {session_id}")
         # A commit took the session while this part was written: it may or may not have
         # listed it (it checks what it read either way); the client is told to send it again.
         raise NotFoundError(f"no upload session {session_id} (it is being committed)")
     parts = {part: tag for (_i, part), tag in received_parts(ctx, session_id, index=index).items()}
-    if len(parts) == layout(session, entry).part_count(session.chunks_per_part):
+    done = entry.checked is not None and entry.checked.parts == parts_digest(parts)
+    # A part sent again, unchanged, does not cost the server a check of the whole file again.
+    if not done and len(parts) == layout(session, entry).part_count(session.chunks_per_part):
         _check_early(ctx, session, entry, parts)
 
 

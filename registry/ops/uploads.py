@@ -106,6 +106,7 @@ def _validate(files: Sequence[DeclaredFile]) -> None:
     if len(files) > MAX_FILES:
         raise InvalidInputError(f"at most {MAX_FILES} files per version")
     seen: set[str] = set()
+    sizes: dict[str, int] = {}
     for entry in files:
         validate_relative_path(entry.path)
         if any(part.startswith(".") for part in entry.path.split("/")):
@@ -124,6 +125,13 @@ def _validate(files: Sequence[DeclaredFile]) -> None:
             raise InvalidInputError(f"{entry.path}: digest must be blake3:<64 hex>")
         if entry.size == 0 and entry.digest != _EMPTY:
             raise InvalidInputError(f"{entry.path}: an empty file's digest is {_EMPTY}")
+        # One file of a digest is checked and stored for all: they must agree on its size.
+        if sizes.setdefault(entry.digest, entry.size) != entry.size:
+            raise InvalidInputError(
+                f"{entry.path}: its digest is another file's, of {sizes[entry.digest]} bytes, "
+                f"not {entry.size}",
+                hint="hash the files again and open a new session",
+            )
     for path in seen:
         parts = path.split("/")
         for depth in range(1, len(parts)):
@@ -208,14 +216,19 @@ def _with_layout(session: UploadSessionRecord, keys: dict[int, bytes]) -> Upload
 
 
 def own_upload(ctx: Context, session_id: str, *, parts: bool = True) -> UploadSessionRecord:
-    """The session, if it exists and this actor opened it (else NotFoundError either way),
-    with the parts received; without `parts`, none of them, and only while no commit holds
-    it."""
+    """The session, if it exists, has not expired (else it is discarded now) and this actor
+    opened it (else NotFoundError either way), with the parts received; without `parts`, none
+    of them, and only while no commit holds it."""
     missing = NotFoundError(f"no upload session {session_id}")
     if not _SESSION.fullmatch(session_id):
         raise missing
     session = ctx.catalog.upload(session_id, open_only=not parts)
     if session is None or session.owner != ctx.actor:
+        raise missing
+    lifetime = timedelta(hours=ctx.settings.api.upload_ttl_hours)
+    if session.seen_at < datetime.now(UTC) - lifetime:
+        # Expired, if not swept yet (sessions are swept when one opens): gone all the same.
+        discard_upload(ctx, session.id)
         raise missing
     if parts:
         session = dataclasses.replace(session, received=received_parts(ctx, session_id))
@@ -259,14 +272,20 @@ def part_length(session: UploadSessionRecord, index: int, part: int) -> int:
 
 
 def discard_upload(ctx: Context, session_id: str) -> None:
-    """Remove a session's parts from the staging store, then its rows."""
+    """Remove a session's parts from the staging store, then its rows, then the parts written
+    meanwhile: a part request that found the session still there wrote its part before the
+    rows went (the last sweep removes it), one that did not removes its own part
+    (`ops.uploadparts`). The rows go after a first sweep, so that a process lost midway leaves
+    a session that expires, not parts that nothing lists."""
     store = staging(ctx)
-    for info in list(store.list(f"sessions/{session_id}/")):
-        try:
-            store.delete(info.name)
-        except NotFoundError:
-            continue
-    ctx.catalog.drop_upload(session_id)
+    for sweep in range(2):
+        for info in list(store.list(f"sessions/{session_id}/")):
+            try:
+                store.delete(info.name)
+            except NotFoundError:
+                continue
+        if sweep == 0:
+            ctx.catalog.drop_upload(session_id)
 
 
 @requires("push")
