@@ -350,8 +350,9 @@ class CheckedFile:
 @dataclass(frozen=True)
 class UploadFileRecord:
     """A file of an upload session: what the client declared (path, size, BLAKE3 digest), how
-    it must seal it (the salt and nonce prefix of its sealed header, issued by the server), and
-    what a check of its parts found, once they had all arrived."""
+    it must seal it (the salt and nonce prefix of its sealed header, issued by the server, and
+    for content already stored a key of the session's own), and what a check of its parts
+    found, once they had all arrived."""
 
     index: int
     path: str
@@ -360,6 +361,9 @@ class UploadFileRecord:
     salt: bytes
     nonce_prefix: bytes
     checked: CheckedFile | None = None
+    # For content already stored: a key of this session's own, wrapped (a key slot's JSON),
+    # never the stored object's key (which this pusher may have no right to).
+    session_key: bytes | None = None
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 token: files that share a digest but not their bytes or size, parts racing the end of their
 session, parts sent again to make the server check a file again, a session used past its
 lifetime, another token's session, odd part numbers, sizes at the chunk and part boundaries,
-hostile safetensors headers, and paths that are not paths; and one open issue, the data key of
-a digest stored for a model the token may not read (xfail). Each attack
+hostile safetensors headers, paths that are not paths, and the data key of a digest stored for a
+model the token may not read (never handed out). Each attack
 must leave nothing stored or recorded that the plaintext does not have, nothing behind in the
 staging store, and a 4xx (never a 5xx)."""
 
@@ -342,11 +342,6 @@ def test_sizes_at_chunk_and_part_boundaries_push_and_pull_back(
 # -- keys of content the token may not read ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a session reuses the stored key slot of a digest (one key per content, for dedupe): "
-    "declaring the digest of a file of a model the token may not read hands out its data key",
-)
 def test_a_pusher_is_not_given_the_data_key_of_a_model_it_may_not_read(
     attack: Attack, tmp_path: Path
 ) -> None:
@@ -359,8 +354,27 @@ def test_a_pusher_is_not_given_the_data_key_of_a_model_it_may_not_read(
     declared = _declared(secret)
     answer = attack.open(declared)
     assert answer.status_code == 201, answer.text
-    issued = base64.b64decode(answer.json()["files"][0]["key"])
+    session = answer.json()
+    issued = base64.b64decode(session["files"][0]["key"])
     assert issued != stored[("blob", declared[0]["digest"])]
+    resumed = attack.client.get(f"/v1/uploads/{session['id']}", headers=attack.tokens["mallory"])
+    assert base64.b64decode(resumed.json()["files"][0]["key"]) == issued  # the session's own
+    # Mallory, who does hold the content, still pushes it: sealed under the session's key,
+    # checked, and nothing of it stored again; the stored object keeps its own key.
+    attack.send(session, 0, secret / "weights.bin")
+    done = attack.commit(session)
+    assert done.status_code == 201, done.text
+    assert done.json()["uploaded_bytes"] == 0
+    assert attack.registry.broker_keys("team/secret@1").keys == stored
+    attack.registry.pull("org/m@1", tmp_path / "out")
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == (secret / "weights.bin").read_bytes()
+    # Each session has a key of its own: parts sealed under another session's are refused.
+    other = attack.open(declared).json()
+    assert other["files"][0]["key"] != session["files"][0]["key"]
+    wrong = other | {"files": [other["files"][0] | {"key": session["files"][0]["key"]}]}
+    attack.send(wrong, 0, secret / "weights.bin")
+    refused = attack.commit(other)
+    assert refused.status_code == 400, refused.text
 
 
 # -- hostile safetensors, and a session held by its commit ---------------------------------------

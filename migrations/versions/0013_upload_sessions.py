@@ -49,6 +49,7 @@ def upgrade() -> None:
         sa.Column("checked_parts", sa.String(length=71), nullable=True),
         sa.Column("checked_chunk_root", sa.String(length=71), nullable=True),
         sa.Column("checked_sha256", sa.String(length=64), nullable=True),
+        sa.Column("session_key", sa.LargeBinary(), nullable=True),
         sa.PrimaryKeyConstraint("session_id", "idx"),
     )
 

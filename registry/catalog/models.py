@@ -460,6 +460,8 @@ class UploadFile(Base):
     checked_parts: Mapped[str | None] = mapped_column(String(71), nullable=True)
     checked_chunk_root: Mapped[str | None] = mapped_column(String(71), nullable=True)
     checked_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Content already stored is sealed under a key of the session's own: its slot (wrapped).
+    session_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class LimitCount(Base):

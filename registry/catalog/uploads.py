@@ -48,6 +48,7 @@ class UploadsPart(CatalogPart):
                     digest=entry.digest,
                     salt=entry.salt,
                     nonce_prefix=entry.nonce_prefix,
+                    session_key=entry.session_key,
                 )
                 for entry in record.files
             )
@@ -88,6 +89,7 @@ class UploadsPart(CatalogPart):
                         else CheckedFile(
                             f.checked_parts, f.checked_chunk_root or "", f.checked_sha256 or ""
                         ),
+                        f.session_key,
                     )
                     for f in files
                 ),

@@ -43,7 +43,7 @@ from registry.errors import (
 from registry.manifest import INDEX_SUFFIX, MAX_INDEX_SIZE, ChunkRoot, ManifestFile
 from registry.ops.access import requires
 from registry.ops.context import Context
-from registry.ops.copies import choose_key, require_quorum, take_lease, write_copies
+from registry.ops.copies import require_quorum, take_lease, write_copies
 from registry.ops.journaling import journaled
 from registry.ops.push import (
     FILES_AT_ONCE,
@@ -58,6 +58,7 @@ from registry.ops.uploadparts import check_file, part_reader, parts_digest
 from registry.ops.uploads import (
     CLAIM_RENEWAL,
     discard_upload,
+    file_key,
     layout,
     own_upload,
     part_name,
@@ -89,7 +90,10 @@ class _Checked:
     """A file of the session once its first bytes were validated."""
 
     entry: UploadFileRecord
-    key: DataKey
+    key: bytes
+    # The object's data key, to store it with; None for content already stored, sealed by the
+    # client under a key of the session's own (only checked: nothing of it is stored).
+    data_key: DataKey | None
     header: bytes
     safetensors: SafetensorsHeader | None
     validated: bytes
@@ -277,15 +281,15 @@ def _validated(
                 f"not {entry.size}",
                 hint="hash the files again and push them in a new session",
             )
-        key = choose_key(ctx, BLOB, entry.digest, what=entry.path, retired=retired)
-        header = sealed_header(session, entry, key.key)
+        key, data_key = file_key(ctx, session, entry, retired=retired)
+        header = sealed_header(session, entry, key)
 
         prefix = functools.partial(
             plaintext_prefix,
             _part_reader(ctx, session, source.index),
-            key.key,
+            key,
             entry.digest,
-            sealed_header(session, source, key.key),
+            sealed_header(session, source, key),
             chunks_per_part=session.chunks_per_part,
             what=entry.path,
         )
@@ -309,7 +313,7 @@ def _validated(
             if entry.size > MAX_INDEX_SIZE:
                 raise InvalidModelError(f"{entry.path}: index file larger than {MAX_INDEX_SIZE}")
             validated = prefix(entry.size)
-        checked.append(_Checked(entry, key, header, safetensors, validated))
+        checked.append(_Checked(entry, key, data_key, header, safetensors, validated))
     headers = {c.entry.path: c.safetensors for c in checked if c.safetensors is not None}
     for item in checked:
         if item.entry.path.endswith(INDEX_SUFFIX):
@@ -348,7 +352,7 @@ def _check_all(
             session,
             entry,
             parts,
-            item.key.key,
+            item.key,
             workers=workers,
             starts_with=item.validated,
         )
@@ -396,20 +400,22 @@ def _store(
                 yield data
 
         def seal(data_key: bytes) -> Iterator[bytes]:
-            if data_key != item.key.key:
+            if data_key != item.key:
                 raise StorageError(f"{item.entry.path}: its data key changed during the commit")
             return staged()
 
+        # Content already stored (sealed by the client under the session's own key, and
+        # checked): its copies are the ones to keep, brought to any region that lacks one.
         return write_copies(
             ctx,
             BLOB,
             item.entry.digest,
             what=item.entry.path,
-            seal=seal,
+            seal=None if item.data_key is None else seal,
             size=item.entry.size,
             read_back=count > 1,
             retired=retired,
-            key=item.key,
+            key=item.data_key,
         )
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="commit") as pool:

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 
 import blake3
 
-from registry.blobstore import BLOB
 from registry.crypto.checked import CheckedObject
 from registry.digest import FileDigests
 from registry.errors import (
@@ -33,10 +32,10 @@ from registry.errors import (
 )
 from registry.ops.access import requires
 from registry.ops.context import Context
-from registry.ops.copies import choose_key
 from registry.ops.push import refuse_retired_keys
 from registry.ops.uploads import (
     TOUCH_EVERY,
+    file_key,
     layout,
     own_upload,
     part_length,
@@ -109,9 +108,7 @@ def _check_early(
     could not run."""
     try:
         with ctx.counting_unwraps() as unwraps:
-            key = choose_key(
-                ctx, BLOB, entry.digest, what=entry.path, retired=refuse_retired_keys(ctx)
-            ).key
+            key = file_key(ctx, session, entry, retired=refuse_retired_keys(ctx))[0]
         if unwraps.value:
             ctx.catalog.audit(
                 ctx.actor,

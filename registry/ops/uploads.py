@@ -22,18 +22,20 @@ from datetime import UTC, datetime, timedelta
 
 import blake3
 
-from registry.blobstore import BLOB
-from registry.crypto.sealed import NONCE_PREFIX_SIZE, SALT_SIZE, SealedHeader, Sealer
+from registry.blobstore import BLOB, BlobStore
+from registry.crypto.keys import WrappedKey
+from registry.crypto.sealed import KEY_SIZE, NONCE_PREFIX_SIZE, SALT_SIZE, SealedHeader, Sealer
 from registry.errors import InvalidInputError, NotFoundError
 from registry.fileio import private_dirs
 from registry.manifest import MAX_FILES
 from registry.ops.access import requires
-from registry.ops.context import Context
+from registry.ops.context import Context, note_unwrap
 from registry.ops.copies import choose_key
 from registry.ops.provenance import SIGNATURE_FILE
 from registry.ops.push import refuse_retired_keys
 from registry.records import DeclaredFile, UploadFileRecord, UploadSessionRecord
 from registry.refs import validate_name, validate_relative_path
+from registry.replication.write import DataKey
 from registry.reports import UploadKeys
 from registry.storage.base import Driver
 from registry.storage.local import LocalDriver
@@ -141,15 +143,58 @@ def _validate(files: Sequence[DeclaredFile]) -> None:
                 )
 
 
+def _key_context(store: BlobStore, session_id: str, digest: str) -> dict[str, str]:
+    return {
+        "registry": store.registry_id,
+        "purpose": "upload-session",
+        "session": session_id,
+        "digest": digest,
+    }
+
+
+def _session_keys(ctx: Context, session_id: str, files: Sequence[DeclaredFile]) -> dict[str, bytes]:
+    """A key of the session's own, wrapped, for each content already stored: the stored
+    object's key opens a version this pusher may have no right to read, so it is never handed
+    out for a digest alone. The commit checks such a file with the session's key and stores
+    nothing of it: its content is stored already."""
+    store = ctx.replicas.primary
+    wrapped = {}
+    for entry in files:
+        if entry.digest in wrapped:
+            continue
+        blob = ctx.catalog.blob(entry.digest)
+        if blob is not None and blob.swept_at is None:
+            key = os.urandom(KEY_SIZE)
+            slot = store.keys.wrap(key, context=_key_context(store, session_id, entry.digest))
+            wrapped[entry.digest] = slot.to_json()
+    return wrapped
+
+
+def file_key(
+    ctx: Context, session: UploadSessionRecord, entry: UploadFileRecord, *, retired: frozenset[str]
+) -> tuple[bytes, DataKey | None]:
+    """The key a file of the session is sealed with: the session's own for content already
+    stored (unwrapped, counted; no `DataKey`: nothing of it is stored), else the object's
+    data key, its slot stored if new."""
+    if entry.session_key is not None:
+        store = ctx.replicas.primary
+        slot = WrappedKey.from_json(entry.session_key, what=entry.path)
+        key = store.keys.unwrap(
+            slot, context=_key_context(store, session.id, entry.digest), what=entry.path
+        )
+        note_unwrap(entry.digest)
+        return key, None
+    chosen = choose_key(ctx, BLOB, entry.digest, what=entry.path, retired=retired)
+    return chosen.key, chosen
+
+
 def _issue_keys(ctx: Context, session: UploadSessionRecord) -> dict[int, bytes]:
-    """The data key of every file (one per distinct content), its slot stored if new."""
+    """The key of every file (one per distinct content)."""
     retired = refuse_retired_keys(ctx)
     by_digest: dict[str, bytes] = {}
     for entry in session.files:
         if entry.digest not in by_digest:
-            by_digest[entry.digest] = choose_key(
-                ctx, BLOB, entry.digest, what=entry.path, retired=retired
-            ).key
+            by_digest[entry.digest] = file_key(ctx, session, entry, retired=retired)[0]
     return {entry.index: by_digest[entry.digest] for entry in session.files}
 
 
@@ -166,8 +211,10 @@ def open_upload(
     expire_uploads(ctx)
     now = datetime.now(UTC)
     chunk_size = ctx.settings.chunk_size
+    session_id = uuid.uuid4().hex
+    stored = _session_keys(ctx, session_id, files)
     session = UploadSessionRecord(
-        uuid.uuid4().hex,
+        session_id,
         model,
         message,
         ctx.actor,
@@ -183,6 +230,7 @@ def open_upload(
                 entry.digest,
                 os.urandom(SALT_SIZE),
                 os.urandom(NONCE_PREFIX_SIZE),
+                session_key=stored.get(entry.digest),
             )
             for index, entry in enumerate(files)
         ),
