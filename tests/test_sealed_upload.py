@@ -367,3 +367,35 @@ def test_a_commit_whose_process_died_is_taken_over_once_its_claim_is_stale(
     done = _commit(pusher, session)
     assert done.status_code == 201, done.text
     assert catalog.upload(session["id"]) is None
+
+
+def test_a_push_the_staging_folder_has_no_room_for_is_refused_before_anything_is_opened(
+    pusher: Pusher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from registry.ops import uploads as upload_ops
+
+    model = make_model(tmp_path / "model", shards=1, shard_size=MiB, seed=11)
+    slots = pusher.home / "store" / "objects" / "slots"
+    before = sorted(slots.rglob("*")) if slots.exists() else []
+    real = shutil.disk_usage
+
+    def nearly_full(path: object) -> object:
+        return real(path)._replace(free=MiB // 2)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(upload_ops.shutil, "disk_usage", nearly_full)
+    answer = pusher.client.post(
+        "/v1/uploads", json={"model": "org/m", "files": _files(model)}, headers=pusher.headers
+    )
+    assert answer.status_code == 503, answer.text
+    assert "staging folder has" in answer.json()["error"]["message"]
+    assert (
+        pusher.registry._context.catalog.idle_uploads(
+            __import__("datetime").datetime.max.replace(tzinfo=__import__("datetime").UTC)
+        )
+        == []
+    )
+    assert (sorted(slots.rglob("*")) if slots.exists() else []) == before  # no key slot stored
+    monkeypatch.setattr(upload_ops.shutil, "disk_usage", real)
+    assert _open(pusher, model)["id"]

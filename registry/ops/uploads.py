@@ -16,16 +16,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import blake3
 
 from registry.blobstore import BLOB, BlobStore
 from registry.crypto.keys import WrappedKey
 from registry.crypto.sealed import KEY_SIZE, NONCE_PREFIX_SIZE, SALT_SIZE, SealedHeader, Sealer
-from registry.errors import InvalidInputError, NotFoundError
+from registry.errors import InvalidInputError, NotFoundError, StorageError
 from registry.fileio import private_dirs
 from registry.manifest import MAX_FILES
 from registry.ops.access import requires
@@ -46,11 +48,30 @@ _EMPTY = "blake3:" + blake3.blake3(b"").hexdigest()
 _SESSION = re.compile(r"[0-9a-f]{32}")
 
 
-def staging(ctx: Context) -> Driver:
-    """The store the parts of upload sessions are kept in until their commit."""
+def staging_root(ctx: Context) -> Path:
     root = ctx.settings.api.staging_dir or ctx.settings.home / "uploads"
     private_dirs(root)  # ciphertext only, and still nobody else's to list
-    return LocalDriver(root, durable=False)
+    return root
+
+
+def staging(ctx: Context) -> Driver:
+    """The store the parts of upload sessions are kept in until their commit."""
+    return LocalDriver(staging_root(ctx), durable=False)
+
+
+def _require_room(ctx: Context, session: UploadSessionRecord) -> None:
+    """Refuse a session whose sealed files the staging folder has no room for now (the parts
+    of sessions already open count against what is free once they arrive): a push that cannot
+    fit fails before its first part, not at its last."""
+    needed = sum(layout(session, entry).sealed_size for entry in session.files)
+    free = shutil.disk_usage(staging_root(ctx)).free
+    if needed > free:
+        raise StorageError(
+            f"the server's staging folder has {free:,} bytes free and this push needs "
+            f"{needed:,}; nothing was opened",
+            hint="push again when other pushes have committed, or ask the operator for room "
+            "in [api] staging_dir",
+        )
 
 
 def part_tag(digest: str) -> str:
@@ -236,6 +257,7 @@ def open_upload(
         ),
         {},
     )
+    _require_room(ctx, session)
     with ctx.counting_unwraps() as unwraps:
         keys = _issue_keys(ctx, session)
     ctx.catalog.open_upload(session)
