@@ -103,15 +103,7 @@ class AuditPart(CatalogPart):
                         "deleted, inserted or moved",
                         prev,
                     )
-                expected = audit_hash(
-                    prev,
-                    id=event.id,
-                    at=event.at,
-                    actor=event.actor,
-                    action=event.action,
-                    subject=event.subject,
-                    details=event.details,
-                )
+                expected = event_hash(prev, event)
                 link = (
                     event.id in links
                     and event.action in TOKEN_ACTIONS
@@ -176,6 +168,19 @@ GENESIS = "0" * 64
 AUDIT_LOCK = 0x6D72_6175  # "mrau"
 
 
+def event_hash(prev: str, event: AuditEvent) -> str:
+    """The chain hash of a stored audit event after `prev`."""
+    return audit_hash(
+        prev,
+        id=event.id,
+        at=event.at,
+        actor=event.actor,
+        action=event.action,
+        subject=event.subject,
+        details=event.details,
+    )
+
+
 def audit_hash(
     prev: str, *, id: int, at: datetime, actor: str, action: str, subject: str, details: str
 ) -> str:
@@ -228,15 +233,7 @@ def append_audit_entries(session: Session, entries: Sequence[AuditEntry]) -> Non
     # The chain follows the ids, whatever order the insert gave them in.
     for event in sorted(events, key=lambda e: e.id):
         event.prev_hash = prev
-        event.hash = prev = audit_hash(
-            prev,
-            id=event.id,
-            at=event.at,
-            actor=event.actor,
-            action=event.action,
-            subject=event.subject,
-            details=event.details,
-        )
+        event.hash = prev = event_hash(prev, event)
     session.flush()
 
 
