@@ -7,13 +7,13 @@ a missing one is, so an id tells a token nothing about models it may not read.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Sequence
 
 from registry.blobstore import BLOB, MANIFEST, stored_name
 from registry.errors import InvalidInputError, NotFoundError
 from registry.ops.access import requires
+from registry.ops.browse import visible
 from registry.ops.context import Context
 from registry.ops.queries import resolve
 from registry.ops.serving import sealed_size
@@ -38,11 +38,7 @@ def stored_object(ctx: Context, object_id: str, *, models: Sequence[str] = ("*",
     readable = (
         []
         if found is None
-        else [
-            (name, number)
-            for name, number in found.versions
-            if any(fnmatch.fnmatchcase(name, pattern) for pattern in models)
-        ]
+        else [(name, number) for name, number in found.versions if visible(name, models)]
     )
     if found is None or not readable:
         raise NotFoundError(
