@@ -6,7 +6,8 @@ safetensors file, its validated tensor index. Version 1 manifests (no chunk root
 The version id is the BLAKE3 digest of the canonical manifest
 bytes (sorted keys, no whitespace, UTF-8, integers and strings only). The stored form is a signed
 envelope: `{"format": ..., "manifest": {...}, "signatures": [...]}`; the signatures cover the
-canonical manifest bytes. Collecting the files of a local directory for a push also lives here,
+canonical manifest bytes. Collecting the files of a local directory for a push also lives here
+(a root model.sig taken out as the push's signature, for a local push and a client's alike),
 because what may be pushed is what a manifest may describe.
 """
 
@@ -426,3 +427,26 @@ def _link_target(link: Path, relative: str, inside: Path, *, follow: bool) -> Pa
             "Hugging Face cache snapshot needs it), or remove the link",
         )
     return target
+
+
+# An OpenSSF model signature at the root of a pushed folder: the push's signature, not a file
+# of the model (model_signing leaves it out of what it signs, and a pull writes its own).
+SIGNATURE_FILE = "model.sig"
+MAX_SIGNATURE = 64 * 1024 * 1024
+
+
+def take_signature(
+    files: Sequence[LocalFile], given: bytes | None
+) -> tuple[list[LocalFile], bytes | None]:
+    """The files to push, without a root `model.sig`, and the signature to check: the one
+    given, else that file's content."""
+    found = next((entry for entry in files if entry.path == SIGNATURE_FILE), None)
+    rest = [entry for entry in files if entry is not found]
+    if found is None or given is not None:
+        return rest, given
+    if found.size > MAX_SIGNATURE:
+        raise InvalidModelError(f"{SIGNATURE_FILE} is larger than {MAX_SIGNATURE} bytes")
+    try:
+        return rest, found.source.read_bytes()
+    except OSError as error:
+        raise InvalidModelError(f"cannot read {SIGNATURE_FILE}: {error.strerror}") from None

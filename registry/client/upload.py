@@ -26,7 +26,6 @@ from registry.errors import IntegrityError
 from registry.fileio import read_into
 from registry.materialize import Progress
 
-SIGNATURE_FILE = "model.sig"  # a root model.sig is the push's signature, not a file
 PARALLEL = 4  # parts in flight
 JsonCall = Callable[..., Any]
 
@@ -36,12 +35,9 @@ def described_files(
 ) -> tuple[list[manifests.LocalFile], list[dict[str, Any]], bytes | None]:
     """The files to push (validated), their declared path, size and digest, and the signature
     (the one given, else a root model.sig's content)."""
-    files = manifests.collect(path, follow_symlinks=follow_symlinks)
-    found = next((entry for entry in files if entry.path == SIGNATURE_FILE), None)
-    if found is not None:
-        files = [entry for entry in files if entry is not found]
-        if signature is None:
-            signature = found.source.read_bytes()
+    files, signature = manifests.take_signature(
+        manifests.collect(path, follow_symlinks=follow_symlinks), signature
+    )
     progress.begin("hashing", sum(f.size for f in files))
     described = []
     for entry in files:

@@ -8,33 +8,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from registry.errors import ConfigurationError, IntegrityError, InvalidModelError
-from registry.manifest import LocalFile, ManifestFile
+from registry.errors import ConfigurationError, IntegrityError
+from registry.manifest import ManifestFile
 from registry.ops.context import Context
 from registry.ops.queries import resolve
 from registry.provenance import BaseModel, OpenSSFSigner, Provenance, ProvenanceRequest
-
-# An OpenSSF model signature at the root of a pushed folder: the push's signature, not a file
-# of the model (model_signing leaves it out of what it signs, and a pull writes its own).
-SIGNATURE_FILE = "model.sig"
-MAX_SIGNATURE = 64 * 1024 * 1024
-
-
-def take_signature(
-    files: Sequence[LocalFile], given: bytes | None
-) -> tuple[list[LocalFile], bytes | None]:
-    """The files to push, without a root `model.sig`, and the signature to check: the one
-    given, else that file's content."""
-    found = next((entry for entry in files if entry.path == SIGNATURE_FILE), None)
-    rest = [entry for entry in files if entry is not found]
-    if found is None or given is not None:
-        return rest, given
-    if found.size > MAX_SIGNATURE:
-        raise InvalidModelError(f"{SIGNATURE_FILE} is larger than {MAX_SIGNATURE} bytes")
-    try:
-        return rest, found.source.read_bytes()
-    except OSError as error:
-        raise InvalidModelError(f"cannot read {SIGNATURE_FILE}: {error.strerror}") from None
 
 
 def resolve_provenance(ctx: Context, request: ProvenanceRequest | None) -> Provenance | None:

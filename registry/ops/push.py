@@ -27,7 +27,7 @@ from registry.errors import (
     RegistryError,
     StorageError,
 )
-from registry.manifest import ChunkRoot, Manifest, ManifestFile
+from registry.manifest import ChunkRoot, Manifest, ManifestFile, take_signature
 from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
 from registry.ops.checks import check_text
@@ -45,7 +45,6 @@ from registry.ops.holds import legal_hold_copies
 from registry.ops.journaling import journaled
 from registry.ops.provenance import (
     resolve_provenance,
-    take_signature,
     with_signature,
 )
 from registry.records import (

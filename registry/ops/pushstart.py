@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from registry import manifest as manifests
 from registry.digest import FileDigests, hash_file_chunks
+from registry.manifest import SIGNATURE_FILE
 from registry.materialize import NoProgress, Progress
 from registry.ops.access import requires
 from registry.ops.context import Context
-from registry.ops.provenance import SIGNATURE_FILE
 
 if TYPE_CHECKING:
     from registry.provenance import ProvenanceRequest

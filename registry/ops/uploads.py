@@ -29,11 +29,10 @@ from registry.crypto.keys import WrappedKey
 from registry.crypto.sealed import KEY_SIZE, NONCE_PREFIX_SIZE, SALT_SIZE, SealedHeader, Sealer
 from registry.errors import InvalidInputError, NotFoundError, StorageError
 from registry.fileio import private_dirs
-from registry.manifest import MAX_FILES
+from registry.manifest import MAX_FILES, SIGNATURE_FILE
 from registry.ops.access import requires
 from registry.ops.context import Context, note_unwrap
 from registry.ops.copies import choose_key
-from registry.ops.provenance import SIGNATURE_FILE
 from registry.ops.push import refuse_retired_keys
 from registry.records import DeclaredFile, UploadFileRecord, UploadSessionRecord
 from registry.refs import validate_name, validate_relative_path
