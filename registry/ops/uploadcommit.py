@@ -273,6 +273,7 @@ def _validated(
     # The file of each digest whose parts are checked and stored: a later file of that digest
     # is validated from its bytes too, never from parts of its own that nothing checks.
     sources: dict[str, UploadFileRecord] = {}
+    keys: dict[str, tuple[bytes, DataKey | None]] = {}
     for entry in session.files:
         source = sources.setdefault(entry.digest, entry)
         if source.size != entry.size:  # refused at open too; a session opened before was not
@@ -281,7 +282,9 @@ def _validated(
                 f"not {entry.size}",
                 hint="hash the files again and push them in a new session",
             )
-        key, data_key = file_key(ctx, session, entry, retired=retired)
+        if entry.digest not in keys:  # one unwrap per content, not per file that holds it
+            keys[entry.digest] = file_key(ctx, session, entry, retired=retired)
+        key, data_key = keys[entry.digest]
         header = sealed_header(session, entry, key)
 
         prefix = functools.partial(

@@ -363,7 +363,7 @@ def abandon_upload(ctx: Context, session_id: str) -> None:
     session = own_upload(ctx, session_id)
     claim = uuid.uuid4().hex
     now = datetime.now(UTC)
-    if not ctx.catalog.claim_upload(session.id, claim, at=now, stale=now - _STALE_CLAIM):
+    if not ctx.catalog.claim_upload(session.id, claim, at=now, stale=stale_claim_before(now)):
         raise NotFoundError(f"no upload session {session_id} (it is being committed)")
     discard_upload(ctx, session.id)
 
