@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from registry.crypto.keys import (
     DATA_KEY_SIZE,
+    KeyRing,
     LocalKeyProvider,
     WrappedKey,
     context_bytes,
@@ -440,3 +441,18 @@ def test_key_id_differs_per_key(signer: Signer) -> None:
     assert signer.key_id != other.key_id
     assert len(signer.key_id) == 16
     assert key_id(signer.public_key) == key_id(parse_public_key(public_key_text(signer.public_key)))
+
+
+def test_a_kms_is_across_a_network_a_key_file_is_not_and_a_ring_is_as_its_current_key() -> None:
+    """Whether key requests are worth overlapping (an upload session's keys are chosen together
+    only where they are): a KMS's are network round trips, a key file's are not, and a key ring
+    wraps with its current key."""
+    from registry.crypto.kms import KmsKeyProvider
+
+    kms = KmsKeyProvider(
+        "arn:aws:kms:eu-west-1:111122223333:key/1234", region="eu-west-1", client=object()
+    )
+    local = LocalKeyProvider(KEK)
+    assert kms.latency_bound and not local.latency_bound
+    assert KeyRing(kms, [local]).latency_bound
+    assert not KeyRing(local, [kms]).latency_bound

@@ -8,11 +8,14 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 from litestar.testing import TestClient
 
@@ -399,3 +402,103 @@ def test_a_push_the_staging_folder_has_no_room_for_is_refused_before_anything_is
     assert (sorted(slots.rglob("*")) if slots.exists() else []) == before  # no key slot stored
     monkeypatch.setattr(upload_ops.shutil, "disk_usage", real)
     assert _open(pusher, model)["id"]
+
+
+# -- many files: their keys chosen together ------------------------------------------------------
+
+
+def _counting_peak(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> dict[str, int]:
+    """Wrap `module.name` so that the returned counts say how many of its calls ran at once."""
+    real = getattr(module, name)
+    lock = threading.Lock()
+    counts = {"now": 0, "peak": 0, "calls": 0}
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            counts["now"] += 1
+            counts["calls"] += 1
+            counts["peak"] = max(counts["peak"], counts["now"])
+        try:
+            time.sleep(0.02)  # a KMS call and a key slot's PUT take this long
+            return real(*args, **kwargs)
+        finally:
+            with lock:
+                counts["now"] -= 1
+
+    monkeypatch.setattr(module, name, counted)
+    return counts
+
+
+def test_the_keys_of_many_files_are_chosen_together_each_stored_as_handed_out(
+    pusher: Pusher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session of many files does not wait for each key in turn (on S3 each is a KMS call and
+    a PUT), and every key handed out is the one its slot holds: the keys given again later
+    (unwrapped from the stored slots) are the same, one per distinct content."""
+    from registry.ops import uploads as upload_ops
+
+    stored = make_model(tmp_path / "stored", shards=1, shard_size=4096, seed=21)
+    pusher.registry.push("org/stored", stored)
+    shard = next(p for p in _files(stored) if p["path"].endswith(".safetensors"))
+    files = [
+        {"path": f"f{index:02d}.bin", "size": 1 + index, "digest": _digest_of(bytes(index + 1))}
+        for index in range(30)
+    ]
+    files.append({**files[3], "path": "same-as-f03.bin"})
+    files.append({**shard, "path": "stored.safetensors"})  # stored already: the session's key
+    keys_chosen = _counting_peak(monkeypatch, upload_ops, "file_key")
+    # Keys wrapped by a KMS: each a request worth overlapping (with a key file, one at a time).
+    context = pusher.registry._context
+    assert upload_ops.keys_at_once(context) == 1
+    monkeypatch.setattr(context.store.keys, "latency_bound", True)
+    assert upload_ops.keys_at_once(context) == upload_ops.KEY_REQUESTS
+
+    answer = pusher.client.post(
+        "/v1/uploads", json={"model": "org/m", "files": files}, headers=pusher.headers
+    )
+
+    assert answer.status_code == 201, answer.text
+    session = answer.json()
+    assert keys_chosen["calls"] == 31  # one per distinct content, not per file
+    assert keys_chosen["peak"] > 1, "the keys were chosen one after another"
+    issued = {entry["path"]: entry["key"] for entry in session["files"]}
+    assert issued["same-as-f03.bin"] == issued["f03.bin"]
+    assert len(set(issued.values())) == 31
+    again = pusher.client.get(f"/v1/uploads/{session['id']}", headers=pusher.headers)
+    assert again.status_code == 200, again.text
+    assert {entry["path"]: entry["key"] for entry in again.json()["files"]} == issued
+
+
+def test_a_key_that_cannot_be_chosen_opens_nothing(
+    pusher: Pusher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One key of many that no region can store fails the open with a 503 that says so, and
+    leaves no session (key slots of the others are harmless: nothing refers to them)."""
+    from registry.errors import StorageError
+    from registry.ops import uploads as upload_ops
+
+    real = upload_ops.file_key
+    failing = _digest_of(bytes(8))
+
+    def file_key(ctx: Any, session: Any, entry: Any, **kwargs: Any) -> Any:
+        if entry.digest == failing:
+            raise StorageError(f"{entry.path}: no region could store a new key slot (a test)")
+        return real(ctx, session, entry, **kwargs)
+
+    monkeypatch.setattr(upload_ops, "file_key", file_key)
+    files = [
+        {"path": f"f{index:02d}.bin", "size": 1 + index, "digest": _digest_of(bytes(index + 1))}
+        for index in range(20)
+    ]
+    answer = pusher.client.post(
+        "/v1/uploads", json={"model": "org/m", "files": files}, headers=pusher.headers
+    )
+    assert answer.status_code == 503, answer.text
+    assert "f07.bin: no region could store a new key slot" in answer.json()["error"]["message"]
+    catalog = pusher.registry._context.catalog
+    assert catalog.idle_uploads(datetime.max.replace(tzinfo=UTC)) == []
+    assert not [e for e in pusher.registry.audit_events() if e.action == "upload-open"]
+
+
+def _digest_of(data: bytes) -> str:
+    return "blake3:" + blake3.blake3(data).hexdigest()

@@ -72,6 +72,9 @@ class KeyProvider(ABC):
 
     name: str
     kek_id: str
+    # Each wrap or unwrap is a request over a network (a KMS), worth overlapping with others; a
+    # key file's are a few microseconds of CPU.
+    latency_bound = False
 
     @abstractmethod
     def wrap(self, data_key: bytes, *, context: Mapping[str, str]) -> WrappedKey:
@@ -102,6 +105,7 @@ class KeyRing(KeyProvider):
         self.previous = tuple(previous)
         self.name = current.name
         self.kek_id = current.kek_id
+        self.latency_bound = current.latency_bound  # the current key wraps
 
     @property
     def kek_ids(self) -> tuple[str, ...]:

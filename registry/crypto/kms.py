@@ -122,6 +122,7 @@ class KmsKeyProvider(KeyProvider):
     """Data keys wrapped by one symmetric KMS key in one region (`kek_id` = "aws-kms:" + ARN)."""
 
     name = PROVIDER
+    latency_bound = True
 
     def __init__(
         self,

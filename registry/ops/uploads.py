@@ -33,6 +33,7 @@ from registry.manifest import MAX_FILES, SIGNATURE_FILE
 from registry.ops.access import requires
 from registry.ops.context import Context, note_unwrap
 from registry.ops.copies import choose_key
+from registry.ops.parallel import bounded_map
 from registry.ops.push import refuse_retired_keys
 from registry.records import DeclaredFile, UploadFileRecord, UploadSessionRecord
 from registry.refs import validate_name, validate_relative_path
@@ -45,6 +46,11 @@ MAX_FILE_SIZE = 1 << 40
 _DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
 _EMPTY = "blake3:" + blake3.blake3(b"").hexdigest()
 _SESSION = re.compile(r"[0-9a-f]{32}")
+# Keys chosen at once while a session opens, where a region's store or key provider is across a
+# network: each new content's key is then a KMS call and a PUT of its key slot, round trips a
+# push of thousands of files must not wait for one by one. On folders with a key file, threads
+# would only contend for the disk and the GIL (docs/benchmarks.md).
+KEY_REQUESTS = 16
 
 
 def staging_root(ctx: Context) -> Path:
@@ -178,16 +184,17 @@ def _session_keys(ctx: Context, session_id: str, files: Sequence[DeclaredFile]) 
     out for a digest alone. The commit checks such a file with the session's key and stores
     nothing of it: its content is stored already."""
     store = ctx.replicas.primary
-    wrapped = {}
-    for entry in files:
-        if entry.digest in wrapped:
-            continue
-        blob = ctx.catalog.blob(entry.digest)
-        if blob is not None and blob.swept_at is None:
-            key = os.urandom(KEY_SIZE)
-            slot = store.keys.wrap(key, context=_key_context(store, session_id, entry.digest))
-            wrapped[entry.digest] = slot.to_json()
-    return wrapped
+    distinct = list(dict.fromkeys(entry.digest for entry in files))
+
+    def wrap(digest: str) -> bytes | None:
+        blob = ctx.catalog.blob(digest)
+        if blob is None or blob.swept_at is not None:
+            return None
+        key = os.urandom(KEY_SIZE)
+        return store.keys.wrap(key, context=_key_context(store, session_id, digest)).to_json()
+
+    wrapped = bounded_map(wrap, distinct, limit=keys_at_once(ctx), name="session-key")
+    return {digest: slot for digest, slot in zip(distinct, wrapped, strict=True) if slot}
 
 
 def file_key(
@@ -208,13 +215,27 @@ def file_key(
     return chosen.key, chosen
 
 
+def keys_at_once(ctx: Context) -> int:
+    """How many keys a session's opening chooses at once (see KEY_REQUESTS)."""
+    remote = any(
+        region.store.driver.latency_bound or region.store.keys.latency_bound
+        for region in ctx.replicas.regions
+    )
+    return KEY_REQUESTS if remote else 1
+
+
 def _issue_keys(ctx: Context, session: UploadSessionRecord) -> dict[int, bytes]:
-    """The key of every file (one per distinct content)."""
+    """The key of every file (one per distinct content), the distinct ones chosen together."""
     retired = refuse_retired_keys(ctx)
-    by_digest: dict[str, bytes] = {}
+    first: dict[str, UploadFileRecord] = {}
     for entry in session.files:
-        if entry.digest not in by_digest:
-            by_digest[entry.digest] = file_key(ctx, session, entry, retired=retired)[0]
+        first.setdefault(entry.digest, entry)
+
+    def key_of(entry: UploadFileRecord) -> bytes:
+        return file_key(ctx, session, entry, retired=retired)[0]
+
+    keys = bounded_map(key_of, list(first.values()), limit=keys_at_once(ctx), name="upload-key")
+    by_digest = dict(zip(first, keys, strict=True))
     return {entry.index: by_digest[entry.digest] for entry in session.files}
 
 
