@@ -189,6 +189,9 @@ class ApiSettings:
     part_size: int = 16 * 1024 * 1024  # bytes a client uploads per request
     upload_ttl_hours: float = 24.0  # an idle upload session is discarded after this
     staging_dir: Path | None = None  # upload sessions (default: HOME/uploads)
+    # Bytes of files one token's open upload sessions may declare together (distinct contents),
+    # what their parts may take in the staging folder; 0: no limit but the folder's free room.
+    staging_bytes_per_token: int = 0
     journal_interval_seconds: float = 10.0  # how often the server copies the journal out
     # Peers (addresses or CIDRs) whose X-Forwarded-For is believed: the reverse proxies in
     # front of the server. None by default: anyone could name any address in that header.
@@ -260,6 +263,15 @@ class ApiSettings:
                 raise InvalidInputError(f"api.{key} must be a whole number")
         if min(self.burst, self.key_burst, self.transfer_burst) < 1:
             raise InvalidInputError("api.burst, key_burst and transfer_burst must be at least 1")
+        if (
+            isinstance(self.staging_bytes_per_token, bool)
+            or not isinstance(self.staging_bytes_per_token, int)
+            or self.staging_bytes_per_token < 0
+        ):
+            raise InvalidInputError(
+                "api.staging_bytes_per_token must be a whole number of bytes, 0 for no limit, "
+                f"not {self.staging_bytes_per_token!r}"
+            )
         if (
             isinstance(self.part_size, bool)
             or not isinstance(self.part_size, int)

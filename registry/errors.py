@@ -289,6 +289,19 @@ class RateLimitedError(RegistryError):
         self.retry_after = retry_after
 
 
+class QuotaExceededError(RegistryError):
+    """A push through the API would hold more of the server's staging folder than its token is
+    allowed (`[api] staging_bytes_per_token`); nothing was opened."""
+
+    code = "quota_exceeded"
+    exit_code = 18
+    http_status = 413
+    default_hint = (
+        "commit or abandon the token's other pushes (an idle one ends after [api] "
+        "upload_ttl_hours), or ask the operator to raise [api] staging_bytes_per_token"
+    )
+
+
 class NotConfirmedError(RegistryError):
     """A command that asks before it changes something was not told yes: the answer was no,
     or there was no terminal to ask on. Nothing was changed."""

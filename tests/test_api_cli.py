@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -354,3 +355,24 @@ def test_a_pull_of_many_files_reuses_a_few_connections(
         kept = len(remote._transport._idle)
     assert tree(tmp_path / "out") == tree(model)
     assert 1 <= kept <= 8, kept
+
+
+def test_a_push_past_the_tokens_staging_allowance_exits_18_and_opens_nothing(
+    served: tuple[LiveServer, dict[str, str]], tmp_path: Path
+) -> None:
+    """The CLI through a server: a push the token may not stage gets the server's message and
+    hint, and its own exit status (18, `quota_exceeded`), with no session left open."""
+    server, tokens = served
+    registry = server.app.state["registry_state"].registry
+    api_settings(registry, staging_bytes_per_token=MiB)
+    model = make_model(tmp_path / "big", shards=2, shard_size=MiB, seed=31)
+
+    result = _cli("push", "org/big", str(model), url=server.url, token=tokens[ADMIN])
+
+    assert result.exit_code == 18, result.output  # type: ignore[attr-defined]
+    output = result.output  # type: ignore[attr-defined]
+    assert "bytes a token may stage at once" in output
+    assert "staging_bytes_per_token" in output
+    assert registry._context.catalog.idle_uploads(datetime.max.replace(tzinfo=UTC)) == []
+    with RemoteRegistry(server.url, tokens[ADMIN]) as remote:
+        assert remote.models() == []

@@ -37,13 +37,14 @@ def test_api_settings_are_read_from_config_and_survive_a_rewrite(home: Path) -> 
     config.write_text(
         config.read_text()
         + "\n[api]\nrequests_per_second = 7.5\nburst = 9\nsignal_distinct_models = 3\n"
-        'part_size = 4194304\nstaging_dir = "spool"\n'
+        'part_size = 4194304\nstaging_dir = "spool"\nstaging_bytes_per_token = 1073741824\n'
     )
     settings = load_settings(home).api
     assert (settings.requests_per_second, settings.burst) == (7.5, 9)
     assert settings.signal_distinct_models == 3
     assert settings.part_size == 4 * 1024 * 1024
     assert settings.staging_dir == home / "spool"
+    assert settings.staging_bytes_per_token == 1 << 30
     assert settings.signal_refusals == ApiSettings().signal_refusals  # the rest: defaults
     with Registry.open(home) as registry:
         registry.add_webhook("https://hooks.example/registry")  # rewrites config.toml
@@ -62,6 +63,9 @@ def test_api_settings_are_read_from_config_and_survive_a_rewrite(home: Path) -> 
         ('burst = "many"', "api.burst must be a positive number"),
         ('shared_state = "postgres"', "api.shared_state must be memory, catalog or a Redis URL"),
         ("shared_sync_seconds = 60", "api.shared_sync_seconds must be from 0.05 to 10"),
+        ("staging_bytes_per_token = -1", "api.staging_bytes_per_token must be a whole number"),
+        ("staging_bytes_per_token = 1.5e9", "api.staging_bytes_per_token must be a whole number"),
+        ("staging_bytes_per_token = true", "api.staging_bytes_per_token must be a whole number"),
     ],
 )
 def test_invalid_api_settings_are_refused_with_the_setting_named(

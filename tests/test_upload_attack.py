@@ -23,6 +23,7 @@ from litestar.testing import TestClient
 
 from registry.api.app import create_app
 from registry.digest import hash_file
+from registry.records import DeclaredFile
 from registry.service import ADMIN, PUSHER, Registry
 from tests.apikit import api_settings, sealed_parts
 from tests.conftest import tree
@@ -69,7 +70,17 @@ class Attack:
 
 @pytest.fixture
 def attack(home: Path) -> Iterator[Attack]:
-    Registry.init(home)
+    yield from _attack(home, None)
+
+
+@pytest.fixture
+def attack_any_catalog(home: Path, catalog_url: str | None) -> Iterator[Attack]:
+    """`attack` on SQLite and on PostgreSQL."""
+    yield from _attack(home, catalog_url)
+
+
+def _attack(home: Path, catalog_url: str | None) -> Iterator[Attack]:
+    Registry.init(home, catalog_url=catalog_url)
     with Registry.open(home) as registry:
         api_settings(registry, part_size=MiB, chunk_size=CHUNK)
         tokens = {
@@ -462,3 +473,114 @@ def test_staged_names_hold_no_part_of_a_files_path(attack: Attack, tmp_path: Pat
     assert len(staged) == 1
     every = [p.as_posix() for p in (attack.home / "uploads").rglob("*")]
     assert not [name for name in every if "secret" in name]
+
+
+# -- one token filling the staging folder ---------------------------------------------------------
+
+
+def _contents(*sizes: int, seed: str) -> list[dict[str, Any]]:
+    return [
+        {"path": f"{seed}-{index}.bin", "size": size, "digest": _digest(f"{seed}{index}".encode())}
+        for index, size in enumerate(sizes)
+    ]
+
+
+def _slots(home: Path) -> list[Path]:
+    return sorted(p for p in (home / "store").rglob("*") if p.is_file() and "/slots/" in str(p))
+
+
+def test_a_token_cannot_stage_past_its_allowance_while_other_tokens_still_can(
+    attack_any_catalog: Attack,
+) -> None:
+    """`[api] staging_bytes_per_token`: one token's open pushes cannot hold more of the staging
+    folder than that; a push past it gets a 413 that says what holds the room, opens nothing
+    and stores no key, and fits again once the token's other push ends."""
+    attack = attack_any_catalog
+    api_settings(attack.registry, staging_bytes_per_token=3000)
+    first = _contents(1200, 800, seed="a")
+    first.append({**first[0], "path": "copy-of-a0.bin"})  # one content: its bytes count once
+    held = attack.open(first)
+    assert held.status_code == 201, held.text
+    catalog = attack.registry._context.catalog
+    owner = catalog.upload(held.json()["id"]).owner  # type: ignore[union-attr]
+    assert catalog.declared_bytes(owner) == 2000
+    slots = _slots(attack.home)
+
+    refused = attack.open(_contents(1500, seed="b"))
+
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "quota_exceeded"
+    assert (
+        "declares 1,500 bytes and the token's open pushes hold 2,000 of the 3,000"
+        in (error["message"])
+    )
+    assert "commit or abandon the token's other pushes" in error["hint"]
+    assert catalog.declared_bytes(owner) == 2000  # nothing opened
+    assert _slots(attack.home) == slots  # refused before any key was chosen
+    opened = [e for e in attack.registry.audit_events() if e.action == "upload-open"]
+    assert len(opened) == 1
+    # Another token's allowance is its own.
+    assert attack.open(_contents(1500, seed="b"), who="alice").status_code == 201
+    # The token's other push ends: the room is its again.
+    gone = attack.client.delete(
+        f"/v1/uploads/{held.json()['id']}", headers=attack.tokens["mallory"]
+    )
+    assert gone.status_code == 204, gone.text
+    assert attack.open(_contents(1500, seed="b")).status_code == 201
+
+
+def test_a_push_larger_than_the_allowance_itself_is_refused_with_what_to_do(
+    attack: Attack,
+) -> None:
+    api_settings(attack.registry, staging_bytes_per_token=3000)
+    refused = attack.open(_contents(2000, 1001, seed="c"))
+    assert refused.status_code == 413, refused.text
+    error = refused.json()["error"]
+    assert "declares 3,001 bytes, more than the 3,000 bytes a token may stage" in error["message"]
+    assert "raise [api] staging_bytes_per_token" in error["hint"]
+    api_settings(attack.registry, staging_bytes_per_token=0)  # 0: no allowance but the room
+    assert attack.open(_contents(2000, 1001, seed="c")).status_code == 201
+
+
+def test_two_pushes_opened_at_once_by_one_token_never_both_pass_its_allowance(
+    attack_any_catalog: Attack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both are past the first check before either is opened (a barrier holds them there):
+    the check once their rows are in sees both, so at most one stays open, and the token never
+    holds more than its allowance."""
+    import threading
+
+    from registry.errors import QuotaExceededError
+    from registry.ops import uploads as upload_ops
+
+    attack = attack_any_catalog
+    api_settings(attack.registry, staging_bytes_per_token=3000)
+    record, _secret = attack.registry.create_token("twins", role=PUSHER, models=["org/*"])
+    view = attack.registry.acting_as(record)
+    barrier = threading.Barrier(2, timeout=30)
+    real = upload_ops._issue_keys
+
+    def issue_keys(ctx: Any, session: Any) -> Any:
+        barrier.wait()  # both have passed the check before opening
+        return real(ctx, session)
+
+    monkeypatch.setattr(upload_ops, "_issue_keys", issue_keys)
+    outcomes: list[object] = []
+
+    def open_one(seed: str) -> None:
+        files = [DeclaredFile(**entry) for entry in _contents(2000, seed=seed)]
+        try:
+            outcomes.append(view.open_upload("org/m", files))
+        except QuotaExceededError as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=open_one, args=(seed,)) for seed in ("d", "e")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(outcomes) == 2
+    assert any(isinstance(outcome, QuotaExceededError) for outcome in outcomes)
+    catalog = attack.registry._context.catalog
+    assert catalog.declared_bytes(f"token:twins:{record.id}") <= 3000

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, and_, delete, or_, select, update
+from sqlalchemy import CursorResult, Result, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.catalog.models import UploadFile, UploadSession
@@ -167,6 +167,19 @@ class UploadsPart(CatalogPart):
             session.execute(delete(UploadSession).where(UploadSession.id == session_id))
 
         self._transient(work, what="drop an upload session")
+
+    def declared_bytes(self, owner: str) -> int:
+        """Bytes of the files the owner's sessions declare, each content once per session:
+        what their parts may take in the staging store."""
+        with self._read() as session:
+            contents = (
+                select(UploadFile.session_id, UploadFile.digest, UploadFile.size)
+                .join(UploadSession, UploadSession.id == UploadFile.session_id)
+                .where(UploadSession.owner == owner)
+                .distinct()
+                .subquery()
+            )
+            return int(session.scalar(select(func.coalesce(func.sum(contents.c.size), 0))) or 0)
 
     def idle_uploads(self, before: datetime) -> list[str]:
         """Sessions idle since before `before` and not held by a live commit."""

@@ -8,7 +8,9 @@ record of what arrived; the session and its files are rows of the catalog. No pl
 at rest on a server. `ops.uploadcommit` checks and commits a session.
 
 A session is its owner's (the actor that opened it); another actor is told it does not exist. It
-ends at its commit, when abandoned, or after `[api] upload_ttl_hours` without a request.
+opens only where the staging folder has room for it and its owner's open sessions stay within
+`[api] staging_bytes_per_token`. It ends at its commit, when abandoned, or after
+`[api] upload_ttl_hours` without a request.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import blake3
 from registry.blobstore import BLOB, BlobStore
 from registry.crypto.keys import WrappedKey
 from registry.crypto.sealed import KEY_SIZE, NONCE_PREFIX_SIZE, SALT_SIZE, SealedHeader, Sealer
-from registry.errors import InvalidInputError, NotFoundError, StorageError
+from registry.errors import InvalidInputError, NotFoundError, QuotaExceededError, StorageError
 from registry.fileio import private_dirs
 from registry.manifest import MAX_FILES, SIGNATURE_FILE
 from registry.ops.access import requires
@@ -77,6 +79,39 @@ def _require_room(ctx: Context, session: UploadSessionRecord) -> None:
             hint="push again when other pushes have committed, or ask the operator for room "
             "in [api] staging_dir",
         )
+
+
+def _declared(session: UploadSessionRecord) -> int:
+    """Bytes of the session's files, each content once (what `Catalog.declared_bytes` counts)."""
+    return sum({entry.digest: entry.size for entry in session.files}.values())
+
+
+def _require_allowance(ctx: Context, session: UploadSessionRecord, *, opened: bool) -> None:
+    """Refuse a session that would take its owner past `[api] staging_bytes_per_token`: one
+    token cannot fill the staging folder every other push needs. Checked before the session is
+    opened and again once its rows are in (`opened`), where two sessions opened at once by one
+    token see each other: neither gets past the allowance, though both may be refused."""
+    allowance = ctx.settings.api.staging_bytes_per_token
+    if not allowance:
+        return
+    needed = _declared(session)
+    held = ctx.catalog.declared_bytes(session.owner) - (needed if opened else 0)
+    if held + needed <= allowance:
+        return
+    if opened:
+        ctx.catalog.drop_upload(session.id)
+    if needed > allowance:
+        raise QuotaExceededError(
+            f"this push declares {needed:,} bytes, more than the {allowance:,} bytes a token "
+            "may stage at once ([api] staging_bytes_per_token); nothing was opened",
+            hint="ask the operator to raise [api] staging_bytes_per_token, or push it directly "
+            "with the registry's own credentials",
+        )
+    raise QuotaExceededError(
+        f"this push declares {needed:,} bytes and the token's open pushes hold {held:,} of the "
+        f"{allowance:,} bytes a token may stage at once ([api] staging_bytes_per_token); "
+        "nothing was opened"
+    )
 
 
 def part_tag(digest: str) -> str:
@@ -278,9 +313,11 @@ def open_upload(
         {},
     )
     _require_room(ctx, session)
+    _require_allowance(ctx, session, opened=False)
     with ctx.counting_unwraps() as unwraps:
         keys = _issue_keys(ctx, session)
     ctx.catalog.open_upload(session)
+    _require_allowance(ctx, session, opened=True)
     ctx.catalog.audit(
         ctx.actor,
         "upload-open",
