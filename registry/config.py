@@ -189,8 +189,8 @@ class ApiSettings:
     part_size: int = 16 * 1024 * 1024  # bytes a client uploads per request
     upload_ttl_hours: float = 24.0  # an idle upload session is discarded after this
     staging_dir: Path | None = None  # upload sessions (default: HOME/uploads)
-    # Bytes of files one token's open upload sessions may declare together (distinct contents),
-    # what their parts may take in the staging folder; 0: no limit but the folder's free room.
+    # Bytes one token's open upload sessions may stage together (every file's sealed size: what
+    # their parts take in the staging folder); 0: no limit but the folder's free room.
     staging_bytes_per_token: int = 0
     journal_interval_seconds: float = 10.0  # how often the server copies the journal out
     # Peers (addresses or CIDRs) whose X-Forwarded-For is believed: the reverse proxies in

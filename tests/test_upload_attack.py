@@ -496,14 +496,14 @@ def test_a_token_cannot_stage_past_its_allowance_while_other_tokens_still_can(
     folder than that; a push past it gets a 413 that says what holds the room, opens nothing
     and stores no key, and fits again once the token's other push ends."""
     attack = attack_any_catalog
-    api_settings(attack.registry, staging_bytes_per_token=3000)
+    api_settings(attack.registry, staging_bytes_per_token=5000)
     first = _contents(1200, 800, seed="a")
-    first.append({**first[0], "path": "copy-of-a0.bin"})  # one content: its bytes count once
+    first.append({**first[0], "path": "copy-of-a0.bin"})  # a copy is staged too: it counts
     held = attack.open(first)
     assert held.status_code == 201, held.text
     catalog = attack.registry._context.catalog
     owner = catalog.upload(held.json()["id"]).owner  # type: ignore[union-attr]
-    assert catalog.declared_bytes(owner) == 2000
+    assert catalog.staged_bytes(owner) == 1307 + 907 + 1307  # sealed: header and tag each
     slots = _slots(attack.home)
 
     refused = attack.open(_contents(1500, seed="b"))
@@ -512,11 +512,11 @@ def test_a_token_cannot_stage_past_its_allowance_while_other_tokens_still_can(
     error = refused.json()["error"]
     assert error["code"] == "quota_exceeded"
     assert (
-        "declares 1,500 bytes and the token's open pushes hold 2,000 of the 3,000"
-        in (error["message"])
+        "stages 1,607 bytes (its files sealed) and the token's open pushes hold 3,521 of the "
+        "5,000" in (error["message"])
     )
     assert "commit or abandon the token's other pushes" in error["hint"]
-    assert catalog.declared_bytes(owner) == 2000  # nothing opened
+    assert catalog.staged_bytes(owner) == 3521  # nothing opened
     assert _slots(attack.home) == slots  # refused before any key was chosen
     opened = [e for e in attack.registry.audit_events() if e.action == "upload-open"]
     assert len(opened) == 1
@@ -537,7 +537,10 @@ def test_a_push_larger_than_the_allowance_itself_is_refused_with_what_to_do(
     refused = attack.open(_contents(2000, 1001, seed="c"))
     assert refused.status_code == 413, refused.text
     error = refused.json()["error"]
-    assert "declares 3,001 bytes, more than the 3,000 bytes a token may stage" in error["message"]
+    assert (
+        "stages 3,215 bytes (its files sealed), more than the 3,000 bytes a token may"
+        in (error["message"])
+    )
     assert "raise [api] staging_bytes_per_token" in error["hint"]
     api_settings(attack.registry, staging_bytes_per_token=0)  # 0: no allowance but the room
     assert attack.open(_contents(2000, 1001, seed="c")).status_code == 201
@@ -583,4 +586,4 @@ def test_two_pushes_opened_at_once_by_one_token_never_both_pass_its_allowance(
     assert len(outcomes) == 2
     assert any(isinstance(outcome, QuotaExceededError) for outcome in outcomes)
     catalog = attack.registry._context.catalog
-    assert catalog.declared_bytes(f"token:twins:{record.id}") <= 3000
+    assert catalog.staged_bytes(f"token:twins:{record.id}") <= 3000

@@ -13,11 +13,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Result, and_, delete, func, or_, select, update
+from sqlalchemy import CursorResult, Result, and_, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from registry.catalog.models import UploadFile, UploadSession
 from registry.catalog.parts import CatalogPart
+from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE
 from registry.records import CheckedFile, UploadFileRecord, UploadSessionRecord
 
 
@@ -168,18 +169,22 @@ class UploadsPart(CatalogPart):
 
         self._transient(work, what="drop an upload session")
 
-    def declared_bytes(self, owner: str) -> int:
-        """Bytes of the files the owner's sessions declare, each content once per session:
-        what their parts may take in the staging store."""
+    def staged_bytes(self, owner: str) -> int:
+        """Bytes the parts of the owner's sessions take in the staging store once they have all
+        arrived: every file sealed (`SealedHeader.sealed_size`), copies of one content each."""
+        chunks = case(
+            (UploadFile.size == 0, 1),  # an empty file is still one (empty) chunk and its tag
+            else_=(UploadFile.size + UploadSession.chunk_size - 1) // UploadSession.chunk_size,
+        )
+        sealed = HEADER_SIZE + UploadFile.size + TAG_SIZE * chunks
         with self._read() as session:
-            contents = (
-                select(UploadFile.session_id, UploadFile.digest, UploadFile.size)
+            total = session.scalar(
+                select(func.coalesce(func.sum(sealed), 0))
+                .select_from(UploadFile)
                 .join(UploadSession, UploadSession.id == UploadFile.session_id)
                 .where(UploadSession.owner == owner)
-                .distinct()
-                .subquery()
             )
-            return int(session.scalar(select(func.coalesce(func.sum(contents.c.size), 0))) or 0)
+            return int(total or 0)
 
     def idle_uploads(self, before: datetime) -> list[str]:
         """Sessions idle since before `before` and not held by a live commit."""

@@ -70,7 +70,7 @@ def _require_room(ctx: Context, session: UploadSessionRecord) -> None:
     """Refuse a session whose sealed files the staging folder has no room for now (the parts
     of sessions already open count against what is free once they arrive): a push that cannot
     fit fails before its first part, not at its last."""
-    needed = sum(layout(session, entry).sealed_size for entry in session.files)
+    needed = _staged(session)
     free = shutil.disk_usage(staging_root(ctx)).free
     if needed > free:
         raise StorageError(
@@ -81,9 +81,11 @@ def _require_room(ctx: Context, session: UploadSessionRecord) -> None:
         )
 
 
-def _declared(session: UploadSessionRecord) -> int:
-    """Bytes of the session's files, each content once (what `Catalog.declared_bytes` counts)."""
-    return sum({entry.digest: entry.size for entry in session.files}.values())
+def _staged(session: UploadSessionRecord) -> int:
+    """Bytes the session's parts take in the staging store: every file sealed, a copy of another
+    file's content and an empty file too, since each is sent and kept part by part (what
+    `Catalog.staged_bytes` counts)."""
+    return sum(layout(session, entry).sealed_size for entry in session.files)
 
 
 def _require_allowance(ctx: Context, session: UploadSessionRecord, *, opened: bool) -> None:
@@ -94,23 +96,24 @@ def _require_allowance(ctx: Context, session: UploadSessionRecord, *, opened: bo
     allowance = ctx.settings.api.staging_bytes_per_token
     if not allowance:
         return
-    needed = _declared(session)
-    held = ctx.catalog.declared_bytes(session.owner) - (needed if opened else 0)
+    needed = _staged(session)
+    held = ctx.catalog.staged_bytes(session.owner) - (needed if opened else 0)
     if held + needed <= allowance:
         return
     if opened:
         ctx.catalog.drop_upload(session.id)
     if needed > allowance:
         raise QuotaExceededError(
-            f"this push declares {needed:,} bytes, more than the {allowance:,} bytes a token "
-            "may stage at once ([api] staging_bytes_per_token); nothing was opened",
+            f"this push stages {needed:,} bytes (its files sealed), more than the "
+            f"{allowance:,} bytes a token may stage at once ([api] staging_bytes_per_token); "
+            "nothing was opened",
             hint="ask the operator to raise [api] staging_bytes_per_token, or push it directly "
             "with the registry's own credentials",
         )
     raise QuotaExceededError(
-        f"this push declares {needed:,} bytes and the token's open pushes hold {held:,} of the "
-        f"{allowance:,} bytes a token may stage at once ([api] staging_bytes_per_token); "
-        "nothing was opened"
+        f"this push stages {needed:,} bytes (its files sealed) and the token's open pushes hold "
+        f"{held:,} of the {allowance:,} bytes a token may stage at once "
+        "([api] staging_bytes_per_token); nothing was opened"
     )
 
 
