@@ -173,3 +173,33 @@ def api_settings_of(attack: Attack, allowance: int) -> None:
     from tests.apikit import api_settings
 
     api_settings(attack.registry, staging_bytes_per_token=allowance)
+
+
+def test_a_push_refused_for_room_or_allowance_wraps_no_session_key(
+    attack: Attack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session key is a KMS request for each content stored already: a token past its
+    allowance, naming stored digests by the thousand, made the server pay for every one before
+    it was refused."""
+    stored = make_model(tmp_path / "stored", shards=3, shard_size=4096, seed=9)
+    attack.registry.push("org/stored", stored)
+    files = [
+        {"path": p.name, "size": p.stat().st_size, "digest": _digest(p.read_bytes())}
+        for p in sorted(stored.rglob("*.safetensors"))
+    ]
+    keys = attack.registry._context.replicas.primary.keys
+    wraps: list[object] = []
+    real = keys.wrap
+
+    def wrap(*args: Any, **kwargs: Any) -> Any:
+        wraps.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(keys, "wrap", wrap)
+    api_settings_of(attack, 1000)
+    refused = attack.open(files)
+    assert refused.status_code == 413, refused.text[:300]
+    assert wraps == []
+    api_settings_of(attack, 0)
+    assert attack.open(files).status_code == 201
+    assert len(wraps) == 3

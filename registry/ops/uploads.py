@@ -290,10 +290,8 @@ def open_upload(
     expire_uploads(ctx)
     now = datetime.now(UTC)
     chunk_size = ctx.settings.chunk_size
-    session_id = uuid.uuid4().hex
-    stored = _session_keys(ctx, session_id, files)
     session = UploadSessionRecord(
-        session_id,
+        uuid.uuid4().hex,
         model,
         message,
         ctx.actor,
@@ -309,7 +307,6 @@ def open_upload(
                 entry.digest,
                 os.urandom(SALT_SIZE),
                 os.urandom(NONCE_PREFIX_SIZE),
-                session_key=stored.get(entry.digest),
             )
             for index, entry in enumerate(files)
         ),
@@ -317,6 +314,15 @@ def open_upload(
     )
     _require_room(ctx, session)
     _require_allowance(ctx, session, opened=False)
+    # Only now: each session key is a KMS request that a refused push must not cost.
+    stored = _session_keys(ctx, session.id, files)
+    session = dataclasses.replace(
+        session,
+        files=tuple(
+            dataclasses.replace(entry, session_key=stored.get(entry.digest))
+            for entry in session.files
+        ),
+    )
     with ctx.counting_unwraps() as unwraps:
         keys = _issue_keys(ctx, session)
     ctx.catalog.open_upload(session)
