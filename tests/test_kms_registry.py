@@ -190,3 +190,40 @@ def test_keys_show_of_a_kms_only_registry_has_no_key_file(kms_key, home: Path) -
     ]
     text = runner.invoke(main, ["keys", "show"]).stdout
     assert f"AWS KMS key {arn} in us-east-1" in text and "None" not in text
+
+
+def test_a_push_through_the_api_under_kms_keys_pulls_back_bit_exact(
+    kms_key: tuple[object, str], home: Path, tmp_path: Path
+) -> None:
+    """The upload session's keys are KMS requests (issued and given again on many threads,
+    the boto3 client shared): the push commits, each object's key slot is wrapped by KMS, and
+    the version pulls back bit-exact."""
+    from litestar.testing import TestClient
+
+    from registry.api.app import create_app
+    from registry.ops import uploads as upload_ops
+    from registry.service import PUSHER
+    from tests.apikit import api_settings
+    from tests.test_sealed_upload import Pusher, _commit, _open, _send_all
+
+    _client, arn = kms_key
+    Registry.init(home, kms=KmsSettings(arn, "us-east-1"))
+    model = make_model(tmp_path / "model", shards=5, shard_size=300_000, seed=3)
+    with Registry.open(home) as registry:
+        api_settings(registry, part_size=1024 * 1024, chunk_size=64 * 1024)
+        assert upload_ops.keys_at_once(registry._context) == upload_ops.KEY_REQUESTS
+        secret = registry.create_token("ci", role=PUSHER, models=["org/*"])[1]
+        with TestClient(create_app(registry)) as client:
+            pusher = Pusher(client, registry, {"Authorization": f"Bearer {secret}"}, home)
+            session = _open(pusher, model)
+            again = client.get(f"/v1/uploads/{session['id']}", headers=pusher.headers).json()
+            assert [e["key"] for e in again["files"]] == [e["key"] for e in session["files"]]
+            _send_all(pusher, session, model)
+            done = _commit(pusher, session)
+            assert done.status_code == 201, done.text
+        registry.pull("org/m@1", tmp_path / "out")
+        assert tree(tmp_path / "out") == tree(model)
+        assert registry.verify("org/m@1", read_data=True).ok
+    slots = [p for p in (home / "store" / "objects" / "slots").rglob("*") if p.is_file()]
+    assert slots
+    assert {json.loads(slot.read_bytes())["provider"] for slot in slots} == {"aws-kms"}

@@ -135,12 +135,12 @@ def test_a_committed_or_expired_push_no_longer_holds_the_tokens_room(
     assert catalog.upload(idle["id"]) is None
 
 
-def test_keys_chosen_together_count_every_session_key_unwrapped(
+def test_keys_given_again_together_count_every_session_key_unwrapped(
     attack_any_catalog: Attack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Where keys are chosen on many threads, the `upload-open` audit entry still counts each
-    session key unwrapped for content stored already (once per content), and every key handed
-    out is the one its stored slot gives back."""
+    """Where session keys are issued and unwrapped on many threads, each distinct content gets
+    one (stored or not: never the stored object's), the `upload-keys` audit entry of a resumed
+    session counts each key unwrapped, and every key given again is the one handed out."""
     from registry.ops import uploads as upload_ops
 
     attack = attack_any_catalog
@@ -160,13 +160,16 @@ def test_keys_chosen_together_count_every_session_key_unwrapped(
 
     assert answer.status_code == 201, answer.text[:300]
     opened = [e for e in attack.registry.audit_events() if e.action == "upload-open"]
-    assert opened[0].details["key_unwraps"] == 6
+    assert opened[0].details["keys"] == 18  # one per distinct content
     issued = {entry["path"]: entry["key"] for entry in answer.json()["files"]}
     assert issued["again.safetensors"] == issued[shards[0]["path"]]
+    assert len(set(issued.values())) == 18
     again = attack.client.get(
         f"/v1/uploads/{answer.json()['id']}", headers=attack.tokens["mallory"]
     )
     assert {entry["path"]: entry["key"] for entry in again.json()["files"]} == issued
+    given = [e for e in attack.registry.audit_events() if e.action == "upload-keys"]
+    assert given[0].details["key_unwraps"] == 18
 
 
 def api_settings_of(attack: Attack, allowance: int) -> None:

@@ -5,6 +5,7 @@ for again, and sessions live in the catalog (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import tempfile
 import threading
@@ -429,12 +430,12 @@ def _counting_peak(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> d
     return counts
 
 
-def test_the_keys_of_many_files_are_chosen_together_each_stored_as_handed_out(
+def test_the_session_keys_of_many_files_are_issued_and_given_again_together(
     pusher: Pusher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A session of many files does not wait for each key in turn (on S3 each is a KMS call and
-    a PUT), and every key handed out is the one its slot holds: the keys given again later
-    (unwrapped from the stored slots) are the same, one per distinct content."""
+    """A session of many files does not wait for each key in turn where each is a KMS request:
+    they are wrapped together at the opening and unwrapped together when given again, one per
+    distinct content, the same keys."""
     from registry.ops import uploads as upload_ops
 
     stored = make_model(tmp_path / "stored", shards=1, shard_size=4096, seed=21)
@@ -446,12 +447,13 @@ def test_the_keys_of_many_files_are_chosen_together_each_stored_as_handed_out(
     ]
     files.append({**files[3], "path": "same-as-f03.bin"})
     files.append({**shard, "path": "stored.safetensors"})  # stored already: the session's key
-    keys_chosen = _counting_peak(monkeypatch, upload_ops, "file_key")
     # Keys wrapped by a KMS: each a request worth overlapping (with a key file, one at a time).
     context = pusher.registry._context
     assert upload_ops.keys_at_once(context) == 1
     monkeypatch.setattr(context.store.keys, "latency_bound", True)
     assert upload_ops.keys_at_once(context) == upload_ops.KEY_REQUESTS
+    wraps = _counting_peak(monkeypatch, context.store.keys, "wrap")
+    unwraps = _counting_peak(monkeypatch, context.store.keys, "unwrap")
 
     answer = pusher.client.post(
         "/v1/uploads", json={"model": "org/m", "files": files}, headers=pusher.headers
@@ -459,33 +461,38 @@ def test_the_keys_of_many_files_are_chosen_together_each_stored_as_handed_out(
 
     assert answer.status_code == 201, answer.text
     session = answer.json()
-    assert keys_chosen["calls"] == 31  # one per distinct content, not per file
-    assert keys_chosen["peak"] > 1, "the keys were chosen one after another"
+    assert wraps["calls"] == 31  # one per distinct content, not per file
+    assert wraps["peak"] > 1, "the keys were wrapped one after another"
     issued = {entry["path"]: entry["key"] for entry in session["files"]}
     assert issued["same-as-f03.bin"] == issued["f03.bin"]
     assert len(set(issued.values())) == 31
     again = pusher.client.get(f"/v1/uploads/{session['id']}", headers=pusher.headers)
     assert again.status_code == 200, again.text
     assert {entry["path"]: entry["key"] for entry in again.json()["files"]} == issued
+    assert unwraps["calls"] == 31
+    assert unwraps["peak"] > 1, "the keys were unwrapped one after another"
 
 
-def test_a_key_that_cannot_be_chosen_opens_nothing(
+def test_a_session_key_the_kms_cannot_wrap_opens_nothing(
     pusher: Pusher, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One key of many that no region can store fails the open with a 503 that says so, and
-    leaves no session (key slots of the others are harmless: nothing refers to them)."""
-    from registry.errors import StorageError
-    from registry.ops import uploads as upload_ops
+    """One key of many that the KMS does not wrap fails the open with a 503 that says so, and
+    leaves no session."""
+    from registry.errors import KmsUnreachableError
 
-    real = upload_ops.file_key
+    keys = pusher.registry._context.store.keys
+    monkeypatch.setattr(keys, "latency_bound", True)
+    real = keys.wrap
     failing = _digest_of(bytes(8))
 
-    def file_key(ctx: Any, session: Any, entry: Any, **kwargs: Any) -> Any:
-        if entry.digest == failing:
-            raise StorageError(f"{entry.path}: no region could store a new key slot (a test)")
-        return real(ctx, session, entry, **kwargs)
+    def wrap(data_key: bytes, *, context: Any) -> Any:
+        if context["digest"] == failing:
+            raise KmsUnreachableError(
+                "kms.eu-west-1.amazonaws.com: read timed out (a test)", region="eu-west-1"
+            )
+        return real(data_key, context=context)
 
-    monkeypatch.setattr(upload_ops, "file_key", file_key)
+    monkeypatch.setattr(keys, "wrap", wrap)
     files = [
         {"path": f"f{index:02d}.bin", "size": 1 + index, "digest": _digest_of(bytes(index + 1))}
         for index in range(20)
@@ -494,7 +501,7 @@ def test_a_key_that_cannot_be_chosen_opens_nothing(
         "/v1/uploads", json={"model": "org/m", "files": files}, headers=pusher.headers
     )
     assert answer.status_code == 503, answer.text
-    assert "f07.bin: no region could store a new key slot" in answer.json()["error"]["message"]
+    assert "kms.eu-west-1.amazonaws.com: read timed out" in answer.json()["error"]["message"]
     catalog = pusher.registry._context.catalog
     assert catalog.idle_uploads(datetime.max.replace(tzinfo=UTC)) == []
     assert not [e for e in pusher.registry.audit_events() if e.action == "upload-open"]
@@ -502,3 +509,72 @@ def test_a_key_that_cannot_be_chosen_opens_nothing(
 
 def _digest_of(data: bytes) -> str:
     return "blake3:" + blake3.blake3(data).hexdigest()
+
+
+def test_a_session_opened_before_session_keys_for_every_file_still_commits(
+    pusher: Pusher, tmp_path: Path
+) -> None:
+    """A session an earlier release opened (a push in flight during an upgrade): its new content
+    has no key of the session's own, its client seals under the object's key, chosen then and
+    its slot stored; resumed and committed by this release, it is stored as it was sealed."""
+    from sqlalchemy import update
+
+    from registry.blobstore import BLOB
+    from registry.catalog.models import UploadFile
+    from registry.ops.copies import choose_key
+
+    model = make_model(tmp_path / "model", shards=2, shard_size=MiB, seed=41)
+    session = _open(pusher, model)
+    context = pusher.registry._context
+    for entry in session["files"]:  # what the earlier release did at the opening
+        choose_key(
+            context,
+            BLOB,
+            entry["digest"],
+            what=entry["path"],
+            retired=frozenset(),
+            key=base64.b64decode(entry["key"]),
+        )
+    with context.catalog.engine.begin() as connection:
+        connection.execute(
+            update(UploadFile)
+            .where(UploadFile.session_id == session["id"])
+            .values(session_key=None)
+        )
+    again = pusher.client.get(f"/v1/uploads/{session['id']}", headers=pusher.headers).json()
+    assert [e["key"] for e in again["files"]] == [e["key"] for e in session["files"]]
+    _send_all(pusher, again, model)
+    done = _commit(pusher, again)
+    assert done.status_code == 201, done.text
+    pusher.registry.pull("org/m@1", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)
+
+
+def test_a_push_through_the_api_reaches_every_region_and_reads_from_either(
+    home: Path, tmp_path: Path
+) -> None:
+    """Two regions: the session's key becomes the object's slot in every region, each copy is
+    the client's ciphertext, and with one region's objects gone the version still pulls."""
+    import shutil
+
+    regions = [tmp_path / "region-a", tmp_path / "region-b"]
+    Registry.init(home, store=[str(region) for region in regions])
+    model = make_model(tmp_path / "model", shards=2, shard_size=MiB, seed=51)
+    with Registry.open(home) as registry:
+        api_settings(registry, part_size=MiB, chunk_size=256 * 1024)
+        secret = registry.create_token("ci", role=PUSHER, models=["org/*"])[1]
+        with TestClient(create_app(registry)) as client:
+            pusher = Pusher(client, registry, {"Authorization": f"Bearer {secret}"}, home)
+            session = _open(pusher, model)
+            _send_all(pusher, session, model)
+            done = _commit(pusher, session)
+            assert done.status_code == 201, done.text
+            assert done.json()["pending_regions"] == []
+        assert registry.verify("org/m@1", read_data=True).ok
+        files = len(session["files"])
+        for region in regions:  # a slot of every file's object in each region
+            assert len(list((region / "objects" / "slots").rglob("blob-*"))) == files
+    shutil.rmtree(regions[0] / "objects" / "blobs")
+    with Registry.open(home) as registry:
+        registry.pull("org/m@1", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)

@@ -388,6 +388,114 @@ def test_a_pusher_is_not_given_the_data_key_of_a_model_it_may_not_read(
     assert refused.status_code == 400, refused.text
 
 
+def _victim(attack: Attack) -> dict[str, str]:
+    """A pusher of team/* only: mallory (org/*) may not read what it pushes."""
+    secret = attack.registry.create_token("victim", role=PUSHER, models=["team/*"])[1]
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def _weights(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "weights.bin").write_bytes(b"weights mallory may not read, pushed by a team" * 400)
+    return folder
+
+
+def test_a_pusher_is_not_given_the_key_of_content_another_push_has_in_flight(
+    attack: Attack, tmp_path: Path
+) -> None:
+    """The digest of content a team is pushing right now (seen in a CI log): a session that
+    declares it gets a key of its own, not the one the team's push seals under, and the key
+    the stored object ends with is not one mallory was given."""
+    team = _victim(attack)
+    model = _weights(tmp_path / "team")
+    declared = _declared(model)
+    pushing = attack.client.post(
+        "/v1/uploads", json={"model": "team/m", "files": declared}, headers=team
+    ).json()
+    answer = attack.open(declared)
+    assert answer.status_code == 201, answer.text
+    given = answer.json()["files"][0]["key"]
+    assert given != pushing["files"][0]["key"]
+    for part, (data, tag) in enumerate(sealed_parts(pushing, 0, model / "weights.bin")):
+        sent = attack.client.put(
+            f"/v1/uploads/{pushing['id']}/files/0/parts/{part}",
+            content=data,
+            headers={**team, "X-Part-Digest": tag},
+        )
+        assert sent.status_code == 204, sent.text
+    done = attack.client.post(f"/v1/uploads/{pushing['id']}/commit", headers=team)
+    assert done.status_code == 201, done.text
+    stored = attack.registry.broker_keys("team/m@1").keys[("blob", declared[0]["digest"])]
+    assert stored != base64.b64decode(given)
+
+
+@pytest.mark.parametrize("later", ["local push", "push through the API"])
+def test_a_digest_declared_before_its_content_exists_does_not_choose_its_key(
+    attack: Attack, tmp_path: Path, later: str
+) -> None:
+    """Mallory guesses the digest of content a team will push and opens a session for it first
+    (never committed: mallory lacks the content). The team's push, local or through the API,
+    must not seal the content under the key mallory holds."""
+    model = _weights(tmp_path / "team")
+    declared = _declared(model)
+    answer = attack.open(declared)
+    assert answer.status_code == 201, answer.text
+    given = base64.b64decode(answer.json()["files"][0]["key"])
+    if later == "local push":
+        attack.registry.push("team/m", model)
+    else:
+        team = _victim(attack)
+        pushing = attack.client.post(
+            "/v1/uploads", json={"model": "team/m", "files": declared}, headers=team
+        ).json()
+        for part, (data, tag) in enumerate(sealed_parts(pushing, 0, model / "weights.bin")):
+            sent = attack.client.put(
+                f"/v1/uploads/{pushing['id']}/files/0/parts/{part}",
+                content=data,
+                headers={**team, "X-Part-Digest": tag},
+            )
+            assert sent.status_code == 204, sent.text
+        done = attack.client.post(f"/v1/uploads/{pushing['id']}/commit", headers=team)
+        assert done.status_code == 201, done.text
+    stored = attack.registry.broker_keys("team/m@1").keys[("blob", declared[0]["digest"])]
+    assert stored != given
+    attack.registry.pull("team/m@1", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK, 2 * MiB + CHUNK + 1])
+def test_content_whose_key_another_push_chose_first_is_sealed_again_under_that_key(
+    attack: Attack, tmp_path: Path, size: int
+) -> None:
+    """Another push chose the content's key and stored its slot, then stopped before storing the
+    content (or is still running): the session's commit seals the checked plaintext again, in
+    memory, under that key, so the object has one key whoever stores it (sizes: empty, one
+    byte, one chunk, several parts)."""
+    from registry.blobstore import BLOB
+    from registry.ops.copies import choose_key
+
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(bytes(range(251)) * (size // 251) + b"z" * (size % 251))
+    declared = _declared(model)
+    first = choose_key(
+        attack.registry._context, BLOB, declared[0]["digest"], what="a", retired=frozenset()
+    )
+    session = attack.open(declared).json()
+    assert base64.b64decode(session["files"][0]["key"]) != first.key
+    attack.send(session, 0, model / "weights.bin")
+    done = attack.commit(session)
+    assert done.status_code == 201, done.text
+    assert done.json()["uploaded_bytes"] == declared[0]["size"]
+    assert attack.registry.broker_keys("org/m@1").keys[("blob", declared[0]["digest"])] == (
+        first.key
+    )
+    attack.registry.pull("org/m@1", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)
+    assert attack.registry.verify("org/m@1").ok
+    assert attack.staged(session) == []
+
+
 # -- hostile safetensors, and a session held by its commit ---------------------------------------
 
 
@@ -564,9 +672,9 @@ def test_two_pushes_opened_at_once_by_one_token_never_both_pass_its_allowance(
     barrier = threading.Barrier(2, timeout=30)
     real = upload_ops._issue_keys
 
-    def issue_keys(ctx: Any, session: Any) -> Any:
+    def issue_keys(ctx: Any, session_id: str, files: Any) -> Any:
         barrier.wait()  # both have passed the check before opening
-        return real(ctx, session)
+        return real(ctx, session_id, files)
 
     monkeypatch.setattr(upload_ops, "_issue_keys", issue_keys)
     outcomes: list[object] = []

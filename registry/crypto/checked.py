@@ -5,7 +5,9 @@ before) — all in memory, the plaintext never written anywhere.
 
 `CheckedObject` yields the ciphertext part by part, as a store write consumes it, and withholds
 the last part until the whole plaintext matched: a store publishes an object only once its write
-has taken every byte, so an object that fails a check is never published. `plaintext_prefix`
+has taken every byte, so an object that fails a check is never published. Where the object's
+key is not the one the client sealed under (another push chose it first), it yields the same
+plaintext sealed again under that key instead, checked the same way. `plaintext_prefix`
 decrypts the first bytes of such an object (a safetensors header, an index file) before anything
 is stored.
 """
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE, Opener, SealedHeader
+from registry.crypto.sealed import HEADER_SIZE, TAG_SIZE, Opener, SealedHeader, Sealer
 from registry.digest import FileDigests, FileHasher
 from registry.errors import DigestMismatchError, IntegrityError
 
@@ -145,7 +147,10 @@ class CheckedObject:
         starts_with: bytes = b"",
         workers: int = 2,
         what: str,
+        reseal: Sealer | None = None,
     ) -> None:
+        """With `reseal`, what is yielded is the plaintext sealed again by it (its header
+        first), not the client's ciphertext."""
         self._read_part = read_part
         self._data_key = data_key
         self._digest = digest
@@ -154,6 +159,7 @@ class CheckedObject:
         self._starts_with = starts_with
         self._workers = workers
         self._what = what
+        self._reseal = reseal
         self.header = SealedHeader.unpack(expected_header, what=what)
         self._result: FileDigests | None = None
 
@@ -174,11 +180,11 @@ class CheckedObject:
             pass
         return self.digests
 
-    def __iter__(self) -> Iterator[bytes | memoryview]:
+    def __iter__(self) -> Iterator[bytes | bytearray | memoryview]:
         with _refused():
             yield from self._checked()
 
-    def _checked(self) -> Iterator[bytes | memoryview]:
+    def _checked(self) -> Iterator[bytes | bytearray | memoryview]:
         header, what = self.header, self._what
         parts = header.part_count(self._chunks_per_part)
         out = bytearray(min(self._chunks_per_part * header.chunk_size, header.plaintext_size))
@@ -188,6 +194,8 @@ class CheckedObject:
             ThreadPoolExecutor(self._workers, thread_name_prefix="check") as pool,
         ):
             opener: Opener | None = None
+            if self._reseal is not None:
+                yield self._reseal.header_bytes
             for part in range(parts):
                 data = self._read_part(part)
                 if opener is None:
@@ -210,6 +218,24 @@ class CheckedObject:
                             hint="hash the file again and push it",
                         )
                     self._result = found
-                yield data
+                yield data if self._reseal is None else self._sealed(part, plain)
         # The plaintext of a pushed file must not linger in freed memory of a server.
         out[:] = bytes(len(out))
+
+    def _sealed(self, part: int, plain: memoryview) -> bytearray:
+        """The chunks of part `part` (their plaintext `plain`) sealed by `reseal`."""
+        assert self._reseal is not None
+        header, first = self.header, part * self._chunks_per_part
+        chunks = range(first, min(header.chunk_count, first + self._chunks_per_part))
+        sealed = bytearray(len(plain) + TAG_SIZE * len(chunks))
+        plain_at = sealed_at = 0
+        for index in chunks:
+            size = header.chunk_plain_size(index)
+            self._reseal.seal_chunk_into(
+                index,
+                plain[plain_at : plain_at + size],
+                memoryview(sealed)[sealed_at : sealed_at + size + TAG_SIZE],
+            )
+            plain_at += size
+            sealed_at += size + TAG_SIZE
+        return sealed

@@ -134,12 +134,23 @@ def write_copies(
 
 
 def choose_key(
-    ctx: Context, kind: str, digest: str, *, what: str, retired: frozenset[str]
+    ctx: Context,
+    kind: str,
+    digest: str,
+    *,
+    what: str,
+    retired: frozenset[str],
+    key: bytes | None = None,
 ) -> DataKey:
     """The data key a later `write_copies` of the object will seal with, its slot stored now
-    (see `Writes.choose_key`)."""
+    (see `Writes.choose_key`; `key`: the one to store if the object has none yet)."""
     return ctx.replicas.choose_key(
-        kind, digest, what=what, known=ctx.catalog.key_slots(digest, kind), retired=retired
+        kind,
+        digest,
+        what=what,
+        known=ctx.catalog.key_slots(digest, kind),
+        retired=retired,
+        key=key,
     )
 
 

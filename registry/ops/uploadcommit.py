@@ -10,8 +10,10 @@ the session issued, every chunk authenticated under the file's data key, the pla
 digest, chunk root and SHA-256 taken), the plaintext never leaving memory. Only then are the
 same staged parts copied into every region, each compared on the way with the digest its name
 holds, so that what is stored is the bytes checked. The manifest is built from what was
-checked, never from what the client claimed beyond the digests it sealed under. The commit
-renews its claim while it runs: one whose process died is taken over a minute later.
+checked, never from what the client claimed beyond the digests it sealed under. The session's
+key becomes the object's where the object has none yet; where another push chose the object's
+key first, the plaintext is sealed again under it in memory, checked again on the way. The
+commit renews its claim while it runs: one whose process died is taken over a minute later.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import contextlib
 import functools
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,7 +32,8 @@ from typing import TYPE_CHECKING
 import blake3
 
 from registry.blobstore import BLOB, MANIFEST
-from registry.crypto.checked import plaintext_prefix
+from registry.crypto.checked import CheckedObject, plaintext_prefix
+from registry.crypto.sealed import Sealer
 from registry.digest import FileDigests
 from registry.errors import (
     DigestMismatchError,
@@ -43,7 +46,7 @@ from registry.errors import (
 from registry.manifest import INDEX_SUFFIX, MAX_INDEX_SIZE, ChunkRoot, ManifestFile
 from registry.ops.access import requires
 from registry.ops.context import Context
-from registry.ops.copies import require_quorum, take_lease, write_copies
+from registry.ops.copies import choose_key, require_quorum, take_lease, write_copies
 from registry.ops.journaling import journaled
 from registry.ops.push import (
     FILES_AT_ONCE,
@@ -58,18 +61,17 @@ from registry.ops.uploadparts import check_file, part_reader, parts_digest
 from registry.ops.uploads import (
     CLAIM_RENEWAL,
     discard_upload,
-    file_key,
     layout,
     own_upload,
     part_name,
     part_tag,
     sealed_header,
+    session_keys,
     staging,
     stale_claim_before,
 )
 from registry.records import NewBlob, UploadFileRecord, UploadSessionRecord
 from registry.replication import Replicated
-from registry.replication.write import DataKey
 from registry.safetensors_header import (
     MAX_HEADER_SIZE,
     SafetensorsHeader,
@@ -90,10 +92,7 @@ class _Checked:
     """A file of the session once its first bytes were validated."""
 
     entry: UploadFileRecord
-    key: bytes
-    # The object's data key, to store it with; None for content already stored, sealed by the
-    # client under a key of the session's own (only checked: nothing of it is stored).
-    data_key: DataKey | None
+    key: bytes  # the key the client sealed under: the session's own
     header: bytes
     safetensors: SafetensorsHeader | None
     validated: bytes
@@ -203,7 +202,7 @@ def _commit(
     ctx.replicas.expect_writes()
     require_reachable(ctx, quorum)
     retired = refuse_retired_keys(ctx)
-    checked = _validated(ctx, session, retired)
+    checked = _validated(ctx, session)
     unique: dict[str, _Checked] = {}
     for item in checked:
         unique.setdefault(item.entry.digest, item)
@@ -264,16 +263,14 @@ def _part_reader(
     return part_reader(ctx, session.id, index, _file_parts(session, index))
 
 
-def _validated(
-    ctx: Context, session: UploadSessionRecord, retired: frozenset[str]
-) -> list[_Checked]:
+def _validated(ctx: Context, session: UploadSessionRecord) -> list[_Checked]:
     """Every file's data key and issued header, its safetensors header (or, for an index, its
     content) decrypted and validated: all of it before a byte is stored."""
     checked = []
     # The file of each digest whose parts are checked and stored: a later file of that digest
     # is validated from its bytes too, never from parts of its own that nothing checks.
     sources: dict[str, UploadFileRecord] = {}
-    keys: dict[str, tuple[bytes, DataKey | None]] = {}
+    keys = session_keys(ctx, session)  # one unwrap per content, not per file that holds it
     for entry in session.files:
         source = sources.setdefault(entry.digest, entry)
         if source.size != entry.size:  # refused at open too; a session opened before was not
@@ -282,9 +279,7 @@ def _validated(
                 f"not {entry.size}",
                 hint="hash the files again and push them in a new session",
             )
-        if entry.digest not in keys:  # one unwrap per content, not per file that holds it
-            keys[entry.digest] = file_key(ctx, session, entry, retired=retired)
-        key, data_key = keys[entry.digest]
+        key = keys[entry.index]
         header = sealed_header(session, entry, key)
 
         prefix = functools.partial(
@@ -316,7 +311,7 @@ def _validated(
             if entry.size > MAX_INDEX_SIZE:
                 raise InvalidModelError(f"{entry.path}: index file larger than {MAX_INDEX_SIZE}")
             validated = prefix(entry.size)
-        checked.append(_Checked(entry, key, data_key, header, safetensors, validated))
+        checked.append(_Checked(entry, key, header, safetensors, validated))
     headers = {c.entry.path: c.safetensors for c in checked if c.safetensors is not None}
     for item in checked:
         if item.entry.path.endswith(INDEX_SUFFIX):
@@ -377,10 +372,13 @@ def _store(
     *,
     retired: frozenset[str],
 ) -> list[Replicated]:
-    """Every distinct file, checked, written to every region: its staged parts as they are
-    (the staging store never changes a part, so these are the bytes checked)."""
+    """Every distinct file, checked, written to every region under the object's key: the
+    session's own where the object had none yet, its staged parts stored as they are (the
+    staging store never changes a part, so these are the bytes checked); else the key another
+    push chose first, the plaintext sealed again under it in memory (checked again on the way).
+    Content already stored with good copies is not written at all."""
     count = len(ctx.replicas.regions)
-    at_once, _workers = _at_once(ctx, len(unique))
+    at_once, workers = _at_once(ctx, len(unique))
 
     def store_one(item: _Checked) -> Replicated:
         read = _part_reader(ctx, session, item.entry.index)
@@ -402,23 +400,39 @@ def _store(
                     )
                 yield data
 
-        def seal(data_key: bytes) -> Iterator[bytes]:
-            if data_key != item.key:
-                raise StorageError(f"{item.entry.path}: its data key changed during the commit")
-            return staged()
+        def seal(data_key: bytes) -> Iterable[bytes | bytearray | memoryview]:
+            if data_key == item.key:
+                return staged()
+            resealed = Sealer(
+                data_key,
+                item.entry.digest,
+                plaintext_size=item.entry.size,
+                chunk_size=session.chunk_size,
+            )
+            return CheckedObject(
+                read,
+                item.key,
+                item.entry.digest,
+                item.header,
+                chunks_per_part=session.chunks_per_part,
+                workers=workers,
+                what=item.entry.path,
+                reseal=resealed,
+            )
 
-        # Content already stored (sealed by the client under the session's own key, and
-        # checked): its copies are the ones to keep, brought to any region that lacks one.
+        chosen = choose_key(
+            ctx, BLOB, item.entry.digest, what=item.entry.path, retired=retired, key=item.key
+        )
         return write_copies(
             ctx,
             BLOB,
             item.entry.digest,
             what=item.entry.path,
-            seal=None if item.data_key is None else seal,
+            seal=seal,
             size=item.entry.size,
             read_back=count > 1,
             retired=retired,
-            key=item.data_key,
+            key=chosen,
         )
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="commit") as pool:

@@ -108,7 +108,7 @@ def _check_early(
     could not run."""
     try:
         with ctx.counting_unwraps() as unwraps:
-            key = file_key(ctx, session, entry, retired=refuse_retired_keys(ctx))[0]
+            key = file_key(ctx, session, entry, retired=refuse_retired_keys(ctx))
         if unwraps.value:
             ctx.catalog.audit(
                 ctx.actor,

@@ -1,7 +1,7 @@
 """Upload sessions, the push through the REST API: the client declares its files (path, size,
-BLAKE3 digest); the server issues a data key per file (wrapped for every region and stored as the
-object's key slot, handed to the client unwrapped, audited and counted) with the salt and nonce
-prefix of its sealed header; the client seals each file itself and sends the ciphertext part by
+BLAKE3 digest); the server issues a key of the session's own per distinct content (wrapped in
+the session's row, handed to the client, audited) with the salt and nonce prefix of each file's
+sealed header; the client seals each file itself and sends the ciphertext part by
 part, to any server process (`ops.uploadparts`). Parts are kept as they arrive in the staging
 store (`[api] staging_dir`, a folder every process of a fleet shares), whose listing is the
 record of what arrived; the session and its files are rows of the catalog. No plaintext is ever
@@ -39,7 +39,6 @@ from registry.ops.parallel import bounded_map
 from registry.ops.push import refuse_retired_keys
 from registry.records import DeclaredFile, UploadFileRecord, UploadSessionRecord
 from registry.refs import validate_name, validate_relative_path
-from registry.replication.write import DataKey
 from registry.reports import UploadKeys
 from registry.storage.base import Driver
 from registry.storage.local import LocalDriver
@@ -48,10 +47,9 @@ MAX_FILE_SIZE = 1 << 40
 _DIGEST = re.compile(r"blake3:[0-9a-f]{64}")
 _EMPTY = "blake3:" + blake3.blake3(b"").hexdigest()
 _SESSION = re.compile(r"[0-9a-f]{32}")
-# Keys chosen at once while a session opens, where a region's store or key provider is across a
-# network: each new content's key is then a KMS call and a PUT of its key slot, round trips a
-# push of thousands of files must not wait for one by one. On folders with a key file, threads
-# would only contend for the disk and the GIL (docs/benchmarks.md).
+# Session keys wrapped (at the opening) or unwrapped (resumed, checked, committed) at once where
+# the key provider is a KMS: each is then a request, which a push of thousands of files must not
+# wait for one by one. With a key file each is microseconds of CPU, and threads only contend.
 KEY_REQUESTS = 16
 
 
@@ -216,61 +214,60 @@ def _key_context(store: BlobStore, session_id: str, digest: str) -> dict[str, st
     }
 
 
-def _session_keys(ctx: Context, session_id: str, files: Sequence[DeclaredFile]) -> dict[str, bytes]:
-    """A key of the session's own, wrapped, for each content already stored: the stored
-    object's key opens a version this pusher may have no right to read, so it is never handed
-    out for a digest alone. The commit checks such a file with the session's key and stores
-    nothing of it: its content is stored already."""
+def _issue_keys(
+    ctx: Context, session_id: str, files: Sequence[DeclaredFile]
+) -> dict[str, tuple[bytes, bytes]]:
+    """A new key of the session's own for each distinct content, with its wrapped form (kept
+    in the session's row). A pusher is only ever handed a key it was issued: the key an object
+    is stored under opens every version that holds it, which this pusher may have no right to
+    read, and a key handed out before its content is stored would let whoever declared the
+    digest first choose the key another team's push seals under. At the commit the session's
+    key becomes the object's where the object has none yet; otherwise the checked plaintext is
+    sealed again under the object's (`ops.uploadcommit`)."""
     store = ctx.replicas.primary
     distinct = list(dict.fromkeys(entry.digest for entry in files))
 
-    def wrap(digest: str) -> bytes | None:
-        blob = ctx.catalog.blob(digest)
-        if blob is None or blob.swept_at is not None:
-            return None
+    def issue(digest: str) -> tuple[bytes, bytes]:
         key = os.urandom(KEY_SIZE)
-        return store.keys.wrap(key, context=_key_context(store, session_id, digest)).to_json()
+        slot = store.keys.wrap(key, context=_key_context(store, session_id, digest))
+        return key, slot.to_json()
 
-    wrapped = bounded_map(wrap, distinct, limit=keys_at_once(ctx), name="session-key")
-    return {digest: slot for digest, slot in zip(distinct, wrapped, strict=True) if slot}
+    issued = bounded_map(issue, distinct, limit=keys_at_once(ctx), name="session-key")
+    return dict(zip(distinct, issued, strict=True))
 
 
 def file_key(
     ctx: Context, session: UploadSessionRecord, entry: UploadFileRecord, *, retired: frozenset[str]
-) -> tuple[bytes, DataKey | None]:
-    """The key a file of the session is sealed with: the session's own for content already
-    stored (unwrapped, counted; no `DataKey`: nothing of it is stored), else the object's
-    data key, its slot stored if new."""
-    if entry.session_key is not None:
-        store = ctx.replicas.primary
-        slot = WrappedKey.from_json(entry.session_key, what=entry.path)
-        key = store.keys.unwrap(
-            slot, context=_key_context(store, session.id, entry.digest), what=entry.path
-        )
-        note_unwrap(entry.digest)
-        return key, None
-    chosen = choose_key(ctx, BLOB, entry.digest, what=entry.path, retired=retired)
-    return chosen.key, chosen
+) -> bytes:
+    """The key a file of the session is sealed with: the session's own (unwrapped, counted).
+    A session opened by a release before session keys were issued for every file has none for
+    new content: its files were sealed under the object's key, chosen then (`retired`: keys
+    that may no longer be chosen)."""
+    if entry.session_key is None:
+        return choose_key(ctx, BLOB, entry.digest, what=entry.path, retired=retired).key
+    store = ctx.replicas.primary
+    slot = WrappedKey.from_json(entry.session_key, what=entry.path)
+    key = store.keys.unwrap(
+        slot, context=_key_context(store, session.id, entry.digest), what=entry.path
+    )
+    note_unwrap(entry.digest)
+    return key
 
 
 def keys_at_once(ctx: Context) -> int:
-    """How many keys a session's opening chooses at once (see KEY_REQUESTS)."""
-    remote = any(
-        region.store.driver.latency_bound or region.store.keys.latency_bound
-        for region in ctx.replicas.regions
-    )
-    return KEY_REQUESTS if remote else 1
+    """How many session keys are wrapped or unwrapped at once (see KEY_REQUESTS)."""
+    return KEY_REQUESTS if ctx.replicas.primary.keys.latency_bound else 1
 
 
-def _issue_keys(ctx: Context, session: UploadSessionRecord) -> dict[int, bytes]:
-    """The key of every file (one per distinct content), the distinct ones chosen together."""
+def session_keys(ctx: Context, session: UploadSessionRecord) -> dict[int, bytes]:
+    """The key of every file (one per distinct content), the distinct ones unwrapped together."""
     retired = refuse_retired_keys(ctx)
     first: dict[str, UploadFileRecord] = {}
     for entry in session.files:
         first.setdefault(entry.digest, entry)
 
     def key_of(entry: UploadFileRecord) -> bytes:
-        return file_key(ctx, session, entry, retired=retired)[0]
+        return file_key(ctx, session, entry, retired=retired)
 
     keys = bounded_map(key_of, list(first.values()), limit=keys_at_once(ctx), name="upload-key")
     by_digest = dict(zip(first, keys, strict=True))
@@ -281,8 +278,8 @@ def _issue_keys(ctx: Context, session: UploadSessionRecord) -> dict[int, bytes]:
 def open_upload(
     ctx: Context, model: str, files: Sequence[DeclaredFile], *, message: str = ""
 ) -> UploadKeys:
-    """Open a session for a new version of `model` with `files`, and issue their data keys
-    (audited: `upload-open`, with the keys issued and unwrapped)."""
+    """Open a session for a new version of `model` with `files`, and issue a key of the
+    session's own for each distinct content (audited: `upload-open`, with the keys issued)."""
     validate_name(model)
     _validate(files)
     if len(message) > 65536:
@@ -315,16 +312,15 @@ def open_upload(
     _require_room(ctx, session)
     _require_allowance(ctx, session, opened=False)
     # Only now: each session key is a KMS request that a refused push must not cost.
-    stored = _session_keys(ctx, session.id, files)
+    issued = _issue_keys(ctx, session.id, files)
     session = dataclasses.replace(
         session,
         files=tuple(
-            dataclasses.replace(entry, session_key=stored.get(entry.digest))
+            dataclasses.replace(entry, session_key=issued[entry.digest][1])
             for entry in session.files
         ),
     )
-    with ctx.counting_unwraps() as unwraps:
-        keys = _issue_keys(ctx, session)
+    keys = {entry.index: issued[entry.digest][0] for entry in session.files}
     ctx.catalog.open_upload(session)
     _require_allowance(ctx, session, opened=True)
     ctx.catalog.audit(
@@ -334,8 +330,7 @@ def open_upload(
         {
             "session": session.id,
             "files": len(files),
-            "keys": len(keys),
-            "key_unwraps": unwraps.value,
+            "keys": len(issued),
         },
     )
     return _with_layout(session, keys)
@@ -377,7 +372,7 @@ def upload_keys(ctx: Context, session_id: str) -> UploadKeys:
     seals the rest exactly as before), audited: `upload-keys`."""
     session = own_upload(ctx, session_id)
     with ctx.counting_unwraps() as unwraps:
-        keys = _issue_keys(ctx, session)
+        keys = session_keys(ctx, session)
     ctx.catalog.audit(
         ctx.actor,
         "upload-keys",

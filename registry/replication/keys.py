@@ -80,11 +80,12 @@ class DataKeys(Regions):
         stored: set[str],
         what: str,
         retired: frozenset[str] = frozenset(),
+        key: bytes | None = None,
     ) -> tuple[bytes, dict[str, WrappedKey], str | None]:
         """The data key an object is (or will be) sealed with: an existing slot's, or a new
-        one whose slot won the first reachable region (a concurrent push's slot wins there);
-        with it the slots seen, and the region whose slot this call stored (None: none), which
-        needs no second look.
+        one (`key` where given, else a random one) whose slot won the first reachable region
+        (a concurrent push's slot wins there); with it the slots seen, and the region whose
+        slot this call stored (None: none), which needs no second look.
         Given the `retired` keys (a push holding the verified file), a stored object whose every
         slot, recorded or in any region, is under a retired key that nothing configured opens
         (an orphan of a process refused after a key rotation, or content only a lost key opened)
@@ -116,7 +117,10 @@ class DataKeys(Regions):
         for region in reachable:
             store = region.store
             try:
-                data_key, slot = store.keys.generate(context=context)
+                if key is None:
+                    data_key, slot = store.keys.generate(context=context)
+                else:
+                    data_key, slot = key, store.keys.wrap(key, context=context)
                 name = store.slot_name(kind, digest, slot.kek_id)
                 if store.driver.put_if_absent(name, [slot.to_json()]):
                     return data_key, {slot.kek_id: slot}, region.name

@@ -97,10 +97,12 @@ class Writes(Repairs):
         what: str,
         known: Sequence[WrappedKey] = (),
         retired: frozenset[str] = frozenset(),
+        key: bytes | None = None,
     ) -> DataKey:
         """The data key `replicate` will seal the object with, its slot stored now if it is a
         new one (a slot alone is harmless), so that the write itself starts with the data: a
-        push chooses its manifest's key while its files are written."""
+        push chooses its manifest's key while its files are written. A new one is `key` where
+        given (an upload session's own, which its client sealed under)."""
         copies = _Copies(None)
         self._survey(copies, self.regions, self.primary.object_name(kind, digest))
         data_key, slots, slot_stored = self._choose_key(
@@ -111,6 +113,7 @@ class Writes(Repairs):
             stored=copies.stored,
             what=what,
             retired=retired,
+            key=key,
         )
         return DataKey(data_key, slots, slot_stored)
 
