@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from cli.main import main
 from registry.api.app import create_app
 from registry.client import RemoteRegistry
+from registry.digest import hash_file
 from registry.service import ADMIN, READER, Registry
 from registry.testing.models import make_model
 from tests.apikit import api_settings, wait_healthy
@@ -376,3 +377,40 @@ def test_a_push_past_the_tokens_staging_allowance_exits_18_and_opens_nothing(
     assert registry._context.catalog.idle_uploads(datetime.max.replace(tzinfo=UTC)) == []
     with RemoteRegistry(server.url, tokens[ADMIN]) as remote:
         assert remote.models() == []
+
+
+def test_a_push_resuming_a_session_of_an_earlier_release_starts_a_new_one(
+    served: tuple[LiveServer, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an upgrade, the client's saved session was opened by the earlier release: the
+    server answers it as gone (no key handed out for it), and the push opens a new session and
+    completes, with nothing more asked of the user."""
+    from sqlalchemy import update
+
+    from registry.catalog.models import UploadFile
+    from registry.client import upload as client_upload
+
+    server, tokens = served
+    model = make_model(tmp_path / "model", shards=1, shard_size=100_000, seed=61)
+    state = tmp_path / "state"
+    monkeypatch.setattr(client_upload, "resume_file", lambda identity: state)
+    registry = server.app.state["registry_state"].registry
+    with RemoteRegistry(server.url, tokens[ADMIN]) as remote:
+        described = [
+            {"path": p.name, "size": p.stat().st_size, "digest": hash_file(p)}
+            for p in sorted(model.iterdir())
+        ]
+        old = remote._json("POST", "/v1/uploads", json={"model": "org/m", "files": described})
+        with registry._context.catalog.engine.begin() as connection:
+            connection.execute(
+                update(UploadFile)
+                .where(UploadFile.session_id == old["id"])
+                .values(session_key=None)
+            )
+        state.write_text(old["id"])
+        result = remote.push("org/m", model)
+    assert result.version.number == 1
+    assert not state.exists()  # the new session committed; the old one idles out
+    assert registry._context.catalog.upload(old["id"]) is not None
+    registry.pull("org/m@1", tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(model)

@@ -200,7 +200,6 @@ def test_ciphertext_that_does_not_match_the_declared_digest_is_refused(
 def test_parts_not_sealed_as_issued_are_refused(
     pusher: Pusher, tmp_path: Path, tamper: str
 ) -> None:
-    import base64
     import os
 
     model = make_model(tmp_path / "model", shards=1, shard_size=MiB, seed=5)
@@ -509,45 +508,6 @@ def test_a_session_key_the_kms_cannot_wrap_opens_nothing(
 
 def _digest_of(data: bytes) -> str:
     return "blake3:" + blake3.blake3(data).hexdigest()
-
-
-def test_a_session_opened_before_session_keys_for_every_file_still_commits(
-    pusher: Pusher, tmp_path: Path
-) -> None:
-    """A session an earlier release opened (a push in flight during an upgrade): its new content
-    has no key of the session's own, its client seals under the object's key, chosen then and
-    its slot stored; resumed and committed by this release, it is stored as it was sealed."""
-    from sqlalchemy import update
-
-    from registry.blobstore import BLOB
-    from registry.catalog.models import UploadFile
-    from registry.ops.copies import choose_key
-
-    model = make_model(tmp_path / "model", shards=2, shard_size=MiB, seed=41)
-    session = _open(pusher, model)
-    context = pusher.registry._context
-    for entry in session["files"]:  # what the earlier release did at the opening
-        choose_key(
-            context,
-            BLOB,
-            entry["digest"],
-            what=entry["path"],
-            retired=frozenset(),
-            key=base64.b64decode(entry["key"]),
-        )
-    with context.catalog.engine.begin() as connection:
-        connection.execute(
-            update(UploadFile)
-            .where(UploadFile.session_id == session["id"])
-            .values(session_key=None)
-        )
-    again = pusher.client.get(f"/v1/uploads/{session['id']}", headers=pusher.headers).json()
-    assert [e["key"] for e in again["files"]] == [e["key"] for e in session["files"]]
-    _send_all(pusher, again, model)
-    done = _commit(pusher, again)
-    assert done.status_code == 201, done.text
-    pusher.registry.pull("org/m@1", tmp_path / "out")
-    assert tree(tmp_path / "out") == tree(model)
 
 
 def test_a_push_through_the_api_reaches_every_region_and_reads_from_either(

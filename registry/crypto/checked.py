@@ -188,39 +188,45 @@ class CheckedObject:
         header, what = self.header, self._what
         parts = header.part_count(self._chunks_per_part)
         out = bytearray(min(self._chunks_per_part * header.chunk_size, header.plaintext_size))
-        position = 0
-        with (
-            FileHasher(chunk_size=header.chunk_size) as hasher,
-            ThreadPoolExecutor(self._workers, thread_name_prefix="check") as pool,
-        ):
-            opener: Opener | None = None
-            if self._reseal is not None:
-                yield self._reseal.header_bytes
-            for part in range(parts):
-                data = self._read_part(part)
-                if opener is None:
-                    opener = _opened(self._data_key, self._digest, self._expected, data, what=what)
-                plain = _open_part(opener, part, data, self._chunks_per_part, out, pool)
-                expected = self._starts_with[position : position + len(plain)]
-                if plain[: len(expected)] != expected:
-                    raise IntegrityError(
-                        f"{what}: its first bytes are not those validated at the commit's start",
-                        path=what,
-                    )
-                hasher.update(plain)
-                position += len(plain)
-                if part == parts - 1:
-                    found = hasher.result()
-                    if found.digest != self._digest:
-                        raise DigestMismatchError(
-                            f"{what}: the plaintext hashes to {found.digest}, "
-                            f"not the {self._digest} declared for it",
-                            hint="hash the file again and push it",
+        try:
+            position = 0
+            with (
+                FileHasher(chunk_size=header.chunk_size) as hasher,
+                ThreadPoolExecutor(self._workers, thread_name_prefix="check") as pool,
+            ):
+                opener: Opener | None = None
+                if self._reseal is not None:
+                    yield self._reseal.header_bytes
+                for part in range(parts):
+                    data = self._read_part(part)
+                    if opener is None:
+                        opener = _opened(
+                            self._data_key, self._digest, self._expected, data, what=what
                         )
-                    self._result = found
-                yield data if self._reseal is None else self._sealed(part, plain)
-        # The plaintext of a pushed file must not linger in freed memory of a server.
-        out[:] = bytes(len(out))
+                    plain = _open_part(opener, part, data, self._chunks_per_part, out, pool)
+                    expected = self._starts_with[position : position + len(plain)]
+                    if plain[: len(expected)] != expected:
+                        raise IntegrityError(
+                            f"{what}: its first bytes are not those validated at the commit's "
+                            "start",
+                            path=what,
+                        )
+                    hasher.update(plain)
+                    position += len(plain)
+                    if part == parts - 1:
+                        found = hasher.result()
+                        if found.digest != self._digest:
+                            raise DigestMismatchError(
+                                f"{what}: the plaintext hashes to {found.digest}, "
+                                f"not the {self._digest} declared for it",
+                                hint="hash the file again and push it",
+                            )
+                        self._result = found
+                    yield data if self._reseal is None else self._sealed(part, plain)
+        finally:
+            # The plaintext of a pushed file must not linger in freed memory of a server, whether
+            # the check ran to its end or stopped early.
+            out[:] = bytes(len(out))
 
     def _sealed(self, part: int, plain: memoryview) -> bytearray:
         """The chunks of part `part` (their plaintext `plain`) sealed by `reseal`."""

@@ -32,7 +32,6 @@ from registry.errors import (
 )
 from registry.ops.access import requires
 from registry.ops.context import Context
-from registry.ops.push import refuse_retired_keys
 from registry.ops.uploads import (
     TOUCH_EVERY,
     file_key,
@@ -108,7 +107,7 @@ def _check_early(
     could not run."""
     try:
         with ctx.counting_unwraps() as unwraps:
-            key = file_key(ctx, session, entry, retired=refuse_retired_keys(ctx))
+            key = file_key(ctx, session, entry)
         if unwraps.value:
             ctx.catalog.audit(
                 ctx.actor,

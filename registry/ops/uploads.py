@@ -26,7 +26,7 @@ from pathlib import Path
 
 import blake3
 
-from registry.blobstore import BLOB, BlobStore
+from registry.blobstore import BlobStore
 from registry.crypto.keys import WrappedKey
 from registry.crypto.sealed import KEY_SIZE, NONCE_PREFIX_SIZE, SALT_SIZE, SealedHeader, Sealer
 from registry.errors import InvalidInputError, NotFoundError, QuotaExceededError, StorageError
@@ -34,9 +34,7 @@ from registry.fileio import private_dirs
 from registry.manifest import MAX_FILES, SIGNATURE_FILE
 from registry.ops.access import requires
 from registry.ops.context import Context, note_unwrap
-from registry.ops.copies import choose_key
 from registry.ops.parallel import bounded_map
-from registry.ops.push import refuse_retired_keys
 from registry.records import DeclaredFile, UploadFileRecord, UploadSessionRecord
 from registry.refs import validate_name, validate_relative_path
 from registry.reports import UploadKeys
@@ -236,15 +234,10 @@ def _issue_keys(
     return dict(zip(distinct, issued, strict=True))
 
 
-def file_key(
-    ctx: Context, session: UploadSessionRecord, entry: UploadFileRecord, *, retired: frozenset[str]
-) -> bytes:
-    """The key a file of the session is sealed with: the session's own (unwrapped, counted).
-    A session opened by a release before session keys were issued for every file has none for
-    new content: its files were sealed under the object's key, chosen then (`retired`: keys
-    that may no longer be chosen)."""
-    if entry.session_key is None:
-        return choose_key(ctx, BLOB, entry.digest, what=entry.path, retired=retired).key
+def file_key(ctx: Context, session: UploadSessionRecord, entry: UploadFileRecord) -> bytes:
+    """The key a file of the session is sealed with: the session's own (unwrapped, counted)."""
+    if entry.session_key is None:  # `own_upload` answers none for such a session
+        raise NotFoundError(f"no upload session {session.id} (opened by an earlier release)")
     store = ctx.replicas.primary
     slot = WrappedKey.from_json(entry.session_key, what=entry.path)
     key = store.keys.unwrap(
@@ -261,13 +254,12 @@ def keys_at_once(ctx: Context) -> int:
 
 def session_keys(ctx: Context, session: UploadSessionRecord) -> dict[int, bytes]:
     """The key of every file (one per distinct content), the distinct ones unwrapped together."""
-    retired = refuse_retired_keys(ctx)
     first: dict[str, UploadFileRecord] = {}
     for entry in session.files:
         first.setdefault(entry.digest, entry)
 
     def key_of(entry: UploadFileRecord) -> bytes:
-        return file_key(ctx, session, entry, retired=retired)
+        return file_key(ctx, session, entry)
 
     keys = bounded_map(key_of, list(first.values()), limit=keys_at_once(ctx), name="upload-key")
     by_digest = dict(zip(first, keys, strict=True))
@@ -361,6 +353,15 @@ def own_upload(ctx: Context, session_id: str, *, parts: bool = True) -> UploadSe
         # Expired, if not swept yet (sessions are swept when one opens): gone all the same.
         discard_upload(ctx, session.id)
         raise missing
+    if any(entry.session_key is None for entry in session.files):
+        # Opened by the release before session keys: its client holds object keys chosen at
+        # the opening, which this release never hands out or stores (`_issue_keys`). The
+        # client opens a new session on a 404; this one idles out (an earlier release's
+        # process may still be committing it).
+        raise NotFoundError(
+            f"no upload session {session_id} (opened by an earlier release of the server)",
+            hint="push again: a new session is opened",
+        )
     if parts:
         session = dataclasses.replace(session, received=received_parts(ctx, session_id))
     return session
