@@ -695,3 +695,52 @@ def test_two_pushes_opened_at_once_by_one_token_never_both_pass_its_allowance(
     assert any(isinstance(outcome, QuotaExceededError) for outcome in outcomes)
     catalog = attack.registry._context.catalog
     assert catalog.staged_bytes(f"token:twins:{record.id}") <= 3000
+
+
+def test_a_part_sent_again_during_a_commit_leaves_the_part_the_commit_reads(
+    attack: Attack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other bytes for a part already sent, written just as a commit takes the session: a 404
+    (send it again), and the part the commit may be reading is still there. The part sent last
+    counts once the commit hands the session back."""
+    from datetime import UTC, datetime, timedelta
+
+    from registry.ops import uploadparts
+
+    data = b"v" * 9000
+    (tmp_path / "f.bin").write_bytes(data)
+    session = attack.open([{"path": "f.bin", "size": len(data), "digest": _digest(data)}]).json()
+    attack.send(session, 0, tmp_path / "f.bin")
+    staged = attack.staged(session)
+    assert len(staged) == 1
+    catalog = attack.registry._context.catalog
+    now = datetime.now(UTC)
+    real_staging = uploadparts.staging
+
+    def staging(ctx: Any) -> Any:
+        driver = real_staging(ctx)
+        real_put = driver.put_if_absent
+
+        def put_if_absent(name: str, chunks: Any) -> bool:
+            wrote = real_put(name, chunks)
+            # A commit takes the session just after the part is written.
+            assert catalog.claim_upload(
+                session["id"], "c" * 32, at=now, stale=now - timedelta(minutes=1)
+            )
+            return wrote
+
+        driver.put_if_absent = put_if_absent  # type: ignore[method-assign]
+        return driver
+
+    monkeypatch.setattr(uploadparts, "staging", staging)
+    other = bytes(len(staged[0].read_bytes()))  # the right length, other bytes
+    answer = attack.put(session, 0, 0, other)
+    assert answer.status_code == 404 and "being committed" in answer.text
+    assert staged[0].exists(), "the part a commit may be reading was deleted"
+    monkeypatch.setattr(uploadparts, "staging", real_staging)
+    catalog.release_upload(session["id"], "c" * 32, at=now)
+    refused = attack.commit(session)  # the part sent last counts: not sealed as issued
+    assert refused.status_code == 400, refused.text
+    attack.send(session, 0, tmp_path / "f.bin")
+    assert attack.commit(session).status_code == 201
+    assert attack.staged(session) == []

@@ -74,11 +74,6 @@ def put_upload_part(
     tag = part_tag(actual)
     name = part_name(session_id, index, part, tag)
     store.put_if_absent(name, [data])
-    # Other bytes sent before for this part are replaced: the part is what was sent last.
-    for info in list(store.list(f"sessions/{session_id}/{index}/{part}-")):
-        if info.name != name:
-            with contextlib.suppress(NotFoundError):
-                store.delete(info.name)
     now = datetime.now(UTC)
     if now - session.seen_at > TOUCH_EVERY:
         ctx.catalog.touch_upload(session_id, at=now)
@@ -90,8 +85,14 @@ def put_upload_part(
                 store.delete(name)
             raise NotFoundError(f"no upload session {session_id}")
         # A commit took the session while this part was written: it may or may not have
-        # listed it (it checks what it read either way); the client is told to send it again.
+        # listed it (it checks what it read either way), and the bytes sent before stay for
+        # it to read; the client is told to send the part again.
         raise NotFoundError(f"no upload session {session_id} (it is being committed)")
+    # Other bytes sent before for this part are replaced: the part is what was sent last.
+    for info in list(store.list(f"sessions/{session_id}/{index}/{part}-")):
+        if info.name != name:
+            with contextlib.suppress(NotFoundError):
+                store.delete(info.name)
     parts = {part: tag for (_i, part), tag in received_parts(ctx, session_id, index=index).items()}
     done = entry.checked is not None and entry.checked.parts == parts_digest(parts)
     # A part sent again, unchanged, does not cost the server a check of the whole file again.
