@@ -21,7 +21,7 @@ from registry.catalog.models import UploadFile
 from registry.ops.copies import choose_key
 from registry.ops.uploads import expire_uploads
 from registry.service import PUSHER, Registry
-from tests.apikit import api_settings, sealed_parts
+from tests.apikit import api_settings
 from tests.conftest import tree
 from tests.test_upload_attack import CHUNK, Attack, MiB, _attack, _declared, _victim, _weights
 
@@ -94,17 +94,9 @@ def test_a_session_of_an_earlier_release_chooses_no_key_when_its_slot_is_gone(
     slots = attack.home / "store" / "objects" / "slots"
     assert not [p for p in slots.rglob("*") if p.is_file()]  # no key chosen for it
     team = _victim(attack)
-    pushing = attack.client.post(
-        "/v1/uploads", json={"model": "team/m", "files": declared}, headers=team
-    ).json()
-    for part, (data, tag) in enumerate(sealed_parts(pushing, 0, model / "weights.bin")):
-        sent = attack.client.put(
-            f"/v1/uploads/{pushing['id']}/files/0/parts/{part}",
-            content=data,
-            headers={**team, "X-Part-Digest": tag},
-        )
-        assert sent.status_code == 204, sent.text
-    done = attack.client.post(f"/v1/uploads/{pushing['id']}/commit", headers=team)
+    pushing = attack.open(declared, who=team, model="team/m").json()
+    attack.send(pushing, 0, model / "weights.bin", who=team)
+    done = attack.commit(pushing, who=team)
     assert done.status_code == 201, done.text
     stored = attack.registry.broker_keys("team/m@1").keys[("blob", declared[0]["digest"])]
     assert stored == base64.b64decode(pushing["files"][0]["key"])

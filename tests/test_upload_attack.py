@@ -39,9 +39,11 @@ class Attack:
     tokens: dict[str, dict[str, str]]
     home: Path
 
-    def open(self, files: list[dict[str, Any]], *, who: str = "mallory") -> Any:
+    def open(
+        self, files: list[dict[str, Any]], *, who: str = "mallory", model: str = "org/m"
+    ) -> Any:
         return self.client.post(
-            "/v1/uploads", json={"model": "org/m", "files": files}, headers=self.tokens[who]
+            "/v1/uploads", json={"model": model, "files": files}, headers=self.tokens[who]
         )
 
     def put(
@@ -388,10 +390,12 @@ def test_a_pusher_is_not_given_the_data_key_of_a_model_it_may_not_read(
     assert refused.status_code == 400, refused.text
 
 
-def _victim(attack: Attack) -> dict[str, str]:
-    """A pusher of team/* only: mallory (org/*) may not read what it pushes."""
+def _victim(attack: Attack) -> str:
+    """A pusher of team/* only, as `attack.tokens["team"]`: mallory (org/*) may not read what
+    it pushes."""
     secret = attack.registry.create_token("victim", role=PUSHER, models=["team/*"])[1]
-    return {"Authorization": f"Bearer {secret}"}
+    attack.tokens["team"] = {"Authorization": f"Bearer {secret}"}
+    return "team"
 
 
 def _weights(folder: Path) -> Path:
@@ -409,21 +413,13 @@ def test_a_pusher_is_not_given_the_key_of_content_another_push_has_in_flight(
     team = _victim(attack)
     model = _weights(tmp_path / "team")
     declared = _declared(model)
-    pushing = attack.client.post(
-        "/v1/uploads", json={"model": "team/m", "files": declared}, headers=team
-    ).json()
+    pushing = attack.open(declared, who=team, model="team/m").json()
     answer = attack.open(declared)
     assert answer.status_code == 201, answer.text
     given = answer.json()["files"][0]["key"]
     assert given != pushing["files"][0]["key"]
-    for part, (data, tag) in enumerate(sealed_parts(pushing, 0, model / "weights.bin")):
-        sent = attack.client.put(
-            f"/v1/uploads/{pushing['id']}/files/0/parts/{part}",
-            content=data,
-            headers={**team, "X-Part-Digest": tag},
-        )
-        assert sent.status_code == 204, sent.text
-    done = attack.client.post(f"/v1/uploads/{pushing['id']}/commit", headers=team)
+    attack.send(pushing, 0, model / "weights.bin", who=team)
+    done = attack.commit(pushing, who=team)
     assert done.status_code == 201, done.text
     stored = attack.registry.broker_keys("team/m@1").keys[("blob", declared[0]["digest"])]
     assert stored != base64.b64decode(given)
@@ -445,17 +441,9 @@ def test_a_digest_declared_before_its_content_exists_does_not_choose_its_key(
         attack.registry.push("team/m", model)
     else:
         team = _victim(attack)
-        pushing = attack.client.post(
-            "/v1/uploads", json={"model": "team/m", "files": declared}, headers=team
-        ).json()
-        for part, (data, tag) in enumerate(sealed_parts(pushing, 0, model / "weights.bin")):
-            sent = attack.client.put(
-                f"/v1/uploads/{pushing['id']}/files/0/parts/{part}",
-                content=data,
-                headers={**team, "X-Part-Digest": tag},
-            )
-            assert sent.status_code == 204, sent.text
-        done = attack.client.post(f"/v1/uploads/{pushing['id']}/commit", headers=team)
+        pushing = attack.open(declared, who=team, model="team/m").json()
+        attack.send(pushing, 0, model / "weights.bin", who=team)
+        done = attack.commit(pushing, who=team)
         assert done.status_code == 201, done.text
     stored = attack.registry.broker_keys("team/m@1").keys[("blob", declared[0]["digest"])]
     assert stored != given
