@@ -110,6 +110,7 @@ def write_copies(
     read_back: bool = True,
     retired: frozenset[str] = frozenset(),
     key: DataKey | None = None,
+    new_key: bytes | None = None,
 ) -> Replicated:
     verified, checksum, suspect = placed(ctx, kind, digest)
     # A repair reads every copy back, verified ones too: they may have rotted since.
@@ -130,27 +131,17 @@ def write_copies(
         suspect=suspect,
         retired=retired,
         key=key,
+        new_key=new_key,
     )
 
 
 def choose_key(
-    ctx: Context,
-    kind: str,
-    digest: str,
-    *,
-    what: str,
-    retired: frozenset[str],
-    key: bytes | None = None,
+    ctx: Context, kind: str, digest: str, *, what: str, retired: frozenset[str]
 ) -> DataKey:
     """The data key a later `write_copies` of the object will seal with, its slot stored now
-    (see `Writes.choose_key`; `key`: the one to store if the object has none yet)."""
+    (see `Writes.choose_key`)."""
     return ctx.replicas.choose_key(
-        kind,
-        digest,
-        what=what,
-        known=ctx.catalog.key_slots(digest, kind),
-        retired=retired,
-        key=key,
+        kind, digest, what=what, known=ctx.catalog.key_slots(digest, kind), retired=retired
     )
 
 

@@ -46,7 +46,7 @@ from registry.errors import (
 from registry.manifest import INDEX_SUFFIX, MAX_INDEX_SIZE, ChunkRoot, ManifestFile
 from registry.ops.access import requires
 from registry.ops.context import Context
-from registry.ops.copies import choose_key, require_quorum, take_lease, write_copies
+from registry.ops.copies import require_quorum, take_lease, write_copies
 from registry.ops.journaling import journaled
 from registry.ops.push import (
     FILES_AT_ONCE,
@@ -420,9 +420,6 @@ def _store(
                 reseal=resealed,
             )
 
-        chosen = choose_key(
-            ctx, BLOB, item.entry.digest, what=item.entry.path, retired=retired, key=item.key
-        )
         return write_copies(
             ctx,
             BLOB,
@@ -432,7 +429,7 @@ def _store(
             size=item.entry.size,
             read_back=count > 1,
             retired=retired,
-            key=chosen,
+            new_key=item.key,
         )
 
     with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="commit") as pool:

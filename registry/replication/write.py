@@ -97,12 +97,10 @@ class Writes(Repairs):
         what: str,
         known: Sequence[WrappedKey] = (),
         retired: frozenset[str] = frozenset(),
-        key: bytes | None = None,
     ) -> DataKey:
         """The data key `replicate` will seal the object with, its slot stored now if it is a
         new one (a slot alone is harmless), so that the write itself starts with the data: a
-        push chooses its manifest's key while its files are written. A new one is `key` where
-        given (an upload session's own, which its client sealed under)."""
+        push chooses its manifest's key while its files are written."""
         copies = _Copies(None)
         self._survey(copies, self.regions, self.primary.object_name(kind, digest))
         data_key, slots, slot_stored = self._choose_key(
@@ -113,7 +111,6 @@ class Writes(Repairs):
             stored=copies.stored,
             what=what,
             retired=retired,
-            key=key,
         )
         return DataKey(data_key, slots, slot_stored)
 
@@ -135,6 +132,7 @@ class Writes(Repairs):
         suspect: frozenset[str] = frozenset(),
         retired: frozenset[str] = frozenset(),
         key: DataKey | None = None,
+        new_key: bytes | None = None,
     ) -> Replicated:
         """Bring the object to every region (or those in `only`) and report each one's state.
 
@@ -147,7 +145,8 @@ class Writes(Repairs):
         or pending, are read back whatever `read_back` says). With `repair`, a damaged copy is
         replaced by a good one (a new version where the store keeps versions). A region that
         fails gets a `pending` or `bad` outcome; nothing here raises for one region's failure.
-        `key`, from `choose_key`, is the data key chosen before (else it is chosen here).
+        `key`, from `choose_key`, is the data key chosen before (else it is chosen here: an
+        existing slot's, or `new_key` where given, an upload session's own, else a random one).
         """
         regions = [r for r in self.regions if only is None or r.name in only]
         name = self.primary.object_name(kind, digest)
@@ -164,6 +163,7 @@ class Writes(Repairs):
                 stored=copies.stored,
                 what=what,
                 retired=retired if seal is not None else frozenset(),
+                key=new_key,
             )
         self._sort_copies(copies, kind, digest, data_key, slots, trusted=trusted, what=what)
         # Copies elsewhere (outside `only`) can serve as sources too.
